@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 
+use crate::breaker::CircuitOpen;
 use crate::retry::Transient;
 
 /// Everything that can go wrong inside `resilience`.
@@ -32,6 +33,10 @@ pub enum Error {
         /// How many delays were handed out before giving up.
         attempts: u32,
     },
+
+    /// A circuit breaker refused the call without trying it.
+    #[error(transparent)]
+    CircuitOpen(#[from] CircuitOpen),
 
     /// Sending a signal to a process group failed for a reason other than
     /// "already gone" (ESRCH, which is not an error for us).
@@ -79,6 +84,8 @@ impl Error {
             | Error::Cancelled
             | Error::BackoffExhausted { .. }
             | Error::SignalHandler(_) => false,
+            // The breaker lets a probe through after its cool-down.
+            Error::CircuitOpen(_) => true,
             Error::Signal { source, .. } => matches!(source, Errno::EINTR | Errno::EAGAIN),
             Error::Wait { source, .. } => source.is_transient(),
             // The kernel may still finish the kill; a later reap can succeed.
@@ -97,6 +104,13 @@ impl Error {
 impl Transient for Error {
     fn is_transient(&self) -> bool {
         Error::is_transient(self)
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::CircuitOpen(open) => open.retry_after(),
+            _ => None,
+        }
     }
 }
 

@@ -3,9 +3,18 @@
 //! health probes and an expiring queue.
 
 pub mod backoff;
+pub mod breaker;
 pub mod error;
+mod metrics;
+pub mod queue;
 pub mod retry;
+pub mod terminate;
 
 pub use backoff::{Backoff, BackoffPolicy};
+pub use breaker::{
+    BreakerMetrics, BreakerPolicy, BreakerState, CallError, CircuitBreaker, CircuitOpen, Permit,
+};
 pub use error::Error;
+pub use queue::{Evicted, Expired, ExpiringQueue, QueueFull, QueueMetrics, QueuePolicy};
 pub use retry::{Classification, RetryError, RetryPolicy, Transient, retry, retry_transient};
+pub use terminate::{TerminationOutcome, spawn_in_process_group, terminate};
