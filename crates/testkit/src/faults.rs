@@ -390,10 +390,10 @@ impl State {
         }
 
         for rule in self.rules.iter().filter(|r| r.m.matches(req)) {
-            if let RuleKind::ErrorRate { rate, error } = &rule.kind {
-                if self.rng.random_bool(*rate) {
-                    return (delay, FaultDecision::Fail(error.clone()));
-                }
+            if let RuleKind::ErrorRate { rate, error } = &rule.kind
+                && self.rng.random_bool(*rate)
+            {
+                return (delay, FaultDecision::Fail(error.clone()));
             }
         }
         (delay, FaultDecision::Proceed)

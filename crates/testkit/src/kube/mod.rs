@@ -1,0 +1,506 @@
+//! A fake Kubernetes API server over real HTTP, so tests exercise the real
+//! `kube::Client` code path: URL building, serialization, `Status` errors,
+//! watch streaming, retries.
+//!
+//! The one rule: **where the fake answers, it answers as the API server
+//! does** (status code, `Status` reason and message, resourceVersion
+//! semantics); what it does not reproduce is listed in the crate README,
+//! never approximated silently.
+//!
+//! # What it serves
+//!
+//! - Built-in kinds: core/v1 `ConfigMap`, `Pod`, `Event`, `Namespace`;
+//!   coordination.k8s.io/v1 `Lease`; apiextensions.k8s.io/v1
+//!   `CustomResourceDefinition`. More with [`FakeKube::register_crd`] (from
+//!   `CustomResourceExt::crd()`), by POSTing a CRD, or
+//!   [`FakeKube::register_resource`].
+//! - Verbs: `get`, `list` (label selectors with every operator, field
+//!   selectors on `metadata.name`/`metadata.namespace` and declared fields,
+//!   `limit`/`continue`), `watch`, `create` (`generateName`, uid,
+//!   creationTimestamp, generation), `update` (PUT; a stale
+//!   `metadata.resourceVersion` is 409 Conflict), `patch` (merge, JSON,
+//!   strategic-as-merge, server-side apply with create-if-absent), `delete`
+//!   (uid/resourceVersion preconditions, finalizers and
+//!   `deletionTimestamp`, grace periods for pods, see [`PodTermination`]),
+//!   `deletecollection`, and the `/status` subresource.
+//! - One global resourceVersion counter; writes that change nothing do not
+//!   bump it.
+//! - Watches stream `ADDED`/`MODIFIED`/`DELETED` in resourceVersion order,
+//!   `BOOKMARK`s when `allowWatchBookmarks=true`, and an `ERROR` event with a
+//!   410 `Expired` Status when the requested resourceVersion is older than
+//!   the kept history ([`FakeKubeBuilder::watch_history`]).
+//! - Discovery (`/version`, `/api`, `/apis`, `/api/v1`, `/apis/<g>/<v>`,
+//!   aggregated discovery) and an empty OpenAPI document, enough for
+//!   `kube::discovery` and kubectl.
+//!
+//! # Faults and counters
+//!
+//! Every request first goes through [`Faults::apply`] under the Kubernetes
+//! verb (`get`, `list`, `watch`, `create`, `update`, `patch`, `delete`,
+//! `deletecollection`) and resource (the plural, `coderuns/status` for a
+//! subresource; `discovery`, `version`, `openapi`, `healthz` for the rest),
+//! then is counted once in [`Calls`] with the outcome the client saw. A
+//! request the client abandons before it is answered (for example during a
+//! partition) counts as `Dropped`.
+//!
+//! # Example
+//!
+//! ```
+//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+//! use k8s_openapi::api::core::v1::ConfigMap;
+//! use kube::api::{Api, PostParams};
+//! use testkit::kube::FakeKube;
+//!
+//! let kube = FakeKube::start().await?;
+//! let cms: Api<ConfigMap> = Api::namespaced(kube.client(), "default");
+//! let mut cm = ConfigMap::default();
+//! cm.metadata.name = Some("state".into());
+//! let created = cms.create(&PostParams::default(), &cm).await?;
+//!
+//! // A write with the old resourceVersion after someone else's write: 409.
+//! cms.replace("state", &PostParams::default(), &created).await?;
+//! let err = cms.replace("state", &PostParams::default(), &created).await.unwrap_err();
+//! assert!(matches!(err, kube::Error::Api(s) if s.code == 409 && s.reason == "Conflict"));
+//! assert_eq!(kube.calls().count(Some("update"), Some("configmaps")), 2);
+//! # Ok::<_, Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+
+mod discovery;
+mod patch;
+mod resource;
+mod selector;
+mod server;
+mod status;
+mod store;
+mod watch;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use url::Url;
+
+pub use resource::ResourceType;
+pub use store::PodTermination;
+
+use crate::calls::Calls;
+use crate::faults::Faults;
+use server::{ServerOptions, Shared};
+use store::{Store, StoreConfig};
+
+/// Errors of the fake API server's own API (not the HTTP answers it serves).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The server could not bind its port on 127.0.0.1.
+    #[error("fake-kube could not bind 127.0.0.1:{port}: {source}")]
+    Bind {
+        /// The port asked for (0: any free port).
+        port: u16,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A `kube::Client` for the fake could not be built.
+    #[error("could not build a kube client for fake-kube: {0}")]
+    Client(#[source] Box<::kube::Error>),
+    /// The kubeconfig file could not be written.
+    #[error("could not write the fake-kube kubeconfig {path}: {source}")]
+    Kubeconfig {
+        /// Where it was being written.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A CRD or resource type was refused (missing names, unknown scope…).
+    #[error("invalid resource definition: {0}")]
+    InvalidResource(String),
+}
+
+impl Error {
+    /// Whether retrying may succeed: a failed bind (ports free up) or a
+    /// failed file write; never a bad definition.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Bind { .. } | Self::Kubeconfig { .. })
+    }
+}
+
+/// Configures a [`FakeKube`] before it starts.
+#[derive(Debug, Clone)]
+pub struct FakeKubeBuilder {
+    seed: u64,
+    port: u16,
+    history: usize,
+    watch_capacity: usize,
+    max_body: usize,
+    bookmark_interval: Duration,
+    watch_timeout: Duration,
+    max_watch_timeout: Duration,
+    pod_termination: PodTermination,
+    types: Vec<ResourceType>,
+    crds: Vec<CustomResourceDefinition>,
+    faults: Option<Faults>,
+    calls: Option<Calls>,
+}
+
+impl Default for FakeKubeBuilder {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            port: 0,
+            // Enough for a test's whole life in most suites; small enough that
+            // a long benchmark stays bounded (each entry holds one object).
+            history: 4096,
+            // A watcher this far behind is closed rather than buffered without
+            // bound; it resumes from its last resourceVersion.
+            watch_capacity: 1024,
+            // The API server's default request body limit (3 MiB).
+            max_body: 3 * 1024 * 1024,
+            // The API server's watch cache bookmarks about once a minute.
+            bookmark_interval: Duration::from_secs(60),
+            // The API server's default when a watch names no timeout is
+            // 30–60 minutes; clients (kube: 290 s) normally name one.
+            watch_timeout: Duration::from_secs(1800),
+            max_watch_timeout: Duration::from_secs(3600),
+            pod_termination: PodTermination::Immediate,
+            types: Vec::new(),
+            crds: Vec::new(),
+            faults: None,
+            calls: None,
+        }
+    }
+}
+
+impl FakeKubeBuilder {
+    /// Seeds the fault injector and generated names (default 0).
+    #[must_use]
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Listens on this port of 127.0.0.1 (default 0: any free port).
+    #[must_use]
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// How many events are kept for watches resuming from an older
+    /// resourceVersion (default 4096); older ones get 410 Expired.
+    #[must_use]
+    pub fn watch_history(mut self, events: usize) -> Self {
+        self.history = events.max(1);
+        self
+    }
+
+    /// Events buffered per watch before a slow watcher is closed (default 1024).
+    #[must_use]
+    pub fn watch_capacity(mut self, events: usize) -> Self {
+        self.watch_capacity = events.max(1);
+        self
+    }
+
+    /// Largest accepted request body (default 3 MiB, as the API server);
+    /// larger ones get 413.
+    #[must_use]
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
+    }
+
+    /// Interval of BOOKMARK events on watches that allow them (default 60 s).
+    #[must_use]
+    pub fn bookmark_interval(mut self, every: Duration) -> Self {
+        self.bookmark_interval = every.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Length of a watch that names no `timeoutSeconds` (default 30 min),
+    /// and the most any watch may ask for (default 1 h).
+    #[must_use]
+    pub fn watch_timeouts(mut self, default: Duration, max: Duration) -> Self {
+        self.watch_timeout = default;
+        self.max_watch_timeout = max.max(default);
+        self
+    }
+
+    /// How deleted pods leave the API (default [`PodTermination::Immediate`]).
+    #[must_use]
+    pub fn pod_termination(mut self, mode: PodTermination) -> Self {
+        self.pod_termination = mode;
+        self
+    }
+
+    /// Registers a CRD before start (see [`FakeKube::register_crd`]).
+    #[must_use]
+    pub fn crd(mut self, crd: CustomResourceDefinition) -> Self {
+        self.crds.push(crd);
+        self
+    }
+
+    /// Registers a resource type before start (see [`FakeKube::register_resource`]).
+    #[must_use]
+    pub fn resource(mut self, t: ResourceType) -> Self {
+        self.types.push(t);
+        self
+    }
+
+    /// Uses `faults` instead of a fresh set (for example one shared with a
+    /// FakeGitHub, to partition both at once). The seed then has no effect on it.
+    #[must_use]
+    pub fn faults(mut self, faults: Faults) -> Self {
+        self.faults = Some(faults);
+        self
+    }
+
+    /// Counts into `calls` instead of fresh counters.
+    #[must_use]
+    pub fn calls(mut self, calls: Calls) -> Self {
+        self.calls = Some(calls);
+        self
+    }
+
+    /// Binds 127.0.0.1 and starts serving.
+    pub async fn start(self) -> Result<FakeKube, Error> {
+        let bind_error = |source| Error::Bind {
+            port: self.port,
+            source,
+        };
+        let listener = TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .map_err(bind_error)?;
+        let addr = listener.local_addr().map_err(bind_error)?;
+        let url = Url::parse(&format!("http://{addr}/")).map_err(|e| {
+            bind_error(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+        })?;
+
+        let mut store = Store::new(StoreConfig {
+            history_limit: self.history,
+            watch_capacity: self.watch_capacity,
+            pod_termination: self.pod_termination,
+            // A different stream from the fault injector's, from the same seed.
+            seed: self.seed ^ 0x6b75_6265_6e61_6d65,
+        });
+        for t in self.types {
+            store.register(t);
+        }
+        let shared = Arc::new(Shared {
+            store: Mutex::new(store),
+            faults: self.faults.unwrap_or_else(|| Faults::new(self.seed)),
+            calls: self.calls.unwrap_or_default(),
+            options: ServerOptions {
+                max_body: self.max_body,
+                bookmark_interval: self.bookmark_interval,
+                default_watch_timeout: self.watch_timeout,
+                max_watch_timeout: self.max_watch_timeout,
+            },
+            address: addr.to_string(),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        for crd in &self.crds {
+            register_crd(&shared, crd)?;
+        }
+
+        let config = client_config(&url);
+        let client = ::kube::Client::try_from(config).map_err(|e| Error::Client(Box::new(e)))?;
+        shared
+            .tasks
+            .spawn(server::serve(listener, shared.clone()));
+        tracing::debug!(%url, "fake-kube started");
+        Ok(FakeKube {
+            shared,
+            url,
+            addr,
+            client,
+            kubeconfig: OnceLock::new(),
+        })
+    }
+}
+
+/// A running fake Kubernetes API server on 127.0.0.1; stops (closing every
+/// connection and watch) when dropped. See the [module documentation](self).
+pub struct FakeKube {
+    shared: Arc<Shared>,
+    url: Url,
+    addr: SocketAddr,
+    client: ::kube::Client,
+    kubeconfig: OnceLock<(tempfile::TempDir, PathBuf)>,
+}
+
+impl FakeKube {
+    /// Starts a fake with the defaults (see [`FakeKubeBuilder`]).
+    pub async fn start() -> Result<Self, Error> {
+        Self::builder().start().await
+    }
+
+    /// A builder for a fake with a seed, limits or extra types.
+    pub fn builder() -> FakeKubeBuilder {
+        FakeKubeBuilder::default()
+    }
+
+    /// The base URL, `http://127.0.0.1:<port>/`.
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A client for the fake, built from `kube::Config::new(url)`: plain
+    /// HTTP, no auth, namespace `default`, and kube's default retry of
+    /// 429/503/504 (honouring `Retry-After`) **on**, as in production. Use
+    /// [`FakeKube::config`] to build one without it.
+    pub fn client(&self) -> ::kube::Client {
+        self.client.clone()
+    }
+
+    /// The client configuration [`FakeKube::client`] is built from, to
+    /// adjust (`default_retry = false`, timeouts) before
+    /// `kube::Client::try_from(config)`.
+    pub fn config(&self) -> ::kube::Config {
+        client_config(&self.url)
+    }
+
+    /// Writes (once) a kubeconfig for the fake, with no credentials, and
+    /// returns its path; the file lives as long as this handle. For
+    /// `kubectl --kubeconfig <path>` or `KUBECONFIG=<path>`.
+    pub fn kubeconfig(&self) -> Result<&Path, Error> {
+        if let Some((_, path)) = self.kubeconfig.get() {
+            return Ok(path);
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("fake-kube-")
+            .tempdir()
+            .map_err(|source| Error::Kubeconfig {
+                path: std::env::temp_dir(),
+                source,
+            })?;
+        let path = dir.path().join("kubeconfig");
+        self.write_kubeconfig(&path)?;
+        // Another thread may have won the race; its file is as good as ours.
+        let (_, path) = self.kubeconfig.get_or_init(|| (dir, path));
+        Ok(path)
+    }
+
+    /// Writes a kubeconfig for the fake (no credentials, namespace
+    /// `default`) to `path`, replacing any file there.
+    pub fn write_kubeconfig(&self, path: &Path) -> Result<(), Error> {
+        write_kubeconfig(path, &self.url)
+    }
+
+    /// The fault injector every request goes through.
+    pub fn faults(&self) -> &Faults {
+        &self.shared.faults
+    }
+
+    /// The call counters every request is recorded in.
+    pub fn calls(&self) -> &Calls {
+        &self.shared.calls
+    }
+
+    /// Registers a CRD (usually `MyResource::crd()` from
+    /// `kube::CustomResourceExt`): its kind is served from now on, in every
+    /// served version, with a `/status` subresource if declared, and the CRD
+    /// object itself is stored (replacing one of the same name).
+    pub fn register_crd(&self, crd: &CustomResourceDefinition) -> Result<(), Error> {
+        register_crd(&self.shared, crd)
+    }
+
+    /// Serves an arbitrary resource type (no CRD object is stored).
+    pub fn register_resource(&self, t: ResourceType) {
+        self.shared.store().register(t);
+    }
+
+    /// The current value of the global resourceVersion counter.
+    pub fn resource_version(&self) -> u64 {
+        self.shared.store().resource_version()
+    }
+
+    /// Number of open watches.
+    pub fn watch_count(&self) -> usize {
+        self.shared.store().watcher_count()
+    }
+
+    /// Stops serving, closes every connection, and waits until the server's
+    /// tasks have ended (dropping the handle stops it without waiting).
+    pub async fn shutdown(self) {
+        self.shared.shutdown.cancel();
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
+    }
+}
+
+impl std::fmt::Debug for FakeKube {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeKube")
+            .field("url", &self.url.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for FakeKube {
+    fn drop(&mut self) {
+        self.shared.shutdown.cancel();
+    }
+}
+
+fn client_config(url: &Url) -> ::kube::Config {
+    // `Url` always renders a valid URI; the fallback is never used.
+    let uri = url
+        .as_str()
+        .parse::<http::Uri>()
+        .unwrap_or_else(|_| http::Uri::from_static("http://127.0.0.1/"));
+    ::kube::Config::new(uri)
+}
+
+fn register_crd(shared: &Shared, crd: &CustomResourceDefinition) -> Result<(), Error> {
+    let value = serde_json::to_value(crd).map_err(|e| Error::InvalidResource(e.to_string()))?;
+    ResourceType::from_crd(&value).map_err(Error::InvalidResource)?;
+    let mut store = shared.store();
+    let crds = store
+        .resolve("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+        .ok_or_else(|| Error::InvalidResource("the CRD type is not served".to_owned()))?;
+    let name = crd.metadata.name.clone().unwrap_or_default();
+    let mut object = value;
+    if let Some(meta) = object.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        meta.remove("resourceVersion");
+    }
+    let result = match store.create(&crds, "", object.clone(), false) {
+        Err(e) if e.code == 409 && e.reason == "AlreadyExists" => {
+            store.update(&crds, "", &name, object, false, false)
+        }
+        other => other,
+    };
+    result.map(drop).map_err(|e| Error::InvalidResource(e.message))
+}
+
+fn write_kubeconfig(path: &Path, url: &Url) -> Result<(), Error> {
+    let server = url.as_str().trim_end_matches('/');
+    let text = format!(
+        "apiVersion: v1\n\
+         kind: Config\n\
+         clusters:\n\
+         - name: fake-kube\n  cluster:\n    server: {server}\n\
+         users:\n\
+         - name: fake-kube\n  user: {{}}\n\
+         contexts:\n\
+         - name: fake-kube\n  context:\n    cluster: fake-kube\n    user: fake-kube\n    namespace: default\n\
+         current-context: fake-kube\n\
+         preferences: {{}}\n"
+    );
+    std::fs::write(path, text).map_err(|source| Error::Kubeconfig {
+        path: path.to_owned(),
+        source,
+    })
+}

@@ -1,0 +1,1105 @@
+//! The object store behind FakeKube: every resource, one resourceVersion
+//! counter, a bounded event history, and the watchers fed from it.
+//!
+//! All methods are synchronous and run under one lock, so every write gets
+//! the next value of the single global resourceVersion and is delivered to
+//! watchers in that order. The rule it keeps: **a write succeeds only if the
+//! caller's preconditions (resourceVersion, uid) still hold at the moment of
+//! the write** — the compare-and-swap the whole project relies on.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+
+use super::patch::{self, PatchKind};
+use super::resource::{ResourceType, builtin_types};
+use super::selector::{FieldSelector, LabelSelector};
+use super::status::{self, ApiError};
+
+/// How a deleted pod leaves the API, standing in for a kubelet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PodTermination {
+    /// The pod object is removed at once (its containers stopped on
+    /// SIGTERM immediately). Finalizers still hold it.
+    #[default]
+    Immediate,
+    /// The pod stays, with `deletionTimestamp` set, for its grace period
+    /// (the delete's `gracePeriodSeconds`, else the pod's
+    /// `terminationGracePeriodSeconds`, else 30 s), then is removed, as when
+    /// a container ignores SIGTERM and is killed.
+    AfterGracePeriod,
+    /// The pod stays terminating until it is deleted with
+    /// `gracePeriodSeconds: 0` (a force delete), as on an unreachable node.
+    Never,
+}
+
+/// Limits and behaviour knobs of the store.
+#[derive(Debug, Clone)]
+pub(crate) struct StoreConfig {
+    pub history_limit: usize,
+    pub watch_capacity: usize,
+    pub pod_termination: PodTermination,
+    pub seed: u64,
+}
+
+/// Where an object lives.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct ObjKey {
+    pub group: String,
+    pub plural: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// A change, as kept in the history and sent to watchers.
+#[derive(Debug, Clone)]
+pub(crate) struct Event {
+    pub rv: u64,
+    pub key: ObjKey,
+    pub kind: EventKind,
+    pub object: Arc<Value>,
+    pub prev: Option<Arc<Value>>,
+}
+
+/// ADDED, MODIFIED or DELETED.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EventKind {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Added => "ADDED",
+            Self::Modified => "MODIFIED",
+            Self::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One event as a watcher sees it (after its selectors).
+#[derive(Debug, Clone)]
+pub(crate) struct WatchItem {
+    pub kind: EventKind,
+    pub object: Arc<Value>,
+}
+
+/// What a client asked to watch.
+#[derive(Debug, Clone)]
+pub(crate) struct WatchRequest {
+    pub namespace: Option<String>,
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+    /// `None` (or 0): start with the current state as ADDED events.
+    pub resource_version: Option<u64>,
+    pub send_initial_events: bool,
+}
+
+/// A registered watch: events to replay first, then the live channel.
+pub(crate) enum WatchStart {
+    Started {
+        initial: Vec<WatchItem>,
+        /// The resourceVersion the initial events bring the client to.
+        initial_rv: u64,
+        live: mpsc::Receiver<WatchItem>,
+        id: u64,
+    },
+    /// The requested resourceVersion is older than the kept history.
+    Expired(ApiError),
+}
+
+/// Options of a delete, from the `DeleteOptions` body and query.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DeleteOptions {
+    pub grace_period_seconds: Option<i64>,
+    pub uid: Option<String>,
+    pub resource_version: Option<String>,
+    pub dry_run: bool,
+}
+
+/// What a delete did.
+pub(crate) enum Deleted {
+    /// The object is gone; answer a `Status` Success.
+    Gone(Value),
+    /// The object stays (finalizers, graceful pod termination); answer it.
+    Terminating(Value),
+}
+
+/// A pod whose simulated kubelet must remove it later.
+#[derive(Debug, Clone)]
+pub(crate) struct PodTimer {
+    pub key: ObjKey,
+    pub uid: String,
+    pub after: Duration,
+}
+
+/// The result of a list.
+pub(crate) struct ListPage {
+    pub items: Vec<Value>,
+    pub resource_version: u64,
+    pub continue_token: Option<String>,
+    pub remaining: Option<u64>,
+}
+
+pub(crate) struct Store {
+    config: StoreConfig,
+    rv: u64,
+    types: Vec<ResourceType>,
+    objects: BTreeMap<ObjKey, Value>,
+    history: VecDeque<Event>,
+    /// Highest resourceVersion evicted from `history`; a watch must start
+    /// at or after it.
+    compacted: u64,
+    watchers: Vec<Watcher>,
+    next_watcher: u64,
+    /// Pods a simulated kubelet has not finished terminating.
+    terminating_pods: BTreeSet<(ObjKey, String)>,
+    names: StdRng,
+}
+
+struct Watcher {
+    id: u64,
+    group: String,
+    plural: String,
+    request: WatchRequest,
+    tx: mpsc::Sender<WatchItem>,
+}
+
+/// Characters of generated name suffixes (the API server's: no vowels, no
+/// look-alikes).
+const NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+
+impl Store {
+    pub fn new(config: StoreConfig) -> Self {
+        let names = StdRng::seed_from_u64(config.seed);
+        Self {
+            config,
+            rv: 1,
+            types: builtin_types(),
+            objects: BTreeMap::new(),
+            history: VecDeque::new(),
+            compacted: 0,
+            watchers: Vec::new(),
+            next_watcher: 0,
+            terminating_pods: BTreeSet::new(),
+            names,
+        }
+    }
+
+    /// The current (last assigned) resourceVersion.
+    pub fn resource_version(&self) -> u64 {
+        self.rv
+    }
+
+    pub fn types(&self) -> &[ResourceType] {
+        &self.types
+    }
+
+    /// The type served at `group/version/plural`.
+    pub fn resolve(&self, group: &str, version: &str, plural: &str) -> Option<ResourceType> {
+        self.types
+            .iter()
+            .find(|t| t.group == group && t.plural == plural && t.serves(version))
+            .cloned()
+    }
+
+    /// Adds a type, or replaces the one with the same group and plural.
+    pub fn register(&mut self, t: ResourceType) {
+        match self
+            .types
+            .iter_mut()
+            .find(|e| e.group == t.group && e.plural == t.plural)
+        {
+            Some(existing) => *existing = t,
+            None => self.types.push(t),
+        }
+    }
+
+    fn unregister(&mut self, group: &str, plural: &str) {
+        self.types.retain(|t| !(t.group == group && t.plural == plural));
+        self.objects
+            .retain(|k, _| !(k.group == group && k.plural == plural));
+    }
+
+    pub fn get(&self, t: &ResourceType, namespace: &str, name: &str) -> Result<Value, ApiError> {
+        self.objects
+            .get(&key(t, namespace, name))
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(t, name))
+    }
+
+    pub fn list(
+        &self,
+        t: &ResourceType,
+        namespace: Option<&str>,
+        labels: &LabelSelector,
+        fields: &FieldSelector,
+        limit: Option<usize>,
+        continue_token: Option<&str>,
+    ) -> Result<ListPage, ApiError> {
+        let start = match continue_token.filter(|c| !c.is_empty()) {
+            Some(token) => Some(parse_continue(token)?),
+            None => None,
+        };
+        let mut matching = self
+            .objects
+            .range(type_range(t))
+            .filter(|(k, _)| namespace.is_none_or(|ns| k.namespace == ns))
+            .filter(|(k, _)| {
+                start
+                    .as_ref()
+                    .is_none_or(|(ns, name)| (&k.namespace, &k.name) > (ns, name))
+            })
+            .filter(|(_, o)| selects(labels, fields, o));
+        let limit = limit.filter(|l| *l > 0);
+        let mut items = Vec::new();
+        let mut last = None;
+        for (k, o) in matching.by_ref() {
+            if limit.is_some_and(|l| items.len() >= l) {
+                // There is at least one more: the page ends at `last`.
+                let remaining = 1 + matching.count() as u64;
+                let token = last.map(|(ns, name): (&str, &str)| format!("{ns}/{name}"));
+                return Ok(ListPage {
+                    items,
+                    resource_version: self.rv,
+                    continue_token: token,
+                    remaining: Some(remaining),
+                });
+            }
+            last = Some((k.namespace.as_str(), k.name.as_str()));
+            items.push(o.clone());
+        }
+        Ok(ListPage {
+            items,
+            resource_version: self.rv,
+            continue_token: None,
+            remaining: None,
+        })
+    }
+
+    pub fn create(
+        &mut self,
+        t: &ResourceType,
+        namespace: &str,
+        body: Value,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        let mut obj = into_object(body, t)?;
+        let meta = metadata_mut(&mut obj);
+        check_namespace(meta, t, namespace)?;
+        if meta
+            .get("resourceVersion")
+            .and_then(Value::as_str)
+            .is_some_and(|rv| !rv.is_empty())
+        {
+            // The etcd3 storage layer's own error, which reaches clients as a 500.
+            return Err(ApiError::new(
+                500,
+                "InternalError",
+                "resourceVersion should not be set on objects to be created",
+            ));
+        }
+        let given = meta.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let generate = meta
+            .get("generateName")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let name = if !given.is_empty() {
+            given
+        } else if !generate.is_empty() {
+            self.generate_name(t, namespace, &generate)
+        } else {
+            return Err(ApiError::invalid(
+                t,
+                "",
+                "metadata.name",
+                "Required value: name or generateName is required",
+            ));
+        };
+        validate_name(t, &name)?;
+        if self.objects.contains_key(&key(t, namespace, &name)) {
+            return Err(ApiError::already_exists(t, &name));
+        }
+
+        let rv = self.rv + 1;
+        let meta = metadata_mut(&mut obj);
+        meta.insert("name".into(), json!(name));
+        if t.namespaced {
+            meta.insert("namespace".into(), json!(namespace));
+        } else {
+            meta.remove("namespace");
+        }
+        meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+        meta.insert("creationTimestamp".into(), json!(now()));
+        meta.insert("resourceVersion".into(), json!(rv.to_string()));
+        for system in ["deletionTimestamp", "deletionGracePeriodSeconds", "managedFields", "selfLink"] {
+            meta.remove(system);
+        }
+        if t.tracks_generation {
+            meta.insert("generation".into(), json!(1));
+        } else {
+            meta.remove("generation");
+        }
+        self.prepare_new_status(t, &mut obj)?;
+        if dry_run {
+            return Ok(obj);
+        }
+        self.rv = rv;
+        self.objects.insert(key(t, namespace, &name), obj.clone());
+        self.emit(EventKind::Added, key(t, namespace, &name), &obj, None);
+        Ok(obj)
+    }
+
+    /// PUT of the object (`status_only`: PUT of its `/status`).
+    pub fn update(
+        &mut self,
+        t: &ResourceType,
+        namespace: &str,
+        name: &str,
+        body: Value,
+        status_only: bool,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        let body = into_object(body, t)?;
+        let current = self.get(t, namespace, name)?;
+        self.write(t, namespace, name, &current, body, status_only, dry_run)
+    }
+
+    /// PATCH of the object (`status_only`: of its `/status`). Returns the
+    /// object and whether it was created (server-side apply of a new object).
+    #[allow(clippy::too_many_arguments)] // mirrors the request's parameters
+    pub fn patch(
+        &mut self,
+        t: &ResourceType,
+        namespace: &str,
+        name: &str,
+        kind: PatchKind,
+        body: &[u8],
+        status_only: bool,
+        dry_run: bool,
+    ) -> Result<(Value, bool), ApiError> {
+        let patch = patch::parse_body(kind, body)?;
+        let current = match self.get(t, namespace, name) {
+            Ok(c) => c,
+            Err(_) if kind == PatchKind::Apply && !status_only => {
+                let mut obj = into_object(patch, t)?;
+                let meta = metadata_mut(&mut obj);
+                let named = meta.get("name").and_then(Value::as_str).unwrap_or(name);
+                if named != name {
+                    return Err(name_mismatch(named, name));
+                }
+                meta.insert("name".into(), json!(name));
+                return self.create(t, namespace, obj, dry_run).map(|o| (o, true));
+            }
+            Err(not_found) => return Err(not_found),
+        };
+        let patched = patch::apply(kind, &current, &patch)?;
+        self.write(t, namespace, name, &current, patched, status_only, dry_run)
+            .map(|o| (o, false))
+    }
+
+    pub fn delete(
+        &mut self,
+        t: &ResourceType,
+        namespace: &str,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<(Deleted, Option<PodTimer>), ApiError> {
+        let k = key(t, namespace, name);
+        let current = self.get(t, namespace, name)?;
+        let uid = str_at(&current, "uid");
+        let rv = str_at(&current, "resourceVersion");
+        if let Some(want) = opts.uid.as_deref().filter(|u| !u.is_empty())
+            && want != uid
+        {
+            return Err(ApiError::precondition_failed(
+                t,
+                name,
+                &format!("UID in precondition: {want}, UID in object meta: {uid}"),
+            ));
+        }
+        if let Some(want) = opts.resource_version.as_deref().filter(|r| !r.is_empty())
+            && want != rv
+        {
+            return Err(ApiError::precondition_failed(
+                t,
+                name,
+                &format!("ResourceVersion in precondition: {want}, ResourceVersion in object meta: {rv}"),
+            ));
+        }
+
+        let is_pod = t.group.is_empty() && t.plural == "pods";
+        let grace = if is_pod { pod_grace(&current, opts) } else { 0 };
+        let kubelet_pending = is_pod
+            && grace > 0
+            && self.config.pod_termination != PodTermination::Immediate
+            && !matches!(
+                current.pointer("/status/phase").and_then(Value::as_str),
+                Some("Succeeded" | "Failed")
+            );
+        let has_finalizers = current
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty());
+        let pod_entry = (k.clone(), uid.clone());
+
+        if opts.dry_run {
+            return Ok((
+                if has_finalizers || kubelet_pending {
+                    Deleted::Terminating(current)
+                } else {
+                    Deleted::Gone(status::success(t, name, &uid))
+                },
+                None,
+            ));
+        }
+
+        if is_pod && !kubelet_pending {
+            // A force delete (or an immediate kubelet) ends the pod's run.
+            self.terminating_pods.remove(&pod_entry);
+        }
+        if !has_finalizers && !kubelet_pending && !self.terminating_pods.contains(&pod_entry) {
+            self.remove(&k, &current);
+            return Ok((Deleted::Gone(status::success(t, name, &uid)), None));
+        }
+
+        // The object stays: mark it terminating (once; a shorter grace
+        // period moves the deadline earlier, as on the API server).
+        let mut next = current.clone();
+        let meta = metadata_mut(&mut next);
+        let already = meta.contains_key("deletionTimestamp");
+        let previous_grace = meta
+            .get("deletionGracePeriodSeconds")
+            .and_then(Value::as_i64);
+        let mut timer = None;
+        if !already || previous_grace.is_some_and(|g| grace < g) {
+            meta.insert(
+                "deletionTimestamp".into(),
+                json!(timestamp_after(Duration::from_secs(grace.unsigned_abs()))),
+            );
+            meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
+            if !already
+                && let Some(g) = meta.get("generation").and_then(Value::as_i64)
+            {
+                meta.insert("generation".into(), json!(g + 1));
+            }
+            if kubelet_pending {
+                self.terminating_pods.insert(pod_entry);
+                if self.config.pod_termination == PodTermination::AfterGracePeriod {
+                    timer = Some(PodTimer {
+                        key: k.clone(),
+                        uid: uid.clone(),
+                        after: Duration::from_secs(grace.unsigned_abs()),
+                    });
+                }
+            }
+        }
+        if next == current {
+            return Ok((Deleted::Terminating(current), timer));
+        }
+        let stored = self.commit_modified(&k, &current, next);
+        Ok((Deleted::Terminating(stored), timer))
+    }
+
+    /// The simulated kubelet finished a pod's termination.
+    pub fn finish_pod_termination(&mut self, timer: &PodTimer) {
+        if !self.terminating_pods.remove(&(timer.key.clone(), timer.uid.clone())) {
+            return;
+        }
+        if let Some(current) = self.objects.get(&timer.key).cloned() {
+            let finalizers = current
+                .pointer("/metadata/finalizers")
+                .and_then(Value::as_array)
+                .is_some_and(|f| !f.is_empty());
+            if str_at(&current, "uid") == timer.uid && !finalizers {
+                self.remove(&timer.key, &current);
+            }
+        }
+    }
+
+    pub fn delete_collection(
+        &mut self,
+        t: &ResourceType,
+        namespace: Option<&str>,
+        labels: &LabelSelector,
+        fields: &FieldSelector,
+        opts: &DeleteOptions,
+    ) -> Result<(Vec<Value>, Vec<PodTimer>), ApiError> {
+        let page = self.list(t, namespace, labels, fields, None, None)?;
+        let mut out = Vec::new();
+        let mut timers = Vec::new();
+        for item in page.items {
+            let ns = str_at(&item, "namespace");
+            let name = str_at(&item, "name");
+            let opts = DeleteOptions {
+                uid: None,
+                resource_version: None,
+                ..opts.clone()
+            };
+            match self.delete(t, &ns, &name, &opts) {
+                Ok((Deleted::Terminating(o), timer)) => {
+                    out.push(o);
+                    timers.extend(timer);
+                }
+                Ok((Deleted::Gone(_), _)) => out.push(item),
+                Err(e) if e.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((out, timers))
+    }
+
+    /// Registers a watch on type `t`.
+    pub fn watch(&mut self, t: &ResourceType, request: WatchRequest) -> WatchStart {
+        let from = request.resource_version.filter(|rv| *rv > 0);
+        let mut initial = Vec::new();
+        match from {
+            Some(rv) if !request.send_initial_events => {
+                if rv < self.compacted {
+                    return WatchStart::Expired(ApiError::expired(rv, self.compacted + 1));
+                }
+                for event in self.history.iter().filter(|e| e.rv > rv) {
+                    if event.key.group == t.group && event.key.plural == t.plural {
+                        initial.extend(view(&request, event));
+                    }
+                }
+            }
+            _ => {
+                for (k, o) in self.objects.range(type_range(t)) {
+                    if request.namespace.as_ref().is_none_or(|ns| *ns == k.namespace)
+                        && selects(&request.labels, &request.fields, o)
+                    {
+                        initial.push(WatchItem {
+                            kind: EventKind::Added,
+                            object: Arc::new(o.clone()),
+                        });
+                    }
+                }
+            }
+        }
+        let (tx, live) = mpsc::channel(self.config.watch_capacity.max(1));
+        self.next_watcher += 1;
+        let id = self.next_watcher;
+        self.watchers.push(Watcher {
+            id,
+            group: t.group.clone(),
+            plural: t.plural.clone(),
+            request,
+            tx,
+        });
+        WatchStart::Started {
+            initial,
+            initial_rv: self.rv,
+            live,
+            id,
+        }
+    }
+
+    /// Whether watcher `id` is still registered (it is dropped when it
+    /// falls too far behind).
+    pub fn has_watcher(&self, id: u64) -> bool {
+        self.watchers.iter().any(|w| w.id == id)
+    }
+
+    pub fn unwatch(&mut self, id: u64) {
+        self.watchers.retain(|w| w.id != id);
+    }
+
+    /// Number of registered watches.
+    pub fn watcher_count(&self) -> usize {
+        self.watchers.len()
+    }
+
+    /// The shared write path of update, patch and status writes.
+    #[allow(clippy::too_many_arguments)] // the request's parameters, plus the object read
+    fn write(
+        &mut self,
+        t: &ResourceType,
+        namespace: &str,
+        name: &str,
+        current: &Value,
+        body: Value,
+        status_only: bool,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        let mut body = into_object(body, t)?;
+        let bmeta = metadata_mut(&mut body);
+        match bmeta.get("name").and_then(Value::as_str) {
+            Some(n) if !n.is_empty() && n != name => return Err(name_mismatch(n, name)),
+            _ => {}
+        }
+        if t.namespaced {
+            match bmeta.get("namespace").and_then(Value::as_str) {
+                Some(ns) if !ns.is_empty() && ns != namespace => {
+                    return Err(ApiError::bad_request(
+                        "the namespace of the provided object does not match the namespace sent on the request",
+                    ));
+                }
+                _ => {}
+            }
+        }
+        let current_rv = str_at(current, "resourceVersion");
+        if let Some(rv) = bmeta.get("resourceVersion").and_then(Value::as_str)
+            && !rv.is_empty()
+            && rv != current_rv
+        {
+            return Err(ApiError::conflict(t, name));
+        }
+        let current_uid = str_at(current, "uid");
+        if let Some(uid) = bmeta.get("uid").and_then(Value::as_str)
+            && !uid.is_empty()
+            && uid != current_uid
+        {
+            return Err(ApiError::precondition_failed(
+                t,
+                name,
+                &format!("UID in precondition: {uid}, UID in object meta: {current_uid}"),
+            ));
+        }
+
+        let mut next = if status_only {
+            // Only status changes through /status; everything else is kept.
+            let mut next = current.clone();
+            set_or_remove(&mut next, "status", body.get("status").cloned());
+            next
+        } else {
+            let mut next = body;
+            let meta = metadata_mut(&mut next);
+            let cmeta = current.get("metadata").and_then(Value::as_object);
+            for system in [
+                "name",
+                "namespace",
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+                "resourceVersion",
+            ] {
+                match cmeta.and_then(|m| m.get(system)) {
+                    Some(v) => meta.insert(system.into(), v.clone()),
+                    None => meta.remove(system),
+                };
+            }
+            meta.remove("managedFields");
+            meta.remove("selfLink");
+            if t.status_subresource {
+                set_or_remove(&mut next, "status", current.get("status").cloned());
+            }
+            next
+        };
+        let obj = next.as_object_mut().ok_or_else(|| ApiError::bad_request("not an object"))?;
+        obj.insert("apiVersion".into(), json!(t.api_version(t.preferred_version())));
+        obj.insert("kind".into(), json!(t.kind));
+
+        let deleting = current.pointer("/metadata/deletionTimestamp").is_some();
+        if deleting {
+            let before = finalizers(current);
+            if let Some(added) = finalizers(&next).into_iter().find(|f| !before.contains(f)) {
+                return Err(ApiError::invalid(
+                    t,
+                    name,
+                    "metadata.finalizers",
+                    &format!("Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers [\"{added}\"]"),
+                ));
+            }
+        }
+        if t.group == "apiextensions.k8s.io" && t.plural == "customresourcedefinitions" && !status_only {
+            let registered = ResourceType::from_crd(&next)
+                .map_err(|why| ApiError::invalid(t, name, "spec", &why))?;
+            if !dry_run {
+                self.register(registered);
+            }
+        }
+        if next == *current {
+            // A no-op write changes nothing, not even the resourceVersion.
+            return Ok(next);
+        }
+        if t.tracks_generation && spec_changed(t, current, &next) {
+            let g = current.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
+            metadata_mut(&mut next).insert("generation".into(), json!(g + 1));
+        }
+        if dry_run {
+            return Ok(next);
+        }
+        let k = key(t, namespace, name);
+        if deleting
+            && finalizers(&next).is_empty()
+            && !self.terminating_pods.contains(&(k.clone(), current_uid))
+        {
+            // The last finalizer is gone: the deletion completes.
+            metadata_mut(&mut next).insert("resourceVersion".into(), json!((self.rv + 1).to_string()));
+            self.remove(&k, &next);
+            return Ok(next);
+        }
+        Ok(self.commit_modified(&k, current, next))
+    }
+
+    fn commit_modified(&mut self, k: &ObjKey, current: &Value, mut next: Value) -> Value {
+        self.rv += 1;
+        metadata_mut(&mut next).insert("resourceVersion".into(), json!(self.rv.to_string()));
+        self.objects.insert(k.clone(), next.clone());
+        self.emit(EventKind::Modified, k.clone(), &next, Some(current));
+        next
+    }
+
+    fn remove(&mut self, k: &ObjKey, last: &Value) {
+        self.rv += 1;
+        let mut gone = last.clone();
+        metadata_mut(&mut gone).insert("resourceVersion".into(), json!(self.rv.to_string()));
+        self.objects.remove(k);
+        if k.group == "apiextensions.k8s.io"
+            && k.plural == "customresourcedefinitions"
+            && let Ok(t) = ResourceType::from_crd(&gone)
+        {
+            self.unregister(&t.group, &t.plural);
+        }
+        self.emit(EventKind::Deleted, k.clone(), &gone, None);
+    }
+
+    /// Records an event and feeds matching watchers; a watcher whose buffer
+    /// is full is closed (it can resume from its last resourceVersion),
+    /// never buffered without bound.
+    fn emit(&mut self, kind: EventKind, key: ObjKey, object: &Value, prev: Option<&Value>) {
+        let event = Event {
+            rv: self.rv,
+            key,
+            kind,
+            object: Arc::new(object.clone()),
+            prev: prev.map(|p| Arc::new(p.clone())),
+        };
+        self.watchers.retain(|w| {
+            if w.group != event.key.group || w.plural != event.key.plural {
+                return true;
+            }
+            match view(&w.request, &event) {
+                None => true,
+                Some(item) => match w.tx.try_send(item) {
+                    Ok(()) => true,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        tracing::warn!(watcher = w.id, "closing a watch that fell too far behind");
+                        false
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                },
+            }
+        });
+        self.history.push_back(event);
+        while self.history.len() > self.config.history_limit.max(1) {
+            if let Some(evicted) = self.history.pop_front() {
+                self.compacted = evicted.rv;
+            }
+        }
+    }
+
+    fn prepare_new_status(&mut self, t: &ResourceType, obj: &mut Value) -> Result<(), ApiError> {
+        let core = t.group.is_empty();
+        if core && t.plural == "pods" {
+            set_or_remove(obj, "status", Some(json!({"phase": "Pending"})));
+        } else if core && t.plural == "namespaces" {
+            set_or_remove(obj, "status", Some(json!({"phase": "Active"})));
+        } else if t.group == "apiextensions.k8s.io" && t.plural == "customresourcedefinitions" {
+            let name = str_at(obj, "name");
+            let registered = ResourceType::from_crd(obj)
+                .map_err(|why| ApiError::invalid(t, &name, "spec", &why))?;
+            let expected = format!("{}.{}", registered.plural, registered.group);
+            if name != expected {
+                return Err(ApiError::invalid(
+                    t,
+                    &name,
+                    "metadata.name",
+                    &format!("Invalid value: \"{name}\": must be spec.names.plural+\".\"+spec.group"),
+                ));
+            }
+            let names = obj.pointer("/spec/names").cloned().unwrap_or(Value::Null);
+            set_or_remove(
+                obj,
+                "status",
+                Some(json!({
+                    "acceptedNames": names,
+                    "storedVersions": [registered.preferred_version()],
+                    "conditions": [
+                        {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
+                         "message": "no conflicts found", "lastTransitionTime": now()},
+                        {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
+                         "message": "the initial names have been accepted", "lastTransitionTime": now()},
+                    ],
+                })),
+            );
+            self.register(registered);
+        } else if t.status_subresource {
+            // Custom resources with a status subresource start without one.
+            set_or_remove(obj, "status", None);
+        }
+        Ok(())
+    }
+
+    fn generate_name(&mut self, t: &ResourceType, namespace: &str, prefix: &str) -> String {
+        // The API server appends 5 random characters; a clash is retried
+        // here (a real server may answer AlreadyExists instead).
+        let prefix: String = prefix.chars().take(253 - 5).collect();
+        loop {
+            let suffix: String = (0..5)
+                .map(|_| {
+                    let i = self.names.random_range(0..NAME_ALPHABET.len());
+                    char::from(NAME_ALPHABET[i])
+                })
+                .collect();
+            let name = format!("{prefix}{suffix}");
+            if !self.objects.contains_key(&key(t, namespace, &name)) {
+                return name;
+            }
+        }
+    }
+}
+
+/// What watcher `request` sees of `event`, if anything: an update that moves
+/// an object into the selection is ADDED, out of it DELETED.
+fn view(request: &WatchRequest, event: &Event) -> Option<WatchItem> {
+    if request
+        .namespace
+        .as_ref()
+        .is_some_and(|ns| *ns != event.key.namespace)
+    {
+        return None;
+    }
+    let now = selects(&request.labels, &request.fields, &event.object);
+    let before = event
+        .prev
+        .as_ref()
+        .is_some_and(|p| selects(&request.labels, &request.fields, p));
+    let item = |kind, object| Some(WatchItem { kind, object });
+    match (event.kind, before, now) {
+        (EventKind::Modified, true, true) => item(EventKind::Modified, event.object.clone()),
+        (EventKind::Modified, false, true) => item(EventKind::Added, event.object.clone()),
+        (EventKind::Modified, true, false) => {
+            let mut last = event.prev.as_deref().cloned().unwrap_or(Value::Null);
+            metadata_mut(&mut last).insert("resourceVersion".into(), json!(event.rv.to_string()));
+            item(EventKind::Deleted, Arc::new(last))
+        }
+        (EventKind::Modified, false, false) => None,
+        (kind, _, true) => item(kind, event.object.clone()),
+        (_, _, false) => None,
+    }
+}
+
+fn selects(labels: &LabelSelector, fields: &FieldSelector, object: &Value) -> bool {
+    (labels.is_empty() || labels.matches(&labels_of(object)))
+        && (fields.is_empty() || fields.matches(object))
+}
+
+fn labels_of(object: &Value) -> BTreeMap<String, String> {
+    object
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn finalizers(object: &Value) -> Vec<String> {
+    object
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// Whether anything but metadata (and status, when it is a subresource)
+/// changed: the rule for bumping `metadata.generation`.
+fn spec_changed(t: &ResourceType, before: &Value, after: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("metadata");
+            if t.status_subresource {
+                o.remove("status");
+            }
+        }
+        v
+    };
+    strip(before) != strip(after)
+}
+
+fn pod_grace(pod: &Value, opts: &DeleteOptions) -> i64 {
+    opts.grace_period_seconds
+        .or_else(|| pod.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+        .unwrap_or(30)
+        .max(0)
+}
+
+fn key(t: &ResourceType, namespace: &str, name: &str) -> ObjKey {
+    ObjKey {
+        group: t.group.clone(),
+        plural: t.plural.clone(),
+        namespace: if t.namespaced { namespace.to_owned() } else { String::new() },
+        name: name.to_owned(),
+    }
+}
+
+/// All keys of one type, in (namespace, name) order.
+fn type_range(t: &ResourceType) -> std::ops::RangeInclusive<ObjKey> {
+    let lo = ObjKey {
+        group: t.group.clone(),
+        plural: t.plural.clone(),
+        namespace: String::new(),
+        name: String::new(),
+    };
+    let hi = ObjKey {
+        group: t.group.clone(),
+        plural: format!("{}\u{0}", t.plural),
+        namespace: String::new(),
+        name: String::new(),
+    };
+    lo..=hi
+}
+
+fn parse_continue(token: &str) -> Result<(String, String), ApiError> {
+    token
+        .split_once('/')
+        .map(|(ns, name)| (ns.to_owned(), name.to_owned()))
+        .ok_or_else(|| ApiError::bad_request(format!("invalid continue token {token:?}")))
+}
+
+/// Checks the body is an object of type `t` (in any served version) and
+/// stamps it with the stored `apiVersion` and `kind`.
+fn into_object(body: Value, t: &ResourceType) -> Result<Value, ApiError> {
+    match body {
+        Value::Object(mut o) => {
+            if let Some(kind) = o.get("kind").and_then(Value::as_str)
+                && !kind.is_empty()
+                && kind != t.kind
+            {
+                return Err(ApiError::bad_request(format!(
+                    "the kind in the data ({kind}) does not match the expected kind ({})",
+                    t.kind
+                )));
+            }
+            if let Some(api_version) = o.get("apiVersion").and_then(Value::as_str)
+                && !api_version.is_empty()
+                && !t.versions.iter().any(|v| t.api_version(v) == api_version)
+            {
+                return Err(ApiError::bad_request(format!(
+                    "the API version in the data ({api_version}) does not match the expected API version ({})",
+                    t.api_version(t.preferred_version())
+                )));
+            }
+            if !o.get("metadata").is_some_and(Value::is_object) {
+                o.insert("metadata".into(), Value::Object(Map::new()));
+            }
+            o.insert("apiVersion".into(), json!(t.api_version(t.preferred_version())));
+            o.insert("kind".into(), json!(t.kind));
+            Ok(Value::Object(o))
+        }
+        _ => Err(ApiError::bad_request("the request body must be a JSON object")),
+    }
+}
+
+fn check_namespace(meta: &Map<String, Value>, t: &ResourceType, namespace: &str) -> Result<(), ApiError> {
+    if t.namespaced
+        && let Some(ns) = meta.get("namespace").and_then(Value::as_str)
+        && !ns.is_empty()
+        && ns != namespace
+    {
+        return Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        ));
+    }
+    Ok(())
+}
+
+fn metadata_mut(obj: &mut Value) -> &mut Map<String, Value> {
+    if !obj.is_object() {
+        *obj = Value::Object(Map::new());
+    }
+    let Some(o) = obj.as_object_mut() else {
+        unreachable!("made an object above")
+    };
+    let meta = o.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
+    if !meta.is_object() {
+        *meta = Value::Object(Map::new());
+    }
+    match meta.as_object_mut() {
+        Some(m) => m,
+        None => unreachable!("made an object above"),
+    }
+}
+
+fn set_or_remove(obj: &mut Value, field: &str, value: Option<Value>) {
+    if let Some(o) = obj.as_object_mut() {
+        match value {
+            Some(v) => o.insert(field.to_owned(), v),
+            None => o.remove(field),
+        };
+    }
+}
+
+/// `metadata.<field>` as a string (`""` when absent).
+pub(crate) fn str_at(obj: &Value, field: &str) -> String {
+    obj.get("metadata")
+        .and_then(|m| m.get(field))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn name_mismatch(body: &str, url: &str) -> ApiError {
+    ApiError::bad_request(format!(
+        "the name of the object ({body}) does not match the name on the URL ({url})"
+    ))
+}
+
+/// Object names are DNS subdomains (RFC 1123), namespaces DNS labels.
+fn validate_name(t: &ResourceType, name: &str) -> Result<(), ApiError> {
+    let label_only = t.group.is_empty() && t.plural == "namespaces";
+    let max = if label_only { 63 } else { 253 };
+    let part_ok = |p: &str| {
+        !p.is_empty()
+            && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !p.starts_with('-')
+            && !p.ends_with('-')
+    };
+    let ok = name.len() <= max
+        && if label_only {
+            part_ok(name)
+        } else {
+            name.split('.').all(part_ok)
+        };
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            t,
+            name,
+            "metadata.name",
+            &format!(
+                "Invalid value: \"{name}\": a lowercase RFC 1123 {} must consist of lower case alphanumeric characters, '-'{}, and must start and end with an alphanumeric character",
+                if label_only { "label" } else { "subdomain" },
+                if label_only { "" } else { " or '.'" },
+            ),
+        ))
+    }
+}
+
+/// Now, as the API server writes timestamps (RFC 3339, whole seconds).
+pub(crate) fn now() -> String {
+    timestamp_after(Duration::ZERO)
+}
+
+fn timestamp_after(d: Duration) -> String {
+    let secs = jiff::Timestamp::now().as_second() + i64::try_from(d.as_secs()).unwrap_or(0);
+    jiff::Timestamp::from_second(secs)
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+        .to_string()
+}

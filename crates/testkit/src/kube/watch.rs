@@ -1,0 +1,160 @@
+//! The watch response: newline-delimited JSON `WatchEvent`s, streamed.
+//!
+//! A watch first replays what the client missed (the history after its
+//! resourceVersion, or the current state as ADDED events), then forwards
+//! live events from its bounded channel, with BOOKMARKs when asked and until
+//! `timeoutSeconds`. The rule it keeps: **a BOOKMARK never overtakes an event**
+//! — it is only sent when every event up to its resourceVersion has already
+//! been written, so a client resuming from it loses nothing.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+use http_body_util::StreamBody;
+use hyper::body::Frame;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+
+use super::server::{Render, Shared};
+use super::status::ApiError;
+use super::store::WatchItem;
+
+/// One started watch, ready to be streamed.
+pub(crate) struct WatchStream {
+    pub shared: Arc<Shared>,
+    pub render: Render,
+    pub id: u64,
+    pub initial: Vec<WatchItem>,
+    /// Send a BOOKMARK marking the end of the initial events at this
+    /// resourceVersion (`sendInitialEvents=true`).
+    pub initial_end: Option<u64>,
+    pub live: mpsc::Receiver<WatchItem>,
+    pub bookmarks: bool,
+    pub timeout: Duration,
+}
+
+/// The body of a watch that could not start: one ERROR event.
+pub(crate) fn error_event(err: &ApiError) -> Bytes {
+    line(&json!({"type": "ERROR", "object": err.to_status()}))
+}
+
+impl WatchStream {
+    /// The response body stream; dropping it (the client left, the server
+    /// stopped) unregisters the watch.
+    pub fn into_body(self) -> StreamBody<impl Stream<Item = Result<Frame<Bytes>, Infallible>>> {
+        let bookmark_every = self.shared.options.bookmark_interval;
+        let mut ticker = tokio::time::interval_at(Instant::now() + bookmark_every, bookmark_every);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let state = State {
+            guard: Unwatch {
+                shared: self.shared.clone(),
+                id: self.id,
+            },
+            render: self.render,
+            initial: self.initial.into(),
+            initial_end: self.initial_end,
+            live: self.live,
+            ticker: self.bookmarks.then_some(ticker),
+            deadline: Instant::now() + self.timeout,
+        };
+        StreamBody::new(futures::stream::unfold(state, next_frame))
+    }
+}
+
+struct State {
+    guard: Unwatch,
+    render: Render,
+    initial: VecDeque<WatchItem>,
+    initial_end: Option<u64>,
+    live: mpsc::Receiver<WatchItem>,
+    ticker: Option<Interval>,
+    deadline: Instant,
+}
+
+async fn next_frame(mut st: State) -> Option<(Result<Frame<Bytes>, Infallible>, State)> {
+    if let Some(item) = st.initial.pop_front() {
+        let frame = event_line(&st.render, &item);
+        return Some((Ok(Frame::data(frame)), st));
+    }
+    if let Some(rv) = st.initial_end.take() {
+        let frame = bookmark_line(&st.render, rv, true);
+        return Some((Ok(Frame::data(frame)), st));
+    }
+    loop {
+        let tick = async {
+            match st.ticker.as_mut() {
+                Some(t) => {
+                    t.tick().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            item = st.live.recv() => {
+                // `None`: the store closed this watch (it fell behind) or
+                // the server is stopping; the client resumes from its last
+                // resourceVersion.
+                let item = item?;
+                let frame = event_line(&st.render, &item);
+                return Some((Ok(Frame::data(frame)), st));
+            }
+            () = tokio::time::sleep_until(st.deadline) => return None,
+            () = tick => {
+                if let Some(rv) = st.guard.safe_bookmark(&st.live) {
+                    let frame = bookmark_line(&st.render, rv, false);
+                    return Some((Ok(Frame::data(frame)), st));
+                }
+            }
+        }
+    }
+}
+
+/// Unregisters the watch when the stream is dropped.
+struct Unwatch {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Unwatch {
+    /// The current resourceVersion, if every event up to it has been taken
+    /// from `live` (events are queued under the store lock, so an empty
+    /// queue seen under that lock means nothing older is pending).
+    fn safe_bookmark(&self, live: &mpsc::Receiver<WatchItem>) -> Option<u64> {
+        let store = self.shared.store();
+        (live.is_empty() && store.has_watcher(self.id)).then(|| store.resource_version())
+    }
+}
+
+impl Drop for Unwatch {
+    fn drop(&mut self) {
+        self.shared.store().unwatch(self.id);
+    }
+}
+
+fn event_line(render: &Render, item: &WatchItem) -> Bytes {
+    line(&json!({"type": item.kind.as_str(), "object": render.object(&item.object)}))
+}
+
+fn bookmark_line(render: &Render, rv: u64, initial_events_end: bool) -> Bytes {
+    let mut metadata = json!({"resourceVersion": rv.to_string()});
+    if initial_events_end {
+        metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+    }
+    let (api_version, kind) = render.type_meta();
+    line(&json!({
+        "type": "BOOKMARK",
+        "object": {"apiVersion": api_version, "kind": kind, "metadata": metadata},
+    }))
+}
+
+fn line(v: &Value) -> Bytes {
+    let mut out = v.to_string().into_bytes();
+    out.push(b'\n');
+    Bytes::from(out)
+}
