@@ -1,0 +1,145 @@
+//! Garbage collection of idle Leases.
+//!
+//! Rule kept here: a Lease is deleted only if it is released or expired,
+//! idle for longer than the retention, and unchanged since we read it — the
+//! delete carries the uid and resourceVersion we judged, so a Lease
+//! acquired in between is never deleted.
+//!
+//! Deleting a Lease resets its fencing tokens (a new object has a new uid);
+//! the retention (24 h by default) is what keeps any plausible paused holder
+//! from outliving the old object.
+
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::error::Error;
+use crate::lock::{Judgment, LeaseLock, Observation};
+use crate::{Lease, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+
+/// What one garbage collection pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Leases of this lock's prefix examined.
+    pub examined: usize,
+    /// Leases deleted.
+    pub deleted: usize,
+    /// Leases kept because they are held and not expired.
+    pub held: usize,
+    /// Leases kept because they were active within the retention.
+    pub recent: usize,
+    /// Leases that changed or vanished between the list and the delete.
+    pub raced: usize,
+}
+
+impl LeaseLock {
+    /// Deletes this lock's Leases (same namespace and prefix, labelled
+    /// `app.kubernetes.io/managed-by=supersede-lease-lock`) that are
+    /// released or expired and idle for longer than the configured
+    /// retention. One LIST, then one conditional DELETE per idle Lease.
+    pub async fn collect_garbage(&self) -> Result<GcReport, Error> {
+        let inner = self.inner();
+        let config = &inner.config;
+        let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
+        let leases = inner.backend.list(&config.namespace, &selector).await?;
+        let prefix = format!("{}-", config.prefix);
+        let now = jiff::Timestamp::now();
+        let mut report = GcReport::default();
+        for lease in leases {
+            let Some(name) = lease.metadata.name.clone() else {
+                continue;
+            };
+            if !name.starts_with(&prefix) {
+                continue;
+            }
+            report.examined += 1;
+            let observation = Observation {
+                lease: lease.clone(),
+                seen_at: tokio::time::Instant::now(),
+            };
+            let released_or_expired = matches!(
+                inner.judge(&observation),
+                Judgment::Free | Judgment::Expired
+            );
+            if !released_or_expired || inner.is_claimed(&name) {
+                report.held += 1;
+                continue;
+            }
+            if !idle_longer_than(&lease, now, config.retention) {
+                report.recent += 1;
+                continue;
+            }
+            let (Some(uid), Some(version)) = (
+                lease.metadata.uid.as_deref(),
+                lease.metadata.resource_version.as_deref(),
+            ) else {
+                continue;
+            };
+            match inner
+                .backend
+                .delete(&config.namespace, &name, uid, version)
+                .await
+            {
+                Ok(()) => {
+                    inner.forget(&name);
+                    report.deleted += 1;
+                }
+                Err(Error::Conflict { .. } | Error::NotFound { .. }) => report.raced += 1,
+                Err(e) => return Err(e),
+            }
+        }
+        debug!(?report, "lease garbage collection pass");
+        Ok(report)
+    }
+
+    /// Runs [`collect_garbage`](Self::collect_garbage) every `every` (±10 %
+    /// jitter, so replicas spread out) until `cancel` fires.
+    pub fn spawn_garbage_collector(
+        &self,
+        every: Duration,
+        cancel: CancellationToken,
+    ) -> JoinHandle<()> {
+        let lock = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let jitter = rand::random_range(0.9..=1.1);
+                let delay = every.mul_f64(jitter);
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                match lock.collect_garbage().await {
+                    Ok(report) if report.deleted > 0 => {
+                        info!(
+                            deleted = report.deleted,
+                            examined = report.examined,
+                            "deleted idle leases"
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "lease garbage collection failed"),
+                }
+            }
+        })
+    }
+}
+
+/// Whether the Lease's last activity (renewal or release, else acquisition,
+/// else creation) is older than `retention`.
+fn idle_longer_than(lease: &Lease, now: jiff::Timestamp, retention: Duration) -> bool {
+    let spec = lease.spec.as_ref();
+    let last = spec
+        .and_then(|s| s.renew_time.as_ref().map(|t| t.0))
+        .or_else(|| spec.and_then(|s| s.acquire_time.as_ref().map(|t| t.0)))
+        .or_else(|| lease.metadata.creation_timestamp.as_ref().map(|t| t.0));
+    let Some(last) = last else {
+        // No timestamp at all: nothing proves it idle.
+        return false;
+    };
+    let Ok(retention) = jiff::SignedDuration::try_from(retention) else {
+        return false;
+    };
+    last.checked_add(retention).is_ok_and(|limit| limit < now)
+}

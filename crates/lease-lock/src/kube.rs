@@ -1,0 +1,270 @@
+//! [`KubeLeases`]: the [`LeaseBackend`] on the Kubernetes API, through `kube`.
+//!
+//! Rule kept here: no write leaves without its precondition — replace
+//! carries `metadata.resourceVersion` (refused locally when missing), delete
+//! carries `preconditions {uid, resourceVersion}` — so the API server, not
+//! this process, decides every race.
+//!
+//! The watch of one Lease follows kube-runtime's watcher: LIST (by
+//! `metadata.name` field selector) to learn the state and a resourceVersion
+//! unless the caller gives one, WATCH from it, resume from the last seen
+//! version (bookmarks included) when the server ends the stream, and start
+//! over with a LIST on `410 Gone` (desynchronised). Failures are reported
+//! on the stream and retried with backoff; the stream ends only when its
+//! consumer drops it.
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use kube::api::{
+    Api, DeleteParams, ListParams, PostParams, Preconditions, WatchEvent, WatchParams,
+};
+use resilience::{Backoff, BackoffPolicy};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+use crate::error::Error;
+use crate::{Lease, LeaseBackend, LeaseEvent};
+
+/// Leases on a Kubernetes API server. Cheap to clone (a `kube::Client` is).
+#[derive(Clone)]
+pub struct KubeLeases {
+    client: ::kube::Client,
+}
+
+impl std::fmt::Debug for KubeLeases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeLeases").finish_non_exhaustive()
+    }
+}
+
+impl KubeLeases {
+    /// Leases through `client` (needs get, list, watch, create, update and
+    /// delete on `leases.coordination.k8s.io` in the lock's namespace).
+    pub fn new(client: ::kube::Client) -> Self {
+        Self { client }
+    }
+
+    fn api(&self, namespace: &str) -> Api<Lease> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+}
+
+/// Events buffered between the watch task and its consumer.
+const WATCH_CHANNEL: usize = 16;
+
+#[async_trait]
+impl LeaseBackend for KubeLeases {
+    async fn get(&self, namespace: &str, name: &str) -> Result<Option<Lease>, Error> {
+        self.api(namespace)
+            .get_opt(name)
+            .await
+            .map_err(|e| Error::from_kube(e, name))
+    }
+
+    async fn create(&self, namespace: &str, lease: &Lease) -> Result<Lease, Error> {
+        let name = lease.metadata.name.as_deref().unwrap_or_default();
+        self.api(namespace)
+            .create(&PostParams::default(), lease)
+            .await
+            .map_err(|e| Error::from_kube(e, name))
+    }
+
+    async fn replace(&self, namespace: &str, lease: &Lease) -> Result<Lease, Error> {
+        let name = lease.metadata.name.as_deref().unwrap_or_default();
+        if lease
+            .metadata
+            .resource_version
+            .as_deref()
+            .is_none_or(str::is_empty)
+        {
+            // The API server would accept it as an unconditional update.
+            return Err(Error::InvalidLease {
+                name: name.to_owned(),
+                reason: "a replace needs metadata.resourceVersion (no unconditional writes)".into(),
+            });
+        }
+        self.api(namespace)
+            .replace(name, &PostParams::default(), lease)
+            .await
+            .map_err(|e| Error::from_kube(e, name))
+    }
+
+    async fn delete(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        resource_version: &str,
+    ) -> Result<(), Error> {
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(uid.to_owned()),
+                resource_version: Some(resource_version.to_owned()),
+            }),
+            ..DeleteParams::default()
+        };
+        self.api(namespace)
+            .delete(name, &params)
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::from_kube(e, name))
+    }
+
+    async fn list(&self, namespace: &str, label_selector: &str) -> Result<Vec<Lease>, Error> {
+        self.api(namespace)
+            .list(&ListParams::default().labels(label_selector))
+            .await
+            .map(|list| list.items)
+            .map_err(|e| Error::from_kube(e, "(list)"))
+    }
+
+    fn watch(
+        &self,
+        namespace: &str,
+        name: &str,
+        since: Option<String>,
+    ) -> BoxStream<'static, Result<LeaseEvent, Error>> {
+        let (tx, rx) = mpsc::channel(WATCH_CHANNEL);
+        let api = self.api(namespace);
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = tx.closed() => {}
+                () = watch_loop(api, name, since, &tx) => {}
+            }
+        });
+        futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|event| (event, rx))
+        })
+        .boxed()
+    }
+}
+
+/// Restart delays of a failing watch: quick at first, never hammering.
+fn restart_policy() -> BackoffPolicy {
+    BackoffPolicy {
+        initial: Duration::from_millis(100),
+        multiplier: 2.0,
+        max: Duration::from_secs(10),
+        jitter: 0.25,
+        max_attempts: None,
+    }
+}
+
+type Sender = mpsc::Sender<Result<LeaseEvent, Error>>;
+
+async fn watch_loop(api: Api<Lease>, name: String, since: Option<String>, tx: &Sender) {
+    let fields = format!("metadata.name={name}");
+    let mut version = since;
+    let mut backoff = Backoff::new(restart_policy());
+    loop {
+        let from = match version.clone() {
+            Some(v) => v,
+            None => match relist(&api, &name, &fields, tx).await {
+                Ok(Some(v)) => v,
+                Ok(None) => return,
+                Err(()) => {
+                    pause(&mut backoff).await;
+                    continue;
+                }
+            },
+        };
+        let stream = match api
+            .watch(&WatchParams::default().fields(&fields), &from)
+            .await
+        {
+            Ok(stream) => stream,
+            Err(::kube::Error::Api(status)) if status.code == 410 => {
+                version = None;
+                continue;
+            }
+            Err(e) => {
+                if tx.send(Err(Error::from_kube(e, &name))).await.is_err() {
+                    return;
+                }
+                pause(&mut backoff).await;
+                continue;
+            }
+        };
+        let mut stream = std::pin::pin!(stream.into_stream());
+        loop {
+            let event = match stream.next().await {
+                // The server closed the watch (its timeout): resume.
+                None => break,
+                Some(Ok(event)) => event,
+                Some(Err(e)) => {
+                    if tx.send(Err(Error::from_kube(e, &name))).await.is_err() {
+                        return;
+                    }
+                    pause(&mut backoff).await;
+                    break;
+                }
+            };
+            let out = match event {
+                WatchEvent::Added(lease) | WatchEvent::Modified(lease) => {
+                    version = lease.metadata.resource_version.clone().or(version);
+                    LeaseEvent::Applied(lease)
+                }
+                WatchEvent::Deleted(lease) => {
+                    version = lease.metadata.resource_version.clone().or(version);
+                    LeaseEvent::Deleted
+                }
+                WatchEvent::Bookmark(bookmark) => {
+                    version = Some(bookmark.metadata.resource_version);
+                    continue;
+                }
+                WatchEvent::Error(status) if status.code == 410 => {
+                    // Desynchronised: start over from a fresh list.
+                    version = None;
+                    break;
+                }
+                WatchEvent::Error(status) => {
+                    let err = Error::from_kube(::kube::Error::Api(status), &name);
+                    if tx.send(Err(err)).await.is_err() {
+                        return;
+                    }
+                    pause(&mut backoff).await;
+                    break;
+                }
+            };
+            backoff.reset();
+            if tx.send(Ok(out)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Lists the one Lease, reports its state, returns the list's version.
+/// `Ok(None)`: the consumer is gone; `Err(())`: the list failed (reported).
+async fn relist(
+    api: &Api<Lease>,
+    name: &str,
+    fields: &str,
+    tx: &Sender,
+) -> Result<Option<String>, ()> {
+    match api.list(&ListParams::default().fields(fields)).await {
+        Ok(list) => {
+            let event = match list.items.into_iter().next() {
+                Some(lease) => LeaseEvent::Applied(lease),
+                None => LeaseEvent::Deleted,
+            };
+            if tx.send(Ok(event)).await.is_err() {
+                return Ok(None);
+            }
+            Ok(Some(list.metadata.resource_version.unwrap_or_default()))
+        }
+        Err(e) => {
+            if tx.send(Err(Error::from_kube(e, name))).await.is_err() {
+                return Ok(None);
+            }
+            Err(())
+        }
+    }
+}
+
+async fn pause(backoff: &mut Backoff) {
+    let delay = backoff.next().unwrap_or(Duration::from_secs(10));
+    tokio::time::sleep(delay).await;
+}

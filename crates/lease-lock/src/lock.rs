@@ -1,0 +1,1099 @@
+//! [`LeaseLock`]: acquiring a lock on a Lease.
+//!
+//! Rule kept here: every decision is taken from an observed Lease and acted
+//! on with a write conditioned on exactly that observation (create, or
+//! replace-if-resourceVersion), so a decision taken on stale knowledge fails
+//! with a conflict instead of overwriting someone else's hold.
+//!
+//! # The algorithm
+//!
+//! 1. **Free** (no Lease): one CREATE with us as holder. Uncontended
+//!    acquire + release is therefore two API calls.
+//! 2. **Released** (holder empty): replace-if-version taking it, with
+//!    `leaseTransitions + 1` in the same write. The last state this lock saw
+//!    of each Lease is cached, so re-acquiring a key this process released
+//!    costs one call too.
+//! 3. **Held by another**: wait. The Lease is *expired* when, as client-go's
+//!    `LeaderElector` judges it, its record stayed unchanged for a full
+//!    `leaseDurationSeconds` on our monotonic clock since we first saw it, or
+//!    when `renewTime + leaseDurationSeconds + max_clock_skew` is in the past
+//!    on our wall clock. An expired Lease is taken over by
+//!    replace-if-version, incrementing `leaseTransitions`. The conditional
+//!    write is what makes a takeover safe even on a stale view: if the
+//!    holder renewed meanwhile, the version changed and the write conflicts.
+//! 4. While waiting, a watch of that one Lease wakes us the moment it is
+//!    released or deleted; jittered exponential backoff (50 ms → 2 s by
+//!    default) re-reads it in case the watch is slow or broken; the wait is
+//!    bounded by the acquire timeout and a `CancellationToken`.
+//!
+//! Acquisition is cancel-safe: acquiring writes run in their own task, and
+//! one that lands after its caller gave up (timeout, cancellation, or a
+//! dropped future) is released at once instead of blocking others until it
+//! expires.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use prometheus_client::registry::Registry;
+use rand::Rng;
+use resilience::{Backoff, BackoffPolicy, Transient};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::deadlock::{self, WaitMarker};
+use crate::error::Error;
+use crate::guard::{GuardShared, LockGuard};
+use crate::metrics::Metrics;
+use crate::name::{lease_name, short_hash, validate_prefix};
+use crate::{
+    HOLDER_HASH_LABEL, Lease, LeaseBackend, LeaseEvent, LeaseSpec, MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE, WAITING_FOR_ANNOTATION,
+};
+
+/// How the lock behaves. Build it with [`LockConfig::new`] and override
+/// fields with struct-update syntax.
+///
+/// ```
+/// use std::time::Duration;
+/// use lease_lock::LockConfig;
+///
+/// let config = LockConfig {
+///     prefix: "cancel".into(),
+///     acquire_timeout: Duration::from_secs(10),
+///     ..LockConfig::new("sensor-7d9f-abcde", "supersede")
+/// };
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct LockConfig {
+    /// Who we are, usually the pod name. Each guard's holder identity is
+    /// `<identity>/<random>`, so two guards (or a restarted pod reusing its
+    /// name) are never mistaken for one another.
+    pub identity: String,
+    /// Namespace of the Leases.
+    pub namespace: String,
+    /// Lease names are `<prefix>-<key>` (a DNS-1123 label, ≤ 63 characters).
+    pub prefix: String,
+    /// How long a holder's claim lasts without renewal, written to
+    /// `leaseDurationSeconds` (rounded up to whole seconds). Default 30 s.
+    pub lease_duration: Duration,
+    /// How often a guard renews. Default 10 s (a third of the lease, so two
+    /// renewals may fail before the deadline).
+    pub renew_interval: Duration,
+    /// A guard reports loss when no renewal succeeded within this long of
+    /// the last successful one (measured from when that request was sent).
+    /// Must be below `lease_duration`: the gap is what keeps a slow holder
+    /// from overlapping with a waiter that takes the Lease over. Default 20 s.
+    pub renew_deadline: Duration,
+    /// The largest wall-clock difference assumed between any two of our
+    /// processes; only used by the `renewTime`-based expiry rule. Default 5 s.
+    pub max_clock_skew: Duration,
+    /// How long [`LeaseLock::acquire`] waits by default. Default 5 s.
+    pub acquire_timeout: Duration,
+    /// Delays between re-reads while waiting, and between retries of
+    /// transient failures. Default 50 ms ×2 up to 2 s, ±25 % jitter.
+    pub backoff: BackoffPolicy,
+    /// Released or expired Leases idle longer than this are deleted by
+    /// [`LeaseLock::collect_garbage`]. Default 24 h.
+    pub retention: Duration,
+}
+
+impl LockConfig {
+    /// The defaults for a process called `identity` locking in `namespace`.
+    pub fn new(identity: impl Into<String>, namespace: impl Into<String>) -> Self {
+        Self {
+            identity: identity.into(),
+            namespace: namespace.into(),
+            prefix: "lock".into(),
+            lease_duration: Duration::from_secs(30),
+            renew_interval: Duration::from_secs(10),
+            renew_deadline: Duration::from_secs(20),
+            max_clock_skew: Duration::from_secs(5),
+            acquire_timeout: Duration::from_secs(5),
+            backoff: BackoffPolicy {
+                initial: Duration::from_millis(50),
+                multiplier: 2.0,
+                max: Duration::from_secs(2),
+                jitter: 0.25,
+                max_attempts: None,
+            },
+            retention: Duration::from_secs(24 * 60 * 60),
+        }
+    }
+
+    /// Checks that the values are consistent:
+    /// `0 < renew_interval < renew_deadline < lease_duration`, a valid prefix,
+    /// a non-empty identity and namespace, a valid backoff.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |m: String| Err(Error::InvalidConfig(m));
+        if self.identity.is_empty() || self.identity.chars().any(char::is_control) {
+            return bad(format!(
+                "identity {:?} must be non-empty printable text",
+                self.identity
+            ));
+        }
+        if self.namespace.is_empty() {
+            return bad("namespace must not be empty".into());
+        }
+        validate_prefix(&self.prefix)?;
+        if self.renew_interval.is_zero()
+            || self.renew_interval >= self.renew_deadline
+            || self.renew_deadline >= self.lease_duration
+        {
+            return bad(format!(
+                "need 0 < renew_interval ({:?}) < renew_deadline ({:?}) < lease_duration ({:?})",
+                self.renew_interval, self.renew_deadline, self.lease_duration
+            ));
+        }
+        if self.lease_duration > Duration::from_secs(i32::MAX as u64) {
+            return bad(format!(
+                "lease_duration {:?} is too long",
+                self.lease_duration
+            ));
+        }
+        if self.acquire_timeout.is_zero() {
+            return bad("acquire_timeout must be greater than zero".into());
+        }
+        self.backoff
+            .validate()
+            .map_err(|e| Error::InvalidConfig(format!("backoff: {e}")))
+    }
+
+    /// `lease_duration` in whole seconds, rounded up (what is written to
+    /// `leaseDurationSeconds`; rounding up only ever makes waiters wait longer).
+    pub(crate) fn lease_duration_seconds(&self) -> i32 {
+        let secs =
+            self.lease_duration.as_secs() + u64::from(self.lease_duration.subsec_nanos() > 0);
+        i32::try_from(secs).unwrap_or(i32::MAX)
+    }
+}
+
+/// Options of one [`LeaseLock::acquire`] call.
+#[derive(Clone, Default)]
+pub struct AcquireOptions {
+    timeout: Option<Duration>,
+    cancel: Option<CancellationToken>,
+    holding: Vec<Arc<GuardShared>>,
+}
+
+impl std::fmt::Debug for AcquireOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AcquireOptions")
+            .field("timeout", &self.timeout)
+            .field("cancellable", &self.cancel.is_some())
+            .field(
+                "holding",
+                &self
+                    .holding
+                    .iter()
+                    .map(|g| g.name.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl AcquireOptions {
+    /// Default options: the configured timeout, not cancellable, holding nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Wait at most `timeout` instead of the configured `acquire_timeout`.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Give up with [`Error::Cancelled`] as soon as `token` fires.
+    #[must_use]
+    pub fn cancel_on(mut self, token: CancellationToken) -> Self {
+        self.cancel = Some(token);
+        self
+    }
+
+    /// Declares that the caller holds `guard` while it waits: the guard's
+    /// Lease is marked as waiting for this key, which is what makes
+    /// deadlock detection possible (see the crate documentation).
+    #[must_use]
+    pub fn holding(mut self, guard: &LockGuard) -> Self {
+        self.holding.push(guard.shared());
+        self
+    }
+}
+
+/// A distributed lock over Kubernetes Leases. Cheap to clone; create one per
+/// process (it is what "this process" means for [`Error::AlreadyHeld`]).
+#[derive(Clone)]
+pub struct LeaseLock {
+    inner: Arc<LockInner>,
+}
+
+impl std::fmt::Debug for LeaseLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseLock")
+            .field("identity", &self.inner.config.identity)
+            .field("namespace", &self.inner.config.namespace)
+            .field("prefix", &self.inner.config.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LeaseLock {
+    /// A lock over `backend` with `config` (validated).
+    pub fn new(backend: impl LeaseBackend, config: LockConfig) -> Result<Self, Error> {
+        Self::with_metrics(backend, config, Metrics::default())
+    }
+
+    /// Like [`new`](Self::new), reporting into `metrics` (shared with others).
+    pub fn with_metrics(
+        backend: impl LeaseBackend,
+        config: LockConfig,
+        metrics: Metrics,
+    ) -> Result<Self, Error> {
+        config.validate()?;
+        Ok(Self {
+            inner: Arc::new(LockInner {
+                backend: Arc::new(backend),
+                holder_hash: short_hash(&config.identity),
+                config,
+                metrics,
+                claims: Mutex::new(HashSet::new()),
+                cache: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LockConfig {
+        &self.inner.config
+    }
+
+    /// The metrics this lock reports into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// Registers the lock's metrics (see [`Metrics::register`]).
+    pub fn register(&self, registry: &mut Registry) {
+        self.inner.metrics.register(registry);
+    }
+
+    /// The Lease name used for `key`.
+    pub fn lease_name(&self, key: &str) -> Result<String, Error> {
+        lease_name(&self.inner.config.prefix, key)
+    }
+
+    /// Acquires the lock on `key`, waiting while someone else holds it.
+    ///
+    /// Errors: [`Error::Timeout`] when still held by another at the
+    /// deadline (or the last API error, when the API kept failing),
+    /// [`Error::Cancelled`], [`Error::Deadlock`], [`Error::AlreadyHeld`]
+    /// when this `LeaseLock` holds or is acquiring `key`,
+    /// [`Error::InvalidKey`], and permanent API errors at once.
+    pub async fn acquire(&self, key: &str, options: AcquireOptions) -> Result<LockGuard, Error> {
+        let timeout = options.timeout.unwrap_or(self.inner.config.acquire_timeout);
+        let mode = Mode::Wait {
+            deadline: Instant::now() + timeout,
+            cancel: options.cancel.unwrap_or_default(),
+            holding: options.holding,
+        };
+        match self.run(key, mode).await {
+            Ok(Some(guard)) => Ok(guard),
+            Ok(None) => Err(Error::Timeout {
+                key: key.to_owned(),
+                waited: timeout,
+                holder: None,
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Acquires the lock on `key` if that is possible without waiting.
+    /// `Ok(None)` means someone else holds it; an API failure is an error,
+    /// never `Ok(None)`. Expiry is judged from what this `LeaseLock`
+    /// observed across calls, so calling it periodically takes an abandoned
+    /// Lease over once it has expired.
+    pub async fn try_acquire(&self, key: &str) -> Result<Option<LockGuard>, Error> {
+        self.run(key, Mode::Try).await
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<LockInner> {
+        &self.inner
+    }
+
+    async fn run(&self, key: &str, mode: Mode) -> Result<Option<LockGuard>, Error> {
+        let metrics = &self.inner.metrics;
+        metrics.attempts.inc();
+        let started = Instant::now();
+        let result = Acquisition::new(self, key, mode)?.run().await;
+        match &result {
+            Ok(Some(_)) => {
+                metrics.acquisitions.inc();
+                metrics.waited(started.elapsed());
+            }
+            Ok(None) => {}
+            Err(e) => {
+                metrics.failed(e.reason());
+                if matches!(e, Error::Deadlock { .. }) {
+                    metrics.deadlocks.inc();
+                }
+            }
+        }
+        result
+    }
+}
+
+/// State shared by a lock, its guards and their background tasks.
+pub(crate) struct LockInner {
+    pub(crate) backend: Arc<dyn LeaseBackend>,
+    pub(crate) config: LockConfig,
+    pub(crate) metrics: Metrics,
+    pub(crate) holder_hash: String,
+    claims: Mutex<HashSet<String>>,
+    cache: Mutex<HashMap<String, Observation>>,
+}
+
+/// The most Leases whose last observed state a lock remembers.
+const CACHE_CAPACITY: usize = 4096;
+/// How many decisions an acquisition takes back to back (create → 409 →
+/// read → replace → 409 …) before it backs off: keeps churn from spinning.
+const MAX_IMMEDIATE_STEPS: u32 = 4;
+
+/// A Lease as we last saw it, and when its record (spec) last changed as
+/// seen by our monotonic clock.
+#[derive(Debug, Clone)]
+pub(crate) struct Observation {
+    pub(crate) lease: Lease,
+    pub(crate) seen_at: Instant,
+}
+
+impl Observation {
+    pub(crate) fn holder(&self) -> Option<&str> {
+        holder_of(&self.lease)
+    }
+}
+
+/// What an observation means for a would-be holder.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Judgment {
+    /// Nobody holds it.
+    Free,
+    /// Its holder's claim has run out.
+    Expired,
+    /// Held; the claim runs out at `until` unless renewed.
+    Held { until: Instant },
+}
+
+impl LockInner {
+    /// Reserves `name` for one acquisition or guard of this lock.
+    pub(crate) fn claim(self: &Arc<Self>, name: &str) -> Option<Claim> {
+        lock(&self.claims).insert(name.to_owned()).then(|| Claim {
+            lock: Arc::clone(self),
+            name: name.to_owned(),
+        })
+    }
+
+    /// Whether an acquisition or guard of this lock has `name`.
+    pub(crate) fn is_claimed(&self, name: &str) -> bool {
+        lock(&self.claims).contains(name)
+    }
+
+    /// Records a fresh observation of `name`; the record's change instant
+    /// is kept when only metadata (not the spec) changed.
+    pub(crate) fn observe(&self, name: &str, lease: Lease) -> Observation {
+        let now = Instant::now();
+        let mut cache = lock(&self.cache);
+        let seen_at = match cache.get(name) {
+            Some(old) if same_record(&old.lease, &lease) => old.seen_at,
+            _ => now,
+        };
+        let observation = Observation { lease, seen_at };
+        if cache.len() >= CACHE_CAPACITY && !cache.contains_key(name) {
+            let oldest = cache
+                .iter()
+                .min_by_key(|(_, o)| o.seen_at)
+                .map(|(k, _)| k.clone());
+            if let Some(oldest) = oldest {
+                cache.remove(&oldest);
+            }
+        }
+        cache.insert(name.to_owned(), observation.clone());
+        observation
+    }
+
+    pub(crate) fn forget(&self, name: &str) {
+        lock(&self.cache).remove(name);
+    }
+
+    fn cached(&self, name: &str) -> Option<Observation> {
+        lock(&self.cache).get(name).cloned()
+    }
+
+    /// Judges an observation now.
+    pub(crate) fn judge(&self, observation: &Observation) -> Judgment {
+        judge(
+            observation,
+            &self.config,
+            Instant::now(),
+            jiff::Timestamp::now(),
+        )
+    }
+
+    /// Releases a Lease that an abandoned acquisition won after its caller
+    /// stopped waiting. Best effort: on failure the Lease simply expires.
+    async fn give_back(&self, lease: Lease) {
+        let name = lease.metadata.name.clone().unwrap_or_default();
+        let released = released_copy(&lease);
+        match self
+            .backend
+            .replace(&self.config.namespace, &released)
+            .await
+        {
+            Ok(lease) => {
+                self.observe(&name, lease);
+            }
+            Err(e) => {
+                warn!(lease = %name, error = %e, "could not give back a lease won after its acquirer gave up; it will expire")
+            }
+        }
+    }
+}
+
+/// The reservation of a Lease name by one acquisition or guard; dropping it
+/// frees the name for the next acquisition through the same lock.
+pub(crate) struct Claim {
+    lock: Arc<LockInner>,
+    name: String,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        lock(&self.lock.claims).remove(&self.name);
+    }
+}
+
+enum Mode {
+    Try,
+    Wait {
+        deadline: Instant,
+        cancel: CancellationToken,
+        holding: Vec<Arc<GuardShared>>,
+    },
+}
+
+/// What we currently believe about the Lease.
+// One per acquisition, on its stack: not worth a box.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+enum View {
+    /// Never seen: assume free and try to create it.
+    Unknown,
+    /// Seen absent.
+    Absent,
+    /// Known to have changed since we saw it: read it (or wait for the watch).
+    Stale,
+    /// Seen in this state.
+    Present(Observation),
+}
+
+/// The outcome of acting once on the current view.
+enum Step {
+    Acquired {
+        lease: Lease,
+        sent_at: Instant,
+        takeover: bool,
+    },
+    /// Act again right away on the new view.
+    Again(View),
+    /// Held by someone else: wait for a change, or until `until` (expiry).
+    Wait { until: Option<Instant> },
+    /// Lost a race for the Lease: wait for the watch to show the winner.
+    Raced,
+    /// A transient failure: back off and try again.
+    Failed(Error),
+}
+
+/// Why the wait phase ended.
+#[allow(clippy::large_enum_variant)]
+enum Wake {
+    Event(Option<Result<LeaseEvent, Error>>),
+    Timer { poll: bool },
+}
+
+struct Acquisition<'a> {
+    lock: &'a LeaseLock,
+    key: &'a str,
+    name: String,
+    holder: String,
+    mode: Mode,
+    claim: Option<Claim>,
+    view: View,
+    backoff: Backoff,
+    watch: Option<BoxStream<'static, Result<LeaseEvent, Error>>>,
+    watch_opened: bool,
+    marker: Option<WaitMarker>,
+    last_error: Option<Error>,
+    last_holder: Option<String>,
+    contended: bool,
+    started: Instant,
+}
+
+impl<'a> Acquisition<'a> {
+    fn new(lock: &'a LeaseLock, key: &'a str, mode: Mode) -> Result<Self, Error> {
+        let inner = lock.inner();
+        let name = lock.lease_name(key)?;
+        let claim = inner.claim(&name).ok_or_else(|| Error::AlreadyHeld {
+            key: key.to_owned(),
+        })?;
+        let view = match inner.cached(&name) {
+            // Released when we last saw it (typically: we released it): try
+            // to take it with that version, one call when nothing changed.
+            Some(o) if o.holder().is_none() => View::Present(o),
+            // Held when we last saw it: that may be old news, read it.
+            Some(_) => View::Stale,
+            None => View::Unknown,
+        };
+        Ok(Self {
+            holder: format!("{}/{}", inner.config.identity, random_suffix()),
+            backoff: Backoff::new(inner.config.backoff.clone()),
+            lock,
+            key,
+            name,
+            mode,
+            claim: Some(claim),
+            view,
+            watch: None,
+            watch_opened: false,
+            marker: None,
+            last_error: None,
+            last_holder: None,
+            contended: false,
+            started: Instant::now(),
+        })
+    }
+
+    fn inner(&self) -> &Arc<LockInner> {
+        self.lock.inner()
+    }
+
+    async fn run(mut self) -> Result<Option<LockGuard>, Error> {
+        let mut immediate = 0;
+        loop {
+            self.check_deadline()?;
+            let step = self.act().await;
+            let until = match step {
+                Err(e) => return Err(e),
+                Ok(Step::Acquired {
+                    lease,
+                    sent_at,
+                    takeover,
+                }) => return self.acquired(lease, sent_at, takeover).map(Some),
+                Ok(Step::Again(view)) if immediate < MAX_IMMEDIATE_STEPS => {
+                    immediate += 1;
+                    self.view = view;
+                    continue;
+                }
+                Ok(Step::Again(view)) => {
+                    self.view = view;
+                    None
+                }
+                Ok(Step::Failed(e)) => {
+                    if !e.is_transient() || matches!(self.mode, Mode::Try) {
+                        return Err(e);
+                    }
+                    debug!(lease = %self.name, error = %e, "transient failure while acquiring; backing off");
+                    self.last_error = Some(e);
+                    None
+                }
+                Ok(Step::Raced) => {
+                    if self.watch.is_none() {
+                        // Nothing will tell us who won: read it.
+                        self.view = View::Stale;
+                        if immediate < MAX_IMMEDIATE_STEPS {
+                            immediate += 1;
+                            continue;
+                        }
+                    }
+                    self.view = View::Stale;
+                    None
+                }
+                Ok(Step::Wait { until }) => {
+                    if !self.contended {
+                        self.contended = true;
+                        self.inner().metrics.contended.inc();
+                    }
+                    until
+                }
+            };
+            immediate = 0;
+            if matches!(self.mode, Mode::Try) {
+                return Ok(None);
+            }
+            self.wait(until).await?;
+        }
+    }
+
+    /// Acts once on the current view.
+    async fn act(&mut self) -> Result<Step, Error> {
+        match self.view.clone() {
+            View::Unknown | View::Absent => Ok(self.create().await),
+            View::Stale => self.refresh().await,
+            View::Present(observation) => {
+                self.last_holder = observation.holder().map(str::to_owned);
+                match self.inner().judge(&observation) {
+                    Judgment::Free => Ok(self.take(&observation.lease, false).await),
+                    Judgment::Expired => Ok(self.take(&observation.lease, true).await),
+                    Judgment::Held { until } => Ok(Step::Wait { until: Some(until) }),
+                }
+            }
+        }
+    }
+
+    async fn create(&mut self) -> Step {
+        let lease = acquiring_lease(self.inner(), &self.name, &self.holder, None);
+        let lease = match lease {
+            Ok(lease) => lease,
+            Err(e) => return Step::Failed(e),
+        };
+        match self.write(Write::Create(lease)).await {
+            Ok((lease, sent_at)) => Step::Acquired {
+                lease,
+                sent_at,
+                takeover: false,
+            },
+            Err(Error::AlreadyExists { .. }) => Step::Again(View::Stale),
+            Err(e) => Step::Failed(e),
+        }
+    }
+
+    async fn take(&mut self, current: &Lease, takeover: bool) -> Step {
+        let lease = match acquiring_lease(self.inner(), &self.name, &self.holder, Some(current)) {
+            Ok(lease) => lease,
+            Err(e) => return Step::Failed(e),
+        };
+        match self.write(Write::Replace(lease)).await {
+            Ok((lease, sent_at)) => Step::Acquired {
+                lease,
+                sent_at,
+                takeover,
+            },
+            Err(Error::Conflict { .. }) => Step::Raced,
+            Err(Error::NotFound { .. }) => {
+                self.inner().forget(&self.name);
+                Step::Again(View::Absent)
+            }
+            Err(e) => Step::Failed(e),
+        }
+    }
+
+    async fn refresh(&mut self) -> Result<Step, Error> {
+        let backend = Arc::clone(&self.inner().backend);
+        let namespace = self.inner().config.namespace.clone();
+        let read = backend.get(&namespace, &self.name);
+        let read = match &self.mode {
+            Mode::Try => read.await,
+            Mode::Wait {
+                deadline, cancel, ..
+            } => tokio::select! {
+                biased;
+                () = cancel.cancelled() => return Err(self.cancelled()),
+                () = tokio::time::sleep_until(*deadline) => return Err(self.timed_out()),
+                read = read => read,
+            },
+        };
+        Ok(match read {
+            Ok(Some(lease)) => Step::Again(View::Present(self.inner().observe(&self.name, lease))),
+            Ok(None) => {
+                self.inner().forget(&self.name);
+                Step::Again(View::Absent)
+            }
+            Err(e) => Step::Failed(e),
+        })
+    }
+
+    /// Sends an acquiring write from its own task, so that a write that
+    /// lands after we stopped waiting for it is given back, not leaked.
+    async fn write(&self, write: Write) -> Result<(Lease, Instant), Error> {
+        let inner = Arc::clone(self.inner());
+        let (tx, rx) = oneshot::channel();
+        let sent_at = Instant::now();
+        tokio::spawn(async move {
+            let namespace = &inner.config.namespace;
+            let result = match &write {
+                Write::Create(lease) => inner.backend.create(namespace, lease).await,
+                Write::Replace(lease) => inner.backend.replace(namespace, lease).await,
+            };
+            if let Err(Ok(lease)) = tx.send(result) {
+                inner.give_back(lease).await;
+            }
+        });
+        let result = match &self.mode {
+            Mode::Try => rx.await,
+            Mode::Wait {
+                deadline, cancel, ..
+            } => tokio::select! {
+                biased;
+                () = cancel.cancelled() => return Err(self.cancelled()),
+                () = tokio::time::sleep_until(*deadline) => return Err(self.timed_out()),
+                result = rx => result,
+            },
+        };
+        match result {
+            Ok(result) => result.map(|lease| (lease, sent_at)),
+            Err(_) => Err(Error::Client {
+                message: "the task sending the acquiring write stopped without an answer".into(),
+                source: None,
+            }),
+        }
+    }
+
+    /// Waits until the watch reports a change, the next poll, the
+    /// expiry instant `until`, the deadline or cancellation.
+    async fn wait(&mut self, until: Option<Instant>) -> Result<(), Error> {
+        let Mode::Wait {
+            deadline,
+            cancel,
+            holding,
+        } = &self.mode
+        else {
+            return Ok(());
+        };
+        let (deadline, cancel, holding) = (*deadline, cancel.clone(), holding.clone());
+        let held = matches!(&self.view, View::Present(o) if o.holder().is_some());
+        if held {
+            self.open_watch();
+            if !holding.is_empty() {
+                self.check_deadlock(&holding).await?;
+            }
+        }
+        let delay = self
+            .backoff
+            .next()
+            .unwrap_or(self.inner().config.backoff.max);
+        let mut wake_at = Instant::now() + delay;
+        let mut poll = true;
+        if let Some(until) = until
+            && until <= wake_at
+        {
+            wake_at = until;
+            poll = false;
+        }
+        let wake_at = wake_at.min(deadline);
+        let wake = {
+            let event = next_event(&mut self.watch);
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => return Err(self.cancelled()),
+                event = event => Wake::Event(event),
+                () = tokio::time::sleep_until(wake_at) => Wake::Timer { poll },
+            }
+        };
+        match wake {
+            Wake::Event(Some(Ok(LeaseEvent::Applied(lease)))) => {
+                self.view = View::Present(self.inner().observe(&self.name, lease));
+            }
+            Wake::Event(Some(Ok(LeaseEvent::Deleted))) => {
+                self.inner().forget(&self.name);
+                self.view = View::Absent;
+            }
+            Wake::Event(Some(Err(e))) => {
+                debug!(lease = %self.name, error = %e, "lease watch reported an error; polling goes on");
+            }
+            Wake::Event(None) => {
+                debug!(lease = %self.name, "lease watch ended; falling back to polling");
+                self.watch = None;
+            }
+            // Re-read what may have changed unseen; at the expiry instant
+            // the current view is judged again as it is (the takeover is
+            // conditional on its version, so an unseen renewal makes it fail).
+            Wake::Timer { poll: true } if held || matches!(self.view, View::Stale) => {
+                self.view = View::Stale;
+            }
+            Wake::Timer { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn open_watch(&mut self) {
+        if self.watch_opened {
+            return;
+        }
+        let View::Present(observation) = &self.view else {
+            return;
+        };
+        self.watch_opened = true;
+        let inner = self.inner();
+        self.watch = Some(inner.backend.watch(
+            &inner.config.namespace,
+            &self.name,
+            observation.lease.metadata.resource_version.clone(),
+        ));
+    }
+
+    async fn check_deadlock(&mut self, holding: &[Arc<GuardShared>]) -> Result<(), Error> {
+        let View::Present(observation) = &self.view else {
+            return Ok(());
+        };
+        let wanted = observation.lease.clone();
+        if self.marker.is_none() {
+            self.marker = Some(WaitMarker::set(holding, &self.name).await);
+        }
+        let inner = Arc::clone(self.inner());
+        match deadlock::find_cycle(&inner, &wanted, holding).await {
+            Ok(Some(cycle)) if cycle.we_are_victim() => Err(Error::Deadlock {
+                key: self.key.to_owned(),
+                cycle: cycle.lease_names(),
+            }),
+            Ok(Some(cycle)) => {
+                debug!(lease = %self.name, cycle = ?cycle.lease_names(), "wait-for cycle found; another member backs out");
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => {
+                debug!(lease = %self.name, error = %e, "could not walk the wait-for graph");
+                Ok(())
+            }
+        }
+    }
+
+    fn acquired(
+        mut self,
+        lease: Lease,
+        sent_at: Instant,
+        takeover: bool,
+    ) -> Result<LockGuard, Error> {
+        let inner = Arc::clone(self.inner());
+        if takeover {
+            inner.metrics.takeovers.inc();
+            debug!(lease = %self.name, previous = ?self.last_holder, "took over an expired lease");
+        }
+        inner.observe(&self.name, lease.clone());
+        let claim = self.claim.take();
+        let started = LockGuard::start(
+            Arc::clone(&inner),
+            self.key,
+            self.name.clone(),
+            self.holder.clone(),
+            lease.clone(),
+            sent_at,
+            claim,
+        );
+        if started.is_err() {
+            // Unusable (no uid or transitions): do not keep it held.
+            tokio::spawn(async move { inner.give_back(lease).await });
+        }
+        started
+    }
+
+    fn check_deadline(&self) -> Result<(), Error> {
+        if let Mode::Wait {
+            deadline, cancel, ..
+        } = &self.mode
+        {
+            if cancel.is_cancelled() {
+                return Err(self.cancelled());
+            }
+            if Instant::now() >= *deadline {
+                return Err(self.timed_out());
+            }
+        }
+        Ok(())
+    }
+
+    fn cancelled(&self) -> Error {
+        Error::Cancelled {
+            key: self.key.to_owned(),
+        }
+    }
+
+    /// The error for a deadline: the last API failure when the API was
+    /// failing (an API failure is never disguised as contention), else a
+    /// timeout naming the holder we saw.
+    fn timed_out(&self) -> Error {
+        match &self.last_error {
+            Some(e) if !self.contended => clone_error(e),
+            _ => Error::Timeout {
+                key: self.key.to_owned(),
+                waited: self.started.elapsed(),
+                holder: self.last_holder.clone(),
+            },
+        }
+    }
+}
+
+enum Write {
+    Create(Lease),
+    Replace(Lease),
+}
+
+async fn next_event(
+    watch: &mut Option<BoxStream<'static, Result<LeaseEvent, Error>>>,
+) -> Option<Result<LeaseEvent, Error>> {
+    match watch {
+        Some(stream) => stream.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The Lease that makes `holder` the holder of `name`: a new one, or
+/// `current` taken over (same uid and resourceVersion as preconditions,
+/// `leaseTransitions + 1`, our waiting-for annotation cleared).
+pub(crate) fn acquiring_lease(
+    inner: &LockInner,
+    name: &str,
+    holder: &str,
+    current: Option<&Lease>,
+) -> Result<Lease, Error> {
+    let config = &inner.config;
+    let now = MicroTime(jiff::Timestamp::now());
+    let mut lease = current.cloned().unwrap_or_else(|| Lease {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(config.namespace.clone()),
+            ..ObjectMeta::default()
+        },
+        spec: None,
+    });
+    let transitions = match current.and_then(|l| l.spec.as_ref()?.lease_transitions) {
+        None if current.is_none() => 0,
+        None => 1,
+        Some(t) => t
+            .checked_add(1)
+            .filter(|t| *t > 0)
+            .ok_or_else(|| Error::InvalidLease {
+                name: name.to_owned(),
+                reason: format!("leaseTransitions {t} cannot be incremented"),
+            })?,
+    };
+    let labels = lease.metadata.labels.get_or_insert_with(Default::default);
+    labels.insert(MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned());
+    labels.insert(HOLDER_HASH_LABEL.to_owned(), inner.holder_hash.clone());
+    if let Some(annotations) = lease.metadata.annotations.as_mut() {
+        annotations.remove(WAITING_FOR_ANNOTATION);
+    }
+    let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+    spec.holder_identity = Some(holder.to_owned());
+    spec.lease_duration_seconds = Some(config.lease_duration_seconds());
+    spec.acquire_time = Some(now.clone());
+    spec.renew_time = Some(now);
+    spec.lease_transitions = Some(transitions);
+    Ok(lease)
+}
+
+/// `lease` with its holder cleared (and the holder's label and annotation
+/// removed); `leaseTransitions` and the object stay, so fencing tokens keep
+/// increasing. The resourceVersion is kept: the release is conditional.
+pub(crate) fn released_copy(lease: &Lease) -> Lease {
+    let mut lease = lease.clone();
+    if let Some(labels) = lease.metadata.labels.as_mut() {
+        labels.remove(HOLDER_HASH_LABEL);
+    }
+    if let Some(annotations) = lease.metadata.annotations.as_mut() {
+        annotations.remove(WAITING_FOR_ANNOTATION);
+    }
+    let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+    spec.holder_identity = None;
+    // The release instant: garbage collection measures idleness from it.
+    spec.renew_time = Some(MicroTime(jiff::Timestamp::now()));
+    lease
+}
+
+/// The holder of `lease`, `None` when released.
+pub(crate) fn holder_of(lease: &Lease) -> Option<&str> {
+    lease
+        .spec
+        .as_ref()?
+        .holder_identity
+        .as_deref()
+        .filter(|h| !h.is_empty())
+}
+
+/// Whether two observations carry the same record (uid and spec): what
+/// client-go compares to decide that the holder did not renew.
+fn same_record(a: &Lease, b: &Lease) -> bool {
+    a.metadata.uid == b.metadata.uid && a.spec == b.spec
+}
+
+/// The expiry rule (see the module documentation).
+pub(crate) fn judge(
+    observation: &Observation,
+    config: &LockConfig,
+    now: Instant,
+    wall_now: jiff::Timestamp,
+) -> Judgment {
+    if observation.holder().is_none() {
+        return Judgment::Free;
+    }
+    let spec = observation.lease.spec.as_ref();
+    // The holder's promise; a missing or nonsensical one is replaced by ours.
+    let duration = spec
+        .and_then(|s| s.lease_duration_seconds)
+        .and_then(|s| u64::try_from(s).ok())
+        .filter(|s| *s > 0)
+        .map_or(config.lease_duration, Duration::from_secs);
+    let monotonic_expiry = observation.seen_at + duration;
+    if now >= monotonic_expiry {
+        return Judgment::Expired;
+    }
+    let mut until = monotonic_expiry;
+    if let Some(renewed) = spec.and_then(|s| s.renew_time.as_ref()) {
+        let wall_expiry = jiff::SignedDuration::try_from(duration + config.max_clock_skew)
+            .ok()
+            .and_then(|d| renewed.0.checked_add(d).ok());
+        if let Some(wall_expiry) = wall_expiry {
+            match Duration::try_from(wall_now.duration_until(wall_expiry)) {
+                // Negative: already in the past.
+                Err(_) => return Judgment::Expired,
+                Ok(left) if left.is_zero() => return Judgment::Expired,
+                Ok(left) => until = until.min(now + left),
+            }
+        }
+    }
+    Judgment::Held { until }
+}
+
+/// Errors are not `Clone` (their sources are boxed); this keeps what a
+/// caller acts on.
+pub(crate) fn clone_error(e: &Error) -> Error {
+    match e {
+        Error::Api {
+            status,
+            reason,
+            message,
+            retry_after,
+        } => Error::Api {
+            status: *status,
+            reason: reason.clone(),
+            message: message.clone(),
+            retry_after: *retry_after,
+        },
+        Error::Transport { message, .. } => Error::Transport {
+            message: message.clone(),
+            source: None,
+        },
+        Error::Conflict { name } => Error::Conflict { name: name.clone() },
+        other => Error::Client {
+            message: other.to_string(),
+            source: None,
+        },
+    }
+}
+
+fn random_suffix() -> String {
+    let n: u64 = rand::rng().random();
+    format!("{n:016x}")
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section is a single map operation; a panic cannot
+    // leave the data half-updated, so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
