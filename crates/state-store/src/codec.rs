@@ -1,0 +1,613 @@
+//! Turning a `RemediationState` into a ConfigMap-shaped document and back:
+//! size management (compaction, gzip), schema migration, and quarantine of
+//! payloads that cannot be read.
+//!
+//! The rule it keeps: decoding never fails. Whatever is stored becomes a state
+//! plus an honest [`SchemaOrigin`] saying how it was obtained; only the write
+//! path decides what may be written back.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+
+use jiff::Timestamp;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::backend::{Document, StoredDocument};
+use crate::naming::{
+    ANNOTATION_QUARANTINE_REASON, ANNOTATION_QUARANTINED_AT, ANNOTATION_SCHEMA_VERSION, KEY_STATE,
+    KEY_STATE_CORRUPT, KEY_STATE_GZIP, KEY_STATE_GZIP_CORRUPT, LABEL_TASK_ID, state_labels,
+};
+use crate::schema::{FeedbackEntry, RemediationState, SCHEMA_VERSION, Severity, TaskStatus};
+use crate::{CompactionRecord, Error, Result};
+
+/// Size thresholds for stored documents.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SizeLimits {
+    /// Above this encoded size, feedback is compacted, then the payload gzipped.
+    pub compact_above: usize,
+    /// Largest encoded size ever written; above it the write fails with `TooLarge`.
+    pub max_document: usize,
+    /// How many of the most recent feedback entries compaction keeps.
+    pub keep_recent_feedback: usize,
+}
+
+impl Default for SizeLimits {
+    fn default() -> Self {
+        Self {
+            // 768 KiB leaves room for the next few writes to grow before the hard limit.
+            compact_above: 768 * 1024,
+            // The API server allows 1 MiB of data; our estimate already counts JSON
+            // escaping and base64, and we keep ~48 KiB spare for metadata we do not
+            // see (managedFields).
+            max_document: 1_000_000,
+            keep_recent_feedback: 15,
+        }
+    }
+}
+
+/// How a state read from storage was obtained.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SchemaOrigin {
+    /// Stored in the current schema.
+    Current,
+    /// Stored in an older schema and migrated on read (written back as `v1`
+    /// on the next update).
+    Migrated {
+        /// The stored version.
+        from: String,
+    },
+    /// Stored by a newer build: read best-effort, never overwritten by us.
+    Newer {
+        /// The stored version.
+        version: String,
+    },
+    /// The payload could not be read; the state was rebuilt from what survived
+    /// and the next update quarantines the raw payload.
+    Rebuilt {
+        /// Why the payload could not be read.
+        reason: String,
+    },
+}
+
+/// The outcome of encoding a state.
+#[derive(Debug)]
+pub(crate) struct Encoded {
+    pub document: Document,
+    pub size: usize,
+    pub compaction: Option<CompactionRecord>,
+    pub compressed: bool,
+}
+
+/// A payload to quarantine on the next write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum CorruptPayload {
+    Text(String),
+    Binary(Vec<u8>),
+    Missing,
+}
+
+/// The outcome of decoding a stored document.
+#[derive(Clone, Debug)]
+pub(crate) struct Decoded {
+    pub state: RemediationState,
+    pub origin: SchemaOrigin,
+    pub corrupt: Option<CorruptPayload>,
+}
+
+/// Largest quarantined payload kept; a longer one is truncated so the
+/// quarantine copy cannot make the document unwritable.
+const MAX_QUARANTINE_BYTES: usize = 256 * 1024;
+/// Largest decompressed payload read (guards against gzip bombs).
+const MAX_DECOMPRESSED_BYTES: u64 = 16 * 1024 * 1024;
+/// Metadata the server adds that we do not see (uid, timestamps, managedFields…).
+const METADATA_OVERHEAD: usize = 2048;
+
+/// Encodes `state` for `name`, keeping foreign labels and annotations and any
+/// earlier quarantine copy of `previous`, adding `quarantine` if given.
+pub(crate) fn encode(
+    state: &mut RemediationState,
+    name: &str,
+    previous: Option<&Document>,
+    quarantine: Option<(&CorruptPayload, &str)>,
+    limits: &SizeLimits,
+    now: Timestamp,
+) -> Result<Encoded> {
+    let mut document = previous.cloned().unwrap_or_default();
+    document.labels.extend(state_labels(&state.task_id));
+    document.annotations.insert(
+        ANNOTATION_SCHEMA_VERSION.to_owned(),
+        SCHEMA_VERSION.to_owned(),
+    );
+    if let Some((payload, reason)) = quarantine {
+        match payload {
+            CorruptPayload::Text(raw) => {
+                let mut raw = raw.clone();
+                crate::journal::truncate_utf8(&mut raw, MAX_QUARANTINE_BYTES);
+                document.data.insert(KEY_STATE_CORRUPT.to_owned(), raw);
+            }
+            CorruptPayload::Binary(raw) => {
+                let keep = raw.len().min(MAX_QUARANTINE_BYTES);
+                document
+                    .binary_data
+                    .insert(KEY_STATE_GZIP_CORRUPT.to_owned(), raw[..keep].to_vec());
+            }
+            CorruptPayload::Missing => {}
+        }
+        document
+            .annotations
+            .insert(ANNOTATION_QUARANTINED_AT.to_owned(), now.to_string());
+        document.annotations.insert(
+            ANNOTATION_QUARANTINE_REASON.to_owned(),
+            reason.chars().take(256).collect(),
+        );
+    }
+
+    let json = to_json(state)?;
+    document.binary_data.remove(KEY_STATE_GZIP);
+    document.data.insert(KEY_STATE.to_owned(), json);
+    let mut size = encoded_size(name, &document);
+    let mut compaction = None;
+    if size > limits.compact_above {
+        compaction = state.compact_feedback(limits.keep_recent_feedback, now);
+        if compaction.is_some() {
+            document.data.insert(KEY_STATE.to_owned(), to_json(state)?);
+            size = encoded_size(name, &document);
+        }
+    }
+    let mut compressed = false;
+    if size > limits.compact_above {
+        let json = document.data.remove(KEY_STATE).unwrap_or_default();
+        document.binary_data.insert(
+            KEY_STATE_GZIP.to_owned(),
+            gzip(json.as_bytes(), &state.task_id)?,
+        );
+        size = encoded_size(name, &document);
+        compressed = true;
+    }
+    if size > limits.max_document {
+        return Err(Error::TooLarge {
+            task_id: state.task_id.clone(),
+            size,
+            limit: limits.max_document,
+        });
+    }
+    Ok(Encoded {
+        document,
+        size,
+        compaction,
+        compressed,
+    })
+}
+
+/// Decodes a stored document of `task_id`. Never fails: see [`SchemaOrigin`].
+pub(crate) fn decode(task_id: &str, max_iterations: u32, stored: &StoredDocument) -> Decoded {
+    let doc = &stored.document;
+    let payload = if let Some(gz) = doc.binary_data.get(KEY_STATE_GZIP) {
+        match gunzip(gz) {
+            Ok(text) => Ok(text),
+            Err(reason) => Err((CorruptPayload::Binary(gz.clone()), reason)),
+        }
+    } else if let Some(text) = doc.data.get(KEY_STATE) {
+        Ok(text.clone())
+    } else {
+        Err((CorruptPayload::Missing, "no state payload".to_owned()))
+    };
+    let text = match payload {
+        Ok(text) => text,
+        Err((corrupt, reason)) => {
+            return rebuilt(task_id, max_iterations, doc, "", corrupt, reason);
+        }
+    };
+    let value: Value = match serde_json::from_str(&text) {
+        Ok(v) => v,
+        Err(e) => {
+            let reason = format!("unparsable JSON: {e}");
+            return rebuilt(
+                task_id,
+                max_iterations,
+                doc,
+                &text,
+                CorruptPayload::Text(text.clone()),
+                reason,
+            );
+        }
+    };
+    let version = value
+        .get("version")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .or_else(|| doc.annotations.get(ANNOTATION_SCHEMA_VERSION).cloned());
+    let newer_annotation = doc
+        .annotations
+        .get(ANNOTATION_SCHEMA_VERSION)
+        .is_some_and(|v| is_newer(v));
+    match version.as_deref() {
+        Some(v) if v == SCHEMA_VERSION && !newer_annotation => {
+            match serde_json::from_value::<RemediationState>(value) {
+                Ok(state) => Decoded {
+                    state,
+                    origin: SchemaOrigin::Current,
+                    corrupt: None,
+                },
+                Err(e) => {
+                    let reason = format!("not a v1 state: {e}");
+                    rebuilt(
+                        task_id,
+                        max_iterations,
+                        doc,
+                        &text,
+                        CorruptPayload::Text(text.clone()),
+                        reason,
+                    )
+                }
+            }
+        }
+        None | Some("v0") if !newer_annotation => match serde_json::from_value::<StateV0>(value) {
+            Ok(old) => Decoded {
+                state: old.migrate(),
+                origin: SchemaOrigin::Migrated {
+                    from: "v0".to_owned(),
+                },
+                corrupt: None,
+            },
+            Err(e) => {
+                let reason = format!("not a v0 state: {e}");
+                rebuilt(
+                    task_id,
+                    max_iterations,
+                    doc,
+                    &text,
+                    CorruptPayload::Text(text.clone()),
+                    reason,
+                )
+            }
+        },
+        other => {
+            // A version we do not know is treated as newer: reading it best-effort is
+            // harmless, overwriting it could destroy fields we do not understand.
+            let version = if newer_annotation {
+                doc.annotations
+                    .get(ANNOTATION_SCHEMA_VERSION)
+                    .cloned()
+                    .unwrap_or_default()
+            } else {
+                other.unwrap_or_default().to_owned()
+            };
+            let state = serde_json::from_value::<RemediationState>(value)
+                .unwrap_or_else(|_| salvage(task_id, max_iterations, doc, &text));
+            Decoded {
+                state,
+                origin: SchemaOrigin::Newer { version },
+                corrupt: None,
+            }
+        }
+    }
+}
+
+/// Our estimate of a document's size as the API server stores it: names,
+/// labels and annotations, data values as JSON-escaped strings, binary data as
+/// base64, plus a fixed allowance for server-side metadata. Always at least the
+/// size the server counts against its 1 MiB limit.
+pub fn encoded_size(name: &str, document: &Document) -> usize {
+    let pairs = |m: &BTreeMap<String, String>| -> usize {
+        m.iter().map(|(k, v)| k.len() + escaped_len(v) + 6).sum()
+    };
+    let binary: usize = document
+        .binary_data
+        .iter()
+        .map(|(k, v)| k.len() + v.len().div_ceil(3) * 4 + 6)
+        .sum();
+    METADATA_OVERHEAD
+        + name.len()
+        + pairs(&document.labels)
+        + pairs(&document.annotations)
+        + pairs(&document.data)
+        + binary
+}
+
+/// Whether `version` is a schema version newer than (or unknown to) this build.
+pub(crate) fn is_newer(version: &str) -> bool {
+    match version
+        .strip_prefix('v')
+        .and_then(|n| n.parse::<u32>().ok())
+    {
+        Some(n) => n > 1,
+        None => true,
+    }
+}
+
+fn to_json(state: &RemediationState) -> Result<String> {
+    serde_json::to_string(state).map_err(|e| Error::Encode {
+        task_id: state.task_id.clone(),
+        message: e.to_string(),
+    })
+}
+
+fn gzip(bytes: &[u8], task_id: &str) -> Result<Vec<u8>> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    encoder
+        .write_all(bytes)
+        .and_then(|()| encoder.finish())
+        .map_err(|e| Error::Encode {
+            task_id: task_id.to_owned(),
+            message: format!("gzip: {e}"),
+        })
+}
+
+fn gunzip(bytes: &[u8]) -> std::result::Result<String, String> {
+    let mut text = String::new();
+    let mut reader = flate2::read::GzDecoder::new(bytes).take(MAX_DECOMPRESSED_BYTES + 1);
+    reader
+        .read_to_string(&mut text)
+        .map_err(|e| format!("undecompressable gzip payload: {e}"))?;
+    if text.len() as u64 > MAX_DECOMPRESSED_BYTES {
+        return Err(format!(
+            "gzip payload decompresses to more than {MAX_DECOMPRESSED_BYTES} bytes"
+        ));
+    }
+    Ok(text)
+}
+
+fn escaped_len(s: &str) -> usize {
+    s.len()
+        + s.bytes()
+            .map(|b| match b {
+                b'"' | b'\\' | b'\n' | b'\r' | b'\t' => 1,
+                b if b < 0x20 => 5,
+                _ => 0,
+            })
+            .sum::<usize>()
+        + 2
+}
+
+fn rebuilt(
+    task_id: &str,
+    max_iterations: u32,
+    doc: &Document,
+    text: &str,
+    corrupt: CorruptPayload,
+    reason: String,
+) -> Decoded {
+    Decoded {
+        state: salvage(task_id, max_iterations, doc, text),
+        origin: SchemaOrigin::Rebuilt { reason },
+        corrupt: Some(corrupt),
+    }
+}
+
+/// Rebuilds a state from what survives of an unreadable payload: the task id
+/// from the label, and each known top-level key whose value still parses.
+fn salvage(task_id: &str, max_iterations: u32, doc: &Document, text: &str) -> RemediationState {
+    let id = doc
+        .labels
+        .get(LABEL_TASK_ID)
+        .filter(|id| id.as_str() == task_id)
+        .cloned()
+        .unwrap_or_else(|| task_id.to_owned());
+    let last_update =
+        salvage_key::<Timestamp>(text, "last_update").unwrap_or(Timestamp::UNIX_EPOCH);
+    let mut state = RemediationState::new(id, last_update);
+    if let Some(n) = salvage_key::<u32>(text, "iteration") {
+        state.iteration = n.min(max_iterations);
+    }
+    if let Some(status) = salvage_key::<TaskStatus>(text, "status") {
+        state.status = status;
+    }
+    if let Some(metadata) = salvage_key(text, "metadata") {
+        state.metadata = metadata;
+    }
+    if let Some(head) = salvage_key(text, "latest_head") {
+        state.latest_head = Some(head);
+    }
+    state.highest_fencing_token = salvage_key(text, "highest_fencing_token");
+    if let Some(uids) = salvage_key(text, "retired_lease_uids") {
+        state.retired_lease_uids = uids;
+    }
+    if state.status == TaskStatus::MaxIterationsReached && state.iteration == 0 {
+        state.status = TaskStatus::Initialized;
+    }
+    state
+}
+
+/// The value of the first `"key": <value>` in `text` that parses as `T`.
+fn salvage_key<T: serde::de::DeserializeOwned>(text: &str, key: &str) -> Option<T> {
+    let needle = format!("\"{key}\"");
+    let mut from = 0;
+    while let Some(pos) = text[from..].find(&needle) {
+        let after = from + pos + needle.len();
+        from = after;
+        let rest = text[after..].trim_start();
+        let Some(rest) = rest.strip_prefix(':') else {
+            continue;
+        };
+        let mut de = serde_json::Deserializer::from_str(rest.trim_start());
+        if let Ok(value) = T::deserialize(&mut de) {
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// The starting design's document (`v0`): camelCase names, an `iterationCount`,
+/// snake_case statuses, numeric comment ids, plain error strings, and none of
+/// the supersession, audit or journal fields.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StateV0 {
+    task_id: String,
+    #[serde(default)]
+    iteration_count: u32,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    feedback: Vec<FeedbackV0>,
+    #[serde(default)]
+    errors: Vec<String>,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+    #[serde(default)]
+    last_updated: Option<Timestamp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FeedbackV0 {
+    comment_id: Value,
+    #[serde(default)]
+    severity: Option<String>,
+    #[serde(default)]
+    body: String,
+    #[serde(default)]
+    author: String,
+    #[serde(default)]
+    created_at: Option<Timestamp>,
+    #[serde(default)]
+    resolved: bool,
+}
+
+impl StateV0 {
+    fn migrate(self) -> RemediationState {
+        let now = self.last_updated.unwrap_or(Timestamp::UNIX_EPOCH);
+        let mut state = RemediationState::new(self.task_id, now);
+        state.iteration = self.iteration_count;
+        state.status = match self.status.as_deref() {
+            Some("in_progress") => TaskStatus::InProgress,
+            Some("completed") => TaskStatus::Completed,
+            Some("failed") => TaskStatus::Failed,
+            Some("max_iterations_reached") => TaskStatus::MaxIterationsReached,
+            _ => TaskStatus::Initialized,
+        };
+        for f in self.feedback {
+            let comment_id = match f.comment_id {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            state.append_feedback(FeedbackEntry {
+                comment_id,
+                severity: match f.severity.as_deref() {
+                    Some("critical") => Severity::Critical,
+                    Some("high") => Severity::High,
+                    Some("medium") => Severity::Medium,
+                    _ => Severity::Low,
+                },
+                resolved: f.resolved,
+                body: f.body,
+                author: f.author,
+                created_at: f.created_at.unwrap_or(now),
+                resolved_at: None,
+            });
+        }
+        // v0 kept no time per error; the document's own time is the best we have.
+        for message in self.errors {
+            state.push_error(message, now);
+        }
+        state.metadata = self.metadata;
+        state
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(doc: Document) -> StoredDocument {
+        StoredDocument {
+            name: "task-t-state".into(),
+            resource_version: "1".into(),
+            document: doc,
+        }
+    }
+
+    fn with_payload(json: &str) -> Document {
+        let mut doc = Document {
+            labels: state_labels("t"),
+            ..Document::default()
+        };
+        doc.data.insert(KEY_STATE.into(), json.into());
+        doc
+    }
+
+    #[test]
+    fn a_v1_state_round_trips_unchanged() {
+        let mut state = RemediationState::new("t", "2026-01-01T00:00:00Z".parse().unwrap());
+        state.iteration = 3;
+        state.metadata.insert("k".into(), "v".into());
+        let enc = encode(
+            &mut state.clone(),
+            "task-t-state",
+            None,
+            None,
+            &SizeLimits::default(),
+            Timestamp::UNIX_EPOCH,
+        )
+        .unwrap();
+        assert!(!enc.compressed);
+        assert_eq!(enc.document.annotations[ANNOTATION_SCHEMA_VERSION], "v1");
+        let dec = decode("t", 10, &stored(enc.document));
+        assert_eq!(dec.origin, SchemaOrigin::Current);
+        state.version = SCHEMA_VERSION.into();
+        assert_eq!(dec.state, state);
+    }
+
+    #[test]
+    fn a_v0_document_migrates_on_read() {
+        let v0 = r#"{"taskId":"t","iterationCount":4,"status":"in_progress",
+            "feedback":[{"commentId":17,"severity":"high","body":"fix","author":"rev","createdAt":"2025-01-01T00:00:00Z"}],
+            "errors":["boom"],"metadata":{"pr":"9"},"lastUpdated":"2025-01-02T00:00:00Z"}"#;
+        let dec = decode("t", 10, &stored(with_payload(v0)));
+        assert_eq!(dec.origin, SchemaOrigin::Migrated { from: "v0".into() });
+        assert_eq!(dec.state.iteration, 4);
+        assert_eq!(dec.state.status, TaskStatus::InProgress);
+        assert_eq!(dec.state.feedback_history[0].comment_id, "17");
+        assert_eq!(dec.state.feedback_history[0].severity, Severity::High);
+        assert_eq!(dec.state.error_messages[0].message, "boom");
+        assert_eq!(dec.state.metadata["pr"], "9");
+        assert_eq!(dec.state.version, "v1");
+    }
+
+    #[test]
+    fn a_newer_version_is_read_best_effort() {
+        let v2 =
+            r#"{"version":"v2","task_id":"t","iteration":2,"status":"InProgress","shiny":true}"#;
+        let dec = decode("t", 10, &stored(with_payload(v2)));
+        assert_eq!(
+            dec.origin,
+            SchemaOrigin::Newer {
+                version: "v2".into()
+            }
+        );
+        assert_eq!(dec.state.iteration, 2);
+    }
+
+    #[test]
+    fn corrupt_json_is_rebuilt_from_the_keys_that_still_parse() {
+        let broken = r#"{"version":"v1","task_id":"t","iteration":7,"status":"InProgress","metadata":{"a":"b"},"feedback_history":[{"comm"#;
+        let dec = decode("t", 10, &stored(with_payload(broken)));
+        assert!(matches!(dec.origin, SchemaOrigin::Rebuilt { .. }));
+        assert_eq!(dec.state.task_id, "t");
+        assert_eq!(dec.state.iteration, 7);
+        assert_eq!(dec.state.status, TaskStatus::InProgress);
+        assert_eq!(dec.state.metadata["a"], "b");
+        assert_eq!(dec.corrupt, Some(CorruptPayload::Text(broken.into())));
+    }
+
+    #[test]
+    fn the_size_estimate_counts_escaping_and_base64() {
+        let mut doc = Document::default();
+        doc.data.insert("k".into(), "\"\"".into());
+        doc.binary_data.insert("b".into(), vec![0; 3]);
+        assert_eq!(
+            encoded_size("n", &doc),
+            METADATA_OVERHEAD + 1 + (1 + 6 + 6) + (1 + 4 + 6)
+        );
+    }
+
+    #[test]
+    fn unknown_version_strings_count_as_newer() {
+        assert!(is_newer("v2"));
+        assert!(is_newer("banana"));
+        assert!(!is_newer("v1"));
+        assert!(!is_newer("v0"));
+    }
+}

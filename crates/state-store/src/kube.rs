@@ -1,0 +1,212 @@
+//! `ConfigMapBackend`: task state documents as ConfigMaps, through the real
+//! Kubernetes API (`kube::Api<ConfigMap>`).
+//!
+//! The rule it keeps: replace sends `metadata.resourceVersion` and delete sends
+//! `Preconditions { resourceVersion }`, so the API server itself refuses a write
+//! based on a stale read (409). There is no server-side apply and no force.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, ListParams, PostParams, Preconditions};
+use kube::{Api, Client};
+
+use crate::backend::{Document, StateBackend, StoredDocument};
+use crate::{Error, Result};
+
+/// Page size of LIST calls: large enough that 10 000 states take 20 calls,
+/// small enough that one page never approaches the API server's response limits.
+const LIST_PAGE_SIZE: u32 = 500;
+
+/// [`StateBackend`] over ConfigMaps in one namespace.
+#[derive(Clone)]
+pub struct ConfigMapBackend {
+    api: Api<ConfigMap>,
+}
+
+impl std::fmt::Debug for ConfigMapBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigMapBackend").finish_non_exhaustive()
+    }
+}
+
+impl ConfigMapBackend {
+    /// ConfigMaps in `namespace`, through `client`.
+    pub fn new(client: Client, namespace: &str) -> Self {
+        Self {
+            api: Api::namespaced(client, namespace),
+        }
+    }
+
+    /// ConfigMaps through an existing `Api` (its namespace is used).
+    pub fn from_api(api: Api<ConfigMap>) -> Self {
+        Self { api }
+    }
+}
+
+#[async_trait]
+impl StateBackend for ConfigMapBackend {
+    async fn get(&self, name: &str) -> Result<Option<StoredDocument>> {
+        match self.api.get_opt(name).await {
+            Ok(Some(cm)) => from_config_map(cm).map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => Err(map_error(e, name)),
+        }
+    }
+
+    async fn create(&self, name: &str, document: Document) -> Result<StoredDocument> {
+        let cm = to_config_map(name, None, document);
+        let created = self
+            .api
+            .create(&PostParams::default(), &cm)
+            .await
+            .map_err(|e| map_error(e, name))?;
+        from_config_map(created)
+    }
+
+    async fn replace(
+        &self,
+        name: &str,
+        resource_version: &str,
+        document: Document,
+    ) -> Result<StoredDocument> {
+        let cm = to_config_map(name, Some(resource_version), document);
+        let replaced = self
+            .api
+            .replace(name, &PostParams::default(), &cm)
+            .await
+            .map_err(|e| map_error(e, name))?;
+        from_config_map(replaced)
+    }
+
+    async fn delete(&self, name: &str, resource_version: &str) -> Result<()> {
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                resource_version: Some(resource_version.to_owned()),
+                uid: None,
+            }),
+            ..DeleteParams::default()
+        };
+        self.api
+            .delete(name, &params)
+            .await
+            .map(|_| ())
+            .map_err(|e| map_error(e, name))
+    }
+
+    async fn list(&self, labels: &BTreeMap<String, String>) -> Result<Vec<StoredDocument>> {
+        let selector = labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut documents = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut params = ListParams::default()
+                .labels(&selector)
+                .limit(LIST_PAGE_SIZE);
+            if let Some(token) = token.as_deref() {
+                params = params.continue_token(token);
+            }
+            let page = self
+                .api
+                .list(&params)
+                .await
+                .map_err(|e| map_error(e, "(list)"))?;
+            for cm in page.items {
+                documents.push(from_config_map(cm)?);
+            }
+            match page.metadata.continue_ {
+                Some(next) if !next.is_empty() => token = Some(next),
+                _ => return Ok(documents),
+            }
+        }
+    }
+}
+
+fn to_config_map(name: &str, resource_version: Option<&str>, document: Document) -> ConfigMap {
+    let non_empty = |m: BTreeMap<String, String>| (!m.is_empty()).then_some(m);
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            resource_version: resource_version.map(str::to_owned),
+            labels: non_empty(document.labels),
+            annotations: non_empty(document.annotations),
+            ..ObjectMeta::default()
+        },
+        data: non_empty(document.data),
+        binary_data: (!document.binary_data.is_empty()).then(|| {
+            document
+                .binary_data
+                .into_iter()
+                .map(|(k, v)| (k, ByteString(v)))
+                .collect()
+        }),
+        immutable: None,
+    }
+}
+
+fn from_config_map(cm: ConfigMap) -> Result<StoredDocument> {
+    let name = cm.metadata.name.unwrap_or_default();
+    let Some(resource_version) = cm.metadata.resource_version else {
+        return Err(Error::Client(format!(
+            "ConfigMap {name} came back without a resourceVersion"
+        )));
+    };
+    Ok(StoredDocument {
+        name,
+        resource_version,
+        document: Document {
+            labels: cm.metadata.labels.unwrap_or_default(),
+            annotations: cm.metadata.annotations.unwrap_or_default(),
+            data: cm.data.unwrap_or_default(),
+            binary_data: cm
+                .binary_data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect(),
+        },
+    })
+}
+
+/// Maps a kube error to ours. Anything that may have happened after the request
+/// left (connection, timeout, an unreadable answer) is `Transport`, which the
+/// store treats as "the write may have been applied".
+fn map_error(error: kube::Error, name: &str) -> Error {
+    match error {
+        kube::Error::Api(status) => {
+            let name = name.to_owned();
+            if status.is_already_exists() {
+                Error::AlreadyExists { name }
+            } else if status.is_conflict() {
+                Error::Conflict { name }
+            } else if status.is_not_found() {
+                Error::NotFound { name }
+            } else {
+                let retry_after = status
+                    .details
+                    .as_ref()
+                    .map(|d| d.retry_after_seconds)
+                    .filter(|s| *s > 0)
+                    .map(|s| std::time::Duration::from_secs(u64::from(s)));
+                Error::Api {
+                    code: status.code,
+                    reason: status.reason.clone(),
+                    message: status.message.clone(),
+                    retry_after,
+                }
+            }
+        }
+        e @ (kube::Error::HyperError(_)
+        | kube::Error::Service(_)
+        | kube::Error::SerdeError(_)
+        | kube::Error::ReadEvents(_)
+        | kube::Error::FromUtf8(_)) => Error::Transport(e.to_string()),
+        other => Error::Client(other.to_string()),
+    }
+}

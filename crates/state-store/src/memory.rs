@@ -1,0 +1,140 @@
+//! `MemoryBackend`: the in-process backend with the same semantics as a
+//! ConfigMap on the API server (a cluster-wide increasing resourceVersion,
+//! 409 on a stale version, AlreadyExists, NotFound, conditional delete,
+//! equality label selectors).
+//!
+//! The rule it keeps: it never offers a behaviour the API server does not
+//! have, so code tested against it behaves the same on a cluster.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use crate::backend::{Document, StateBackend, StoredDocument};
+use crate::{Error, Result};
+
+/// In-memory [`StateBackend`]; cheap to create, safe to share (`Arc`).
+#[derive(Debug, Default)]
+pub struct MemoryBackend {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Like etcd's revision: one counter for every object.
+    revision: u64,
+    objects: BTreeMap<String, StoredDocument>,
+}
+
+impl MemoryBackend {
+    /// An empty backend.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of stored documents.
+    pub fn len(&self) -> usize {
+        self.lock().objects.len()
+    }
+
+    /// Whether no document is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the map half-updated (every
+        // mutation is a single insert/remove), so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Inner {
+    fn next_version(&mut self) -> String {
+        self.revision += 1;
+        self.revision.to_string()
+    }
+}
+
+#[async_trait]
+impl StateBackend for MemoryBackend {
+    async fn get(&self, name: &str) -> Result<Option<StoredDocument>> {
+        Ok(self.lock().objects.get(name).cloned())
+    }
+
+    async fn create(&self, name: &str, document: Document) -> Result<StoredDocument> {
+        let mut inner = self.lock();
+        if inner.objects.contains_key(name) {
+            return Err(Error::AlreadyExists {
+                name: name.to_owned(),
+            });
+        }
+        let stored = StoredDocument {
+            name: name.to_owned(),
+            resource_version: inner.next_version(),
+            document,
+        };
+        inner.objects.insert(name.to_owned(), stored.clone());
+        Ok(stored)
+    }
+
+    async fn replace(
+        &self,
+        name: &str,
+        resource_version: &str,
+        document: Document,
+    ) -> Result<StoredDocument> {
+        let mut inner = self.lock();
+        match inner.objects.get(name) {
+            None => {
+                return Err(Error::NotFound {
+                    name: name.to_owned(),
+                });
+            }
+            Some(current) if current.resource_version != resource_version => {
+                return Err(Error::Conflict {
+                    name: name.to_owned(),
+                });
+            }
+            Some(_) => {}
+        }
+        let stored = StoredDocument {
+            name: name.to_owned(),
+            resource_version: inner.next_version(),
+            document,
+        };
+        inner.objects.insert(name.to_owned(), stored.clone());
+        Ok(stored)
+    }
+
+    async fn delete(&self, name: &str, resource_version: &str) -> Result<()> {
+        let mut inner = self.lock();
+        match inner.objects.get(name) {
+            None => Err(Error::NotFound {
+                name: name.to_owned(),
+            }),
+            Some(current) if current.resource_version != resource_version => Err(Error::Conflict {
+                name: name.to_owned(),
+            }),
+            Some(_) => {
+                inner.objects.remove(name);
+                Ok(())
+            }
+        }
+    }
+
+    async fn list(&self, labels: &BTreeMap<String, String>) -> Result<Vec<StoredDocument>> {
+        Ok(self
+            .lock()
+            .objects
+            .values()
+            .filter(|d| {
+                labels
+                    .iter()
+                    .all(|(k, v)| d.document.labels.get(k) == Some(v))
+            })
+            .cloned()
+            .collect())
+    }
+}

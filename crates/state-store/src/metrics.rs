@@ -1,0 +1,162 @@
+//! Prometheus metrics of the state store.
+//!
+//! The rule it keeps: labels are low-cardinality (operation, result, reason),
+//! never a task id.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::Error;
+
+/// Labels of per-operation metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    /// `get`, `update`, `delete`, `list`, `cleanup`.
+    pub operation: &'static str,
+    /// `ok` or an error class (see [`Error`]'s variants, snake_case).
+    pub result: &'static str,
+}
+
+/// Labels of the duration histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DurationLabels {
+    /// `get`, `update`, `delete`, `list`, `cleanup`.
+    pub operation: &'static str,
+}
+
+/// Labels of the retry counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    /// `conflict`, `already_exists`, `not_found`, `transient`, `ambiguous_write`.
+    pub reason: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// The store's metrics. Cheap to clone (every clone updates the same series).
+#[derive(Clone, Debug)]
+pub struct StateStoreMetrics {
+    pub(crate) operations: Family<OperationLabels, Counter>,
+    pub(crate) conflicts: Counter,
+    pub(crate) retries: Family<RetryLabels, Counter>,
+    pub(crate) duration: HistogramFamily<DurationLabels>,
+    pub(crate) document_size: Histogram,
+    pub(crate) compactions: Counter,
+    pub(crate) compressions: Counter,
+    pub(crate) quarantines: Counter,
+    pub(crate) cleanup_deletions: Counter,
+}
+
+impl Default for StateStoreMetrics {
+    fn default() -> Self {
+        Self {
+            operations: Family::default(),
+            conflicts: Counter::default(),
+            retries: Family::default(),
+            duration: Family::new_with_constructor(duration_histogram),
+            // 1 KiB … 1 MiB.
+            document_size: Histogram::new(exponential_buckets(1024.0, 2.0, 11)),
+            compactions: Counter::default(),
+            compressions: Counter::default(),
+            quarantines: Counter::default(),
+            cleanup_deletions: Counter::default(),
+        }
+    }
+}
+
+impl StateStoreMetrics {
+    /// Registers every metric under the `state_store` prefix.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("state_store");
+        r.register(
+            "operations",
+            "State store operations by operation and result",
+            self.operations.clone(),
+        );
+        r.register(
+            "conflicts",
+            "Writes rejected because the document changed since it was read (409)",
+            self.conflicts.clone(),
+        );
+        r.register(
+            "retries",
+            "Update attempts repeated, by reason",
+            self.retries.clone(),
+        );
+        r.register_with_unit(
+            "operation_duration",
+            "Duration of state store operations, retries included",
+            Unit::Seconds,
+            self.duration.clone(),
+        );
+        r.register_with_unit(
+            "document_size",
+            "Encoded size of written state documents",
+            Unit::Bytes,
+            self.document_size.clone(),
+        );
+        r.register(
+            "compactions",
+            "Feedback history compactions",
+            self.compactions.clone(),
+        );
+        r.register(
+            "compressions",
+            "Writes stored gzip-compressed",
+            self.compressions.clone(),
+        );
+        r.register(
+            "quarantines",
+            "Unreadable payloads quarantined and rebuilt",
+            self.quarantines.clone(),
+        );
+        r.register(
+            "cleanup_deletions",
+            "States deleted by TTL cleanup",
+            self.cleanup_deletions.clone(),
+        );
+    }
+
+    pub(crate) fn observe(&self, operation: &'static str, result: &'static str, seconds: f64) {
+        self.operations
+            .get_or_create(&OperationLabels { operation, result })
+            .inc();
+        self.duration
+            .get_or_create(&DurationLabels { operation })
+            .observe(seconds);
+    }
+
+    pub(crate) fn retry(&self, reason: &'static str) {
+        self.retries.get_or_create(&RetryLabels { reason }).inc();
+    }
+}
+
+fn duration_histogram() -> Histogram {
+    // 1 ms … ~16 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+/// A low-cardinality name for an error.
+pub(crate) fn error_label(error: &Error) -> &'static str {
+    match error {
+        Error::InvalidTaskId { .. } => "invalid_task_id",
+        Error::NotFound { .. } => "not_found",
+        Error::Conflict { .. } => "conflict",
+        Error::AlreadyExists { .. } => "already_exists",
+        Error::Api { .. } => "api_error",
+        Error::Transport(_) => "transport_error",
+        Error::Client(_) => "client_error",
+        Error::MaxIterationsReached { .. } => "max_iterations_reached",
+        Error::StaleFencingToken { .. } => "stale_fencing_token",
+        Error::TooLarge { .. } => "too_large",
+        Error::UnsupportedVersion { .. } => "unsupported_version",
+        Error::Invalid { .. } => "invalid",
+        Error::Journal { .. } => "journal",
+        Error::Encode { .. } => "encode",
+        Error::RetriesExhausted { .. } => "retries_exhausted",
+        Error::OutcomeUnknown { .. } => "outcome_unknown",
+    }
+}

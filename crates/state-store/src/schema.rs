@@ -1,0 +1,852 @@
+//! `RemediationState`, the task state document (schema `v1`), and the helpers
+//! that change it so that every writer keeps the same invariants.
+//!
+//! The rule it keeps: everything that grows is bounded here (histories, error
+//! messages, pending supersessions, journal steps), so a document can only
+//! outgrow a ConfigMap through feedback bodies, which the codec compacts.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::journal::{
+    FencingToken, JournalStep, MAX_DETAIL_BYTES, MAX_JOURNAL_STEPS, OperationJournal, Step,
+    StepStatus, truncate_utf8,
+};
+use crate::{Error, Result};
+
+/// The schema version this build reads and writes.
+pub const SCHEMA_VERSION: &str = "v1";
+/// Most error messages kept (newest kept).
+pub const MAX_ERROR_MESSAGES: usize = 50;
+/// Longest error message kept, in bytes (longer ones are truncated).
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 2048;
+/// Most cancellation audit entries kept (newest kept).
+pub const MAX_CANCELLATION_HISTORY: usize = 100;
+/// Most pending supersessions kept (newest kept).
+pub const MAX_PENDING_SUPERSESSIONS: usize = 16;
+/// Most compaction records kept (newest kept).
+pub const MAX_COMPACTIONS: usize = 10;
+/// Most dropped comment ids listed in one compaction record.
+pub const MAX_DROPPED_IDS_LISTED: usize = 100;
+/// Most retired Lease uids remembered for fencing.
+pub const MAX_RETIRED_LEASE_UIDS: usize = 8;
+/// Most write ids remembered to settle writes that failed in transit.
+pub const MAX_APPLIED_WRITES: usize = 64;
+
+/// Lifecycle status of a task.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TaskStatus {
+    /// Created, no work yet.
+    #[default]
+    Initialized,
+    /// Agents are working on it.
+    InProgress,
+    /// Finished successfully.
+    Completed,
+    /// Finished unsuccessfully.
+    Failed,
+    /// Stopped because the iteration counter hit its maximum.
+    MaxIterationsReached,
+}
+
+impl TaskStatus {
+    /// Whether no more work is expected (Completed, Failed, MaxIterationsReached).
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskStatus::Completed | TaskStatus::Failed | TaskStatus::MaxIterationsReached
+        )
+    }
+}
+
+/// Severity of a review comment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Severity {
+    /// Nit.
+    Low,
+    /// Should fix.
+    Medium,
+    /// Must fix.
+    High,
+    /// Blocks the merge.
+    Critical,
+}
+
+/// One piece of review feedback, identified by its comment id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedbackEntry {
+    /// The comment id (unique per task; used to deduplicate).
+    pub comment_id: String,
+    /// How serious it is.
+    pub severity: Severity,
+    /// Whether it was addressed.
+    #[serde(default)]
+    pub resolved: bool,
+    /// The comment text.
+    pub body: String,
+    /// Who wrote it.
+    pub author: String,
+    /// When it was written.
+    pub created_at: Timestamp,
+    /// When it was resolved, if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<Timestamp>,
+}
+
+/// One recorded error message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorMessage {
+    /// When it was recorded.
+    pub at: Timestamp,
+    /// The message (at most [`MAX_ERROR_MESSAGE_BYTES`]).
+    pub message: String,
+}
+
+/// The newest pushed head of the task's pull request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadRecord {
+    /// Commit sha.
+    pub sha: String,
+    /// When it was pushed (from the webhook).
+    pub pushed_at: Timestamp,
+    /// `X-GitHub-Delivery` of the event that told us.
+    pub delivery_id: String,
+}
+
+/// A push that supersedes the work in flight, as recorded by the sensor.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Supersession {
+    /// The new head sha.
+    pub head_sha: String,
+    /// When it was pushed.
+    pub pushed_at: Timestamp,
+    /// `X-GitHub-Delivery` of the event.
+    pub delivery_id: String,
+    /// Correlation id for logs across processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+}
+
+/// How a cancellation ended, for the audit trail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CancellationOutcome {
+    /// Every target is gone.
+    Cancelled,
+    /// There was nothing to cancel.
+    NothingToCancel,
+    /// Some targets could not be cancelled; flagged for intervention.
+    Failed,
+    /// The operation was compensated or rolled back.
+    RolledBack,
+}
+
+/// One entry of the cancellation audit trail.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancellationRecord {
+    /// The journal operation that did it.
+    pub operation_id: String,
+    /// When it ended.
+    pub at: Timestamp,
+    /// The head that superseded the cancelled work.
+    pub new_head_sha: String,
+    /// The cancelled resources.
+    #[serde(default)]
+    pub targets: Vec<String>,
+    /// How it ended.
+    pub outcome: CancellationOutcome,
+    /// Correlation id of the triggering event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    /// Free text (bounded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// What a feedback compaction dropped, kept in the document for audit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactionRecord {
+    /// When it happened.
+    pub at: Timestamp,
+    /// How many entries were dropped.
+    pub dropped: usize,
+    /// The dropped comment ids (the first [`MAX_DROPPED_IDS_LISTED`]).
+    pub dropped_comment_ids: Vec<String>,
+    /// How many entries were kept.
+    pub kept: usize,
+}
+
+/// The state of one remediation task (schema `v1`).
+///
+/// Change it inside [`StateStore::update`](crate::StateStore::update) closures,
+/// preferably with the methods below, which keep the bounds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RemediationState {
+    /// Schema version of the document (`"v1"`).
+    pub version: String,
+    /// The task this state belongs to.
+    pub task_id: String,
+    /// Iterations done so far (at most the store's maximum).
+    pub iteration: u32,
+    /// Lifecycle status.
+    pub status: TaskStatus,
+    /// Review feedback, oldest first, unique by comment id.
+    pub feedback_history: Vec<FeedbackEntry>,
+    /// Recent error messages, oldest first (newest [`MAX_ERROR_MESSAGES`] kept).
+    pub error_messages: Vec<ErrorMessage>,
+    /// Free-form string metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// When the state was last written.
+    pub last_update: Timestamp,
+    /// The newest head pushed to the task's pull request.
+    pub latest_head: Option<HeadRecord>,
+    /// Supersessions recorded but not yet handled, oldest first.
+    pub pending_supersessions: Vec<Supersession>,
+    /// Cancellation audit trail, oldest first (newest kept).
+    pub cancellation_history: Vec<CancellationRecord>,
+    /// The journal of the operation in flight, if any.
+    pub active_operation: Option<OperationJournal>,
+    /// Highest fencing token any write presented.
+    pub highest_fencing_token: Option<FencingToken>,
+    /// Lease uids replaced by a newer Lease: their tokens are all stale.
+    pub retired_lease_uids: Vec<String>,
+    /// Feedback compactions done on this document.
+    pub compactions: Vec<CompactionRecord>,
+    /// Ids of the latest writes (newest last), so a writer whose request failed
+    /// in transit can tell whether it was applied. Maintained by the store only.
+    applied_writes: Vec<String>,
+}
+
+impl Default for RemediationState {
+    fn default() -> Self {
+        Self::new("", Timestamp::UNIX_EPOCH)
+    }
+}
+
+impl RemediationState {
+    /// A fresh `Initialized` state for `task_id`.
+    pub fn new(task_id: impl Into<String>, now: Timestamp) -> Self {
+        Self {
+            version: SCHEMA_VERSION.to_owned(),
+            task_id: task_id.into(),
+            iteration: 0,
+            status: TaskStatus::Initialized,
+            feedback_history: Vec::new(),
+            error_messages: Vec::new(),
+            metadata: BTreeMap::new(),
+            last_update: now,
+            latest_head: None,
+            pending_supersessions: Vec::new(),
+            cancellation_history: Vec::new(),
+            active_operation: None,
+            highest_fencing_token: None,
+            retired_lease_uids: Vec::new(),
+            compactions: Vec::new(),
+            applied_writes: Vec::new(),
+        }
+    }
+
+    /// Adds feedback unless an entry with the same comment id exists.
+    /// Returns whether it was added.
+    pub fn append_feedback(&mut self, entry: FeedbackEntry) -> bool {
+        if self
+            .feedback_history
+            .iter()
+            .any(|e| e.comment_id == entry.comment_id)
+        {
+            return false;
+        }
+        self.feedback_history.push(entry);
+        true
+    }
+
+    /// Marks a feedback entry resolved. Returns whether anything changed.
+    pub fn resolve_feedback(&mut self, comment_id: &str, now: Timestamp) -> bool {
+        match self
+            .feedback_history
+            .iter_mut()
+            .find(|e| e.comment_id == comment_id && !e.resolved)
+        {
+            Some(e) => {
+                e.resolved = true;
+                e.resolved_at = Some(now);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records an error message (truncated, newest [`MAX_ERROR_MESSAGES`] kept).
+    pub fn push_error(&mut self, message: impl Into<String>, now: Timestamp) {
+        let mut message = message.into();
+        truncate_utf8(&mut message, MAX_ERROR_MESSAGE_BYTES);
+        self.error_messages.push(ErrorMessage { at: now, message });
+        trim_front(&mut self.error_messages, MAX_ERROR_MESSAGES);
+    }
+
+    /// Records a pushed head if it is newer than the latest one.
+    ///
+    /// Heads are ordered by `(pushed_at, sha)`: an older push never replaces a
+    /// newer head, the same sha is idempotent, and two different shas pushed at
+    /// the same instant resolve the same way whatever order they arrive in.
+    /// A newer head also becomes a pending supersession. Returns whether the
+    /// state changed.
+    pub fn observe_head(&mut self, push: &Supersession) -> bool {
+        if let Some(head) = &self.latest_head
+            && (head.sha == push.head_sha
+                || (push.pushed_at, push.head_sha.as_str()) < (head.pushed_at, head.sha.as_str()))
+        {
+            return false;
+        }
+        self.latest_head = Some(HeadRecord {
+            sha: push.head_sha.clone(),
+            pushed_at: push.pushed_at,
+            delivery_id: push.delivery_id.clone(),
+        });
+        self.pending_supersessions.push(push.clone());
+        trim_front(&mut self.pending_supersessions, MAX_PENDING_SUPERSESSIONS);
+        true
+    }
+
+    /// Removes the pending supersessions up to and including the one for
+    /// `head_sha` (older pushes are covered by the newer one). Returns how many
+    /// were removed.
+    pub fn settle_supersessions_through(&mut self, head_sha: &str) -> usize {
+        let Some(settled) = self
+            .pending_supersessions
+            .iter()
+            .find(|p| p.head_sha == head_sha)
+            .map(|p| (p.pushed_at, p.head_sha.clone()))
+        else {
+            return 0;
+        };
+        let before = self.pending_supersessions.len();
+        self.pending_supersessions
+            .retain(|p| (p.pushed_at, p.head_sha.as_str()) > (settled.0, settled.1.as_str()));
+        before - self.pending_supersessions.len()
+    }
+
+    /// Appends to the cancellation audit trail (newest [`MAX_CANCELLATION_HISTORY`] kept).
+    pub fn record_cancellation(&mut self, mut record: CancellationRecord) {
+        if let Some(detail) = record.detail.as_mut() {
+            truncate_utf8(detail, MAX_DETAIL_BYTES);
+        }
+        self.cancellation_history.push(record);
+        trim_front(&mut self.cancellation_history, MAX_CANCELLATION_HISTORY);
+    }
+
+    /// Starts an operation journal; fails if another unfinished one is active.
+    /// A finished journal left in place is replaced.
+    pub fn begin_operation(&mut self, journal: OperationJournal) -> Result<()> {
+        if let Some(active) = &self.active_operation {
+            if active.operation_id == journal.operation_id {
+                // Beginning the same operation twice is a retry: keep the original.
+                return Ok(());
+            }
+            if !active.is_finished() {
+                return Err(self.journal_error(format!(
+                    "operation {} ({}) is still active at step {}",
+                    active.operation_id,
+                    String::from(active.kind.clone()),
+                    active.current().map_or("none", |s| s.step.as_str()),
+                )));
+            }
+        }
+        if self.status.is_terminal() {
+            return Err(self.journal_error(format!(
+                "cannot begin operation {} on a task in status {:?}",
+                journal.operation_id, self.status
+            )));
+        }
+        self.active_operation = Some(journal);
+        Ok(())
+    }
+
+    /// Appends a step to the active operation `operation_id`.
+    ///
+    /// Recording the same step and status as the latest one again is a no-op,
+    /// so a retried step does not grow the journal.
+    pub fn advance_operation(
+        &mut self,
+        operation_id: &str,
+        step: Step,
+        status: StepStatus,
+        detail: Option<String>,
+        now: Timestamp,
+    ) -> Result<()> {
+        let task_id = self.task_id.clone();
+        let journal = self.active_operation_mut(operation_id)?;
+        if journal
+            .current()
+            .is_some_and(|s| s.step == step && s.status == status)
+        {
+            return Ok(());
+        }
+        if journal.steps.len() >= MAX_JOURNAL_STEPS {
+            return Err(Error::Journal {
+                task_id,
+                reason: format!(
+                    "operation {operation_id} already has {MAX_JOURNAL_STEPS} steps; it must finish or roll back"
+                ),
+            });
+        }
+        let detail = detail.map(|mut d| {
+            truncate_utf8(&mut d, MAX_DETAIL_BYTES);
+            d
+        });
+        journal.steps.push(JournalStep {
+            step,
+            status,
+            at: now,
+            detail,
+        });
+        Ok(())
+    }
+
+    /// Ends the active operation `operation_id`: records `final_step` as
+    /// succeeded, appends `record` to the audit trail if given, and clears the
+    /// journal. Finishing an operation that is no longer active is a no-op
+    /// (a retried finish), returning `false`.
+    pub fn finish_operation(
+        &mut self,
+        operation_id: &str,
+        record: Option<CancellationRecord>,
+    ) -> Result<bool> {
+        match &self.active_operation {
+            Some(active) if active.operation_id == operation_id => {}
+            Some(active) => {
+                return Err(self.journal_error(format!(
+                    "cannot finish operation {operation_id}: operation {} is active",
+                    active.operation_id
+                )));
+            }
+            None => return Ok(false),
+        }
+        self.active_operation = None;
+        if let Some(record) = record {
+            self.record_cancellation(record);
+        }
+        Ok(true)
+    }
+
+    /// Accepts a write under `token` if no newer token of the same Lease was seen
+    /// and its Lease was not replaced; records it as the highest.
+    pub fn observe_fencing_token(&mut self, token: &FencingToken) -> Result<()> {
+        if self.retired_lease_uids.contains(&token.lease_uid) {
+            let highest = self
+                .highest_fencing_token
+                .clone()
+                .unwrap_or_else(|| token.clone());
+            return Err(Error::StaleFencingToken {
+                task_id: self.task_id.clone(),
+                offered: token.clone(),
+                highest,
+            });
+        }
+        match &self.highest_fencing_token {
+            Some(highest)
+                if highest.lease_uid == token.lease_uid
+                    && token.transitions < highest.transitions =>
+            {
+                return Err(Error::StaleFencingToken {
+                    task_id: self.task_id.clone(),
+                    offered: token.clone(),
+                    highest: highest.clone(),
+                });
+            }
+            Some(highest) if highest.lease_uid == token.lease_uid => {}
+            Some(highest) => {
+                // A different Lease object: the old one was deleted and recreated.
+                // Its tokens can no longer be compared, so remember its uid as retired.
+                self.retired_lease_uids.push(highest.lease_uid.clone());
+                trim_front(&mut self.retired_lease_uids, MAX_RETIRED_LEASE_UIDS);
+            }
+            None => {}
+        }
+        self.highest_fencing_token = Some(token.clone());
+        Ok(())
+    }
+
+    /// Drops feedback to shrink the document: keeps resolved High/Critical
+    /// entries and the `keep_recent` most recent ones, and records what was
+    /// dropped. Returns the record, or `None` when nothing could be dropped.
+    pub fn compact_feedback(
+        &mut self,
+        keep_recent: usize,
+        now: Timestamp,
+    ) -> Option<CompactionRecord> {
+        let n = self.feedback_history.len();
+        // "Most recent" by creation time; ties keep insertion order.
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&i| (self.feedback_history[i].created_at, i));
+        let recent: std::collections::HashSet<usize> =
+            order.iter().rev().take(keep_recent).copied().collect();
+        let mut dropped_ids = Vec::new();
+        let mut dropped = 0;
+        let mut index = 0;
+        self.feedback_history.retain(|e| {
+            let keep = recent.contains(&index) || (e.resolved && e.severity >= Severity::High);
+            index += 1;
+            if !keep {
+                dropped += 1;
+                if dropped_ids.len() < MAX_DROPPED_IDS_LISTED {
+                    dropped_ids.push(e.comment_id.clone());
+                }
+            }
+            keep
+        });
+        if dropped == 0 {
+            return None;
+        }
+        let record = CompactionRecord {
+            at: now,
+            dropped,
+            dropped_comment_ids: dropped_ids,
+            kept: self.feedback_history.len(),
+        };
+        self.compactions.push(record.clone());
+        trim_front(&mut self.compactions, MAX_COMPACTIONS);
+        Some(record)
+    }
+
+    /// Checks the invariants every stored state keeps.
+    pub fn validate(&self, task_id: &str, max_iterations: u32) -> Result<(), String> {
+        if self.task_id != task_id {
+            return Err(format!(
+                "task_id {:?} does not match the document's task {task_id:?}",
+                self.task_id
+            ));
+        }
+        if self.iteration > max_iterations {
+            return Err(format!(
+                "iteration {} exceeds the maximum of {max_iterations}",
+                self.iteration
+            ));
+        }
+        if self.status == TaskStatus::MaxIterationsReached && self.iteration < max_iterations {
+            // Allowed only if the maximum was raised since; the counter must still be
+            // at a positive value it could have stopped at.
+            if self.iteration == 0 {
+                return Err("status MaxIterationsReached with iteration 0".to_owned());
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for e in &self.feedback_history {
+            if !well_formed_id(&e.comment_id) {
+                return Err(format!("malformed comment id {:?}", e.comment_id));
+            }
+            if !seen.insert(e.comment_id.as_str()) {
+                return Err(format!("duplicate comment id {:?}", e.comment_id));
+            }
+        }
+        if let Some(head) = &self.latest_head
+            && !well_formed_sha(&head.sha)
+        {
+            return Err(format!("malformed head sha {:?}", head.sha));
+        }
+        for p in &self.pending_supersessions {
+            if !well_formed_sha(&p.head_sha) {
+                return Err(format!("malformed pending head sha {:?}", p.head_sha));
+            }
+        }
+        if let Some(journal) = &self.active_operation {
+            if !well_formed_id(&journal.operation_id) {
+                return Err(format!("malformed operation id {:?}", journal.operation_id));
+            }
+            match journal.steps.first() {
+                Some(first) if first.step == Step::Started => {}
+                _ => {
+                    return Err(format!(
+                        "journal of {} does not begin with Started",
+                        journal.operation_id
+                    ));
+                }
+            }
+            if journal.steps.len() > MAX_JOURNAL_STEPS {
+                return Err(format!(
+                    "journal of {} has too many steps",
+                    journal.operation_id
+                ));
+            }
+            if journal.steps.windows(2).any(|w| w[1].at < w[0].at) {
+                return Err(format!(
+                    "journal of {} goes back in time",
+                    journal.operation_id
+                ));
+            }
+            if !journal.is_finished() && self.status.is_terminal() {
+                return Err(format!(
+                    "status {:?} is final but operation {} is still active",
+                    self.status, journal.operation_id
+                ));
+            }
+        }
+        if self.error_messages.len() > MAX_ERROR_MESSAGES
+            || self.cancellation_history.len() > MAX_CANCELLATION_HISTORY
+            || self.pending_supersessions.len() > MAX_PENDING_SUPERSESSIONS
+        {
+            return Err("a bounded history is over its bound".to_owned());
+        }
+        Ok(())
+    }
+
+    fn active_operation_mut(&mut self, operation_id: &str) -> Result<&mut OperationJournal> {
+        let task_id = self.task_id.clone();
+        match self.active_operation.as_mut() {
+            Some(j) if j.operation_id == operation_id => Ok(j),
+            Some(j) => Err(Error::Journal {
+                task_id,
+                reason: format!(
+                    "operation {operation_id} is not active (operation {} is)",
+                    j.operation_id
+                ),
+            }),
+            None => Err(Error::Journal {
+                task_id,
+                reason: format!("operation {operation_id} is not active (none is)"),
+            }),
+        }
+    }
+
+    fn journal_error(&self, reason: String) -> Error {
+        Error::Journal {
+            task_id: self.task_id.clone(),
+            reason,
+        }
+    }
+
+    /// Ids of the latest writes, newest last (at most [`MAX_APPLIED_WRITES`]).
+    pub fn applied_writes(&self) -> &[String] {
+        &self.applied_writes
+    }
+
+    pub(crate) fn applied_writes_mut(&mut self) -> &mut Vec<String> {
+        &mut self.applied_writes
+    }
+
+    pub(crate) fn remember_write(&mut self, write_id: &str) {
+        self.applied_writes.push(write_id.to_owned());
+        trim_front(&mut self.applied_writes, MAX_APPLIED_WRITES);
+    }
+
+    pub(crate) fn has_write(&self, write_id: &str) -> bool {
+        self.applied_writes.iter().any(|w| w == write_id)
+    }
+}
+
+/// Ids (comment, operation) are 1–128 visible ASCII characters.
+pub(crate) fn well_formed_id(id: &str) -> bool {
+    (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Commit shas are 7–64 hex digits.
+pub(crate) fn well_formed_sha(sha: &str) -> bool {
+    (7..=64).contains(&sha.len()) && sha.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn trim_front<T>(v: &mut Vec<T>, max: usize) {
+    if v.len() > max {
+        let excess = v.len() - max;
+        v.drain(..excess);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn push(sha: &str, at: &str) -> Supersession {
+        Supersession {
+            head_sha: sha.into(),
+            pushed_at: ts(at),
+            delivery_id: format!("d-{sha}"),
+            correlation_id: None,
+        }
+    }
+
+    fn feedback(id: &str, severity: Severity, resolved: bool, minute: i64) -> FeedbackEntry {
+        FeedbackEntry {
+            comment_id: id.into(),
+            severity,
+            resolved,
+            body: "b".into(),
+            author: "a".into(),
+            created_at: ts("2026-01-01T00:00:00Z") + jiff::SignedDuration::from_mins(minute),
+            resolved_at: None,
+        }
+    }
+
+    #[test]
+    fn an_older_push_never_replaces_a_newer_head() {
+        let mut s = RemediationState::new("t", Timestamp::UNIX_EPOCH);
+        assert!(s.observe_head(&push("bbbbbbb", "2026-01-01T00:00:02Z")));
+        assert!(!s.observe_head(&push("aaaaaaa", "2026-01-01T00:00:01Z")));
+        assert!(!s.observe_head(&push("bbbbbbb", "2026-01-01T00:00:02Z")));
+        assert_eq!(s.latest_head.as_ref().unwrap().sha, "bbbbbbb");
+        assert_eq!(s.pending_supersessions.len(), 1);
+    }
+
+    #[test]
+    fn pushes_at_the_same_instant_converge_whatever_their_order() {
+        let mut a = RemediationState::new("t", Timestamp::UNIX_EPOCH);
+        let mut b = a.clone();
+        let (x, y) = (
+            push("aaaaaaa", "2026-01-01T00:00:00Z"),
+            push("bbbbbbb", "2026-01-01T00:00:00Z"),
+        );
+        a.observe_head(&x);
+        a.observe_head(&y);
+        b.observe_head(&y);
+        b.observe_head(&x);
+        assert_eq!(a.latest_head, b.latest_head);
+    }
+
+    #[test]
+    fn settling_a_supersession_removes_it_and_the_older_ones() {
+        let mut s = RemediationState::new("t", Timestamp::UNIX_EPOCH);
+        s.observe_head(&push("aaaaaaa", "2026-01-01T00:00:01Z"));
+        s.observe_head(&push("bbbbbbb", "2026-01-01T00:00:02Z"));
+        s.observe_head(&push("ccccccc", "2026-01-01T00:00:03Z"));
+        assert_eq!(s.settle_supersessions_through("bbbbbbb"), 2);
+        assert_eq!(s.pending_supersessions[0].head_sha, "ccccccc");
+    }
+
+    #[test]
+    fn feedback_is_deduplicated_by_comment_id() {
+        let mut s = RemediationState::new("t", Timestamp::UNIX_EPOCH);
+        assert!(s.append_feedback(feedback("1", Severity::Low, false, 0)));
+        assert!(!s.append_feedback(feedback("1", Severity::High, false, 1)));
+        assert_eq!(s.feedback_history.len(), 1);
+    }
+
+    #[test]
+    fn compaction_keeps_resolved_high_and_critical_and_the_fifteen_most_recent() {
+        let mut s = RemediationState::new("t", Timestamp::UNIX_EPOCH);
+        for i in 0..40 {
+            let (sev, resolved) = match i {
+                0 => (Severity::Critical, true),
+                1 => (Severity::High, true),
+                2 => (Severity::High, false),
+                3 => (Severity::Medium, true),
+                _ => (Severity::Low, false),
+            };
+            s.append_feedback(feedback(&i.to_string(), sev, resolved, i));
+        }
+        let record = s.compact_feedback(15, ts("2026-02-01T00:00:00Z")).unwrap();
+        let kept: Vec<&str> = s
+            .feedback_history
+            .iter()
+            .map(|e| e.comment_id.as_str())
+            .collect();
+        assert_eq!(kept.len(), 17);
+        assert_eq!(&kept[..2], ["0", "1"]);
+        assert_eq!(kept[2], "25");
+        assert_eq!(record.dropped, 23);
+        assert!(record.dropped_comment_ids.contains(&"2".to_owned()));
+        assert!(record.dropped_comment_ids.contains(&"3".to_owned()));
+        assert_eq!(s.compactions.len(), 1);
+    }
+
+    #[test]
+    fn histories_keep_only_their_newest_entries() {
+        let mut s = RemediationState::new("t", Timestamp::UNIX_EPOCH);
+        for i in 0..(MAX_ERROR_MESSAGES + 5) {
+            s.push_error(format!("e{i}"), Timestamp::UNIX_EPOCH);
+        }
+        s.push_error("x".repeat(10_000), Timestamp::UNIX_EPOCH);
+        assert_eq!(s.error_messages.len(), MAX_ERROR_MESSAGES);
+        assert_eq!(s.error_messages[0].message, "e6");
+        assert_eq!(
+            s.error_messages.last().unwrap().message.len(),
+            MAX_ERROR_MESSAGE_BYTES
+        );
+    }
+
+    #[test]
+    fn a_stale_fencing_token_is_rejected_and_a_newer_one_recorded() {
+        let mut s = RemediationState::new("t", Timestamp::UNIX_EPOCH);
+        s.observe_fencing_token(&FencingToken::new("u1", 3))
+            .unwrap();
+        s.observe_fencing_token(&FencingToken::new("u1", 3))
+            .unwrap();
+        let err = s
+            .observe_fencing_token(&FencingToken::new("u1", 2))
+            .unwrap_err();
+        assert!(matches!(err, Error::StaleFencingToken { .. }));
+        s.observe_fencing_token(&FencingToken::new("u1", 5))
+            .unwrap();
+        assert_eq!(s.highest_fencing_token, Some(FencingToken::new("u1", 5)));
+    }
+
+    #[test]
+    fn a_recreated_lease_retires_the_old_uid_for_good() {
+        let mut s = RemediationState::new("t", Timestamp::UNIX_EPOCH);
+        s.observe_fencing_token(&FencingToken::new("old", 9))
+            .unwrap();
+        s.observe_fencing_token(&FencingToken::new("new", 1))
+            .unwrap();
+        let err = s
+            .observe_fencing_token(&FencingToken::new("old", 10))
+            .unwrap_err();
+        assert!(matches!(err, Error::StaleFencingToken { .. }));
+    }
+
+    #[test]
+    fn a_second_operation_cannot_begin_while_one_is_active() {
+        use crate::journal::OperationKind;
+        let mut s = RemediationState::new("t", Timestamp::UNIX_EPOCH);
+        let now = Timestamp::UNIX_EPOCH;
+        s.begin_operation(OperationJournal::begin(
+            "op1",
+            OperationKind::Cancellation,
+            "h",
+            now,
+        ))
+        .unwrap();
+        s.begin_operation(OperationJournal::begin(
+            "op1",
+            OperationKind::Cancellation,
+            "h",
+            now,
+        ))
+        .unwrap();
+        let err = s
+            .begin_operation(OperationJournal::begin(
+                "op2",
+                OperationKind::Cancellation,
+                "h",
+                now,
+            ))
+            .unwrap_err();
+        assert!(matches!(err, Error::Journal { .. }));
+        s.advance_operation("op1", Step::Cancelled, StepStatus::Succeeded, None, now)
+            .unwrap();
+        s.advance_operation("op1", Step::Cancelled, StepStatus::Succeeded, None, now)
+            .unwrap();
+        assert_eq!(s.active_operation.as_ref().unwrap().steps.len(), 2);
+        assert!(s.finish_operation("op1", None).unwrap());
+        assert!(!s.finish_operation("op1", None).unwrap());
+        assert!(s.active_operation.is_none());
+    }
+
+    #[test]
+    fn a_final_status_with_an_active_operation_is_invalid() {
+        use crate::journal::OperationKind;
+        let mut s = RemediationState::new("t", Timestamp::UNIX_EPOCH);
+        s.begin_operation(OperationJournal::begin(
+            "op1",
+            OperationKind::Cancellation,
+            "h",
+            Timestamp::UNIX_EPOCH,
+        ))
+        .unwrap();
+        s.status = TaskStatus::Completed;
+        assert!(s.validate("t", 10).unwrap_err().contains("still active"));
+    }
+}

@@ -1,0 +1,1152 @@
+//! `StateStore`: read-modify-write of task state that never loses an update.
+//!
+//! The rule it keeps: every write carries the resourceVersion it read. On 409
+//! the closure is re-applied to a fresh read; a write that failed in transit is
+//! judged by re-reading (every write records its id in the document), so an
+//! update is applied exactly once or reported as unknown — never twice, never
+//! silently dropped.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use resilience::{Backoff, BackoffPolicy};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::backend::{StateBackend, StoredDocument};
+use crate::clock::Clock;
+use crate::codec::{self, SchemaOrigin, SizeLimits};
+use crate::journal::{FencingToken, OperationJournal, Step, StepStatus};
+use crate::metrics::{StateStoreMetrics, error_label};
+use crate::naming::{LABEL_TASK_ID, state_name, state_selector, validate_task_id};
+use crate::schema::{
+    CancellationRecord, FeedbackEntry, RemediationState, SCHEMA_VERSION, Supersession, TaskStatus,
+};
+use crate::{Error, Result};
+
+/// Tuning of a [`StateStore`].
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Most iterations a task may run ([`StateStore::increment_iteration`]).
+    pub max_iterations: u32,
+    /// Most read-modify-write attempts one update makes.
+    pub max_attempts: u32,
+    /// Delays between attempts (conflicts and transient failures).
+    pub backoff: BackoffPolicy,
+    /// Longest server-requested wait (Retry-After) honoured between attempts.
+    pub max_retry_after: Duration,
+    /// Document size thresholds.
+    pub size_limits: SizeLimits,
+}
+
+impl Default for StoreConfig {
+    /// 10 iterations; 20 attempts with 10 ms → 1 s backoff and ±50 % jitter.
+    ///
+    /// Why: a conflict means another writer just succeeded, so retrying soon is
+    /// right; wide jitter spreads writers that collided together. 20 attempts
+    /// cover ~15 s of contention or a short API server hiccup before an update
+    /// gives up with a clear error.
+    fn default() -> Self {
+        Self {
+            max_iterations: 10,
+            max_attempts: 20,
+            backoff: BackoffPolicy {
+                initial: Duration::from_millis(10),
+                multiplier: 2.0,
+                max: Duration::from_secs(1),
+                jitter: 0.5,
+                max_attempts: None,
+            },
+            max_retry_after: Duration::from_secs(10),
+            size_limits: SizeLimits::default(),
+        }
+    }
+}
+
+/// A state as read, with the version a conditional write or delete must name.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    /// The state (migrated or rebuilt if `origin` says so).
+    pub state: RemediationState,
+    /// The document's resourceVersion.
+    pub resource_version: String,
+    /// How the state was obtained from the stored document.
+    pub origin: SchemaOrigin,
+}
+
+/// Task state over a [`StateBackend`]. Cheap to clone; clones share metrics.
+#[derive(Clone)]
+pub struct StateStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Arc<dyn StateBackend>,
+    config: StoreConfig,
+    clock: Clock,
+    metrics: StateStoreMetrics,
+}
+
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StateStore {
+    /// A store with the default configuration and the system clock.
+    pub fn new(backend: impl StateBackend + 'static) -> Self {
+        Self::with_config(backend, StoreConfig::default())
+    }
+
+    /// A store with `config` and the system clock.
+    pub fn with_config(backend: impl StateBackend + 'static, config: StoreConfig) -> Self {
+        Self::build(Arc::new(backend), config, Clock::system())
+    }
+
+    /// A store with `config` and `clock` (tests drive time through the clock).
+    pub fn with_clock(
+        backend: impl StateBackend + 'static,
+        config: StoreConfig,
+        clock: Clock,
+    ) -> Self {
+        Self::build(Arc::new(backend), config, clock)
+    }
+
+    fn build(backend: Arc<dyn StateBackend>, config: StoreConfig, clock: Clock) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                backend,
+                config,
+                clock,
+                metrics: StateStoreMetrics::default(),
+            }),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+
+    /// The metrics (shared by every clone).
+    pub fn metrics(&self) -> &StateStoreMetrics {
+        &self.inner.metrics
+    }
+
+    /// Registers the store's metrics.
+    pub fn register(&self, registry: &mut Registry) {
+        self.inner.metrics.register(registry);
+    }
+
+    /// The clock the store stamps states with.
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+
+    /// The state of `task_id`, or `None` if it has none.
+    ///
+    /// A document of a newer schema is returned best-effort
+    /// ([`SchemaOrigin::Newer`]); an unreadable one is returned rebuilt
+    /// ([`SchemaOrigin::Rebuilt`]) without writing anything.
+    pub async fn get(&self, task_id: &str) -> Result<Option<Snapshot>> {
+        let started = Instant::now();
+        let result = self.get_inner(task_id).await;
+        self.observe("get", started, result.as_ref().err());
+        result
+    }
+
+    /// Applies `f` to the state of `task_id` and writes it back with
+    /// compare-and-swap, creating the state if absent.
+    ///
+    /// `f` may run several times (once per attempt), each time on a fresh copy
+    /// of the latest stored state; only the run whose write succeeds counts and
+    /// its value is returned. If `f` returns an error, nothing is written and
+    /// the error is returned. If `f` changes nothing, nothing is written.
+    ///
+    /// Errors: the closure's own; `InvalidTaskId`; `UnsupportedVersion` for a
+    /// document of a newer schema; `Invalid` if the state breaks an invariant
+    /// before or after `f`; `TooLarge`; `RetriesExhausted` after
+    /// [`StoreConfig::max_attempts`]; `OutcomeUnknown` if a write failed in
+    /// transit and the attempts ran out before a re-read could settle it.
+    pub async fn update<T, E, F>(&self, task_id: &str, f: F) -> Result<T, E>
+    where
+        F: FnMut(&mut RemediationState) -> Result<T, E>,
+        E: From<Error>,
+    {
+        self.update_with(task_id, None, f).await
+    }
+
+    /// Like [`update`](Self::update), for a writer holding a lock whose
+    /// fencing token is `token`: fails with `StaleFencingToken` (nothing
+    /// written) if a newer token of the same lock was already seen, and
+    /// records `token` as the highest otherwise.
+    pub async fn update_fenced<T, E, F>(
+        &self,
+        task_id: &str,
+        token: &FencingToken,
+        f: F,
+    ) -> Result<T, E>
+    where
+        F: FnMut(&mut RemediationState) -> Result<T, E>,
+        E: From<Error>,
+    {
+        self.update_with(task_id, Some(token), f).await
+    }
+
+    /// Deletes the state of `task_id` if its version is still
+    /// `resource_version`. Returns `false` if it was already gone; `Conflict`
+    /// if it changed since that version was read.
+    pub async fn delete(&self, task_id: &str, resource_version: &str) -> Result<bool> {
+        let started = Instant::now();
+        let result = async {
+            let name = state_name(task_id)?;
+            match self.inner.backend.delete(&name, resource_version).await {
+                Ok(()) => Ok(true),
+                Err(Error::NotFound { .. }) => Ok(false),
+                Err(e) => Err(e),
+            }
+        }
+        .await;
+        self.observe("delete", started, result.as_ref().err());
+        result
+    }
+
+    /// Every task state (selected by the store's labels), in one LIST call.
+    /// Documents without a valid task-id label are skipped with a warning.
+    pub async fn list(&self) -> Result<Vec<Snapshot>> {
+        self.list_matching(&BTreeMap::new()).await
+    }
+
+    /// The task states whose labels also include all of `labels`.
+    pub async fn list_matching(&self, labels: &BTreeMap<String, String>) -> Result<Vec<Snapshot>> {
+        let started = Instant::now();
+        let mut selector = state_selector();
+        selector.extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let result = self.inner.backend.list(&selector).await.map(|docs| {
+            docs.into_iter()
+                .filter_map(|doc| self.decode_listed(doc))
+                .collect()
+        });
+        self.observe("list", started, result.as_ref().err());
+        result
+    }
+
+    /// Counts one more iteration and returns the new count.
+    ///
+    /// At the maximum ([`StoreConfig::max_iterations`]) it sets the status to
+    /// `MaxIterationsReached` (unless an operation is active) and fails with
+    /// `MaxIterationsReached`. The first iteration moves an `Initialized` task
+    /// to `InProgress`.
+    pub async fn increment_iteration(&self, task_id: &str) -> Result<u32> {
+        let max = self.inner.config.max_iterations;
+        let counted = self
+            .update(task_id, |s: &mut RemediationState| {
+                if s.iteration >= max {
+                    let can_mark = s.status != TaskStatus::MaxIterationsReached
+                        && s.active_operation.as_ref().is_none_or(|j| j.is_finished());
+                    if !can_mark {
+                        return Err(Error::MaxIterationsReached {
+                            task_id: s.task_id.clone(),
+                            max,
+                        });
+                    }
+                    s.status = TaskStatus::MaxIterationsReached;
+                    return Ok(None);
+                }
+                s.iteration += 1;
+                if s.status == TaskStatus::Initialized {
+                    s.status = TaskStatus::InProgress;
+                }
+                Ok(Some(s.iteration))
+            })
+            .await?;
+        counted.ok_or_else(|| Error::MaxIterationsReached {
+            task_id: task_id.to_owned(),
+            max,
+        })
+    }
+
+    /// Adds review feedback unless its comment id is already recorded.
+    /// Returns whether it was added.
+    pub async fn append_feedback(&self, task_id: &str, entry: FeedbackEntry) -> Result<bool> {
+        self.update(task_id, |s: &mut RemediationState| {
+            Ok::<_, Error>(s.append_feedback(entry.clone()))
+        })
+        .await
+    }
+
+    /// Records a push; an older push never replaces a newer head and the same
+    /// sha is idempotent (see [`RemediationState::observe_head`]). Returns
+    /// whether the state changed.
+    pub async fn record_supersession(&self, task_id: &str, push: &Supersession) -> Result<bool> {
+        self.update(task_id, |s: &mut RemediationState| {
+            Ok::<_, Error>(s.observe_head(push))
+        })
+        .await
+    }
+
+    /// Begins an operation journal (idempotent for the same operation id);
+    /// fails with `Journal` if another operation is active. If the journal
+    /// carries a fencing token, the write is fenced with it.
+    pub async fn begin_operation(&self, task_id: &str, journal: OperationJournal) -> Result<()> {
+        let apply = |s: &mut RemediationState| s.begin_operation(journal.clone());
+        match journal.fencing_token.clone() {
+            Some(token) => self.update_fenced(task_id, &token, apply).await,
+            None => self.update(task_id, apply).await,
+        }
+    }
+
+    /// Records `step` with `status` on the active operation `operation_id`
+    /// (a repeat of the latest step is a no-op).
+    pub async fn advance_operation(
+        &self,
+        task_id: &str,
+        operation_id: &str,
+        step: Step,
+        status: StepStatus,
+        detail: Option<String>,
+    ) -> Result<()> {
+        let clock = self.inner.clock.clone();
+        self.update(task_id, |s: &mut RemediationState| {
+            s.advance_operation(
+                operation_id,
+                step.clone(),
+                status,
+                detail.clone(),
+                clock.now(),
+            )
+        })
+        .await
+    }
+
+    /// Ends the active operation `operation_id`, appending `record` to the
+    /// cancellation history. Returns `false` if it had already ended.
+    pub async fn finish_operation(
+        &self,
+        task_id: &str,
+        operation_id: &str,
+        record: Option<CancellationRecord>,
+    ) -> Result<bool> {
+        self.update(task_id, |s: &mut RemediationState| {
+            s.finish_operation(operation_id, record.clone())
+        })
+        .await
+    }
+
+    pub(crate) fn observe(&self, operation: &'static str, started: Instant, error: Option<&Error>) {
+        let result = error.map_or("ok", error_label);
+        self.inner
+            .metrics
+            .observe(operation, result, started.elapsed().as_secs_f64());
+    }
+
+    pub(crate) fn decode_listed(&self, doc: StoredDocument) -> Option<Snapshot> {
+        let Some(task_id) = doc.document.labels.get(LABEL_TASK_ID).cloned() else {
+            warn!(name = %doc.name, "state document without a task-id label; skipped");
+            return None;
+        };
+        if validate_task_id(&task_id).is_err() || state_name(&task_id).ok()? != doc.name {
+            warn!(name = %doc.name, "state document whose task-id label does not match its name; skipped");
+            return None;
+        }
+        let decoded = codec::decode(&task_id, self.inner.config.max_iterations, &doc);
+        Some(Snapshot {
+            state: decoded.state,
+            resource_version: doc.resource_version,
+            origin: decoded.origin,
+        })
+    }
+
+    async fn get_inner(&self, task_id: &str) -> Result<Option<Snapshot>> {
+        let name = state_name(task_id)?;
+        let Some(doc) = self.inner.backend.get(&name).await? else {
+            return Ok(None);
+        };
+        let decoded = codec::decode(task_id, self.inner.config.max_iterations, &doc);
+        match &decoded.origin {
+            SchemaOrigin::Current | SchemaOrigin::Migrated { .. } => {
+                self.validate(task_id, &decoded.state)?;
+            }
+            SchemaOrigin::Rebuilt { reason } => {
+                warn!(task_id, reason = %reason, "state payload unreadable; returning a rebuilt state (quarantined on the next update)");
+            }
+            SchemaOrigin::Newer { .. } => {}
+        }
+        Ok(Some(Snapshot {
+            state: decoded.state,
+            resource_version: doc.resource_version,
+            origin: decoded.origin,
+        }))
+    }
+
+    fn validate(&self, task_id: &str, state: &RemediationState) -> Result<()> {
+        state
+            .validate(task_id, self.inner.config.max_iterations)
+            .map_err(|reason| Error::Invalid {
+                task_id: task_id.to_owned(),
+                reason,
+            })
+    }
+
+    async fn update_with<T, E, F>(
+        &self,
+        task_id: &str,
+        token: Option<&FencingToken>,
+        mut f: F,
+    ) -> Result<T, E>
+    where
+        F: FnMut(&mut RemediationState) -> Result<T, E>,
+        E: From<Error>,
+    {
+        let started = Instant::now();
+        match self.update_loop(task_id, token, &mut f).await {
+            Ok(value) => {
+                self.observe("update", started, None);
+                Ok(value)
+            }
+            Err(Failure::Store(e)) => {
+                self.observe("update", started, Some(&e));
+                Err(E::from(e))
+            }
+            Err(Failure::Aborted(e)) => {
+                self.inner
+                    .metrics
+                    .observe("update", "aborted", started.elapsed().as_secs_f64());
+                Err(e)
+            }
+        }
+    }
+
+    async fn update_loop<T, E, F>(
+        &self,
+        task_id: &str,
+        token: Option<&FencingToken>,
+        f: &mut F,
+    ) -> Result<T, Failure<E>>
+    where
+        F: FnMut(&mut RemediationState) -> Result<T, E>,
+    {
+        let name = state_name(task_id)?;
+        let config = &self.inner.config;
+        let metrics = &self.inner.metrics;
+        let backend = &self.inner.backend;
+        let mut backoff = Backoff::new(config.backoff.clone());
+        // Writes whose outcome is unknown (failed in transit): (write id, value).
+        // Kept until the end: at most one of them can ever be applied, because
+        // each names a version that every later successful write replaces.
+        let mut in_doubt: Vec<(String, T)> = Vec::new();
+        let mut last_error: Option<Error> = None;
+        let mut pause = false;
+        let attempts = config.max_attempts.max(1);
+
+        for attempt in 1..=attempts {
+            if pause {
+                let mut delay = backoff.next_delay().unwrap_or(config.backoff.max);
+                if let Some(after) = last_error.as_ref().and_then(Error::retry_after) {
+                    delay = delay.max(after.min(config.max_retry_after));
+                }
+                tokio::time::sleep(delay).await;
+            }
+            pause = true;
+
+            let stored = match backend.get(&name).await {
+                Ok(stored) => stored,
+                Err(e) if e.is_transient() => {
+                    metrics.retry("transient");
+                    debug!(task_id, attempt, error = %e, "read failed; retrying");
+                    last_error = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+
+            let now = self.inner.clock.now();
+            let (base, mut state, corrupt) = match &stored {
+                None => (None, RemediationState::new(task_id, now), None),
+                Some(doc) => {
+                    let decoded = codec::decode(task_id, config.max_iterations, doc);
+                    if let Some(i) = in_doubt
+                        .iter()
+                        .position(|(id, _)| decoded.state.has_write(id))
+                    {
+                        // A write that failed in transit had been applied after all.
+                        let (_, value) = in_doubt.swap_remove(i);
+                        return Ok(value);
+                    }
+                    match decoded.origin {
+                        SchemaOrigin::Newer { version } => {
+                            return Err(Error::UnsupportedVersion {
+                                task_id: task_id.to_owned(),
+                                found: version,
+                                supported: SCHEMA_VERSION,
+                            }
+                            .into());
+                        }
+                        SchemaOrigin::Rebuilt { ref reason } => {
+                            warn!(task_id, reason = %reason, "state payload unreadable; rebuilding it and quarantining the raw payload");
+                            let corrupt = decoded.corrupt.map(|c| (c, reason.clone()));
+                            (Some(doc), decoded.state, corrupt)
+                        }
+                        SchemaOrigin::Current | SchemaOrigin::Migrated { .. } => {
+                            self.validate(task_id, &decoded.state)?;
+                            (Some(doc), decoded.state, None)
+                        }
+                    }
+                }
+            };
+
+            let before = state.clone();
+            if let Some(token) = token {
+                state.observe_fencing_token(token)?;
+            }
+            let value = f(&mut state).map_err(Failure::Aborted)?;
+            if state == before && corrupt.is_none() && base.is_some() {
+                // Nothing to write: the read state already says it.
+                return Ok(value);
+            }
+
+            // The store owns these fields whatever the closure did.
+            state.version = SCHEMA_VERSION.to_owned();
+            state.last_update = now;
+            *state.applied_writes_mut() = before.applied_writes().to_vec();
+            let write_id = new_write_id();
+            state.remember_write(&write_id);
+            self.validate(task_id, &state)?;
+
+            let encoded = codec::encode(
+                &mut state,
+                &name,
+                base.map(|d| &d.document),
+                corrupt.as_ref().map(|(c, reason)| (c, reason.as_str())),
+                &config.size_limits,
+                now,
+            )?;
+
+            let written = match base {
+                None => backend.create(&name, encoded.document).await,
+                Some(doc) => {
+                    backend
+                        .replace(&name, &doc.resource_version, encoded.document)
+                        .await
+                }
+            };
+            match written {
+                Ok(_) => {
+                    metrics.document_size.observe(encoded.size as f64);
+                    if encoded.compaction.is_some() {
+                        metrics.compactions.inc();
+                    }
+                    if encoded.compressed {
+                        metrics.compressions.inc();
+                    }
+                    if corrupt.is_some() {
+                        metrics.quarantines.inc();
+                    }
+                    return Ok(value);
+                }
+                Err(e @ Error::Conflict { .. }) => {
+                    metrics.conflicts.inc();
+                    metrics.retry("conflict");
+                    last_error = Some(e);
+                }
+                Err(e @ (Error::AlreadyExists { .. } | Error::NotFound { .. })) => {
+                    // Created or deleted by someone else since our read: read again now.
+                    metrics.retry(error_label(&e));
+                    last_error = Some(e);
+                    pause = false;
+                }
+                Err(e) if e.write_outcome_ambiguous() => {
+                    metrics.retry("ambiguous_write");
+                    debug!(task_id, attempt, error = %e, "write outcome unknown; re-reading to judge");
+                    in_doubt.push((write_id, value));
+                    last_error = Some(e);
+                }
+                Err(e) if e.is_transient() => {
+                    metrics.retry("transient");
+                    last_error = Some(e);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+
+        if !in_doubt.is_empty() {
+            // One last read may still settle it.
+            if let Ok(Some(doc)) = backend.get(&name).await {
+                let decoded = codec::decode(task_id, config.max_iterations, &doc);
+                if let Some(i) = in_doubt
+                    .iter()
+                    .position(|(id, _)| decoded.state.has_write(id))
+                {
+                    let (_, value) = in_doubt.swap_remove(i);
+                    return Ok(value);
+                }
+            }
+            return Err(Error::OutcomeUnknown {
+                task_id: task_id.to_owned(),
+                attempts,
+            }
+            .into());
+        }
+        Err(Error::RetriesExhausted {
+            task_id: task_id.to_owned(),
+            attempts,
+            last: Box::new(last_error.unwrap_or(Error::Conflict { name })),
+        }
+        .into())
+    }
+}
+
+/// Why an update ended without a write: the store's error or the closure's.
+enum Failure<E> {
+    Store(Error),
+    Aborted(E),
+}
+
+impl<E> From<Error> for Failure<E> {
+    fn from(e: Error) -> Self {
+        Failure::Store(e)
+    }
+}
+
+fn new_write_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use jiff::Timestamp;
+
+    use super::*;
+    use crate::backend::{Document, MockStateBackend};
+    use crate::naming::KEY_STATE;
+
+    const TASK: &str = "t1";
+    const NAME: &str = "task-t1-state";
+
+    fn doc_of(state: &RemediationState, version: &str) -> StoredDocument {
+        let mut state = state.clone();
+        let encoded = codec::encode(
+            &mut state,
+            NAME,
+            None,
+            None,
+            &SizeLimits::default(),
+            Timestamp::UNIX_EPOCH,
+        )
+        .unwrap();
+        StoredDocument {
+            name: NAME.into(),
+            resource_version: version.into(),
+            document: encoded.document,
+        }
+    }
+
+    fn stored(iteration: u32, version: &str) -> StoredDocument {
+        let mut state = RemediationState::new(TASK, Timestamp::UNIX_EPOCH);
+        state.iteration = iteration;
+        doc_of(&state, version)
+    }
+
+    fn decoded(doc: &Document) -> RemediationState {
+        serde_json::from_str(&doc.data[KEY_STATE]).unwrap()
+    }
+
+    fn api(code: u16) -> Error {
+        Error::Api {
+            code,
+            reason: "r".into(),
+            message: "m".into(),
+            retry_after: None,
+        }
+    }
+
+    fn store(mock: MockStateBackend) -> StateStore {
+        StateStore::new(mock)
+    }
+
+    fn bump(s: &mut RemediationState) -> Result<u32> {
+        s.iteration += 1;
+        Ok(s.iteration)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closure_error_aborts_without_any_write() {
+        let mut mock = MockStateBackend::new();
+        mock.expect_get().returning(|_| Ok(Some(stored(1, "5"))));
+        mock.expect_replace().never();
+        mock.expect_create().never();
+        let err = store(mock)
+            .update(TASK, |_| Err::<(), _>(Error::Client("no".into())))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Client(_)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_conflict_re_reads_and_re_applies_the_change_to_the_new_state() {
+        let mut mock = MockStateBackend::new();
+        let reads = AtomicU32::new(0);
+        mock.expect_get().times(2).returning(move |_| {
+            let n = reads.fetch_add(1, Ordering::SeqCst);
+            Ok(Some(if n == 0 {
+                stored(1, "5")
+            } else {
+                stored(4, "9")
+            }))
+        });
+        let mut seq = mockall::Sequence::new();
+        mock.expect_replace()
+            .withf(|_, rv, _| rv == "5")
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|n, _, _| Err(Error::Conflict { name: n.into() }));
+        mock.expect_replace()
+            .withf(|_, rv, doc| rv == "9" && decoded(doc).iteration == 5)
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|n, _, d| {
+                Ok(StoredDocument {
+                    name: n.into(),
+                    resource_version: "10".into(),
+                    document: d,
+                })
+            });
+        let store = store(mock);
+        assert_eq!(store.update(TASK, bump).await.unwrap(), 5);
+        assert_eq!(store.metrics().conflicts.get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_missing_state_is_created_and_already_exists_re_enters_the_update() {
+        let mut mock = MockStateBackend::new();
+        let reads = AtomicU32::new(0);
+        mock.expect_get().times(2).returning(move |_| {
+            Ok((reads.fetch_add(1, Ordering::SeqCst) > 0).then(|| stored(3, "7")))
+        });
+        mock.expect_create()
+            .withf(|name, doc| name == NAME && decoded(doc).iteration == 1)
+            .times(1)
+            .returning(|n, _| Err(Error::AlreadyExists { name: n.into() }));
+        mock.expect_replace()
+            .withf(|_, rv, doc| rv == "7" && decoded(doc).iteration == 4)
+            .times(1)
+            .returning(|n, _, d| {
+                Ok(StoredDocument {
+                    name: n.into(),
+                    resource_version: "8".into(),
+                    document: d,
+                })
+            });
+        assert_eq!(store(mock).update(TASK, bump).await.unwrap(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_state_deleted_under_the_update_is_created_again() {
+        let mut mock = MockStateBackend::new();
+        let reads = AtomicU32::new(0);
+        mock.expect_get().times(2).returning(move |_| {
+            Ok((reads.fetch_add(1, Ordering::SeqCst) == 0).then(|| stored(3, "7")))
+        });
+        mock.expect_replace()
+            .times(1)
+            .returning(|n, _, _| Err(Error::NotFound { name: n.into() }));
+        mock.expect_create()
+            .withf(|_, doc| decoded(doc).iteration == 1)
+            .times(1)
+            .returning(|n, d| {
+                Ok(StoredDocument {
+                    name: n.into(),
+                    resource_version: "8".into(),
+                    document: d,
+                })
+            });
+        assert_eq!(store(mock).update(TASK, bump).await.unwrap(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_applied_but_lost_in_transit_is_not_applied_twice() {
+        let mut mock = MockStateBackend::new();
+        let current = Arc::new(Mutex::new(stored(2, "5")));
+        let c = current.clone();
+        mock.expect_get()
+            .returning(move |_| Ok(Some(c.lock().unwrap().clone())));
+        let c = current.clone();
+        mock.expect_replace().times(1).returning(move |n, _, d| {
+            // The server applies the write, then the answer is lost.
+            *c.lock().unwrap() = StoredDocument {
+                name: n.into(),
+                resource_version: "6".into(),
+                document: d,
+            };
+            Err(Error::Transport("connection reset".into()))
+        });
+        assert_eq!(store(mock).update(TASK, bump).await.unwrap(), 3);
+        assert_eq!(decoded(&current.lock().unwrap().document).iteration, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_lost_before_it_was_applied_is_written_again() {
+        let mut mock = MockStateBackend::new();
+        mock.expect_get()
+            .times(2)
+            .returning(|_| Ok(Some(stored(2, "5"))));
+        let mut seq = mockall::Sequence::new();
+        mock.expect_replace()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _, _| Err(api(504)));
+        mock.expect_replace()
+            .withf(|_, _, doc| decoded(doc).iteration == 3)
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|n, _, d| {
+                Ok(StoredDocument {
+                    name: n.into(),
+                    resource_version: "6".into(),
+                    document: d,
+                })
+            });
+        assert_eq!(store(mock).update(TASK, bump).await.unwrap(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_read_errors_are_retried_with_backoff() {
+        let mut mock = MockStateBackend::new();
+        let reads = AtomicU32::new(0);
+        mock.expect_get().times(3).returning(move |_| {
+            if reads.fetch_add(1, Ordering::SeqCst) < 2 {
+                Err(api(503))
+            } else {
+                Ok(Some(stored(0, "1")))
+            }
+        });
+        mock.expect_replace().times(1).returning(|n, _, d| {
+            Ok(StoredDocument {
+                name: n.into(),
+                resource_version: "2".into(),
+                document: d,
+            })
+        });
+        let started = Instant::now();
+        assert_eq!(store(mock).update(TASK, bump).await.unwrap(), 1);
+        // Two backoff delays of at least initial·(1 − jitter) each.
+        assert!(started.elapsed() >= Duration::from_millis(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_requested_wait_is_honoured() {
+        let mut mock = MockStateBackend::new();
+        let reads = AtomicU32::new(0);
+        mock.expect_get().times(2).returning(move |_| {
+            if reads.fetch_add(1, Ordering::SeqCst) == 0 {
+                Err(Error::Api {
+                    code: 429,
+                    reason: "TooManyRequests".into(),
+                    message: "slow down".into(),
+                    retry_after: Some(Duration::from_secs(5)),
+                })
+            } else {
+                Ok(Some(stored(0, "1")))
+            }
+        });
+        mock.expect_replace().returning(|n, _, d| {
+            Ok(StoredDocument {
+                name: n.into(),
+                resource_version: "2".into(),
+                document: d,
+            })
+        });
+        let started = Instant::now();
+        store(mock).update(TASK, bump).await.unwrap();
+        assert!(started.elapsed() >= Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_permanent_api_error_is_returned_at_once() {
+        let mut mock = MockStateBackend::new();
+        mock.expect_get()
+            .times(1)
+            .returning(|_| Ok(Some(stored(0, "1"))));
+        mock.expect_replace()
+            .times(1)
+            .returning(|_, _, _| Err(api(403)));
+        let err = store(mock).update(TASK, bump).await.unwrap_err();
+        assert!(matches!(err, Error::Api { code: 403, .. }));
+        assert!(!err.is_transient());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn attempts_are_bounded_and_exhaustion_names_the_last_failure() {
+        let mut mock = MockStateBackend::new();
+        mock.expect_get()
+            .times(3)
+            .returning(|_| Ok(Some(stored(0, "1"))));
+        mock.expect_replace()
+            .times(3)
+            .returning(|n, _, _| Err(Error::Conflict { name: n.into() }));
+        let config = StoreConfig {
+            max_attempts: 3,
+            ..StoreConfig::default()
+        };
+        let err = StateStore::with_config(mock, config)
+            .update(TASK, bump)
+            .await
+            .unwrap_err();
+        match err {
+            Error::RetriesExhausted {
+                attempts: 3, last, ..
+            } => {
+                assert!(matches!(*last, Error::Conflict { .. }));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_still_in_doubt_when_attempts_run_out_is_reported_unknown() {
+        let mut mock = MockStateBackend::new();
+        mock.expect_get().returning(|_| Ok(Some(stored(0, "1"))));
+        mock.expect_replace()
+            .times(2)
+            .returning(|_, _, _| Err(api(500)));
+        let config = StoreConfig {
+            max_attempts: 2,
+            ..StoreConfig::default()
+        };
+        let err = StateStore::with_config(mock, config)
+            .update(TASK, bump)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::OutcomeUnknown { attempts: 2, .. }));
+        assert!(!err.is_transient());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_newer_schema_is_never_overwritten() {
+        let mut mock = MockStateBackend::new();
+        mock.expect_get().returning(|_| {
+            let mut doc = stored(0, "1");
+            doc.document.data.insert(
+                KEY_STATE.into(),
+                r#"{"version":"v2","task_id":"t1","iteration":1}"#.into(),
+            );
+            Ok(Some(doc))
+        });
+        mock.expect_replace().never();
+        let store = store(mock);
+        let err = store.update(TASK, bump).await.unwrap_err();
+        assert!(matches!(err, Error::UnsupportedVersion { ref found, .. } if found == "v2"));
+        let snapshot = store.get(TASK).await.unwrap().unwrap();
+        assert_eq!(
+            snapshot.origin,
+            SchemaOrigin::Newer {
+                version: "v2".into()
+            }
+        );
+        assert_eq!(snapshot.state.iteration, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_invalid_task_id_reaches_no_backend() {
+        let mock = MockStateBackend::new();
+        let store = store(mock);
+        for id in ["../etc", "a,b", "UPPER", ""] {
+            assert!(matches!(
+                store.update(id, bump).await,
+                Err(Error::InvalidTaskId { .. })
+            ));
+            assert!(matches!(
+                store.get(id).await,
+                Err(Error::InvalidTaskId { .. })
+            ));
+            assert!(matches!(
+                store.delete(id, "1").await,
+                Err(Error::InvalidTaskId { .. })
+            ));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_state_too_large_for_a_config_map_is_rejected_without_writing() {
+        let mut mock = MockStateBackend::new();
+        mock.expect_get().returning(|_| Ok(Some(stored(0, "1"))));
+        mock.expect_replace().never();
+        let err = store(mock)
+            .update(TASK, |s| {
+                // Incompressible: hex of a pseudo-random sequence.
+                let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+                let noise: String = (0..200_000)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        format!("{:08x}", x as u32)
+                    })
+                    .collect();
+                s.metadata.insert("noise".into(), noise);
+                Ok::<_, Error>(())
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::TooLarge { .. }), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stored_state_that_breaks_an_invariant_is_reported_not_overwritten() {
+        let mut mock = MockStateBackend::new();
+        mock.expect_get().returning(|_| Ok(Some(stored(50, "1"))));
+        mock.expect_replace().never();
+        let store = store(mock);
+        assert!(matches!(
+            store.update(TASK, bump).await,
+            Err(Error::Invalid { .. })
+        ));
+        assert!(matches!(store.get(TASK).await, Err(Error::Invalid { .. })));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closure_that_breaks_an_invariant_writes_nothing() {
+        let mut mock = MockStateBackend::new();
+        mock.expect_get().returning(|_| Ok(Some(stored(0, "1"))));
+        mock.expect_replace().never();
+        let err = store(mock)
+            .update(TASK, |s| {
+                s.task_id = "other".into();
+                Ok::<_, Error>(())
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Invalid { .. }));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_fencing_token_writes_nothing() {
+        let mut mock = MockStateBackend::new();
+        mock.expect_get().returning(|_| {
+            let mut s = RemediationState::new(TASK, Timestamp::UNIX_EPOCH);
+            s.highest_fencing_token = Some(FencingToken::new("u", 5));
+            Ok(Some(doc_of(&s, "1")))
+        });
+        mock.expect_replace().never();
+        let err = store(mock)
+            .update_fenced(TASK, &FencingToken::new("u", 4), bump)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::StaleFencingToken { .. }));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unchanged_state_is_not_written() {
+        let mut mock = MockStateBackend::new();
+        mock.expect_get()
+            .times(1)
+            .returning(|_| Ok(Some(stored(2, "1"))));
+        mock.expect_replace().never();
+        let n = store(mock)
+            .update(TASK, |s| Ok::<_, Error>(s.iteration))
+            .await
+            .unwrap();
+        assert_eq!(n, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_stamps_the_time_and_keeps_the_write_log_whatever_the_closure_did() {
+        let mut mock = MockStateBackend::new();
+        mock.expect_get().returning(|_| Ok(Some(stored(0, "1"))));
+        mock.expect_replace()
+            .withf(|_, _, doc| {
+                let s = decoded(doc);
+                s.version == "v1"
+                    && s.applied_writes().len() == 1
+                    && s.last_update > Timestamp::UNIX_EPOCH
+            })
+            .times(1)
+            .returning(|n, _, d| {
+                Ok(StoredDocument {
+                    name: n.into(),
+                    resource_version: "2".into(),
+                    document: d,
+                })
+            });
+        store(mock)
+            .update(TASK, |s| {
+                s.version = "v9".into();
+                s.iteration = 1;
+                Ok::<_, Error>(())
+            })
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_conditional_delete_reports_conflicts_and_tolerates_absence() {
+        let mut mock = MockStateBackend::new();
+        let calls = AtomicU32::new(0);
+        mock.expect_delete()
+            .withf(|n, rv| n == NAME && rv == "3")
+            .returning(move |n, _| match calls.fetch_add(1, Ordering::SeqCst) {
+                0 => Err(Error::Conflict { name: n.into() }),
+                1 => Ok(()),
+                _ => Err(Error::NotFound { name: n.into() }),
+            });
+        let store = store(mock);
+        assert!(matches!(
+            store.delete(TASK, "3").await,
+            Err(Error::Conflict { .. })
+        ));
+        assert!(store.delete(TASK, "3").await.unwrap());
+        assert!(!store.delete(TASK, "3").await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn listing_skips_documents_whose_label_does_not_match_their_name() {
+        let mut mock = MockStateBackend::new();
+        mock.expect_list()
+            .withf(|labels| labels.get("app").map(String::as_str) == Some("remediation-state"))
+            .returning(|_| {
+                let good = stored(1, "1");
+                let mut forged = stored(1, "2");
+                forged.name = "task-other-state".into();
+                Ok(vec![good, forged])
+            });
+        let all = store(mock).list().await.unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].state.task_id, TASK);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_list_is_returned() {
+        let mut mock = MockStateBackend::new();
+        mock.expect_list().returning(|_| Err(api(500)));
+        assert!(matches!(
+            store(mock).list().await,
+            Err(Error::Api { code: 500, .. })
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reaching_the_maximum_sets_the_status_and_fails() {
+        let mut mock = MockStateBackend::new();
+        mock.expect_get().returning(|_| Ok(Some(stored(10, "1"))));
+        mock.expect_replace()
+            .withf(|_, _, doc| decoded(doc).status == TaskStatus::MaxIterationsReached)
+            .times(1)
+            .returning(|n, _, d| {
+                Ok(StoredDocument {
+                    name: n.into(),
+                    resource_version: "2".into(),
+                    document: d,
+                })
+            });
+        let err = store(mock).increment_iteration(TASK).await.unwrap_err();
+        assert!(matches!(err, Error::MaxIterationsReached { max: 10, .. }));
+    }
+}
