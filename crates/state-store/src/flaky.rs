@@ -29,6 +29,9 @@ pub struct FaultConfig {
     pub conflict_rate: f64,
     /// Writes are applied, then answered with 504 (the answer is lost).
     pub lost_response_rate: f64,
+    /// Every call first waits a uniformly drawn delay up to this (tokio time,
+    /// so a paused clock makes interleavings reproducible).
+    pub max_latency: std::time::Duration,
 }
 
 /// A [`StateBackend`] wrapper that injects faults (see [`FaultConfig`]).
@@ -59,6 +62,18 @@ impl<B: StateBackend> FlakyBackend<B> {
     /// How many faults were injected so far.
     pub fn injected(&self) -> u64 {
         self.injected.load(Ordering::Relaxed)
+    }
+
+    async fn delay(&self) {
+        if self.config.max_latency.is_zero() {
+            return;
+        }
+        let fraction: f64 = self
+            .rng
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .random_range(0.0..=1.0);
+        tokio::time::sleep(self.config.max_latency.mul_f64(fraction)).await;
     }
 
     fn roll(&self, rate: f64) -> bool {
@@ -108,6 +123,7 @@ fn server_error(code: u16, reason: &str) -> Error {
 #[async_trait]
 impl<B: StateBackend> StateBackend for FlakyBackend<B> {
     async fn get(&self, name: &str) -> Result<Option<StoredDocument>> {
+        self.delay().await;
         if self.roll(self.config.read_error_rate) {
             return Err(server_error(503, "ServiceUnavailable"));
         }
@@ -115,6 +131,7 @@ impl<B: StateBackend> StateBackend for FlakyBackend<B> {
     }
 
     async fn create(&self, name: &str, document: Document) -> Result<StoredDocument> {
+        self.delay().await;
         self.before_write(name, false)?;
         let result = self.inner.create(name, document).await;
         self.after_write(result)
@@ -126,18 +143,21 @@ impl<B: StateBackend> StateBackend for FlakyBackend<B> {
         resource_version: &str,
         document: Document,
     ) -> Result<StoredDocument> {
+        self.delay().await;
         self.before_write(name, true)?;
         let result = self.inner.replace(name, resource_version, document).await;
         self.after_write(result)
     }
 
     async fn delete(&self, name: &str, resource_version: &str) -> Result<()> {
+        self.delay().await;
         self.before_write(name, true)?;
         let result = self.inner.delete(name, resource_version).await;
         self.after_write(result)
     }
 
     async fn list(&self, labels: &BTreeMap<String, String>) -> Result<Vec<StoredDocument>> {
+        self.delay().await;
         if self.roll(self.config.read_error_rate) {
             return Err(server_error(503, "ServiceUnavailable"));
         }

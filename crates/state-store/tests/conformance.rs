@@ -1,0 +1,340 @@
+//! The conformance suite: the same checks run on `MemoryBackend` and on
+//! `ConfigMapBackend` against testkit's fake API server (real HTTP, real
+//! `kube::Client`), so the in-memory backend is a faithful test double.
+//!
+//! Part one checks the `StateBackend` contract (versions, conflicts,
+//! conditional deletes, selectors); part two checks the store end to end
+//! (schema paths, compression, concurrency) through each backend.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use state_store::naming::{
+    ANNOTATION_QUARANTINED_AT, KEY_STATE, KEY_STATE_CORRUPT, KEY_STATE_GZIP, state_labels,
+};
+use state_store::{
+    ConfigMapBackend, Document, Error, FeedbackEntry, MemoryBackend, SchemaOrigin, Severity,
+    StateBackend, StateStore, StoreConfig, Supersession, TaskStatus,
+};
+use testkit::kube::FakeKube;
+
+// ---------------------------------------------------------------------------
+// The shared checks.
+// ---------------------------------------------------------------------------
+
+fn doc(value: &str) -> Document {
+    let mut d = Document {
+        labels: state_labels("c1"),
+        ..Document::default()
+    };
+    d.annotations
+        .insert("example.dev/note".into(), "kept".into());
+    d.data.insert("k".into(), value.into());
+    d.binary_data
+        .insert("b".into(), vec![0, 159, 146, 150, 255]);
+    d
+}
+
+async fn created_document_reads_back_exactly(backend: Arc<dyn StateBackend>) {
+    assert!(backend.get("task-c1-state").await.unwrap().is_none());
+    let created = backend.create("task-c1-state", doc("v")).await.unwrap();
+    let read = backend.get("task-c1-state").await.unwrap().unwrap();
+    assert_eq!(read.name, "task-c1-state");
+    assert_eq!(read.resource_version, created.resource_version);
+    assert_eq!(read.document.data, doc("v").data);
+    assert_eq!(read.document.binary_data, doc("v").binary_data);
+    assert_eq!(read.document.labels, doc("v").labels);
+    assert_eq!(read.document.annotations["example.dev/note"], "kept");
+}
+
+async fn creating_an_existing_document_is_already_exists(backend: Arc<dyn StateBackend>) {
+    backend.create("task-c1-state", doc("a")).await.unwrap();
+    let err = backend.create("task-c1-state", doc("b")).await.unwrap_err();
+    assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
+    let read = backend.get("task-c1-state").await.unwrap().unwrap();
+    assert_eq!(read.document.data["k"], "a");
+}
+
+async fn replace_with_the_read_version_succeeds_and_moves_the_version(
+    backend: Arc<dyn StateBackend>,
+) {
+    let v1 = backend.create("task-c1-state", doc("a")).await.unwrap();
+    let v2 = backend
+        .replace("task-c1-state", &v1.resource_version, doc("b"))
+        .await
+        .unwrap();
+    assert_ne!(v1.resource_version, v2.resource_version);
+    let read = backend.get("task-c1-state").await.unwrap().unwrap();
+    assert_eq!(read.resource_version, v2.resource_version);
+    assert_eq!(read.document.data["k"], "b");
+}
+
+async fn replace_with_a_stale_version_conflicts_and_changes_nothing(
+    backend: Arc<dyn StateBackend>,
+) {
+    let v1 = backend.create("task-c1-state", doc("a")).await.unwrap();
+    backend
+        .replace("task-c1-state", &v1.resource_version, doc("b"))
+        .await
+        .unwrap();
+    let err = backend
+        .replace("task-c1-state", &v1.resource_version, doc("c"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Conflict { .. }), "{err}");
+    assert!(err.is_transient());
+    let read = backend.get("task-c1-state").await.unwrap().unwrap();
+    assert_eq!(read.document.data["k"], "b");
+}
+
+async fn replace_of_a_missing_document_is_not_found(backend: Arc<dyn StateBackend>) {
+    let err = backend
+        .replace("task-c1-state", "1", doc("a"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+    assert!(backend.get("task-c1-state").await.unwrap().is_none());
+}
+
+async fn delete_is_conditional_on_the_version(backend: Arc<dyn StateBackend>) {
+    let v1 = backend.create("task-c1-state", doc("a")).await.unwrap();
+    let v2 = backend
+        .replace("task-c1-state", &v1.resource_version, doc("b"))
+        .await
+        .unwrap();
+    let err = backend
+        .delete("task-c1-state", &v1.resource_version)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Conflict { .. }), "{err}");
+    assert!(backend.get("task-c1-state").await.unwrap().is_some());
+    backend
+        .delete("task-c1-state", &v2.resource_version)
+        .await
+        .unwrap();
+    assert!(backend.get("task-c1-state").await.unwrap().is_none());
+    let err = backend
+        .delete("task-c1-state", &v2.resource_version)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+}
+
+async fn list_selects_by_every_label(backend: Arc<dyn StateBackend>) {
+    backend.create("task-c1-state", doc("a")).await.unwrap();
+    let mut other = doc("b");
+    other.labels = state_labels("c2");
+    backend.create("task-c2-state", other).await.unwrap();
+    let mut foreign = doc("c");
+    foreign.labels = BTreeMap::from([("app".to_owned(), "something-else".to_owned())]);
+    backend.create("unrelated", foreign).await.unwrap();
+
+    let all = backend
+        .list(&state_store::naming::state_selector())
+        .await
+        .unwrap();
+    let mut names: Vec<_> = all.iter().map(|d| d.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["task-c1-state", "task-c2-state"]);
+
+    let one = backend.list(&state_labels("c2")).await.unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].name, "task-c2-state");
+    assert_eq!(one[0].document.data["k"], "b");
+}
+
+async fn store_update_and_operations_round_trip(backend: Arc<dyn StateBackend>) {
+    let store = StateStore::new(backend.clone());
+    assert!(store.get("t1").await.unwrap().is_none());
+    assert_eq!(store.increment_iteration("t1").await.unwrap(), 1);
+    assert_eq!(store.increment_iteration("t1").await.unwrap(), 2);
+    let push = Supersession {
+        head_sha: "abc1234".into(),
+        pushed_at: "2026-01-01T00:00:00Z".parse().unwrap(),
+        delivery_id: "d1".into(),
+        correlation_id: Some("c1".into()),
+    };
+    assert!(store.record_supersession("t1", &push).await.unwrap());
+    assert!(!store.record_supersession("t1", &push).await.unwrap());
+    let entry = FeedbackEntry {
+        comment_id: "100".into(),
+        severity: Severity::High,
+        resolved: false,
+        body: "fix the race".into(),
+        author: "reviewer".into(),
+        created_at: Timestamp::UNIX_EPOCH,
+        resolved_at: None,
+    };
+    assert!(store.append_feedback("t1", entry.clone()).await.unwrap());
+    assert!(!store.append_feedback("t1", entry).await.unwrap());
+
+    let snap = store.get("t1").await.unwrap().unwrap();
+    assert_eq!(snap.origin, SchemaOrigin::Current);
+    assert_eq!(snap.state.iteration, 2);
+    assert_eq!(snap.state.status, TaskStatus::InProgress);
+    assert_eq!(snap.state.latest_head.as_ref().unwrap().sha, "abc1234");
+    assert_eq!(snap.state.feedback_history.len(), 1);
+
+    let raw = backend.get("task-t1-state").await.unwrap().unwrap();
+    assert_eq!(raw.document.labels, state_labels("t1"));
+    assert_eq!(
+        raw.document.annotations["supersede.dev/schema-version"],
+        "v1"
+    );
+    assert!(raw.document.data.contains_key(KEY_STATE));
+
+    let listed = store.list().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].resource_version, snap.resource_version);
+
+    assert!(matches!(
+        store.delete("t1", "0").await,
+        Err(Error::Conflict { .. })
+    ));
+    assert!(store.delete("t1", &snap.resource_version).await.unwrap());
+    assert!(store.get("t1").await.unwrap().is_none());
+}
+
+async fn store_compresses_large_states_and_reads_them_back(backend: Arc<dyn StateBackend>) {
+    let store = StateStore::new(backend.clone());
+    // 30 resolved criticals (always kept by compaction) of 30 KiB each: ~900 KiB
+    // of compressible text, too large plain even after compaction.
+    store
+        .update("big", |s| {
+            for i in 0..30 {
+                s.append_feedback(FeedbackEntry {
+                    comment_id: format!("c{i}"),
+                    severity: Severity::Critical,
+                    resolved: true,
+                    body: format!("{i} ").repeat(10_000),
+                    author: "r".into(),
+                    created_at: Timestamp::UNIX_EPOCH,
+                    resolved_at: None,
+                });
+            }
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+    let raw = backend.get("task-big-state").await.unwrap().unwrap();
+    assert!(raw.document.binary_data.contains_key(KEY_STATE_GZIP));
+    assert!(!raw.document.data.contains_key(KEY_STATE));
+    let snap = store.get("big").await.unwrap().unwrap();
+    assert_eq!(snap.state.feedback_history.len(), 30);
+    assert_eq!(metric(&store, "state_store_compressions_total"), 1);
+    // A later small update keeps working on the compressed form.
+    assert_eq!(store.increment_iteration("big").await.unwrap(), 1);
+}
+
+async fn store_quarantines_a_corrupt_payload_and_rebuilds(backend: Arc<dyn StateBackend>) {
+    let mut d = Document {
+        labels: state_labels("bad"),
+        ..Document::default()
+    };
+    let broken =
+        r#"{"version":"v1","task_id":"bad","iteration":4,"status":"InProgress","feedback_his"#;
+    d.data.insert(KEY_STATE.into(), broken.into());
+    backend.create("task-bad-state", d).await.unwrap();
+
+    let store = StateStore::new(backend.clone());
+    let snap = store.get("bad").await.unwrap().unwrap();
+    assert!(matches!(snap.origin, SchemaOrigin::Rebuilt { .. }));
+    assert_eq!(store.increment_iteration("bad").await.unwrap(), 5);
+
+    let raw = backend.get("task-bad-state").await.unwrap().unwrap();
+    assert_eq!(raw.document.data[KEY_STATE_CORRUPT], broken);
+    assert!(
+        raw.document.annotations[ANNOTATION_QUARANTINED_AT]
+            .parse::<Timestamp>()
+            .is_ok()
+    );
+    let snap = store.get("bad").await.unwrap().unwrap();
+    assert_eq!(snap.origin, SchemaOrigin::Current);
+    assert_eq!(snap.state.iteration, 5);
+}
+
+async fn concurrent_writers_lose_no_update(backend: Arc<dyn StateBackend>) {
+    let config = StoreConfig {
+        max_iterations: 1_000,
+        max_attempts: 200,
+        ..StoreConfig::default()
+    };
+    let store = StateStore::with_config(backend, config);
+    let writers: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for _ in 0..5 {
+                    store.increment_iteration("hot").await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let snap = store.get("hot").await.unwrap().unwrap();
+    assert_eq!(snap.state.iteration, 40);
+}
+
+/// The value of an unlabelled counter, read through the Prometheus registry.
+fn metric(store: &StateStore, name: &str) -> u64 {
+    let mut registry = prometheus_client::registry::Registry::default();
+    store.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------
+// Both backends.
+// ---------------------------------------------------------------------------
+
+async fn fake_kube() -> (FakeKube, Arc<dyn StateBackend>) {
+    let kube = FakeKube::start().await.unwrap();
+    let backend = ConfigMapBackend::new(kube.client(), "default");
+    (kube, Arc::new(backend))
+}
+
+macro_rules! on_both_backends {
+    ($($check:ident),* $(,)?) => {
+        mod memory {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    let backend: Arc<dyn StateBackend> = Arc::new(MemoryBackend::new());
+                    super::$check(backend).await;
+                }
+            )*
+        }
+        mod configmap {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    let (_kube, backend) = fake_kube().await;
+                    super::$check(backend).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    created_document_reads_back_exactly,
+    creating_an_existing_document_is_already_exists,
+    replace_with_the_read_version_succeeds_and_moves_the_version,
+    replace_with_a_stale_version_conflicts_and_changes_nothing,
+    replace_of_a_missing_document_is_not_found,
+    delete_is_conditional_on_the_version,
+    list_selects_by_every_label,
+    store_update_and_operations_round_trip,
+    store_compresses_large_states_and_reads_them_back,
+    store_quarantines_a_corrupt_payload_and_rebuilds,
+    concurrent_writers_lose_no_update,
+);
