@@ -85,7 +85,10 @@ impl TokenSource for OpenAiUpstream {
         if let Some(key) = &self.api_key {
             builder = builder.bearer_auth(key.expose_secret());
         }
-        Box::pin(stream::unfold(Upstream::Pending(builder), next_token))
+        Box::pin(stream::unfold(
+            Upstream::Pending(Box::new(builder)),
+            next_token,
+        ))
     }
 
     fn name(&self) -> &'static str {
@@ -97,7 +100,7 @@ type Events = Pin<Box<dyn Stream<Item = Result<Event, EventStreamError<reqwest::
 
 enum Upstream {
     /// Not connected yet: the request is sent on the first poll.
-    Pending(reqwest::RequestBuilder),
+    Pending(Box<reqwest::RequestBuilder>),
     /// Reading server-sent events.
     Streaming(Events),
     /// Finished or failed; the connection is gone.
@@ -108,7 +111,7 @@ async fn next_token(state: Upstream) -> Option<(Result<String, SourceError>, Ups
     let mut events = match state {
         Upstream::Done => return None,
         Upstream::Streaming(events) => events,
-        Upstream::Pending(builder) => match connect(builder).await {
+        Upstream::Pending(builder) => match connect(*builder).await {
             Ok(events) => events,
             Err(error) => return Some((Err(error), Upstream::Done)),
         },
