@@ -6,3 +6,4 @@
 
 pub mod calls;
 pub mod faults;
+pub mod history;
