@@ -1,0 +1,123 @@
+//! The manager's memory of the last read of each pull request: its ETag and
+//! labels, so the next read can be conditional (a 304 costs no rate limit).
+//!
+//! Rule kept here: **bounded** — at most `capacity` pull requests; when full
+//! the least recently used entry goes. A cached entry is only ever used
+//! together with a 304 for its own ETag, so staleness cannot leak out.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+use crate::{ETag, LabelSet};
+
+#[derive(Debug)]
+pub(crate) struct EtagCache {
+    capacity: usize,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    entries: HashMap<String, Entry>,
+    tick: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    etag: ETag,
+    labels: LabelSet,
+    used: u64,
+}
+
+impl EtagCache {
+    /// A cache of at most `capacity` entries (0 disables caching).
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    /// The cached ETag and labels of `key`, marking it recently used.
+    pub(crate) fn get(&self, key: &str) -> Option<(ETag, LabelSet)> {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner.tick += 1;
+        let tick = inner.tick;
+        inner.entries.get_mut(key).map(|e| {
+            e.used = tick;
+            (e.etag.clone(), e.labels.clone())
+        })
+    }
+
+    /// Remembers the answer of a read.
+    pub(crate) fn put(&self, key: &str, etag: ETag, labels: LabelSet) {
+        if self.capacity == 0 {
+            return;
+        }
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner.tick += 1;
+        let used = inner.tick;
+        if !inner.entries.contains_key(key) && inner.entries.len() >= self.capacity {
+            // O(capacity) eviction: only on inserting a new PR into a full
+            // cache, and capacities are a few thousand at most.
+            if let Some(oldest) = inner
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.used)
+                .map(|(k, _)| k.clone())
+            {
+                inner.entries.remove(&oldest);
+            }
+        }
+        inner
+            .entries
+            .insert(key.to_owned(), Entry { etag, labels, used });
+    }
+
+    /// Forgets `key` (its cached labels proved wrong).
+    pub(crate) fn forget(&self, key: &str) {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entries
+            .remove(key);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entries
+            .len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tag(s: &str) -> ETag {
+        ETag::new(format!("\"{s}\"")).unwrap()
+    }
+
+    #[test]
+    fn a_full_cache_evicts_the_least_recently_used_pull_request() {
+        let cache = EtagCache::new(2);
+        cache.put("a", tag("1"), LabelSet::new(["x"]));
+        cache.put("b", tag("2"), LabelSet::default());
+        assert!(cache.get("a").is_some()); // a is now more recent than b
+        cache.put("c", tag("3"), LabelSet::default());
+        assert_eq!(cache.len(), 2);
+        assert!(cache.get("b").is_none());
+        assert_eq!(cache.get("a").unwrap().1.names(), ["x"]);
+        assert!(cache.get("c").is_some());
+    }
+
+    #[test]
+    fn zero_capacity_caches_nothing() {
+        let cache = EtagCache::new(0);
+        cache.put("a", tag("1"), LabelSet::default());
+        assert!(cache.get("a").is_none());
+    }
+}

@@ -1,0 +1,250 @@
+//! One writer per pull request among our own processes.
+//!
+//! GitHub cannot make a label write conditional, so two of our workers
+//! moving the same pull request at once can only be told apart after the
+//! fact (the DELETE claim). A lock makes that the exception: with one, only
+//! humans and foreign integrations race us.
+//!
+//! Rule kept here: **a guard is the lock** — holding a [`PrLockGuard`] means
+//! holding the lock, dropping it releases it; a guard whose lock was lost
+//! says so ([`PrLockGuard::is_lost`]) and the manager stops writing.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Error, PrRef, Result};
+
+/// Takes the per-PR lock. Implementations: [`LocalPrLocks`] (one process)
+/// and, with the `lease-lock` feature, `LeasePrLocks` (every replica, over
+/// Kubernetes Leases).
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait PrLock: Send + Sync {
+    /// Waits (bounded) until this caller is the only one of ours writing
+    /// `pr`'s labels; the lock is held until the guard is dropped.
+    async fn lock(&self, pr: &PrRef) -> Result<PrLockGuard>;
+}
+
+/// Proof of holding a [`PrLock`]; releases it when dropped.
+pub struct PrLockGuard {
+    _held: Box<dyn Send + Sync>,
+    lost: Option<CancellationToken>,
+}
+
+impl PrLockGuard {
+    /// A guard that keeps `held` alive (whatever releases the lock on drop).
+    pub fn new(held: impl Send + Sync + 'static) -> Self {
+        Self {
+            _held: Box::new(held),
+            lost: None,
+        }
+    }
+
+    /// Marks the guard as lost once `lost` fires (a lease that could not be
+    /// renewed): writes stop instead of going on unprotected.
+    #[must_use]
+    pub fn with_lost_signal(mut self, lost: CancellationToken) -> Self {
+        self.lost = Some(lost);
+        self
+    }
+
+    /// Whether the lock was lost while held.
+    pub fn is_lost(&self) -> bool {
+        self.lost
+            .as_ref()
+            .is_some_and(CancellationToken::is_cancelled)
+    }
+}
+
+impl fmt::Debug for PrLockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PrLockGuard")
+            .field("lost", &self.is_lost())
+            .finish_non_exhaustive()
+    }
+}
+
+/// An in-process lock per pull request (a `tokio::sync::Mutex` each): one
+/// writer per PR among the tasks of this process. Clones share the locks.
+///
+/// Bounded: an entry exists only while someone holds or waits for it, and
+/// waiting is bounded by the timeout (default 60 s).
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+/// use label_cas::{LocalPrLocks, PrLock, PrRef};
+///
+/// let locks = LocalPrLocks::new();
+/// let pr = PrRef::new("acme", "widgets", 7)?;
+/// let guard = locks.lock(&pr).await?;
+/// assert_eq!(locks.held(), 1);
+/// drop(guard);
+/// assert_eq!(locks.held(), 0);
+/// # Ok::<_, label_cas::Error>(())
+/// # }).unwrap();
+/// ```
+#[derive(Clone, Debug)]
+pub struct LocalPrLocks {
+    locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    timeout: Duration,
+}
+
+impl Default for LocalPrLocks {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LocalPrLocks {
+    /// Locks that wait at most 60 s: far longer than a transition takes
+    /// (a few calls spaced by 1 s), short enough that a stuck holder
+    /// surfaces as an error rather than a silent pile-up.
+    pub fn new() -> Self {
+        Self::with_timeout(Duration::from_secs(60))
+    }
+
+    /// Locks that wait at most `timeout`.
+    pub fn with_timeout(timeout: Duration) -> Self {
+        Self {
+            locks: Arc::default(),
+            timeout,
+        }
+    }
+
+    /// How many pull requests are locked or waited for right now.
+    pub fn held(&self) -> usize {
+        self.locks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Waits for `pr`'s lock and returns the raw tokio guard with the key it
+    /// must be released under (used by `LeasePrLocks` as its first stage).
+    pub(crate) async fn acquire(&self, pr: &PrRef) -> Result<LocalHeld> {
+        let key = pr.key();
+        let mutex = {
+            let mut locks = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(locks.entry(key.clone()).or_default())
+        };
+        let acquired = tokio::time::timeout(self.timeout, mutex.lock_owned()).await;
+        match acquired {
+            Ok(guard) => Ok(LocalHeld {
+                guard: Some(guard),
+                key,
+                locks: Arc::clone(&self.locks),
+            }),
+            Err(_) => {
+                release_entry(&self.locks, &key);
+                Err(Error::Lock {
+                    reason: format!("{pr} stayed locked by another task for {:?}", self.timeout),
+                    transient: true,
+                })
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl PrLock for LocalPrLocks {
+    async fn lock(&self, pr: &PrRef) -> Result<PrLockGuard> {
+        Ok(PrLockGuard::new(self.acquire(pr).await?))
+    }
+}
+
+/// A held local lock; removes its map entry when nobody else waits for it.
+pub(crate) struct LocalHeld {
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    key: String,
+    locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+impl Drop for LocalHeld {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        release_entry(&self.locks, &self.key);
+    }
+}
+
+/// Removes `key`'s mutex if the map holds the only reference left (no
+/// holder, no waiter): a waiter always holds a clone, so it is never lost.
+fn release_entry(locks: &Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>, key: &str) {
+    let mut locks = locks.lock().unwrap_or_else(PoisonError::into_inner);
+    if locks.get(key).is_some_and(|m| Arc::strong_count(m) == 1) {
+        locks.remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn pr(n: u64) -> PrRef {
+        PrRef::new("acme", "widgets", n).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_holder_per_pull_request_and_none_across_pull_requests() {
+        let locks = LocalPrLocks::new();
+        let inside = Arc::new(AtomicU32::new(0));
+        let max_inside = Arc::new(AtomicU32::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (locks, inside, max_inside) = (locks.clone(), inside.clone(), max_inside.clone());
+            tasks.push(tokio::spawn(async move {
+                let _guard = locks.lock(&pr(1)).await.unwrap();
+                let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                max_inside.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                inside.fetch_sub(1, Ordering::SeqCst);
+            }));
+        }
+        // A different PR is not blocked by the queue on PR 1.
+        let other = locks.lock(&pr(2)).await.unwrap();
+        drop(other);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(max_inside.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            locks.held(),
+            0,
+            "entries are removed once nobody holds or waits"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_is_bounded_by_the_timeout() {
+        let locks = LocalPrLocks::with_timeout(Duration::from_secs(5));
+        let _held = locks.lock(&pr(1)).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let err = locks.lock(&pr(1)).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Lock {
+                    transient: true,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        assert_eq!(locks.held(), 1, "the holder's entry stays");
+    }
+
+    #[test]
+    fn a_guard_reports_a_lost_lock() {
+        let lost = CancellationToken::new();
+        let guard = PrLockGuard::new(()).with_lost_signal(lost.clone());
+        assert!(!guard.is_lost());
+        lost.cancel();
+        assert!(guard.is_lost());
+    }
+}

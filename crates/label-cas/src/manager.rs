@@ -1,0 +1,1497 @@
+//! The label transition: compare-and-swap against an API that has no
+//! compare-and-swap.
+//!
+//! GitHub takes no precondition on label writes, so the transition is
+//! *detect and repair*: read (conditionally, free when unchanged), check the
+//! preconditions, claim each label to remove with its own DELETE (200 means
+//! we took it; 404 means another writer moved first), add everything in one
+//! POST, and verify the label list the last write returned.
+//!
+//! Rule kept here: **a transition ends applied, already in state, or failed
+//! with nothing of ours left behind** — on a conflict, on interference that
+//! outlasts the retries and on any error after a write, what this
+//! transition changed is undone; only if the undo itself fails is the error
+//! [`Error::PartiallyApplied`], listing exactly what remains.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use resilience::{Backoff, BackoffPolicy, RetryError, RetryPolicy, retry_transient};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::cache::EtagCache;
+use crate::{
+    Error, Fetched, LabelBackend, LabelSet, Metrics, PrLock, PrLockGuard, PrRef, RemoveOutcome,
+    Result, validate_label_names,
+};
+
+/// GitHub allows at most 100 labels on an issue; longer lists are mistakes.
+const MAX_LABELS_PER_LIST: usize = 100;
+
+/// What a transition requires and changes. Names compare case-insensitively.
+///
+/// ```
+/// use label_cas::LabelTransition;
+///
+/// // supersede's default: the PR leaves QA and enters remediation.
+/// let t = LabelTransition::move_label("ready-for-qa", "remediation-in-progress");
+/// assert_eq!(t.require_present, ["ready-for-qa"]);
+/// assert_eq!(t.remove, ["ready-for-qa"]);
+/// assert_eq!(t.add, ["remediation-in-progress"]);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LabelTransition {
+    /// Labels that must be on the PR (unless this transition removed them).
+    pub require_present: Vec<String>,
+    /// Labels that must not be on the PR (unless this transition adds them).
+    pub require_absent: Vec<String>,
+    /// Labels to add, all in one call.
+    pub add: Vec<String>,
+    /// Labels to remove, one claiming DELETE each.
+    pub remove: Vec<String>,
+}
+
+impl LabelTransition {
+    /// An empty transition (a pure check until labels are added to it).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Moves a PR from stage `from` to stage `to`: requires `from`, removes
+    /// it, adds `to`. Of several writers making the same move, the one
+    /// whose DELETE removes `from` wins; the others see a conflict or find
+    /// the PR already in state.
+    pub fn move_label(from: impl Into<String>, to: impl Into<String>) -> Self {
+        let from = from.into();
+        Self {
+            require_present: vec![from.clone()],
+            require_absent: Vec::new(),
+            add: vec![to.into()],
+            remove: vec![from],
+        }
+    }
+
+    /// Adds labels to [`require_present`](Self::require_present).
+    #[must_use]
+    pub fn requiring<I: IntoIterator<Item = S>, S: Into<String>>(mut self, names: I) -> Self {
+        self.require_present
+            .extend(names.into_iter().map(Into::into));
+        self
+    }
+
+    /// Adds labels to [`require_absent`](Self::require_absent).
+    #[must_use]
+    pub fn forbidding<I: IntoIterator<Item = S>, S: Into<String>>(mut self, names: I) -> Self {
+        self.require_absent
+            .extend(names.into_iter().map(Into::into));
+        self
+    }
+
+    /// Adds labels to [`add`](Self::add).
+    #[must_use]
+    pub fn adding<I: IntoIterator<Item = S>, S: Into<String>>(mut self, names: I) -> Self {
+        self.add.extend(names.into_iter().map(Into::into));
+        self
+    }
+
+    /// Adds labels to [`remove`](Self::remove).
+    #[must_use]
+    pub fn removing<I: IntoIterator<Item = S>, S: Into<String>>(mut self, names: I) -> Self {
+        self.remove.extend(names.into_iter().map(Into::into));
+        self
+    }
+
+    /// Checks every name and rejects contradictions (a label both added and
+    /// removed, or both required and forbidden) and lists over 100 labels.
+    pub fn validate(&self) -> Result<()> {
+        for list in [
+            &self.require_present,
+            &self.require_absent,
+            &self.add,
+            &self.remove,
+        ] {
+            validate_label_names(list)?;
+            if list.len() > MAX_LABELS_PER_LIST {
+                return Err(Error::InvalidTransition {
+                    reason: format!(
+                        "{} labels in one list; GitHub allows at most {MAX_LABELS_PER_LIST}",
+                        list.len()
+                    ),
+                });
+            }
+        }
+        if let Some(both) = self.add.iter().find(|n| contains(&self.remove, n)) {
+            return Err(Error::InvalidTransition {
+                reason: format!("{both:?} is both added and removed"),
+            });
+        }
+        if let Some(both) = self
+            .require_present
+            .iter()
+            .find(|n| contains(&self.require_absent, n))
+        {
+            return Err(Error::InvalidTransition {
+                reason: format!("{both:?} is both required and forbidden"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether `labels` already are the target state: every addition and
+    /// required label present, every removal and forbidden label absent
+    /// (a required label this transition removes, or a forbidden one it
+    /// adds, counts as done).
+    pub fn is_satisfied_by(&self, labels: &LabelSet) -> bool {
+        self.add.iter().all(|n| labels.contains(n))
+            && !self.remove.iter().any(|n| labels.contains(n))
+            && self
+                .require_present
+                .iter()
+                .filter(|n| !contains(&self.remove, n))
+                .all(|n| labels.contains(n))
+            && !self
+                .require_absent
+                .iter()
+                .filter(|n| !contains(&self.add, n))
+                .any(|n| labels.contains(n))
+    }
+
+    /// Why `labels` violate the preconditions, if they do. Our own earlier
+    /// changes excuse a label: one we removed may be missing, one we added
+    /// may be present.
+    fn violation(&self, labels: &LabelSet, ours: &Changes) -> Option<String> {
+        let missing: Vec<&str> = self
+            .require_present
+            .iter()
+            .filter(|n| !labels.contains(n) && !contains(&ours.removed, n))
+            .map(String::as_str)
+            .collect();
+        let present: Vec<&str> = self
+            .require_absent
+            .iter()
+            .filter(|n| labels.contains(n) && !contains(&ours.added, n))
+            .map(String::as_str)
+            .collect();
+        match (missing.is_empty(), present.is_empty()) {
+            (true, true) => None,
+            (false, true) => Some(format!("required labels missing: {missing:?}")),
+            (true, false) => Some(format!("forbidden labels present: {present:?}")),
+            (false, false) => Some(format!(
+                "required labels missing: {missing:?}; forbidden labels present: {present:?}"
+            )),
+        }
+    }
+}
+
+/// How a successful transition ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransitionResult {
+    /// This call changed the labels into the target state.
+    Applied,
+    /// The labels already were in the target state; nothing was written.
+    AlreadyInState,
+}
+
+/// What a successful transition did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransitionOutcome {
+    /// Applied, or already in state.
+    pub result: TransitionResult,
+    /// Labels this call added.
+    pub added: Vec<String>,
+    /// Labels this call removed.
+    pub removed: Vec<String>,
+    /// The labels after the transition, as the last call returned them.
+    pub final_labels: LabelSet,
+    /// Attempts (1 unless interference forced a retry).
+    pub attempts: u32,
+    /// API calls made (reads included).
+    pub calls: u32,
+}
+
+impl TransitionOutcome {
+    /// Whether this call changed the labels.
+    pub fn applied(&self) -> bool {
+        self.result == TransitionResult::Applied
+    }
+}
+
+/// Bounds and delays of [`AtomicLabelManager`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransitionPolicy {
+    /// Attempts of one transition when verification shows interference.
+    pub max_attempts: u32,
+    /// Delays between those attempts.
+    pub interference_backoff: BackoffPolicy,
+    /// Retries of one call that failed transiently (reads and POSTs, which
+    /// are idempotent; a DELETE is re-sent only after a re-read proved it
+    /// did not happen).
+    pub call_retry: RetryPolicy,
+    /// Pull requests whose last read (ETag and labels) is remembered.
+    pub cache_capacity: usize,
+    /// Transitions [`transition_many`](AtomicLabelManager::transition_many)
+    /// runs at once.
+    pub max_concurrency: usize,
+}
+
+impl Default for TransitionPolicy {
+    /// 3 attempts 1–4 s apart (±25 %); calls retried per
+    /// [`RetryPolicy::default`] (3 attempts); 4096 cached pull requests;
+    /// 10 transitions at once.
+    ///
+    /// Why: interference is another writer in the same second — a couple
+    /// of seconds later it is over or it is a real conflict, which more
+    /// attempts would not fix. 4096 entries of a few hundred bytes cover
+    /// every open PR of a large organisation. 10 matches the coordinator's
+    /// worker pool; mutations are serialised per installation anyway.
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            interference_backoff: BackoffPolicy {
+                initial: Duration::from_secs(1),
+                max: Duration::from_secs(4),
+                ..BackoffPolicy::default()
+            },
+            call_retry: RetryPolicy::default(),
+            cache_capacity: 4096,
+            max_concurrency: 10,
+        }
+    }
+}
+
+impl TransitionPolicy {
+    /// Rejects zero attempts or concurrency and invalid backoff/retry policies.
+    pub fn validate(&self) -> Result<()> {
+        let config = |reason: String| Err(Error::Config { reason });
+        if self.max_attempts == 0 {
+            return config("max_attempts must be at least 1".into());
+        }
+        if self.max_concurrency == 0 {
+            return config("max_concurrency must be at least 1".into());
+        }
+        if let Err(e) = self.interference_backoff.validate() {
+            return config(e.to_string());
+        }
+        if let Err(e) = self.call_retry.validate() {
+            return config(e.to_string());
+        }
+        Ok(())
+    }
+}
+
+/// Moves pull requests between label states safely against racing writers.
+/// See the [module documentation](self) and the crate README for what
+/// "atomic" means here.
+///
+/// Give it a [`RateLimited`](crate::RateLimited) backend in production, so
+/// its calls respect GitHub's limits, and a [`PrLock`] when several of our
+/// workers may move the same pull request.
+pub struct AtomicLabelManager<B> {
+    backend: B,
+    lock: Option<Arc<dyn PrLock>>,
+    policy: TransitionPolicy,
+    cache: EtagCache,
+    metrics: Metrics,
+    cancel: CancellationToken,
+}
+
+impl<B> std::fmt::Debug for AtomicLabelManager<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AtomicLabelManager")
+            .field("locked", &self.lock.is_some())
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: LabelBackend> AtomicLabelManager<B> {
+    /// A manager over `backend` with the default policy, no lock, fresh
+    /// metrics.
+    pub fn new(backend: B) -> Self {
+        let policy = TransitionPolicy::default();
+        Self {
+            backend,
+            lock: None,
+            cache: EtagCache::new(policy.cache_capacity),
+            policy,
+            metrics: Metrics::default(),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    /// Uses `policy` (validated).
+    pub fn with_policy(mut self, policy: TransitionPolicy) -> Result<Self> {
+        policy.validate()?;
+        self.cache = EtagCache::new(policy.cache_capacity);
+        self.policy = policy;
+        Ok(self)
+    }
+
+    /// Holds `lock` for the pull request during each transition.
+    #[must_use]
+    pub fn with_lock(mut self, lock: Arc<dyn PrLock>) -> Self {
+        self.lock = Some(lock);
+        self
+    }
+
+    /// Reports into `metrics` (share it with the backend's).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Stops retries and backoff waits when `cancel` fires.
+    #[must_use]
+    pub fn with_cancellation(mut self, cancel: CancellationToken) -> Self {
+        self.cancel = cancel;
+        self
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// The metrics this manager reports into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Moves `pr`'s labels as `transition` says. See the [module
+    /// documentation](self) for the algorithm.
+    ///
+    /// Errors: [`Error::Conflict`] (preconditions not met, or another writer
+    /// claimed a label first; our changes undone), [`Error::Interference`],
+    /// [`Error::PartiallyApplied`], validation errors before any call, and
+    /// backend errors (after undoing).
+    pub async fn transition(
+        &self,
+        pr: &PrRef,
+        transition: &LabelTransition,
+    ) -> Result<TransitionOutcome> {
+        let span = tracing::info_span!("label_transition", pr = %pr);
+        let result = async {
+            transition.validate()?;
+            let guard = match &self.lock {
+                Some(lock) => Some(lock.lock(pr).await?),
+                None => None,
+            };
+            self.run(pr, transition, guard.as_ref()).await
+        }
+        .instrument(span.clone())
+        .await;
+        let _entered = span.enter();
+        match &result {
+            Ok(outcome) => {
+                let result = match outcome.result {
+                    TransitionResult::Applied => "applied",
+                    TransitionResult::AlreadyInState => "already_in_state",
+                };
+                self.metrics.transition(result);
+                tracing::info!(
+                    result,
+                    added = ?outcome.added,
+                    removed = ?outcome.removed,
+                    calls = outcome.calls,
+                    attempts = outcome.attempts,
+                    "label transition done"
+                );
+            }
+            Err(error @ Error::Conflict { .. }) => {
+                self.metrics.transition("conflict");
+                tracing::info!(%error, "label transition conflicts");
+            }
+            Err(error) => {
+                self.metrics.transition("failed");
+                tracing::warn!(%error, "label transition failed");
+            }
+        }
+        result
+    }
+
+    /// Runs many transitions, at most
+    /// [`max_concurrency`](TransitionPolicy::max_concurrency) at once;
+    /// results come back in the order of `items`. Each transition makes one
+    /// call per change (all additions of a PR in one POST).
+    pub async fn transition_many(
+        &self,
+        items: &[(PrRef, LabelTransition)],
+    ) -> Vec<Result<TransitionOutcome>> {
+        futures::stream::iter(items)
+            .map(|(pr, transition)| self.transition(pr, transition))
+            .buffered(self.policy.max_concurrency.max(1))
+            .collect()
+            .await
+    }
+
+    /// The labels of `pr`, read conditionally (free when unchanged).
+    pub async fn labels(&self, pr: &PrRef) -> Result<LabelSet> {
+        let run = Run::new(None);
+        self.read(pr, &run).await
+    }
+
+    /// Sets exactly `names` with one PUT, under the lock. Refused with
+    /// [`Error::LockRequired`] without one: a PUT drops whatever other
+    /// writers added since we looked. Even under our lock a human's change
+    /// in the same instant can be lost; use it for repairs, not routine moves.
+    pub async fn replace_under_lock(&self, pr: &PrRef, names: &[String]) -> Result<LabelSet> {
+        validate_label_names(names)?;
+        let Some(lock) = &self.lock else {
+            return Err(Error::LockRequired);
+        };
+        let guard = lock.lock(pr).await?;
+        let run = Run::new(Some(&guard));
+        run.check_lock()?;
+        let labels = self
+            .with_retry(&run, |_| self.backend.replace(pr, names))
+            .await?;
+        self.cache.forget(&pr.key());
+        Ok(labels)
+    }
+
+    async fn run(
+        &self,
+        pr: &PrRef,
+        transition: &LabelTransition,
+        guard: Option<&PrLockGuard>,
+    ) -> Result<TransitionOutcome> {
+        let mut run = Run::new(guard);
+        let mut backoff = Backoff::new(self.policy.interference_backoff.clone());
+        let max_attempts = self.policy.max_attempts.max(1);
+        for attempt in 1..=max_attempts {
+            let current = match self.read(pr, &run).await {
+                Ok(current) => current,
+                Err(error) => return Err(self.abandon(pr, &mut run, error).await),
+            };
+            if transition.is_satisfied_by(&current) {
+                let result = if run.changes.is_empty() {
+                    TransitionResult::AlreadyInState
+                } else {
+                    TransitionResult::Applied
+                };
+                return Ok(run.outcome(result, current, attempt));
+            }
+            if let Some(reason) = transition.violation(&current, &run.changes) {
+                let current = self.undo(pr, &mut run, current).await?;
+                return Err(Error::Conflict { reason, current });
+            }
+            let last = match self.apply(pr, transition, &current, &mut run).await {
+                Ok(Step::Written(last)) => last,
+                Ok(Step::Lost { name, seen }) => {
+                    let current = self.undo(pr, &mut run, seen).await?;
+                    return Err(Error::Conflict {
+                        reason: format!("another writer removed {name:?} first"),
+                        current,
+                    });
+                }
+                Err(error) => return Err(self.abandon(pr, &mut run, error).await),
+            };
+            // The list the last write returned is the verification.
+            if transition.is_satisfied_by(&last) {
+                return Ok(run.outcome(TransitionResult::Applied, last, attempt));
+            }
+            self.metrics.interference();
+            tracing::warn!(attempt, labels = %last, "another writer interfered; retrying the transition");
+            if attempt < max_attempts {
+                let delay = backoff
+                    .next_delay()
+                    .unwrap_or(self.policy.interference_backoff.max);
+                if !self.sleep(delay).await {
+                    return Err(self.abandon(pr, &mut run, Error::Cancelled).await);
+                }
+            }
+        }
+        let error = Error::Interference {
+            attempts: max_attempts,
+        };
+        Err(self.abandon(pr, &mut run, error).await)
+    }
+
+    /// Claims each removal, then adds everything in one call.
+    async fn apply(
+        &self,
+        pr: &PrRef,
+        transition: &LabelTransition,
+        current: &LabelSet,
+        run: &mut Run<'_>,
+    ) -> Result<Step> {
+        let to_remove: Vec<&String> = transition
+            .remove
+            .iter()
+            .filter(|n| current.contains(n))
+            .collect();
+        let to_add: Vec<String> = transition
+            .add
+            .iter()
+            .filter(|n| !current.contains(n))
+            .cloned()
+            .collect();
+        let mut last = None;
+        for name in to_remove {
+            run.check_lock()?;
+            match self.claim_removal(pr, name, run).await? {
+                Claim::Ours(labels) => {
+                    run.changes.record_removed(name);
+                    last = Some(labels);
+                }
+                Claim::Lost => {
+                    // What we know without another read: the labels as last
+                    // seen, minus the one that is now provably gone.
+                    let seen = without(last.as_ref().unwrap_or(current), name);
+                    return Ok(Step::Lost {
+                        name: name.clone(),
+                        seen,
+                    });
+                }
+            }
+        }
+        if !to_add.is_empty() {
+            run.check_lock()?;
+            match self
+                .with_retry(run, |_| self.backend.add(pr, &to_add))
+                .await
+            {
+                Ok(labels) => {
+                    run.changes.record_added(&to_add);
+                    last = Some(labels);
+                }
+                Err(error) => {
+                    if error.maybe_applied() {
+                        // The POST may have landed: make the undo take the
+                        // additions away too (a DELETE of an absent label is
+                        // harmless).
+                        run.changes.record_added(&to_add);
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        Ok(Step::Written(last.unwrap_or_else(|| current.clone())))
+    }
+
+    /// One DELETE as a claim on `name`. A DELETE that may have been applied
+    /// without our hearing the answer is not re-sent: the labels are re-read
+    /// and the decision made on what they show.
+    async fn claim_removal(&self, pr: &PrRef, name: &str, run: &mut Run<'_>) -> Result<Claim> {
+        let mut backoff = Backoff::new(self.policy.call_retry.backoff.clone());
+        let max_sends = self.policy.call_retry.max_attempts.max(1);
+        let mut sends = 0;
+        loop {
+            sends += 1;
+            run.count_call();
+            let error = match self.backend.remove(pr, name).await {
+                Ok(RemoveOutcome::Removed(labels)) => return Ok(Claim::Ours(labels)),
+                Ok(RemoveOutcome::Absent) => return Ok(Claim::Lost),
+                Err(error) => error,
+            };
+            if error.maybe_applied() {
+                tracing::warn!(label = name, %error, "DELETE may have been applied; re-reading instead of re-sending");
+                let now = match self.read(pr, run).await {
+                    Ok(now) => now,
+                    Err(read_error) => {
+                        // Unknown whether it went: restoring it is the safe side.
+                        run.changes.record_removed(name);
+                        return Err(read_error);
+                    }
+                };
+                if !now.contains(name) {
+                    // Gone: by far most likely our DELETE, whose answer was
+                    // lost (see the README for the residual risk).
+                    return Ok(Claim::Ours(now));
+                }
+                tracing::info!(label = name, "the DELETE did not happen; sending it again");
+            } else if !error.is_transient() {
+                return Err(error);
+            }
+            if sends >= max_sends {
+                return Err(error);
+            }
+            let delay = backoff
+                .next_delay()
+                .unwrap_or(self.policy.call_retry.backoff.max);
+            let delay = error.retry_after().map_or(delay, |asked| {
+                delay.max(asked.min(self.policy.call_retry.max_retry_after))
+            });
+            if !self.sleep(delay).await {
+                return Err(Error::Cancelled);
+            }
+        }
+    }
+
+    /// A conditional read through the ETag cache.
+    async fn read(&self, pr: &PrRef, run: &Run<'_>) -> Result<LabelSet> {
+        let key = pr.key();
+        let cached = self.cache.get(&key);
+        let etag = cached.as_ref().map(|(etag, _)| etag);
+        let fetched = self.with_retry(run, |_| self.backend.get(pr, etag)).await?;
+        match (fetched, cached) {
+            (Fetched::Labels { labels, etag }, _) => {
+                match etag {
+                    Some(etag) => self.cache.put(&key, etag, labels.clone()),
+                    None => self.cache.forget(&key),
+                }
+                Ok(labels)
+            }
+            (Fetched::NotModified, Some((_, labels))) => Ok(labels),
+            (Fetched::NotModified, None) => Err(Error::InvalidResponse {
+                reason: "304 Not Modified to an unconditional read".into(),
+            }),
+        }
+    }
+
+    /// Restores what this run changed; `fallback` is returned when there is
+    /// nothing to undo.
+    async fn undo(&self, pr: &PrRef, run: &mut Run<'_>, fallback: LabelSet) -> Result<LabelSet> {
+        if run.changes.is_empty() {
+            return Ok(fallback);
+        }
+        tracing::info!(added = ?run.changes.added, removed = ?run.changes.removed, "undoing this transition's changes");
+        let mut last = fallback;
+        let added = std::mem::take(&mut run.changes.added);
+        for (i, name) in added.iter().enumerate() {
+            // Re-sending this DELETE is fine: a 404 just means it is gone.
+            match self
+                .with_retry(run, |_| self.backend.remove(pr, name))
+                .await
+            {
+                Ok(RemoveOutcome::Removed(labels)) => last = labels,
+                Ok(RemoveOutcome::Absent) => {}
+                Err(error) => {
+                    run.changes.added = added[i..].to_vec();
+                    return Err(run.changes.partial(error));
+                }
+            }
+        }
+        let removed = std::mem::take(&mut run.changes.removed);
+        if !removed.is_empty() {
+            match self
+                .with_retry(run, |_| self.backend.add(pr, &removed))
+                .await
+            {
+                Ok(labels) => last = labels,
+                Err(error) => {
+                    run.changes.removed = removed;
+                    return Err(run.changes.partial(error));
+                }
+            }
+        }
+        Ok(last)
+    }
+
+    /// Undoes after `error`; returns the error to report.
+    async fn abandon(&self, pr: &PrRef, run: &mut Run<'_>, error: Error) -> Error {
+        if run.changes.is_empty() {
+            return error;
+        }
+        tracing::warn!(%error, "label transition interrupted; undoing");
+        match self.undo(pr, run, LabelSet::default()).await {
+            Ok(_) => error,
+            Err(undo_error) => {
+                tracing::error!(%error, %undo_error, "could not undo an interrupted label transition");
+                undo_error
+            }
+        }
+    }
+
+    /// Retries an idempotent call on transient errors, counting each call.
+    async fn with_retry<T, F, Fut>(&self, run: &Run<'_>, mut op: F) -> Result<T>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        retry_transient(&self.policy.call_retry, &self.cancel, |attempt| {
+            run.count_call();
+            op(attempt)
+        })
+        .await
+        .map_err(|e| match e {
+            RetryError::Permanent(e) | RetryError::Exhausted { last: e, .. } => e,
+            RetryError::Cancelled { .. } => Error::Cancelled,
+        })
+    }
+
+    /// Sleeps unless cancelled; `false` when cancelled.
+    async fn sleep(&self, delay: Duration) -> bool {
+        tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => false,
+            () = tokio::time::sleep(delay) => true,
+        }
+    }
+}
+
+/// The result of one pass of writes.
+enum Step {
+    /// All writes went through; the labels the last one returned.
+    Written(LabelSet),
+    /// Another writer removed `name` before our DELETE; `seen` is our best
+    /// knowledge of the labels now.
+    Lost { name: String, seen: LabelSet },
+}
+
+/// The answer to a claiming DELETE.
+enum Claim {
+    /// We removed it; the labels afterwards.
+    Ours(LabelSet),
+    /// Someone else removed it first.
+    Lost,
+}
+
+/// What this transition has changed so far (what an undo restores).
+#[derive(Debug, Default)]
+struct Changes {
+    removed: Vec<String>,
+    added: Vec<String>,
+}
+
+impl Changes {
+    fn is_empty(&self) -> bool {
+        self.removed.is_empty() && self.added.is_empty()
+    }
+
+    fn record_removed(&mut self, name: &str) {
+        if !contains(&self.removed, name) {
+            self.removed.push(name.to_owned());
+        }
+        self.added
+            .retain(|n| n.to_lowercase() != name.to_lowercase());
+    }
+
+    fn record_added(&mut self, names: &[String]) {
+        for name in names {
+            if !contains(&self.added, name) {
+                self.added.push(name.clone());
+            }
+            self.removed
+                .retain(|n| n.to_lowercase() != name.to_lowercase());
+        }
+    }
+
+    fn partial(&self, source: Error) -> Error {
+        Error::PartiallyApplied {
+            removed: self.removed.clone(),
+            added: self.added.clone(),
+            source: Box::new(source),
+        }
+    }
+}
+
+/// The state of one transition call.
+struct Run<'g> {
+    calls: AtomicU32,
+    changes: Changes,
+    guard: Option<&'g PrLockGuard>,
+}
+
+impl<'g> Run<'g> {
+    fn new(guard: Option<&'g PrLockGuard>) -> Self {
+        Self {
+            calls: AtomicU32::new(0),
+            changes: Changes::default(),
+            guard,
+        }
+    }
+
+    fn count_call(&self) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Refuses to write once the lock is lost.
+    fn check_lock(&self) -> Result<()> {
+        if self.guard.is_some_and(PrLockGuard::is_lost) {
+            return Err(Error::Lock {
+                reason: "the lock was lost during the transition".into(),
+                transient: true,
+            });
+        }
+        Ok(())
+    }
+
+    fn outcome(
+        &self,
+        result: TransitionResult,
+        final_labels: LabelSet,
+        attempts: u32,
+    ) -> TransitionOutcome {
+        TransitionOutcome {
+            result,
+            added: self.changes.added.clone(),
+            removed: self.changes.removed.clone(),
+            final_labels,
+            attempts,
+            calls: self.calls.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// `labels` without `name` (case-insensitive).
+fn without(labels: &LabelSet, name: &str) -> LabelSet {
+    let key = name.to_lowercase();
+    LabelSet::new(
+        labels
+            .iter()
+            .filter(|n| n.to_lowercase() != key)
+            .map(str::to_owned),
+    )
+}
+
+/// Case-insensitive membership in a list of names.
+fn contains(list: &[String], name: &str) -> bool {
+    let key = name.to_lowercase();
+    list.iter().any(|n| n.to_lowercase() == key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ETag, LocalPrLocks, MemoryLabels, MockLabelBackend, MockPrLock};
+    use mockall::Sequence;
+    use mockall::predicate::eq;
+
+    fn pr() -> PrRef {
+        PrRef::new("acme", "widgets", 7).unwrap()
+    }
+
+    fn set(names: &[&str]) -> LabelSet {
+        LabelSet::new(names.iter().copied())
+    }
+
+    fn fetched(names: &[&str], etag: &str) -> Fetched {
+        Fetched::Labels {
+            labels: set(names),
+            etag: ETag::new(format!("\"{etag}\"")),
+        }
+    }
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn stage() -> LabelTransition {
+        LabelTransition::move_label("ready-for-qa", "in-progress")
+    }
+
+    /// Fast, jitter-free delays so paused-time tests are exact.
+    fn quick_policy() -> TransitionPolicy {
+        let backoff = BackoffPolicy {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(4),
+            jitter: 0.0,
+            ..BackoffPolicy::default()
+        };
+        TransitionPolicy {
+            interference_backoff: backoff.clone(),
+            call_retry: RetryPolicy {
+                backoff,
+                ..RetryPolicy::default()
+            },
+            ..TransitionPolicy::default()
+        }
+    }
+
+    fn manager(mock: MockLabelBackend) -> AtomicLabelManager<MockLabelBackend> {
+        AtomicLabelManager::new(mock)
+            .with_policy(quick_policy())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_pull_request_already_in_the_target_state_gets_no_write_at_all() {
+        let mut mock = MockLabelBackend::new();
+        mock.expect_get()
+            .times(1)
+            .returning(|_, _| Ok(fetched(&["in-progress", "human"], "1")));
+        // No expectation for add/remove/replace: any write panics the test.
+        let outcome = manager(mock).transition(&pr(), &stage()).await.unwrap();
+        assert_eq!(outcome.result, TransitionResult::AlreadyInState);
+        assert_eq!(outcome.calls, 1);
+        assert!(outcome.added.is_empty() && outcome.removed.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_move_is_one_read_one_claiming_delete_and_one_post() {
+        let mut mock = MockLabelBackend::new();
+        let mut seq = Sequence::new();
+        mock.expect_get()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(fetched(&["ready-for-qa", "human"], "1")));
+        mock.expect_remove()
+            .with(eq(pr()), eq("ready-for-qa"))
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(RemoveOutcome::Removed(set(&["human"]))));
+        mock.expect_add()
+            .withf(|_, added| added == ["in-progress"])
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(set(&["human", "in-progress"])));
+        let outcome = manager(mock).transition(&pr(), &stage()).await.unwrap();
+        assert_eq!(outcome.result, TransitionResult::Applied);
+        assert_eq!(
+            (outcome.removed, outcome.added),
+            (names(&["ready-for-qa"]), names(&["in-progress"]))
+        );
+        assert_eq!(outcome.final_labels, set(&["human", "in-progress"]));
+        assert_eq!((outcome.calls, outcome.attempts), (3, 1));
+    }
+
+    #[tokio::test]
+    async fn a_missing_precondition_is_a_conflict_with_the_current_labels_and_no_write() {
+        let mut mock = MockLabelBackend::new();
+        mock.expect_get()
+            .returning(|_, _| Ok(fetched(&["human"], "1")));
+        let err = manager(mock).transition(&pr(), &stage()).await.unwrap_err();
+        let Error::Conflict { current, reason } = err else {
+            panic!("{err}")
+        };
+        assert_eq!(current, set(&["human"]));
+        assert!(reason.contains("ready-for-qa"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn a_forbidden_label_present_is_a_conflict() {
+        let mut mock = MockLabelBackend::new();
+        mock.expect_get()
+            .returning(|_, _| Ok(fetched(&["ready-for-qa", "do-not-touch"], "1")));
+        let transition = stage().forbidding(["do-not-touch"]);
+        let err = manager(mock)
+            .transition(&pr(), &transition)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Conflict { reason, .. } if reason.contains("do-not-touch")),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lost_claim_is_a_conflict_and_the_removals_already_made_are_undone() {
+        let mut mock = MockLabelBackend::new();
+        let mut seq = Sequence::new();
+        mock.expect_get()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(fetched(&["a", "b", "human"], "1")));
+        mock.expect_remove()
+            .with(eq(pr()), eq("a"))
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(RemoveOutcome::Removed(set(&["b", "human"]))));
+        // Someone else took "b" between our read and our DELETE.
+        mock.expect_remove()
+            .with(eq(pr()), eq("b"))
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(RemoveOutcome::Absent));
+        mock.expect_add()
+            .withf(|_, added| added == ["a"])
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(set(&["a", "c", "human"])));
+        let transition = LabelTransition::new().removing(["a", "b"]).adding(["done"]);
+        let err = manager(mock)
+            .transition(&pr(), &transition)
+            .await
+            .unwrap_err();
+        let Error::Conflict { current, reason } = err else {
+            panic!("{err}")
+        };
+        assert!(reason.contains("\"b\""), "{reason}");
+        assert_eq!(
+            current,
+            set(&["a", "c", "human"]),
+            "the labels after our undo"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lost_claim_before_any_change_reports_the_labels_without_that_label() {
+        let mut mock = MockLabelBackend::new();
+        mock.expect_get()
+            .returning(|_, _| Ok(fetched(&["ready-for-qa", "human"], "1")));
+        mock.expect_remove()
+            .times(1)
+            .returning(|_, _| Ok(RemoveOutcome::Absent));
+        let err = manager(mock).transition(&pr(), &stage()).await.unwrap_err();
+        assert!(matches!(err, Error::Conflict { current, .. } if current == set(&["human"])));
+    }
+
+    #[tokio::test]
+    async fn a_delete_whose_answer_was_lost_is_not_resent_when_the_label_is_gone() {
+        let mut mock = MockLabelBackend::new();
+        let mut seq = Sequence::new();
+        mock.expect_get()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(fetched(&["ready-for-qa"], "1")));
+        mock.expect_remove()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| {
+                Err(Error::Transport {
+                    message: "connection reset".into(),
+                    sent: true,
+                    mutation: true,
+                })
+            });
+        // The re-read shows it gone: our DELETE went through.
+        mock.expect_get()
+            .withf(|_, etag| etag.is_some_and(|e| e.as_str() == "\"1\""))
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(fetched(&[], "2")));
+        mock.expect_add()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(set(&["in-progress"])));
+        let outcome = manager(mock).transition(&pr(), &stage()).await.unwrap();
+        assert_eq!(outcome.result, TransitionResult::Applied);
+        assert_eq!(
+            outcome.calls, 4,
+            "GET, DELETE (lost answer), GET, POST — the DELETE sent once"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delete_whose_answer_was_lost_is_sent_again_only_after_a_read_shows_it_did_not_happen()
+     {
+        let mut mock = MockLabelBackend::new();
+        let mut seq = Sequence::new();
+        mock.expect_get()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(fetched(&["ready-for-qa"], "1")));
+        mock.expect_remove()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| {
+                Err(Error::Timeout {
+                    after: Duration::from_secs(30),
+                    mutation: true,
+                })
+            });
+        mock.expect_get()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(Fetched::NotModified));
+        mock.expect_remove()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(RemoveOutcome::Removed(LabelSet::default())));
+        mock.expect_add()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(set(&["in-progress"])));
+        let outcome = manager(mock).transition(&pr(), &stage()).await.unwrap();
+        assert_eq!(outcome.calls, 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_limited_delete_is_sent_again_after_the_wait_github_asked_for() {
+        let mut mock = MockLabelBackend::new();
+        let mut seq = Sequence::new();
+        mock.expect_get()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(fetched(&["ready-for-qa"], "1")));
+        mock.expect_remove()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| {
+                Err(Error::RateLimited {
+                    retry_after: Some(Duration::from_secs(20)),
+                    reset: None,
+                })
+            });
+        mock.expect_remove()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(RemoveOutcome::Removed(LabelSet::default())));
+        mock.expect_add()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(set(&["in-progress"])));
+        let started = tokio::time::Instant::now();
+        manager(mock).transition(&pr(), &stage()).await.unwrap();
+        assert_eq!(started.elapsed(), Duration::from_secs(20));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn interference_seen_in_the_returned_labels_is_retried_until_the_state_holds() {
+        let mut mock = MockLabelBackend::new();
+        let mut seq = Sequence::new();
+        mock.expect_get()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(fetched(&["ready-for-qa"], "1")));
+        mock.expect_remove()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(RemoveOutcome::Removed(LabelSet::default())));
+        // Someone put ready-for-qa back before our POST.
+        mock.expect_add()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(set(&["in-progress", "ready-for-qa"])));
+        mock.expect_get()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(fetched(&["in-progress", "ready-for-qa"], "2")));
+        mock.expect_remove()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(RemoveOutcome::Removed(set(&["in-progress"]))));
+        let manager = manager(mock);
+        let started = tokio::time::Instant::now();
+        let outcome = manager.transition(&pr(), &stage()).await.unwrap();
+        assert_eq!(outcome.result, TransitionResult::Applied);
+        assert_eq!((outcome.attempts, outcome.calls), (2, 5));
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(1),
+            "one backoff step"
+        );
+        assert_eq!(manager.metrics().interference_detected(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn interference_that_outlasts_the_attempts_is_undone_and_reported() {
+        let mut mock = MockLabelBackend::new();
+        mock.expect_get()
+            .times(2)
+            .returning(|_, _| Ok(fetched(&["ready-for-qa"], "1")));
+        mock.expect_remove()
+            .with(eq(pr()), eq("ready-for-qa"))
+            .times(2)
+            .returning(|_, _| Ok(RemoveOutcome::Removed(LabelSet::default())));
+        // Every POST answer shows ready-for-qa back again.
+        mock.expect_add()
+            .withf(|_, added| added == ["in-progress"])
+            .times(2)
+            .returning(|_, _| Ok(set(&["in-progress", "ready-for-qa"])));
+        // The undo: take our addition away, put back what we removed.
+        mock.expect_remove()
+            .with(eq(pr()), eq("in-progress"))
+            .times(1)
+            .returning(|_, _| Ok(RemoveOutcome::Removed(set(&["ready-for-qa"]))));
+        mock.expect_add()
+            .withf(|_, added| added == ["ready-for-qa"])
+            .times(1)
+            .returning(|_, _| Ok(set(&["ready-for-qa"])));
+        let policy = TransitionPolicy {
+            max_attempts: 2,
+            ..quick_policy()
+        };
+        let manager = AtomicLabelManager::new(mock).with_policy(policy).unwrap();
+        let err = manager.transition(&pr(), &stage()).await.unwrap_err();
+        assert!(matches!(err, Error::Interference { attempts: 2 }), "{err}");
+        assert!(err.is_transient());
+        assert_eq!(manager.metrics().transitions("failed"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_addition_puts_back_the_label_already_claimed() {
+        let mut mock = MockLabelBackend::new();
+        mock.expect_get()
+            .returning(|_, _| Ok(fetched(&["ready-for-qa"], "1")));
+        mock.expect_remove()
+            .times(1)
+            .returning(|_, _| Ok(RemoveOutcome::Removed(LabelSet::default())));
+        mock.expect_add()
+            .withf(|_, added| added == ["in-progress"])
+            .times(1)
+            .returning(|_, _| {
+                Err(Error::Forbidden {
+                    message: "Resource not accessible by integration".into(),
+                })
+            });
+        mock.expect_add()
+            .withf(|_, added| added == ["ready-for-qa"])
+            .times(1)
+            .returning(|_, _| Ok(set(&["ready-for-qa"])));
+        let err = manager(mock).transition(&pr(), &stage()).await.unwrap_err();
+        assert!(
+            matches!(err, Error::Forbidden { .. }),
+            "the original error is reported: {err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_undo_that_fails_reports_exactly_what_remains() {
+        let mut mock = MockLabelBackend::new();
+        mock.expect_get()
+            .returning(|_, _| Ok(fetched(&["ready-for-qa"], "1")));
+        mock.expect_remove()
+            .times(1)
+            .returning(|_, _| Ok(RemoveOutcome::Removed(LabelSet::default())));
+        mock.expect_add()
+            .withf(|_, added| added == ["in-progress"])
+            .returning(|_, _| {
+                Err(Error::Validation {
+                    message: "Validation Failed".into(),
+                })
+            });
+        mock.expect_add()
+            .withf(|_, added| added == ["ready-for-qa"])
+            .returning(|_, _| Err(Error::Unauthorized));
+        let err = manager(mock).transition(&pr(), &stage()).await.unwrap_err();
+        let Error::PartiallyApplied {
+            removed,
+            added,
+            source,
+        } = err
+        else {
+            panic!("{err}")
+        };
+        assert_eq!(removed, names(&["ready-for-qa"]));
+        assert!(added.is_empty());
+        assert!(matches!(*source, Error::Unauthorized));
+    }
+
+    #[tokio::test]
+    async fn an_addition_that_may_have_landed_is_taken_away_by_the_undo() {
+        let mut mock = MockLabelBackend::new();
+        mock.expect_get().returning(|_, _| Ok(fetched(&[], "1")));
+        mock.expect_add().times(1).returning(|_, _| {
+            Err(Error::Transport {
+                message: "reset".into(),
+                sent: true,
+                mutation: true,
+            })
+        });
+        mock.expect_remove()
+            .with(eq(pr()), eq("in-progress"))
+            .times(1)
+            .returning(|_, _| Ok(RemoveOutcome::Absent));
+        let policy = TransitionPolicy {
+            call_retry: RetryPolicy {
+                max_attempts: 1,
+                ..RetryPolicy::default()
+            },
+            ..quick_policy()
+        };
+        let manager = AtomicLabelManager::new(mock).with_policy(policy).unwrap();
+        let transition = LabelTransition::new().adding(["in-progress"]);
+        let err = manager.transition(&pr(), &transition).await.unwrap_err();
+        assert!(err.maybe_applied(), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_read_failures_are_retried_with_backoff() {
+        let mut mock = MockLabelBackend::new();
+        let mut seq = Sequence::new();
+        mock.expect_get()
+            .times(2)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Err(Error::Server { status: 503 }));
+        mock.expect_get()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(fetched(&["in-progress"], "1")));
+        let started = tokio::time::Instant::now();
+        let outcome = manager(mock).transition(&pr(), &stage()).await.unwrap();
+        assert_eq!(outcome.calls, 3);
+        assert_eq!(started.elapsed(), Duration::from_secs(3), "1 s then 2 s");
+    }
+
+    #[tokio::test]
+    async fn permanent_read_failures_are_not_retried() {
+        let mut mock = MockLabelBackend::new();
+        mock.expect_get().times(1).returning(|_, _| {
+            Err(Error::NotFound {
+                message: "Not Found".into(),
+            })
+        });
+        let manager = manager(mock);
+        assert!(matches!(
+            manager.transition(&pr(), &stage()).await,
+            Err(Error::NotFound { .. })
+        ));
+        assert_eq!(manager.metrics().transitions("failed"), 1);
+    }
+
+    #[tokio::test]
+    async fn invalid_transitions_are_rejected_before_any_call() {
+        let manager = manager(MockLabelBackend::new());
+        for transition in [
+            LabelTransition::move_label("ready-for-qa", " padded"),
+            LabelTransition::move_label("x".repeat(51), "ok"),
+            LabelTransition::new().adding(["a"]).removing(["A"]),
+            LabelTransition::new().requiring(["a"]).forbidding(["a"]),
+        ] {
+            let err = manager.transition(&pr(), &transition).await.unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::InvalidLabel { .. } | Error::InvalidTransition { .. }
+                ),
+                "{transition:?}: {err}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_304_for_an_unconditional_read_is_rejected() {
+        let mut mock = MockLabelBackend::new();
+        mock.expect_get().returning(|_, _| Ok(Fetched::NotModified));
+        let err = manager(mock).transition(&pr(), &stage()).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidResponse { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_second_read_of_an_unchanged_pull_request_is_a_free_304() {
+        let labels = MemoryLabels::new();
+        labels.set_labels(&pr(), ["in-progress"]);
+        let manager = AtomicLabelManager::new(labels);
+        for _ in 0..3 {
+            let outcome = manager.transition(&pr(), &stage()).await.unwrap();
+            assert_eq!(outcome.final_labels, set(&["in-progress"]));
+        }
+        let calls = manager.backend().calls();
+        assert_eq!(
+            (calls.get, calls.not_modified, calls.mutations()),
+            (3, 2, 0)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lost_lock_stops_the_transition_before_its_first_write() {
+        let mut mock = MockLabelBackend::new();
+        mock.expect_get()
+            .returning(|_, _| Ok(fetched(&["ready-for-qa"], "1")));
+        let mut lock = MockPrLock::new();
+        lock.expect_lock().times(1).returning(|_| {
+            let lost = CancellationToken::new();
+            lost.cancel();
+            Ok(PrLockGuard::new(()).with_lost_signal(lost))
+        });
+        let manager = manager(mock).with_lock(Arc::new(lock));
+        let err = manager.transition(&pr(), &stage()).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Lock {
+                    transient: true,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn replacing_all_labels_is_refused_without_a_lock() {
+        let manager = manager(MockLabelBackend::new());
+        let err = manager
+            .replace_under_lock(&pr(), &names(&["a"]))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::LockRequired));
+    }
+
+    #[tokio::test]
+    async fn replacing_all_labels_under_a_lock_is_one_put() {
+        let labels = MemoryLabels::new();
+        labels.set_labels(&pr(), ["old"]);
+        let manager = AtomicLabelManager::new(labels).with_lock(Arc::new(LocalPrLocks::new()));
+        let after = manager
+            .replace_under_lock(&pr(), &names(&["new"]))
+            .await
+            .unwrap();
+        assert_eq!(after, set(&["new"]));
+        assert_eq!(manager.backend().calls().replace, 1);
+    }
+
+    #[tokio::test]
+    async fn a_removal_the_pr_never_had_needs_no_delete() {
+        let labels = MemoryLabels::new();
+        labels.set_labels(&pr(), ["human"]);
+        let manager = AtomicLabelManager::new(labels);
+        let transition = LabelTransition::new()
+            .removing(["stale"])
+            .adding(["fresh", "other"]);
+        let outcome = manager.transition(&pr(), &transition).await.unwrap();
+        assert_eq!(outcome.final_labels, set(&["fresh", "human", "other"]));
+        let calls = manager.backend().calls();
+        assert_eq!(
+            (calls.remove, calls.add),
+            (0, 1),
+            "both additions in one POST"
+        );
+    }
+
+    /// A backend that takes 10 ms per call and records how many calls
+    /// overlap.
+    struct Slow {
+        inner: MemoryLabels,
+        in_flight: std::sync::atomic::AtomicUsize,
+        max_in_flight: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Slow {
+        async fn pace(&self) {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl LabelBackend for Slow {
+        async fn get<'a>(&self, pr: &PrRef, etag: Option<&'a ETag>) -> Result<Fetched> {
+            self.pace().await;
+            self.inner.get(pr, etag).await
+        }
+        async fn add(&self, pr: &PrRef, names: &[String]) -> Result<LabelSet> {
+            self.pace().await;
+            self.inner.add(pr, names).await
+        }
+        async fn remove(&self, pr: &PrRef, name: &str) -> Result<RemoveOutcome> {
+            self.pace().await;
+            self.inner.remove(pr, name).await
+        }
+        async fn replace(&self, pr: &PrRef, names: &[String]) -> Result<LabelSet> {
+            self.pace().await;
+            self.inner.replace(pr, names).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn many_transitions_run_with_bounded_concurrency_and_answer_in_order() {
+        let inner = MemoryLabels::new();
+        let items: Vec<(PrRef, LabelTransition)> = (1..=12)
+            .map(|n| {
+                let pr = PrRef::new("acme", "widgets", n).unwrap();
+                if n % 3 != 0 {
+                    inner.set_labels(&pr, ["ready-for-qa"]);
+                }
+                (pr, stage())
+            })
+            .collect();
+        let slow = Slow {
+            inner,
+            in_flight: 0.into(),
+            max_in_flight: 0.into(),
+        };
+        let policy = TransitionPolicy {
+            max_concurrency: 4,
+            ..quick_policy()
+        };
+        let manager = AtomicLabelManager::new(slow).with_policy(policy).unwrap();
+        let results = manager.transition_many(&items).await;
+        for (n, result) in (1..=12).zip(&results) {
+            match result {
+                Ok(outcome) => assert!(n % 3 != 0 && outcome.applied(), "#{n}: {outcome:?}"),
+                Err(Error::Conflict { .. }) => assert_eq!(n % 3, 0, "#{n} had no ready-for-qa"),
+                Err(e) => panic!("#{n}: {e}"),
+            }
+        }
+        assert_eq!(manager.backend().max_in_flight.load(Ordering::SeqCst), 4);
+    }
+}

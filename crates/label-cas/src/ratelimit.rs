@@ -1,0 +1,564 @@
+//! GitHub's rate limits, as a wrapper around any [`LabelBackend`].
+//!
+//! Rule kept here: **never ask GitHub for something it told us to wait
+//! for** — below the remaining budget we keep in reserve we wait for the
+//! window's reset; after a 403/429 rate-limit answer (which GitHub did not
+//! act on) we wait as told (`retry-after`, else `x-ratelimit-reset`, else at
+//! least a minute, growing on repeated rejections) before the call is sent
+//! again; and mutations go out one at a time with a spacing between them
+//! (GitHub's guidance for avoiding secondary limits). Every wait is bounded
+//! by [`RateLimitPolicy::max_wait`]; a longer one is returned as
+//! [`Error::RateLimited`] for the caller to reschedule.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use resilience::{Backoff, BackoffPolicy};
+use tokio::time::Instant;
+
+use crate::error::until_wall_clock;
+use crate::{
+    ETag, Error, Fetched, LabelBackend, LabelSet, Metrics, PrRef, RateLimit, RemoveOutcome, Result,
+};
+
+/// Rounding slack added to a reset time: GitHub reports it in whole seconds
+/// and our clock may run slightly ahead of GitHub's.
+const RESET_SLACK: Duration = Duration::from_secs(1);
+
+/// How [`RateLimited`] paces calls.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitPolicy {
+    /// When `x-ratelimit-remaining` is at or below this, calls wait for the
+    /// reset (the reserve left for other users of the same token).
+    pub min_remaining: u32,
+    /// Pause between the end of one mutation and the start of the next.
+    pub mutation_spacing: Duration,
+    /// Waits after a rate-limit answer that names no time: the first is
+    /// `initial` (at least a minute on GitHub), then growing. Also the
+    /// floor of those waits.
+    pub rejection_backoff: BackoffPolicy,
+    /// Rate-limit answers absorbed per call before the error is returned.
+    pub max_rejections: u32,
+    /// The longest single wait accepted; longer ones fail fast with
+    /// [`Error::RateLimited`] rather than parking a worker.
+    pub max_wait: Duration,
+}
+
+impl Default for RateLimitPolicy {
+    /// Reserve 50 requests, 1 s between mutations, 60 s then ×2 up to
+    /// 15 min after unexplained rejections, 3 rejections per call, waits of
+    /// at most 15 min.
+    ///
+    /// Why: 1 s between mutations and at least 60 s after a rejection
+    /// without `retry-after` are GitHub's published guidance; 50 requests
+    /// leave room for a human's tooling on the same token; a worker parked
+    /// longer than 15 min is better rescheduled by the reconciler.
+    fn default() -> Self {
+        Self {
+            min_remaining: 50,
+            mutation_spacing: Duration::from_secs(1),
+            rejection_backoff: BackoffPolicy {
+                initial: Duration::from_secs(60),
+                multiplier: 2.0,
+                max: Duration::from_secs(15 * 60),
+                jitter: 0.1,
+                max_attempts: None,
+            },
+            max_rejections: 3,
+            max_wait: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+impl RateLimitPolicy {
+    /// Rejects an invalid backoff and a zero `max_wait`.
+    pub fn validate(&self) -> Result<()> {
+        self.rejection_backoff
+            .validate()
+            .map_err(|e| Error::Config {
+                reason: e.to_string(),
+            })?;
+        if self.max_wait.is_zero() {
+            return Err(Error::Config {
+                reason: "max_wait must be greater than zero".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A [`LabelBackend`] that respects GitHub's primary and secondary rate
+/// limits; wrap one per token (installation), since limits are per token.
+///
+/// ```
+/// use std::time::Duration;
+/// use label_cas::{MemoryLabels, RateLimitPolicy, RateLimited};
+///
+/// let paced = RateLimited::new(
+///     MemoryLabels::new(),
+///     RateLimitPolicy { mutation_spacing: Duration::from_millis(5), ..RateLimitPolicy::default() },
+/// )?;
+/// # Ok::<_, label_cas::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct RateLimited<B> {
+    inner: B,
+    policy: RateLimitPolicy,
+    metrics: Metrics,
+    state: Mutex<State>,
+    /// Held for the whole of a mutation: one at a time. Holds when the
+    /// previous one finished (the spacing is measured from there, so it
+    /// holds at GitHub's end too, whatever the network delays).
+    mutations: tokio::sync::Mutex<Option<Instant>>,
+}
+
+#[derive(Debug)]
+struct State {
+    /// No call before this (after a rejection): GitHub asks the whole
+    /// integration to pause, not just the call it rejected.
+    blocked_until: Option<Instant>,
+    /// Rejections in a row, across calls; reset by any other answer.
+    consecutive_rejections: u32,
+    backoff: Backoff,
+    /// The reset we already waited for, so a stale "remaining: 0" from
+    /// before the reset does not make us wait twice.
+    waited_for_reset: Option<jiff::Timestamp>,
+}
+
+impl<B: LabelBackend> RateLimited<B> {
+    /// Wraps `inner` with `policy` (validated).
+    pub fn new(inner: B, policy: RateLimitPolicy) -> Result<Self> {
+        policy.validate()?;
+        Ok(Self {
+            state: Mutex::new(State {
+                blocked_until: None,
+                consecutive_rejections: 0,
+                backoff: Backoff::new(policy.rejection_backoff.clone()),
+                waited_for_reset: None,
+            }),
+            inner,
+            policy,
+            metrics: Metrics::default(),
+            mutations: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// Counts waits into `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The wrapped backend.
+    pub fn inner(&self) -> &B {
+        &self.inner
+    }
+
+    async fn call<T, F, Fut>(&self, mutation: bool, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut gate = if mutation {
+            Some(self.mutations.lock().await)
+        } else {
+            None
+        };
+        let mut rejections = 0;
+        loop {
+            self.wait_for_budget().await?;
+            if let Some(previous) = gate.as_deref().copied().flatten() {
+                tokio::time::sleep_until(previous + self.policy.mutation_spacing).await;
+            }
+            let result = op().await;
+            if let Some(gate) = gate.as_deref_mut() {
+                *gate = Some(Instant::now());
+            }
+            let error = match result {
+                Err(error @ Error::RateLimited { .. }) => error,
+                other => {
+                    let mut state = self.state();
+                    if state.consecutive_rejections > 0 {
+                        state.consecutive_rejections = 0;
+                        state.backoff.reset();
+                    }
+                    return other;
+                }
+            };
+            rejections += 1;
+            if rejections > self.policy.max_rejections {
+                return Err(error);
+            }
+            let wait = self.rejection_wait(&error);
+            if wait > self.policy.max_wait {
+                return Err(error);
+            }
+            tracing::warn!(wait_ms = millis(wait), %error, "GitHub rate limit: waiting before sending again");
+            self.metrics.rate_limit_wait("rejected");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// How long to wait after `error`, and blocks everyone until then.
+    fn rejection_wait(&self, error: &Error) -> Duration {
+        let mut state = self.state();
+        state.consecutive_rejections += 1;
+        let floor = self.policy.rejection_backoff.initial;
+        let grown = state
+            .backoff
+            .next_delay()
+            .unwrap_or(self.policy.rejection_backoff.max)
+            .max(floor);
+        let asked = match error {
+            Error::RateLimited {
+                retry_after: Some(after),
+                ..
+            } => Some(*after),
+            Error::RateLimited {
+                reset: Some(reset), ..
+            } => Some(until_wall_clock(*reset) + RESET_SLACK),
+            _ => None,
+        };
+        let wait = match asked {
+            // GitHub named the time: that is the wait, unless waiting as
+            // told already failed once, in which case we back off further.
+            Some(asked) if state.consecutive_rejections == 1 => asked,
+            Some(asked) => asked.max(grown),
+            None => grown,
+        };
+        let until = Instant::now() + wait;
+        state.blocked_until = Some(state.blocked_until.map_or(until, |b| b.max(until)));
+        wait
+    }
+
+    /// Waits while blocked by a rejection or while the budget is at the
+    /// reserve and the window has not reset.
+    async fn wait_for_budget(&self) -> Result<()> {
+        let (blocked_until, reset) = {
+            let state = self.state();
+            let reset = self.inner.rate_limit().and_then(|limit| {
+                let low = limit.remaining <= self.policy.min_remaining;
+                let waited = state.waited_for_reset.is_some_and(|w| w >= limit.reset);
+                (low && !waited).then_some(limit)
+            });
+            (state.blocked_until, reset)
+        };
+        if let Some(until) = blocked_until
+            && until > Instant::now()
+        {
+            tokio::time::sleep_until(until).await;
+        }
+        let Some(limit) = reset else {
+            return Ok(());
+        };
+        let wait = until_wall_clock(limit.reset);
+        if wait.is_zero() {
+            return Ok(());
+        }
+        let wait = wait + RESET_SLACK;
+        if wait > self.policy.max_wait {
+            return Err(Error::RateLimited {
+                retry_after: Some(wait),
+                reset: Some(limit.reset),
+            });
+        }
+        tracing::warn!(
+            remaining = limit.remaining,
+            reserve = self.policy.min_remaining,
+            wait_ms = millis(wait),
+            "GitHub rate-limit budget at the reserve: waiting for the reset"
+        );
+        self.metrics.rate_limit_wait("budget");
+        tokio::time::sleep(wait).await;
+        let mut state = self.state();
+        state.waited_for_reset = Some(
+            state
+                .waited_for_reset
+                .map_or(limit.reset, |w| w.max(limit.reset)),
+        );
+        Ok(())
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Plain counters and instants: a panic elsewhere cannot leave them
+        // meaningless, so poisoning is ignored.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl<B: LabelBackend> LabelBackend for RateLimited<B> {
+    async fn get<'a>(&self, pr: &PrRef, if_none_match: Option<&'a ETag>) -> Result<Fetched> {
+        self.call(false, || self.inner.get(pr, if_none_match)).await
+    }
+
+    async fn add(&self, pr: &PrRef, names: &[String]) -> Result<LabelSet> {
+        self.call(true, || self.inner.add(pr, names)).await
+    }
+
+    async fn remove(&self, pr: &PrRef, name: &str) -> Result<RemoveOutcome> {
+        // A rate-limit answer means GitHub did not act, so sending the
+        // DELETE again after the wait is not a blind re-send.
+        self.call(true, || self.inner.remove(pr, name)).await
+    }
+
+    async fn replace(&self, pr: &PrRef, names: &[String]) -> Result<LabelSet> {
+        self.call(true, || self.inner.replace(pr, names)).await
+    }
+
+    fn rate_limit(&self) -> Option<RateLimit> {
+        self.inner.rate_limit()
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MockLabelBackend;
+    use std::sync::Arc;
+
+    fn pr() -> PrRef {
+        PrRef::new("acme", "widgets", 7).unwrap()
+    }
+
+    fn labels() -> Fetched {
+        Fetched::Labels {
+            labels: LabelSet::default(),
+            etag: None,
+        }
+    }
+
+    /// Jitter-free backoff so paused-time assertions are exact.
+    fn policy() -> RateLimitPolicy {
+        RateLimitPolicy {
+            rejection_backoff: BackoffPolicy {
+                jitter: 0.0,
+                ..RateLimitPolicy::default().rejection_backoff
+            },
+            ..RateLimitPolicy::default()
+        }
+    }
+
+    fn budget(remaining: u32, reset_in: Duration) -> RateLimit {
+        let reset = jiff::Timestamp::now() + jiff::SignedDuration::try_from(reset_in).unwrap();
+        // Whole seconds, as GitHub sends them.
+        let reset = jiff::Timestamp::from_second(reset.as_second()).unwrap();
+        RateLimit {
+            limit: 5000,
+            remaining,
+            used: 5000 - remaining,
+            reset,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_budget_at_the_reserve_waits_for_the_reset_once() {
+        let mut mock = MockLabelBackend::new();
+        let low = budget(10, Duration::from_secs(30));
+        mock.expect_rate_limit().returning(move || Some(low));
+        mock.expect_get().times(2).returning(|_, _| Ok(labels()));
+        let paced = RateLimited::new(mock, policy()).unwrap();
+        let started = Instant::now();
+        paced.get(&pr(), None).await.unwrap();
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(29) && waited <= Duration::from_secs(32),
+            "{waited:?}"
+        );
+        // The same stale "remaining: 10" does not make us wait again.
+        let again = Instant::now();
+        paced.get(&pr(), None).await.unwrap();
+        assert_eq!(again.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_budget_above_the_reserve_does_not_wait() {
+        let mut mock = MockLabelBackend::new();
+        let fine = budget(51, Duration::from_secs(3000));
+        mock.expect_rate_limit().returning(move || Some(fine));
+        mock.expect_get().times(1).returning(|_, _| Ok(labels()));
+        let paced = RateLimited::new(mock, policy()).unwrap();
+        let started = Instant::now();
+        paced.get(&pr(), None).await.unwrap();
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reset_beyond_the_longest_wait_fails_fast_without_a_call() {
+        let mut mock = MockLabelBackend::new();
+        let exhausted = budget(0, Duration::from_secs(2 * 3600));
+        mock.expect_rate_limit().returning(move || Some(exhausted));
+        // No get expectation: a call would panic.
+        let paced = RateLimited::new(mock, policy()).unwrap();
+        let err = paced.get(&pr(), None).await.unwrap_err();
+        assert!(
+            matches!(err, Error::RateLimited { reset: Some(_), .. }),
+            "{err}"
+        );
+        assert!(err.retry_after().unwrap() > Duration::from_secs(3600));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_secondary_limit_retry_after_is_honoured_before_sending_again() {
+        let mut mock = MockLabelBackend::new();
+        mock.expect_rate_limit().returning(|| None);
+        let mut seq = mockall::Sequence::new();
+        mock.expect_remove()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| {
+                Err(Error::RateLimited {
+                    retry_after: Some(Duration::from_secs(7)),
+                    reset: None,
+                })
+            });
+        mock.expect_remove()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(RemoveOutcome::Removed(LabelSet::default())));
+        let paced = RateLimited::new(mock, policy()).unwrap();
+        let started = Instant::now();
+        paced.remove(&pr(), "x").await.unwrap();
+        // 7 s as asked; the mutation spacing (1 s) is inside that wait.
+        assert_eq!(started.elapsed(), Duration::from_secs(7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rejection_that_names_no_time_waits_a_minute_then_backs_off() {
+        let mut mock = MockLabelBackend::new();
+        mock.expect_rate_limit().returning(|| None);
+        let mut seq = mockall::Sequence::new();
+        mock.expect_get()
+            .times(2)
+            .in_sequence(&mut seq)
+            .returning(|_, _| {
+                Err(Error::RateLimited {
+                    retry_after: None,
+                    reset: None,
+                })
+            });
+        mock.expect_get()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(labels()));
+        let paced = RateLimited::new(mock, policy()).unwrap();
+        let started = Instant::now();
+        paced.get(&pr(), None).await.unwrap();
+        assert_eq!(started.elapsed(), Duration::from_secs(60 + 120));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limit_rejections_are_bounded_per_call() {
+        let mut mock = MockLabelBackend::new();
+        mock.expect_rate_limit().returning(|| None);
+        mock.expect_get().times(4).returning(|_, _| {
+            Err(Error::RateLimited {
+                retry_after: Some(Duration::from_secs(1)),
+                reset: None,
+            })
+        });
+        let paced = RateLimited::new(
+            mock,
+            RateLimitPolicy {
+                max_rejections: 3,
+                ..policy()
+            },
+        )
+        .unwrap();
+        assert!(matches!(
+            paced.get(&pr(), None).await,
+            Err(Error::RateLimited { .. })
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rejection_pauses_every_caller_not_only_the_rejected_one() {
+        let mut mock = MockLabelBackend::new();
+        mock.expect_rate_limit().returning(|| None);
+        let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorded = Arc::clone(&calls);
+        let started = Instant::now();
+        mock.expect_get().returning(move |pr, _| {
+            let mut calls = recorded.lock().unwrap();
+            calls.push((pr.number(), started.elapsed()));
+            if calls.len() == 1 {
+                Err(Error::RateLimited {
+                    retry_after: Some(Duration::from_secs(30)),
+                    reset: None,
+                })
+            } else {
+                Ok(labels())
+            }
+        });
+        let paced = Arc::new(RateLimited::new(mock, policy()).unwrap());
+        let first = {
+            let paced = Arc::clone(&paced);
+            tokio::spawn(async move { paced.get(&pr(), None).await })
+        };
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let other = PrRef::new("acme", "widgets", 8).unwrap();
+        paced.get(&other, None).await.unwrap();
+        first.await.unwrap().unwrap();
+        let calls = calls.lock().unwrap();
+        assert_eq!(calls[0], (7, Duration::ZERO));
+        assert!(
+            calls[1..]
+                .iter()
+                .all(|(_, at)| *at >= Duration::from_secs(30)),
+            "{calls:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn mutations_go_out_one_at_a_time_with_the_spacing_and_reads_do_not_wait() {
+        let mut mock = MockLabelBackend::new();
+        mock.expect_rate_limit().returning(|| None);
+        let starts = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorded = Arc::clone(&starts);
+        let origin = Instant::now();
+        mock.expect_add().times(3).returning(move |_, _| {
+            recorded.lock().unwrap().push(origin.elapsed());
+            Ok(LabelSet::default())
+        });
+        mock.expect_get().times(1).returning(|_, _| Ok(labels()));
+        let paced = Arc::new(RateLimited::new(mock, policy()).unwrap());
+        let mut tasks = Vec::new();
+        for _ in 0..3 {
+            let paced = Arc::clone(&paced);
+            tasks.push(tokio::spawn(async move {
+                paced.add(&pr(), &["a".to_owned()]).await
+            }));
+        }
+        tokio::task::yield_now().await;
+        let read_started = Instant::now();
+        paced.get(&pr(), None).await.unwrap();
+        assert_eq!(
+            read_started.elapsed(),
+            Duration::ZERO,
+            "reads are not spaced"
+        );
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let starts = starts.lock().unwrap();
+        assert_eq!(*starts, [0, 1, 2].map(Duration::from_secs));
+    }
+
+    #[test]
+    fn a_zero_longest_wait_is_rejected() {
+        let policy = RateLimitPolicy {
+            max_wait: Duration::ZERO,
+            ..RateLimitPolicy::default()
+        };
+        assert!(matches!(
+            RateLimited::new(MockLabelBackend::new(), policy),
+            Err(Error::Config { .. })
+        ));
+    }
+}
