@@ -6,4 +6,5 @@
 
 pub mod calls;
 pub mod faults;
+pub mod github;
 pub mod history;

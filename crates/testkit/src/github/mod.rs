@@ -1,0 +1,535 @@
+//! A fake GitHub REST API over real HTTP, for the endpoints supersede uses,
+//! so tests exercise the real `octocrab` code path: URL building, headers,
+//! error mapping, pagination, conditional requests.
+//!
+//! The one rule: **where the fake answers, it answers as GitHub does**
+//! (status, body shape, headers); what it does not reproduce is listed in
+//! the crate README, never approximated silently.
+//!
+//! # Endpoints
+//!
+//! | verb, path | resource (for [`Faults`]/[`Calls`]) |
+//! |---|---|
+//! | `GET/POST/PUT/DELETE /repos/{o}/{r}/issues/{n}/labels` | `labels` |
+//! | `DELETE /repos/{o}/{r}/issues/{n}/labels/{name}` | `label` |
+//! | `GET /repos/{o}/{r}/pulls/{n}` | `pull` |
+//! | `GET /repos/{o}/{r}/commits/{sha}/pulls` | `commit_pulls` |
+//! | `POST /app/installations/{id}/access_tokens` | `access_tokens` |
+//! | anything else (404) | `unknown` |
+//!
+//! Verbs are the lower-cased HTTP methods (`get`, `post`, `put`, `delete`).
+//!
+//! # Behaviour
+//!
+//! - **Labels**: POST adds (creating missing repository labels, colour
+//!   `ededed`), PUT replaces, DELETE of one label removes it; each answers
+//!   200 with the issue's full label list (id, node_id, url, name, color,
+//!   default, description), sorted by name. DELETE of a label the issue does
+//!   not carry is 404 `{"message":"Label does not exist"}`; DELETE of the
+//!   collection is 204. Names are case-insensitive, URL-decoded from the
+//!   path, 1–50 characters (else 422 `Validation Failed`); bodies may be
+//!   `{"labels":[…]}` or a bare array, of strings or `{"name":…}` objects.
+//!   Issues exist implicitly: any issue number of any repository has labels.
+//! - **Pull requests**: seeded with [`FakeGitHub::add_pull`], rendered from a
+//!   real GitHub payload; an unknown number is 404. A commit's pull requests
+//!   are those whose head it is plus those linked with
+//!   [`FakeGitHub::link_commit_to_pulls`]; an unknown commit has none.
+//! - **Authentication**: `Authorization: Bearer <token>` (or `token <token>`)
+//!   with a token given to the builder, added with [`FakeGitHub::add_token`],
+//!   or minted by the access-token endpoint (valid one hour by default);
+//!   anything else is 401 `{"message":"Bad credentials"}`. The access-token
+//!   endpoint wants a JWT-shaped bearer (header with `alg`, claims with
+//!   `iss`) and answers 201 `{"token","expires_at",…}`; **the JWT's signature
+//!   and expiry are not verified**.
+//! - **Rate limits**: every authenticated answer carries
+//!   `x-ratelimit-limit/remaining/used/reset/resource` (resource `core`; reset
+//!   in unix seconds, in the future) from a per-token budget per window;
+//!   an exhausted budget answers 403 (or 429, see
+//!   [`FakeGitHubBuilder::primary_limit_status`]) `API rate limit exceeded
+//!   for …` with `x-ratelimit-remaining: 0`. With
+//!   [`FakeGitHubBuilder::secondary_limit`], a mutation sooner than the
+//!   spacing after the token's previous one answers 403 `You have exceeded a
+//!   secondary rate limit…` with `retry-after`, and the token's mutations
+//!   stay blocked until then. 401s, secondary-limit 403s, 304s and injected
+//!   faults cost nothing; every other authenticated answer (404 and 422
+//!   included) costs one.
+//! - **ETags**: every 200 GET carries a strong ETag over the token and the
+//!   body (so, as on GitHub, an ETag from one token never matches for
+//!   another); a matching `If-None-Match` answers 304 with no body.
+//! - **Faults**: every request first goes through [`Faults::apply`]: latency,
+//!   injected status codes (GitHub's error shape, `retry-after` on 429, no
+//!   rate-limit headers), dropped connections (closed with no response),
+//!   partitions (held until healed). Then it is counted once in [`Calls`]
+//!   with the outcome it was answered with. A request held by a partition
+//!   or by latency is served when released even if its client gave up
+//!   meanwhile, as by a real server that already received it: **a
+//!   timed-out mutation may have been applied**. Requests cut short by
+//!   stopping the fake count as `Dropped`.
+//!
+//! # Example
+//!
+//! ```
+//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+//! use testkit::github::FakeGitHub;
+//!
+//! let github = FakeGitHub::start().await?;
+//! github.set_labels("acme", "widgets", 7, ["review"])?;
+//!
+//! let octocrab = github.octocrab()?;
+//! let labels = octocrab
+//!     .issues("acme", "widgets")
+//!     .add_labels(7, &["ready to merge".to_owned()])
+//!     .await?;
+//! let names: Vec<_> = labels.iter().map(|l| l.name.as_str()).collect();
+//! assert_eq!(names, ["ready to merge", "review"]);
+//!
+//! // A human removes a label; the next read sees it.
+//! github.remove_label("acme", "widgets", 7, "review");
+//! assert_eq!(github.labels("acme", "widgets", 7), ["ready to merge"]);
+//! assert_eq!(github.calls().count(Some("post"), Some("labels")), 1);
+//! # Ok::<_, Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+
+mod pull;
+mod server;
+mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use octocrab::service::middleware::retry::RetryConfig;
+use octocrab::{
+    DefaultOctocrabBuilderConfig, NoAuth, NoSvc, NotLayerReady, Octocrab, OctocrabBuilder,
+};
+use secrecy::SecretString;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use url::Url;
+
+use crate::calls::Calls;
+use crate::faults::Faults;
+use server::Shared;
+pub use store::RateLimitStatus;
+use store::{Limits, Store};
+
+/// The octocrab builder type [`FakeGitHub::octocrab_builder`] returns.
+pub type FakeOctocrabBuilder =
+    OctocrabBuilder<NoSvc, DefaultOctocrabBuilderConfig, NoAuth, NotLayerReady>;
+
+/// Errors of the fake GitHub's own API (not the HTTP answers it serves).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The server could not bind a port on 127.0.0.1.
+    #[error("fake GitHub could not bind 127.0.0.1: {0}")]
+    Bind(#[source] std::io::Error),
+    /// An octocrab client for the fake could not be built.
+    #[error("could not build an octocrab client for the fake GitHub: {0}")]
+    Client(#[source] Box<octocrab::Error>),
+    /// An outside write was refused as GitHub would refuse it (for example a
+    /// label name longer than 50 characters).
+    #[error("fake GitHub refused the change ({status}): {message}")]
+    Rejected {
+        /// The HTTP status GitHub would answer.
+        status: u16,
+        /// GitHub's message.
+        message: String,
+    },
+    /// The pull request was never added.
+    #[error("pull request {owner}/{repo}#{number} does not exist in the fake GitHub")]
+    UnknownPull {
+        /// Repository owner.
+        owner: String,
+        /// Repository name.
+        repo: String,
+        /// Pull request number.
+        number: u64,
+    },
+}
+
+impl Error {
+    /// Whether retrying may succeed: only a failed bind (ports or file
+    /// descriptors may free up).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Bind(_))
+    }
+}
+
+/// Status of a primary-rate-limit rejection; GitHub uses both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PrimaryLimitStatus {
+    /// 403 Forbidden (GitHub's usual answer, and the default).
+    #[default]
+    Forbidden,
+    /// 429 Too Many Requests.
+    TooManyRequests,
+}
+
+/// Configures a [`FakeGitHub`] before it starts.
+#[derive(Debug, Clone, Default)]
+pub struct FakeGitHubBuilder {
+    seed: u64,
+    tokens: Vec<String>,
+    limits: Limits,
+    faults: Option<Faults>,
+    calls: Option<Calls>,
+}
+
+impl FakeGitHubBuilder {
+    /// Seeds the fault injector and the generated tokens (default 0).
+    #[must_use]
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Accepts `token` as a personal access token. The first one is
+    /// [`FakeGitHub::token`]; without any, one is generated.
+    #[must_use]
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.tokens.push(token.into());
+        self
+    }
+
+    /// Requests per window for each personal token (default 5000).
+    #[must_use]
+    pub fn rate_limit(mut self, budget: u32) -> Self {
+        self.limits.budget = budget;
+        self
+    }
+
+    /// Requests per window for each installation token (default 5000).
+    #[must_use]
+    pub fn installation_rate_limit(mut self, budget: u32) -> Self {
+        self.limits.installation_budget = budget;
+        self
+    }
+
+    /// Length of a rate-limit window (default one hour, as on GitHub). A
+    /// token's window starts with its first charged request.
+    #[must_use]
+    pub fn rate_limit_window(mut self, window: Duration) -> Self {
+        self.limits.window = window;
+        self
+    }
+
+    /// Status of an exhausted-budget rejection (default 403).
+    #[must_use]
+    pub fn primary_limit_status(mut self, status: PrimaryLimitStatus) -> Self {
+        self.limits.primary_status = match status {
+            PrimaryLimitStatus::Forbidden => 403,
+            PrimaryLimitStatus::TooManyRequests => 429,
+        };
+        self
+    }
+
+    /// Turns on the secondary limit: a token's mutation (POST, PUT, PATCH,
+    /// DELETE) sooner than `spacing` after its previous one is rejected
+    /// with 403 and `retry-after`. Off by default.
+    #[must_use]
+    pub fn secondary_limit(mut self, spacing: Duration) -> Self {
+        self.limits.secondary_spacing = Some(spacing);
+        self
+    }
+
+    /// How long a token that broke the secondary limit stays blocked, as
+    /// announced in `retry-after` (default 60 s, GitHub's usual answer).
+    #[must_use]
+    pub fn secondary_retry_after(mut self, wait: Duration) -> Self {
+        self.limits.secondary_retry_after = wait;
+        self
+    }
+
+    /// Lifetime of minted installation tokens (default one hour, as on GitHub).
+    #[must_use]
+    pub fn installation_token_ttl(mut self, ttl: Duration) -> Self {
+        self.limits.installation_token_ttl = ttl;
+        self
+    }
+
+    /// Uses `faults` instead of a fresh set (for example one shared with a
+    /// FakeKube, to partition both at once). The seed then has no effect on it.
+    #[must_use]
+    pub fn faults(mut self, faults: Faults) -> Self {
+        self.faults = Some(faults);
+        self
+    }
+
+    /// Counts into `calls` instead of fresh counters.
+    #[must_use]
+    pub fn calls(mut self, calls: Calls) -> Self {
+        self.calls = Some(calls);
+        self
+    }
+
+    /// Binds 127.0.0.1 on a free port and starts serving.
+    pub async fn start(self) -> Result<FakeGitHub, Error> {
+        let listener = TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .map_err(Error::Bind)?;
+        let addr = listener.local_addr().map_err(Error::Bind)?;
+        let api_base = format!("http://{addr}");
+        let url = Url::parse(&format!("{api_base}/"))
+            .map_err(|e| Error::Bind(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+
+        let mut store = Store::new(api_base.clone(), self.limits, self.seed);
+        let mut tokens = self.tokens;
+        if tokens.is_empty() {
+            tokens.push(store.generate_user_token());
+        }
+        for token in &tokens {
+            store.add_user_token(token);
+        }
+        let token = tokens.swap_remove(0);
+
+        let faults = self.faults.unwrap_or_else(|| Faults::new(self.seed));
+        let calls = self.calls.unwrap_or_default();
+        let shared = Arc::new(Shared::new(store, faults, calls, api_base));
+        let server = tokio::spawn(server::serve(listener, Arc::clone(&shared)));
+        tracing::debug!(%url, "fake GitHub started");
+        Ok(FakeGitHub {
+            shared,
+            url,
+            token,
+            server,
+        })
+    }
+}
+
+/// A running fake GitHub on 127.0.0.1; stops (closing every connection)
+/// when dropped. See the [module documentation](self).
+pub struct FakeGitHub {
+    shared: Arc<Shared>,
+    url: Url,
+    token: String,
+    server: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for FakeGitHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeGitHub")
+            .field("url", &self.url.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for FakeGitHub {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl FakeGitHub {
+    /// Starts a fake with the defaults (see [`FakeGitHubBuilder`]).
+    pub async fn start() -> Result<Self, Error> {
+        Self::builder().start().await
+    }
+
+    /// A builder for a fake with a seed, tokens, budgets or limits.
+    pub fn builder() -> FakeGitHubBuilder {
+        FakeGitHubBuilder::default()
+    }
+
+    /// The base URL, `http://127.0.0.1:<port>/`.
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// The default personal token. Fake tokens are not secrets.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// An octocrab client for the fake, authenticated with [`token`](Self::token).
+    ///
+    /// octocrab's own retries are **off**, so every call is exactly one
+    /// request: injected faults reach the caller and [`calls`](Self::calls)
+    /// counts attempts one to one. Use [`octocrab_builder`](Self::octocrab_builder)
+    /// for octocrab's defaults. Must be called inside a tokio runtime.
+    pub fn octocrab(&self) -> Result<Octocrab, Error> {
+        self.octocrab_with_token(self.token.clone())
+    }
+
+    /// Like [`octocrab`](Self::octocrab), with another token (valid or not).
+    pub fn octocrab_with_token(&self, token: impl Into<SecretString>) -> Result<Octocrab, Error> {
+        self.octocrab_builder()?
+            .personal_token(token)
+            .add_retry_config(RetryConfig::None)
+            .build()
+            .map_err(|e| Error::Client(Box::new(e)))
+    }
+
+    /// An octocrab builder whose base URI is the fake, with no credentials
+    /// and octocrab's defaults otherwise (retries included); add
+    /// `.personal_token(…)` or `.app(…)` and build.
+    pub fn octocrab_builder(&self) -> Result<FakeOctocrabBuilder, Error> {
+        Octocrab::builder()
+            .base_uri(self.url.as_str())
+            .map_err(|e| Error::Client(Box::new(e)))
+    }
+
+    /// The fault switchboard every request goes through.
+    pub fn faults(&self) -> &Faults {
+        &self.shared.faults
+    }
+
+    /// The call counters, per (verb, resource, outcome).
+    pub fn calls(&self) -> &Calls {
+        &self.shared.calls
+    }
+
+    /// Accepts another personal token (with a fresh budget).
+    pub fn add_token(&self, token: &str) {
+        self.shared.store().add_user_token(token);
+    }
+
+    /// The rate-limit status of `token` as the next response's headers would
+    /// report it, or `None` for an unknown token.
+    pub fn rate_limit(&self, token: &str) -> Option<RateLimitStatus> {
+        self.shared.store().rate_limit(token, Instant::now())
+    }
+
+    // ----- the outside writer: changes as a human makes them in the UI ----------
+
+    /// Replaces issue `number`'s labels, as a human would (not counted, not
+    /// rate-limited). Returns the resulting names.
+    pub fn set_labels<I, S>(
+        &self,
+        owner: &str,
+        repo: &str,
+        number: u64,
+        labels: I,
+    ) -> Result<Vec<String>, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let names = owned(labels);
+        let mut store = self.shared.store();
+        store
+            .replace_labels(owner, repo, number, &names)
+            .map_err(rejected)?;
+        Ok(store.label_names(owner, repo, number))
+    }
+
+    /// Adds one label to issue `number`, as a human would. Returns the
+    /// resulting names.
+    pub fn add_label(
+        &self,
+        owner: &str,
+        repo: &str,
+        number: u64,
+        label: &str,
+    ) -> Result<Vec<String>, Error> {
+        let mut store = self.shared.store();
+        store
+            .add_labels(owner, repo, number, &[label.to_owned()])
+            .map_err(rejected)?;
+        Ok(store.label_names(owner, repo, number))
+    }
+
+    /// Removes one label from issue `number`, as a human would; `false` if
+    /// the issue did not carry it.
+    pub fn remove_label(&self, owner: &str, repo: &str, number: u64, label: &str) -> bool {
+        self.shared
+            .store()
+            .remove_label(owner, repo, number, label)
+            .is_ok()
+    }
+
+    /// Issue `number`'s label names, sorted as GitHub lists them.
+    pub fn labels(&self, owner: &str, repo: &str, number: u64) -> Vec<String> {
+        self.shared.store().label_names(owner, repo, number)
+    }
+
+    /// Creates (or updates) a repository label with a colour (hex, no `#`)
+    /// and description, as shown in the label objects the API returns.
+    pub fn create_label(
+        &self,
+        owner: &str,
+        repo: &str,
+        name: &str,
+        color: &str,
+        description: Option<&str>,
+    ) -> Result<(), Error> {
+        self.shared
+            .store()
+            .upsert_repo_label(owner, repo, name, color, description)
+            .map_err(rejected)
+    }
+
+    // ----- pull request fixtures ---------------------------------------------------
+
+    /// Adds (or replaces) pull request `number` with its head commit, head
+    /// branch and labels (its issue's labels are replaced).
+    pub fn add_pull<I, S>(
+        &self,
+        owner: &str,
+        repo: &str,
+        number: u64,
+        head_sha: &str,
+        head_ref: &str,
+        labels: I,
+    ) -> Result<(), Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let pull = pull::Pull {
+            number,
+            head_sha: head_sha.to_owned(),
+            head_ref: head_ref.to_owned(),
+        };
+        self.shared
+            .store()
+            .add_pull(owner, repo, pull, &owned(labels))
+            .map_err(rejected)
+    }
+
+    /// Moves pull request `number`'s head to `head_sha`, as a push does.
+    pub fn set_pull_head(
+        &self,
+        owner: &str,
+        repo: &str,
+        number: u64,
+        head_sha: &str,
+    ) -> Result<(), Error> {
+        if self
+            .shared
+            .store()
+            .set_pull_head(owner, repo, number, head_sha)
+        {
+            Ok(())
+        } else {
+            Err(Error::UnknownPull {
+                owner: owner.to_owned(),
+                repo: repo.to_owned(),
+                number,
+            })
+        }
+    }
+
+    /// Associates commit `sha` with pull requests `numbers` (beyond the pull
+    /// requests whose head it is), for `GET …/commits/{sha}/pulls`.
+    pub fn link_commit_to_pulls(&self, owner: &str, repo: &str, sha: &str, numbers: &[u64]) {
+        self.shared.store().link_commit(owner, repo, sha, numbers);
+    }
+}
+
+fn owned<I, S>(labels: I) -> Vec<String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    labels.into_iter().map(|s| s.as_ref().to_owned()).collect()
+}
+
+fn rejected(err: store::ApiError) -> Error {
+    let store::ApiError { status, body, .. } = err;
+    Error::Rejected {
+        status,
+        message: body["message"].as_str().unwrap_or_default().to_owned(),
+    }
+}
