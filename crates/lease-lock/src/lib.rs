@@ -20,6 +20,8 @@ mod memory;
 mod metrics;
 mod name;
 mod renew;
+#[cfg(test)]
+mod tests;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;

@@ -333,7 +333,10 @@ impl LeaseLock {
         let metrics = &self.inner.metrics;
         metrics.attempts.inc();
         let started = Instant::now();
-        let result = Acquisition::new(self, key, mode)?.run().await;
+        let result = match Acquisition::new(self, key, mode) {
+            Ok(acquisition) => acquisition.run().await,
+            Err(e) => Err(e),
+        };
         match &result {
             Ok(Some(_)) => {
                 metrics.acquisitions.inc();
@@ -644,26 +647,22 @@ impl<'a> Acquisition<'a> {
     /// Acts once on the current view.
     async fn act(&mut self) -> Result<Step, Error> {
         match self.view.clone() {
-            View::Unknown | View::Absent => Ok(self.create().await),
+            View::Unknown | View::Absent => self.create().await,
             View::Stale => self.refresh().await,
             View::Present(observation) => {
                 self.last_holder = observation.holder().map(str::to_owned);
                 match self.inner().judge(&observation) {
-                    Judgment::Free => Ok(self.take(&observation.lease, false).await),
-                    Judgment::Expired => Ok(self.take(&observation.lease, true).await),
+                    Judgment::Free => self.take(&observation.lease, false).await,
+                    Judgment::Expired => self.take(&observation.lease, true).await,
                     Judgment::Held { until } => Ok(Step::Wait { until: Some(until) }),
                 }
             }
         }
     }
 
-    async fn create(&mut self) -> Step {
-        let lease = acquiring_lease(self.inner(), &self.name, &self.holder, None);
-        let lease = match lease {
-            Ok(lease) => lease,
-            Err(e) => return Step::Failed(e),
-        };
-        match self.write(Write::Create(lease)).await {
+    async fn create(&mut self) -> Result<Step, Error> {
+        let lease = acquiring_lease(self.inner(), &self.name, &self.holder, None)?;
+        Ok(match self.write(Write::Create(lease)).await? {
             Ok((lease, sent_at)) => Step::Acquired {
                 lease,
                 sent_at,
@@ -671,15 +670,12 @@ impl<'a> Acquisition<'a> {
             },
             Err(Error::AlreadyExists { .. }) => Step::Again(View::Stale),
             Err(e) => Step::Failed(e),
-        }
+        })
     }
 
-    async fn take(&mut self, current: &Lease, takeover: bool) -> Step {
-        let lease = match acquiring_lease(self.inner(), &self.name, &self.holder, Some(current)) {
-            Ok(lease) => lease,
-            Err(e) => return Step::Failed(e),
-        };
-        match self.write(Write::Replace(lease)).await {
+    async fn take(&mut self, current: &Lease, takeover: bool) -> Result<Step, Error> {
+        let lease = acquiring_lease(self.inner(), &self.name, &self.holder, Some(current))?;
+        Ok(match self.write(Write::Replace(lease)).await? {
             Ok((lease, sent_at)) => Step::Acquired {
                 lease,
                 sent_at,
@@ -691,7 +687,7 @@ impl<'a> Acquisition<'a> {
                 Step::Again(View::Absent)
             }
             Err(e) => Step::Failed(e),
-        }
+        })
     }
 
     async fn refresh(&mut self) -> Result<Step, Error> {
@@ -721,7 +717,9 @@ impl<'a> Acquisition<'a> {
 
     /// Sends an acquiring write from its own task, so that a write that
     /// lands after we stopped waiting for it is given back, not leaked.
-    async fn write(&self, write: Write) -> Result<(Lease, Instant), Error> {
+    /// The outer error ends the acquisition (cancelled, timed out); the
+    /// inner result is the API's answer.
+    async fn write(&mut self, write: Write) -> Result<Result<(Lease, Instant), Error>, Error> {
         let inner = Arc::clone(self.inner());
         let (tx, rx) = oneshot::channel();
         let sent_at = Instant::now();
@@ -747,11 +745,11 @@ impl<'a> Acquisition<'a> {
             },
         };
         match result {
-            Ok(result) => result.map(|lease| (lease, sent_at)),
-            Err(_) => Err(Error::Client {
+            Ok(result) => Ok(result.map(|lease| (lease, sent_at))),
+            Err(_) => Ok(Err(Error::Client {
                 message: "the task sending the acquiring write stopped without an answer".into(),
                 source: None,
-            }),
+            })),
         }
     }
 

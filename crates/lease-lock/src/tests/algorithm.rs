@@ -1,0 +1,636 @@
+//! The lock algorithm on `MemoryLeases`, with Tokio's clock paused so that
+//! lease durations pass instantly and exactly.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{Instrumented, NS, Verb, config, held_lease, holder, settle};
+use crate::{
+    AcquireOptions, Error, HOLDER_HASH_LABEL, LeaseBackend, LeaseLock, LossReason, MemoryLeases,
+    WAITING_FOR_ANNOTATION,
+};
+
+fn lock_on(backend: impl LeaseBackend, identity: &str) -> LeaseLock {
+    LeaseLock::new(backend, config(identity)).unwrap()
+}
+
+fn wait_up_to(secs: u64) -> AcquireOptions {
+    AcquireOptions::new().timeout(Duration::from_secs(secs))
+}
+
+#[tokio::test(start_paused = true)]
+async fn uncontended_acquire_and_release_take_two_writes() {
+    let backend = Instrumented::memory();
+    let lock = lock_on(backend.clone(), "pod-a");
+    let guard = lock.acquire("task-1", AcquireOptions::new()).await.unwrap();
+    let lease = backend.get(NS, "lock-task-1").await.unwrap().unwrap();
+    assert_eq!(holder(&lease).as_deref(), Some(guard.holder_identity()));
+    assert!(
+        lease
+            .metadata
+            .labels
+            .as_ref()
+            .unwrap()
+            .contains_key(HOLDER_HASH_LABEL)
+    );
+    guard.release().await.unwrap();
+
+    assert_eq!(backend.count(Verb::Create), 1);
+    assert_eq!(backend.count(Verb::Replace), 1);
+    assert_eq!(backend.requests() - backend.count(Verb::Get), 2);
+    let lease = backend.get(NS, "lock-task-1").await.unwrap().unwrap();
+    assert_eq!(holder(&lease), None, "released, and the Lease object stays");
+    assert!(
+        !lease
+            .metadata
+            .labels
+            .unwrap()
+            .contains_key(HOLDER_HASH_LABEL)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn reacquiring_a_key_this_lock_released_costs_one_write_and_a_higher_token() {
+    let backend = Instrumented::memory();
+    let lock = lock_on(backend.clone(), "pod-a");
+    let first = lock.acquire("k", AcquireOptions::new()).await.unwrap();
+    let first_token = first.fencing_token().clone();
+    first.release().await.unwrap();
+    let before = backend.requests();
+
+    let second = lock.acquire("k", AcquireOptions::new()).await.unwrap();
+    second.release().await.unwrap();
+
+    assert_eq!(
+        backend.requests() - before,
+        2,
+        "one replace to take, one to release"
+    );
+    assert_eq!(first_token.transitions, 0);
+    assert_eq!(holder_of_key(&lock, "k").await, None);
+    let third = lock.try_acquire("k").await.unwrap().unwrap();
+    assert_eq!(third.fencing_token().transitions, 2);
+    assert!(third.fencing_token() > &first_token);
+}
+
+async fn holder_of_key(lock: &LeaseLock, key: &str) -> Option<String> {
+    let lease = lock
+        .inner()
+        .backend
+        .get(NS, &lock.lease_name(key).unwrap())
+        .await
+        .unwrap()?;
+    holder(&lease)
+}
+
+#[tokio::test(start_paused = true)]
+async fn acquiring_a_key_this_lock_holds_or_is_acquiring_is_already_held() {
+    let memory = MemoryLeases::new();
+    let a = lock_on(memory.clone(), "pod-a");
+    let b = lock_on(memory.clone(), "pod-b");
+    let held = a.acquire("k", AcquireOptions::new()).await.unwrap();
+    assert!(matches!(
+        a.acquire("k", AcquireOptions::new()).await,
+        Err(Error::AlreadyHeld { .. })
+    ));
+    assert!(matches!(
+        a.try_acquire("k").await,
+        Err(Error::AlreadyHeld { .. })
+    ));
+
+    // B waits for "k"; a second acquisition of "k" through B is refused too.
+    let waiting = tokio::spawn({
+        let b = b.clone();
+        async move { b.acquire("k", wait_up_to(60)).await }
+    });
+    settle().await;
+    assert!(matches!(
+        b.try_acquire("k").await,
+        Err(Error::AlreadyHeld { .. })
+    ));
+
+    held.release().await.unwrap();
+    let got = waiting.await.unwrap().unwrap();
+    assert_eq!(got.fencing_token().transitions, 1);
+    assert_eq!(a.metrics().failures("already_held"), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_takes_the_lock_the_moment_the_holder_releases_it() {
+    let memory = MemoryLeases::new();
+    let a = lock_on(memory.clone(), "pod-a");
+    let b = lock_on(memory.clone(), "pod-b");
+    let held = a.acquire("k", AcquireOptions::new()).await.unwrap();
+    let held_token = held.fencing_token().clone();
+    let waiter = tokio::spawn(async move {
+        let guard = b.acquire("k", wait_up_to(60)).await.unwrap();
+        (Instant::now(), guard, b)
+    });
+    // Long enough for the waiter's backoff to reach its 2 s cap.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let released_at = Instant::now();
+    held.release().await.unwrap();
+    let (acquired_at, guard, b) = waiter.await.unwrap();
+
+    assert_eq!(
+        acquired_at, released_at,
+        "woken by the watch, not by a poll"
+    );
+    assert!(guard.fencing_token() > &held_token);
+    assert_eq!(b.metrics().acquisitions(), 1);
+    assert_eq!(b.metrics().takeovers(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn crashed_holder_is_taken_over_after_expiry_and_reports_lost() {
+    let memory = MemoryLeases::new();
+    let a_backend = Instrumented::new(memory.clone());
+    let a = lock_on(a_backend.clone(), "pod-a");
+    let b = lock_on(memory.clone(), "pod-b");
+    let crashed = a.acquire("k", AcquireOptions::new()).await.unwrap();
+    // From now on none of pod-a's requests reach the server.
+    a_backend.freeze(true);
+
+    let started = Instant::now();
+    let taker = b.acquire("k", wait_up_to(120)).await.unwrap();
+
+    assert!(
+        started.elapsed() >= Duration::from_secs(30),
+        "took over after {:?}, before a full lease duration",
+        started.elapsed()
+    );
+    let lost = crashed.lost().await;
+    assert!(
+        matches!(
+            lost,
+            Error::Lost {
+                reason: LossReason::RenewDeadline,
+                ..
+            }
+        ),
+        "{lost}"
+    );
+    assert_eq!(
+        crashed.valid_until(),
+        crashed.acquired_at() + Duration::from_secs(20),
+        "never renewed: guaranteed for the renew deadline from the acquiring request only"
+    );
+    assert!(!crashed.is_valid());
+    assert!(crashed.cancellation_token().is_cancelled());
+    assert!(
+        crashed.valid_until() <= taker.acquired_at(),
+        "no overlap of guaranteed holds"
+    );
+    assert!(taker.fencing_token() > crashed.fencing_token());
+    assert_eq!(b.metrics().takeovers(), 1);
+    assert_eq!(a.metrics().losses(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_renewing_holder_is_never_taken_over() {
+    let memory = MemoryLeases::new();
+    let a = lock_on(memory.clone(), "pod-a");
+    let b = lock_on(memory.clone(), "pod-b");
+    let held = a.acquire("k", AcquireOptions::new()).await.unwrap();
+
+    let err = b.acquire("k", wait_up_to(100)).await.unwrap_err();
+
+    match err {
+        Error::Timeout { holder, waited, .. } => {
+            assert_eq!(holder.as_deref(), Some(held.holder_identity()));
+            assert!(waited >= Duration::from_secs(100));
+        }
+        other => panic!("expected a timeout, got {other}"),
+    }
+    assert!(held.is_valid());
+    assert!(held.valid_until() > Instant::now() + Duration::from_secs(5));
+    assert_eq!(b.metrics().takeovers(), 0);
+    assert_eq!(b.metrics().failures("timeout"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_released_lease_is_taken_with_transitions_plus_one_in_three_calls() {
+    let memory = MemoryLeases::new();
+    let a = lock_on(memory.clone(), "pod-a");
+    let b_backend = Instrumented::new(memory.clone());
+    let b = lock_on(b_backend.clone(), "pod-b");
+    a.acquire("k", AcquireOptions::new())
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+
+    let guard = b.acquire("k", AcquireOptions::new()).await.unwrap();
+
+    assert_eq!(guard.fencing_token().transitions, 1);
+    assert_eq!(
+        (
+            b_backend.count(Verb::Create),
+            b_backend.count(Verb::Get),
+            b_backend.count(Verb::Replace)
+        ),
+        (1, 1, 1),
+        "CREATE (409), GET, replace"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deleted_lease_wakes_the_waiter_which_recreates_it_and_the_holder_learns_it_lost() {
+    let memory = MemoryLeases::new();
+    let a = lock_on(memory.clone(), "pod-a");
+    let b = lock_on(memory.clone(), "pod-b");
+    let held = a.acquire("k", AcquireOptions::new()).await.unwrap();
+    let waiter =
+        tokio::spawn(async move { (b.acquire("k", wait_up_to(60)).await, Instant::now()) });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let lease = memory.get(NS, "lock-k").await.unwrap().unwrap();
+    let (uid, version) = (
+        lease.metadata.uid.unwrap(),
+        lease.metadata.resource_version.unwrap(),
+    );
+    let deleted_at = Instant::now();
+    memory.delete(NS, "lock-k", &uid, &version).await.unwrap();
+    let (got, acquired_at) = waiter.await.unwrap();
+    let got = got.unwrap();
+
+    assert_eq!(acquired_at, deleted_at);
+    assert_ne!(got.fencing_token().lease_uid, uid, "a new Lease object");
+    let lost = held.lost().await;
+    assert!(
+        matches!(
+            lost,
+            Error::Lost {
+                reason: LossReason::TakenOver { .. } | LossReason::Deleted,
+                ..
+            }
+        ),
+        "{lost}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn try_acquire_never_waits_and_takes_over_once_the_record_stayed_unchanged_for_a_lease_duration()
+ {
+    let memory = MemoryLeases::new();
+    let a_backend = Instrumented::new(memory.clone());
+    let a = lock_on(a_backend.clone(), "pod-a");
+    let b = lock_on(memory.clone(), "pod-b");
+    let _crashed = a.acquire("k", AcquireOptions::new()).await.unwrap();
+    a_backend.freeze(true);
+
+    assert!(b.try_acquire("k").await.unwrap().is_none());
+    tokio::time::sleep(Duration::from_secs(29)).await;
+    assert!(
+        b.try_acquire("k").await.unwrap().is_none(),
+        "unchanged for 29 s only"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let guard = b
+        .try_acquire("k")
+        .await
+        .unwrap()
+        .expect("unchanged for 31 s: expired");
+
+    assert_eq!(guard.fencing_token().transitions, 1);
+    assert_eq!(b.metrics().takeovers(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_abandoned_long_ago_is_taken_over_at_once_by_the_renew_time_rule() {
+    let memory = MemoryLeases::new();
+    memory
+        .create(
+            NS,
+            &held_lease("lock-k", Some("ghost/1"), 7, Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+    let lock = lock_on(memory.clone(), "pod-b");
+
+    let guard = lock
+        .try_acquire("k")
+        .await
+        .unwrap()
+        .expect("renewTime + 30 s + skew is long past");
+
+    assert_eq!(guard.fencing_token().transitions, 8);
+    assert_eq!(lock.metrics().takeovers(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_renew_time_within_the_clock_skew_bound_is_not_expired() {
+    let memory = MemoryLeases::new();
+    // 32 s ago: past the 30 s duration, but within duration + 5 s skew.
+    memory
+        .create(
+            NS,
+            &held_lease("lock-skewed", Some("ghost/1"), 1, Duration::from_secs(32)),
+        )
+        .await
+        .unwrap();
+    memory
+        .create(
+            NS,
+            &held_lease("lock-expired", Some("ghost/2"), 1, Duration::from_secs(36)),
+        )
+        .await
+        .unwrap();
+    let lock = lock_on(memory.clone(), "pod-b");
+
+    assert!(lock.try_acquire("skewed").await.unwrap().is_none());
+    assert!(lock.try_acquire("expired").await.unwrap().is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_guard_whose_lease_is_taken_over_reports_lost_and_its_release_touches_nothing() {
+    let memory = MemoryLeases::new();
+    let lock = lock_on(memory.clone(), "pod-a");
+    let guard = lock.acquire("k", AcquireOptions::new()).await.unwrap();
+    let mut stolen = memory.get(NS, "lock-k").await.unwrap().unwrap();
+    stolen.spec.as_mut().unwrap().holder_identity = Some("intruder/1".into());
+    memory.replace(NS, &stolen).await.unwrap();
+
+    let lost = guard.lost().await;
+
+    assert!(
+        matches!(&lost, Error::Lost { reason: LossReason::TakenOver { holder }, .. } if holder == "intruder/1"),
+        "{lost}"
+    );
+    assert!(guard.cancellation_token().is_cancelled());
+    assert!(matches!(guard.release().await, Err(Error::Lost { .. })));
+    let lease = memory.get(NS, "lock-k").await.unwrap().unwrap();
+    assert_eq!(
+        holder(&lease).as_deref(),
+        Some("intruder/1"),
+        "release never clears another holder"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn renewal_rereads_after_a_foreign_metadata_edit_and_keeps_the_lock() {
+    let memory = MemoryLeases::new();
+    let lock = lock_on(memory.clone(), "pod-a");
+    let guard = lock.acquire("k", AcquireOptions::new()).await.unwrap();
+    let first_deadline = guard.valid_until();
+    let mut edited = memory.get(NS, "lock-k").await.unwrap().unwrap();
+    edited
+        .metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert("team".into(), "infra".into());
+    memory.replace(NS, &edited).await.unwrap();
+
+    tokio::time::sleep(Duration::from_secs(25)).await;
+
+    assert!(
+        guard.is_valid(),
+        "still ours after a conflict resolved by a re-read"
+    );
+    assert!(guard.valid_until() > first_deadline);
+    let lease = memory.get(NS, "lock-k").await.unwrap().unwrap();
+    assert_eq!(
+        lease.metadata.labels.as_ref().unwrap()["team"],
+        "infra",
+        "the edit survived"
+    );
+    guard.release().await.unwrap();
+    let lease = memory.get(NS, "lock-k").await.unwrap().unwrap();
+    assert_eq!(holder(&lease), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_a_guard_releases_it_in_the_background() {
+    let memory = MemoryLeases::new();
+    let lock = lock_on(memory.clone(), "pod-a");
+    let guard = lock.acquire("k", AcquireOptions::new()).await.unwrap();
+    let token = guard.cancellation_token();
+    drop(guard);
+    settle().await;
+
+    assert!(token.is_cancelled());
+    let lease = memory.get(NS, "lock-k").await.unwrap().unwrap();
+    assert_eq!(holder(&lease), None);
+    assert!(
+        lock.try_acquire("k").await.unwrap().is_some(),
+        "the key is free again"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_acquisition_stops_waiting_at_once() {
+    let memory = MemoryLeases::new();
+    let a = lock_on(memory.clone(), "pod-a");
+    let b = lock_on(memory.clone(), "pod-b");
+    let _held = a.acquire("k", AcquireOptions::new()).await.unwrap();
+    let cancel = CancellationToken::new();
+    let waiter = tokio::spawn({
+        let cancel = cancel.clone();
+        async move {
+            (
+                b.acquire("k", wait_up_to(60).cancel_on(cancel)).await,
+                Instant::now(),
+            )
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cancelled_at = Instant::now();
+    cancel.cancel();
+    let (result, ended) = waiter.await.unwrap();
+    assert!(matches!(result, Err(Error::Cancelled { .. })));
+    assert_eq!(ended, cancelled_at);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_acquiring_write_that_lands_after_the_caller_gave_up_is_given_back() {
+    let backend = Instrumented::memory();
+    let lock = lock_on(backend.clone(), "pod-a");
+    backend.freeze(true);
+    let err = lock.acquire("k", wait_up_to(1)).await.unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+
+    backend.freeze(false);
+    settle().await;
+
+    let lease = backend.get(NS, "lock-k").await.unwrap().unwrap();
+    assert_eq!(
+        holder(&lease),
+        None,
+        "the late CREATE was released, not leaked"
+    );
+    assert!(lock.try_acquire("k").await.unwrap().is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn validity_moves_forward_with_each_renewal() {
+    let lock = lock_on(MemoryLeases::new(), "pod-a");
+    let guard = lock.acquire("k", AcquireOptions::new()).await.unwrap();
+    let mut validity = guard.validity();
+    let first = *validity.borrow_and_update();
+    assert_eq!(first, guard.acquired_at() + Duration::from_secs(20));
+
+    validity.changed().await.unwrap();
+    let renewed = *validity.borrow();
+    assert_eq!(
+        renewed,
+        first + Duration::from_secs(10),
+        "renewed 10 s later"
+    );
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(guard.is_valid());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_for_cycle_fails_exactly_one_member_with_deadlock_at_once() {
+    let memory = MemoryLeases::new();
+    let a = lock_on(memory.clone(), "pod-a");
+    let b = lock_on(memory.clone(), "pod-b");
+    let x = a.acquire("x", AcquireOptions::new()).await.unwrap();
+    let y = b.acquire("y", AcquireOptions::new()).await.unwrap();
+    let started = Instant::now();
+    let a_waits = tokio::spawn({
+        let options = wait_up_to(30).holding(&x);
+        let a = a.clone();
+        async move { a.acquire("y", options).await }
+    });
+    let b_waits = tokio::spawn({
+        let options = wait_up_to(30).holding(&y);
+        let b = b.clone();
+        async move { (b.acquire("x", options).await, Instant::now()) }
+    });
+
+    // The member with the greatest holder identity ("pod-b/…") backs out.
+    let (b_result, b_failed_at) = b_waits.await.unwrap();
+    match b_result {
+        Err(Error::Deadlock { cycle, .. }) => assert_eq!(cycle, ["lock-x", "lock-y"]),
+        other => panic!("expected a deadlock, got {other:?}"),
+    }
+    assert!(
+        b_failed_at - started < Duration::from_secs(1),
+        "detected after {:?}, not at the 30 s timeout",
+        b_failed_at - started
+    );
+    y.release().await.unwrap();
+    let got_y = a_waits.await.unwrap().unwrap();
+    assert_eq!(got_y.key(), "y");
+    assert_eq!(b.metrics().deadlocks(), 1);
+    assert_eq!(a.metrics().deadlocks(), 0);
+    settle().await;
+    let x_lease = memory.get(NS, "lock-x").await.unwrap().unwrap();
+    let annotations = x_lease.metadata.annotations.unwrap_or_default();
+    assert!(
+        !annotations.contains_key(WAITING_FOR_ANNOTATION),
+        "cleared when the wait ended"
+    );
+    drop(x);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_holder_waiting_without_a_cycle_is_not_a_deadlock() {
+    let memory = MemoryLeases::new();
+    let a = lock_on(memory.clone(), "pod-a");
+    let b = lock_on(memory.clone(), "pod-b");
+    let x = a.acquire("x", AcquireOptions::new()).await.unwrap();
+    let y = b.acquire("y", AcquireOptions::new()).await.unwrap();
+    let waiting = tokio::spawn({
+        let options = wait_up_to(30).holding(&x);
+        async move { a.acquire("y", options).await }
+    });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let x_lease = memory.get(NS, "lock-x").await.unwrap().unwrap();
+    assert_eq!(
+        x_lease.metadata.annotations.unwrap()[WAITING_FOR_ANNOTATION],
+        "lock-y",
+        "the wait-for edge is recorded while waiting"
+    );
+    y.release().await.unwrap();
+    assert!(waiting.await.unwrap().is_ok());
+    drop(x);
+}
+
+#[tokio::test(start_paused = true)]
+async fn garbage_collection_deletes_only_idle_released_or_expired_leases_of_its_prefix() {
+    let memory = MemoryLeases::new();
+    let day = Duration::from_secs(25 * 3600);
+    for (name, holder, ago) in [
+        ("lock-old-released", None, day),
+        ("lock-old-expired", Some("ghost/1"), day),
+        ("lock-recent-released", None, Duration::from_secs(3600)),
+        ("other-old-released", None, day),
+    ] {
+        memory
+            .create(NS, &held_lease(name, holder, 3, ago))
+            .await
+            .unwrap();
+    }
+    let mut unmanaged = held_lease("lock-unmanaged", None, 0, day);
+    unmanaged.metadata.labels = None;
+    memory.create(NS, &unmanaged).await.unwrap();
+    let lock = lock_on(memory.clone(), "pod-a");
+    let _held = lock.acquire("held", AcquireOptions::new()).await.unwrap();
+
+    let report = lock.collect_garbage().await.unwrap();
+
+    assert_eq!(
+        (report.examined, report.deleted, report.held, report.recent),
+        (4, 2, 1, 1)
+    );
+    for (name, kept) in [
+        ("lock-old-released", false),
+        ("lock-old-expired", false),
+        ("lock-recent-released", true),
+        ("other-old-released", true),
+        ("lock-unmanaged", true),
+        ("lock-held", true),
+    ] {
+        assert_eq!(
+            memory.get(NS, name).await.unwrap().is_some(),
+            kept,
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_renewal_reports_the_loss_exactly_at_the_deadline() {
+    let backend = Instrumented::memory();
+    let lock = lock_on(backend.clone(), "pod-a");
+    let guard = lock.acquire("k", AcquireOptions::new()).await.unwrap();
+    let deadline = guard.valid_until();
+    backend.freeze(true);
+
+    let lost = guard.lost().await;
+
+    assert_eq!(
+        Instant::now(),
+        deadline,
+        "reported at the renew deadline, not later"
+    );
+    assert!(matches!(
+        lost,
+        Error::Lost {
+            reason: LossReason::RenewDeadline,
+            ..
+        }
+    ));
+    assert_eq!(
+        backend.count(Verb::Replace),
+        1,
+        "one renewal attempt, cut at the deadline"
+    );
+}
+
+#[test]
+fn acquisition_release_and_lost_futures_can_be_spawned() {
+    fn assert_send<T: Send>(_: &T) {}
+    let lock = lock_on(MemoryLeases::new(), "pod-a");
+    let acquire = lock.acquire("k", AcquireOptions::new());
+    assert_send(&acquire);
+    let try_acquire = lock.try_acquire("k");
+    assert_send(&try_acquire);
+    let gc = lock.collect_garbage();
+    assert_send(&gc);
+}
