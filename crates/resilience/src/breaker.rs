@@ -82,6 +82,15 @@ impl BreakerPolicy {
         }
         Ok(())
     }
+
+    /// Zero counts raised to 1, so a breaker can always be built.
+    fn sanitized(self) -> Self {
+        Self {
+            failure_threshold: self.failure_threshold.max(1),
+            cool_down: self.cool_down,
+            half_open_max_probes: self.half_open_max_probes.max(1),
+        }
+    }
 }
 
 /// The three states of a breaker.
@@ -260,11 +269,7 @@ impl CircuitBreaker {
 
     /// A closed breaker reporting into shared `metrics` under `name`.
     pub fn with_metrics(name: &str, policy: BreakerPolicy, metrics: &BreakerMetrics) -> Self {
-        let policy = BreakerPolicy {
-            failure_threshold: policy.failure_threshold.max(1),
-            cool_down: policy.cool_down,
-            half_open_max_probes: policy.half_open_max_probes.max(1),
-        };
+        let policy = policy.sanitized();
         let label = NameLabel::new(name);
         metrics
             .state
@@ -540,7 +545,7 @@ fn describe_open(breaker: &str, state: BreakerState, remaining: Duration) -> Str
         BreakerState::HalfOpen => {
             format!("circuit breaker `{breaker}` is half-open and its probe is in flight")
         }
-        _ => format!("circuit breaker `{breaker}` is open; retry in {remaining:?}"),
+        _ => format!("circuit breaker `{breaker}` is open; retry in {remaining:.1?}"),
     }
 }
 

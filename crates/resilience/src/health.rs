@@ -368,7 +368,7 @@ mod tests {
         let health = Health::new();
         health.set_ready(true);
         for name in ["a", "b", "c"] {
-            health.add_check(name, || std::future::pending());
+            health.add_check(name, std::future::pending);
         }
         let start = tokio::time::Instant::now();
         let readiness = health.readiness().await;

@@ -67,6 +67,14 @@ impl QueuePolicy {
         }
         Ok(())
     }
+
+    /// A zero capacity raised to 1, so a queue can always be built.
+    fn sanitized(self) -> Self {
+        Self {
+            capacity: self.capacity.max(1),
+            max_age: self.max_age,
+        }
+    }
 }
 
 /// A push refused because the queue was full; the item is handed back.
@@ -264,10 +272,7 @@ impl<T> ExpiringQueue<T> {
 
     /// An empty queue reporting into shared `metrics` under `name`.
     pub fn with_metrics(name: &str, policy: QueuePolicy, metrics: &QueueMetrics) -> Self {
-        let policy = QueuePolicy {
-            capacity: policy.capacity.max(1),
-            max_age: policy.max_age,
-        };
+        let policy = policy.sanitized();
         let label = NameLabel::new(name);
         metrics.depth.get_or_create(&label).set(0);
         for counter in [

@@ -295,7 +295,7 @@ where
         {
             return exhausted(error);
         }
-        tracing::warn!(
+        tracing::info!(
             attempt,
             delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
             retry_after_ms = retry_after.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),

@@ -1,5 +1,7 @@
 //! `Health` and `Shutdown` over real HTTP on 127.0.0.1:0.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};

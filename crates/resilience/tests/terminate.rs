@@ -7,6 +7,8 @@
 //! it is truly gone. It lives in its own test binary because the subreaper
 //! flag is process-wide.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -125,8 +127,10 @@ async fn grandchild_in_the_process_group_is_killed_with_the_child() {
 async fn grandchild_that_outlives_its_terminated_parent_is_killed_too() {
     become_subreaper();
     // The background sleep inherits "ignore TERM"; the shell restores the
-    // default handler, so SIGTERM ends the shell but not the sleep.
-    let mut child = spawn_sh("trap '' TERM; sleep 1000 & echo $!; trap - TERM; wait");
+    // default handler before announcing the pid (so our SIGTERM cannot
+    // arrive while the shell still ignores it), and SIGTERM ends the shell
+    // but not the sleep.
+    let mut child = spawn_sh("trap '' TERM; sleep 1000 & pid=$!; trap - TERM; echo $pid; wait");
     let grandchild = Pid::from_raw(first_line(&mut child).await.parse().unwrap());
     let outcome = terminate(&mut child, Duration::from_secs(10))
         .await
