@@ -1,0 +1,189 @@
+//! TTL cleanup with paused time: old idle states go, InProgress and recently
+//! touched ones stay, and a state touched between the LIST and the DELETE stays.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use state_store::{
+    Clock, Document, Error, MemoryBackend, StateBackend, StateStore, StoreConfig, StoredDocument,
+    TaskStatus, TtlPolicy, spawn_ttl_cleanup,
+};
+use tokio_util::sync::CancellationToken;
+
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+fn start() -> Timestamp {
+    "2026-03-01T00:00:00Z".parse().unwrap()
+}
+
+async fn set_status(store: &StateStore, task: &str, status: TaskStatus) {
+    store
+        .update(task, |s| {
+            s.status = status;
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+}
+
+async fn exists(store: &StateStore, task: &str) -> bool {
+    store.get(task).await.unwrap().is_some()
+}
+
+/// Lets the spawned cleanup task run its pass at the current instant.
+async fn settle() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn old_idle_states_are_removed_and_in_progress_or_recent_ones_kept() {
+    let store = StateStore::with_clock(
+        MemoryBackend::new(),
+        StoreConfig::default(),
+        Clock::tokio_anchored(start()),
+    );
+    set_status(&store, "done", TaskStatus::Completed).await;
+    set_status(&store, "failed", TaskStatus::Failed).await;
+    set_status(&store, "working", TaskStatus::InProgress).await;
+    tokio::time::advance(8 * DAY).await;
+    set_status(&store, "fresh", TaskStatus::Completed).await;
+
+    let cancel = CancellationToken::new();
+    let cleanup = spawn_ttl_cleanup(store.clone(), TtlPolicy::default(), cancel.clone());
+    settle().await; // the first pass runs at once
+
+    assert!(!exists(&store, "done").await);
+    assert!(!exists(&store, "failed").await);
+    assert!(
+        exists(&store, "working").await,
+        "InProgress is never expired"
+    );
+    assert!(exists(&store, "fresh").await, "touched a moment ago");
+
+    // 6 h passes until "fresh" is 7 days idle: removed by the pass after that.
+    tokio::time::advance(7 * DAY - HOUR).await;
+    settle().await;
+    assert!(exists(&store, "fresh").await);
+    tokio::time::advance(6 * HOUR).await;
+    settle().await;
+    assert!(!exists(&store, "fresh").await);
+    assert!(exists(&store, "working").await);
+
+    cancel.cancel();
+    cleanup.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn cleanup_runs_once_per_interval() {
+    let store = StateStore::with_clock(
+        MemoryBackend::new(),
+        StoreConfig::default(),
+        Clock::tokio_anchored(start()),
+    );
+    let cancel = CancellationToken::new();
+    let policy = TtlPolicy {
+        interval: HOUR,
+        ttl: DAY,
+    };
+    let cleanup = spawn_ttl_cleanup(store.clone(), policy, cancel.clone());
+    set_status(&store, "a", TaskStatus::Completed).await;
+    settle().await;
+    tokio::time::advance(DAY - Duration::from_secs(1)).await;
+    settle().await;
+    assert!(
+        exists(&store, "a").await,
+        "not yet a day old at the last pass"
+    );
+    tokio::time::advance(HOUR).await;
+    settle().await;
+    assert!(!exists(&store, "a").await);
+    cancel.cancel();
+    cleanup.await.unwrap();
+}
+
+/// A backend that writes to one document right after answering a LIST, as a
+/// concurrent writer would between the cleanup's LIST and its DELETE.
+struct TouchAfterList {
+    inner: Arc<MemoryBackend>,
+    armed: AtomicBool,
+}
+
+#[async_trait]
+impl StateBackend for TouchAfterList {
+    async fn get(&self, name: &str) -> Result<Option<StoredDocument>, Error> {
+        self.inner.get(name).await
+    }
+    async fn create(&self, name: &str, document: Document) -> Result<StoredDocument, Error> {
+        self.inner.create(name, document).await
+    }
+    async fn replace(
+        &self,
+        name: &str,
+        resource_version: &str,
+        document: Document,
+    ) -> Result<StoredDocument, Error> {
+        self.inner.replace(name, resource_version, document).await
+    }
+    async fn delete(&self, name: &str, resource_version: &str) -> Result<(), Error> {
+        self.inner.delete(name, resource_version).await
+    }
+    async fn list(&self, labels: &BTreeMap<String, String>) -> Result<Vec<StoredDocument>, Error> {
+        let listed = self.inner.list(labels).await?;
+        if self.armed.swap(false, Ordering::SeqCst) {
+            let writer =
+                StateStore::with_clock(self.inner.clone(), StoreConfig::default(), Clock::system());
+            writer
+                .update("touched", |s| {
+                    s.metadata.insert("touched".into(), "yes".into());
+                    Ok::<_, Error>(())
+                })
+                .await?;
+        }
+        Ok(listed)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_state_touched_between_list_and_delete_is_kept() {
+    let memory = Arc::new(MemoryBackend::new());
+    let backend = TouchAfterList {
+        inner: memory.clone(),
+        armed: AtomicBool::new(false),
+    };
+    let store = StateStore::with_clock(
+        backend,
+        StoreConfig::default(),
+        Clock::tokio_anchored(start()),
+    );
+    set_status(&store, "touched", TaskStatus::Completed).await;
+    set_status(&store, "untouched", TaskStatus::Completed).await;
+    tokio::time::advance(30 * DAY).await;
+
+    // Arm the concurrent write, then run one pass.
+    let armed = StateStore::with_clock(
+        TouchAfterList {
+            inner: memory.clone(),
+            armed: AtomicBool::new(true),
+        },
+        StoreConfig::default(),
+        Clock::tokio_anchored(start() + jiff::SignedDuration::from_hours(30 * 24)),
+    );
+    let report = armed
+        .cleanup_expired(TtlPolicy::default().ttl)
+        .await
+        .unwrap();
+
+    assert_eq!(report.deleted, 1);
+    assert_eq!(report.kept_changed, 1);
+    assert!(!exists(&store, "untouched").await);
+    let kept = store.get("touched").await.unwrap().unwrap();
+    assert_eq!(kept.state.metadata["touched"], "yes");
+}
