@@ -234,7 +234,8 @@ async fn exhausted_budget_can_answer_429() {
 async fn budget_refills_when_the_window_ends() {
     let github = FakeGitHub::builder()
         .rate_limit(1)
-        .rate_limit_window(Duration::from_millis(200))
+        // Long enough that the second request surely lands in the first window.
+        .rate_limit_window(Duration::from_secs(1))
         .start()
         .await
         .unwrap();
@@ -242,7 +243,7 @@ async fn budget_refills_when_the_window_ends() {
     assert_eq!(octocrab._get(LABELS).await.unwrap().status(), 200);
     assert_eq!(octocrab._get(LABELS).await.unwrap().status(), 403);
 
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
 
     let after = octocrab._get(LABELS).await.unwrap();
     assert_eq!(after.status(), 200);

@@ -228,7 +228,8 @@ async fn access_token_endpoint_rejects_a_bearer_that_is_not_a_jwt() {
 #[tokio::test]
 async fn expired_installation_tokens_are_bad_credentials() {
     let github = FakeGitHub::builder()
-        .installation_token_ttl(std::time::Duration::from_millis(100))
+        // Long enough that the first use surely comes before expiry.
+        .installation_token_ttl(std::time::Duration::from_secs(1))
         .start()
         .await
         .unwrap();
@@ -241,7 +242,7 @@ async fn expired_installation_tokens_are_bad_credentials() {
     let route = "/repos/acme/widgets/issues/1/labels";
     assert_eq!(installation._get(route).await.unwrap().status(), 200);
 
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
 
     assert_eq!(installation._get(route).await.unwrap().status(), 401);
 }
