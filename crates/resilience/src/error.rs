@@ -38,12 +38,14 @@ pub enum Error {
     #[error(transparent)]
     CircuitOpen(#[from] CircuitOpen),
 
-    /// Sending a signal to a process group failed for a reason other than
-    /// "already gone" (ESRCH, which is not an error for us).
-    #[error("cannot send {signal} to process group {pgid}: {source}")]
+    /// Sending a signal to a child (or its process group) failed for a
+    /// reason other than "already gone" (ESRCH, which is not an error for us).
+    #[error("cannot send {signal} to {} {pid}: {source}", if *.group { "process group" } else { "process" })]
     Signal {
-        /// The process group id (the leader's pid).
-        pgid: i32,
+        /// The process group id (the leader's pid), or the pid when `group` is false.
+        pid: i32,
+        /// Whether the whole process group was the target.
+        group: bool,
         /// The signal's name, e.g. `SIGTERM`.
         signal: &'static str,
         /// The OS error.
@@ -123,13 +125,15 @@ mod tests {
         assert!(!Error::invalid("backoff", "multiplier < 1").is_transient());
         assert!(!Error::Cancelled.is_transient());
         let eintr = Error::Signal {
-            pgid: 1,
+            pid: 1,
+            group: true,
             signal: "SIGTERM",
             source: Errno::EINTR,
         };
         assert!(eintr.is_transient());
         let eperm = Error::Signal {
-            pgid: 1,
+            pid: 1,
+            group: true,
             signal: "SIGTERM",
             source: Errno::EPERM,
         };

@@ -20,3 +20,31 @@ pub use queue::{Evicted, Expired, ExpiringQueue, QueueFull, QueueMetrics, QueueP
 pub use retry::{Classification, RetryError, RetryPolicy, Transient, retry, retry_transient};
 pub use shutdown::{DrainReport, Shutdown};
 pub use terminate::{TerminationOutcome, spawn_in_process_group, terminate};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio_util::sync::CancellationToken;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// Callers spawn these futures onto multi-threaded runtimes.
+    #[test]
+    fn public_futures_are_send() {
+        let cancel = CancellationToken::new();
+        let policy = RetryPolicy::default();
+        assert_send(&retry_transient(&policy, &cancel, |_| async {
+            Err::<(), std::io::Error>(std::io::ErrorKind::TimedOut.into())
+        }));
+        let breaker = CircuitBreaker::new("b", BreakerPolicy::default());
+        assert_send(&breaker.call(async { Ok::<(), String>(()) }));
+        let mut backoff = Backoff::new(BackoffPolicy::default());
+        assert_send(&backoff.sleep_or_cancel(&cancel));
+        let queue: ExpiringQueue<String> = ExpiringQueue::new("q", QueuePolicy::default());
+        assert_send(&queue.pop_wait(&cancel));
+        let shutdown = Shutdown::new();
+        assert_send(&shutdown.drain(Duration::from_secs(1)));
+        assert_send(&shutdown.health().readiness());
+    }
+}

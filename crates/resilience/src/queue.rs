@@ -12,7 +12,7 @@
 //! the new one is more urgent.
 
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -294,7 +294,7 @@ impl<T> ExpiringQueue<T> {
                 state: Mutex::new(State {
                     entries: BTreeMap::new(),
                     next_seq: 0,
-                    found_expired: Vec::new(),
+                    found_expired: VecDeque::new(),
                 }),
             }),
         }
@@ -433,7 +433,7 @@ impl<T> ExpiringQueue<T> {
         let now = Instant::now();
         let mut state = self.shared.lock();
         self.shared.drop_stale(&mut state, now);
-        std::mem::take(&mut state.found_expired)
+        Vec::from(std::mem::take(&mut state.found_expired))
     }
 }
 
@@ -493,7 +493,7 @@ struct State<T> {
     entries: BTreeMap<(Reverse<u32>, u64), Entry<T>>,
     next_seq: u64,
     /// Stale entries `pop` removed, waiting to be reported by `sweep`.
-    found_expired: Vec<Expired<T>>,
+    found_expired: VecDeque<Expired<T>>,
 }
 
 struct Entry<T> {
@@ -575,9 +575,9 @@ impl<T> Shared<T> {
         // Bounded like the queue itself: if nobody sweeps, the oldest reports
         // go (they were counted and logged already).
         if state.found_expired.len() >= self.policy.capacity {
-            state.found_expired.remove(0);
+            state.found_expired.pop_front();
         }
-        state.found_expired.push(expired);
+        state.found_expired.push_back(expired);
     }
 
     /// Sets the depth gauge from the map while the lock is held, so the

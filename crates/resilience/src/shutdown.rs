@@ -163,10 +163,10 @@ impl Shutdown {
     /// Must be called inside a Tokio runtime. The returned task is not
     /// tracked, so it never holds up a drain.
     pub fn listen_for_signals(&self) -> Result<JoinHandle<()>, Error> {
+        // Outside a runtime, registering (and spawning) would panic; refuse instead.
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|e| Error::SignalHandler(std::io::Error::other(e)))?;
-        // Registering inside the runtime context; errors surface here, not in the task.
-        let _guard = runtime.enter();
+        // Registered here rather than in the task, so failures reach the caller.
         let mut terminate = signal(SignalKind::terminate()).map_err(Error::SignalHandler)?;
         let mut interrupt = signal(SignalKind::interrupt()).map_err(Error::SignalHandler)?;
         let shutdown = self.clone();

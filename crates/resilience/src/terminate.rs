@@ -19,8 +19,8 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::{Pid, getpgid};
 use tokio::process::{Child, Command};
 
 use crate::error::Error;
@@ -86,24 +86,25 @@ pub async fn terminate(child: &mut Child, grace: Duration) -> Result<Termination
             )
         });
     };
-    let pgid = i32::try_from(pid)
+    let leader = i32::try_from(pid)
         .map(Pid::from_raw)
         .map_err(|_| wait_error(Some(pid), io::Error::other("pid out of range")))?;
+    let target = Target::of(leader);
 
     // Until we reap the leader its pid (our pgid) cannot be reused, so every
     // signal below reaches the right group. After reaping, a straggler keeps
     // the group id alive; an empty group yields ESRCH.
     if let Some(status) = child.try_wait().map_err(|e| wait_error(Some(pid), e))? {
-        kill_stragglers(pgid);
+        target.kill_stragglers();
         tracing::debug!(pid, %status, "child had already exited");
         return Ok(TerminationOutcome::Exited(status));
     }
 
-    signal_group(pgid, Signal::SIGTERM)?;
+    target.send(Signal::SIGTERM)?;
     match tokio::time::timeout(grace, child.wait()).await {
         Ok(waited) => {
             let status = waited.map_err(|e| wait_error(Some(pid), e))?;
-            kill_stragglers(pgid);
+            target.kill_stragglers();
             tracing::info!(pid, %status, "child ended after SIGTERM");
             Ok(TerminationOutcome::Terminated(status))
         }
@@ -113,7 +114,7 @@ pub async fn terminate(child: &mut Child, grace: Duration) -> Result<Termination
                 grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
                 "child ignored SIGTERM for the grace period; sending SIGKILL"
             );
-            signal_group(pgid, Signal::SIGKILL)?;
+            target.send(Signal::SIGKILL)?;
             let status = tokio::time::timeout(KILL_REAP_TIMEOUT, child.wait())
                 .await
                 .map_err(|_| Error::Unkillable {
@@ -131,28 +132,66 @@ pub async fn terminate(child: &mut Child, grace: Duration) -> Result<Termination
     }
 }
 
-/// Sends `signal` to the group; a group that no longer exists is fine.
-fn signal_group(pgid: Pid, signal: Signal) -> Result<(), Error> {
-    match killpg(pgid, signal) {
-        Ok(()) | Err(Errno::ESRCH) => Ok(()),
-        Err(source) => Err(Error::Signal {
-            pgid: pgid.as_raw(),
-            signal: signal.as_str(),
-            source,
-        }),
-    }
+/// Where signals go.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    /// The child leads its own group: signal the whole group.
+    Group(Pid),
+    /// The child was spawned into our group: signalling that group would hit
+    /// us, so only the child is signalled (its own children may survive).
+    Process(Pid),
 }
 
-/// SIGKILLs whatever is left of a group whose leader has exited.
-fn kill_stragglers(pgid: Pid) {
-    match killpg(pgid, Signal::SIGKILL) {
-        Ok(()) => tracing::debug!(
-            pgid = pgid.as_raw(),
-            "killed what was left of the process group"
-        ),
-        Err(Errno::ESRCH) => {}
-        Err(error) => {
-            tracing::warn!(pgid = pgid.as_raw(), %error, "cannot kill the rest of the process group")
+impl Target {
+    fn of(leader: Pid) -> Self {
+        match getpgid(Some(leader)) {
+            Ok(pgid) if pgid != leader => {
+                tracing::warn!(
+                    pid = leader.as_raw(),
+                    pgid = pgid.as_raw(),
+                    "child does not lead its own process group (spawn it with \
+                     spawn_in_process_group); signalling the child alone"
+                );
+                Target::Process(leader)
+            }
+            // Leader of its group, or already gone: the group is the target.
+            _ => Target::Group(leader),
+        }
+    }
+
+    /// Sends `signal`; a target that no longer exists is fine.
+    fn send(self, signal: Signal) -> Result<(), Error> {
+        let (pid, sent) = match self {
+            Target::Group(pgid) => (pgid, killpg(pgid, signal)),
+            Target::Process(pid) => (pid, kill(pid, signal)),
+        };
+        match sent {
+            Ok(()) | Err(Errno::ESRCH) => Ok(()),
+            Err(source) => Err(Error::Signal {
+                pid: pid.as_raw(),
+                group: matches!(self, Target::Group(_)),
+                signal: signal.as_str(),
+                source,
+            }),
+        }
+    }
+
+    /// SIGKILLs whatever is left of a group whose leader has exited.
+    fn kill_stragglers(self) {
+        let Target::Group(pgid) = self else {
+            return;
+        };
+        match killpg(pgid, Signal::SIGKILL) {
+            Ok(()) => tracing::debug!(
+                pgid = pgid.as_raw(),
+                "killed what was left of the process group"
+            ),
+            Err(Errno::ESRCH) => {}
+            Err(error) => tracing::warn!(
+                pgid = pgid.as_raw(),
+                %error,
+                "cannot kill the rest of the process group"
+            ),
         }
     }
 }

@@ -206,3 +206,23 @@ async fn child_already_reaped_by_its_owner_is_reported_exited() {
         "{outcome:?}"
     );
 }
+
+#[tokio::test]
+async fn child_outside_its_own_process_group_is_still_terminated_alone() {
+    // Spawned into our own group by mistake: signalling the group would hit
+    // this test process, so only the child may be signalled.
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("echo ready; exec sleep 1000")
+        .stdout(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    assert_eq!(first_line(&mut child).await, "ready");
+    let outcome = terminate(&mut child, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, TerminationOutcome::Terminated(_)),
+        "{outcome:?}"
+    );
+    assert_eq!(outcome.status().signal(), Some(Signal::SIGTERM as i32));
+}
