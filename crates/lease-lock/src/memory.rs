@@ -162,12 +162,18 @@ impl LeaseBackend for MemoryLeases {
             if lease.metadata.uid.is_some() && lease.metadata.uid != current.metadata.uid {
                 return Err(Error::Conflict { name });
             }
-            store.last_version += 1;
             let mut next = normalized(lease);
             // Server-owned fields are kept, as the API server does on update.
             next.metadata.namespace = current.metadata.namespace.clone();
             next.metadata.uid = current.metadata.uid.clone();
             next.metadata.creation_timestamp = current.metadata.creation_timestamp.clone();
+            next.metadata.resource_version = current.metadata.resource_version.clone();
+            if next == *current {
+                // The API server writes nothing for an update that changes
+                // nothing: same resourceVersion, no watch event.
+                return Ok(next);
+            }
+            store.last_version += 1;
             next.metadata.resource_version = Some(store.last_version.to_string());
             *current = next.clone();
             next
@@ -384,9 +390,22 @@ mod tests {
                 .unwrap()
         };
         assert!(rv(&b) > rv(&a));
-        let a2 = m.replace("ns", &a).await.unwrap();
+        let mut changed = a.clone();
+        changed.spec.as_mut().unwrap().lease_transitions = Some(1);
+        let a2 = m.replace("ns", &changed).await.unwrap();
         assert!(rv(&a2) > rv(&b));
         assert_eq!(a2.metadata.uid, a.metadata.uid);
+    }
+
+    #[tokio::test]
+    async fn a_replace_that_changes_nothing_writes_nothing() {
+        let m = MemoryLeases::new();
+        let a = m.create("ns", &lease("a")).await.unwrap();
+        let mut events = m.watch("ns", "a", a.metadata.resource_version.clone());
+        let same = m.replace("ns", &a).await.unwrap();
+        assert_eq!(same.metadata.resource_version, a.metadata.resource_version);
+        let next = tokio::time::timeout(std::time::Duration::from_millis(50), events.next()).await;
+        assert!(next.is_err(), "no watch event for a no-op write");
     }
 
     #[test]
