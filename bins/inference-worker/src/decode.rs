@@ -5,6 +5,11 @@
 //! job's step gate admits it — so once `POST /cancel` has answered, this
 //! stream sends no further token, only its final `error` event.
 //!
+//! Two counters watch that rule: `tokens_after_cancel` (tokens committed
+//! after the acceptance, measured against the step count the cancel saw;
+//! target 0) and `tokens_discarded` (a step already running when the cancel
+//! landed finished anyway; its token was refused and never sent).
+//!
 //! The stream owns the [`JobHandle`]: it ends the job (and frees its
 //! reservation) right before sending the last event, and when hyper drops the
 //! body because the client went away, `Drop` cancels the job with
@@ -134,9 +139,10 @@ impl Decode {
                     event("token", &TokenEvent { t: text, i: index })
                 }
                 None => {
-                    // The source finished a token in the same instant the
-                    // cancel was accepted; the gate refused it, count it.
-                    self.metrics.tokens_after_cancel.inc();
+                    // This step was already running when the cancel was
+                    // accepted and finished right after: its token is
+                    // refused by the gate, never sent, and counted.
+                    self.metrics.tokens_discarded.inc();
                     self.stopped()
                 }
             },
@@ -227,6 +233,9 @@ impl Decode {
         // The token stream first: for an upstream this closes the connection.
         drop(self.tokens.take());
         if let Some(job) = self.job.take() {
+            self.metrics
+                .tokens_after_cancel
+                .inc_by(job.steps_after_cancel());
             match outcome {
                 Some(outcome) => job.finish(outcome),
                 None => drop(job),
@@ -245,6 +254,9 @@ impl Drop for Decode {
             job.cancel(CancelReason::ClientGone);
             tracing::info!(tokens = job.steps(), "client went away; job cancelled");
             drop(self.tokens.take());
+            self.metrics
+                .tokens_after_cancel
+                .inc_by(job.steps_after_cancel());
             drop(job);
             self.metrics.stream_ended("client_gone");
         }

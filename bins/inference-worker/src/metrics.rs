@@ -16,6 +16,7 @@ pub(crate) struct WorkerMetrics {
     pub(crate) streams_ended: Family<ReasonLabels, Counter>,
     pub(crate) tokens: Counter,
     pub(crate) tokens_after_cancel: Counter,
+    pub(crate) tokens_discarded: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -56,8 +57,13 @@ impl WorkerMetrics {
         registry.register("tokens", "Tokens sent to clients", self.tokens.clone());
         registry.register(
             "tokens_after_cancel",
-            "Tokens the source produced after the job's cancel was accepted (discarded, never sent); target 0",
+            "Tokens committed to a stream after its job's cancel was accepted; target 0",
             self.tokens_after_cancel.clone(),
+        );
+        registry.register(
+            "tokens_discarded",
+            "Tokens of a decode step in flight when the cancel was accepted, refused by the step gate and never sent",
+            self.tokens_discarded.clone(),
         );
     }
 }

@@ -93,6 +93,16 @@ async fn no_token_is_generated_after_the_cancel_was_accepted() {
             .await,
         0.0
     );
+    assert_eq!(
+        worker
+            .metric("inference_worker_tokens_discarded_total")
+            .await,
+        0.0
+    );
+    assert_eq!(
+        worker.metric("job_tracker_steps_after_cancel_total").await,
+        0.0
+    );
     assert_eq!(worker.worker.tracker().get("gate").unwrap().steps, 1);
 }
 

@@ -106,6 +106,14 @@ impl JobHandle {
         self.shared.steps()
     }
 
+    /// Steps committed after the cancel was accepted: the step count now
+    /// minus the count the cancel saw when it closed the gate. The gate makes
+    /// this 0; it is measured, not assumed, so a regression shows up in the
+    /// `job_tracker_steps_after_cancel` metric.
+    pub fn steps_after_cancel(&self) -> u64 {
+        self.shared.steps_after_cancel()
+    }
+
     /// Cancels this job from the inside (for example because its client went
     /// away). Returns `false` when it was already cancelled; the first reason
     /// wins.
@@ -139,10 +147,13 @@ impl Drop for JobHandle {
             None => JobOutcome::Abandoned,
         });
         if let Some(accepted) = self.shared.accepted_at.get() {
-            self.tracker
-                .metrics
+            let metrics = &self.tracker.metrics;
+            metrics
                 .cancel_to_stop
                 .observe(accepted.elapsed().as_secs_f64());
+            metrics
+                .steps_after_cancel
+                .inc_by(self.shared.steps_after_cancel());
         }
         // Units first: once a cancel can answer `Finished`, they are free.
         drop(self.reservation.take());
@@ -162,6 +173,8 @@ pub(crate) struct JobShared {
     steps: AtomicU64,
     /// 0 while running, else the [`CancelReason`] code of the first cancel.
     reason: AtomicU8,
+    /// Committed steps when the cancel closed the gate (`u64::MAX` before).
+    steps_at_cancel: AtomicU64,
     pub(crate) accepted_at: OnceLock<Instant>,
     pub(crate) started_wall: Timestamp,
     pub(crate) deadline: Option<Instant>,
@@ -185,6 +198,7 @@ impl JobShared {
             token: CancellationToken::new(),
             steps: AtomicU64::new(0),
             reason: AtomicU8::new(0),
+            steps_at_cancel: AtomicU64::new(u64::MAX),
             accepted_at: OnceLock::new(),
             started_wall: Timestamp::now(),
             deadline,
@@ -205,7 +219,9 @@ impl JobShared {
             return false;
         }
         let _ = self.accepted_at.set(Instant::now());
-        self.steps.fetch_or(CANCEL_ACCEPTED, Ordering::AcqRel);
+        let before = self.steps.fetch_or(CANCEL_ACCEPTED, Ordering::AcqRel);
+        self.steps_at_cancel
+            .store(before & !CANCEL_ACCEPTED, Ordering::Release);
         self.token.cancel();
         true
     }
@@ -225,6 +241,13 @@ impl JobShared {
 
     pub(crate) fn steps(&self) -> u64 {
         self.steps.load(Ordering::Acquire) & !CANCEL_ACCEPTED
+    }
+
+    pub(crate) fn steps_after_cancel(&self) -> u64 {
+        match self.steps_at_cancel.load(Ordering::Acquire) {
+            u64::MAX => 0,
+            at_cancel => self.steps().saturating_sub(at_cancel),
+        }
     }
 
     pub(crate) fn reason(&self) -> Option<CancelReason> {

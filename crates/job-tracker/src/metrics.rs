@@ -21,6 +21,7 @@ pub(crate) struct Metrics {
     pub(crate) finished: Family<FinishedLabels, Counter>,
     pub(crate) cancel_requests: Family<CancelLabels, Counter>,
     pub(crate) cancel_to_stop: Histogram,
+    pub(crate) steps_after_cancel: Counter,
     pub(crate) rejected: Family<RejectedLabels, Counter>,
 }
 
@@ -51,6 +52,7 @@ impl Metrics {
             // past a few seconds already breaks the 5 s cancellation promise.
             cancel_to_stop: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
             rejected: Family::default(),
+            steps_after_cancel: Counter::default(),
         }
     }
 
@@ -97,6 +99,11 @@ impl Metrics {
             "Time from an accepted cancel until the job stopped",
             Unit::Seconds,
             self.cancel_to_stop.clone(),
+        );
+        registry.register(
+            "steps_after_cancel",
+            "Steps committed after their job's cancel was accepted (target 0)",
+            self.steps_after_cancel.clone(),
         );
         registry.register(
             "reserved_units",

@@ -116,6 +116,7 @@ fn no_step_is_committed_after_an_accepted_cancel() {
         );
         let at_acceptance = job.steps();
         stepper.join().unwrap();
+        assert_eq!(job.steps_after_cancel(), 0, "round {round}");
         assert_eq!(job.commit_step(), None);
         assert_eq!(
             job.steps(),
@@ -449,6 +450,7 @@ fn metrics_count_jobs_cancels_and_reserved_units() {
         r#"job_tracker_jobs_finished_total{outcome="cancelled",reason="client_request"} 1"#,
         r#"job_tracker_jobs_rejected_total{reason="duplicate"} 1"#,
         "job_tracker_cancel_to_stop_seconds_count 1",
+        "job_tracker_steps_after_cancel_total 0",
     ] {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }
