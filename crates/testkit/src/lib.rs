@@ -8,3 +8,4 @@ pub mod calls;
 pub mod faults;
 pub mod github;
 pub mod history;
+pub mod kube;

@@ -5,7 +5,8 @@
 //! and aggregated discovery (`apidiscovery.k8s.io/v2`, served when the
 //! client's `Accept` asks for it, as kubectl and
 //! `Discovery::run_aggregated` do) are generated from the registered types,
-//! so a CRD shows up the moment it is registered. The rule it keeps: **every
+//! so a CRD shows up the moment it is registered. A minimal OpenAPI v3
+//! index tells kubectl the server validates fields itself. The rule it keeps: **every
 //! served type is listed with the verbs the fake really implements**.
 
 use std::collections::BTreeMap;
@@ -155,20 +156,91 @@ pub(crate) fn aggregated(types: &[ResourceType], core: bool) -> Value {
     })
 }
 
-/// `GET /openapi/v2` and `/openapi/v3`: an empty but valid document, so
-/// clients that fetch it for optional features (kubectl's validation and
-/// `explain`) get an answer instead of an error.
-pub(crate) fn openapi(path: &str) -> Value {
-    if path.starts_with("/openapi/v3") {
-        json!({"paths": {}})
-    } else {
-        json!({
-            "swagger": "2.0",
-            "info": {"title": "fake-kube", "version": "v1.33.0"},
-            "paths": {},
-            "definitions": {},
-        })
+/// `GET /openapi/v3[/<api path>]`: just enough OpenAPI v3 for clients
+/// that probe it. kubectl looks up each kind's PATCH operation there to learn
+/// that the server accepts `fieldValidation` (it then leaves validation to
+/// the server instead of downloading the protobuf OpenAPI v2 document), so
+/// every served type gets a PATCH path carrying its group-version-kind and
+/// that parameter; there are no schemas. `None` for an unknown path.
+/// (`/openapi/v2` is not served: 404.)
+pub(crate) fn openapi_v3(types: &[ResourceType], path: &str) -> Option<Value> {
+    let rest = path.strip_prefix("/openapi/v3")?.trim_matches('/');
+    let all = groups(types);
+    if rest.is_empty() {
+        // The hash lets clients cache a document until the types change.
+        let hash = fnv1a(&format!("{types:?}"));
+        let mut paths = serde_json::Map::new();
+        for (g, versions) in &all {
+            for v in versions {
+                let key = api_path(g, v);
+                paths.insert(
+                    key.clone(),
+                    json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash={hash:016X}")}),
+                );
+            }
+        }
+        return Some(json!({"paths": paths}));
     }
+    let (group, version) = match rest.split('/').collect::<Vec<_>>().as_slice() {
+        ["api", v] => (String::new(), (*v).to_owned()),
+        ["apis", g, v] => ((*g).to_owned(), (*v).to_owned()),
+        _ => return None,
+    };
+    let served: Vec<&ResourceType> = types
+        .iter()
+        .filter(|t| t.group == group && t.serves(&version))
+        .collect();
+    if served.is_empty() {
+        return None;
+    }
+    let mut paths = serde_json::Map::new();
+    for t in served {
+        let scope = if t.namespaced {
+            "namespaces/{namespace}/"
+        } else {
+            ""
+        };
+        let object_path = format!(
+            "/{}/{scope}{}/{{name}}",
+            api_path(&group, &version),
+            t.plural
+        );
+        let patch = json!({
+            "operationId": format!("patch{}", t.kind),
+            "x-kubernetes-action": "patch",
+            "x-kubernetes-group-version-kind": {"group": group, "version": version, "kind": t.kind},
+            "parameters": [
+                {"name": "dryRun", "in": "query", "schema": {"type": "string"}},
+                {"name": "fieldManager", "in": "query", "schema": {"type": "string"}},
+                {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}},
+                {"name": "force", "in": "query", "schema": {"type": "boolean"}},
+            ],
+            "responses": {"200": {"description": "OK"}},
+        });
+        paths.insert(object_path, json!({"patch": patch}));
+    }
+    Some(json!({
+        "openapi": "3.0.0",
+        "info": {"title": "fake-kube", "version": "v1.33.0"},
+        "paths": paths,
+        "components": {"schemas": {}},
+    }))
+}
+
+/// `api/v1` or `apis/<group>/<version>`.
+fn api_path(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        format!("api/{version}")
+    } else {
+        format!("apis/{group}/{version}")
+    }
+}
+
+/// A small stable hash (FNV-1a), for cache-busting URLs.
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn aggregated_resource(t: &ResourceType, version: &str) -> Value {
@@ -240,6 +312,28 @@ mod tests {
         assert!(names.contains(&"configmaps"));
         assert!(names.contains(&"pods/status"));
         assert!(resource_list(&builtin_types(), "", "v2").is_none());
+    }
+
+    #[test]
+    fn openapi_v3_advertises_field_validation_on_each_kind() {
+        let types = builtin_types();
+        let root = openapi_v3(&types, "/openapi/v3").unwrap();
+        let url = root["paths"]["apis/coordination.k8s.io/v1"]["serverRelativeURL"]
+            .as_str()
+            .unwrap();
+        assert!(url.starts_with("/openapi/v3/apis/coordination.k8s.io/v1?hash="));
+        let doc = openapi_v3(&types, "/openapi/v3/apis/coordination.k8s.io/v1").unwrap();
+        let patch = &doc["paths"]["/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}"]
+            ["patch"];
+        assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "Lease");
+        assert!(
+            patch["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "fieldValidation")
+        );
+        assert!(openapi_v3(&types, "/openapi/v3/apis/nope/v1").is_none());
     }
 
     #[test]

@@ -57,9 +57,12 @@
 //! cm.metadata.name = Some("state".into());
 //! let created = cms.create(&PostParams::default(), &cm).await?;
 //!
-//! // A write with the old resourceVersion after someone else's write: 409.
-//! cms.replace("state", &PostParams::default(), &created).await?;
-//! let err = cms.replace("state", &PostParams::default(), &created).await.unwrap_err();
+//! // Two writers both read `created`; the first write wins, the second
+//! // carries a stale resourceVersion and gets 409 Conflict.
+//! let mut next = created.clone();
+//! next.data = Some([("state.json".to_owned(), "{}".to_owned())].into());
+//! cms.replace("state", &PostParams::default(), &next).await?;
+//! let err = cms.replace("state", &PostParams::default(), &next).await.unwrap_err();
 //! assert!(matches!(err, kube::Error::Api(s) if s.code == 409 && s.reason == "Conflict"));
 //! assert_eq!(kube.calls().count(Some("update"), Some("configmaps")), 2);
 //! # Ok::<_, Box<dyn std::error::Error>>(())
@@ -278,9 +281,8 @@ impl FakeKubeBuilder {
             .await
             .map_err(bind_error)?;
         let addr = listener.local_addr().map_err(bind_error)?;
-        let url = Url::parse(&format!("http://{addr}/")).map_err(|e| {
-            bind_error(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
-        })?;
+        let url = Url::parse(&format!("http://{addr}/"))
+            .map_err(|e| bind_error(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
 
         let mut store = Store::new(StoreConfig {
             history_limit: self.history,
@@ -312,9 +314,7 @@ impl FakeKubeBuilder {
 
         let config = client_config(&url);
         let client = ::kube::Client::try_from(config).map_err(|e| Error::Client(Box::new(e)))?;
-        shared
-            .tasks
-            .spawn(server::serve(listener, shared.clone()));
+        shared.tasks.spawn(server::serve(listener, shared.clone()));
         tracing::debug!(%url, "fake-kube started");
         Ok(FakeKube {
             shared,
@@ -482,7 +482,9 @@ fn register_crd(shared: &Shared, crd: &CustomResourceDefinition) -> Result<(), E
         }
         other => other,
     };
-    result.map(drop).map_err(|e| Error::InvalidResource(e.message))
+    result
+        .map(drop)
+        .map_err(|e| Error::InvalidResource(e.message))
 }
 
 fn write_kubeconfig(path: &Path, url: &Url) -> Result<(), Error> {
@@ -499,8 +501,15 @@ fn write_kubeconfig(path: &Path, url: &Url) -> Result<(), Error> {
          current-context: fake-kube\n\
          preferences: {{}}\n"
     );
-    std::fs::write(path, text).map_err(|source| Error::Kubeconfig {
+    // Written beside the target and renamed into place, so a reader polling
+    // for the file never sees half of it.
+    let error = |source| Error::Kubeconfig {
         path: path.to_owned(),
         source,
-    })
+    };
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    std::fs::write(&partial, text).map_err(error)?;
+    std::fs::rename(&partial, path).map_err(error)
 }

@@ -51,9 +51,7 @@ pub(crate) fn parse_body(kind: PatchKind, body: &[u8]) -> Result<Value, ApiError
         Err(json_err) if kind == PatchKind::Apply => serde_yaml::from_slice(body).map_err(|e| {
             ApiError::bad_request(format!("error decoding YAML: {e} (as JSON: {json_err})"))
         }),
-        Err(e) => Err(ApiError::bad_request(format!(
-            "error decoding patch: {e}"
-        ))),
+        Err(e) => Err(ApiError::bad_request(format!("error decoding patch: {e}"))),
     }
 }
 
@@ -105,11 +103,19 @@ mod tests {
     #[test]
     fn merge_patch_null_deletes_and_json_patch_test_can_fail() {
         let cur = json!({"metadata": {"labels": {"a": "1", "b": "2"}}});
-        let merged = apply(PatchKind::Merge, &cur, &json!({"metadata": {"labels": {"a": null}}})).unwrap();
+        let merged = apply(
+            PatchKind::Merge,
+            &cur,
+            &json!({"metadata": {"labels": {"a": null}}}),
+        )
+        .unwrap();
         assert_eq!(merged, json!({"metadata": {"labels": {"b": "2"}}}));
 
         let failing = json!([{"op": "test", "path": "/metadata/labels/a", "value": "9"}]);
-        assert_eq!(apply(PatchKind::Json, &cur, &failing).unwrap_err().code, 422);
+        assert_eq!(
+            apply(PatchKind::Json, &cur, &failing).unwrap_err().code,
+            422
+        );
     }
 
     #[test]

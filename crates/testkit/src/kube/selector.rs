@@ -47,7 +47,11 @@ impl LabelSelector {
                     validate_key(&key)?;
                     requirements.push(requirement(&mut lexer, key)?);
                 }
-                other => return Err(format!("found '{other}', expected: !, identifier, or 'end of string'")),
+                other => {
+                    return Err(format!(
+                        "found '{other}', expected: !, identifier, or 'end of string'"
+                    ));
+                }
             }
             match lexer.next()? {
                 Token::End => break,
@@ -101,7 +105,9 @@ impl FieldSelector {
             } else if let Some((f, v)) = term.split_once('=') {
                 (f, true, v)
             } else {
-                return Err(format!("invalid selector: '{text}'; can't understand '{term}'"));
+                return Err(format!(
+                    "invalid selector: '{text}'; can't understand '{term}'"
+                ));
             };
             let field = field.trim();
             let known = field == "metadata.name"
@@ -172,9 +178,9 @@ fn requirement(lexer: &mut Lexer<'_>, key: String) -> Result<Requirement, String
         Token::Gt | Token::Lt => {
             let gt = lexer.next()? == Token::Gt;
             let v = lexer.value()?;
-            let n: i64 = v
-                .parse()
-                .map_err(|_| format!("for 'Gt', 'Lt' operators, the value must be an integer: {v}"))?;
+            let n: i64 = v.parse().map_err(|_| {
+                format!("for 'Gt', 'Lt' operators, the value must be an integer: {v}")
+            })?;
             Ok(if gt {
                 Requirement::GreaterThan(key, n)
             } else {
@@ -344,7 +350,9 @@ fn validate_key(key: &str) -> Result<(), String> {
                     && !part.ends_with('-')
             });
         if !ok {
-            return Err(format!("invalid label key \"{key}\": prefix part must be a DNS subdomain"));
+            return Err(format!(
+                "invalid label key \"{key}\": prefix part must be a DNS subdomain"
+            ));
         }
     }
     if name.is_empty() || !is_label_name(name) {
@@ -438,7 +446,10 @@ mod tests {
         assert!(sel("missing!=x").matches(&l), "!= matches a missing key");
         assert!(sel("app in (api, web)").matches(&l));
         assert!(!sel("app notin (api,web)").matches(&l));
-        assert!(sel("missing notin (a)").matches(&l), "notin matches a missing key");
+        assert!(
+            sel("missing notin (a)").matches(&l),
+            "notin matches a missing key"
+        );
         assert!(!sel("missing in (a)").matches(&l));
         assert!(sel("tier").matches(&l));
         assert!(sel("!missing").matches(&l));
@@ -454,7 +465,16 @@ mod tests {
 
     #[test]
     fn malformed_label_selectors_are_rejected() {
-        for bad in ["=x", "app in ()", "app in (a", "app=web,,", "a b", "-bad=x", "n>x", "app=we b"] {
+        for bad in [
+            "=x",
+            "app in ()",
+            "app in (a",
+            "app=web,,",
+            "a b",
+            "-bad=x",
+            "n>x",
+            "app=we b",
+        ] {
             assert!(LabelSelector::parse(bad).is_err(), "{bad} should not parse");
         }
     }
@@ -463,10 +483,23 @@ mod tests {
     fn field_selectors_match_name_namespace_and_declared_fields() {
         let mut t = ResourceType::new("", "v1", "pods", "Pod", true);
         t.selectable_fields = vec!["status.phase".to_owned()];
-        let pod = json!({"metadata": {"name": "p1", "namespace": "ns"}, "status": {"phase": "Running"}});
-        assert!(FieldSelector::parse("metadata.name=p1", &t).unwrap().matches(&pod));
-        assert!(FieldSelector::parse("metadata.namespace==ns,status.phase!=Failed", &t).unwrap().matches(&pod));
-        assert!(!FieldSelector::parse("metadata.name!=p1", &t).unwrap().matches(&pod));
+        let pod =
+            json!({"metadata": {"name": "p1", "namespace": "ns"}, "status": {"phase": "Running"}});
+        assert!(
+            FieldSelector::parse("metadata.name=p1", &t)
+                .unwrap()
+                .matches(&pod)
+        );
+        assert!(
+            FieldSelector::parse("metadata.namespace==ns,status.phase!=Failed", &t)
+                .unwrap()
+                .matches(&pod)
+        );
+        assert!(
+            !FieldSelector::parse("metadata.name!=p1", &t)
+                .unwrap()
+                .matches(&pod)
+        );
         assert!(FieldSelector::parse("spec.nodeName=n", &t).is_err());
     }
 }

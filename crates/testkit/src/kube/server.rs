@@ -119,7 +119,10 @@ impl fmt::Display for InjectedDrop {
 
 impl std::error::Error for InjectedDrop {}
 
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, InjectedDrop> {
+async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, InjectedDrop> {
     let query = parse_query(req.uri().query());
     let route = Route::parse(req.method(), req.uri().path(), &query);
     let (verb, resource) = route.call_name();
@@ -138,7 +141,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         FaultDecision::Fail(err) => {
             let code = err.status().unwrap_or(500);
             count.outcome = Outcome::Injected(code);
-            return Ok(error_response(&ApiError::injected(code, err.retry_after_secs())));
+            return Ok(error_response(&ApiError::injected(
+                code,
+                err.retry_after_secs(),
+            )));
         }
     }
     let (response, outcome) = match route {
@@ -252,10 +258,7 @@ impl Route {
             [plural, name, sub] => (None, *plural, Some(*name), Some(*sub)),
             _ => return Route::NotFound,
         };
-        let watch = legacy_watch
-            || query
-                .get("watch")
-                .is_some_and(|w| w == "true" || w == "1");
+        let watch = legacy_watch || query.get("watch").is_some_and(|w| w == "true" || w == "1");
         Route::Resource(ResourceRoute {
             method: method.clone(),
             group,
@@ -307,11 +310,16 @@ fn serve_other(shared: &Shared, route: &Route, req: &Request<Incoming>) -> Respo
     match route {
         Route::Health => text_response(StatusCode::OK, "ok"),
         Route::Version => json_response(StatusCode::OK, &discovery::version()),
-        Route::OpenApi(path) => json_response(StatusCode::OK, &discovery::openapi(path)),
+        Route::OpenApi(path) => match discovery::openapi_v3(&types(), path) {
+            Some(doc) => json_response(StatusCode::OK, &doc),
+            None => error_response(&ApiError::no_route()),
+        },
         Route::CoreVersions if discovery::wants_aggregated(&accept) => {
             aggregated_response(&discovery::aggregated(&types(), true))
         }
-        Route::CoreVersions => json_response(StatusCode::OK, &discovery::core_versions(&shared.address)),
+        Route::CoreVersions => {
+            json_response(StatusCode::OK, &discovery::core_versions(&shared.address))
+        }
         Route::Groups if discovery::wants_aggregated(&accept) => {
             aggregated_response(&discovery::aggregated(&types(), false))
         }
@@ -397,7 +405,15 @@ async fn serve_resource_inner(
                 limit,
                 query.get("continue").map(String::as_str),
             )?;
-            ok(StatusCode::OK, render.list(&page.items, page.resource_version, page.continue_token, page.remaining))
+            ok(
+                StatusCode::OK,
+                render.list(
+                    &page.items,
+                    page.resource_version,
+                    page.continue_token,
+                    page.remaining,
+                ),
+            )
         }
         "watch" => {
             let mut fields = field_selector(query, &t)?;
@@ -416,7 +432,9 @@ async fn serve_resource_inner(
                 },
                 send_initial_events: query.get("sendInitialEvents").is_some_and(|s| s == "true"),
             };
-            let bookmarks = query.get("allowWatchBookmarks").is_some_and(|b| b == "true");
+            let bookmarks = query
+                .get("allowWatchBookmarks")
+                .is_some_and(|b| b == "true");
             let send_initial = request.send_initial_events;
             let timeout = query
                 .get("timeoutSeconds")
@@ -431,7 +449,12 @@ async fn serve_resource_inner(
                     let response = stream_response(Full::new(watch::error_event(&err)).boxed());
                     Ok((response, Outcome::Error(err.code)))
                 }
-                WatchStart::Started { initial, initial_rv, live, id } => {
+                WatchStart::Started {
+                    initial,
+                    initial_rv,
+                    live,
+                    id,
+                } => {
                     let stream = WatchStream {
                         shared: shared.clone(),
                         render,
@@ -457,7 +480,9 @@ async fn serve_resource_inner(
         "update" => {
             let name = r.name.clone().unwrap_or_default();
             let body = read_json(req, shared.options.max_body).await?;
-            let obj = shared.store().update(&t, &namespace, &name, body, status_only, dry_run)?;
+            let obj = shared
+                .store()
+                .update(&t, &namespace, &name, body, status_only, dry_run)?;
             ok(StatusCode::OK, render.object(&obj))
         }
         "patch" => {
@@ -473,8 +498,14 @@ async fn serve_resource_inner(
             }
             let body = read_bytes(req, shared.options.max_body).await?;
             let (obj, created) =
-                shared.store().patch(&t, &namespace, &name, kind, &body, status_only, dry_run)?;
-            let code = if created { StatusCode::CREATED } else { StatusCode::OK };
+                shared
+                    .store()
+                    .patch(&t, &namespace, &name, kind, &body, status_only, dry_run)?;
+            let code = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
             ok(code, render.object(&obj))
         }
         "delete" => {
@@ -558,13 +589,22 @@ impl Render {
     /// `apiVersion` and `kind` of objects in this response.
     pub fn type_meta(&self) -> (String, String) {
         if self.metadata_only {
-            ("meta.k8s.io/v1".to_owned(), "PartialObjectMetadata".to_owned())
+            (
+                "meta.k8s.io/v1".to_owned(),
+                "PartialObjectMetadata".to_owned(),
+            )
         } else {
             (self.api_version.clone(), self.kind.clone())
         }
     }
 
-    fn list(&self, items: &[Value], rv: u64, continue_token: Option<String>, remaining: Option<u64>) -> Value {
+    fn list(
+        &self,
+        items: &[Value],
+        rv: u64,
+        continue_token: Option<String>,
+        remaining: Option<u64>,
+    ) -> Value {
         let mut metadata = json!({"resourceVersion": rv.to_string()});
         if let Some(token) = continue_token {
             metadata["continue"] = json!(token);
@@ -573,7 +613,10 @@ impl Render {
             metadata["remainingItemCount"] = json!(n);
         }
         let (api_version, kind) = if self.metadata_only {
-            ("meta.k8s.io/v1".to_owned(), "PartialObjectMetadataList".to_owned())
+            (
+                "meta.k8s.io/v1".to_owned(),
+                "PartialObjectMetadataList".to_owned(),
+            )
         } else {
             (self.api_version.clone(), format!("{}List", self.kind))
         };
@@ -591,7 +634,10 @@ fn label_selector(query: &BTreeMap<String, String>) -> Result<LabelSelector, Api
         .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))
 }
 
-fn field_selector(query: &BTreeMap<String, String>, t: &ResourceType) -> Result<FieldSelector, ApiError> {
+fn field_selector(
+    query: &BTreeMap<String, String>,
+    t: &ResourceType,
+) -> Result<FieldSelector, ApiError> {
     FieldSelector::parse(query.get("fieldSelector").map_or("", String::as_str), t)
         .map_err(ApiError::bad_request)
 }
@@ -637,7 +683,9 @@ async fn read_bytes(req: Request<Incoming>, max: usize) -> Result<Bytes, ApiErro
     match Limited::new(req.into_body(), max).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(max)),
-        Err(e) => Err(ApiError::bad_request(format!("reading the request body: {e}"))),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "reading the request body: {e}"
+        ))),
     }
 }
 
@@ -648,7 +696,9 @@ async fn read_json(req: Request<Incoming>, max: usize) -> Result<Value, ApiError
             // kubectl and hand-written requests may send YAML.
             serde_yaml::from_slice(&bytes).map_err(|_| json_err)
         })
-        .map_err(|e| ApiError::bad_request(format!("the body of the request could not be decoded: {e}")))
+        .map_err(|e| {
+            ApiError::bad_request(format!("the body of the request could not be decoded: {e}"))
+        })
 }
 
 fn parse_query(query: Option<&str>) -> BTreeMap<String, String> {
@@ -668,9 +718,10 @@ fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> String {
 pub(crate) fn json_response(code: StatusCode, body: &Value) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
     *response.status_mut() = code;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -695,8 +746,14 @@ fn text_response(code: StatusCode, text: &'static str) -> Response<Body> {
 fn stream_response(body: Body) -> Response<Body> {
     let mut response = Response::new(body);
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, private"),
+    );
     response
 }
 
@@ -722,18 +779,90 @@ mod tests {
     #[test]
     fn paths_map_to_verbs_and_resources() {
         let cases = [
-            (Method::GET, "/api/v1/namespaces/ns/configmaps/cm", "", "get", "configmaps"),
-            (Method::GET, "/api/v1/namespaces/ns/configmaps", "", "list", "configmaps"),
-            (Method::GET, "/api/v1/configmaps", "watch=true", "watch", "configmaps"),
-            (Method::GET, "/api/v1/watch/namespaces/ns/pods", "", "watch", "pods"),
-            (Method::POST, "/apis/coordination.k8s.io/v1/namespaces/ns/leases", "", "create", "leases"),
-            (Method::PUT, "/apis/coordination.k8s.io/v1/namespaces/ns/leases/l", "", "update", "leases"),
-            (Method::PATCH, "/apis/x.dev/v1/namespaces/ns/coderuns/r/status", "", "patch", "coderuns/status"),
-            (Method::DELETE, "/api/v1/namespaces/ns/pods/p", "", "delete", "pods"),
-            (Method::DELETE, "/api/v1/namespaces/ns/pods", "", "deletecollection", "pods"),
-            (Method::GET, "/api/v1/namespaces/ns", "", "get", "namespaces"),
-            (Method::PUT, "/api/v1/namespaces/ns/status", "", "update", "namespaces/status"),
-            (Method::GET, "/apis/coordination.k8s.io/v1", "", "get", "discovery"),
+            (
+                Method::GET,
+                "/api/v1/namespaces/ns/configmaps/cm",
+                "",
+                "get",
+                "configmaps",
+            ),
+            (
+                Method::GET,
+                "/api/v1/namespaces/ns/configmaps",
+                "",
+                "list",
+                "configmaps",
+            ),
+            (
+                Method::GET,
+                "/api/v1/configmaps",
+                "watch=true",
+                "watch",
+                "configmaps",
+            ),
+            (
+                Method::GET,
+                "/api/v1/watch/namespaces/ns/pods",
+                "",
+                "watch",
+                "pods",
+            ),
+            (
+                Method::POST,
+                "/apis/coordination.k8s.io/v1/namespaces/ns/leases",
+                "",
+                "create",
+                "leases",
+            ),
+            (
+                Method::PUT,
+                "/apis/coordination.k8s.io/v1/namespaces/ns/leases/l",
+                "",
+                "update",
+                "leases",
+            ),
+            (
+                Method::PATCH,
+                "/apis/x.dev/v1/namespaces/ns/coderuns/r/status",
+                "",
+                "patch",
+                "coderuns/status",
+            ),
+            (
+                Method::DELETE,
+                "/api/v1/namespaces/ns/pods/p",
+                "",
+                "delete",
+                "pods",
+            ),
+            (
+                Method::DELETE,
+                "/api/v1/namespaces/ns/pods",
+                "",
+                "deletecollection",
+                "pods",
+            ),
+            (
+                Method::GET,
+                "/api/v1/namespaces/ns",
+                "",
+                "get",
+                "namespaces",
+            ),
+            (
+                Method::PUT,
+                "/api/v1/namespaces/ns/status",
+                "",
+                "update",
+                "namespaces/status",
+            ),
+            (
+                Method::GET,
+                "/apis/coordination.k8s.io/v1",
+                "",
+                "get",
+                "discovery",
+            ),
         ];
         for (method, path, query, verb, resource) in cases {
             let (v, r) = route(&method, path, query).call_name();
@@ -746,10 +875,16 @@ mod tests {
         let Route::Resource(r) = route(&Method::GET, "/api/v1/namespaces/team-a", "") else {
             panic!("not a resource route");
         };
-        assert_eq!((r.plural.as_str(), r.name.as_deref()), ("namespaces", Some("team-a")));
+        assert_eq!(
+            (r.plural.as_str(), r.name.as_deref()),
+            ("namespaces", Some("team-a"))
+        );
         let Route::Resource(r) = route(&Method::GET, "/api/v1/namespaces/team-a/pods", "") else {
             panic!("not a resource route");
         };
-        assert_eq!((r.plural.as_str(), r.namespace.as_deref()), ("pods", Some("team-a")));
+        assert_eq!(
+            (r.plural.as_str(), r.namespace.as_deref()),
+            ("pods", Some("team-a"))
+        );
     }
 }

@@ -149,7 +149,9 @@ impl ApiError {
         Self::new(
             415,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json; got {content_type:?}"),
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json; got {content_type:?}"
+            ),
         )
     }
 
@@ -157,12 +159,27 @@ impl ApiError {
     /// reason the real server uses for that code.
     pub fn injected(code: u16, retry_after: Option<u64>) -> Self {
         let (reason, message) = match code {
-            429 => ("TooManyRequests", "Too many requests, please try again later."),
+            429 => (
+                "TooManyRequests",
+                "Too many requests, please try again later.",
+            ),
             500 => ("InternalError", "Internal error occurred: injected fault"),
-            503 => ("ServiceUnavailable", "The server is currently unable to handle the request"),
-            504 => ("Timeout", "The server was unable to return a response in the time allotted"),
-            409 => ("Conflict", "Operation cannot be fulfilled: injected conflict"),
-            404 => ("NotFound", "the server could not find the requested resource"),
+            503 => (
+                "ServiceUnavailable",
+                "The server is currently unable to handle the request",
+            ),
+            504 => (
+                "Timeout",
+                "The server was unable to return a response in the time allotted",
+            ),
+            409 => (
+                "Conflict",
+                "Operation cannot be fulfilled: injected conflict",
+            ),
+            404 => (
+                "NotFound",
+                "the server could not find the requested resource",
+            ),
             _ => ("InternalError", "injected fault"),
         };
         let mut err = Self::new(code, reason, message);

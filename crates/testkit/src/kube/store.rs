@@ -223,7 +223,8 @@ impl Store {
     }
 
     fn unregister(&mut self, group: &str, plural: &str) {
-        self.types.retain(|t| !(t.group == group && t.plural == plural));
+        self.types
+            .retain(|t| !(t.group == group && t.plural == plural));
         self.objects
             .retain(|k, _| !(k.group == group && k.plural == plural));
     }
@@ -306,7 +307,11 @@ impl Store {
                 "resourceVersion should not be set on objects to be created",
             ));
         }
-        let given = meta.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let given = meta
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         let generate = meta
             .get("generateName")
             .and_then(Value::as_str)
@@ -340,7 +345,12 @@ impl Store {
         meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
         meta.insert("creationTimestamp".into(), json!(now()));
         meta.insert("resourceVersion".into(), json!(rv.to_string()));
-        for system in ["deletionTimestamp", "deletionGracePeriodSeconds", "managedFields", "selfLink"] {
+        for system in [
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "managedFields",
+            "selfLink",
+        ] {
             meta.remove(system);
         }
         if t.tracks_generation {
@@ -432,7 +442,9 @@ impl Store {
             return Err(ApiError::precondition_failed(
                 t,
                 name,
-                &format!("ResourceVersion in precondition: {want}, ResourceVersion in object meta: {rv}"),
+                &format!(
+                    "ResourceVersion in precondition: {want}, ResourceVersion in object meta: {rv}"
+                ),
             ));
         }
 
@@ -486,9 +498,7 @@ impl Store {
                 json!(timestamp_after(Duration::from_secs(grace.unsigned_abs()))),
             );
             meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
-            if !already
-                && let Some(g) = meta.get("generation").and_then(Value::as_i64)
-            {
+            if !already && let Some(g) = meta.get("generation").and_then(Value::as_i64) {
                 meta.insert("generation".into(), json!(g + 1));
             }
             if kubelet_pending {
@@ -511,7 +521,10 @@ impl Store {
 
     /// The simulated kubelet finished a pod's termination.
     pub fn finish_pod_termination(&mut self, timer: &PodTimer) {
-        if !self.terminating_pods.remove(&(timer.key.clone(), timer.uid.clone())) {
+        if !self
+            .terminating_pods
+            .remove(&(timer.key.clone(), timer.uid.clone()))
+        {
             return;
         }
         if let Some(current) = self.objects.get(&timer.key).cloned() {
@@ -574,7 +587,10 @@ impl Store {
             }
             _ => {
                 for (k, o) in self.objects.range(type_range(t)) {
-                    if request.namespace.as_ref().is_none_or(|ns| *ns == k.namespace)
+                    if request
+                        .namespace
+                        .as_ref()
+                        .is_none_or(|ns| *ns == k.namespace)
                         && selects(&request.labels, &request.fields, o)
                     {
                         initial.push(WatchItem {
@@ -696,8 +712,13 @@ impl Store {
             }
             next
         };
-        let obj = next.as_object_mut().ok_or_else(|| ApiError::bad_request("not an object"))?;
-        obj.insert("apiVersion".into(), json!(t.api_version(t.preferred_version())));
+        let obj = next
+            .as_object_mut()
+            .ok_or_else(|| ApiError::bad_request("not an object"))?;
+        obj.insert(
+            "apiVersion".into(),
+            json!(t.api_version(t.preferred_version())),
+        );
         obj.insert("kind".into(), json!(t.kind));
 
         let deleting = current.pointer("/metadata/deletionTimestamp").is_some();
@@ -708,11 +729,16 @@ impl Store {
                     t,
                     name,
                     "metadata.finalizers",
-                    &format!("Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers [\"{added}\"]"),
+                    &format!(
+                        "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers [\"{added}\"]"
+                    ),
                 ));
             }
         }
-        if t.group == "apiextensions.k8s.io" && t.plural == "customresourcedefinitions" && !status_only {
+        if t.group == "apiextensions.k8s.io"
+            && t.plural == "customresourcedefinitions"
+            && !status_only
+        {
             let registered = ResourceType::from_crd(&next)
                 .map_err(|why| ApiError::invalid(t, name, "spec", &why))?;
             if !dry_run {
@@ -724,7 +750,10 @@ impl Store {
             return Ok(next);
         }
         if t.tracks_generation && spec_changed(t, current, &next) {
-            let g = current.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
+            let g = current
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
             metadata_mut(&mut next).insert("generation".into(), json!(g + 1));
         }
         if dry_run {
@@ -736,7 +765,8 @@ impl Store {
             && !self.terminating_pods.contains(&(k.clone(), current_uid))
         {
             // The last finalizer is gone: the deletion completes.
-            metadata_mut(&mut next).insert("resourceVersion".into(), json!((self.rv + 1).to_string()));
+            metadata_mut(&mut next)
+                .insert("resourceVersion".into(), json!((self.rv + 1).to_string()));
             self.remove(&k, &next);
             return Ok(next);
         }
@@ -816,7 +846,9 @@ impl Store {
                     t,
                     &name,
                     "metadata.name",
-                    &format!("Invalid value: \"{name}\": must be spec.names.plural+\".\"+spec.group"),
+                    &format!(
+                        "Invalid value: \"{name}\": must be spec.names.plural+\".\"+spec.group"
+                    ),
                 ));
             }
             let names = obj.pointer("/spec/names").cloned().unwrap_or(Value::Null);
@@ -912,7 +944,12 @@ fn finalizers(object: &Value) -> Vec<String> {
     object
         .pointer("/metadata/finalizers")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -934,7 +971,10 @@ fn spec_changed(t: &ResourceType, before: &Value, after: &Value) -> bool {
 
 fn pod_grace(pod: &Value, opts: &DeleteOptions) -> i64 {
     opts.grace_period_seconds
-        .or_else(|| pod.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+        .or_else(|| {
+            pod.pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+        })
         .unwrap_or(30)
         .max(0)
 }
@@ -943,7 +983,11 @@ fn key(t: &ResourceType, namespace: &str, name: &str) -> ObjKey {
     ObjKey {
         group: t.group.clone(),
         plural: t.plural.clone(),
-        namespace: if t.namespaced { namespace.to_owned() } else { String::new() },
+        namespace: if t.namespaced {
+            namespace.to_owned()
+        } else {
+            String::new()
+        },
         name: name.to_owned(),
     }
 }
@@ -998,15 +1042,24 @@ fn into_object(body: Value, t: &ResourceType) -> Result<Value, ApiError> {
             if !o.get("metadata").is_some_and(Value::is_object) {
                 o.insert("metadata".into(), Value::Object(Map::new()));
             }
-            o.insert("apiVersion".into(), json!(t.api_version(t.preferred_version())));
+            o.insert(
+                "apiVersion".into(),
+                json!(t.api_version(t.preferred_version())),
+            );
             o.insert("kind".into(), json!(t.kind));
             Ok(Value::Object(o))
         }
-        _ => Err(ApiError::bad_request("the request body must be a JSON object")),
+        _ => Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        )),
     }
 }
 
-fn check_namespace(meta: &Map<String, Value>, t: &ResourceType, namespace: &str) -> Result<(), ApiError> {
+fn check_namespace(
+    meta: &Map<String, Value>,
+    t: &ResourceType,
+    namespace: &str,
+) -> Result<(), ApiError> {
     if t.namespaced
         && let Some(ns) = meta.get("namespace").and_then(Value::as_str)
         && !ns.is_empty()
@@ -1026,7 +1079,9 @@ fn metadata_mut(obj: &mut Value) -> &mut Map<String, Value> {
     let Some(o) = obj.as_object_mut() else {
         unreachable!("made an object above")
     };
-    let meta = o.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
+    let meta = o
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Map::new()));
     if !meta.is_object() {
         *meta = Value::Object(Map::new());
     }
@@ -1066,7 +1121,8 @@ fn validate_name(t: &ResourceType, name: &str) -> Result<(), ApiError> {
     let max = if label_only { 63 } else { 253 };
     let part_ok = |p: &str| {
         !p.is_empty()
-            && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && p.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
             && !p.starts_with('-')
             && !p.ends_with('-')
     };
