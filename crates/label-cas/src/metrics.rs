@@ -193,6 +193,20 @@ impl Metrics {
         self.inner.interference.get()
     }
 
+    /// How many rate-limit waits happened for `reason` (`budget` or
+    /// `rejected`).
+    pub fn rate_limit_waits(&self, reason: &str) -> u64 {
+        let reason: &'static str = match reason {
+            "budget" => "budget",
+            "rejected" => "rejected",
+            _ => return 0,
+        };
+        self.inner
+            .rate_limit_waits
+            .get_or_create(&ReasonLabels { reason })
+            .get()
+    }
+
     /// How many 304 answers were seen.
     pub fn not_modified_count(&self) -> u64 {
         self.inner.not_modified.get()
