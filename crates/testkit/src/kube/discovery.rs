@@ -162,7 +162,6 @@ pub(crate) fn aggregated(types: &[ResourceType], core: bool) -> Value {
 /// the server instead of downloading the protobuf OpenAPI v2 document), so
 /// every served type gets a PATCH path carrying its group-version-kind and
 /// that parameter; there are no schemas. `None` for an unknown path.
-/// (`/openapi/v2` is not served: 404.)
 pub(crate) fn openapi_v3(types: &[ResourceType], path: &str) -> Option<Value> {
     let rest = path.strip_prefix("/openapi/v3")?.trim_matches('/');
     let all = groups(types);
@@ -225,6 +224,24 @@ pub(crate) fn openapi_v3(types: &[ResourceType], path: &str) -> Option<Value> {
         "paths": paths,
         "components": {"schemas": {}},
     }))
+}
+
+/// `Content-Type` of the protobuf OpenAPI v2 document.
+pub(crate) const OPENAPI_V2_PROTOBUF: &str =
+    "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+
+/// `GET /openapi/v2` as JSON: a valid Swagger 2.0 document with no paths
+/// and no definitions. (Asked for as protobuf, the server answers an empty
+/// body, which is the protobuf encoding of an empty document.) Older
+/// kubectl versions validate against it and skip kinds it does not
+/// describe, which is every kind.
+pub(crate) fn openapi_v2() -> Value {
+    json!({
+        "swagger": "2.0",
+        "info": {"title": "fake-kube", "version": "v1.33.0"},
+        "paths": {},
+        "definitions": {},
+    })
 }
 
 /// `api/v1` or `apis/<group>/<version>`.

@@ -310,6 +310,18 @@ fn serve_other(shared: &Shared, route: &Route, req: &Request<Incoming>) -> Respo
     match route {
         Route::Health => text_response(StatusCode::OK, "ok"),
         Route::Version => json_response(StatusCode::OK, &discovery::version()),
+        Route::OpenApi(path) if path.trim_end_matches('/') == "/openapi/v2" => {
+            if accept.contains("protobuf") {
+                let mut response = Response::new(Full::new(Bytes::new()).boxed());
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(discovery::OPENAPI_V2_PROTOBUF),
+                );
+                response
+            } else {
+                json_response(StatusCode::OK, &discovery::openapi_v2())
+            }
+        }
         Route::OpenApi(path) => match discovery::openapi_v3(&types(), path) {
             Some(doc) => json_response(StatusCode::OK, &doc),
             None => error_response(&ApiError::no_route()),
