@@ -199,7 +199,9 @@ impl Drop for LockGuard {
             return;
         }
         self.shared.ended.cancel();
-        let claim = self.claim.take();
+        // The key is free for this lock at once: a new acquisition simply
+        // waits (woken by the watch) until the background release lands.
+        drop(self.claim.take());
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 let shared = Arc::clone(&self.shared);
@@ -207,7 +209,6 @@ impl Drop for LockGuard {
                     if let Err(e) = shared.release().await {
                         debug!(lease = %shared.name, error = %e, "background release of a dropped guard failed");
                     }
-                    drop(claim);
                 });
             }
             Err(_) => {
@@ -293,6 +294,20 @@ impl GuardShared {
                 == Some(self.token.transitions)
     }
 
+    /// Whether `lease` is this guard's Lease released with this guard's
+    /// transitions: only this guard's own release produces that state (any
+    /// other acquisition increments the transitions).
+    fn is_released_by_us(&self, lease: &Lease) -> bool {
+        lease.metadata.uid.as_deref() == Some(self.token.lease_uid.as_str())
+            && holder_of(lease).is_none()
+            && lease
+                .spec
+                .as_ref()
+                .and_then(|s| s.lease_transitions)
+                .and_then(|t| u64::try_from(t).ok())
+                == Some(self.token.transitions)
+    }
+
     pub(crate) fn mark_lost(&self, reason: &LossReason) {
         if self.loss.set(reason.clone()).is_ok() {
             warn!(key = %self.key, lease = %self.name, holder = %self.holder, %reason, "lock lost");
@@ -328,7 +343,9 @@ impl GuardShared {
         let backend = &self.lock.backend;
         let namespace = &self.lock.config.namespace;
         let mut state = self.state.lock().await;
-        if state.finished {
+        // `ended` fires before a release takes the state lock: no renewal
+        // may be sent after the holder decided to let go.
+        if state.finished || self.ended.is_cancelled() {
             return Ok(());
         }
         let desired = self.waiting_for();
@@ -436,6 +453,11 @@ impl GuardShared {
                         Ok(Ok(Some(current))) if self.is_ours(&current) => {
                             state.lease = current;
                             continue;
+                        }
+                        Ok(Ok(Some(current))) if self.is_released_by_us(&current) => {
+                            // An earlier attempt landed; only its answer was lost.
+                            self.lock.observe(&self.name, current);
+                            return Ok(());
                         }
                         Ok(Ok(Some(current))) => {
                             let holder = holder_of(&current).unwrap_or_default().to_owned();

@@ -547,6 +547,7 @@ struct Acquisition<'a> {
     last_holder: Option<String>,
     contended: bool,
     started: Instant,
+    retry_after: Option<Duration>,
 }
 
 impl<'a> Acquisition<'a> {
@@ -580,6 +581,7 @@ impl<'a> Acquisition<'a> {
             last_holder: None,
             contended: false,
             started: Instant::now(),
+            retry_after: None,
         })
     }
 
@@ -613,6 +615,7 @@ impl<'a> Acquisition<'a> {
                         return Err(e);
                     }
                     debug!(lease = %self.name, error = %e, "transient failure while acquiring; backing off");
+                    self.retry_after = e.retry_after();
                     self.last_error = Some(e);
                     None
                 }
@@ -650,6 +653,14 @@ impl<'a> Acquisition<'a> {
             View::Unknown | View::Absent => self.create().await,
             View::Stale => self.refresh().await,
             View::Present(observation) => {
+                if observation.holder() == Some(self.holder.as_str()) {
+                    // One of our acquiring writes landed although its answer
+                    // was lost: the holder identity is unique to this
+                    // acquisition, so the Lease is ours — but since when is
+                    // unknown. Renew it (conditionally) to learn a send
+                    // instant the guarantee can be measured from.
+                    return self.adopt(&observation.lease).await;
+                }
                 self.last_holder = observation.holder().map(str::to_owned);
                 match self.inner().judge(&observation) {
                     Judgment::Free => self.take(&observation.lease, false).await,
@@ -680,6 +691,27 @@ impl<'a> Acquisition<'a> {
                 lease,
                 sent_at,
                 takeover,
+            },
+            Err(Error::Conflict { .. }) => Step::Raced,
+            Err(Error::NotFound { .. }) => {
+                self.inner().forget(&self.name);
+                Step::Again(View::Absent)
+            }
+            Err(e) => Step::Failed(e),
+        })
+    }
+
+    async fn adopt(&mut self, ours: &Lease) -> Result<Step, Error> {
+        let mut renewed = ours.clone();
+        renewed
+            .spec
+            .get_or_insert_with(LeaseSpec::default)
+            .renew_time = Some(MicroTime(jiff::Timestamp::now()));
+        Ok(match self.write(Write::Replace(renewed)).await? {
+            Ok((lease, sent_at)) => Step::Acquired {
+                lease,
+                sent_at,
+                takeover: false,
             },
             Err(Error::Conflict { .. }) => Step::Raced,
             Err(Error::NotFound { .. }) => {
@@ -775,7 +807,9 @@ impl<'a> Acquisition<'a> {
         let delay = self
             .backoff
             .next()
-            .unwrap_or(self.inner().config.backoff.max);
+            .unwrap_or(self.inner().config.backoff.max)
+            // A server that asked for a pause (429 Retry-After) gets it.
+            .max(self.retry_after.take().unwrap_or_default());
         let mut wake_at = Instant::now() + delay;
         let mut poll = true;
         if let Some(until) = until

@@ -634,3 +634,15 @@ fn acquisition_release_and_lost_futures_can_be_spawned() {
     let gc = lock.collect_garbage();
     assert_send(&gc);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_key_can_be_acquired_again_right_after_its_guard_is_dropped() {
+    let backend = Instrumented::memory();
+    let lock = lock_on(backend.clone(), "pod-a");
+    let guard = lock.acquire("k", AcquireOptions::new()).await.unwrap();
+    drop(guard);
+
+    let again = lock.acquire("k", AcquireOptions::new()).await.unwrap();
+
+    assert_eq!(again.fencing_token().transitions, 1);
+}

@@ -506,3 +506,85 @@ async fn a_failing_wait_for_walk_does_not_fail_the_acquisition() {
     assert!(matches!(err, Error::Timeout { .. }), "{err}");
     assert_eq!(lock.metrics().deadlocks(), 0);
 }
+
+fn answer_lost() -> Error {
+    Error::Transport {
+        message: "connection reset after the request was sent".into(),
+        source: None,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_acquiring_write_that_landed_without_an_answer_is_recognised_as_ours() {
+    let mut m = mock();
+    let landed = Arc::new(Mutex::new(None::<Lease>));
+    let slot = Arc::clone(&landed);
+    m.expect_create().times(2).returning(move |_, l| {
+        let mut slot = slot.lock().unwrap();
+        if slot.is_none() {
+            *slot = Some(written(l));
+            Err(answer_lost())
+        } else {
+            Err(already_exists())
+        }
+    });
+    let slot = Arc::clone(&landed);
+    m.expect_get()
+        .times(1)
+        .returning(move |_, _| Ok(slot.lock().unwrap().clone()));
+    let confirmed = Arc::new(Mutex::new(None::<Lease>));
+    let slot = Arc::clone(&confirmed);
+    m.expect_replace().returning(move |_, l| {
+        slot.lock().unwrap().get_or_insert_with(|| l.clone());
+        Ok(written(l))
+    });
+    let lock = lock_on(m);
+    let started = Instant::now();
+
+    let guard = lock.acquire("k", AcquireOptions::new()).await.unwrap();
+
+    let confirmed = confirmed
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("a confirming write");
+    assert_eq!(holder(&confirmed).as_deref(), Some(guard.holder_identity()));
+    let landed = landed.lock().unwrap().clone().unwrap();
+    assert_eq!(holder(&landed).as_deref(), Some(guard.holder_identity()));
+    assert_eq!(
+        guard.fencing_token().transitions,
+        0,
+        "the same acquisition, the same token"
+    );
+    assert!(
+        guard.valid_until() > started + Duration::from_secs(20),
+        "guaranteed from the confirming write, sent after the backoff"
+    );
+    assert_eq!(lock.metrics().takeovers(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_release_that_landed_without_an_answer_is_not_reported_as_a_loss() {
+    let (mut m, _) = mock_remembering_create();
+    let landed = Arc::new(Mutex::new(None::<Lease>));
+    let slot = Arc::clone(&landed);
+    m.expect_replace().times(2).returning(move |_, l| {
+        let mut slot = slot.lock().unwrap();
+        if slot.is_none() {
+            *slot = Some(written(l));
+            Err(answer_lost())
+        } else {
+            Err(conflict())
+        }
+    });
+    let slot = Arc::clone(&landed);
+    m.expect_get()
+        .times(1)
+        .returning(move |_, _| Ok(slot.lock().unwrap().clone()));
+    let lock = lock_on(m);
+    let guard = lock.acquire("k", AcquireOptions::new()).await.unwrap();
+
+    guard.release().await.unwrap();
+
+    assert_eq!(lock.metrics().losses(), 0);
+}
