@@ -8,7 +8,7 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::{CustomResource, CustomResourceExt, ResourceExt};
+use kube::{CustomResource, CustomResourceExt, Resource, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -674,4 +674,44 @@ async fn oversized_bodies_are_413() {
     cm.data = Some([("blob".to_owned(), "x".repeat(4096))].into());
     let (code, reason, _) = api_error(cms.create(&PostParams::default(), &cm).await.unwrap_err());
     assert_eq!((code, reason.as_str()), (413, "RequestEntityTooLarge"));
+}
+
+#[tokio::test]
+async fn kube_event_recorder_writes_events_k8s_io_events() {
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let kube = FakeKube::start().await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(kube.client(), "ns");
+    let cm = cms
+        .create(&PostParams::default(), &config_map("task-42-state", &[]))
+        .await
+        .unwrap();
+    let recorder = Recorder::new(
+        kube.client(),
+        Reporter {
+            controller: "supersede-recovery".into(),
+            instance: None,
+        },
+    );
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "NeedsIntervention".into(),
+        note: Some("journal cannot be rolled back".into()),
+        action: "Recover".into(),
+        secondary: None,
+    };
+    let reference = cm.object_ref(&());
+    recorder.publish(&event, &reference).await.unwrap();
+    // The same event again becomes a series on the same object.
+    recorder.publish(&event, &reference).await.unwrap();
+
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(kube.client(), "ns");
+    let list = events.list(&Default::default()).await.unwrap();
+    assert_eq!(list.items.len(), 1);
+    let stored = &list.items[0];
+    assert_eq!(stored.reason.as_deref(), Some("NeedsIntervention"));
+    assert_eq!(
+        stored.regarding.as_ref().unwrap().name.as_deref(),
+        Some("task-42-state")
+    );
+    assert_eq!(stored.series.as_ref().map(|s| s.count), Some(2));
 }

@@ -10,7 +10,7 @@
 //! # What it serves
 //!
 //! - Built-in kinds: core/v1 `ConfigMap`, `Pod`, `Event`, `Namespace`;
-//!   coordination.k8s.io/v1 `Lease`; apiextensions.k8s.io/v1
+//!   coordination.k8s.io/v1 `Lease`; events.k8s.io/v1 `Event`; apiextensions.k8s.io/v1
 //!   `CustomResourceDefinition`. More with [`FakeKube::register_crd`] (from
 //!   `CustomResourceExt::crd()`), by POSTing a CRD, or
 //!   [`FakeKube::register_resource`].

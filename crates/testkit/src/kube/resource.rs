@@ -209,6 +209,11 @@ pub(crate) fn builtin_types() -> Vec<ResourceType> {
 
     let leases = ResourceType::new("coordination.k8s.io", "v1", "leases", "Lease", true);
 
+    // What kube's event `Recorder` writes. (The real server stores these and
+    // core/v1 Events as one set of objects; here they are separate.)
+    let mut new_events = ResourceType::new("events.k8s.io", "v1", "events", "Event", true);
+    new_events.short_names = vec!["ev".to_owned()];
+
     let mut crds = ResourceType::new(
         "apiextensions.k8s.io",
         "v1",
@@ -220,7 +225,9 @@ pub(crate) fn builtin_types() -> Vec<ResourceType> {
     crds.status_subresource = true;
     crds.tracks_generation = true;
 
-    vec![configmaps, pods, events, namespaces, leases, crds]
+    vec![
+        configmaps, pods, events, namespaces, leases, new_events, crds,
+    ]
 }
 
 fn string_list(v: Option<&Value>) -> Vec<String> {

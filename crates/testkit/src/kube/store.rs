@@ -176,6 +176,9 @@ struct Watcher {
 /// look-alikes).
 const NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
+/// Generated names tried before a create answers AlreadyExists.
+const GENERATE_NAME_ATTEMPTS: usize = 8;
+
 impl Store {
     pub fn new(config: StoreConfig) -> Self {
         let names = StdRng::seed_from_u64(config.seed);
@@ -875,21 +878,23 @@ impl Store {
     }
 
     fn generate_name(&mut self, t: &ResourceType, namespace: &str, prefix: &str) -> String {
-        // The API server appends 5 random characters; a clash is retried
-        // here (a real server may answer AlreadyExists instead).
+        // The API server appends 5 random characters and retries a clash a
+        // few times before answering AlreadyExists; so does the fake.
         let prefix: String = prefix.chars().take(253 - 5).collect();
-        loop {
+        let mut name = String::new();
+        for _ in 0..GENERATE_NAME_ATTEMPTS {
             let suffix: String = (0..5)
                 .map(|_| {
                     let i = self.names.random_range(0..NAME_ALPHABET.len());
                     char::from(NAME_ALPHABET[i])
                 })
                 .collect();
-            let name = format!("{prefix}{suffix}");
+            name = format!("{prefix}{suffix}");
             if !self.objects.contains_key(&key(t, namespace, &name)) {
-                return name;
+                break;
             }
         }
+        name
     }
 }
 
@@ -1158,4 +1163,105 @@ fn timestamp_after(d: Duration) -> String {
     jiff::Timestamp::from_second(secs)
         .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(history: usize, capacity: usize) -> (Store, ResourceType) {
+        let store = Store::new(StoreConfig {
+            history_limit: history,
+            watch_capacity: capacity,
+            pod_termination: PodTermination::Immediate,
+            seed: 1,
+        });
+        let t = store.resolve("", "v1", "configmaps").unwrap();
+        (store, t)
+    }
+
+    fn create(store: &mut Store, t: &ResourceType, name: &str) -> Value {
+        store
+            .create(t, "ns", json!({"metadata": {"name": name}}), false)
+            .unwrap()
+    }
+
+    fn watch_all(from: Option<u64>) -> WatchRequest {
+        WatchRequest {
+            namespace: None,
+            labels: LabelSelector::default(),
+            fields: FieldSelector::default(),
+            resource_version: from,
+            send_initial_events: false,
+        }
+    }
+
+    #[test]
+    fn a_watcher_that_falls_behind_is_closed_not_buffered() {
+        let (mut store, t) = store(100, 2);
+        let WatchStart::Started { mut live, id, .. } = store.watch(&t, watch_all(None)) else {
+            panic!("watch did not start");
+        };
+        for i in 0..3 {
+            create(&mut store, &t, &format!("c{i}"));
+        }
+        assert!(
+            !store.has_watcher(id),
+            "the third event overflowed the buffer"
+        );
+        // What was buffered is still delivered, then the stream ends.
+        assert!(live.try_recv().is_ok());
+        assert!(live.try_recv().is_ok());
+        assert!(matches!(
+            live.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        ));
+    }
+
+    #[test]
+    fn history_is_bounded_and_older_watches_expire() {
+        let (mut store, t) = store(2, 10);
+        let first = create(&mut store, &t, "c0");
+        let first_rv: u64 = str_at(&first, "resourceVersion").parse().unwrap();
+        for i in 1..4 {
+            create(&mut store, &t, &format!("c{i}"));
+        }
+        assert_eq!(store.history.len(), 2);
+        assert!(matches!(
+            store.watch(&t, watch_all(Some(first_rv))),
+            WatchStart::Expired(e) if e.code == 410
+        ));
+        let recent = store.resource_version() - 1;
+        let WatchStart::Started { initial, .. } = store.watch(&t, watch_all(Some(recent))) else {
+            panic!("a recent version must be served");
+        };
+        assert_eq!(initial.len(), 1);
+    }
+
+    #[test]
+    fn generated_names_are_reproducible_from_the_seed() {
+        let names = || {
+            let (mut store, t) = store(10, 10);
+            (0..3)
+                .map(|_| {
+                    let o = store
+                        .create(&t, "ns", json!({"metadata": {"generateName": "x-"}}), false)
+                        .unwrap();
+                    str_at(&o, "name")
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(), names());
+    }
+
+    #[test]
+    fn dry_run_writes_nothing() {
+        let (mut store, t) = store(10, 10);
+        let before = store.resource_version();
+        store
+            .create(&t, "ns", json!({"metadata": {"name": "c"}}), true)
+            .unwrap();
+        assert_eq!(store.resource_version(), before);
+        assert!(store.get(&t, "ns", "c").is_err());
+    }
 }
