@@ -153,17 +153,23 @@ impl Faults {
     /// rules as they were, except for random draws and one-shot decrements
     /// already made.
     pub async fn apply(&self, req: &RequestMeta) -> FaultDecision {
-        let mut partition = self.inner.partition.subscribe();
-        // `wait_for` checks the current value first, so a heal racing with
-        // this subscription is never missed. The sender lives in `self`, so
-        // the channel cannot close while we wait.
-        let _ = partition.wait_for(|partitioned| !partitioned).await;
-
+        self.healed().await;
         let (delay, decision) = self.state().decide(req);
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
         decision
+    }
+
+    /// Resolves at once when there is no partition, else when it is
+    /// healed. Servers also await it before each frame of a long-running
+    /// response (a watch), so a partition stalls streams already open.
+    pub async fn healed(&self) {
+        let mut partition = self.inner.partition.subscribe();
+        // `wait_for` checks the current value first, so a heal racing with
+        // this subscription is never missed. The sender lives in `self`, so
+        // the channel cannot close while we wait.
+        let _ = partition.wait_for(|partitioned| !partitioned).await;
     }
 
     fn add(&self, m: Match, kind: RuleKind) -> RuleId {

@@ -354,3 +354,37 @@ async fn faults_and_counters_can_be_shared_between_servers() {
         2
     );
 }
+
+#[tokio::test]
+async fn a_partition_stalls_open_watches_until_healed() {
+    use futures::TryStreamExt;
+    use kube::api::{WatchEvent, WatchParams};
+    let kube = FakeKube::builder()
+        .bookmark_interval(Duration::from_millis(20))
+        .start()
+        .await
+        .unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(kube.client(), "ns");
+    let mut events = Box::pin(cms.watch(&WatchParams::default(), "0").await.unwrap());
+    let first = tokio::time::timeout(PATIENCE, events.try_next()).await;
+    assert!(
+        matches!(first, Ok(Ok(Some(WatchEvent::Bookmark(_))))),
+        "bookmarks flow before the partition"
+    );
+
+    kube.faults().partition();
+    // Let a frame already being written drain, then expect silence.
+    let _ = tokio::time::timeout(Duration::from_millis(100), events.try_next()).await;
+    let silent = tokio::time::timeout(Duration::from_millis(300), events.try_next()).await;
+    assert!(
+        silent.is_err(),
+        "nothing flows during a partition: {silent:?}"
+    );
+
+    kube.faults().heal();
+    let after = tokio::time::timeout(PATIENCE, events.try_next()).await;
+    assert!(
+        matches!(after, Ok(Ok(Some(WatchEvent::Bookmark(_))))),
+        "the watch resumes after healing"
+    );
+}

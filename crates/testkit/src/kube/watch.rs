@@ -3,7 +3,8 @@
 //! A watch first replays what the client missed (the history after its
 //! resourceVersion, or the current state as ADDED events), then forwards
 //! live events from its bounded channel, with BOOKMARKs when asked and until
-//! `timeoutSeconds`. The rule it keeps: **a BOOKMARK never overtakes an event**
+//! `timeoutSeconds`; a partition (see `Faults::partition`) stalls it. The
+//! rule it keeps: **a BOOKMARK never overtakes an event**
 //! — it is only sent when every event up to its resourceVersion has already
 //! been written, so a client resuming from it loses nothing.
 
@@ -77,6 +78,13 @@ struct State {
 }
 
 async fn next_frame(mut st: State) -> Option<(Result<Frame<Bytes>, Infallible>, State)> {
+    // A partition cuts open watches off too: nothing flows until it heals,
+    // while events pile up in the bounded channel (closing the watch if it
+    // overflows, as for any watcher that stops reading).
+    tokio::select! {
+        () = st.guard.shared.faults.healed() => {}
+        () = tokio::time::sleep_until(st.deadline) => return None,
+    }
     if let Some(item) = st.initial.pop_front() {
         let frame = event_line(&st.render, &item);
         return Some((Ok(Frame::data(frame)), st));
