@@ -416,6 +416,18 @@ impl Permit {
         self.breaker.shared.record(self.generation, false);
     }
 
+    /// Gives the permit back without a verdict: the call was abandoned for a
+    /// reason that says nothing about the dependency (an operator cancelled
+    /// it, the process is shutting down). Closed, nothing changes; a
+    /// half-open probe slot is freed for the next caller instead of the
+    /// breaker closing or re-opening on no evidence.
+    pub fn release(mut self) {
+        self.settled = true;
+        if self.probe {
+            self.breaker.shared.release_probe(self.generation);
+        }
+    }
+
     /// Whether this call is a half-open probe.
     pub fn is_probe(&self) -> bool {
         self.probe
@@ -507,6 +519,16 @@ impl Shared {
             // Permits are only handed out closed or half-open, and any
             // transition bumps the generation, so this is unreachable.
             (Phase::Open { .. }, _) => {}
+        }
+    }
+
+    fn release_probe(&self, generation: u64) {
+        let mut machine = self.lock();
+        if machine.generation != generation {
+            return;
+        }
+        if let Phase::HalfOpen { probes } = &mut machine.phase {
+            *probes = probes.saturating_sub(1);
         }
     }
 
@@ -677,6 +699,28 @@ mod tests {
         assert_eq!(breaker.state(), BreakerState::Open);
         tokio::time::advance(Duration::from_secs(10)).await;
         assert!(breaker.try_acquire().unwrap().is_probe());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn released_permits_leave_the_state_alone_and_free_the_probe_slot() {
+        let breaker = CircuitBreaker::new("agents", policy());
+        fail(&breaker, 2);
+        breaker.try_acquire().unwrap().release();
+        fail(&breaker, 1);
+        assert_eq!(
+            breaker.state(),
+            BreakerState::Open,
+            "a release is not a success: the failure count kept going"
+        );
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let probe = breaker.try_acquire().unwrap();
+        assert!(probe.is_probe());
+        probe.release();
+        assert_eq!(breaker.state(), BreakerState::HalfOpen);
+        let next = breaker.try_acquire().unwrap();
+        assert!(next.is_probe(), "the released slot goes to the next caller");
+        next.success();
+        assert_eq!(breaker.state(), BreakerState::Closed);
     }
 
     #[tokio::test(start_paused = true)]
