@@ -303,11 +303,12 @@ impl Store {
             .and_then(Value::as_str)
             .is_some_and(|rv| !rv.is_empty())
         {
-            // The etcd3 storage layer's own error, which reaches clients as a 500.
+            // The etcd3 storage layer's own error, which reaches clients as
+            // a 500 (kube users meet it when creating an object they read).
             return Err(ApiError::new(
                 500,
                 "InternalError",
-                "resourceVersion should not be set on objects to be created",
+                "Internal error occurred: resourceVersion should not be set on objects to be created",
             ));
         }
         let given = meta
