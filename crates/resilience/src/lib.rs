@@ -24,7 +24,7 @@ pub use sse::{
     Disconnect, DisconnectReason, SseClient, SseEvent, SseItem, SsePolicy, SseSubscription,
     TimeoutPhase,
 };
-pub use terminate::{TerminationOutcome, spawn_in_process_group, terminate};
+pub use terminate::{TerminationOutcome, spawn_in_process_group, terminate, wait_group};
 
 #[cfg(test)]
 mod tests {

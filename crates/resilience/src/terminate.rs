@@ -132,6 +132,26 @@ pub async fn terminate(child: &mut Child, grace: Duration) -> Result<Termination
     }
 }
 
+/// Waits for `child` to exit by itself, then SIGKILLs whatever is left of
+/// its process group, as the kubelet does when a container's main process
+/// exits: a leader that wants its children to finish must wait for them.
+///
+/// Cancel-safe: dropping the future before the child exits leaves it
+/// running and unreaped, so [`terminate`] can still stop it.
+pub async fn wait_group(child: &mut Child) -> Result<ExitStatus, Error> {
+    let leader = child
+        .id()
+        .and_then(|pid| i32::try_from(pid).ok())
+        .map(Pid::from_raw);
+    // Decided before reaping, while the leader's pid still names its group.
+    let target = leader.map(Target::of);
+    let status = child.wait().await.map_err(|e| wait_error(child.id(), e))?;
+    if let Some(target) = target {
+        target.kill_stragglers();
+    }
+    Ok(status)
+}
+
 /// Where signals go.
 #[derive(Debug, Clone, Copy)]
 enum Target {

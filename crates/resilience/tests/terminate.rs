@@ -17,7 +17,7 @@ use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
-use resilience::terminate::{TerminationOutcome, spawn_in_process_group, terminate};
+use resilience::terminate::{TerminationOutcome, spawn_in_process_group, terminate, wait_group};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -225,4 +225,22 @@ async fn child_outside_its_own_process_group_is_still_terminated_alone() {
         "{outcome:?}"
     );
     assert_eq!(outcome.status().signal(), Some(Signal::SIGTERM as i32));
+}
+
+#[tokio::test]
+async fn wait_group_kills_what_is_left_once_the_leader_exits_by_itself() {
+    become_subreaper();
+    let mut child = spawn_sh("sleep 1000 & echo $!; exit 3");
+    let grandchild = Pid::from_raw(first_line(&mut child).await.parse().unwrap());
+    let status = tokio::time::timeout(Duration::from_secs(10), wait_group(&mut child))
+        .await
+        .expect("the leader exits at once")
+        .unwrap();
+    assert_eq!(status.code(), Some(3));
+    let status = reap_grandchild(grandchild).await;
+    assert_eq!(
+        status,
+        WaitStatus::Signaled(grandchild, Signal::SIGKILL, false)
+    );
+    assert_gone(grandchild);
 }
