@@ -308,6 +308,21 @@ impl GuardShared {
                 == Some(self.token.transitions)
     }
 
+    /// Whether `lease`, acquired by someone after us, can only have been
+    /// taken after our own release landed: a takeover by expiry happens only
+    /// after our guarantee ran out, so while it still holds (checked after
+    /// the read that returned `lease`), the Lease was free because we freed it.
+    fn was_acquired_after_our_release(&self, lease: &Lease) -> bool {
+        lease.metadata.uid.as_deref() == Some(self.token.lease_uid.as_str())
+            && lease
+                .spec
+                .as_ref()
+                .and_then(|s| s.lease_transitions)
+                .and_then(|t| u64::try_from(t).ok())
+                .is_some_and(|t| t > self.token.transitions)
+            && Instant::now() < self.valid_until()
+    }
+
     pub(crate) fn mark_lost(&self, reason: &LossReason) {
         if self.loss.set(reason.clone()).is_ok() {
             warn!(key = %self.key, lease = %self.name, holder = %self.holder, %reason, "lock lost");
@@ -456,6 +471,10 @@ impl GuardShared {
                         }
                         Ok(Ok(Some(current))) if self.is_released_by_us(&current) => {
                             // An earlier attempt landed; only its answer was lost.
+                            self.lock.observe(&self.name, current);
+                            return Ok(());
+                        }
+                        Ok(Ok(Some(current))) if self.was_acquired_after_our_release(&current) => {
                             self.lock.observe(&self.name, current);
                             return Ok(());
                         }

@@ -210,14 +210,16 @@ async fn no_two_holders_overlap_and_tokens_increase_under_faults_and_paused_hold
                 tokio::select! {
                     biased;
                     lost = guard.lost() => {
-                        println!("loss: {lost} paused={paused}");
+                        assert!(paused, "a holder that never stalled lost its lock: {lost}");
                         history.lost(key, &holder, Instant::now());
                         drop(guard);
                     }
                     () = std::future::ready(()) => {
                         history.released(key, &holder, Instant::now());
-                        // A failed release lets the lease expire; safety does not depend on it.
-                        let _ = guard.release().await;
+                        // Retries and re-reads make a release succeed
+                        // despite every fault, unless the holder stalled.
+                        let released = guard.release().await;
+                        assert!(paused || released.is_ok(), "release failed: {released:?}");
                     }
                 }
                 renewals.abort();
@@ -246,7 +248,7 @@ async fn no_two_holders_overlap_and_tokens_increase_under_faults_and_paused_hold
         violations[0]
     );
     assert!(
-        acquisitions >= 100,
+        acquisitions >= 50,
         "only {acquisitions} acquisitions: the test did not exercise much"
     );
     assert!(pauses.load(Ordering::Relaxed) >= 1, "no paused holder");

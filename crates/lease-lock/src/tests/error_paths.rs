@@ -588,3 +588,32 @@ async fn a_release_that_landed_without_an_answer_is_not_reported_as_a_loss() {
 
     assert_eq!(lock.metrics().losses(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_release_that_landed_before_the_next_holder_took_the_lease_is_not_a_loss() {
+    let (mut m, created) = mock_remembering_create();
+    m.expect_replace().times(2).returning(|_, l| {
+        if holder(l).is_none() {
+            // The first release lands, its answer is lost; the retry conflicts.
+            static ATTEMPTS: AtomicU32 = AtomicU32::new(0);
+            if ATTEMPTS.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Err(answer_lost());
+            }
+            return Err(conflict());
+        }
+        Ok(written(l))
+    });
+    let slot = Arc::clone(&created);
+    m.expect_get().times(1).returning(move |_, _| {
+        // Meanwhile pod-b took the released Lease (transitions 0 → 1).
+        let mut next = reread(&slot, 12, Some("pod-b/1"));
+        next.spec.as_mut().unwrap().lease_transitions = Some(1);
+        Ok(Some(next))
+    });
+    let lock = lock_on(m);
+    let guard = lock.acquire("k", AcquireOptions::new()).await.unwrap();
+
+    guard.release().await.unwrap();
+
+    assert_eq!(lock.metrics().losses(), 0);
+}
