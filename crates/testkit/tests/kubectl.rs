@@ -274,6 +274,7 @@ async fn fake_kube_binary_serves_kubectl_until_sigterm() {
         assert_eq!(names.trim(), "configmap/task-42-state");
     } else {
         // Still prove the server answers, through kube.
+        testkit::kube::ensure_crypto_provider();
         let config = kube::Config::from_custom_kubeconfig(
             kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
             &Default::default(),

@@ -312,6 +312,7 @@ impl FakeKubeBuilder {
             register_crd(&shared, crd)?;
         }
 
+        ensure_crypto_provider();
         let config = client_config(&url);
         let client = ::kube::Client::try_from(config).map_err(|e| Error::Client(Box::new(e)))?;
         shared.tasks.spawn(server::serve(listener, shared.clone()));
@@ -369,6 +370,7 @@ impl FakeKube {
     /// adjust (`default_retry = false`, timeouts) before
     /// `kube::Client::try_from(config)`.
     pub fn config(&self) -> ::kube::Config {
+        ensure_crypto_provider();
         client_config(&self.url)
     }
 
@@ -452,6 +454,20 @@ impl std::fmt::Debug for FakeKube {
 impl Drop for FakeKube {
     fn drop(&mut self) {
         self.shared.shutdown.cancel();
+    }
+}
+
+/// Installs kube's TLS provider (ring) as the process default unless one is
+/// installed. When a build compiles in both of rustls's providers (kube
+/// asks for ring, reqwest's default TLS for aws-lc-rs, and features unify
+/// across a workspace), rustls cannot choose and building any
+/// `kube::Client` panics, even for plain HTTP. [`FakeKube`] calls it before
+/// building clients; call it before building one yourself (for example
+/// from a kubeconfig file).
+pub fn ensure_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race to another installer is fine: one is installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
     }
 }
 
