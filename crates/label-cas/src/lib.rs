@@ -27,6 +27,8 @@ use async_trait::async_trait;
 
 pub use crate::error::{Error, Result};
 pub use crate::github::{GitHubLabels, GitHubLabelsBuilder};
+#[cfg(feature = "lease-lock")]
+pub use crate::lock::LeasePrLocks;
 #[cfg(any(test, feature = "mock"))]
 pub use crate::lock::MockPrLock;
 pub use crate::lock::{LocalPrLocks, PrLock, PrLockGuard};

@@ -157,6 +157,85 @@ impl PrLock for LocalPrLocks {
     }
 }
 
+/// One writer per PR across every replica: a Kubernetes Lease per pull
+/// request (`lease-lock`), behind an in-process [`LocalPrLocks`] so tasks of
+/// one process queue locally instead of competing for the same Lease (which
+/// `lease-lock` refuses with `AlreadyHeld`). A lost Lease marks the guard
+/// lost, and the manager stops writing.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use label_cas::{LeasePrLocks, PrLock, PrRef};
+/// use lease_lock::{LeaseLock, LockConfig, MemoryLeases};
+///
+/// let lease_lock = LeaseLock::new(MemoryLeases::new(), LockConfig::new("sensor-0", "supersede")).unwrap();
+/// let locks = LeasePrLocks::new(lease_lock);
+/// let guard = locks.lock(&PrRef::new("acme", "widgets", 7)?).await?;
+/// assert!(!guard.is_lost());
+/// # Ok::<_, label_cas::Error>(())
+/// # }).unwrap();
+/// ```
+#[cfg(feature = "lease-lock")]
+#[derive(Clone, Debug)]
+pub struct LeasePrLocks {
+    local: LocalPrLocks,
+    leases: lease_lock::LeaseLock,
+}
+
+#[cfg(feature = "lease-lock")]
+impl LeasePrLocks {
+    /// Per-PR locks over `leases` (one `LeaseLock` per process). Waiting is
+    /// bounded by the lease lock's `acquire_timeout` plus the local wait
+    /// (60 s).
+    pub fn new(leases: lease_lock::LeaseLock) -> Self {
+        Self {
+            local: LocalPrLocks::new(),
+            leases,
+        }
+    }
+
+    /// The lock key of `pr`: `labels-<owner>-<repo>-<number>`, lower-cased
+    /// (lease-lock turns odd or long keys into valid Lease names with a hash).
+    pub fn key(pr: &PrRef) -> String {
+        format!(
+            "labels-{}-{}-{}",
+            pr.owner().to_ascii_lowercase(),
+            pr.repo().to_ascii_lowercase(),
+            pr.number()
+        )
+    }
+}
+
+#[cfg(feature = "lease-lock")]
+#[async_trait]
+impl PrLock for LeasePrLocks {
+    async fn lock(&self, pr: &PrRef) -> Result<PrLockGuard> {
+        use resilience::Transient as _;
+        let local = self.local.acquire(pr).await?;
+        let lease = self
+            .leases
+            .acquire(&Self::key(pr), lease_lock::AcquireOptions::new())
+            .await
+            .map_err(|e| Error::Lock {
+                transient: e.is_transient(),
+                reason: e.to_string(),
+            })?;
+        let lost = lease.cancellation_token();
+        // Fields drop in order: the Lease is released before the local lock.
+        Ok(PrLockGuard::new(LeaseHeld {
+            _lease: lease,
+            _local: local,
+        })
+        .with_lost_signal(lost))
+    }
+}
+
+#[cfg(feature = "lease-lock")]
+struct LeaseHeld {
+    _lease: lease_lock::LockGuard,
+    _local: LocalHeld,
+}
+
 /// A held local lock; removes its map entry when nobody else waits for it.
 pub(crate) struct LocalHeld {
     guard: Option<tokio::sync::OwnedMutexGuard<()>>,
@@ -237,6 +316,44 @@ mod tests {
         );
         assert_eq!(started.elapsed(), Duration::from_secs(5));
         assert_eq!(locks.held(), 1, "the holder's entry stays");
+    }
+
+    #[cfg(feature = "lease-lock")]
+    #[tokio::test]
+    async fn lease_locks_exclude_other_replicas_until_released() {
+        use lease_lock::{LeaseLock, LockConfig, MemoryLeases};
+        let leases = MemoryLeases::new();
+        let replica = |name: &str| {
+            let config = LockConfig {
+                acquire_timeout: Duration::from_millis(300),
+                ..LockConfig::new(name, "supersede")
+            };
+            LeasePrLocks::new(LeaseLock::new(leases.clone(), config).unwrap())
+        };
+        let (a, b) = (replica("sensor-0"), replica("sensor-1"));
+        let held = a.lock(&pr(1)).await.unwrap();
+        let err = b.lock(&pr(1)).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Lock {
+                    transient: true,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(b.lock(&pr(2)).await.is_ok(), "another PR is another Lease");
+        drop(held);
+        // Dropping releases in the background; the other replica gets it.
+        let mut acquired = None;
+        for _ in 0..50 {
+            if let Ok(guard) = b.lock(&pr(1)).await {
+                acquired = Some(guard);
+                break;
+            }
+        }
+        assert!(acquired.is_some_and(|g| !g.is_lost()));
     }
 
     #[test]

@@ -283,8 +283,16 @@ impl TransitionPolicy {
 }
 
 /// Moves pull requests between label states safely against racing writers.
-/// See the [module documentation](self) and the crate README for what
-/// "atomic" means here.
+///
+/// A transition, in order: take the [`PrLock`] if one is configured; read
+/// the labels conditionally (`If-None-Match` with the cached ETag, free when
+/// unchanged); if they already are the target state, stop — no write; if a
+/// precondition fails, [`Error::Conflict`]; otherwise DELETE each label to
+/// remove (200 claims it; 404 means another writer moved first: undo and
+/// [`Error::Conflict`]), POST all additions at once, and verify the list the
+/// last write returned — interference is retried with backoff, a bounded
+/// number of times, then undone. The crate README says what "atomic" means
+/// against GitHub.
 ///
 /// Give it a [`RateLimited`](crate::RateLimited) backend in production, so
 /// its calls respect GitHub's limits, and a [`PrLock`] when several of our
@@ -361,8 +369,8 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
         &self.metrics
     }
 
-    /// Moves `pr`'s labels as `transition` says. See the [module
-    /// documentation](self) for the algorithm.
+    /// Moves `pr`'s labels as `transition` says (the algorithm is described
+    /// on [`AtomicLabelManager`]).
     ///
     /// Errors: [`Error::Conflict`] (preconditions not met, or another writer
     /// claimed a label first; our changes undone), [`Error::Interference`],
