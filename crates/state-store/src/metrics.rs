@@ -160,3 +160,33 @@ pub(crate) fn error_label(error: &Error) -> &'static str {
         Error::OutcomeUnknown { .. } => "outcome_unknown",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_registered_under_the_state_store_prefix() {
+        let metrics = StateStoreMetrics::default();
+        metrics.observe("update", "ok", 0.01);
+        metrics.retry("conflict");
+        metrics.conflicts.inc();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for name in [
+            "state_store_operations_total{operation=\"update\",result=\"ok\"} 1",
+            "state_store_conflicts_total 1",
+            "state_store_retries_total{reason=\"conflict\"} 1",
+            "state_store_operation_duration_seconds_count{operation=\"update\"} 1",
+            "state_store_document_size_bytes_count 0",
+            "state_store_compactions_total 0",
+            "state_store_compressions_total 0",
+            "state_store_quarantines_total 0",
+            "state_store_cleanup_deletions_total 0",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+}

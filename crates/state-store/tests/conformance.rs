@@ -15,8 +15,9 @@ use state_store::naming::{
     ANNOTATION_QUARANTINED_AT, KEY_STATE, KEY_STATE_CORRUPT, KEY_STATE_GZIP, state_labels,
 };
 use state_store::{
-    ConfigMapBackend, Document, Error, FeedbackEntry, MemoryBackend, SchemaOrigin, Severity,
-    StateBackend, StateStore, StoreConfig, Supersession, TaskStatus,
+    CancellationOutcome, CancellationRecord, ConfigMapBackend, Document, Error, FeedbackEntry,
+    FencingToken, MemoryBackend, OperationJournal, OperationKind, SchemaOrigin, Severity,
+    StateBackend, StateStore, Step, StepStatus, StoreConfig, Supersession, TaskStatus,
 };
 use testkit::kube::FakeKube;
 
@@ -255,6 +256,82 @@ async fn store_quarantines_a_corrupt_payload_and_rebuilds(backend: Arc<dyn State
     assert_eq!(snap.state.iteration, 5);
 }
 
+async fn store_journal_and_fencing_round_trip(backend: Arc<dyn StateBackend>) {
+    let store = StateStore::new(backend);
+    let now = store.clock().now();
+    let mut journal = OperationJournal::begin("op-1", OperationKind::Cancellation, "pod-a/1", now);
+    journal.fencing_token = Some(FencingToken::new("lease-uid", 3));
+    journal.targets = vec!["coderun-a".into()];
+    store.begin_operation("j1", journal.clone()).await.unwrap();
+    // Beginning the same operation again (a retry) is harmless; another one is refused.
+    store.begin_operation("j1", journal).await.unwrap();
+    let other = OperationJournal::begin("op-2", OperationKind::Cancellation, "pod-b/1", now);
+    assert!(matches!(
+        store.begin_operation("j1", other).await,
+        Err(Error::Journal { .. })
+    ));
+    store
+        .advance_operation("j1", "op-1", Step::Cancelled, StepStatus::Succeeded, None)
+        .await
+        .unwrap();
+    store
+        .advance_operation("j1", "op-1", Step::Labeled, StepStatus::Succeeded, None)
+        .await
+        .unwrap();
+    let snap = store.get("j1").await.unwrap().unwrap();
+    let active = snap.state.active_operation.as_ref().unwrap();
+    let steps: Vec<_> = active.steps.iter().map(|s| s.step.clone()).collect();
+    assert_eq!(steps, [Step::Started, Step::Cancelled, Step::Labeled]);
+    assert_eq!(
+        snap.state.highest_fencing_token,
+        Some(FencingToken::new("lease-uid", 3))
+    );
+
+    // A paused holder with an older token is fenced off; nothing is written.
+    let stale = store
+        .update_fenced("j1", &FencingToken::new("lease-uid", 2), |s| {
+            s.iteration += 1;
+            Ok::<_, Error>(())
+        })
+        .await;
+    assert!(matches!(stale, Err(Error::StaleFencingToken { .. })));
+    let newer = FencingToken::new("lease-uid", 4);
+    store
+        .update_fenced("j1", &newer, |s| {
+            s.metadata.insert("by".into(), "holder-4".into());
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+
+    let record = CancellationRecord {
+        operation_id: "op-1".into(),
+        at: now,
+        new_head_sha: "abcdef1".into(),
+        targets: vec!["coderun-a".into()],
+        outcome: CancellationOutcome::Cancelled,
+        correlation_id: None,
+        detail: None,
+    };
+    assert!(
+        store
+            .finish_operation("j1", "op-1", Some(record.clone()))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .finish_operation("j1", "op-1", Some(record))
+            .await
+            .unwrap()
+    );
+    let snap = store.get("j1").await.unwrap().unwrap();
+    assert!(snap.state.active_operation.is_none());
+    assert_eq!(snap.state.cancellation_history.len(), 1);
+    assert_eq!(snap.state.iteration, 0);
+    assert_eq!(snap.state.highest_fencing_token, Some(newer));
+}
+
 async fn concurrent_writers_lose_no_update(backend: Arc<dyn StateBackend>) {
     let config = StoreConfig {
         max_iterations: 1_000,
@@ -336,5 +413,6 @@ on_both_backends!(
     store_update_and_operations_round_trip,
     store_compresses_large_states_and_reads_them_back,
     store_quarantines_a_corrupt_payload_and_rebuilds,
+    store_journal_and_fencing_round_trip,
     concurrent_writers_lose_no_update,
 );
