@@ -305,26 +305,24 @@ impl Metrics {
         self.queue_depth.get_or_create(&labels(cluster)).inc();
     }
 
-    /// A queued incident left the queue without an agent (expired).
+    /// A queued incident grew older than the max queue age.
     pub fn expired(&self, cluster: &str) {
         self.events_expired.get_or_create(&labels(cluster)).inc();
-        self.queue_depth.get_or_create(&labels(cluster)).dec();
     }
 
     /// A queued incident was evicted by a more severe one.
     pub fn evicted(&self, cluster: &str) {
         self.filtered(cluster, "queue_full");
-        self.queue_depth.get_or_create(&labels(cluster)).dec();
-    }
-
-    /// A queued incident left the queue without an agent (shutdown).
-    pub fn abandoned_in_queue(&self, cluster: &str) {
-        self.queue_depth.get_or_create(&labels(cluster)).dec();
     }
 
     /// A queued incident was taken to run an agent.
     pub fn dequeued(&self, cluster: &str) {
         self.events_dequeued.get_or_create(&labels(cluster)).inc();
+    }
+
+    /// An incident left the queue, whatever its fate (served, expired,
+    /// evicted, abandoned at shutdown).
+    pub fn left_queue(&self, cluster: &str) {
         self.queue_depth.get_or_create(&labels(cluster)).dec();
     }
 
@@ -549,10 +547,13 @@ mod tests {
     }
 
     #[test]
-    fn queue_depth_follows_queued_dequeued_expired_and_evicted() {
+    fn queue_depth_counts_what_entered_and_has_not_left() {
         let metrics = Metrics::new(["prod"]);
         for _ in 0..4 {
             metrics.queued("prod");
+        }
+        for _ in 0..3 {
+            metrics.left_queue("prod");
         }
         metrics.dequeued("prod");
         metrics.expired("prod");

@@ -29,6 +29,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
@@ -61,7 +62,7 @@ pub struct Runner {
     metrics_addr: SocketAddr,
     health_addr: SocketAddr,
     streams: Vec<JoinHandle<()>>,
-    dispatcher: JoinHandle<()>,
+    dispatcher: JoinHandle<Option<Incident>>,
     background: Vec<JoinHandle<()>>,
     servers: Vec<JoinHandle<()>>,
     stop_servers: CancellationToken,
@@ -233,6 +234,12 @@ impl Runner {
         self.inner.agent_list()
     }
 
+    /// The metrics as `/metrics` serves them (OpenMetrics text).
+    pub fn metrics_text(&self) -> String {
+        self.inner.refresh_breaker_gauge();
+        Metrics::encode(&self.inner.registry)
+    }
+
     /// Waits for shutdown to be triggered, then drains: streams closed,
     /// queue no longer served, agents given the shutdown timeout and then
     /// stopped, servers stopped last (so probes and metrics answer
@@ -249,12 +256,19 @@ impl Runner {
         );
         inner.metrics.set_down();
 
-        for task in self.streams.into_iter().chain([self.dispatcher]) {
+        for task in self.streams {
             if tokio::time::timeout(STREAM_CLOSE_WAIT, task).await.is_err() {
-                tracing::warn!("a stream or the dispatcher did not stop in time");
+                tracing::warn!("a stream did not close in time");
             }
         }
-        let not_started = inner.abandon_queue();
+        let held = match tokio::time::timeout(STREAM_CLOSE_WAIT, self.dispatcher).await {
+            Ok(Ok(held)) => held,
+            Ok(Err(_)) | Err(_) => {
+                tracing::warn!("the dispatcher did not stop in time");
+                None
+            }
+        };
+        let not_started = inner.abandon_queue(held);
 
         let drain = inner.shutdown.drain(inner.settings.shutdown_timeout).await;
         let finished = std::mem::take(
@@ -296,6 +310,15 @@ impl Runner {
     }
 }
 
+/// An incident in the queue, with the time it entered (the queue keeps its
+/// own copy for expiry; this one survives a pop, for the time an incident
+/// waits in the dispatcher's hand for the breaker).
+#[derive(Debug)]
+struct Queued {
+    incident: Incident,
+    at: Instant,
+}
+
 impl AgentInfo {
     fn label(&self) -> String {
         format!("{}/{}", self.cluster, self.incident_id)
@@ -310,7 +333,7 @@ pub(crate) struct Inner {
     pub(crate) metrics: Metrics,
     pub(crate) registry: Arc<Registry>,
     pub(crate) breaker: CircuitBreaker,
-    queue: ExpiringQueue<Incident>,
+    queue: ExpiringQueue<Queued>,
     pub(crate) tracker: JobTracker,
     agents: Mutex<HashMap<String, AgentInfo>>,
     finished_during_shutdown: Mutex<HashMap<String, AgentStatus>>,
@@ -439,65 +462,85 @@ impl Inner {
         }
         let id = incident.id.clone();
         let severity = incident.severity;
-        match self.queue.push_evicting(incident, severity.priority()) {
+        let queued = Queued {
+            incident,
+            at: Instant::now(),
+        };
+        match self.queue.push_evicting(queued, severity.priority()) {
             Ok(evicted) => {
                 self.metrics.queued(cluster);
                 duplicates.record(&id);
                 tracing::info!(%cluster, incident_id = %id, %severity, "incident queued");
                 if let Some(evicted) = evicted {
-                    self.metrics.evicted(&evicted.item.cluster);
-                    tracing::warn!(cluster = %evicted.item.cluster, incident_id = %evicted.item.id, severity = %evicted.item.severity, "queue full: less severe incident evicted");
+                    let evicted = &evicted.item.incident;
+                    self.metrics.left_queue(&evicted.cluster);
+                    self.metrics.evicted(&evicted.cluster);
+                    tracing::warn!(cluster = %evicted.cluster, incident_id = %evicted.id, severity = %evicted.severity, "queue full: less severe incident evicted");
                 }
             }
             Err(full) => {
                 self.metrics.filtered(cluster, "queue_full");
-                tracing::warn!(%cluster, incident_id = %full.item.id, %severity, capacity = full.capacity, "queue full: incident dropped");
+                tracing::warn!(%cluster, incident_id = %id, %severity, capacity = full.capacity, "queue full: incident dropped");
             }
         }
     }
 
     /// A stale incident found by the sweeper (or by a pop, reported here).
-    fn on_expired(&self, expired: &Expired<Incident>) {
-        let incident = &expired.item;
+    fn on_expired(&self, expired: &Expired<Queued>) {
+        self.metrics.left_queue(&expired.item.incident.cluster);
+        self.report_expired(&expired.item.incident, expired.age);
+    }
+
+    fn report_expired(&self, incident: &Incident, age: Duration) {
         self.metrics.expired(&incident.cluster);
         tracing::warn!(
             cluster = %incident.cluster,
             incident_id = %incident.id,
             event_id = incident.event_id.as_deref().unwrap_or(""),
-            age_seconds = expired.age.as_secs_f64(),
+            age_seconds = age.as_secs_f64(),
             max_age_seconds = self.settings.max_queue_age.as_secs_f64(),
             "queued incident expired before an agent was free"
         );
     }
 
     /// Takes incidents off the queue while there is room to run them.
-    async fn dispatch(self: Arc<Self>) {
+    ///
+    /// The breaker permit is taken *after* the pop: a permit taken while
+    /// closed and held through a long wait for work would carry a stale
+    /// verdict (the breaker ignores it), so a half-open breaker would never
+    /// see its probe. Returns the incident it held when shutdown came.
+    async fn dispatch(self: Arc<Self>) -> Option<Incident> {
         let cancel = self.shutdown.token();
         let slots = Arc::new(Semaphore::new(self.settings.max_concurrent_agents));
         loop {
             let slot = tokio::select! {
                 biased;
-                () = cancel.cancelled() => return,
+                () = cancel.cancelled() => return None,
                 slot = Arc::clone(&slots).acquire_owned() => match slot {
                     Ok(slot) => slot,
-                    Err(_closed) => return,
+                    Err(_closed) => return None,
                 },
             };
-            let Some(permit) = self.breaker_permit(&cancel).await else {
-                return;
-            };
-            let Some(incident) = self.queue.pop_wait(&cancel).await else {
-                permit.release();
-                return;
-            };
-            self.metrics.dequeued(&incident.cluster);
+            let queued = self.queue.pop_wait(&cancel).await?;
+            self.metrics.left_queue(&queued.incident.cluster);
             // Pop may have met stale entries on the way: report them now.
             for expired in self.queue.sweep() {
                 self.on_expired(&expired);
             }
+            let Some(permit) = self.breaker_permit(&cancel).await else {
+                return Some(queued.incident);
+            };
+            // It may have aged past the limit while the breaker was open.
+            let age = queued.at.elapsed();
+            if age > self.settings.max_queue_age {
+                permit.release();
+                self.report_expired(&queued.incident, age);
+                continue;
+            }
+            self.metrics.dequeued(&queued.incident.cluster);
             let inner = Arc::clone(&self);
             self.shutdown
-                .spawn(async move { inner.run_one(incident, slot, permit).await });
+                .spawn(async move { inner.run_one(queued.incident, slot, permit).await });
         }
     }
 
@@ -615,14 +658,19 @@ impl Inner {
         self.agent_done.notify_waiters();
     }
 
-    /// Empties the queue at shutdown; returns how many incidents it held.
-    fn abandon_queue(&self) -> usize {
+    /// Empties the queue at shutdown (plus the incident the dispatcher
+    /// held, if any); returns how many incidents never got an agent.
+    fn abandon_queue(&self, held: Option<Incident>) -> usize {
         for expired in self.queue.sweep() {
             self.on_expired(&expired);
         }
-        let mut dropped = Vec::new();
-        while let Some(incident) = self.queue.pop() {
-            self.metrics.abandoned_in_queue(&incident.cluster);
+        let mut dropped: Vec<String> = held
+            .iter()
+            .map(|incident| format!("{}/{}", incident.cluster, incident.id))
+            .collect();
+        while let Some(queued) = self.queue.pop() {
+            let incident = queued.incident;
+            self.metrics.left_queue(&incident.cluster);
             dropped.push(format!("{}/{}", incident.cluster, incident.id));
         }
         if !dropped.is_empty() {

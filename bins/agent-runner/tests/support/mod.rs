@@ -1,0 +1,294 @@
+//! Shared by the integration tests: a fake incident stream (axum on
+//! 127.0.0.1:0) that can emit live, answer any status, drop connections and
+//! restart; settings for an in-process runner; metric and log helpers.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agent_runner::config::{AgentCommand, Config, Settings};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use clap::Parser;
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// What the fake server does with one connection.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    /// Answer this status.
+    Status(u16),
+    /// Send these chunks, then close the body cleanly.
+    Close(Vec<String>),
+    /// Send these chunks, wait a moment, then break the connection.
+    Abort(Vec<String>),
+    /// Send these chunks, then everything `emit`ted, until killed.
+    Live(Vec<String>),
+}
+
+#[derive(Default)]
+struct Script {
+    replies: VecDeque<Reply>,
+    connections: usize,
+}
+
+/// A fake SSE incident stream.
+#[derive(Clone)]
+pub struct FakeStream {
+    script: Arc<Mutex<Script>>,
+    live: broadcast::Sender<String>,
+    pub addr: SocketAddr,
+    kill: Arc<Mutex<CancellationToken>>,
+    server: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl FakeStream {
+    /// Serves `replies` in order, then `Live` forever.
+    pub async fn start(replies: Vec<Reply>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (live, _) = broadcast::channel(1024);
+        let fake = Self {
+            script: Arc::new(Mutex::new(Script {
+                replies: replies.into(),
+                connections: 0,
+            })),
+            live,
+            addr: listener.local_addr().unwrap(),
+            kill: Arc::new(Mutex::new(CancellationToken::new())),
+            server: Arc::new(Mutex::new(None)),
+        };
+        fake.serve(listener);
+        fake
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let app = Router::new()
+            .route("/events", get(events))
+            .with_state(self.clone());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        *self.server.lock().unwrap() = Some(task);
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/events", self.addr)
+    }
+
+    /// Sends `chunk` to every live connection.
+    pub fn emit(&self, chunk: impl Into<String>) {
+        self.live.send(chunk.into()).unwrap();
+    }
+
+    /// Sends one incident as an SSE event.
+    pub fn incident(&self, id: &str, severity: &str) {
+        self.emit(incident(id, severity));
+    }
+
+    pub fn connections(&self) -> usize {
+        self.script.lock().unwrap().connections
+    }
+
+    /// Stops listening and breaks every open connection.
+    pub async fn kill(&self) {
+        {
+            let mut kill = self.kill.lock().unwrap();
+            kill.cancel();
+            *kill = CancellationToken::new();
+        }
+        let task = self.server.lock().unwrap().take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Listens again on the same port.
+    pub async fn restart(&self) {
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        self.serve(listener);
+    }
+}
+
+/// An incident event's text.
+pub fn incident(id: &str, severity: &str) -> String {
+    format!("data: {{\"id\":\"{id}\",\"severity\":\"{severity}\",\"summary\":\"test\"}}\n\n")
+}
+
+async fn events(State(fake): State<FakeStream>) -> Response {
+    let reply = {
+        let mut script = fake.script.lock().unwrap();
+        script.connections += 1;
+        script
+            .replies
+            .pop_front()
+            .unwrap_or(Reply::Live(Vec::new()))
+    };
+    let killed = fake.kill.lock().unwrap().clone();
+    let body: futures::stream::BoxStream<'static, Result<Bytes, std::io::Error>> = match reply {
+        Reply::Status(code) => return StatusCode::from_u16(code).unwrap().into_response(),
+        Reply::Close(chunks) => Box::pin(futures::stream::iter(
+            chunks.into_iter().map(|c| Ok(Bytes::from(c))),
+        )),
+        Reply::Abort(chunks) => {
+            let head = futures::stream::iter(chunks.into_iter().map(|c| Ok(Bytes::from(c))));
+            let tail = futures::stream::once(async move {
+                // Let hyper flush what came before, or it drops the response.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                broken()
+            });
+            Box::pin(futures::StreamExt::chain(head, tail))
+        }
+        Reply::Live(chunks) => {
+            // Subscribed before answering, so nothing emitted after the
+            // client saw the connection is lost.
+            let live = fake.live.subscribe();
+            Box::pin(futures::stream::unfold(
+                (chunks.into_iter(), live, killed, false),
+                |(mut chunks, mut live, killed, done)| async move {
+                    if done {
+                        return None;
+                    }
+                    if let Some(chunk) = chunks.next() {
+                        return Some((Ok(Bytes::from(chunk)), (chunks, live, killed, false)));
+                    }
+                    let (item, done) = tokio::select! {
+                        () = killed.cancelled() => (broken(), true),
+                        chunk = live.recv() => match chunk {
+                            Ok(chunk) => (Ok(Bytes::from(chunk)), false),
+                            Err(_) => (broken(), true),
+                        },
+                    };
+                    Some((item, (chunks, live, killed, done)))
+                },
+            ))
+        }
+    };
+    (
+        [(header::CONTENT_TYPE, "text/event-stream")],
+        Body::from_stream(body),
+    )
+        .into_response()
+}
+
+fn broken() -> Result<Bytes, std::io::Error> {
+    Err(std::io::Error::other("connection broken"))
+}
+
+/// Settings for an in-process runner on ephemeral ports reading `url` as
+/// cluster `test`, running `sh -c script`, with fast reconnects.
+pub fn settings(url: &str, script: &str) -> Settings {
+    let config = Config::try_parse_from([
+        "agent-runner",
+        "--stream",
+        &format!("test={url}"),
+        "--agent-command",
+        "true",
+        "--metrics-port",
+        "0",
+        "--health-port",
+        "0",
+    ])
+    .unwrap();
+    config.validate().unwrap();
+    let mut settings = config.settings();
+    settings.agent_command = sh(script);
+    settings.sse_reconnect_initial_delay = Duration::from_millis(20);
+    settings.sse_reconnect_max_delay = Duration::from_millis(100);
+    settings
+}
+
+pub fn sh(script: &str) -> AgentCommand {
+    AgentCommand {
+        program: "sh".to_owned(),
+        args: vec!["-c".to_owned(), script.to_owned()],
+    }
+}
+
+/// The value of one sample (`name{labels}` exactly as exposed), or panics.
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("{series} not found in\n{text}"))
+}
+
+/// Polls `check` every 20 ms for up to 30 s of real time.
+pub async fn eventually<F: FnMut() -> bool>(what: &str, mut check: F) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An HTTP client that ignores proxy settings.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// Log lines written while the guard lives, on this thread (current-thread
+/// runtimes run every task here).
+#[derive(Clone, Default)]
+pub struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Logs {
+    pub fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+        let logs = Self::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(move || writer.clone())
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// Every JSON log line.
+    pub fn lines(&self) -> Vec<serde_json::Value> {
+        let bytes = self.0.lock().unwrap().clone();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Lines whose message is `message`.
+    pub fn with_message(&self, message: &str) -> Vec<serde_json::Value> {
+        self.lines()
+            .into_iter()
+            .filter(|l| l["fields"]["message"] == message)
+            .collect()
+    }
+}
+
+impl Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
