@@ -4,7 +4,8 @@
 //! `cargo run --release -p inference-worker --example cancel_bench` starts the
 //! worker in-process (built-in generator, 20 ms per token), opens 1 000
 //! concurrent streaming jobs, waits until each has produced a token, cancels
-//! them all (100 cancels in flight at a time), then runs 10 000 short jobs
+//! them all (100 cancels in flight at a time, over connections opened
+//! beforehand), then runs 10 000 short jobs
 //! (4 tokens, 100 at a time) and prints one JSON line:
 //!
 //! - `cancel_p50_ms`, `cancel_p99_ms`: `/cancel` round trip;
@@ -21,7 +22,8 @@
 //!
 //! Progress and checks go to stderr. Sizes can be changed with the
 //! environment variables `BENCH_JOBS`, `BENCH_SHORT_JOBS`,
-//! `BENCH_TOKEN_DELAY_MS`, `BENCH_CONCURRENCY`.
+//! `BENCH_TOKEN_DELAY_MS`, `BENCH_CONCURRENCY` (short jobs in flight),
+//! `BENCH_CANCEL_CONCURRENCY` (cancels in flight).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::pin::Pin;
@@ -54,6 +56,7 @@ async fn main() {
     let short_jobs = env_usize("BENCH_SHORT_JOBS", 10_000);
     let token_delay_ms = env_usize("BENCH_TOKEN_DELAY_MS", 20) as u64;
     let concurrency = env_usize("BENCH_CONCURRENCY", 100);
+    let cancel_concurrency = env_usize("BENCH_CANCEL_CONCURRENCY", 100);
     // Every job holds a server and a client socket.
     raise_fd_limit(jobs * 2 + concurrency * 2 + 256);
 
@@ -73,6 +76,18 @@ async fn main() {
         .pool_max_idle_per_host(jobs + concurrency)
         .build()
         .unwrap();
+    // Cancels go over their own connections, opened before the run as a
+    // client that cancels jobs would keep them: the measurement is the
+    // cancel, not a TCP handshake.
+    let cancel_http = reqwest::Client::builder()
+        .pool_max_idle_per_host(cancel_concurrency)
+        .build()
+        .unwrap();
+    futures::future::join_all((0..cancel_concurrency).map(|_| {
+        let (http, base) = (cancel_http.clone(), base.clone());
+        async move { http.get(format!("{base}/healthz")).send().await.unwrap() }
+    }))
+    .await;
 
     // Phase 1: `jobs` long streams, each running (one token seen) before any cancel.
     let running = Arc::new(AtomicUsize::new(0));
@@ -108,10 +123,10 @@ async fn main() {
     }
     eprintln!("{jobs} jobs streaming; cancelling them");
 
-    // Phase 2: cancel every job, `concurrency` requests in flight.
+    // Phase 2: cancel every job, `cancel_concurrency` requests in flight.
     let cancels: Vec<(Duration, Instant)> = stream::iter(0..jobs)
         .map(|n| {
-            let (http, base) = (http.clone(), base.clone());
+            let (http, base) = (cancel_http.clone(), base.clone());
             async move {
                 let start = Instant::now();
                 let response = http
@@ -125,7 +140,7 @@ async fn main() {
                 (answered - start, answered)
             }
         })
-        .buffered(concurrency)
+        .buffered(cancel_concurrency)
         .collect()
         .await;
     let mut cancel_ms = Vec::with_capacity(jobs);
@@ -142,6 +157,12 @@ async fn main() {
     assert_eq!(cancelled, jobs, "every stream ends with CANCELLED");
     let tokens_after_cancel =
         metric(&http, &base, "inference_worker_tokens_after_cancel_total").await;
+    let stop_sum = metric_f64(&http, &base, "job_tracker_cancel_to_stop_seconds_sum").await;
+    let stop_count = metric_f64(&http, &base, "job_tracker_cancel_to_stop_seconds_count").await;
+    eprintln!(
+        "server side: mean cancel accepted -> job stopped {:.3} ms over {stop_count} jobs",
+        stop_sum / stop_count.max(1.0) * 1000.0
+    );
     let tokens_discarded = metric(&http, &base, "inference_worker_tokens_discarded_total").await;
     let reservations_outstanding = metric(&http, &base, "job_tracker_reserved_units").await;
     eprintln!(
@@ -234,6 +255,10 @@ impl SseReader {
 }
 
 async fn metric(http: &reqwest::Client, base: &str, series: &str) -> u64 {
+    metric_f64(http, base, series).await as u64
+}
+
+async fn metric_f64(http: &reqwest::Client, base: &str, series: &str) -> f64 {
     let text = http
         .get(format!("{base}/metrics"))
         .send()
@@ -244,7 +269,7 @@ async fn metric(http: &reqwest::Client, base: &str, series: &str) -> u64 {
         .unwrap();
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |value| value.trim().parse::<f64>().unwrap()) as u64
+        .map_or(0.0, |value| value.trim().parse::<f64>().unwrap())
 }
 
 /// Nearest-rank percentile, in milliseconds with microsecond resolution.

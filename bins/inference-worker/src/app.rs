@@ -12,6 +12,7 @@ use axum::extract::{DefaultBodyLimit, Extension, Path, State};
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::{Json, Router, middleware};
 use http::{HeaderValue, StatusCode, header};
 use job_tracker::{CancelReason, JobOptions, JobTracker, TrackerConfig};
@@ -91,20 +92,10 @@ impl Worker {
         tracker.register_metrics(&mut registry);
         metrics.register(&mut registry);
         shutdown.register(&mut registry);
-        let health = shutdown.health();
-        health.register(&mut registry);
-        let capacity = tracker.clone();
-        health.add_check("job_capacity", move || {
-            let active = capacity.active_count();
-            let limit = capacity.config().max_active_jobs.unwrap_or(usize::MAX);
-            async move {
-                if active < limit {
-                    Ok(())
-                } else {
-                    Err(format!("at capacity: {active} of {limit} jobs running"))
-                }
-            }
-        });
+        // No readiness check on load: a saturated replica answers 429 with
+        // Retry-After; failing readiness instead would pull every busy
+        // replica out of the Service at once and turn load into an outage.
+        shutdown.health().register(&mut registry);
         Ok(Self {
             state: Arc::new(AppState {
                 config,
@@ -159,6 +150,14 @@ impl Worker {
             // end them first, then the connections can close.
             let cancelled = tracker.cancel_all(CancelReason::Shutdown);
             tracing::info!(cancelled, "shutdown: running jobs cancelled");
+        });
+        // Nagle's algorithm would hold a small SSE event back until the
+        // previous one is acknowledged (up to a delayed-ACK timeout, ~40 ms):
+        // far longer than a decode step. Every event goes out at once.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
         });
         let serve = axum::serve(listener, self.router())
             .with_graceful_shutdown(shutdown.token().cancelled_owned());
