@@ -210,3 +210,72 @@ fn map_error(error: kube::Error, name: &str) -> Error {
         other => Error::Client(other.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use kube::core::Status;
+    use kube::core::response::StatusDetails;
+
+    use super::*;
+
+    fn status(code: u16, reason: &str) -> kube::Error {
+        kube::Error::Api(Box::new(Status::failure("msg", reason).with_code(code)))
+    }
+
+    #[test]
+    fn api_statuses_map_to_the_errors_the_store_acts_on() {
+        assert!(matches!(
+            map_error(status(409, "AlreadyExists"), "n"),
+            Error::AlreadyExists { .. }
+        ));
+        assert!(matches!(
+            map_error(status(409, "Conflict"), "n"),
+            Error::Conflict { .. }
+        ));
+        assert!(matches!(
+            map_error(status(404, "NotFound"), "n"),
+            Error::NotFound { .. }
+        ));
+        let e = map_error(status(500, "InternalError"), "n");
+        assert!(e.is_transient());
+        assert!(matches!(e, Error::Api { code: 500, .. }));
+        assert!(!map_error(status(422, "Invalid"), "n").is_transient());
+    }
+
+    #[test]
+    fn a_retry_after_in_the_status_details_is_kept() {
+        let details = StatusDetails {
+            name: "n".into(),
+            group: String::new(),
+            kind: "configmaps".into(),
+            uid: String::new(),
+            causes: Vec::new(),
+            retry_after_seconds: 7,
+        };
+        let e = kube::Error::Api(Box::new(
+            Status::failure("slow down", "TooManyRequests")
+                .with_code(429)
+                .with_details(details),
+        ));
+        assert_eq!(
+            map_error(e, "n").retry_after(),
+            Some(std::time::Duration::from_secs(7))
+        );
+    }
+
+    #[test]
+    fn documents_convert_to_config_maps_and_back_without_loss() {
+        let mut doc = Document::default();
+        doc.labels.insert("a".into(), "b".into());
+        doc.data.insert("k".into(), "v".into());
+        doc.binary_data.insert("z".into(), vec![1, 2, 3]);
+        let mut cm = to_config_map("task-x-state", Some("12"), doc.clone());
+        assert_eq!(cm.metadata.resource_version.as_deref(), Some("12"));
+        assert!(cm.metadata.annotations.is_none());
+        let back = from_config_map(cm.clone()).unwrap();
+        assert_eq!(back.document, doc);
+        assert_eq!(back.resource_version, "12");
+        cm.metadata.resource_version = None;
+        assert!(matches!(from_config_map(cm), Err(Error::Client(_))));
+    }
+}

@@ -36,6 +36,20 @@ async fn exists(store: &StateStore, task: &str) -> bool {
     store.get(task).await.unwrap().is_some()
 }
 
+fn cleanup_deletions(store: &StateStore) -> u64 {
+    let mut registry = prometheus_client::registry::Registry::default();
+    store.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("state_store_cleanup_deletions_total ")?
+                .parse()
+                .ok()
+        })
+        .unwrap()
+}
+
 /// Lets the spawned cleanup task run its pass at the current instant.
 async fn settle() {
     for _ in 0..50 {
@@ -67,6 +81,7 @@ async fn old_idle_states_are_removed_and_in_progress_or_recent_ones_kept() {
         "InProgress is never expired"
     );
     assert!(exists(&store, "fresh").await, "touched a moment ago");
+    assert_eq!(cleanup_deletions(&store), 2);
 
     // 6 h passes until "fresh" is 7 days idle: removed by the pass after that.
     tokio::time::advance(7 * DAY - HOUR).await;
