@@ -483,6 +483,67 @@ async fn shutdown_ends_running_streams_with_shutting_down_and_drains_cleanly() {
     );
 }
 
+#[tokio::test]
+async fn the_binary_ends_open_streams_on_sigterm_and_exits_0_within_the_drain_timeout() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_inference-worker"))
+        .args([
+            "--port",
+            "0",
+            "--log-format",
+            "json",
+            "--drain-timeout-seconds",
+            "5",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = tokio::time::timeout(WITHIN, async {
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("the worker logs its address");
+            let log: Value = serde_json::from_str(&line).unwrap();
+            if log["fields"]["message"] == "inference worker listening" {
+                break log["fields"]["addr"].as_str().unwrap().to_owned();
+            }
+        }
+    })
+    .await
+    .unwrap();
+    // Keep draining the log pipe so the worker never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let http = reqwest::Client::new();
+    let response = http
+        .post(format!("http://{addr}/execute"))
+        .json(&json!({"job_id": "sigterm", "prompt": "p", "max_tokens": 4096}))
+        .send()
+        .await
+        .unwrap();
+    let mut events = SseReader::new(response);
+    assert_eq!(events.next().await.unwrap().event, "started");
+    assert_eq!(events.next().await.unwrap().event, "token");
+
+    let pid = Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
+    kill(pid, Signal::SIGTERM).unwrap();
+    let last = events.collect_all().await.pop().unwrap();
+    assert_eq!(last.json()["code"], "SHUTTING_DOWN");
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the worker exits within its drain timeout")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
 // ---------------------------------------------------------------------------
 // Harness
 
