@@ -20,6 +20,15 @@ pub enum Error {
         /// Why it was rejected.
         reason: &'static str,
     },
+    /// A label selector contained something that is not a plain label key or value.
+    #[error("invalid label selector: {reason}")]
+    InvalidSelector {
+        /// What was wrong.
+        reason: String,
+    },
+    /// A configuration value makes no sense.
+    #[error("invalid state store configuration: {0}")]
+    Config(String),
     /// The document does not exist.
     #[error("document {name} not found")]
     NotFound {

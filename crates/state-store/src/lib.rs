@@ -32,7 +32,7 @@ pub use journal::{FencingToken, JournalStep, OperationJournal, OperationKind, St
 pub use kube::ConfigMapBackend;
 pub use memory::MemoryBackend;
 pub use metrics::StateStoreMetrics;
-pub use naming::{state_name, validate_task_id};
+pub use naming::{state_name, validate_selector, validate_task_id};
 pub use schema::{
     CancellationOutcome, CancellationRecord, CompactionRecord, ErrorMessage, FeedbackEntry,
     HeadRecord, RemediationState, SCHEMA_VERSION, Severity, Supersession, TaskStatus,

@@ -143,6 +143,8 @@ fn duration_histogram() -> Histogram {
 pub(crate) fn error_label(error: &Error) -> &'static str {
     match error {
         Error::InvalidTaskId { .. } => "invalid_task_id",
+        Error::InvalidSelector { .. } => "invalid_selector",
+        Error::Config(_) => "config",
         Error::NotFound { .. } => "not_found",
         Error::Conflict { .. } => "conflict",
         Error::AlreadyExists { .. } => "already_exists",

@@ -75,6 +75,30 @@ pub fn state_labels(task_id: &str) -> BTreeMap<String, String> {
     labels
 }
 
+/// Checks that every pair of `labels` is a plain label key and value, so a
+/// selector built from them selects exactly those labels.
+pub fn validate_selector(labels: &BTreeMap<String, String>) -> Result<()> {
+    let plain = |s: &str, extra: &[u8]| {
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b) || extra.contains(&b))
+    };
+    for (key, value) in labels {
+        let reason = if key.is_empty() || key.len() > 253 || !plain(key, b"/") {
+            Some(format!("label key {key:?} is not a plain label key"))
+        } else if value.len() > 63 || !plain(value, b"") {
+            Some(format!(
+                "label value {value:?} of {key:?} is not a plain label value"
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(Error::InvalidSelector { reason });
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +127,23 @@ mod tests {
             validate_task_id(good).unwrap();
         }
         assert_eq!(state_name("42").unwrap(), "task-42-state");
+    }
+
+    #[test]
+    fn selectors_that_could_widen_a_list_are_rejected() {
+        let sel = |k: &str, v: &str| BTreeMap::from([(k.to_owned(), v.to_owned())]);
+        validate_selector(&sel("supersede.dev/stage", "quality-1")).unwrap();
+        for (k, v) in [
+            ("a", "b,c=d"),
+            ("a", "x y"),
+            ("a!", "b"),
+            ("", "b"),
+            ("a", "b)"),
+        ] {
+            assert!(matches!(
+                validate_selector(&sel(k, v)),
+                Err(Error::InvalidSelector { .. })
+            ));
+        }
     }
 }

@@ -20,7 +20,9 @@ use crate::clock::Clock;
 use crate::codec::{self, SchemaOrigin, SizeLimits};
 use crate::journal::{FencingToken, OperationJournal, Step, StepStatus};
 use crate::metrics::{StateStoreMetrics, error_label};
-use crate::naming::{LABEL_TASK_ID, state_name, state_selector, validate_task_id};
+use crate::naming::{
+    LABEL_TASK_ID, state_name, state_selector, validate_selector, validate_task_id,
+};
 use crate::schema::{
     CancellationRecord, FeedbackEntry, RemediationState, SCHEMA_VERSION, Supersession, TaskStatus,
 };
@@ -62,6 +64,36 @@ impl Default for StoreConfig {
             max_retry_after: Duration::from_secs(10),
             size_limits: SizeLimits::default(),
         }
+    }
+}
+
+impl StoreConfig {
+    /// Rejects values that make no sense, with a message naming the field.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |m: String| Err(Error::Config(m));
+        if self.max_iterations == 0 {
+            return fail("max_iterations must be at least 1".into());
+        }
+        if self.max_attempts == 0 {
+            return fail("max_attempts must be at least 1".into());
+        }
+        if let Err(e) = self.backoff.validate() {
+            return fail(format!("backoff: {e}"));
+        }
+        let limits = &self.size_limits;
+        if limits.max_document > 1024 * 1024 {
+            return fail(format!(
+                "size_limits.max_document {} is over the 1 MiB a ConfigMap can hold",
+                limits.max_document
+            ));
+        }
+        if limits.compact_above == 0 || limits.compact_above > limits.max_document {
+            return fail(format!(
+                "size_limits.compact_above {} must be in 1..=max_document ({})",
+                limits.compact_above, limits.max_document
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -227,11 +259,14 @@ impl StateStore {
         let started = Instant::now();
         let mut selector = state_selector();
         selector.extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let result = self.inner.backend.list(&selector).await.map(|docs| {
-            docs.into_iter()
-                .filter_map(|doc| self.decode_listed(doc))
-                .collect()
-        });
+        let result = match validate_selector(&selector) {
+            Ok(()) => self.inner.backend.list(&selector).await.map(|docs| {
+                docs.into_iter()
+                    .filter_map(|doc| self.decode_listed(doc))
+                    .collect()
+            }),
+            Err(e) => Err(e),
+        };
         self.observe("list", started, result.as_ref().err());
         result
     }
@@ -1120,6 +1155,38 @@ mod tests {
         let all = store(mock).list().await.unwrap();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].state.task_id, TASK);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_selector_that_could_widen_the_list_reaches_no_backend() {
+        let mock = MockStateBackend::new();
+        let labels = BTreeMap::from([("stage".to_owned(), "a,app!=x".to_owned())]);
+        let err = store(mock).list_matching(&labels).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidSelector { .. }));
+    }
+
+    #[test]
+    fn the_default_configuration_is_valid_and_nonsense_is_named() {
+        StoreConfig::default().validate().unwrap();
+        let bad = StoreConfig {
+            size_limits: SizeLimits {
+                max_document: 2 * 1024 * 1024,
+                ..SizeLimits::default()
+            },
+            ..StoreConfig::default()
+        };
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("max_document"), "{err}");
+        let bad = StoreConfig {
+            max_attempts: 0,
+            ..StoreConfig::default()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max_attempts")
+        );
     }
 
     #[tokio::test(start_paused = true)]
