@@ -416,3 +416,27 @@ on_both_backends!(
     store_journal_and_fencing_round_trip,
     concurrent_writers_lose_no_update,
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncontended_update_costs_two_api_calls() {
+    let kube = FakeKube::start().await.unwrap();
+    let mut config = kube.config();
+    config.default_retry = false;
+    let client = kube::Client::try_from(config).unwrap();
+    let store = StateStore::new(ConfigMapBackend::new(client, "default"));
+    kube.calls().reset();
+    store.increment_iteration("solo").await.unwrap(); // GET (404) + POST
+    assert_eq!(kube.calls().count(None, Some("configmaps")), 2);
+    for _ in 0..4 {
+        store.increment_iteration("solo").await.unwrap(); // GET + PUT
+    }
+    assert_eq!(kube.calls().count(Some("get"), Some("configmaps")), 5);
+    assert_eq!(kube.calls().count(Some("create"), Some("configmaps")), 1);
+    assert_eq!(kube.calls().count(Some("update"), Some("configmaps")), 4);
+    assert_eq!(kube.calls().count(None, Some("configmaps")), 10);
+    assert_eq!(
+        kube.calls().count(Some("patch"), None),
+        0,
+        "never server-side apply"
+    );
+}
