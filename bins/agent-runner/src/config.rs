@@ -281,6 +281,27 @@ impl FromStr for AgentCommand {
     }
 }
 
+impl AgentCommand {
+    /// The command with a relative program path (`./agent.sh`,
+    /// `agents/run`) made absolute against the current directory: agents
+    /// run in their own workspace, where a relative path would not resolve.
+    /// A bare name (`python3`) is left for the PATH lookup.
+    pub fn absolute(&self) -> Self {
+        let program = std::path::Path::new(&self.program);
+        let program = if program.is_relative() && program.components().count() > 1 {
+            std::env::current_dir()
+                .map(|dir| dir.join(program).to_string_lossy().into_owned())
+                .unwrap_or_else(|_| self.program.clone())
+        } else {
+            self.program.clone()
+        };
+        Self {
+            program,
+            args: self.args.clone(),
+        }
+    }
+}
+
 impl fmt::Display for AgentCommand {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.program)?;
@@ -365,6 +386,13 @@ impl Config {
             0,
             16 * 1024 * 1024,
         )?;
+        let program = std::path::Path::new(&self.agent_command.program);
+        if program.components().count() > 1 && !program.is_file() {
+            return Err(ConfigError {
+                flag: "agent-command",
+                reason: format!("{} is not a file", program.display()),
+            });
+        }
         if let Some(root) = &self.workspace_root
             && !root.is_dir()
         {
@@ -431,7 +459,7 @@ impl Config {
             max_queue_size: self.max_queue_size,
             max_queue_age: secs(self.max_queue_age_seconds),
             queue_sweep_interval: secs(self.queue_sweep_interval_seconds),
-            agent_command: self.agent_command.clone(),
+            agent_command: self.agent_command.absolute(),
             max_concurrent_agents: self.max_concurrent_agents,
             agent_timeout: secs(self.agent_timeout_seconds),
             agent_kill_grace: secs(self.agent_kill_grace_seconds),
@@ -633,6 +661,25 @@ mod tests {
         assert!("".parse::<AgentCommand>().is_err());
         assert!("[]".parse::<AgentCommand>().is_err());
         assert!("[1, 2]".parse::<AgentCommand>().is_err());
+    }
+
+    #[test]
+    fn relative_agent_paths_are_checked_and_made_absolute() {
+        let missing = parse(&[
+            "--stream",
+            "prod=http://127.0.0.1:7070/",
+            "--agent-command",
+            "./no/such/agent.sh",
+        ])
+        .unwrap();
+        assert_eq!(missing.validate().unwrap_err().flag, "agent-command");
+        let relative: AgentCommand = "src/lib.rs --x".parse().unwrap();
+        let absolute = relative.absolute();
+        assert!(std::path::Path::new(&absolute.program).is_absolute());
+        assert!(absolute.program.ends_with("src/lib.rs"));
+        assert_eq!(absolute.args, ["--x"]);
+        let bare: AgentCommand = "python3".parse().unwrap();
+        assert_eq!(bare.absolute(), bare, "left to the PATH lookup");
     }
 
     #[test]

@@ -268,7 +268,7 @@ impl Runner {
                 None
             }
         };
-        let not_started = inner.abandon_queue(held);
+        let not_started = inner.abandon_queue(held.as_ref());
 
         let drain = inner.shutdown.drain(inner.settings.shutdown_timeout).await;
         let finished = std::mem::take(
@@ -413,7 +413,11 @@ impl Inner {
                             end.reason.is_error(),
                             end.connected_for,
                         );
-                        tracing::warn!(%cluster, reason = last_reason, detail = %end.reason, events = end.events, "incident stream disconnected");
+                        if end.reason.is_error() {
+                            tracing::warn!(%cluster, reason = last_reason, detail = %end.reason, events = end.events, "incident stream disconnected");
+                        } else {
+                            tracing::info!(%cluster, reason = last_reason, detail = %end.reason, events = end.events, "incident stream closed");
+                        }
                     }
                     SseItem::Reconnecting { delay, attempt } => {
                         self.metrics.sse_reconnecting(&cluster, last_reason);
@@ -660,7 +664,7 @@ impl Inner {
 
     /// Empties the queue at shutdown (plus the incident the dispatcher
     /// held, if any); returns how many incidents never got an agent.
-    fn abandon_queue(&self, held: Option<Incident>) -> usize {
+    fn abandon_queue(&self, held: Option<&Incident>) -> usize {
         for expired in self.queue.sweep() {
             self.on_expired(&expired);
         }
