@@ -39,6 +39,9 @@ pub struct StoreConfig {
     pub backoff: BackoffPolicy,
     /// Longest server-requested wait (Retry-After) honoured between attempts.
     pub max_retry_after: Duration,
+    /// Longest wait for one API call; a call that takes longer counts as a
+    /// transport failure (for a write: outcome unknown, settled by re-reading).
+    pub call_timeout: Duration,
     /// Document size thresholds.
     pub size_limits: SizeLimits,
 }
@@ -62,6 +65,9 @@ impl Default for StoreConfig {
                 max_attempts: None,
             },
             max_retry_after: Duration::from_secs(10),
+            // An API server answers a ConfigMap call in milliseconds; 10 s means it is
+            // not going to, and the update loop should decide what to do next.
+            call_timeout: Duration::from_secs(10),
             size_limits: SizeLimits::default(),
         }
     }
@@ -73,6 +79,9 @@ impl StoreConfig {
         let fail = |m: String| Err(Error::Config(m));
         if self.max_iterations == 0 {
             return fail("max_iterations must be at least 1".into());
+        }
+        if self.call_timeout.is_zero() {
+            return fail("call_timeout must be greater than zero".into());
         }
         if self.max_attempts == 0 {
             return fail("max_attempts must be at least 1".into());
@@ -237,7 +246,10 @@ impl StateStore {
         let started = Instant::now();
         let result = async {
             let name = state_name(task_id)?;
-            match self.inner.backend.delete(&name, resource_version).await {
+            match self
+                .bounded(self.inner.backend.delete(&name, resource_version))
+                .await
+            {
                 Ok(()) => Ok(true),
                 Err(Error::NotFound { .. }) => Ok(false),
                 Err(e) => Err(e),
@@ -260,11 +272,14 @@ impl StateStore {
         let mut selector = state_selector();
         selector.extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
         let result = match validate_selector(&selector) {
-            Ok(()) => self.inner.backend.list(&selector).await.map(|docs| {
-                docs.into_iter()
-                    .filter_map(|doc| self.decode_listed(doc))
-                    .collect()
-            }),
+            Ok(()) => self
+                .bounded(self.inner.backend.list(&selector))
+                .await
+                .map(|docs| {
+                    docs.into_iter()
+                        .filter_map(|doc| self.decode_listed(doc))
+                        .collect()
+                }),
             Err(e) => Err(e),
         };
         self.observe("list", started, result.as_ref().err());
@@ -399,7 +414,7 @@ impl StateStore {
 
     async fn get_inner(&self, task_id: &str) -> Result<Option<Snapshot>> {
         let name = state_name(task_id)?;
-        let Some(doc) = self.inner.backend.get(&name).await? else {
+        let Some(doc) = self.bounded(self.inner.backend.get(&name)).await? else {
             return Ok(None);
         };
         let decoded = codec::decode(task_id, self.inner.config.max_iterations, &doc);
@@ -417,6 +432,14 @@ impl StateStore {
             resource_version: doc.resource_version,
             origin: decoded.origin,
         }))
+    }
+
+    /// Runs one backend call with [`StoreConfig::call_timeout`].
+    async fn bounded<T>(&self, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        let limit = self.inner.config.call_timeout;
+        tokio::time::timeout(limit, call)
+            .await
+            .unwrap_or_else(|_| Err(Error::Transport(format!("no answer within {limit:?}"))))
     }
 
     fn validate(&self, task_id: &str, state: &RemediationState) -> Result<()> {
@@ -489,7 +512,7 @@ impl StateStore {
             }
             pause = true;
 
-            let stored = match backend.get(&name).await {
+            let stored = match self.bounded(backend.get(&name)).await {
                 Ok(stored) => stored,
                 Err(e) if e.is_transient() => {
                     metrics.retry("transient");
@@ -563,10 +586,9 @@ impl StateStore {
             )?;
 
             let written = match base {
-                None => backend.create(&name, encoded.document).await,
+                None => self.bounded(backend.create(&name, encoded.document)).await,
                 Some(doc) => {
-                    backend
-                        .replace(&name, &doc.resource_version, encoded.document)
+                    self.bounded(backend.replace(&name, &doc.resource_version, encoded.document))
                         .await
                 }
             };
@@ -611,7 +633,7 @@ impl StateStore {
 
         if !in_doubt.is_empty() {
             // One last read may still settle it.
-            if let Ok(Some(doc)) = backend.get(&name).await {
+            if let Ok(Some(doc)) = self.bounded(backend.get(&name)).await {
                 let decoded = codec::decode(task_id, config.max_iterations, &doc);
                 if let Some(i) = in_doubt
                     .iter()
@@ -1187,6 +1209,46 @@ mod tests {
                 .to_string()
                 .contains("max_attempts")
         );
+    }
+
+    /// A backend whose writes hang after being applied, like a server that
+    /// stores the write and then never answers.
+    struct HangingWrites(crate::MemoryBackend);
+
+    #[async_trait::async_trait]
+    impl StateBackend for HangingWrites {
+        async fn get(&self, name: &str) -> Result<Option<StoredDocument>> {
+            self.0.get(name).await
+        }
+        async fn create(&self, name: &str, document: Document) -> Result<StoredDocument> {
+            self.0.create(name, document).await?;
+            std::future::pending().await
+        }
+        async fn replace(
+            &self,
+            name: &str,
+            rv: &str,
+            document: Document,
+        ) -> Result<StoredDocument> {
+            self.0.replace(name, rv, document).await?;
+            std::future::pending().await
+        }
+        async fn delete(&self, name: &str, rv: &str) -> Result<()> {
+            self.0.delete(name, rv).await
+        }
+        async fn list(&self, labels: &BTreeMap<String, String>) -> Result<Vec<StoredDocument>> {
+            self.0.list(labels).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_that_never_answers_times_out_and_is_settled_by_re_reading() {
+        let store = StateStore::new(HangingWrites(crate::MemoryBackend::new()));
+        let started = Instant::now();
+        assert_eq!(store.increment_iteration(TASK).await.unwrap(), 1);
+        assert_eq!(store.increment_iteration(TASK).await.unwrap(), 2);
+        assert_eq!(store.get(TASK).await.unwrap().unwrap().state.iteration, 2);
+        assert!(started.elapsed() >= 2 * StoreConfig::default().call_timeout);
     }
 
     #[tokio::test(start_paused = true)]
