@@ -1,3 +1,5 @@
+#![doc = include_str!("../README.md")]
+//!
 //! `agent-runner`: runs an AI agent process for each incident that arrives
 //! on Server-Sent Events streams (one per cluster), with filtering, an
 //! expiring queue, timeouts that stop agents gracefully (SIGTERM to the
@@ -13,27 +15,6 @@
 //!
 //! The library runs the whole service in-process (tests do); `src/main.rs`
 //! adds logging and signal handling. See `docs/agent-runner.md`.
-//!
-//! ```no_run
-//! use agent_runner::{Config, Runner};
-//! use clap::Parser;
-//! use resilience::Shutdown;
-//!
-//! # async fn run() -> Result<(), agent_runner::Error> {
-//! let config = Config::parse_from([
-//!     "agent-runner",
-//!     "--stream", "local=http://127.0.0.1:7070/events",
-//!     "--agent-command", "examples/agents/echo-agent.sh",
-//! ]);
-//! config.validate()?;
-//! let shutdown = Shutdown::new();
-//! let runner = Runner::start(config.settings(), shutdown.clone()).await?;
-//! println!("probes on {}, metrics on {}", runner.health_addr(), runner.metrics_addr());
-//! shutdown.listen_for_signals()?;
-//! let report = runner.run_until_shutdown().await;
-//! std::process::exit(i32::from(report.exit_code()));
-//! # }
-//! ```
 
 pub mod agent;
 pub mod api;
