@@ -86,7 +86,7 @@ async fn events(
 
 fn incident(n: u64) -> Event {
     // Every fifth event repeats the previous incident: a duplicate.
-    let incident_number = if n % 5 == 0 { n - 1 } else { n };
+    let incident_number = if n.is_multiple_of(5) { n - 1 } else { n };
     let index = usize::try_from(incident_number).unwrap_or(0);
     let body = serde_json::json!({
         "id": format!("inc-{incident_number}"),
