@@ -8,7 +8,7 @@
 //! The agent gets the incident JSON on stdin (then EOF), `INCIDENT_ID`,
 //! `CLUSTER`, `SEVERITY`, `AGENT_ID` and `AGENT_WORKSPACE` in its
 //! environment (on top of the runner's own), and a fresh directory as its
-//! working directory. Stopping it is [`resilience::terminate`]: SIGTERM to
+//! working directory. Stopping it is [`resilience::terminate()`]: SIGTERM to
 //! its process group, the kill grace, then SIGKILL.
 
 use std::fmt;
