@@ -23,7 +23,8 @@
 //! Progress and checks go to stderr. Sizes can be changed with the
 //! environment variables `BENCH_JOBS`, `BENCH_SHORT_JOBS`,
 //! `BENCH_TOKEN_DELAY_MS`, `BENCH_CONCURRENCY` (short jobs in flight),
-//! `BENCH_CANCEL_CONCURRENCY` (cancels in flight).
+//! `BENCH_CANCEL_CONCURRENCY` (cancels in flight), `BENCH_HOLD_MS` (let the
+//! streams run this long before cancelling; also prints their CPU use).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::pin::Pin;
@@ -120,6 +121,15 @@ async fn main() {
         tokio::time::timeout(Duration::from_secs(120), waiting)
             .await
             .expect("all jobs started within two minutes");
+    }
+    let hold = Duration::from_millis(env_usize("BENCH_HOLD_MS", 0) as u64);
+    let cpu_before = cpu_seconds();
+    tokio::time::sleep(hold).await;
+    if !hold.is_zero() {
+        eprintln!(
+            "steady state: {:.2} CPU cores busy with {jobs} streams",
+            (cpu_seconds() - cpu_before) / hold.as_secs_f64()
+        );
     }
     eprintln!("{jobs} jobs streaming; cancelling them");
 
@@ -282,6 +292,22 @@ fn percentile(values: &mut [f64], p: f64) -> f64 {
 
 fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
+}
+
+/// User + system CPU time of this process so far (from /proc/self/stat, in
+/// clock ticks of 10 ms).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the parenthesised command name; utime and stime are the
+    // 12th and 13th of them.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
 }
 
 fn rss_kb() -> u64 {
