@@ -334,7 +334,12 @@ async fn main() {
     let fake = FakeKube::start().await.unwrap();
     fake.faults().latency(Match::any(), LATENCY, Duration::ZERO);
     let client = fake.client();
+    // `lock_bench lease-lock` runs one implementation only.
+    let only = std::env::args().nth(1);
     for which in [Impl::LeaseLock, Impl::KubeLeaseManager, Impl::SeedBaseline] {
+        if only.as_deref().is_some_and(|o| o != which.name()) {
+            continue;
+        }
         let results = run(which, &fake, &client).await;
         let line = serde_json::json!({
             "impl": which.name(),
@@ -402,6 +407,7 @@ async fn run(which: Impl, fake: &FakeKube, client: &kube::Client) -> Results {
     let handoffs = handoffs.lock().unwrap().clone();
 
     // Throughput: 100 keys × 20 contenders, one acquisition each.
+    let calls_before = fake.calls().snapshot();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for key in 0..THROUGHPUT_KEYS {
@@ -423,6 +429,23 @@ async fn run(which: Impl, fake: &FakeKube, client: &kube::Client) -> Results {
     }
     let acquisitions_per_sec =
         (THROUGHPUT_KEYS * THROUGHPUT_CONTENDERS) as f64 / started.elapsed().as_secs_f64();
+    // Where the calls went (stderr, so stdout stays one JSON line per implementation).
+    let mut breakdown: Vec<String> = fake
+        .calls()
+        .snapshot()
+        .into_iter()
+        .filter_map(|(key, n)| {
+            let delta = n - calls_before.get(&key).copied().unwrap_or(0);
+            (delta > 0).then(|| format!("{key}: {delta}"))
+        })
+        .collect();
+    breakdown.sort();
+    eprintln!(
+        "{}: throughput phase took {:?}; calls: {}",
+        which.name(),
+        started.elapsed(),
+        breakdown.join(", ")
+    );
 
     Results {
         uncontended_calls,

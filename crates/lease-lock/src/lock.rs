@@ -35,8 +35,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use prometheus_client::registry::Registry;
 use rand::Rng;
@@ -542,6 +542,7 @@ struct Acquisition<'a> {
     backoff: Backoff,
     watch: Option<BoxStream<'static, Result<LeaseEvent, Error>>>,
     watch_opened: bool,
+    watch_heard: Option<Instant>,
     marker: Option<WaitMarker>,
     last_error: Option<Error>,
     last_holder: Option<String>,
@@ -576,6 +577,7 @@ impl<'a> Acquisition<'a> {
             view,
             watch: None,
             watch_opened: false,
+            watch_heard: None,
             marker: None,
             last_error: None,
             last_holder: None,
@@ -819,7 +821,7 @@ impl<'a> Acquisition<'a> {
             poll = false;
         }
         let wake_at = wake_at.min(deadline);
-        let wake = {
+        let mut wake = {
             let event = next_event(&mut self.watch);
             tokio::select! {
                 biased;
@@ -828,15 +830,27 @@ impl<'a> Acquisition<'a> {
                 () = tokio::time::sleep_until(wake_at) => Wake::Timer { poll },
             }
         };
+        // Skip to the newest state already delivered: under contention the
+        // next holder's write often arrives right behind the release, and
+        // acting on the release alone would only produce a doomed write.
+        while let Wake::Event(Some(Ok(_))) = wake {
+            match self.watch.as_mut().and_then(|w| w.next().now_or_never()) {
+                Some(newer @ Some(Ok(_))) => wake = Wake::Event(newer),
+                _ => break,
+            }
+        }
         match wake {
             Wake::Event(Some(Ok(LeaseEvent::Applied(lease)))) => {
+                self.watch_heard = Some(Instant::now());
                 self.view = View::Present(self.inner().observe(&self.name, lease));
             }
             Wake::Event(Some(Ok(LeaseEvent::Deleted))) => {
+                self.watch_heard = Some(Instant::now());
                 self.inner().forget(&self.name);
                 self.view = View::Absent;
             }
             Wake::Event(Some(Err(e))) => {
+                self.watch_heard = None;
                 debug!(lease = %self.name, error = %e, "lease watch reported an error; polling goes on");
             }
             Wake::Event(None) => {
@@ -846,12 +860,25 @@ impl<'a> Acquisition<'a> {
             // Re-read what may have changed unseen; at the expiry instant
             // the current view is judged again as it is (the takeover is
             // conditional on its version, so an unseen renewal makes it fail).
-            Wake::Timer { poll: true } if held || matches!(self.view, View::Stale) => {
+            Wake::Timer { poll: true }
+                if (held || matches!(self.view, View::Stale)) && !self.watch_is_fresh() =>
+            {
                 self.view = View::Stale;
             }
             Wake::Timer { .. } => {}
         }
         Ok(())
+    }
+
+    /// Whether the watch is open and was heard from (opened, or delivered
+    /// an event) within the longest backoff delay: then it reports changes
+    /// and a poll would only repeat it. A silent or failing watch is
+    /// backed up by polls.
+    fn watch_is_fresh(&self) -> bool {
+        self.watch.is_some()
+            && self
+                .watch_heard
+                .is_some_and(|heard| heard.elapsed() < self.inner().config.backoff.max)
     }
 
     fn open_watch(&mut self) {
@@ -862,6 +889,7 @@ impl<'a> Acquisition<'a> {
             return;
         };
         self.watch_opened = true;
+        self.watch_heard = Some(Instant::now());
         let inner = self.inner();
         self.watch = Some(inner.backend.watch(
             &inner.config.namespace,

@@ -646,3 +646,24 @@ async fn a_key_can_be_acquired_again_right_after_its_guard_is_dropped() {
 
     assert_eq!(again.fencing_token().transitions, 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_with_a_live_watch_does_not_poll() {
+    let memory = MemoryLeases::new();
+    let a = lock_on(memory.clone(), "pod-a");
+    let b_backend = Instrumented::new(memory.clone());
+    let b = lock_on(b_backend.clone(), "pod-b");
+    let held = a.acquire("k", AcquireOptions::new()).await.unwrap();
+    let waiter = tokio::spawn(async move { b.acquire("k", wait_up_to(60)).await });
+    // Shorter than the 2 s longest backoff: the watch is trusted meanwhile.
+    tokio::time::sleep(Duration::from_millis(1900)).await;
+    held.release().await.unwrap();
+    waiter.await.unwrap().unwrap();
+
+    assert_eq!(
+        b_backend.count(Verb::Get),
+        1,
+        "one read after CREATE's 409, then only the watch"
+    );
+    assert_eq!(b_backend.count(Verb::Watch), 1);
+}
