@@ -157,6 +157,25 @@ async fn cancel_of_a_finished_job_answers_202_and_changes_nothing() {
     assert_eq!(status, 202);
     assert_eq!(body["status"], "cancelling");
     assert_eq!(worker.status_outcome("done-1"), JobOutcome::Completed);
+    let status: Value = worker
+        .http
+        .get(worker.url("/jobs/done-1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["state"], "finished");
+    assert_eq!(status["outcome"], "completed");
+    assert_eq!(status["steps"], 5);
+    let missing = worker
+        .http
+        .get(worker.url("/jobs/nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
     assert_eq!(
         worker
             .metric(r#"job_tracker_cancel_requests_total{outcome="finished"}"#)
@@ -401,6 +420,37 @@ async fn upstream_done_ends_the_stream_with_usage() {
     assert_eq!(names, ["started", "token", "token", "token", "end"]);
     assert_eq!(events[4].json()["finish_reason"], "stop");
     assert_eq!(events[4].json()["usage"]["completion_tokens"], 3);
+}
+
+#[tokio::test]
+async fn upstream_failure_ends_the_stream_with_upstream_error_and_frees_the_reservation() {
+    let app = Router::new().route(
+        "/v1/completions",
+        post(|| async { (http::StatusCode::SERVICE_UNAVAILABLE, "model is loading") }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let worker = TestWorker::start(Config {
+        upstream: Some(upstream.parse().unwrap()),
+        ..Config::default()
+    })
+    .await;
+    let events = worker
+        .execute(json!({"job_id": "up-503", "prompt": "p", "max_tokens": 10}))
+        .await
+        .collect_all()
+        .await;
+    let last = events.last().unwrap();
+    assert_eq!(last.event, "error");
+    assert_eq!(last.json()["code"], "UPSTREAM_ERROR");
+    let message = last.json()["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("503") && message.contains("model is loading"),
+        "{message}"
+    );
+    assert_eq!(worker.status_outcome("up-503"), JobOutcome::Failed);
+    assert_eq!(worker.worker.tracker().pool().reserved(), 0);
 }
 
 #[tokio::test]
