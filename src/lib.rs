@@ -1,13 +1,34 @@
 //! # supersede
 //!
 //! Cancel stale AI-agent work on Kubernetes safely. This facade re-exports the
-//! member crates, each behind a cargo feature of the same name, so that users
-//! depend on one name:
+//! member crates, each behind a cargo feature of the same name (all on by
+//! default), so that users depend on one name:
 //!
-//! | feature | crate | what it is |
+//! | feature | module | what it is |
 //! |---|---|---|
-//! | `resilience` | [`resilience`] | backoff, retry, circuit breaker, termination, shutdown, health, expiring queue |
-#![doc = include_str!("../README.md")]
+//! | `resilience` | [`resilience`] | backoff, retry, circuit breaker, termination, shutdown, health, expiring queue, SSE client |
+//! | `lease-lock` | [`lease_lock`] | distributed lock on Kubernetes Leases with fencing tokens |
+//! | `state-store` | [`state_store`] | task state in ConfigMaps with compare-and-swap updates |
+//! | `label-cas` | [`label_cas`] | PR label transitions safe against racing writers and rate limits |
+//! | `job-tracker` | [`job_tracker`] | cancellable job registry with reservations |
+//!
+//! ```
+//! # #[cfg(feature = "resilience")] {
+//! use supersede::resilience::{Backoff, BackoffPolicy};
+//!
+//! let mut backoff = Backoff::new(BackoffPolicy::default());
+//! let first = backoff.next_delay().expect("the default policy never stops");
+//! assert!(first.as_millis() >= 750 && first.as_millis() <= 1250);
+//! # }
+//! ```
 
+#[cfg(feature = "job-tracker")]
+pub use job_tracker;
+#[cfg(feature = "label-cas")]
+pub use label_cas;
+#[cfg(feature = "lease-lock")]
+pub use lease_lock;
 #[cfg(feature = "resilience")]
 pub use resilience;
+#[cfg(feature = "state-store")]
+pub use state_store;
