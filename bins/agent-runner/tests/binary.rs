@@ -45,6 +45,7 @@ const FAMILIES: [&str; 19] = [
 struct Running {
     child: Child,
     logs: Arc<Mutex<Vec<Value>>>,
+    reader: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
@@ -61,7 +62,7 @@ impl Running {
         let logs = Arc::new(Mutex::new(Vec::new()));
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let sink = Arc::clone(&logs);
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
                 match serde_json::from_str(&line) {
                     Ok(value) => sink.lock().unwrap().push(value),
@@ -69,7 +70,11 @@ impl Running {
                 }
             }
         });
-        Self { child, logs }
+        Self {
+            child,
+            logs,
+            reader,
+        }
     }
 
     /// The first log line with `message`, waiting up to 30 s for it.
@@ -267,6 +272,11 @@ async fn metrics_lists_every_family_and_sigterm_drains_agents_then_exits_0() {
         .unwrap();
     let elapsed = signalled.elapsed();
     assert_eq!(status.code(), Some(0), "exit 0 after the drain");
+    // Every line the runner wrote before exiting has been read.
+    tokio::time::timeout(Duration::from_secs(10), runner.reader)
+        .await
+        .expect("stdout reaches EOF")
+        .unwrap();
     assert!(
         elapsed >= Duration::from_secs(3 + 1),
         "waited the shutdown timeout, then the kill grace: {elapsed:?}"
