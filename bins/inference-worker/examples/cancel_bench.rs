@@ -169,8 +169,27 @@ async fn main() {
         metric(&http, &base, "inference_worker_tokens_after_cancel_total").await;
     let stop_sum = metric_f64(&http, &base, "job_tracker_cancel_to_stop_seconds_sum").await;
     let stop_count = metric_f64(&http, &base, "job_tracker_cancel_to_stop_seconds_count").await;
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // The first bucket holding 99 % of the observations bounds the p99.
+    let p99_bound = text
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("job_tracker_cancel_to_stop_seconds_bucket{le=\"")?;
+            let (le, count) = rest.split_once("\"} ")?;
+            Some((le.to_owned(), count.trim().parse::<f64>().ok()?))
+        })
+        .find(|(_, count)| *count >= 0.99 * stop_count)
+        .map_or_else(|| "?".to_owned(), |(le, _)| le);
     eprintln!(
-        "server side: mean cancel accepted -> job stopped {:.3} ms over {stop_count} jobs",
+        "server side (cancel accepted -> job stopped, reservation freed): mean {:.3} ms, \
+         p99 <= {p99_bound} s, over {stop_count} jobs",
         stop_sum / stop_count.max(1.0) * 1000.0
     );
     let tokens_discarded = metric(&http, &base, "inference_worker_tokens_discarded_total").await;
