@@ -528,3 +528,46 @@ mod checks {
         );
     }
 }
+
+/// Kubernetes only: a watch resumed from a resourceVersion the server no
+/// longer keeps gets 410 Gone; the stream lists again and goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_watch_recovers_from_410_gone_by_listing_again() {
+    use futures::StreamExt;
+    use lease_lock::{KubeLeases, LeaseBackend, LeaseEvent};
+    use std::time::Duration;
+
+    let fake = testkit::kube::FakeKube::builder()
+        .watch_history(2)
+        .start()
+        .await
+        .unwrap();
+    let backend = KubeLeases::new(fake.client());
+    let mut lease = lease_lock::Lease::default();
+    lease.metadata.name = Some("a".into());
+    let first = backend.create("ns", &lease).await.unwrap();
+    let mut current = first.clone();
+    for transitions in 1..=5 {
+        current
+            .spec
+            .get_or_insert_with(Default::default)
+            .lease_transitions = Some(transitions);
+        current = backend.replace("ns", &current).await.unwrap();
+    }
+
+    let mut stream = backend.watch("ns", "a", first.metadata.resource_version.clone());
+    let event = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.next().await {
+                Some(Ok(event)) => return event,
+                Some(Err(_)) => continue,
+                None => panic!("the watch stream ended"),
+            }
+        }
+    })
+    .await
+    .expect("an event after the 410");
+
+    assert_eq!(event, LeaseEvent::Applied(current), "the current state, not a replay");
+    assert_eq!(fake.calls().count(Some("list"), Some("leases")), 1, "listed again after the 410");
+}

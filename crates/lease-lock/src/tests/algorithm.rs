@@ -667,3 +667,27 @@ async fn a_waiter_with_a_live_watch_does_not_poll() {
     );
     assert_eq!(b_backend.count(Verb::Watch), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_spawned_garbage_collector_deletes_idle_leases_until_cancelled() {
+    let memory = MemoryLeases::new();
+    let day = Duration::from_secs(25 * 3600);
+    memory
+        .create(NS, &held_lease("lock-old", None, 1, day))
+        .await
+        .unwrap();
+    let lock = lock_on(memory.clone(), "pod-a");
+    let cancel = CancellationToken::new();
+    let collector = lock.spawn_garbage_collector(Duration::from_secs(60), cancel.clone());
+
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(
+        memory.get(NS, "lock-old").await.unwrap().is_some(),
+        "not before the first period (±10 %)"
+    );
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    assert!(memory.get(NS, "lock-old").await.unwrap().is_none());
+
+    cancel.cancel();
+    collector.await.unwrap();
+}
