@@ -568,6 +568,14 @@ async fn kube_watch_recovers_from_410_gone_by_listing_again() {
     .await
     .expect("an event after the 410");
 
-    assert_eq!(event, LeaseEvent::Applied(current), "the current state, not a replay");
-    assert_eq!(fake.calls().count(Some("list"), Some("leases")), 1, "listed again after the 410");
+    assert_eq!(
+        event,
+        LeaseEvent::Applied(current),
+        "the current state, not a replay"
+    );
+    assert_eq!(
+        fake.calls().count(Some("list"), Some("leases")),
+        1,
+        "listed again after the 410"
+    );
 }
