@@ -19,7 +19,8 @@
 //!   `limit`/`continue`), `watch`, `create` (`generateName`, uid,
 //!   creationTimestamp, generation), `update` (PUT; a stale
 //!   `metadata.resourceVersion` is 409 Conflict), `patch` (merge, JSON,
-//!   strategic-as-merge, server-side apply with create-if-absent), `delete`
+//!   strategic-as-merge, server-side apply with field managers, conflicts,
+//!   `force` and create-if-absent; see below), `delete`
 //!   (uid/resourceVersion preconditions, finalizers and
 //!   `deletionTimestamp`, grace periods for pods, see [`PodTermination`]),
 //!   `deletecollection`, and the `/status` subresource.
@@ -70,6 +71,7 @@
 //! ```
 
 mod discovery;
+mod managed_fields;
 mod patch;
 mod resource;
 mod selector;
@@ -95,7 +97,7 @@ pub use store::PodTermination;
 use crate::calls::Calls;
 use crate::faults::Faults;
 use server::{ServerOptions, Shared};
-use store::{Store, StoreConfig};
+use store::{Store, StoreConfig, WriteOptions};
 
 /// Errors of the fake API server's own API (not the HTTP answers it serves).
 #[derive(Debug, thiserror::Error)]
@@ -492,9 +494,14 @@ fn register_crd(shared: &Shared, crd: &CustomResourceDefinition) -> Result<(), E
     if let Some(meta) = object.get_mut("metadata").and_then(|m| m.as_object_mut()) {
         meta.remove("resourceVersion");
     }
-    let result = match store.create(&crds, "", object.clone(), false) {
+    // Recorded in managedFields as written by "testkit".
+    let opts = WriteOptions {
+        field_manager: "testkit".to_owned(),
+        ..WriteOptions::default()
+    };
+    let result = match store.create(&crds, "", object.clone(), &opts) {
         Err(e) if e.code == 409 && e.reason == "AlreadyExists" => {
-            store.update(&crds, "", &name, object, false, false)
+            store.update(&crds, "", &name, object, false, &opts)
         }
         other => other,
     };

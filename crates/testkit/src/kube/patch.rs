@@ -2,8 +2,8 @@
 //!
 //! JSON merge patch (RFC 7386) and JSON patch (RFC 6902) are exact. Strategic
 //! merge patch is applied as a JSON merge patch (lists are replaced, not
-//! merged by key), and server-side apply is applied as a merge of the applied
-//! configuration over the live object, without field ownership. The rule it
+//! merged by key). Server-side apply is not a patch of this module: its
+//! merge depends on field ownership (see `managed_fields`). The rule it
 //! keeps: **a patch yields a whole new object that then goes through the same
 //! checks as an update**, so a `metadata.resourceVersion` in a patch is a
 //! precondition, exactly as on the API server.
@@ -55,7 +55,9 @@ pub(crate) fn parse_body(kind: PatchKind, body: &[u8]) -> Result<Value, ApiError
     }
 }
 
-/// Applies `patch` to `current`, returning the patched object.
+/// Applies `patch` to `current`, returning the patched object. (An apply
+/// patch is merged here like a merge patch; the store applies it with field
+/// ownership instead.)
 pub(crate) fn apply(kind: PatchKind, current: &Value, patch: &Value) -> Result<Value, ApiError> {
     let mut doc = current.clone();
     match kind {

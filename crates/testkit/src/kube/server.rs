@@ -25,11 +25,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::discovery;
+use super::managed_fields;
 use super::patch::PatchKind;
 use super::resource::ResourceType;
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::ApiError;
-use super::store::{DeleteOptions, Deleted, PodTimer, Store, WatchRequest, WatchStart};
+use super::store::{
+    DeleteOptions, Deleted, PodTimer, Store, WatchRequest, WatchStart, WriteOptions,
+};
 use super::watch::{self, WatchStream};
 use crate::calls::{Calls, Outcome};
 use crate::faults::{FaultDecision, Faults, InjectedError, RequestMeta};
@@ -394,6 +397,8 @@ async fn serve_resource_inner(
     let namespace = r.namespace.clone().unwrap_or_default();
     let dry_run = query.get("dryRun").is_some_and(|d| d == "All");
     let content_type = header_str(&req, header::CONTENT_TYPE);
+    let write_options =
+        |options_kind: &str| write_options(query, &req, &r.version, dry_run, options_kind);
     let ok = |code: StatusCode, body: Value| {
         let outcome = Outcome::from_status(code.as_u16());
         Ok((json_response(code, &body), outcome))
@@ -485,34 +490,49 @@ async fn serve_resource_inner(
             if r.name.is_some() {
                 return Err(ApiError::method_not_allowed("POST"));
             }
+            let opts = write_options("CreateOptions")?;
             let body = read_json(req, shared.options.max_body).await?;
-            let obj = shared.store().create(&t, &namespace, body, dry_run)?;
+            let obj = shared.store().create(&t, &namespace, body, &opts)?;
             ok(StatusCode::CREATED, render.object(&obj))
         }
         "update" => {
             let name = r.name.clone().unwrap_or_default();
+            let opts = write_options("UpdateOptions")?;
             let body = read_json(req, shared.options.max_body).await?;
             let obj = shared
                 .store()
-                .update(&t, &namespace, &name, body, status_only, dry_run)?;
+                .update(&t, &namespace, &name, body, status_only, &opts)?;
             ok(StatusCode::OK, render.object(&obj))
         }
         "patch" => {
             let name = r.name.clone().unwrap_or_default();
             let kind = PatchKind::from_content_type(&content_type)
                 .ok_or_else(|| ApiError::unsupported_media_type(&content_type))?;
+            let mut opts = write_options("PatchOptions")?;
+            match query.get("force") {
+                Some(_) if kind != PatchKind::Apply => {
+                    return Err(ApiError::invalid_options(
+                        "PatchOptions",
+                        "force",
+                        "Forbidden: may not be specified for non-apply patch",
+                    ));
+                }
+                Some(force) => opts.force = force == "true" || force == "1",
+                None => {}
+            }
             if kind == PatchKind::Apply && query.get("fieldManager").is_none_or(String::is_empty) {
-                return Err(ApiError::new(
-                    422,
-                    "Invalid",
-                    "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+                // Not derived from the User-Agent: an applier must name itself.
+                return Err(ApiError::invalid_options(
+                    "PatchOptions",
+                    "fieldManager",
+                    "Required value: is required for apply patch",
                 ));
             }
             let body = read_bytes(req, shared.options.max_body).await?;
             let (obj, created) =
                 shared
                     .store()
-                    .patch(&t, &namespace, &name, kind, &body, status_only, dry_run)?;
+                    .patch(&t, &namespace, &name, kind, &body, status_only, &opts)?;
             let code = if created {
                 StatusCode::CREATED
             } else {
@@ -652,6 +672,37 @@ fn field_selector(
 ) -> Result<FieldSelector, ApiError> {
     FieldSelector::parse(query.get("fieldSelector").map_or("", String::as_str), t)
         .map_err(ApiError::bad_request)
+}
+
+/// The options of a create, update or patch: `dryRun`, and the field
+/// manager (`fieldManager`, validated as the API server does, else derived
+/// from the User-Agent). `options_kind` names the options in errors.
+fn write_options(
+    query: &BTreeMap<String, String>,
+    req: &Request<Incoming>,
+    version: &str,
+    dry_run: bool,
+    options_kind: &str,
+) -> Result<WriteOptions, ApiError> {
+    let field_manager = match query.get("fieldManager").filter(|m| !m.is_empty()) {
+        Some(name) => {
+            if let Some(why) = managed_fields::invalid_manager(name) {
+                return Err(ApiError::invalid_options(
+                    options_kind,
+                    "fieldManager",
+                    &why,
+                ));
+            }
+            name.clone()
+        }
+        None => managed_fields::manager_from_user_agent(&header_str(req, header::USER_AGENT)),
+    };
+    Ok(WriteOptions {
+        dry_run,
+        field_manager,
+        force: false,
+        version: version.to_owned(),
+    })
 }
 
 async fn delete_options(

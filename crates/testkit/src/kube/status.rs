@@ -9,6 +9,7 @@
 
 use serde_json::{Value, json};
 
+use super::managed_fields::Conflicts;
 use super::resource::ResourceType;
 
 /// A failed request, rendered as a Kubernetes `Status`.
@@ -93,6 +94,42 @@ impl ApiError {
             ),
         )
         .with_object(t, name)
+    }
+
+    /// 409 Conflict for a server-side apply that would change fields other
+    /// managers own, with one `FieldManagerConflict` cause per field (the
+    /// API server's `NewApplyConflict`: no object in `details`).
+    pub fn apply_conflict(conflicts: &Conflicts) -> Self {
+        let mut err = Self::new(409, "Conflict", conflicts.message());
+        let causes: Vec<Value> = conflicts
+            .items
+            .iter()
+            .map(|(manager, field)| {
+                json!({
+                    "type": "FieldManagerConflict",
+                    "message": format!("conflict with {manager}"),
+                    "field": field,
+                })
+            })
+            .collect();
+        err.details = Some(json!({ "causes": causes }));
+        err
+    }
+
+    /// 422 Invalid for a bad query parameter of a write
+    /// (`kind`: `CreateOptions`, `UpdateOptions`, `PatchOptions`).
+    pub fn invalid_options(kind: &str, field: &str, why: &str) -> Self {
+        let mut err = Self::new(
+            422,
+            "Invalid",
+            format!("{kind}.meta.k8s.io \"\" is invalid: {field}: {why}"),
+        );
+        err.details = Some(json!({
+            "group": "meta.k8s.io",
+            "kind": kind,
+            "causes": [{"reason": cause_reason(why), "message": why, "field": field}],
+        }));
+        err
     }
 
     /// 422 Invalid for an object that breaks a validation rule.
@@ -205,6 +242,19 @@ impl ApiError {
             status["details"] = details.clone();
         }
         status
+    }
+}
+
+/// The `FieldValue…` cause reason for a validation message.
+fn cause_reason(why: &str) -> &'static str {
+    if why.starts_with("Required value") {
+        "FieldValueRequired"
+    } else if why.starts_with("Forbidden") {
+        "FieldValueForbidden"
+    } else if why.starts_with("Too long") {
+        "FieldValueTooLong"
+    } else {
+        "FieldValueInvalid"
     }
 }
 

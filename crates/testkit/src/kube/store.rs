@@ -16,6 +16,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
+use super::managed_fields::{self, FieldManager, ManagedFields};
 use super::patch::{self, PatchKind};
 use super::resource::{ResourceType, builtin_types};
 use super::selector::{FieldSelector, LabelSelector};
@@ -45,6 +46,45 @@ pub(crate) struct StoreConfig {
     pub watch_capacity: usize,
     pub pod_termination: PodTermination,
     pub seed: u64,
+}
+
+/// The options every write shares, from the request's query and headers.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct WriteOptions {
+    /// `dryRun=All`: check and answer, store nothing.
+    pub dry_run: bool,
+    /// `fieldManager`, else derived from the User-Agent.
+    pub field_manager: String,
+    /// `force=true` (server-side apply only).
+    pub force: bool,
+    /// The version the request addressed (`""`: the preferred one).
+    pub version: String,
+}
+
+impl WriteOptions {
+    /// The field manager of a write to the main resource of `t`
+    /// (`status_only`: to its `/status`).
+    fn manager(&self, t: &ResourceType, status_only: bool) -> FieldManager {
+        let version = if self.version.is_empty() {
+            t.preferred_version()
+        } else {
+            &self.version
+        };
+        FieldManager::new(
+            self.field_manager.clone(),
+            t.api_version(version),
+            t.status_subresource,
+            status_only,
+        )
+    }
+}
+
+/// How a write changes field ownership (`metadata.managedFields`).
+enum Ownership {
+    /// A create, PUT or non-apply patch: this manager takes what it changes.
+    Update(FieldManager),
+    /// A server-side apply, whose ownership is already worked out.
+    Applied(ManagedFields),
 }
 
 /// Where an object lives.
@@ -293,9 +333,23 @@ impl Store {
         t: &ResourceType,
         namespace: &str,
         body: Value,
+        opts: &WriteOptions,
+    ) -> Result<Value, ApiError> {
+        let who = opts.manager(t, false);
+        self.insert_new(t, namespace, body, opts.dry_run, Ownership::Update(who))
+    }
+
+    /// The shared path of create and of an apply that creates.
+    fn insert_new(
+        &mut self,
+        t: &ResourceType,
+        namespace: &str,
+        body: Value,
         dry_run: bool,
+        ownership: Ownership,
     ) -> Result<Value, ApiError> {
         let mut obj = into_object(body, t)?;
+        let managed_in = ManagedFields::for_write(None, &obj);
         let meta = metadata_mut(&mut obj);
         check_namespace(meta, t, namespace)?;
         if meta
@@ -352,7 +406,6 @@ impl Store {
         for system in [
             "deletionTimestamp",
             "deletionGracePeriodSeconds",
-            "managedFields",
             "selfLink",
         ] {
             meta.remove(system);
@@ -363,6 +416,11 @@ impl Store {
             meta.remove("generation");
         }
         self.prepare_new_status(t, &mut obj)?;
+        let managed = match ownership {
+            Ownership::Update(who) => managed_fields::update(None, &obj, managed_in, &who, &now()),
+            Ownership::Applied(managed) => managed,
+        };
+        managed.store_in(&mut obj);
         if dry_run {
             return Ok(obj);
         }
@@ -380,11 +438,21 @@ impl Store {
         name: &str,
         body: Value,
         status_only: bool,
-        dry_run: bool,
+        opts: &WriteOptions,
     ) -> Result<Value, ApiError> {
         let body = into_object(body, t)?;
         let current = self.get(t, namespace, name)?;
-        self.write(t, namespace, name, &current, body, status_only, dry_run)
+        let who = opts.manager(t, status_only);
+        self.write(
+            t,
+            namespace,
+            name,
+            &current,
+            body,
+            status_only,
+            opts.dry_run,
+            Ownership::Update(who),
+        )
     }
 
     /// PATCH of the object (`status_only`: of its `/status`). Returns the
@@ -398,26 +466,96 @@ impl Store {
         kind: PatchKind,
         body: &[u8],
         status_only: bool,
-        dry_run: bool,
+        opts: &WriteOptions,
     ) -> Result<(Value, bool), ApiError> {
         let patch = patch::parse_body(kind, body)?;
+        if kind == PatchKind::Apply {
+            return self.server_side_apply(t, namespace, name, patch, status_only, opts);
+        }
+        let current = self.get(t, namespace, name)?;
+        let patched = patch::apply(kind, &current, &patch)?;
+        let who = opts.manager(t, status_only);
+        self.write(
+            t,
+            namespace,
+            name,
+            &current,
+            patched,
+            status_only,
+            opts.dry_run,
+            Ownership::Update(who),
+        )
+        .map(|o| (o, false))
+    }
+
+    /// Server-side apply: refused with 409 if it would change fields other
+    /// managers own (unless forced); creates the object if it is absent.
+    fn server_side_apply(
+        &mut self,
+        t: &ResourceType,
+        namespace: &str,
+        name: &str,
+        config: Value,
+        status_only: bool,
+        opts: &WriteOptions,
+    ) -> Result<(Value, bool), ApiError> {
         let current = match self.get(t, namespace, name) {
-            Ok(c) => c,
-            Err(_) if kind == PatchKind::Apply && !status_only => {
-                let mut obj = into_object(patch, t)?;
+            Ok(current) => Some(current),
+            Err(not_found) if status_only => return Err(not_found),
+            Err(_) => None,
+        };
+        if !config.is_object() {
+            return Err(ApiError::bad_request(
+                "the body of a merge or apply patch must be a JSON object",
+            ));
+        }
+        // The API server's own checks of an applied configuration.
+        if config
+            .pointer("/metadata/managedFields")
+            .is_some_and(|m| !m.is_null())
+        {
+            return Err(ApiError::bad_request("metadata.managedFields must be nil"));
+        }
+        let who = opts.manager(t, status_only);
+        let given = config
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if given != who.api_version {
+            return Err(ApiError::bad_request(format!(
+                "Incorrect version specified in apply patch. Specified patch version: {given}, expected: {}",
+                who.api_version
+            )));
+        }
+        let managed = current.as_ref().map(ManagedFields::of).unwrap_or_default();
+        let (merged, managed) =
+            managed_fields::apply(current.as_ref(), &config, managed, &who, opts.force, &now())
+                .map_err(|conflicts| ApiError::apply_conflict(&conflicts))?;
+        match current {
+            Some(current) => self
+                .write(
+                    t,
+                    namespace,
+                    name,
+                    &current,
+                    merged,
+                    status_only,
+                    opts.dry_run,
+                    Ownership::Applied(managed),
+                )
+                .map(|o| (o, false)),
+            None => {
+                let mut obj = into_object(merged, t)?;
                 let meta = metadata_mut(&mut obj);
                 let named = meta.get("name").and_then(Value::as_str).unwrap_or(name);
                 if named != name {
                     return Err(name_mismatch(named, name));
                 }
                 meta.insert("name".into(), json!(name));
-                return self.create(t, namespace, obj, dry_run).map(|o| (o, true));
+                self.insert_new(t, namespace, obj, opts.dry_run, Ownership::Applied(managed))
+                    .map(|o| (o, true))
             }
-            Err(not_found) => return Err(not_found),
-        };
-        let patched = patch::apply(kind, &current, &patch)?;
-        self.write(t, namespace, name, &current, patched, status_only, dry_run)
-            .map(|o| (o, false))
+        }
     }
 
     pub fn delete(
@@ -649,8 +787,10 @@ impl Store {
         body: Value,
         status_only: bool,
         dry_run: bool,
+        ownership: Ownership,
     ) -> Result<Value, ApiError> {
         let mut body = into_object(body, t)?;
+        let managed_in = ManagedFields::for_write(Some(current), &body);
         let bmeta = metadata_mut(&mut body);
         match bmeta.get("name").and_then(Value::as_str) {
             Some(n) if !n.is_empty() && n != name => return Err(name_mismatch(n, name)),
@@ -709,7 +849,6 @@ impl Store {
                     None => meta.remove(system),
                 };
             }
-            meta.remove("managedFields");
             meta.remove("selfLink");
             if t.status_subresource {
                 set_or_remove(&mut next, "status", current.get("status").cloned());
@@ -724,6 +863,13 @@ impl Store {
             json!(t.api_version(t.preferred_version())),
         );
         obj.insert("kind".into(), json!(t.kind));
+        let managed = match ownership {
+            Ownership::Update(who) => {
+                managed_fields::update(Some(current), &next, managed_in, &who, &now())
+            }
+            Ownership::Applied(managed) => managed,
+        };
+        managed.store_in(&mut next);
 
         let deleting = current.pointer("/metadata/deletionTimestamp").is_some();
         if deleting {
@@ -1183,7 +1329,12 @@ mod tests {
 
     fn create(store: &mut Store, t: &ResourceType, name: &str) -> Value {
         store
-            .create(t, "ns", json!({"metadata": {"name": name}}), false)
+            .create(
+                t,
+                "ns",
+                json!({"metadata": {"name": name}}),
+                &WriteOptions::default(),
+            )
             .unwrap()
     }
 
@@ -1246,7 +1397,12 @@ mod tests {
             (0..3)
                 .map(|_| {
                     let o = store
-                        .create(&t, "ns", json!({"metadata": {"generateName": "x-"}}), false)
+                        .create(
+                            &t,
+                            "ns",
+                            json!({"metadata": {"generateName": "x-"}}),
+                            &WriteOptions::default(),
+                        )
                         .unwrap();
                     str_at(&o, "name")
                 })
@@ -1260,7 +1416,15 @@ mod tests {
         let (mut store, t) = store(10, 10);
         let before = store.resource_version();
         store
-            .create(&t, "ns", json!({"metadata": {"name": "c"}}), true)
+            .create(
+                &t,
+                "ns",
+                json!({"metadata": {"name": "c"}}),
+                &WriteOptions {
+                    dry_run: true,
+                    ..WriteOptions::default()
+                },
+            )
             .unwrap();
         assert_eq!(store.resource_version(), before);
         assert!(store.get(&t, "ns", "c").is_err());
