@@ -8,6 +8,7 @@ mod metrics;
 pub mod queue;
 pub mod retry;
 pub mod shutdown;
+#[cfg(feature = "sse")]
 pub mod sse;
 pub mod terminate;
 
@@ -20,6 +21,7 @@ pub use health::{FailedCheck, Health, Readiness};
 pub use queue::{Evicted, Expired, ExpiringQueue, QueueFull, QueueMetrics, QueuePolicy};
 pub use retry::{Classification, RetryError, RetryPolicy, Transient, retry, retry_transient};
 pub use shutdown::{DrainReport, Shutdown};
+#[cfg(feature = "sse")]
 pub use sse::{
     Disconnect, DisconnectReason, SseClient, SseEvent, SseItem, SsePolicy, SseSubscription,
     TimeoutPhase,
@@ -51,8 +53,11 @@ mod tests {
         let shutdown = Shutdown::new();
         assert_send(&shutdown.drain(Duration::from_secs(1)));
         assert_send(&shutdown.health().readiness());
-        let client = SseClient::new("http://127.0.0.1:1/", SsePolicy::default()).unwrap();
-        let (sink, _items) = tokio::sync::mpsc::channel(1);
-        assert_send(&client.run(cancel.clone(), sink));
+        #[cfg(feature = "sse")]
+        {
+            let client = SseClient::new("http://127.0.0.1:1/", SsePolicy::default()).unwrap();
+            let (sink, _items) = tokio::sync::mpsc::channel(1);
+            assert_send(&client.run(cancel.clone(), sink));
+        }
     }
 }

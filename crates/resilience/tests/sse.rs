@@ -1,6 +1,7 @@
 //! The reconnecting SSE client against a fake server (axum, 127.0.0.1:0)
 //! that can emit, drop the connection, answer with any status and restart.
 
+#![cfg(feature = "sse")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::VecDeque;

@@ -1,7 +1,17 @@
 #![doc = include_str!("../README.md")]
+//!
+//! # Features
+//!
+//! - `kube` (default): [`kube::FakeKube`] and the `fake-kube` binary.
+//! - `github` (default): [`github::FakeGitHub`].
+//!
+//! Crates that need only one fake turn the other off, which keeps their test
+//! and benchmark builds small (`octocrab` is the heaviest dependency here).
 
 pub mod calls;
 pub mod faults;
+#[cfg(feature = "github")]
 pub mod github;
 pub mod history;
+#[cfg(feature = "kube")]
 pub mod kube;

@@ -2,6 +2,8 @@
 //! dropped connections, partitions, fail-next, latency) and its call
 //! counters per (verb, resource, outcome).
 
+#![cfg(feature = "github")]
+
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Duration;

@@ -2,6 +2,8 @@
 //! gives (full label lists, 404 "Label does not exist", 422, 204), URL-encoded
 //! names, and changes made "from outside" by a human.
 
+#![cfg(feature = "github")]
+
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use octocrab::models::Label;

@@ -1,6 +1,8 @@
 //! FakeGitHub's pull-request endpoints and the App installation-token
 //! endpoint, deserialized into octocrab's own models.
 
+#![cfg(feature = "github")]
+
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use base64::Engine as _;

@@ -2,6 +2,8 @@
 //! FakeKube's object semantics, through the real `kube::Api`: create, get,
 //! replace, patch, delete, finalizers, the status subresource and CRDs.
 
+#![cfg(feature = "kube")]
+
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};

@@ -2,6 +2,8 @@
 //! FakeKube's fault injection and call counters, as the real `kube::Client`
 //! sees them.
 
+#![cfg(feature = "kube")]
+
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;

@@ -3,6 +3,8 @@
 //! `kube::runtime::watcher`: selectors, pagination, event order,
 //! bookmarks, 410 Expired, timeouts.
 
+#![cfg(feature = "kube")]
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 

@@ -4,6 +4,8 @@
 //! as against a cluster. Skipped, with a message, when kubectl is not on
 //! PATH (CI installs Debian's kubernetes-client).
 
+#![cfg(feature = "kube")]
+
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
