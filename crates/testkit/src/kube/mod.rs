@@ -19,8 +19,8 @@
 //!   `limit`/`continue`), `watch`, `create` (`generateName`, uid,
 //!   creationTimestamp, generation), `update` (PUT; a stale
 //!   `metadata.resourceVersion` is 409 Conflict), `patch` (merge, JSON,
-//!   strategic-as-merge, server-side apply with field managers, conflicts,
-//!   `force` and create-if-absent; see below), `delete`
+//!   strategic-as-merge, server-side apply with create-if-absent; see
+//!   below), `delete`
 //!   (uid/resourceVersion preconditions, finalizers and
 //!   `deletionTimestamp`, grace periods for pods, see [`PodTermination`]),
 //!   `deletecollection`, and the `/status` subresource.
@@ -33,6 +33,22 @@
 //! - Discovery (`/version`, `/api`, `/apis`, `/api/v1`, `/apis/<g>/<v>`,
 //!   aggregated discovery) and an empty OpenAPI document, enough for
 //!   `kube::discovery` and kubectl.
+//!
+//! # Field managers and server-side apply
+//!
+//! Every write records who changed which field in `metadata.managedFields`,
+//! as the API server does: an apply (`PATCH` with
+//! `application/apply-patch+yaml`, `fieldManager` required) as an `Apply`
+//! entry owning exactly the fields its configuration sets; a create, PUT or
+//! other patch as an `Update` entry of its `fieldManager` (else the
+//! User-Agent's prefix) taking the fields it changed from everyone else. An
+//! apply that would change a field another entry owns is answered 409
+//! `Conflict` (`Apply failed with 1 conflict: conflict with "other":
+//! .spec.holderIdentity`, with `FieldManagerConflict` causes) and writes
+//! nothing, unless `force=true`, which takes the field over; applying the
+//! value a field already has shares it. A field an applier owned alone and
+//! leaves out of its next configuration is removed. Lists are owned as one
+//! field (see the crate README for what else differs from the API server).
 //!
 //! # Faults and counters
 //!
