@@ -218,27 +218,24 @@ impl FieldSet {
     /// removes a field rather than setting it, and an empty object sets
     /// nothing, so neither is owned (structured-merge-diff's `ToFieldSet`).
     pub fn applied_by(config: &Value) -> Self {
-        fn walk(value: &Value, path: &mut Path, out: &mut FieldSet) {
-            match value {
-                Value::Object(map) => {
-                    for (key, child) in map {
-                        path.push(key.clone());
-                        match child {
-                            Value::Null => {}
-                            Value::Object(m) if m.is_empty() => {}
-                            Value::Object(_) => walk(child, path, out),
-                            _ => {
-                                out.0.insert(path.clone());
-                            }
-                        }
-                        path.pop();
+        fn walk(map: &Map<String, Value>, path: &mut Path, out: &mut FieldSet) {
+            for (key, child) in map {
+                path.push(key.clone());
+                match child {
+                    Value::Null => {}
+                    Value::Object(m) if m.is_empty() => {}
+                    Value::Object(m) => walk(m, path, out),
+                    _ => {
+                        out.0.insert(path.clone());
                     }
                 }
-                _ => {}
+                path.pop();
             }
         }
         let mut out = Self::default();
-        walk(config, &mut Vec::new(), &mut out);
+        if let Some(map) = config.as_object() {
+            walk(map, &mut Vec::new(), &mut out);
+        }
         out
     }
 
@@ -904,7 +901,7 @@ mod tests {
         FieldSet(paths.iter().map(|p| path(p)).collect())
     }
 
-    fn lease(spec: Value) -> Value {
+    fn lease(spec: &Value) -> Value {
         json!({
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
@@ -1000,7 +997,7 @@ mod tests {
         let a = lease_manager("a");
         let (obj, managed) = apply(
             None,
-            &lease(json!({"holderIdentity": "a"})),
+            &lease(&json!({"holderIdentity": "a"})),
             ManagedFields::default(),
             &a,
             false,
@@ -1010,7 +1007,7 @@ mod tests {
         let b = lease_manager("b");
         let err = apply(
             Some(&obj),
-            &lease(json!({"holderIdentity": "b"})),
+            &lease(&json!({"holderIdentity": "b"})),
             managed,
             &b,
             false,
@@ -1030,7 +1027,7 @@ mod tests {
     #[test]
     fn the_same_value_is_shared_and_force_takes_a_field_over() {
         let (a, b) = (lease_manager("a"), lease_manager("b"));
-        let config = lease(json!({"holderIdentity": "x"}));
+        let config = lease(&json!({"holderIdentity": "x"}));
         let (obj, managed) =
             apply(None, &config, ManagedFields::default(), &a, false, NOW).unwrap();
         let (obj, managed) = apply(Some(&obj), &config, managed, &b, false, NOW).unwrap();
@@ -1040,7 +1037,7 @@ mod tests {
 
         let (obj, managed) = apply(
             Some(&obj),
-            &lease(json!({"holderIdentity": "b"})),
+            &lease(&json!({"holderIdentity": "b"})),
             managed,
             &b,
             true,
@@ -1057,7 +1054,7 @@ mod tests {
         let a = lease_manager("a");
         let (obj, managed) = apply(
             None,
-            &lease(json!({"holderIdentity": "a", "leaseDurationSeconds": 5})),
+            &lease(&json!({"holderIdentity": "a", "leaseDurationSeconds": 5})),
             ManagedFields::default(),
             &a,
             false,
@@ -1079,7 +1076,7 @@ mod tests {
         // with its apiVersion as the API server names updaters.
         let err = apply(
             Some(&next),
-            &lease(json!({"holderIdentity": "a", "leaseDurationSeconds": 5})),
+            &lease(&json!({"holderIdentity": "a", "leaseDurationSeconds": 5})),
             managed,
             &a,
             false,
@@ -1097,7 +1094,7 @@ mod tests {
         let a = lease_manager("a");
         let (obj, managed) = apply(
             None,
-            &lease(json!({"holderIdentity": "a", "renewTime": "t"})),
+            &lease(&json!({"holderIdentity": "a", "renewTime": "t"})),
             ManagedFields::default(),
             &a,
             false,
@@ -1119,7 +1116,7 @@ mod tests {
         let (a, b) = (lease_manager("a"), lease_manager("b"));
         let (obj, managed) = apply(
             None,
-            &lease(json!({"holderIdentity": "a", "renewTime": "t", "leaseDurationSeconds": 5})),
+            &lease(&json!({"holderIdentity": "a", "renewTime": "t", "leaseDurationSeconds": 5})),
             ManagedFields::default(),
             &a,
             false,
@@ -1129,7 +1126,7 @@ mod tests {
         // b shares leaseDurationSeconds by applying the same value.
         let (obj, managed) = apply(
             Some(&obj),
-            &lease(json!({"leaseDurationSeconds": 5})),
+            &lease(&json!({"leaseDurationSeconds": 5})),
             managed,
             &b,
             false,
@@ -1138,7 +1135,7 @@ mod tests {
         .unwrap();
         let (obj, managed) = apply(
             Some(&obj),
-            &lease(json!({"holderIdentity": "a"})),
+            &lease(&json!({"holderIdentity": "a"})),
             managed,
             &a,
             false,
@@ -1160,7 +1157,7 @@ mod tests {
         let (a, b, c) = (lease_manager("a"), lease_manager("b"), lease_manager("c"));
         let (obj, managed) = apply(
             None,
-            &lease(json!({"holderIdentity": "a", "renewTime": "t1"})),
+            &lease(&json!({"holderIdentity": "a", "renewTime": "t1"})),
             ManagedFields::default(),
             &a,
             false,
@@ -1169,7 +1166,7 @@ mod tests {
         .unwrap();
         let (obj, managed) = apply(
             Some(&obj),
-            &lease(json!({"leaseDurationSeconds": 3})),
+            &lease(&json!({"leaseDurationSeconds": 3})),
             managed,
             &b,
             false,
@@ -1178,7 +1175,7 @@ mod tests {
         .unwrap();
         let err = apply(
             Some(&obj),
-            &lease(json!({"holderIdentity": "c", "renewTime": "t2", "leaseDurationSeconds": 9})),
+            &lease(&json!({"holderIdentity": "c", "renewTime": "t2", "leaseDurationSeconds": 9})),
             managed,
             &c,
             false,
@@ -1193,10 +1190,10 @@ mod tests {
 
     #[test]
     fn a_first_apply_to_an_unmanaged_object_conflicts_with_before_first_apply() {
-        let obj = lease(json!({"holderIdentity": "old"}));
+        let obj = lease(&json!({"holderIdentity": "old"}));
         let err = apply(
             Some(&obj),
-            &lease(json!({"holderIdentity": "new"})),
+            &lease(&json!({"holderIdentity": "new"})),
             ManagedFields::default(),
             &lease_manager("a"),
             false,
@@ -1211,7 +1208,7 @@ mod tests {
 
     #[test]
     fn update_entries_beyond_the_cap_merge_into_ancient_changes() {
-        let mut obj = lease(json!({}));
+        let mut obj = lease(&json!({}));
         let mut managed = ManagedFields::default();
         for i in 0..(MAX_UPDATE_MANAGERS + 2) {
             let mut next = obj.clone();
@@ -1239,7 +1236,7 @@ mod tests {
         let a = lease_manager("a");
         let (obj, managed) = apply(
             None,
-            &lease(json!({"holderIdentity": "a"})),
+            &lease(&json!({"holderIdentity": "a"})),
             ManagedFields::default(),
             &a,
             false,

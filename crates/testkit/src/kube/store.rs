@@ -470,7 +470,7 @@ impl Store {
     ) -> Result<(Value, bool), ApiError> {
         let patch = patch::parse_body(kind, body)?;
         if kind == PatchKind::Apply {
-            return self.server_side_apply(t, namespace, name, patch, status_only, opts);
+            return self.server_side_apply(t, namespace, name, &patch, status_only, opts);
         }
         let current = self.get(t, namespace, name)?;
         let patched = patch::apply(kind, &current, &patch)?;
@@ -495,7 +495,7 @@ impl Store {
         t: &ResourceType,
         namespace: &str,
         name: &str,
-        config: Value,
+        config: &Value,
         status_only: bool,
         opts: &WriteOptions,
     ) -> Result<(Value, bool), ApiError> {
@@ -529,7 +529,7 @@ impl Store {
         }
         let managed = current.as_ref().map(ManagedFields::of).unwrap_or_default();
         let (merged, managed) =
-            managed_fields::apply(current.as_ref(), &config, managed, &who, opts.force, &now())
+            managed_fields::apply(current.as_ref(), config, managed, &who, opts.force, &now())
                 .map_err(|conflicts| ApiError::apply_conflict(&conflicts))?;
         match current {
             Some(current) => self
