@@ -2,7 +2,8 @@
 //!
 //! # Features
 //!
-//! - `kube` (default): [`kube::FakeKube`] and the `fake-kube` binary.
+//! - `kube` (default): [`kube::FakeKube`].
+//! - `cli` (default): the `fake-kube` binary.
 //! - `github` (default): [`github::FakeGitHub`].
 //!
 //! Crates that need only one fake turn the other off, which keeps their test

@@ -4,7 +4,7 @@
 //! as against a cluster. Skipped, with a message, when kubectl is not on
 //! PATH (CI installs Debian's kubernetes-client).
 
-#![cfg(feature = "kube")]
+#![cfg(feature = "cli")]
 
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
