@@ -140,6 +140,10 @@ pub enum LossReason {
     },
     /// The Lease object was deleted.
     Deleted,
+    /// The guard's renewal task stopped before the guard ended: its runtime
+    /// shut down, or it panicked. Nothing renews the Lease any more, so the
+    /// hold cannot be guaranteed even though its deadline may not have passed.
+    RenewalStopped,
 }
 
 impl fmt::Display for LossReason {
@@ -151,6 +155,9 @@ impl fmt::Display for LossReason {
             }
             Self::TakenOver { holder } => write!(f, "taken over by {holder}"),
             Self::Deleted => f.write_str("the lease was deleted"),
+            Self::RenewalStopped => {
+                f.write_str("the renewal task stopped (its Tokio runtime shut down or it panicked)")
+            }
         }
     }
 }

@@ -120,8 +120,9 @@ impl LockGuard {
     }
 
     /// Resolves when the lock is lost (renew deadline passed, taken over,
-    /// Lease deleted) with the [`Error::Lost`] describing it; never resolves
-    /// while the lock is held.
+    /// Lease deleted, renewal task stopped by a panic or a runtime shutdown)
+    /// with the [`Error::Lost`] describing it; never resolves while the lock
+    /// is held, nor after a release.
     pub async fn lost(&self) -> Error {
         self.shared.lost.cancelled().await;
         self.shared.lost_error()
@@ -141,12 +142,31 @@ impl LockGuard {
     /// Returns [`Error::Lost`] if the lock had been lost (nothing of anyone
     /// else's is touched), or the API error if the release could not be
     /// written (the Lease then expires after its duration).
+    ///
+    /// Cancel-safe: the release runs in its own task, so a caller that stops
+    /// waiting for it (a timeout around this call) does not leave the Lease
+    /// held until it expires.
     pub async fn release(mut self) -> Result<(), Error> {
         self.released = true;
         self.shared.ended.cancel();
-        let result = self.shared.release().await;
-        drop(self.claim.take());
-        result
+        let shared = Arc::clone(&self.shared);
+        let claim = self.claim.take();
+        let releasing = self.shared.runtime.spawn(async move {
+            let result = shared.release().await;
+            // The key is free for this lock once the release has landed.
+            drop(claim);
+            result
+        });
+        match releasing.await {
+            Ok(result) => result,
+            Err(e) => Err(Error::Client {
+                message: format!(
+                    "the release of lease {} stopped before it finished",
+                    self.shared.name
+                ),
+                source: Some(Box::new(e)),
+            }),
+        }
     }
 
     pub(crate) fn shared(&self) -> Arc<GuardShared> {
@@ -164,6 +184,9 @@ impl LockGuard {
         claim: Option<Claim>,
     ) -> Result<Self, Error> {
         let token = fencing_token_of(&lease, &name)?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::InvalidConfig("a lock guard needs a Tokio runtime to renew its lease in".into())
+        })?;
         let (validity, _) = watch::channel(sent_at + lock.config.renew_deadline);
         let lost = CancellationToken::new();
         let shared = Arc::new(GuardShared {
@@ -182,6 +205,7 @@ impl LockGuard {
             loss: OnceLock::new(),
             waiting_for: Mutex::new(None),
             hold_recorded: AtomicBool::new(false),
+            runtime,
             lock,
         });
         renew::spawn(Arc::clone(&shared));
@@ -202,19 +226,15 @@ impl Drop for LockGuard {
         // The key is free for this lock at once: a new acquisition simply
         // waits (woken by the watch) until the background release lands.
         drop(self.claim.take());
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                let shared = Arc::clone(&self.shared);
-                runtime.spawn(async move {
-                    if let Err(e) = shared.release().await {
-                        debug!(lease = %shared.name, error = %e, "background release of a dropped guard failed");
-                    }
-                });
+        // On the guard's own runtime, wherever the guard is dropped (a plain
+        // thread, another runtime). If that runtime has shut down, the task
+        // is dropped unstarted and the Lease expires instead.
+        let shared = Arc::clone(&self.shared);
+        self.shared.runtime.spawn(async move {
+            if let Err(e) = shared.release().await {
+                debug!(lease = %shared.name, error = %e, "background release of a dropped guard failed");
             }
-            Err(_) => {
-                warn!(lease = %self.shared.name, "lock guard dropped outside a Tokio runtime; the lease will expire instead of being released");
-            }
-        }
+        });
     }
 }
 
@@ -239,6 +259,9 @@ pub(crate) struct GuardShared {
     /// The Lease this guard's holder waits for, written as an annotation.
     waiting_for: Mutex<Option<String>>,
     hold_recorded: AtomicBool,
+    /// The runtime the guard was acquired on: it runs the renewal, and the
+    /// background release of a guard dropped outside any runtime.
+    pub(crate) runtime: tokio::runtime::Handle,
 }
 
 struct HeldState {

@@ -691,3 +691,87 @@ async fn the_spawned_garbage_collector_deletes_idle_leases_until_cancelled() {
     cancel.cancel();
     collector.await.unwrap();
 }
+
+#[test]
+fn a_guard_whose_runtime_shuts_down_reports_the_loss() {
+    let memory = MemoryLeases::new();
+    let lock = lock_on(memory.clone(), "pod-a");
+    let holder_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let guard = holder_runtime
+        .block_on(lock.acquire("k", AcquireOptions::new()))
+        .unwrap();
+    let token = guard.cancellation_token();
+    assert!(!token.is_cancelled());
+
+    // The renewal task dies with its runtime: nobody renews the Lease any more.
+    drop(holder_runtime);
+
+    assert!(token.is_cancelled(), "the critical section is told at once");
+    assert!(!guard.is_valid());
+    let observer = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let lost = observer.block_on(async {
+        tokio::time::timeout(Duration::from_secs(5), guard.lost())
+            .await
+            .expect("lost() resolves")
+    });
+    assert!(
+        matches!(
+            lost,
+            Error::Lost {
+                reason: LossReason::RenewalStopped,
+                ..
+            }
+        ),
+        "{lost}"
+    );
+    assert_eq!(lock.metrics().losses(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_dropped_outside_the_runtime_is_still_released_in_the_background() {
+    let memory = MemoryLeases::new();
+    let lock = lock_on(memory.clone(), "pod-a");
+    let guard = lock.acquire("k", AcquireOptions::new()).await.unwrap();
+
+    // Handed to a plain thread (a blocking pool, a callback) and dropped there.
+    std::thread::spawn(move || drop(guard)).join().unwrap();
+
+    let released = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let lease = memory.get(NS, "lock-k").await.unwrap().unwrap();
+            if holder(&lease).is_none() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(released.is_ok(), "released through the guard's runtime");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_release_whose_caller_stops_waiting_still_completes() {
+    let backend = Instrumented::memory();
+    let lock = lock_on(backend.clone(), "pod-a");
+    let guard = lock.acquire("k", AcquireOptions::new()).await.unwrap();
+    backend.freeze(true);
+
+    // The caller bounds the release and gives up while the API hangs.
+    let gave_up = tokio::time::timeout(Duration::from_secs(1), guard.release()).await;
+    assert!(gave_up.is_err());
+    backend.freeze(false);
+    settle().await;
+
+    let lease = backend.get(NS, "lock-k").await.unwrap().unwrap();
+    assert_eq!(
+        holder(&lease),
+        None,
+        "released, not left held until it expires"
+    );
+}

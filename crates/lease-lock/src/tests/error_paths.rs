@@ -617,3 +617,34 @@ async fn a_release_that_landed_before_the_next_holder_took_the_lease_is_not_a_lo
 
     assert_eq!(lock.metrics().losses(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_renewal_task_that_panics_reports_the_loss_at_once() {
+    let mut m = mock();
+    m.expect_create().returning(|_, l| Ok(written(l)));
+    m.expect_replace()
+        .returning(|_, _| panic!("injected: a bug in the backend"));
+    let lock = lock_on(m);
+    let guard = lock.acquire("k", AcquireOptions::new()).await.unwrap();
+    let deadline = guard.valid_until();
+
+    let lost = tokio::time::timeout(Duration::from_secs(60), guard.lost())
+        .await
+        .expect("lost() resolves although the renewal task died");
+
+    assert!(
+        matches!(
+            lost,
+            Error::Lost {
+                reason: LossReason::RenewalStopped,
+                ..
+            }
+        ),
+        "{lost}"
+    );
+    assert!(
+        Instant::now() < deadline,
+        "at the panic, not at the deadline"
+    );
+    assert!(guard.cancellation_token().is_cancelled());
+}
