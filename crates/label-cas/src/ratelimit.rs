@@ -8,7 +8,9 @@
 //! again; and mutations go out one at a time with a spacing between them
 //! (GitHub's guidance for avoiding secondary limits). Every wait is bounded
 //! by [`RateLimitPolicy::max_wait`]; a longer one is returned as
-//! [`Error::RateLimited`] for the caller to reschedule.
+//! [`Error::RateLimited`] for the caller to reschedule, and the long ones
+//! end early with [`Error::Cancelled`] once the token given to
+//! [`RateLimited::with_cancellation`] fires.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -16,6 +18,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use resilience::{Backoff, BackoffPolicy};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::until_wall_clock;
 use crate::{
@@ -25,6 +28,10 @@ use crate::{
 /// Rounding slack added to a reset time: GitHub reports it in whole seconds
 /// and our clock may run slightly ahead of GitHub's.
 const RESET_SLACK: Duration = Duration::from_secs(1);
+/// The longest pause recorded after a rejection. GitHub asks for minutes,
+/// at most an hour; a longer `retry-after` is a confused server, and beyond
+/// [`RateLimitPolicy::max_wait`] callers fail fast anyway.
+const LONGEST_PAUSE: Duration = Duration::from_secs(24 * 3600);
 
 /// How [`RateLimited`] paces calls.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,6 +118,7 @@ pub struct RateLimited<B> {
     /// previous one finished (the spacing is measured from there, so it
     /// holds at GitHub's end too, whatever the network delays).
     mutations: tokio::sync::Mutex<Option<Instant>>,
+    cancel: CancellationToken,
 }
 
 #[derive(Debug)]
@@ -141,6 +149,7 @@ impl<B: LabelBackend> RateLimited<B> {
             policy,
             metrics: Metrics::default(),
             mutations: tokio::sync::Mutex::new(None),
+            cancel: CancellationToken::new(),
         })
     }
 
@@ -148,6 +157,16 @@ impl<B: LabelBackend> RateLimited<B> {
     #[must_use]
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = metrics;
+        self
+    }
+
+    /// Ends rate-limit waits (for a budget reset or after a rejection) with
+    /// [`Error::Cancelled`] when `cancel` fires. Calls that need no wait
+    /// still go out, so an undo after cancellation can still be sent; the
+    /// short mutation spacing is always kept.
+    #[must_use]
+    pub fn with_cancellation(mut self, cancel: CancellationToken) -> Self {
+        self.cancel = cancel;
         self
     }
 
@@ -170,7 +189,15 @@ impl<B: LabelBackend> RateLimited<B> {
         loop {
             self.wait_for_budget().await?;
             if let Some(previous) = gate.as_deref().copied().flatten() {
+                // Not cancellable: it is short (the spacing), and an undo sent
+                // after cancellation must still keep GitHub's pace.
                 tokio::time::sleep_until(previous + self.policy.mutation_spacing).await;
+            }
+            if let Some(gate) = gate.as_deref_mut() {
+                // Set before sending too: if this call is dropped in flight, the
+                // request may still reach GitHub, and the next one keeps its
+                // distance from it.
+                *gate = Some(Instant::now());
             }
             let result = op().await;
             if let Some(gate) = gate.as_deref_mut() {
@@ -191,18 +218,19 @@ impl<B: LabelBackend> RateLimited<B> {
             if rejections > self.policy.max_rejections {
                 return Err(error);
             }
-            let wait = self.rejection_wait(&error);
+            let wait = self.block_after_rejection(&error);
             if wait > self.policy.max_wait {
                 return Err(error);
             }
             tracing::warn!(wait_ms = millis(wait), %error, "GitHub rate limit: waiting before sending again");
             self.metrics.rate_limit_wait("rejected");
-            tokio::time::sleep(wait).await;
+            // The wait itself happens in `wait_for_budget`, shared with every
+            // other caller.
         }
     }
 
-    /// How long to wait after `error`, and blocks everyone until then.
-    fn rejection_wait(&self, error: &Error) -> Duration {
+    /// How long to wait after `error`; blocks every caller until then.
+    fn block_after_rejection(&self, error: &Error) -> Duration {
         let mut state = self.state();
         state.consecutive_rejections += 1;
         let floor = self.policy.rejection_backoff.initial;
@@ -228,13 +256,16 @@ impl<B: LabelBackend> RateLimited<B> {
             Some(asked) => asked.max(grown),
             None => grown,
         };
-        let until = Instant::now() + wait;
+        // A confused server may name any time at all: keep the instant
+        // representable (the caller fails fast beyond `max_wait` anyway).
+        let until = Instant::now() + wait.min(LONGEST_PAUSE);
         state.blocked_until = Some(state.blocked_until.map_or(until, |b| b.max(until)));
         wait
     }
 
     /// Waits while blocked by a rejection or while the budget is at the
-    /// reserve and the window has not reset.
+    /// reserve and the window has not reset; fails fast with
+    /// [`Error::RateLimited`] instead of waiting longer than `max_wait`.
     async fn wait_for_budget(&self) -> Result<()> {
         let (blocked_until, reset) = {
             let state = self.state();
@@ -245,10 +276,15 @@ impl<B: LabelBackend> RateLimited<B> {
             });
             (state.blocked_until, reset)
         };
-        if let Some(until) = blocked_until
-            && until > Instant::now()
-        {
-            tokio::time::sleep_until(until).await;
+        if let Some(until) = blocked_until {
+            let left = until.saturating_duration_since(Instant::now());
+            if left > self.policy.max_wait {
+                return Err(Error::RateLimited {
+                    retry_after: Some(left),
+                    reset: None,
+                });
+            }
+            self.pause(left).await?;
         }
         let Some(limit) = reset else {
             return Ok(());
@@ -271,7 +307,7 @@ impl<B: LabelBackend> RateLimited<B> {
             "GitHub rate-limit budget at the reserve: waiting for the reset"
         );
         self.metrics.rate_limit_wait("budget");
-        tokio::time::sleep(wait).await;
+        self.pause(wait).await?;
         let mut state = self.state();
         state.waited_for_reset = Some(
             state
@@ -279,6 +315,19 @@ impl<B: LabelBackend> RateLimited<B> {
                 .map_or(limit.reset, |w| w.max(limit.reset)),
         );
         Ok(())
+    }
+
+    /// Sleeps for `wait`, or fails with [`Error::Cancelled`] if the token
+    /// fires first (a zero wait never fails).
+    async fn pause(&self, wait: Duration) -> Result<()> {
+        if wait.is_zero() {
+            return Ok(());
+        }
+        tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => Err(Error::Cancelled),
+            () = tokio::time::sleep(wait) => Ok(()),
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -548,6 +597,83 @@ mod tests {
         }
         let starts = starts.lock().unwrap();
         assert_eq!(*starts, [0, 1, 2].map(Duration::from_secs));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_absurd_retry_after_fails_fast_instead_of_panicking() {
+        let mut mock = MockLabelBackend::new();
+        mock.expect_rate_limit().returning(|| None);
+        mock.expect_get().times(1).returning(|_, _| {
+            Err(Error::RateLimited {
+                retry_after: Some(Duration::from_secs(u64::MAX)),
+                reset: None,
+            })
+        });
+        let paced = RateLimited::new(mock, policy()).unwrap();
+        let err = paced.get(&pr(), None).await.unwrap_err();
+        assert!(matches!(err, Error::RateLimited { .. }), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_longer_than_the_longest_wait_makes_later_calls_fail_fast_too() {
+        let mut mock = MockLabelBackend::new();
+        mock.expect_rate_limit().returning(|| None);
+        // Only the first call reaches GitHub: the others are told to wait
+        // two hours, which is beyond `max_wait`.
+        mock.expect_get().times(1).returning(|_, _| {
+            Err(Error::RateLimited {
+                retry_after: Some(Duration::from_secs(2 * 3600)),
+                reset: None,
+            })
+        });
+        let paced = RateLimited::new(mock, policy()).unwrap();
+        assert!(paced.get(&pr(), None).await.is_err());
+        let started = Instant::now();
+        let err = paced.get(&pr(), None).await.unwrap_err();
+        assert_eq!(started.elapsed(), Duration::ZERO, "no wait beyond max_wait");
+        let asked = err.retry_after().unwrap();
+        assert!(
+            asked > Duration::from_secs(3600) && asked <= Duration::from_secs(2 * 3600),
+            "{asked:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_budget_wait_ends_as_soon_as_the_token_fires() {
+        let mut mock = MockLabelBackend::new();
+        let low = budget(0, Duration::from_secs(600));
+        mock.expect_rate_limit().returning(move || Some(low));
+        let paced = Arc::new(
+            RateLimited::new(mock, policy())
+                .unwrap()
+                .with_cancellation(CancellationToken::new()),
+        );
+        let cancel = paced.cancel.clone();
+        let waiting = {
+            let paced = Arc::clone(&paced);
+            tokio::spawn(async move { paced.get(&pr(), None).await })
+        };
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let started = Instant::now();
+        cancel.cancel();
+        let err = waiting.await.unwrap().unwrap_err();
+        assert!(matches!(err, Error::Cancelled), "{err}");
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_cancellation_a_call_that_needs_no_wait_is_still_sent() {
+        let mut mock = MockLabelBackend::new();
+        mock.expect_rate_limit().returning(|| None);
+        mock.expect_add()
+            .times(1)
+            .returning(|_, _| Ok(LabelSet::default()));
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let paced = RateLimited::new(mock, policy())
+            .unwrap()
+            .with_cancellation(cancel);
+        paced.add(&pr(), &["undo".to_owned()]).await.unwrap();
     }
 
     #[test]
