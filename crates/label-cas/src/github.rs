@@ -115,7 +115,7 @@ impl fmt::Debug for GitHubLabelsBuilder {
         };
         f.debug_struct("GitHubLabelsBuilder")
             .field("credentials", &credentials)
-            .field("base_uri", &self.base_uri)
+            .field("base_uri", &self.base_uri.as_deref().map(redact_userinfo))
             .field("request_timeout", &self.request_timeout)
             .finish_non_exhaustive()
     }
@@ -189,16 +189,26 @@ impl GitHubLabelsBuilder {
     pub fn build(self) -> Result<GitHubLabels> {
         let mut builder = Octocrab::builder().add_retry_config(RetryConfig::None);
         if let Some(base_uri) = &self.base_uri {
+            let shown = redact_userinfo(base_uri);
             let parsed: Uri = base_uri.parse().map_err(|_| Error::Config {
-                reason: format!("base URI {base_uri:?} does not parse"),
+                reason: format!("base URI {shown:?} does not parse"),
             })?;
             if parsed.scheme().is_none() || parsed.host().is_none() {
                 return Err(Error::Config {
-                    reason: format!("base URI {base_uri:?} needs a scheme and a host"),
+                    reason: format!("base URI {shown:?} needs a scheme and a host"),
+                });
+            }
+            if parsed.authority().is_some_and(|a| a.as_str().contains('@')) {
+                // Credentials in a URI end up in logs and error messages;
+                // they belong in `token` or `app_installation`.
+                return Err(Error::Config {
+                    reason: format!(
+                        "base URI {shown:?} carries credentials before '@'; pass them with token() or app_installation()"
+                    ),
                 });
             }
             builder = builder.base_uri(parsed).map_err(|_| Error::Config {
-                reason: format!("base URI {base_uri:?} was refused by octocrab"),
+                reason: format!("base URI {shown:?} was refused by octocrab"),
             })?;
         }
         let client = match self.credentials {
@@ -442,26 +452,9 @@ impl Answer {
             .unwrap_or_default()
     }
 
-    /// The error a non-success answer means. GitHub answers 403 both for
-    /// missing permissions and for rate limits; the headers and message
-    /// tell them apart.
+    /// The error a non-success answer means.
     fn error(&self) -> Error {
-        let status = self.status.as_u16();
-        let message = self.message();
-        match status {
-            401 => Error::Unauthorized,
-            403 | 429 if status == 429 || is_rate_limit(&self.headers, &message) => {
-                Error::RateLimited {
-                    retry_after: retry_after_from(&self.headers),
-                    reset: exhausted_reset(&self.headers),
-                }
-            }
-            403 => Error::Forbidden { message },
-            404 | 410 => Error::NotFound { message },
-            422 => Error::Validation { message },
-            500..=599 => Error::Server { status },
-            _ => Error::UnexpectedStatus { status, message },
-        }
+        error_for(self.status, &self.headers, self.message())
     }
 }
 
@@ -545,11 +538,35 @@ fn retry_after_from(headers: &HeaderMap) -> Option<Duration> {
         .map(|zoned| crate::error::until_wall_clock(zoned.timestamp()))
 }
 
-/// Whether a 403 is a rate limit rather than a permission problem.
+/// The error a non-success answer means. GitHub answers 403 both for
+/// missing permissions and for rate limits; the headers and message tell
+/// them apart, and a permission problem is never retried.
+fn error_for(status: StatusCode, headers: &HeaderMap, message: String) -> Error {
+    let status = status.as_u16();
+    match status {
+        401 => Error::Unauthorized,
+        403 | 429 if status == 429 || is_rate_limit(headers, &message) => Error::RateLimited {
+            retry_after: retry_after_from(headers),
+            reset: exhausted_reset(headers),
+        },
+        403 => Error::Forbidden { message },
+        404 | 410 => Error::NotFound { message },
+        422 => Error::Validation { message },
+        500..=599 => Error::Server { status },
+        _ => Error::UnexpectedStatus { status, message },
+    }
+}
+
+/// Whether a 403 is a rate limit rather than a permission problem: an
+/// exhausted primary budget (`x-ratelimit-remaining: 0`), a secondary limit
+/// (`retry-after`, or GitHub's message; GitHub Enterprise Server releases
+/// before 3.x call it "abuse detection").
 fn is_rate_limit(headers: &HeaderMap, message: &str) -> bool {
-    headers.contains_key("retry-after")
+    let message = message.to_ascii_lowercase();
+    headers.contains_key(http::header::RETRY_AFTER)
         || header_str(headers, "x-ratelimit-remaining").is_some_and(|r| r.trim() == "0")
-        || message.to_ascii_lowercase().contains("rate limit")
+        || message.contains("rate limit")
+        || message.contains("abuse detection")
 }
 
 fn has_next_page(headers: &HeaderMap) -> bool {
@@ -564,6 +581,19 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name)?.to_str().ok()
 }
 
+/// `uri` with any user information (`user:secret@`) in its authority
+/// replaced, for messages and `Debug` output.
+fn redact_userinfo(uri: &str) -> String {
+    let start = uri.find("://").map_or(0, |i| i + 3);
+    let end = uri[start..]
+        .find(['/', '?', '#'])
+        .map_or(uri.len(), |i| start + i);
+    match uri[start..end].rfind('@') {
+        Some(at) => format!("{}[redacted]{}", &uri[..start], &uri[start + at..]),
+        None => uri.to_owned(),
+    }
+}
+
 fn bounded(message: &str) -> String {
     if message.chars().count() <= MAX_MESSAGE_CHARS {
         return message.to_owned();
@@ -576,21 +606,13 @@ fn bounded(message: &str) -> String {
 /// An octocrab failure to get an answer at all.
 fn request_error(error: octocrab::Error, mutation: bool) -> Error {
     match error {
-        // Minting an installation token failed with an answer.
-        octocrab::Error::GitHub { source, .. } => match source.status_code.as_u16() {
-            401 => Error::Unauthorized,
-            403 => Error::Forbidden {
-                message: bounded(&source.message),
-            },
-            404 => Error::NotFound {
-                message: bounded(&source.message),
-            },
-            status @ 500..=599 => Error::Server { status },
-            status => Error::UnexpectedStatus {
-                status,
-                message: bounded(&source.message),
-            },
-        },
+        // Minting an installation token failed with an answer: the same
+        // classification as any other answer (a rate limit stays transient).
+        octocrab::Error::GitHub { source, .. } => error_for(
+            source.status_code,
+            &source.headers.unwrap_or_default(),
+            bounded(&source.message),
+        ),
         octocrab::Error::JWT { .. } => Error::Config {
             reason: "could not sign the GitHub App token request".into(),
         },
@@ -724,6 +746,37 @@ mod tests {
     }
 
     #[test]
+    fn older_enterprise_servers_abuse_detection_403_is_a_rate_limit() {
+        let abuse = answer(
+            403,
+            &[],
+            r#"{"message":"You have triggered an abuse detection mechanism. Please wait a few minutes before you try again."}"#,
+        );
+        assert!(matches!(abuse.error(), Error::RateLimited { .. }));
+    }
+
+    #[test]
+    fn a_rate_limited_token_request_is_transient_and_a_refused_one_is_not() {
+        // Minting an installation token goes through octocrab, which hands
+        // back status, headers and message: classified like any answer.
+        let limited = error_for(
+            StatusCode::FORBIDDEN,
+            &headers(&[("x-ratelimit-remaining", "0")]),
+            "API rate limit exceeded".into(),
+        );
+        assert!(limited.is_transient(), "{limited}");
+        let refused = error_for(
+            StatusCode::FORBIDDEN,
+            &headers(&[("x-ratelimit-remaining", "4999")]),
+            "Resource not accessible by integration".into(),
+        );
+        assert!(
+            matches!(refused, Error::Forbidden { .. }) && !refused.is_transient(),
+            "{refused}"
+        );
+    }
+
+    #[test]
     fn statuses_map_to_transient_or_permanent_errors() {
         assert!(matches!(
             answer(401, &[], r#"{"message":"Bad credentials"}"#).error(),
@@ -812,6 +865,26 @@ mod tests {
             2,
         );
         assert!(!format!("{app:?}").contains("secret"));
+    }
+
+    #[test]
+    fn credentials_in_the_base_uri_are_refused_and_never_shown() {
+        let uri = "https://x-access-token:ghp_in_the_uri@github.example.com/api/v3/";
+        let builder = GitHubLabels::builder()
+            .token(SecretString::from("t"))
+            .base_uri(uri);
+        assert!(!format!("{builder:?}").contains("ghp_in_the_uri"));
+        let err = builder.build().unwrap_err();
+        assert!(matches!(err, Error::Config { .. }), "{err}");
+        assert!(
+            !format!("{err} {err:?}").contains("ghp_in_the_uri"),
+            "{err}"
+        );
+        assert_eq!(
+            redact_userinfo("http://u:p@h:1/a@b"),
+            "http://[redacted]@h:1/a@b"
+        );
+        assert_eq!(redact_userinfo("http://h/a@b"), "http://h/a@b");
     }
 
     #[tokio::test]
