@@ -404,6 +404,12 @@ fn salvage(task_id: &str, max_iterations: u32, doc: &Document, text: &str) -> Re
     if let Some(uids) = salvage_key(text, "retired_lease_uids") {
         state.retired_lease_uids = uids;
     }
+    // The write log lets a writer whose answer was lost still settle it.
+    if let Some(ids) = salvage_key::<Vec<String>>(text, "applied_writes") {
+        for id in ids {
+            state.remember_write(&id);
+        }
+    }
     if state.status == TaskStatus::MaxIterationsReached && state.iteration == 0 {
         state.status = TaskStatus::Initialized;
     }
@@ -590,6 +596,10 @@ mod tests {
         assert_eq!(dec.state.status, TaskStatus::InProgress);
         assert_eq!(dec.state.metadata["a"], "b");
         assert_eq!(dec.corrupt, Some(CorruptPayload::Text(broken.into())));
+
+        let broken = r#"{"applied_writes":["a1","b2"],"task_id":"t","feedback_history":[{"#;
+        let dec = decode("t", 10, &stored(with_payload(broken)));
+        assert_eq!(dec.state.applied_writes(), ["a1", "b2"]);
     }
 
     #[test]

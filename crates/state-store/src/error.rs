@@ -147,11 +147,13 @@ pub enum Error {
         /// The error of the last attempt.
         last: Box<Error>,
     },
-    /// A write failed in transit and the attempts ran out before a re-read could
-    /// tell whether it was applied. Do not blindly repeat a non-idempotent
-    /// change: read the state and judge.
+    /// A write failed in transit and no re-read could tell whether it was
+    /// applied: the attempts ran out, the update had to end while the write
+    /// could still land, or so many other writes followed that its id left the
+    /// state's write log. Do not blindly repeat a non-idempotent change: read
+    /// the state and judge.
     #[error(
-        "update of task {task_id} may or may not have been applied (a write failed in transit and {attempts} attempts did not settle it)"
+        "update of task {task_id} may or may not have been applied (a write failed in transit and {attempts} attempts did not settle it); read the state before repeating it"
     )]
     OutcomeUnknown {
         /// Task id.

@@ -153,7 +153,9 @@ fn to_config_map(name: &str, resource_version: Option<&str>, document: Document)
 fn from_config_map(cm: ConfigMap) -> Result<StoredDocument> {
     let name = cm.metadata.name.unwrap_or_default();
     let Some(resource_version) = cm.metadata.resource_version else {
-        return Err(Error::Client(format!(
+        // An unreadable answer: after a write, the write may well have been
+        // applied, so the store must settle it by re-reading (Transport).
+        return Err(Error::Transport(format!(
             "ConfigMap {name} came back without a resourceVersion"
         )));
     };
@@ -276,6 +278,6 @@ mod tests {
         assert_eq!(back.document, doc);
         assert_eq!(back.resource_version, "12");
         cm.metadata.resource_version = None;
-        assert!(matches!(from_config_map(cm), Err(Error::Client(_))));
+        assert!(matches!(from_config_map(cm), Err(Error::Transport(_))));
     }
 }

@@ -630,10 +630,6 @@ impl RemediationState {
         self.applied_writes.push(write_id.to_owned());
         trim_front(&mut self.applied_writes, MAX_APPLIED_WRITES);
     }
-
-    pub(crate) fn has_write(&self, write_id: &str) -> bool {
-        self.applied_writes.iter().any(|w| w == write_id)
-    }
 }
 
 /// Ids (comment, operation) are 1–128 visible ASCII characters.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use prometheus_client::registry::Registry;
 use resilience::{Backoff, BackoffPolicy};
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::backend::{StateBackend, StoredDocument};
 use crate::clock::Clock;
@@ -24,7 +24,8 @@ use crate::naming::{
     LABEL_TASK_ID, state_name, state_selector, validate_selector, validate_task_id,
 };
 use crate::schema::{
-    CancellationRecord, FeedbackEntry, RemediationState, SCHEMA_VERSION, Supersession, TaskStatus,
+    CancellationRecord, FeedbackEntry, MAX_APPLIED_WRITES, RemediationState, SCHEMA_VERSION,
+    Supersession, TaskStatus,
 };
 use crate::{Error, Result};
 
@@ -209,11 +210,21 @@ impl StateStore {
     /// its value is returned. If `f` returns an error, nothing is written and
     /// the error is returned. If `f` changes nothing, nothing is written.
     ///
+    /// `f` should depend only on the state it is given: after a write whose
+    /// answer was lost, the store tells whether it was applied by re-reading,
+    /// and a closure that answers differently the second time leaves only
+    /// `OutcomeUnknown` to report.
+    ///
     /// Errors: the closure's own; `InvalidTaskId`; `UnsupportedVersion` for a
     /// document of a newer schema; `Invalid` if the state breaks an invariant
     /// before or after `f`; `TooLarge`; `RetriesExhausted` after
     /// [`StoreConfig::max_attempts`]; `OutcomeUnknown` if a write failed in
-    /// transit and the attempts ran out before a re-read could settle it.
+    /// transit and no re-read could tell whether it was applied (never
+    /// transient: repeating the update could apply it twice).
+    ///
+    /// Cancellation: dropping the returned future between a write being sent
+    /// and its answer leaves that write's outcome unknown to the caller, as
+    /// with any request; the state itself is never left half-written.
     pub async fn update<T, E, F>(&self, task_id: &str, f: F) -> Result<T, E>
     where
         F: FnMut(&mut RemediationState) -> Result<T, E>,
@@ -494,56 +505,68 @@ impl StateStore {
         let metrics = &self.inner.metrics;
         let backend = &self.inner.backend;
         let mut backoff = Backoff::new(config.backoff.clone());
-        // Writes whose outcome is unknown (failed in transit): (write id, value).
-        // Kept until the end: at most one of them can ever be applied, because
-        // each names a version that every later successful write replaces.
-        let mut in_doubt: Vec<(String, T)> = Vec::new();
+        let mut doubts = Doubts::default();
         let mut last_error: Option<Error> = None;
         let mut pause = false;
         let attempts = config.max_attempts.max(1);
+        let mut made = 0;
 
-        for attempt in 1..=attempts {
-            if pause {
-                let mut delay = backoff.next_delay().unwrap_or(config.backoff.max);
-                if let Some(after) = last_error.as_ref().and_then(Error::retry_after) {
-                    delay = delay.max(after.min(config.max_retry_after));
+        let failure: Failure<E> = 'attempts: {
+            for attempt in 1..=attempts {
+                made = attempt;
+                if pause {
+                    let mut delay = backoff.next_delay().unwrap_or(config.backoff.max);
+                    if let Some(after) = last_error.as_ref().and_then(Error::retry_after) {
+                        delay = delay.max(after.min(config.max_retry_after));
+                    }
+                    tokio::time::sleep(delay).await;
                 }
-                tokio::time::sleep(delay).await;
-            }
-            pause = true;
+                pause = true;
 
-            let stored = match self.bounded(backend.get(&name)).await {
-                Ok(stored) => stored,
-                Err(e) if e.is_transient() => {
-                    metrics.retry("transient");
-                    debug!(task_id, attempt, error = %e, "read failed; retrying");
-                    last_error = Some(e);
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
+                let stored = match self.bounded(backend.get(&name)).await {
+                    Ok(stored) => stored,
+                    Err(e) if e.is_transient() => {
+                        metrics.retry("transient");
+                        debug!(task_id, attempt, error = %e, "read failed; retrying");
+                        last_error = Some(e);
+                        continue;
+                    }
+                    Err(e) => break 'attempts e.into(),
+                };
+                let decoded = stored
+                    .as_ref()
+                    .map(|doc| (doc, codec::decode(task_id, config.max_iterations, doc)));
 
-            let now = self.inner.clock.now();
-            let (base, mut state, corrupt) = match &stored {
-                None => (None, RemediationState::new(task_id, now), None),
-                Some(doc) => {
-                    let decoded = codec::decode(task_id, config.max_iterations, doc);
-                    if let Some(i) = in_doubt
-                        .iter()
-                        .position(|(id, _)| decoded.state.has_write(id))
-                    {
-                        // A write that failed in transit had been applied after all.
-                        let (_, value) = in_doubt.swap_remove(i);
+                match doubts.judge(decoded.as_ref().map(|(doc, d)| (*doc, &d.state))) {
+                    Verdict::Applied(value) => {
+                        debug!(
+                            task_id,
+                            attempt, "a write whose answer was lost had been applied"
+                        );
                         return Ok(value);
                     }
-                    match decoded.origin {
+                    Verdict::Unknown => {
+                        warn!(
+                            task_id,
+                            attempt,
+                            "a write whose answer was lost can no longer be judged: its id left the write log"
+                        );
+                        return Err(outcome_unknown(task_id, attempt));
+                    }
+                    Verdict::NotApplied => {}
+                }
+
+                let now = self.inner.clock.now();
+                let (base, mut state, corrupt) = match decoded {
+                    None => (None, RemediationState::new(task_id, now), None),
+                    Some((doc, decoded)) => match decoded.origin {
                         SchemaOrigin::Newer { version } => {
-                            return Err(Error::UnsupportedVersion {
+                            break 'attempts Error::UnsupportedVersion {
                                 task_id: task_id.to_owned(),
                                 found: version,
                                 supported: SCHEMA_VERSION,
                             }
-                            .into());
+                            .into();
                         }
                         SchemaOrigin::Rebuilt { ref reason } => {
                             warn!(task_id, reason = %reason, "state payload unreadable; rebuilding it and quarantining the raw payload");
@@ -551,111 +574,274 @@ impl StateStore {
                             (Some(doc), decoded.state, corrupt)
                         }
                         SchemaOrigin::Current | SchemaOrigin::Migrated { .. } => {
-                            self.validate(task_id, &decoded.state)?;
+                            if let Err(e) = self.validate(task_id, &decoded.state) {
+                                break 'attempts e.into();
+                            }
                             (Some(doc), decoded.state, None)
                         }
-                    }
-                }
-            };
+                    },
+                };
 
-            let before = state.clone();
-            if let Some(token) = token {
-                state.observe_fencing_token(token)?;
-            }
-            let value = f(&mut state).map_err(Failure::Aborted)?;
-            if state == before && corrupt.is_none() && base.is_some() {
-                // Nothing to write: the read state already says it.
-                return Ok(value);
-            }
-
-            // The store owns these fields whatever the closure did.
-            state.version = SCHEMA_VERSION.to_owned();
-            state.last_update = now;
-            *state.applied_writes_mut() = before.applied_writes().to_vec();
-            let write_id = new_write_id();
-            state.remember_write(&write_id);
-            self.validate(task_id, &state)?;
-
-            let encoded = codec::encode(
-                &mut state,
-                &name,
-                base.map(|d| &d.document),
-                corrupt.as_ref().map(|(c, reason)| (c, reason.as_str())),
-                &config.size_limits,
-                now,
-            )?;
-
-            let written = match base {
-                None => self.bounded(backend.create(&name, encoded.document)).await,
-                Some(doc) => {
-                    self.bounded(backend.replace(&name, &doc.resource_version, encoded.document))
-                        .await
-                }
-            };
-            match written {
-                Ok(_) => {
-                    metrics.document_size.observe(encoded.size as f64);
-                    if encoded.compaction.is_some() {
-                        metrics.compactions.inc();
-                    }
-                    if encoded.compressed {
-                        metrics.compressions.inc();
-                    }
-                    if corrupt.is_some() {
-                        metrics.quarantines.inc();
-                    }
-                    return Ok(value);
-                }
-                Err(e @ Error::Conflict { .. }) => {
-                    metrics.conflicts.inc();
-                    metrics.retry("conflict");
-                    last_error = Some(e);
-                }
-                Err(e @ (Error::AlreadyExists { .. } | Error::NotFound { .. })) => {
-                    // Created or deleted by someone else since our read: read again now.
-                    metrics.retry(error_label(&e));
-                    last_error = Some(e);
-                    pause = false;
-                }
-                Err(e) if e.write_outcome_ambiguous() => {
-                    metrics.retry("ambiguous_write");
-                    debug!(task_id, attempt, error = %e, "write outcome unknown; re-reading to judge");
-                    in_doubt.push((write_id, value));
-                    last_error = Some(e);
-                }
-                Err(e) if e.is_transient() => {
-                    metrics.retry("transient");
-                    last_error = Some(e);
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-
-        if !in_doubt.is_empty() {
-            // One last read may still settle it.
-            if let Ok(Some(doc)) = self.bounded(backend.get(&name)).await {
-                let decoded = codec::decode(task_id, config.max_iterations, &doc);
-                if let Some(i) = in_doubt
-                    .iter()
-                    .position(|(id, _)| decoded.state.has_write(id))
+                let before = state.clone();
+                if let Some(token) = token
+                    && let Err(e) = state.observe_fencing_token(token)
                 {
-                    let (_, value) = in_doubt.swap_remove(i);
+                    break 'attempts e.into();
+                }
+                let value = match f(&mut state) {
+                    Ok(value) => value,
+                    Err(e) => break 'attempts Failure::Aborted(e),
+                };
+                if state == before && corrupt.is_none() && base.is_some() {
+                    // Nothing to write: the read state already says it.
                     return Ok(value);
                 }
+
+                // The store owns these fields whatever the closure did.
+                state.version = SCHEMA_VERSION.to_owned();
+                state.last_update = now;
+                *state.applied_writes_mut() = before.applied_writes().to_vec();
+                let write_id = new_write_id();
+                state.remember_write(&write_id);
+                if let Err(e) = self.validate(task_id, &state) {
+                    break 'attempts e.into();
+                }
+
+                let mut encoded = match codec::encode(
+                    &mut state,
+                    &name,
+                    base.map(|d| &d.document),
+                    corrupt.as_ref().map(|(c, reason)| (c, reason.as_str())),
+                    &config.size_limits,
+                    now,
+                ) {
+                    Ok(encoded) => encoded,
+                    Err(e) => break 'attempts e.into(),
+                };
+
+                let document = std::mem::take(&mut encoded.document);
+                let written = match base {
+                    None => self.bounded(backend.create(&name, document)).await,
+                    Some(doc) => {
+                        self.bounded(backend.replace(&name, &doc.resource_version, document))
+                            .await
+                    }
+                };
+                match written {
+                    Ok(_) => {
+                        self.count_write(task_id, &encoded, corrupt.is_some());
+                        return Ok(value);
+                    }
+                    Err(e @ Error::Conflict { .. }) => {
+                        metrics.conflicts.inc();
+                        metrics.retry("conflict");
+                        last_error = Some(e);
+                    }
+                    Err(e @ (Error::AlreadyExists { .. } | Error::NotFound { .. })) => {
+                        // Created or deleted by someone else since our read: read again now.
+                        metrics.retry(error_label(&e));
+                        last_error = Some(e);
+                        pause = false;
+                    }
+                    Err(e) if e.write_outcome_ambiguous() => {
+                        metrics.retry("ambiguous_write");
+                        debug!(task_id, attempt, error = %e, "write outcome unknown; re-reading to judge");
+                        doubts.push(InDoubt {
+                            write_id,
+                            base_version: base.map(|d| d.resource_version.clone()),
+                            predecessor: before.applied_writes().last().cloned(),
+                            value,
+                        });
+                        // Judge it at once, unless the server asked for a pause: the
+                        // write log only reaches back MAX_APPLIED_WRITES writes.
+                        pause = e.retry_after().is_some();
+                        last_error = Some(e);
+                    }
+                    Err(e) if e.is_transient() => {
+                        metrics.retry("transient");
+                        last_error = Some(e);
+                    }
+                    Err(e) => break 'attempts e.into(),
+                }
             }
-            return Err(Error::OutcomeUnknown {
+            Error::RetriesExhausted {
                 task_id: task_id.to_owned(),
                 attempts,
+                last: Box::new(last_error.unwrap_or(Error::Conflict { name: name.clone() })),
             }
-            .into());
-        }
-        Err(Error::RetriesExhausted {
-            task_id: task_id.to_owned(),
-            attempts,
-            last: Box::new(last_error.unwrap_or(Error::Conflict { name })),
-        }
-        .into())
+            .into()
+        };
+        self.conclude(task_id, &name, doubts, failure, made).await
     }
+
+    /// Ends an update with `failure` — unless a write whose answer was lost
+    /// decides it: one more read either finds it applied (the update
+    /// succeeded), rules every such write out (`failure` stands), or cannot
+    /// tell (`OutcomeUnknown`: returning `failure` could hide an applied write).
+    async fn conclude<T, E>(
+        &self,
+        task_id: &str,
+        name: &str,
+        mut doubts: Doubts<T>,
+        failure: Failure<E>,
+        attempts: u32,
+    ) -> Result<T, Failure<E>> {
+        if doubts.is_empty() {
+            return Err(failure);
+        }
+        let unknown = || Err(outcome_unknown(task_id, attempts));
+        let Ok(stored) = self.bounded(self.inner.backend.get(name)).await else {
+            return unknown();
+        };
+        let decoded = stored.as_ref().map(|doc| {
+            let state = codec::decode(task_id, self.inner.config.max_iterations, doc).state;
+            (doc, state)
+        });
+        match doubts.judge(decoded.as_ref().map(|(doc, state)| (*doc, state))) {
+            Verdict::Applied(value) => Ok(value),
+            Verdict::NotApplied if doubts.is_empty() => Err(failure),
+            Verdict::NotApplied | Verdict::Unknown => unknown(),
+        }
+    }
+
+    fn count_write(&self, task_id: &str, encoded: &codec::Encoded, quarantined: bool) {
+        let metrics = &self.inner.metrics;
+        metrics.document_size.observe(encoded.size as f64);
+        if let Some(compaction) = &encoded.compaction {
+            metrics.compactions.inc();
+            info!(
+                task_id,
+                dropped = compaction.dropped,
+                kept = compaction.kept,
+                "feedback history compacted to keep the state under the ConfigMap size limit"
+            );
+        }
+        if encoded.compressed {
+            metrics.compressions.inc();
+        }
+        if quarantined {
+            metrics.quarantines.inc();
+        }
+    }
+}
+
+/// A write whose answer was lost (failed in transit, timed out): the server
+/// may or may not have applied it, or may still apply it.
+struct InDoubt<T> {
+    write_id: String,
+    /// The version the write named; `None` for a create.
+    base_version: Option<String>,
+    /// The newest write id in the state the write was based on: had the write
+    /// been applied, its own id would follow this one in every later state.
+    predecessor: Option<String>,
+    /// The closure's value for this write.
+    value: T,
+}
+
+/// The writes of one update whose answers were lost and that may still be
+/// applied. All of them name the version of the latest read (or are creates
+/// of an absent document), so at most one of them can ever be applied.
+struct Doubts<T> {
+    writes: Vec<InDoubt<T>>,
+}
+
+impl<T> Default for Doubts<T> {
+    fn default() -> Self {
+        Self { writes: Vec::new() }
+    }
+}
+
+/// What a fresh read says about the writes in doubt.
+enum Verdict<T> {
+    /// One was applied: the update succeeded with this value.
+    Applied(T),
+    /// None was applied; those that may still land are kept.
+    NotApplied,
+    /// The read cannot tell: a write may have been applied and its id since
+    /// pushed out of the state's write log (or the state replaced wholesale).
+    Unknown,
+}
+
+/// What a fresh read says about one write in doubt.
+enum Fate {
+    Applied,
+    /// Not applied, but it may still be (the version it named is current).
+    Pending,
+    /// Not applied, and it never can be any more.
+    Dead,
+    Unknown,
+}
+
+impl<T> Doubts<T> {
+    fn push(&mut self, write: InDoubt<T>) {
+        self.writes.push(write);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    /// Judges every write in doubt against `current` (the document as just
+    /// read and its decoded state; `None` if absent), dropping those that can
+    /// no longer be applied.
+    fn judge(&mut self, current: Option<(&StoredDocument, &RemediationState)>) -> Verdict<T> {
+        let mut unknown = false;
+        let mut i = 0;
+        while i < self.writes.len() {
+            match fate(&self.writes[i], current) {
+                Fate::Applied => return Verdict::Applied(self.writes.swap_remove(i).value),
+                Fate::Pending => i += 1,
+                Fate::Dead => drop(self.writes.swap_remove(i)),
+                Fate::Unknown => {
+                    unknown = true;
+                    i += 1;
+                }
+            }
+        }
+        if unknown {
+            Verdict::Unknown
+        } else {
+            Verdict::NotApplied
+        }
+    }
+}
+
+fn fate<T>(write: &InDoubt<T>, current: Option<(&StoredDocument, &RemediationState)>) -> Fate {
+    let Some((doc, state)) = current else {
+        // Absent. A create may still land; a replace named a version that is
+        // gone, and whatever it changed was deleted with it.
+        return if write.base_version.is_none() {
+            Fate::Pending
+        } else {
+            Fate::Dead
+        };
+    };
+    let log = state.applied_writes();
+    if log.contains(&write.write_id) {
+        return Fate::Applied;
+    }
+    if write.base_version.as_deref() == Some(doc.resource_version.as_str()) {
+        return Fate::Pending;
+    }
+    // The version moved on without this write, so it can no longer land. It was
+    // not applied if the log reaches back far enough to show it: past its
+    // predecessor, or (for a write on a state without a log) to its start.
+    let reaches_back = match &write.predecessor {
+        Some(predecessor) => log.contains(predecessor),
+        None => log.len() < MAX_APPLIED_WRITES,
+    };
+    if reaches_back {
+        Fate::Dead
+    } else {
+        Fate::Unknown
+    }
+}
+
+fn outcome_unknown<E>(task_id: &str, attempts: u32) -> Failure<E> {
+    Failure::Store(Error::OutcomeUnknown {
+        task_id: task_id.to_owned(),
+        attempts,
+    })
 }
 
 /// Why an update ended without a write: the store's error or the closure's.
@@ -872,6 +1058,105 @@ mod tests {
                 })
             });
         assert_eq!(store(mock).update(TASK, bump).await.unwrap(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_permanent_error_while_an_earlier_write_may_still_land_is_reported_unknown() {
+        let mut mock = MockStateBackend::new();
+        // The version never moves: the first write (answered 500) may still be
+        // applied by the server, so the 403 of the second cannot be the answer.
+        mock.expect_get().returning(|_| Ok(Some(stored(2, "5"))));
+        let mut seq = mockall::Sequence::new();
+        mock.expect_replace()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _, _| Err(api(500)));
+        mock.expect_replace()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _, _| Err(api(403)));
+        let err = store(mock).update(TASK, bump).await.unwrap_err();
+        assert!(matches!(err, Error::OutcomeUnknown { .. }), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_permanent_error_after_an_earlier_write_was_ruled_out_is_returned() {
+        let mut mock = MockStateBackend::new();
+        let reads = AtomicU32::new(0);
+        // After the first write failed, another writer moved the version on
+        // without it: it can never land, so the second write's 403 stands.
+        mock.expect_get().returning(move |_| {
+            Ok(Some(if reads.fetch_add(1, Ordering::SeqCst) == 0 {
+                stored(2, "5")
+            } else {
+                stored(3, "6")
+            }))
+        });
+        let mut seq = mockall::Sequence::new();
+        mock.expect_replace()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _, _| Err(api(500)));
+        mock.expect_replace()
+            .withf(|_, rv, _| rv == "6")
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _, _| Err(api(403)));
+        let err = store(mock).update(TASK, bump).await.unwrap_err();
+        assert!(matches!(err, Error::Api { code: 403, .. }), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closure_that_refuses_while_its_earlier_write_may_still_land_is_reported_unknown() {
+        let mut mock = MockStateBackend::new();
+        mock.expect_get().returning(|_| Ok(Some(stored(2, "5"))));
+        mock.expect_replace()
+            .times(1)
+            .returning(|_, _, _| Err(Error::Transport("timed out".into())));
+        let mut runs = 0;
+        let err = store(mock)
+            .update(TASK, |s| {
+                runs += 1;
+                if runs > 1 {
+                    return Err(Error::Client("changed its mind".into()));
+                }
+                s.iteration += 1;
+                Ok(())
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::OutcomeUnknown { .. }), "{err}");
+    }
+
+    /// A backend that applies every create and then loses its answer.
+    struct LostCreateAnswers(crate::MemoryBackend);
+
+    #[async_trait::async_trait]
+    impl StateBackend for LostCreateAnswers {
+        async fn get(&self, name: &str) -> Result<Option<StoredDocument>> {
+            self.0.get(name).await
+        }
+        async fn create(&self, name: &str, document: Document) -> Result<StoredDocument> {
+            self.0.create(name, document).await?;
+            Err(Error::Transport("connection reset".into()))
+        }
+        async fn replace(&self, name: &str, rv: &str, doc: Document) -> Result<StoredDocument> {
+            self.0.replace(name, rv, doc).await
+        }
+        async fn delete(&self, name: &str, rv: &str) -> Result<()> {
+            self.0.delete(name, rv).await
+        }
+        async fn list(&self, labels: &BTreeMap<String, String>) -> Result<Vec<StoredDocument>> {
+            self.0.list(labels).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_create_whose_answer_was_lost_is_settled_by_re_reading() {
+        let store = StateStore::new(LostCreateAnswers(crate::MemoryBackend::new()));
+        assert_eq!(store.increment_iteration(TASK).await.unwrap(), 1);
+        assert_eq!(store.increment_iteration(TASK).await.unwrap(), 2);
+        assert_eq!(store.get(TASK).await.unwrap().unwrap().state.iteration, 2);
     }
 
     #[tokio::test(start_paused = true)]
@@ -1249,6 +1534,92 @@ mod tests {
         assert_eq!(store.increment_iteration(TASK).await.unwrap(), 2);
         assert_eq!(store.get(TASK).await.unwrap().unwrap().state.iteration, 2);
         assert!(started.elapsed() >= 2 * StoreConfig::default().call_timeout);
+    }
+
+    /// A backend whose first replace is applied, then — before its answer
+    /// arrives — `others` more writes land through another store, then the
+    /// answer is lost: the victim's write id has left the ring by the time it
+    /// re-reads.
+    struct AppliedThenBuriedUnderOtherWrites {
+        memory: Arc<crate::MemoryBackend>,
+        others: u32,
+        fired: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl StateBackend for AppliedThenBuriedUnderOtherWrites {
+        async fn get(&self, name: &str) -> Result<Option<StoredDocument>> {
+            self.memory.get(name).await
+        }
+        async fn create(&self, name: &str, document: Document) -> Result<StoredDocument> {
+            self.memory.create(name, document).await
+        }
+        async fn replace(
+            &self,
+            name: &str,
+            rv: &str,
+            document: Document,
+        ) -> Result<StoredDocument> {
+            let written = self.memory.replace(name, rv, document).await?;
+            if self.fired.swap(true, Ordering::SeqCst) {
+                return Ok(written);
+            }
+            let others = StateStore::with_config(self.memory.clone(), big_counter());
+            for _ in 0..self.others {
+                others.increment_iteration(TASK).await?;
+            }
+            Err(Error::Transport("connection reset after the write".into()))
+        }
+        async fn delete(&self, name: &str, rv: &str) -> Result<()> {
+            self.memory.delete(name, rv).await
+        }
+        async fn list(&self, labels: &BTreeMap<String, String>) -> Result<Vec<StoredDocument>> {
+            self.memory.list(labels).await
+        }
+    }
+
+    fn big_counter() -> StoreConfig {
+        StoreConfig {
+            max_iterations: 10_000,
+            ..StoreConfig::default()
+        }
+    }
+
+    async fn victim_after_buried_write(others: u32) -> (Result<u32>, u32) {
+        let memory = Arc::new(crate::MemoryBackend::new());
+        let config = big_counter();
+        let setup = StateStore::with_config(memory.clone(), config.clone());
+        setup.increment_iteration(TASK).await.unwrap();
+        let victim = StateStore::with_config(
+            AppliedThenBuriedUnderOtherWrites {
+                memory: memory.clone(),
+                others,
+                fired: std::sync::atomic::AtomicBool::new(false),
+            },
+            config,
+        );
+        let outcome = victim.increment_iteration(TASK).await;
+        let last = setup.get(TASK).await.unwrap().unwrap().state.iteration;
+        (outcome, last)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_answer_settles_while_its_write_id_is_still_remembered() {
+        let (outcome, last) = victim_after_buried_write(10).await;
+        // 1 (setup) + the victim's write (2) + 10 others.
+        assert_eq!(outcome.unwrap(), 2);
+        assert_eq!(last, 12);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_answer_buried_under_more_writes_than_the_ring_holds_is_never_applied_twice() {
+        let others = crate::schema::MAX_APPLIED_WRITES as u32 + 5;
+        let (outcome, last) = victim_after_buried_write(others).await;
+        assert_eq!(last, 2 + others, "the victim's increment was applied twice");
+        assert!(
+            matches!(outcome, Err(Error::OutcomeUnknown { .. })),
+            "{outcome:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
