@@ -65,39 +65,47 @@ impl Cycle {
     }
 }
 
-/// Marks the declared held Leases as waiting for a Lease; the marks are
-/// removed (in the background) when the marker is dropped, however the
-/// wait ends.
+/// Marks the declared held Leases as waiting for a Lease. The edge is
+/// recorded in each guard at once, before anything is written, so that
+/// dropping the marker — however the wait ends, even in the middle of
+/// [`publish`](Self::publish) — always removes it again (in the background);
+/// an edge left in a guard would be rewritten by every renewal.
 pub(crate) struct WaitMarker {
     held: Vec<Arc<GuardShared>>,
 }
 
 impl WaitMarker {
-    pub(crate) async fn set(held: &[Arc<GuardShared>], waiting_for: &str) -> Self {
+    pub(crate) fn new(held: &[Arc<GuardShared>], waiting_for: &str) -> Self {
         for guard in held {
-            if let Err(e) = guard.set_waiting_for(Some(waiting_for.to_owned())).await {
-                debug!(lease = %guard.name, error = %e, "could not record waiting-for; deadlock detection is weakened");
-            }
+            guard.set_waiting_for(Some(waiting_for.to_owned()));
         }
         Self {
             held: held.to_vec(),
+        }
+    }
+
+    /// Writes the edge to the held Leases (each write also renews).
+    /// Best effort: a failed write is rewritten by the guard's next renewal.
+    pub(crate) async fn publish(&self) {
+        for guard in &self.held {
+            if let Err(e) = guard.write(true).await {
+                debug!(lease = %guard.name, error = %e, "could not record waiting-for; deadlock detection is weakened");
+            }
         }
     }
 }
 
 impl Drop for WaitMarker {
     fn drop(&mut self) {
-        let held = std::mem::take(&mut self.held);
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        runtime.spawn(async move {
-            for guard in held {
-                if let Err(e) = guard.set_waiting_for(None).await {
+        for guard in std::mem::take(&mut self.held) {
+            guard.set_waiting_for(None);
+            let runtime = guard.runtime.clone();
+            runtime.spawn(async move {
+                if let Err(e) = guard.write(true).await {
                     debug!(lease = %guard.name, error = %e, "could not clear waiting-for; the next renewal will");
                 }
-            }
-        });
+            });
+        }
     }
 }
 
@@ -108,7 +116,13 @@ pub(crate) async fn find_cycle(
     wanted: &Lease,
     holding: &[Arc<GuardShared>],
 ) -> Result<Option<Cycle>, Error> {
-    let ours = |name: &str| holding.iter().find(|g| g.name == name && !g.is_lost());
+    // A declared guard that has ended (released, dropped or lost) no longer
+    // holds its Lease: whoever holds it now is not us.
+    let ours = |name: &str| {
+        holding
+            .iter()
+            .find(|g| g.name == name && !g.ended.is_cancelled())
+    };
     let mut members = Vec::new();
     let mut current = wanted.clone();
     for _ in 0..MAX_DEPTH {

@@ -361,12 +361,10 @@ impl GuardShared {
         }
     }
 
-    /// Sets what this guard's holder waits for and writes it to the Lease
-    /// (the write also renews). Best effort: errors are returned for
-    /// logging; the next renewal writes the annotation again.
-    pub(crate) async fn set_waiting_for(&self, lease: Option<String>) -> Result<(), Error> {
+    /// Sets what this guard's holder waits for; the next [`write`](Self::write)
+    /// (a renewal, or one asked for by the wait marker) puts it on the Lease.
+    pub(crate) fn set_waiting_for(&self, lease: Option<String>) {
         *lock(&self.waiting_for) = lease;
-        self.write(true).await
     }
 
     /// Renews: replace-if-version with `renewTime = now` (and the desired

@@ -803,7 +803,18 @@ impl<'a> Acquisition<'a> {
         if held {
             self.open_watch();
             if !holding.is_empty() {
-                self.check_deadlock(&holding).await?;
+                // Its reads and writes are bounded like every other call of
+                // the acquisition: by the deadline and the cancellation.
+                let checked = tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => None,
+                    () = tokio::time::sleep_until(deadline) => None,
+                    checked = self.check_deadlock(&holding) => Some(checked),
+                };
+                match checked {
+                    Some(checked) => checked?,
+                    None => return Err(self.deadline_or_cancelled(&cancel)),
+                }
             }
         }
         let delay = self
@@ -904,7 +915,8 @@ impl<'a> Acquisition<'a> {
         };
         let wanted = observation.lease.clone();
         if self.marker.is_none() {
-            self.marker = Some(WaitMarker::set(holding, &self.name).await);
+            let marker = self.marker.insert(WaitMarker::new(holding, &self.name));
+            marker.publish().await;
         }
         let inner = Arc::clone(self.inner());
         match deadlock::find_cycle(&inner, &wanted, holding).await {
@@ -966,6 +978,15 @@ impl<'a> Acquisition<'a> {
             }
         }
         Ok(())
+    }
+
+    /// The error for a wait cut short by the deadline or by `cancel`.
+    fn deadline_or_cancelled(&self, cancel: &CancellationToken) -> Error {
+        if cancel.is_cancelled() {
+            self.cancelled()
+        } else {
+            self.timed_out()
+        }
     }
 
     fn cancelled(&self) -> Error {

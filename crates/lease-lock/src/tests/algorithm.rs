@@ -775,3 +775,101 @@ async fn a_release_whose_caller_stops_waiting_still_completes() {
         "released, not left held until it expires"
     );
 }
+
+/// `held_lease` with its holder marked as waiting for `waits_for`.
+fn waiting_lease(name: &str, holder: &str, waits_for: &str) -> crate::Lease {
+    let mut lease = held_lease(name, Some(holder), 1, Duration::ZERO);
+    lease.metadata.annotations =
+        Some([(WAITING_FOR_ANNOTATION.to_owned(), waits_for.to_owned())].into());
+    lease
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stuck_wait_for_walk_does_not_outlive_the_acquire_timeout() {
+    let memory = MemoryLeases::new();
+    memory
+        .create(NS, &waiting_lease("lock-y", "pod-b/1", "lock-z"))
+        .await
+        .unwrap();
+    let backend = super::Stalling {
+        inner: memory.clone(),
+        stalled_gets: vec!["lock-z".into()],
+        stall_annotation_writes: false,
+    };
+    let lock = lock_on(backend, "pod-a");
+    let x = lock.acquire("x", AcquireOptions::new()).await.unwrap();
+    let started = Instant::now();
+
+    let result = tokio::time::timeout(
+        Duration::from_secs(60),
+        lock.acquire("y", wait_up_to(1).holding(&x)),
+    )
+    .await
+    .expect("the acquisition ends by its own timeout");
+
+    assert!(matches!(result, Err(Error::Timeout { .. })), "{result:?}");
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_for_edge_whose_write_was_cut_short_is_not_left_behind() {
+    let memory = MemoryLeases::new();
+    memory
+        .create(
+            NS,
+            &held_lease("lock-y", Some("pod-b/1"), 1, Duration::ZERO),
+        )
+        .await
+        .unwrap();
+    let backend = super::Stalling {
+        inner: memory.clone(),
+        stalled_gets: vec![],
+        stall_annotation_writes: true,
+    };
+    let lock = lock_on(backend, "pod-a");
+    let x = lock.acquire("x", AcquireOptions::new()).await.unwrap();
+
+    let result = lock.acquire("y", wait_up_to(1).holding(&x)).await;
+    assert!(matches!(result, Err(Error::Timeout { .. })), "{result:?}");
+    // Past x's next renewals: they must not write the abandoned edge.
+    tokio::time::sleep(Duration::from_secs(25)).await;
+
+    assert!(x.is_valid(), "x kept renewing");
+    let x_lease = memory.get(NS, "lock-x").await.unwrap().unwrap();
+    assert!(
+        !x_lease
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key(WAITING_FOR_ANNOTATION),
+        "no stale wait-for edge: it would make later waiters see false deadlocks"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_guard_released_while_declared_held_does_not_close_a_cycle() {
+    let memory = MemoryLeases::new();
+    let a = lock_on(memory.clone(), "pod-a");
+    let x = a.acquire("x", AcquireOptions::new()).await.unwrap();
+    let options = wait_up_to(1).holding(&x);
+    x.release().await.unwrap();
+    // Someone else now holds x and waits for y, whose holder waits for x:
+    // a cycle we would be the victim of (greatest identity), if we still held x.
+    let mut x_now = memory.get(NS, "lock-x").await.unwrap().unwrap();
+    let spec = x_now.spec.as_mut().unwrap();
+    spec.holder_identity = Some("pod-z/9".into());
+    spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+        jiff::Timestamp::now(),
+    ));
+    x_now.metadata.annotations =
+        Some([(WAITING_FOR_ANNOTATION.to_owned(), "lock-y".to_owned())].into());
+    memory.replace(NS, &x_now).await.unwrap();
+    memory
+        .create(NS, &waiting_lease("lock-y", "pod-0/1", "lock-x"))
+        .await
+        .unwrap();
+
+    let result = a.acquire("y", options).await;
+
+    assert!(matches!(result, Err(Error::Timeout { .. })), "{result:?}");
+}

@@ -191,3 +191,57 @@ pub(crate) async fn settle() {
         tokio::task::yield_now().await;
     }
 }
+
+/// Wraps a backend: GETs of the named Leases, and replaces that write the
+/// waiting-for annotation, never answer (a request stuck on a dead
+/// connection).
+#[derive(Clone)]
+pub(crate) struct Stalling<B> {
+    pub(crate) inner: B,
+    pub(crate) stalled_gets: Vec<String>,
+    pub(crate) stall_annotation_writes: bool,
+}
+
+#[async_trait]
+impl<B: LeaseBackend + Clone> LeaseBackend for Stalling<B> {
+    async fn get(&self, namespace: &str, name: &str) -> Result<Option<Lease>, Error> {
+        if self.stalled_gets.iter().any(|n| n == name) {
+            std::future::pending::<()>().await;
+        }
+        self.inner.get(namespace, name).await
+    }
+    async fn create(&self, namespace: &str, lease: &Lease) -> Result<Lease, Error> {
+        self.inner.create(namespace, lease).await
+    }
+    async fn replace(&self, namespace: &str, lease: &Lease) -> Result<Lease, Error> {
+        let annotated = lease
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(crate::WAITING_FOR_ANNOTATION));
+        if self.stall_annotation_writes && annotated {
+            std::future::pending::<()>().await;
+        }
+        self.inner.replace(namespace, lease).await
+    }
+    async fn delete(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        version: &str,
+    ) -> Result<(), Error> {
+        self.inner.delete(namespace, name, uid, version).await
+    }
+    async fn list(&self, namespace: &str, selector: &str) -> Result<Vec<Lease>, Error> {
+        self.inner.list(namespace, selector).await
+    }
+    fn watch(
+        &self,
+        namespace: &str,
+        name: &str,
+        since: Option<String>,
+    ) -> BoxStream<'static, Result<LeaseEvent, Error>> {
+        self.inner.watch(namespace, name, since)
+    }
+}
