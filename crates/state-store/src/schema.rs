@@ -288,43 +288,46 @@ impl RemediationState {
 
     /// Records a pushed head if it is newer than the latest one.
     ///
-    /// Heads are ordered by `(pushed_at, sha)`: an older push never replaces a
-    /// newer head, the same sha is idempotent, and two different shas pushed at
-    /// the same instant resolve the same way whatever order they arrive in.
-    /// A newer head also becomes a pending supersession. Returns whether the
-    /// state changed.
+    /// Pushes are ordered by `(pushed_at, sha)`, so two different shas pushed
+    /// at the same instant resolve the same way whatever order they arrive in.
+    /// An older push never replaces a newer head, and the same push delivered
+    /// again changes nothing. A newer push of another sha becomes the head and
+    /// a pending supersession. A newer push of the head's own sha (pushed
+    /// again, e.g. a force-push back) only moves the head's `pushed_at`
+    /// forward — so a push made in between that arrives late cannot overtake
+    /// it — and adds no supersession, since the head did not change. Returns
+    /// whether the state changed.
     pub fn observe_head(&mut self, push: &Supersession) -> bool {
-        if let Some(head) = &self.latest_head
-            && (head.sha == push.head_sha
-                || (push.pushed_at, push.head_sha.as_str()) < (head.pushed_at, head.sha.as_str()))
-        {
-            return false;
-        }
+        let same_sha = match &self.latest_head {
+            Some(head)
+                if (push.pushed_at, push.head_sha.as_str())
+                    <= (head.pushed_at, head.sha.as_str()) =>
+            {
+                return false;
+            }
+            Some(head) => head.sha == push.head_sha,
+            None => false,
+        };
         self.latest_head = Some(HeadRecord {
             sha: push.head_sha.clone(),
             pushed_at: push.pushed_at,
             delivery_id: push.delivery_id.clone(),
         });
-        self.pending_supersessions.push(push.clone());
-        trim_front(&mut self.pending_supersessions, MAX_PENDING_SUPERSESSIONS);
+        if !same_sha {
+            self.pending_supersessions.push(push.clone());
+            trim_front(&mut self.pending_supersessions, MAX_PENDING_SUPERSESSIONS);
+        }
         true
     }
 
-    /// Removes the pending supersessions up to and including the one for
-    /// `head_sha` (older pushes are covered by the newer one). Returns how many
-    /// were removed.
-    pub fn settle_supersessions_through(&mut self, head_sha: &str) -> usize {
-        let Some(settled) = self
-            .pending_supersessions
-            .iter()
-            .find(|p| p.head_sha == head_sha)
-            .map(|p| (p.pushed_at, p.head_sha.clone()))
-        else {
-            return 0;
-        };
+    /// Removes the pending supersessions that the handling of the push of
+    /// `head_sha` at `pushed_at` covers: that one and every older one (by
+    /// `(pushed_at, sha)`, the order of [`observe_head`](Self::observe_head)).
+    /// Newer pushes stay pending. Returns how many were removed.
+    pub fn settle_supersessions_through(&mut self, head_sha: &str, pushed_at: Timestamp) -> usize {
         let before = self.pending_supersessions.len();
         self.pending_supersessions
-            .retain(|p| (p.pushed_at, p.head_sha.as_str()) > (settled.0, settled.1.as_str()));
+            .retain(|p| (p.pushed_at, p.head_sha.as_str()) > (pushed_at, head_sha));
         before - self.pending_supersessions.len()
     }
 
@@ -689,6 +692,24 @@ mod tests {
     }
 
     #[test]
+    fn a_sha_pushed_again_later_is_not_overtaken_by_an_older_push_arriving_late() {
+        // A at 1, then B at 2, then A again at 3 (a force-push back); B's
+        // webhook arrives last.
+        let mut s = RemediationState::new("t", Timestamp::UNIX_EPOCH);
+        assert!(s.observe_head(&push("aaaaaaa", "2026-01-01T00:00:01Z")));
+        assert!(s.observe_head(&push("aaaaaaa", "2026-01-01T00:00:03Z")));
+        assert!(!s.observe_head(&push("bbbbbbb", "2026-01-01T00:00:02Z")));
+        let head = s.latest_head.as_ref().unwrap();
+        assert_eq!(head.sha, "aaaaaaa");
+        assert_eq!(head.pushed_at, ts("2026-01-01T00:00:03Z"));
+        assert_eq!(head.delivery_id, "d-aaaaaaa");
+        // The same sha is still the same supersession: nothing new to cancel.
+        assert_eq!(s.pending_supersessions.len(), 1);
+        // The same delivery again changes nothing.
+        assert!(!s.observe_head(&push("aaaaaaa", "2026-01-01T00:00:03Z")));
+    }
+
+    #[test]
     fn pushes_at_the_same_instant_converge_whatever_their_order() {
         let mut a = RemediationState::new("t", Timestamp::UNIX_EPOCH);
         let mut b = a.clone();
@@ -709,8 +730,18 @@ mod tests {
         s.observe_head(&push("aaaaaaa", "2026-01-01T00:00:01Z"));
         s.observe_head(&push("bbbbbbb", "2026-01-01T00:00:02Z"));
         s.observe_head(&push("ccccccc", "2026-01-01T00:00:03Z"));
-        assert_eq!(s.settle_supersessions_through("bbbbbbb"), 2);
+        let b = &s.pending_supersessions[1];
+        assert_eq!(
+            s.settle_supersessions_through(&b.head_sha.clone(), b.pushed_at),
+            2
+        );
+        assert_eq!(s.pending_supersessions.len(), 1);
         assert_eq!(s.pending_supersessions[0].head_sha, "ccccccc");
+        assert_eq!(
+            s.settle_supersessions_through("bbbbbbb", ts("2026-01-01T00:00:02Z")),
+            0,
+            "settling again is a no-op"
+        );
     }
 
     #[test]

@@ -341,9 +341,9 @@ impl StateStore {
         .await
     }
 
-    /// Records a push; an older push never replaces a newer head and the same
-    /// sha is idempotent (see [`RemediationState::observe_head`]). Returns
-    /// whether the state changed.
+    /// Records a push: newest `(pushed_at, sha)` wins, an older push never
+    /// replaces a newer head, a re-delivered push changes nothing (see
+    /// [`RemediationState::observe_head`]). Returns whether the state changed.
     pub async fn record_supersession(&self, task_id: &str, push: &Supersession) -> Result<bool> {
         self.update(task_id, |s: &mut RemediationState| {
             Ok::<_, Error>(s.observe_head(push))
