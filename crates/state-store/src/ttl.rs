@@ -1,7 +1,9 @@
 //! TTL cleanup: deleting the states of tasks nobody touched for a long time.
 //!
 //! The rule it keeps: each delete names the version the cleanup saw, so a state
-//! touched between the LIST and the DELETE is kept (409), never lost.
+//! touched between the LIST and the DELETE is kept (409), never lost; and a
+//! state with work in flight (`InProgress`, or an unfinished operation
+//! journal) is never deleted, however old.
 
 use std::time::Duration;
 
@@ -22,7 +24,7 @@ pub struct TtlPolicy {
     /// Time between cleanup passes.
     pub interval: Duration,
     /// A state untouched (by `last_update`) for this long is deleted unless
-    /// it is `InProgress`.
+    /// it is `InProgress` or has an unfinished operation journal.
     pub ttl: Duration,
 }
 
@@ -42,7 +44,8 @@ impl Default for TtlPolicy {
 pub struct CleanupReport {
     /// States deleted.
     pub deleted: usize,
-    /// Expired states kept because they are `InProgress`.
+    /// Expired states kept because they are `InProgress` or have an
+    /// unfinished operation journal.
     pub kept_in_progress: usize,
     /// Expired states kept because they changed after the LIST (409 on delete).
     pub kept_changed: usize,
@@ -77,7 +80,13 @@ impl StateStore {
                 report.kept_unowned += 1;
                 continue;
             }
-            if state.status == TaskStatus::InProgress {
+            // An operation in flight is kept whatever the status says: its journal
+            // is what the recovery reconciler finishes or rolls back from.
+            let in_flight = state
+                .active_operation
+                .as_ref()
+                .is_some_and(|j| !j.is_finished());
+            if state.status == TaskStatus::InProgress || in_flight {
                 report.kept_in_progress += 1;
                 continue;
             }

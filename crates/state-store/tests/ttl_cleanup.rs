@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use jiff::Timestamp;
 use state_store::{
-    Clock, Document, Error, MemoryBackend, StateBackend, StateStore, StoreConfig, StoredDocument,
-    TaskStatus, TtlPolicy, spawn_ttl_cleanup,
+    Clock, Document, Error, MemoryBackend, OperationJournal, OperationKind, StateBackend,
+    StateStore, StoreConfig, StoredDocument, TaskStatus, TtlPolicy, spawn_ttl_cleanup,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -94,6 +94,37 @@ async fn old_idle_states_are_removed_and_in_progress_or_recent_ones_kept() {
 
     cancel.cancel();
     cleanup.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_state_with_an_operation_in_flight_is_kept_whatever_its_status() {
+    let store = StateStore::with_clock(
+        MemoryBackend::new(),
+        StoreConfig::default(),
+        Clock::tokio_anchored(start()),
+    );
+    // A cancellation began on a task that never reached InProgress, then its
+    // worker died: the journal is what recovery needs to finish or roll back.
+    let journal = OperationJournal::begin(
+        "op-1",
+        OperationKind::Cancellation,
+        "pod-a/1",
+        store.clock().now(),
+    );
+    store.begin_operation("orphaned", journal).await.unwrap();
+    set_status(&store, "done", TaskStatus::Completed).await;
+    tokio::time::advance(30 * DAY).await;
+
+    let report = store
+        .cleanup_expired(TtlPolicy::default().ttl)
+        .await
+        .unwrap();
+    assert_eq!(report.deleted, 1);
+    assert_eq!(report.kept_in_progress, 1);
+    let kept = store.get("orphaned").await.unwrap().unwrap();
+    assert_eq!(kept.state.status, TaskStatus::Initialized);
+    assert!(kept.state.active_operation.is_some());
+    assert!(!exists(&store, "done").await);
 }
 
 #[tokio::test(start_paused = true)]
