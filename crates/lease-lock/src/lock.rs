@@ -29,7 +29,10 @@
 //! Acquisition is cancel-safe: acquiring writes run in their own task, and
 //! one that lands after its caller gave up (timeout, cancellation, or a
 //! dropped future) is released at once instead of blocking others until it
-//! expires.
+//! expires. Lost answers are handled the same way: a write whose outcome is
+//! unknown (connection dropped, 5xx) is recognised by its holder identity,
+//! unique to the acquisition — adopted if the acquisition goes on, given
+//! back if it ends without a guard.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -468,6 +471,31 @@ impl LockInner {
             }
         }
     }
+
+    /// Releases `name` if `holder` — the identity of an acquisition that
+    /// ended without a guard — holds it: an acquiring write whose answer was
+    /// lost may have landed. Best effort: on failure the Lease expires.
+    async fn give_back_if_held_by(&self, name: &str, holder: &str) {
+        match self.backend.get(&self.config.namespace, name).await {
+            Ok(Some(lease)) if holder_of(&lease) == Some(holder) => self.give_back(lease).await,
+            Ok(_) => {}
+            Err(e) => {
+                warn!(lease = %name, error = %e, "could not check for a lease won by an abandoned acquisition; if it was, it will expire")
+            }
+        }
+    }
+}
+
+/// Whether a failed write may nevertheless have been applied: the answer
+/// was lost or not understood, or the server failed after accepting it.
+/// Answers that refuse the write (4xx: conflict, not found, forbidden,
+/// too many requests) say it was not applied.
+fn may_have_landed(e: &Error) -> bool {
+    match e {
+        Error::Transport { .. } | Error::Client { .. } => true,
+        Error::Api { status, .. } => *status >= 500,
+        _ => false,
+    }
 }
 
 /// The reservation of a Lease name by one acquisition or guard; dropping it
@@ -549,6 +577,10 @@ struct Acquisition<'a> {
     contended: bool,
     started: Instant,
     retry_after: Option<Duration>,
+    /// An acquiring write failed in a way that may have hidden its success:
+    /// unless the acquisition ends with a guard, the Lease is checked and
+    /// given back if it carries our holder identity.
+    unconfirmed: bool,
 }
 
 impl<'a> Acquisition<'a> {
@@ -584,6 +616,7 @@ impl<'a> Acquisition<'a> {
             contended: false,
             started: Instant::now(),
             retry_after: None,
+            unconfirmed: false,
         })
     }
 
@@ -755,6 +788,7 @@ impl<'a> Acquisition<'a> {
     /// inner result is the API's answer.
     async fn write(&mut self, write: Write) -> Result<Result<(Lease, Instant), Error>, Error> {
         let inner = Arc::clone(self.inner());
+        let (name, holder) = (self.name.clone(), self.holder.clone());
         let (tx, rx) = oneshot::channel();
         let sent_at = Instant::now();
         tokio::spawn(async move {
@@ -763,8 +797,14 @@ impl<'a> Acquisition<'a> {
                 Write::Create(lease) => inner.backend.create(namespace, lease).await,
                 Write::Replace(lease) => inner.backend.replace(namespace, lease).await,
             };
-            if let Err(Ok(lease)) = tx.send(result) {
-                inner.give_back(lease).await;
+            // Nobody is waiting for the answer any more.
+            match tx.send(result) {
+                Ok(()) => {}
+                Err(Ok(lease)) => inner.give_back(lease).await,
+                Err(Err(e)) if may_have_landed(&e) => {
+                    inner.give_back_if_held_by(&name, &holder).await;
+                }
+                Err(Err(_)) => {}
             }
         });
         let result = match &self.mode {
@@ -778,12 +818,21 @@ impl<'a> Acquisition<'a> {
                 result = rx => result,
             },
         };
+        if let Ok(Err(e)) = &result
+            && may_have_landed(e)
+        {
+            self.unconfirmed = true;
+        }
         match result {
             Ok(result) => Ok(result.map(|lease| (lease, sent_at))),
-            Err(_) => Ok(Err(Error::Client {
-                message: "the task sending the acquiring write stopped without an answer".into(),
-                source: None,
-            })),
+            Err(_) => {
+                self.unconfirmed = true;
+                Ok(Err(Error::Client {
+                    message: "the task sending the acquiring write stopped without an answer"
+                        .into(),
+                    source: None,
+                }))
+            }
         }
     }
 
@@ -942,6 +991,7 @@ impl<'a> Acquisition<'a> {
         sent_at: Instant,
         takeover: bool,
     ) -> Result<LockGuard, Error> {
+        self.unconfirmed = false;
         let inner = Arc::clone(self.inner());
         if takeover {
             inner.metrics.takeovers.inc();
@@ -1007,6 +1057,24 @@ impl<'a> Acquisition<'a> {
                 holder: self.last_holder.clone(),
             },
         }
+    }
+}
+
+impl Drop for Acquisition<'_> {
+    fn drop(&mut self) {
+        if !self.unconfirmed {
+            return;
+        }
+        // Ended without a guard (error, timeout, cancellation, a dropped
+        // future) after a write whose outcome is unknown: if it landed, the
+        // Lease is held by an identity nobody will renew or release, and
+        // everyone — this process included — would wait for it to expire.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let inner = Arc::clone(self.inner());
+        let (name, holder) = (self.name.clone(), self.holder.clone());
+        runtime.spawn(async move { inner.give_back_if_held_by(&name, &holder).await });
     }
 }
 

@@ -648,3 +648,59 @@ async fn a_renewal_task_that_panics_reports_the_loss_at_once() {
     );
     assert!(guard.cancellation_token().is_cancelled());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_try_acquire_whose_write_landed_without_an_answer_gives_the_lease_back() {
+    let mut m = mock();
+    let landed = Arc::new(Mutex::new(None::<Lease>));
+    let slot = Arc::clone(&landed);
+    m.expect_create().times(1).returning(move |_, l| {
+        *slot.lock().unwrap() = Some(written(l));
+        Err(answer_lost())
+    });
+    let slot = Arc::clone(&landed);
+    m.expect_get()
+        .times(1)
+        .returning(move |_, _| Ok(slot.lock().unwrap().clone()));
+    let given_back = Arc::new(Mutex::new(None::<Lease>));
+    let slot = Arc::clone(&given_back);
+    m.expect_replace().times(1).returning(move |_, l| {
+        *slot.lock().unwrap() = Some(l.clone());
+        Ok(written(l))
+    });
+    let lock = lock_on(m);
+
+    let err = lock.try_acquire("k").await.unwrap_err();
+    super::settle().await;
+
+    assert!(matches!(err, Error::Transport { .. }), "{err}");
+    let landed = landed.lock().unwrap().clone().unwrap();
+    let given_back = given_back
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("the hold that landed unseen is released, not left to expire");
+    assert_eq!(holder(&given_back), None);
+    assert_eq!(
+        given_back.metadata.resource_version, landed.metadata.resource_version,
+        "conditional on the version that holds our identity"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_acquisition_never_releases_a_lease_it_does_not_hold() {
+    let mut m = mock();
+    m.expect_create()
+        .times(1)
+        .returning(|_, _| Err(answer_lost()));
+    // The write did not land after all: someone else holds the Lease.
+    m.expect_get().times(1).returning(|_, _| {
+        let other = held_lease("lock-k", Some("pod-b/1"), 3, Duration::ZERO);
+        Ok(Some(stored(other, "uid-1", 8)))
+    });
+    m.expect_replace().never();
+    let lock = lock_on(m);
+
+    assert!(lock.try_acquire("k").await.is_err());
+    super::settle().await;
+}
