@@ -299,16 +299,19 @@ impl StateStore {
 
     /// Counts one more iteration and returns the new count.
     ///
-    /// At the maximum ([`StoreConfig::max_iterations`]) it sets the status to
-    /// `MaxIterationsReached` (unless an operation is active) and fails with
-    /// `MaxIterationsReached`. The first iteration moves an `Initialized` task
+    /// At the maximum ([`StoreConfig::max_iterations`]) it fails with
+    /// `MaxIterationsReached`, and sets the status to `MaxIterationsReached`
+    /// unless the status is already final or an operation is active. The first iteration moves an `Initialized` task
     /// to `InProgress`.
     pub async fn increment_iteration(&self, task_id: &str) -> Result<u32> {
         let max = self.inner.config.max_iterations;
         let counted = self
             .update(task_id, |s: &mut RemediationState| {
                 if s.iteration >= max {
-                    let can_mark = s.status != TaskStatus::MaxIterationsReached
+                    // A final status (Completed, Failed, or already marked) says more
+                    // than "out of iterations", and an operation in flight keeps its
+                    // status until it ends.
+                    let can_mark = !s.status.is_terminal()
                         && s.active_operation.as_ref().is_none_or(|j| j.is_finished());
                     if !can_mark {
                         return Err(Error::MaxIterationsReached {
@@ -1630,6 +1633,28 @@ mod tests {
             store(mock).list().await,
             Err(Error::Api { code: 500, .. })
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reaching_the_maximum_never_overwrites_a_final_status() {
+        let config = StoreConfig {
+            max_iterations: 1,
+            ..StoreConfig::default()
+        };
+        let store = StateStore::with_config(crate::MemoryBackend::new(), config);
+        assert_eq!(store.increment_iteration(TASK).await.unwrap(), 1);
+        store
+            .update(TASK, |s| {
+                s.status = TaskStatus::Completed;
+                Ok::<_, Error>(())
+            })
+            .await
+            .unwrap();
+        let err = store.increment_iteration(TASK).await.unwrap_err();
+        assert!(matches!(err, Error::MaxIterationsReached { max: 1, .. }));
+        let state = store.get(TASK).await.unwrap().unwrap().state;
+        assert_eq!(state.status, TaskStatus::Completed);
+        assert_eq!(state.iteration, 1);
     }
 
     #[tokio::test(start_paused = true)]
