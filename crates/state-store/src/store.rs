@@ -278,11 +278,26 @@ impl StateStore {
     }
 
     /// The task states whose labels also include all of `labels`.
+    ///
+    /// `labels` narrows the store's own selector, never replaces it: a pair
+    /// naming one of the store's label keys with another value is
+    /// `InvalidSelector`.
     pub async fn list_matching(&self, labels: &BTreeMap<String, String>) -> Result<Vec<Snapshot>> {
         let started = Instant::now();
         let mut selector = state_selector();
-        selector.extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let result = match validate_selector(&selector) {
+        let overriding = labels
+            .iter()
+            .find(|(k, v)| selector.get(*k).is_some_and(|own| own != *v));
+        let checked = match overriding {
+            Some((key, _)) => Err(Error::InvalidSelector {
+                reason: format!("label {key:?} is the store's own and cannot be changed"),
+            }),
+            None => {
+                selector.extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+                validate_selector(&selector)
+            }
+        };
+        let result = match checked {
             Ok(()) => self
                 .bounded(self.inner.backend.list(&selector))
                 .await
@@ -1470,9 +1485,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_selector_that_could_widen_the_list_reaches_no_backend() {
         let mock = MockStateBackend::new();
+        let store = store(mock);
         let labels = BTreeMap::from([("stage".to_owned(), "a,app!=x".to_owned())]);
-        let err = store(mock).list_matching(&labels).await.unwrap_err();
+        let err = store.list_matching(&labels).await.unwrap_err();
         assert!(matches!(err, Error::InvalidSelector { .. }));
+        // Replacing the store's own selector would list other ConfigMaps.
+        let labels = BTreeMap::from([("app".to_owned(), "something-else".to_owned())]);
+        let err = store.list_matching(&labels).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidSelector { .. }), "{err}");
     }
 
     #[test]
