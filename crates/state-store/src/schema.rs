@@ -217,6 +217,11 @@ pub struct RemediationState {
     /// Ids of the latest writes (newest last), so a writer whose request failed
     /// in transit can tell whether it was applied. Maintained by the store only.
     applied_writes: Vec<String>,
+    /// Top-level fields of a stored `v1` document that this build does not
+    /// know (written by a later build that added a field): kept as they are
+    /// and written back, never dropped.
+    #[serde(flatten)]
+    unknown_fields: BTreeMap<String, serde_json::Value>,
 }
 
 impl Default for RemediationState {
@@ -245,6 +250,7 @@ impl RemediationState {
             retired_lease_uids: Vec::new(),
             compactions: Vec::new(),
             applied_writes: Vec::new(),
+            unknown_fields: BTreeMap::new(),
         }
     }
 
@@ -623,6 +629,12 @@ impl RemediationState {
     /// Ids of the latest writes, newest last (at most [`MAX_APPLIED_WRITES`]).
     pub fn applied_writes(&self) -> &[String] {
         &self.applied_writes
+    }
+
+    /// Top-level fields of the stored document this build does not know; they
+    /// are written back unchanged.
+    pub fn unknown_fields(&self) -> &BTreeMap<String, serde_json::Value> {
+        &self.unknown_fields
     }
 
     pub(crate) fn applied_writes_mut(&mut self) -> &mut Vec<String> {

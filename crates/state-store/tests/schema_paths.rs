@@ -98,6 +98,20 @@ async fn an_older_document_migrates_on_read_and_is_written_back_as_v1() {
 }
 
 #[tokio::test]
+async fn fields_this_build_does_not_know_survive_its_writes() {
+    let (memory, store) = setup();
+    // A v1 document from a build that added a field without a new version.
+    let v1 = r#"{"version":"v1","task_id":"ext","iteration":1,"status":"InProgress",
+        "review_budget":{"left":3}}"#;
+    put_raw(&memory, "ext", raw_json("ext", v1)).await;
+    assert_eq!(store.increment_iteration("ext").await.unwrap(), 2);
+    let raw = memory.get("task-ext-state").await.unwrap().unwrap();
+    let json: serde_json::Value = serde_json::from_str(&raw.document.data[KEY_STATE]).unwrap();
+    assert_eq!(json["review_budget"], serde_json::json!({"left": 3}));
+    assert_eq!(json["iteration"], 2);
+}
+
+#[tokio::test]
 async fn a_newer_document_is_readable_but_never_overwritten() {
     let (memory, store) = setup();
     let v2 =
