@@ -442,6 +442,17 @@ impl RemediationState {
 
     /// Accepts a write under `token` if no newer token of the same Lease was seen
     /// and its Lease was not replaced; records it as the highest.
+    ///
+    /// Tokens of one Lease object (one uid) are ordered by `transitions`.
+    /// Tokens of different Lease objects cannot be compared, so a token whose
+    /// uid differs from the highest one is taken as coming from a newer Lease
+    /// (the old one was deleted and re-created) and retires the old uid: every
+    /// later token of it is stale, whatever its transitions. That is sound
+    /// because lease-lock deletes a Lease only after it has been idle for its
+    /// retention (24 h by default), so no holder of it can still be running;
+    /// the newest [`MAX_RETIRED_LEASE_UIDS`] retired uids are remembered. A
+    /// Lease deleted by hand while held is outside that rule: a holder of it
+    /// that never made a fenced write here would be taken for a newer Lease.
     pub fn observe_fencing_token(&mut self, token: &FencingToken) -> Result<()> {
         if self.retired_lease_uids.contains(&token.lease_uid) {
             let highest = self
@@ -834,6 +845,28 @@ mod tests {
             .observe_fencing_token(&FencingToken::new("old", 10))
             .unwrap_err();
         assert!(matches!(err, Error::StaleFencingToken { .. }));
+    }
+
+    #[test]
+    fn the_tokens_of_a_recreated_lease_are_ordered_among_themselves() {
+        let mut s = RemediationState::new("t", Timestamp::UNIX_EPOCH);
+        s.observe_fencing_token(&FencingToken::new("old", 40))
+            .unwrap();
+        // Garbage collection deleted the Lease; the new object counts from 1.
+        s.observe_fencing_token(&FencingToken::new("new", 2))
+            .unwrap();
+        let err = s
+            .observe_fencing_token(&FencingToken::new("new", 1))
+            .unwrap_err();
+        assert!(matches!(err, Error::StaleFencingToken { .. }));
+        s.observe_fencing_token(&FencingToken::new("new", 3))
+            .unwrap();
+        assert!(matches!(
+            s.observe_fencing_token(&FencingToken::new("old", 41)),
+            Err(Error::StaleFencingToken { .. })
+        ));
+        assert_eq!(s.highest_fencing_token, Some(FencingToken::new("new", 3)));
+        assert_eq!(s.retired_lease_uids, ["old"]);
     }
 
     #[test]

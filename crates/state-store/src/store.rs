@@ -236,7 +236,16 @@ impl StateStore {
     /// Like [`update`](Self::update), for a writer holding a lock whose
     /// fencing token is `token`: fails with `StaleFencingToken` (nothing
     /// written) if a newer token of the same lock was already seen, and
-    /// records `token` as the highest otherwise.
+    /// records `token` as the highest otherwise. The check and the write are
+    /// one compare-and-swap, so a newer holder's write in between is seen.
+    ///
+    /// Use one lock key per task for every fenced write to it: tokens of
+    /// another Lease object are taken for a re-created Lease and retire the
+    /// previous one (see [`RemediationState::observe_fencing_token`] for the
+    /// rule and the assumption it rests on). Unfenced writes
+    /// ([`update`](Self::update), [`advance_operation`](Self::advance_operation),
+    /// [`finish_operation`](Self::finish_operation)) are not checked; to fence
+    /// a journal step, call the state's method inside `update_fenced`.
     pub async fn update_fenced<T, E, F>(
         &self,
         task_id: &str,

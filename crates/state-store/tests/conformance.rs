@@ -330,6 +330,28 @@ async fn store_journal_and_fencing_round_trip(backend: Arc<dyn StateBackend>) {
     assert_eq!(snap.state.cancellation_history.len(), 1);
     assert_eq!(snap.state.iteration, 0);
     assert_eq!(snap.state.highest_fencing_token, Some(newer));
+
+    // The Lease was garbage-collected and re-created (new uid, counting from
+    // 1): its holder writes; the paused holder of the old Lease, whatever its
+    // transitions, stays fenced off.
+    let recreated = FencingToken::new("lease-uid-2", 1);
+    store
+        .update_fenced("j1", &recreated, |s| {
+            s.metadata.insert("by".into(), "recreated-1".into());
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+    let stale = store
+        .update_fenced("j1", &FencingToken::new("lease-uid", 99), |s| {
+            s.metadata.insert("by".into(), "stale".into());
+            Ok::<_, Error>(())
+        })
+        .await;
+    assert!(matches!(stale, Err(Error::StaleFencingToken { .. })));
+    let snap = store.get("j1").await.unwrap().unwrap();
+    assert_eq!(snap.state.metadata["by"], "recreated-1");
+    assert_eq!(snap.state.highest_fencing_token, Some(recreated));
 }
 
 async fn concurrent_writers_lose_no_update(backend: Arc<dyn StateBackend>) {
