@@ -9,7 +9,11 @@
 //!
 //! Prints one JSON line on stdout for the mode, over both phases, with the keys
 //! `mode, expected, final, lost_updates, conflicts, calls_per_update,
-//! update_p50_ms, update_p99_ms`; the same numbers per phase go to stderr.
+//! update_p50_ms, update_p99_ms`; the same numbers per phase go to stderr,
+//! with the updates that failed and `misacknowledged`: how far the counter
+//! values acknowledged to the writers are from exactly 1..=final once each
+//! per task (a duplicated increment hiding behind a lost one shows here, not
+//! in `lost_updates`).
 //!
 //! `--naive-ssa` runs the starting design kept here only as the baseline: read
 //! the ConfigMap, modify, then server-side apply with force. Force means the
@@ -62,6 +66,10 @@ struct Measured {
     calls: u64,
     latencies_ms: Vec<f64>,
     failed: u64,
+    /// Acknowledged counter values that were not one of 1..=final exactly once
+    /// per task: a duplicated or phantom increment that `final - expected`
+    /// alone could hide behind a lost one.
+    misacknowledged: u64,
 }
 
 impl Measured {
@@ -72,6 +80,7 @@ impl Measured {
         self.calls += other.calls;
         self.latencies_ms.extend(other.latencies_ms);
         self.failed += other.failed;
+        self.misacknowledged += other.misacknowledged;
     }
 
     fn json(&mut self, mode: Mode) -> String {
@@ -111,13 +120,11 @@ async fn main() {
     let mut total = Measured::default();
     for (phase, tasks) in [("one-task", 1), ("fifty-tasks", SPREAD_TASKS)] {
         let task_ids: Vec<String> = (0..tasks).map(|t| format!("bench-{phase}-{t}")).collect();
-        let measured = run_phase(mode, &kube, &client, &task_ids).await;
-        let mut line = Measured::default();
-        line.merge(measured);
+        let mut line = run_phase(mode, &kube, &client, &task_ids).await;
         let json = line.json(mode);
         eprintln!(
-            "phase {phase} ({tasks} task(s)): {json} failed_updates={}",
-            line.failed
+            "phase {phase} ({tasks} task(s)): {json} failed_updates={} misacknowledged={}",
+            line.failed, line.misacknowledged
         );
         total.merge(line);
     }
@@ -151,27 +158,36 @@ async fn run_phase(
             let task_ids = task_ids.to_vec();
             tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(INCREMENTS);
+                let mut acknowledged = Vec::with_capacity(INCREMENTS);
                 for i in 0..INCREMENTS {
                     // Writers start at different tasks, so with many tasks they rarely meet.
-                    let task = &task_ids[(w + i) % task_ids.len()];
+                    let t = (w + i) % task_ids.len();
+                    let task = &task_ids[t];
                     let started = Instant::now();
-                    let ok = match mode {
-                        Mode::Cas => store.increment_iteration(task).await.is_ok(),
+                    let value = match mode {
+                        Mode::Cas => store.increment_iteration(task).await.ok(),
                         Mode::NaiveSsa => naive_increment(&api, task).await,
                     };
-                    if ok {
-                        latencies.push(started.elapsed().as_secs_f64() * 1000.0);
-                    } else {
-                        failed.fetch_add(1, Ordering::Relaxed);
+                    match value {
+                        Some(value) => {
+                            latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+                            acknowledged.push((t, value));
+                        }
+                        None => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
-                latencies
+                (latencies, acknowledged)
             })
         })
         .collect();
     let mut latencies_ms = Vec::new();
+    let mut acknowledged = Vec::new();
     for w in writers {
-        latencies_ms.extend(w.await.unwrap());
+        let (latencies, values) = w.await.unwrap();
+        latencies_ms.extend(latencies);
+        acknowledged.extend(values);
     }
     let calls = kube.calls().count(None, Some("configmaps")) - calls_before;
     let conflicts = conflicts(kube) - conflicts_before;
@@ -179,9 +195,11 @@ async fn run_phase(
     // Read the result without faults in the way.
     kube.faults().clear();
     let mut final_value = 0;
+    let mut finals = Vec::with_capacity(task_ids.len());
     for task in task_ids {
         let snap = store.get(task).await.unwrap().unwrap();
         final_value += u64::from(snap.state.iteration);
+        finals.push(snap.state.iteration);
     }
     kube.faults()
         .latency(Match::any(), Duration::from_millis(2), Duration::ZERO);
@@ -192,12 +210,38 @@ async fn run_phase(
         // An update that returned an error was reported to its caller, not lost:
         // only acknowledged increments are expected in the final value.
         expected: latencies_ms.len() as u64,
+        misacknowledged: misacknowledged(&acknowledged, &finals),
         final_value,
         conflicts,
         calls,
         latencies_ms,
         failed: failed.load(Ordering::Relaxed),
     }
+}
+
+/// How far the acknowledged values are from "each task's acknowledged values
+/// are exactly 1..=its final value, once each": with no lost and no duplicated
+/// increment, this is 0.
+fn misacknowledged(acknowledged: &[(usize, u32)], finals: &[u32]) -> u64 {
+    let mut per_task: Vec<Vec<u32>> = vec![Vec::new(); finals.len()];
+    for &(task, value) in acknowledged {
+        per_task[task].push(value);
+    }
+    per_task
+        .iter_mut()
+        .zip(finals)
+        .map(|(values, &last)| {
+            values.sort_unstable();
+            let before = values.len();
+            values.dedup();
+            let duplicates = before - values.len();
+            let out_of_range = values.iter().filter(|&&v| v == 0 || v > last).count();
+            let missing = (1..=last)
+                .filter(|v| values.binary_search(v).is_err())
+                .count();
+            (duplicates + out_of_range + missing) as u64
+        })
+        .sum()
 }
 
 fn conflicts(kube: &FakeKube) -> u64 {
@@ -207,7 +251,8 @@ fn conflicts(kube: &FakeKube) -> u64 {
 
 /// The starting design: GET, increment, server-side apply with force. Retries
 /// the whole sequence on an error, up to 200 times, like the CAS mode.
-async fn naive_increment(api: &Api<ConfigMap>, task: &str) -> bool {
+/// Returns the value it wrote.
+async fn naive_increment(api: &Api<ConfigMap>, task: &str) -> Option<u32> {
     let name = format!("task-{task}-state");
     for _ in 0..200 {
         let current = match api.get_opt(&name).await {
@@ -231,10 +276,10 @@ async fn naive_increment(api: &Api<ConfigMap>, task: &str) -> bool {
         };
         let params = PatchParams::apply("supersede-naive").force();
         if api.patch(&name, &params, &Patch::Apply(&cm)).await.is_ok() {
-            return true;
+            return Some(state.iteration);
         }
     }
-    false
+    None
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
