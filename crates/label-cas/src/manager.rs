@@ -11,14 +11,17 @@
 //! with nothing of ours left behind** — on a conflict, on interference that
 //! outlasts the retries and on any error after a write, what this
 //! transition changed is undone; only if the undo itself fails is the error
-//! [`Error::PartiallyApplied`], listing exactly what remains.
+//! [`Error::PartiallyApplied`], listing exactly what remains. "Ours" is kept
+//! honest: a change another writer has since reverted is theirs, and the
+//! undo leaves it alone. Cancellation never abandons a request in flight;
+//! only dropping the future can leave changes behind, and that is logged
+//! and counted (`transitions{result="dropped"}`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use resilience::{Backoff, BackoffPolicy, RetryError, RetryPolicy, retry_transient};
+use resilience::{Backoff, BackoffPolicy, RetryPolicy};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -114,14 +117,7 @@ impl LabelTransition {
             &self.remove,
         ] {
             validate_label_names(list)?;
-            if list.len() > MAX_LABELS_PER_LIST {
-                return Err(Error::InvalidTransition {
-                    reason: format!(
-                        "{} labels in one list; GitHub allows at most {MAX_LABELS_PER_LIST}",
-                        list.len()
-                    ),
-                });
-            }
+            check_list_length(list)?;
         }
         if let Some(both) = self.add.iter().find(|n| contains(&self.remove, n)) {
             return Err(Error::InvalidTransition {
@@ -352,7 +348,14 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
         self
     }
 
-    /// Stops retries and backoff waits when `cancel` fires.
+    /// Stops transitions cleanly when `cancel` fires: no new transition
+    /// starts, waits (for the lock, between retries) end, and a transition
+    /// under way undoes what it changed and fails with [`Error::Cancelled`].
+    /// A request already sent is never abandoned (its answer decides what
+    /// is undone), and the undo's calls are each tried once.
+    ///
+    /// Dropping a transition's future instead can leave changes behind:
+    /// see the crate documentation ("Cancellation").
     #[must_use]
     pub fn with_cancellation(mut self, cancel: CancellationToken) -> Self {
         self.cancel = cancel;
@@ -374,8 +377,8 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
     ///
     /// Errors: [`Error::Conflict`] (preconditions not met, or another writer
     /// claimed a label first; our changes undone), [`Error::Interference`],
-    /// [`Error::PartiallyApplied`], validation errors before any call, and
-    /// backend errors (after undoing).
+    /// [`Error::PartiallyApplied`], [`Error::Cancelled`], validation errors
+    /// before any call, and backend errors (after undoing).
     pub async fn transition(
         &self,
         pr: &PrRef,
@@ -384,11 +387,11 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
         let span = tracing::info_span!("label_transition", pr = %pr);
         let result = async {
             transition.validate()?;
-            let guard = match &self.lock {
-                Some(lock) => Some(lock.lock(pr).await?),
-                None => None,
-            };
-            self.run(pr, transition, guard.as_ref()).await
+            let guard = self.lock_for(pr).await?;
+            let mut run = Run::new(pr, guard.as_ref(), &self.metrics);
+            let result = self.run(pr, transition, &mut run).await;
+            run.finished = true;
+            result
         }
         .instrument(span.clone())
         .await;
@@ -438,8 +441,10 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
 
     /// The labels of `pr`, read conditionally (free when unchanged).
     pub async fn labels(&self, pr: &PrRef) -> Result<LabelSet> {
-        let run = Run::new(None);
-        self.read(pr, &run).await
+        let mut run = Run::new(pr, None, &self.metrics);
+        let labels = self.read(pr, &mut run).await;
+        run.finished = true;
+        labels
     }
 
     /// Sets exactly `names` with one PUT, under the lock. Refused with
@@ -448,33 +453,51 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
     /// in the same instant can be lost; use it for repairs, not routine moves.
     pub async fn replace_under_lock(&self, pr: &PrRef, names: &[String]) -> Result<LabelSet> {
         validate_label_names(names)?;
-        let Some(lock) = &self.lock else {
+        check_list_length(names)?;
+        if self.lock.is_none() {
             return Err(Error::LockRequired);
-        };
-        let guard = lock.lock(pr).await?;
-        let run = Run::new(Some(&guard));
+        }
+        let guard = self.lock_for(pr).await?;
+        let mut run = Run::new(pr, guard.as_ref(), &self.metrics);
         run.check_lock()?;
         let labels = self
-            .with_retry(&run, |_| self.backend.replace(pr, names))
-            .await?;
-        self.cache.forget(&pr.key());
-        Ok(labels)
+            .with_retry(&mut run, Some(Sending::Replacement(names.to_vec())), || {
+                self.backend.replace(pr, names)
+            })
+            .await;
+        run.finished = true;
+        labels
+    }
+
+    /// Takes the configured lock for `pr` (none without one); cancellable.
+    async fn lock_for(&self, pr: &PrRef) -> Result<Option<PrLockGuard>> {
+        if self.cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let Some(lock) = &self.lock else {
+            return Ok(None);
+        };
+        tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => Err(Error::Cancelled),
+            guard = lock.lock(pr) => guard.map(Some),
+        }
     }
 
     async fn run(
         &self,
         pr: &PrRef,
         transition: &LabelTransition,
-        guard: Option<&PrLockGuard>,
+        run: &mut Run<'_>,
     ) -> Result<TransitionOutcome> {
-        let mut run = Run::new(guard);
         let mut backoff = Backoff::new(self.policy.interference_backoff.clone());
         let max_attempts = self.policy.max_attempts.max(1);
         for attempt in 1..=max_attempts {
-            let current = match self.read(pr, &run).await {
+            let current = match self.read(pr, run).await {
                 Ok(current) => current,
-                Err(error) => return Err(self.abandon(pr, &mut run, error).await),
+                Err(error) => return Err(self.abandon(pr, run, error).await),
             };
+            run.changes.observe(&current);
             if transition.is_satisfied_by(&current) {
                 let result = if run.changes.is_empty() {
                     TransitionResult::AlreadyInState
@@ -484,19 +507,19 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
                 return Ok(run.outcome(result, current, attempt));
             }
             if let Some(reason) = transition.violation(&current, &run.changes) {
-                let current = self.undo(pr, &mut run, current).await?;
+                let current = self.undo(pr, run, current).await?;
                 return Err(Error::Conflict { reason, current });
             }
-            let last = match self.apply(pr, transition, &current, &mut run).await {
+            let last = match self.apply(pr, transition, &current, run).await {
                 Ok(Step::Written(last)) => last,
                 Ok(Step::Lost { name, seen }) => {
-                    let current = self.undo(pr, &mut run, seen).await?;
+                    let current = self.undo(pr, run, seen).await?;
                     return Err(Error::Conflict {
                         reason: format!("another writer removed {name:?} first"),
                         current,
                     });
                 }
-                Err(error) => return Err(self.abandon(pr, &mut run, error).await),
+                Err(error) => return Err(self.abandon(pr, run, error).await),
             };
             // The list the last write returned is the verification.
             if transition.is_satisfied_by(&last) {
@@ -509,17 +532,18 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
                     .next_delay()
                     .unwrap_or(self.policy.interference_backoff.max);
                 if !self.sleep(delay).await {
-                    return Err(self.abandon(pr, &mut run, Error::Cancelled).await);
+                    return Err(self.abandon(pr, run, Error::Cancelled).await);
                 }
             }
         }
         let error = Error::Interference {
             attempts: max_attempts,
         };
-        Err(self.abandon(pr, &mut run, error).await)
+        Err(self.abandon(pr, run, error).await)
     }
 
-    /// Claims each removal, then adds everything in one call.
+    /// Claims each removal, then adds in one call what the latest labels
+    /// seen still lack.
     async fn apply(
         &self,
         pr: &PrRef,
@@ -532,18 +556,13 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
             .iter()
             .filter(|n| current.contains(n))
             .collect();
-        let to_add: Vec<String> = transition
-            .add
-            .iter()
-            .filter(|n| !current.contains(n))
-            .cloned()
-            .collect();
         let mut last = None;
         for name in to_remove {
             run.check_lock()?;
             match self.claim_removal(pr, name, run).await? {
                 Claim::Ours(labels) => {
                     run.changes.record_removed(name);
+                    run.changes.observe(&labels);
                     last = Some(labels);
                 }
                 Claim::Lost => {
@@ -557,41 +576,68 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
                 }
             }
         }
+        // Against the newest list we have (a DELETE's answer is newer than
+        // our read): a label someone else added meanwhile is theirs, not
+        // ours to add — and so never ours to take away in an undo.
+        let known = last.as_ref().unwrap_or(current);
+        let to_add: Vec<String> = transition
+            .add
+            .iter()
+            .filter(|n| !known.contains(n))
+            .cloned()
+            .collect();
         if !to_add.is_empty() {
             run.check_lock()?;
-            match self
-                .with_retry(run, |_| self.backend.add(pr, &to_add))
-                .await
-            {
-                Ok(labels) => {
-                    run.changes.record_added(&to_add);
-                    last = Some(labels);
-                }
-                Err(error) => {
-                    if error.maybe_applied() {
-                        // The POST may have landed: make the undo take the
-                        // additions away too (a DELETE of an absent label is
-                        // harmless).
-                        run.changes.record_added(&to_add);
-                    }
-                    return Err(error);
-                }
-            }
+            let labels = self.add_claimed(pr, &to_add, run).await?;
+            run.changes.record_added(&to_add);
+            run.changes.observe(&labels);
+            last = Some(labels);
         }
         Ok(Step::Written(last.unwrap_or_else(|| current.clone())))
+    }
+
+    /// One POST of `names`, retried on transient errors (adding is
+    /// idempotent). If any attempt may have landed and the call still
+    /// fails, the additions are recorded as ours so the undo takes them
+    /// away (a DELETE of an absent label is harmless).
+    async fn add_claimed(
+        &self,
+        pr: &PrRef,
+        names: &[String],
+        run: &mut Run<'_>,
+    ) -> Result<LabelSet> {
+        let mut retries = self.retries();
+        let mut maybe_applied = false;
+        run.sending = Some(Sending::Additions(names.to_vec()));
+        let result = loop {
+            run.calls += 1;
+            let error = match self.backend.add(pr, names).await {
+                Ok(labels) => break Ok(labels),
+                Err(error) => error,
+            };
+            maybe_applied |= error.maybe_applied();
+            if let Err(error) = retries.wait_to_retry(error).await {
+                break Err(error);
+            }
+        };
+        run.sending = None;
+        if result.is_err() && maybe_applied {
+            run.changes.record_added(names);
+        }
+        result
     }
 
     /// One DELETE as a claim on `name`. A DELETE that may have been applied
     /// without our hearing the answer is not re-sent: the labels are re-read
     /// and the decision made on what they show.
     async fn claim_removal(&self, pr: &PrRef, name: &str, run: &mut Run<'_>) -> Result<Claim> {
-        let mut backoff = Backoff::new(self.policy.call_retry.backoff.clone());
-        let max_sends = self.policy.call_retry.max_attempts.max(1);
-        let mut sends = 0;
+        let mut retries = self.retries();
         loop {
-            sends += 1;
-            run.count_call();
-            let error = match self.backend.remove(pr, name).await {
+            run.calls += 1;
+            run.sending = Some(Sending::Removal(name.to_owned()));
+            let sent = self.backend.remove(pr, name).await;
+            run.sending = None;
+            let error = match sent {
                 Ok(RemoveOutcome::Removed(labels)) => return Ok(Claim::Ours(labels)),
                 Ok(RemoveOutcome::Absent) => return Ok(Claim::Lost),
                 Err(error) => error,
@@ -612,30 +658,19 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
                     return Ok(Claim::Ours(now));
                 }
                 tracing::info!(label = name, "the DELETE did not happen; sending it again");
-            } else if !error.is_transient() {
-                return Err(error);
             }
-            if sends >= max_sends {
-                return Err(error);
-            }
-            let delay = backoff
-                .next_delay()
-                .unwrap_or(self.policy.call_retry.backoff.max);
-            let delay = error.retry_after().map_or(delay, |asked| {
-                delay.max(asked.min(self.policy.call_retry.max_retry_after))
-            });
-            if !self.sleep(delay).await {
-                return Err(Error::Cancelled);
-            }
+            retries.wait_to_retry(error).await?;
         }
     }
 
     /// A conditional read through the ETag cache.
-    async fn read(&self, pr: &PrRef, run: &Run<'_>) -> Result<LabelSet> {
+    async fn read(&self, pr: &PrRef, run: &mut Run<'_>) -> Result<LabelSet> {
         let key = pr.key();
         let cached = self.cache.get(&key);
         let etag = cached.as_ref().map(|(etag, _)| etag);
-        let fetched = self.with_retry(run, |_| self.backend.get(pr, etag)).await?;
+        let fetched = self
+            .with_retry(run, None, || self.backend.get(pr, etag))
+            .await?;
         match (fetched, cached) {
             (Fetched::Labels { labels, etag }, _) => {
                 match etag {
@@ -659,33 +694,30 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
         }
         tracing::info!(added = ?run.changes.added, removed = ?run.changes.removed, "undoing this transition's changes");
         let mut last = fallback;
-        let added = std::mem::take(&mut run.changes.added);
-        for (i, name) in added.iter().enumerate() {
+        while let Some(name) = run.changes.added.first().cloned() {
             // Re-sending this DELETE is fine: a 404 just means it is gone.
+            let sending = Some(Sending::Removal(name.clone()));
             match self
-                .with_retry(run, |_| self.backend.remove(pr, name))
+                .with_retry(run, sending, || self.backend.remove(pr, &name))
                 .await
             {
                 Ok(RemoveOutcome::Removed(labels)) => last = labels,
-                Ok(RemoveOutcome::Absent) => {}
-                Err(error) => {
-                    run.changes.added = added[i..].to_vec();
-                    return Err(run.changes.partial(error));
-                }
+                Ok(RemoveOutcome::Absent) => last = without(&last, &name),
+                Err(error) => return Err(run.changes.partial(error)),
             }
+            run.changes.added.remove(0);
         }
-        let removed = std::mem::take(&mut run.changes.removed);
-        if !removed.is_empty() {
+        if !run.changes.removed.is_empty() {
+            let removed = run.changes.removed.clone();
+            let sending = Some(Sending::Additions(removed.clone()));
             match self
-                .with_retry(run, |_| self.backend.add(pr, &removed))
+                .with_retry(run, sending, || self.backend.add(pr, &removed))
                 .await
             {
                 Ok(labels) => last = labels,
-                Err(error) => {
-                    run.changes.removed = removed;
-                    return Err(run.changes.partial(error));
-                }
+                Err(error) => return Err(run.changes.partial(error)),
             }
+            run.changes.removed.clear();
         }
         Ok(last)
     }
@@ -705,31 +737,122 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
         }
     }
 
-    /// Retries an idempotent call on transient errors, counting each call.
-    async fn with_retry<T, F, Fut>(&self, run: &Run<'_>, mut op: F) -> Result<T>
+    /// Sends an idempotent call, again after transient failures; `sending`
+    /// (a write) is what a drop in flight would leave unknown.
+    async fn with_retry<T, F, Fut>(
+        &self,
+        run: &mut Run<'_>,
+        sending: Option<Sending>,
+        mut op: F,
+    ) -> Result<T>
     where
-        F: FnMut(u32) -> Fut,
+        F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        retry_transient(&self.policy.call_retry, &self.cancel, |attempt| {
-            run.count_call();
-            op(attempt)
-        })
-        .await
-        .map_err(|e| match e {
-            RetryError::Permanent(e) | RetryError::Exhausted { last: e, .. } => e,
-            RetryError::Cancelled { .. } => Error::Cancelled,
-        })
+        let mut retries = self.retries();
+        run.sending = sending;
+        let result = loop {
+            run.calls += 1;
+            match op().await {
+                Ok(value) => break Ok(value),
+                Err(error) => {
+                    if let Err(error) = retries.wait_to_retry(error).await {
+                        break Err(error);
+                    }
+                }
+            }
+        };
+        run.sending = None;
+        result
+    }
+
+    fn retries(&self) -> Retries<'_> {
+        Retries::new(&self.policy.call_retry, &self.cancel)
     }
 
     /// Sleeps unless cancelled; `false` when cancelled.
     async fn sleep(&self, delay: Duration) -> bool {
-        tokio::select! {
-            biased;
-            () = self.cancel.cancelled() => false,
-            () = tokio::time::sleep(delay) => true,
+        sleep_unless_cancelled(&self.cancel, delay).await
+    }
+}
+
+/// Retries of one call: bounded by the policy's attempts and time budget,
+/// delays from its backoff (or the server's `retry-after`, capped). Only the
+/// waits *between* attempts end on cancellation — an attempt in flight is
+/// never dropped, so the outcome of every request sent is known.
+struct Retries<'p> {
+    policy: &'p RetryPolicy,
+    cancel: &'p CancellationToken,
+    backoff: Backoff,
+    attempts: u32,
+    started: tokio::time::Instant,
+}
+
+impl<'p> Retries<'p> {
+    fn new(policy: &'p RetryPolicy, cancel: &'p CancellationToken) -> Self {
+        Self {
+            policy,
+            cancel,
+            backoff: Backoff::new(policy.backoff.clone()),
+            attempts: 1,
+            started: tokio::time::Instant::now(),
         }
     }
+
+    /// After a failed attempt: `Ok` once it is time for the next one, or
+    /// the error to report — `error` itself when it is permanent or the
+    /// budget is spent, [`Error::Cancelled`] when the token fired.
+    async fn wait_to_retry(&mut self, error: Error) -> Result<()> {
+        if !error.is_transient() || self.attempts >= self.policy.max_attempts.max(1) {
+            return Err(error);
+        }
+        let Some(delay) = self.backoff.next_delay() else {
+            return Err(error);
+        };
+        let delay = error.retry_after().map_or(delay, |asked| {
+            delay.max(asked.min(self.policy.max_retry_after))
+        });
+        if self
+            .policy
+            .max_elapsed
+            .is_some_and(|budget| self.started.elapsed().saturating_add(delay) > budget)
+        {
+            return Err(error);
+        }
+        tracing::info!(
+            attempt = self.attempts,
+            delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            %error,
+            "GitHub call failed transiently; sending it again"
+        );
+        if !sleep_unless_cancelled(self.cancel, delay).await {
+            return Err(Error::Cancelled);
+        }
+        self.attempts += 1;
+        Ok(())
+    }
+}
+
+/// Sleeps for `delay` unless `cancel` fires first; `false` when cancelled.
+async fn sleep_unless_cancelled(cancel: &CancellationToken, delay: Duration) -> bool {
+    tokio::select! {
+        biased;
+        () = cancel.cancelled() => false,
+        () = tokio::time::sleep(delay) => true,
+    }
+}
+
+/// Rejects lists longer than GitHub accepts.
+fn check_list_length(names: &[String]) -> Result<()> {
+    if names.len() > MAX_LABELS_PER_LIST {
+        return Err(Error::InvalidTransition {
+            reason: format!(
+                "{} labels in one list; GitHub allows at most {MAX_LABELS_PER_LIST}",
+                names.len()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The result of one pass of writes.
@@ -750,6 +873,12 @@ enum Claim {
 }
 
 /// What this transition has changed so far (what an undo restores).
+///
+/// Only what is still ours: a label we removed that shows up again was put
+/// back by someone else, and a label we added that has gone was taken away
+/// by someone else — from then on it is theirs, and an undo must not touch
+/// it (re-adding a label another writer has since claimed, or removing one
+/// another writer has since added, would undo *their* transition).
 #[derive(Debug, Default)]
 struct Changes {
     removed: Vec<String>,
@@ -779,6 +908,13 @@ impl Changes {
         }
     }
 
+    /// Forgets what `labels` (an answer from GitHub) show another writer
+    /// has since reverted.
+    fn observe(&mut self, labels: &LabelSet) {
+        self.removed.retain(|n| !labels.contains(n));
+        self.added.retain(|n| labels.contains(n));
+    }
+
     fn partial(&self, source: Error) -> Error {
         Error::PartiallyApplied {
             removed: self.removed.clone(),
@@ -788,24 +924,49 @@ impl Changes {
     }
 }
 
-/// The state of one transition call.
-struct Run<'g> {
-    calls: AtomicU32,
-    changes: Changes,
-    guard: Option<&'g PrLockGuard>,
+/// A write whose answer has not arrived yet.
+enum Sending {
+    /// A DELETE of one label.
+    Removal(String),
+    /// A POST of these labels.
+    Additions(Vec<String>),
+    /// A PUT of exactly these labels.
+    Replacement(Vec<String>),
 }
 
-impl<'g> Run<'g> {
-    fn new(guard: Option<&'g PrLockGuard>) -> Self {
-        Self {
-            calls: AtomicU32::new(0),
-            changes: Changes::default(),
-            guard,
+impl std::fmt::Display for Sending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Sending::Removal(name) => write!(f, "DELETE {name:?}"),
+            Sending::Additions(names) => write!(f, "POST {names:?}"),
+            Sending::Replacement(names) => write!(f, "PUT {names:?}"),
         }
     }
+}
 
-    fn count_call(&self) {
-        self.calls.fetch_add(1, Ordering::Relaxed);
+/// The state of one transition call. If the call's future is dropped before
+/// it finished, what it leaves on the pull request is logged and counted.
+struct Run<'a> {
+    pr: &'a PrRef,
+    metrics: &'a Metrics,
+    guard: Option<&'a PrLockGuard>,
+    calls: u32,
+    changes: Changes,
+    sending: Option<Sending>,
+    finished: bool,
+}
+
+impl<'a> Run<'a> {
+    fn new(pr: &'a PrRef, guard: Option<&'a PrLockGuard>, metrics: &'a Metrics) -> Self {
+        Self {
+            pr,
+            metrics,
+            guard,
+            calls: 0,
+            changes: Changes::default(),
+            sending: None,
+            finished: false,
+        }
     }
 
     /// Refuses to write once the lock is lost.
@@ -831,8 +992,27 @@ impl<'g> Run<'g> {
             removed: self.changes.removed.clone(),
             final_labels,
             attempts,
-            calls: self.calls.load(Ordering::Relaxed),
+            calls: self.calls,
         }
+    }
+}
+
+impl Drop for Run<'_> {
+    fn drop(&mut self) {
+        if self.finished || (self.changes.is_empty() && self.sending.is_none()) {
+            return;
+        }
+        // The future was dropped half-way (a caller's timeout, an aborted
+        // task): nothing can be undone from here, so say exactly what is
+        // left for whoever repairs it.
+        self.metrics.transition("dropped");
+        tracing::error!(
+            pr = %self.pr,
+            still_removed = ?self.changes.removed,
+            still_added = ?self.changes.added,
+            unanswered = ?self.sending.as_ref().map(ToString::to_string),
+            "label transition dropped before it finished; these changes remain on the pull request"
+        );
     }
 }
 
@@ -859,6 +1039,7 @@ mod tests {
     use crate::{ETag, LocalPrLocks, MemoryLabels, MockLabelBackend, MockPrLock};
     use mockall::Sequence;
     use mockall::predicate::eq;
+    use std::sync::atomic::Ordering;
 
     fn pr() -> PrRef {
         PrRef::new("acme", "widgets", 7).unwrap()
@@ -1182,15 +1363,12 @@ mod tests {
             .withf(|_, added| added == ["in-progress"])
             .times(2)
             .returning(|_, _| Ok(set(&["in-progress", "ready-for-qa"])));
-        // The undo: take our addition away, put back what we removed.
+        // The undo takes our addition away. It does not POST ready-for-qa:
+        // the answers showed someone else put it back, so it is theirs now.
         mock.expect_remove()
             .with(eq(pr()), eq("in-progress"))
             .times(1)
             .returning(|_, _| Ok(RemoveOutcome::Removed(set(&["ready-for-qa"]))));
-        mock.expect_add()
-            .withf(|_, added| added == ["ready-for-qa"])
-            .times(1)
-            .returning(|_, _| Ok(set(&["ready-for-qa"])));
         let policy = TransitionPolicy {
             max_attempts: 2,
             ..quick_policy()
@@ -1431,6 +1609,299 @@ mod tests {
             (0, 1),
             "both additions in one POST"
         );
+    }
+
+    #[tokio::test]
+    async fn a_label_someone_else_added_before_our_post_is_not_ours_to_undo() {
+        let mut mock = MockLabelBackend::new();
+        mock.expect_get()
+            .times(1)
+            .returning(|_, _| Ok(fetched(&["ready-for-qa"], "1")));
+        // Between our read and our DELETE, another writer added in-progress.
+        mock.expect_remove()
+            .with(eq(pr()), eq("ready-for-qa"))
+            .times(1)
+            .returning(|_, _| Ok(RemoveOutcome::Removed(set(&["in-progress"]))));
+        // So only "extra" is ours to add; the answer shows ready-for-qa back.
+        mock.expect_add()
+            .withf(|_, added| added == ["extra"])
+            .times(1)
+            .returning(|_, _| Ok(set(&["extra", "in-progress", "ready-for-qa"])));
+        // The undo takes away "extra" only: in-progress is the other
+        // writer's, and ready-for-qa is back already.
+        mock.expect_remove()
+            .with(eq(pr()), eq("extra"))
+            .times(1)
+            .returning(|_, _| {
+                Ok(RemoveOutcome::Removed(set(&[
+                    "in-progress",
+                    "ready-for-qa",
+                ])))
+            });
+        let policy = TransitionPolicy {
+            max_attempts: 1,
+            ..quick_policy()
+        };
+        let manager = AtomicLabelManager::new(mock).with_policy(policy).unwrap();
+        let transition = stage().adding(["extra"]);
+        let err = manager.transition(&pr(), &transition).await.unwrap_err();
+        assert!(matches!(err, Error::Interference { .. }), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_lost_on_a_retry_does_not_bring_back_the_label_another_writer_claimed() {
+        let mut mock = MockLabelBackend::new();
+        let mut seq = Sequence::new();
+        mock.expect_get()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(fetched(&["ready-for-qa"], "1")));
+        mock.expect_remove()
+            .with(eq(pr()), eq("ready-for-qa"))
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(RemoveOutcome::Removed(LabelSet::default())));
+        // A human put ready-for-qa back before our POST: interference.
+        mock.expect_add()
+            .withf(|_, added| added == ["in-progress"])
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(set(&["in-progress", "ready-for-qa"])));
+        mock.expect_get()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(fetched(&["in-progress", "ready-for-qa"], "2")));
+        // Another writer's DELETE claims it before ours on the retry.
+        mock.expect_remove()
+            .with(eq(pr()), eq("ready-for-qa"))
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(RemoveOutcome::Absent));
+        // The undo takes away our addition, and must not POST ready-for-qa:
+        // that would revert the other writer's claim.
+        mock.expect_remove()
+            .with(eq(pr()), eq("in-progress"))
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(RemoveOutcome::Removed(LabelSet::default())));
+        let err = manager(mock).transition(&pr(), &stage()).await.unwrap_err();
+        let Error::Conflict { current, .. } = err else {
+            panic!("{err}")
+        };
+        assert!(current.is_empty(), "{current}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_addition_that_may_have_landed_in_any_attempt_is_undone() {
+        let mut mock = MockLabelBackend::new();
+        let mut seq = Sequence::new();
+        mock.expect_get()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(fetched(&["ready-for-qa"], "1")));
+        mock.expect_remove()
+            .with(eq(pr()), eq("ready-for-qa"))
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(RemoveOutcome::Removed(LabelSet::default())));
+        // The first POST timed out (it may have landed); the second never
+        // left. The last error alone says "not applied".
+        mock.expect_add()
+            .withf(|_, added| added == ["in-progress"])
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| {
+                Err(Error::Timeout {
+                    after: Duration::from_secs(30),
+                    mutation: true,
+                })
+            });
+        mock.expect_add()
+            .withf(|_, added| added == ["in-progress"])
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| {
+                Err(Error::Transport {
+                    message: "connection refused".into(),
+                    sent: false,
+                    mutation: true,
+                })
+            });
+        mock.expect_remove()
+            .with(eq(pr()), eq("in-progress"))
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(RemoveOutcome::Removed(LabelSet::default())));
+        mock.expect_add()
+            .withf(|_, added| added == ["ready-for-qa"])
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(set(&["ready-for-qa"])));
+        let policy = TransitionPolicy {
+            call_retry: RetryPolicy {
+                max_attempts: 2,
+                ..quick_policy().call_retry
+            },
+            ..quick_policy()
+        };
+        let manager = AtomicLabelManager::new(mock).with_policy(policy).unwrap();
+        let err = manager.transition(&pr(), &stage()).await.unwrap_err();
+        assert!(matches!(err, Error::Transport { .. }), "{err}");
+    }
+
+    /// [`MemoryLabels`] whose first POST answers only after `delay`:
+    /// applied at once when `applies`, answered with a transport error
+    /// (never sent) when `fails`.
+    struct SlowFirstPost {
+        inner: MemoryLabels,
+        delay: Duration,
+        applies: bool,
+        fails: bool,
+        used: std::sync::atomic::AtomicBool,
+    }
+
+    impl SlowFirstPost {
+        fn new(delay: Duration, applies: bool, fails: bool) -> Self {
+            let inner = MemoryLabels::new();
+            inner.set_labels(&pr(), ["ready-for-qa", "human"]);
+            Self {
+                inner,
+                delay,
+                applies,
+                fails,
+                used: false.into(),
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl LabelBackend for SlowFirstPost {
+        async fn get<'a>(&self, pr: &PrRef, etag: Option<&'a ETag>) -> Result<Fetched> {
+            self.inner.get(pr, etag).await
+        }
+        async fn add(&self, pr: &PrRef, names: &[String]) -> Result<LabelSet> {
+            if self.used.swap(true, Ordering::SeqCst) {
+                return self.inner.add(pr, names).await;
+            }
+            if self.applies {
+                self.inner.add(pr, names).await?;
+            }
+            tokio::time::sleep(self.delay).await;
+            if self.fails {
+                return Err(Error::Transport {
+                    message: "connection refused".into(),
+                    sent: false,
+                    mutation: true,
+                });
+            }
+            Ok(self.inner.labels(pr))
+        }
+        async fn remove(&self, pr: &PrRef, name: &str) -> Result<RemoveOutcome> {
+            self.inner.remove(pr, name).await
+        }
+        async fn replace(&self, pr: &PrRef, names: &[String]) -> Result<LabelSet> {
+            self.inner.replace(pr, names).await
+        }
+    }
+
+    /// Runs `stage()` on `backend`, cancelling the manager after 1 s.
+    async fn cancelled_after_a_second<B: LabelBackend + 'static>(
+        backend: B,
+    ) -> (Arc<AtomicLabelManager<B>>, Result<TransitionOutcome>) {
+        let cancel = CancellationToken::new();
+        let manager = Arc::new(
+            AtomicLabelManager::new(backend)
+                .with_policy(quick_policy())
+                .unwrap()
+                .with_cancellation(cancel.clone()),
+        );
+        let task = {
+            let manager = Arc::clone(&manager);
+            tokio::spawn(async move { manager.transition(&pr(), &stage()).await })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        cancel.cancel();
+        let result = task.await.unwrap();
+        (manager, result)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancellation_never_abandons_a_post_in_flight() {
+        let slow = SlowFirstPost::new(Duration::from_secs(5), true, false);
+        let (manager, result) = cancelled_after_a_second(slow).await;
+        // The POST landed; its answer is known, so the transition is done.
+        let outcome = result.unwrap();
+        assert_eq!(outcome.result, TransitionResult::Applied);
+        assert_eq!(
+            manager.backend().inner.labels(&pr()),
+            set(&["human", "in-progress"])
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_transition_still_undoes_what_it_changed() {
+        let slow = SlowFirstPost::new(Duration::from_secs(5), false, true);
+        let (manager, result) = cancelled_after_a_second(slow).await;
+        let err = result.unwrap_err();
+        assert!(matches!(err, Error::Cancelled), "{err}");
+        assert_eq!(
+            manager.backend().inner.labels(&pr()),
+            set(&["human", "ready-for-qa"]),
+            "the claimed label is back, no retry was waited for"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_transition_dropped_half_way_is_counted_and_the_documented_repair_completes_it() {
+        let slow = SlowFirstPost::new(Duration::from_secs(3600), false, false);
+        let manager = AtomicLabelManager::new(slow)
+            .with_policy(quick_policy())
+            .unwrap();
+        let dropped =
+            tokio::time::timeout(Duration::from_secs(10), manager.transition(&pr(), &stage()))
+                .await;
+        assert!(dropped.is_err(), "the caller gave up");
+        // What is left: the claim went through, the addition never did.
+        assert_eq!(manager.backend().inner.labels(&pr()), set(&["human"]));
+        assert_eq!(manager.metrics().transitions("dropped"), 1);
+        // Re-running the same move conflicts (its precondition is gone)...
+        assert!(matches!(
+            manager.transition(&pr(), &stage()).await,
+            Err(Error::Conflict { .. })
+        ));
+        // ...the repair is the move without its precondition.
+        let repair = LabelTransition::new()
+            .removing(["ready-for-qa"])
+            .adding(["in-progress"]);
+        let outcome = manager.transition(&pr(), &repair).await.unwrap();
+        assert_eq!(outcome.final_labels, set(&["human", "in-progress"]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_the_lock_ends_when_cancelled() {
+        let locks = Arc::new(LocalPrLocks::new());
+        let _held = locks.lock(&pr()).await.unwrap();
+        let cancel = CancellationToken::new();
+        let manager = Arc::new(
+            AtomicLabelManager::new(MemoryLabels::new())
+                .with_lock(locks)
+                .with_cancellation(cancel.clone()),
+        );
+        let task = {
+            let manager = Arc::clone(&manager);
+            tokio::spawn(async move { manager.transition(&pr(), &stage()).await })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let started = tokio::time::Instant::now();
+        cancel.cancel();
+        let err = task.await.unwrap().unwrap_err();
+        assert!(matches!(err, Error::Cancelled), "{err}");
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "not the 60 s lock timeout"
+        );
+        assert_eq!(manager.backend().calls().total(), 0);
     }
 
     /// A backend that takes 10 ms per call and records how many calls

@@ -88,7 +88,8 @@ impl Metrics {
     /// - `label_cas_github_rate_limit_remaining`
     /// - `label_cas_github_not_modified_total` (304s: reads that cost no budget)
     /// - `label_cas_transitions_total{result}` (`applied`, `already_in_state`,
-    ///   `conflict`, `failed`)
+    ///   `conflict`, `failed`; `dropped`: the caller dropped the transition
+    ///   half-way and changes were left on the pull request — worth an alert)
     /// - `label_cas_interference_detected_total`
     /// - `label_cas_rate_limit_waits_total{reason}` (`budget`, `rejected`):
     ///   waits imposed by rate limits.
@@ -118,7 +119,7 @@ impl Metrics {
         );
         sub.register(
             "transitions",
-            "Label transitions by result (applied, already_in_state, conflict, failed)",
+            "Label transitions by result (applied, already_in_state, conflict, failed, dropped)",
             i.transitions.clone(),
         );
         sub.register(
@@ -180,6 +181,7 @@ impl Metrics {
             "already_in_state" => "already_in_state",
             "conflict" => "conflict",
             "failed" => "failed",
+            "dropped" => "dropped",
             _ => return 0,
         };
         self.inner
