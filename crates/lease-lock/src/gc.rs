@@ -5,9 +5,13 @@
 //! delete carries the uid and resourceVersion we judged, so a Lease
 //! acquired in between is never deleted.
 //!
-//! Deleting a Lease resets its fencing tokens (a new object has a new uid);
-//! the retention (24 h by default) is what keeps any plausible paused holder
-//! from outliving the old object.
+//! Deleting a Lease starts its fencing tokens over on a new object (a new
+//! uid, `leaseTransitions` 0). Tokens still never go backwards: a token
+//! carries its Lease's `creationTimestamp`, and tokens of different objects
+//! are ordered by it (see [`FencingToken`](crate::FencingToken)). Because a
+//! Lease is deleted only after it stayed idle for the retention (24 h by
+//! default), its successor is created that much later, so any token of a
+//! paused holder of the old object orders below every token of the new one.
 
 use std::time::Duration;
 
@@ -17,7 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::error::Error;
 use crate::lock::{Judgment, LeaseLock, Observation};
-use crate::{Lease, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use crate::{LOCK_PREFIX_LABEL, Lease, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 
 /// What one garbage collection pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -35,14 +39,18 @@ pub struct GcReport {
 }
 
 impl LeaseLock {
-    /// Deletes this lock's Leases (same namespace and prefix, labelled
-    /// `app.kubernetes.io/managed-by=supersede-lease-lock`) that are
-    /// released or expired and idle for longer than the configured
-    /// retention. One LIST, then one conditional DELETE per idle Lease.
+    /// Deletes this lock's Leases (same namespace, labelled
+    /// `app.kubernetes.io/managed-by=supersede-lease-lock` and
+    /// `supersede.dev/lock-prefix=<prefix>`) that are released or expired
+    /// and idle for longer than the configured retention. One LIST, then one
+    /// conditional DELETE per idle Lease.
     pub async fn collect_garbage(&self) -> Result<GcReport, Error> {
         let inner = self.inner();
         let config = &inner.config;
-        let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
+        let selector = format!(
+            "{MANAGED_BY_LABEL}={MANAGED_BY_VALUE},{LOCK_PREFIX_LABEL}={}",
+            config.prefix
+        );
         let leases = inner.backend.list(&config.namespace, &selector).await?;
         let prefix = format!("{}-", config.prefix);
         let now = jiff::Timestamp::now();

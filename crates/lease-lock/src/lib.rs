@@ -40,6 +40,10 @@ pub use crate::name::{MAX_KEY_LEN, lease_name};
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Value of [`MANAGED_BY_LABEL`].
 pub const MANAGED_BY_VALUE: &str = "supersede-lease-lock";
+/// Label holding the [`LockConfig::prefix`] of the lock a Lease belongs to:
+/// garbage collection lists by it, so one lock never collects another's
+/// Leases (names alone cannot tell `cancel` + `task-1` from `cancel-task` + `1`).
+pub const LOCK_PREFIX_LABEL: &str = "supersede.dev/lock-prefix";
 /// Label holding a short hash of the holding process's identity (absent while
 /// released), so operators and recovery can list what one process holds.
 pub const HOLDER_HASH_LABEL: &str = "supersede.dev/holder-hash";

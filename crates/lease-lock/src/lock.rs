@@ -55,8 +55,8 @@ use crate::guard::{GuardShared, LockGuard};
 use crate::metrics::Metrics;
 use crate::name::{lease_name, short_hash, validate_prefix};
 use crate::{
-    HOLDER_HASH_LABEL, Lease, LeaseBackend, LeaseEvent, LeaseSpec, MANAGED_BY_LABEL,
-    MANAGED_BY_VALUE, WAITING_FOR_ANNOTATION,
+    HOLDER_HASH_LABEL, LOCK_PREFIX_LABEL, Lease, LeaseBackend, LeaseEvent, LeaseSpec,
+    MANAGED_BY_LABEL, MANAGED_BY_VALUE, WAITING_FOR_ANNOTATION,
 };
 
 /// How the lock behaves. Build it with [`LockConfig::new`] and override
@@ -103,7 +103,10 @@ pub struct LockConfig {
     /// transient failures. Default 50 ms ×2 up to 2 s, ±25 % jitter.
     pub backoff: BackoffPolicy,
     /// Released or expired Leases idle longer than this are deleted by
-    /// [`LeaseLock::collect_garbage`]. Default 24 h.
+    /// [`LeaseLock::collect_garbage`]. Default 24 h. Keep it far longer than
+    /// any pause a holder could survive and any clock skew: the Lease that
+    /// replaces a deleted one must be created later, in whole seconds of the
+    /// API server's clock, for fencing tokens to keep increasing.
     pub retention: Duration,
 }
 
@@ -1124,6 +1127,7 @@ pub(crate) fn acquiring_lease(
     };
     let labels = lease.metadata.labels.get_or_insert_with(Default::default);
     labels.insert(MANAGED_BY_LABEL.to_owned(), MANAGED_BY_VALUE.to_owned());
+    labels.insert(LOCK_PREFIX_LABEL.to_owned(), config.prefix.clone());
     labels.insert(HOLDER_HASH_LABEL.to_owned(), inner.holder_hash.clone());
     if let Some(annotations) = lease.metadata.annotations.as_mut() {
         annotations.remove(WAITING_FOR_ANNOTATION);

@@ -4,7 +4,8 @@
 //! Rule kept here: it behaves like the API server wherever the lock relies
 //! on it — one global resourceVersion counter, uids, 409 on a stale
 //! resourceVersion or uid, 409 AlreadyExists, 404, delete preconditions,
-//! label selectors, MicroTime precision (microseconds) and watch — so the
+//! label selectors, MicroTime precision (microseconds), creationTimestamp
+//! precision (seconds) and watch — so the
 //! conformance suite passes on it exactly as on [`KubeLeases`](crate::KubeLeases).
 
 use std::collections::BTreeMap;
@@ -133,7 +134,8 @@ impl LeaseBackend for MemoryLeases {
             stored.metadata.namespace = Some(namespace.to_owned());
             stored.metadata.uid = Some(format!("memory-{:016x}", store.last_uid));
             stored.metadata.resource_version = Some(store.last_version.to_string());
-            stored.metadata.creation_timestamp = Some(Time(now_micros()));
+            // Whole seconds, like the API server's metav1.Time.
+            stored.metadata.creation_timestamp = Some(Time(now_seconds()));
             store.leases.insert(id, stored.clone());
             stored
         };
@@ -357,8 +359,9 @@ fn truncate_micros(t: jiff::Timestamp) -> jiff::Timestamp {
     jiff::Timestamp::from_microsecond(t.as_microsecond()).unwrap_or(t)
 }
 
-fn now_micros() -> jiff::Timestamp {
-    truncate_micros(jiff::Timestamp::now())
+fn now_seconds() -> jiff::Timestamp {
+    let now = jiff::Timestamp::now();
+    jiff::Timestamp::from_second(now.as_second()).unwrap_or(now)
 }
 
 #[cfg(test)]

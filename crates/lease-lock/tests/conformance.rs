@@ -494,12 +494,9 @@ mod checks {
             ..fast("pod-a", env)
         };
         let lock = LeaseLock::new(env.process(), config).unwrap();
-        lock.acquire("idle", AcquireOptions::new())
-            .await
-            .unwrap()
-            .release()
-            .await
-            .unwrap();
+        let idle = lock.acquire("idle", AcquireOptions::new()).await.unwrap();
+        let old_token = idle.fencing_token().clone();
+        idle.release().await.unwrap();
         let _held = lock.acquire("held", AcquireOptions::new()).await.unwrap();
         let report = lock.collect_garbage().await.unwrap();
         assert_eq!(
@@ -526,6 +523,13 @@ mod checks {
                 .unwrap()
                 .is_some()
         );
+
+        // The key's next Lease is a new object whose transitions start over,
+        // yet its tokens order after the deleted object's (by creation time).
+        let again = lock.acquire("idle", AcquireOptions::new()).await.unwrap();
+        let new_token = again.fencing_token();
+        assert_ne!(new_token.lease_uid, old_token.lease_uid);
+        assert!(new_token > &old_token, "{new_token} after {old_token}");
     }
 }
 

@@ -873,3 +873,85 @@ async fn a_guard_released_while_declared_held_does_not_close_a_cycle() {
 
     assert!(matches!(result, Err(Error::Timeout { .. })), "{result:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn garbage_collection_leaves_the_leases_of_a_longer_prefix_alone() {
+    let memory = MemoryLeases::new();
+    let day = Duration::from_secs(25 * 3600);
+    memory
+        .create(NS, &held_lease("cancel-1", None, 1, day))
+        .await
+        .unwrap();
+    // Another lock, prefix "cancel-task", whose names also start with "cancel-".
+    let mut other = held_lease("cancel-task-1", None, 1, day);
+    other.metadata.labels.as_mut().unwrap().insert(
+        crate::LOCK_PREFIX_LABEL.to_owned(),
+        "cancel-task".to_owned(),
+    );
+    memory.create(NS, &other).await.unwrap();
+    let cancel = LeaseLock::new(
+        memory.clone(),
+        crate::LockConfig {
+            prefix: "cancel".into(),
+            ..config("pod-a")
+        },
+    )
+    .unwrap();
+
+    let report = cancel.collect_garbage().await.unwrap();
+
+    assert_eq!((report.examined, report.deleted), (1, 1));
+    assert!(memory.get(NS, "cancel-1").await.unwrap().is_none());
+    assert!(
+        memory.get(NS, "cancel-task-1").await.unwrap().is_some(),
+        "another lock's Lease, kept under that lock's own retention"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_recreated_after_garbage_collection_issues_tokens_above_the_old_ones() {
+    let memory = MemoryLeases::new();
+    let lock = LeaseLock::new(
+        memory.clone(),
+        crate::LockConfig {
+            retention: Duration::from_secs(1),
+            ..config("pod-a")
+        },
+    )
+    .unwrap();
+    let first = lock.acquire("k", AcquireOptions::new()).await.unwrap();
+    let old = first.fencing_token().clone();
+    first.release().await.unwrap();
+    // Wall-clock time (what retention and creationTimestamp measure).
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(lock.collect_garbage().await.unwrap().deleted, 1);
+
+    let second = lock.acquire("k", AcquireOptions::new()).await.unwrap();
+    let new = second.fencing_token().clone();
+
+    assert_ne!(new.lease_uid, old.lease_uid, "a new Lease object");
+    assert_eq!(new.transitions, 0, "whose transitions start over");
+    assert!(
+        new > old,
+        "yet its tokens order after the old object's: {new} vs {old}"
+    );
+    assert_eq!(old.partial_cmp(&new), Some(std::cmp::Ordering::Less));
+}
+
+#[test]
+fn fencing_tokens_of_lease_objects_created_in_the_same_second_are_incomparable() {
+    let at = |s: i64| Some(jiff::Timestamp::from_second(s).unwrap());
+    let token = |uid: &str, transitions, created| crate::FencingToken {
+        lease_uid: uid.into(),
+        transitions,
+        lease_created: created,
+    };
+    let (a5, a7) = (token("a", 5, at(100)), token("a", 7, at(100)));
+    let b0 = token("b", 0, at(200));
+    assert!(
+        a5 < a7 && a7 < b0 && a5 < b0,
+        "same object by transitions, then by creation"
+    );
+    assert_eq!(token("c", 0, at(100)).partial_cmp(&a5), None);
+    assert_eq!(token("d", 9, None).partial_cmp(&a5), None);
+}

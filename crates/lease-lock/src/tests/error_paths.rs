@@ -448,7 +448,7 @@ async fn garbage_collection_reports_list_failures_and_skips_leases_that_changed(
     m.expect_list()
         .with(
             eq(NS),
-            eq("app.kubernetes.io/managed-by=supersede-lease-lock"),
+            eq("app.kubernetes.io/managed-by=supersede-lease-lock,supersede.dev/lock-prefix=lock"),
         )
         .returning(|_, _| {
             let old = held_lease("lock-old", None, 1, Duration::from_secs(48 * 3600));

@@ -35,10 +35,17 @@ pub(crate) fn held_lease(
     Lease {
         metadata: ObjectMeta {
             name: Some(name.into()),
-            labels: Some(BTreeMap::from([(
-                crate::MANAGED_BY_LABEL.to_owned(),
-                crate::MANAGED_BY_VALUE.to_owned(),
-            )])),
+            // Labelled as the lock whose prefix is the name's first word.
+            labels: Some(BTreeMap::from([
+                (
+                    crate::MANAGED_BY_LABEL.to_owned(),
+                    crate::MANAGED_BY_VALUE.to_owned(),
+                ),
+                (
+                    crate::LOCK_PREFIX_LABEL.to_owned(),
+                    name.split('-').next().unwrap_or_default().to_owned(),
+                ),
+            ])),
             ..ObjectMeta::default()
         },
         spec: Some(LeaseSpec {
