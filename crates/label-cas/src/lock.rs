@@ -132,20 +132,24 @@ impl LocalPrLocks {
             let mut locks = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
             Arc::clone(locks.entry(key.clone()).or_default())
         };
+        // Declared before the wait, so however the wait ends — acquired,
+        // timed out, or this future dropped — dropping it removes the entry
+        // once nobody else holds or waits for it.
+        let mut held = LocalHeld {
+            guard: None,
+            key,
+            locks: Arc::clone(&self.locks),
+        };
         let acquired = tokio::time::timeout(self.timeout, mutex.lock_owned()).await;
         match acquired {
-            Ok(guard) => Ok(LocalHeld {
-                guard: Some(guard),
-                key,
-                locks: Arc::clone(&self.locks),
-            }),
-            Err(_) => {
-                release_entry(&self.locks, &key);
-                Err(Error::Lock {
-                    reason: format!("{pr} stayed locked by another task for {:?}", self.timeout),
-                    transient: true,
-                })
+            Ok(guard) => {
+                held.guard = Some(guard);
+                Ok(held)
             }
+            Err(_) => Err(Error::Lock {
+                reason: format!("{pr} stayed locked by another task for {:?}", self.timeout),
+                transient: true,
+            }),
         }
     }
 }
@@ -236,7 +240,8 @@ struct LeaseHeld {
     _local: LocalHeld,
 }
 
-/// A held local lock; removes its map entry when nobody else waits for it.
+/// A held (or awaited) local lock; dropping it removes its map entry when
+/// nobody else holds or waits for it.
 pub(crate) struct LocalHeld {
     guard: Option<tokio::sync::OwnedMutexGuard<()>>,
     key: String,
@@ -316,6 +321,21 @@ mod tests {
         );
         assert_eq!(started.elapsed(), Duration::from_secs(5));
         assert_eq!(locks.held(), 1, "the holder's entry stays");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_dropped_after_the_release_leaves_no_entry_behind() {
+        let locks = LocalPrLocks::new();
+        let held = locks.lock(&pr(1)).await.unwrap();
+        let waiter = {
+            let locks = locks.clone();
+            tokio::spawn(async move { locks.lock(&pr(1)).await.map(drop) })
+        };
+        tokio::task::yield_now().await; // the waiter queues
+        drop(held); // wakes the waiter...
+        waiter.abort(); // ...which is dropped before it runs again
+        assert!(waiter.await.unwrap_err().is_cancelled());
+        assert_eq!(locks.held(), 0, "nobody holds or waits");
     }
 
     #[cfg(feature = "lease-lock")]
