@@ -12,11 +12,13 @@ use std::io::{Read, Write};
 use jiff::Timestamp;
 use serde::Deserialize;
 use serde_json::Value;
+use tracing::warn;
 
 use crate::backend::{Document, StoredDocument};
 use crate::naming::{
-    ANNOTATION_QUARANTINE_REASON, ANNOTATION_QUARANTINED_AT, ANNOTATION_SCHEMA_VERSION, KEY_STATE,
-    KEY_STATE_CORRUPT, KEY_STATE_GZIP, KEY_STATE_GZIP_CORRUPT, LABEL_TASK_ID, state_labels,
+    ANNOTATION_QUARANTINE_ORIGINAL_BYTES, ANNOTATION_QUARANTINE_REASON, ANNOTATION_QUARANTINED_AT,
+    ANNOTATION_SCHEMA_VERSION, KEY_STATE, KEY_STATE_CORRUPT, KEY_STATE_GZIP,
+    KEY_STATE_GZIP_CORRUPT, LABEL_TASK_ID, state_labels,
 };
 use crate::schema::{FeedbackEntry, RemediationState, SCHEMA_VERSION, Severity, TaskStatus};
 use crate::{CompactionRecord, Error, Result};
@@ -120,19 +122,38 @@ pub(crate) fn encode(
         SCHEMA_VERSION.to_owned(),
     );
     if let Some((payload, reason)) = quarantine {
-        match payload {
+        let original = match payload {
             CorruptPayload::Text(raw) => {
-                let mut raw = raw.clone();
-                crate::journal::truncate_utf8(&mut raw, MAX_QUARANTINE_BYTES);
-                document.data.insert(KEY_STATE_CORRUPT.to_owned(), raw);
+                let mut kept = raw.clone();
+                crate::journal::truncate_utf8(&mut kept, MAX_QUARANTINE_BYTES);
+                document.data.insert(KEY_STATE_CORRUPT.to_owned(), kept);
+                raw.len()
             }
             CorruptPayload::Binary(raw) => {
                 let keep = raw.len().min(MAX_QUARANTINE_BYTES);
                 document
                     .binary_data
                     .insert(KEY_STATE_GZIP_CORRUPT.to_owned(), raw[..keep].to_vec());
+                raw.len()
             }
-            CorruptPayload::Missing => {}
+            CorruptPayload::Missing => 0,
+        };
+        if original > MAX_QUARANTINE_BYTES {
+            // Said where the copy is, so nobody mistakes it for the whole payload.
+            warn!(
+                task_id = %state.task_id,
+                original,
+                kept = MAX_QUARANTINE_BYTES,
+                "quarantined payload too large to keep whole; its copy is truncated"
+            );
+            document.annotations.insert(
+                ANNOTATION_QUARANTINE_ORIGINAL_BYTES.to_owned(),
+                original.to_string(),
+            );
+        } else {
+            document
+                .annotations
+                .remove(ANNOTATION_QUARANTINE_ORIGINAL_BYTES);
         }
         document
             .annotations
@@ -377,7 +398,8 @@ fn rebuilt(
 }
 
 /// Rebuilds a state from what survives of an unreadable payload: the task id
-/// from the label, and each known top-level key whose value still parses.
+/// from the label, and each known top-level key whose value still parses and
+/// keeps the state valid.
 fn salvage(task_id: &str, max_iterations: u32, doc: &Document, text: &str) -> RemediationState {
     let id = doc
         .labels
@@ -388,32 +410,63 @@ fn salvage(task_id: &str, max_iterations: u32, doc: &Document, text: &str) -> Re
     let last_update =
         salvage_key::<Timestamp>(text, "last_update").unwrap_or(Timestamp::UNIX_EPOCH);
     let mut state = RemediationState::new(id, last_update);
-    if let Some(n) = salvage_key::<u32>(text, "iteration") {
-        state.iteration = n.min(max_iterations);
-    }
-    if let Some(status) = salvage_key::<TaskStatus>(text, "status") {
-        state.status = status;
-    }
-    if let Some(metadata) = salvage_key(text, "metadata") {
-        state.metadata = metadata;
-    }
-    if let Some(head) = salvage_key(text, "latest_head") {
-        state.latest_head = Some(head);
-    }
-    state.highest_fencing_token = salvage_key(text, "highest_fencing_token");
-    if let Some(uids) = salvage_key(text, "retired_lease_uids") {
-        state.retired_lease_uids = uids;
-    }
+    // The journal goes before the status: if only one of them can be kept (a
+    // final status with an operation in flight), keep what recovery needs.
+    let s = &mut state;
+    let max = max_iterations;
+    keep(s, max, text, "iteration", |s, n: u32| {
+        s.iteration = n.min(max)
+    });
+    keep(s, max, text, "active_operation", |s, j| {
+        s.active_operation = Some(j)
+    });
+    keep(s, max, text, "status", |s, v| s.status = v);
+    keep(s, max, text, "metadata", |s, v| s.metadata = v);
+    keep(s, max, text, "latest_head", |s, v| s.latest_head = Some(v));
+    keep(s, max, text, "pending_supersessions", |s, v| {
+        s.pending_supersessions = v
+    });
+    keep(s, max, text, "feedback_history", |s, v| {
+        s.feedback_history = v
+    });
+    keep(s, max, text, "error_messages", |s, v| s.error_messages = v);
+    keep(s, max, text, "cancellation_history", |s, v| {
+        s.cancellation_history = v
+    });
+    keep(s, max, text, "compactions", |s, v| s.compactions = v);
+    keep(s, max, text, "highest_fencing_token", |s, v| {
+        s.highest_fencing_token = Some(v)
+    });
+    keep(s, max, text, "retired_lease_uids", |s, v| {
+        s.retired_lease_uids = v
+    });
     // The write log lets a writer whose answer was lost still settle it.
-    if let Some(ids) = salvage_key::<Vec<String>>(text, "applied_writes") {
+    keep(s, max, text, "applied_writes", |s, ids: Vec<String>| {
         for id in ids {
-            state.remember_write(&id);
+            s.remember_write(&id);
         }
-    }
-    if state.status == TaskStatus::MaxIterationsReached && state.iteration == 0 {
-        state.status = TaskStatus::Initialized;
-    }
+    });
     state
+}
+
+/// Sets the part of `state` stored under `key` in `text`, if it still parses
+/// and the state stays valid with it, so a rebuilt state can always be
+/// written back.
+fn keep<T: serde::de::DeserializeOwned>(
+    state: &mut RemediationState,
+    max_iterations: u32,
+    text: &str,
+    key: &str,
+    set: impl FnOnce(&mut RemediationState, T),
+) {
+    let Some(value) = salvage_key::<T>(text, key) else {
+        return;
+    };
+    let mut candidate = state.clone();
+    set(&mut candidate, value);
+    if candidate.validate(&state.task_id, max_iterations).is_ok() {
+        *state = candidate;
+    }
 }
 
 /// The value of the first `"key": <value>` in `text` that parses as `T`.
@@ -600,6 +653,82 @@ mod tests {
         let broken = r#"{"applied_writes":["a1","b2"],"task_id":"t","feedback_history":[{"#;
         let dec = decode("t", 10, &stored(with_payload(broken)));
         assert_eq!(dec.state.applied_writes(), ["a1", "b2"]);
+    }
+
+    #[test]
+    fn a_rebuilt_state_keeps_the_journal_and_histories_that_parse_and_stays_valid() {
+        let mut original = RemediationState::new("t", "2026-01-01T00:00:00Z".parse().unwrap());
+        original.iteration = 2;
+        original.status = TaskStatus::InProgress;
+        original
+            .begin_operation(crate::OperationJournal::begin(
+                "op-1",
+                crate::OperationKind::Cancellation,
+                "pod/1",
+                Timestamp::UNIX_EPOCH,
+            ))
+            .unwrap();
+        original.observe_head(&crate::Supersession {
+            head_sha: "abcdef1".into(),
+            pushed_at: Timestamp::UNIX_EPOCH,
+            delivery_id: "d".into(),
+            correlation_id: None,
+        });
+        original.push_error("boom", Timestamp::UNIX_EPOCH);
+        let mut json = serde_json::to_string(&original).unwrap();
+        // A head that breaks an invariant, and a payload cut short.
+        json = json.replace("\"sha\":\"abcdef1\"", "\"sha\":\"not a sha\"");
+        json.truncate(json.len() - 5);
+
+        let dec = decode("t", 10, &stored(with_payload(&json)));
+        assert!(matches!(dec.origin, SchemaOrigin::Rebuilt { .. }));
+        let state = &dec.state;
+        assert_eq!(state.active_operation, original.active_operation);
+        assert_eq!(state.pending_supersessions, original.pending_supersessions);
+        assert_eq!(state.error_messages, original.error_messages);
+        assert_eq!(state.status, TaskStatus::InProgress);
+        assert_eq!(state.iteration, 2);
+        assert_eq!(state.latest_head, None, "an invalid part is left out");
+        state.validate("t", 10).unwrap();
+    }
+
+    #[test]
+    fn a_quarantine_copy_too_large_to_keep_whole_says_it_was_truncated() {
+        let mut state = RemediationState::new("t", Timestamp::UNIX_EPOCH);
+        let raw = "x".repeat(MAX_QUARANTINE_BYTES + 10);
+        let payload = CorruptPayload::Text(raw.clone());
+        let enc = encode(
+            &mut state,
+            "task-t-state",
+            None,
+            Some((&payload, "unparsable JSON")),
+            &SizeLimits::default(),
+            Timestamp::UNIX_EPOCH,
+        )
+        .unwrap();
+        let doc = &enc.document;
+        assert_eq!(doc.data[KEY_STATE_CORRUPT].len(), MAX_QUARANTINE_BYTES);
+        assert_eq!(
+            doc.annotations[ANNOTATION_QUARANTINE_ORIGINAL_BYTES],
+            raw.len().to_string()
+        );
+
+        let small = CorruptPayload::Text("{".into());
+        let enc = encode(
+            &mut state,
+            "task-t-state",
+            Some(doc),
+            Some((&small, "unparsable JSON")),
+            &SizeLimits::default(),
+            Timestamp::UNIX_EPOCH,
+        )
+        .unwrap();
+        assert_eq!(enc.document.data[KEY_STATE_CORRUPT], "{");
+        assert!(
+            !enc.document
+                .annotations
+                .contains_key(ANNOTATION_QUARANTINE_ORIGINAL_BYTES)
+        );
     }
 
     #[test]

@@ -19,6 +19,9 @@ pub const ANNOTATION_SCHEMA_VERSION: &str = "supersede.dev/schema-version";
 pub const ANNOTATION_QUARANTINED_AT: &str = "supersede.dev/quarantined-at";
 /// Annotation holding why a payload was quarantined.
 pub const ANNOTATION_QUARANTINE_REASON: &str = "supersede.dev/quarantine-reason";
+/// Annotation holding the size in bytes of a quarantined payload whose kept
+/// copy had to be truncated (absent when the copy is whole).
+pub const ANNOTATION_QUARANTINE_ORIGINAL_BYTES: &str = "supersede.dev/quarantine-original-bytes";
 /// `data` key of the plain JSON state.
 pub const KEY_STATE: &str = "state.json";
 /// `binaryData` key of the gzip-compressed JSON state.
