@@ -4,6 +4,16 @@
 //! Rule kept here: **bounded** — at most `capacity` pull requests; when full
 //! the least recently used entry goes. A cached entry is only ever used
 //! together with a 304 for its own ETag, so staleness cannot leak out.
+//!
+//! Why our own writes need no invalidation: an ETag and the labels it was
+//! sent with are stored and used as one pair, and a 304 means the labels
+//! are still exactly that answer. After any write that changed the labels
+//! (ours or anyone's) the server's ETag differs and the next read is a full
+//! answer that replaces the pair; after a net-zero change (an undo) the old
+//! pair is right again and the read stays free. ETags are specific to the
+//! token that read them, and the cache belongs to one manager over one
+//! backend: a token rotated by a GitHub App installation only turns the
+//! next read into a full one.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};

@@ -233,12 +233,12 @@ impl Error {
         }
     }
 
-    /// The wait GitHub asked for: `retry-after`, else the time until
-    /// `x-ratelimit-reset`.
+    /// The wait GitHub asked for: the longer of `retry-after` and the time
+    /// until `x-ratelimit-reset` (GitHub asks for both to be respected).
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Error::RateLimited { retry_after, reset } => {
-                retry_after.or_else(|| reset.map(until_wall_clock))
+                (*retry_after).max(reset.map(until_wall_clock))
             }
             Error::PartiallyApplied { source, .. } => source.retry_after(),
             _ => None,
@@ -337,7 +337,7 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_prefers_the_header_then_the_reset_time() {
+    fn retry_after_is_the_longer_of_the_header_and_the_reset_time() {
         let asked = Error::RateLimited {
             retry_after: Some(Duration::from_secs(7)),
             reset: None,
@@ -362,5 +362,12 @@ mod tests {
             .retry_after(),
             None
         );
+        let both = Error::RateLimited {
+            retry_after: Some(Duration::from_secs(7)),
+            reset: Some(reset),
+        }
+        .retry_after()
+        .unwrap();
+        assert!(both > Duration::from_secs(100), "{both:?}");
     }
 }

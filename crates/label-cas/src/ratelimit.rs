@@ -239,14 +239,12 @@ impl<B: LabelBackend> RateLimited<B> {
             .next_delay()
             .unwrap_or(self.policy.rejection_backoff.max)
             .max(floor);
+        // GitHub: wait `retry-after` when sent, and until `x-ratelimit-reset`
+        // when the budget is exhausted; both may apply, so the longer wins.
         let asked = match error {
-            Error::RateLimited {
-                retry_after: Some(after),
-                ..
-            } => Some(*after),
-            Error::RateLimited {
-                reset: Some(reset), ..
-            } => Some(until_wall_clock(*reset) + RESET_SLACK),
+            Error::RateLimited { retry_after, reset } => {
+                (*retry_after).max(reset.map(|r| until_wall_clock(r) + RESET_SLACK))
+            }
             _ => None,
         };
         let wait = match asked {
@@ -674,6 +672,37 @@ mod tests {
             .unwrap()
             .with_cancellation(cancel);
         paced.add(&pr(), &["undo".to_owned()]).await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_exhausted_budget_is_waited_out_even_when_retry_after_is_shorter() {
+        let mut mock = MockLabelBackend::new();
+        mock.expect_rate_limit().returning(|| None);
+        let reset = budget(0, Duration::from_secs(120)).reset;
+        let mut seq = mockall::Sequence::new();
+        mock.expect_get()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(move |_, _| {
+                Err(Error::RateLimited {
+                    retry_after: Some(Duration::from_secs(10)),
+                    reset: Some(reset),
+                })
+            });
+        mock.expect_get()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(labels()));
+        let paced = RateLimited::new(mock, policy()).unwrap();
+        let started = Instant::now();
+        paced.get(&pr(), None).await.unwrap();
+        // The wall clock does not move with paused time: the reset is
+        // still 119–120 s away when the wait is computed.
+        assert!(
+            started.elapsed() >= Duration::from_secs(119),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]
