@@ -9,9 +9,10 @@
 //! `metadata.name` field selector) to learn the state and a resourceVersion
 //! unless the caller gives one, WATCH from it, resume from the last seen
 //! version (bookmarks included) when the server ends the stream, and start
-//! over with a LIST on `410 Gone` (desynchronised). Failures are reported
-//! on the stream and retried with backoff; the stream ends only when its
-//! consumer drops it.
+//! over with a LIST on `410 Gone` (desynchronised; at once the first time,
+//! with backoff when even a freshly listed version is gone). Failures are
+//! reported on the stream and retried with backoff; the stream ends only
+//! when its consumer drops it, and holds one task and a 16-event buffer.
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -158,11 +159,18 @@ async fn watch_loop(api: Api<Lease>, name: String, since: Option<String>, tx: &S
     let fields = format!("metadata.name={name}");
     let mut version = since;
     let mut backoff = Backoff::new(restart_policy());
+    // The version comes from a LIST and no event arrived since: a 410 now
+    // means the server cannot serve even a fresh version, and listing again
+    // at once would loop as fast as the server answers.
+    let mut just_listed = false;
     loop {
         let from = match version.clone() {
             Some(v) => v,
             None => match relist(&api, &name, &fields, tx).await {
-                Ok(Some(v)) => v,
+                Ok(Some(v)) => {
+                    just_listed = true;
+                    v
+                }
                 Ok(None) => return,
                 Err(()) => {
                     pause(&mut backoff).await;
@@ -176,6 +184,9 @@ async fn watch_loop(api: Api<Lease>, name: String, since: Option<String>, tx: &S
         {
             Ok(stream) => stream,
             Err(::kube::Error::Api(status)) if status.code == 410 => {
+                if just_listed {
+                    pause(&mut backoff).await;
+                }
                 version = None;
                 continue;
             }
@@ -216,6 +227,9 @@ async fn watch_loop(api: Api<Lease>, name: String, since: Option<String>, tx: &S
                 }
                 WatchEvent::Error(status) if status.code == 410 => {
                     // Desynchronised: start over from a fresh list.
+                    if just_listed {
+                        pause(&mut backoff).await;
+                    }
                     version = None;
                     break;
                 }
@@ -229,6 +243,7 @@ async fn watch_loop(api: Api<Lease>, name: String, since: Option<String>, tx: &S
                 }
             };
             backoff.reset();
+            just_listed = false;
             if tx.send(Ok(out)).await.is_err() {
                 return;
             }

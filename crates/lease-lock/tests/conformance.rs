@@ -583,3 +583,31 @@ async fn kube_watch_recovers_from_410_gone_by_listing_again() {
         "listed again after the 410"
     );
 }
+
+/// Kubernetes only: a server that answers every watch with 410 Gone makes
+/// the stream list again each time, but with backoff, never in a hot loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_watch_answered_410_again_and_again_backs_off() {
+    use futures::StreamExt;
+    use lease_lock::{KubeLeases, LeaseBackend};
+    use std::time::Duration;
+    use testkit::faults::{InjectedError, Match};
+
+    let fake = testkit::kube::FakeKube::start().await.unwrap();
+    fake.faults().error_rate(
+        Match::any().verb("watch").resource("leases"),
+        1.0,
+        InjectedError::Status(410),
+    );
+    let backend = KubeLeases::new(fake.client());
+
+    let stream = backend.watch("ns", "a", None);
+    // Drain whatever is reported for a second, then stop watching.
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.for_each(|_| async {})).await;
+
+    let lists = fake.calls().count(Some("list"), Some("leases"));
+    assert!(
+        (1..=8).contains(&lists),
+        "{lists} LISTs in one second: relisting after 410 must back off"
+    );
+}
