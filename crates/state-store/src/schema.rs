@@ -254,14 +254,17 @@ impl RemediationState {
         }
     }
 
-    /// Adds feedback unless an entry with the same comment id exists.
-    /// Returns whether it was added.
+    /// Adds feedback unless its comment id is already recorded: in the
+    /// history, or among the ids a compaction dropped (a re-delivered comment
+    /// must not come back after compaction). Returns whether it was added.
     pub fn append_feedback(&mut self, entry: FeedbackEntry) -> bool {
-        if self
-            .feedback_history
-            .iter()
-            .any(|e| e.comment_id == entry.comment_id)
-        {
+        let id = entry.comment_id.as_str();
+        let known = self.feedback_history.iter().any(|e| e.comment_id == id)
+            || self
+                .compactions
+                .iter()
+                .any(|c| c.dropped_comment_ids.iter().any(|d| d == id));
+        if known {
             return false;
         }
         self.feedback_history.push(entry);
@@ -801,6 +804,9 @@ mod tests {
         assert!(record.dropped_comment_ids.contains(&"2".to_owned()));
         assert!(record.dropped_comment_ids.contains(&"3".to_owned()));
         assert_eq!(s.compactions.len(), 1);
+        // A dropped comment delivered again stays dropped.
+        assert!(!s.append_feedback(feedback("2", Severity::High, false, 2)));
+        assert_eq!(s.feedback_history.len(), 17);
     }
 
     #[test]
