@@ -102,8 +102,9 @@ pub enum Error {
         transient: bool,
     },
 
-    /// The manager's cancellation token fired while it waited or retried.
-    #[error("cancelled")]
+    /// The cancellation token given to the manager (or the rate limiter)
+    /// fired; what the transition had changed was undone.
+    #[error("cancelled by the caller's cancellation token")]
     Cancelled,
 
     /// 401: the token is invalid or expired.

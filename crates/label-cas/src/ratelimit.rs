@@ -79,7 +79,8 @@ impl Default for RateLimitPolicy {
 }
 
 impl RateLimitPolicy {
-    /// Rejects an invalid backoff and a zero `max_wait`.
+    /// Rejects an invalid backoff, a zero `max_wait` and a mutation spacing
+    /// longer than `max_wait`.
     pub fn validate(&self) -> Result<()> {
         self.rejection_backoff
             .validate()
@@ -89,6 +90,14 @@ impl RateLimitPolicy {
         if self.max_wait.is_zero() {
             return Err(Error::Config {
                 reason: "max_wait must be greater than zero".into(),
+            });
+        }
+        if self.mutation_spacing > self.max_wait {
+            return Err(Error::Config {
+                reason: format!(
+                    "mutation_spacing ({:?}) must not exceed max_wait ({:?})",
+                    self.mutation_spacing, self.max_wait
+                ),
             });
         }
         Ok(())
@@ -706,14 +715,21 @@ mod tests {
     }
 
     #[test]
-    fn a_zero_longest_wait_is_rejected() {
-        let policy = RateLimitPolicy {
-            max_wait: Duration::ZERO,
-            ..RateLimitPolicy::default()
-        };
-        assert!(matches!(
-            RateLimited::new(MockLabelBackend::new(), policy),
-            Err(Error::Config { .. })
-        ));
+    fn policies_that_cannot_work_are_rejected() {
+        for policy in [
+            RateLimitPolicy {
+                max_wait: Duration::ZERO,
+                ..RateLimitPolicy::default()
+            },
+            RateLimitPolicy {
+                mutation_spacing: Duration::MAX,
+                ..RateLimitPolicy::default()
+            },
+        ] {
+            assert!(matches!(
+                RateLimited::new(MockLabelBackend::new(), policy),
+                Err(Error::Config { .. })
+            ));
+        }
     }
 }
