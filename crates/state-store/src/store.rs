@@ -43,6 +43,9 @@ pub struct StoreConfig {
     /// Longest wait for one API call; a call that takes longer counts as a
     /// transport failure (for a write: outcome unknown, settled by re-reading).
     pub call_timeout: Duration,
+    /// Longest wait for a whole LIST ([`StateStore::list`]), every page
+    /// included: thousands of states take several pages.
+    pub list_timeout: Duration,
     /// Document size thresholds.
     pub size_limits: SizeLimits,
 }
@@ -69,6 +72,8 @@ impl Default for StoreConfig {
             // An API server answers a ConfigMap call in milliseconds; 10 s means it is
             // not going to, and the update loop should decide what to do next.
             call_timeout: Duration::from_secs(10),
+            // 10 000 states are 20 pages of 500: a minute covers a slow API server.
+            list_timeout: Duration::from_secs(60),
             size_limits: SizeLimits::default(),
         }
     }
@@ -81,8 +86,8 @@ impl StoreConfig {
         if self.max_iterations == 0 {
             return fail("max_iterations must be at least 1".into());
         }
-        if self.call_timeout.is_zero() {
-            return fail("call_timeout must be greater than zero".into());
+        if self.call_timeout.is_zero() || self.list_timeout.is_zero() {
+            return fail("call_timeout and list_timeout must be greater than zero".into());
         }
         if self.max_attempts == 0 {
             return fail("max_attempts must be at least 1".into());
@@ -308,7 +313,10 @@ impl StateStore {
         };
         let result = match checked {
             Ok(()) => self
-                .bounded(self.inner.backend.list(&selector))
+                .bounded_by(
+                    self.inner.config.list_timeout,
+                    self.inner.backend.list(&selector),
+                )
                 .await
                 .map(|docs| {
                     docs.into_iter()
@@ -474,7 +482,14 @@ impl StateStore {
 
     /// Runs one backend call with [`StoreConfig::call_timeout`].
     async fn bounded<T>(&self, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
-        let limit = self.inner.config.call_timeout;
+        self.bounded_by(self.inner.config.call_timeout, call).await
+    }
+
+    async fn bounded_by<T>(
+        &self,
+        limit: Duration,
+        call: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
         tokio::time::timeout(limit, call)
             .await
             .unwrap_or_else(|_| Err(Error::Transport(format!("no answer within {limit:?}"))))
@@ -1652,6 +1667,47 @@ mod tests {
             matches!(outcome, Err(Error::OutcomeUnknown { .. })),
             "{outcome:?}"
         );
+    }
+
+    /// A backend whose LIST takes `list_takes` (many pages on a slow server).
+    struct SlowList {
+        memory: crate::MemoryBackend,
+        list_takes: Duration,
+    }
+
+    #[async_trait::async_trait]
+    impl StateBackend for SlowList {
+        async fn get(&self, name: &str) -> Result<Option<StoredDocument>> {
+            self.memory.get(name).await
+        }
+        async fn create(&self, name: &str, document: Document) -> Result<StoredDocument> {
+            self.memory.create(name, document).await
+        }
+        async fn replace(&self, name: &str, rv: &str, doc: Document) -> Result<StoredDocument> {
+            self.memory.replace(name, rv, doc).await
+        }
+        async fn delete(&self, name: &str, rv: &str) -> Result<()> {
+            self.memory.delete(name, rv).await
+        }
+        async fn list(&self, labels: &BTreeMap<String, String>) -> Result<Vec<StoredDocument>> {
+            tokio::time::sleep(self.list_takes).await;
+            self.memory.list(labels).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_list_of_many_pages_has_its_own_longer_bound() {
+        let config = StoreConfig::default();
+        let slow = |list_takes| SlowList {
+            memory: crate::MemoryBackend::new(),
+            list_takes,
+        };
+        // Longer than one call may take, within the bound of a whole list.
+        let store = StateStore::new(slow(3 * config.call_timeout));
+        store.increment_iteration(TASK).await.unwrap();
+        assert_eq!(store.list().await.unwrap().len(), 1);
+        let store = StateStore::new(slow(2 * config.list_timeout));
+        assert!(matches!(store.list().await, Err(Error::Transport(_))));
     }
 
     #[tokio::test(start_paused = true)]
