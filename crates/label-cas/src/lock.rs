@@ -7,7 +7,9 @@
 //!
 //! Rule kept here: **a guard is the lock** — holding a [`PrLockGuard`] means
 //! holding the lock, dropping it releases it; a guard whose lock was lost
-//! says so ([`PrLockGuard::is_lost`]) and the manager stops writing.
+//! says so ([`PrLockGuard::is_lost`]) and the manager makes no further
+//! change (it still undoes what it had changed, which only restores labels
+//! its own claims took or takes away labels it added).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -165,7 +167,7 @@ impl PrLock for LocalPrLocks {
 /// request (`lease-lock`), behind an in-process [`LocalPrLocks`] so tasks of
 /// one process queue locally instead of competing for the same Lease (which
 /// `lease-lock` refuses with `AlreadyHeld`). A lost Lease marks the guard
-/// lost, and the manager stops writing.
+/// lost, and the manager makes no further change (beyond undoing its own).
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {

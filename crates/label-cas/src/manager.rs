@@ -1571,6 +1571,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_lock_lost_after_the_claim_stops_the_addition_and_undoes_the_claim() {
+        let lost = CancellationToken::new();
+        let mut mock = MockLabelBackend::new();
+        let mut seq = Sequence::new();
+        mock.expect_get()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(fetched(&["ready-for-qa"], "1")));
+        let lose = lost.clone();
+        mock.expect_remove()
+            .with(eq(pr()), eq("ready-for-qa"))
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(move |_, _| {
+                lose.cancel(); // the lease could not be renewed meanwhile
+                Ok(RemoveOutcome::Removed(LabelSet::default()))
+            });
+        // No POST of in-progress: only the undo's POST of ready-for-qa.
+        mock.expect_add()
+            .withf(|_, added| added == ["ready-for-qa"])
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(set(&["ready-for-qa"])));
+        let mut lock = MockPrLock::new();
+        lock.expect_lock()
+            .times(1)
+            .returning(move |_| Ok(PrLockGuard::new(()).with_lost_signal(lost.clone())));
+        let manager = manager(mock).with_lock(Arc::new(lock));
+        let err = manager.transition(&pr(), &stage()).await.unwrap_err();
+        assert!(matches!(err, Error::Lock { .. }), "{err}");
+    }
+
+    #[tokio::test]
     async fn replacing_all_labels_is_refused_without_a_lock() {
         let manager = manager(MockLabelBackend::new());
         let err = manager
