@@ -896,10 +896,23 @@ impl<'a> Acquisition<'a> {
         // Skip to the newest state already delivered: under contention the
         // next holder's write often arrives right behind the release, and
         // acting on the release alone would only produce a doomed write.
+        // What ends the skipping is not dropped: an end means the stream
+        // must never be polled again, an error that the watch is not fresh.
+        let mut watch_failed = false;
         while let Wake::Event(Some(Ok(_))) = wake {
             match self.watch.as_mut().and_then(|w| w.next().now_or_never()) {
                 Some(newer @ Some(Ok(_))) => wake = Wake::Event(newer),
-                _ => break,
+                Some(None) => {
+                    debug!(lease = %self.name, "lease watch ended; falling back to polling");
+                    self.watch = None;
+                    break;
+                }
+                Some(Some(Err(e))) => {
+                    debug!(lease = %self.name, error = %e, "lease watch reported an error; polling goes on");
+                    watch_failed = true;
+                    break;
+                }
+                None => break,
             }
         }
         match wake {
@@ -929,6 +942,9 @@ impl<'a> Acquisition<'a> {
                 self.view = View::Stale;
             }
             Wake::Timer { .. } => {}
+        }
+        if watch_failed {
+            self.watch_heard = None;
         }
         Ok(())
     }

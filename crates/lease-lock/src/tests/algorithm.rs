@@ -955,3 +955,54 @@ fn fencing_tokens_of_lease_objects_created_in_the_same_second_are_incomparable()
     assert_eq!(token("c", 0, at(100)).partial_cmp(&a5), None);
     assert_eq!(token("d", 9, None).partial_cmp(&a5), None);
 }
+
+/// A backend whose watch streams report one event and then end, and (like
+/// many streams) must not be polled once they ended.
+#[derive(Clone)]
+struct OneEventWatch(MemoryLeases);
+
+#[async_trait::async_trait]
+impl LeaseBackend for OneEventWatch {
+    async fn get(&self, ns: &str, name: &str) -> Result<Option<crate::Lease>, Error> {
+        self.0.get(ns, name).await
+    }
+    async fn create(&self, ns: &str, lease: &crate::Lease) -> Result<crate::Lease, Error> {
+        self.0.create(ns, lease).await
+    }
+    async fn replace(&self, ns: &str, lease: &crate::Lease) -> Result<crate::Lease, Error> {
+        self.0.replace(ns, lease).await
+    }
+    async fn delete(&self, ns: &str, name: &str, uid: &str, rv: &str) -> Result<(), Error> {
+        self.0.delete(ns, name, uid, rv).await
+    }
+    async fn list(&self, ns: &str, selector: &str) -> Result<Vec<crate::Lease>, Error> {
+        self.0.list(ns, selector).await
+    }
+    fn watch(
+        &self,
+        ns: &str,
+        name: &str,
+        since: Option<String>,
+    ) -> futures::stream::BoxStream<'static, Result<crate::LeaseEvent, Error>> {
+        use futures::StreamExt;
+        let one = self.0.watch(ns, name, since).take(1);
+        // `unfold` panics if polled after it returned `None`.
+        futures::stream::unfold(one, |mut s| async move { s.next().await.map(|e| (e, s)) }).boxed()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_watch_that_ends_right_behind_an_event_is_never_polled_again() {
+    let memory = MemoryLeases::new();
+    let a = lock_on(memory.clone(), "pod-a");
+    let b = lock_on(OneEventWatch(memory.clone()), "pod-b");
+    let _held = a.acquire("k", AcquireOptions::new()).await.unwrap();
+
+    // The holder's renewal at 10 s is the watch's one event; the waiter
+    // goes on waiting (by polling) until its timeout.
+    let result = tokio::spawn(async move { b.acquire("k", wait_up_to(15)).await })
+        .await
+        .expect("the acquisition does not panic");
+
+    assert!(matches!(result, Err(Error::Timeout { .. })), "{result:?}");
+}
