@@ -220,19 +220,13 @@ pub(crate) fn decode(task_id: &str, max_iterations: u32, stored: &StoredDocument
             return rebuilt(task_id, max_iterations, doc, "", corrupt, reason);
         }
     };
+    let unreadable = |reason: String| {
+        let corrupt = CorruptPayload::Text(text.clone());
+        rebuilt(task_id, max_iterations, doc, &text, corrupt, reason)
+    };
     let value: Value = match serde_json::from_str(&text) {
         Ok(v) => v,
-        Err(e) => {
-            let reason = format!("unparsable JSON: {e}");
-            return rebuilt(
-                task_id,
-                max_iterations,
-                doc,
-                &text,
-                CorruptPayload::Text(text.clone()),
-                reason,
-            );
-        }
+        Err(e) => return unreadable(format!("unparsable JSON: {e}")),
     };
     let version = value
         .get("version")
@@ -251,17 +245,7 @@ pub(crate) fn decode(task_id: &str, max_iterations: u32, stored: &StoredDocument
                     origin: SchemaOrigin::Current,
                     corrupt: None,
                 },
-                Err(e) => {
-                    let reason = format!("not a v1 state: {e}");
-                    rebuilt(
-                        task_id,
-                        max_iterations,
-                        doc,
-                        &text,
-                        CorruptPayload::Text(text.clone()),
-                        reason,
-                    )
-                }
+                Err(e) => unreadable(format!("not a v1 state: {e}")),
             }
         }
         None | Some("v0") if !newer_annotation => match serde_json::from_value::<StateV0>(value) {
@@ -272,17 +256,7 @@ pub(crate) fn decode(task_id: &str, max_iterations: u32, stored: &StoredDocument
                 },
                 corrupt: None,
             },
-            Err(e) => {
-                let reason = format!("not a v0 state: {e}");
-                rebuilt(
-                    task_id,
-                    max_iterations,
-                    doc,
-                    &text,
-                    CorruptPayload::Text(text.clone()),
-                    reason,
-                )
-            }
+            Err(e) => unreadable(format!("not a v0 state: {e}")),
         },
         other => {
             // A version we do not know is treated as newer: reading it best-effort is

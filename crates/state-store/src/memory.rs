@@ -51,9 +51,28 @@ impl MemoryBackend {
 }
 
 impl Inner {
-    fn next_version(&mut self) -> String {
+    /// Stores `document` as `name` under a new version.
+    fn put(&mut self, name: &str, document: Document) -> StoredDocument {
         self.revision += 1;
-        self.revision.to_string()
+        let stored = StoredDocument {
+            name: name.to_owned(),
+            resource_version: self.revision.to_string(),
+            document,
+        };
+        self.objects.insert(name.to_owned(), stored.clone());
+        stored
+    }
+
+    /// The precondition of a conditional write: `name` exists at `resource_version`.
+    fn check_version(&self, name: &str, resource_version: &str) -> Result<()> {
+        let name = name.to_owned();
+        match self.objects.get(&name) {
+            None => Err(Error::NotFound { name }),
+            Some(current) if current.resource_version != resource_version => {
+                Err(Error::Conflict { name })
+            }
+            Some(_) => Ok(()),
+        }
     }
 }
 
@@ -70,13 +89,7 @@ impl StateBackend for MemoryBackend {
                 name: name.to_owned(),
             });
         }
-        let stored = StoredDocument {
-            name: name.to_owned(),
-            resource_version: inner.next_version(),
-            document,
-        };
-        inner.objects.insert(name.to_owned(), stored.clone());
-        Ok(stored)
+        Ok(inner.put(name, document))
     }
 
     async fn replace(
@@ -86,42 +99,15 @@ impl StateBackend for MemoryBackend {
         document: Document,
     ) -> Result<StoredDocument> {
         let mut inner = self.lock();
-        match inner.objects.get(name) {
-            None => {
-                return Err(Error::NotFound {
-                    name: name.to_owned(),
-                });
-            }
-            Some(current) if current.resource_version != resource_version => {
-                return Err(Error::Conflict {
-                    name: name.to_owned(),
-                });
-            }
-            Some(_) => {}
-        }
-        let stored = StoredDocument {
-            name: name.to_owned(),
-            resource_version: inner.next_version(),
-            document,
-        };
-        inner.objects.insert(name.to_owned(), stored.clone());
-        Ok(stored)
+        inner.check_version(name, resource_version)?;
+        Ok(inner.put(name, document))
     }
 
     async fn delete(&self, name: &str, resource_version: &str) -> Result<()> {
         let mut inner = self.lock();
-        match inner.objects.get(name) {
-            None => Err(Error::NotFound {
-                name: name.to_owned(),
-            }),
-            Some(current) if current.resource_version != resource_version => Err(Error::Conflict {
-                name: name.to_owned(),
-            }),
-            Some(_) => {
-                inner.objects.remove(name);
-                Ok(())
-            }
-        }
+        inner.check_version(name, resource_version)?;
+        inner.objects.remove(name);
+        Ok(())
     }
 
     async fn list(&self, labels: &BTreeMap<String, String>) -> Result<Vec<StoredDocument>> {

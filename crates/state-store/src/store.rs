@@ -953,6 +953,19 @@ mod tests {
         }
     }
 
+    /// A conditional write that succeeds, storing the document as version `rv`.
+    fn replaced_as(
+        rv: &'static str,
+    ) -> impl FnMut(&str, &str, Document) -> Result<StoredDocument> + Send + 'static {
+        move |name, _, document| {
+            Ok(StoredDocument {
+                name: name.into(),
+                resource_version: rv.into(),
+                document,
+            })
+        }
+    }
+
     fn store(mock: MockStateBackend) -> StateStore {
         StateStore::new(mock)
     }
@@ -997,13 +1010,7 @@ mod tests {
             .withf(|_, rv, doc| rv == "9" && decoded(doc).iteration == 5)
             .times(1)
             .in_sequence(&mut seq)
-            .returning(|n, _, d| {
-                Ok(StoredDocument {
-                    name: n.into(),
-                    resource_version: "10".into(),
-                    document: d,
-                })
-            });
+            .returning(replaced_as("10"));
         let store = store(mock);
         assert_eq!(store.update(TASK, bump).await.unwrap(), 5);
         assert_eq!(store.metrics().conflicts.get(), 1);
@@ -1023,13 +1030,7 @@ mod tests {
         mock.expect_replace()
             .withf(|_, rv, doc| rv == "7" && decoded(doc).iteration == 4)
             .times(1)
-            .returning(|n, _, d| {
-                Ok(StoredDocument {
-                    name: n.into(),
-                    resource_version: "8".into(),
-                    document: d,
-                })
-            });
+            .returning(replaced_as("8"));
         assert_eq!(store(mock).update(TASK, bump).await.unwrap(), 4);
     }
 
@@ -1046,11 +1047,11 @@ mod tests {
         mock.expect_create()
             .withf(|_, doc| decoded(doc).iteration == 1)
             .times(1)
-            .returning(|n, d| {
+            .returning(|name, document| {
                 Ok(StoredDocument {
-                    name: n.into(),
+                    name: name.into(),
                     resource_version: "8".into(),
-                    document: d,
+                    document,
                 })
             });
         assert_eq!(store(mock).update(TASK, bump).await.unwrap(), 1);
@@ -1092,13 +1093,7 @@ mod tests {
             .withf(|_, _, doc| decoded(doc).iteration == 3)
             .times(1)
             .in_sequence(&mut seq)
-            .returning(|n, _, d| {
-                Ok(StoredDocument {
-                    name: n.into(),
-                    resource_version: "6".into(),
-                    document: d,
-                })
-            });
+            .returning(replaced_as("6"));
         assert_eq!(store(mock).update(TASK, bump).await.unwrap(), 3);
     }
 
@@ -1212,13 +1207,7 @@ mod tests {
                 Ok(Some(stored(0, "1")))
             }
         });
-        mock.expect_replace().times(1).returning(|n, _, d| {
-            Ok(StoredDocument {
-                name: n.into(),
-                resource_version: "2".into(),
-                document: d,
-            })
-        });
+        mock.expect_replace().times(1).returning(replaced_as("2"));
         let started = Instant::now();
         assert_eq!(store(mock).update(TASK, bump).await.unwrap(), 1);
         // Two backoff delays of at least initial·(1 − jitter) each.
@@ -1241,13 +1230,7 @@ mod tests {
                 Ok(Some(stored(0, "1")))
             }
         });
-        mock.expect_replace().returning(|n, _, d| {
-            Ok(StoredDocument {
-                name: n.into(),
-                resource_version: "2".into(),
-                document: d,
-            })
-        });
+        mock.expect_replace().returning(replaced_as("2"));
         let started = Instant::now();
         store(mock).update(TASK, bump).await.unwrap();
         assert!(started.elapsed() >= Duration::from_secs(5));
@@ -1453,13 +1436,7 @@ mod tests {
                     && s.last_update > Timestamp::UNIX_EPOCH
             })
             .times(1)
-            .returning(|n, _, d| {
-                Ok(StoredDocument {
-                    name: n.into(),
-                    resource_version: "2".into(),
-                    document: d,
-                })
-            });
+            .returning(replaced_as("2"));
         store(mock)
             .update(TASK, |s| {
                 s.version = "v9".into();
@@ -1749,13 +1726,7 @@ mod tests {
         mock.expect_replace()
             .withf(|_, _, doc| decoded(doc).status == TaskStatus::MaxIterationsReached)
             .times(1)
-            .returning(|n, _, d| {
-                Ok(StoredDocument {
-                    name: n.into(),
-                    resource_version: "2".into(),
-                    document: d,
-                })
-            });
+            .returning(replaced_as("2"));
         let err = store(mock).increment_iteration(TASK).await.unwrap_err();
         assert!(matches!(err, Error::MaxIterationsReached { max: 10, .. }));
     }
