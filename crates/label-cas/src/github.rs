@@ -378,10 +378,7 @@ impl LabelBackend for GitHubLabels {
                 self.client._post(labels_path(pr), Some(&body)),
             )
             .await?;
-        if !answer.status.is_success() {
-            return Err(answer.error());
-        }
-        parse_labels(&answer.body)
+        answer.labels()
     }
 
     async fn remove(&self, pr: &PrRef, name: &str) -> Result<RemoveOutcome> {
@@ -401,10 +398,7 @@ impl LabelBackend for GitHubLabels {
         {
             return Ok(RemoveOutcome::Absent);
         }
-        if !answer.status.is_success() {
-            return Err(answer.error());
-        }
-        parse_labels(&answer.body).map(RemoveOutcome::Removed)
+        answer.labels().map(RemoveOutcome::Removed)
     }
 
     async fn replace(&self, pr: &PrRef, names: &[String]) -> Result<LabelSet> {
@@ -417,10 +411,7 @@ impl LabelBackend for GitHubLabels {
                 self.client._put(labels_path(pr), Some(&body)),
             )
             .await?;
-        if !answer.status.is_success() {
-            return Err(answer.error());
-        }
-        parse_labels(&answer.body)
+        answer.labels()
     }
 
     fn rate_limit(&self) -> Option<RateLimit> {
@@ -450,6 +441,15 @@ impl Answer {
             .and_then(|b| b.message)
             .map(|m| bounded(&m))
             .unwrap_or_default()
+    }
+
+    /// The label list of a successful answer, validated; the error of any
+    /// other.
+    fn labels(&self) -> Result<LabelSet> {
+        if !self.status.is_success() {
+            return Err(self.error());
+        }
+        parse_labels(&self.body)
     }
 
     /// The error a non-success answer means.
