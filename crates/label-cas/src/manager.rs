@@ -551,11 +551,15 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
         current: &LabelSet,
         run: &mut Run<'_>,
     ) -> Result<Step> {
-        let to_remove: Vec<&String> = transition
+        // Claimed in one global order (like locks), so that of two
+        // transitions contending for the same labels one always wins: in
+        // different orders each could take one label and both would lose.
+        let mut to_remove: Vec<&String> = transition
             .remove
             .iter()
             .filter(|n| current.contains(n))
             .collect();
+        to_remove.sort_by_cached_key(|n| n.to_lowercase());
         let mut last = None;
         for name in to_remove {
             run.check_lock()?;
@@ -1196,6 +1200,27 @@ mod tests {
             set(&["a", "c", "human"]),
             "the labels after our undo"
         );
+    }
+
+    #[tokio::test]
+    async fn removals_are_claimed_in_one_order_whatever_order_they_were_given_in() {
+        let mut mock = MockLabelBackend::new();
+        let mut seq = Sequence::new();
+        mock.expect_get()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(fetched(&["a", "B", "c"], "1")));
+        for (name, rest) in [("a", &["B", "c"][..]), ("B", &["c"]), ("c", &[])] {
+            let rest = set(rest);
+            mock.expect_remove()
+                .with(eq(pr()), eq(name))
+                .times(1)
+                .in_sequence(&mut seq)
+                .returning(move |_, _| Ok(RemoveOutcome::Removed(rest.clone())));
+        }
+        let transition = LabelTransition::new().removing(["c", "a", "B"]);
+        let outcome = manager(mock).transition(&pr(), &transition).await.unwrap();
+        assert!(outcome.final_labels.is_empty());
     }
 
     #[tokio::test]
