@@ -638,17 +638,25 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
         let mut retries = self.retries();
         loop {
             run.calls += 1;
+            // Stays set until we know what the DELETE did (through the
+            // re-read below, if its answer is lost).
             run.sending = Some(Sending::Removal(name.to_owned()));
-            let sent = self.backend.remove(pr, name).await;
-            run.sending = None;
-            let error = match sent {
-                Ok(RemoveOutcome::Removed(labels)) => return Ok(Claim::Ours(labels)),
-                Ok(RemoveOutcome::Absent) => return Ok(Claim::Lost),
+            let error = match self.backend.remove(pr, name).await {
+                Ok(RemoveOutcome::Removed(labels)) => {
+                    run.sending = None;
+                    return Ok(Claim::Ours(labels));
+                }
+                Ok(RemoveOutcome::Absent) => {
+                    run.sending = None;
+                    return Ok(Claim::Lost);
+                }
                 Err(error) => error,
             };
             if error.maybe_applied() {
                 tracing::warn!(label = name, %error, "DELETE may have been applied; re-reading instead of re-sending");
-                let now = match self.read(pr, run).await {
+                let read = self.read(pr, run).await;
+                run.sending = None;
+                let now = match read {
                     Ok(now) => now,
                     Err(read_error) => {
                         // Unknown whether it went: restoring it is the safe side.
@@ -663,6 +671,7 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
                 }
                 tracing::info!(label = name, "the DELETE did not happen; sending it again");
             }
+            run.sending = None;
             retries.wait_to_retry(error).await?;
         }
     }
@@ -741,8 +750,9 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
         }
     }
 
-    /// Sends an idempotent call, again after transient failures; `sending`
-    /// (a write) is what a drop in flight would leave unknown.
+    /// Sends an idempotent call, again after transient failures. `sending`
+    /// names a write (what a drop in flight would leave unknown); reads pass
+    /// `None` and leave whatever write is still unanswered in place.
     async fn with_retry<T, F, Fut>(
         &self,
         run: &mut Run<'_>,
@@ -754,7 +764,10 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
         Fut: std::future::Future<Output = Result<T>>,
     {
         let mut retries = self.retries();
-        run.sending = sending;
+        let writes = sending.is_some();
+        if writes {
+            run.sending = sending;
+        }
         let result = loop {
             run.calls += 1;
             match op().await {
@@ -766,7 +779,9 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
                 }
             }
         };
-        run.sending = None;
+        if writes {
+            run.sending = None;
+        }
         result
     }
 
