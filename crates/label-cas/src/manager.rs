@@ -592,7 +592,7 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
             .collect();
         if !to_add.is_empty() {
             run.check_lock()?;
-            let labels = self.add_claimed(pr, &to_add, run).await?;
+            let labels = self.add_all(pr, &to_add, run).await?;
             run.changes.record_added(&to_add);
             run.changes.observe(&labels);
             last = Some(labels);
@@ -604,12 +604,7 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
     /// idempotent). If any attempt may have landed and the call still
     /// fails, the additions are recorded as ours so the undo takes them
     /// away (a DELETE of an absent label is harmless).
-    async fn add_claimed(
-        &self,
-        pr: &PrRef,
-        names: &[String],
-        run: &mut Run<'_>,
-    ) -> Result<LabelSet> {
+    async fn add_all(&self, pr: &PrRef, names: &[String], run: &mut Run<'_>) -> Result<LabelSet> {
         let mut retries = self.retries();
         let mut maybe_applied = false;
         run.sending = Some(Sending::Additions(names.to_vec()));

@@ -107,6 +107,11 @@ impl RateLimitPolicy {
 /// A [`LabelBackend`] that respects GitHub's primary and secondary rate
 /// limits; wrap one per token (installation), since limits are per token.
 ///
+/// Mutations are serial *per value*: share one `RateLimited` (behind an
+/// [`Arc`](std::sync::Arc), which is itself a [`LabelBackend`]) between every
+/// manager that uses the same token. Two values over the same token pace
+/// independently, and so does each replica.
+///
 /// ```
 /// use std::time::Duration;
 /// use label_cas::{MemoryLabels, RateLimitPolicy, RateLimited};
