@@ -501,7 +501,10 @@ impl GuardShared {
         state.finished = true;
         self.ended.cancel();
         if self.is_lost() {
-            if self.loss.get() == Some(&LossReason::RenewDeadline) {
+            if matches!(
+                self.loss.get(),
+                Some(LossReason::RenewDeadline | LossReason::RenewalStopped)
+            ) {
                 self.clear_if_still_ours().await;
             }
             return Err(self.lost_error());
@@ -568,8 +571,9 @@ impl GuardShared {
 }
 
 impl GuardShared {
-    /// After a loss by deadline the Lease may in fact still be ours (our
-    /// renewals were lost, not refused): clear it if a fresh read proves it,
+    /// After a loss by deadline (or by the renewal task stopping) the Lease
+    /// may in fact still be ours (our renewals were lost, not refused, or
+    /// never sent): clear it if a fresh read proves it,
     /// so others need not wait for it to expire. Best effort, one try.
     async fn clear_if_still_ours(&self) {
         let backend = &self.lock.backend;

@@ -81,7 +81,11 @@ pub struct LockConfig {
     pub identity: String,
     /// Namespace of the Leases.
     pub namespace: String,
-    /// Lease names are `<prefix>-<key>` (a DNS-1123 label, ≤ 63 characters).
+    /// Lease names are `<prefix>-<key>`; the prefix is a DNS-1123 label
+    /// (≤ 63 characters). Locks sharing a namespace need prefixes of which
+    /// none is another followed by `-` (`cancel` and `cancel-task` both name
+    /// `cancel-task-1`): a Lease labelled with another lock's prefix is
+    /// refused with [`Error::InvalidLease`].
     pub prefix: String,
     /// How long a holder's claim lasts without renewal, written to
     /// `leaseDurationSeconds` (rounded up to whole seconds). Default 30 s.
@@ -691,6 +695,7 @@ impl<'a> Acquisition<'a> {
             View::Unknown | View::Absent => self.create().await,
             View::Stale => self.refresh().await,
             View::Present(observation) => {
+                self.check_owner(&observation.lease)?;
                 if observation.holder() == Some(self.holder.as_str()) {
                     // One of our acquiring writes landed although its answer
                     // was lost: the holder identity is unique to this
@@ -706,6 +711,28 @@ impl<'a> Acquisition<'a> {
                     Judgment::Held { until } => Ok(Step::Wait { until: Some(until) }),
                 }
             }
+        }
+    }
+
+    /// Refuses a Lease labelled as another lock's: `cancel` + `task-1` and
+    /// `cancel-task` + `1` name the same Lease, and two locks must not share
+    /// one silently (nor overwrite each other's prefix label).
+    fn check_owner(&self, lease: &Lease) -> Result<(), Error> {
+        let prefix = &self.inner().config.prefix;
+        match lease
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LOCK_PREFIX_LABEL))
+        {
+            Some(owner) if owner != prefix => Err(Error::InvalidLease {
+                name: self.name.clone(),
+                reason: format!(
+                    "it belongs to the lock with prefix {owner:?}, not {prefix:?}; \
+                     give one of the two locks a prefix that is not the other's followed by '-'"
+                ),
+            }),
+            _ => Ok(()),
         }
     }
 

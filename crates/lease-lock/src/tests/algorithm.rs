@@ -1006,3 +1006,98 @@ async fn a_watch_that_ends_right_behind_an_event_is_never_polled_again() {
 
     assert!(matches!(result, Err(Error::Timeout { .. })), "{result:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_of_another_lock_whose_name_collides_is_refused_not_shared() {
+    let memory = MemoryLeases::new();
+    let with_prefix = |prefix: &str| {
+        LeaseLock::new(
+            memory.clone(),
+            crate::LockConfig {
+                prefix: prefix.into(),
+                ..config("pod-a")
+            },
+        )
+        .unwrap()
+    };
+    let (cancel, cancel_task) = (with_prefix("cancel"), with_prefix("cancel-task"));
+    // "cancel" + "task-1" and "cancel-task" + "1" both name `cancel-task-1`.
+    let held = cancel
+        .acquire("task-1", AcquireOptions::new())
+        .await
+        .unwrap();
+
+    let err = cancel_task
+        .acquire("1", AcquireOptions::new())
+        .await
+        .unwrap_err();
+
+    assert!(
+        matches!(&err, Error::InvalidLease { reason, .. } if reason.contains("\"cancel\"")),
+        "{err}"
+    );
+    held.release().await.unwrap();
+    assert!(
+        matches!(
+            cancel_task.try_acquire("1").await,
+            Err(Error::InvalidLease { .. })
+        ),
+        "released or not, it is the other lock's Lease"
+    );
+}
+
+/// A backend whose first replace panics (a bug in a backend or a layer).
+#[derive(Clone)]
+struct FirstReplacePanics(MemoryLeases, std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+#[async_trait::async_trait]
+impl LeaseBackend for FirstReplacePanics {
+    async fn get(&self, ns: &str, name: &str) -> Result<Option<crate::Lease>, Error> {
+        self.0.get(ns, name).await
+    }
+    async fn create(&self, ns: &str, lease: &crate::Lease) -> Result<crate::Lease, Error> {
+        self.0.create(ns, lease).await
+    }
+    async fn replace(&self, ns: &str, lease: &crate::Lease) -> Result<crate::Lease, Error> {
+        if !self.1.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            panic!("injected: the renewal task dies");
+        }
+        self.0.replace(ns, lease).await
+    }
+    async fn delete(&self, ns: &str, name: &str, uid: &str, rv: &str) -> Result<(), Error> {
+        self.0.delete(ns, name, uid, rv).await
+    }
+    async fn list(&self, ns: &str, selector: &str) -> Result<Vec<crate::Lease>, Error> {
+        self.0.list(ns, selector).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn releasing_a_guard_whose_renewal_task_died_clears_the_lease_if_still_ours() {
+    let memory = MemoryLeases::new();
+    let lock = lock_on(
+        FirstReplacePanics(memory.clone(), Default::default()),
+        "pod-a",
+    );
+    let guard = lock.acquire("k", AcquireOptions::new()).await.unwrap();
+    let lost = guard.lost().await;
+    assert!(
+        matches!(
+            lost,
+            Error::Lost {
+                reason: LossReason::RenewalStopped,
+                ..
+            }
+        ),
+        "{lost}"
+    );
+
+    assert!(matches!(guard.release().await, Err(Error::Lost { .. })));
+
+    let lease = memory.get(NS, "lock-k").await.unwrap().unwrap();
+    assert_eq!(
+        holder(&lease),
+        None,
+        "the Lease, still ours, is cleared for the next holder"
+    );
+}
