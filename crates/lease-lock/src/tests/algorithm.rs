@@ -623,8 +623,8 @@ async fn a_hanging_renewal_reports_the_loss_exactly_at_the_deadline() {
     );
 }
 
-#[test]
-fn acquisition_release_and_lost_futures_can_be_spawned() {
+#[tokio::test(start_paused = true)]
+async fn acquisition_release_and_lost_futures_can_be_spawned() {
     fn assert_send<T: Send>(_: &T) {}
     let lock = lock_on(MemoryLeases::new(), "pod-a");
     let acquire = lock.acquire("k", AcquireOptions::new());
@@ -633,6 +633,13 @@ fn acquisition_release_and_lost_futures_can_be_spawned() {
     assert_send(&try_acquire);
     let gc = lock.collect_garbage();
     assert_send(&gc);
+    let guard = acquire.await.unwrap();
+    let lost = guard.lost();
+    assert_send(&lost);
+    drop(lost);
+    let release = guard.release();
+    assert_send(&release);
+    release.await.unwrap();
 }
 
 #[tokio::test(start_paused = true)]

@@ -704,3 +704,29 @@ async fn a_failed_acquisition_never_releases_a_lease_it_does_not_hold() {
     assert!(lock.try_acquire("k").await.is_err());
     super::settle().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_server_asking_for_a_pause_gets_it_before_the_retry() {
+    let mut m = mock();
+    m.expect_create()
+        .times(2)
+        .returning(fail_first(1, || Error::Api {
+            status: 429,
+            reason: "TooManyRequests".into(),
+            message: "injected".into(),
+            retry_after: Some(Duration::from_secs(3)),
+        }));
+    m.expect_replace().returning(|_, l| Ok(written(l)));
+    let lock = lock_on(m);
+    let started = Instant::now();
+
+    lock.acquire("k", AcquireOptions::new().timeout(Duration::from_secs(10)))
+        .await
+        .unwrap();
+
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "retried after {:?}, before the server's Retry-After",
+        started.elapsed()
+    );
+}
