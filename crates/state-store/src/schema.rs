@@ -33,7 +33,13 @@ pub const MAX_DROPPED_IDS_LISTED: usize = 100;
 /// Most retired Lease uids remembered for fencing.
 pub const MAX_RETIRED_LEASE_UIDS: usize = 8;
 /// Most write ids remembered to settle writes that failed in transit.
-pub const MAX_APPLIED_WRITES: usize = 64;
+///
+/// A writer judges its lost write after one backoff delay (at most 1 s by
+/// default); 256 covers that many writes to one task in between — more than
+/// one key sees even under full contention (each write is a GET and a PUT) —
+/// for ~5 KiB in a document written that often. Past it, the writer reports
+/// `OutcomeUnknown` rather than guess.
+pub const MAX_APPLIED_WRITES: usize = 256;
 
 /// Lifecycle status of a task.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -379,7 +385,9 @@ impl RemediationState {
     /// Appends a step to the active operation `operation_id`.
     ///
     /// Recording the same step and status as the latest one again is a no-op,
-    /// so a retried step does not grow the journal.
+    /// so a retried step does not grow the journal. A step is never recorded
+    /// before the previous one: a writer whose clock runs behind the last
+    /// writer's records the previous step's time instead of failing.
     pub fn advance_operation(
         &mut self,
         operation_id: &str,
@@ -408,10 +416,12 @@ impl RemediationState {
             truncate_utf8(&mut d, MAX_DETAIL_BYTES);
             d
         });
+        // Replicas' wall clocks differ; the journal's order must not.
+        let at = journal.current().map_or(now, |last| last.at.max(now));
         journal.steps.push(JournalStep {
             step,
             status,
-            at: now,
+            at,
             detail,
         });
         Ok(())
@@ -911,6 +921,26 @@ mod tests {
         assert!(s.finish_operation("op1", None).unwrap());
         assert!(!s.finish_operation("op1", None).unwrap());
         assert!(s.active_operation.is_none());
+    }
+
+    #[test]
+    fn a_step_recorded_by_a_writer_whose_clock_runs_behind_keeps_the_journal_in_order() {
+        use crate::journal::OperationKind;
+        let mut s = RemediationState::new("t", Timestamp::UNIX_EPOCH);
+        let ahead = ts("2026-01-01T00:00:10Z");
+        s.begin_operation(OperationJournal::begin(
+            "op1",
+            OperationKind::Cancellation,
+            "pod-a/1",
+            ahead,
+        ))
+        .unwrap();
+        let behind = ts("2026-01-01T00:00:09Z");
+        s.advance_operation("op1", Step::Cancelled, StepStatus::Succeeded, None, behind)
+            .unwrap();
+        let steps = &s.active_operation.as_ref().unwrap().steps;
+        assert_eq!(steps[1].at, ahead);
+        s.validate("t", 10).unwrap();
     }
 
     #[test]

@@ -678,6 +678,10 @@ impl StateStore {
                         metrics.conflicts.inc();
                         metrics.retry("conflict");
                         last_error = Some(e);
+                        // The version moved: perhaps by an earlier write of ours whose
+                        // answer was lost. Judge it now, while the write log still
+                        // reaches back to it; back off only when nothing is in doubt.
+                        pause = doubts.is_empty();
                     }
                     Err(e @ (Error::AlreadyExists { .. } | Error::NotFound { .. })) => {
                         // Created or deleted by someone else since our read: read again now.
@@ -694,9 +698,6 @@ impl StateStore {
                             predecessor: before.applied_writes().last().cloned(),
                             value,
                         });
-                        // Judge it at once, unless the server asked for a pause: the
-                        // write log only reaches back MAX_APPLIED_WRITES writes.
-                        pause = e.retry_after().is_some();
                         last_error = Some(e);
                     }
                     Err(e) if e.is_transient() => {
@@ -1294,6 +1295,75 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, Error::OutcomeUnknown { attempts: 2, .. }));
         assert!(!err.is_transient());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_conflict_while_a_write_is_in_doubt_is_judged_without_waiting() {
+        let mut mock = MockStateBackend::new();
+        let reads = Arc::new(Mutex::new(Vec::new()));
+        let r = reads.clone();
+        mock.expect_get().times(3).returning(move |_| {
+            let mut reads = r.lock().unwrap();
+            reads.push(Instant::now());
+            Ok(Some(if reads.len() < 3 {
+                stored(2, "5")
+            } else {
+                stored(3, "6")
+            }))
+        });
+        let conflicted_at = Arc::new(Mutex::new(None));
+        let c = conflicted_at.clone();
+        let mut seq = mockall::Sequence::new();
+        mock.expect_replace()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _, _| Err(api(500)));
+        mock.expect_replace()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(move |n, _, _| {
+                *c.lock().unwrap() = Some(Instant::now());
+                Err(Error::Conflict { name: n.into() })
+            });
+        mock.expect_replace()
+            .withf(|_, rv, doc| rv == "6" && decoded(doc).iteration == 4)
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(replaced_as("7"));
+        assert_eq!(store(mock).update(TASK, bump).await.unwrap(), 4);
+        let reads = reads.lock().unwrap();
+        assert!(reads[1] > reads[0], "the 500 was followed by a backoff");
+        assert_eq!(
+            Some(reads[2]),
+            *conflicted_at.lock().unwrap(),
+            "the conflict was judged at once"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_failing_with_5xx_are_retried_with_backoff_not_at_once() {
+        let mut mock = MockStateBackend::new();
+        mock.expect_get().returning(|_| Ok(Some(stored(0, "1"))));
+        mock.expect_replace()
+            .times(4)
+            .returning(|_, _, _| Err(api(500)));
+        let config = StoreConfig {
+            max_attempts: 4,
+            ..StoreConfig::default()
+        };
+        let floor = config.backoff.initial.mul_f64(1.0 - config.backoff.jitter);
+        let started = Instant::now();
+        let err = StateStore::with_config(mock, config)
+            .update(TASK, bump)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::OutcomeUnknown { .. }), "{err}");
+        // Three pauses between four attempts, growing from initial·(1 − jitter).
+        assert!(
+            started.elapsed() >= floor * (1 + 2 + 4),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test(start_paused = true)]
