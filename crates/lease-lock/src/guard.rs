@@ -348,28 +348,18 @@ impl GuardShared {
 
     /// Whether `lease` is still the one this guard acquired and holds.
     pub(crate) fn is_ours(&self, lease: &Lease) -> bool {
-        lease.metadata.uid.as_deref() == Some(self.token.lease_uid.as_str())
+        self.is_our_object(lease)
             && holder_of(lease) == Some(self.holder.as_str())
-            && lease
-                .spec
-                .as_ref()
-                .and_then(|s| s.lease_transitions)
-                .and_then(|t| u64::try_from(t).ok())
-                == Some(self.token.transitions)
+            && transitions_of(lease) == Some(self.token.transitions)
     }
 
     /// Whether `lease` is this guard's Lease released with this guard's
     /// transitions: only this guard's own release produces that state (any
     /// other acquisition increments the transitions).
     fn is_released_by_us(&self, lease: &Lease) -> bool {
-        lease.metadata.uid.as_deref() == Some(self.token.lease_uid.as_str())
+        self.is_our_object(lease)
             && holder_of(lease).is_none()
-            && lease
-                .spec
-                .as_ref()
-                .and_then(|s| s.lease_transitions)
-                .and_then(|t| u64::try_from(t).ok())
-                == Some(self.token.transitions)
+            && transitions_of(lease) == Some(self.token.transitions)
     }
 
     /// Whether `lease`, acquired by someone after us, can only have been
@@ -377,14 +367,14 @@ impl GuardShared {
     /// after our guarantee ran out, so while it still holds (checked after
     /// the read that returned `lease`), the Lease was free because we freed it.
     fn was_acquired_after_our_release(&self, lease: &Lease) -> bool {
-        lease.metadata.uid.as_deref() == Some(self.token.lease_uid.as_str())
-            && lease
-                .spec
-                .as_ref()
-                .and_then(|s| s.lease_transitions)
-                .and_then(|t| u64::try_from(t).ok())
-                .is_some_and(|t| t > self.token.transitions)
+        self.is_our_object(lease)
+            && transitions_of(lease).is_some_and(|t| t > self.token.transitions)
             && Instant::now() < self.valid_until()
+    }
+
+    /// Whether `lease` is the Lease object this guard acquired (same uid).
+    fn is_our_object(&self, lease: &Lease) -> bool {
+        lease.metadata.uid.as_deref() == Some(self.token.lease_uid.as_str())
     }
 
     pub(crate) fn mark_lost(&self, reason: &LossReason) {
@@ -643,15 +633,20 @@ fn fencing_token_of(lease: &Lease, name: &str) -> Result<FencingToken, Error> {
         .clone()
         .filter(|u| !u.is_empty())
         .ok_or_else(|| invalid("the acquired lease has no uid"))?;
-    let transitions = lease
-        .spec
-        .as_ref()
-        .and_then(|s| s.lease_transitions)
-        .and_then(|t| u64::try_from(t).ok())
+    let transitions = transitions_of(lease)
         .ok_or_else(|| invalid("the acquired lease has no valid leaseTransitions"))?;
     Ok(FencingToken {
         lease_uid,
         transitions,
         lease_created: lease.metadata.creation_timestamp.as_ref().map(|t| t.0),
     })
+}
+
+/// `spec.leaseTransitions`, when present and not negative.
+fn transitions_of(lease: &Lease) -> Option<u64> {
+    lease
+        .spec
+        .as_ref()?
+        .lease_transitions
+        .and_then(|t| u64::try_from(t).ok())
 }

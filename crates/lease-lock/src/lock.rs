@@ -542,6 +542,42 @@ enum View {
     Present(Observation),
 }
 
+impl Mode {
+    /// The deadline and cancellation that bound a waiting acquisition.
+    fn limits(&self) -> Option<(Instant, &CancellationToken)> {
+        match self {
+            Self::Try => None,
+            Self::Wait {
+                deadline, cancel, ..
+            } => Some((*deadline, cancel)),
+        }
+    }
+}
+
+/// Why a bounded call was cut short.
+#[derive(Clone, Copy)]
+enum Interrupted {
+    Cancelled,
+    TimedOut,
+}
+
+/// Runs one call of an acquisition within its `limits` (a `try_acquire`
+/// has none: it waits for the answer).
+async fn bounded<T>(
+    limits: Option<(Instant, &CancellationToken)>,
+    call: impl Future<Output = T>,
+) -> Result<T, Interrupted> {
+    let Some((deadline, cancel)) = limits else {
+        return Ok(call.await);
+    };
+    tokio::select! {
+        biased;
+        () = cancel.cancelled() => Err(Interrupted::Cancelled),
+        () = tokio::time::sleep_until(deadline) => Err(Interrupted::TimedOut),
+        out = call => Ok(out),
+    }
+}
+
 /// The outcome of acting once on the current view.
 enum Step {
     Acquired {
@@ -790,18 +826,9 @@ impl<'a> Acquisition<'a> {
     async fn refresh(&mut self) -> Result<Step, Error> {
         let backend = Arc::clone(&self.inner().backend);
         let namespace = self.inner().config.namespace.clone();
-        let read = backend.get(&namespace, &self.name);
-        let read = match &self.mode {
-            Mode::Try => read.await,
-            Mode::Wait {
-                deadline, cancel, ..
-            } => tokio::select! {
-                biased;
-                () = cancel.cancelled() => return Err(self.cancelled()),
-                () = tokio::time::sleep_until(*deadline) => return Err(self.timed_out()),
-                read = read => read,
-            },
-        };
+        let read = bounded(self.mode.limits(), backend.get(&namespace, &self.name))
+            .await
+            .map_err(|i| self.interrupted(i))?;
         Ok(match read {
             Ok(Some(lease)) => Step::Again(View::Present(self.inner().observe(&self.name, lease))),
             Ok(None) => {
@@ -837,17 +864,9 @@ impl<'a> Acquisition<'a> {
                 Err(Err(_)) => {}
             }
         });
-        let result = match &self.mode {
-            Mode::Try => rx.await,
-            Mode::Wait {
-                deadline, cancel, ..
-            } => tokio::select! {
-                biased;
-                () = cancel.cancelled() => return Err(self.cancelled()),
-                () = tokio::time::sleep_until(*deadline) => return Err(self.timed_out()),
-                result = rx => result,
-            },
-        };
+        let result = bounded(self.mode.limits(), rx)
+            .await
+            .map_err(|i| self.interrupted(i))?;
         if let Ok(Err(e)) = &result
             && may_have_landed(e)
         {
@@ -884,16 +903,9 @@ impl<'a> Acquisition<'a> {
             if !holding.is_empty() {
                 // Its reads and writes are bounded like every other call of
                 // the acquisition: by the deadline and the cancellation.
-                let checked = tokio::select! {
-                    biased;
-                    () = cancel.cancelled() => None,
-                    () = tokio::time::sleep_until(deadline) => None,
-                    checked = self.check_deadlock(&holding) => Some(checked),
-                };
-                match checked {
-                    Some(checked) => checked?,
-                    None => return Err(self.deadline_or_cancelled(&cancel)),
-                }
+                bounded(Some((deadline, &cancel)), self.check_deadlock(&holding))
+                    .await
+                    .map_err(|i| self.interrupted(i))??;
             }
         }
         let delay = self
@@ -1076,12 +1088,10 @@ impl<'a> Acquisition<'a> {
         Ok(())
     }
 
-    /// The error for a wait cut short by the deadline or by `cancel`.
-    fn deadline_or_cancelled(&self, cancel: &CancellationToken) -> Error {
-        if cancel.is_cancelled() {
-            self.cancelled()
-        } else {
-            self.timed_out()
+    fn interrupted(&self, interrupted: Interrupted) -> Error {
+        match interrupted {
+            Interrupted::Cancelled => self.cancelled(),
+            Interrupted::TimedOut => self.timed_out(),
         }
     }
 

@@ -798,10 +798,9 @@ async fn a_stuck_wait_for_walk_does_not_outlive_the_acquire_timeout() {
         .create(NS, &waiting_lease("lock-y", "pod-b/1", "lock-z"))
         .await
         .unwrap();
-    let backend = super::Stalling {
-        inner: memory.clone(),
+    let backend = super::Faulty {
         stalled_gets: vec!["lock-z".into()],
-        stall_annotation_writes: false,
+        ..super::Faulty::new(memory.clone())
     };
     let lock = lock_on(backend, "pod-a");
     let x = lock.acquire("x", AcquireOptions::new()).await.unwrap();
@@ -828,10 +827,9 @@ async fn a_wait_for_edge_whose_write_was_cut_short_is_not_left_behind() {
         )
         .await
         .unwrap();
-    let backend = super::Stalling {
-        inner: memory.clone(),
-        stalled_gets: vec![],
+    let backend = super::Faulty {
         stall_annotation_writes: true,
+        ..super::Faulty::new(memory.clone())
     };
     let lock = lock_on(backend, "pod-a");
     let x = lock.acquire("x", AcquireOptions::new()).await.unwrap();
@@ -963,46 +961,17 @@ fn fencing_tokens_of_lease_objects_created_in_the_same_second_are_incomparable()
     assert_eq!(token("d", 9, None).partial_cmp(&a5), None);
 }
 
-/// A backend whose watch streams report one event and then end, and (like
-/// many streams) must not be polled once they ended.
-#[derive(Clone)]
-struct OneEventWatch(MemoryLeases);
-
-#[async_trait::async_trait]
-impl LeaseBackend for OneEventWatch {
-    async fn get(&self, ns: &str, name: &str) -> Result<Option<crate::Lease>, Error> {
-        self.0.get(ns, name).await
-    }
-    async fn create(&self, ns: &str, lease: &crate::Lease) -> Result<crate::Lease, Error> {
-        self.0.create(ns, lease).await
-    }
-    async fn replace(&self, ns: &str, lease: &crate::Lease) -> Result<crate::Lease, Error> {
-        self.0.replace(ns, lease).await
-    }
-    async fn delete(&self, ns: &str, name: &str, uid: &str, rv: &str) -> Result<(), Error> {
-        self.0.delete(ns, name, uid, rv).await
-    }
-    async fn list(&self, ns: &str, selector: &str) -> Result<Vec<crate::Lease>, Error> {
-        self.0.list(ns, selector).await
-    }
-    fn watch(
-        &self,
-        ns: &str,
-        name: &str,
-        since: Option<String>,
-    ) -> futures::stream::BoxStream<'static, Result<crate::LeaseEvent, Error>> {
-        use futures::StreamExt;
-        let one = self.0.watch(ns, name, since).take(1);
-        // `unfold` panics if polled after it returned `None`.
-        futures::stream::unfold(one, |mut s| async move { s.next().await.map(|e| (e, s)) }).boxed()
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_watch_that_ends_right_behind_an_event_is_never_polled_again() {
     let memory = MemoryLeases::new();
     let a = lock_on(memory.clone(), "pod-a");
-    let b = lock_on(OneEventWatch(memory.clone()), "pod-b");
+    let b = lock_on(
+        super::Faulty {
+            one_event_watches: true,
+            ..super::Faulty::new(memory.clone())
+        },
+        "pod-b",
+    );
     let _held = a.acquire("k", AcquireOptions::new()).await.unwrap();
 
     // The holder's renewal at 10 s is the watch's one event; the waiter
@@ -1053,37 +1022,14 @@ async fn a_lease_of_another_lock_whose_name_collides_is_refused_not_shared() {
     );
 }
 
-/// A backend whose first replace panics (a bug in a backend or a layer).
-#[derive(Clone)]
-struct FirstReplacePanics(MemoryLeases, std::sync::Arc<std::sync::atomic::AtomicBool>);
-
-#[async_trait::async_trait]
-impl LeaseBackend for FirstReplacePanics {
-    async fn get(&self, ns: &str, name: &str) -> Result<Option<crate::Lease>, Error> {
-        self.0.get(ns, name).await
-    }
-    async fn create(&self, ns: &str, lease: &crate::Lease) -> Result<crate::Lease, Error> {
-        self.0.create(ns, lease).await
-    }
-    async fn replace(&self, ns: &str, lease: &crate::Lease) -> Result<crate::Lease, Error> {
-        if !self.1.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            panic!("injected: the renewal task dies");
-        }
-        self.0.replace(ns, lease).await
-    }
-    async fn delete(&self, ns: &str, name: &str, uid: &str, rv: &str) -> Result<(), Error> {
-        self.0.delete(ns, name, uid, rv).await
-    }
-    async fn list(&self, ns: &str, selector: &str) -> Result<Vec<crate::Lease>, Error> {
-        self.0.list(ns, selector).await
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn releasing_a_guard_whose_renewal_task_died_clears_the_lease_if_still_ours() {
     let memory = MemoryLeases::new();
     let lock = lock_on(
-        FirstReplacePanics(memory.clone(), Default::default()),
+        super::Faulty {
+            panic_on_first_replace: true,
+            ..super::Faulty::new(memory.clone())
+        },
         "pod-a",
     );
     let guard = lock.acquire("k", AcquireOptions::new()).await.unwrap();

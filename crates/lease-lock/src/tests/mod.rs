@@ -199,18 +199,37 @@ pub(crate) async fn settle() {
     }
 }
 
-/// Wraps a backend: GETs of the named Leases, and replaces that write the
-/// waiting-for annotation, never answer (a request stuck on a dead
-/// connection).
+/// Wraps a backend with the faults a test switches on.
 #[derive(Clone)]
-pub(crate) struct Stalling<B> {
+pub(crate) struct Faulty<B> {
     pub(crate) inner: B,
+    /// GETs of these Leases never answer (a request stuck on a dead connection).
     pub(crate) stalled_gets: Vec<String>,
+    /// Replaces that write the waiting-for annotation never answer.
     pub(crate) stall_annotation_writes: bool,
+    /// The first replace panics (a bug in a backend or a layer).
+    pub(crate) panic_on_first_replace: bool,
+    /// Watches report one event and end, and (like `futures::stream::unfold`)
+    /// panic if polled after they ended.
+    pub(crate) one_event_watches: bool,
+    replaced: Arc<AtomicU64>,
+}
+
+impl<B> Faulty<B> {
+    pub(crate) fn new(inner: B) -> Self {
+        Self {
+            inner,
+            stalled_gets: Vec::new(),
+            stall_annotation_writes: false,
+            panic_on_first_replace: false,
+            one_event_watches: false,
+            replaced: Arc::default(),
+        }
+    }
 }
 
 #[async_trait]
-impl<B: LeaseBackend + Clone> LeaseBackend for Stalling<B> {
+impl<B: LeaseBackend + Clone> LeaseBackend for Faulty<B> {
     async fn get(&self, namespace: &str, name: &str) -> Result<Option<Lease>, Error> {
         if self.stalled_gets.iter().any(|n| n == name) {
             std::future::pending::<()>().await;
@@ -221,6 +240,11 @@ impl<B: LeaseBackend + Clone> LeaseBackend for Stalling<B> {
         self.inner.create(namespace, lease).await
     }
     async fn replace(&self, namespace: &str, lease: &Lease) -> Result<Lease, Error> {
+        let first = self.replaced.fetch_add(1, Ordering::SeqCst) == 0;
+        assert!(
+            !(first && self.panic_on_first_replace),
+            "injected: the first replace panics"
+        );
         let annotated = lease
             .metadata
             .annotations
@@ -249,6 +273,14 @@ impl<B: LeaseBackend + Clone> LeaseBackend for Stalling<B> {
         name: &str,
         since: Option<String>,
     ) -> BoxStream<'static, Result<LeaseEvent, Error>> {
-        self.inner.watch(namespace, name, since)
+        use futures::StreamExt;
+        let events = self.inner.watch(namespace, name, since);
+        if !self.one_event_watches {
+            return events;
+        }
+        futures::stream::unfold(events.take(1), |mut s| async move {
+            s.next().await.map(|e| (e, s))
+        })
+        .boxed()
     }
 }
