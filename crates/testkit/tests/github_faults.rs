@@ -3,7 +3,6 @@
 //! counters per (verb, resource, outcome).
 
 #![cfg(feature = "github")]
-
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Duration;

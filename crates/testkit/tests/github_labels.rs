@@ -3,7 +3,6 @@
 //! names, and changes made "from outside" by a human.
 
 #![cfg(feature = "github")]
-
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use octocrab::models::Label;

@@ -3,7 +3,6 @@
 //! 304s (which cost nothing), and 401 without a valid token.
 
 #![cfg(feature = "github")]
-
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Duration;

@@ -2,7 +2,6 @@
 //! endpoint, deserialized into octocrab's own models.
 
 #![cfg(feature = "github")]
-
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use base64::Engine as _;
