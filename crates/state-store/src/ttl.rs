@@ -112,7 +112,8 @@ impl StateStore {
 }
 
 /// Runs [`StateStore::cleanup_expired`] every `policy.interval` until
-/// `cancel` fires. A failed pass is logged and retried at the next interval.
+/// `cancel` fires, which also stops a pass in progress. A failed pass is
+/// logged and retried at the next interval.
 pub fn spawn_ttl_cleanup(
     store: StateStore,
     policy: TtlPolicy,
@@ -127,7 +128,14 @@ pub fn spawn_ttl_cleanup(
                 () = cancel.cancelled() => return,
                 _ = ticker.tick() => {}
             }
-            match store.cleanup_expired(policy.ttl).await {
+            // A pass stopped half-way leaves nothing half-done (each delete is
+            // conditional and stands alone), so shutdown need not wait for it.
+            let result = tokio::select! {
+                biased;
+                () = cancel.cancelled() => return,
+                result = store.cleanup_expired(policy.ttl) => result,
+            };
+            match result {
                 Ok(report) => info!(?report, "TTL cleanup pass done"),
                 Err(e) => warn!(error = %e, "TTL cleanup pass failed; retrying next interval"),
             }

@@ -233,3 +233,42 @@ async fn a_state_touched_between_list_and_delete_is_kept() {
     let kept = store.get("touched").await.unwrap().unwrap();
     assert_eq!(kept.state.metadata["touched"], "yes");
 }
+
+/// A backend whose LIST never answers.
+struct ListHangs(MemoryBackend);
+
+#[async_trait]
+impl StateBackend for ListHangs {
+    async fn get(&self, name: &str) -> Result<Option<StoredDocument>, Error> {
+        self.0.get(name).await
+    }
+    async fn create(&self, name: &str, document: Document) -> Result<StoredDocument, Error> {
+        self.0.create(name, document).await
+    }
+    async fn replace(
+        &self,
+        name: &str,
+        resource_version: &str,
+        document: Document,
+    ) -> Result<StoredDocument, Error> {
+        self.0.replace(name, resource_version, document).await
+    }
+    async fn delete(&self, name: &str, resource_version: &str) -> Result<(), Error> {
+        self.0.delete(name, resource_version).await
+    }
+    async fn list(&self, _: &BTreeMap<String, String>) -> Result<Vec<StoredDocument>, Error> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelling_the_cleanup_stops_a_pass_in_progress() {
+    let store = StateStore::new(ListHangs(MemoryBackend::new()));
+    let cancel = CancellationToken::new();
+    let cleanup = spawn_ttl_cleanup(store, TtlPolicy::default(), cancel.clone());
+    settle().await; // the first pass is now waiting on its LIST
+    let started = tokio::time::Instant::now();
+    cancel.cancel();
+    cleanup.await.unwrap();
+    assert_eq!(started.elapsed(), Duration::ZERO);
+}
