@@ -341,8 +341,11 @@ async fn server_side_apply_creates_when_absent_and_merges_when_present() {
     assert!(created.uid().is_some());
     assert_eq!(created.data.as_ref().unwrap()["a"], "1");
 
+    // Another field manager's apply merges with what the first one owns (the
+    // same manager dropping `a` would remove it: see kube_apply.rs).
     let again = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c1"}, "data": {"b": "2"}});
-    let merged = cms.patch("c1", &pp, &Patch::Apply(&again)).await.unwrap();
+    let other = PatchParams::apply("testkit-other").force();
+    let merged = cms.patch("c1", &other, &Patch::Apply(&again)).await.unwrap();
     assert_eq!(merged.uid(), created.uid());
     let data = merged.data.unwrap();
     assert_eq!((data["a"].as_str(), data["b"].as_str()), ("1", "2"));
