@@ -345,7 +345,10 @@ async fn server_side_apply_creates_when_absent_and_merges_when_present() {
     // same manager dropping `a` would remove it: see kube_apply.rs).
     let again = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c1"}, "data": {"b": "2"}});
     let other = PatchParams::apply("testkit-other").force();
-    let merged = cms.patch("c1", &other, &Patch::Apply(&again)).await.unwrap();
+    let merged = cms
+        .patch("c1", &other, &Patch::Apply(&again))
+        .await
+        .unwrap();
     assert_eq!(merged.uid(), created.uid());
     let data = merged.data.unwrap();
     assert_eq!((data["a"].as_str(), data["b"].as_str()), ("1", "2"));
