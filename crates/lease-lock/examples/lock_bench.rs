@@ -61,7 +61,7 @@ const THROUGHPUT_CONTENDERS: usize = 20;
 /// The throughput phase stops here even if acquisitions remain (the slowest
 /// peer needs tens of seconds for all 2 000); the rate is completions over the
 /// time actually spent, so a cut-off run is not flattered.
-const THROUGHPUT_WINDOW: Duration = Duration::from_secs(10);
+const THROUGHPUT_WINDOW: Duration = Duration::from_secs(6);
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Impl {
@@ -84,8 +84,8 @@ impl Impl {
     fn handoff_budget(self) -> (usize, Duration) {
         match self {
             Self::LeaseLock => (400, Duration::from_secs(10)),
-            Self::SeedBaseline => (150, Duration::from_secs(10)),
-            Self::KubeLeaseManager => (40, Duration::from_secs(15)),
+            Self::SeedBaseline => (150, Duration::from_secs(6)),
+            Self::KubeLeaseManager => (40, Duration::from_secs(10)),
         }
     }
 
