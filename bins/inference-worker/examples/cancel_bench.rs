@@ -73,6 +73,7 @@ async fn main() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     worker.spawn(listener);
+    resilience::tls::ensure_crypto_provider();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(jobs + concurrency)
         .build()

@@ -572,6 +572,7 @@ async fn the_binary_ends_open_streams_on_sigterm_and_exits_0_within_the_drain_ti
     // Keep draining the log pipe so the worker never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
+    resilience::tls::ensure_crypto_provider();
     let http = reqwest::Client::new();
     let response = http
         .post(format!("http://{addr}/execute"))
@@ -623,6 +624,7 @@ impl TestWorker {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         worker.spawn(listener);
+        resilience::tls::ensure_crypto_provider();
         Self {
             addr,
             worker,

@@ -175,6 +175,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .with_graceful_shutdown(stop_server.clone().cancelled_owned())
             .into_future(),
     );
+    resilience::tls::ensure_crypto_provider();
     let response = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(2))

@@ -11,6 +11,8 @@ pub mod shutdown;
 #[cfg(feature = "sse")]
 pub mod sse;
 pub mod terminate;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use backoff::{Backoff, BackoffPolicy};
 pub use breaker::{

@@ -313,6 +313,7 @@ impl SseClient {
     /// connection pooling (a stream holds its connection for hours) and TCP
     /// keepalive, so a peer that vanished is noticed by the kernel too.
     pub fn new(url: &str, policy: SsePolicy) -> Result<Self, Error> {
+        crate::tls::ensure_crypto_provider();
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(0)
             .tcp_keepalive(Duration::from_secs(30))

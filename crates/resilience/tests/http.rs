@@ -34,6 +34,7 @@ impl Server {
                 .await
                 .unwrap();
         });
+        resilience::tls::ensure_crypto_provider();
         let client = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(10))

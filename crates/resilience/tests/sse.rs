@@ -231,6 +231,7 @@ fn fast_policy() -> SsePolicy {
 }
 
 fn client(url: &str, policy: SsePolicy) -> SseClient {
+    resilience::tls::ensure_crypto_provider();
     let http = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(0)

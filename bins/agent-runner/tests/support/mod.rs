@@ -240,6 +240,7 @@ pub async fn eventually<F: FnMut() -> bool>(what: &str, mut check: F) {
 
 /// An HTTP client that ignores proxy settings.
 pub fn http() -> reqwest::Client {
+    resilience::tls::ensure_crypto_provider();
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(10))

@@ -42,6 +42,7 @@ impl OpenAiUpstream {
         model: impl Into<String>,
         api_key: Option<SecretString>,
     ) -> Result<Self, SourceError> {
+        resilience::tls::ensure_crypto_provider();
         let client = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)

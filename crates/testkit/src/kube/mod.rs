@@ -475,17 +475,17 @@ impl Drop for FakeKube {
     }
 }
 
-/// Installs the workspace's TLS provider (aws-lc-rs) as the process default
+/// Installs the workspace's TLS provider (ring) as the process default
 /// unless one is installed. The supersede workspace compiles in only
-/// aws-lc-rs, so rustls picks it by itself; but a user's workspace that also
-/// enables ring (features unify across a workspace) leaves rustls unable to
+/// ring, so rustls picks it by itself; but a user's workspace that also
+/// enables aws-lc-rs (features unify across a workspace) leaves rustls unable to
 /// choose, and building any `kube::Client` then panics, even for plain HTTP.
 /// [`FakeKube`] calls it before building clients; call it before building
 /// one yourself (for example from a kubeconfig file).
 pub fn ensure_crypto_provider() {
     if rustls::crypto::CryptoProvider::get_default().is_none() {
         // Losing a race to another installer is fine: one is installed.
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let _ = rustls::crypto::ring::default_provider().install_default();
     }
 }
 
