@@ -61,7 +61,7 @@ const THROUGHPUT_CONTENDERS: usize = 20;
 /// The throughput phase stops here even if acquisitions remain (the slowest
 /// peer needs tens of seconds for all 2 000); the rate is completions over the
 /// time actually spent, so a cut-off run is not flattered.
-const THROUGHPUT_WINDOW: Duration = Duration::from_secs(6);
+const THROUGHPUT_WINDOW: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Impl {
@@ -83,9 +83,9 @@ impl Impl {
     /// in seconds, not milliseconds, and the whole run must stay short.
     fn handoff_budget(self) -> (usize, Duration) {
         match self {
-            Self::LeaseLock => (400, Duration::from_secs(10)),
-            Self::SeedBaseline => (150, Duration::from_secs(6)),
-            Self::KubeLeaseManager => (40, Duration::from_secs(10)),
+            Self::LeaseLock => (300, Duration::from_secs(6)),
+            Self::SeedBaseline => (150, Duration::from_secs(5)),
+            Self::KubeLeaseManager => (40, Duration::from_secs(7)),
         }
     }
 
@@ -371,7 +371,10 @@ async fn run(which: Impl, fake: &FakeKube, client: &kube::Client) -> Results {
     let calls_before = fake.calls().total();
     for round in 0..UNCONTENDED_ROUNDS {
         let started = Instant::now();
-        let held = solo.acquire(&format!("solo-{round}")).await.unwrap();
+        let held = solo
+            .acquire(&format!("{}-solo-{round}", which.name()))
+            .await
+            .unwrap();
         uncontended.push(started.elapsed());
         held.release().await.unwrap();
     }
@@ -383,25 +386,29 @@ async fn run(which: Impl, fake: &FakeKube, client: &kube::Client) -> Results {
     let handoffs = Arc::new(Mutex::new(Vec::new()));
     let last_release = Arc::new(Mutex::new(None::<Instant>));
     let stop_at = Instant::now() + budget;
+    // Keys carry the implementation's name: a peer's Leases left behind at a
+    // phase's cut-off must not stand in the next implementation's way.
+    let handoff_key = format!("{}-handoff", which.name());
     let mut tasks = Vec::new();
     for id in 0..HANDOFF_CONTENDERS {
         let locker = which.contender(client, format!("{}-h{id}", which.name()));
-        let (history, handoffs, last_release) = (
+        let (history, handoffs, last_release, key) = (
             history.clone(),
             Arc::clone(&handoffs),
             Arc::clone(&last_release),
+            handoff_key.clone(),
         );
         tasks.push(tokio::spawn(async move {
             while handoffs.lock().unwrap().len() < samples && Instant::now() < stop_at {
-                let held = locker.acquire("handoff").await.unwrap();
+                let held = locker.acquire(&key).await.unwrap();
                 let at = Instant::now();
                 if let Some(released) = last_release.lock().unwrap().take() {
                     handoffs.lock().unwrap().push(at - released);
                 }
-                record(&history, "handoff", held.as_ref(), origin, at).await;
+                record(&history, &key, held.as_ref(), origin, at).await;
                 tokio::time::sleep(Duration::from_millis(1)).await;
                 let releasing = Instant::now();
-                history.released("handoff", held.holder(), releasing);
+                history.released(&key, held.holder(), releasing);
                 *last_release.lock().unwrap() = Some(releasing);
                 held.release().await.unwrap();
             }
@@ -421,9 +428,10 @@ async fn run(which: Impl, fake: &FakeKube, client: &kube::Client) -> Results {
     for key in 0..THROUGHPUT_KEYS {
         for id in 0..THROUGHPUT_CONTENDERS {
             let locker = which.contender(client, format!("{}-t{key}-{id}", which.name()));
-            let (history, completed) = (history.clone(), Arc::clone(&completed));
+            let (history, completed, name) =
+                (history.clone(), Arc::clone(&completed), which.name());
             tasks.spawn(async move {
-                let key = format!("key-{key}");
+                let key = format!("{name}-key-{key}");
                 let held = locker.acquire(&key).await.unwrap();
                 let at = Instant::now();
                 record(&history, &key, held.as_ref(), origin, at).await;
