@@ -346,6 +346,7 @@ async fn main() {
         if only.as_deref().is_some_and(|o| o != which.name()) {
             continue;
         }
+        quiesce(&fake).await;
         let results = run(which, &fake, &client).await;
         let line = serde_json::json!({
             "impl": which.name(),
@@ -359,6 +360,24 @@ async fn main() {
         });
         println!("{line}");
     }
+}
+
+/// Waits (at most 10 s) until the fake has seen no call for 300 ms: what an
+/// earlier implementation left running when its phase was cut off (a
+/// background release, a peer's own renewal task) must not be counted
+/// against the next one.
+async fn quiesce(fake: &FakeKube) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = fake.calls().total();
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = fake.calls().total();
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+    eprintln!("the fake API server did not go quiet within 10 s; counts may include leftovers");
 }
 
 async fn run(which: Impl, fake: &FakeKube, client: &kube::Client) -> Results {
