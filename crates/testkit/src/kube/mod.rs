@@ -476,18 +476,14 @@ impl Drop for FakeKube {
 }
 
 /// Installs the workspace's TLS provider (ring) as the process default
-/// unless one is installed. The supersede workspace compiles in only
-/// ring, so rustls picks it by itself; but a user's workspace that also
-/// enables aws-lc-rs (features unify across a workspace) leaves rustls unable to
-/// choose, and building any `kube::Client` then panics, even for plain HTTP.
-/// [`FakeKube`] calls it before building clients; call it before building
-/// one yourself (for example from a kubeconfig file).
-pub fn ensure_crypto_provider() {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        // Losing a race to another installer is fine: one is installed.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
-}
+/// unless one is installed: `resilience::tls::ensure_crypto_provider`,
+/// re-exported here. The supersede workspace compiles in only ring, but a
+/// user's workspace that also enables aws-lc-rs (features unify across a
+/// workspace) leaves rustls unable to choose, and building any
+/// `kube::Client` then panics, even for plain HTTP. [`FakeKube`] calls it
+/// before building clients; call it before building one yourself (for
+/// example from a kubeconfig file).
+pub use resilience::tls::ensure_crypto_provider;
 
 fn client_config(url: &Url) -> ::kube::Config {
     // `Url` always renders a valid URI; the fallback is never used.
