@@ -7,12 +7,12 @@
 //! Lease before its renew deadline says so (`lost()`), and never releases a
 //! Lease someone else holds.
 
-use std::cmp::Ordering;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use resilience::fencing::FencingToken;
 use resilience::{Backoff, Transient};
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout_at};
@@ -22,77 +22,6 @@ use tracing::{debug, warn};
 use crate::error::{Error, LossReason};
 use crate::lock::{Claim, LockInner, holder_of, lock, released_copy};
 use crate::{Lease, WAITING_FOR_ANNOTATION, renew};
-
-/// A fencing token: the Lease's uid and its `leaseTransitions` as written by
-/// the acquiring compare-and-swap, plus the Lease's `creationTimestamp`.
-/// Every acquisition of a key increments `transitions` in the same write that
-/// sets the holder, so tokens of one Lease object strictly increase; pass the
-/// token along with writes to a store that rejects tokens lower than the
-/// highest it has accepted, and a paused, expired holder's late writes are
-/// refused.
-///
-/// # Comparing tokens
-///
-/// - Same Lease object (same uid): ordered by `transitions`.
-/// - Different objects (the Lease was deleted and re-created, e.g. by
-///   garbage collection after its retention): ordered by `lease_created`.
-///   Garbage collection deletes a Lease only after it stayed idle for the
-///   retention (24 h by default), so its successor is created that much
-///   later and all its tokens order above the old object's — a holder of
-///   the old object that wakes up after the deletion is still refused.
-/// - Different objects created within the same second (possible only when
-///   something else deleted the Lease and it was re-created at once), or a
-///   token without a creation time: incomparable, `partial_cmp` is `None`.
-///   A store must decide by a rule of its own then; refusing the write is
-///   the safe choice.
-///
-/// A consumer's check is therefore `offered >= highest` (accept, remember
-/// `offered` if greater), `offered < highest` (refuse), or incomparable.
-/// A store that persists tokens should persist all three fields.
-///
-/// ```
-/// use lease_lock::FencingToken;
-///
-/// let created = |s| Some(jiff::Timestamp::from_second(s).unwrap());
-/// let old = FencingToken { lease_uid: "a".into(), transitions: 9, lease_created: created(1_000) };
-/// let next = FencingToken { transitions: 10, ..old.clone() };
-/// let recreated = FencingToken { lease_uid: "b".into(), transitions: 0, lease_created: created(90_000) };
-/// assert!(old < next && next < recreated);
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct FencingToken {
-    /// `metadata.uid` of the Lease.
-    pub lease_uid: String,
-    /// `spec.leaseTransitions` written by the acquisition.
-    pub transitions: u64,
-    /// `metadata.creationTimestamp` of the Lease (whole seconds, set by the
-    /// API server), which orders the tokens of successive Lease objects.
-    pub lease_created: Option<jiff::Timestamp>,
-}
-
-impl PartialOrd for FencingToken {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        if self.lease_uid == other.lease_uid {
-            // One object has one creation time; comparing it too only keeps
-            // the order consistent with `Eq` for hand-made tokens.
-            return Some(
-                self.transitions
-                    .cmp(&other.transitions)
-                    .then(self.lease_created.cmp(&other.lease_created)),
-            );
-        }
-        match (self.lease_created, other.lease_created) {
-            (Some(a), Some(b)) if a != b => Some(a.cmp(&b)),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for FencingToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.lease_uid, self.transitions)
-    }
-}
 
 /// A held lock. Renews itself in the background; reports when it can no
 /// longer guarantee the hold ([`lost`](Self::lost), [`cancellation_token`](Self::cancellation_token));

@@ -29,12 +29,14 @@ pub use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 
 pub use crate::error::{Error, LossReason};
 pub use crate::gc::GcReport;
-pub use crate::guard::{FencingToken, LockGuard};
+pub use crate::guard::LockGuard;
 pub use crate::kube::KubeLeases;
 pub use crate::lock::{AcquireOptions, LeaseLock, LockConfig};
 pub use crate::memory::MemoryLeases;
 pub use crate::metrics::Metrics;
 pub use crate::name::{MAX_KEY_LEN, lease_name};
+/// The fencing token of the whole workspace, minted by [`LockGuard::fencing_token`].
+pub use resilience::fencing::{FencingToken, Rejected};
 
 /// Label put on every Lease this crate creates; garbage collection lists by it.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";

@@ -3,6 +3,7 @@
 pub mod backoff;
 pub mod breaker;
 pub mod error;
+pub mod fencing;
 pub mod health;
 mod metrics;
 pub mod queue;
@@ -19,6 +20,7 @@ pub use breaker::{
     BreakerMetrics, BreakerPolicy, BreakerState, CallError, CircuitBreaker, CircuitOpen, Permit,
 };
 pub use error::Error;
+pub use fencing::FencingToken;
 pub use health::{FailedCheck, Health, Readiness};
 pub use queue::{Evicted, Expired, ExpiringQueue, QueueFull, QueueMetrics, QueuePolicy};
 pub use retry::{Classification, RetryError, RetryPolicy, Transient, retry, retry_transient};

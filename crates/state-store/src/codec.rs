@@ -411,9 +411,6 @@ fn salvage(task_id: &str, max_iterations: u32, doc: &Document, text: &str) -> Re
     keep(s, max, text, "highest_fencing_token", |s, v| {
         s.highest_fencing_token = Some(v)
     });
-    keep(s, max, text, "retired_lease_uids", |s, v| {
-        s.retired_lease_uids = v
-    });
     // The write log lets a writer whose answer was lost still settle it.
     keep(s, max, text, "applied_writes", |s, ids: Vec<String>| {
         for id in ids {

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::FencingToken;
+use resilience::fencing::Rejected;
 
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -75,18 +76,19 @@ pub enum Error {
         /// The configured maximum.
         max: u32,
     },
-    /// A write carried a fencing token older than one already seen for the task:
-    /// its lock holder has lost the lock since it took the token.
-    #[error(
-        "task {task_id}: fencing token {offered} is older than {highest}; the writer no longer holds the lock"
-    )]
-    StaleFencingToken {
+    /// A fenced write was refused: its token is older than the highest one
+    /// the task's state admitted (its holder lost the lock since it took the
+    /// token), or cannot be ordered against it. Nothing was written.
+    #[error("task {task_id}: fencing token {offered} refused against {highest}: {reason}")]
+    FencingTokenRefused {
         /// Task id.
         task_id: String,
         /// The token the writer presented.
         offered: FencingToken,
         /// The highest token recorded in the state.
         highest: FencingToken,
+        /// Stale or incomparable.
+        reason: Rejected,
     },
     /// Even compacted and compressed, the document would not fit a ConfigMap.
     #[error(

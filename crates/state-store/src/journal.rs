@@ -1,52 +1,18 @@
-//! The operation journal and fencing tokens: what an operation in flight has
+//! The operation journal: what an operation in flight has
 //! done so far, written *before* each effect, so a crashed operation can be
 //! resumed or rolled back from the stored state alone.
 //!
 //! The rule it keeps: a journal only moves forward; every step is appended with
 //! its time, never rewritten, and the number of steps is bounded.
 
-use std::cmp::Ordering;
 use std::fmt;
 
 use jiff::Timestamp;
+pub use resilience::fencing::FencingToken;
 use serde::{Deserialize, Serialize};
 
 /// Most steps one journal keeps; an operation that needs more is broken.
 pub const MAX_JOURNAL_STEPS: usize = 64;
-
-/// A lock holder's fencing token: the Lease's uid and its `leaseTransitions`.
-///
-/// Tokens of the same Lease (same uid) are totally ordered by `transitions`;
-/// tokens of different Leases are not comparable (`partial_cmp` is `None`).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct FencingToken {
-    /// `metadata.uid` of the Lease the token comes from.
-    pub lease_uid: String,
-    /// `spec.leaseTransitions` written by the acquiring compare-and-swap.
-    pub transitions: u64,
-}
-
-impl FencingToken {
-    /// A token for `lease_uid` at `transitions`.
-    pub fn new(lease_uid: impl Into<String>, transitions: u64) -> Self {
-        Self {
-            lease_uid: lease_uid.into(),
-            transitions,
-        }
-    }
-}
-
-impl PartialOrd for FencingToken {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        (self.lease_uid == other.lease_uid).then(|| self.transitions.cmp(&other.transitions))
-    }
-}
-
-impl fmt::Display for FencingToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}#{}", self.lease_uid, self.transitions)
-    }
-}
 
 /// What kind of operation a journal describes.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -274,14 +240,6 @@ impl From<OperationKind> for String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tokens_of_one_lease_order_by_transitions_and_other_leases_do_not_compare() {
-        let a1 = FencingToken::new("a", 1);
-        let a2 = FencingToken::new("a", 2);
-        assert!(a1 < a2);
-        assert_eq!(a1.partial_cmp(&FencingToken::new("b", 9)), None);
-    }
 
     #[test]
     fn step_names_round_trip_including_custom_ones() {

@@ -152,7 +152,7 @@ pub(crate) fn error_label(error: &Error) -> &'static str {
         Error::Transport(_) => "transport_error",
         Error::Client(_) => "client_error",
         Error::MaxIterationsReached { .. } => "max_iterations_reached",
-        Error::StaleFencingToken { .. } => "stale_fencing_token",
+        Error::FencingTokenRefused { .. } => "fencing_token_refused",
         Error::TooLarge { .. } => "too_large",
         Error::UnsupportedVersion { .. } => "unsupported_version",
         Error::Invalid { .. } => "invalid",

@@ -30,8 +30,6 @@ pub const MAX_PENDING_SUPERSESSIONS: usize = 16;
 pub const MAX_COMPACTIONS: usize = 10;
 /// Most dropped comment ids listed in one compaction record.
 pub const MAX_DROPPED_IDS_LISTED: usize = 100;
-/// Most retired Lease uids remembered for fencing.
-pub const MAX_RETIRED_LEASE_UIDS: usize = 8;
 /// Most write ids remembered to settle writes that failed in transit.
 ///
 /// A writer judges its lost write after one backoff delay (at most 1 s by
@@ -216,13 +214,17 @@ pub struct RemediationState {
     pub active_operation: Option<OperationJournal>,
     /// Highest fencing token any write presented.
     pub highest_fencing_token: Option<FencingToken>,
-    /// Lease uids replaced by a newer Lease: their tokens are all stale.
-    pub retired_lease_uids: Vec<String>,
     /// Feedback compactions done on this document.
     pub compactions: Vec<CompactionRecord>,
     /// Ids of the latest writes (newest last), so a writer whose request failed
     /// in transit can tell whether it was applied. Maintained by the store only.
     applied_writes: Vec<String>,
+    /// `retired_lease_uids` of documents written before fencing tokens
+    /// carried their Lease's creation time: read and dropped, the token
+    /// order replaces it (kept out of `unknown_fields`, so it is not written
+    /// back forever).
+    #[serde(default, skip_serializing, rename = "retired_lease_uids")]
+    legacy_retired_lease_uids: Dropped,
     /// Top-level fields of a stored `v1` document that this build does not
     /// know (written by a later build that added a field): kept as they are
     /// and written back, never dropped.
@@ -253,9 +255,9 @@ impl RemediationState {
             cancellation_history: Vec::new(),
             active_operation: None,
             highest_fencing_token: None,
-            retired_lease_uids: Vec::new(),
             compactions: Vec::new(),
             applied_writes: Vec::new(),
+            legacy_retired_lease_uids: Dropped,
             unknown_fields: BTreeMap::new(),
         }
     }
@@ -453,53 +455,71 @@ impl RemediationState {
         Ok(true)
     }
 
-    /// Accepts a write under `token` if no newer token of the same Lease was seen
-    /// and its Lease was not replaced; records it as the highest.
-    ///
-    /// Tokens of one Lease object (one uid) are ordered by `transitions`.
-    /// Tokens of different Lease objects cannot be compared, so a token whose
-    /// uid differs from the highest one is taken as coming from a newer Lease
-    /// (the old one was deleted and re-created) and retires the old uid: every
-    /// later token of it is stale, whatever its transitions. That is sound
-    /// because lease-lock deletes a Lease only after it has been idle for its
-    /// retention (24 h by default), so no holder of it can still be running;
-    /// the newest [`MAX_RETIRED_LEASE_UIDS`] retired uids are remembered. A
-    /// Lease deleted by hand while held is outside that rule: a holder of it
-    /// that never made a fenced write here would be taken for a newer Lease.
-    pub fn observe_fencing_token(&mut self, token: &FencingToken) -> Result<()> {
-        if self.retired_lease_uids.contains(&token.lease_uid) {
-            let highest = self
-                .highest_fencing_token
-                .clone()
-                .unwrap_or_else(|| token.clone());
-            return Err(Error::StaleFencingToken {
-                task_id: self.task_id.clone(),
-                offered: token.clone(),
-                highest,
+    /// Fails with `Journal` unless the active operation `journal.operation_id`
+    /// is still run by `journal`'s holder under `journal`'s token: after a
+    /// [`resume_operation`](Self::resume_operation) the former holder's
+    /// steps are refused. Passes when the operation is no longer active (a
+    /// retried finish decides that itself).
+    pub fn check_operation_holder(&self, journal: &OperationJournal) -> Result<()> {
+        match &self.active_operation {
+            Some(active)
+                if active.operation_id == journal.operation_id
+                    && (active.holder != journal.holder
+                        || active.fencing_token != journal.fencing_token) =>
+            {
+                let token = active
+                    .fencing_token
+                    .as_ref()
+                    .map_or_else(|| "no token".to_owned(), ToString::to_string);
+                Err(self.journal_error(format!(
+                    "operation {} is now run by {} under {token}",
+                    active.operation_id, active.holder
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Makes `holder` under `token` the runner of the unfinished active
+    /// operation `operation_id` and returns the journal as it now is. Call it
+    /// inside a write fenced with `token` (as
+    /// [`StateStore::resume_operation`](crate::StateStore::resume_operation)
+    /// does).
+    pub fn resume_operation(
+        &mut self,
+        operation_id: &str,
+        holder: &str,
+        token: &FencingToken,
+    ) -> Result<OperationJournal> {
+        let task_id = self.task_id.clone();
+        let journal = self.active_operation_mut(operation_id)?;
+        if journal.is_finished() {
+            return Err(Error::Journal {
+                task_id,
+                reason: format!("operation {operation_id} is finished; nothing to resume"),
             });
         }
-        match &self.highest_fencing_token {
-            Some(highest)
-                if highest.lease_uid == token.lease_uid
-                    && token.transitions < highest.transitions =>
-            {
-                return Err(Error::StaleFencingToken {
-                    task_id: self.task_id.clone(),
-                    offered: token.clone(),
-                    highest: highest.clone(),
-                });
-            }
-            Some(highest) if highest.lease_uid == token.lease_uid => {}
-            Some(highest) => {
-                // A different Lease object: the old one was deleted and recreated.
-                // Its tokens can no longer be compared, so remember its uid as retired.
-                self.retired_lease_uids.push(highest.lease_uid.clone());
-                trim_front(&mut self.retired_lease_uids, MAX_RETIRED_LEASE_UIDS);
-            }
-            None => {}
-        }
-        self.highest_fencing_token = Some(token.clone());
-        Ok(())
+        holder.clone_into(&mut journal.holder);
+        journal.fencing_token = Some(token.clone());
+        Ok(journal.clone())
+    }
+
+    /// Admits a write under `token` and raises the highest token to it, or
+    /// refuses it with `FencingTokenRefused` when it is older than the
+    /// highest one admitted or cannot be ordered against it (the one rule of
+    /// [`FencingToken::admit`]: tokens of one Lease object by
+    /// `leaseTransitions`, of successive objects by creation time, and
+    /// anything else refused).
+    pub fn observe_fencing_token(&mut self, token: &FencingToken) -> Result<()> {
+        let before = self.highest_fencing_token.clone();
+        token
+            .admit_into(&mut self.highest_fencing_token)
+            .map_err(|reason| Error::FencingTokenRefused {
+                task_id: self.task_id.clone(),
+                offered: token.clone(),
+                highest: before.unwrap_or_else(|| token.clone()),
+                reason,
+            })
     }
 
     /// Drops feedback to shrink the document: keeps resolved High/Critical
@@ -681,6 +701,16 @@ pub(crate) fn well_formed_sha(sha: &str) -> bool {
     (7..=64).contains(&sha.len()) && sha.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// A field read from old documents and never written again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Dropped;
+
+impl<'de> Deserialize<'de> for Dropped {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(deserializer).map(|_| Dropped)
+    }
+}
+
 fn trim_front<T>(v: &mut Vec<T>, max: usize) {
     if v.len() > max {
         let excess = v.len() - max;
@@ -834,55 +864,89 @@ mod tests {
         );
     }
 
+    fn token(uid: &str, created: i64, transitions: u64) -> FencingToken {
+        FencingToken::new(uid, Timestamp::from_second(created).unwrap(), transitions)
+    }
+
+    fn refused(result: Result<()>) -> resilience::fencing::Rejected {
+        match result {
+            Err(Error::FencingTokenRefused { reason, .. }) => reason,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
     #[test]
     fn a_stale_fencing_token_is_rejected_and_a_newer_one_recorded() {
+        use resilience::fencing::Rejected;
         let mut s = RemediationState::new("t", Timestamp::UNIX_EPOCH);
-        s.observe_fencing_token(&FencingToken::new("u1", 3))
-            .unwrap();
-        s.observe_fencing_token(&FencingToken::new("u1", 3))
-            .unwrap();
-        let err = s
-            .observe_fencing_token(&FencingToken::new("u1", 2))
-            .unwrap_err();
-        assert!(matches!(err, Error::StaleFencingToken { .. }));
-        s.observe_fencing_token(&FencingToken::new("u1", 5))
-            .unwrap();
-        assert_eq!(s.highest_fencing_token, Some(FencingToken::new("u1", 5)));
+        s.observe_fencing_token(&token("u1", 10, 3)).unwrap();
+        s.observe_fencing_token(&token("u1", 10, 3)).unwrap();
+        let reason = refused(s.observe_fencing_token(&token("u1", 10, 2)));
+        assert_eq!(reason, Rejected::Stale);
+        s.observe_fencing_token(&token("u1", 10, 5)).unwrap();
+        assert_eq!(s.highest_fencing_token, Some(token("u1", 10, 5)));
+    }
+
+    /// Issue 12, item 1. A holds L1 (u1, transitions 5) and pauses; L1
+    /// expires and is garbage-collected; B creates L2 (u2, 0) and writes; A
+    /// wakes and writes with u1/5. Before tokens carried their Lease's
+    /// creation time, a uid the state had not seen was taken for a newer
+    /// Lease: A's write was admitted and retired u2, locking B out.
+    #[test]
+    fn a_paused_holder_of_a_collected_lease_cannot_lock_out_its_successor() {
+        use resilience::fencing::Rejected;
+        let mut s = RemediationState::new("t", Timestamp::UNIX_EPOCH);
+        let a = token("u1", 1_000, 5);
+        let b = token("u2", 1_000 + 30, 0);
+        s.observe_fencing_token(&b).unwrap();
+        assert_eq!(refused(s.observe_fencing_token(&a)), Rejected::Stale);
+        assert_eq!(s.highest_fencing_token.as_ref(), Some(&b));
+        s.observe_fencing_token(&token("u2", 1_030, 1))
+            .expect("B's successors keep writing");
     }
 
     #[test]
-    fn a_recreated_lease_retires_the_old_uid_for_good() {
+    fn the_tokens_of_a_recreated_lease_are_ordered_after_the_old_ones_and_among_themselves() {
+        use resilience::fencing::Rejected;
         let mut s = RemediationState::new("t", Timestamp::UNIX_EPOCH);
-        s.observe_fencing_token(&FencingToken::new("old", 9))
-            .unwrap();
-        s.observe_fencing_token(&FencingToken::new("new", 1))
-            .unwrap();
-        let err = s
-            .observe_fencing_token(&FencingToken::new("old", 10))
-            .unwrap_err();
-        assert!(matches!(err, Error::StaleFencingToken { .. }));
+        s.observe_fencing_token(&token("old", 10, 40)).unwrap();
+        // Garbage collection deleted the Lease; the new object counts from 0.
+        s.observe_fencing_token(&token("new", 90_000, 2)).unwrap();
+        assert_eq!(
+            refused(s.observe_fencing_token(&token("new", 90_000, 1))),
+            Rejected::Stale
+        );
+        s.observe_fencing_token(&token("new", 90_000, 3)).unwrap();
+        assert_eq!(
+            refused(s.observe_fencing_token(&token("old", 10, 41))),
+            Rejected::Stale
+        );
+        assert_eq!(s.highest_fencing_token, Some(token("new", 90_000, 3)));
     }
 
     #[test]
-    fn the_tokens_of_a_recreated_lease_are_ordered_among_themselves() {
+    fn a_token_that_cannot_be_ordered_is_refused_and_changes_nothing() {
+        use resilience::fencing::Rejected;
         let mut s = RemediationState::new("t", Timestamp::UNIX_EPOCH);
-        s.observe_fencing_token(&FencingToken::new("old", 40))
-            .unwrap();
-        // Garbage collection deleted the Lease; the new object counts from 1.
-        s.observe_fencing_token(&FencingToken::new("new", 2))
-            .unwrap();
-        let err = s
-            .observe_fencing_token(&FencingToken::new("new", 1))
-            .unwrap_err();
-        assert!(matches!(err, Error::StaleFencingToken { .. }));
-        s.observe_fencing_token(&FencingToken::new("new", 3))
-            .unwrap();
-        assert!(matches!(
-            s.observe_fencing_token(&FencingToken::new("old", 41)),
-            Err(Error::StaleFencingToken { .. })
-        ));
-        assert_eq!(s.highest_fencing_token, Some(FencingToken::new("new", 3)));
-        assert_eq!(s.retired_lease_uids, ["old"]);
+        s.observe_fencing_token(&token("u1", 10, 3)).unwrap();
+        // Another object created in the same second (the Lease deleted by
+        // hand and re-created at once): no order can be trusted.
+        assert_eq!(
+            refused(s.observe_fencing_token(&token("u2", 10, 9))),
+            Rejected::Incomparable
+        );
+        assert_eq!(s.highest_fencing_token, Some(token("u1", 10, 3)));
+    }
+
+    #[test]
+    fn retired_lease_uids_of_old_documents_are_read_and_not_written_back() {
+        let mut json =
+            serde_json::to_value(RemediationState::new("t", Timestamp::UNIX_EPOCH)).unwrap();
+        json["retired_lease_uids"] = serde_json::json!(["u0"]);
+        let s: RemediationState = serde_json::from_value(json).unwrap();
+        assert!(s.unknown_fields().is_empty());
+        let written = serde_json::to_value(&s).unwrap();
+        assert!(written.get("retired_lease_uids").is_none(), "{written}");
     }
 
     #[test]

@@ -239,18 +239,16 @@ impl StateStore {
     }
 
     /// Like [`update`](Self::update), for a writer holding a lock whose
-    /// fencing token is `token`: fails with `StaleFencingToken` (nothing
+    /// fencing token is `token`: fails with `FencingTokenRefused` (nothing
     /// written) if a newer token of the same lock was already seen, and
     /// records `token` as the highest otherwise. The check and the write are
     /// one compare-and-swap, so a newer holder's write in between is seen.
     ///
-    /// Use one lock key per task for every fenced write to it: tokens of
-    /// another Lease object are taken for a re-created Lease and retire the
-    /// previous one (see [`RemediationState::observe_fencing_token`] for the
-    /// rule and the assumption it rests on). Unfenced writes
-    /// ([`update`](Self::update), [`advance_operation`](Self::advance_operation),
-    /// [`finish_operation`](Self::finish_operation)) are not checked; to fence
-    /// a journal step, call the state's method inside `update_fenced`.
+    /// Use one lock key per task for every fenced write to it: the tokens of
+    /// different keys' Leases are ordered only by creation time, which says
+    /// nothing about who holds what (see [`FencingToken::admit`] for the
+    /// rule). Unfenced writes ([`update`](Self::update)) are not checked;
+    /// the journal's steps are fenced with the journal's own token.
     pub async fn update_fenced<T, E, F>(
         &self,
         task_id: &str,
@@ -388,29 +386,34 @@ impl StateStore {
 
     /// Begins an operation journal (idempotent for the same operation id);
     /// fails with `Journal` if another operation is active. If the journal
-    /// carries a fencing token, the write is fenced with it.
+    /// carries a fencing token, the write is fenced with it, as is every
+    /// later step of the operation.
     pub async fn begin_operation(&self, task_id: &str, journal: OperationJournal) -> Result<()> {
-        let apply = |s: &mut RemediationState| s.begin_operation(journal.clone());
-        match journal.fencing_token.clone() {
-            Some(token) => self.update_fenced(task_id, &token, apply).await,
-            None => self.update(task_id, apply).await,
-        }
+        self.journal_write(task_id, &journal, |s| s.begin_operation(journal.clone()))
+            .await
     }
 
-    /// Records `step` with `status` on the active operation `operation_id`
-    /// (a repeat of the latest step is a no-op).
+    /// Records `step` with `status` on the active operation `journal` (the
+    /// journal as begun or resumed by the caller; a repeat of the latest
+    /// step is a no-op).
+    ///
+    /// Fenced with the journal's token: a holder that lost its lock, or
+    /// whose operation was resumed by another holder
+    /// ([`resume_operation`](Self::resume_operation)), is refused
+    /// (`FencingTokenRefused` or `Journal`) and writes nothing.
     pub async fn advance_operation(
         &self,
         task_id: &str,
-        operation_id: &str,
+        journal: &OperationJournal,
         step: Step,
         status: StepStatus,
         detail: Option<String>,
     ) -> Result<()> {
         let clock = self.inner.clock.clone();
-        self.update(task_id, |s: &mut RemediationState| {
+        self.journal_write(task_id, journal, |s| {
+            s.check_operation_holder(journal)?;
             s.advance_operation(
-                operation_id,
+                &journal.operation_id,
                 step.clone(),
                 status,
                 detail.clone(),
@@ -420,18 +423,59 @@ impl StateStore {
         .await
     }
 
-    /// Ends the active operation `operation_id`, appending `record` to the
+    /// Ends the active operation `journal`, appending `record` to the
     /// cancellation history. Returns `false` if it had already ended.
+    /// Fenced like [`advance_operation`](Self::advance_operation).
     pub async fn finish_operation(
         &self,
         task_id: &str,
-        operation_id: &str,
+        journal: &OperationJournal,
         record: Option<CancellationRecord>,
     ) -> Result<bool> {
-        self.update(task_id, |s: &mut RemediationState| {
-            s.finish_operation(operation_id, record.clone())
+        self.journal_write(task_id, journal, |s| {
+            s.check_operation_holder(journal)?;
+            s.finish_operation(&journal.operation_id, record.clone())
         })
         .await
+    }
+
+    /// Takes over the unfinished operation `operation_id` (the recovery
+    /// reconciler resuming a journal whose holder stopped): `holder` and
+    /// `token` become the journal's, in a write fenced with `token`, so the
+    /// former holder's later steps are refused. Returns the journal to pass
+    /// to [`advance_operation`](Self::advance_operation) and
+    /// [`finish_operation`](Self::finish_operation).
+    ///
+    /// Errors: `Journal` when `operation_id` is not the active operation;
+    /// `FencingTokenRefused` when `token` is not newer than the state's
+    /// highest.
+    pub async fn resume_operation(
+        &self,
+        task_id: &str,
+        operation_id: &str,
+        holder: &str,
+        token: &FencingToken,
+    ) -> Result<OperationJournal> {
+        self.update_fenced(task_id, token, |s: &mut RemediationState| {
+            s.resume_operation(operation_id, holder, token)
+        })
+        .await
+    }
+
+    /// One journal write: fenced with the journal's token when it has one.
+    async fn journal_write<T, F>(
+        &self,
+        task_id: &str,
+        journal: &OperationJournal,
+        f: F,
+    ) -> Result<T>
+    where
+        F: FnMut(&mut RemediationState) -> Result<T>,
+    {
+        match &journal.fencing_token {
+            Some(token) => self.update_fenced(task_id, token, f).await,
+            None => self.update(task_id, f).await,
+        }
     }
 
     pub(crate) fn observe(&self, operation: &'static str, started: Instant, error: Option<&Error>) {
@@ -1469,15 +1513,19 @@ mod tests {
         let mut mock = MockStateBackend::new();
         mock.expect_get().returning(|_| {
             let mut s = RemediationState::new(TASK, Timestamp::UNIX_EPOCH);
-            s.highest_fencing_token = Some(FencingToken::new("u", 5));
+            s.highest_fencing_token = Some(FencingToken::new("u", Timestamp::UNIX_EPOCH, 5));
             Ok(Some(doc_of(&s, "1")))
         });
         mock.expect_replace().never();
         let err = store(mock)
-            .update_fenced(TASK, &FencingToken::new("u", 4), bump)
+            .update_fenced(
+                TASK,
+                &FencingToken::new("u", Timestamp::UNIX_EPOCH, 4),
+                bump,
+            )
             .await
             .unwrap_err();
-        assert!(matches!(err, Error::StaleFencingToken { .. }));
+        assert!(matches!(err, Error::FencingTokenRefused { .. }));
     }
 
     #[tokio::test(start_paused = true)]

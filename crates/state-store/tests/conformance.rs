@@ -256,26 +256,36 @@ async fn store_quarantines_a_corrupt_payload_and_rebuilds(backend: Arc<dyn State
     assert_eq!(snap.state.iteration, 5);
 }
 
+/// A token of acquisition `transitions` of the Lease object `uid`, created
+/// `created` seconds after the epoch.
+fn token(uid: &str, created: i64, transitions: u64) -> FencingToken {
+    FencingToken::new(uid, Timestamp::from_second(created).unwrap(), transitions)
+}
+
+fn refused<T: std::fmt::Debug>(result: Result<T, Error>) -> bool {
+    matches!(result, Err(Error::FencingTokenRefused { .. }))
+}
+
 async fn store_journal_and_fencing_round_trip(backend: Arc<dyn StateBackend>) {
     let store = StateStore::new(backend);
     let now = store.clock().now();
     let mut journal = OperationJournal::begin("op-1", OperationKind::Cancellation, "pod-a/1", now);
-    journal.fencing_token = Some(FencingToken::new("lease-uid", 3));
+    journal.fencing_token = Some(token("lease-uid", 100, 3));
     journal.targets = vec!["coderun-a".into()];
     store.begin_operation("j1", journal.clone()).await.unwrap();
     // Beginning the same operation again (a retry) is harmless; another one is refused.
-    store.begin_operation("j1", journal).await.unwrap();
+    store.begin_operation("j1", journal.clone()).await.unwrap();
     let other = OperationJournal::begin("op-2", OperationKind::Cancellation, "pod-b/1", now);
     assert!(matches!(
         store.begin_operation("j1", other).await,
         Err(Error::Journal { .. })
     ));
     store
-        .advance_operation("j1", "op-1", Step::Cancelled, StepStatus::Succeeded, None)
+        .advance_operation("j1", &journal, Step::Cancelled, StepStatus::Succeeded, None)
         .await
         .unwrap();
     store
-        .advance_operation("j1", "op-1", Step::Labeled, StepStatus::Succeeded, None)
+        .advance_operation("j1", &journal, Step::Labeled, StepStatus::Succeeded, None)
         .await
         .unwrap();
     let snap = store.get("j1").await.unwrap().unwrap();
@@ -284,18 +294,18 @@ async fn store_journal_and_fencing_round_trip(backend: Arc<dyn StateBackend>) {
     assert_eq!(steps, [Step::Started, Step::Cancelled, Step::Labeled]);
     assert_eq!(
         snap.state.highest_fencing_token,
-        Some(FencingToken::new("lease-uid", 3))
+        Some(token("lease-uid", 100, 3))
     );
 
     // A paused holder with an older token is fenced off; nothing is written.
     let stale = store
-        .update_fenced("j1", &FencingToken::new("lease-uid", 2), |s| {
+        .update_fenced("j1", &token("lease-uid", 100, 2), |s| {
             s.iteration += 1;
             Ok::<_, Error>(())
         })
         .await;
-    assert!(matches!(stale, Err(Error::StaleFencingToken { .. })));
-    let newer = FencingToken::new("lease-uid", 4);
+    assert!(refused(stale));
+    let newer = token("lease-uid", 100, 4);
     store
         .update_fenced("j1", &newer, |s| {
             s.metadata.insert("by".into(), "holder-4".into());
@@ -304,6 +314,13 @@ async fn store_journal_and_fencing_round_trip(backend: Arc<dyn StateBackend>) {
         .await
         .unwrap();
 
+    // The journal's own token is now older than the state's highest: its
+    // holder has lost the lock, so its next step is refused.
+    assert!(refused(store.finish_operation("j1", &journal, None).await));
+    let resumed = store
+        .resume_operation("j1", "op-1", "recovery/1", &newer)
+        .await
+        .unwrap();
     let record = CancellationRecord {
         operation_id: "op-1".into(),
         at: now,
@@ -315,13 +332,13 @@ async fn store_journal_and_fencing_round_trip(backend: Arc<dyn StateBackend>) {
     };
     assert!(
         store
-            .finish_operation("j1", "op-1", Some(record.clone()))
+            .finish_operation("j1", &resumed, Some(record.clone()))
             .await
             .unwrap()
     );
     assert!(
         !store
-            .finish_operation("j1", "op-1", Some(record))
+            .finish_operation("j1", &resumed, Some(record))
             .await
             .unwrap()
     );
@@ -331,27 +348,77 @@ async fn store_journal_and_fencing_round_trip(backend: Arc<dyn StateBackend>) {
     assert_eq!(snap.state.iteration, 0);
     assert_eq!(snap.state.highest_fencing_token, Some(newer));
 
-    // The Lease was garbage-collected and re-created (new uid, counting from
-    // 1): its holder writes; the paused holder of the old Lease, whatever its
-    // transitions, stays fenced off.
-    let recreated = FencingToken::new("lease-uid-2", 1);
+    // The Lease was garbage-collected and re-created a day later (new uid,
+    // counting from 0): its holder writes; the paused holder of the old
+    // Lease, whatever its transitions, stays fenced off.
+    let recreated = token("lease-uid-2", 100 + 86_400, 0);
     store
         .update_fenced("j1", &recreated, |s| {
-            s.metadata.insert("by".into(), "recreated-1".into());
+            s.metadata.insert("by".into(), "recreated-0".into());
             Ok::<_, Error>(())
         })
         .await
         .unwrap();
     let stale = store
-        .update_fenced("j1", &FencingToken::new("lease-uid", 99), |s| {
+        .update_fenced("j1", &token("lease-uid", 100, 99), |s| {
             s.metadata.insert("by".into(), "stale".into());
             Ok::<_, Error>(())
         })
         .await;
-    assert!(matches!(stale, Err(Error::StaleFencingToken { .. })));
+    assert!(refused(stale));
     let snap = store.get("j1").await.unwrap().unwrap();
-    assert_eq!(snap.state.metadata["by"], "recreated-1");
+    assert_eq!(snap.state.metadata["by"], "recreated-0");
     assert_eq!(snap.state.highest_fencing_token, Some(recreated));
+}
+
+/// Issue 12, item 2: journal steps are fenced with the journal's token. A
+/// holder pauses mid-operation; recovery takes the task's lock (a newer
+/// token) and resumes the journal; the former holder wakes and tries to
+/// advance and to finish the operation. Before, `advance_operation` and
+/// `finish_operation` went through plain `update` and both landed.
+async fn a_paused_holder_cannot_advance_or_finish_a_resumed_operation(
+    backend: Arc<dyn StateBackend>,
+) {
+    let store = StateStore::new(backend);
+    let now = store.clock().now();
+    let mut journal = OperationJournal::begin("op-1", OperationKind::Cancellation, "pod-a/1", now);
+    journal.fencing_token = Some(token("lease-uid", 100, 3));
+    store.begin_operation("j2", journal.clone()).await.unwrap();
+
+    let recovery_token = token("lease-uid", 100, 4);
+    let resumed = store
+        .resume_operation("j2", "op-1", "recovery/9", &recovery_token)
+        .await
+        .unwrap();
+    assert_eq!(resumed.holder, "recovery/9");
+    assert_eq!(resumed.fencing_token.as_ref(), Some(&recovery_token));
+
+    assert!(refused(
+        store
+            .advance_operation("j2", &journal, Step::Cancelled, StepStatus::Succeeded, None)
+            .await
+    ));
+    assert!(refused(store.finish_operation("j2", &journal, None).await));
+    // The same journal without its token is not let through either: the
+    // operation is now someone else's.
+    let unfenced = OperationJournal {
+        fencing_token: None,
+        ..journal.clone()
+    };
+    assert!(matches!(
+        store.finish_operation("j2", &unfenced, None).await,
+        Err(Error::Journal { .. })
+    ));
+    let snap = store.get("j2").await.unwrap().unwrap();
+    let active = snap.state.active_operation.as_ref().expect("still active");
+    assert_eq!(active.steps.len(), 1, "the former holder wrote no step");
+    assert_eq!(active.holder, "recovery/9");
+
+    store
+        .advance_operation("j2", &resumed, Step::Cancelled, StepStatus::Succeeded, None)
+        .await
+        .unwrap();
+    assert!(store.finish_operation("j2", &resumed, None).await.unwrap());
 }
 
 async fn concurrent_writers_lose_no_update(backend: Arc<dyn StateBackend>) {
@@ -436,6 +503,7 @@ on_both_backends!(
     store_compresses_large_states_and_reads_them_back,
     store_quarantines_a_corrupt_payload_and_rebuilds,
     store_journal_and_fencing_round_trip,
+    a_paused_holder_cannot_advance_or_finish_a_resumed_operation,
     concurrent_writers_lose_no_update,
 );
 

@@ -50,16 +50,18 @@
 //! use testkit::history::{FencingToken, LockHistory};
 //! use tokio::time::Instant;
 //!
+//! let created = jiff::Timestamp::from_second(1_700_000_000).unwrap();
+//! let token = |transitions| FencingToken::new("uid-1", created, transitions);
 //! let history = LockHistory::new();
 //! let t0 = Instant::now();
 //! let lease = Duration::from_secs(15);
-//! history.acquired("task-42", "pod-a/1", FencingToken::new("uid-1", 1), t0, t0 + lease);
+//! history.acquired("task-42", "pod-a/1", token(1), t0, t0 + lease);
 //! history.released("task-42", "pod-a/1", t0 + Duration::from_secs(3));
-//! history.acquired("task-42", "pod-b/7", FencingToken::new("uid-1", 2), t0 + Duration::from_secs(4), t0 + lease * 2);
+//! history.acquired("task-42", "pod-b/7", token(2), t0 + Duration::from_secs(4), t0 + lease * 2);
 //! assert!(history.check().is_ok());
 //!
 //! // A second holder before the first one's deadline, with a stale token: two violations.
-//! history.acquired("task-42", "pod-c/3", FencingToken::new("uid-1", 2), t0 + Duration::from_secs(5), t0 + lease * 2);
+//! history.acquired("task-42", "pod-c/3", token(2), t0 + Duration::from_secs(5), t0 + lease * 2);
 //! assert_eq!(history.violations().len(), 2);
 //! ```
 
@@ -76,48 +78,12 @@ use tokio::time::Instant;
 /// judging an incomplete record.
 pub const DEFAULT_MAX_EVENTS: usize = 1_000_000;
 
-/// A lease lock's fencing token: the Lease object's uid and its
-/// `leaseTransitions` as written by the acquiring compare-and-swap.
-///
-/// Tokens are ordered only within one Lease object: two tokens with
-/// different uids are incomparable (`partial_cmp` is `None`), so a key whose
-/// Lease was deleted and recreated shows up as a fencing violation rather
-/// than being silently ordered by uid spelling.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct FencingToken {
-    /// `metadata.uid` of the Lease object.
-    pub uid: String,
-    /// `spec.leaseTransitions` written by the acquisition.
-    pub transitions: u64,
-}
-
-impl FencingToken {
-    /// A token for the Lease `uid` at `transitions`.
-    pub fn new(uid: impl Into<String>, transitions: u64) -> Self {
-        Self {
-            uid: uid.into(),
-            transitions,
-        }
-    }
-}
-
-impl PartialOrd for FencingToken {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        (self.uid == other.uid).then(|| self.transitions.cmp(&other.transitions))
-    }
-}
-
-impl From<(String, u64)> for FencingToken {
-    fn from((uid, transitions): (String, u64)) -> Self {
-        Self { uid, transitions }
-    }
-}
-
-impl fmt::Display for FencingToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "({}, {})", self.uid, self.transitions)
-    }
-}
+/// The workspace's fencing token (Lease uid, creation time,
+/// `leaseTransitions`), the default token type of [`LockHistory`]: tokens of
+/// one Lease object order by transitions, of successive objects by creation
+/// time, and a key whose tokens cannot be ordered shows up as a fencing
+/// violation.
+pub use resilience::fencing::FencingToken;
 
 /// One thing a lock holder reported.
 #[derive(Debug, Clone, PartialEq)]
@@ -1031,7 +997,7 @@ mod tests {
     }
 
     fn token(t: u64) -> FencingToken {
-        FencingToken::new("uid-1", t)
+        FencingToken::new("uid-1", jiff::Timestamp::UNIX_EPOCH, t)
     }
 
     #[test]
@@ -1137,7 +1103,7 @@ mod tests {
         let h = LockHistory::new();
         let t0 = Instant::now();
         h.acquired("k1", "a", token(1), t0, t0 + LEASE);
-        h.acquired("k2", "b", FencingToken::new("uid-2", 1), t0, t0 + LEASE);
+        h.acquired("k2", "b", token_of("uid-2", 0, 1), t0, t0 + LEASE);
         assert_eq!(h.check(), Ok(()));
     }
 
@@ -1166,19 +1132,37 @@ mod tests {
         assert_eq!(h.check(), Ok(()));
     }
 
+    fn token_of(uid: &str, created: i64, transitions: u64) -> FencingToken {
+        FencingToken::new(
+            uid,
+            jiff::Timestamp::from_second(created).unwrap(),
+            transitions,
+        )
+    }
+
     #[test]
-    fn tokens_from_a_recreated_lease_are_incomparable() {
+    fn tokens_of_a_lease_recreated_in_the_same_second_are_a_violation() {
         let h = LockHistory::new();
         let t0 = Instant::now();
-        h.acquired("k", "a", FencingToken::new("uid-1", 7), t0, t0 + LEASE);
+        h.acquired("k", "a", token_of("uid-1", 0, 7), t0, t0 + LEASE);
         h.released("k", "a", t0 + secs(1));
-        h.acquired(
-            "k",
-            "b",
-            FencingToken::new("uid-2", 8),
-            t0 + secs(2),
-            t0 + LEASE,
-        );
+        h.acquired("k", "b", token_of("uid-2", 0, 8), t0 + secs(2), t0 + LEASE);
+        assert!(matches!(
+            h.check(),
+            Err(Violation::FencingTokenNotIncreasing { .. })
+        ));
+    }
+
+    #[test]
+    fn tokens_of_a_lease_recreated_later_increase_and_of_an_older_one_do_not() {
+        let h = LockHistory::new();
+        let t0 = Instant::now();
+        h.acquired("k", "a", token_of("uid-1", 0, 7), t0, t0 + LEASE);
+        h.released("k", "a", t0 + secs(1));
+        h.acquired("k", "b", token_of("uid-2", 60, 0), t0 + secs(2), t0 + LEASE);
+        assert_eq!(h.check(), Ok(()));
+        h.released("k", "b", t0 + secs(3));
+        h.acquired("k", "c", token_of("uid-1", 0, 8), t0 + secs(4), t0 + LEASE);
         assert!(matches!(
             h.check(),
             Err(Violation::FencingTokenNotIncreasing { .. })

@@ -61,7 +61,8 @@ async fn run_contenders(rules: LockRules, work: &[Duration]) -> LockHistory {
                     }
                     l.holder = Some(me.clone());
                     l.renewed_at = Some(sent);
-                    let token = FencingToken::new("uid-1", l.transitions);
+                    let token =
+                        FencingToken::new("uid-1", jiff::Timestamp::UNIX_EPOCH, l.transitions);
                     drop(l);
                     history.acquired("k", &me, token, Instant::now(), sent + LEASE);
                     break;
