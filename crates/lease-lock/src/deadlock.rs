@@ -31,12 +31,14 @@
 //!   the wait).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tracing::debug;
 
 use crate::error::Error;
+use crate::gc::idle_longer_than;
 use crate::guard::GuardShared;
-use crate::lock::{Judgment, LockInner, Observation, holder_of};
+use crate::lock::{LockInner, holder_of};
 use crate::{Lease, WAITING_FOR_ANNOTATION};
 
 /// The longest wait-for chain followed (Lease reads per walk).
@@ -130,7 +132,7 @@ pub(crate) async fn find_cycle(
         let Some(holder) = holder_of(&current).map(str::to_owned) else {
             return Ok(None);
         };
-        if wall_expired(lock, &current) {
+        if stopped_renewing(lock, &current) {
             return Ok(None);
         }
         let Some(next) = waiting_for(&current) else {
@@ -163,15 +165,20 @@ fn waiting_for(lease: &Lease) -> Option<String> {
         .cloned()
 }
 
-/// Expired by the wall-clock rule alone (we have no monotonic observation
-/// of Leases met during a walk).
-fn wall_expired(lock: &LockInner, lease: &Lease) -> bool {
-    let observation = Observation {
-        lease: lease.clone(),
-        seen_at: tokio::time::Instant::now(),
-    };
-    // Seen just now, the monotonic rule cannot fire: only the wall clock can.
-    matches!(lock.judge(&observation), Judgment::Expired)
+/// Whether the holder of a Lease met during a walk has stopped renewing it:
+/// no activity for two lease durations by its own timestamps. There is no
+/// monotonic observation of such a Lease, and the judgment only decides
+/// whether its holder still counts as a member of a wait-for cycle (never a
+/// takeover), so a wall-clock margin of a whole lease duration is enough.
+fn stopped_renewing(lock: &LockInner, lease: &Lease) -> bool {
+    let duration = lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.lease_duration_seconds)
+        .and_then(|s| u64::try_from(s).ok())
+        .filter(|s| *s > 0)
+        .map_or(lock.config.lease_duration, Duration::from_secs);
+    idle_longer_than(lease, jiff::Timestamp::now(), duration.saturating_mul(2))
 }
 
 #[cfg(test)]

@@ -1,9 +1,12 @@
 //! Garbage collection of idle Leases.
 //!
-//! Rule kept here: a Lease is deleted only if it is released or expired,
-//! idle for longer than the retention, and unchanged since we read it — the
-//! delete carries the uid and resourceVersion we judged, so a Lease
-//! acquired in between is never deleted.
+//! Rule kept here: a Lease is deleted only if it stayed idle (no renewal,
+//! acquisition or release, by its own timestamps) for longer than the
+//! retention, and is unchanged since we read it — the delete carries the uid
+//! and resourceVersion we judged, so a Lease acquired in between is never
+//! deleted. The retention is at least two lease durations, so a Lease still
+//! held when collected has expired whatever the skew, up to one lease
+//! duration, between its holder's clock and ours.
 //!
 //! Deleting a Lease starts its fencing tokens over on a new object (a new
 //! uid, `leaseTransitions` 0). Tokens still never go backwards: a token
@@ -20,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::error::Error;
-use crate::lock::{Judgment, LeaseLock, Observation};
+use crate::lock::{LeaseLock, holder_of};
 use crate::{LOCK_PREFIX_LABEL, Lease, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 
 /// What one garbage collection pass did.
@@ -30,9 +33,10 @@ pub struct GcReport {
     pub examined: usize,
     /// Leases deleted.
     pub deleted: usize,
-    /// Leases kept because they are held and not expired.
+    /// Leases kept because they are held (by this lock, or by a holder
+    /// active within the retention).
     pub held: usize,
-    /// Leases kept because they were active within the retention.
+    /// Released Leases kept because they were active within the retention.
     pub recent: usize,
     /// Leases that changed or vanished between the list and the delete.
     pub raced: usize,
@@ -41,8 +45,8 @@ pub struct GcReport {
 impl LeaseLock {
     /// Deletes this lock's Leases (same namespace, labelled
     /// `app.kubernetes.io/managed-by=supersede-lease-lock` and
-    /// `supersede.dev/lock-prefix=<prefix>`) that are released or expired
-    /// and idle for longer than the configured retention. One LIST, then one
+    /// `supersede.dev/lock-prefix=<prefix>`) idle for longer than the
+    /// configured retention. One LIST, then one
     /// conditional DELETE per idle Lease.
     pub async fn collect_garbage(&self) -> Result<GcReport, Error> {
         let inner = self.inner();
@@ -63,20 +67,17 @@ impl LeaseLock {
                 continue;
             }
             report.examined += 1;
-            let observation = Observation {
-                lease: lease.clone(),
-                seen_at: tokio::time::Instant::now(),
-            };
-            let released_or_expired = matches!(
-                inner.judge(&observation),
-                Judgment::Free | Judgment::Expired
-            );
-            if !released_or_expired || inner.is_claimed(&name) {
+            let held = holder_of(&lease).is_some();
+            if inner.is_claimed(&name) {
                 report.held += 1;
                 continue;
             }
             if !idle_longer_than(&lease, now, config.retention) {
-                report.recent += 1;
+                if held {
+                    report.held += 1;
+                } else {
+                    report.recent += 1;
+                }
                 continue;
             }
             let (Some(uid), Some(version)) = (
@@ -136,7 +137,7 @@ impl LeaseLock {
 
 /// Whether the Lease's last activity (renewal or release, else acquisition,
 /// else creation) is older than `retention`.
-fn idle_longer_than(lease: &Lease, now: jiff::Timestamp, retention: Duration) -> bool {
+pub(crate) fn idle_longer_than(lease: &Lease, now: jiff::Timestamp, retention: Duration) -> bool {
     let spec = lease.spec.as_ref();
     let last = spec
         .and_then(|s| s.renew_time.as_ref().map(|t| t.0))

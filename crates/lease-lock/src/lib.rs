@@ -31,7 +31,7 @@ pub use crate::error::{Error, LossReason};
 pub use crate::gc::GcReport;
 pub use crate::guard::LockGuard;
 pub use crate::kube::KubeLeases;
-pub use crate::lock::{AcquireOptions, LeaseLock, LockConfig};
+pub use crate::lock::{AcquireOptions, LeaseLock, LockConfig, MAX_ACQUIRE_TIMEOUT, MAX_CLOCK_SKEW};
 pub use crate::memory::MemoryLeases;
 pub use crate::metrics::Metrics;
 pub use crate::name::{MAX_KEY_LEN, lease_name};

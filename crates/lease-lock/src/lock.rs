@@ -15,9 +15,10 @@
 //!    costs one call too.
 //! 3. **Held by another**: wait. The Lease is *expired* when, as client-go's
 //!    `LeaderElector` judges it, its record stayed unchanged for a full
-//!    `leaseDurationSeconds` on our monotonic clock since we first saw it, or
-//!    when `renewTime + leaseDurationSeconds + max_clock_skew` is in the past
-//!    on our wall clock. An expired Lease is taken over by
+//!    `leaseDurationSeconds` on our monotonic clock since we first saw it
+//!    (and, only if [`LockConfig::max_clock_skew`] opts in, when
+//!    `renewTime + leaseDurationSeconds + skew` is in the past on our wall
+//!    clock). An expired Lease is taken over by
 //!    replace-if-version, incrementing `leaseTransitions`. The conditional
 //!    write is what makes a takeover safe even on a stale view: if the
 //!    holder renewed meanwhile, the version changed and the write conflicts.
@@ -98,19 +99,33 @@ pub struct LockConfig {
     /// Must be below `lease_duration`: the gap is what keeps a slow holder
     /// from overlapping with a waiter that takes the Lease over. Default 20 s.
     pub renew_deadline: Duration,
-    /// The largest wall-clock difference assumed between any two of our
-    /// processes; only used by the `renewTime`-based expiry rule. Default 5 s.
-    pub max_clock_skew: Duration,
+    /// Opt-in to a second expiry rule: a Lease is also expired when
+    /// `renewTime + leaseDurationSeconds + skew` is past on our wall clock,
+    /// `skew` being the largest wall-clock difference assumed between the
+    /// holder's clock and ours. It takes over a long-abandoned Lease at once
+    /// instead of after one lease duration of observation, but it trusts
+    /// wall clocks: a holder whose clock runs more than
+    /// `skew + lease_duration - renew_deadline` behind ours (15 s with a 5 s
+    /// skew and the default durations) is taken over while its own
+    /// [`is_valid`](crate::LockGuard::is_valid) is still true. Default
+    /// `None`: expiry is judged on our monotonic observation only, which
+    /// needs no clock agreement at all (client-go's rule). At most
+    /// [`MAX_CLOCK_SKEW`].
+    pub max_clock_skew: Option<Duration>,
     /// How long [`LeaseLock::acquire`] waits by default. Default 5 s.
     pub acquire_timeout: Duration,
     /// Delays between re-reads while waiting, and between retries of
     /// transient failures. Default 50 ms ×2 up to 2 s, ±25 % jitter.
     pub backoff: BackoffPolicy,
-    /// Released or expired Leases idle longer than this are deleted by
-    /// [`LeaseLock::collect_garbage`]. Default 24 h. Keep it far longer than
-    /// any pause a holder could survive and any clock skew: the Lease that
-    /// replaces a deleted one must be created later, in whole seconds of the
-    /// API server's clock, for fencing tokens to keep increasing.
+    /// Leases idle longer than this (no renewal, acquisition or release) are
+    /// deleted by [`LeaseLock::collect_garbage`]. Default 24 h; at least
+    /// twice `lease_duration` (whole seconds), so that a Lease is never
+    /// collected while its holder may still believe it holds it, whatever
+    /// the wall-clock skew between that holder and the collector up to one
+    /// lease duration. Keep it far longer than any pause a holder could
+    /// survive: the Lease that replaces a deleted one must be created later,
+    /// in whole seconds of the API server's clock, for fencing tokens to keep
+    /// increasing.
     pub retention: Duration,
 }
 
@@ -124,7 +139,7 @@ impl LockConfig {
             lease_duration: Duration::from_secs(30),
             renew_interval: Duration::from_secs(10),
             renew_deadline: Duration::from_secs(20),
-            max_clock_skew: Duration::from_secs(5),
+            max_clock_skew: None,
             acquire_timeout: Duration::from_secs(5),
             backoff: BackoffPolicy {
                 initial: Duration::from_millis(50),
@@ -167,8 +182,27 @@ impl LockConfig {
                 self.lease_duration
             ));
         }
-        if self.acquire_timeout.is_zero() {
-            return bad("acquire_timeout must be greater than zero".into());
+        if self.acquire_timeout.is_zero() || self.acquire_timeout > MAX_ACQUIRE_TIMEOUT {
+            return bad(format!(
+                "acquire_timeout {:?} must be in (0, {MAX_ACQUIRE_TIMEOUT:?}]",
+                self.acquire_timeout
+            ));
+        }
+        if let Some(skew) = self.max_clock_skew
+            && skew > MAX_CLOCK_SKEW
+        {
+            return bad(format!(
+                "max_clock_skew {skew:?} is over {MAX_CLOCK_SKEW:?}: clocks that far apart need fixing, not tolerating"
+            ));
+        }
+        let min_retention =
+            Duration::from_secs(2 * u64::from(self.lease_duration_seconds().unsigned_abs()));
+        if self.retention < min_retention {
+            return bad(format!(
+                "retention {:?} must be at least twice lease_duration ({min_retention:?}): \
+                 a shorter one could collect a Lease whose holder still believes it holds it",
+                self.retention
+            ));
         }
         self.backoff
             .validate()
@@ -183,6 +217,15 @@ impl LockConfig {
         i32::try_from(secs).unwrap_or(i32::MAX)
     }
 }
+
+/// The longest wall-clock skew [`LockConfig::max_clock_skew`] accepts:
+/// clocks further apart than this need fixing (NTP), not tolerating.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(10 * 60);
+
+/// The longest wait one acquisition accepts ([`LockConfig::acquire_timeout`],
+/// [`AcquireOptions::timeout`]): waiting longer is a loop of acquisitions, or
+/// one bounded by [`AcquireOptions::cancel_on`] instead.
+pub const MAX_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Options of one [`LeaseLock::acquire`] call.
 #[derive(Clone, Default)]
@@ -215,7 +258,9 @@ impl AcquireOptions {
         Self::default()
     }
 
-    /// Wait at most `timeout` instead of the configured `acquire_timeout`.
+    /// Wait at most `timeout` instead of the configured `acquire_timeout`
+    /// (at most [`MAX_ACQUIRE_TIMEOUT`]; the acquisition refuses a longer one
+    /// with [`Error::InvalidConfig`]).
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
@@ -310,8 +355,16 @@ impl LeaseLock {
     /// [`Error::InvalidKey`], and permanent API errors at once.
     pub async fn acquire(&self, key: &str, options: AcquireOptions) -> Result<LockGuard, Error> {
         let timeout = options.timeout.unwrap_or(self.inner.config.acquire_timeout);
+        let deadline = Instant::now()
+            .checked_add(timeout)
+            .filter(|_| timeout <= MAX_ACQUIRE_TIMEOUT)
+            .ok_or_else(|| {
+                Error::InvalidConfig(format!(
+                    "acquire timeout {timeout:?} is over {MAX_ACQUIRE_TIMEOUT:?}; loop, or bound the wait with cancel_on"
+                ))
+            })?;
         let mode = Mode::Wait {
-            deadline: Instant::now() + timeout,
+            deadline,
             cancel: options.cancel.unwrap_or_default(),
             holding: options.holding,
         };
@@ -1251,8 +1304,10 @@ pub(crate) fn judge(
     }
     let mut until = monotonic_expiry;
     if let Some(renewed) = spec.and_then(|s| s.renew_time.as_ref()) {
-        let wall_expiry = jiff::SignedDuration::try_from(duration + config.max_clock_skew)
-            .ok()
+        let wall_expiry = config
+            .max_clock_skew
+            .and_then(|skew| duration.checked_add(skew))
+            .and_then(|d| jiff::SignedDuration::try_from(d).ok())
             .and_then(|d| renewed.0.checked_add(d).ok());
         if let Some(wall_expiry) = wall_expiry {
             match Duration::try_from(wall_now.duration_until(wall_expiry)) {

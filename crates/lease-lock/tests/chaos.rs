@@ -102,7 +102,6 @@ fn config(identity: &str) -> LockConfig {
         lease_duration: Duration::from_secs(2),
         renew_interval: Duration::from_millis(300),
         renew_deadline: Duration::from_secs(1),
-        max_clock_skew: Duration::from_millis(500),
         acquire_timeout: Duration::from_secs(3),
         backoff: BackoffPolicy {
             initial: Duration::from_millis(20),

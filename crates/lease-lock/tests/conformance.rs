@@ -120,7 +120,6 @@ mod checks {
             lease_duration: Duration::from_secs(2),
             renew_interval: Duration::from_millis(300),
             renew_deadline: Duration::from_secs(1),
-            max_clock_skew: Duration::from_millis(500),
             acquire_timeout: Duration::from_secs(20),
             backoff: BackoffPolicy {
                 initial: Duration::from_millis(20),
@@ -489,8 +488,9 @@ mod checks {
     }
 
     pub async fn garbage_collection_deletes_idle_leases_only(env: &Env) {
+        // The shortest retention allowed: twice the 2 s lease duration.
         let config = LockConfig {
-            retention: Duration::from_secs(1),
+            retention: Duration::from_secs(4),
             ..fast("pod-a", env)
         };
         let lock = LeaseLock::new(env.process(), config).unwrap();
@@ -505,7 +505,7 @@ mod checks {
             "nothing idle yet"
         );
 
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        tokio::time::sleep(Duration::from_millis(4500)).await;
         let report = lock.collect_garbage().await.unwrap();
 
         assert_eq!((report.deleted, report.held), (1, 1));

@@ -84,9 +84,9 @@ pub enum Error {
         /// Task id.
         task_id: String,
         /// The token the writer presented.
-        offered: FencingToken,
+        offered: Box<FencingToken>,
         /// The highest token recorded in the state.
-        highest: FencingToken,
+        highest: Box<FencingToken>,
         /// Stale or incomparable.
         reason: Rejected,
     },

@@ -516,8 +516,8 @@ impl RemediationState {
             .admit_into(&mut self.highest_fencing_token)
             .map_err(|reason| Error::FencingTokenRefused {
                 task_id: self.task_id.clone(),
-                offered: token.clone(),
-                highest: before.unwrap_or_else(|| token.clone()),
+                offered: Box::new(token.clone()),
+                highest: Box::new(before.unwrap_or_else(|| token.clone())),
                 reason,
             })
     }

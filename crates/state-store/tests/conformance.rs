@@ -262,7 +262,7 @@ fn token(uid: &str, created: i64, transitions: u64) -> FencingToken {
     FencingToken::new(uid, Timestamp::from_second(created).unwrap(), transitions)
 }
 
-fn refused<T: std::fmt::Debug>(result: Result<T, Error>) -> bool {
+fn refused<T>(result: &Result<T, Error>) -> bool {
     matches!(result, Err(Error::FencingTokenRefused { .. }))
 }
 
@@ -304,7 +304,7 @@ async fn store_journal_and_fencing_round_trip(backend: Arc<dyn StateBackend>) {
             Ok::<_, Error>(())
         })
         .await;
-    assert!(refused(stale));
+    assert!(refused(&stale));
     let newer = token("lease-uid", 100, 4);
     store
         .update_fenced("j1", &newer, |s| {
@@ -316,7 +316,7 @@ async fn store_journal_and_fencing_round_trip(backend: Arc<dyn StateBackend>) {
 
     // The journal's own token is now older than the state's highest: its
     // holder has lost the lock, so its next step is refused.
-    assert!(refused(store.finish_operation("j1", &journal, None).await));
+    assert!(refused(&store.finish_operation("j1", &journal, None).await));
     let resumed = store
         .resume_operation("j1", "op-1", "recovery/1", &newer)
         .await
@@ -365,7 +365,7 @@ async fn store_journal_and_fencing_round_trip(backend: Arc<dyn StateBackend>) {
             Ok::<_, Error>(())
         })
         .await;
-    assert!(refused(stale));
+    assert!(refused(&stale));
     let snap = store.get("j1").await.unwrap().unwrap();
     assert_eq!(snap.state.metadata["by"], "recreated-0");
     assert_eq!(snap.state.highest_fencing_token, Some(recreated));
@@ -394,11 +394,11 @@ async fn a_paused_holder_cannot_advance_or_finish_a_resumed_operation(
     assert_eq!(resumed.fencing_token.as_ref(), Some(&recovery_token));
 
     assert!(refused(
-        store
+        &store
             .advance_operation("j2", &journal, Step::Cancelled, StepStatus::Succeeded, None)
             .await
     ));
-    assert!(refused(store.finish_operation("j2", &journal, None).await));
+    assert!(refused(&store.finish_operation("j2", &journal, None).await));
     // The same journal without its token is not let through either: the
     // operation is now someone else's.
     let unfenced = OperationJournal {

@@ -299,8 +299,41 @@ async fn try_acquire_never_waits_and_takes_over_once_the_record_stayed_unchanged
     assert_eq!(b.metrics().takeovers(), 1);
 }
 
+/// Issue 12, item 3. The holder's wall clock runs 40 s behind ours, so the
+/// `renewTime` it writes looks long past. Judged on `renewTime + duration +
+/// skew`, the waiter took the Lease over at once, while the paused holder's
+/// own `is_valid()` was still true for 20 s: two holders. Judged on our
+/// monotonic observation alone (client-go's rule), the waiter takes over
+/// only after the holder's guarantee ended.
 #[tokio::test(start_paused = true)]
-async fn a_lease_abandoned_long_ago_is_taken_over_at_once_by_the_renew_time_rule() {
+async fn a_holder_whose_wall_clock_is_behind_is_not_taken_over_while_it_is_valid() {
+    let memory = MemoryLeases::new();
+    let slow_clock = Instrumented::new(super::Faulty {
+        clock_behind: Duration::from_secs(40),
+        ..super::Faulty::new(memory.clone())
+    });
+    let a = lock_on(slow_clock.clone(), "pod-a");
+    let b = lock_on(memory.clone(), "pod-b");
+    let held = a.acquire("k", AcquireOptions::new()).await.unwrap();
+    let a_valid_until = held.valid_until();
+    slow_clock.freeze(true); // A pauses: its renewals never arrive
+
+    let taken = b.acquire("k", wait_up_to(60)).await.unwrap();
+
+    assert!(
+        taken.acquired_at() >= a_valid_until,
+        "taken over {:?} before the holder's guarantee ended",
+        a_valid_until - taken.acquired_at()
+    );
+    assert!(!held.is_valid(), "by then the holder knows it may not act");
+    slow_clock.freeze(false);
+    drop(held);
+}
+
+/// The default: no wall-clock rule, so even a `renewTime` an hour old is
+/// taken over only after one lease duration of our own observation.
+#[tokio::test(start_paused = true)]
+async fn a_lease_abandoned_long_ago_is_taken_over_after_one_observed_lease_duration() {
     let memory = MemoryLeases::new();
     memory
         .create(
@@ -310,6 +343,37 @@ async fn a_lease_abandoned_long_ago_is_taken_over_at_once_by_the_renew_time_rule
         .await
         .unwrap();
     let lock = lock_on(memory.clone(), "pod-b");
+    let started = Instant::now();
+
+    assert!(
+        lock.try_acquire("k").await.unwrap().is_none(),
+        "seen just now"
+    );
+    let guard = lock.acquire("k", wait_up_to(60)).await.unwrap();
+
+    assert_eq!(guard.fencing_token().transitions, 8);
+    assert!(started.elapsed() >= Duration::from_secs(30));
+    assert_eq!(lock.metrics().takeovers(), 1);
+}
+
+fn with_wall_clock_rule(identity: &str) -> crate::LockConfig {
+    crate::LockConfig {
+        max_clock_skew: Some(Duration::from_secs(5)),
+        ..config(identity)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_the_wall_clock_rule_a_lease_abandoned_long_ago_is_taken_over_at_once() {
+    let memory = MemoryLeases::new();
+    memory
+        .create(
+            NS,
+            &held_lease("lock-k", Some("ghost/1"), 7, Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+    let lock = LeaseLock::new(memory.clone(), with_wall_clock_rule("pod-b")).unwrap();
 
     let guard = lock
         .try_acquire("k")
@@ -322,7 +386,7 @@ async fn a_lease_abandoned_long_ago_is_taken_over_at_once_by_the_renew_time_rule
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_renew_time_within_the_clock_skew_bound_is_not_expired() {
+async fn with_the_wall_clock_rule_a_renew_time_within_the_skew_bound_is_not_expired() {
     let memory = MemoryLeases::new();
     // 32 s ago: past the 30 s duration, but within duration + 5 s skew.
     memory
@@ -339,7 +403,7 @@ async fn a_renew_time_within_the_clock_skew_bound_is_not_expired() {
         )
         .await
         .unwrap();
-    let lock = lock_on(memory.clone(), "pod-b");
+    let lock = LeaseLock::new(memory.clone(), with_wall_clock_rule("pod-b")).unwrap();
 
     assert!(lock.try_acquire("skewed").await.unwrap().is_none());
     assert!(lock.try_acquire("expired").await.unwrap().is_some());
@@ -919,7 +983,10 @@ async fn a_lease_recreated_after_garbage_collection_issues_tokens_above_the_old_
     let lock = LeaseLock::new(
         memory.clone(),
         crate::LockConfig {
-            retention: Duration::from_secs(1),
+            lease_duration: Duration::from_secs(1),
+            renew_deadline: Duration::from_millis(600),
+            renew_interval: Duration::from_millis(200),
+            retention: Duration::from_secs(2),
             ..config("pod-a")
         },
     )
@@ -1052,5 +1119,69 @@ async fn releasing_a_guard_whose_renewal_task_died_clears_the_lease_if_still_our
         holder(&lease),
         None,
         "the Lease, still ours, is cleared for the next holder"
+    );
+}
+
+/// Issue 12, item 11: settings that overflow or make no sense are refused
+/// with a message naming them, never a panic or a silent misbehaviour.
+#[tokio::test(start_paused = true)]
+async fn settings_that_overflow_or_make_no_sense_are_refused_with_a_clear_error() {
+    let refused = |config: crate::LockConfig, names: &str| match config.validate() {
+        Err(Error::InvalidConfig(message)) => {
+            assert!(message.contains(names), "{message:?} names {names}")
+        }
+        other => panic!("{names}: expected InvalidConfig, got {other:?}"),
+    };
+    refused(
+        crate::LockConfig {
+            retention: Duration::ZERO,
+            ..config("pod-a")
+        },
+        "retention",
+    );
+    refused(
+        crate::LockConfig {
+            retention: Duration::from_secs(59),
+            ..config("pod-a")
+        },
+        "retention",
+    );
+    refused(
+        crate::LockConfig {
+            max_clock_skew: Some(Duration::MAX),
+            ..config("pod-a")
+        },
+        "max_clock_skew",
+    );
+    refused(
+        crate::LockConfig {
+            acquire_timeout: Duration::MAX,
+            ..config("pod-a")
+        },
+        "acquire_timeout",
+    );
+    assert!(
+        crate::LockConfig {
+            retention: Duration::from_secs(60),
+            max_clock_skew: Some(Duration::from_secs(5)),
+            ..config("pod-a")
+        }
+        .validate()
+        .is_ok()
+    );
+
+    // A per-call timeout is checked when the call is made: before, the
+    // deadline `now + Duration::MAX` overflowed and panicked.
+    let lock = lock_on(MemoryLeases::new(), "pod-a");
+    let result = lock
+        .acquire("k", AcquireOptions::new().timeout(Duration::MAX))
+        .await;
+    assert!(
+        matches!(&result, Err(Error::InvalidConfig(m)) if m.contains("timeout")),
+        "{result:?}"
+    );
+    assert!(
+        lock.try_acquire("k").await.unwrap().is_some(),
+        "nothing was left held"
     );
 }

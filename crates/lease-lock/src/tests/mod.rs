@@ -212,10 +212,27 @@ pub(crate) struct Faulty<B> {
     /// Watches report one event and end, and (like `futures::stream::unfold`)
     /// panic if polled after they ended.
     pub(crate) one_event_watches: bool,
+    /// The writing process's wall clock runs this far behind: the
+    /// `acquireTime` and `renewTime` it writes are that much in the past.
+    pub(crate) clock_behind: Duration,
     replaced: Arc<AtomicU64>,
 }
 
 impl<B> Faulty<B> {
+    /// `lease` with its times as a clock `clock_behind` behind ours writes them.
+    fn skewed(&self, lease: &Lease) -> Lease {
+        let mut lease = lease.clone();
+        let behind = jiff::SignedDuration::try_from(self.clock_behind).unwrap();
+        if let Some(spec) = lease.spec.as_mut() {
+            for time in [&mut spec.acquire_time, &mut spec.renew_time] {
+                if let Some(t) = time.as_mut() {
+                    t.0 -= behind;
+                }
+            }
+        }
+        lease
+    }
+
     pub(crate) fn new(inner: B) -> Self {
         Self {
             inner,
@@ -223,6 +240,7 @@ impl<B> Faulty<B> {
             stall_annotation_writes: false,
             panic_on_first_replace: false,
             one_event_watches: false,
+            clock_behind: Duration::ZERO,
             replaced: Arc::default(),
         }
     }
@@ -237,9 +255,10 @@ impl<B: LeaseBackend + Clone> LeaseBackend for Faulty<B> {
         self.inner.get(namespace, name).await
     }
     async fn create(&self, namespace: &str, lease: &Lease) -> Result<Lease, Error> {
-        self.inner.create(namespace, lease).await
+        self.inner.create(namespace, &self.skewed(lease)).await
     }
     async fn replace(&self, namespace: &str, lease: &Lease) -> Result<Lease, Error> {
+        let lease = &self.skewed(lease);
         let first = self.replaced.fetch_add(1, Ordering::SeqCst) == 0;
         assert!(
             !(first && self.panic_on_first_replace),
