@@ -27,9 +27,10 @@
 //!    default) re-reads it in case the watch is slow or broken; the wait is
 //!    bounded by the acquire timeout and a `CancellationToken`.
 //!
-//! Acquisition is cancel-safe: acquiring writes run in their own task, and
-//! one that lands after its caller gave up (timeout, cancellation, or a
-//! dropped future) is released at once instead of blocking others until it
+//! Acquisition is cancel-safe: acquiring writes run in their own task,
+//! marked in flight before anything is awaited, and one that lands after —
+//! or exactly as — its caller gave up (timeout, cancellation, or a dropped
+//! future) is released at once instead of blocking others until it
 //! expires. Lost answers are handled the same way: a write whose outcome is
 //! unknown (connection dropped, 5xx) is recognised by its holder identity,
 //! unique to the acquisition — adopted if the acquisition goes on, given
@@ -677,6 +678,8 @@ struct Acquisition<'a> {
     /// unless the acquisition ends with a guard, the Lease is checked and
     /// given back if it carries our holder identity.
     unconfirmed: bool,
+    /// The answer of the acquiring write in flight, until it is taken.
+    in_flight: Option<oneshot::Receiver<Result<Lease, Error>>>,
 }
 
 impl<'a> Acquisition<'a> {
@@ -713,6 +716,7 @@ impl<'a> Acquisition<'a> {
             started: Instant::now(),
             retry_after: None,
             unconfirmed: false,
+            in_flight: None,
         })
     }
 
@@ -896,11 +900,21 @@ impl<'a> Acquisition<'a> {
     /// lands after we stopped waiting for it is given back, not leaked.
     /// The outer error ends the acquisition (cancelled, timed out); the
     /// inner result is the API's answer.
+    ///
+    /// The write is marked in flight (its answer's receiver kept in `self`)
+    /// before anything is awaited: whether the wait is interrupted here or
+    /// the whole acquisition is dropped, [`abandon_in_flight`](Self::abandon_in_flight)
+    /// then takes an answer already delivered and gives back what it won.
     async fn write(&mut self, write: Write) -> Result<Result<(Lease, Instant), Error>, Error> {
         let inner = Arc::clone(self.inner());
         let (name, holder) = (self.name.clone(), self.holder.clone());
         let (tx, rx) = oneshot::channel();
         let sent_at = Instant::now();
+        let limits = self
+            .mode
+            .limits()
+            .map(|(deadline, cancel)| (deadline, cancel.clone()));
+        let answer = self.in_flight.insert(rx);
         tokio::spawn(async move {
             let namespace = &inner.config.namespace;
             let result = match &write {
@@ -910,16 +924,20 @@ impl<'a> Acquisition<'a> {
             // Nobody is waiting for the answer any more.
             match tx.send(result) {
                 Ok(()) => {}
-                Err(Ok(lease)) => inner.give_back(lease).await,
-                Err(Err(e)) if may_have_landed(&e) => {
-                    inner.give_back_if_held_by(&name, &holder).await;
-                }
-                Err(Err(_)) => {}
+                Err(result) => give_back_abandoned(&inner, &name, &holder, result).await,
             }
         });
-        let result = bounded(self.mode.limits(), rx)
-            .await
-            .map_err(|i| self.interrupted(i))?;
+        let waited = bounded(limits.as_ref().map(|(d, c)| (*d, c)), answer).await;
+        let result = match waited {
+            Ok(result) => {
+                self.in_flight = None;
+                result
+            }
+            Err(interrupted) => {
+                self.abandon_in_flight();
+                return Err(self.interrupted(interrupted));
+            }
+        };
         if let Ok(Err(e)) = &result
             && may_have_landed(e)
         {
@@ -935,6 +953,33 @@ impl<'a> Acquisition<'a> {
                     source: None,
                 }))
             }
+        }
+    }
+
+    /// Gives up on the write in flight, if any: closes its channel first (so
+    /// the writer cannot hand an answer over any more: one that arrives later
+    /// is given back by the writer itself), then gives back what an answer
+    /// already delivered won.
+    fn abandon_in_flight(&mut self) {
+        let Some(mut answer) = self.in_flight.take() else {
+            return;
+        };
+        answer.close();
+        match answer.try_recv() {
+            Ok(result) => {
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                    return;
+                };
+                let inner = Arc::clone(self.inner());
+                let (name, holder) = (self.name.clone(), self.holder.clone());
+                runtime.spawn(async move {
+                    give_back_abandoned(&inner, &name, &holder, result).await;
+                });
+            }
+            // Not answered yet: the writer finds the channel closed and gives
+            // back what it wins. (A writer that panicked gives nothing back:
+            // what it may have won expires.)
+            Err(oneshot::error::TryRecvError::Empty | oneshot::error::TryRecvError::Closed) => {}
         }
     }
 
@@ -1171,6 +1216,10 @@ impl<'a> Acquisition<'a> {
 
 impl Drop for Acquisition<'_> {
     fn drop(&mut self) {
+        // Dropped while a write was in flight: its answer may already be
+        // waiting in the channel, handed over and so not given back by the
+        // writer.
+        self.abandon_in_flight();
         if !self.unconfirmed {
             return;
         }
@@ -1190,6 +1239,22 @@ impl Drop for Acquisition<'_> {
 enum Write {
     Create(Lease),
     Replace(Lease),
+}
+
+/// Gives back what an acquiring write nobody waits for any more may have
+/// won: the Lease it returned, or, when its answer was lost, whatever Lease
+/// carries the acquisition's holder identity.
+async fn give_back_abandoned(
+    inner: &LockInner,
+    name: &str,
+    holder: &str,
+    result: Result<Lease, Error>,
+) {
+    match result {
+        Ok(lease) => inner.give_back(lease).await,
+        Err(e) if may_have_landed(&e) => inner.give_back_if_held_by(name, holder).await,
+        Err(_) => {}
+    }
 }
 
 async fn next_event(

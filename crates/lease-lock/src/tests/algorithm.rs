@@ -1185,3 +1185,59 @@ async fn settings_that_overflow_or_make_no_sense_are_refused_with_a_clear_error(
         "nothing was left held"
     );
 }
+
+/// Issue 12, item 4: the caller's cancellation arrives together with the
+/// answer of the acquiring write. The answer sat in the channel, the
+/// spawned writer had handed it over (so it would not give it back), and the
+/// acquisition returned `Cancelled`: an identity nobody renews held the key
+/// for a lease duration.
+#[tokio::test(start_paused = true)]
+async fn a_lease_won_as_the_caller_gives_up_is_given_back() {
+    let memory = MemoryLeases::new();
+    let cancel = CancellationToken::new();
+    let a = lock_on(
+        super::Faulty {
+            cancel_after_write: Some(cancel.clone()),
+            ..super::Faulty::new(memory.clone())
+        },
+        "pod-a",
+    );
+
+    let result = a
+        .acquire("k", AcquireOptions::new().cancel_on(cancel.clone()))
+        .await;
+    settle().await;
+
+    assert!(matches!(result, Err(Error::Cancelled { .. })), "{result:?}");
+    let lease = memory.get(NS, "lock-k").await.unwrap().unwrap();
+    assert_eq!(holder(&lease), None, "the won Lease was given back");
+    let b = lock_on(memory.clone(), "pod-b");
+    assert!(b.try_acquire("k").await.unwrap().is_some());
+}
+
+/// The same with the caller's future dropped (a `select!` that took another
+/// branch) while the answer was in the channel.
+#[tokio::test(start_paused = true)]
+async fn a_lease_won_as_the_caller_drops_the_acquisition_is_given_back() {
+    let memory = MemoryLeases::new();
+    let elsewhere = CancellationToken::new();
+    let a = lock_on(
+        super::Faulty {
+            cancel_after_write: Some(elsewhere.clone()),
+            ..super::Faulty::new(memory.clone())
+        },
+        "pod-a",
+    );
+
+    let acquired = tokio::select! {
+        biased;
+        () = elsewhere.cancelled() => None,
+        guard = a.acquire("k", AcquireOptions::new()) => Some(guard),
+    };
+    settle().await;
+
+    assert!(acquired.is_none(), "the other branch won");
+    let lease = memory.get(NS, "lock-k").await.unwrap().unwrap();
+    assert_eq!(holder(&lease), None, "the won Lease was given back");
+    assert!(a.try_acquire("k").await.unwrap().is_some());
+}

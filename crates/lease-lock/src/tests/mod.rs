@@ -215,6 +215,10 @@ pub(crate) struct Faulty<B> {
     /// The writing process's wall clock runs this far behind: the
     /// `acquireTime` and `renewTime` it writes are that much in the past.
     pub(crate) clock_behind: Duration,
+    /// Fired right after a create or replace landed, before its answer is
+    /// returned: the caller's cancellation (or timeout) arrives together
+    /// with the answer.
+    pub(crate) cancel_after_write: Option<tokio_util::sync::CancellationToken>,
     replaced: Arc<AtomicU64>,
 }
 
@@ -233,6 +237,12 @@ impl<B> Faulty<B> {
         lease
     }
 
+    fn written(&self) {
+        if let Some(cancel) = &self.cancel_after_write {
+            cancel.cancel();
+        }
+    }
+
     pub(crate) fn new(inner: B) -> Self {
         Self {
             inner,
@@ -241,6 +251,7 @@ impl<B> Faulty<B> {
             panic_on_first_replace: false,
             one_event_watches: false,
             clock_behind: Duration::ZERO,
+            cancel_after_write: None,
             replaced: Arc::default(),
         }
     }
@@ -255,7 +266,9 @@ impl<B: LeaseBackend + Clone> LeaseBackend for Faulty<B> {
         self.inner.get(namespace, name).await
     }
     async fn create(&self, namespace: &str, lease: &Lease) -> Result<Lease, Error> {
-        self.inner.create(namespace, &self.skewed(lease)).await
+        let created = self.inner.create(namespace, &self.skewed(lease)).await;
+        self.written();
+        created
     }
     async fn replace(&self, namespace: &str, lease: &Lease) -> Result<Lease, Error> {
         let lease = &self.skewed(lease);
@@ -272,7 +285,9 @@ impl<B: LeaseBackend + Clone> LeaseBackend for Faulty<B> {
         if self.stall_annotation_writes && annotated {
             std::future::pending::<()>().await;
         }
-        self.inner.replace(namespace, lease).await
+        let replaced = self.inner.replace(namespace, lease).await;
+        self.written();
+        replaced
     }
     async fn delete(
         &self,
