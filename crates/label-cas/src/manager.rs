@@ -285,7 +285,8 @@ impl TransitionPolicy {
 /// unchanged); if they already are the target state, stop — no write; if a
 /// precondition fails, [`Error::Conflict`]; otherwise DELETE each label to
 /// remove (200 claims it; 404 means another writer moved first: undo and
-/// [`Error::Conflict`]), POST all additions at once, and verify the list the
+/// [`Error::Conflict`] — unless a DELETE of ours for that label may already
+/// have landed, whose 404 is ours), POST all additions at once, and verify the list the
 /// last write returned — interference is retried with backoff, a bounded
 /// number of times, then undone. The crate README says what "atomic" means
 /// against GitHub.
@@ -627,10 +628,16 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
     }
 
     /// One DELETE as a claim on `name`. A DELETE that may have been applied
-    /// without our hearing the answer is not re-sent: the labels are re-read
-    /// and the decision made on what they show.
+    /// without our hearing the answer is not re-sent blindly: the labels are
+    /// re-read and the decision made on what they show. Once a DELETE of
+    /// ours is in doubt, a 404 is no longer proof that another writer moved
+    /// first — GitHub's reads can lag its writes, so the re-read may still
+    /// show a label our first DELETE already removed — and it counts as our
+    /// removal (the same bet as a label gone on re-read; see the README).
     async fn claim_removal(&self, pr: &PrRef, name: &str, run: &mut Run<'_>) -> Result<Claim> {
         let mut retries = self.retries();
+        // The labels as last read, once a DELETE of ours may have landed.
+        let mut in_doubt: Option<LabelSet> = None;
         loop {
             run.calls += 1;
             // Stays set until we know what the DELETE did (through the
@@ -643,7 +650,16 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
                 }
                 Ok(RemoveOutcome::Absent) => {
                     run.sending = None;
-                    return Ok(Claim::Lost);
+                    return Ok(match in_doubt {
+                        None => Claim::Lost,
+                        Some(seen) => {
+                            tracing::info!(
+                                label = name,
+                                "the DELETE sent again found the label gone: our earlier DELETE removed it"
+                            );
+                            Claim::Ours(without(&seen, name))
+                        }
+                    });
                 }
                 Err(error) => error,
             };
@@ -664,10 +680,20 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
                     // lost (see the README for the residual risk).
                     return Ok(Claim::Ours(now));
                 }
-                tracing::info!(label = name, "the DELETE did not happen; sending it again");
+                tracing::info!(
+                    label = name,
+                    "the labels still show it (the DELETE did not happen, or the read lags); sending it again"
+                );
+                in_doubt = Some(now);
             }
             run.sending = None;
-            retries.wait_to_retry(error).await?;
+            if let Err(error) = retries.wait_to_retry(error).await {
+                if in_doubt.is_some() {
+                    // It may be gone by our hand: restoring it is the safe side.
+                    run.changes.record_removed(name);
+                }
+                return Err(error);
+            }
         }
     }
 
@@ -1313,6 +1339,120 @@ mod tests {
             .returning(|_, _| Ok(set(&["in-progress"])));
         let outcome = manager(mock).transition(&pr(), &stage()).await.unwrap();
         assert_eq!(outcome.calls, 5);
+    }
+
+    /// [`MemoryLabels`] whose first DELETE is applied and then loses its
+    /// answer (the connection drops after GitHub acted), and whose next read
+    /// still shows the label: GitHub's reads can lag its writes.
+    struct LostDeleteAnswer {
+        inner: MemoryLabels,
+        /// What the lagging read answers, once.
+        stale: std::sync::Mutex<Option<LabelSet>>,
+        dropped: std::sync::atomic::AtomicBool,
+    }
+
+    impl LostDeleteAnswer {
+        fn new(labels: &[&str]) -> Self {
+            let inner = MemoryLabels::new();
+            inner.set_labels(&pr(), labels.iter().copied());
+            Self {
+                inner,
+                stale: std::sync::Mutex::default(),
+                dropped: false.into(),
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl LabelBackend for LostDeleteAnswer {
+        async fn get<'a>(&self, pr: &PrRef, etag: Option<&'a ETag>) -> Result<Fetched> {
+            if let Some(labels) = self.stale.lock().unwrap().take() {
+                return Ok(Fetched::Labels { labels, etag: None });
+            }
+            self.inner.get(pr, etag).await
+        }
+        async fn add(&self, pr: &PrRef, names: &[String]) -> Result<LabelSet> {
+            self.inner.add(pr, names).await
+        }
+        async fn remove(&self, pr: &PrRef, name: &str) -> Result<RemoveOutcome> {
+            if self.dropped.swap(true, Ordering::SeqCst) {
+                return self.inner.remove(pr, name).await;
+            }
+            let before = self.inner.labels(pr);
+            self.inner.remove(pr, name).await?;
+            *self.stale.lock().unwrap() = Some(before);
+            Err(Error::Transport {
+                message: "connection reset after the request was sent".into(),
+                sent: true,
+                mutation: true,
+            })
+        }
+        async fn replace(&self, pr: &PrRef, names: &[String]) -> Result<LabelSet> {
+            self.inner.replace(pr, names).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_404_to_a_delete_sent_again_after_a_lost_answer_is_our_own_removal_not_a_conflict() {
+        let lagging = LostDeleteAnswer::new(&["ready-for-qa", "human"]);
+        let manager = AtomicLabelManager::new(lagging)
+            .with_policy(quick_policy())
+            .unwrap();
+        // GET, DELETE (applied, answer lost), GET (still shows it), DELETE
+        // again (404: it is gone — by our first DELETE), POST.
+        let outcome = manager.transition(&pr(), &stage()).await.unwrap();
+        assert_eq!(outcome.result, TransitionResult::Applied);
+        assert_eq!(
+            (outcome.removed, outcome.added),
+            (names(&["ready-for-qa"]), names(&["in-progress"]))
+        );
+        assert_eq!(
+            manager.backend().inner.labels(&pr()),
+            set(&["human", "in-progress"]),
+            "the PR is in the target stage, not left with neither label"
+        );
+        assert_eq!(manager.metrics().transitions("conflict"), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delete_in_doubt_that_cannot_be_settled_is_undone_by_putting_the_label_back() {
+        let mut mock = MockLabelBackend::new();
+        let mut seq = Sequence::new();
+        mock.expect_get()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(fetched(&["ready-for-qa"], "1")));
+        mock.expect_remove()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| {
+                Err(Error::Timeout {
+                    after: Duration::from_secs(30),
+                    mutation: true,
+                })
+            });
+        mock.expect_get()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(Fetched::NotModified));
+        // The DELETE sent again is refused: whether the first one removed
+        // the label stays unknown.
+        mock.expect_remove()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| {
+                Err(Error::Forbidden {
+                    message: "Resource not accessible by integration".into(),
+                })
+            });
+        // So the undo puts it back (a no-op if it never went).
+        mock.expect_add()
+            .withf(|_, added| added == ["ready-for-qa"])
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(set(&["ready-for-qa"])));
+        let err = manager(mock).transition(&pr(), &stage()).await.unwrap_err();
+        assert!(matches!(err, Error::Forbidden { .. }), "{err}");
     }
 
     #[tokio::test(start_paused = true)]
