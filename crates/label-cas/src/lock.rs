@@ -8,8 +8,8 @@
 //! Rule kept here: **a guard is the lock** — holding a [`PrLockGuard`] means
 //! holding the lock, dropping it releases it; a guard whose lock was lost
 //! says so ([`PrLockGuard::is_lost`]) and the manager makes no further
-//! change (it still undoes what it had changed, which only restores labels
-//! its own claims took or takes away labels it added).
+//! write, not even an undo: the new holder may already have moved the pull
+//! request on, and putting back a label we took would undo its move.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -167,7 +167,7 @@ impl PrLock for LocalPrLocks {
 /// request (`lease-lock`), behind an in-process [`LocalPrLocks`] so tasks of
 /// one process queue locally instead of competing for the same Lease (which
 /// `lease-lock` refuses with `AlreadyHeld`). A lost Lease marks the guard
-/// lost, and the manager makes no further change (beyond undoing its own).
+/// lost, and the manager makes no further write (not even an undo).
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {

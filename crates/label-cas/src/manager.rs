@@ -11,7 +11,9 @@
 //! with nothing of ours left behind** — on a conflict, on interference that
 //! outlasts the retries and on any error after a write, what this
 //! transition changed is undone; only if the undo itself fails is the error
-//! [`Error::PartiallyApplied`], listing exactly what remains. "Ours" is kept
+//! [`Error::PartiallyApplied`], listing exactly what remains — and so it is
+//! once the lock is lost, for then nothing is written any more, not even an
+//! undo (the new holder may already have moved the PR on). "Ours" is kept
 //! honest: a change another writer has since reverted is theirs, and the
 //! undo leaves it alone. Cancellation never abandons a request in flight;
 //! only dropping the future can leave changes behind, and that is logged
@@ -386,12 +388,14 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
         transition: &LabelTransition,
     ) -> Result<TransitionOutcome> {
         let span = tracing::info_span!("label_transition", pr = %pr);
+        let mut lock_lost = false;
         let result = async {
             transition.validate()?;
             let guard = self.lock_for(pr).await?;
             let mut run = Run::new(pr, guard.as_ref(), &self.metrics);
             let result = self.run(pr, transition, &mut run).await;
             run.finished = true;
+            lock_lost = run.lock_lost;
             result
         }
         .instrument(span.clone())
@@ -411,6 +415,14 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
                     calls = outcome.calls,
                     attempts = outcome.attempts,
                     "label transition done"
+                );
+            }
+            Err(error) if lock_lost => {
+                self.metrics.transition("lock_lost");
+                tracing::error!(
+                    %error,
+                    "the lock was lost mid-transition: nothing more was written, and what this \
+                     transition changed stays in place for the new holder or the reconciler"
                 );
             }
             Err(error @ Error::Conflict { .. }) => {
@@ -527,6 +539,10 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
                 return Ok(run.outcome(TransitionResult::Applied, last, attempt));
             }
             self.metrics.interference();
+            if let Err(lost) = run.check_lock() {
+                // Not ours to retry any more: the new holder decides.
+                return Err(self.abandon(pr, run, lost).await);
+            }
             tracing::warn!(attempt, labels = %last, "another writer interfered; retrying the transition");
             if attempt < max_attempts {
                 let delay = backoff
@@ -610,6 +626,9 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
         let mut maybe_applied = false;
         run.sending = Some(Sending::Additions(names.to_vec()));
         let result = loop {
+            if let Err(lost) = run.check_lock() {
+                break Err(lost);
+            }
             run.calls += 1;
             let error = match self.backend.add(pr, names).await {
                 Ok(labels) => break Ok(labels),
@@ -639,6 +658,12 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
         // The labels as last read, once a DELETE of ours may have landed.
         let mut in_doubt: Option<LabelSet> = None;
         loop {
+            if let Err(lost) = run.check_lock() {
+                if in_doubt.is_some() {
+                    run.changes.record_removed(name);
+                }
+                return Err(lost);
+            }
             run.calls += 1;
             // Stays set until we know what the DELETE did (through the
             // re-read below, if its answer is lost).
@@ -726,6 +751,11 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
         if run.changes.is_empty() {
             return Ok(fallback);
         }
+        // With the lock lost, the new holder may already have moved the PR
+        // on: re-adding a label we removed would put back a stage it left.
+        if let Err(lost) = run.check_lock() {
+            return Err(run.changes.partial(lost));
+        }
         tracing::info!(added = ?run.changes.added, removed = ?run.changes.removed, "undoing this transition's changes");
         let mut last = fallback;
         while let Some(name) = run.changes.added.first().cloned() {
@@ -761,9 +791,12 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
         if run.changes.is_empty() {
             return error;
         }
-        tracing::warn!(%error, "label transition interrupted; undoing");
+        tracing::warn!(%error, "label transition interrupted");
         match self.undo(pr, run, LabelSet::default()).await {
             Ok(_) => error,
+            // Not undone on purpose (`transition` says so): no write after
+            // the lock is lost.
+            Err(undo_error) if run.lock_lost => undo_error,
             Err(undo_error) => {
                 tracing::error!(%error, %undo_error, "could not undo an interrupted label transition");
                 undo_error
@@ -790,6 +823,9 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
             run.sending = sending;
         }
         let result = loop {
+            if writes && let Err(lost) = run.check_lock() {
+                break Err(lost);
+            }
             run.calls += 1;
             match op().await {
                 Ok(value) => break Ok(value),
@@ -994,6 +1030,8 @@ struct Run<'a> {
     changes: Changes,
     sending: Option<Sending>,
     finished: bool,
+    /// A write was refused because the lock was lost.
+    lock_lost: bool,
 }
 
 impl<'a> Run<'a> {
@@ -1006,14 +1044,19 @@ impl<'a> Run<'a> {
             changes: Changes::default(),
             sending: None,
             finished: false,
+            lock_lost: false,
         }
     }
 
-    /// Refuses to write once the lock is lost.
-    fn check_lock(&self) -> Result<()> {
+    /// Refuses to write once the lock is lost: from then on another holder
+    /// may be moving the pull request, and any write of ours — an undo
+    /// included — could land on top of its work.
+    fn check_lock(&mut self) -> Result<()> {
         if self.guard.is_some_and(PrLockGuard::is_lost) {
+            self.lock_lost = true;
             return Err(Error::Lock {
-                reason: "the lock was lost during the transition".into(),
+                reason: "the lock was lost during the transition; nothing was written after that"
+                    .into(),
                 transient: true,
             });
         }
@@ -1123,7 +1166,11 @@ mod tests {
     }
 
     fn manager(mock: MockLabelBackend) -> AtomicLabelManager<MockLabelBackend> {
-        AtomicLabelManager::new(mock)
+        manager_over(mock)
+    }
+
+    fn manager_over<B: LabelBackend>(backend: B) -> AtomicLabelManager<B> {
+        AtomicLabelManager::new(backend)
             .with_policy(quick_policy())
             .unwrap()
     }
@@ -1745,8 +1792,80 @@ mod tests {
         );
     }
 
+    /// A lock whose guard reports loss once `lost` fires.
+    fn losable_lock(lost: &CancellationToken) -> Arc<dyn PrLock> {
+        let lost = lost.clone();
+        let mut lock = MockPrLock::new();
+        lock.expect_lock()
+            .times(1)
+            .returning(move |_| Ok(PrLockGuard::new(()).with_lost_signal(lost.clone())));
+        Arc::new(lock)
+    }
+
+    /// [`MemoryLabels`] on which our lease runs out while our first DELETE
+    /// is in flight, and the new holder (another replica) at once finishes
+    /// the move we started: it adds `in-progress`.
+    struct NewHolderTakesOver {
+        inner: MemoryLabels,
+        lost: CancellationToken,
+    }
+
+    #[async_trait::async_trait]
+    impl LabelBackend for NewHolderTakesOver {
+        async fn get<'a>(&self, pr: &PrRef, etag: Option<&'a ETag>) -> Result<Fetched> {
+            self.inner.get(pr, etag).await
+        }
+        async fn add(&self, pr: &PrRef, names: &[String]) -> Result<LabelSet> {
+            self.inner.add(pr, names).await
+        }
+        async fn remove(&self, pr: &PrRef, name: &str) -> Result<RemoveOutcome> {
+            let ours = self.inner.remove(pr, name).await;
+            if !self.lost.is_cancelled() {
+                self.lost.cancel();
+                self.inner.add_label(pr, "in-progress");
+            }
+            ours
+        }
+        async fn replace(&self, pr: &PrRef, names: &[String]) -> Result<LabelSet> {
+            self.inner.replace(pr, names).await
+        }
+    }
+
     #[tokio::test]
-    async fn a_lock_lost_after_the_claim_stops_the_addition_and_undoes_the_claim() {
+    async fn a_lock_lost_after_the_claim_writes_nothing_more_and_reports_what_it_left() {
+        let lost = CancellationToken::new();
+        let backend = NewHolderTakesOver {
+            inner: MemoryLabels::new(),
+            lost: lost.clone(),
+        };
+        backend.inner.set_labels(&pr(), ["ready-for-qa", "human"]);
+        let manager = manager_over(backend).with_lock(losable_lock(&lost));
+        let err = manager.transition(&pr(), &stage()).await.unwrap_err();
+        let Error::PartiallyApplied {
+            removed,
+            added,
+            source,
+        } = err
+        else {
+            panic!("{err}")
+        };
+        assert_eq!((removed, added), (names(&["ready-for-qa"]), names(&[])));
+        assert!(matches!(*source, Error::Lock { .. }), "{source}");
+        assert_eq!(
+            manager.backend().inner.labels(&pr()),
+            set(&["human", "in-progress"]),
+            "no undo wrote ready-for-qa back over the new holder's move"
+        );
+        assert_eq!(
+            manager.backend().inner.calls().mutations(),
+            1,
+            "our DELETE, nothing after it"
+        );
+        assert_eq!(manager.metrics().transitions("lock_lost"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lock_lost_during_the_post_ends_the_transition_without_a_retry_or_an_undo() {
         let lost = CancellationToken::new();
         let mut mock = MockLabelBackend::new();
         let mut seq = Sequence::new();
@@ -1754,28 +1873,32 @@ mod tests {
             .times(1)
             .in_sequence(&mut seq)
             .returning(|_, _| Ok(fetched(&["ready-for-qa"], "1")));
-        let lose = lost.clone();
         mock.expect_remove()
             .with(eq(pr()), eq("ready-for-qa"))
             .times(1)
             .in_sequence(&mut seq)
-            .returning(move |_, _| {
-                lose.cancel(); // the lease could not be renewed meanwhile
-                Ok(RemoveOutcome::Removed(LabelSet::default()))
-            });
-        // No POST of in-progress: only the undo's POST of ready-for-qa.
+            .returning(|_, _| Ok(RemoveOutcome::Removed(LabelSet::default())));
+        // The answer shows ready-for-qa back (interference), and the lease
+        // ran out while the POST was in flight. No expectation follows: a
+        // retry's read, a DELETE or an undo's write would fail the test.
+        let lose = lost.clone();
         mock.expect_add()
-            .withf(|_, added| added == ["ready-for-qa"])
+            .withf(|_, added| added == ["in-progress"])
             .times(1)
             .in_sequence(&mut seq)
-            .returning(|_, _| Ok(set(&["ready-for-qa"])));
-        let mut lock = MockPrLock::new();
-        lock.expect_lock()
-            .times(1)
-            .returning(move |_| Ok(PrLockGuard::new(()).with_lost_signal(lost.clone())));
-        let manager = manager(mock).with_lock(Arc::new(lock));
+            .returning(move |_, _| {
+                lose.cancel();
+                Ok(set(&["in-progress", "ready-for-qa"]))
+            });
+        let manager = manager(mock).with_lock(losable_lock(&lost));
         let err = manager.transition(&pr(), &stage()).await.unwrap_err();
-        assert!(matches!(err, Error::Lock { .. }), "{err}");
+        let Error::PartiallyApplied { removed, added, .. } = err else {
+            panic!("{err}")
+        };
+        // ready-for-qa came back by someone else's hand: only our addition
+        // is left of ours.
+        assert_eq!((removed, added), (names(&[]), names(&["in-progress"])));
+        assert_eq!(manager.metrics().transitions("lock_lost"), 1);
     }
 
     #[tokio::test]

@@ -88,8 +88,10 @@ impl Metrics {
     /// - `label_cas_github_rate_limit_remaining`
     /// - `label_cas_github_not_modified_total` (304s: reads that cost no budget)
     /// - `label_cas_transitions_total{result}` (`applied`, `already_in_state`,
-    ///   `conflict`, `failed`; `dropped`: the caller dropped the transition
-    ///   half-way and changes were left on the pull request — worth an alert)
+    ///   `conflict`, `failed`; `lock_lost`: the lock was lost mid-transition
+    ///   and what it had changed was left in place for the new holder or the
+    ///   reconciler; `dropped`: the caller dropped the transition half-way and
+    ///   changes were left on the pull request — both worth an alert)
     /// - `label_cas_interference_detected_total`
     /// - `label_cas_rate_limit_waits_total{reason}` (`budget`, `rejected`):
     ///   waits imposed by rate limits.
@@ -119,7 +121,7 @@ impl Metrics {
         );
         sub.register(
             "transitions",
-            "Label transitions by result (applied, already_in_state, conflict, failed, dropped)",
+            "Label transitions by result (applied, already_in_state, conflict, failed, lock_lost, dropped)",
             i.transitions.clone(),
         );
         sub.register(
@@ -182,6 +184,7 @@ impl Metrics {
             "conflict" => "conflict",
             "failed" => "failed",
             "dropped" => "dropped",
+            "lock_lost" => "lock_lost",
             _ => return 0,
         };
         self.inner
