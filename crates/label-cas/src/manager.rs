@@ -1467,9 +1467,10 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_delete_whose_answer_was_lost_is_sent_again_only_after_a_read_shows_it_did_not_happen()
-     {
+    /// A mock that reads `ready-for-qa`, times out on its DELETE (which may
+    /// have landed), and re-reads it unchanged (304); what follows is the
+    /// test's.
+    fn a_delete_in_doubt_and_a_read_that_still_shows_it() -> (MockLabelBackend, Sequence) {
         let mut mock = MockLabelBackend::new();
         let mut seq = Sequence::new();
         mock.expect_get()
@@ -1489,6 +1490,13 @@ mod tests {
             .times(1)
             .in_sequence(&mut seq)
             .returning(|_, _| Ok(Fetched::NotModified));
+        (mock, seq)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delete_whose_answer_was_lost_is_sent_again_only_after_a_read_shows_it_did_not_happen()
+     {
+        let (mut mock, mut seq) = a_delete_in_doubt_and_a_read_that_still_shows_it();
         mock.expect_remove()
             .times(1)
             .in_sequence(&mut seq)
@@ -1576,25 +1584,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_delete_in_doubt_that_cannot_be_settled_is_undone_by_putting_the_label_back() {
-        let mut mock = MockLabelBackend::new();
-        let mut seq = Sequence::new();
-        mock.expect_get()
-            .times(1)
-            .in_sequence(&mut seq)
-            .returning(|_, _| Ok(fetched(&["ready-for-qa"], "1")));
-        mock.expect_remove()
-            .times(1)
-            .in_sequence(&mut seq)
-            .returning(|_, _| {
-                Err(Error::Timeout {
-                    after: Duration::from_secs(30),
-                    mutation: true,
-                })
-            });
-        mock.expect_get()
-            .times(1)
-            .in_sequence(&mut seq)
-            .returning(|_, _| Ok(Fetched::NotModified));
+        let (mut mock, mut seq) = a_delete_in_doubt_and_a_read_that_still_shows_it();
         // The DELETE sent again is refused: whether the first one removed
         // the label stays unknown.
         mock.expect_remove()
