@@ -72,9 +72,11 @@ pub enum Error {
         attempts: u32,
     },
 
-    /// The transition failed half-way and undoing its changes failed too:
-    /// these changes remain on the pull request (the recovery reconciler
-    /// repairs them).
+    /// The transition failed half-way and its changes were not undone —
+    /// the undo failed, or the lock was lost (`source` is then
+    /// [`Error::Lock`]) and nothing was written after that, an undo
+    /// included: these changes remain on the pull request (the new lock
+    /// holder or the recovery reconciler takes it from there).
     #[error(
         "label transition failed and could not be undone (still removed: {removed:?}, still added: {added:?}): {source}"
     )]
@@ -93,7 +95,9 @@ pub enum Error {
     #[error("replacing all labels needs a lock (it would drop concurrent changes)")]
     LockRequired,
 
-    /// The per-PR lock could not be taken (or was lost).
+    /// The per-PR lock could not be taken, or was lost before this
+    /// transition wrote anything (after a write, a lost lock is
+    /// [`Error::PartiallyApplied`]).
     #[error("could not lock the pull request's labels: {reason}")]
     Lock {
         /// Why.

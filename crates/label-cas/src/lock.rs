@@ -8,8 +8,8 @@
 //! Rule kept here: **a guard is the lock** — holding a [`PrLockGuard`] means
 //! holding the lock, dropping it releases it; a guard whose lock was lost
 //! says so ([`PrLockGuard::is_lost`]) and the manager makes no further
-//! change (it still undoes what it had changed, which only restores labels
-//! its own claims took or takes away labels it added).
+//! write, not even an undo: the new holder may already have moved the pull
+//! request on, and putting back a label we took would undo its move.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -167,7 +167,7 @@ impl PrLock for LocalPrLocks {
 /// request (`lease-lock`), behind an in-process [`LocalPrLocks`] so tasks of
 /// one process queue locally instead of competing for the same Lease (which
 /// `lease-lock` refuses with `AlreadyHeld`). A lost Lease marks the guard
-/// lost, and the manager makes no further change (beyond undoing its own).
+/// lost, and the manager makes no further write (not even an undo).
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -200,15 +200,29 @@ impl LeasePrLocks {
         }
     }
 
-    /// The lock key of `pr`: `labels-<owner>-<repo>-<number>`, lower-cased
-    /// (lease-lock turns odd or long keys into valid Lease names with a hash).
+    /// The lock key of `pr`: `labels/<owner>/<repo>#<number>`, lower-cased
+    /// (GitHub's names are case-insensitive).
+    ///
+    /// Why this encoding: an owner may contain `-` and a repository `-` and
+    /// `.`, so joining them with `-` made `acme-tools/web#1` and
+    /// `acme/tools-web#1` one key, and one Lease for two PRs. Neither name
+    /// may contain `/` or `#`, so this key names exactly one pull request.
+    /// It is not a valid Lease name as it stands: lease-lock maps it to
+    /// `<prefix>-labels-<owner>-<repo>-<number>-<hash of the key>`,
+    /// shortened where needed to fit (the hash keeps keys apart; see
+    /// `lease_lock::lease_name`).
+    ///
+    /// ```
+    /// use label_cas::{LeasePrLocks, PrRef};
+    ///
+    /// let a = PrRef::new("acme-tools", "web", 1)?;
+    /// let b = PrRef::new("acme", "tools-web", 1)?;
+    /// assert_eq!(LeasePrLocks::key(&a), "labels/acme-tools/web#1");
+    /// assert_ne!(LeasePrLocks::key(&a), LeasePrLocks::key(&b));
+    /// # Ok::<_, label_cas::Error>(())
+    /// ```
     pub fn key(pr: &PrRef) -> String {
-        format!(
-            "labels-{}-{}-{}",
-            pr.owner().to_ascii_lowercase(),
-            pr.repo().to_ascii_lowercase(),
-            pr.number()
-        )
+        format!("labels/{}", pr.key())
     }
 }
 
@@ -376,6 +390,69 @@ mod tests {
             }
         }
         assert!(acquired.is_some_and(|g| !g.is_lost()));
+    }
+
+    #[cfg(feature = "lease-lock")]
+    #[test]
+    fn pull_requests_whose_names_only_split_differently_get_different_lock_keys() {
+        use lease_lock::lease_name;
+        let a = PrRef::new("acme-tools", "web", 1).unwrap();
+        let b = PrRef::new("acme", "tools-web", 1).unwrap();
+        let (ka, kb) = (LeasePrLocks::key(&a), LeasePrLocks::key(&b));
+        assert_ne!(ka, kb);
+        assert_ne!(
+            lease_name("supersede", &ka).unwrap(),
+            lease_name("supersede", &kb).unwrap()
+        );
+        // GitHub's names are case-insensitive: one PR, one key.
+        let upper = PrRef::new("Acme-Tools", "Web", 1).unwrap();
+        assert_eq!(LeasePrLocks::key(&upper), ka);
+    }
+
+    #[cfg(feature = "lease-lock")]
+    #[test]
+    fn lock_keys_of_the_longest_names_github_allows_are_valid_lease_names() {
+        use lease_lock::{LeaseLock, LockConfig, MemoryLeases, lease_name};
+        let owner = format!("{}-{}", "o".repeat(19), "w".repeat(19));
+        let longest = PrRef::new(owner.as_str(), "r.e-p_o".repeat(14) + "xx", u64::MAX).unwrap();
+        let lock = LeaseLock::new(
+            MemoryLeases::new(),
+            LockConfig::new("sensor-0", "supersede"),
+        )
+        .unwrap();
+        for pr in [longest, pr(1)] {
+            let key = LeasePrLocks::key(&pr);
+            let name = lock.lease_name(&key).unwrap();
+            assert!(name.len() <= 253, "{name}");
+            assert!(
+                name.bytes().all(|b| b.is_ascii_lowercase()
+                    || b.is_ascii_digit()
+                    || b == b'-'
+                    || b == b'.'),
+                "{name}"
+            );
+            assert!(lease_name("lock", &key).is_ok(), "{key}");
+        }
+    }
+
+    #[cfg(feature = "lease-lock")]
+    proptest::proptest! {
+        #[test]
+        fn moving_a_dash_between_owner_and_repository_changes_the_lock_key(
+            x in "[a-z0-9]{1,12}",
+            y in "[a-z0-9._-]{0,12}",
+            z in "[a-z0-9.]{1,12}",
+            n in 1u64..1000,
+        ) {
+            // `x-y` / `z` against `x` / `y-z`: the same characters, two PRs.
+            let (Ok(a), Ok(b)) = (
+                PrRef::new(format!("{x}-{y}"), z.clone(), n),
+                PrRef::new(x.clone(), format!("{y}-{z}"), n),
+            ) else {
+                return Ok(());
+            };
+            proptest::prop_assert_ne!(LeasePrLocks::key(&a), LeasePrLocks::key(&b));
+        }
     }
 
     #[test]

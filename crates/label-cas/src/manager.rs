@@ -11,11 +11,22 @@
 //! with nothing of ours left behind** — on a conflict, on interference that
 //! outlasts the retries and on any error after a write, what this
 //! transition changed is undone; only if the undo itself fails is the error
-//! [`Error::PartiallyApplied`], listing exactly what remains. "Ours" is kept
+//! [`Error::PartiallyApplied`], listing exactly what remains — and so it is
+//! once the lock is lost, for then nothing is written any more, not even an
+//! undo (the new holder may already have moved the PR on). "Ours" is kept
 //! honest: a change another writer has since reverted is theirs, and the
-//! undo leaves it alone. Cancellation never abandons a request in flight;
-//! only dropping the future can leave changes behind, and that is logged
-//! and counted (`transitions{result="dropped"}`).
+//! undo leaves it alone.
+//!
+//! The cancel-safety rule of the whole workspace holds here too: a protocol
+//! step runs to completion in an owned task; a caller's timeout or drop
+//! never strands half-done state; nothing writes after `lost()` fired. A
+//! transition is spawned onto the runtime and the caller only awaits its
+//! answer, so dropping the caller's future changes nothing about how the
+//! transition ends (its unheard result is counted); the cancellation token
+//! never abandons a request in flight; and a lost lock stops every write.
+//! Only the task itself being dropped (the runtime shutting down) can leave
+//! changes behind, and that is logged and counted
+//! (`transitions{result="dropped"}`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -285,66 +296,90 @@ impl TransitionPolicy {
 /// unchanged); if they already are the target state, stop — no write; if a
 /// precondition fails, [`Error::Conflict`]; otherwise DELETE each label to
 /// remove (200 claims it; 404 means another writer moved first: undo and
-/// [`Error::Conflict`]), POST all additions at once, and verify the list the
-/// last write returned — interference is retried with backoff, a bounded
-/// number of times, then undone. The crate README says what "atomic" means
+/// [`Error::Conflict`] — unless a DELETE of ours for that label may already
+/// have landed, whose 404 is ours), POST all additions at once, and verify
+/// the list the last write returned — interference is retried with backoff,
+/// a bounded number of times, then undone. Each transition runs to
+/// completion in a task of its own, so a caller's timeout or dropped future
+/// never leaves it half-done. The crate README says what "atomic" means
 /// against GitHub.
 ///
 /// Give it a [`RateLimited`](crate::RateLimited) backend in production, so
 /// its calls respect GitHub's limits, and a [`PrLock`] when several of our
 /// workers may move the same pull request.
 pub struct AtomicLabelManager<B> {
-    backend: B,
+    core: Core<B>,
+}
+
+/// Everything a transition works with, cheap to clone into the task that
+/// runs it.
+struct Core<B> {
+    backend: Arc<B>,
     lock: Option<Arc<dyn PrLock>>,
-    policy: TransitionPolicy,
-    cache: EtagCache,
+    policy: Arc<TransitionPolicy>,
+    cache: Arc<EtagCache>,
     metrics: Metrics,
     cancel: CancellationToken,
+}
+
+impl<B> Clone for Core<B> {
+    fn clone(&self) -> Self {
+        Self {
+            backend: Arc::clone(&self.backend),
+            lock: self.lock.clone(),
+            policy: Arc::clone(&self.policy),
+            cache: Arc::clone(&self.cache),
+            metrics: self.metrics.clone(),
+            cancel: self.cancel.clone(),
+        }
+    }
 }
 
 impl<B> std::fmt::Debug for AtomicLabelManager<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AtomicLabelManager")
-            .field("locked", &self.lock.is_some())
-            .field("policy", &self.policy)
+            .field("locked", &self.core.lock.is_some())
+            .field("policy", &self.core.policy)
             .finish_non_exhaustive()
     }
 }
 
-impl<B: LabelBackend> AtomicLabelManager<B> {
+impl<B: LabelBackend + 'static> AtomicLabelManager<B> {
     /// A manager over `backend` with the default policy, no lock, fresh
     /// metrics.
     pub fn new(backend: B) -> Self {
         let policy = TransitionPolicy::default();
         Self {
-            backend,
-            lock: None,
-            cache: EtagCache::new(policy.cache_capacity),
-            policy,
-            metrics: Metrics::default(),
-            cancel: CancellationToken::new(),
+            core: Core {
+                backend: Arc::new(backend),
+                lock: None,
+                cache: Arc::new(EtagCache::new(policy.cache_capacity)),
+                policy: Arc::new(policy),
+                metrics: Metrics::default(),
+                cancel: CancellationToken::new(),
+            },
         }
     }
 
     /// Uses `policy` (validated).
     pub fn with_policy(mut self, policy: TransitionPolicy) -> Result<Self> {
         policy.validate()?;
-        self.cache = EtagCache::new(policy.cache_capacity);
-        self.policy = policy;
+        self.core.cache = Arc::new(EtagCache::new(policy.cache_capacity));
+        self.core.policy = Arc::new(policy);
         Ok(self)
     }
 
     /// Holds `lock` for the pull request during each transition.
     #[must_use]
     pub fn with_lock(mut self, lock: Arc<dyn PrLock>) -> Self {
-        self.lock = Some(lock);
+        self.core.lock = Some(lock);
         self
     }
 
     /// Reports into `metrics` (share it with the backend's).
     #[must_use]
     pub fn with_metrics(mut self, metrics: Metrics) -> Self {
-        self.metrics = metrics;
+        self.core.metrics = metrics;
         self
     }
 
@@ -354,43 +389,146 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
     /// A request already sent is never abandoned (its answer decides what
     /// is undone), and the undo's calls are each tried once.
     ///
-    /// Dropping a transition's future instead can leave changes behind:
-    /// see the crate documentation ("Cancellation").
+    /// Dropping a transition's future is not a way to stop it: the
+    /// transition runs on in its own task (see the crate documentation,
+    /// "Cancellation").
     #[must_use]
     pub fn with_cancellation(mut self, cancel: CancellationToken) -> Self {
-        self.cancel = cancel;
+        self.core.cancel = cancel;
         self
     }
 
     /// The backend.
     pub fn backend(&self) -> &B {
-        &self.backend
+        &self.core.backend
     }
 
     /// The metrics this manager reports into.
     pub fn metrics(&self) -> &Metrics {
-        &self.metrics
+        &self.core.metrics
     }
 
     /// Moves `pr`'s labels as `transition` says (the algorithm is described
     /// on [`AtomicLabelManager`]).
     ///
+    /// The transition runs to completion in a task of its own (on the
+    /// current tokio runtime): if this future is dropped — a caller's
+    /// timeout, an aborted task — the transition still finishes, or undoes
+    /// what it changed, exactly as if it had been awaited; its result is
+    /// then logged and counted
+    /// ([`Metrics::unawaited_count`]) instead of returned.
+    /// A panic in it (a backend's bug) is resumed here.
+    ///
     /// Errors: [`Error::Conflict`] (preconditions not met, or another writer
     /// claimed a label first; our changes undone), [`Error::Interference`],
-    /// [`Error::PartiallyApplied`], [`Error::Cancelled`], validation errors
-    /// before any call, and backend errors (after undoing).
+    /// [`Error::PartiallyApplied`] (an undo failed, or the lock was lost),
+    /// [`Error::Cancelled`] (the token fired, or the runtime is shutting
+    /// down), validation errors before any call, and backend errors (after
+    /// undoing).
     pub async fn transition(
         &self,
         pr: &PrRef,
         transition: &LabelTransition,
     ) -> Result<TransitionOutcome> {
+        let core = self.core.clone();
+        let (pr, transition) = (pr.clone(), transition.clone());
+        self.owned("transition", async move {
+            core.transition(&pr, &transition).await
+        })
+        .await
+    }
+
+    /// Runs many transitions, at most
+    /// [`max_concurrency`](TransitionPolicy::max_concurrency) at once;
+    /// results come back in the order of `items`. Each transition makes one
+    /// call per change (all additions of a PR in one POST). Dropping this
+    /// future lets the transitions already started finish and starts no
+    /// other.
+    pub async fn transition_many(
+        &self,
+        items: &[(PrRef, LabelTransition)],
+    ) -> Vec<Result<TransitionOutcome>> {
+        futures::stream::iter(items)
+            .map(|(pr, transition)| self.transition(pr, transition))
+            .buffered(self.core.policy.max_concurrency.max(1))
+            .collect()
+            .await
+    }
+
+    /// The labels of `pr`, read conditionally (free when unchanged).
+    pub async fn labels(&self, pr: &PrRef) -> Result<LabelSet> {
+        self.core.labels(pr).await
+    }
+
+    /// Sets exactly `names` with one PUT, under the lock. Refused with
+    /// [`Error::LockRequired`] without one: a PUT drops whatever other
+    /// writers added since we looked. Even under our lock a human's change
+    /// in the same instant can be lost; use it for repairs, not routine moves.
+    ///
+    /// Like [`transition`](Self::transition) it runs in a task of its own:
+    /// dropping this future never releases the lock while the PUT is in
+    /// flight.
+    pub async fn replace_under_lock(&self, pr: &PrRef, names: &[String]) -> Result<LabelSet> {
+        let core = self.core.clone();
+        let (pr, names) = (pr.clone(), names.to_vec());
+        self.owned("replace", async move {
+            core.replace_under_lock(&pr, &names).await
+        })
+        .await
+    }
+
+    /// Runs `step` to completion in a task of its own and returns its
+    /// result; if this future is dropped first, the step goes on and its
+    /// result is counted as unawaited (the step logs it itself).
+    async fn owned<T, F>(&self, step_name: &'static str, step: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T>> + Send + 'static,
+    {
+        let (answer, heard) = tokio::sync::oneshot::channel();
+        let metrics = self.core.metrics.clone();
+        let task = tokio::spawn(
+            async move {
+                let result = step.await;
+                if answer.send(result).is_err() {
+                    metrics.unawaited();
+                    tracing::warn!(
+                        step = step_name,
+                        "the caller stopped waiting for this label change; it ran to its end \
+                         anyway (its result is logged above)"
+                    );
+                }
+            }
+            .instrument(tracing::Span::current()),
+        );
+        match heard.await {
+            Ok(result) => result,
+            // The task ended without answering: it panicked, or the runtime
+            // is shutting down and dropped it (its `Run` logged what is left).
+            Err(_) => match task.await {
+                Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+                _ => Err(Error::Cancelled),
+            },
+        }
+    }
+}
+
+impl<B: LabelBackend> Core<B> {
+    /// The transition itself, logged and counted by how it ended.
+    async fn transition(
+        &self,
+        pr: &PrRef,
+        transition: &LabelTransition,
+    ) -> Result<TransitionOutcome> {
         let span = tracing::info_span!("label_transition", pr = %pr);
+        let mut lock_lost = false;
         let result = async {
             transition.validate()?;
             let guard = self.lock_for(pr).await?;
             let mut run = Run::new(pr, guard.as_ref(), &self.metrics);
             let result = self.run(pr, transition, &mut run).await;
             run.finished = true;
+            lock_lost = run.lock_lost;
             result
         }
         .instrument(span.clone())
@@ -412,6 +550,14 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
                     "label transition done"
                 );
             }
+            Err(error) if lock_lost => {
+                self.metrics.transition("lock_lost");
+                tracing::error!(
+                    %error,
+                    "the lock was lost mid-transition: nothing more was written, and what this \
+                     transition changed stays in place for the new holder or the reconciler"
+                );
+            }
             Err(error @ Error::Conflict { .. }) => {
                 self.metrics.transition("conflict");
                 tracing::info!(%error, "label transition conflicts");
@@ -424,34 +570,14 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
         result
     }
 
-    /// Runs many transitions, at most
-    /// [`max_concurrency`](TransitionPolicy::max_concurrency) at once;
-    /// results come back in the order of `items`. Each transition makes one
-    /// call per change (all additions of a PR in one POST).
-    pub async fn transition_many(
-        &self,
-        items: &[(PrRef, LabelTransition)],
-    ) -> Vec<Result<TransitionOutcome>> {
-        futures::stream::iter(items)
-            .map(|(pr, transition)| self.transition(pr, transition))
-            .buffered(self.policy.max_concurrency.max(1))
-            .collect()
-            .await
-    }
-
-    /// The labels of `pr`, read conditionally (free when unchanged).
-    pub async fn labels(&self, pr: &PrRef) -> Result<LabelSet> {
+    async fn labels(&self, pr: &PrRef) -> Result<LabelSet> {
         let mut run = Run::new(pr, None, &self.metrics);
         let labels = self.read(pr, &mut run).await;
         run.finished = true;
         labels
     }
 
-    /// Sets exactly `names` with one PUT, under the lock. Refused with
-    /// [`Error::LockRequired`] without one: a PUT drops whatever other
-    /// writers added since we looked. Even under our lock a human's change
-    /// in the same instant can be lost; use it for repairs, not routine moves.
-    pub async fn replace_under_lock(&self, pr: &PrRef, names: &[String]) -> Result<LabelSet> {
+    async fn replace_under_lock(&self, pr: &PrRef, names: &[String]) -> Result<LabelSet> {
         validate_label_names(names)?;
         check_list_length(names)?;
         if self.lock.is_none() {
@@ -526,6 +652,10 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
                 return Ok(run.outcome(TransitionResult::Applied, last, attempt));
             }
             self.metrics.interference();
+            if let Err(lost) = run.check_lock() {
+                // Not ours to retry any more: the new holder decides.
+                return Err(self.abandon(pr, run, lost).await);
+            }
             tracing::warn!(attempt, labels = %last, "another writer interfered; retrying the transition");
             if attempt < max_attempts {
                 let delay = backoff
@@ -609,6 +739,9 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
         let mut maybe_applied = false;
         run.sending = Some(Sending::Additions(names.to_vec()));
         let result = loop {
+            if let Err(lost) = run.check_lock() {
+                break Err(lost);
+            }
             run.calls += 1;
             let error = match self.backend.add(pr, names).await {
                 Ok(labels) => break Ok(labels),
@@ -627,11 +760,23 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
     }
 
     /// One DELETE as a claim on `name`. A DELETE that may have been applied
-    /// without our hearing the answer is not re-sent: the labels are re-read
-    /// and the decision made on what they show.
+    /// without our hearing the answer is not re-sent blindly: the labels are
+    /// re-read and the decision made on what they show. Once a DELETE of
+    /// ours is in doubt, a 404 is no longer proof that another writer moved
+    /// first — GitHub's reads can lag its writes, so the re-read may still
+    /// show a label our first DELETE already removed — and it counts as our
+    /// removal (the same bet as a label gone on re-read; see the README).
     async fn claim_removal(&self, pr: &PrRef, name: &str, run: &mut Run<'_>) -> Result<Claim> {
         let mut retries = self.retries();
+        // The labels as last read, once a DELETE of ours may have landed.
+        let mut in_doubt: Option<LabelSet> = None;
         loop {
+            if let Err(lost) = run.check_lock() {
+                if in_doubt.is_some() {
+                    run.changes.record_removed(name);
+                }
+                return Err(lost);
+            }
             run.calls += 1;
             // Stays set until we know what the DELETE did (through the
             // re-read below, if its answer is lost).
@@ -643,7 +788,16 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
                 }
                 Ok(RemoveOutcome::Absent) => {
                     run.sending = None;
-                    return Ok(Claim::Lost);
+                    return Ok(match in_doubt {
+                        None => Claim::Lost,
+                        Some(seen) => {
+                            tracing::info!(
+                                label = name,
+                                "the DELETE sent again found the label gone: our earlier DELETE removed it"
+                            );
+                            Claim::Ours(without(&seen, name))
+                        }
+                    });
                 }
                 Err(error) => error,
             };
@@ -664,10 +818,20 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
                     // lost (see the README for the residual risk).
                     return Ok(Claim::Ours(now));
                 }
-                tracing::info!(label = name, "the DELETE did not happen; sending it again");
+                tracing::info!(
+                    label = name,
+                    "the labels still show it (the DELETE did not happen, or the read lags); sending it again"
+                );
+                in_doubt = Some(now);
             }
             run.sending = None;
-            retries.wait_to_retry(error).await?;
+            if let Err(error) = retries.wait_to_retry(error).await {
+                if in_doubt.is_some() {
+                    // It may be gone by our hand: restoring it is the safe side.
+                    run.changes.record_removed(name);
+                }
+                return Err(error);
+            }
         }
     }
 
@@ -699,6 +863,11 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
     async fn undo(&self, pr: &PrRef, run: &mut Run<'_>, fallback: LabelSet) -> Result<LabelSet> {
         if run.changes.is_empty() {
             return Ok(fallback);
+        }
+        // With the lock lost, the new holder may already have moved the PR
+        // on: re-adding a label we removed would put back a stage it left.
+        if let Err(lost) = run.check_lock() {
+            return Err(run.changes.partial(lost));
         }
         tracing::info!(added = ?run.changes.added, removed = ?run.changes.removed, "undoing this transition's changes");
         let mut last = fallback;
@@ -735,9 +904,12 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
         if run.changes.is_empty() {
             return error;
         }
-        tracing::warn!(%error, "label transition interrupted; undoing");
+        tracing::warn!(%error, "label transition interrupted");
         match self.undo(pr, run, LabelSet::default()).await {
             Ok(_) => error,
+            // Not undone on purpose (`transition` says so): no write after
+            // the lock is lost.
+            Err(undo_error) if run.lock_lost => undo_error,
             Err(undo_error) => {
                 tracing::error!(%error, %undo_error, "could not undo an interrupted label transition");
                 undo_error
@@ -764,6 +936,9 @@ impl<B: LabelBackend> AtomicLabelManager<B> {
             run.sending = sending;
         }
         let result = loop {
+            if writes && let Err(lost) = run.check_lock() {
+                break Err(lost);
+            }
             run.calls += 1;
             match op().await {
                 Ok(value) => break Ok(value),
@@ -958,8 +1133,8 @@ impl std::fmt::Display for Sending {
     }
 }
 
-/// The state of one transition call. If the call's future is dropped before
-/// it finished, what it leaves on the pull request is logged and counted.
+/// The state of one transition call. If its task is dropped before it
+/// finished, what it leaves on the pull request is logged and counted.
 struct Run<'a> {
     pr: &'a PrRef,
     metrics: &'a Metrics,
@@ -968,6 +1143,8 @@ struct Run<'a> {
     changes: Changes,
     sending: Option<Sending>,
     finished: bool,
+    /// A write was refused because the lock was lost.
+    lock_lost: bool,
 }
 
 impl<'a> Run<'a> {
@@ -980,14 +1157,19 @@ impl<'a> Run<'a> {
             changes: Changes::default(),
             sending: None,
             finished: false,
+            lock_lost: false,
         }
     }
 
-    /// Refuses to write once the lock is lost.
-    fn check_lock(&self) -> Result<()> {
+    /// Refuses to write once the lock is lost: from then on another holder
+    /// may be moving the pull request, and any write of ours — an undo
+    /// included — could land on top of its work.
+    fn check_lock(&mut self) -> Result<()> {
         if self.guard.is_some_and(PrLockGuard::is_lost) {
+            self.lock_lost = true;
             return Err(Error::Lock {
-                reason: "the lock was lost during the transition".into(),
+                reason: "the lock was lost during the transition; nothing was written after that"
+                    .into(),
                 transient: true,
             });
         }
@@ -1016,9 +1198,9 @@ impl Drop for Run<'_> {
         if self.finished || (self.changes.is_empty() && self.sending.is_none()) {
             return;
         }
-        // The future was dropped half-way (a caller's timeout, an aborted
-        // task): nothing can be undone from here, so say exactly what is
-        // left for whoever repairs it.
+        // The owned task itself was dropped half-way (the runtime shut
+        // down, a panic unwound through it): nothing can be undone from
+        // here, so say exactly what is left for whoever repairs it.
         self.metrics.transition("dropped");
         tracing::error!(
             pr = %self.pr,
@@ -1097,7 +1279,11 @@ mod tests {
     }
 
     fn manager(mock: MockLabelBackend) -> AtomicLabelManager<MockLabelBackend> {
-        AtomicLabelManager::new(mock)
+        manager_over(mock)
+    }
+
+    fn manager_over<B: LabelBackend + 'static>(backend: B) -> AtomicLabelManager<B> {
+        AtomicLabelManager::new(backend)
             .with_policy(quick_policy())
             .unwrap()
     }
@@ -1281,9 +1467,10 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_delete_whose_answer_was_lost_is_sent_again_only_after_a_read_shows_it_did_not_happen()
-     {
+    /// A mock that reads `ready-for-qa`, times out on its DELETE (which may
+    /// have landed), and re-reads it unchanged (304); what follows is the
+    /// test's.
+    fn a_delete_in_doubt_and_a_read_that_still_shows_it() -> (MockLabelBackend, Sequence) {
         let mut mock = MockLabelBackend::new();
         let mut seq = Sequence::new();
         mock.expect_get()
@@ -1303,6 +1490,13 @@ mod tests {
             .times(1)
             .in_sequence(&mut seq)
             .returning(|_, _| Ok(Fetched::NotModified));
+        (mock, seq)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delete_whose_answer_was_lost_is_sent_again_only_after_a_read_shows_it_did_not_happen()
+     {
+        let (mut mock, mut seq) = a_delete_in_doubt_and_a_read_that_still_shows_it();
         mock.expect_remove()
             .times(1)
             .in_sequence(&mut seq)
@@ -1313,6 +1507,102 @@ mod tests {
             .returning(|_, _| Ok(set(&["in-progress"])));
         let outcome = manager(mock).transition(&pr(), &stage()).await.unwrap();
         assert_eq!(outcome.calls, 5);
+    }
+
+    /// [`MemoryLabels`] whose first DELETE is applied and then loses its
+    /// answer (the connection drops after GitHub acted), and whose next read
+    /// still shows the label: GitHub's reads can lag its writes.
+    struct LostDeleteAnswer {
+        inner: MemoryLabels,
+        /// What the lagging read answers, once.
+        stale: std::sync::Mutex<Option<LabelSet>>,
+        dropped: std::sync::atomic::AtomicBool,
+    }
+
+    impl LostDeleteAnswer {
+        fn new(labels: &[&str]) -> Self {
+            let inner = MemoryLabels::new();
+            inner.set_labels(&pr(), labels.iter().copied());
+            Self {
+                inner,
+                stale: std::sync::Mutex::default(),
+                dropped: false.into(),
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl LabelBackend for LostDeleteAnswer {
+        async fn get<'a>(&self, pr: &PrRef, etag: Option<&'a ETag>) -> Result<Fetched> {
+            if let Some(labels) = self.stale.lock().unwrap().take() {
+                return Ok(Fetched::Labels { labels, etag: None });
+            }
+            self.inner.get(pr, etag).await
+        }
+        async fn add(&self, pr: &PrRef, names: &[String]) -> Result<LabelSet> {
+            self.inner.add(pr, names).await
+        }
+        async fn remove(&self, pr: &PrRef, name: &str) -> Result<RemoveOutcome> {
+            if self.dropped.swap(true, Ordering::SeqCst) {
+                return self.inner.remove(pr, name).await;
+            }
+            let before = self.inner.labels(pr);
+            self.inner.remove(pr, name).await?;
+            *self.stale.lock().unwrap() = Some(before);
+            Err(Error::Transport {
+                message: "connection reset after the request was sent".into(),
+                sent: true,
+                mutation: true,
+            })
+        }
+        async fn replace(&self, pr: &PrRef, names: &[String]) -> Result<LabelSet> {
+            self.inner.replace(pr, names).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_404_to_a_delete_sent_again_after_a_lost_answer_is_our_own_removal_not_a_conflict() {
+        let lagging = LostDeleteAnswer::new(&["ready-for-qa", "human"]);
+        let manager = AtomicLabelManager::new(lagging)
+            .with_policy(quick_policy())
+            .unwrap();
+        // GET, DELETE (applied, answer lost), GET (still shows it), DELETE
+        // again (404: it is gone — by our first DELETE), POST.
+        let outcome = manager.transition(&pr(), &stage()).await.unwrap();
+        assert_eq!(outcome.result, TransitionResult::Applied);
+        assert_eq!(
+            (outcome.removed, outcome.added),
+            (names(&["ready-for-qa"]), names(&["in-progress"]))
+        );
+        assert_eq!(
+            manager.backend().inner.labels(&pr()),
+            set(&["human", "in-progress"]),
+            "the PR is in the target stage, not left with neither label"
+        );
+        assert_eq!(manager.metrics().transitions("conflict"), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delete_in_doubt_that_cannot_be_settled_is_undone_by_putting_the_label_back() {
+        let (mut mock, mut seq) = a_delete_in_doubt_and_a_read_that_still_shows_it();
+        // The DELETE sent again is refused: whether the first one removed
+        // the label stays unknown.
+        mock.expect_remove()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| {
+                Err(Error::Forbidden {
+                    message: "Resource not accessible by integration".into(),
+                })
+            });
+        // So the undo puts it back (a no-op if it never went).
+        mock.expect_add()
+            .withf(|_, added| added == ["ready-for-qa"])
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(set(&["ready-for-qa"])));
+        let err = manager(mock).transition(&pr(), &stage()).await.unwrap_err();
+        assert!(matches!(err, Error::Forbidden { .. }), "{err}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -1605,8 +1895,80 @@ mod tests {
         );
     }
 
+    /// A lock whose guard reports loss once `lost` fires.
+    fn losable_lock(lost: &CancellationToken) -> Arc<dyn PrLock> {
+        let lost = lost.clone();
+        let mut lock = MockPrLock::new();
+        lock.expect_lock()
+            .times(1)
+            .returning(move |_| Ok(PrLockGuard::new(()).with_lost_signal(lost.clone())));
+        Arc::new(lock)
+    }
+
+    /// [`MemoryLabels`] on which our lease runs out while our first DELETE
+    /// is in flight, and the new holder (another replica) at once finishes
+    /// the move we started: it adds `in-progress`.
+    struct NewHolderTakesOver {
+        inner: MemoryLabels,
+        lost: CancellationToken,
+    }
+
+    #[async_trait::async_trait]
+    impl LabelBackend for NewHolderTakesOver {
+        async fn get<'a>(&self, pr: &PrRef, etag: Option<&'a ETag>) -> Result<Fetched> {
+            self.inner.get(pr, etag).await
+        }
+        async fn add(&self, pr: &PrRef, names: &[String]) -> Result<LabelSet> {
+            self.inner.add(pr, names).await
+        }
+        async fn remove(&self, pr: &PrRef, name: &str) -> Result<RemoveOutcome> {
+            let ours = self.inner.remove(pr, name).await;
+            if !self.lost.is_cancelled() {
+                self.lost.cancel();
+                self.inner.add_label(pr, "in-progress");
+            }
+            ours
+        }
+        async fn replace(&self, pr: &PrRef, names: &[String]) -> Result<LabelSet> {
+            self.inner.replace(pr, names).await
+        }
+    }
+
     #[tokio::test]
-    async fn a_lock_lost_after_the_claim_stops_the_addition_and_undoes_the_claim() {
+    async fn a_lock_lost_after_the_claim_writes_nothing_more_and_reports_what_it_left() {
+        let lost = CancellationToken::new();
+        let backend = NewHolderTakesOver {
+            inner: MemoryLabels::new(),
+            lost: lost.clone(),
+        };
+        backend.inner.set_labels(&pr(), ["ready-for-qa", "human"]);
+        let manager = manager_over(backend).with_lock(losable_lock(&lost));
+        let err = manager.transition(&pr(), &stage()).await.unwrap_err();
+        let Error::PartiallyApplied {
+            removed,
+            added,
+            source,
+        } = err
+        else {
+            panic!("{err}")
+        };
+        assert_eq!((removed, added), (names(&["ready-for-qa"]), names(&[])));
+        assert!(matches!(*source, Error::Lock { .. }), "{source}");
+        assert_eq!(
+            manager.backend().inner.labels(&pr()),
+            set(&["human", "in-progress"]),
+            "no undo wrote ready-for-qa back over the new holder's move"
+        );
+        assert_eq!(
+            manager.backend().inner.calls().mutations(),
+            1,
+            "our DELETE, nothing after it"
+        );
+        assert_eq!(manager.metrics().transitions("lock_lost"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lock_lost_during_the_post_ends_the_transition_without_a_retry_or_an_undo() {
         let lost = CancellationToken::new();
         let mut mock = MockLabelBackend::new();
         let mut seq = Sequence::new();
@@ -1614,28 +1976,32 @@ mod tests {
             .times(1)
             .in_sequence(&mut seq)
             .returning(|_, _| Ok(fetched(&["ready-for-qa"], "1")));
-        let lose = lost.clone();
         mock.expect_remove()
             .with(eq(pr()), eq("ready-for-qa"))
             .times(1)
             .in_sequence(&mut seq)
-            .returning(move |_, _| {
-                lose.cancel(); // the lease could not be renewed meanwhile
-                Ok(RemoveOutcome::Removed(LabelSet::default()))
-            });
-        // No POST of in-progress: only the undo's POST of ready-for-qa.
+            .returning(|_, _| Ok(RemoveOutcome::Removed(LabelSet::default())));
+        // The answer shows ready-for-qa back (interference), and the lease
+        // ran out while the POST was in flight. No expectation follows: a
+        // retry's read, a DELETE or an undo's write would fail the test.
+        let lose = lost.clone();
         mock.expect_add()
-            .withf(|_, added| added == ["ready-for-qa"])
+            .withf(|_, added| added == ["in-progress"])
             .times(1)
             .in_sequence(&mut seq)
-            .returning(|_, _| Ok(set(&["ready-for-qa"])));
-        let mut lock = MockPrLock::new();
-        lock.expect_lock()
-            .times(1)
-            .returning(move |_| Ok(PrLockGuard::new(()).with_lost_signal(lost.clone())));
-        let manager = manager(mock).with_lock(Arc::new(lock));
+            .returning(move |_, _| {
+                lose.cancel();
+                Ok(set(&["in-progress", "ready-for-qa"]))
+            });
+        let manager = manager(mock).with_lock(losable_lock(&lost));
         let err = manager.transition(&pr(), &stage()).await.unwrap_err();
-        assert!(matches!(err, Error::Lock { .. }), "{err}");
+        let Error::PartiallyApplied { removed, added, .. } = err else {
+            panic!("{err}")
+        };
+        // ready-for-qa came back by someone else's hand: only our addition
+        // is left of ours.
+        assert_eq!((removed, added), (names(&[]), names(&["in-progress"])));
+        assert_eq!(manager.metrics().transitions("lock_lost"), 1);
     }
 
     #[tokio::test]
@@ -1817,26 +2183,34 @@ mod tests {
         assert!(matches!(err, Error::Transport { .. }), "{err}");
     }
 
-    /// [`MemoryLabels`] whose first POST answers only after `delay`:
-    /// applied at once when `applies`, answered with a transport error
-    /// (never sent) when `fails`.
+    /// How the first POST of a [`SlowFirstPost`] ends, after its delay.
+    #[derive(Clone, Copy)]
+    enum FirstPost {
+        /// Applied at once, answered after the delay.
+        Lands,
+        /// A transport error after the delay; it never left (retryable).
+        NeverSent,
+        /// Refused after the delay (403, permanent): the transition undoes.
+        Refused,
+    }
+
+    /// [`MemoryLabels`] on `ready-for-qa`, `human` whose first POST answers
+    /// only after `delay`, as `first` says; later POSTs go straight through.
     struct SlowFirstPost {
         inner: MemoryLabels,
         delay: Duration,
-        applies: bool,
-        fails: bool,
+        first: FirstPost,
         used: std::sync::atomic::AtomicBool,
     }
 
     impl SlowFirstPost {
-        fn new(delay: Duration, applies: bool, fails: bool) -> Self {
+        fn new(delay: Duration, first: FirstPost) -> Self {
             let inner = MemoryLabels::new();
             inner.set_labels(&pr(), ["ready-for-qa", "human"]);
             Self {
                 inner,
                 delay,
-                applies,
-                fails,
+                first,
                 used: false.into(),
             }
         }
@@ -1851,18 +2225,21 @@ mod tests {
             if self.used.swap(true, Ordering::SeqCst) {
                 return self.inner.add(pr, names).await;
             }
-            if self.applies {
+            if let FirstPost::Lands = self.first {
                 self.inner.add(pr, names).await?;
             }
             tokio::time::sleep(self.delay).await;
-            if self.fails {
-                return Err(Error::Transport {
+            match self.first {
+                FirstPost::Lands => Ok(self.inner.labels(pr)),
+                FirstPost::NeverSent => Err(Error::Transport {
                     message: "connection refused".into(),
                     sent: false,
                     mutation: true,
-                });
+                }),
+                FirstPost::Refused => Err(Error::Forbidden {
+                    message: "Resource not accessible by integration".into(),
+                }),
             }
-            Ok(self.inner.labels(pr))
         }
         async fn remove(&self, pr: &PrRef, name: &str) -> Result<RemoveOutcome> {
             self.inner.remove(pr, name).await
@@ -1895,7 +2272,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn cancellation_never_abandons_a_post_in_flight() {
-        let slow = SlowFirstPost::new(Duration::from_secs(5), true, false);
+        let slow = SlowFirstPost::new(Duration::from_secs(5), FirstPost::Lands);
         let (manager, result) = cancelled_after_a_second(slow).await;
         // The POST landed; its answer is known, so the transition is done.
         let outcome = result.unwrap();
@@ -1908,7 +2285,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_cancelled_transition_still_undoes_what_it_changed() {
-        let slow = SlowFirstPost::new(Duration::from_secs(5), false, true);
+        let slow = SlowFirstPost::new(Duration::from_secs(5), FirstPost::NeverSent);
         let (manager, result) = cancelled_after_a_second(slow).await;
         let err = result.unwrap_err();
         assert!(matches!(err, Error::Cancelled), "{err}");
@@ -1919,30 +2296,117 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_transition_dropped_half_way_is_counted_and_the_documented_repair_completes_it() {
-        let slow = SlowFirstPost::new(Duration::from_secs(3600), false, false);
-        let manager = AtomicLabelManager::new(slow)
-            .with_policy(quick_policy())
-            .unwrap();
-        let dropped =
+    /// Runs `stage()` on `backend` for a caller that gives up after 10 s,
+    /// then lets a minute pass.
+    async fn caller_gives_up_after_ten_seconds<B: LabelBackend + 'static>(
+        backend: B,
+    ) -> AtomicLabelManager<B> {
+        let manager = manager_over(backend);
+        let gave_up =
             tokio::time::timeout(Duration::from_secs(10), manager.transition(&pr(), &stage()))
                 .await;
-        assert!(dropped.is_err(), "the caller gave up");
-        // What is left: the claim went through, the addition never did.
+        assert!(gave_up.is_err(), "the caller gave up");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        manager
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_transition_whose_caller_gave_up_still_reaches_the_target_state() {
+        // The POST fails after 30 s and is sent again, long after the caller left.
+        let slow = SlowFirstPost::new(Duration::from_secs(30), FirstPost::NeverSent);
+        let manager = caller_gives_up_after_ten_seconds(slow).await;
+        assert_eq!(
+            manager.backend().inner.labels(&pr()),
+            set(&["human", "in-progress"])
+        );
+        let metrics = manager.metrics();
+        assert_eq!(metrics.transitions("applied"), 1);
+        assert_eq!(metrics.unawaited_count(), 1, "its result went unheard");
+        assert_eq!(metrics.transitions("dropped"), 0, "nothing was stranded");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_transition_whose_caller_gave_up_is_undone_as_if_awaited() {
+        let slow = SlowFirstPost::new(Duration::from_secs(30), FirstPost::Refused);
+        let manager = caller_gives_up_after_ten_seconds(slow).await;
+        assert_eq!(
+            manager.backend().inner.labels(&pr()),
+            set(&["human", "ready-for-qa"]),
+            "the claimed label is back"
+        );
+        let metrics = manager.metrics();
+        assert_eq!(metrics.transitions("failed"), 1);
+        assert_eq!(metrics.unawaited_count(), 1);
+        assert_eq!(metrics.transitions("dropped"), 0);
+    }
+
+    #[test]
+    fn a_transition_stopped_by_a_runtime_shutdown_is_counted_and_the_documented_repair_completes_it()
+     {
+        let paused = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap()
+        };
+        let slow = SlowFirstPost::new(Duration::from_secs(3600), FirstPost::Refused);
+        let manager = manager_over(slow);
+        let runtime = paused();
+        runtime.block_on(async {
+            let gave_up =
+                tokio::time::timeout(Duration::from_secs(10), manager.transition(&pr(), &stage()))
+                    .await;
+            assert!(gave_up.is_err(), "the caller gave up");
+        });
+        // The process stops: the runtime drops the task in the middle of
+        // its POST. The one way left to strand half-done labels.
+        drop(runtime);
         assert_eq!(manager.backend().inner.labels(&pr()), set(&["human"]));
         assert_eq!(manager.metrics().transitions("dropped"), 1);
-        // Re-running the same move conflicts (its precondition is gone)...
-        assert!(matches!(
-            manager.transition(&pr(), &stage()).await,
-            Err(Error::Conflict { .. })
-        ));
-        // ...the repair is the move without its precondition.
-        let repair = LabelTransition::new()
-            .removing(["ready-for-qa"])
-            .adding(["in-progress"]);
-        let outcome = manager.transition(&pr(), &repair).await.unwrap();
-        assert_eq!(outcome.final_labels, set(&["human", "in-progress"]));
+        paused().block_on(async {
+            // Re-running the same move conflicts (its precondition is gone)...
+            assert!(matches!(
+                manager.transition(&pr(), &stage()).await,
+                Err(Error::Conflict { .. })
+            ));
+            // ...the repair is the move without its precondition.
+            let repair = LabelTransition::new()
+                .removing(["ready-for-qa"])
+                .adding(["in-progress"]);
+            let outcome = manager.transition(&pr(), &repair).await.unwrap();
+            assert_eq!(outcome.final_labels, set(&["human", "in-progress"]));
+        });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_transition_ends_at_the_target_or_untouched_whatever_the_moment() {
+        let original = set(&["human", "ready-for-qa"]);
+        let target = set(&["human", "in-progress"]);
+        // Each call takes 10 ms: GET, DELETE, POST — dropped before, inside
+        // and after each of them.
+        for ms in (0..=40).step_by(5) {
+            let inner = MemoryLabels::new();
+            inner.set_labels(&pr(), original.iter());
+            let slow = Slow {
+                inner,
+                in_flight: 0.into(),
+                max_in_flight: 0.into(),
+            };
+            let manager = manager_over(slow);
+            let _ = tokio::time::timeout(
+                Duration::from_millis(ms),
+                manager.transition(&pr(), &stage()),
+            )
+            .await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let labels = manager.backend().inner.labels(&pr());
+            assert!(
+                labels == target || labels == original,
+                "dropped after {ms} ms: {labels}"
+            );
+            assert_eq!(manager.metrics().transitions("dropped"), 0);
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -30,6 +30,7 @@ struct Inner {
     rate_limit_remaining: Gauge,
     not_modified: Counter,
     transitions: Family<ResultLabels, Counter>,
+    unawaited: Counter,
     interference: Counter,
     rate_limit_waits: Family<ReasonLabels, Counter>,
 }
@@ -68,6 +69,7 @@ impl Default for Metrics {
                 rate_limit_remaining: Gauge::default(),
                 not_modified: Counter::default(),
                 transitions: Family::default(),
+                unawaited: Counter::default(),
                 interference: Counter::default(),
                 rate_limit_waits: Family::default(),
             }),
@@ -88,8 +90,15 @@ impl Metrics {
     /// - `label_cas_github_rate_limit_remaining`
     /// - `label_cas_github_not_modified_total` (304s: reads that cost no budget)
     /// - `label_cas_transitions_total{result}` (`applied`, `already_in_state`,
-    ///   `conflict`, `failed`; `dropped`: the caller dropped the transition
-    ///   half-way and changes were left on the pull request — worth an alert)
+    ///   `conflict`, `failed`; `lock_lost`: the lock was lost mid-transition
+    ///   and what it had changed was left in place for the new holder or the
+    ///   reconciler; `dropped`: the task running the transition was stopped
+    ///   half-way — the runtime shut down, or a panic — and changes were left
+    ///   on the pull request; both worth an alert)
+    /// - `label_cas_transitions_unawaited_total`: transitions (and label
+    ///   replacements) whose caller stopped waiting — a timeout, a dropped
+    ///   future — before they ended; they ran to their end anyway, in their
+    ///   own task, and are also counted under how they ended
     /// - `label_cas_interference_detected_total`
     /// - `label_cas_rate_limit_waits_total{reason}` (`budget`, `rejected`):
     ///   waits imposed by rate limits.
@@ -119,8 +128,13 @@ impl Metrics {
         );
         sub.register(
             "transitions",
-            "Label transitions by result (applied, already_in_state, conflict, failed, dropped)",
+            "Label transitions by result (applied, already_in_state, conflict, failed, lock_lost, dropped)",
             i.transitions.clone(),
+        );
+        sub.register(
+            "transitions_unawaited",
+            "Label transitions that ran to their end after their caller stopped waiting",
+            i.unawaited.clone(),
         );
         sub.register(
             "interference_detected",
@@ -163,6 +177,10 @@ impl Metrics {
             .inc();
     }
 
+    pub(crate) fn unawaited(&self) {
+        self.inner.unawaited.inc();
+    }
+
     pub(crate) fn interference(&self) {
         self.inner.interference.inc();
     }
@@ -182,12 +200,19 @@ impl Metrics {
             "conflict" => "conflict",
             "failed" => "failed",
             "dropped" => "dropped",
+            "lock_lost" => "lock_lost",
             _ => return 0,
         };
         self.inner
             .transitions
             .get_or_create(&ResultLabels { result })
             .get()
+    }
+
+    /// How many transitions ran to their end after their caller had
+    /// stopped waiting.
+    pub fn unawaited_count(&self) -> u64 {
+        self.inner.unawaited.get()
     }
 
     /// How many times interference was detected.
@@ -227,6 +252,7 @@ mod tests {
         metrics.rate_limit_remaining(4999);
         metrics.not_modified();
         metrics.transition("applied");
+        metrics.unawaited();
         metrics.interference();
         metrics.rate_limit_wait("budget");
         let mut registry = Registry::default();
@@ -239,6 +265,7 @@ mod tests {
             "label_cas_github_rate_limit_remaining 4999",
             "label_cas_github_not_modified_total 1",
             "label_cas_transitions_total{result=\"applied\"} 1",
+            "label_cas_transitions_unawaited_total 1",
             "label_cas_interference_detected_total 1",
             "label_cas_rate_limit_waits_total{reason=\"budget\"} 1",
         ] {

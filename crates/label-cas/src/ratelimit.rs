@@ -6,10 +6,12 @@
 //! act on) we wait as told (`retry-after`, else `x-ratelimit-reset`, else at
 //! least a minute, growing on repeated rejections) before the call is sent
 //! again; and mutations go out one at a time with a spacing between them
-//! (GitHub's guidance for avoiding secondary limits). Every wait is bounded
-//! by [`RateLimitPolicy::max_wait`]; a longer one is returned as
-//! [`Error::RateLimited`] for the caller to reschedule, and the long ones
-//! end early with [`Error::Cancelled`] once the token given to
+//! (GitHub's guidance for avoiding secondary limits). A block is shared by
+//! every caller and read again after each sleep, so a wait that another
+//! call's rejection extended meanwhile is kept to its new end. A call's
+//! waits together are bounded by [`RateLimitPolicy::max_wait`]; a longer one
+//! is returned as [`Error::RateLimited`] for the caller to reschedule, and
+//! the long ones end early with [`Error::Cancelled`] once the token given to
 //! [`RateLimited::with_cancellation`] fires.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -47,8 +49,9 @@ pub struct RateLimitPolicy {
     pub rejection_backoff: BackoffPolicy,
     /// Rate-limit answers absorbed per call before the error is returned.
     pub max_rejections: u32,
-    /// The longest single wait accepted; longer ones fail fast with
-    /// [`Error::RateLimited`] rather than parking a worker.
+    /// The longest a call waits before it is sent (all its waits for
+    /// the budget and for blocks together, spacing aside); a longer one
+    /// fails fast with [`Error::RateLimited`] rather than parking a worker.
     pub max_wait: Duration,
 }
 
@@ -277,56 +280,72 @@ impl<B: LabelBackend> RateLimited<B> {
 
     /// Waits while blocked by a rejection or while the budget is at the
     /// reserve and the window has not reset; fails fast with
-    /// [`Error::RateLimited`] instead of waiting longer than `max_wait`.
+    /// [`Error::RateLimited`] instead of waiting longer than `max_wait` in
+    /// all.
+    ///
+    /// The block is read again after every sleep: another call's rejection
+    /// that arrived meanwhile (a secondary limit's `retry-after`) may have
+    /// pushed it further, and GitHub asked the whole integration to wait.
     async fn wait_for_budget(&self) -> Result<()> {
-        let (blocked_until, reset) = {
-            let state = self.state();
-            let reset = self.inner.rate_limit().and_then(|limit| {
-                let low = limit.remaining <= self.policy.min_remaining;
-                let waited = state.waited_for_reset.is_some_and(|w| w >= limit.reset);
-                (low && !waited).then_some(limit)
-            });
-            (state.blocked_until, reset)
+        // `None`: a `max_wait` too large to add to now is no bound at all.
+        let give_up = Instant::now().checked_add(self.policy.max_wait);
+        let too_late = |at: Option<Instant>| match (at, give_up) {
+            (Some(at), Some(give_up)) => at > give_up,
+            (None, Some(_)) => true,
+            (_, None) => false,
         };
-        if let Some(until) = blocked_until {
-            let left = until.saturating_duration_since(Instant::now());
-            if left > self.policy.max_wait {
+        loop {
+            let (blocked_until, reset) = {
+                let state = self.state();
+                let reset = self.inner.rate_limit().and_then(|limit| {
+                    let low = limit.remaining <= self.policy.min_remaining;
+                    let waited = state.waited_for_reset.is_some_and(|w| w >= limit.reset);
+                    (low && !waited).then_some(limit)
+                });
+                (state.blocked_until, reset)
+            };
+            let now = Instant::now();
+            if let Some(until) = blocked_until.filter(|until| *until > now) {
+                let left = until - now;
+                if too_late(Some(until)) {
+                    return Err(Error::RateLimited {
+                        retry_after: Some(left),
+                        reset: None,
+                    });
+                }
+                self.pause(left).await?;
+                continue;
+            }
+            let Some(limit) = reset else {
+                return Ok(());
+            };
+            let wait = until_wall_clock(limit.reset);
+            if wait.is_zero() {
+                return Ok(());
+            }
+            let wait = wait + RESET_SLACK;
+            if too_late(now.checked_add(wait)) {
                 return Err(Error::RateLimited {
-                    retry_after: Some(left),
-                    reset: None,
+                    retry_after: Some(wait),
+                    reset: Some(limit.reset),
                 });
             }
-            self.pause(left).await?;
+            tracing::warn!(
+                remaining = limit.remaining,
+                reserve = self.policy.min_remaining,
+                wait_ms = millis(wait),
+                "GitHub rate-limit budget at the reserve: waiting for the reset"
+            );
+            self.metrics.rate_limit_wait("budget");
+            self.pause(wait).await?;
+            let mut state = self.state();
+            state.waited_for_reset = Some(
+                state
+                    .waited_for_reset
+                    .map_or(limit.reset, |w| w.max(limit.reset)),
+            );
+            // Looked at again: a rejection may have blocked us meanwhile.
         }
-        let Some(limit) = reset else {
-            return Ok(());
-        };
-        let wait = until_wall_clock(limit.reset);
-        if wait.is_zero() {
-            return Ok(());
-        }
-        let wait = wait + RESET_SLACK;
-        if wait > self.policy.max_wait {
-            return Err(Error::RateLimited {
-                retry_after: Some(wait),
-                reset: Some(limit.reset),
-            });
-        }
-        tracing::warn!(
-            remaining = limit.remaining,
-            reserve = self.policy.min_remaining,
-            wait_ms = millis(wait),
-            "GitHub rate-limit budget at the reserve: waiting for the reset"
-        );
-        self.metrics.rate_limit_wait("budget");
-        self.pause(wait).await?;
-        let mut state = self.state();
-        state.waited_for_reset = Some(
-            state
-                .waited_for_reset
-                .map_or(limit.reset, |w| w.max(limit.reset)),
-        );
-        Ok(())
     }
 
     /// Sleeps for `wait`, or fails with [`Error::Cancelled`] if the token
@@ -573,6 +592,126 @@ mod tests {
                 .iter()
                 .all(|(_, at)| *at >= Duration::from_secs(30)),
             "{calls:?}"
+        );
+    }
+
+    /// Reads whose first answer is a secondary-limit rejection: for PR
+    /// `slow` it comes after `delay` and asks for `slow_wait`, for any other
+    /// PR at once and asks for `fast_wait`. Every send is recorded.
+    struct RejectsFirst {
+        origin: Instant,
+        slow: u64,
+        delay: Duration,
+        slow_wait: Duration,
+        fast_wait: Duration,
+        sends: std::sync::Mutex<Vec<(u64, Duration)>>,
+    }
+
+    impl RejectsFirst {
+        fn sends_of(&self, number: u64) -> Vec<Duration> {
+            let sends = self.sends.lock().unwrap();
+            sends
+                .iter()
+                .filter(|(n, _)| *n == number)
+                .map(|(_, at)| *at)
+                .collect()
+        }
+    }
+
+    #[async_trait]
+    impl LabelBackend for RejectsFirst {
+        async fn get<'a>(&self, pr: &PrRef, _: Option<&'a ETag>) -> Result<Fetched> {
+            let first = {
+                let mut sends = self.sends.lock().unwrap();
+                let first = sends.iter().all(|(n, _)| *n != pr.number());
+                sends.push((pr.number(), self.origin.elapsed()));
+                first
+            };
+            if !first {
+                return Ok(labels());
+            }
+            let retry_after = if pr.number() == self.slow {
+                tokio::time::sleep(self.delay).await;
+                self.slow_wait
+            } else {
+                self.fast_wait
+            };
+            Err(Error::RateLimited {
+                retry_after: Some(retry_after),
+                reset: None,
+            })
+        }
+        async fn add(&self, _: &PrRef, _: &[String]) -> Result<LabelSet> {
+            Ok(LabelSet::default())
+        }
+        async fn remove(&self, _: &PrRef, _: &str) -> Result<RemoveOutcome> {
+            Ok(RemoveOutcome::Absent)
+        }
+        async fn replace(&self, _: &PrRef, _: &[String]) -> Result<LabelSet> {
+            Ok(LabelSet::default())
+        }
+    }
+
+    /// B (#8) goes out at 0 s and is answered at 5 s with "retry after
+    /// 60 s"; A (#7) goes out at 0 s too and is told at once to wait 10 s —
+    /// so while A sleeps, B's answer blocks everyone for longer. Returns
+    /// A's and B's results.
+    async fn a_rejection_lands_while_another_call_waits(
+        policy: RateLimitPolicy,
+    ) -> (
+        Arc<RateLimited<RejectsFirst>>,
+        Result<Fetched>,
+        Result<Fetched>,
+    ) {
+        let backend = RejectsFirst {
+            origin: Instant::now(),
+            slow: 8,
+            delay: Duration::from_secs(5),
+            slow_wait: Duration::from_secs(60),
+            fast_wait: Duration::from_secs(10),
+            sends: std::sync::Mutex::default(),
+        };
+        let paced = Arc::new(RateLimited::new(backend, policy).unwrap());
+        let b = {
+            let paced = Arc::clone(&paced);
+            tokio::spawn(async move { paced.get(&PrRef::new("acme", "widgets", 8)?, None).await })
+        };
+        tokio::task::yield_now().await;
+        let a = paced.get(&pr(), None).await;
+        let b = b.await.unwrap();
+        (paced, a, b)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_extended_by_another_calls_rejection_is_honoured_to_its_new_end() {
+        let (paced, a, b) = a_rejection_lands_while_another_call_waits(policy()).await;
+        a.unwrap();
+        b.unwrap();
+        let (a_sends, b_sends) = (paced.inner().sends_of(7), paced.inner().sends_of(8));
+        assert_eq!((a_sends[0], b_sends[0]), (Duration::ZERO, Duration::ZERO));
+        assert!(
+            a_sends[1] >= Duration::from_secs(65),
+            "A sent again at {:?}, inside the wait B's rejection asked for",
+            a_sends[1]
+        );
+        assert_eq!(a_sends[1], b_sends[1], "one block releases both, no later");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_extended_beyond_the_longest_wait_fails_fast_instead_of_parking() {
+        let policy = RateLimitPolicy {
+            max_wait: Duration::from_secs(30),
+            ..policy()
+        };
+        let (paced, a, b) = a_rejection_lands_while_another_call_waits(policy).await;
+        let a = a.unwrap_err();
+        assert!(matches!(a, Error::RateLimited { .. }), "{a}");
+        assert!(a.retry_after().unwrap() >= Duration::from_secs(55), "{a}");
+        assert!(matches!(b, Err(Error::RateLimited { .. })), "{b:?}");
+        assert_eq!(
+            paced.inner().sends_of(7),
+            [Duration::ZERO],
+            "A never re-sent"
         );
     }
 
