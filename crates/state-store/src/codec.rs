@@ -64,6 +64,15 @@ pub enum SchemaOrigin {
         /// The stored version.
         version: String,
     },
+    /// Valid JSON of a schema this build knows that it cannot decode into its
+    /// types — most likely written by a newer build (a `TaskStatus` or
+    /// `Severity` added later): read best-effort from the top-level fields
+    /// that decode, and never overwritten by this build (updates fail with
+    /// `Undecodable`), as a newer schema version is not.
+    Undecodable {
+        /// Why it did not decode.
+        reason: String,
+    },
     /// The payload could not be read; the state was rebuilt from what survived
     /// and the next update quarantines the raw payload.
     Rebuilt {
@@ -224,6 +233,12 @@ pub(crate) fn decode(task_id: &str, max_iterations: u32, stored: &StoredDocument
         let corrupt = CorruptPayload::Text(text.clone());
         rebuilt(task_id, max_iterations, doc, &text, corrupt, reason)
     };
+    // Valid JSON is never corruption: whoever wrote it knew what it meant.
+    let undecodable = |reason: String| Decoded {
+        state: salvage(task_id, max_iterations, doc, &text),
+        origin: SchemaOrigin::Undecodable { reason },
+        corrupt: None,
+    };
     let value: Value = match serde_json::from_str(&text) {
         Ok(v) => v,
         Err(e) => return unreadable(format!("unparsable JSON: {e}")),
@@ -245,7 +260,7 @@ pub(crate) fn decode(task_id: &str, max_iterations: u32, stored: &StoredDocument
                     origin: SchemaOrigin::Current,
                     corrupt: None,
                 },
-                Err(e) => unreadable(format!("not a v1 state: {e}")),
+                Err(e) => undecodable(format!("not a v1 state this build can decode: {e}")),
             }
         }
         None | Some("v0") if !newer_annotation => match serde_json::from_value::<StateV0>(value) {
@@ -256,7 +271,7 @@ pub(crate) fn decode(task_id: &str, max_iterations: u32, stored: &StoredDocument
                 },
                 corrupt: None,
             },
-            Err(e) => unreadable(format!("not a v0 state: {e}")),
+            Err(e) => undecodable(format!("not a v0 state this build can decode: {e}")),
         },
         other => {
             // A version we do not know is treated as newer: reading it best-effort is
@@ -440,20 +455,51 @@ fn keep<T: serde::de::DeserializeOwned>(
     }
 }
 
-/// The value of the first `"key": <value>` in `text` that parses as `T`.
+/// The value of the top-level `"key": <value>` of the JSON object in `text`
+/// that parses as `T`. Only the outermost object's own keys count — a
+/// journal step's `"status"` is not the task's — and `text` may be cut off or
+/// broken after the value: the scan tracks strings and nesting itself
+/// instead of parsing the whole text.
 fn salvage_key<T: serde::de::DeserializeOwned>(text: &str, key: &str) -> Option<T> {
-    let needle = format!("\"{key}\"");
-    let mut from = 0;
-    while let Some(pos) = text[from..].find(&needle) {
-        let after = from + pos + needle.len();
-        from = after;
-        let rest = text[after..].trim_start();
-        let Some(rest) = rest.strip_prefix(':') else {
-            continue;
-        };
-        let mut de = serde_json::Deserializer::from_str(rest.trim_start());
-        if let Ok(value) = T::deserialize(&mut de) {
-            return Some(value);
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b'"' => {
+                let end = string_end(bytes, i)?;
+                // A key of the outermost object: a string at depth 1 followed by ':'.
+                let rest = text[end..].trim_start();
+                if depth == 1
+                    && let Some(value) = rest.strip_prefix(':')
+                    && serde_json::from_str::<String>(&text[i..end]).is_ok_and(|k| k == key)
+                {
+                    let mut de = serde_json::Deserializer::from_str(value.trim_start());
+                    if let Ok(value) = T::deserialize(&mut de) {
+                        return Some(value);
+                    }
+                }
+                i = end;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The index just past the closing quote of the JSON string starting at
+/// `start` (a `"`), or `None` when the text ends inside it.
+fn string_end(bytes: &[u8], start: usize) -> Option<usize> {
+    let mut i = start + 1;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(i + 1),
+            _ => i += 1,
         }
     }
     None
@@ -624,6 +670,60 @@ mod tests {
         let broken = r#"{"applied_writes":["a1","b2"],"task_id":"t","feedback_history":[{"#;
         let dec = decode("t", 10, &stored(with_payload(broken)));
         assert_eq!(dec.state.applied_writes(), ["a1", "b2"]);
+    }
+
+    /// Issue 12, item 7: a newer replica wrote a status this build does not
+    /// know. Before, the document was taken for corruption: rebuilt, and
+    /// quarantined and overwritten by the next update of this older replica.
+    #[test]
+    fn valid_json_with_a_value_this_build_does_not_know_is_read_only_not_corrupt() {
+        let newer = r#"{"version":"v1","task_id":"t","iteration":3,"status":"Paused","metadata":{"a":"b"}}"#;
+        let dec = decode("t", 10, &stored(with_payload(newer)));
+        assert!(
+            matches!(&dec.origin, SchemaOrigin::Undecodable { reason } if reason.contains("Paused")),
+            "{:?}",
+            dec.origin
+        );
+        assert_eq!(dec.corrupt, None, "nothing to quarantine");
+        assert_eq!(dec.state.iteration, 3, "read best-effort");
+        assert_eq!(dec.state.metadata["a"], "b");
+
+        let newer_severity = r#"{"version":"v1","task_id":"t","feedback_history":[{"comment_id":"1","severity":"Blocker","body":"","author":"a","created_at":"2026-01-01T00:00:00Z"}]}"#;
+        let dec = decode("t", 10, &stored(with_payload(newer_severity)));
+        assert!(matches!(dec.origin, SchemaOrigin::Undecodable { .. }));
+    }
+
+    /// Issue 12, item 7: salvage read the first `"status"` anywhere in the
+    /// text, so a metadata entry (or a journal step's status) was taken for
+    /// the task's.
+    #[test]
+    fn salvage_reads_only_the_top_level_keys() {
+        let broken = r#"{"version":"v1","task_id":"t","metadata":{"status":"Completed","iteration":"9"},"iteration":2,"feedback_history":[{"comm"#;
+        let dec = decode("t", 10, &stored(with_payload(broken)));
+        assert!(matches!(dec.origin, SchemaOrigin::Rebuilt { .. }));
+        assert_eq!(
+            dec.state.status,
+            TaskStatus::Initialized,
+            "no top-level status"
+        );
+        assert_eq!(dec.state.iteration, 2);
+        assert_eq!(dec.state.metadata["status"], "Completed");
+
+        let tricky =
+            r#"{"note":"a \"status\": \"Failed\" in a string","status":"InProgress","x":{"#;
+        assert_eq!(
+            salvage_key::<TaskStatus>(tricky, "status"),
+            Some(TaskStatus::InProgress)
+        );
+        assert_eq!(
+            salvage_key::<TaskStatus>(r#"{"x":{"status":"Failed"}}"#, "status"),
+            None
+        );
+        assert_eq!(salvage_key::<u32>(r#"{"iteration":"#, "iteration"), None);
+        assert_eq!(
+            salvage_key::<u32>(r#"{"s":"unterminated"#, "iteration"),
+            None
+        );
     }
 
     #[test]

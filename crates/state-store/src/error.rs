@@ -115,6 +115,18 @@ pub enum Error {
         /// Newest version this build writes.
         supported: &'static str,
     },
+    /// The stored document is valid JSON that this build cannot decode into
+    /// its types (most likely written by a newer build that added a value);
+    /// it may be read best-effort but is never overwritten.
+    #[error(
+        "state of task {task_id} is valid JSON this build cannot decode ({reason}); it is read-only for this build, most likely written by a newer one"
+    )]
+    Undecodable {
+        /// Task id.
+        task_id: String,
+        /// Why it did not decode.
+        reason: String,
+    },
     /// The state breaks an invariant (checked after every read and before every write).
     #[error("state of task {task_id} is invalid: {reason}")]
     Invalid {

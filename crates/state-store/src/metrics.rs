@@ -34,6 +34,13 @@ pub struct RetryLabels {
     pub reason: &'static str,
 }
 
+/// Labels of the read-only document counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadOnlyLabels {
+    /// `newer_version` or `undecodable`.
+    pub reason: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// The store's metrics. Cheap to clone (every clone updates the same series).
@@ -48,6 +55,7 @@ pub struct StateStoreMetrics {
     pub(crate) compressions: Counter,
     pub(crate) quarantines: Counter,
     pub(crate) cleanup_deletions: Counter,
+    pub(crate) read_only: Family<ReadOnlyLabels, Counter>,
 }
 
 impl Default for StateStoreMetrics {
@@ -63,6 +71,7 @@ impl Default for StateStoreMetrics {
             compressions: Counter::default(),
             quarantines: Counter::default(),
             cleanup_deletions: Counter::default(),
+            read_only: Family::default(),
         }
     }
 }
@@ -118,6 +127,11 @@ impl StateStoreMetrics {
             "States deleted by TTL cleanup",
             self.cleanup_deletions.clone(),
         );
+        r.register(
+            "read_only_documents",
+            "Reads of states this build may not write (a newer schema version, or valid JSON it cannot decode), by reason",
+            self.read_only.clone(),
+        );
     }
 
     pub(crate) fn observe(&self, operation: &'static str, result: &'static str, seconds: f64) {
@@ -127,6 +141,18 @@ impl StateStoreMetrics {
         self.duration
             .get_or_create(&DurationLabels { operation })
             .observe(seconds);
+    }
+
+    /// Counts a read of a state this build may not write, if `origin` says so.
+    pub(crate) fn read(&self, origin: &crate::SchemaOrigin) {
+        let reason = match origin {
+            crate::SchemaOrigin::Newer { .. } => "newer_version",
+            crate::SchemaOrigin::Undecodable { .. } => "undecodable",
+            _ => return,
+        };
+        self.read_only
+            .get_or_create(&ReadOnlyLabels { reason })
+            .inc();
     }
 
     pub(crate) fn retry(&self, reason: &'static str) {
@@ -155,6 +181,7 @@ pub(crate) fn error_label(error: &Error) -> &'static str {
         Error::FencingTokenRefused { .. } => "fencing_token_refused",
         Error::TooLarge { .. } => "too_large",
         Error::UnsupportedVersion { .. } => "unsupported_version",
+        Error::Undecodable { .. } => "undecodable",
         Error::Invalid { .. } => "invalid",
         Error::Journal { .. } => "journal",
         Error::Encode { .. } => "encode",

@@ -197,8 +197,9 @@ impl StateStore {
 
     /// The state of `task_id`, or `None` if it has none.
     ///
-    /// A document of a newer schema is returned best-effort
-    /// ([`SchemaOrigin::Newer`]); an unreadable one is returned rebuilt
+    /// A document of a newer schema, or valid JSON this build cannot decode,
+    /// is returned best-effort ([`SchemaOrigin::Newer`],
+    /// [`SchemaOrigin::Undecodable`]); an unreadable one is returned rebuilt
     /// ([`SchemaOrigin::Rebuilt`]) without writing anything.
     pub async fn get(&self, task_id: &str) -> Result<Option<Snapshot>> {
         let started = Instant::now();
@@ -221,7 +222,8 @@ impl StateStore {
     /// `OutcomeUnknown` to report.
     ///
     /// Errors: the closure's own; `InvalidTaskId`; `UnsupportedVersion` for a
-    /// document of a newer schema; `Invalid` if the state breaks an invariant
+    /// document of a newer schema; `Undecodable` for valid JSON this build
+    /// cannot decode (both are read-only for this build); `Invalid` if the state breaks an invariant
     /// before or after `f`; `TooLarge`; `RetriesExhausted` after
     /// [`StoreConfig::max_attempts`]; `OutcomeUnknown` if a write failed in
     /// transit and no re-read could tell whether it was applied (never
@@ -495,6 +497,7 @@ impl StateStore {
             return None;
         }
         let decoded = codec::decode(&task_id, self.inner.config.max_iterations, &doc);
+        self.inner.metrics.read(&decoded.origin);
         Some(Snapshot {
             state: decoded.state,
             resource_version: doc.resource_version,
@@ -515,8 +518,12 @@ impl StateStore {
             SchemaOrigin::Rebuilt { reason } => {
                 warn!(task_id, reason = %reason, "state payload unreadable; returning a rebuilt state (quarantined on the next update)");
             }
+            SchemaOrigin::Undecodable { reason } => {
+                warn!(task_id, reason = %reason, "state is valid JSON this build cannot decode; read best-effort, read-only for this build");
+            }
             SchemaOrigin::Newer { .. } => {}
         }
+        self.inner.metrics.read(&decoded.origin);
         Ok(Some(Snapshot {
             state: decoded.state,
             resource_version: doc.resource_version,
@@ -642,6 +649,9 @@ impl StateStore {
                     Verdict::NotApplied => {}
                 }
 
+                if let Some((_, decoded)) = &decoded {
+                    metrics.read(&decoded.origin);
+                }
                 let now = self.inner.clock.now();
                 let (base, mut state, corrupt) = match decoded {
                     None => (None, RemediationState::new(task_id, now), None),
@@ -651,6 +661,13 @@ impl StateStore {
                                 task_id: task_id.to_owned(),
                                 found: version,
                                 supported: SCHEMA_VERSION,
+                            }
+                            .into();
+                        }
+                        SchemaOrigin::Undecodable { reason } => {
+                            break 'attempts Error::Undecodable {
+                                task_id: task_id.to_owned(),
+                                reason,
                             }
                             .into();
                         }

@@ -229,6 +229,46 @@ async fn store_compresses_large_states_and_reads_them_back(backend: Arc<dyn Stat
     assert_eq!(store.increment_iteration("big").await.unwrap(), 1);
 }
 
+/// Issue 12, item 7: a newer replica's document (a status this build does
+/// not know) is read-only here: read best-effort, reported, never
+/// quarantined or overwritten.
+async fn store_never_overwrites_valid_json_it_cannot_decode(backend: Arc<dyn StateBackend>) {
+    let mut d = Document {
+        labels: state_labels("newer"),
+        ..Document::default()
+    };
+    let newer = r#"{"version":"v1","task_id":"newer","iteration":4,"status":"Paused"}"#;
+    d.data.insert(KEY_STATE.into(), newer.into());
+    let created = backend.create("task-newer-state", d).await.unwrap();
+
+    let store = StateStore::new(backend.clone());
+    let snap = store.get("newer").await.unwrap().unwrap();
+    assert!(
+        matches!(snap.origin, SchemaOrigin::Undecodable { .. }),
+        "{:?}",
+        snap.origin
+    );
+    assert_eq!(snap.state.iteration, 4);
+    let err = store.increment_iteration("newer").await.unwrap_err();
+    assert!(matches!(err, Error::Undecodable { .. }), "{err}");
+    assert!(!err.is_transient());
+
+    let raw = backend.get("task-newer-state").await.unwrap().unwrap();
+    assert_eq!(
+        raw.resource_version, created.resource_version,
+        "never written"
+    );
+    assert_eq!(raw.document.data[KEY_STATE], newer);
+    assert!(!raw.document.data.contains_key(KEY_STATE_CORRUPT));
+    assert_eq!(
+        metric(
+            &store,
+            "state_store_read_only_documents_total{reason=\"undecodable\"}"
+        ),
+        2
+    );
+}
+
 async fn store_quarantines_a_corrupt_payload_and_rebuilds(backend: Arc<dyn StateBackend>) {
     let mut d = Document {
         labels: state_labels("bad"),
@@ -502,6 +542,7 @@ on_both_backends!(
     store_update_and_operations_round_trip,
     store_compresses_large_states_and_reads_them_back,
     store_quarantines_a_corrupt_payload_and_rebuilds,
+    store_never_overwrites_valid_json_it_cannot_decode,
     store_journal_and_fencing_round_trip,
     a_paused_holder_cannot_advance_or_finish_a_resumed_operation,
     concurrent_writers_lose_no_update,
