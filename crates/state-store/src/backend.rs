@@ -22,6 +22,12 @@ pub struct Document {
     pub data: BTreeMap<String, String>,
     /// `binaryData` (raw bytes; base64 on the wire).
     pub binary_data: BTreeMap<String, Vec<u8>>,
+    /// Metadata the store does not manage, as read — for a ConfigMap every
+    /// `metadata` field other than name, namespace, labels, annotations and
+    /// the fields the API server owns: `ownerReferences`, `finalizers`, … —
+    /// written back unchanged, so a replace never drops what other writers
+    /// (a controller, a garbage collector, a human) set.
+    pub foreign_metadata: BTreeMap<String, serde_json::Value>,
 }
 
 /// A document as stored, with its name and version.

@@ -128,15 +128,36 @@ impl StateBackend for ConfigMapBackend {
     }
 }
 
+/// `metadata` fields that are not foreign: the ones the store writes itself,
+/// and the ones the API server owns (sent back, they would only be ignored
+/// or refused).
+const OWN_METADATA: [&str; 12] = [
+    "name",
+    "namespace",
+    "labels",
+    "annotations",
+    "resourceVersion",
+    "uid",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "generation",
+    "managedFields",
+    "selfLink",
+];
+
 fn to_config_map(name: &str, resource_version: Option<&str>, document: Document) -> ConfigMap {
     let non_empty = |m: BTreeMap<String, String>| (!m.is_empty()).then_some(m);
+    // Foreign fields first, ours on top: what we manage cannot be overridden.
+    let foreign = serde_json::Value::Object(document.foreign_metadata.into_iter().collect());
+    let base: ObjectMeta = serde_json::from_value(foreign).unwrap_or_default();
     ConfigMap {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
             resource_version: resource_version.map(str::to_owned),
             labels: non_empty(document.labels),
             annotations: non_empty(document.annotations),
-            ..ObjectMeta::default()
+            ..base
         },
         data: non_empty(document.data),
         binary_data: (!document.binary_data.is_empty()).then(|| {
@@ -151,6 +172,13 @@ fn to_config_map(name: &str, resource_version: Option<&str>, document: Document)
 }
 
 fn from_config_map(cm: ConfigMap) -> Result<StoredDocument> {
+    let foreign_metadata = match serde_json::to_value(&cm.metadata) {
+        Ok(serde_json::Value::Object(fields)) => fields
+            .into_iter()
+            .filter(|(k, v)| !OWN_METADATA.contains(&k.as_str()) && !v.is_null())
+            .collect(),
+        _ => BTreeMap::new(),
+    };
     let name = cm.metadata.name.unwrap_or_default();
     let Some(resource_version) = cm.metadata.resource_version else {
         // An unreadable answer: after a write, the write may well have been
@@ -172,6 +200,7 @@ fn from_config_map(cm: ConfigMap) -> Result<StoredDocument> {
                 .into_iter()
                 .map(|(k, v)| (k, v.0))
                 .collect(),
+            foreign_metadata,
         },
     })
 }
@@ -271,7 +300,13 @@ mod tests {
         doc.labels.insert("a".into(), "b".into());
         doc.data.insert("k".into(), "v".into());
         doc.binary_data.insert("z".into(), vec![1, 2, 3]);
+        doc.foreign_metadata
+            .insert("finalizers".into(), serde_json::json!(["example.dev/keep"]));
         let mut cm = to_config_map("task-x-state", Some("12"), doc.clone());
+        assert_eq!(
+            cm.metadata.finalizers.as_deref(),
+            Some(&["example.dev/keep".to_owned()][..])
+        );
         assert_eq!(cm.metadata.resource_version.as_deref(), Some("12"));
         assert!(cm.metadata.annotations.is_none());
         let back = from_config_map(cm.clone()).unwrap();
@@ -279,5 +314,38 @@ mod tests {
         assert_eq!(back.resource_version, "12");
         cm.metadata.resource_version = None;
         assert!(matches!(from_config_map(cm), Err(Error::Transport(_))));
+    }
+}
+
+#[cfg(test)]
+mod metadata_tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use super::*;
+
+    #[test]
+    fn server_owned_and_store_owned_metadata_is_never_foreign() {
+        let mut cm = ConfigMap::default();
+        cm.metadata = ObjectMeta {
+            name: Some("task-x-state".into()),
+            namespace: Some("ns".into()),
+            uid: Some("u".into()),
+            resource_version: Some("7".into()),
+            generation: Some(3),
+            creation_timestamp: Some(Time(jiff::Timestamp::UNIX_EPOCH)),
+            generate_name: Some("task-".into()),
+            ..ObjectMeta::default()
+        };
+        let stored = from_config_map(cm).unwrap();
+        assert_eq!(
+            stored.document.foreign_metadata.keys().collect::<Vec<_>>(),
+            ["generateName"]
+        );
+        // A foreign copy of a field the store owns cannot override it.
+        let mut doc = stored.document;
+        doc.foreign_metadata
+            .insert("name".into(), serde_json::json!("other"));
+        let cm = to_config_map("task-x-state", Some("7"), doc);
+        assert_eq!(cm.metadata.name.as_deref(), Some("task-x-state"));
     }
 }

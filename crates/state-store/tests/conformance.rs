@@ -269,6 +269,28 @@ async fn store_never_overwrites_valid_json_it_cannot_decode(backend: Arc<dyn Sta
     );
 }
 
+async fn store_writes_keep_foreign_metadata(backend: Arc<dyn StateBackend>) {
+    let store = StateStore::new(backend.clone());
+    store.increment_iteration("f1").await.unwrap();
+    let read = backend.get("task-f1-state").await.unwrap().unwrap();
+    let mut document = read.document;
+    document
+        .foreign_metadata
+        .insert("finalizers".into(), serde_json::json!(["example.dev/keep"]));
+    backend
+        .replace("task-f1-state", &read.resource_version, document)
+        .await
+        .unwrap();
+
+    store.increment_iteration("f1").await.unwrap();
+
+    let after = backend.get("task-f1-state").await.unwrap().unwrap();
+    assert_eq!(
+        after.document.foreign_metadata.get("finalizers"),
+        Some(&serde_json::json!(["example.dev/keep"]))
+    );
+}
+
 async fn store_quarantines_a_corrupt_payload_and_rebuilds(backend: Arc<dyn StateBackend>) {
     let mut d = Document {
         labels: state_labels("bad"),
@@ -543,6 +565,7 @@ on_both_backends!(
     store_compresses_large_states_and_reads_them_back,
     store_quarantines_a_corrupt_payload_and_rebuilds,
     store_never_overwrites_valid_json_it_cannot_decode,
+    store_writes_keep_foreign_metadata,
     store_journal_and_fencing_round_trip,
     a_paused_holder_cannot_advance_or_finish_a_resumed_operation,
     concurrent_writers_lose_no_update,
@@ -570,4 +593,56 @@ async fn an_uncontended_update_costs_two_api_calls() {
         0,
         "never server-side apply"
     );
+}
+
+/// Issue 12, item 8: a controller made a state's ConfigMap a dependent of
+/// its owner (ownerReferences), holds it with a finalizer, and labels and
+/// annotates it. Before, every PUT sent a fresh `ObjectMeta`, dropping the
+/// owner reference and the finalizer on the store's next write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_keeps_what_other_writers_set_on_the_config_map() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+    use kube::api::{Api, PostParams};
+
+    let kube = FakeKube::start().await.unwrap();
+    let store = StateStore::new(ConfigMapBackend::new(kube.client(), "default"));
+    store.increment_iteration("owned").await.unwrap();
+    let api: Api<ConfigMap> = Api::namespaced(kube.client(), "default");
+    // The owner exists (a dangling owner reference would get the dependent
+    // garbage-collected, as on a real cluster).
+    let mut owner_cm = ConfigMap::default();
+    owner_cm.metadata.name = Some("owner".into());
+    let owner_cm = api.create(&PostParams::default(), &owner_cm).await.unwrap();
+    let mut cm = api.get("task-owned-state").await.unwrap();
+    let owner = OwnerReference {
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        name: "owner".into(),
+        uid: owner_cm.metadata.uid.clone().unwrap(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    };
+    cm.metadata = ObjectMeta {
+        owner_references: Some(vec![owner.clone()]),
+        finalizers: Some(vec!["example.dev/keep".into()]),
+        ..cm.metadata
+    };
+    cm.metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert("team".into(), "infra".into());
+    api.replace("task-owned-state", &PostParams::default(), &cm)
+        .await
+        .unwrap();
+
+    assert_eq!(store.increment_iteration("owned").await.unwrap(), 2);
+
+    let after = api.get("task-owned-state").await.unwrap();
+    assert_eq!(after.metadata.owner_references, Some(vec![owner]));
+    assert_eq!(
+        after.metadata.finalizers,
+        Some(vec!["example.dev/keep".to_owned()])
+    );
+    assert_eq!(after.metadata.labels.unwrap()["team"], "infra");
 }
