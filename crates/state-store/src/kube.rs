@@ -325,16 +325,18 @@ mod metadata_tests {
 
     #[test]
     fn server_owned_and_store_owned_metadata_is_never_foreign() {
-        let mut cm = ConfigMap::default();
-        cm.metadata = ObjectMeta {
-            name: Some("task-x-state".into()),
-            namespace: Some("ns".into()),
-            uid: Some("u".into()),
-            resource_version: Some("7".into()),
-            generation: Some(3),
-            creation_timestamp: Some(Time(jiff::Timestamp::UNIX_EPOCH)),
-            generate_name: Some("task-".into()),
-            ..ObjectMeta::default()
+        let cm = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some("task-x-state".into()),
+                namespace: Some("ns".into()),
+                uid: Some("u".into()),
+                resource_version: Some("7".into()),
+                generation: Some(3),
+                creation_timestamp: Some(Time(jiff::Timestamp::UNIX_EPOCH)),
+                generate_name: Some("task-".into()),
+                ..ObjectMeta::default()
+            },
+            ..ConfigMap::default()
         };
         let stored = from_config_map(cm).unwrap();
         assert_eq!(
