@@ -41,6 +41,29 @@ pub struct StoredDocument {
     pub document: Document,
 }
 
+/// A document's name, version, labels and annotations: what a metadata-only
+/// LIST returns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DocumentMeta {
+    /// Object name.
+    pub name: String,
+    /// Opaque version (`metadata.resourceVersion`).
+    pub resource_version: String,
+    /// `metadata.labels`.
+    pub labels: BTreeMap<String, String>,
+    /// `metadata.annotations`.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// One page of a metadata-only LIST.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MetadataPage {
+    /// The documents of this page.
+    pub items: Vec<DocumentMeta>,
+    /// Where the next page starts; `None` on the last page.
+    pub continue_token: Option<String>,
+}
+
 /// Storage of versioned documents with compare-and-swap writes.
 ///
 /// Implementations: [`MemoryBackend`](crate::MemoryBackend) and
@@ -72,6 +95,54 @@ pub trait StateBackend: Send + Sync {
 
     /// Every document whose labels include all of `labels`.
     async fn list(&self, labels: &BTreeMap<String, String>) -> Result<Vec<StoredDocument>>;
+
+    /// One page of at most `limit` documents' metadata (no payloads) whose
+    /// labels include all of `labels`, starting where `continue_token` (from
+    /// the previous page) says. What scans of thousands of states use, so
+    /// that neither the backend nor the caller holds every payload at once.
+    ///
+    /// The default reads every document with [`list`](Self::list) and pages
+    /// through their metadata in name order (the continue token is the last
+    /// name served): correct, not cheap. Both backends of this crate list
+    /// metadata only.
+    async fn list_metadata(
+        &self,
+        labels: &BTreeMap<String, String>,
+        limit: u32,
+        continue_token: Option<String>,
+    ) -> Result<MetadataPage> {
+        let mut documents = self.list(labels).await?;
+        documents.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(page_in_name_order(
+            documents.iter().map(|d| DocumentMeta {
+                name: d.name.clone(),
+                resource_version: d.resource_version.clone(),
+                labels: d.document.labels.clone(),
+                annotations: d.document.annotations.clone(),
+            }),
+            limit,
+            continue_token.as_deref(),
+        ))
+    }
+}
+
+/// One page of `limit` documents (at least one) of `sorted`, in name order,
+/// after the name `after`; the continue token is the last name served.
+pub(crate) fn page_in_name_order(
+    sorted: impl IntoIterator<Item = DocumentMeta>,
+    limit: u32,
+    after: Option<&str>,
+) -> MetadataPage {
+    let limit = usize::try_from(limit.max(1)).unwrap_or(usize::MAX);
+    let mut rest = sorted
+        .into_iter()
+        .skip_while(|m| after.is_some_and(|after| m.name.as_str() <= after));
+    let items: Vec<DocumentMeta> = rest.by_ref().take(limit).collect();
+    let more = rest.next().is_some();
+    MetadataPage {
+        continue_token: more.then(|| items.last().map(|m| m.name.clone())).flatten(),
+        items,
+    }
 }
 
 #[async_trait]
@@ -95,5 +166,13 @@ impl<B: StateBackend + ?Sized> StateBackend for Arc<B> {
     }
     async fn list(&self, labels: &BTreeMap<String, String>) -> Result<Vec<StoredDocument>> {
         (**self).list(labels).await
+    }
+    async fn list_metadata(
+        &self,
+        labels: &BTreeMap<String, String>,
+        limit: u32,
+        continue_token: Option<String>,
+    ) -> Result<MetadataPage> {
+        (**self).list_metadata(labels, limit, continue_token).await
     }
 }

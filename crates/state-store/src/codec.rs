@@ -16,9 +16,10 @@ use tracing::warn;
 
 use crate::backend::{Document, StoredDocument};
 use crate::naming::{
-    ANNOTATION_QUARANTINE_ORIGINAL_BYTES, ANNOTATION_QUARANTINE_REASON, ANNOTATION_QUARANTINED_AT,
-    ANNOTATION_SCHEMA_VERSION, KEY_STATE, KEY_STATE_CORRUPT, KEY_STATE_GZIP,
-    KEY_STATE_GZIP_CORRUPT, LABEL_TASK_ID, state_labels,
+    ANNOTATION_LAST_UPDATE, ANNOTATION_OPERATION_ACTIVE, ANNOTATION_QUARANTINE_ORIGINAL_BYTES,
+    ANNOTATION_QUARANTINE_REASON, ANNOTATION_QUARANTINED_AT, ANNOTATION_SCHEMA_VERSION,
+    ANNOTATION_STATUS, KEY_STATE, KEY_STATE_CORRUPT, KEY_STATE_GZIP, KEY_STATE_GZIP_CORRUPT,
+    LABEL_TASK_ID, state_labels,
 };
 use crate::schema::{FeedbackEntry, RemediationState, SCHEMA_VERSION, Severity, TaskStatus};
 use crate::{CompactionRecord, Error, Result};
@@ -130,6 +131,7 @@ pub(crate) fn encode(
         ANNOTATION_SCHEMA_VERSION.to_owned(),
         SCHEMA_VERSION.to_owned(),
     );
+    mirror_in_annotations(state, &mut document.annotations);
     if let Some((payload, reason)) = quarantine {
         let original = match payload {
             CorruptPayload::Text(raw) => {
@@ -208,6 +210,28 @@ pub(crate) fn encode(
         compaction,
         compressed,
     })
+}
+
+/// Writes the parts of `state` that scans of metadata alone need (age,
+/// status, work in flight) into `annotations`.
+fn mirror_in_annotations(state: &RemediationState, annotations: &mut BTreeMap<String, String>) {
+    annotations.insert(
+        ANNOTATION_LAST_UPDATE.to_owned(),
+        state.last_update.to_string(),
+    );
+    annotations.insert(
+        ANNOTATION_STATUS.to_owned(),
+        state.status.as_str().to_owned(),
+    );
+    if state
+        .active_operation
+        .as_ref()
+        .is_some_and(|j| !j.is_finished())
+    {
+        annotations.insert(ANNOTATION_OPERATION_ACTIVE.to_owned(), "true".to_owned());
+    } else {
+        annotations.remove(ANNOTATION_OPERATION_ACTIVE);
+    }
 }
 
 /// Decodes a stored document of `task_id`. Never fails: see [`SchemaOrigin`].

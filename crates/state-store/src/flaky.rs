@@ -163,4 +163,19 @@ impl<B: StateBackend> StateBackend for FlakyBackend<B> {
         }
         self.inner.list(labels).await
     }
+
+    async fn list_metadata(
+        &self,
+        labels: &BTreeMap<String, String>,
+        limit: u32,
+        continue_token: Option<String>,
+    ) -> Result<crate::backend::MetadataPage> {
+        self.delay().await;
+        if self.roll(self.config.read_error_rate) {
+            return Err(server_error(503, "ServiceUnavailable"));
+        }
+        self.inner
+            .list_metadata(labels, limit, continue_token)
+            .await
+    }
 }

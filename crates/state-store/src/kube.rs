@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, ListParams, PostParams, Preconditions};
 use kube::{Api, Client};
 
-use crate::backend::{Document, StateBackend, StoredDocument};
+use crate::backend::{Document, DocumentMeta, MetadataPage, StateBackend, StoredDocument};
 use crate::{Error, Result};
 
 /// Page size of LIST calls: large enough that 10 000 states take 20 calls,
@@ -98,11 +98,7 @@ impl StateBackend for ConfigMapBackend {
     }
 
     async fn list(&self, labels: &BTreeMap<String, String>) -> Result<Vec<StoredDocument>> {
-        let selector = labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",");
+        let selector = label_selector(labels);
         let mut documents = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -126,6 +122,45 @@ impl StateBackend for ConfigMapBackend {
             }
         }
     }
+
+    async fn list_metadata(
+        &self,
+        labels: &BTreeMap<String, String>,
+        limit: u32,
+        continue_token: Option<String>,
+    ) -> Result<MetadataPage> {
+        // `PartialObjectMetadata`: no `data`, no `binaryData` on the wire.
+        let selector = label_selector(labels);
+        let mut params = ListParams::default().labels(&selector).limit(limit.max(1));
+        if let Some(token) = continue_token.as_deref() {
+            params = params.continue_token(token);
+        }
+        let page = self
+            .api
+            .list_metadata(&params)
+            .await
+            .map_err(|e| map_error(e, "(list)"))?;
+        let mut items = Vec::with_capacity(page.items.len());
+        for object in page.items {
+            let meta = object.metadata;
+            let name = meta.name.unwrap_or_default();
+            let Some(resource_version) = meta.resource_version else {
+                return Err(Error::Transport(format!(
+                    "ConfigMap {name} came back without a resourceVersion"
+                )));
+            };
+            items.push(DocumentMeta {
+                name,
+                resource_version,
+                labels: meta.labels.unwrap_or_default(),
+                annotations: meta.annotations.unwrap_or_default(),
+            });
+        }
+        Ok(MetadataPage {
+            items,
+            continue_token: page.metadata.continue_.filter(|t| !t.is_empty()),
+        })
+    }
 }
 
 /// `metadata` fields that are not foreign: the ones the store writes itself,
@@ -145,6 +180,14 @@ const OWN_METADATA: [&str; 12] = [
     "managedFields",
     "selfLink",
 ];
+
+fn label_selector(labels: &BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
 
 fn to_config_map(name: &str, resource_version: Option<&str>, document: Document) -> ConfigMap {
     let non_empty = |m: BTreeMap<String, String>| (!m.is_empty()).then_some(m);

@@ -23,7 +23,7 @@ pub mod schema;
 pub mod store;
 pub mod ttl;
 
-pub use backend::{Document, StateBackend, StoredDocument};
+pub use backend::{Document, DocumentMeta, MetadataPage, StateBackend, StoredDocument};
 pub use clock::Clock;
 pub use codec::{SchemaOrigin, SizeLimits};
 pub use error::{Error, Result};

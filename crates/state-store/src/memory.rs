@@ -11,7 +11,9 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use crate::backend::{Document, StateBackend, StoredDocument};
+use crate::backend::{
+    Document, DocumentMeta, MetadataPage, StateBackend, StoredDocument, page_in_name_order,
+};
 use crate::{Error, Result};
 
 /// In-memory [`StateBackend`]; cheap to create, safe to share (`Arc`).
@@ -115,12 +117,39 @@ impl StateBackend for MemoryBackend {
             .lock()
             .objects
             .values()
-            .filter(|d| {
-                labels
-                    .iter()
-                    .all(|(k, v)| d.document.labels.get(k) == Some(v))
-            })
+            .filter(|d| selects(labels, d))
             .cloned()
             .collect())
     }
+
+    /// Pages in name order; the continue token is the last name served.
+    async fn list_metadata(
+        &self,
+        labels: &BTreeMap<String, String>,
+        limit: u32,
+        continue_token: Option<String>,
+    ) -> Result<MetadataPage> {
+        use std::ops::Bound;
+        let inner = self.lock();
+        let start = continue_token.map_or(Bound::Unbounded, Bound::Excluded);
+        let matching = inner
+            .objects
+            .range((start, Bound::Unbounded))
+            .map(|(_, d)| d)
+            .filter(|d| selects(labels, d))
+            .map(|d| DocumentMeta {
+                name: d.name.clone(),
+                resource_version: d.resource_version.clone(),
+                labels: d.document.labels.clone(),
+                annotations: d.document.annotations.clone(),
+            });
+        // Already past the continue token: nothing more to skip.
+        Ok(page_in_name_order(matching, limit, None))
+    }
+}
+
+fn selects(labels: &BTreeMap<String, String>, d: &StoredDocument) -> bool {
+    labels
+        .iter()
+        .all(|(k, v)| d.document.labels.get(k) == Some(v))
 }

@@ -22,6 +22,16 @@ pub const ANNOTATION_QUARANTINE_REASON: &str = "supersede.dev/quarantine-reason"
 /// Annotation holding the size in bytes of a quarantined payload whose kept
 /// copy had to be truncated (absent when the copy is whole).
 pub const ANNOTATION_QUARANTINE_ORIGINAL_BYTES: &str = "supersede.dev/quarantine-original-bytes";
+/// Annotation mirroring the state's `last_update` (RFC 3339), written with
+/// every write so that TTL cleanup can judge age from a metadata-only LIST.
+/// Never read as the truth: a candidate is always re-read whole.
+pub const ANNOTATION_LAST_UPDATE: &str = "supersede.dev/last-update";
+/// Annotation mirroring the state's status (`InProgress`, …), as
+/// [`ANNOTATION_LAST_UPDATE`].
+pub const ANNOTATION_STATUS: &str = "supersede.dev/status";
+/// Annotation present (`"true"`) while the state has an unfinished operation
+/// journal, as [`ANNOTATION_LAST_UPDATE`].
+pub const ANNOTATION_OPERATION_ACTIVE: &str = "supersede.dev/operation-active";
 /// `data` key of the plain JSON state.
 pub const KEY_STATE: &str = "state.json";
 /// `binaryData` key of the gzip-compressed JSON state.

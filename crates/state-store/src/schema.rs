@@ -56,6 +56,17 @@ pub enum TaskStatus {
 }
 
 impl TaskStatus {
+    /// The status's name as stored (`"InProgress"`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Initialized => "Initialized",
+            TaskStatus::InProgress => "InProgress",
+            TaskStatus::Completed => "Completed",
+            TaskStatus::Failed => "Failed",
+            TaskStatus::MaxIterationsReached => "MaxIterationsReached",
+        }
+    }
+
     /// Whether no more work is expected (Completed, Failed, MaxIterationsReached).
     pub fn is_terminal(self) -> bool {
         matches!(

@@ -190,6 +190,10 @@ impl StateStore {
         self.inner.metrics.register(registry);
     }
 
+    pub(crate) fn backend(&self) -> &Arc<dyn StateBackend> {
+        &self.inner.backend
+    }
+
     /// The clock the store stamps states with.
     pub fn clock(&self) -> &Clock {
         &self.inner.clock
@@ -532,7 +536,10 @@ impl StateStore {
     }
 
     /// Runs one backend call with [`StoreConfig::call_timeout`].
-    async fn bounded<T>(&self, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    pub(crate) async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
         self.bounded_by(self.inner.config.call_timeout, call).await
     }
 

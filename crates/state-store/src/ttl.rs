@@ -1,9 +1,19 @@
 //! TTL cleanup: deleting the states of tasks nobody touched for a long time.
 //!
 //! The rule it keeps: each delete names the version the cleanup saw, so a state
-//! touched between the LIST and the DELETE is kept (409), never lost; and a
+//! touched between the read and the DELETE is kept (409), never lost; and a
 //! state with work in flight (`InProgress`, or an unfinished operation
 //! journal) is never deleted, however old.
+//!
+//! A pass scales to namespaces of many thousands of states: it lists
+//! metadata only, a page at a time (no payloads on the wire, none held), and
+//! judges age and status from the annotations every write mirrors them into
+//! ([`ANNOTATION_LAST_UPDATE`], [`ANNOTATION_STATUS`],
+//! [`ANNOTATION_OPERATION_ACTIVE`]). Only a candidate — one the annotations
+//! call expired and idle, or whose annotations are missing (written before
+//! they were mirrored) — is read whole, decoded off the runtime thread, and
+//! judged again on the state itself before its conditional DELETE. The
+//! annotations can only make a pass skip a state or read one; never delete.
 
 use std::time::Duration;
 
@@ -13,10 +23,18 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::codec::SchemaOrigin;
+use crate::backend::DocumentMeta;
+use crate::codec::{self, SchemaOrigin};
+use crate::naming::{
+    ANNOTATION_LAST_UPDATE, ANNOTATION_OPERATION_ACTIVE, ANNOTATION_STATUS, KEY_STATE,
+    KEY_STATE_GZIP, LABEL_TASK_ID, state_name, state_selector, validate_task_id,
+};
 use crate::schema::TaskStatus;
 use crate::store::StateStore;
 use crate::{Error, Result};
+
+/// Documents per page of a cleanup pass's metadata-only LIST.
+const CLEANUP_PAGE_SIZE: u32 = 500;
 
 /// When and what TTL cleanup deletes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +60,10 @@ impl Default for TtlPolicy {
 /// What one cleanup pass did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CleanupReport {
+    /// State documents listed (metadata only).
+    pub examined: usize,
+    /// Candidates read whole to be judged on the state itself.
+    pub read: usize,
     /// States deleted.
     pub deleted: usize,
     /// Expired states kept because they are `InProgress` or have an
@@ -56,7 +78,9 @@ pub struct CleanupReport {
 }
 
 impl StateStore {
-    /// One cleanup pass: one LIST, then a conditional DELETE per expired state.
+    /// One cleanup pass: a metadata-only LIST, page by page; a GET of each
+    /// candidate; a conditional DELETE of each state expired on its own
+    /// terms. Every call is bounded by [`StoreConfig::call_timeout`](crate::StoreConfig::call_timeout).
     pub async fn cleanup_expired(&self, ttl: Duration) -> Result<CleanupReport> {
         let started = Instant::now();
         let result = self.cleanup_pass(ttl).await;
@@ -66,49 +90,180 @@ impl StateStore {
 
     async fn cleanup_pass(&self, ttl: Duration) -> Result<CleanupReport> {
         let ttl = SignedDuration::try_from(ttl).unwrap_or(SignedDuration::MAX);
+        let selector = state_selector();
         let mut report = CleanupReport::default();
-        for snapshot in self.list().await? {
-            let state = &snapshot.state;
-            let idle = self.clock().now().duration_since(state.last_update);
-            if idle < ttl {
-                continue;
-            }
-            if !matches!(
-                snapshot.origin,
-                SchemaOrigin::Current | SchemaOrigin::Migrated { .. }
-            ) {
-                report.kept_unowned += 1;
-                continue;
-            }
-            // An operation in flight is kept whatever the status says: its journal
-            // is what the recovery reconciler finishes or rolls back from.
-            let in_flight = state
-                .active_operation
-                .as_ref()
-                .is_some_and(|j| !j.is_finished());
-            if state.status == TaskStatus::InProgress || in_flight {
-                report.kept_in_progress += 1;
-                continue;
-            }
-            match self
-                .delete(&state.task_id, &snapshot.resource_version)
-                .await
-            {
-                Ok(true) => {
-                    report.deleted += 1;
-                    self.metrics().cleanup_deletions.inc();
-                    info!(task_id = %state.task_id, idle_hours = idle.as_hours(), "expired state deleted");
+        let mut token = None;
+        loop {
+            let page = self
+                .bounded(
+                    self.backend()
+                        .list_metadata(&selector, CLEANUP_PAGE_SIZE, token),
+                )
+                .await?;
+            for meta in &page.items {
+                report.examined += 1;
+                let Some(task_id) = task_of(meta) else {
+                    continue;
+                };
+                match self.judge_metadata(meta, ttl) {
+                    Glance::Recent => {}
+                    Glance::InProgress => report.kept_in_progress += 1,
+                    Glance::Candidate => self.clean_candidate(task_id, ttl, &mut report).await,
                 }
-                Ok(false) => {}
-                Err(Error::Conflict { .. }) => report.kept_changed += 1,
-                Err(e) => {
-                    report.failed += 1;
-                    warn!(task_id = %state.task_id, error = %e, "could not delete expired state");
-                }
+            }
+            match page.continue_token {
+                Some(next) => token = Some(next),
+                None => return Ok(report),
             }
         }
-        Ok(report)
     }
+
+    /// What the mirrored annotations say about a state, as of now.
+    fn judge_metadata(&self, meta: &DocumentMeta, ttl: SignedDuration) -> Glance {
+        let annotations = &meta.annotations;
+        let Some(last_update) = annotations
+            .get(ANNOTATION_LAST_UPDATE)
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        else {
+            return Glance::Candidate;
+        };
+        if self.clock().now().duration_since(last_update) < ttl {
+            return Glance::Recent;
+        }
+        let in_progress = annotations.get(ANNOTATION_STATUS).map(String::as_str)
+            == Some(TaskStatus::InProgress.as_str());
+        if in_progress || annotations.contains_key(ANNOTATION_OPERATION_ACTIVE) {
+            return Glance::InProgress;
+        }
+        Glance::Candidate
+    }
+
+    /// Reads a candidate whole and deletes it if the state itself says it
+    /// expired, conditional on the version read.
+    async fn clean_candidate(
+        &self,
+        task_id: &str,
+        ttl: SignedDuration,
+        report: &mut CleanupReport,
+    ) {
+        report.read += 1;
+        let Ok(name) = state_name(task_id) else {
+            return;
+        };
+        let stored = match self.bounded(self.backend().get(&name)).await {
+            Ok(Some(stored)) => stored,
+            Ok(None) => return,
+            Err(e) => {
+                report.failed += 1;
+                warn!(task_id, error = %e, "could not read a TTL cleanup candidate");
+                return;
+            }
+        };
+        let Some((resource_version, decoded)) = self.decode_candidate(task_id, stored).await else {
+            report.failed += 1;
+            return;
+        };
+        let state = &decoded.state;
+        let idle = self.clock().now().duration_since(state.last_update);
+        if idle < ttl {
+            return;
+        }
+        if !matches!(
+            decoded.origin,
+            SchemaOrigin::Current | SchemaOrigin::Migrated { .. }
+        ) {
+            report.kept_unowned += 1;
+            return;
+        }
+        // An operation in flight is kept whatever the status says: its journal
+        // is what the recovery reconciler finishes or rolls back from.
+        let in_flight = state
+            .active_operation
+            .as_ref()
+            .is_some_and(|j| !j.is_finished());
+        if state.status == TaskStatus::InProgress || in_flight {
+            report.kept_in_progress += 1;
+            return;
+        }
+        match self.delete(task_id, &resource_version).await {
+            Ok(true) => {
+                report.deleted += 1;
+                self.metrics().cleanup_deletions.inc();
+                info!(
+                    task_id,
+                    idle_hours = idle.as_hours(),
+                    "expired state deleted"
+                );
+            }
+            Ok(false) => {}
+            Err(Error::Conflict { .. }) => report.kept_changed += 1,
+            Err(e) => {
+                report.failed += 1;
+                warn!(task_id, error = %e, "could not delete expired state");
+            }
+        }
+    }
+}
+
+impl StateStore {
+    /// Decodes a candidate: up to 1 MiB of JSON, or a gzip of it, is decoded
+    /// off the runtime's threads; a small plain payload (the common case)
+    /// where it is.
+    async fn decode_candidate(
+        &self,
+        task_id: &str,
+        stored: crate::StoredDocument,
+    ) -> Option<(String, codec::Decoded)> {
+        let max = self.config().max_iterations;
+        let small = !stored.document.binary_data.contains_key(KEY_STATE_GZIP)
+            && stored
+                .document
+                .data
+                .get(KEY_STATE)
+                .is_none_or(|json| json.len() <= INLINE_DECODE_BYTES);
+        if small {
+            let decoded = codec::decode(task_id, max, &stored);
+            return Some((stored.resource_version, decoded));
+        }
+        let task = task_id.to_owned();
+        match tokio::task::spawn_blocking(move || {
+            let decoded = codec::decode(&task, max, &stored);
+            (stored.resource_version, decoded)
+        })
+        .await
+        {
+            Ok(decoded) => Some(decoded),
+            Err(e) => {
+                warn!(task_id, error = %e, "decoding a TTL cleanup candidate failed");
+                None
+            }
+        }
+    }
+}
+
+/// Largest plain payload a cleanup pass decodes on the runtime thread
+/// (well under a millisecond of work).
+const INLINE_DECODE_BYTES: usize = 64 * 1024;
+
+/// A state's age and status as its annotations tell them.
+enum Glance {
+    /// Touched within the TTL.
+    Recent,
+    /// Expired, but work is in flight.
+    InProgress,
+    /// Expired and idle, or the annotations do not say: read it whole.
+    Candidate,
+}
+
+/// The task id of a listed document, if its label is valid and names it.
+fn task_of(meta: &DocumentMeta) -> Option<&str> {
+    let task_id = meta.labels.get(LABEL_TASK_ID)?;
+    let named = validate_task_id(task_id).is_ok()
+        && state_name(task_id).is_ok_and(|name| name == meta.name);
+    if !named {
+        warn!(name = %meta.name, "state document whose task-id label does not match its name; skipped");
+    }
+    named.then_some(task_id.as_str())
 }
 
 /// Runs [`StateStore::cleanup_expired`] every `policy.interval` until

@@ -155,17 +155,29 @@ async fn cleanup_runs_once_per_interval() {
     cleanup.await.unwrap();
 }
 
-/// A backend that writes to one document right after answering a LIST, as a
-/// concurrent writer would between the cleanup's LIST and its DELETE.
-struct TouchAfterList {
+/// A backend that writes to the `touched` document right after answering a
+/// read of it, as a concurrent writer would between the cleanup's read of a
+/// candidate and its DELETE.
+struct TouchAfterRead {
     inner: Arc<MemoryBackend>,
     armed: AtomicBool,
 }
 
 #[async_trait]
-impl StateBackend for TouchAfterList {
+impl StateBackend for TouchAfterRead {
     async fn get(&self, name: &str) -> Result<Option<StoredDocument>, Error> {
-        self.inner.get(name).await
+        let read = self.inner.get(name).await?;
+        if name == "task-touched-state" && self.armed.swap(false, Ordering::SeqCst) {
+            let writer =
+                StateStore::with_clock(self.inner.clone(), StoreConfig::default(), Clock::system());
+            writer
+                .update("touched", |s| {
+                    s.metadata.insert("touched".into(), "yes".into());
+                    Ok::<_, Error>(())
+                })
+                .await?;
+        }
+        Ok(read)
     }
     async fn create(&self, name: &str, document: Document) -> Result<StoredDocument, Error> {
         self.inner.create(name, document).await
@@ -182,25 +194,14 @@ impl StateBackend for TouchAfterList {
         self.inner.delete(name, resource_version).await
     }
     async fn list(&self, labels: &BTreeMap<String, String>) -> Result<Vec<StoredDocument>, Error> {
-        let listed = self.inner.list(labels).await?;
-        if self.armed.swap(false, Ordering::SeqCst) {
-            let writer =
-                StateStore::with_clock(self.inner.clone(), StoreConfig::default(), Clock::system());
-            writer
-                .update("touched", |s| {
-                    s.metadata.insert("touched".into(), "yes".into());
-                    Ok::<_, Error>(())
-                })
-                .await?;
-        }
-        Ok(listed)
+        self.inner.list(labels).await
     }
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_state_touched_between_list_and_delete_is_kept() {
+async fn a_state_touched_between_its_read_and_its_delete_is_kept() {
     let memory = Arc::new(MemoryBackend::new());
-    let backend = TouchAfterList {
+    let backend = TouchAfterRead {
         inner: memory.clone(),
         armed: AtomicBool::new(false),
     };
@@ -215,7 +216,7 @@ async fn a_state_touched_between_list_and_delete_is_kept() {
 
     // Arm the concurrent write, then run one pass.
     let armed = StateStore::with_clock(
-        TouchAfterList {
+        TouchAfterRead {
             inner: memory.clone(),
             armed: AtomicBool::new(true),
         },
@@ -271,4 +272,143 @@ async fn cancelling_the_cleanup_stops_a_pass_in_progress() {
     cancel.cancel();
     cleanup.await.unwrap();
     assert_eq!(started.elapsed(), Duration::ZERO);
+}
+
+/// Counts the calls a cleanup pass makes, by kind.
+struct Counting {
+    inner: MemoryBackend,
+    gets: std::sync::atomic::AtomicUsize,
+    lists: std::sync::atomic::AtomicUsize,
+    metadata_pages: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl StateBackend for Counting {
+    async fn get(&self, name: &str) -> Result<Option<StoredDocument>, Error> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
+        self.inner.get(name).await
+    }
+    async fn create(&self, name: &str, document: Document) -> Result<StoredDocument, Error> {
+        self.inner.create(name, document).await
+    }
+    async fn replace(
+        &self,
+        name: &str,
+        resource_version: &str,
+        document: Document,
+    ) -> Result<StoredDocument, Error> {
+        self.inner.replace(name, resource_version, document).await
+    }
+    async fn delete(&self, name: &str, resource_version: &str) -> Result<(), Error> {
+        self.inner.delete(name, resource_version).await
+    }
+    async fn list(&self, labels: &BTreeMap<String, String>) -> Result<Vec<StoredDocument>, Error> {
+        self.lists.fetch_add(1, Ordering::SeqCst);
+        self.inner.list(labels).await
+    }
+    async fn list_metadata(
+        &self,
+        labels: &BTreeMap<String, String>,
+        limit: u32,
+        continue_token: Option<String>,
+    ) -> Result<state_store::MetadataPage, Error> {
+        self.metadata_pages.fetch_add(1, Ordering::SeqCst);
+        self.inner
+            .list_metadata(labels, limit, continue_token)
+            .await
+    }
+}
+
+/// Issue 12, item 9: a pass lists metadata only, page by page, and reads
+/// whole only the states its annotations call expired and idle. Before, it
+/// listed every payload in one go and kept them all.
+#[tokio::test(start_paused = true)]
+async fn a_pass_lists_metadata_page_by_page_and_reads_only_candidates() {
+    let backend = Arc::new(Counting {
+        inner: MemoryBackend::new(),
+        gets: Default::default(),
+        lists: Default::default(),
+        metadata_pages: Default::default(),
+    });
+    let store = StateStore::with_clock(
+        backend.clone(),
+        StoreConfig::default(),
+        Clock::tokio_anchored(start()),
+    );
+    for i in 0..190 {
+        set_status(&store, &format!("old-done-{i}"), TaskStatus::Completed).await;
+    }
+    for i in 0..10 {
+        set_status(&store, &format!("old-working-{i}"), TaskStatus::InProgress).await;
+    }
+    tokio::time::advance(8 * DAY).await;
+    for i in 0..1_000 {
+        set_status(&store, &format!("recent-{i}"), TaskStatus::Completed).await;
+    }
+    let (gets_before, lists_before) = (
+        backend.gets.load(Ordering::SeqCst),
+        backend.lists.load(Ordering::SeqCst),
+    );
+
+    let report = store
+        .cleanup_expired(TtlPolicy::default().ttl)
+        .await
+        .unwrap();
+
+    assert_eq!(report.examined, 1_200);
+    assert_eq!((report.deleted, report.kept_in_progress), (190, 10));
+    assert_eq!(
+        report.read, 190,
+        "only the expired, idle ones are read whole"
+    );
+    assert_eq!(backend.gets.load(Ordering::SeqCst) - gets_before, 190);
+    assert_eq!(
+        backend.lists.load(Ordering::SeqCst) - lists_before,
+        0,
+        "no LIST of payloads"
+    );
+    assert_eq!(
+        backend.metadata_pages.load(Ordering::SeqCst),
+        3,
+        "pages of 500"
+    );
+    assert_eq!(backend.inner.len(), 1_010);
+}
+
+/// A state written before the annotations were mirrored (none on it) is
+/// read whole and judged on the state itself.
+#[tokio::test(start_paused = true)]
+async fn a_state_without_mirrored_annotations_is_judged_on_the_state_itself() {
+    let memory = Arc::new(MemoryBackend::new());
+    let store = StateStore::with_clock(
+        memory.clone(),
+        StoreConfig::default(),
+        Clock::tokio_anchored(start()),
+    );
+    set_status(&store, "legacy-done", TaskStatus::Completed).await;
+    set_status(&store, "legacy-working", TaskStatus::InProgress).await;
+    for name in ["task-legacy-done-state", "task-legacy-working-state"] {
+        let read = memory.get(name).await.unwrap().unwrap();
+        let mut document = read.document;
+        document
+            .annotations
+            .retain(|k, _| k == "supersede.dev/schema-version");
+        memory
+            .replace(name, &read.resource_version, document)
+            .await
+            .unwrap();
+    }
+    tokio::time::advance(8 * DAY).await;
+
+    let report = store
+        .cleanup_expired(TtlPolicy::default().ttl)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        (report.read, report.deleted, report.kept_in_progress),
+        (2, 1, 1)
+    );
+    assert!(!exists(&store, "legacy-done").await);
+    assert!(exists(&store, "legacy-working").await);
 }
