@@ -576,17 +576,16 @@ impl RemediationState {
     }
 
     /// Checks the invariants every stored state keeps.
+    ///
+    /// An iteration counter above `max_iterations` is not one of them: the
+    /// maximum may have been lowered since the state counted that far, and
+    /// such a state stays readable and writable (the store only refuses to
+    /// count further, or to raise the counter past the maximum).
     pub fn validate(&self, task_id: &str, max_iterations: u32) -> Result<(), String> {
         if self.task_id != task_id {
             return Err(format!(
                 "task_id {:?} does not match the document's task {task_id:?}",
                 self.task_id
-            ));
-        }
-        if self.iteration > max_iterations {
-            return Err(format!(
-                "iteration {} exceeds the maximum of {max_iterations}",
-                self.iteration
             ));
         }
         if self.status == TaskStatus::MaxIterationsReached && self.iteration < max_iterations {

@@ -702,6 +702,13 @@ impl StateStore {
                     Ok(value) => value,
                     Err(e) => break 'attempts Failure::Aborted(e),
                 };
+                if state.iteration > before.iteration && state.iteration > config.max_iterations {
+                    break 'attempts Error::MaxIterationsReached {
+                        task_id: task_id.to_owned(),
+                        max: config.max_iterations,
+                    }
+                    .into();
+                }
                 if state == before && corrupt.is_none() && base.is_some() {
                     // Nothing to write: the read state already says it.
                     return Ok(value);
@@ -1507,7 +1514,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_stored_state_that_breaks_an_invariant_is_reported_not_overwritten() {
         let mut mock = MockStateBackend::new();
-        mock.expect_get().returning(|_| Ok(Some(stored(50, "1"))));
+        mock.expect_get().returning(|_| {
+            // Another task's state under this task's name.
+            let mut s = RemediationState::new("another-task", Timestamp::UNIX_EPOCH);
+            s.iteration = 2;
+            Ok(Some(doc_of(&s, "1")))
+        });
         mock.expect_replace().never();
         let store = store(mock);
         assert!(matches!(

@@ -291,6 +291,61 @@ async fn store_writes_keep_foreign_metadata(backend: Arc<dyn StateBackend>) {
     );
 }
 
+/// Issue 12, item 11: lowering `max_iterations` below what a state already
+/// counted keeps it readable and writable; only counting further reports
+/// the limit. Before, `get` and every `update` failed with `Invalid`, and the
+/// task was locked out for good.
+async fn a_state_above_a_lowered_maximum_stays_readable_and_reports_the_limit(
+    backend: Arc<dyn StateBackend>,
+) {
+    let generous = StateStore::with_config(
+        backend.clone(),
+        StoreConfig {
+            max_iterations: 10,
+            ..StoreConfig::default()
+        },
+    );
+    for _ in 0..8 {
+        generous.increment_iteration("lowered").await.unwrap();
+    }
+    let strict = StateStore::with_config(
+        backend,
+        StoreConfig {
+            max_iterations: 5,
+            ..StoreConfig::default()
+        },
+    );
+
+    let snap = strict.get("lowered").await.unwrap().unwrap();
+    assert_eq!(snap.state.iteration, 8);
+    strict
+        .update("lowered", |s| {
+            s.metadata.insert("note".into(), "still writable".into());
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+    let err = strict.increment_iteration("lowered").await.unwrap_err();
+    assert!(
+        matches!(err, Error::MaxIterationsReached { max: 5, .. }),
+        "{err}"
+    );
+    let snap = strict.get("lowered").await.unwrap().unwrap();
+    assert_eq!(snap.state.iteration, 8, "never counted past the limit");
+    assert_eq!(snap.state.status, TaskStatus::MaxIterationsReached);
+    // A write may not raise the counter above the limit by hand either.
+    let raised = strict
+        .update("lowered", |s| {
+            s.iteration += 1;
+            Ok::<_, Error>(())
+        })
+        .await;
+    assert!(
+        matches!(raised, Err(Error::MaxIterationsReached { .. })),
+        "{raised:?}"
+    );
+}
+
 async fn store_quarantines_a_corrupt_payload_and_rebuilds(backend: Arc<dyn StateBackend>) {
     let mut d = Document {
         labels: state_labels("bad"),
@@ -566,6 +621,7 @@ on_both_backends!(
     store_quarantines_a_corrupt_payload_and_rebuilds,
     store_never_overwrites_valid_json_it_cannot_decode,
     store_writes_keep_foreign_metadata,
+    a_state_above_a_lowered_maximum_stays_readable_and_reports_the_limit,
     store_journal_and_fencing_round_trip,
     a_paused_holder_cannot_advance_or_finish_a_resumed_operation,
     concurrent_writers_lose_no_update,
