@@ -13,6 +13,7 @@
 //! | `GET/POST/PUT/DELETE /repos/{o}/{r}/issues/{n}/labels` | `labels` |
 //! | `DELETE /repos/{o}/{r}/issues/{n}/labels/{name}` | `label` |
 //! | `GET /repos/{o}/{r}/pulls/{n}` | `pull` |
+//! | `GET /repos/{o}/{r}/pulls?state=&head=&base=&sort=&direction=` | `pulls` |
 //! | `GET /repos/{o}/{r}/commits/{sha}/pulls` | `commit_pulls` |
 //! | `POST /app/installations/{id}/access_tokens` | `access_tokens` |
 //! | anything else (404) | `unknown` |
@@ -31,9 +32,23 @@
 //!   `{"labels":[…]}` or a bare array, of strings or `{"name":…}` objects.
 //!   Issues exist implicitly: any issue number of any repository has labels.
 //! - **Pull requests**: seeded with [`FakeGitHub::add_pull`], rendered from a
-//!   real GitHub payload; an unknown number is 404. A commit's pull requests
-//!   are those whose head it is plus those linked with
-//!   [`FakeGitHub::link_commit_to_pulls`]; an unknown commit has none.
+//!   real GitHub payload; an unknown number is 404. They change as on
+//!   GitHub: [`FakeGitHub::push_branch`] / [`FakeGitHub::push_to_pull`]
+//!   move the branch and the head of every open pull request from it;
+//!   [`FakeGitHub::close_pull`], [`FakeGitHub::reopen_pull`] and
+//!   [`FakeGitHub::merge_pull`] set `state`, `merged`, `closed_at`,
+//!   `merged_at`, `merge_commit_sha` and `updated_at` (a merge moves the
+//!   base branch to a new merge commit; a merged pull request cannot be
+//!   reopened); [`FakeGitHub::delete_branch`] closes the open pull requests
+//!   from the branch. The list endpoint filters by `state` (default
+//!   `open`), `head=owner:branch` (a `head` without the owner is ignored,
+//!   as GitHub ignores it) and `base`, sorts by creation (default, newest
+//!   first) or `updated`, and pages with `per_page`/`page` and a `Link`
+//!   header. A commit's pull requests are those it belongs to (a head it
+//!   was, or the merge commit) plus those linked with
+//!   [`FakeGitHub::link_commit_to_pulls`]. List endpoints answer GitHub's
+//!   `pull-request-simple` shape (no `merged`, `mergeable`, `commits`,
+//!   …); `GET …/pulls/{n}` the full one.
 //! - **Authentication**: `Authorization: Bearer <token>` (or `token <token>`)
 //!   with a token given to the builder, added with [`FakeGitHub::add_token`],
 //!   or minted by the access-token endpoint (valid one hour by default);
@@ -460,10 +475,11 @@ impl FakeGitHub {
             .map_err(rejected)
     }
 
-    // ----- pull request fixtures ---------------------------------------------------
+    // ----- pull requests and pushes: changes as git and the UI make them ----------
 
-    /// Adds (or replaces) pull request `number` with its head commit, head
-    /// branch and labels (its issue's labels are replaced).
+    /// Adds (or replaces) pull request `number`, open, from branch
+    /// `head_ref` at `head_sha`, with these labels (its issue's labels are
+    /// replaced); the branch is created or moved to `head_sha`.
     pub fn add_pull<I, S>(
         &self,
         owner: &str,
@@ -477,18 +493,51 @@ impl FakeGitHub {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let pull = pull::Pull {
-            number,
-            head_sha: head_sha.to_owned(),
-            head_ref: head_ref.to_owned(),
-        };
         self.shared
             .store()
-            .add_pull(owner, repo, pull, &owned(labels))
+            .add_pull(owner, repo, number, head_sha, head_ref, &owned(labels))
             .map_err(rejected)
     }
 
-    /// Moves pull request `number`'s head to `head_sha`, as a push does.
+    /// Pushes `commits` (full SHAs, oldest first) to `branch`, creating it
+    /// if absent: the branch moves to the last one, and so does the head of
+    /// every open pull request from it. A push needs at least one commit.
+    pub fn push_branch(
+        &self,
+        owner: &str,
+        repo: &str,
+        branch: &str,
+        commits: &[&str],
+    ) -> Result<(), Error> {
+        let commits: Vec<String> = commits.iter().map(|&c| c.to_owned()).collect();
+        self.shared
+            .store()
+            .push(
+                owner,
+                repo,
+                &format!("refs/heads/{branch}"),
+                &commits,
+                jiff::Timestamp::now(),
+            )
+            .map(drop)
+            .map_err(rejected)
+    }
+
+    /// Pushes `commits` to the head branch of pull request `number` (see
+    /// [`push_branch`](Self::push_branch)).
+    pub fn push_to_pull(
+        &self,
+        owner: &str,
+        repo: &str,
+        number: u64,
+        commits: &[&str],
+    ) -> Result<(), Error> {
+        let branch = self.pull_branch(owner, repo, number)?;
+        self.push_branch(owner, repo, &branch, commits)
+    }
+
+    /// Moves pull request `number`'s head to `head_sha`: a push of that one
+    /// commit to its branch.
     pub fn set_pull_head(
         &self,
         owner: &str,
@@ -496,25 +545,85 @@ impl FakeGitHub {
         number: u64,
         head_sha: &str,
     ) -> Result<(), Error> {
-        if self
-            .shared
+        self.push_to_pull(owner, repo, number, &[head_sha])
+    }
+
+    /// Closes open pull request `number` without merging it.
+    pub fn close_pull(&self, owner: &str, repo: &str, number: u64) -> Result<(), Error> {
+        self.shared
             .store()
-            .set_pull_head(owner, repo, number, head_sha)
-        {
-            Ok(())
-        } else {
-            Err(Error::UnknownPull {
-                owner: owner.to_owned(),
-                repo: repo.to_owned(),
-                number,
-            })
-        }
+            .close_pull(owner, repo, number, jiff::Timestamp::now())
+            .map_err(|e| pull_error(e, owner, repo, number))
+    }
+
+    /// Reopens closed (not merged) pull request `number`.
+    pub fn reopen_pull(&self, owner: &str, repo: &str, number: u64) -> Result<(), Error> {
+        self.shared
+            .store()
+            .reopen_pull(owner, repo, number, jiff::Timestamp::now())
+            .map_err(|e| pull_error(e, owner, repo, number))
+    }
+
+    /// Merges open pull request `number`: it is closed with `merged: true`
+    /// and a new merge commit, which its base branch moves to.
+    pub fn merge_pull(&self, owner: &str, repo: &str, number: u64) -> Result<(), Error> {
+        self.shared
+            .store()
+            .merge_pull(owner, repo, number, jiff::Timestamp::now())
+            .map(drop)
+            .map_err(|e| pull_error(e, owner, repo, number))
+    }
+
+    /// Deletes `branch`; the open pull requests from it are closed, as on
+    /// GitHub. Deleting a branch that does not exist is refused (422).
+    pub fn delete_branch(&self, owner: &str, repo: &str, branch: &str) -> Result<(), Error> {
+        self.shared
+            .store()
+            .delete_ref(
+                owner,
+                repo,
+                &format!("refs/heads/{branch}"),
+                jiff::Timestamp::now(),
+            )
+            .map(drop)
+            .map_err(rejected)
+    }
+
+    /// The commit `branch` points at, if it exists.
+    pub fn branch_head(&self, owner: &str, repo: &str, branch: &str) -> Option<String> {
+        self.shared
+            .store()
+            .ref_sha(owner, repo, &format!("refs/heads/{branch}"))
     }
 
     /// Associates commit `sha` with pull requests `numbers` (beyond the pull
-    /// requests whose head it is), for `GET …/commits/{sha}/pulls`.
+    /// requests it belongs to), for `GET …/commits/{sha}/pulls`.
     pub fn link_commit_to_pulls(&self, owner: &str, repo: &str, sha: &str, numbers: &[u64]) {
         self.shared.store().link_commit(owner, repo, sha, numbers);
+    }
+
+    fn pull_branch(&self, owner: &str, repo: &str, number: u64) -> Result<String, Error> {
+        self.shared
+            .store()
+            .pull_head_ref(owner, repo, number)
+            .ok_or_else(|| unknown_pull(owner, repo, number))
+    }
+}
+
+fn unknown_pull(owner: &str, repo: &str, number: u64) -> Error {
+    Error::UnknownPull {
+        owner: owner.to_owned(),
+        repo: repo.to_owned(),
+        number,
+    }
+}
+
+/// A refused pull request change: unknown (404) or in the wrong state.
+fn pull_error(err: store::ApiError, owner: &str, repo: &str, number: u64) -> Error {
+    if err.status == 404 {
+        unknown_pull(owner, repo, number)
+    } else {
+        rejected(err)
     }
 }
 

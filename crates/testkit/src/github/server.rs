@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::pull::PullFilter;
 use super::store::{ApiError, Store};
 use crate::calls::{Calls, Outcome};
 use crate::faults::{FaultDecision, Faults, InjectedError, RequestMeta};
@@ -132,6 +133,10 @@ enum Route {
         repo: String,
         number: u64,
     },
+    Pulls {
+        owner: String,
+        repo: String,
+    },
     CommitPulls {
         owner: String,
         repo: String,
@@ -168,6 +173,10 @@ impl Route {
                 repo: decode(r),
                 number,
             }),
+            ["repos", o, r, "pulls"] => Self::Pulls {
+                owner: decode(o),
+                repo: decode(r),
+            },
             ["repos", o, r, "commits", sha, "pulls"] => Self::CommitPulls {
                 owner: decode(o),
                 repo: decode(r),
@@ -187,6 +196,7 @@ impl Route {
             Self::IssueLabels { .. } => "labels",
             Self::IssueLabel { .. } => "label",
             Self::Pull { .. } => "pull",
+            Self::Pulls { .. } => "pulls",
             Self::CommitPulls { .. } => "commit_pulls",
             Self::AccessTokens { .. } => "access_tokens",
             Self::Unknown => "unknown",
@@ -450,12 +460,7 @@ fn execute(
         ) => match *m {
             Method::GET => {
                 let all = store.issue_labels(owner, repo, *number);
-                let (page, link) = paginate(all, api_base, path, query);
-                Ok((
-                    200,
-                    Some(Value::Array(page)),
-                    link.into_iter().map(|l| ("link", l)).collect(),
-                ))
+                Ok(page_of(all, api_base, path, query))
             }
             Method::POST => {
                 let names = label_names(body, false)?;
@@ -493,14 +498,14 @@ fn execute(
             },
             &Method::GET,
         ) => Ok((200, Some(store.pull(owner, repo, *number)?), Vec::new())),
+        (Route::Pulls { owner, repo }, &Method::GET) => {
+            let filter = PullFilter::parse(query)?;
+            let all = store.list_pulls(owner, repo, &filter);
+            Ok(page_of(all, api_base, path, query))
+        }
         (Route::CommitPulls { owner, repo, sha }, &Method::GET) => {
             let all = store.commit_pulls(owner, repo, sha);
-            let (page, link) = paginate(all, api_base, path, query);
-            Ok((
-                200,
-                Some(Value::Array(page)),
-                link.into_iter().map(|l| ("link", l)).collect(),
-            ))
+            Ok(page_of(all, api_base, path, query))
         }
         _ => Err(not_found()),
     }
@@ -539,6 +544,16 @@ fn label_names(body: &[u8], empty_is_none: bool) -> Result<Vec<String>, ApiError
             _ => Err(ApiError::invalid_request("Each label must be a string.")),
         })
         .collect()
+}
+
+/// A 200 answer with one page of `items` and its `Link` header.
+fn page_of(items: Vec<Value>, api_base: &str, path: &str, query: &str) -> Executed {
+    let (page, link) = paginate(items, api_base, path, query);
+    (
+        200,
+        Some(Value::Array(page)),
+        link.into_iter().map(|l| ("link", l)).collect(),
+    )
 }
 
 /// One page of `items` per the `per_page`/`page` query parameters, and the

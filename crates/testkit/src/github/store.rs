@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::pull::{self, Pull};
+use super::pull::{self, Pull, PullFilter, PullState};
 
 /// GitHub's limit on a label name's length, in characters.
 pub(crate) const MAX_LABEL_NAME_CHARS: usize = 50;
@@ -23,7 +23,12 @@ pub(crate) const MAX_LABEL_NAME_CHARS: usize = 50;
 const DEFAULT_LABEL_COLOR: &str = "ededed";
 
 const DOCS_LABELS: &str = "https://docs.github.com/rest/issues/labels";
-const DOCS_PULLS: &str = "https://docs.github.com/rest/pulls/pulls#get-a-pull-request";
+const DOCS_PULLS: &str = "https://docs.github.com/rest/pulls/pulls";
+const DOCS_MERGE: &str = "https://docs.github.com/rest/pulls/pulls#merge-a-pull-request";
+const DOCS_REFS: &str = "https://docs.github.com/rest/git/refs";
+
+/// The `before` of a created ref and the `after` of a deleted one.
+pub(crate) const ZERO_SHA: &str = "0000000000000000000000000000000000000000";
 const DOCS_RATE_LIMITS: &str = "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api";
 const DOCS_SECONDARY: &str = "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits";
 const DOCS_ROOT: &str = "https://docs.github.com/rest";
@@ -74,7 +79,7 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: u16, message: &str, documentation_url: &str) -> Self {
+    pub(crate) fn new(status: u16, message: &str, documentation_url: &str) -> Self {
         Self {
             status,
             body: json!({ "message": message, "documentation_url": documentation_url }),
@@ -112,6 +117,19 @@ impl ApiError {
 
     pub(crate) fn invalid_request(detail: &str) -> Self {
         Self::new(422, &format!("Invalid request.\n\n{detail}"), DOCS_LABELS)
+    }
+
+    /// 422 Validation Failed naming the field and value, GitHub's shape.
+    pub(crate) fn invalid_field(resource: &str, field: &str, value: &str) -> Self {
+        Self {
+            status: 422,
+            body: json!({
+                "message": "Validation Failed",
+                "errors": [{ "resource": resource, "code": "invalid", "field": field, "value": value }],
+                "documentation_url": DOCS_ROOT,
+            }),
+            headers: Vec::new(),
+        }
     }
 
     fn invalid_label(name: &str) -> Self {
@@ -162,6 +180,24 @@ impl RateLimitStatus {
     }
 }
 
+/// What one push (or ref deletion) changed: what its `push` webhook and
+/// the `pull_request` webhooks it causes report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Push {
+    /// Full ref name.
+    pub(crate) git_ref: String,
+    pub(crate) before: String,
+    pub(crate) after: String,
+    pub(crate) created: bool,
+    pub(crate) deleted: bool,
+    /// The pushed commits, oldest first (none for tags and deletions).
+    pub(crate) commits: Vec<String>,
+    /// Open pull requests whose head moved: (number, previous head).
+    pub(crate) synchronized: Vec<(u64, String)>,
+    /// Pull requests closed because their branch was deleted.
+    pub(crate) closed: Vec<u64>,
+}
+
 #[derive(Debug)]
 struct TokenState {
     principal: Principal,
@@ -192,6 +228,8 @@ struct Repo {
     /// Issue (and pull request) number -> lower-cased label names.
     issues: HashMap<u64, BTreeSet<String>>,
     pulls: BTreeMap<u64, Pull>,
+    /// Full ref name (`refs/heads/…`, `refs/tags/…`) -> commit.
+    refs: BTreeMap<String, String>,
     /// Commit SHA -> pull requests linked to it by the test.
     commit_links: HashMap<String, BTreeSet<u64>>,
 }
@@ -449,31 +487,197 @@ impl Store {
         Ok(())
     }
 
-    // ----- pull requests ---------------------------------------------------------
+    // ----- pull requests and refs ----------------------------------------------
 
-    /// Adds (or replaces) pull request `pull` with `labels`.
+    /// Adds (or replaces) pull request `number`, open, from `head_ref` at
+    /// `head_sha`, with `labels`; the branch is created (or moved) to
+    /// `head_sha`, as it must exist for the pull request to.
     pub(crate) fn add_pull(
         &mut self,
         owner: &str,
         repo: &str,
-        pull: Pull,
+        number: u64,
+        head_sha: &str,
+        head_ref: &str,
         labels: &[String],
     ) -> Result<(), ApiError> {
-        let n = pull.number;
-        self.replace_labels(owner, repo, n, labels)?;
-        self.repo_mut(owner, repo).pulls.insert(n, pull);
+        self.replace_labels(owner, repo, number, labels)?;
+        let seq = self.next_id();
+        let r = self.repo_mut(owner, repo);
+        r.refs
+            .insert(format!("refs/heads/{head_ref}"), head_sha.to_owned());
+        r.refs
+            .entry(format!("refs/heads/{}", pull::BASE_REF))
+            .or_insert_with(|| pull::BASE_SHA.to_owned());
+        r.pulls
+            .insert(number, Pull::open(number, head_sha, head_ref, seq));
         Ok(())
     }
 
-    /// Moves pull request `n`'s head to `sha` (a push); `false` if unknown.
-    pub(crate) fn set_pull_head(&mut self, owner: &str, repo: &str, n: u64, sha: &str) -> bool {
-        match self.repo_mut(owner, repo).pulls.get_mut(&n) {
-            Some(p) => {
-                sha.clone_into(&mut p.head_sha);
-                true
-            }
-            None => false,
+    /// Pushes `commits` (oldest first) onto `git_ref` (`refs/heads/…` or
+    /// `refs/tags/…`), creating it if absent: the ref moves to the last one,
+    /// and every open pull request from that branch follows (as GitHub
+    /// synchronizes them). A tag push carries no commits of its own.
+    pub(crate) fn push(
+        &mut self,
+        owner: &str,
+        repo: &str,
+        git_ref: &str,
+        commits: &[String],
+        now: jiff::Timestamp,
+    ) -> Result<Push, ApiError> {
+        let Some(after) = commits.last().cloned() else {
+            return Err(ApiError::invalid_request(
+                "A push needs at least one commit.",
+            ));
+        };
+        if let Some(bad) = commits.iter().find(|c| !is_sha(c)) {
+            return Err(ApiError::invalid_field("Commit", "sha", bad));
         }
+        let seq = self.next_id();
+        let r = self.repo_mut(owner, repo);
+        let previous = r.refs.insert(git_ref.to_owned(), after.clone());
+        let mut synchronized = Vec::new();
+        if let Some(branch) = git_ref.strip_prefix("refs/heads/") {
+            for p in r.pulls.values_mut() {
+                if p.state == PullState::Open && p.head_ref == branch && p.head_sha != after {
+                    synchronized
+                        .push((p.number, std::mem::replace(&mut p.head_sha, after.clone())));
+                    p.commits.extend(commits.iter().cloned());
+                    p.touch(now, seq);
+                }
+            }
+        }
+        Ok(Push {
+            git_ref: git_ref.to_owned(),
+            created: previous.is_none(),
+            before: previous.unwrap_or_else(|| ZERO_SHA.to_owned()),
+            after,
+            deleted: false,
+            commits: if git_ref.starts_with("refs/tags/") {
+                Vec::new()
+            } else {
+                commits.to_vec()
+            },
+            synchronized,
+            closed: Vec::new(),
+        })
+    }
+
+    /// Deletes `git_ref`: 422 "Reference does not exist" if absent. Open
+    /// pull requests from a deleted branch are closed, as GitHub closes them.
+    pub(crate) fn delete_ref(
+        &mut self,
+        owner: &str,
+        repo: &str,
+        git_ref: &str,
+        now: jiff::Timestamp,
+    ) -> Result<Push, ApiError> {
+        let seq = self.next_id();
+        let r = self.repo_mut(owner, repo);
+        let Some(before) = r.refs.remove(git_ref) else {
+            return Err(ApiError::new(422, "Reference does not exist", DOCS_REFS));
+        };
+        let mut closed = Vec::new();
+        if let Some(branch) = git_ref.strip_prefix("refs/heads/") {
+            for p in r.pulls.values_mut() {
+                if p.state == PullState::Open && p.head_ref == branch {
+                    p.state = PullState::Closed;
+                    p.closed_at = Some(now);
+                    p.touch(now, seq);
+                    closed.push(p.number);
+                }
+            }
+        }
+        Ok(Push {
+            git_ref: git_ref.to_owned(),
+            before,
+            after: ZERO_SHA.to_owned(),
+            created: false,
+            deleted: true,
+            commits: Vec::new(),
+            synchronized: Vec::new(),
+            closed,
+        })
+    }
+
+    /// Closes open pull request `n` without merging it: 404 if unknown,
+    /// 422 if it is not open.
+    pub(crate) fn close_pull(
+        &mut self,
+        owner: &str,
+        repo: &str,
+        n: u64,
+        now: jiff::Timestamp,
+    ) -> Result<(), ApiError> {
+        let seq = self.next_id();
+        let p = self.open_pull_mut(owner, repo, n)?;
+        p.state = PullState::Closed;
+        p.closed_at = Some(now);
+        p.touch(now, seq);
+        Ok(())
+    }
+
+    /// Reopens pull request `n`, closed and not merged: 404 if unknown,
+    /// 422 if it is open or merged (GitHub cannot reopen a merged one).
+    pub(crate) fn reopen_pull(
+        &mut self,
+        owner: &str,
+        repo: &str,
+        n: u64,
+        now: jiff::Timestamp,
+    ) -> Result<(), ApiError> {
+        let seq = self.next_id();
+        let p = self
+            .repo_mut(owner, repo)
+            .pulls
+            .get_mut(&n)
+            .ok_or_else(|| ApiError::not_found(DOCS_PULLS))?;
+        if p.state != PullState::Closed {
+            return Err(ApiError::new(
+                422,
+                "Validation Failed: state cannot be changed.",
+                DOCS_PULLS,
+            ));
+        }
+        p.state = PullState::Open;
+        p.closed_at = None;
+        p.touch(now, seq);
+        Ok(())
+    }
+
+    /// Merges open pull request `n` with a new merge commit, which the base
+    /// branch moves to: 404 if unknown, 405 if it is not open (GitHub's
+    /// "Pull Request is not mergeable"). Returns the push to the base.
+    pub(crate) fn merge_pull(
+        &mut self,
+        owner: &str,
+        repo: &str,
+        n: u64,
+        now: jiff::Timestamp,
+    ) -> Result<Push, ApiError> {
+        let merge_sha = self.random_hex(40);
+        let seq = self.next_id();
+        let p = self.open_pull_mut(owner, repo, n).map_err(|e| {
+            if e.status == 422 {
+                ApiError::new(405, "Pull Request is not mergeable", DOCS_MERGE)
+            } else {
+                e
+            }
+        })?;
+        p.state = PullState::Merged;
+        p.closed_at = Some(now);
+        p.merged_at = Some(now);
+        p.merge_commit_sha = Some(merge_sha.clone());
+        p.commits.push(merge_sha.clone());
+        p.touch(now, seq);
+        self.push(
+            owner,
+            repo,
+            &format!("refs/heads/{}", pull::BASE_REF),
+            &[merge_sha],
+            now,
+        )
     }
 
     /// Associates commit `sha` with pull requests `numbers`.
@@ -485,6 +689,19 @@ impl Store {
             .extend(numbers);
     }
 
+    /// The head branch of pull request `n`, if it exists.
+    pub(crate) fn pull_head_ref(&mut self, owner: &str, repo: &str, n: u64) -> Option<String> {
+        self.repo_mut(owner, repo)
+            .pulls
+            .get(&n)
+            .map(|p| p.head_ref.clone())
+    }
+
+    /// The commit `git_ref` points at, if it exists.
+    pub(crate) fn ref_sha(&mut self, owner: &str, repo: &str, git_ref: &str) -> Option<String> {
+        self.repo_mut(owner, repo).refs.get(git_ref).cloned()
+    }
+
     /// Pull request `n` as GitHub renders it, or 404.
     pub(crate) fn pull(&mut self, owner: &str, repo: &str, n: u64) -> Result<Value, ApiError> {
         let api_base = self.api_base.clone();
@@ -493,44 +710,60 @@ impl Store {
             .pulls
             .get(&n)
             .ok_or_else(|| ApiError::not_found(DOCS_PULLS))?;
-        Ok(pull::render(
-            &api_base,
-            &r.owner,
-            &r.name,
-            r.id,
-            p,
-            r.rendered_labels(&api_base, n),
-        ))
+        Ok(r.render_pull(&api_base, p, pull::render))
     }
 
-    /// The pull requests associated with commit `sha`: those whose head it
-    /// is, and those linked to it, by number.
+    /// The pull requests `filter` selects, in its order, as list items.
+    pub(crate) fn list_pulls(
+        &mut self,
+        owner: &str,
+        repo: &str,
+        filter: &PullFilter,
+    ) -> Vec<Value> {
+        let api_base = self.api_base.clone();
+        let r = self.repo_mut(owner, repo);
+        let mut pulls: Vec<&Pull> = r
+            .pulls
+            .values()
+            .filter(|p| filter.matches(&r.owner, p))
+            .collect();
+        filter.sort(&mut pulls);
+        pulls
+            .into_iter()
+            .map(|p| r.render_pull(&api_base, p, pull::render_simple))
+            .collect()
+    }
+
+    /// The pull requests associated with commit `sha`, by number, as list
+    /// items: those with it among their commits (a head it was, or their
+    /// merge commit), and those linked to it.
     pub(crate) fn commit_pulls(&mut self, owner: &str, repo: &str, sha: &str) -> Vec<Value> {
         let api_base = self.api_base.clone();
         let r = self.repo_mut(owner, repo);
-        let mut numbers: BTreeSet<u64> = r
-            .pulls
+        let linked = r.commit_links.get(sha);
+        r.pulls
             .values()
-            .filter(|p| p.head_sha == sha)
-            .map(|p| p.number)
-            .collect();
-        if let Some(linked) = r.commit_links.get(sha) {
-            numbers.extend(linked.iter().filter(|n| r.pulls.contains_key(n)));
-        }
-        numbers
-            .into_iter()
-            .filter_map(|n| {
-                let p = r.pulls.get(&n)?;
-                Some(pull::render(
-                    &api_base,
-                    &r.owner,
-                    &r.name,
-                    r.id,
-                    p,
-                    r.rendered_labels(&api_base, n),
-                ))
+            .filter(|p| {
+                p.commits.iter().any(|c| c == sha) || linked.is_some_and(|l| l.contains(&p.number))
             })
+            .map(|p| r.render_pull(&api_base, p, pull::render_simple))
             .collect()
+    }
+
+    fn open_pull_mut(&mut self, owner: &str, repo: &str, n: u64) -> Result<&mut Pull, ApiError> {
+        let p = self
+            .repo_mut(owner, repo)
+            .pulls
+            .get_mut(&n)
+            .ok_or_else(|| ApiError::not_found(DOCS_PULLS))?;
+        if p.state != PullState::Open {
+            return Err(ApiError::new(
+                422,
+                "Validation Failed: the pull request is not open.",
+                DOCS_PULLS,
+            ));
+        }
+        Ok(p)
     }
 
     // ----- helpers ---------------------------------------------------------------
@@ -538,6 +771,13 @@ impl Store {
     fn next_id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
+    }
+
+    fn random_hex(&mut self, len: usize) -> String {
+        const CHARS: &[u8] = b"0123456789abcdef";
+        (0..len)
+            .map(|_| char::from(CHARS[self.rng.random_range(0..CHARS.len())]))
+            .collect()
     }
 
     fn random_alnum(&mut self, len: usize) -> String {
@@ -562,6 +802,7 @@ impl Store {
                     labels: BTreeMap::new(),
                     issues: HashMap::new(),
                     pulls: BTreeMap::new(),
+                    refs: BTreeMap::new(),
                     commit_links: HashMap::new(),
                 }
             })
@@ -624,6 +865,23 @@ impl TokenState {
 }
 
 impl Repo {
+    /// `pull` rendered by `render` (full or simple) with its labels.
+    fn render_pull(
+        &self,
+        api_base: &str,
+        p: &Pull,
+        render: fn(&str, &str, &str, u64, &Pull, Vec<Value>) -> Value,
+    ) -> Value {
+        render(
+            api_base,
+            &self.owner,
+            &self.name,
+            self.id,
+            p,
+            self.rendered_labels(api_base, p.number),
+        )
+    }
+
     fn rendered_labels(&self, api_base: &str, n: u64) -> Vec<Value> {
         self.issues
             .get(&n)
@@ -660,6 +918,11 @@ fn wall_clock_at(now: Instant, at: Instant) -> jiff::Timestamp {
         .unwrap_or(jiff::Timestamp::MAX);
     let secs = wall.as_second() + i64::from(wall.subsec_nanosecond() > 0);
     jiff::Timestamp::from_second(secs).unwrap_or(wall)
+}
+
+/// Whether `s` is a full commit SHA (40 lower-case hex digits).
+fn is_sha(s: &str) -> bool {
+    s.len() == 40 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// GitHub's label-name rule: 1 to 50 characters.
