@@ -81,6 +81,54 @@
 //!   timed-out mutation may have been applied**. Requests cut short by
 //!   stopping the fake count as `Dropped`.
 //!
+//! # Webhooks
+//!
+//! With a [`WebhookConfig`] (builder or [`Webhooks::configure`]), the fake is
+//! a GitHub App's webhook: every change it makes as git or a human would
+//! records the events GitHub sends for it, and POSTs each once, as GitHub's
+//! Hookshot does, to the configured `http://127.0.0.1:<port>/…` URL (no
+//! other host is accepted):
+//!
+//! | change | events, in the order recorded |
+//! |---|---|
+//! | [`FakeGitHub::push_branch`], [`FakeGitHub::push_to_pull`] | `push`, then `pull_request` `synchronize` per open pull request from the branch |
+//! | [`FakeGitHub::add_pull`] (new) | `pull_request` `opened` |
+//! | [`FakeGitHub::close_pull`], [`FakeGitHub::reopen_pull`] | `pull_request` `closed` (`merged: false`), `reopened` |
+//! | [`FakeGitHub::merge_pull`] | `pull_request` `closed` (`merged: true`), then `push` of the base branch |
+//! | a label added or removed on a pull request, through the API or [`FakeGitHub::add_label`] & co. | `pull_request` `labeled` / `unlabeled`, one per label |
+//! | [`FakeGitHub::delete_branch`], [`FakeGitHub::delete_tag`] | `push` with `deleted: true` and `after` all zeros (then `closed` for the branch's open pull requests) |
+//! | [`FakeGitHub::push_tag`] | `push` of `refs/tags/…` |
+//! | [`Webhooks::ping`] | `ping` (App form) |
+//!
+//! Payloads are GitHub's own example payloads rewritten for the change
+//! (they parse with octocrab's `WebhookEvent::try_from_header_and_body`).
+//! Headers: `X-GitHub-Event`, `X-GitHub-Delivery` (a GUID, kept by
+//! redeliveries), `X-GitHub-Hook-ID`, `X-GitHub-Hook-Installation-Target-ID`
+//! (the App id) and `-Type` (`integration`), `X-Hub-Signature-256`
+//! (`sha256=` HMAC-SHA256 of the raw body with the secret, when there is
+//! one), `User-Agent: GitHub-Hookshot/<hex>`, `Content-Type:
+//! application/json`, `Accept: */*`. Each delivery gets a fresh connection
+//! and 10 s to be answered; its status code and duration are recorded
+//! (`OK` for a 2xx, `Invalid HTTP Response: <code>`, `timed out`, `failed
+//! to connect to host`) and listed by `GET /app/hook/deliveries`. **Nothing
+//! is ever retried**: only a redelivery ([`Webhooks::redeliver`] or `POST
+//! /app/hook/deliveries/{id}/attempts`) sends an event again, as a new
+//! delivery with the same GUID and `redelivery: true`. Deliveries go out
+//! concurrently, so their arrival order is not guaranteed, as on GitHub;
+//! [`Webhooks::hold`] keeps them back until a test [`release`]s them in a
+//! chosen order (one at a time), [`lose`]s them (never sent, never listed)
+//! or [`fail`]s them (recorded as unreachable, redeliverable).
+//!
+//! The sender sets no tokio timer, so it works under paused time: the 10 s
+//! limit is judged on tokio's clock when an answer comes (a receiver that
+//! sleeps 11 s of paused time has timed out, at once) and enforced on the
+//! wall clock (a receiver that never answers is cut off after 10 real
+//! seconds).
+//!
+//! [`release`]: Webhooks::release
+//! [`lose`]: Webhooks::lose
+//! [`fail`]: Webhooks::fail
+//!
 //! # Example
 //!
 //! ```
@@ -106,9 +154,13 @@
 //! # }).unwrap();
 //! ```
 
+mod deliveries;
+mod payloads;
 mod pull;
+mod sender;
 mod server;
 mod store;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -128,6 +180,7 @@ use crate::faults::Faults;
 use server::Shared;
 pub use store::RateLimitStatus;
 use store::{Limits, Store};
+pub use webhooks::{Delivery, DeliveryId, DeliveryOutcome, WebhookConfig, Webhooks};
 
 /// The octocrab builder type [`FakeGitHub::octocrab_builder`] returns.
 pub type FakeOctocrabBuilder =
@@ -152,6 +205,27 @@ pub enum Error {
         /// GitHub's message.
         message: String,
     },
+    /// A webhook URL other than `http://127.0.0.1:<port>/…`: the fake
+    /// delivers to this machine only.
+    #[error(
+        "webhook URL {0} is not http://127.0.0.1:<port>/…; the fake GitHub delivers to this machine only"
+    )]
+    NonLocalWebhook(String),
+    /// A webhook call without a configured webhook.
+    #[error("the fake GitHub has no webhook: configure one first")]
+    NoWebhook,
+    /// A call about a delivery that does not exist or is not in the state
+    /// the call needs.
+    #[error("delivery {id} {reason}")]
+    Delivery {
+        /// The delivery.
+        id: u64,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The fake stopped while a test was waiting on it.
+    #[error("the fake GitHub stopped")]
+    Stopped,
     /// The pull request was never added.
     #[error("pull request {owner}/{repo}#{number} does not exist in the fake GitHub")]
     UnknownPull {
@@ -190,6 +264,7 @@ pub struct FakeGitHubBuilder {
     limits: Limits,
     faults: Option<Faults>,
     calls: Option<Calls>,
+    webhook: Option<WebhookConfig>,
 }
 
 impl FakeGitHubBuilder {
@@ -279,8 +354,20 @@ impl FakeGitHubBuilder {
         self
     }
 
-    /// Binds 127.0.0.1 on a free port and starts serving.
+    /// Configures the App's webhook (see [`Webhooks::configure`]); without
+    /// one, nothing is delivered.
+    #[must_use]
+    pub fn webhook(mut self, config: WebhookConfig) -> Self {
+        self.webhook = Some(config);
+        self
+    }
+
+    /// Binds 127.0.0.1 on a free port and starts serving; refuses a webhook
+    /// URL that is not `http://127.0.0.1:<port>/…`.
     pub async fn start(self) -> Result<FakeGitHub, Error> {
+        if let Some(config) = &self.webhook {
+            config.validate()?;
+        }
         let listener = TcpListener::bind(("127.0.0.1", 0))
             .await
             .map_err(Error::Bind)?;
@@ -298,17 +385,24 @@ impl FakeGitHubBuilder {
             store.add_user_token(token);
         }
         let token = tokens.swap_remove(0);
+        if let Some(config) = self.webhook {
+            store.hooks.configure(config);
+        }
+        let released = store.hooks.take_dispatch();
 
         let faults = self.faults.unwrap_or_else(|| Faults::new(self.seed));
         let calls = self.calls.unwrap_or_default();
         let shared = Arc::new(Shared::new(store, faults, calls, api_base));
         let server = tokio::spawn(server::serve(listener, Arc::clone(&shared)));
+        let sender =
+            released.map(|released| tokio::spawn(sender::dispatch(Arc::clone(&shared), released)));
         tracing::debug!(%url, "fake GitHub started");
         Ok(FakeGitHub {
             shared,
             url,
             token,
             server,
+            sender,
         })
     }
 }
@@ -320,6 +414,7 @@ pub struct FakeGitHub {
     url: Url,
     token: String,
     server: JoinHandle<()>,
+    sender: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for FakeGitHub {
@@ -332,7 +427,11 @@ impl std::fmt::Debug for FakeGitHub {
 
 impl Drop for FakeGitHub {
     fn drop(&mut self) {
+        self.shared.stopped.cancel();
         self.server.abort();
+        if let Some(sender) = &self.sender {
+            sender.abort();
+        }
     }
 }
 
@@ -393,6 +492,11 @@ impl FakeGitHub {
     /// The call counters, per (verb, resource, outcome).
     pub fn calls(&self) -> &Calls {
         &self.shared.calls
+    }
+
+    /// The App's webhook: its configuration and deliveries.
+    pub fn webhooks(&self) -> Webhooks {
+        Webhooks::new(Arc::clone(&self.shared))
     }
 
     /// Accepts another personal token (with a fresh budget).
@@ -476,10 +580,14 @@ impl FakeGitHub {
     }
 
     // ----- pull requests and pushes: changes as git and the UI make them ----------
+    //
+    // Each returns the deliveries its events were recorded as, in the order
+    // GitHub emits them (none without a webhook).
 
     /// Adds (or replaces) pull request `number`, open, from branch
     /// `head_ref` at `head_sha`, with these labels (its issue's labels are
-    /// replaced); the branch is created or moved to `head_sha`.
+    /// replaced); the branch is created or moved to `head_sha`. A new pull
+    /// request is `opened`.
     pub fn add_pull<I, S>(
         &self,
         owner: &str,
@@ -488,7 +596,7 @@ impl FakeGitHub {
         head_sha: &str,
         head_ref: &str,
         labels: I,
-    ) -> Result<(), Error>
+    ) -> Result<Vec<DeliveryId>, Error>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
@@ -501,26 +609,17 @@ impl FakeGitHub {
 
     /// Pushes `commits` (full SHAs, oldest first) to `branch`, creating it
     /// if absent: the branch moves to the last one, and so does the head of
-    /// every open pull request from it. A push needs at least one commit.
+    /// every open pull request from it. Delivers `push`, then `pull_request`
+    /// `synchronize` for each pull request moved. A push needs at least one
+    /// commit.
     pub fn push_branch(
         &self,
         owner: &str,
         repo: &str,
         branch: &str,
         commits: &[&str],
-    ) -> Result<(), Error> {
-        let commits: Vec<String> = commits.iter().map(|&c| c.to_owned()).collect();
-        self.shared
-            .store()
-            .push(
-                owner,
-                repo,
-                &format!("refs/heads/{branch}"),
-                &commits,
-                jiff::Timestamp::now(),
-            )
-            .map(drop)
-            .map_err(rejected)
+    ) -> Result<Vec<DeliveryId>, Error> {
+        self.push_ref(owner, repo, &format!("refs/heads/{branch}"), commits)
     }
 
     /// Pushes `commits` to the head branch of pull request `number` (see
@@ -531,8 +630,12 @@ impl FakeGitHub {
         repo: &str,
         number: u64,
         commits: &[&str],
-    ) -> Result<(), Error> {
-        let branch = self.pull_branch(owner, repo, number)?;
+    ) -> Result<Vec<DeliveryId>, Error> {
+        let branch = self
+            .shared
+            .store()
+            .pull_head_ref(owner, repo, number)
+            .ok_or_else(|| unknown_pull(owner, repo, number))?;
         self.push_branch(owner, repo, &branch, commits)
     }
 
@@ -544,20 +647,43 @@ impl FakeGitHub {
         repo: &str,
         number: u64,
         head_sha: &str,
-    ) -> Result<(), Error> {
+    ) -> Result<Vec<DeliveryId>, Error> {
         self.push_to_pull(owner, repo, number, &[head_sha])
     }
 
-    /// Closes open pull request `number` without merging it.
-    pub fn close_pull(&self, owner: &str, repo: &str, number: u64) -> Result<(), Error> {
+    /// Pushes tag `tag` at commit `sha` (created, or moved): a `push` of
+    /// `refs/tags/<tag>` with no commits of its own.
+    pub fn push_tag(
+        &self,
+        owner: &str,
+        repo: &str,
+        tag: &str,
+        sha: &str,
+    ) -> Result<Vec<DeliveryId>, Error> {
+        self.push_ref(owner, repo, &format!("refs/tags/{tag}"), &[sha])
+    }
+
+    /// Closes open pull request `number` without merging it (`closed`,
+    /// `merged: false`).
+    pub fn close_pull(
+        &self,
+        owner: &str,
+        repo: &str,
+        number: u64,
+    ) -> Result<Vec<DeliveryId>, Error> {
         self.shared
             .store()
             .close_pull(owner, repo, number, jiff::Timestamp::now())
             .map_err(|e| pull_error(e, owner, repo, number))
     }
 
-    /// Reopens closed (not merged) pull request `number`.
-    pub fn reopen_pull(&self, owner: &str, repo: &str, number: u64) -> Result<(), Error> {
+    /// Reopens closed (not merged) pull request `number` (`reopened`).
+    pub fn reopen_pull(
+        &self,
+        owner: &str,
+        repo: &str,
+        number: u64,
+    ) -> Result<Vec<DeliveryId>, Error> {
         self.shared
             .store()
             .reopen_pull(owner, repo, number, jiff::Timestamp::now())
@@ -565,28 +691,35 @@ impl FakeGitHub {
     }
 
     /// Merges open pull request `number`: it is closed with `merged: true`
-    /// and a new merge commit, which its base branch moves to.
-    pub fn merge_pull(&self, owner: &str, repo: &str, number: u64) -> Result<(), Error> {
+    /// and a new merge commit, which its base branch moves to. Delivers
+    /// `pull_request` `closed`, then the base branch's `push`.
+    pub fn merge_pull(
+        &self,
+        owner: &str,
+        repo: &str,
+        number: u64,
+    ) -> Result<Vec<DeliveryId>, Error> {
         self.shared
             .store()
             .merge_pull(owner, repo, number, jiff::Timestamp::now())
-            .map(drop)
             .map_err(|e| pull_error(e, owner, repo, number))
     }
 
-    /// Deletes `branch`; the open pull requests from it are closed, as on
+    /// Deletes `branch`: a `push` with `deleted: true` and `after` all
+    /// zeros; the open pull requests from it are then `closed`, as on
     /// GitHub. Deleting a branch that does not exist is refused (422).
-    pub fn delete_branch(&self, owner: &str, repo: &str, branch: &str) -> Result<(), Error> {
-        self.shared
-            .store()
-            .delete_ref(
-                owner,
-                repo,
-                &format!("refs/heads/{branch}"),
-                jiff::Timestamp::now(),
-            )
-            .map(drop)
-            .map_err(rejected)
+    pub fn delete_branch(
+        &self,
+        owner: &str,
+        repo: &str,
+        branch: &str,
+    ) -> Result<Vec<DeliveryId>, Error> {
+        self.delete_ref(owner, repo, &format!("refs/heads/{branch}"))
+    }
+
+    /// Deletes tag `tag` (see [`delete_branch`](Self::delete_branch)).
+    pub fn delete_tag(&self, owner: &str, repo: &str, tag: &str) -> Result<Vec<DeliveryId>, Error> {
+        self.delete_ref(owner, repo, &format!("refs/tags/{tag}"))
     }
 
     /// The commit `branch` points at, if it exists.
@@ -602,11 +735,25 @@ impl FakeGitHub {
         self.shared.store().link_commit(owner, repo, sha, numbers);
     }
 
-    fn pull_branch(&self, owner: &str, repo: &str, number: u64) -> Result<String, Error> {
+    fn push_ref(
+        &self,
+        owner: &str,
+        repo: &str,
+        git_ref: &str,
+        commits: &[&str],
+    ) -> Result<Vec<DeliveryId>, Error> {
+        let commits: Vec<String> = commits.iter().map(|&c| c.to_owned()).collect();
         self.shared
             .store()
-            .pull_head_ref(owner, repo, number)
-            .ok_or_else(|| unknown_pull(owner, repo, number))
+            .push(owner, repo, git_ref, &commits, jiff::Timestamp::now())
+            .map_err(rejected)
+    }
+
+    fn delete_ref(&self, owner: &str, repo: &str, git_ref: &str) -> Result<Vec<DeliveryId>, Error> {
+        self.shared
+            .store()
+            .delete_ref(owner, repo, git_ref, jiff::Timestamp::now())
+            .map_err(rejected)
     }
 }
 

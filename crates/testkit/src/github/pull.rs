@@ -243,29 +243,13 @@ pub(crate) fn render(
     labels: Vec<Value>,
 ) -> Value {
     let mut pr = template().clone();
+    retarget(&mut pr, api_base, owner, repo);
     let api_repo = format!("{api_base}/repos/{owner}/{repo}");
     let html_repo = format!("https://github.com/{owner}/{repo}");
     let full_name = format!("{owner}/{repo}");
-    let fixture_api_repo = format!("https://api.github.com/repos/{FIXTURE_OWNER}/{FIXTURE_REPO}");
-    let fixture_html_repo = format!("https://github.com/{FIXTURE_OWNER}/{FIXTURE_REPO}");
-    let fixture_full_name = format!("{FIXTURE_OWNER}/{FIXTURE_REPO}");
-    rewrite_strings(
-        &mut pr,
-        &[
-            (fixture_api_repo.as_str(), api_repo.as_str()),
-            (fixture_html_repo.as_str(), html_repo.as_str()),
-            (fixture_full_name.as_str(), full_name.as_str()),
-            ("https://api.github.com", api_base),
-        ],
-    );
 
     let n = pull.number;
     let sha = pull.head_sha.as_str();
-    let set = |pr: &mut Value, pointer: &str, value: Value| {
-        if let Some(slot) = pr.pointer_mut(pointer) {
-            *slot = value;
-        }
-    };
     // Unique per repository and number, like GitHub's global ids.
     set(&mut pr, "/id", Value::from(repo_id * 1_000_000 + n));
     set(&mut pr, "/number", Value::from(n));
@@ -408,21 +392,60 @@ pub(crate) fn render(
     pr
 }
 
+/// Points every URL and name of the fixture's repository in `value` at
+/// `owner/repo` served from `api_base` (no trailing slash).
+pub(crate) fn retarget(value: &mut Value, api_base: &str, owner: &str, repo: &str) {
+    let api_repo = format!("{api_base}/repos/{owner}/{repo}");
+    let html_repo = format!("https://github.com/{owner}/{repo}");
+    let full_name = format!("{owner}/{repo}");
+    let fixture_api_repo = format!("https://api.github.com/repos/{FIXTURE_OWNER}/{FIXTURE_REPO}");
+    let fixture_html_repo = format!("https://github.com/{FIXTURE_OWNER}/{FIXTURE_REPO}");
+    let fixture_full_name = format!("{FIXTURE_OWNER}/{FIXTURE_REPO}");
+    rewrite_strings(
+        value,
+        &[
+            (fixture_api_repo.as_str(), api_repo.as_str()),
+            (fixture_html_repo.as_str(), html_repo.as_str()),
+            (fixture_full_name.as_str(), full_name.as_str()),
+            ("https://api.github.com", api_base),
+        ],
+    );
+}
+
+/// Replaces the value at JSON `pointer` in `value`, if there is one.
+pub(crate) fn set(value: &mut Value, pointer: &str, new: Value) {
+    if let Some(slot) = value.pointer_mut(pointer) {
+        *slot = new;
+    }
+}
+
 /// A timestamp as GitHub writes them: whole seconds, `Z`.
 pub(crate) fn timestamp(t: jiff::Timestamp) -> String {
     t.round(jiff::Unit::Second).unwrap_or(t).to_string()
 }
 
-/// The fixture's `pull_request`, parsed once. The fixture is compiled in and
-/// checked by this module's tests, so a parse failure can only come from
-/// editing it; it then yields an empty object and every client-side
-/// deserialization test fails loudly.
+/// The whole fixture payload, parsed once. It is compiled in and checked by
+/// this module's tests, so a parse failure can only come from editing it;
+/// it then yields an empty object and every client-side deserialization
+/// test fails loudly.
+pub(crate) fn synchronize_fixture() -> &'static Value {
+    static PAYLOAD: OnceLock<Value> = OnceLock::new();
+    PAYLOAD.get_or_init(|| parse_fixture(FIXTURE))
+}
+
+/// A compiled-in fixture as JSON, or an empty object (see
+/// [`synchronize_fixture`]).
+pub(crate) fn parse_fixture(text: &str) -> Value {
+    serde_json::from_str::<Value>(text).unwrap_or_else(|_| Value::Object(serde_json::Map::new()))
+}
+
+/// The fixture's `pull_request`.
 fn template() -> &'static Value {
     static TEMPLATE: OnceLock<Value> = OnceLock::new();
     TEMPLATE.get_or_init(|| {
-        serde_json::from_str::<Value>(FIXTURE)
-            .ok()
-            .and_then(|mut payload| payload.get_mut("pull_request").map(Value::take))
+        synchronize_fixture()
+            .get("pull_request")
+            .cloned()
             .unwrap_or_else(|| Value::Object(serde_json::Map::new()))
     })
 }

@@ -26,6 +26,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::pull::PullFilter;
 use super::store::{ApiError, Store};
@@ -46,6 +47,8 @@ pub(crate) struct Shared {
     pub(crate) faults: Faults,
     pub(crate) calls: Calls,
     pub(crate) api_base: String,
+    /// Cancelled when the fake stops, so that nothing waits on it forever.
+    pub(crate) stopped: CancellationToken,
     request_seq: AtomicU64,
 }
 
@@ -56,6 +59,7 @@ impl Shared {
             faults,
             calls,
             api_base,
+            stopped: CancellationToken::new(),
             request_seq: AtomicU64::new(0),
         }
     }

@@ -14,7 +14,10 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use super::deliveries::DeliveryLog;
+use super::payloads::{self, Event, PullExtra, RepoRef};
 use super::pull::{self, Pull, PullFilter, PullState};
+use super::webhooks::DeliveryId;
 
 /// GitHub's limit on a label name's length, in characters.
 pub(crate) const MAX_LABEL_NAME_CHARS: usize = 50;
@@ -243,6 +246,8 @@ pub(crate) struct Store {
     tokens: HashMap<String, TokenState>,
     next_id: u64,
     rng: StdRng,
+    /// The App webhook's deliveries of the events the changes below cause.
+    pub(crate) hooks: DeliveryLog,
 }
 
 impl Store {
@@ -255,6 +260,7 @@ impl Store {
             tokens: HashMap::new(),
             next_id: 1000,
             rng: StdRng::seed_from_u64(seed),
+            hooks: DeliveryLog::new(seed),
         }
     }
 
@@ -405,11 +411,15 @@ impl Store {
         names: &[String],
     ) -> Result<Vec<Value>, ApiError> {
         validate_all(names)?;
+        let before = self.issue_label_keys(owner, repo, n);
         let keys = self.ensure_repo_labels(owner, repo, names);
-        let api_base = self.api_base.clone();
-        let r = self.repo_mut(owner, repo);
-        r.issues.entry(n).or_default().extend(keys);
-        Ok(r.rendered_labels(&api_base, n))
+        self.repo_mut(owner, repo)
+            .issues
+            .entry(n)
+            .or_default()
+            .extend(keys);
+        self.label_events(owner, repo, n, &before);
+        Ok(self.issue_labels(owner, repo, n))
     }
 
     /// Replaces issue `n`'s labels with `names`.
@@ -421,11 +431,13 @@ impl Store {
         names: &[String],
     ) -> Result<Vec<Value>, ApiError> {
         validate_all(names)?;
+        let before = self.issue_label_keys(owner, repo, n);
         let keys = self.ensure_repo_labels(owner, repo, names);
-        let api_base = self.api_base.clone();
-        let r = self.repo_mut(owner, repo);
-        r.issues.insert(n, keys.into_iter().collect());
-        Ok(r.rendered_labels(&api_base, n))
+        self.repo_mut(owner, repo)
+            .issues
+            .insert(n, keys.into_iter().collect());
+        self.label_events(owner, repo, n, &before);
+        Ok(self.issue_labels(owner, repo, n))
     }
 
     /// Removes `name` from issue `n`: 404 "Label does not exist" when the
@@ -437,21 +449,65 @@ impl Store {
         n: u64,
         name: &str,
     ) -> Result<Vec<Value>, ApiError> {
-        let api_base = self.api_base.clone();
-        let r = self.repo_mut(owner, repo);
-        let removed = r
+        let before = self.issue_label_keys(owner, repo, n);
+        let removed = self
+            .repo_mut(owner, repo)
             .issues
             .get_mut(&n)
             .is_some_and(|set| set.remove(&name.to_lowercase()));
         if !removed {
             return Err(ApiError::new(404, "Label does not exist", DOCS_LABELS));
         }
-        Ok(r.rendered_labels(&api_base, n))
+        self.label_events(owner, repo, n, &before);
+        Ok(self.issue_labels(owner, repo, n))
     }
 
     /// Removes every label from issue `n`.
     pub(crate) fn remove_all_labels(&mut self, owner: &str, repo: &str, n: u64) {
+        let before = self.issue_label_keys(owner, repo, n);
         self.repo_mut(owner, repo).issues.remove(&n);
+        self.label_events(owner, repo, n, &before);
+    }
+
+    /// The lower-cased names of issue `n`'s labels.
+    fn issue_label_keys(&mut self, owner: &str, repo: &str, n: u64) -> BTreeSet<String> {
+        self.repo_mut(owner, repo)
+            .issues
+            .get(&n)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The `pull_request` `unlabeled` and `labeled` events of pull request
+    /// `n` (one per label, as GitHub sends them) since its labels were
+    /// `before`; nothing for an issue that is not a pull request.
+    fn label_events(&mut self, owner: &str, repo: &str, n: u64, before: &BTreeSet<String>) {
+        if self.hooks.config().is_none() {
+            return;
+        }
+        let api_base = self.api_base.clone();
+        let r = self.repo_mut(owner, repo);
+        let Some(p) = r.pulls.get(&n) else {
+            return;
+        };
+        let after = r.issues.get(&n).cloned().unwrap_or_default();
+        let pr = r.render_pull(&api_base, p, pull::render);
+        let changes = before
+            .difference(&after)
+            .map(|k| ("unlabeled", k))
+            .chain(after.difference(before).map(|k| ("labeled", k)));
+        let events: Vec<Event> = changes
+            .filter_map(|(action, key)| {
+                let label = r.render_label(&api_base, r.labels.get(key)?);
+                Some(payloads::pull_request(
+                    r.view(&api_base),
+                    action,
+                    pr.clone(),
+                    PullExtra::Label(label),
+                ))
+            })
+            .collect();
+        self.emit(events);
     }
 
     /// Issue `n`'s label names, sorted.
@@ -491,7 +547,8 @@ impl Store {
 
     /// Adds (or replaces) pull request `number`, open, from `head_ref` at
     /// `head_sha`, with `labels`; the branch is created (or moved) to
-    /// `head_sha`, as it must exist for the pull request to.
+    /// `head_sha`, as it must exist for the pull request to. A new pull
+    /// request is `opened`.
     pub(crate) fn add_pull(
         &mut self,
         owner: &str,
@@ -500,7 +557,7 @@ impl Store {
         head_sha: &str,
         head_ref: &str,
         labels: &[String],
-    ) -> Result<(), ApiError> {
+    ) -> Result<Vec<DeliveryId>, ApiError> {
         self.replace_labels(owner, repo, number, labels)?;
         let seq = self.next_id();
         let r = self.repo_mut(owner, repo);
@@ -509,9 +566,14 @@ impl Store {
         r.refs
             .entry(format!("refs/heads/{}", pull::BASE_REF))
             .or_insert_with(|| pull::BASE_SHA.to_owned());
-        r.pulls
-            .insert(number, Pull::open(number, head_sha, head_ref, seq));
-        Ok(())
+        let replaced = r
+            .pulls
+            .insert(number, Pull::open(number, head_sha, head_ref, seq))
+            .is_some();
+        if replaced {
+            return Ok(Vec::new());
+        }
+        Ok(self.pull_events(owner, repo, &[(number, "opened", PullExtra::None)]))
     }
 
     /// Pushes `commits` (oldest first) onto `git_ref` (`refs/heads/…` or
@@ -519,6 +581,18 @@ impl Store {
     /// and every open pull request from that branch follows (as GitHub
     /// synchronizes them). A tag push carries no commits of its own.
     pub(crate) fn push(
+        &mut self,
+        owner: &str,
+        repo: &str,
+        git_ref: &str,
+        commits: &[String],
+        now: jiff::Timestamp,
+    ) -> Result<Vec<DeliveryId>, ApiError> {
+        let push = self.apply_push(owner, repo, git_ref, commits, now)?;
+        Ok(self.push_events(owner, repo, &push, now, &payloads::commit_message))
+    }
+
+    fn apply_push(
         &mut self,
         owner: &str,
         repo: &str,
@@ -572,7 +646,7 @@ impl Store {
         repo: &str,
         git_ref: &str,
         now: jiff::Timestamp,
-    ) -> Result<Push, ApiError> {
+    ) -> Result<Vec<DeliveryId>, ApiError> {
         let seq = self.next_id();
         let r = self.repo_mut(owner, repo);
         let Some(before) = r.refs.remove(git_ref) else {
@@ -589,7 +663,7 @@ impl Store {
                 }
             }
         }
-        Ok(Push {
+        let push = Push {
             git_ref: git_ref.to_owned(),
             before,
             after: ZERO_SHA.to_owned(),
@@ -598,7 +672,8 @@ impl Store {
             commits: Vec::new(),
             synchronized: Vec::new(),
             closed,
-        })
+        };
+        Ok(self.push_events(owner, repo, &push, now, &payloads::commit_message))
     }
 
     /// Closes open pull request `n` without merging it: 404 if unknown,
@@ -609,13 +684,13 @@ impl Store {
         repo: &str,
         n: u64,
         now: jiff::Timestamp,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Vec<DeliveryId>, ApiError> {
         let seq = self.next_id();
         let p = self.open_pull_mut(owner, repo, n)?;
         p.state = PullState::Closed;
         p.closed_at = Some(now);
         p.touch(now, seq);
-        Ok(())
+        Ok(self.pull_events(owner, repo, &[(n, "closed", PullExtra::None)]))
     }
 
     /// Reopens pull request `n`, closed and not merged: 404 if unknown,
@@ -626,7 +701,7 @@ impl Store {
         repo: &str,
         n: u64,
         now: jiff::Timestamp,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Vec<DeliveryId>, ApiError> {
         let seq = self.next_id();
         let p = self
             .repo_mut(owner, repo)
@@ -643,19 +718,20 @@ impl Store {
         p.state = PullState::Open;
         p.closed_at = None;
         p.touch(now, seq);
-        Ok(())
+        Ok(self.pull_events(owner, repo, &[(n, "reopened", PullExtra::None)]))
     }
 
     /// Merges open pull request `n` with a new merge commit, which the base
     /// branch moves to: 404 if unknown, 405 if it is not open (GitHub's
-    /// "Pull Request is not mergeable"). Returns the push to the base.
+    /// "Pull Request is not mergeable"). It is `closed` (merged), and the
+    /// base branch is pushed to.
     pub(crate) fn merge_pull(
         &mut self,
         owner: &str,
         repo: &str,
         n: u64,
         now: jiff::Timestamp,
-    ) -> Result<Push, ApiError> {
+    ) -> Result<Vec<DeliveryId>, ApiError> {
         let merge_sha = self.random_hex(40);
         let seq = self.next_id();
         let p = self.open_pull_mut(owner, repo, n).map_err(|e| {
@@ -671,13 +747,12 @@ impl Store {
         p.merge_commit_sha = Some(merge_sha.clone());
         p.commits.push(merge_sha.clone());
         p.touch(now, seq);
-        self.push(
-            owner,
-            repo,
-            &format!("refs/heads/{}", pull::BASE_REF),
-            &[merge_sha],
-            now,
-        )
+        let message = payloads::merge_message(n, owner, &p.head_ref);
+        let mut ids = self.pull_events(owner, repo, &[(n, "closed", PullExtra::None)]);
+        let base = format!("refs/heads/{}", pull::BASE_REF);
+        let push = self.apply_push(owner, repo, &base, &[merge_sha], now)?;
+        ids.extend(self.push_events(owner, repo, &push, now, &|_| message.clone()));
+        Ok(ids)
     }
 
     /// Associates commit `sha` with pull requests `numbers`.
@@ -747,6 +822,78 @@ impl Store {
                 p.commits.iter().any(|c| c == sha) || linked.is_some_and(|l| l.contains(&p.number))
             })
             .map(|p| r.render_pull(&api_base, p, pull::render_simple))
+            .collect()
+    }
+
+    /// Records the `push` event of `push` and the `pull_request` events it
+    /// causes (`synchronize` for each pull request it moved, `closed` for
+    /// each one a branch deletion closed).
+    fn push_events(
+        &mut self,
+        owner: &str,
+        repo: &str,
+        push: &Push,
+        now: jiff::Timestamp,
+        message: &dyn Fn(&str) -> String,
+    ) -> Vec<DeliveryId> {
+        if self.hooks.config().is_none() {
+            return Vec::new();
+        }
+        let api_base = self.api_base.clone();
+        let event = payloads::push(
+            self.repo_mut(owner, repo).view(&api_base),
+            push,
+            now,
+            message,
+        );
+        let mut ids = self.emit(vec![event]);
+        let pulls: Vec<(u64, &str, PullExtra)> = push
+            .synchronized
+            .iter()
+            .map(|(n, before)| {
+                let extra = PullExtra::Synchronize {
+                    before: before.clone(),
+                    after: push.after.clone(),
+                };
+                (*n, "synchronize", extra)
+            })
+            .chain(push.closed.iter().map(|n| (*n, "closed", PullExtra::None)))
+            .collect();
+        ids.extend(self.pull_events(owner, repo, &pulls));
+        ids
+    }
+
+    /// Records one `pull_request` event per (number, action, extra).
+    fn pull_events(
+        &mut self,
+        owner: &str,
+        repo: &str,
+        pulls: &[(u64, &str, PullExtra)],
+    ) -> Vec<DeliveryId> {
+        if self.hooks.config().is_none() {
+            return Vec::new();
+        }
+        let api_base = self.api_base.clone();
+        let r = self.repo_mut(owner, repo);
+        let events = pulls
+            .iter()
+            .filter_map(|(n, action, extra)| {
+                let pr = r.render_pull(&api_base, r.pulls.get(n)?, pull::render);
+                Some(payloads::pull_request(
+                    r.view(&api_base),
+                    action,
+                    pr,
+                    extra.clone(),
+                ))
+            })
+            .collect();
+        self.emit(events)
+    }
+
+    fn emit(&mut self, events: Vec<Event>) -> Vec<DeliveryId> {
+        events
+            .into_iter()
+            .filter_map(|event| self.hooks.enqueue(event))
             .collect()
     }
 
@@ -865,6 +1012,16 @@ impl TokenState {
 }
 
 impl Repo {
+    /// The repository as events name it.
+    fn view<'a>(&'a self, api_base: &'a str) -> RepoRef<'a> {
+        RepoRef {
+            api_base,
+            owner: &self.owner,
+            name: &self.name,
+            id: self.id,
+        }
+    }
+
     /// `pull` rendered by `render` (full or simple) with its labels.
     fn render_pull(
         &self,
