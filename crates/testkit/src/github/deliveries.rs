@@ -17,6 +17,8 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
 use super::payloads::Event;
+use super::pull::timestamp;
+use super::store::ApiError;
 use super::webhooks::{Delivery, DeliveryId, DeliveryOutcome, WebhookConfig};
 
 /// Why a call about one delivery was refused.
@@ -130,6 +132,15 @@ struct Sent {
 
 /// The first delivery id; GitHub's are large integers.
 const FIRST_ID: u64 = 1_000_000_001;
+
+/// GitHub's page sizes for the deliveries list.
+const DEFAULT_PER_PAGE: usize = 30;
+const MAX_PER_PAGE: usize = 100;
+
+/// GitHub's delivery cursors look like `v1_12077215967`.
+const CURSOR_PREFIX: &str = "v1_";
+
+const DOCS_DELIVERIES: &str = "https://docs.github.com/rest/apps/webhooks";
 
 impl DeliveryLog {
     /// An empty log without a webhook; GUIDs come from `seed`.
@@ -309,6 +320,87 @@ impl DeliveryLog {
         self.records.values().map(Record::view).collect()
     }
 
+    /// One page of what `GET /app/hook/deliveries` lists (the attempted
+    /// deliveries, newest first) from `cursor`, and the `Link` header to
+    /// the next page; `per_page` defaults to 30, at most 100.
+    pub(crate) fn list(
+        &self,
+        api_base: &str,
+        query: &str,
+    ) -> Result<(Vec<Value>, Option<String>), ApiError> {
+        let mut per_page = DEFAULT_PER_PAGE;
+        let mut from = u64::MAX;
+        for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            match key.as_ref() {
+                "per_page" => {
+                    per_page = value
+                        .parse()
+                        .unwrap_or(DEFAULT_PER_PAGE)
+                        .clamp(1, MAX_PER_PAGE);
+                }
+                "cursor" => {
+                    from = value
+                        .strip_prefix(CURSOR_PREFIX)
+                        .and_then(|id| id.parse().ok())
+                        .ok_or_else(|| ApiError::new(400, "Invalid cursor", DOCS_DELIVERIES))?;
+                }
+                _ => {}
+            }
+        }
+        let mut listed = self
+            .records
+            .range(..=from)
+            .rev()
+            .filter_map(|(_, r)| r.item());
+        let page: Vec<Value> = listed.by_ref().take(per_page).collect();
+        let link = listed.next().and_then(|next| {
+            let id = next.get("id")?.as_u64()?;
+            Some(format!(
+                "<{api_base}/app/hook/deliveries?per_page={per_page}&cursor={CURSOR_PREFIX}{id}>; rel=\"next\""
+            ))
+        });
+        Ok((page, link))
+    }
+
+    /// What `GET /app/hook/deliveries/{id}` shows: the listed fields, the
+    /// request (headers, payload) and the response (headers, body); `None`
+    /// unless it was attempted.
+    pub(crate) fn detail(&self, id: u64) -> Option<Value> {
+        let record = self.records.get(&id)?;
+        let State::Attempted(sent, answer) = &record.state else {
+            return None;
+        };
+        let mut detail = record.item()?;
+        let headers = |pairs: &mut dyn Iterator<Item = (&str, &str)>| {
+            Value::Object(
+                pairs
+                    .map(|(name, value)| (name.to_owned(), Value::from(value)))
+                    .collect(),
+            )
+        };
+        let request_headers = headers(&mut sent.headers.iter().map(|(n, v)| (*n, v.as_str())));
+        let answered = matches!(answer.result, AttemptResult::Answered(_));
+        let response_headers =
+            headers(&mut answer.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+        if let Some(fields) = detail.as_object_mut() {
+            fields.insert(
+                "request".into(),
+                json!({
+                    "headers": request_headers,
+                    "payload": serde_json::from_slice::<Value>(&record.body).unwrap_or(Value::Null),
+                }),
+            );
+            fields.insert(
+                "response".into(),
+                json!({
+                    "headers": response_headers,
+                    "payload": if answered { Value::from(answer.body.as_str()) } else { Value::Null },
+                }),
+            );
+        }
+        Some(detail)
+    }
+
     /// Whether no released delivery is still waiting for its answer.
     pub(crate) fn is_settled(&self) -> bool {
         !self
@@ -382,6 +474,29 @@ impl DeliveryLog {
 }
 
 impl Record {
+    /// The delivery as GitHub lists it, once attempted.
+    fn item(&self) -> Option<Value> {
+        let State::Attempted(sent, answer) = &self.state else {
+            return None;
+        };
+        Some(json!({
+            "id": self.id,
+            "guid": self.guid,
+            "delivered_at": timestamp(sent.delivered_at),
+            "redelivery": self.redelivery,
+            // Seconds, to the hundredth, as GitHub shows them.
+            "duration": (answer.duration.as_secs_f64() * 100.0).round() / 100.0,
+            "status": answer.result.status(),
+            "status_code": answer.result.status_code(),
+            "event": self.event,
+            "action": self.action,
+            "installation_id": self.installation_id,
+            "repository_id": self.repository_id,
+            "throttled_at": null,
+            "url": sent.url,
+        }))
+    }
+
     fn view(&self) -> Delivery {
         let outcome = match &self.state {
             State::Held => DeliveryOutcome::Held,

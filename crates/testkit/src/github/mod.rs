@@ -16,9 +16,13 @@
 //! | `GET /repos/{o}/{r}/pulls?state=&head=&base=&sort=&direction=` | `pulls` |
 //! | `GET /repos/{o}/{r}/commits/{sha}/pulls` | `commit_pulls` |
 //! | `POST /app/installations/{id}/access_tokens` | `access_tokens` |
+//! | `GET /app/hook/deliveries?per_page=&cursor=` | `hook_deliveries` |
+//! | `GET /app/hook/deliveries/{id}` | `hook_delivery` |
+//! | `POST /app/hook/deliveries/{id}/attempts` | `hook_attempts` |
 //! | anything else (404) | `unknown` |
 //!
 //! Verbs are the lower-cased HTTP methods (`get`, `post`, `put`, `delete`).
+//! The `/app/…` endpoints take the App's JWT, the others a token.
 //!
 //! # Behaviour
 //!
@@ -54,8 +58,21 @@
 //!   or minted by the access-token endpoint (valid one hour by default);
 //!   anything else is 401 `{"message":"Bad credentials"}`. The access-token
 //!   endpoint wants a JWT-shaped bearer (header with `alg`, claims with
-//!   `iss`) and answers 201 `{"token","expires_at",…}`; **the JWT's signature
-//!   and expiry are not verified**.
+//!   `iss`) and answers 201 `{"token","expires_at",…}`; so do the
+//!   `/app/hook/…` endpoints (any other bearer, a valid token included, is
+//!   401 `A JSON web token could not be decoded`). **The JWT's signature,
+//!   expiry and App id are not verified.** JWT calls are neither charged
+//!   nor carry `x-ratelimit-*` headers, as on GitHub.
+//! - **Webhook deliveries**: `GET /app/hook/deliveries` lists the attempted
+//!   deliveries (see [Webhooks](#webhooks)) newest first, `per_page`
+//!   (default 30, at most 100) at a time from `cursor` (`v1_<id>`, the
+//!   next one in the `Link: <…>; rel="next"` header; 400 if malformed),
+//!   each with `id`, `guid`, `delivered_at`, `redelivery`, `duration`
+//!   (seconds), `status`, `status_code`, `event`, `action`,
+//!   `installation_id`, `repository_id`, `throttled_at` and `url`. `GET
+//!   …/{id}` adds `request` (headers, payload) and `response` (headers, body).
+//!   `POST …/{id}/attempts` redelivers and answers 202 `{}`. A delivery that
+//!   was never attempted (held, pending, lost) is not listed and is 404.
 //! - **Rate limits**: every authenticated answer carries
 //!   `x-ratelimit-limit/remaining/used/reset/resource` (resource `core`; reset
 //!   in unix seconds, in the future) from a per-token budget per window;
@@ -68,8 +85,8 @@
 //!   stay blocked until then. 401s, secondary-limit 403s, 304s and injected
 //!   faults cost nothing; every other authenticated answer (404 and 422
 //!   included) costs one.
-//! - **ETags**: every 200 GET carries a strong ETag over the token and the
-//!   body (so, as on GitHub, an ETag from one token never matches for
+//! - **ETags**: every 200 GET (JWT calls included) carries a strong ETag
+//!   over the token and the body (so, as on GitHub, an ETag from one token never matches for
 //!   another); a matching `If-None-Match` answers 304 with no body.
 //! - **Faults**: every request first goes through [`Faults::apply`]: latency,
 //!   injected status codes (GitHub's error shape, `retry-after` on 429, no

@@ -175,3 +175,16 @@ pub async fn closed_port_url() -> Url {
     drop(listener);
     Url::parse(&format!("http://{addr}/webhook/github")).unwrap()
 }
+
+/// A bearer with an App JWT's shape, as octocrab's App auth sends (the fake
+/// does not verify signatures).
+pub fn app_jwt() -> String {
+    use base64::Engine as _;
+    let enc = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    format!(
+        "{}.{}.{}",
+        enc(r#"{"alg":"RS256","typ":"JWT"}"#),
+        enc(r#"{"iat":1700000000,"exp":1700000600,"iss":"12345"}"#),
+        enc("not-a-real-signature")
+    )
+}
