@@ -22,6 +22,13 @@ fn sha(n: u8) -> String {
     format!("{n:02x}").repeat(20)
 }
 
+fn status_of(err: octocrab::Error) -> http::StatusCode {
+    match err {
+        octocrab::Error::GitHub { source, .. } => source.status_code,
+        other => panic!("expected an answer from GitHub, got {other:?}"),
+    }
+}
+
 async fn setup() -> (FakeGitHub, Receiver, Octocrab) {
     let receiver = Receiver::start().await;
     let github = FakeGitHub::builder()
@@ -139,10 +146,7 @@ async fn one_delivery_shows_its_request_and_response() {
         .get_webhook_delivery(HookDeliveryId(1))
         .await
         .unwrap_err();
-    match unknown {
-        octocrab::Error::GitHub { source, .. } => assert_eq!(source.status_code, 404),
-        other => panic!("expected 404, got {other:?}"),
-    }
+    assert_eq!(status_of(unknown), 404);
 }
 
 #[tokio::test]
@@ -180,10 +184,7 @@ async fn redelivery_through_the_api_is_202_and_sends_the_same_guid_again() {
         .redeliver_webhook_delivery(HookDeliveryId(7))
         .await
         .unwrap_err();
-    match unknown {
-        octocrab::Error::GitHub { source, .. } => assert_eq!(source.status_code, 404),
-        other => panic!("expected 404, got {other:?}"),
-    }
+    assert_eq!(status_of(unknown), 404);
 }
 
 #[tokio::test]

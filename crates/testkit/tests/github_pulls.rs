@@ -6,7 +6,9 @@
 #![cfg(feature = "github")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use base64::Engine as _;
+mod github_common;
+
+use github_common::app_jwt;
 use http::header::{HeaderMap, HeaderValue, IF_NONE_MATCH};
 use octocrab::Octocrab;
 use octocrab::commits::PullRequestTarget;
@@ -38,16 +40,13 @@ async fn get_if_none_match(
         .unwrap()
 }
 
-/// A token with a JWT's shape, as octocrab's App auth sends (the fake does
-/// not verify signatures).
-fn app_jwt() -> String {
-    let enc = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
-    format!(
-        "{}.{}.{}",
-        enc(r#"{"alg":"RS256","typ":"JWT"}"#),
-        enc(r#"{"iat":1700000000,"exp":1700000600,"iss":"12345"}"#),
-        enc("not-a-real-signature")
-    )
+/// Opens pull requests (number, head, branch) in acme/widgets, unlabelled.
+fn open_pulls(github: &FakeGitHub, pulls: &[(u64, &str, &str)]) {
+    for &(number, head, branch) in pulls {
+        github
+            .add_pull("acme", "widgets", number, head, branch, NO_LABELS)
+            .unwrap();
+    }
 }
 
 #[tokio::test]
@@ -127,12 +126,7 @@ async fn commit_lists_the_pulls_it_heads_and_the_linked_ones() {
     github
         .add_pull("acme", "widgets", 1, OLD, "one", ["x"])
         .unwrap();
-    github
-        .add_pull("acme", "widgets", 2, NEW, "two", NO_LABELS)
-        .unwrap();
-    github
-        .add_pull("acme", "widgets", 3, NEW, "three", NO_LABELS)
-        .unwrap();
+    open_pulls(&github, &[(2, NEW, "two"), (3, NEW, "three")]);
     github.link_commit_to_pulls("acme", "widgets", OLD, &[3]);
     let octocrab = github.octocrab().unwrap();
     let commits = octocrab.commits("acme", "widgets");
@@ -303,15 +297,10 @@ async fn deleting_a_branch_closes_its_open_pull_requests() {
 #[tokio::test]
 async fn list_filters_by_state_head_and_base() {
     let github = FakeGitHub::start().await.unwrap();
-    github
-        .add_pull("acme", "widgets", 1, OLD, "one", NO_LABELS)
-        .unwrap();
-    github
-        .add_pull("acme", "widgets", 2, NEW, "two", NO_LABELS)
-        .unwrap();
-    github
-        .add_pull("acme", "widgets", 3, MIDDLE, "three", NO_LABELS)
-        .unwrap();
+    open_pulls(
+        &github,
+        &[(1, OLD, "one"), (2, NEW, "two"), (3, MIDDLE, "three")],
+    );
     github.close_pull("acme", "widgets", 3).unwrap();
     let octocrab = github.octocrab().unwrap();
     let pulls = octocrab.pulls("acme", "widgets");
@@ -365,12 +354,7 @@ async fn list_filters_by_state_head_and_base() {
 #[tokio::test]
 async fn list_ignores_a_head_without_its_owner_as_github_does() {
     let github = FakeGitHub::start().await.unwrap();
-    github
-        .add_pull("acme", "widgets", 1, OLD, "one", NO_LABELS)
-        .unwrap();
-    github
-        .add_pull("acme", "widgets", 2, NEW, "two", NO_LABELS)
-        .unwrap();
+    open_pulls(&github, &[(1, OLD, "one"), (2, NEW, "two")]);
     let octocrab = github.octocrab().unwrap();
 
     let page = octocrab
@@ -388,12 +372,7 @@ async fn list_ignores_a_head_without_its_owner_as_github_does() {
 #[tokio::test]
 async fn list_sorted_by_update_puts_the_last_changed_first() {
     let github = FakeGitHub::start().await.unwrap();
-    github
-        .add_pull("acme", "widgets", 1, OLD, "one", NO_LABELS)
-        .unwrap();
-    github
-        .add_pull("acme", "widgets", 2, NEW, "two", NO_LABELS)
-        .unwrap();
+    open_pulls(&github, &[(1, OLD, "one"), (2, NEW, "two")]);
     github
         .push_to_pull("acme", "widgets", 1, &[MIDDLE])
         .unwrap();

@@ -183,7 +183,7 @@ impl DeliveryLog {
     /// when no webhook is configured, as GitHub sends nothing then.
     pub(crate) fn enqueue(&mut self, mut event: Event) -> Option<DeliveryId> {
         let config = self.config.as_ref()?;
-        let installation_id = event.installation.then(|| config.installation());
+        let installation_id = event.installation.then(|| config.installation_id());
         if let (Some(id), Some(fields)) = (installation_id, event.payload.as_object_mut()) {
             fields.insert("installation".into(), installation(id));
         }
@@ -443,10 +443,10 @@ impl DeliveryLog {
             ("User-Agent", self.user_agent.clone()),
             ("X-GitHub-Delivery", record.guid.clone()),
             ("X-GitHub-Event", record.event.to_owned()),
-            ("X-GitHub-Hook-ID", config.hook().to_string()),
+            ("X-GitHub-Hook-ID", config.hook_id().to_string()),
             (
                 "X-GitHub-Hook-Installation-Target-ID",
-                config.app().to_string(),
+                config.app_id().to_string(),
             ),
             (
                 "X-GitHub-Hook-Installation-Target-Type",

@@ -688,10 +688,7 @@ impl FakeGitHub {
         repo: &str,
         number: u64,
     ) -> Result<Vec<DeliveryId>, Error> {
-        self.shared
-            .store()
-            .close_pull(owner, repo, number, jiff::Timestamp::now())
-            .map_err(|e| pull_error(e, owner, repo, number))
+        self.change_pull(owner, repo, number, Store::close_pull)
     }
 
     /// Reopens closed (not merged) pull request `number` (`reopened`).
@@ -701,10 +698,7 @@ impl FakeGitHub {
         repo: &str,
         number: u64,
     ) -> Result<Vec<DeliveryId>, Error> {
-        self.shared
-            .store()
-            .reopen_pull(owner, repo, number, jiff::Timestamp::now())
-            .map_err(|e| pull_error(e, owner, repo, number))
+        self.change_pull(owner, repo, number, Store::reopen_pull)
     }
 
     /// Merges open pull request `number`: it is closed with `merged: true`
@@ -716,10 +710,7 @@ impl FakeGitHub {
         repo: &str,
         number: u64,
     ) -> Result<Vec<DeliveryId>, Error> {
-        self.shared
-            .store()
-            .merge_pull(owner, repo, number, jiff::Timestamp::now())
-            .map_err(|e| pull_error(e, owner, repo, number))
+        self.change_pull(owner, repo, number, Store::merge_pull)
     }
 
     /// Deletes `branch`: a `push` with `deleted: true` and `after` all
@@ -752,6 +743,24 @@ impl FakeGitHub {
         self.shared.store().link_commit(owner, repo, sha, numbers);
     }
 
+    /// Applies `change` to pull request `number` now.
+    fn change_pull(
+        &self,
+        owner: &str,
+        repo: &str,
+        number: u64,
+        change: PullChange,
+    ) -> Result<Vec<DeliveryId>, Error> {
+        change(
+            &mut self.shared.store(),
+            owner,
+            repo,
+            number,
+            jiff::Timestamp::now(),
+        )
+        .map_err(|e| pull_error(e, owner, repo, number))
+    }
+
     fn push_ref(
         &self,
         owner: &str,
@@ -773,6 +782,10 @@ impl FakeGitHub {
             .map_err(rejected)
     }
 }
+
+/// A store operation on one pull request at a wall-clock instant.
+type PullChange =
+    fn(&mut Store, &str, &str, u64, jiff::Timestamp) -> Result<Vec<DeliveryId>, store::ApiError>;
 
 fn unknown_pull(owner: &str, repo: &str, number: u64) -> Error {
     Error::UnknownPull {

@@ -213,22 +213,15 @@ impl PullFilter {
     }
 }
 
-/// Renders `pull` as GitHub's list endpoints do (`pull-request-simple`).
-pub(crate) fn render_simple(
-    api_base: &str,
-    owner: &str,
-    repo: &str,
-    repo_id: u64,
-    pull: &Pull,
-    labels: Vec<Value>,
-) -> Value {
-    let mut pr = render(api_base, owner, repo, repo_id, pull, labels);
-    if let Some(fields) = pr.as_object_mut() {
+/// A pull request rendered in full, cut down to what GitHub's list
+/// endpoints answer (`pull-request-simple`).
+pub(crate) fn simple(mut full: Value) -> Value {
+    if let Some(fields) = full.as_object_mut() {
         for field in FULL_ONLY_FIELDS {
             fields.remove(field);
         }
     }
-    pr
+    full
 }
 
 /// Renders `pull` of `owner/repo` (whose numeric id is `repo_id`) with the
@@ -419,9 +412,13 @@ pub(crate) fn set(value: &mut Value, pointer: &str, new: Value) {
     }
 }
 
-/// A timestamp as GitHub writes them: whole seconds, `Z`.
+/// A timestamp as GitHub writes them: whole seconds (cut, never rounded
+/// up into the future), `Z`.
 pub(crate) fn timestamp(t: jiff::Timestamp) -> String {
-    t.round(jiff::Unit::Second).unwrap_or(t).to_string()
+    let whole = jiff::TimestampRound::new()
+        .smallest(jiff::Unit::Second)
+        .mode(jiff::RoundMode::Trunc);
+    t.round(whole).unwrap_or(t).to_string()
 }
 
 /// The whole fixture payload, parsed once. It is compiled in and checked by
@@ -508,7 +505,7 @@ mod tests {
         let pr = render("http://h", "o", "r", 1, &pull, vec![]);
         assert_eq!(pr["state"], "closed");
         assert_eq!(pr["merged"], true);
-        assert_eq!(pr["merged_at"], "2024-01-02T03:04:06Z");
+        assert_eq!(pr["merged_at"], "2024-01-02T03:04:05Z");
         assert_eq!(pr["closed_at"], pr["merged_at"]);
         assert_eq!(pr["updated_at"], pr["merged_at"]);
         assert_eq!(pr["merge_commit_sha"], "m".repeat(40));
@@ -518,11 +515,11 @@ mod tests {
     #[test]
     fn simple_rendering_leaves_out_the_full_only_fields() {
         let pull = Pull::open(1, "abc", "b", 1);
-        let simple = render_simple("http://h", "o", "r", 1, &pull, vec![]);
+        let item = simple(render("http://h", "o", "r", 1, &pull, vec![]));
         for field in FULL_ONLY_FIELDS {
-            assert!(simple.get(field).is_none(), "{field}");
+            assert!(item.get(field).is_none(), "{field}");
         }
-        assert_eq!(simple["state"], "open");
-        assert_eq!(simple["head"]["sha"], "abc");
+        assert_eq!(item["state"], "open");
+        assert_eq!(item["head"]["sha"], "abc");
     }
 }

@@ -491,7 +491,7 @@ impl Store {
             return;
         };
         let after = r.issues.get(&n).cloned().unwrap_or_default();
-        let pr = r.render_pull(&api_base, p, pull::render);
+        let pr = r.render_pull(&api_base, p);
         let changes = before
             .difference(&after)
             .map(|k| ("unlabeled", k))
@@ -686,7 +686,7 @@ impl Store {
         now: jiff::Timestamp,
     ) -> Result<Vec<DeliveryId>, ApiError> {
         let seq = self.next_id();
-        let p = self.open_pull_mut(owner, repo, n)?;
+        let p = self.pull_in(owner, repo, n, PullState::Open)?;
         p.state = PullState::Closed;
         p.closed_at = Some(now);
         p.touch(now, seq);
@@ -703,18 +703,7 @@ impl Store {
         now: jiff::Timestamp,
     ) -> Result<Vec<DeliveryId>, ApiError> {
         let seq = self.next_id();
-        let p = self
-            .repo_mut(owner, repo)
-            .pulls
-            .get_mut(&n)
-            .ok_or_else(|| ApiError::not_found(DOCS_PULLS))?;
-        if p.state != PullState::Closed {
-            return Err(ApiError::new(
-                422,
-                "Validation Failed: state cannot be changed.",
-                DOCS_PULLS,
-            ));
-        }
+        let p = self.pull_in(owner, repo, n, PullState::Closed)?;
         p.state = PullState::Open;
         p.closed_at = None;
         p.touch(now, seq);
@@ -734,7 +723,7 @@ impl Store {
     ) -> Result<Vec<DeliveryId>, ApiError> {
         let merge_sha = self.random_hex(40);
         let seq = self.next_id();
-        let p = self.open_pull_mut(owner, repo, n).map_err(|e| {
+        let p = self.pull_in(owner, repo, n, PullState::Open).map_err(|e| {
             if e.status == 422 {
                 ApiError::new(405, "Pull Request is not mergeable", DOCS_MERGE)
             } else {
@@ -785,7 +774,7 @@ impl Store {
             .pulls
             .get(&n)
             .ok_or_else(|| ApiError::not_found(DOCS_PULLS))?;
-        Ok(r.render_pull(&api_base, p, pull::render))
+        Ok(r.render_pull(&api_base, p))
     }
 
     /// The pull requests `filter` selects, in its order, as list items.
@@ -805,7 +794,7 @@ impl Store {
         filter.sort(&mut pulls);
         pulls
             .into_iter()
-            .map(|p| r.render_pull(&api_base, p, pull::render_simple))
+            .map(|p| pull::simple(r.render_pull(&api_base, p)))
             .collect()
     }
 
@@ -821,7 +810,7 @@ impl Store {
             .filter(|p| {
                 p.commits.iter().any(|c| c == sha) || linked.is_some_and(|l| l.contains(&p.number))
             })
-            .map(|p| r.render_pull(&api_base, p, pull::render_simple))
+            .map(|p| pull::simple(r.render_pull(&api_base, p)))
             .collect()
     }
 
@@ -878,7 +867,7 @@ impl Store {
         let events = pulls
             .iter()
             .filter_map(|(n, action, extra)| {
-                let pr = r.render_pull(&api_base, r.pulls.get(n)?, pull::render);
+                let pr = r.render_pull(&api_base, r.pulls.get(n)?);
                 Some(payloads::pull_request(
                     r.view(&api_base),
                     action,
@@ -897,16 +886,24 @@ impl Store {
             .collect()
     }
 
-    fn open_pull_mut(&mut self, owner: &str, repo: &str, n: u64) -> Result<&mut Pull, ApiError> {
+    /// Pull request `n`, which must be in `state`: 404 if unknown, 422
+    /// (its state cannot change that way) otherwise.
+    fn pull_in(
+        &mut self,
+        owner: &str,
+        repo: &str,
+        n: u64,
+        state: PullState,
+    ) -> Result<&mut Pull, ApiError> {
         let p = self
             .repo_mut(owner, repo)
             .pulls
             .get_mut(&n)
             .ok_or_else(|| ApiError::not_found(DOCS_PULLS))?;
-        if p.state != PullState::Open {
+        if p.state != state {
             return Err(ApiError::new(
                 422,
-                "Validation Failed: the pull request is not open.",
+                "Validation Failed: state cannot be changed.",
                 DOCS_PULLS,
             ));
         }
@@ -1022,14 +1019,9 @@ impl Repo {
         }
     }
 
-    /// `pull` rendered by `render` (full or simple) with its labels.
-    fn render_pull(
-        &self,
-        api_base: &str,
-        p: &Pull,
-        render: fn(&str, &str, &str, u64, &Pull, Vec<Value>) -> Value,
-    ) -> Value {
-        render(
+    /// `pull` rendered in full with its labels.
+    fn render_pull(&self, api_base: &str, p: &Pull) -> Value {
+        pull::render(
             api_base,
             &self.owner,
             &self.name,

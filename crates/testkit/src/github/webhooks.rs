@@ -116,18 +116,6 @@ impl WebhookConfig {
         self.installation_id
     }
 
-    pub(crate) fn hook(&self) -> u64 {
-        self.hook_id
-    }
-
-    pub(crate) fn app(&self) -> u64 {
-        self.app_id
-    }
-
-    pub(crate) fn installation(&self) -> u64 {
-        self.installation_id
-    }
-
     /// The secret deliveries are signed with: GitHub treats an empty one as
     /// none.
     pub(crate) fn signing_secret(&self) -> Option<&str> {
@@ -323,8 +311,8 @@ impl Webhooks {
         let config = store.hooks.config().cloned().ok_or(Error::NoWebhook)?;
         let event = payloads::ping(
             &self.shared.api_base,
-            config.hook(),
-            config.app(),
+            config.hook_id(),
+            config.app_id(),
             config.url().as_str(),
             config.signing_secret().is_some(),
             jiff::Timestamp::now(),
