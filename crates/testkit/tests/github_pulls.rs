@@ -275,6 +275,27 @@ async fn state_merged_and_times_follow_close_reopen_and_merge() {
 }
 
 #[tokio::test]
+async fn a_reopened_pull_request_is_at_its_branchs_head_and_needs_its_branch() {
+    let github = FakeGitHub::start().await.unwrap();
+    open_pulls(&github, &[(1, OLD, "one"), (2, OLD, "two")]);
+    let octocrab = github.octocrab().unwrap();
+    github.close_pull("acme", "widgets", 1).unwrap();
+    github
+        .push_branch("acme", "widgets", "one", &[NEW])
+        .unwrap();
+    github.delete_branch("acme", "widgets", "two").unwrap();
+
+    github.reopen_pull("acme", "widgets", 1).unwrap();
+
+    let pr = octocrab.pulls("acme", "widgets").get(1).await.unwrap();
+    assert_eq!(pr.head.sha, NEW, "pushed while closed");
+    assert!(matches!(
+        github.reopen_pull("acme", "widgets", 2),
+        Err(Error::Rejected { status: 422, .. })
+    ));
+}
+
+#[tokio::test]
 async fn deleting_a_branch_closes_its_open_pull_requests() {
     let github = FakeGitHub::start().await.unwrap();
     github

@@ -526,6 +526,17 @@ async fn the_ping_is_the_app_hooks() {
 }
 
 #[tokio::test]
+async fn a_push_that_moves_nothing_delivers_nothing() {
+    let (github, mut receiver) = setup().await;
+
+    let ids = github.push_to_pull("acme", "widgets", 7, &[OLD]).unwrap();
+
+    assert!(ids.is_empty());
+    github.webhooks().settled().await.unwrap();
+    assert!(receiver.try_next().is_none());
+}
+
+#[tokio::test]
 async fn without_a_secret_deliveries_are_unsigned() {
     let mut receiver = Receiver::start().await;
     let github = FakeGitHub::builder()

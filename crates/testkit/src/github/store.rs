@@ -29,12 +29,12 @@ const DOCS_LABELS: &str = "https://docs.github.com/rest/issues/labels";
 const DOCS_PULLS: &str = "https://docs.github.com/rest/pulls/pulls";
 const DOCS_MERGE: &str = "https://docs.github.com/rest/pulls/pulls#merge-a-pull-request";
 const DOCS_REFS: &str = "https://docs.github.com/rest/git/refs";
-
-/// The `before` of a created ref and the `after` of a deleted one.
-pub(crate) const ZERO_SHA: &str = "0000000000000000000000000000000000000000";
 const DOCS_RATE_LIMITS: &str = "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api";
 const DOCS_SECONDARY: &str = "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits";
 const DOCS_ROOT: &str = "https://docs.github.com/rest";
+
+/// The `before` of a created ref and the `after` of a deleted one.
+pub(crate) const ZERO_SHA: &str = "0000000000000000000000000000000000000000";
 
 /// Rate-limit and token settings.
 #[derive(Debug, Clone)]
@@ -579,7 +579,9 @@ impl Store {
     /// Pushes `commits` (oldest first) onto `git_ref` (`refs/heads/…` or
     /// `refs/tags/…`), creating it if absent: the ref moves to the last one,
     /// and every open pull request from that branch follows (as GitHub
-    /// synchronizes them). A tag push carries no commits of its own.
+    /// synchronizes them). A tag push carries no commits of its own; a push
+    /// that leaves the ref where it was changes nothing and, as git
+    /// reports "Everything up-to-date", causes no event.
     pub(crate) fn push(
         &mut self,
         owner: &str,
@@ -589,6 +591,9 @@ impl Store {
         now: jiff::Timestamp,
     ) -> Result<Vec<DeliveryId>, ApiError> {
         let push = self.apply_push(owner, repo, git_ref, commits, now)?;
+        if push.before == push.after {
+            return Ok(Vec::new());
+        }
         Ok(self.push_events(owner, repo, &push, now, &payloads::commit_message))
     }
 
@@ -693,8 +698,9 @@ impl Store {
         Ok(self.pull_events(owner, repo, &[(n, "closed", PullExtra::None)]))
     }
 
-    /// Reopens pull request `n`, closed and not merged: 404 if unknown,
-    /// 422 if it is open or merged (GitHub cannot reopen a merged one).
+    /// Reopens pull request `n`, closed and not merged, at its branch's
+    /// current commit: 404 if unknown, 422 if it is open or merged (GitHub
+    /// cannot reopen a merged one) or its branch was deleted.
     pub(crate) fn reopen_pull(
         &mut self,
         owner: &str,
@@ -703,7 +709,18 @@ impl Store {
         now: jiff::Timestamp,
     ) -> Result<Vec<DeliveryId>, ApiError> {
         let seq = self.next_id();
+        let head_ref = self
+            .pull_in(owner, repo, n, PullState::Closed)?
+            .head_ref
+            .clone();
+        let Some(head) = self.ref_sha(owner, repo, &format!("refs/heads/{head_ref}")) else {
+            return Err(ApiError::invalid_field("PullRequest", "head", &head_ref));
+        };
         let p = self.pull_in(owner, repo, n, PullState::Closed)?;
+        if p.head_sha != head {
+            p.commits.push(head.clone());
+            p.head_sha = head;
+        }
         p.state = PullState::Open;
         p.closed_at = None;
         p.touch(now, seq);
