@@ -267,6 +267,7 @@ impl DeliveryLog {
     /// Held delivery `id` is recorded as failed to connect at `now` without
     /// being sent, as when the receiver cannot be reached.
     pub(crate) fn fail(&mut self, id: u64, now: jiff::Timestamp) -> Result<(), Refusal> {
+        self.held_mut(id)?;
         let sent = self.sent(id, now).ok_or(Refusal::NoWebhook)?;
         let record = self.held_mut(id)?;
         record.state = State::Attempted(
@@ -639,6 +640,10 @@ mod tests {
         );
         assert_eq!(log.lose(failed), Err(Refusal::NotHeld));
         assert_eq!(log.release(99), Err(Refusal::Unknown));
+        assert_eq!(
+            log.fail(99, jiff::Timestamp::UNIX_EPOCH),
+            Err(Refusal::Unknown)
+        );
     }
 
     #[test]

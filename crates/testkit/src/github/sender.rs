@@ -31,7 +31,7 @@ use super::deliveries::{Answer, AttemptResult, Outgoing};
 use super::server::Shared;
 
 /// How long GitHub waits for a receiver's answer.
-pub(crate) const TIMEOUT: Duration = Duration::from_secs(10);
+const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The most of a receiver's answer body that is kept (GitHub shows it in
 /// the delivery's details; this only bounds memory).
@@ -79,7 +79,7 @@ async fn attempt(shared: Arc<Shared>, id: u64) {
 }
 
 /// POSTs `outgoing` and waits at most [`TIMEOUT`] for the whole answer.
-pub(crate) async fn post(outgoing: &Outgoing) -> Answer {
+async fn post(outgoing: &Outgoing) -> Answer {
     let started = Instant::now();
     let watchdog = Watchdog::start(TIMEOUT);
     let exchange = exchange(outgoing);
