@@ -13,11 +13,16 @@
 //! | `GET/POST/PUT/DELETE /repos/{o}/{r}/issues/{n}/labels` | `labels` |
 //! | `DELETE /repos/{o}/{r}/issues/{n}/labels/{name}` | `label` |
 //! | `GET /repos/{o}/{r}/pulls/{n}` | `pull` |
+//! | `GET /repos/{o}/{r}/pulls?state=&head=&base=&sort=&direction=` | `pulls` |
 //! | `GET /repos/{o}/{r}/commits/{sha}/pulls` | `commit_pulls` |
 //! | `POST /app/installations/{id}/access_tokens` | `access_tokens` |
+//! | `GET /app/hook/deliveries?per_page=&cursor=` | `hook_deliveries` |
+//! | `GET /app/hook/deliveries/{id}` | `hook_delivery` |
+//! | `POST /app/hook/deliveries/{id}/attempts` | `hook_attempts` |
 //! | anything else (404) | `unknown` |
 //!
 //! Verbs are the lower-cased HTTP methods (`get`, `post`, `put`, `delete`).
+//! The `/app/…` endpoints take the App's JWT, the others a token.
 //!
 //! # Behaviour
 //!
@@ -31,16 +36,43 @@
 //!   `{"labels":[…]}` or a bare array, of strings or `{"name":…}` objects.
 //!   Issues exist implicitly: any issue number of any repository has labels.
 //! - **Pull requests**: seeded with [`FakeGitHub::add_pull`], rendered from a
-//!   real GitHub payload; an unknown number is 404. A commit's pull requests
-//!   are those whose head it is plus those linked with
-//!   [`FakeGitHub::link_commit_to_pulls`]; an unknown commit has none.
+//!   real GitHub payload; an unknown number is 404. They change as on
+//!   GitHub: [`FakeGitHub::push_branch`] / [`FakeGitHub::push_to_pull`]
+//!   move the branch and the head of every open pull request from it;
+//!   [`FakeGitHub::close_pull`], [`FakeGitHub::reopen_pull`] and
+//!   [`FakeGitHub::merge_pull`] set `state`, `merged`, `closed_at`,
+//!   `merged_at`, `merge_commit_sha` and `updated_at` (a merge moves the
+//!   base branch to a new merge commit; a merged pull request cannot be
+//!   reopened); [`FakeGitHub::delete_branch`] closes the open pull requests
+//!   from the branch. The list endpoint filters by `state` (default
+//!   `open`), `head=owner:branch` (a `head` without the owner is ignored,
+//!   as GitHub ignores it) and `base`, sorts by creation (default, newest
+//!   first) or `updated`, and pages with `per_page`/`page` and a `Link`
+//!   header. A commit's pull requests are those it belongs to (a head it
+//!   was, or the merge commit) plus those linked with
+//!   [`FakeGitHub::link_commit_to_pulls`]. List endpoints answer GitHub's
+//!   `pull-request-simple` shape (no `merged`, `mergeable`, `commits`,
+//!   …); `GET …/pulls/{n}` the full one.
 //! - **Authentication**: `Authorization: Bearer <token>` (or `token <token>`)
 //!   with a token given to the builder, added with [`FakeGitHub::add_token`],
 //!   or minted by the access-token endpoint (valid one hour by default);
 //!   anything else is 401 `{"message":"Bad credentials"}`. The access-token
 //!   endpoint wants a JWT-shaped bearer (header with `alg`, claims with
-//!   `iss`) and answers 201 `{"token","expires_at",…}`; **the JWT's signature
-//!   and expiry are not verified**.
+//!   `iss`) and answers 201 `{"token","expires_at",…}`; so do the
+//!   `/app/hook/…` endpoints (any other bearer, a valid token included, is
+//!   401 `A JSON web token could not be decoded`). **The JWT's signature,
+//!   expiry and App id are not verified.** JWT calls are neither charged
+//!   nor carry `x-ratelimit-*` headers, as on GitHub.
+//! - **Webhook deliveries**: `GET /app/hook/deliveries` lists the attempted
+//!   deliveries (see [Webhooks](#webhooks)) newest first, `per_page`
+//!   (default 30, at most 100) at a time from `cursor` (`v1_<id>`, the
+//!   next one in the `Link: <…>; rel="next"` header; 400 if malformed),
+//!   each with `id`, `guid`, `delivered_at`, `redelivery`, `duration`
+//!   (seconds), `status`, `status_code`, `event`, `action`,
+//!   `installation_id`, `repository_id`, `throttled_at` and `url`. `GET
+//!   …/{id}` adds `request` (headers, payload) and `response` (headers, body).
+//!   `POST …/{id}/attempts` redelivers and answers 202 `{}`. A delivery that
+//!   was never attempted (held, pending, lost) is not listed and is 404.
 //! - **Rate limits**: every authenticated answer carries
 //!   `x-ratelimit-limit/remaining/used/reset/resource` (resource `core`; reset
 //!   in unix seconds, in the future) from a per-token budget per window;
@@ -53,8 +85,8 @@
 //!   stay blocked until then. 401s, secondary-limit 403s, 304s and injected
 //!   faults cost nothing; every other authenticated answer (404 and 422
 //!   included) costs one.
-//! - **ETags**: every 200 GET carries a strong ETag over the token and the
-//!   body (so, as on GitHub, an ETag from one token never matches for
+//! - **ETags**: every 200 GET (JWT calls included) carries a strong ETag
+//!   over the token and the body (so, as on GitHub, an ETag from one token never matches for
 //!   another); a matching `If-None-Match` answers 304 with no body.
 //! - **Faults**: every request first goes through [`Faults::apply`]: latency,
 //!   injected status codes (GitHub's error shape, `retry-after` on 429, no
@@ -65,6 +97,54 @@
 //!   meanwhile, as by a real server that already received it: **a
 //!   timed-out mutation may have been applied**. Requests cut short by
 //!   stopping the fake count as `Dropped`.
+//!
+//! # Webhooks
+//!
+//! With a [`WebhookConfig`] (builder or [`Webhooks::configure`]), the fake is
+//! a GitHub App's webhook: every change it makes as git or a human would
+//! records the events GitHub sends for it, and POSTs each once, as GitHub's
+//! Hookshot does, to the configured `http://127.0.0.1:<port>/…` URL (no
+//! other host is accepted):
+//!
+//! | change | events, in the order recorded |
+//! |---|---|
+//! | [`FakeGitHub::push_branch`], [`FakeGitHub::push_to_pull`] | `push`, then `pull_request` `synchronize` per open pull request from the branch |
+//! | [`FakeGitHub::add_pull`] (new) | `pull_request` `opened` |
+//! | [`FakeGitHub::close_pull`], [`FakeGitHub::reopen_pull`] | `pull_request` `closed` (`merged: false`), `reopened` |
+//! | [`FakeGitHub::merge_pull`] | `pull_request` `closed` (`merged: true`), then `push` of the base branch |
+//! | a label added or removed on a pull request, through the API or [`FakeGitHub::add_label`] & co. | `pull_request` `labeled` / `unlabeled`, one per label |
+//! | [`FakeGitHub::delete_branch`], [`FakeGitHub::delete_tag`] | `push` with `deleted: true` and `after` all zeros (then `closed` for the branch's open pull requests) |
+//! | [`FakeGitHub::push_tag`] | `push` of `refs/tags/…` |
+//! | [`Webhooks::ping`] | `ping` (App form) |
+//!
+//! Payloads are GitHub's own example payloads rewritten for the change
+//! (they parse with octocrab's `WebhookEvent::try_from_header_and_body`).
+//! Headers: `X-GitHub-Event`, `X-GitHub-Delivery` (a GUID, kept by
+//! redeliveries), `X-GitHub-Hook-ID`, `X-GitHub-Hook-Installation-Target-ID`
+//! (the App id) and `-Type` (`integration`), `X-Hub-Signature-256`
+//! (`sha256=` HMAC-SHA256 of the raw body with the secret, when there is
+//! one), `User-Agent: GitHub-Hookshot/<hex>`, `Content-Type:
+//! application/json`, `Accept: */*`. Each delivery gets a fresh connection
+//! and 10 s to be answered; its status code and duration are recorded
+//! (`OK` for a 2xx, `Invalid HTTP Response: <code>`, `timed out`, `failed
+//! to connect to host`) and listed by `GET /app/hook/deliveries`. **Nothing
+//! is ever retried**: only a redelivery ([`Webhooks::redeliver`] or `POST
+//! /app/hook/deliveries/{id}/attempts`) sends an event again, as a new
+//! delivery with the same GUID and `redelivery: true`. Deliveries go out
+//! concurrently, so their arrival order is not guaranteed, as on GitHub;
+//! [`Webhooks::hold`] keeps them back until a test [`release`]s them in a
+//! chosen order (one at a time), [`lose`]s them (never sent, never listed)
+//! or [`fail`]s them (recorded as unreachable, redeliverable).
+//!
+//! The sender sets no tokio timer, so it works under paused time: the 10 s
+//! limit is judged on tokio's clock when an answer comes (a receiver that
+//! sleeps 11 s of paused time has timed out, at once) and enforced on the
+//! wall clock (a receiver that never answers is cut off after 10 real
+//! seconds).
+//!
+//! [`release`]: Webhooks::release
+//! [`lose`]: Webhooks::lose
+//! [`fail`]: Webhooks::fail
 //!
 //! # Example
 //!
@@ -91,9 +171,13 @@
 //! # }).unwrap();
 //! ```
 
+mod deliveries;
+mod payloads;
 mod pull;
+mod sender;
 mod server;
 mod store;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,6 +197,7 @@ use crate::faults::Faults;
 use server::Shared;
 pub use store::RateLimitStatus;
 use store::{Limits, Store};
+pub use webhooks::{Delivery, DeliveryId, DeliveryOutcome, WebhookConfig, Webhooks};
 
 /// The octocrab builder type [`FakeGitHub::octocrab_builder`] returns.
 pub type FakeOctocrabBuilder =
@@ -137,6 +222,27 @@ pub enum Error {
         /// GitHub's message.
         message: String,
     },
+    /// A webhook URL other than `http://127.0.0.1:<port>/…`: the fake
+    /// delivers to this machine only.
+    #[error(
+        "webhook URL {0} is not http://127.0.0.1:<port>/…; the fake GitHub delivers to this machine only"
+    )]
+    NonLocalWebhook(String),
+    /// A webhook call without a configured webhook.
+    #[error("the fake GitHub has no webhook: configure one first")]
+    NoWebhook,
+    /// A call about a delivery that does not exist or is not in the state
+    /// the call needs.
+    #[error("delivery {id} {reason}")]
+    Delivery {
+        /// The delivery.
+        id: u64,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The fake stopped while a test was waiting on it.
+    #[error("the fake GitHub stopped")]
+    Stopped,
     /// The pull request was never added.
     #[error("pull request {owner}/{repo}#{number} does not exist in the fake GitHub")]
     UnknownPull {
@@ -175,6 +281,7 @@ pub struct FakeGitHubBuilder {
     limits: Limits,
     faults: Option<Faults>,
     calls: Option<Calls>,
+    webhook: Option<WebhookConfig>,
 }
 
 impl FakeGitHubBuilder {
@@ -264,8 +371,20 @@ impl FakeGitHubBuilder {
         self
     }
 
-    /// Binds 127.0.0.1 on a free port and starts serving.
+    /// Configures the App's webhook (see [`Webhooks::configure`]); without
+    /// one, nothing is delivered.
+    #[must_use]
+    pub fn webhook(mut self, config: WebhookConfig) -> Self {
+        self.webhook = Some(config);
+        self
+    }
+
+    /// Binds 127.0.0.1 on a free port and starts serving; refuses a webhook
+    /// URL that is not `http://127.0.0.1:<port>/…`.
     pub async fn start(self) -> Result<FakeGitHub, Error> {
+        if let Some(config) = &self.webhook {
+            config.validate()?;
+        }
         let listener = TcpListener::bind(("127.0.0.1", 0))
             .await
             .map_err(Error::Bind)?;
@@ -283,17 +402,24 @@ impl FakeGitHubBuilder {
             store.add_user_token(token);
         }
         let token = tokens.swap_remove(0);
+        if let Some(config) = self.webhook {
+            store.hooks.configure(config);
+        }
+        let released = store.hooks.take_dispatch();
 
         let faults = self.faults.unwrap_or_else(|| Faults::new(self.seed));
         let calls = self.calls.unwrap_or_default();
         let shared = Arc::new(Shared::new(store, faults, calls, api_base));
         let server = tokio::spawn(server::serve(listener, Arc::clone(&shared)));
+        let sender =
+            released.map(|released| tokio::spawn(sender::dispatch(Arc::clone(&shared), released)));
         tracing::debug!(%url, "fake GitHub started");
         Ok(FakeGitHub {
             shared,
             url,
             token,
             server,
+            sender,
         })
     }
 }
@@ -305,6 +431,7 @@ pub struct FakeGitHub {
     url: Url,
     token: String,
     server: JoinHandle<()>,
+    sender: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for FakeGitHub {
@@ -317,7 +444,11 @@ impl std::fmt::Debug for FakeGitHub {
 
 impl Drop for FakeGitHub {
     fn drop(&mut self) {
+        self.shared.stopped.cancel();
         self.server.abort();
+        if let Some(sender) = &self.sender {
+            sender.abort();
+        }
     }
 }
 
@@ -378,6 +509,11 @@ impl FakeGitHub {
     /// The call counters, per (verb, resource, outcome).
     pub fn calls(&self) -> &Calls {
         &self.shared.calls
+    }
+
+    /// The App's webhook: its configuration and deliveries.
+    pub fn webhooks(&self) -> Webhooks {
+        Webhooks::new(Arc::clone(&self.shared))
     }
 
     /// Accepts another personal token (with a fresh budget).
@@ -460,10 +596,15 @@ impl FakeGitHub {
             .map_err(rejected)
     }
 
-    // ----- pull request fixtures ---------------------------------------------------
+    // ----- pull requests and pushes: changes as git and the UI make them ----------
+    //
+    // Each returns the deliveries its events were recorded as, in the order
+    // GitHub emits them (none without a webhook).
 
-    /// Adds (or replaces) pull request `number` with its head commit, head
-    /// branch and labels (its issue's labels are replaced).
+    /// Adds (or replaces) pull request `number`, open, from branch
+    /// `head_ref` at `head_sha`, with these labels (its issue's labels are
+    /// replaced); the branch is created or moved to `head_sha`. A new pull
+    /// request is `opened`.
     pub fn add_pull<I, S>(
         &self,
         owner: &str,
@@ -472,49 +613,194 @@ impl FakeGitHub {
         head_sha: &str,
         head_ref: &str,
         labels: I,
-    ) -> Result<(), Error>
+    ) -> Result<Vec<DeliveryId>, Error>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let pull = pull::Pull {
-            number,
-            head_sha: head_sha.to_owned(),
-            head_ref: head_ref.to_owned(),
-        };
         self.shared
             .store()
-            .add_pull(owner, repo, pull, &owned(labels))
+            .add_pull(owner, repo, number, head_sha, head_ref, &owned(labels))
             .map_err(rejected)
     }
 
-    /// Moves pull request `number`'s head to `head_sha`, as a push does.
+    /// Pushes `commits` (full SHAs, oldest first) to `branch`, creating it
+    /// if absent: the branch moves to the last one, and so does the head of
+    /// every open pull request from it. Delivers `push`, then `pull_request`
+    /// `synchronize` for each pull request moved. A push needs at least one
+    /// commit.
+    pub fn push_branch(
+        &self,
+        owner: &str,
+        repo: &str,
+        branch: &str,
+        commits: &[&str],
+    ) -> Result<Vec<DeliveryId>, Error> {
+        self.push_ref(owner, repo, &format!("refs/heads/{branch}"), commits)
+    }
+
+    /// Pushes `commits` to the head branch of pull request `number` (see
+    /// [`push_branch`](Self::push_branch)).
+    pub fn push_to_pull(
+        &self,
+        owner: &str,
+        repo: &str,
+        number: u64,
+        commits: &[&str],
+    ) -> Result<Vec<DeliveryId>, Error> {
+        let branch = self
+            .shared
+            .store()
+            .pull_head_ref(owner, repo, number)
+            .ok_or_else(|| unknown_pull(owner, repo, number))?;
+        self.push_branch(owner, repo, &branch, commits)
+    }
+
+    /// Moves pull request `number`'s head to `head_sha`: a push of that one
+    /// commit to its branch.
     pub fn set_pull_head(
         &self,
         owner: &str,
         repo: &str,
         number: u64,
         head_sha: &str,
-    ) -> Result<(), Error> {
-        if self
-            .shared
+    ) -> Result<Vec<DeliveryId>, Error> {
+        self.push_to_pull(owner, repo, number, &[head_sha])
+    }
+
+    /// Pushes tag `tag` at commit `sha` (created, or moved): a `push` of
+    /// `refs/tags/<tag>` with no commits of its own.
+    pub fn push_tag(
+        &self,
+        owner: &str,
+        repo: &str,
+        tag: &str,
+        sha: &str,
+    ) -> Result<Vec<DeliveryId>, Error> {
+        self.push_ref(owner, repo, &format!("refs/tags/{tag}"), &[sha])
+    }
+
+    /// Closes open pull request `number` without merging it (`closed`,
+    /// `merged: false`).
+    pub fn close_pull(
+        &self,
+        owner: &str,
+        repo: &str,
+        number: u64,
+    ) -> Result<Vec<DeliveryId>, Error> {
+        self.change_pull(owner, repo, number, Store::close_pull)
+    }
+
+    /// Reopens closed (not merged) pull request `number` (`reopened`).
+    pub fn reopen_pull(
+        &self,
+        owner: &str,
+        repo: &str,
+        number: u64,
+    ) -> Result<Vec<DeliveryId>, Error> {
+        self.change_pull(owner, repo, number, Store::reopen_pull)
+    }
+
+    /// Merges open pull request `number`: it is closed with `merged: true`
+    /// and a new merge commit, which its base branch moves to. Delivers
+    /// `pull_request` `closed`, then the base branch's `push`.
+    pub fn merge_pull(
+        &self,
+        owner: &str,
+        repo: &str,
+        number: u64,
+    ) -> Result<Vec<DeliveryId>, Error> {
+        self.change_pull(owner, repo, number, Store::merge_pull)
+    }
+
+    /// Deletes `branch`: a `push` with `deleted: true` and `after` all
+    /// zeros; the open pull requests from it are then `closed`, as on
+    /// GitHub. Deleting a branch that does not exist is refused (422).
+    pub fn delete_branch(
+        &self,
+        owner: &str,
+        repo: &str,
+        branch: &str,
+    ) -> Result<Vec<DeliveryId>, Error> {
+        self.delete_ref(owner, repo, &format!("refs/heads/{branch}"))
+    }
+
+    /// Deletes tag `tag` (see [`delete_branch`](Self::delete_branch)).
+    pub fn delete_tag(&self, owner: &str, repo: &str, tag: &str) -> Result<Vec<DeliveryId>, Error> {
+        self.delete_ref(owner, repo, &format!("refs/tags/{tag}"))
+    }
+
+    /// The commit `branch` points at, if it exists.
+    pub fn branch_head(&self, owner: &str, repo: &str, branch: &str) -> Option<String> {
+        self.shared
             .store()
-            .set_pull_head(owner, repo, number, head_sha)
-        {
-            Ok(())
-        } else {
-            Err(Error::UnknownPull {
-                owner: owner.to_owned(),
-                repo: repo.to_owned(),
-                number,
-            })
-        }
+            .ref_sha(owner, repo, &format!("refs/heads/{branch}"))
     }
 
     /// Associates commit `sha` with pull requests `numbers` (beyond the pull
-    /// requests whose head it is), for `GET …/commits/{sha}/pulls`.
+    /// requests it belongs to), for `GET …/commits/{sha}/pulls`.
     pub fn link_commit_to_pulls(&self, owner: &str, repo: &str, sha: &str, numbers: &[u64]) {
         self.shared.store().link_commit(owner, repo, sha, numbers);
+    }
+
+    /// Applies `change` to pull request `number` now.
+    fn change_pull(
+        &self,
+        owner: &str,
+        repo: &str,
+        number: u64,
+        change: PullChange,
+    ) -> Result<Vec<DeliveryId>, Error> {
+        change(
+            &mut self.shared.store(),
+            owner,
+            repo,
+            number,
+            jiff::Timestamp::now(),
+        )
+        .map_err(|e| pull_error(e, owner, repo, number))
+    }
+
+    fn push_ref(
+        &self,
+        owner: &str,
+        repo: &str,
+        git_ref: &str,
+        commits: &[&str],
+    ) -> Result<Vec<DeliveryId>, Error> {
+        let commits: Vec<String> = commits.iter().map(|&c| c.to_owned()).collect();
+        self.shared
+            .store()
+            .push(owner, repo, git_ref, &commits, jiff::Timestamp::now())
+            .map_err(rejected)
+    }
+
+    fn delete_ref(&self, owner: &str, repo: &str, git_ref: &str) -> Result<Vec<DeliveryId>, Error> {
+        self.shared
+            .store()
+            .delete_ref(owner, repo, git_ref, jiff::Timestamp::now())
+            .map_err(rejected)
+    }
+}
+
+/// A store operation on one pull request at a wall-clock instant.
+type PullChange =
+    fn(&mut Store, &str, &str, u64, jiff::Timestamp) -> Result<Vec<DeliveryId>, store::ApiError>;
+
+fn unknown_pull(owner: &str, repo: &str, number: u64) -> Error {
+    Error::UnknownPull {
+        owner: owner.to_owned(),
+        repo: repo.to_owned(),
+        number,
+    }
+}
+
+/// A refused pull request change: unknown (404) or in the wrong state.
+fn pull_error(err: store::ApiError, owner: &str, repo: &str, number: u64) -> Error {
+    if err.status == 404 {
+        unknown_pull(owner, repo, number)
+    } else {
+        rejected(err)
     }
 }
 

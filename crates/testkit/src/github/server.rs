@@ -26,7 +26,9 @@ use sha2::{Digest as _, Sha256};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
+use super::pull::PullFilter;
 use super::store::{ApiError, Store};
 use crate::calls::{Calls, Outcome};
 use crate::faults::{FaultDecision, Faults, InjectedError, RequestMeta};
@@ -34,6 +36,8 @@ use crate::faults::{FaultDecision, Faults, InjectedError, RequestMeta};
 /// Largest request body accepted (GitHub's label endpoints take a few
 /// hundred bytes; this only bounds memory).
 const MAX_BODY_BYTES: usize = 1 << 20;
+
+const DOCS_APP_WEBHOOKS: &str = "https://docs.github.com/rest/apps/webhooks";
 
 /// GitHub's default and maximum page sizes.
 const DEFAULT_PER_PAGE: usize = 30;
@@ -45,6 +49,8 @@ pub(crate) struct Shared {
     pub(crate) faults: Faults,
     pub(crate) calls: Calls,
     pub(crate) api_base: String,
+    /// Cancelled when the fake stops, so that nothing waits on it forever.
+    pub(crate) stopped: CancellationToken,
     request_seq: AtomicU64,
 }
 
@@ -55,6 +61,7 @@ impl Shared {
             faults,
             calls,
             api_base,
+            stopped: CancellationToken::new(),
             request_seq: AtomicU64::new(0),
         }
     }
@@ -132,6 +139,10 @@ enum Route {
         repo: String,
         number: u64,
     },
+    Pulls {
+        owner: String,
+        repo: String,
+    },
     CommitPulls {
         owner: String,
         repo: String,
@@ -139,6 +150,13 @@ enum Route {
     },
     AccessTokens {
         installation: u64,
+    },
+    HookDeliveries,
+    HookDelivery {
+        id: u64,
+    },
+    HookAttempts {
+        id: u64,
     },
     Unknown,
 }
@@ -168,11 +186,22 @@ impl Route {
                 repo: decode(r),
                 number,
             }),
+            ["repos", o, r, "pulls"] => Self::Pulls {
+                owner: decode(o),
+                repo: decode(r),
+            },
             ["repos", o, r, "commits", sha, "pulls"] => Self::CommitPulls {
                 owner: decode(o),
                 repo: decode(r),
                 sha: decode(sha),
             },
+            ["app", "hook", "deliveries"] => Self::HookDeliveries,
+            ["app", "hook", "deliveries", id] => {
+                number(id).map_or(Self::Unknown, |id| Self::HookDelivery { id })
+            }
+            ["app", "hook", "deliveries", id, "attempts"] => {
+                number(id).map_or(Self::Unknown, |id| Self::HookAttempts { id })
+            }
             ["app", "installations", id, "access_tokens"] => number(id)
                 .map_or(Self::Unknown, |installation| Self::AccessTokens {
                     installation,
@@ -187,8 +216,12 @@ impl Route {
             Self::IssueLabels { .. } => "labels",
             Self::IssueLabel { .. } => "label",
             Self::Pull { .. } => "pull",
+            Self::Pulls { .. } => "pulls",
             Self::CommitPulls { .. } => "commit_pulls",
             Self::AccessTokens { .. } => "access_tokens",
+            Self::HookDeliveries => "hook_deliveries",
+            Self::HookDelivery { .. } => "hook_delivery",
+            Self::HookAttempts { .. } => "hook_attempts",
             Self::Unknown => "unknown",
         }
     }
@@ -321,6 +354,14 @@ async fn respond(shared: &Shared, route: Route, req: Request<Incoming>) -> Reply
                 }),
             )
         }
+        Route::HookDeliveries | Route::HookDelivery { .. } | Route::HookAttempts { .. } => {
+            // The App's own endpoints take its JWT and nothing else.
+            let Some(jwt) = credentials.filter(|c| looks_like_jwt(c)) else {
+                return Reply::error(ApiError::jwt_undecodable());
+            };
+            let mut store = shared.store();
+            app_call(&mut store, &shared.api_base, &jwt, &route, &parts)
+        }
         route => {
             let Some(token) = credentials else {
                 return Reply::error(ApiError::bad_credentials());
@@ -397,22 +438,18 @@ fn api_call(
         };
     };
     let body = Bytes::from(value.to_string());
-    if *method == Method::GET && status == 200 {
-        let etag = etag(token, &body);
-        headers.push(("etag", etag.clone()));
-        if if_none_match(&parts.headers, &etag) {
-            // A 304 is free: report the budget without spending it.
-            let rate = store
-                .rate_limit(token, now)
-                .map(|s| s.headers())
-                .unwrap_or_default();
-            headers.extend(rate);
-            return Reply {
-                status: 304,
-                headers,
-                body: None,
-            };
-        }
+    if tag(method, status, token, &parts.headers, &body, &mut headers) {
+        // A 304 is free: report the budget without spending it.
+        let rate = store
+            .rate_limit(token, now)
+            .map(|s| s.headers())
+            .unwrap_or_default();
+        headers.extend(rate);
+        return Reply {
+            status: 304,
+            headers,
+            body: None,
+        };
     }
     let rate = store
         .spend(token, now)
@@ -423,6 +460,81 @@ fn api_call(
         status,
         headers,
         body: Some(body),
+    }
+}
+
+/// Adds the ETag of a 200 GET's `body` to `headers`; `true` when the
+/// request's `If-None-Match` matches it (the answer is then a 304).
+fn tag(
+    method: &Method,
+    status: u16,
+    token: &str,
+    request: &HeaderMap,
+    body: &[u8],
+    headers: &mut Vec<(&'static str, String)>,
+) -> bool {
+    if *method != Method::GET || status != 200 {
+        return false;
+    }
+    let etag = etag(token, body);
+    let matched = if_none_match(request, &etag);
+    headers.push(("etag", etag));
+    matched
+}
+
+/// A call to the App's webhook endpoints, authenticated with its JWT: not
+/// rate-limited and without `x-ratelimit-*` headers, as GitHub answers JWT
+/// calls.
+fn app_call(
+    store: &mut Store,
+    api_base: &str,
+    jwt: &str,
+    route: &Route,
+    parts: &http::request::Parts,
+) -> Reply {
+    let not_found = || ApiError::not_found(DOCS_APP_WEBHOOKS);
+    let log = &mut store.hooks;
+    let result = match (route, &parts.method) {
+        (Route::HookDeliveries, &Method::GET) => log
+            .list(api_base, parts.uri.query().unwrap_or(""))
+            .map(|(page, link)| {
+                let headers = link.into_iter().map(|l| ("link", l)).collect();
+                (200, Value::Array(page), headers)
+            }),
+        (Route::HookDelivery { id }, &Method::GET) => log
+            .detail(*id)
+            .map(|detail| (200, detail, Vec::new()))
+            .ok_or_else(not_found),
+        (Route::HookAttempts { id }, &Method::POST) => log
+            .redeliver(*id)
+            .map(|_| (202, json!({}), Vec::new()))
+            .map_err(|_| not_found()),
+        _ => Err(not_found()),
+    };
+    match result {
+        Ok((status, value, mut headers)) => {
+            let body = Bytes::from(value.to_string());
+            if tag(
+                &parts.method,
+                status,
+                jwt,
+                &parts.headers,
+                &body,
+                &mut headers,
+            ) {
+                return Reply {
+                    status: 304,
+                    headers,
+                    body: None,
+                };
+            }
+            Reply {
+                status,
+                headers,
+                body: Some(body),
+            }
+        }
+        Err(err) => Reply::error(err),
     }
 }
 
@@ -450,12 +562,7 @@ fn execute(
         ) => match *m {
             Method::GET => {
                 let all = store.issue_labels(owner, repo, *number);
-                let (page, link) = paginate(all, api_base, path, query);
-                Ok((
-                    200,
-                    Some(Value::Array(page)),
-                    link.into_iter().map(|l| ("link", l)).collect(),
-                ))
+                Ok(page_of(all, api_base, path, query))
             }
             Method::POST => {
                 let names = label_names(body, false)?;
@@ -493,14 +600,14 @@ fn execute(
             },
             &Method::GET,
         ) => Ok((200, Some(store.pull(owner, repo, *number)?), Vec::new())),
+        (Route::Pulls { owner, repo }, &Method::GET) => {
+            let filter = PullFilter::parse(query)?;
+            let all = store.list_pulls(owner, repo, &filter);
+            Ok(page_of(all, api_base, path, query))
+        }
         (Route::CommitPulls { owner, repo, sha }, &Method::GET) => {
             let all = store.commit_pulls(owner, repo, sha);
-            let (page, link) = paginate(all, api_base, path, query);
-            Ok((
-                200,
-                Some(Value::Array(page)),
-                link.into_iter().map(|l| ("link", l)).collect(),
-            ))
+            Ok(page_of(all, api_base, path, query))
         }
         _ => Err(not_found()),
     }
@@ -539,6 +646,16 @@ fn label_names(body: &[u8], empty_is_none: bool) -> Result<Vec<String>, ApiError
             _ => Err(ApiError::invalid_request("Each label must be a string.")),
         })
         .collect()
+}
+
+/// A 200 answer with one page of `items` and its `Link` header.
+fn page_of(items: Vec<Value>, api_base: &str, path: &str, query: &str) -> Executed {
+    let (page, link) = paginate(items, api_base, path, query);
+    (
+        200,
+        Some(Value::Array(page)),
+        link.into_iter().map(|l| ("link", l)).collect(),
+    )
 }
 
 /// One page of `items` per the `per_page`/`page` query parameters, and the
@@ -696,6 +813,18 @@ mod tests {
         assert_eq!(
             Route::parse("/app/installations/9/access_tokens"),
             Route::AccessTokens { installation: 9 }
+        );
+        assert_eq!(Route::parse("/app/hook/deliveries"), Route::HookDeliveries);
+        assert_eq!(
+            Route::parse("/app/hook/deliveries/12/attempts"),
+            Route::HookAttempts { id: 12 }
+        );
+        assert_eq!(
+            Route::parse("/repos/o/r/pulls"),
+            Route::Pulls {
+                owner: "o".into(),
+                repo: "r".into()
+            }
         );
     }
 

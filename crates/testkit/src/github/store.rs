@@ -14,7 +14,10 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::pull::{self, Pull};
+use super::deliveries::DeliveryLog;
+use super::payloads::{self, Event, PullExtra, RepoRef};
+use super::pull::{self, Pull, PullFilter, PullState};
+use super::webhooks::DeliveryId;
 
 /// GitHub's limit on a label name's length, in characters.
 pub(crate) const MAX_LABEL_NAME_CHARS: usize = 50;
@@ -23,10 +26,15 @@ pub(crate) const MAX_LABEL_NAME_CHARS: usize = 50;
 const DEFAULT_LABEL_COLOR: &str = "ededed";
 
 const DOCS_LABELS: &str = "https://docs.github.com/rest/issues/labels";
-const DOCS_PULLS: &str = "https://docs.github.com/rest/pulls/pulls#get-a-pull-request";
+const DOCS_PULLS: &str = "https://docs.github.com/rest/pulls/pulls";
+const DOCS_MERGE: &str = "https://docs.github.com/rest/pulls/pulls#merge-a-pull-request";
+const DOCS_REFS: &str = "https://docs.github.com/rest/git/refs";
 const DOCS_RATE_LIMITS: &str = "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api";
 const DOCS_SECONDARY: &str = "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits";
 const DOCS_ROOT: &str = "https://docs.github.com/rest";
+
+/// The `before` of a created ref and the `after` of a deleted one.
+pub(crate) const ZERO_SHA: &str = "0000000000000000000000000000000000000000";
 
 /// Rate-limit and token settings.
 #[derive(Debug, Clone)]
@@ -74,7 +82,7 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: u16, message: &str, documentation_url: &str) -> Self {
+    pub(crate) fn new(status: u16, message: &str, documentation_url: &str) -> Self {
         Self {
             status,
             body: json!({ "message": message, "documentation_url": documentation_url }),
@@ -112,6 +120,19 @@ impl ApiError {
 
     pub(crate) fn invalid_request(detail: &str) -> Self {
         Self::new(422, &format!("Invalid request.\n\n{detail}"), DOCS_LABELS)
+    }
+
+    /// 422 Validation Failed naming the field and value, GitHub's shape.
+    pub(crate) fn invalid_field(resource: &str, field: &str, value: &str) -> Self {
+        Self {
+            status: 422,
+            body: json!({
+                "message": "Validation Failed",
+                "errors": [{ "resource": resource, "code": "invalid", "field": field, "value": value }],
+                "documentation_url": DOCS_ROOT,
+            }),
+            headers: Vec::new(),
+        }
     }
 
     fn invalid_label(name: &str) -> Self {
@@ -162,6 +183,24 @@ impl RateLimitStatus {
     }
 }
 
+/// What one push (or ref deletion) changed: what its `push` webhook and
+/// the `pull_request` webhooks it causes report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Push {
+    /// Full ref name.
+    pub(crate) git_ref: String,
+    pub(crate) before: String,
+    pub(crate) after: String,
+    pub(crate) created: bool,
+    pub(crate) deleted: bool,
+    /// The pushed commits, oldest first (none for tags and deletions).
+    pub(crate) commits: Vec<String>,
+    /// Open pull requests whose head moved: (number, previous head).
+    pub(crate) synchronized: Vec<(u64, String)>,
+    /// Pull requests closed because their branch was deleted.
+    pub(crate) closed: Vec<u64>,
+}
+
 #[derive(Debug)]
 struct TokenState {
     principal: Principal,
@@ -192,6 +231,8 @@ struct Repo {
     /// Issue (and pull request) number -> lower-cased label names.
     issues: HashMap<u64, BTreeSet<String>>,
     pulls: BTreeMap<u64, Pull>,
+    /// Full ref name (`refs/heads/…`, `refs/tags/…`) -> commit.
+    refs: BTreeMap<String, String>,
     /// Commit SHA -> pull requests linked to it by the test.
     commit_links: HashMap<String, BTreeSet<u64>>,
 }
@@ -205,6 +246,8 @@ pub(crate) struct Store {
     tokens: HashMap<String, TokenState>,
     next_id: u64,
     rng: StdRng,
+    /// The App webhook's deliveries of the events the changes below cause.
+    pub(crate) hooks: DeliveryLog,
 }
 
 impl Store {
@@ -217,6 +260,7 @@ impl Store {
             tokens: HashMap::new(),
             next_id: 1000,
             rng: StdRng::seed_from_u64(seed),
+            hooks: DeliveryLog::new(seed),
         }
     }
 
@@ -367,11 +411,15 @@ impl Store {
         names: &[String],
     ) -> Result<Vec<Value>, ApiError> {
         validate_all(names)?;
+        let before = self.issue_label_keys(owner, repo, n);
         let keys = self.ensure_repo_labels(owner, repo, names);
-        let api_base = self.api_base.clone();
-        let r = self.repo_mut(owner, repo);
-        r.issues.entry(n).or_default().extend(keys);
-        Ok(r.rendered_labels(&api_base, n))
+        self.repo_mut(owner, repo)
+            .issues
+            .entry(n)
+            .or_default()
+            .extend(keys);
+        self.label_events(owner, repo, n, &before);
+        Ok(self.issue_labels(owner, repo, n))
     }
 
     /// Replaces issue `n`'s labels with `names`.
@@ -383,11 +431,13 @@ impl Store {
         names: &[String],
     ) -> Result<Vec<Value>, ApiError> {
         validate_all(names)?;
+        let before = self.issue_label_keys(owner, repo, n);
         let keys = self.ensure_repo_labels(owner, repo, names);
-        let api_base = self.api_base.clone();
-        let r = self.repo_mut(owner, repo);
-        r.issues.insert(n, keys.into_iter().collect());
-        Ok(r.rendered_labels(&api_base, n))
+        self.repo_mut(owner, repo)
+            .issues
+            .insert(n, keys.into_iter().collect());
+        self.label_events(owner, repo, n, &before);
+        Ok(self.issue_labels(owner, repo, n))
     }
 
     /// Removes `name` from issue `n`: 404 "Label does not exist" when the
@@ -399,21 +449,65 @@ impl Store {
         n: u64,
         name: &str,
     ) -> Result<Vec<Value>, ApiError> {
-        let api_base = self.api_base.clone();
-        let r = self.repo_mut(owner, repo);
-        let removed = r
+        let before = self.issue_label_keys(owner, repo, n);
+        let removed = self
+            .repo_mut(owner, repo)
             .issues
             .get_mut(&n)
             .is_some_and(|set| set.remove(&name.to_lowercase()));
         if !removed {
             return Err(ApiError::new(404, "Label does not exist", DOCS_LABELS));
         }
-        Ok(r.rendered_labels(&api_base, n))
+        self.label_events(owner, repo, n, &before);
+        Ok(self.issue_labels(owner, repo, n))
     }
 
     /// Removes every label from issue `n`.
     pub(crate) fn remove_all_labels(&mut self, owner: &str, repo: &str, n: u64) {
+        let before = self.issue_label_keys(owner, repo, n);
         self.repo_mut(owner, repo).issues.remove(&n);
+        self.label_events(owner, repo, n, &before);
+    }
+
+    /// The lower-cased names of issue `n`'s labels.
+    fn issue_label_keys(&mut self, owner: &str, repo: &str, n: u64) -> BTreeSet<String> {
+        self.repo_mut(owner, repo)
+            .issues
+            .get(&n)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The `pull_request` `unlabeled` and `labeled` events of pull request
+    /// `n` (one per label, as GitHub sends them) since its labels were
+    /// `before`; nothing for an issue that is not a pull request.
+    fn label_events(&mut self, owner: &str, repo: &str, n: u64, before: &BTreeSet<String>) {
+        if self.hooks.config().is_none() {
+            return;
+        }
+        let api_base = self.api_base.clone();
+        let r = self.repo_mut(owner, repo);
+        let Some(p) = r.pulls.get(&n) else {
+            return;
+        };
+        let after = r.issues.get(&n).cloned().unwrap_or_default();
+        let pr = r.render_pull(&api_base, p);
+        let changes = before
+            .difference(&after)
+            .map(|k| ("unlabeled", k))
+            .chain(after.difference(before).map(|k| ("labeled", k)));
+        let events: Vec<Event> = changes
+            .filter_map(|(action, key)| {
+                let label = r.render_label(&api_base, r.labels.get(key)?);
+                Some(payloads::pull_request(
+                    r.view(&api_base),
+                    action,
+                    pr.clone(),
+                    PullExtra::Label(label),
+                ))
+            })
+            .collect();
+        self.emit(events);
     }
 
     /// Issue `n`'s label names, sorted.
@@ -449,31 +543,222 @@ impl Store {
         Ok(())
     }
 
-    // ----- pull requests ---------------------------------------------------------
+    // ----- pull requests and refs ----------------------------------------------
 
-    /// Adds (or replaces) pull request `pull` with `labels`.
+    /// Adds (or replaces) pull request `number`, open, from `head_ref` at
+    /// `head_sha`, with `labels`; the branch is created (or moved) to
+    /// `head_sha`, as it must exist for the pull request to. A new pull
+    /// request is `opened`.
     pub(crate) fn add_pull(
         &mut self,
         owner: &str,
         repo: &str,
-        pull: Pull,
+        number: u64,
+        head_sha: &str,
+        head_ref: &str,
         labels: &[String],
-    ) -> Result<(), ApiError> {
-        let n = pull.number;
-        self.replace_labels(owner, repo, n, labels)?;
-        self.repo_mut(owner, repo).pulls.insert(n, pull);
-        Ok(())
+    ) -> Result<Vec<DeliveryId>, ApiError> {
+        self.replace_labels(owner, repo, number, labels)?;
+        let seq = self.next_id();
+        let r = self.repo_mut(owner, repo);
+        r.refs
+            .insert(format!("refs/heads/{head_ref}"), head_sha.to_owned());
+        r.refs
+            .entry(format!("refs/heads/{}", pull::BASE_REF))
+            .or_insert_with(|| pull::BASE_SHA.to_owned());
+        let replaced = r
+            .pulls
+            .insert(number, Pull::open(number, head_sha, head_ref, seq))
+            .is_some();
+        if replaced {
+            return Ok(Vec::new());
+        }
+        Ok(self.pull_events(owner, repo, &[(number, "opened", PullExtra::None)]))
     }
 
-    /// Moves pull request `n`'s head to `sha` (a push); `false` if unknown.
-    pub(crate) fn set_pull_head(&mut self, owner: &str, repo: &str, n: u64, sha: &str) -> bool {
-        match self.repo_mut(owner, repo).pulls.get_mut(&n) {
-            Some(p) => {
-                sha.clone_into(&mut p.head_sha);
-                true
-            }
-            None => false,
+    /// Pushes `commits` (oldest first) onto `git_ref` (`refs/heads/…` or
+    /// `refs/tags/…`), creating it if absent: the ref moves to the last one,
+    /// and every open pull request from that branch follows (as GitHub
+    /// synchronizes them). A tag push carries no commits of its own; a push
+    /// that leaves the ref where it was changes nothing and, as git
+    /// reports "Everything up-to-date", causes no event.
+    pub(crate) fn push(
+        &mut self,
+        owner: &str,
+        repo: &str,
+        git_ref: &str,
+        commits: &[String],
+        now: jiff::Timestamp,
+    ) -> Result<Vec<DeliveryId>, ApiError> {
+        let push = self.apply_push(owner, repo, git_ref, commits, now)?;
+        if push.before == push.after {
+            return Ok(Vec::new());
         }
+        Ok(self.push_events(owner, repo, &push, now, &payloads::commit_message))
+    }
+
+    fn apply_push(
+        &mut self,
+        owner: &str,
+        repo: &str,
+        git_ref: &str,
+        commits: &[String],
+        now: jiff::Timestamp,
+    ) -> Result<Push, ApiError> {
+        let Some(after) = commits.last().cloned() else {
+            return Err(ApiError::invalid_request(
+                "A push needs at least one commit.",
+            ));
+        };
+        if let Some(bad) = commits.iter().find(|c| !is_sha(c)) {
+            return Err(ApiError::invalid_field("Commit", "sha", bad));
+        }
+        let seq = self.next_id();
+        let r = self.repo_mut(owner, repo);
+        let previous = r.refs.insert(git_ref.to_owned(), after.clone());
+        let mut synchronized = Vec::new();
+        if let Some(branch) = git_ref.strip_prefix("refs/heads/") {
+            for p in r.pulls.values_mut() {
+                if p.state == PullState::Open && p.head_ref == branch && p.head_sha != after {
+                    synchronized
+                        .push((p.number, std::mem::replace(&mut p.head_sha, after.clone())));
+                    p.commits.extend(commits.iter().cloned());
+                    p.touch(now, seq);
+                }
+            }
+        }
+        Ok(Push {
+            git_ref: git_ref.to_owned(),
+            created: previous.is_none(),
+            before: previous.unwrap_or_else(|| ZERO_SHA.to_owned()),
+            after,
+            deleted: false,
+            commits: if git_ref.starts_with("refs/tags/") {
+                Vec::new()
+            } else {
+                commits.to_vec()
+            },
+            synchronized,
+            closed: Vec::new(),
+        })
+    }
+
+    /// Deletes `git_ref`: 422 "Reference does not exist" if absent. Open
+    /// pull requests from a deleted branch are closed, as GitHub closes them.
+    pub(crate) fn delete_ref(
+        &mut self,
+        owner: &str,
+        repo: &str,
+        git_ref: &str,
+        now: jiff::Timestamp,
+    ) -> Result<Vec<DeliveryId>, ApiError> {
+        let seq = self.next_id();
+        let r = self.repo_mut(owner, repo);
+        let Some(before) = r.refs.remove(git_ref) else {
+            return Err(ApiError::new(422, "Reference does not exist", DOCS_REFS));
+        };
+        let mut closed = Vec::new();
+        if let Some(branch) = git_ref.strip_prefix("refs/heads/") {
+            for p in r.pulls.values_mut() {
+                if p.state == PullState::Open && p.head_ref == branch {
+                    p.state = PullState::Closed;
+                    p.closed_at = Some(now);
+                    p.touch(now, seq);
+                    closed.push(p.number);
+                }
+            }
+        }
+        let push = Push {
+            git_ref: git_ref.to_owned(),
+            before,
+            after: ZERO_SHA.to_owned(),
+            created: false,
+            deleted: true,
+            commits: Vec::new(),
+            synchronized: Vec::new(),
+            closed,
+        };
+        Ok(self.push_events(owner, repo, &push, now, &payloads::commit_message))
+    }
+
+    /// Closes open pull request `n` without merging it: 404 if unknown,
+    /// 422 if it is not open.
+    pub(crate) fn close_pull(
+        &mut self,
+        owner: &str,
+        repo: &str,
+        n: u64,
+        now: jiff::Timestamp,
+    ) -> Result<Vec<DeliveryId>, ApiError> {
+        let seq = self.next_id();
+        let p = self.pull_in(owner, repo, n, PullState::Open)?;
+        p.state = PullState::Closed;
+        p.closed_at = Some(now);
+        p.touch(now, seq);
+        Ok(self.pull_events(owner, repo, &[(n, "closed", PullExtra::None)]))
+    }
+
+    /// Reopens pull request `n`, closed and not merged, at its branch's
+    /// current commit: 404 if unknown, 422 if it is open or merged (GitHub
+    /// cannot reopen a merged one) or its branch was deleted.
+    pub(crate) fn reopen_pull(
+        &mut self,
+        owner: &str,
+        repo: &str,
+        n: u64,
+        now: jiff::Timestamp,
+    ) -> Result<Vec<DeliveryId>, ApiError> {
+        let seq = self.next_id();
+        let head_ref = self
+            .pull_in(owner, repo, n, PullState::Closed)?
+            .head_ref
+            .clone();
+        let Some(head) = self.ref_sha(owner, repo, &format!("refs/heads/{head_ref}")) else {
+            return Err(ApiError::invalid_field("PullRequest", "head", &head_ref));
+        };
+        let p = self.pull_in(owner, repo, n, PullState::Closed)?;
+        if p.head_sha != head {
+            p.commits.push(head.clone());
+            p.head_sha = head;
+        }
+        p.state = PullState::Open;
+        p.closed_at = None;
+        p.touch(now, seq);
+        Ok(self.pull_events(owner, repo, &[(n, "reopened", PullExtra::None)]))
+    }
+
+    /// Merges open pull request `n` with a new merge commit, which the base
+    /// branch moves to: 404 if unknown, 405 if it is not open (GitHub's
+    /// "Pull Request is not mergeable"). It is `closed` (merged), and the
+    /// base branch is pushed to.
+    pub(crate) fn merge_pull(
+        &mut self,
+        owner: &str,
+        repo: &str,
+        n: u64,
+        now: jiff::Timestamp,
+    ) -> Result<Vec<DeliveryId>, ApiError> {
+        let merge_sha = self.random_hex(40);
+        let seq = self.next_id();
+        let p = self.pull_in(owner, repo, n, PullState::Open).map_err(|e| {
+            if e.status == 422 {
+                ApiError::new(405, "Pull Request is not mergeable", DOCS_MERGE)
+            } else {
+                e
+            }
+        })?;
+        p.state = PullState::Merged;
+        p.closed_at = Some(now);
+        p.merged_at = Some(now);
+        p.merge_commit_sha = Some(merge_sha.clone());
+        p.commits.push(merge_sha.clone());
+        p.touch(now, seq);
+        let message = payloads::merge_message(n, owner, &p.head_ref);
+        let mut ids = self.pull_events(owner, repo, &[(n, "closed", PullExtra::None)]);
+        let base = format!("refs/heads/{}", pull::BASE_REF);
+        let push = self.apply_push(owner, repo, &base, &[merge_sha], now)?;
+        ids.extend(self.push_events(owner, repo, &push, now, &|_| message.clone()));
+        Ok(ids)
     }
 
     /// Associates commit `sha` with pull requests `numbers`.
@@ -485,6 +770,19 @@ impl Store {
             .extend(numbers);
     }
 
+    /// The head branch of pull request `n`, if it exists.
+    pub(crate) fn pull_head_ref(&mut self, owner: &str, repo: &str, n: u64) -> Option<String> {
+        self.repo_mut(owner, repo)
+            .pulls
+            .get(&n)
+            .map(|p| p.head_ref.clone())
+    }
+
+    /// The commit `git_ref` points at, if it exists.
+    pub(crate) fn ref_sha(&mut self, owner: &str, repo: &str, git_ref: &str) -> Option<String> {
+        self.repo_mut(owner, repo).refs.get(git_ref).cloned()
+    }
+
     /// Pull request `n` as GitHub renders it, or 404.
     pub(crate) fn pull(&mut self, owner: &str, repo: &str, n: u64) -> Result<Value, ApiError> {
         let api_base = self.api_base.clone();
@@ -493,44 +791,140 @@ impl Store {
             .pulls
             .get(&n)
             .ok_or_else(|| ApiError::not_found(DOCS_PULLS))?;
-        Ok(pull::render(
-            &api_base,
-            &r.owner,
-            &r.name,
-            r.id,
-            p,
-            r.rendered_labels(&api_base, n),
-        ))
+        Ok(r.render_pull(&api_base, p))
     }
 
-    /// The pull requests associated with commit `sha`: those whose head it
-    /// is, and those linked to it, by number.
+    /// The pull requests `filter` selects, in its order, as list items.
+    pub(crate) fn list_pulls(
+        &mut self,
+        owner: &str,
+        repo: &str,
+        filter: &PullFilter,
+    ) -> Vec<Value> {
+        let api_base = self.api_base.clone();
+        let r = self.repo_mut(owner, repo);
+        let mut pulls: Vec<&Pull> = r
+            .pulls
+            .values()
+            .filter(|p| filter.matches(&r.owner, p))
+            .collect();
+        filter.sort(&mut pulls);
+        pulls
+            .into_iter()
+            .map(|p| pull::simple(r.render_pull(&api_base, p)))
+            .collect()
+    }
+
+    /// The pull requests associated with commit `sha`, by number, as list
+    /// items: those with it among their commits (a head it was, or their
+    /// merge commit), and those linked to it.
     pub(crate) fn commit_pulls(&mut self, owner: &str, repo: &str, sha: &str) -> Vec<Value> {
         let api_base = self.api_base.clone();
         let r = self.repo_mut(owner, repo);
-        let mut numbers: BTreeSet<u64> = r
-            .pulls
+        let linked = r.commit_links.get(sha);
+        r.pulls
             .values()
-            .filter(|p| p.head_sha == sha)
-            .map(|p| p.number)
-            .collect();
-        if let Some(linked) = r.commit_links.get(sha) {
-            numbers.extend(linked.iter().filter(|n| r.pulls.contains_key(n)));
+            .filter(|p| {
+                p.commits.iter().any(|c| c == sha) || linked.is_some_and(|l| l.contains(&p.number))
+            })
+            .map(|p| pull::simple(r.render_pull(&api_base, p)))
+            .collect()
+    }
+
+    /// Records the `push` event of `push` and the `pull_request` events it
+    /// causes (`synchronize` for each pull request it moved, `closed` for
+    /// each one a branch deletion closed).
+    fn push_events(
+        &mut self,
+        owner: &str,
+        repo: &str,
+        push: &Push,
+        now: jiff::Timestamp,
+        message: &dyn Fn(&str) -> String,
+    ) -> Vec<DeliveryId> {
+        if self.hooks.config().is_none() {
+            return Vec::new();
         }
-        numbers
-            .into_iter()
-            .filter_map(|n| {
-                let p = r.pulls.get(&n)?;
-                Some(pull::render(
-                    &api_base,
-                    &r.owner,
-                    &r.name,
-                    r.id,
-                    p,
-                    r.rendered_labels(&api_base, n),
+        let api_base = self.api_base.clone();
+        let event = payloads::push(
+            self.repo_mut(owner, repo).view(&api_base),
+            push,
+            now,
+            message,
+        );
+        let mut ids = self.emit(vec![event]);
+        let pulls: Vec<(u64, &str, PullExtra)> = push
+            .synchronized
+            .iter()
+            .map(|(n, before)| {
+                let extra = PullExtra::Synchronize {
+                    before: before.clone(),
+                    after: push.after.clone(),
+                };
+                (*n, "synchronize", extra)
+            })
+            .chain(push.closed.iter().map(|n| (*n, "closed", PullExtra::None)))
+            .collect();
+        ids.extend(self.pull_events(owner, repo, &pulls));
+        ids
+    }
+
+    /// Records one `pull_request` event per (number, action, extra).
+    fn pull_events(
+        &mut self,
+        owner: &str,
+        repo: &str,
+        pulls: &[(u64, &str, PullExtra)],
+    ) -> Vec<DeliveryId> {
+        if self.hooks.config().is_none() {
+            return Vec::new();
+        }
+        let api_base = self.api_base.clone();
+        let r = self.repo_mut(owner, repo);
+        let events = pulls
+            .iter()
+            .filter_map(|(n, action, extra)| {
+                let pr = r.render_pull(&api_base, r.pulls.get(n)?);
+                Some(payloads::pull_request(
+                    r.view(&api_base),
+                    action,
+                    pr,
+                    extra.clone(),
                 ))
             })
+            .collect();
+        self.emit(events)
+    }
+
+    fn emit(&mut self, events: Vec<Event>) -> Vec<DeliveryId> {
+        events
+            .into_iter()
+            .filter_map(|event| self.hooks.enqueue(event))
             .collect()
+    }
+
+    /// Pull request `n`, which must be in `state`: 404 if unknown, 422
+    /// (its state cannot change that way) otherwise.
+    fn pull_in(
+        &mut self,
+        owner: &str,
+        repo: &str,
+        n: u64,
+        state: PullState,
+    ) -> Result<&mut Pull, ApiError> {
+        let p = self
+            .repo_mut(owner, repo)
+            .pulls
+            .get_mut(&n)
+            .ok_or_else(|| ApiError::not_found(DOCS_PULLS))?;
+        if p.state != state {
+            return Err(ApiError::new(
+                422,
+                "Validation Failed: state cannot be changed.",
+                DOCS_PULLS,
+            ));
+        }
+        Ok(p)
     }
 
     // ----- helpers ---------------------------------------------------------------
@@ -538,6 +932,13 @@ impl Store {
     fn next_id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
+    }
+
+    fn random_hex(&mut self, len: usize) -> String {
+        const CHARS: &[u8] = b"0123456789abcdef";
+        (0..len)
+            .map(|_| char::from(CHARS[self.rng.random_range(0..CHARS.len())]))
+            .collect()
     }
 
     fn random_alnum(&mut self, len: usize) -> String {
@@ -562,6 +963,7 @@ impl Store {
                     labels: BTreeMap::new(),
                     issues: HashMap::new(),
                     pulls: BTreeMap::new(),
+                    refs: BTreeMap::new(),
                     commit_links: HashMap::new(),
                 }
             })
@@ -624,6 +1026,28 @@ impl TokenState {
 }
 
 impl Repo {
+    /// The repository as events name it.
+    fn view<'a>(&'a self, api_base: &'a str) -> RepoRef<'a> {
+        RepoRef {
+            api_base,
+            owner: &self.owner,
+            name: &self.name,
+            id: self.id,
+        }
+    }
+
+    /// `pull` rendered in full with its labels.
+    fn render_pull(&self, api_base: &str, p: &Pull) -> Value {
+        pull::render(
+            api_base,
+            &self.owner,
+            &self.name,
+            self.id,
+            p,
+            self.rendered_labels(api_base, p.number),
+        )
+    }
+
     fn rendered_labels(&self, api_base: &str, n: u64) -> Vec<Value> {
         self.issues
             .get(&n)
@@ -660,6 +1084,11 @@ fn wall_clock_at(now: Instant, at: Instant) -> jiff::Timestamp {
         .unwrap_or(jiff::Timestamp::MAX);
     let secs = wall.as_second() + i64::from(wall.subsec_nanosecond() > 0);
     jiff::Timestamp::from_second(secs).unwrap_or(wall)
+}
+
+/// Whether `s` is a full commit SHA (40 lower-case hex digits).
+fn is_sha(s: &str) -> bool {
+    s.len() == 40 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// GitHub's label-name rule: 1 to 50 characters.
