@@ -121,6 +121,20 @@ pub struct Snapshot {
     pub resource_version: String,
     /// How the state was obtained from the stored document.
     pub origin: SchemaOrigin,
+    /// The stored document it came from: what a write on top of this
+    /// snapshot ([`StateStore::update_on`]) starts from without a read.
+    stored: Option<StoredDocument>,
+}
+
+/// Where an update's first attempt starts.
+enum Seed<'a> {
+    /// Read the document first (the usual update).
+    Read,
+    /// The caller read it and found no state: create it.
+    Absent,
+    /// The caller holds this document: write on top of it, conditional on
+    /// its version (a conflict re-reads as usual).
+    Held(&'a StoredDocument),
 }
 
 /// Task state over a [`StateBackend`]. Cheap to clone; clones share metrics.
@@ -266,6 +280,43 @@ impl StateStore {
         E: From<Error>,
     {
         self.update_with(task_id, Some(token), f).await
+    }
+
+    /// [`update`](Self::update) (or, with a `token`,
+    /// [`update_fenced`](Self::update_fenced)) on top of the state the
+    /// caller last read or wrote: the first attempt writes conditional on
+    /// `known`'s version without reading again — one API call when nothing
+    /// changed meanwhile — and a conflict re-reads as `update` does. `known`
+    /// is `None` when the caller found no state (the first attempt creates
+    /// it). On success `known` becomes the state as written (or as read, if
+    /// nothing needed writing), ready for the next call; on failure it is
+    /// left as it was.
+    ///
+    /// What a saga holding the task's lock uses to chain its journal steps
+    /// at one write each.
+    pub async fn update_on<T, E, F>(
+        &self,
+        task_id: &str,
+        known: &mut Option<Snapshot>,
+        token: Option<&FencingToken>,
+        mut f: F,
+    ) -> Result<T, E>
+    where
+        F: FnMut(&mut RemediationState) -> Result<T, E>,
+        E: From<Error>,
+    {
+        let seed = match known.as_ref() {
+            None => Seed::Absent,
+            Some(Snapshot {
+                stored: Some(doc), ..
+            }) => Seed::Held(doc),
+            Some(_) => Seed::Read,
+        };
+        let (value, written) = self.update_seeded(task_id, token, seed, &mut f).await?;
+        if written.is_some() {
+            *known = written;
+        }
+        Ok(value)
     }
 
     /// Deletes the state of `task_id` if its version is still
@@ -504,8 +555,9 @@ impl StateStore {
         self.inner.metrics.read(&decoded.origin);
         Some(Snapshot {
             state: decoded.state,
-            resource_version: doc.resource_version,
+            resource_version: doc.resource_version.clone(),
             origin: decoded.origin,
+            stored: Some(doc),
         })
     }
 
@@ -530,8 +582,9 @@ impl StateStore {
         self.inner.metrics.read(&decoded.origin);
         Ok(Some(Snapshot {
             state: decoded.state,
-            resource_version: doc.resource_version,
+            resource_version: doc.resource_version.clone(),
             origin: decoded.origin,
+            stored: Some(doc),
         }))
     }
 
@@ -572,8 +625,26 @@ impl StateStore {
         F: FnMut(&mut RemediationState) -> Result<T, E>,
         E: From<Error>,
     {
+        self.update_seeded(task_id, token, Seed::Read, &mut f)
+            .await
+            .map(|(value, _)| value)
+    }
+
+    /// The update loop with its metrics; returns the value and the state as
+    /// written (or as read, when nothing needed writing).
+    async fn update_seeded<T, E, F>(
+        &self,
+        task_id: &str,
+        token: Option<&FencingToken>,
+        seed: Seed<'_>,
+        f: &mut F,
+    ) -> Result<(T, Option<Snapshot>), E>
+    where
+        F: FnMut(&mut RemediationState) -> Result<T, E>,
+        E: From<Error>,
+    {
         let started = Instant::now();
-        match self.update_loop(task_id, token, &mut f).await {
+        match self.update_loop(task_id, token, seed, f).await {
             Ok(value) => {
                 self.observe("update", started, None);
                 Ok(value)
@@ -595,8 +666,9 @@ impl StateStore {
         &self,
         task_id: &str,
         token: Option<&FencingToken>,
+        mut seed: Seed<'_>,
         f: &mut F,
-    ) -> Result<T, Failure<E>>
+    ) -> Result<(T, Option<Snapshot>), Failure<E>>
     where
         F: FnMut(&mut RemediationState) -> Result<T, E>,
     {
@@ -623,7 +695,12 @@ impl StateStore {
                 }
                 pause = true;
 
-                let stored = match self.bounded(backend.get(&name)).await {
+                let read = match std::mem::replace(&mut seed, Seed::Read) {
+                    Seed::Read => self.bounded(backend.get(&name)).await,
+                    Seed::Absent => Ok(None),
+                    Seed::Held(doc) => Ok(Some(doc.clone())),
+                };
+                let stored = match read {
                     Ok(stored) => stored,
                     Err(e) if e.is_transient() => {
                         metrics.retry("transient");
@@ -643,7 +720,13 @@ impl StateStore {
                             task_id,
                             attempt, "a write whose answer was lost had been applied"
                         );
-                        return Ok(value);
+                        let snapshot = decoded.map(|(doc, d)| Snapshot {
+                            state: d.state,
+                            resource_version: doc.resource_version.clone(),
+                            origin: d.origin,
+                            stored: Some(doc.clone()),
+                        });
+                        return Ok((value, snapshot));
                     }
                     Verdict::Unknown => {
                         warn!(
@@ -709,9 +792,18 @@ impl StateStore {
                     }
                     .into();
                 }
-                if state == before && corrupt.is_none() && base.is_some() {
+                if state == before
+                    && corrupt.is_none()
+                    && let Some(doc) = base
+                {
                     // Nothing to write: the read state already says it.
-                    return Ok(value);
+                    let snapshot = Snapshot {
+                        state: before,
+                        resource_version: doc.resource_version.clone(),
+                        origin: SchemaOrigin::Current,
+                        stored: Some(doc.clone()),
+                    };
+                    return Ok((value, Some(snapshot)));
                 }
 
                 // The store owns these fields whatever the closure did.
@@ -745,9 +837,15 @@ impl StateStore {
                     }
                 };
                 match written {
-                    Ok(_) => {
+                    Ok(stored) => {
                         self.count_write(task_id, &encoded, corrupt.is_some());
-                        return Ok(value);
+                        let snapshot = Snapshot {
+                            state,
+                            resource_version: stored.resource_version.clone(),
+                            origin: SchemaOrigin::Current,
+                            stored: Some(stored),
+                        };
+                        return Ok((value, Some(snapshot)));
                     }
                     Err(e @ Error::Conflict { .. }) => {
                         metrics.conflicts.inc();
@@ -803,7 +901,7 @@ impl StateStore {
         mut doubts: Doubts<T>,
         failure: Failure<E>,
         attempts: u32,
-    ) -> Result<T, Failure<E>> {
+    ) -> Result<(T, Option<Snapshot>), Failure<E>> {
         if doubts.is_empty() {
             return Err(failure);
         }
@@ -812,11 +910,19 @@ impl StateStore {
             return unknown();
         };
         let decoded = stored.as_ref().map(|doc| {
-            let state = codec::decode(task_id, self.inner.config.max_iterations, doc).state;
-            (doc, state)
+            let decoded = codec::decode(task_id, self.inner.config.max_iterations, doc);
+            (doc, decoded)
         });
-        match doubts.judge(decoded.as_ref().map(|(doc, state)| (*doc, state))) {
-            Verdict::Applied(value) => Ok(value),
+        match doubts.judge(decoded.as_ref().map(|(doc, d)| (*doc, &d.state))) {
+            Verdict::Applied(value) => Ok((
+                value,
+                decoded.map(|(doc, d)| Snapshot {
+                    state: d.state,
+                    resource_version: doc.resource_version.clone(),
+                    origin: d.origin,
+                    stored: Some(doc.clone()),
+                }),
+            )),
             Verdict::NotApplied if doubts.is_empty() => Err(failure),
             Verdict::NotApplied | Verdict::Unknown => unknown(),
         }

@@ -346,6 +346,56 @@ async fn a_state_above_a_lowered_maximum_stays_readable_and_reports_the_limit(
     );
 }
 
+/// `update_on` chains writes on the state the caller holds, and stays a
+/// compare-and-swap: a write in between is never lost.
+async fn writes_on_a_held_state_chain_and_lose_nothing(backend: Arc<dyn StateBackend>) {
+    let store = StateStore::new(backend);
+    let mut known = store.get("chain").await.unwrap();
+    assert!(known.is_none());
+    store
+        .update_on("chain", &mut known, None, |s| {
+            s.metadata.insert("a".into(), "1".into());
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(known.as_ref().unwrap().state.metadata["a"], "1");
+    // Someone else writes in between: our next write conflicts, re-reads,
+    // and keeps their change.
+    store
+        .update("chain", |s| {
+            s.metadata.insert("other".into(), "x".into());
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+    store
+        .update_on("chain", &mut known, None, |s| {
+            s.metadata.insert("b".into(), "2".into());
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+    let read = store.get("chain").await.unwrap().unwrap();
+    assert_eq!(read.state.metadata["other"], "x");
+    assert_eq!(read.state.metadata["b"], "2");
+    assert_eq!(
+        known.as_ref().unwrap().resource_version,
+        read.resource_version
+    );
+    // A stale "absent" view: the create meets AlreadyExists and re-reads.
+    let mut stale = None;
+    store
+        .update_on("chain", &mut stale, None, |s| {
+            s.metadata.insert("c".into(), "3".into());
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
+    let read = store.get("chain").await.unwrap().unwrap();
+    assert_eq!(read.state.metadata.len(), 4);
+}
+
 async fn store_quarantines_a_corrupt_payload_and_rebuilds(backend: Arc<dyn StateBackend>) {
     let mut d = Document {
         labels: state_labels("bad"),
@@ -621,6 +671,7 @@ on_both_backends!(
     store_quarantines_a_corrupt_payload_and_rebuilds,
     store_never_overwrites_valid_json_it_cannot_decode,
     store_writes_keep_foreign_metadata,
+    writes_on_a_held_state_chain_and_lose_nothing,
     a_state_above_a_lowered_maximum_stays_readable_and_reports_the_limit,
     store_journal_and_fencing_round_trip,
     a_paused_holder_cannot_advance_or_finish_a_resumed_operation,
@@ -701,4 +752,29 @@ async fn a_write_keeps_what_other_writers_set_on_the_config_map() {
         Some(vec!["example.dev/keep".to_owned()])
     );
     assert_eq!(after.metadata.labels.unwrap()["team"], "infra");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_of_writes_on_a_held_state_costs_one_call_each() {
+    let kube = FakeKube::start().await.unwrap();
+    let mut config = kube.config();
+    config.default_retry = false;
+    let client = kube::Client::try_from(config).unwrap();
+    let store = StateStore::new(ConfigMapBackend::new(client, "default"));
+    kube.calls().reset();
+    let mut known = store.get("solo").await.unwrap(); // GET (404)
+    for i in 0..4 {
+        store
+            .update_on("solo", &mut known, None, |s| {
+                s.iteration = i + 1;
+                Ok::<_, Error>(())
+            })
+            .await
+            .unwrap(); // POST, then PUT
+    }
+    let calls = kube.calls();
+    assert_eq!(calls.count(Some("get"), Some("configmaps")), 1);
+    assert_eq!(calls.count(Some("create"), Some("configmaps")), 1);
+    assert_eq!(calls.count(Some("update"), Some("configmaps")), 3);
+    assert_eq!(store.get("solo").await.unwrap().unwrap().state.iteration, 4);
 }
