@@ -61,7 +61,9 @@ pub enum Error {
     Lock(#[from] lease_lock::Error),
     /// The task's lock was lost during the operation: nothing more is
     /// written; the journal stays for whoever holds the lock next.
-    #[error("the lock of task {task_id} was lost during the operation; its journal is left for the next holder")]
+    #[error(
+        "the lock of task {task_id} was lost during the operation; its journal is left for the next holder"
+    )]
     LockLost {
         /// Task id.
         task_id: String,

@@ -389,9 +389,7 @@ impl World {
             for pod in gone_pods {
                 record.pods.remove(&pod);
             }
-            if record.run.deleting
-                && record.pods.is_empty()
-                && record.foreign_finalizers.is_empty()
+            if record.run.deleting && record.pods.is_empty() && record.foreign_finalizers.is_empty()
             {
                 gone_runs.push(name.clone());
             }
@@ -504,7 +502,10 @@ impl Workloads for MemoryWorkloads {
         let annotations = [
             (ANNOTATION_SUPERSEDED_BY, Some(intent.superseded_by.clone())),
             (ANNOTATION_SUPERSEDED_AT, Some(intent.at.to_string())),
-            (ANNOTATION_CANCEL_OPERATION, Some(intent.operation_id.clone())),
+            (
+                ANNOTATION_CANCEL_OPERATION,
+                Some(intent.operation_id.clone()),
+            ),
             (ANNOTATION_CORRELATION_ID, intent.correlation_id.clone()),
         ];
         for (key, value) in annotations {
@@ -563,7 +564,12 @@ impl Workloads for MemoryWorkloads {
         Ok(world.remains(run))
     }
 
-    async fn wait_gone(&self, run: &Run, mode: CancelMode, deadline: Instant) -> Result<Remains> {
+    async fn wait_gone(
+        &self,
+        runs: &[Run],
+        mode: CancelMode,
+        deadline: Instant,
+    ) -> Result<Vec<Remains>> {
         let mut changes = self.shared.changed.subscribe();
         drop(self.enter("wait_gone"));
         loop {
@@ -571,9 +577,10 @@ impl Workloads for MemoryWorkloads {
                 let mut world = self.world();
                 world.advance(Instant::now());
                 let wake = world.next_due().map_or(deadline, |due| due.min(deadline));
-                (world.remains(run), wake)
+                let remains: Vec<Remains> = runs.iter().map(|r| world.remains(r)).collect();
+                (remains, wake)
             };
-            if remains.done(mode) || Instant::now() >= deadline {
+            if remains.iter().all(|r| r.done(mode)) || Instant::now() >= deadline {
                 return Ok(remains);
             }
             tokio::select! {
@@ -659,20 +666,25 @@ mod tests {
         );
         let grace = Duration::from_secs(20);
         let start = Instant::now();
-        w.terminate(&quick, CancelMode::Delete, grace).await.unwrap();
-        w.terminate(&stubborn, CancelMode::Delete, grace).await.unwrap();
-
-        let left = w
-            .wait_gone(&quick, CancelMode::Delete, start + Duration::from_secs(60))
+        w.terminate(&quick, CancelMode::Delete, grace)
             .await
             .unwrap();
-        assert!(left.done(CancelMode::Delete));
+        w.terminate(&stubborn, CancelMode::Delete, grace)
+            .await
+            .unwrap();
+
+        let until = start + Duration::from_secs(60);
+        let left = w
+            .wait_gone(std::slice::from_ref(&quick), CancelMode::Delete, until)
+            .await
+            .unwrap();
+        assert!(left[0].done(CancelMode::Delete));
         assert_eq!(start.elapsed(), Duration::from_secs(2));
         let left = w
-            .wait_gone(&stubborn, CancelMode::Delete, start + Duration::from_secs(60))
+            .wait_gone(&[quick, stubborn], CancelMode::Delete, until)
             .await
             .unwrap();
-        assert!(left.done(CancelMode::Delete));
+        assert!(left.iter().all(|r| r.done(CancelMode::Delete)));
         assert_eq!(start.elapsed(), grace);
         let killed: Vec<_> = w
             .history()
@@ -684,20 +696,30 @@ mod tests {
             .collect();
         assert_eq!(
             killed,
-            [("quick-pod-0".into(), false), ("stubborn-pod-0".into(), true)]
+            [
+                ("quick-pod-0".into(), false),
+                ("stubborn-pod-0".into(), true)
+            ]
         );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_wait_ends_at_its_deadline_with_what_is_left_and_force_kills_at_once() {
         let w = MemoryWorkloads::new();
-        let run = w.add_run(RunSeed::new("r", "t", "quality", OLD).behaving(PodBehaviour::IgnoresSigterm));
-        w.terminate(&run, CancelMode::Stop, Duration::from_secs(30)).await.unwrap();
-        let left = w
-            .wait_gone(&run, CancelMode::Stop, Instant::now() + Duration::from_secs(5))
+        let run = w
+            .add_run(RunSeed::new("r", "t", "quality", OLD).behaving(PodBehaviour::IgnoresSigterm));
+        w.terminate(&run, CancelMode::Stop, Duration::from_secs(30))
             .await
             .unwrap();
-        assert_eq!(left.pods, ["r-pod-0"]);
+        let left = w
+            .wait_gone(
+                std::slice::from_ref(&run),
+                CancelMode::Stop,
+                Instant::now() + Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        assert_eq!(left[0].pods, ["r-pod-0"]);
         w.force(&run).await.unwrap();
         assert!(w.remains(&run).await.unwrap().done(CancelMode::Stop));
         assert!(w.get("r").is_some(), "Stop keeps the run");
@@ -729,14 +751,20 @@ mod tests {
         let w = MemoryWorkloads::new();
         let run = w.add_run(RunSeed::new("r", "t", "quality", OLD));
         w.add_foreign_finalizer("r", "example.dev/audit");
-        w.terminate(&run, CancelMode::Delete, Duration::from_secs(20)).await.unwrap();
-        let left = w
-            .wait_gone(&run, CancelMode::Delete, Instant::now() + Duration::from_secs(60))
+        w.terminate(&run, CancelMode::Delete, Duration::from_secs(20))
             .await
             .unwrap();
-        assert!(left.pods_gone());
-        assert_eq!(left.foreign_finalizers, ["example.dev/audit"]);
-        assert!(left.done(CancelMode::Delete));
+        let left = w
+            .wait_gone(
+                std::slice::from_ref(&run),
+                CancelMode::Delete,
+                Instant::now() + Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        assert!(left[0].pods_gone());
+        assert_eq!(left[0].foreign_finalizers, ["example.dev/audit"]);
+        assert!(left[0].done(CancelMode::Delete));
         w.remove_foreign_finalizers("r");
         assert!(w.get("r").is_none());
     }

@@ -234,10 +234,17 @@ pub trait Workloads: Send + Sync + 'static {
     /// What is left of `run` now.
     async fn remains(&self, run: &Run) -> Result<Remains>;
 
-    /// Waits until cancelling `run` in `mode` is [done](Remains::done), or
-    /// until `deadline`; returns what is left then. Woken by changes (a
-    /// watch), not by polling alone.
-    async fn wait_gone(&self, run: &Run, mode: CancelMode, deadline: Instant) -> Result<Remains>;
+    /// Waits until cancelling every run of `runs` (all of one task) in
+    /// `mode` is [done](Remains::done), or until `deadline`; returns what is
+    /// left of each then, in the order of `runs`. Woken by changes (a
+    /// watch), not by polling alone; one wait covers them all, so verifying
+    /// a task's cancellation costs the same whatever its number of runs.
+    async fn wait_gone(
+        &self,
+        runs: &[Run],
+        mode: CancelMode,
+        deadline: Instant,
+    ) -> Result<Vec<Remains>>;
 
     /// For [`CancelMode::Stop`], once the run's pods are verified gone:
     /// `status.phase = Cancelled`, `supersededBy` and `finishedAt` (the
@@ -269,8 +276,13 @@ impl<T: Workloads + ?Sized> Workloads for std::sync::Arc<T> {
     async fn remains(&self, run: &Run) -> Result<Remains> {
         (**self).remains(run).await
     }
-    async fn wait_gone(&self, run: &Run, mode: CancelMode, deadline: Instant) -> Result<Remains> {
-        (**self).wait_gone(run, mode, deadline).await
+    async fn wait_gone(
+        &self,
+        runs: &[Run],
+        mode: CancelMode,
+        deadline: Instant,
+    ) -> Result<Vec<Remains>> {
+        (**self).wait_gone(runs, mode, deadline).await
     }
     async fn record_cancelled(&self, run: &Run, intent: &Intent) -> Result<()> {
         (**self).record_cancelled(run, intent).await
