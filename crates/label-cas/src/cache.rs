@@ -1,13 +1,15 @@
-//! The manager's memory of the last read of each pull request: its ETag and
-//! labels, so the next read can be conditional (a 304 costs no rate limit).
+//! The memory of the last read of each pull request: its ETag and what it
+//! answered — labels for [`AtomicLabelManager`](crate::AtomicLabelManager),
+//! the whole pull request for [`PullRequestReader`](crate::PullRequestReader)
+//! — so the next read can be conditional (a 304 costs no rate limit).
 //!
 //! Rule kept here: **bounded** — at most `capacity` pull requests; when full
 //! the least recently used entry goes. A cached entry is only ever used
 //! together with a 304 for its own ETag, so staleness cannot leak out.
 //!
-//! Why our own writes need no invalidation: an ETag and the labels it was
-//! sent with are stored and used as one pair, and a 304 means the labels
-//! are still exactly that answer. After any write that changed the labels
+//! Why our own writes need no invalidation: an ETag and the answer it was
+//! sent with are stored and used as one pair, and a 304 means the resource
+//! is still exactly that answer. After any write that changed the labels
 //! (ours or anyone's) the server's ETag differs and the next read is a full
 //! answer that replaces the pair; after a net-zero change (an undo) the old
 //! pair is right again and the read stays free. ETags are specific to the
@@ -20,47 +22,52 @@ use std::sync::{Mutex, PoisonError};
 
 use crate::{ETag, LabelSet};
 
+/// The last ETag and answer (`V`) per pull request, least recently used
+/// first out.
 #[derive(Debug)]
-pub(crate) struct EtagCache {
+pub(crate) struct EtagCache<V = LabelSet> {
     capacity: usize,
-    inner: Mutex<Inner>,
+    inner: Mutex<Inner<V>>,
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    entries: HashMap<String, Entry>,
+#[derive(Debug)]
+struct Inner<V> {
+    entries: HashMap<String, Entry<V>>,
     tick: u64,
 }
 
 #[derive(Debug)]
-struct Entry {
+struct Entry<V> {
     etag: ETag,
-    labels: LabelSet,
+    value: V,
     used: u64,
 }
 
-impl EtagCache {
+impl<V: Clone> EtagCache<V> {
     /// A cache of at most `capacity` entries (0 disables caching).
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             capacity,
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                entries: HashMap::new(),
+                tick: 0,
+            }),
         }
     }
 
-    /// The cached ETag and labels of `key`, marking it recently used.
-    pub(crate) fn get(&self, key: &str) -> Option<(ETag, LabelSet)> {
+    /// The cached ETag and answer of `key`, marking it recently used.
+    pub(crate) fn get(&self, key: &str) -> Option<(ETag, V)> {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         inner.tick += 1;
         let tick = inner.tick;
         inner.entries.get_mut(key).map(|e| {
             e.used = tick;
-            (e.etag.clone(), e.labels.clone())
+            (e.etag.clone(), e.value.clone())
         })
     }
 
     /// Remembers the answer of a read.
-    pub(crate) fn put(&self, key: &str, etag: ETag, labels: LabelSet) {
+    pub(crate) fn put(&self, key: &str, etag: ETag, value: V) {
         if self.capacity == 0 {
             return;
         }
@@ -81,10 +88,10 @@ impl EtagCache {
         }
         inner
             .entries
-            .insert(key.to_owned(), Entry { etag, labels, used });
+            .insert(key.to_owned(), Entry { etag, value, used });
     }
 
-    /// Forgets `key` (its cached labels proved wrong).
+    /// Forgets `key` (its cached answer proved wrong, or it is gone).
     pub(crate) fn forget(&self, key: &str) {
         self.inner
             .lock()
@@ -113,7 +120,7 @@ mod tests {
 
     #[test]
     fn a_full_cache_evicts_the_least_recently_used_pull_request() {
-        let cache = EtagCache::new(2);
+        let cache: EtagCache = EtagCache::new(2);
         cache.put("a", tag("1"), LabelSet::new(["x"]));
         cache.put("b", tag("2"), LabelSet::default());
         assert!(cache.get("a").is_some()); // a is now more recent than b
@@ -126,7 +133,7 @@ mod tests {
 
     #[test]
     fn zero_capacity_caches_nothing() {
-        let cache = EtagCache::new(0);
+        let cache: EtagCache = EtagCache::new(0);
         cache.put("a", tag("1"), LabelSet::default());
         assert!(cache.get("a").is_none());
     }

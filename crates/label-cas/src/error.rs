@@ -33,6 +33,14 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// A commit id is not 40 hex digits (a pull request's head as given to
+    /// a memory backend; from GitHub it is [`Error::InvalidResponse`]).
+    #[error("invalid commit id {sha}: a head sha is 40 hex digits")]
+    InvalidSha {
+        /// The value, bounded and quoted.
+        sha: String,
+    },
+
     /// A transition contradicts itself (for example the same label in `add`
     /// and `remove`).
     #[error("invalid label transition: {reason}")]
@@ -123,7 +131,9 @@ pub enum Error {
     },
 
     /// 404 other than "Label does not exist": no such repository or pull
-    /// request, or the token cannot see it.
+    /// request, or the token cannot see it (also what
+    /// [`MemoryPullRequests`](crate::MemoryPullRequests) answers for a pull
+    /// request it does not hold).
     #[error("not found on GitHub (404): {message}")]
     NotFound {
         /// GitHub's message.
@@ -210,6 +220,7 @@ impl Error {
             Error::PartiallyApplied { source, .. } => source.is_transient(),
             Error::InvalidPr { .. }
             | Error::InvalidLabel { .. }
+            | Error::InvalidSha { .. }
             | Error::InvalidTransition { .. }
             | Error::Config { .. }
             | Error::Conflict { .. }

@@ -12,7 +12,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -38,6 +38,9 @@ use crate::{
 const MAX_BODY_BYTES: usize = 1 << 20;
 /// Longest GitHub message kept in an error.
 const MAX_MESSAGE_CHARS: usize = 300;
+/// Far above GitHub's usual sub-second answers; bounds a stalled connection
+/// so a worker is never stuck on it.
+pub(crate) const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// GitHub allows at most 100 labels per issue, and 100 per page.
 const PER_PAGE: u32 = 100;
 
@@ -67,19 +70,42 @@ const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 /// # Ok(()) }
 /// ```
 pub struct GitHubLabels {
-    client: Octocrab,
-    metrics: Metrics,
-    request_timeout: Option<Duration>,
-    rate_limit: Mutex<Option<RateLimit>>,
+    client: Client,
 }
 
 impl fmt::Debug for GitHubLabels {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GitHubLabels")
-            .field("request_timeout", &self.request_timeout)
+            .field("request_timeout", &self.client.request_timeout)
             .field("rate_limit", &self.rate_limit())
             .finish_non_exhaustive()
     }
+}
+
+/// The HTTP side shared by [`GitHubLabels`] and
+/// [`GitHubPullRequests`](crate::GitHubPullRequests): one octocrab client
+/// (so one token and one rate-limit budget), its request timeout, its
+/// metrics and the rate-limit state its answers last reported. Clones share
+/// all of it.
+#[derive(Clone)]
+pub(crate) struct Client {
+    octocrab: Octocrab,
+    metrics: Metrics,
+    request_timeout: Option<Duration>,
+    rate_limit: Arc<Mutex<Option<RateLimit>>>,
+}
+
+/// What a conditional GET answered.
+pub(crate) enum Conditional {
+    /// 304: unchanged since the ETag sent.
+    NotModified,
+    /// A 2xx answer and its ETag.
+    Fresh {
+        /// The answer (status 2xx).
+        answer: Answer,
+        /// Its `etag` header, if it is a sendable value.
+        etag: Option<ETag>,
+    },
 }
 
 /// Configures a [`GitHubLabels`].
@@ -126,9 +152,7 @@ impl Default for GitHubLabelsBuilder {
         Self {
             credentials: Credentials::None,
             base_uri: None,
-            // Far above GitHub's usual sub-second answers; bounds a stalled
-            // connection so a worker is never stuck on it.
-            request_timeout: Some(Duration::from_secs(30)),
+            request_timeout: Some(DEFAULT_REQUEST_TIMEOUT),
             metrics: Metrics::default(),
         }
     }
@@ -239,10 +263,7 @@ impl GitHubLabelsBuilder {
             }
         };
         Ok(GitHubLabels {
-            client,
-            metrics: self.metrics,
-            request_timeout: self.request_timeout,
-            rate_limit: Mutex::new(None),
+            client: Client::new(client, self.metrics, self.request_timeout),
         })
     }
 }
@@ -258,16 +279,96 @@ impl GitHubLabels {
     /// reports our own removal as someone else's.
     pub fn from_octocrab(client: Octocrab, metrics: Metrics) -> Self {
         Self {
-            client,
-            metrics,
-            request_timeout: GitHubLabelsBuilder::default().request_timeout,
-            rate_limit: Mutex::new(None),
+            client: Client::new(client, metrics, Some(DEFAULT_REQUEST_TIMEOUT)),
         }
+    }
+
+    /// A [`GitHubPullRequests`](crate::GitHubPullRequests) on the same
+    /// client: the same credentials, base URI, timeout and metrics, and the
+    /// same record of the rate-limit budget — so a
+    /// [`RateLimited`](crate::RateLimited) wrapped around this backend sees
+    /// what the pull request reads spent too.
+    pub fn pull_requests(&self) -> crate::GitHubPullRequests {
+        crate::GitHubPullRequests::from_client(self.client.clone())
+    }
+}
+
+impl Client {
+    pub(crate) fn new(
+        octocrab: Octocrab,
+        metrics: Metrics,
+        request_timeout: Option<Duration>,
+    ) -> Self {
+        Self {
+            octocrab,
+            metrics,
+            request_timeout,
+            rate_limit: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    pub(crate) fn octocrab(&self) -> &Octocrab {
+        &self.octocrab
+    }
+
+    pub(crate) fn request_timeout(&self) -> Option<Duration> {
+        self.request_timeout
+    }
+
+    /// The rate-limit state the last answer with complete headers reported.
+    pub(crate) fn rate_limit(&self) -> Option<RateLimit> {
+        *self
+            .rate_limit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// One GET with `If-None-Match` when given an ETag: a 304 (counted in
+    /// the metrics: it cost no budget), or a 2xx answer with its ETag; any
+    /// other status is its error. A 304 to an unconditional read is
+    /// refused as an invalid answer.
+    pub(crate) async fn get_conditional(
+        &self,
+        endpoint: &'static str,
+        uri: String,
+        if_none_match: Option<&ETag>,
+    ) -> Result<Conditional> {
+        let mut headers = HeaderMap::new();
+        if let Some(etag) = if_none_match
+            && let Ok(value) = HeaderValue::from_str(etag.as_str())
+        {
+            headers.insert(http::header::IF_NONE_MATCH, value);
+        }
+        let answer = self
+            .send(
+                endpoint,
+                false,
+                self.octocrab._get_with_headers(uri, Some(headers)),
+            )
+            .await?;
+        if answer.status == StatusCode::NOT_MODIFIED {
+            if if_none_match.is_none() {
+                return Err(Error::InvalidResponse {
+                    reason: "304 Not Modified to an unconditional read".into(),
+                });
+            }
+            self.metrics.not_modified();
+            return Ok(Conditional::NotModified);
+        }
+        if !answer.status.is_success() {
+            return Err(answer.error());
+        }
+        let etag = answer
+            .headers
+            .get(http::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .and_then(ETag::new);
+        Ok(Conditional::Fresh { answer, etag })
     }
 
     /// Sends one request: bounded by the timeout, counted, timed, its
     /// rate-limit headers recorded. `Err` only when no answer came.
-    async fn send<F>(&self, endpoint: &'static str, mutation: bool, request: F) -> Result<Answer>
+    pub(crate) async fn send<F>(&self, endpoint: &'static str, mutation: bool, request: F) -> Result<Answer>
     where
         F: Future<Output = octocrab::Result<http::Response<BoxBody<Bytes, octocrab::Error>>>>,
     {
@@ -327,31 +428,14 @@ impl GitHubLabels {
 impl LabelBackend for GitHubLabels {
     async fn get<'a>(&self, pr: &PrRef, if_none_match: Option<&'a ETag>) -> Result<Fetched> {
         let uri = format!("{}?per_page={PER_PAGE}", labels_path(pr));
-        let mut headers = HeaderMap::new();
-        if let Some(etag) = if_none_match
-            && let Ok(value) = HeaderValue::from_str(etag.as_str())
+        let (answer, etag) = match self
+            .client
+            .get_conditional("get_labels", uri, if_none_match)
+            .await?
         {
-            headers.insert(http::header::IF_NONE_MATCH, value);
-        }
-        let answer = self
-            .send(
-                "get_labels",
-                false,
-                self.client._get_with_headers(uri, Some(headers)),
-            )
-            .await?;
-        if answer.status == StatusCode::NOT_MODIFIED {
-            if if_none_match.is_none() {
-                return Err(Error::InvalidResponse {
-                    reason: "304 Not Modified to an unconditional read".into(),
-                });
-            }
-            self.metrics.not_modified();
-            return Ok(Fetched::NotModified);
-        }
-        if !answer.status.is_success() {
-            return Err(answer.error());
-        }
+            Conditional::NotModified => return Ok(Fetched::NotModified),
+            Conditional::Fresh { answer, etag } => (answer, etag),
+        };
         if has_next_page(&answer.headers) {
             return Err(Error::InvalidResponse {
                 reason: format!(
@@ -360,11 +444,6 @@ impl LabelBackend for GitHubLabels {
             });
         }
         let labels = parse_labels(&answer.body)?;
-        let etag = answer
-            .headers
-            .get(http::header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .and_then(ETag::new);
         Ok(Fetched::Labels { labels, etag })
     }
 
@@ -372,10 +451,11 @@ impl LabelBackend for GitHubLabels {
         validate_label_names(names)?;
         let body = LabelsBody { labels: names };
         let answer = self
+            .client
             .send(
                 "add_labels",
                 true,
-                self.client._post(labels_path(pr), Some(&body)),
+                self.client.octocrab()._post(labels_path(pr), Some(&body)),
             )
             .await?;
         answer.labels()
@@ -389,7 +469,12 @@ impl LabelBackend for GitHubLabels {
             utf8_percent_encode(name, PATH_SEGMENT)
         );
         let answer = self
-            .send("remove_label", true, self.client._delete(uri, None::<&()>))
+            .client
+            .send(
+                "remove_label",
+                true,
+                self.client.octocrab()._delete(uri, None::<&()>),
+            )
             .await?;
         if answer.status == StatusCode::NOT_FOUND
             && answer
@@ -405,28 +490,26 @@ impl LabelBackend for GitHubLabels {
         validate_label_names(names)?;
         let body = LabelsBody { labels: names };
         let answer = self
+            .client
             .send(
                 "replace_labels",
                 true,
-                self.client._put(labels_path(pr), Some(&body)),
+                self.client.octocrab()._put(labels_path(pr), Some(&body)),
             )
             .await?;
         answer.labels()
     }
 
     fn rate_limit(&self) -> Option<RateLimit> {
-        *self
-            .rate_limit
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.client.rate_limit()
     }
 }
 
 /// An HTTP answer, read completely.
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
 }
 
 impl Answer {
@@ -477,16 +560,24 @@ fn labels_path(pr: &PrRef) -> String {
 /// Checks a label list answer: a JSON array of objects with a numeric `id`
 /// and a valid `name`.
 fn parse_labels(body: &[u8]) -> Result<LabelSet> {
-    #[derive(Deserialize)]
-    struct LabelJson {
-        #[allow(dead_code)] // required: its presence is part of the check
-        id: u64,
-        name: String,
-    }
     let labels: Vec<LabelJson> =
         serde_json::from_slice(body).map_err(|e| Error::InvalidResponse {
             reason: format!("the label list is not a JSON array of labels with id and name: {e}"),
         })?;
+    label_set(labels)
+}
+
+/// A label object as GitHub renders it (in label lists and in pull requests).
+#[derive(Deserialize)]
+pub(crate) struct LabelJson {
+    #[allow(dead_code)] // required: its presence is part of the check
+    id: u64,
+    name: String,
+}
+
+/// The label objects of an answer as a set, once each is checked: at most
+/// one page, and names within GitHub's rules.
+pub(crate) fn label_set(labels: Vec<LabelJson>) -> Result<LabelSet> {
     if labels.len() > PER_PAGE as usize {
         return Err(Error::InvalidResponse {
             reason: format!("{} labels in one answer", labels.len()),

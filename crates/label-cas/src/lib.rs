@@ -10,6 +10,13 @@
 //!   waits, `retry-after`, serial spaced mutations.
 //! - [`AtomicLabelManager`] (`manager.rs`): the transition algorithm; its
 //!   ETag cache (`cache.rs`); the optional per-PR lock [`PrLock`] (`lock.rs`).
+//! - [`PullRequests`] (`pulls.rs`): one conditional GET of a pull request
+//!   (head, state, merged, labels); implemented by [`GitHubPullRequests`]
+//!   (`pulls_github.rs`, on the same client as [`GitHubLabels`]) and
+//!   [`MemoryPullRequests`] (`pulls_memory.rs`, labels in a
+//!   [`MemoryLabels`]); one conformance suite (`tests/pulls_conformance.rs`).
+//!   [`PullRequestReader`] (`pulls_reader.rs`) remembers the last answer
+//!   so an unchanged pull request costs a free 304.
 //! - [`Metrics`] and [`Error`].
 
 mod cache;
@@ -19,6 +26,10 @@ mod lock;
 mod manager;
 mod memory;
 mod metrics;
+mod pulls;
+mod pulls_github;
+mod pulls_memory;
+mod pulls_reader;
 mod ratelimit;
 
 use std::fmt;
@@ -37,6 +48,12 @@ pub use crate::manager::{
 };
 pub use crate::memory::{MemoryCalls, MemoryLabels};
 pub use crate::metrics::Metrics;
+#[cfg(any(test, feature = "mock"))]
+pub use crate::pulls::MockPullRequests;
+pub use crate::pulls::{FetchedPull, PullRequest, PullRequests, PullState, parse_head_sha};
+pub use crate::pulls_github::GitHubPullRequests;
+pub use crate::pulls_memory::{MemoryPullRequests, PullCalls};
+pub use crate::pulls_reader::PullRequestReader;
 pub use crate::ratelimit::{RateLimitPolicy, RateLimited};
 
 /// GitHub's limit on a label name, in characters.

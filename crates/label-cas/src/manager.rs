@@ -166,6 +166,15 @@ impl LabelTransition {
                 .any(|n| labels.contains(n))
     }
 
+    /// Whether `labels`, read by someone else, lead straight to a claiming
+    /// DELETE: not the target yet, the preconditions holding, and a label
+    /// to remove among them.
+    fn claims_from(&self, labels: &LabelSet) -> bool {
+        !self.is_satisfied_by(labels)
+            && self.violation(labels, &Changes::default()).is_none()
+            && self.remove.iter().any(|n| labels.contains(n))
+    }
+
     /// Why `labels` violate the preconditions, if they do. Our own earlier
     /// changes excuse a label: one we removed may be missing, one we added
     /// may be present.
@@ -433,7 +442,49 @@ impl<B: LabelBackend + 'static> AtomicLabelManager<B> {
         let core = self.core.clone();
         let (pr, transition) = (pr.clone(), transition.clone());
         self.owned("transition", async move {
-            core.transition(&pr, &transition).await
+            core.transition(&pr, &transition, None).await
+        })
+        .await
+    }
+
+    /// Like [`transition`](Self::transition), starting from labels the
+    /// caller has just read — a pull request's labels from
+    /// [`PullRequestReader::current`](crate::PullRequestReader::current) —
+    /// instead of the manager's own first read: a move then costs exactly
+    /// its claiming DELETE and its POST.
+    ///
+    /// It is as safe as `transition`, because what makes a transition
+    /// correct are GitHub's answers to its writes, not its read: `known`
+    /// only decides which claims to send. Precisely:
+    ///
+    /// - `known` is used only when it leads straight to a claiming DELETE
+    ///   (the labels are not the target yet, the preconditions hold on them
+    ///   and a label to remove is among them). Otherwise — already in
+    ///   state, a precondition failing, nothing to claim — the manager
+    ///   reads the labels itself and goes on exactly as `transition`: an
+    ///   outcome without a write is never decided on the caller's labels.
+    /// - A first claim answered 404 (the label was already gone: `known`
+    ///   was stale, or another writer moved first) changed nothing of ours,
+    ///   so the manager reads and decides again, as a `transition` started
+    ///   at that moment would: a conflict then carries the labels as they
+    ///   are, not as `known` had them.
+    /// - After the first DELETE's answer everything is `transition`'s path:
+    ///   additions are computed against GitHub's newest list, a later lost
+    ///   claim is a conflict with our changes undone, and the list the last
+    ///   write returned is verified (a required label gone or a forbidden
+    ///   one present meanwhile is interference: re-read, retried, undone).
+    ///
+    /// Errors and the owned-task behaviour are those of `transition`.
+    pub async fn transition_from(
+        &self,
+        pr: &PrRef,
+        transition: &LabelTransition,
+        known: &LabelSet,
+    ) -> Result<TransitionOutcome> {
+        let core = self.core.clone();
+        let (pr, transition, known) = (pr.clone(), transition.clone(), known.clone());
+        self.owned("transition", async move {
+            core.transition(&pr, &transition, Some(&known)).await
         })
         .await
     }
@@ -519,14 +570,15 @@ impl<B: LabelBackend> Core<B> {
         &self,
         pr: &PrRef,
         transition: &LabelTransition,
+        known: Option<&LabelSet>,
     ) -> Result<TransitionOutcome> {
-        let span = tracing::info_span!("label_transition", pr = %pr);
+        let span = tracing::info_span!("label_transition", pr = %pr, from_known = known.is_some());
         let mut lock_lost = false;
         let result = async {
             transition.validate()?;
             let guard = self.lock_for(pr).await?;
             let mut run = Run::new(pr, guard.as_ref(), &self.metrics);
-            let result = self.run(pr, transition, &mut run).await;
+            let result = self.run(pr, transition, known, &mut run).await;
             run.finished = true;
             lock_lost = run.lock_lost;
             result
@@ -610,18 +662,28 @@ impl<B: LabelBackend> Core<B> {
         }
     }
 
+    /// The attempts of one transition. `known` labels stand in for the
+    /// first read only when they lead straight to a claiming DELETE (see
+    /// [`AtomicLabelManager::transition_from`]).
     async fn run(
         &self,
         pr: &PrRef,
         transition: &LabelTransition,
+        known: Option<&LabelSet>,
         run: &mut Run<'_>,
     ) -> Result<TransitionOutcome> {
         let mut backoff = Backoff::new(self.policy.interference_backoff.clone());
         let max_attempts = self.policy.max_attempts.max(1);
-        for attempt in 1..=max_attempts {
-            let current = match self.read(pr, run).await {
-                Ok(current) => current,
-                Err(error) => return Err(self.abandon(pr, run, error).await),
+        let mut known = known.filter(|labels| transition.claims_from(labels)).cloned();
+        let mut attempt = 1;
+        loop {
+            let from_known = known.is_some();
+            let current = match known.take() {
+                Some(labels) => labels,
+                None => match self.read(pr, run).await {
+                    Ok(current) => current,
+                    Err(error) => return Err(self.abandon(pr, run, error).await),
+                },
             };
             run.changes.observe(&current);
             if transition.is_satisfied_by(&current) {
@@ -638,6 +700,15 @@ impl<B: LabelBackend> Core<B> {
             }
             let last = match self.apply(pr, transition, &current, run).await {
                 Ok(Step::Written(last)) => last,
+                Ok(Step::Lost { name, .. }) if from_known && run.changes.is_empty() => {
+                    // Nothing of ours changed: this is a transition starting
+                    // now, decided on a read (the same attempt).
+                    tracing::info!(
+                        label = %name,
+                        "the caller's labels were stale (the label was already gone); reading them"
+                    );
+                    continue;
+                }
                 Ok(Step::Lost { name, seen }) => {
                     let current = self.undo(pr, run, seen).await?;
                     return Err(Error::Conflict {
@@ -657,13 +728,15 @@ impl<B: LabelBackend> Core<B> {
                 return Err(self.abandon(pr, run, lost).await);
             }
             tracing::warn!(attempt, labels = %last, "another writer interfered; retrying the transition");
-            if attempt < max_attempts {
-                let delay = backoff
-                    .next_delay()
-                    .unwrap_or(self.policy.interference_backoff.max);
-                if !self.sleep(delay).await {
-                    return Err(self.abandon(pr, run, Error::Cancelled).await);
-                }
+            if attempt >= max_attempts {
+                break;
+            }
+            attempt += 1;
+            let delay = backoff
+                .next_delay()
+                .unwrap_or(self.policy.interference_backoff.max);
+            if !self.sleep(delay).await {
+                return Err(self.abandon(pr, run, Error::Cancelled).await);
             }
         }
         let error = Error::Interference {

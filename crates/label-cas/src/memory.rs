@@ -155,6 +155,15 @@ impl MemoryLabels {
             .unwrap_or_default()
     }
 
+    /// The labels and their version (the value behind the ETag; it changes
+    /// with every change and never comes back), not counted.
+    pub(crate) fn versioned(&self, pr: &PrRef) -> (LabelSet, u64) {
+        self.lock()
+            .get(&pr.key())
+            .map(|i| (i.set(), i.version))
+            .unwrap_or_default()
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Issue>> {
         // Every change below validates first and mutates last, so a panic
         // cannot leave an issue half-written: poisoning carries no meaning.
@@ -181,14 +190,9 @@ impl MemoryLabels {
 impl LabelBackend for MemoryLabels {
     async fn get<'a>(&self, pr: &PrRef, if_none_match: Option<&'a ETag>) -> Result<Fetched> {
         self.calls.get.fetch_add(1, Ordering::Relaxed);
-        let issues = self.lock();
-        let (labels, version) = issues
-            .get(&pr.key())
-            .map(|i| (i.set(), i.version))
-            .unwrap_or_default();
+        let (labels, version) = self.versioned(pr);
         let etag = etag(version);
-        if if_none_match.is_some_and(|sent| sent.as_str().trim_start_matches("W/") == etag.as_str())
-        {
+        if matches_current(if_none_match, &etag) {
             self.calls.not_modified.fetch_add(1, Ordering::Relaxed);
             return Ok(Fetched::NotModified);
         }
@@ -233,6 +237,12 @@ fn insert_all(issue: &mut Issue, names: &[String]) {
             .entry(name.to_lowercase())
             .or_insert_with(|| name.clone());
     }
+}
+
+/// Whether an `If-None-Match` ETag names the current one (weak comparison,
+/// as GitHub does: `W/"x"` matches `"x"`).
+pub(crate) fn matches_current(if_none_match: Option<&ETag>, current: &ETag) -> bool {
+    if_none_match.is_some_and(|sent| sent.as_str().trim_start_matches("W/") == current.as_str())
 }
 
 fn etag(version: u64) -> ETag {
