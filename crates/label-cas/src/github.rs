@@ -368,7 +368,12 @@ impl Client {
 
     /// Sends one request: bounded by the timeout, counted, timed, its
     /// rate-limit headers recorded. `Err` only when no answer came.
-    pub(crate) async fn send<F>(&self, endpoint: &'static str, mutation: bool, request: F) -> Result<Answer>
+    pub(crate) async fn send<F>(
+        &self,
+        endpoint: &'static str,
+        mutation: bool,
+        request: F,
+    ) -> Result<Answer>
     where
         F: Future<Output = octocrab::Result<http::Response<BoxBody<Bytes, octocrab::Error>>>>,
     {
