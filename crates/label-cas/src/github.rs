@@ -7,6 +7,11 @@
 //! headers and JSON are validated, and the `x-ratelimit-*` headers of every
 //! answer are recorded for [`RateLimited`](crate::RateLimited).
 //!
+//! The HTTP side underneath (one octocrab client, its timeout, metrics and
+//! rate-limit record) is shared with
+//! [`GitHubPullRequests`](crate::GitHubPullRequests) through
+//! [`GitHubLabels::pull_requests`]: one token, one budget.
+//!
 //! Credentials are [`SecretString`]s; they reach octocrab and nothing else —
 //! no error, log line or `Debug` output of this module contains them.
 
