@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
-use crate::{ETag, LabelSet};
+use crate::{ETag, Error, LabelSet, Result};
 
 /// The last ETag and answer (`V`) per pull request, least recently used
 /// first out.
@@ -89,6 +89,32 @@ impl<V: Clone> EtagCache<V> {
         inner
             .entries
             .insert(key.to_owned(), Entry { etag, value, used });
+    }
+
+    /// Settles a conditional read of `key` sent with the ETag of `cached`:
+    /// a full answer (`Some`) is remembered under its ETag (without one,
+    /// the entry goes) and returned; a 304 (`None`) returns the cached
+    /// value — the one its ETag stands for — and is refused when nothing
+    /// was cached (the read was unconditional).
+    pub(crate) fn settle(
+        &self,
+        key: &str,
+        cached: Option<(ETag, V)>,
+        answer: Option<(V, Option<ETag>)>,
+    ) -> Result<V> {
+        match (answer, cached) {
+            (Some((value, etag)), _) => {
+                match etag {
+                    Some(etag) => self.put(key, etag, value.clone()),
+                    None => self.forget(key),
+                }
+                Ok(value)
+            }
+            (None, Some((_, value))) => Ok(value),
+            (None, None) => Err(Error::InvalidResponse {
+                reason: "304 Not Modified to an unconditional read".into(),
+            }),
+        }
     }
 
     /// Forgets `key` (its cached answer proved wrong, or it is gone).

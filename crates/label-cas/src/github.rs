@@ -7,6 +7,11 @@
 //! headers and JSON are validated, and the `x-ratelimit-*` headers of every
 //! answer are recorded for [`RateLimited`](crate::RateLimited).
 //!
+//! The HTTP side underneath (one octocrab client, its timeout, metrics and
+//! rate-limit record) is shared with
+//! [`GitHubPullRequests`](crate::GitHubPullRequests) through
+//! [`GitHubLabels::pull_requests`]: one token, one budget.
+//!
 //! Credentials are [`SecretString`]s; they reach octocrab and nothing else —
 //! no error, log line or `Debug` output of this module contains them.
 
@@ -368,7 +373,12 @@ impl Client {
 
     /// Sends one request: bounded by the timeout, counted, timed, its
     /// rate-limit headers recorded. `Err` only when no answer came.
-    pub(crate) async fn send<F>(&self, endpoint: &'static str, mutation: bool, request: F) -> Result<Answer>
+    pub(crate) async fn send<F>(
+        &self,
+        endpoint: &'static str,
+        mutation: bool,
+        request: F,
+    ) -> Result<Answer>
     where
         F: Future<Output = octocrab::Result<http::Response<BoxBody<Bytes, octocrab::Error>>>>,
     {

@@ -674,7 +674,9 @@ impl<B: LabelBackend> Core<B> {
     ) -> Result<TransitionOutcome> {
         let mut backoff = Backoff::new(self.policy.interference_backoff.clone());
         let max_attempts = self.policy.max_attempts.max(1);
-        let mut known = known.filter(|labels| transition.claims_from(labels)).cloned();
+        let mut known = known
+            .filter(|labels| transition.claims_from(labels))
+            .cloned();
         let mut attempt = 1;
         loop {
             let from_known = known.is_some();
@@ -913,22 +915,14 @@ impl<B: LabelBackend> Core<B> {
         let key = pr.key();
         let cached = self.cache.get(&key);
         let etag = cached.as_ref().map(|(etag, _)| etag);
-        let fetched = self
+        let answer = match self
             .with_retry(run, None, || self.backend.get(pr, etag))
-            .await?;
-        match (fetched, cached) {
-            (Fetched::Labels { labels, etag }, _) => {
-                match etag {
-                    Some(etag) => self.cache.put(&key, etag, labels.clone()),
-                    None => self.cache.forget(&key),
-                }
-                Ok(labels)
-            }
-            (Fetched::NotModified, Some((_, labels))) => Ok(labels),
-            (Fetched::NotModified, None) => Err(Error::InvalidResponse {
-                reason: "304 Not Modified to an unconditional read".into(),
-            }),
-        }
+            .await?
+        {
+            Fetched::Labels { labels, etag } => Some((labels, etag)),
+            Fetched::NotModified => None,
+        };
+        self.cache.settle(&key, cached, answer)
     }
 
     /// Restores what this run changed; `fallback` is returned when there is

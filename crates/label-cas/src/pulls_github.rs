@@ -15,8 +15,8 @@ use serde::Deserialize;
 
 use crate::github::{Client, Conditional, DEFAULT_REQUEST_TIMEOUT, LabelJson, label_set};
 use crate::{
-    ETag, Error, FetchedPull, Metrics, PrRef, PullRequest, PullRequests,
-    PullState, RateLimit, Result, parse_head_sha,
+    ETag, Error, FetchedPull, Metrics, PrRef, PullRequest, PullRequests, PullState, RateLimit,
+    Result, parse_head_sha,
 };
 
 /// Pull requests on GitHub (or GitHub Enterprise Server).
@@ -58,11 +58,7 @@ impl GitHubPullRequests {
     /// off, as for [`GitHubLabels::from_octocrab`](crate::GitHubLabels::from_octocrab),
     /// so that one read is one request and the caller's retry decides).
     pub fn from_octocrab(client: Octocrab, metrics: Metrics) -> Self {
-        Self::from_client(Client::new(
-            client,
-            metrics,
-            Some(DEFAULT_REQUEST_TIMEOUT),
-        ))
+        Self::from_client(Client::new(client, metrics, Some(DEFAULT_REQUEST_TIMEOUT)))
     }
 
     pub(crate) fn from_client(client: Client) -> Self {
@@ -74,12 +70,7 @@ impl GitHubPullRequests {
 impl PullRequests for GitHubPullRequests {
     async fn pull<'a>(&self, pr: &PrRef, if_none_match: Option<&'a ETag>) -> Result<FetchedPull> {
         // Owner and repository were validated by `PrRef::new`: no escaping.
-        let uri = format!(
-            "/repos/{}/{}/pulls/{}",
-            pr.owner(),
-            pr.repo(),
-            pr.number()
-        );
+        let uri = format!("/repos/{}/{}/pulls/{}", pr.owner(), pr.repo(), pr.number());
         match self
             .client
             .get_conditional("get_pull", uri, if_none_match)
@@ -221,9 +212,12 @@ mod tests {
         );
     }
 
+    /// Breaks one thing in an answer.
+    type Breaks = fn(&mut Value);
+
     #[test]
     fn pull_request_answers_are_validated_before_use() {
-        let broken: [(&str, fn(&mut Value)); 8] = [
+        let broken: [(&str, Breaks); 8] = [
             ("short sha", |v| v["head"]["sha"] = json!("ec26c3e")),
             ("no head", |v| {
                 v.as_object_mut().unwrap().remove("head");
@@ -233,7 +227,9 @@ mod tests {
             ("no labels", |v| {
                 v.as_object_mut().unwrap().remove("labels");
             }),
-            ("bad label", |v| v["labels"] = json!([{"id": 1, "name": ""}])),
+            ("bad label", |v| {
+                v["labels"] = json!([{"id": 1, "name": ""}])
+            }),
             ("bad time", |v| v["updated_at"] = json!("yesterday")),
             ("not an object", |v| *v = json!(["a"])),
         ];

@@ -174,11 +174,7 @@ impl MemoryPullRequests {
     }
 
     /// The pull request with its labels now, and its ETag.
-    fn current(
-        &self,
-        pulls: &HashMap<String, Stored>,
-        pr: &PrRef,
-    ) -> Option<(PullRequest, ETag)> {
+    fn current(&self, pulls: &HashMap<String, Stored>, pr: &PrRef) -> Option<(PullRequest, ETag)> {
         let stored = pulls.get(&pr.key())?;
         let (labels, labels_version) = self.labels.versioned(pr);
         let etag = etag(stored.version, labels_version);
@@ -252,7 +248,9 @@ mod tests {
     #[tokio::test]
     async fn setting_the_same_pull_request_again_keeps_its_etag() {
         let pulls = MemoryPullRequests::new();
-        let pull = PullRequest::open(&sha('a'), "feature").unwrap().with_labels(["x"]);
+        let pull = PullRequest::open(&sha('a'), "feature")
+            .unwrap()
+            .with_labels(["x"]);
         pulls.set_pull(&pr(), pull.clone()).unwrap();
         let etag = etag_of(&pulls).await;
         pulls.set_pull(&pr(), pull).unwrap();

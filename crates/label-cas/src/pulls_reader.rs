@@ -76,27 +76,16 @@ impl<P: PullRequests> PullRequestReader<P> {
         let key = pr.key();
         let cached = self.cache.get(&key);
         let etag = cached.as_ref().map(|(etag, _)| etag);
-        let fetched = match self.pulls.pull(pr, etag).await {
-            Ok(fetched) => fetched,
+        let answer = match self.pulls.pull(pr, etag).await {
+            Ok(FetchedPull::Pull { pull, etag }) => Some((pull, etag)),
+            Ok(FetchedPull::NotModified) => None,
             Err(error @ Error::NotFound { .. }) => {
                 self.cache.forget(&key);
                 return Err(error);
             }
             Err(error) => return Err(error),
         };
-        match (fetched, cached) {
-            (FetchedPull::Pull { pull, etag }, _) => {
-                match etag {
-                    Some(etag) => self.cache.put(&key, etag, pull.clone()),
-                    None => self.cache.forget(&key),
-                }
-                Ok(pull)
-            }
-            (FetchedPull::NotModified, Some((_, pull))) => Ok(pull),
-            (FetchedPull::NotModified, None) => Err(Error::InvalidResponse {
-                reason: "304 Not Modified to an unconditional read".into(),
-            }),
-        }
+        self.cache.settle(&key, cached, answer)
     }
 
     #[cfg(test)]
@@ -119,7 +108,10 @@ mod tests {
         PullRequest::open(&digit.to_string().repeat(40), "feature").unwrap()
     }
 
-    fn reader_with(pulls: &[(u64, char)], capacity: usize) -> PullRequestReader<MemoryPullRequests> {
+    fn reader_with(
+        pulls: &[(u64, char)],
+        capacity: usize,
+    ) -> PullRequestReader<MemoryPullRequests> {
         let memory = MemoryPullRequests::new();
         for (number, digit) in pulls {
             memory.set_pull(&pr(*number), pull(*digit)).unwrap();

@@ -208,34 +208,21 @@ async fn a_transition_with_a_missing_precondition_conflicts_without_writing(h: &
 /// Runs every check on a fresh harness from `make`.
 macro_rules! conformance {
     ($module:ident, $make:expr) => {
-        mod $module {
-            use super::*;
-
-            conformance!(@check $make;
-                reads_return_every_label_sorted_with_an_etag,
-                a_read_with_the_current_etag_is_not_modified_until_something_changes,
-                add_is_one_call_that_keeps_other_labels_and_returns_the_result,
-                adding_a_present_label_changes_nothing,
-                remove_returns_the_rest_and_absent_for_a_label_not_there,
-                names_compare_case_insensitively,
-                names_with_spaces_slashes_and_unicode_round_trip,
-                replace_sets_exactly_the_given_labels,
-                invalid_names_are_rejected_before_any_call,
-                other_pull_requests_are_untouched,
-                a_transition_is_three_calls_and_keeps_outside_labels,
-                a_transition_already_in_state_reads_once_and_writes_nothing,
-                a_transition_with_a_missing_precondition_conflicts_without_writing,
-            );
-        }
-    };
-    (@check $make:expr; $($check:ident),+ $(,)?) => {
-        $(
-            #[tokio::test]
-            async fn $check() {
-                let harness = $make;
-                super::$check(&harness).await;
-            }
-        )+
+        common::suite!($module, $make;
+            reads_return_every_label_sorted_with_an_etag,
+            a_read_with_the_current_etag_is_not_modified_until_something_changes,
+            add_is_one_call_that_keeps_other_labels_and_returns_the_result,
+            adding_a_present_label_changes_nothing,
+            remove_returns_the_rest_and_absent_for_a_label_not_there,
+            names_compare_case_insensitively,
+            names_with_spaces_slashes_and_unicode_round_trip,
+            replace_sets_exactly_the_given_labels,
+            invalid_names_are_rejected_before_any_call,
+            other_pull_requests_are_untouched,
+            a_transition_is_three_calls_and_keeps_outside_labels,
+            a_transition_already_in_state_reads_once_and_writes_nothing,
+            a_transition_with_a_missing_precondition_conflicts_without_writing,
+        );
     };
 }
 

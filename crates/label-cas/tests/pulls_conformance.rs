@@ -8,7 +8,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{pr, set};
+use common::{GitHubHarness, MemoryHarness, pr, set};
 use label_cas::{
     AtomicLabelManager, ETag, Error, FetchedPull, GitHubLabels, GitHubPullRequests, LabelBackend,
     LabelTransition, MemoryLabels, MemoryPullRequests, Metrics, PrRef, PullRequest,
@@ -40,19 +40,21 @@ trait Harness: Send + Sync {
     fn not_modified(&self) -> u64;
 }
 
-struct MemoryHarness {
+/// [`MemoryPullRequests`] over the labels of common's [`MemoryHarness`].
+struct MemoryPulls {
     pulls: Arc<MemoryPullRequests>,
 }
 
-impl MemoryHarness {
+impl MemoryPulls {
     fn new() -> Self {
+        let labels = MemoryHarness::new().labels;
         Self {
-            pulls: Arc::new(MemoryPullRequests::with_labels(Arc::new(MemoryLabels::new()))),
+            pulls: Arc::new(MemoryPullRequests::with_labels(labels)),
         }
     }
 }
 
-impl Harness for MemoryHarness {
+impl Harness for MemoryPulls {
     type Pulls = MemoryPullRequests;
     type Labels = MemoryLabels;
 
@@ -81,38 +83,26 @@ impl Harness for MemoryHarness {
     }
 }
 
-struct GitHubHarness {
-    fake: FakeGitHub,
-    labels: Arc<GitHubLabels>,
+/// [`GitHubPullRequests`] sharing the client of common's
+/// [`GitHubHarness`]'s labels, against the fake GitHub.
+struct GitHubPulls {
+    github: GitHubHarness,
     pulls: Arc<GitHubPullRequests>,
-    metrics: Metrics,
 }
 
-impl GitHubHarness {
+impl GitHubPulls {
     async fn start() -> Self {
         Self::start_with(FakeGitHub::builder()).await
     }
 
     async fn start_with(builder: FakeGitHubBuilder) -> Self {
-        let fake = builder.start().await.unwrap();
-        let metrics = Metrics::new();
-        let labels = GitHubLabels::builder()
-            .token(SecretString::from(fake.token().to_owned()))
-            .base_uri(fake.url().as_str())
-            .metrics(metrics.clone())
-            .build()
-            .unwrap();
-        let pulls = Arc::new(labels.pull_requests());
-        Self {
-            fake,
-            labels: Arc::new(labels),
-            pulls,
-            metrics,
-        }
+        let github = GitHubHarness::start_with(builder).await;
+        let pulls = Arc::new(github.labels.pull_requests());
+        Self { github, pulls }
     }
 }
 
-impl Harness for GitHubHarness {
+impl Harness for GitHubPulls {
     type Pulls = GitHubPullRequests;
     type Labels = GitHubLabels;
 
@@ -120,23 +110,32 @@ impl Harness for GitHubHarness {
         Arc::clone(&self.pulls)
     }
     fn labels(&self) -> Arc<GitHubLabels> {
-        Arc::clone(&self.labels)
+        Arc::clone(&self.github.labels)
     }
     fn add_pull(&self, pr: &PrRef, head_sha: &str, head_ref: &str, labels: &[&str]) {
-        self.fake
-            .add_pull(pr.owner(), pr.repo(), pr.number(), head_sha, head_ref, labels)
+        self.github
+            .fake
+            .add_pull(
+                pr.owner(),
+                pr.repo(),
+                pr.number(),
+                head_sha,
+                head_ref,
+                labels,
+            )
             .unwrap();
     }
     fn push(&self, pr: &PrRef, head_sha: &str) {
-        self.fake
+        self.github
+            .fake
             .set_pull_head(pr.owner(), pr.repo(), pr.number(), head_sha)
             .unwrap();
     }
     fn calls(&self) -> u64 {
-        self.fake.calls().total()
+        self.github.fake.calls().total()
     }
     fn not_modified(&self) -> u64 {
-        self.metrics.not_modified_count()
+        self.github.metrics.not_modified_count()
     }
 }
 
@@ -172,7 +171,8 @@ async fn a_push_answers_in_full_with_a_new_etag_and_the_new_head(h: &impl Harnes
     h.add_pull(&pr(1), OLD, "feature", &[]);
     let (_, etag) = read(h, &pr(1)).await;
     h.push(&pr(1), NEW);
-    let FetchedPull::Pull { pull, etag: fresh } = h.pulls().pull(&pr(1), Some(&etag)).await.unwrap()
+    let FetchedPull::Pull { pull, etag: fresh } =
+        h.pulls().pull(&pr(1), Some(&etag)).await.unwrap()
     else {
         panic!("a push must invalidate the ETag");
     };
@@ -245,33 +245,20 @@ async fn a_pr_read_and_a_move_from_its_labels_are_three_calls(h: &impl Harness) 
 /// Runs every check on a fresh harness from `make`.
 macro_rules! conformance {
     ($module:ident, $make:expr) => {
-        mod $module {
-            use super::*;
-
-            conformance!(@check $make;
-                a_pull_request_reads_its_head_branch_state_and_labels,
-                an_unchanged_pull_request_answers_304_to_its_etag,
-                a_push_answers_in_full_with_a_new_etag_and_the_new_head,
-                a_label_written_through_the_label_backend_changes_the_pull_request,
-                an_unknown_pull_request_is_not_found_and_permanent,
-                the_reader_serves_an_unchanged_pull_request_from_a_304,
-                a_pr_read_and_a_move_from_its_labels_are_three_calls,
-            );
-        }
-    };
-    (@check $make:expr; $($check:ident),+ $(,)?) => {
-        $(
-            #[tokio::test]
-            async fn $check() {
-                let harness = $make;
-                super::$check(&harness).await;
-            }
-        )+
+        common::suite!($module, $make;
+            a_pull_request_reads_its_head_branch_state_and_labels,
+            an_unchanged_pull_request_answers_304_to_its_etag,
+            a_push_answers_in_full_with_a_new_etag_and_the_new_head,
+            a_label_written_through_the_label_backend_changes_the_pull_request,
+            an_unknown_pull_request_is_not_found_and_permanent,
+            the_reader_serves_an_unchanged_pull_request_from_a_304,
+            a_pr_read_and_a_move_from_its_labels_are_three_calls,
+        );
     };
 }
 
-conformance!(memory, MemoryHarness::new());
-conformance!(github, GitHubHarness::start().await);
+conformance!(memory, MemoryPulls::new());
+conformance!(github, GitHubPulls::start().await);
 
 /// What the fake GitHub cannot do yet: close or merge a pull request
 /// (`FakeGitHub::add_pull` always renders it open). The GitHub backend's
@@ -282,7 +269,7 @@ mod memory_only {
 
     #[tokio::test]
     async fn a_closed_or_merged_pull_request_reads_as_such_with_a_new_etag() {
-        let h = MemoryHarness::new();
+        let h = MemoryPulls::new();
         h.add_pull(&pr(1), OLD, "feature", &[]);
         let (_, etag) = read(&h, &pr(1)).await;
         h.pulls
@@ -313,7 +300,7 @@ mod github_only {
 
     #[tokio::test]
     async fn a_304_costs_no_rate_limit_and_the_budget_is_shared_with_the_labels() {
-        let h = GitHubHarness::start().await;
+        let h = GitHubPulls::start().await;
         h.add_pull(&pr(1), OLD, "feature", &[]);
         assert!(h.pulls.rate_limit().is_none(), "nothing seen yet");
         let (_, etag) = read(&h, &pr(1)).await;
@@ -323,14 +310,22 @@ mod github_only {
             h.pulls.pull(&pr(1), Some(&etag)).await.unwrap(),
             FetchedPull::NotModified
         );
-        assert_eq!(h.pulls.rate_limit().unwrap().remaining, 4999, "the 304 was free");
         assert_eq!(
-            h.fake.rate_limit(h.fake.token()).unwrap().remaining,
+            h.pulls.rate_limit().unwrap().remaining,
+            4999,
+            "the 304 was free"
+        );
+        assert_eq!(
+            h.github
+                .fake
+                .rate_limit(h.github.fake.token())
+                .unwrap()
+                .remaining,
             4999,
             "and the fake agrees"
         );
         assert_eq!(
-            h.labels.rate_limit(),
+            h.github.labels.rate_limit(),
             h.pulls.rate_limit(),
             "one token, one budget: the label backend (and a RateLimited around it) sees the reads"
         );
@@ -338,9 +333,10 @@ mod github_only {
 
     #[tokio::test]
     async fn an_injected_503_is_a_transient_server_error() {
-        let h = GitHubHarness::start().await;
+        let h = GitHubPulls::start().await;
         h.add_pull(&pr(1), OLD, "feature", &[]);
-        h.fake
+        h.github
+            .fake
             .faults()
             .fail_next(pull_reads(), 1, InjectedError::Status(503));
         let err = h.pulls.pull(&pr(1), None).await.unwrap_err();
@@ -352,9 +348,9 @@ mod github_only {
 
     #[tokio::test]
     async fn a_429_is_a_transient_rate_limit_with_the_wait_github_asked_for() {
-        let h = GitHubHarness::start().await;
+        let h = GitHubPulls::start().await;
         h.add_pull(&pr(1), OLD, "feature", &[]);
-        h.fake.faults().fail_next(
+        h.github.fake.faults().fail_next(
             pull_reads(),
             1,
             InjectedError::TooManyRequests {
@@ -369,11 +365,14 @@ mod github_only {
 
     #[tokio::test]
     async fn an_exhausted_budget_is_a_rate_limit_until_its_reset() {
-        let h = GitHubHarness::start_with(FakeGitHub::builder().rate_limit(1)).await;
+        let h = GitHubPulls::start_with(FakeGitHub::builder().rate_limit(1)).await;
         h.add_pull(&pr(1), OLD, "feature", &[]);
         read(&h, &pr(1)).await;
         let err = h.pulls.pull(&pr(1), None).await.unwrap_err();
-        assert!(matches!(err, Error::RateLimited { reset: Some(_), .. }), "{err}");
+        assert!(
+            matches!(err, Error::RateLimited { reset: Some(_), .. }),
+            "{err}"
+        );
         assert!(err.is_transient() && err.retry_after().is_some());
     }
 

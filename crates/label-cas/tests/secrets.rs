@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use common::{Harness, owned, pr};
 use label_cas::{
-    AtomicLabelManager, Error, GitHubLabels, LabelBackend, LabelTransition, RateLimitPolicy,
-    RateLimited, TransitionPolicy,
+    AtomicLabelManager, Error, GitHubLabels, LabelBackend, LabelTransition, PullRequests,
+    RateLimitPolicy, RateLimited, TransitionPolicy,
 };
 use resilience::RetryPolicy;
 use secrecy::SecretString;
@@ -186,6 +186,22 @@ async fn no_token_or_private_key_appears_in_any_error_debug_output_or_log_line()
             .build()
             .unwrap_err(),
     );
+
+    // Pull request reads on the same clients: found, not found, 401.
+    fake.add_pull("acme", "widgets", 5, &"a".repeat(40), "feature", ["x"])
+        .unwrap();
+    let pulls = h.labels.pull_requests();
+    pulls.pull(&pr(5), None).await.unwrap();
+    errors.push(pulls.pull(&pr(6), None).await.unwrap_err());
+    errors.push(
+        client(fake, WRONG_TOKEN)
+            .pull_requests()
+            .pull(&pr(5), None)
+            .await
+            .unwrap_err(),
+    );
+    outputs.push(format!("{pulls:?}"));
+    outputs.push(format!("{:?}", app.pull_requests()));
 
     for error in &errors {
         shown(&mut outputs, error);

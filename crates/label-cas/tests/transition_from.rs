@@ -9,9 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::{GitHubHarness, Harness, MemoryHarness, pr, set};
-use label_cas::{
-    AtomicLabelManager, Error, LabelTransition, TransitionPolicy, TransitionResult,
-};
+use label_cas::{AtomicLabelManager, Error, LabelTransition, TransitionPolicy, TransitionResult};
 use resilience::BackoffPolicy;
 
 fn stage() -> LabelTransition {
@@ -75,7 +73,11 @@ async fn known_labels_that_are_really_done_cost_one_read_and_no_write(h: &impl H
         .await
         .unwrap();
     assert_eq!(outcome.result, TransitionResult::AlreadyInState);
-    assert_eq!(h.calls() - before, 1, "a no-write outcome is decided on a read");
+    assert_eq!(
+        h.calls() - before,
+        1,
+        "a no-write outcome is decided on a read"
+    );
 }
 
 async fn known_labels_missing_the_precondition_are_confirmed_by_a_read(h: &impl Harness) {
@@ -169,33 +171,20 @@ async fn of_two_writers_with_the_same_known_labels_one_moves_and_the_other_finds
 }
 
 /// Runs every check on a fresh harness from `make`.
-macro_rules! suite {
+macro_rules! checks {
     ($module:ident, $make:expr) => {
-        mod $module {
-            use super::*;
-
-            suite!(@check $make;
-                fresh_known_labels_make_a_move_exactly_one_delete_and_one_post,
-                known_labels_that_look_done_are_confirmed_by_a_read_and_the_move_still_happens,
-                known_labels_that_are_really_done_cost_one_read_and_no_write,
-                known_labels_missing_the_precondition_are_confirmed_by_a_read,
-                a_claim_on_a_label_already_moved_on_rereads_and_conflicts_with_the_labels_as_they_are,
-                a_stale_claim_on_a_label_not_required_rereads_and_completes,
-                a_forbidden_label_added_since_the_read_is_caught_by_verification_and_undone,
-                of_two_writers_with_the_same_known_labels_one_moves_and_the_other_finds_it_done,
-            );
-        }
-    };
-    (@check $make:expr; $($check:ident),+ $(,)?) => {
-        $(
-            #[tokio::test]
-            async fn $check() {
-                let harness = $make;
-                super::$check(&harness).await;
-            }
-        )+
+        common::suite!($module, $make;
+            fresh_known_labels_make_a_move_exactly_one_delete_and_one_post,
+            known_labels_that_look_done_are_confirmed_by_a_read_and_the_move_still_happens,
+            known_labels_that_are_really_done_cost_one_read_and_no_write,
+            known_labels_missing_the_precondition_are_confirmed_by_a_read,
+            a_claim_on_a_label_already_moved_on_rereads_and_conflicts_with_the_labels_as_they_are,
+            a_stale_claim_on_a_label_not_required_rereads_and_completes,
+            a_forbidden_label_added_since_the_read_is_caught_by_verification_and_undone,
+            of_two_writers_with_the_same_known_labels_one_moves_and_the_other_finds_it_done,
+        );
     };
 }
 
-suite!(memory, MemoryHarness::new());
-suite!(github, GitHubHarness::start().await);
+checks!(memory, MemoryHarness::new());
+checks!(github, GitHubHarness::start().await);

@@ -142,3 +142,25 @@ pub fn set(names: &[&str]) -> LabelSet {
 pub fn owned(names: &[&str]) -> Vec<String> {
     names.iter().map(|s| (*s).to_owned()).collect()
 }
+
+/// `suite!(name, make; check, …)`: a module `name` with one `#[tokio::test]`
+/// per check, each running `super::check(&harness)` on a fresh harness from
+/// `make` — one suite, every backend.
+#[allow(unused_macros)] // used by the suites, not by every test binary
+macro_rules! suite {
+    ($module:ident, $make:expr; $($check:ident),+ $(,)?) => {
+        mod $module {
+            use super::*;
+
+            $(
+                #[tokio::test]
+                async fn $check() {
+                    let harness = $make;
+                    super::$check(&harness).await;
+                }
+            )+
+        }
+    };
+}
+#[allow(unused_imports)] // used by the suites, not by every test binary
+pub(crate) use suite;
