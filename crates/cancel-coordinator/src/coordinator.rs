@@ -490,7 +490,12 @@ impl CancellationCoordinator {
                 request,
             });
             pending.retries = pending.retries.max(retries + 1);
-            info!(task_id, delay_ms = delay.as_millis(), retries = pending.retries, "cancellation failed transiently; queued again after a delay");
+            info!(
+                task_id,
+                delay_ms = delay.as_millis(),
+                retries = pending.retries,
+                "cancellation failed transiently; queued again after a delay"
+            );
             let coordinator = self.clone();
             let stop = self.inner.stop.clone();
             tokio::spawn(async move {
@@ -567,7 +572,10 @@ impl Workers {
             return 0;
         }
         let aborted = self.tasks.len();
-        warn!(aborted, "shutdown deadline passed; aborting running cancellations (their journals are resumable)");
+        warn!(
+            aborted,
+            "shutdown deadline passed; aborting running cancellations (their journals are resumable)"
+        );
         self.tasks.shutdown().await;
         aborted
     }
@@ -590,10 +598,7 @@ fn coalesce(
 ) {
     let priority = pending.request.priority.max(newer.priority);
     let is_newer = (newer.pushed_at, newer.head_sha.as_str())
-        > (
-            pending.request.pushed_at,
-            pending.request.head_sha.as_str(),
-        );
+        > (pending.request.pushed_at, pending.request.head_sha.as_str());
     if is_newer {
         pending.request = newer;
     }

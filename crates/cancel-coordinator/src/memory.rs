@@ -39,6 +39,10 @@ pub enum PodBehaviour {
     /// Its process ignores SIGTERM: the kubelet kills it when the grace
     /// period ends.
     IgnoresSigterm,
+    /// Its node is gone: no kubelet acts on a graceful delete, so the pod
+    /// object stays terminating; only a delete with grace 0 (force) removes
+    /// it, as on a cluster.
+    NodeLost,
 }
 
 /// A run to put into [`MemoryWorkloads`].
@@ -449,6 +453,7 @@ impl World {
                     continue;
                 }
                 let (at, killed) = match pod.behaviour {
+                    PodBehaviour::NodeLost if !grace.is_zero() => continue,
                     PodBehaviour::StopsAfter(after) if after < grace => (now + after, false),
                     _ => (now + grace, true),
                 };

@@ -33,8 +33,8 @@ use std::time::Duration;
 use futures::StreamExt as _;
 use jiff::Timestamp;
 use label_cas::{
-    AtomicLabelManager, LabelBackend, LabelSet, LabelTransition, PullRequest,
-    PullRequestReader, PullRequests, TransitionResult,
+    AtomicLabelManager, LabelBackend, LabelSet, LabelTransition, PullRequest, PullRequestReader,
+    PullRequests, TransitionResult,
 };
 use lease_lock::{AcquireOptions, LeaseLock, LockGuard};
 use resilience::{CircuitBreaker, RetryError, RetryPolicy, Transient, retry_transient};
@@ -137,13 +137,22 @@ impl SagaConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
         if self.grace_period > Duration::from_secs(3600) {
-            return bad(format!("grace_period {:?} is over an hour", self.grace_period));
+            return bad(format!(
+                "grace_period {:?} is over an hour",
+                self.grace_period
+            ));
         }
         if self.force_wait.is_zero() || self.force_wait > Duration::from_secs(3600) {
-            return bad(format!("force_wait {:?} must be in (0, 1 h]", self.force_wait));
+            return bad(format!(
+                "force_wait {:?} must be in (0, 1 h]",
+                self.force_wait
+            ));
         }
         if self.force_after > Duration::from_secs(3600) {
-            return bad(format!("force_after {:?} is over an hour", self.force_after));
+            return bad(format!(
+                "force_after {:?} is over an hour",
+                self.force_after
+            ));
         }
         if self.lock_timeout.is_zero() || self.lock_timeout > lease_lock::MAX_ACQUIRE_TIMEOUT {
             return bad(format!(
@@ -447,7 +456,8 @@ impl SagaBuilder {
                 store: self.store,
                 workloads: self.workloads,
                 pulls: PullRequestReader::new(self.pulls),
-                labels: AtomicLabelManager::new(self.labels).with_metrics(label_cas::Metrics::default()),
+                labels: AtomicLabelManager::new(self.labels)
+                    .with_metrics(label_cas::Metrics::default()),
                 config: self.config,
                 metrics: self.metrics,
                 kube_breaker: self.kube_breaker,
@@ -608,8 +618,8 @@ impl StateAwareCancellation {
             .await?;
         let targets = self.select(runs, decision.keep.as_deref());
         clock.done(SagaStep::Select);
-        let pending =
-            state.is_some_and(|s| !s.pending_supersessions.is_empty()) || decision.unrecorded_head.is_some();
+        let pending = state.is_some_and(|s| !s.pending_supersessions.is_empty())
+            || decision.unrecorded_head.is_some();
         if targets.is_empty() && !pending {
             debug!(kept = ?decision.keep, "nothing pending and nothing stale");
             return Ok(Report {
@@ -638,8 +648,10 @@ impl StateAwareCancellation {
         clock.operation(&journal.operation_id);
         clock.done(SagaStep::Journal);
         info!(operation_id = %journal.operation_id, targets = targets.len(), kept = ?decision.keep, source = decision.source.as_str(), "cancellation begun");
-        self.execute(request, guard, known, journal, targets, &decision, false, clock)
-            .await
+        self.execute(
+            request, guard, known, journal, targets, &decision, false, clock,
+        )
+        .await
     }
 
     /// Continues an unfinished journal from its last step.
@@ -653,7 +665,10 @@ impl StateAwareCancellation {
     ) -> Result<Report> {
         let ctx = &journal.context;
         let decision = Decision {
-            keep: ctx.get(context::KEEP_HEAD).cloned().filter(|s| !s.is_empty()),
+            keep: ctx
+                .get(context::KEEP_HEAD)
+                .cloned()
+                .filter(|s| !s.is_empty()),
             source: HeadSource::parse(ctx.get(context::KEEP_SOURCE).map_or("", String::as_str)),
             pushed_at: ctx.get(context::PUSHED_AT).and_then(|t| t.parse().ok()),
             labels: None,
@@ -663,7 +678,11 @@ impl StateAwareCancellation {
         // The targets as journaled: the same objects (uid), as they are now.
         let uids: BTreeMap<&str, &str> = ctx
             .get(context::TARGET_UIDS)
-            .map(|s| s.split(',').filter_map(|pair| pair.split_once('=')).collect())
+            .map(|s| {
+                s.split(',')
+                    .filter_map(|pair| pair.split_once('='))
+                    .collect()
+            })
             .unwrap_or_default();
         let targets = if journal.has_succeeded(&Step::Cancelled) || cancel_failed(&journal) {
             Vec::new()
@@ -678,8 +697,10 @@ impl StateAwareCancellation {
                 })
                 .collect()
         };
-        self.execute(request, guard, known, journal, targets, &decision, true, clock)
-            .await
+        self.execute(
+            request, guard, known, journal, targets, &decision, true, clock,
+        )
+        .await
     }
 
     /// Steps 6 to 9 of a begun (or resumed) journal.
@@ -793,7 +814,13 @@ impl StateAwareCancellation {
                         None => note.clone(),
                     });
                 }
-                s.advance_operation(&journal.operation_id, Step::Labeled, status, detail.clone(), now)?;
+                s.advance_operation(
+                    &journal.operation_id,
+                    Step::Labeled,
+                    status,
+                    detail.clone(),
+                    now,
+                )?;
                 s.finish_operation(&journal.operation_id, None).map(|_| ())
             })
             .await?;
@@ -828,13 +855,18 @@ impl StateAwareCancellation {
     }
 
     /// Step 3: the head to keep.
-    async fn decide(&self, request: &CancellationRequest, state: Option<&RemediationState>) -> Decision {
+    async fn decide(
+        &self,
+        request: &CancellationRequest,
+        state: Option<&RemediationState>,
+    ) -> Decision {
         let newest_known = newest_known_head(request, state);
         let read = match &self.inner.github_breaker {
             Some(breaker) => match breaker
-                .call_with(self.inner.pulls.current(&request.pr), |e: &label_cas::Error| {
-                    e.is_transient()
-                })
+                .call_with(
+                    self.inner.pulls.current(&request.pr),
+                    |e: &label_cas::Error| e.is_transient(),
+                )
                 .await
             {
                 Ok(pull) => Ok(pull),
@@ -961,7 +993,11 @@ impl StateAwareCancellation {
             ensure_held(guard, &run.task_id)?;
             self.kube(
                 guard,
-                || inner.workloads.terminate(run, config.mode, config.grace_period),
+                || {
+                    inner
+                        .workloads
+                        .terminate(run, config.mode, config.grace_period)
+                },
                 |e| e,
             )
             .await?;
@@ -978,7 +1014,8 @@ impl StateAwareCancellation {
                 for run in &remaining {
                     warn!(run = %run.name, "run outlived its grace period; forcing");
                     ensure_held(guard, &run.task_id)?;
-                    self.kube(guard, || inner.workloads.force(run), |e| e).await?;
+                    self.kube(guard, || inner.workloads.force(run), |e| e)
+                        .await?;
                 }
             }
             let deadline = Instant::now() + wait;
@@ -1035,13 +1072,20 @@ impl StateAwareCancellation {
         for _ in 0..MAX_MARK_CONFLICTS {
             ensure_held(guard, &current.task_id)?;
             let written = self
-                .kube(guard, || inner.workloads.mark_superseded(&current, intent), |e| e)
+                .kube(
+                    guard,
+                    || inner.workloads.mark_superseded(&current, intent),
+                    |e| e,
+                )
                 .await;
             match written {
                 Ok(marked) => return Ok(Marked::Run(marked)),
                 Err(Error::Conflict { .. }) => {
                     let name = current.name.clone();
-                    match self.kube(guard, || inner.workloads.run(&name), |e| e).await? {
+                    match self
+                        .kube(guard, || inner.workloads.run(&name), |e| e)
+                        .await?
+                    {
                         Some(fresh) if fresh.uid == current.uid && fresh.terminal => {
                             return Ok(Marked::Skipped(fresh, RunOutcome::FinishedBeforehand));
                         }
@@ -1068,8 +1112,12 @@ impl StateAwareCancellation {
         let inner = &self.inner;
         if inner.config.mode == CancelMode::Stop {
             ensure_held(guard, &run.task_id)?;
-            self.kube(guard, || inner.workloads.record_cancelled(run, intent), |e| e)
-                .await?;
+            self.kube(
+                guard,
+                || inner.workloads.record_cancelled(run, intent),
+                |e| e,
+            )
+            .await?;
         }
         if !left.foreign_finalizers.is_empty() {
             let why = left.describe();
@@ -1110,7 +1158,10 @@ impl StateAwareCancellation {
             }
         };
         let moved = match &self.inner.github_breaker {
-            Some(breaker) => match breaker.call_with(call, |e: &label_cas::Error| e.is_transient()).await {
+            Some(breaker) => match breaker
+                .call_with(call, |e: &label_cas::Error| e.is_transient())
+                .await
+            {
                 Ok(outcome) => Ok(outcome),
                 Err(resilience::CallError::Open(_)) => {
                     return LabelsReport::Failed("the GitHub breaker is open".into());
@@ -1175,7 +1226,6 @@ impl StateAwareCancellation {
             }),
         }
     }
-
 }
 
 /// Most conflicts one run's intent write re-reads through before the saga
@@ -1226,17 +1276,27 @@ fn newest_known_head(
     state: Option<&RemediationState>,
 ) -> (String, Timestamp, HeadSource) {
     match state.and_then(|s| s.latest_head.as_ref()) {
-        Some(head) if (head.pushed_at, head.sha.as_str()) >= (request.pushed_at, request.head_sha.as_str()) => {
+        Some(head)
+            if (head.pushed_at, head.sha.as_str())
+                >= (request.pushed_at, request.head_sha.as_str()) =>
+        {
             (head.sha.clone(), head.pushed_at, HeadSource::State)
         }
-        _ => (request.head_sha.clone(), request.pushed_at, HeadSource::Request),
+        _ => (
+            request.head_sha.clone(),
+            request.pushed_at,
+            HeadSource::Request,
+        ),
     }
 }
 
 /// What to keep given GitHub's answer: its head — unless a push we know of
 /// is newer than GitHub's last change of the pull request (its read lags
 /// the webhook), in which case that push's head.
-fn decide_from_github(pull: PullRequest, newest_known: (String, Timestamp, HeadSource)) -> Decision {
+fn decide_from_github(
+    pull: PullRequest,
+    newest_known: (String, Timestamp, HeadSource),
+) -> Decision {
     let (known, known_at, known_source) = newest_known;
     if !pull.is_open() {
         return Decision {
@@ -1248,9 +1308,7 @@ fn decide_from_github(pull: PullRequest, newest_known: (String, Timestamp, HeadS
             closed: true,
         };
     }
-    let lagging = pull
-        .updated_at
-        .is_some_and(|updated| updated < known_at)
+    let lagging = pull.updated_at.is_some_and(|updated| updated < known_at)
         && !pull.head_sha.eq_ignore_ascii_case(&known);
     if lagging {
         return Decision {
@@ -1430,4 +1488,3 @@ mod millis {
         u64::deserialize(d).map(Duration::from_millis)
     }
 }
-

@@ -1,0 +1,292 @@
+//! The saga on memory backends with paused time: what it cancels, what it
+//! keeps, how, and what it records — checked from the backends' own records
+//! (MemoryWorkloads' history, the stored state, the labels), not from the
+//! saga's report alone.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use cancel_coordinator::workloads::{
+    ANNOTATION_NEEDS_INTERVENTION, ANNOTATION_SUPERSEDED_BY, phase,
+};
+use cancel_coordinator::{
+    CancelMode, Happened, HeadSource, LabelsReport, Outcome, PodBehaviour, RunOutcome, RunSeed,
+    SagaConfig,
+};
+use common::{NEW, NEWER, OLD, TASK, World, at};
+use state_store::CancellationOutcome;
+use tokio::time::Instant;
+
+#[tokio::test(start_paused = true)]
+async fn a_push_cancels_the_old_heads_runs_and_keeps_everything_else() {
+    let w = World::new();
+    let stale = w.agents_on(OLD);
+    let fresh = w.agents_on(NEW);
+    w.workloads
+        .add_run(RunSeed::new("deploy-1111111", TASK, "deploy", OLD));
+    w.workloads
+        .add_run(RunSeed::new("quality-done", TASK, "quality", OLD).in_phase(phase::SUCCEEDED));
+    w.pull_at(NEW, &["ready-for-qa", "team-a"]);
+    w.pushed(OLD, at(0)).await;
+    w.pushed(NEW, at(60)).await;
+
+    let report = w.saga("pod-a").run(&w.request(NEW, at(60))).await.unwrap();
+
+    assert_eq!(report.outcome, Outcome::Cancelled);
+    assert_eq!(report.kept_head.as_deref(), Some(NEW));
+    assert_eq!(report.kept_from, HeadSource::GitHub);
+    assert_eq!(report.labels, LabelsReport::Applied);
+    for name in &stale {
+        assert!(w.workloads.get(name).is_none(), "{name} is gone");
+        assert!(w.workloads.pods(name).is_empty());
+    }
+    for name in fresh.iter().chain(
+        ["deploy-1111111", "quality-done"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect::<Vec<_>>()
+            .iter(),
+    ) {
+        assert!(w.workloads.get(name).is_some(), "{name} is kept");
+    }
+    // Only the stale runs' pods ever got SIGTERM.
+    let mut sigtermed = w.sigtermed();
+    sigtermed.sort();
+    let mut expected: Vec<String> = stale.iter().map(|n| format!("{n}-pod-0")).collect();
+    expected.sort();
+    assert_eq!(sigtermed, expected);
+    // The state records it once; nothing is pending; no journal is left.
+    let state = w.state().await;
+    assert_eq!(state.cancellation_history.len(), 1);
+    let record = &state.cancellation_history[0];
+    assert_eq!(record.outcome, CancellationOutcome::Cancelled);
+    assert_eq!(record.new_head_sha, NEW);
+    let mut targets = record.targets.clone();
+    targets.sort();
+    let mut stale_sorted = stale.clone();
+    stale_sorted.sort();
+    assert_eq!(targets, stale_sorted);
+    assert!(state.pending_supersessions.is_empty());
+    assert!(state.active_operation.is_none());
+    // The labels moved, and a foreign one stayed.
+    let labels = w.labels_now();
+    assert!(labels.contains("needs-qa") && !labels.contains("ready-for-qa"));
+    assert!(labels.contains("team-a"));
+    assert!(
+        report
+            .runs
+            .iter()
+            .all(|r| r.outcome == RunOutcome::Graceful)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_ignoring_sigterm_is_forced_and_gone_within_thirty_seconds() {
+    let w = World::new();
+    w.workloads.add_run(
+        RunSeed::new("review-old", TASK, "review", OLD).behaving(PodBehaviour::IgnoresSigterm),
+    );
+    w.pull_at(NEW, &[]);
+    w.pushed(NEW, at(60)).await;
+    let started = Instant::now();
+
+    let report = w.saga("pod-a").run(&w.request(NEW, at(60))).await.unwrap();
+
+    assert_eq!(report.outcome, Outcome::Cancelled);
+    assert!(w.workloads.get("review-old").is_none());
+    assert!(
+        started.elapsed() <= Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    // The kubelet killed it at the end of its grace period (20 s), before
+    // the force deadline.
+    assert!(
+        w.workloads
+            .history()
+            .iter()
+            .any(|(_, h)| matches!(h, Happened::PodGone { killed: true, .. }))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_that_outlives_its_grace_is_force_deleted() {
+    let w = World::new();
+    // Its node is gone: nothing stops it on a graceful delete.
+    w.workloads.add_run(
+        RunSeed::new("testing-old", TASK, "testing", OLD).behaving(PodBehaviour::NodeLost),
+    );
+    w.pull_at(NEW, &[]);
+    w.pushed(NEW, at(60)).await;
+    let started = Instant::now();
+
+    let report = w.saga("pod-a").run(&w.request(NEW, at(60))).await.unwrap();
+
+    assert_eq!(report.runs[0].outcome, RunOutcome::Forced);
+    assert!(w.workloads.get("testing-old").is_none());
+    // Graceful wait (20 s + 2 s), then the force: still within the seed's 30 s.
+    assert!(
+        started.elapsed() <= Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(started.elapsed() >= Duration::from_secs(22));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_old_push_delivered_late_never_cancels_the_newest_heads_runs() {
+    let w = World::new();
+    let newest = w.agents_on(NEWER);
+    let stale = w.agents_on(NEW);
+    w.pull_at(NEWER, &[]);
+    // Delivered newest first, then the older one, then the older one again.
+    w.pushed(NEWER, at(120)).await;
+    w.pushed(NEW, at(60)).await;
+
+    for request in [w.request(NEW, at(60)), w.request(NEW, at(60))] {
+        w.saga("pod-a").run(&request).await.unwrap();
+    }
+
+    for name in &newest {
+        assert!(w.workloads.get(name).is_some(), "{name} (newest head) kept");
+    }
+    for name in &stale {
+        assert!(w.workloads.get(name).is_none(), "{name} cancelled");
+    }
+    assert!(w.sigtermed().iter().all(|pod| !pod.contains(&NEWER[..7])));
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_github_the_newest_head_in_state_is_kept() {
+    let w = World::new();
+    let stale = w.agents_on(OLD);
+    let fresh = w.agents_on(NEW);
+    // No pull request on the fake: every read fails.
+    w.pushed(NEW, at(60)).await;
+
+    let report = w.saga("pod-a").run(&w.request(OLD, at(0))).await.unwrap();
+
+    assert_eq!(report.kept_head.as_deref(), Some(NEW));
+    assert_eq!(report.kept_from, HeadSource::State);
+    assert!(stale.iter().all(|n| w.workloads.get(n).is_none()));
+    assert!(fresh.iter().all(|n| w.workloads.get(n).is_some()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn stop_mode_keeps_the_runs_recorded_cancelled_only_after_their_pods_are_gone() {
+    let w = World::new();
+    let stale = w.agents_on(OLD);
+    w.pull_at(NEW, &[]);
+    w.pushed(NEW, at(60)).await;
+    let config = SagaConfig {
+        mode: CancelMode::Stop,
+        ..SagaConfig::default()
+    };
+
+    let report = w
+        .saga_with("pod-a", config)
+        .run(&w.request(NEW, at(60)))
+        .await
+        .unwrap();
+
+    assert_eq!(report.outcome, Outcome::Cancelled);
+    for name in &stale {
+        let run = w.workloads.get(name).expect("kept for audit");
+        assert_eq!(run.phase, phase::CANCELLED);
+        assert_eq!(run.superseded_by.as_deref(), Some(NEW));
+        assert!(w.workloads.pods(name).is_empty());
+        assert_eq!(w.workloads.annotations(name)[ANNOTATION_SUPERSEDED_BY], NEW);
+    }
+    let recorded: Vec<bool> = w
+        .workloads
+        .history()
+        .into_iter()
+        .filter_map(|(_, h)| match h {
+            Happened::RecordedCancelled { pods_left, .. } => Some(pods_left),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        recorded,
+        [false, false, false],
+        "never recorded while a pod existed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_whose_pods_cannot_go_is_flagged_and_never_recorded_cancelled() {
+    let w = World::new();
+    w.workloads
+        .add_run(RunSeed::new("quality-old", TASK, "quality", OLD));
+    w.workloads.hold_pods("quality-old");
+    w.pull_at(NEW, &[]);
+    w.pushed(NEW, at(60)).await;
+
+    let report = w.saga("pod-a").run(&w.request(NEW, at(60))).await.unwrap();
+
+    assert_eq!(report.outcome, Outcome::Failed);
+    assert!(matches!(report.runs[0].outcome, RunOutcome::Stuck(_)));
+    assert!(
+        w.workloads
+            .annotations("quality-old")
+            .contains_key(ANNOTATION_NEEDS_INTERVENTION)
+    );
+    let state = w.state().await;
+    assert_eq!(
+        state.cancellation_history[0].outcome,
+        CancellationOutcome::Failed
+    );
+    assert!(
+        state.cancellation_history[0].targets.is_empty(),
+        "nothing recorded cancelled"
+    );
+    assert!(state.active_operation.is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_request_for_a_handled_head_writes_nothing() {
+    let w = World::new();
+    w.agents_on(OLD);
+    w.pull_at(NEW, &["ready-for-qa"]);
+    w.pushed(NEW, at(60)).await;
+    let saga = w.saga("pod-a");
+    saga.run(&w.request(NEW, at(60))).await.unwrap();
+    let calls_before = w.workloads.total_calls();
+    let mutations_before = w.labels.calls().mutations();
+    let state_before = w.store.get(TASK).await.unwrap().unwrap().resource_version;
+
+    let report = saga.run(&w.request(NEW, at(60))).await.unwrap();
+
+    assert_eq!(report.outcome, Outcome::AlreadyHandled);
+    assert_eq!(
+        w.workloads.total_calls() - calls_before,
+        1,
+        "one LIST of the runs"
+    );
+    assert_eq!(w.labels.calls().mutations(), mutations_before);
+    let state_after = w.store.get(TASK).await.unwrap().unwrap().resource_version;
+    assert_eq!(state_after, state_before, "the state is not written");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_closed_pull_request_cancels_every_remaining_run_and_leaves_its_labels() {
+    let w = World::new();
+    let all: Vec<String> = w.agents_on(NEW);
+    w.pull_at(NEW, &["ready-for-qa"]);
+    w.pulls
+        .update(&w.pr, |p| p.state = label_cas::PullState::Closed)
+        .unwrap();
+    w.pushed(NEW, at(60)).await;
+    let mut request = w.request(NEW, at(60));
+    request.reason = cancel_coordinator::Reason::Closed;
+
+    let report = w.saga("pod-a").run(&request).await.unwrap();
+
+    assert_eq!(report.kept_head, None);
+    assert_eq!(report.kept_from, HeadSource::Closed);
+    assert!(all.iter().all(|n| w.workloads.get(n).is_none()));
+    assert_eq!(report.labels, LabelsReport::Skipped);
+    assert!(w.labels_now().contains("ready-for-qa"));
+}
