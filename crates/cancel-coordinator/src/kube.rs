@@ -183,11 +183,10 @@ impl KubeCodeRuns {
             terminal: self.config.is_terminal(&phase),
             phase,
             created_at: meta.creation_timestamp.as_ref().map(|t| t.0),
-            superseded_by: meta
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(ANNOTATION_SUPERSEDED_BY))
-                .cloned(),
+            // The intent annotation, else what `record_cancelled` wrote.
+            superseded_by: Field::Annotation(ANNOTATION_SUPERSEDED_BY.to_owned())
+                .read(&whole)
+                .or_else(|| self.config.superseded_by.as_ref()?.read(&whole)),
             deleting: meta.deletion_timestamp.is_some(),
             name,
             uid,
