@@ -39,15 +39,13 @@ use crate::workloads::{LABEL_ROLE, LABEL_TASK_ID, phase};
     status = "CodeRunStatus",
     derive = "PartialEq",
     doc = "One agent run (quality, testing, review, …) of a task on one commit of a pull request, executed by a pod.",
-    printcolumn(name = "Task", type_ = "string", json_path = ".spec.taskId"),
-    printcolumn(name = "Role", type_ = "string", json_path = ".spec.role"),
-    printcolumn(name = "Head", type_ = "string", json_path = ".spec.headSha"),
-    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    // Printer columns as JSON: clippy reads the `printcolumn(...)` form as
+    // one attribute repeated (duplicated_attributes).
+    printcolumn = r#"{"name": "Task", "type": "string", "jsonPath": ".spec.taskId"}"#,
+    printcolumn = r#"{"name": "Role", "type": "string", "jsonPath": ".spec.role"}"#,
+    printcolumn = r#"{"name": "Head", "type": "string", "jsonPath": ".spec.headSha"}"#,
+    printcolumn = r#"{"name": "Phase", "type": "string", "jsonPath": ".status.phase"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct CodeRunSpec {

@@ -315,11 +315,17 @@ impl Workloads for KubeCodeRuns {
             .list(&params)
             .await
             .map_err(|e| Error::from_kube(e, task_id))?;
+        // Without a label selector the LIST holds every run of the
+        // namespace: objects of other tasks are skipped before they are
+        // parsed, so one that cannot be read never fails this task.
         let mut runs = list
             .items
             .iter()
+            .filter(|o| {
+                serde_json::to_value(o)
+                    .is_ok_and(|v| self.config.task_id.read(&v).as_deref() == Some(task_id))
+            })
             .map(|o| self.parse(o))
-            .filter(|r| r.as_ref().map_or(true, |r| r.task_id == task_id))
             .collect::<Result<Vec<_>>>()?;
         runs.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(runs)
@@ -417,7 +423,7 @@ impl Workloads for KubeCodeRuns {
 
     async fn record_cancelled(&self, run: &Run, intent: &Intent) -> Result<()> {
         let config = &self.config;
-        let finished_at = Timestamp::now().to_string();
+        let finished_at = self.clock.now().to_string();
         let written = self
             .write_if_same(run, config.status_subresource, |current| {
                 if current.phase == config.cancelled_phase {

@@ -253,11 +253,7 @@ async fn a_graceful_delete_lets_a_pod_stop_on_sigterm_and_kills_one_ignoring_it_
     }
     let until = start + Duration::from_secs(60);
 
-    let left = w
-        .workloads()
-        .wait_gone(std::slice::from_ref(&quick), CancelMode::Delete, until)
-        .await
-        .unwrap();
+    let left = wait_for(&w, &quick, CancelMode::Delete, until).await;
     assert!(left[0].done(CancelMode::Delete), "{left:?}");
     assert_eq!(left[0], Default::default(), "nothing of it is left");
     within(start.elapsed(), Duration::from_secs(2));
@@ -298,15 +294,13 @@ async fn stop_mode_keeps_the_run_and_records_it_cancelled_once_its_pods_are_gone
         .terminate(&marked, CancelMode::Stop, GRACE)
         .await
         .unwrap();
-    let left = w
-        .workloads()
-        .wait_gone(
-            std::slice::from_ref(&marked),
-            CancelMode::Stop,
-            start + Duration::from_secs(60),
-        )
-        .await
-        .unwrap();
+    let left = wait_for(
+        &w,
+        &marked,
+        CancelMode::Stop,
+        start + Duration::from_secs(60),
+    )
+    .await;
     within(start.elapsed(), Duration::from_secs(3));
     assert!(
         left[0].done(CancelMode::Stop) && left[0].pods_gone(),
@@ -344,15 +338,7 @@ async fn force_kills_the_pods_at_once_and_a_wait_ends_at_its_deadline_with_what_
         .terminate(&run, CancelMode::Delete, Duration::from_secs(30))
         .await
         .unwrap();
-    let left = w
-        .workloads()
-        .wait_gone(
-            std::slice::from_ref(&run),
-            CancelMode::Delete,
-            start + Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
+    let left = wait_for(&w, &run, CancelMode::Delete, start + Duration::from_secs(5)).await;
     within(start.elapsed(), Duration::from_secs(5));
     assert_eq!(left[0].pods, ["r-pod-0"]);
     assert!(left[0].run_exists && left[0].foreign_finalizers.is_empty());
@@ -364,15 +350,13 @@ async fn force_kills_the_pods_at_once_and_a_wait_ends_at_its_deadline_with_what_
         w.pods("r").is_empty(),
         "a force delete removes the pod at once"
     );
-    let left = w
-        .workloads()
-        .wait_gone(
-            std::slice::from_ref(&run),
-            CancelMode::Delete,
-            Instant::now() + Duration::from_secs(60),
-        )
-        .await
-        .unwrap();
+    let left = wait_for(
+        &w,
+        &run,
+        CancelMode::Delete,
+        Instant::now() + Duration::from_secs(60),
+    )
+    .await;
     assert!(left[0].done(CancelMode::Delete), "{left:?}");
     within(start.elapsed(), Duration::from_secs(5));
     assert!(w.run_state("r").is_none());
@@ -385,15 +369,7 @@ async fn a_pod_on_a_lost_node_stays_terminating_until_forced(w: impl World) {
         .terminate(&run, CancelMode::Stop, Duration::from_secs(5))
         .await
         .unwrap();
-    let left = w
-        .workloads()
-        .wait_gone(
-            std::slice::from_ref(&run),
-            CancelMode::Stop,
-            start + Duration::from_secs(30),
-        )
-        .await
-        .unwrap();
+    let left = wait_for(&w, &run, CancelMode::Stop, start + Duration::from_secs(30)).await;
     assert_eq!(left[0].pods, ["r-pod-0"], "no kubelet ends it");
     assert!(left[0].pods_held_by_finalizers.is_empty());
     w.workloads().force(&run).await.unwrap();
@@ -422,15 +398,13 @@ async fn a_foreign_finalizer_holds_the_deleted_run_and_is_reported_while_its_pod
         .terminate(&run, CancelMode::Delete, GRACE)
         .await
         .unwrap();
-    let left = w
-        .workloads()
-        .wait_gone(
-            std::slice::from_ref(&run),
-            CancelMode::Delete,
-            Instant::now() + Duration::from_secs(60),
-        )
-        .await
-        .unwrap();
+    let left = wait_for(
+        &w,
+        &run,
+        CancelMode::Delete,
+        Instant::now() + Duration::from_secs(60),
+    )
+    .await;
     assert!(left[0].pods_gone(), "{left:?}");
     assert!(left[0].run_exists);
     assert_eq!(left[0].foreign_finalizers, ["example.dev/audit"]);
@@ -467,15 +441,13 @@ async fn pods_held_by_finalizers_are_reported_once_their_containers_stopped(w: i
         early.pods_held_by_finalizers.is_empty(),
         "still stopping: {early:?}"
     );
-    let left = w
-        .workloads()
-        .wait_gone(
-            std::slice::from_ref(&run),
-            CancelMode::Delete,
-            start + Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+    let left = wait_for(
+        &w,
+        &run,
+        CancelMode::Delete,
+        start + Duration::from_secs(10),
+    )
+    .await;
     within(start.elapsed(), Duration::from_secs(10));
     assert_eq!(left[0].pods, ["r-pod-0"], "the object stays");
     assert_eq!(left[0].pods_held_by_finalizers, ["r-pod-0"]);
@@ -535,15 +507,13 @@ async fn a_run_recreated_under_the_same_name_is_never_touched_by_calls_made_with
         w.workloads().remains(&old).await.unwrap(),
         Default::default()
     );
-    let left = w
-        .workloads()
-        .wait_gone(
-            std::slice::from_ref(&old),
-            CancelMode::Delete,
-            Instant::now() + Duration::from_secs(60),
-        )
-        .await
-        .unwrap();
+    let left = wait_for(
+        &w,
+        &old,
+        CancelMode::Delete,
+        Instant::now() + Duration::from_secs(60),
+    )
+    .await;
     assert!(
         left[0].done(CancelMode::Delete),
         "the old run is gone: {left:?}"
@@ -569,15 +539,13 @@ async fn terminating_twice_or_a_run_already_gone_is_success(w: impl World) {
         .terminate(&run, CancelMode::Delete, Duration::from_secs(5))
         .await
         .unwrap();
-    let left = w
-        .workloads()
-        .wait_gone(
-            std::slice::from_ref(&run),
-            CancelMode::Delete,
-            start + Duration::from_secs(60),
-        )
-        .await
-        .unwrap();
+    let left = wait_for(
+        &w,
+        &run,
+        CancelMode::Delete,
+        start + Duration::from_secs(60),
+    )
+    .await;
     assert!(left[0].done(CancelMode::Delete));
     within(start.elapsed(), Duration::from_secs(10));
     w.workloads()
@@ -592,6 +560,19 @@ async fn terminating_twice_or_a_run_already_gone_is_success(w: impl World) {
             .unwrap()
             .is_empty()
     );
+}
+
+/// `run` waited for until it is gone in `mode` or `deadline` passes.
+async fn wait_for(
+    w: &impl World,
+    run: &Run,
+    mode: CancelMode,
+    deadline: Instant,
+) -> Vec<cancel_coordinator::Remains> {
+    w.workloads()
+        .wait_gone(std::slice::from_ref(run), mode, deadline)
+        .await
+        .unwrap()
 }
 
 /// `elapsed` is `expected` of paused time, give or take the instant it
