@@ -285,7 +285,7 @@ async fn status_shows_the_running_step_and_shutdown_leaves_a_resumable_journal()
     assert_eq!(running.progress.runs_left, 1);
     assert!(running.progress.operation_id.is_some());
     assert_eq!(c.list_active().len(), 1);
-    let json = serde_json::to_value(&c.list_active()).unwrap();
+    let json = serde_json::to_value(c.list_active()).unwrap();
     assert_eq!(json[0]["running"]["progress"]["step"], "cancel");
 
     // Shutdown does not wait out a 20 s grace period: the operation is cut,
