@@ -62,7 +62,7 @@ mod context {
     pub const CORRELATION_ID: &str = "correlation_id";
     pub const MODE: &str = "mode";
     pub const PR: &str = "pr";
-    pub const TARGET_UIDS: &str = "target_uids";
+    pub const TARGETS: &str = "targets";
     pub const CLOSED: &str = "pr_closed";
 }
 
@@ -222,8 +222,39 @@ pub enum RunOutcome {
     FinishedBeforehand,
     /// It was gone before it was touched.
     Vanished,
+    /// A target of a resumed journal, gone when the journal was resumed:
+    /// the holder that crashed had stopped it (how is not known).
+    GoneBeforeResume,
     /// It could not be stopped; flagged for intervention.
     Stuck(String),
+}
+
+impl RunOutcome {
+    /// Whether the operation stopped the run (it is verified gone).
+    pub fn cancelled(&self) -> bool {
+        matches!(self, Self::Graceful | Self::Forced | Self::GoneBeforeResume)
+    }
+}
+
+/// A target as the journal records it (enough to report on it after a
+/// resume, and to tell it from a run re-created under its name).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct JournaledRun {
+    name: String,
+    uid: String,
+    role: String,
+    head_sha: String,
+}
+
+impl JournaledRun {
+    fn of(run: &Run) -> Self {
+        Self {
+            name: run.name.clone(),
+            uid: run.uid.clone(),
+            role: run.role.clone(),
+            head_sha: run.head_sha.clone(),
+        }
+    }
 }
 
 /// One target run of an operation.
@@ -649,7 +680,15 @@ impl StateAwareCancellation {
         clock.done(SagaStep::Journal);
         info!(operation_id = %journal.operation_id, targets = targets.len(), kept = ?decision.keep, source = decision.source.as_str(), "cancellation begun");
         self.execute(
-            request, guard, known, journal, targets, &decision, false, clock,
+            request,
+            guard,
+            known,
+            journal,
+            targets,
+            Vec::new(),
+            &decision,
+            false,
+            clock,
         )
         .await
     }
@@ -676,29 +715,35 @@ impl StateAwareCancellation {
             closed: ctx.get(context::CLOSED).is_some_and(|v| v == "true"),
         };
         // The targets as journaled: the same objects (uid), as they are now.
-        let uids: BTreeMap<&str, &str> = ctx
-            .get(context::TARGET_UIDS)
-            .map(|s| {
-                s.split(',')
-                    .filter_map(|pair| pair.split_once('='))
-                    .collect()
-            })
+        // One already gone was stopped by the previous holder (its intent and
+        // delete came before its crash): verified gone now, how unknown.
+        let journaled: Vec<JournaledRun> = ctx
+            .get(context::TARGETS)
+            .and_then(|json| serde_json::from_str(json).ok())
             .unwrap_or_default();
-        let targets = if journal.has_succeeded(&Step::Cancelled) || cancel_failed(&journal) {
-            Vec::new()
-        } else {
+        let mut targets = Vec::new();
+        let mut gone = Vec::new();
+        if !journal.has_succeeded(&Step::Cancelled) && !cancel_failed(&journal) {
             let runs = self
                 .kube(guard, || self.inner.workloads.runs(&request.task_id), |e| e)
                 .await?;
-            runs.into_iter()
-                .filter(|r| {
-                    journal.targets.contains(&r.name)
-                        && uids.get(r.name.as_str()).is_none_or(|uid| *uid == r.uid)
-                })
-                .collect()
-        };
+            let mut by_name: BTreeMap<String, Run> =
+                runs.into_iter().map(|r| (r.name.clone(), r)).collect();
+            for target in journaled {
+                match by_name.remove(&target.name) {
+                    Some(run) if run.uid == target.uid => targets.push(run),
+                    _ => gone.push(RunReport {
+                        name: target.name,
+                        role: target.role,
+                        head_sha: target.head_sha,
+                        outcome: RunOutcome::GoneBeforeResume,
+                        took: Duration::ZERO,
+                    }),
+                }
+            }
+        }
         self.execute(
-            request, guard, known, journal, targets, &decision, true, clock,
+            request, guard, known, journal, targets, gone, &decision, true, clock,
         )
         .await
     }
@@ -712,6 +757,7 @@ impl StateAwareCancellation {
         mut known: Option<state_store::Snapshot>,
         journal: OperationJournal,
         targets: Vec<Run>,
+        gone: Vec<RunReport>,
         decision: &Decision,
         resumed: bool,
         clock: &mut StepClock<'_>,
@@ -736,12 +782,13 @@ impl StateAwareCancellation {
         };
 
         // 6 + 7: cancel, then record (once: a journal past `Cancelled` skips both).
-        let mut reports = Vec::new();
+        let mut reports = gone;
         let recorded = journal.has_succeeded(&Step::Cancelled) || cancel_failed(&journal);
         if !recorded {
             clock.start(SagaStep::Cancel);
             clock.runs_left(targets.len());
-            reports = self.cancel_all(guard, targets, &intent, clock).await?;
+            reports.extend(self.cancel_all(guard, targets, &intent, clock).await?);
+            reports.sort_by(|a, b| a.name.cmp(&b.name));
             clock.done(SagaStep::Cancel);
 
             clock.start(SagaStep::Record);
@@ -831,9 +878,7 @@ impl StateAwareCancellation {
                 .any(|r| matches!(r.outcome, RunOutcome::Stuck(_)))
         {
             Outcome::Failed
-        } else if reports
-            .iter()
-            .any(|r| matches!(r.outcome, RunOutcome::Graceful | RunOutcome::Forced))
+        } else if reports.iter().any(|r| r.outcome.cancelled())
             || (recorded && !journal.targets.is_empty())
         {
             Outcome::Cancelled
@@ -939,13 +984,10 @@ impl StateAwareCancellation {
         ctx.insert(context::MODE.into(), self.inner.config.mode.to_string());
         ctx.insert(context::PR.into(), request.pr.to_string());
         ctx.insert(context::CLOSED.into(), decision.closed.to_string());
+        let journaled: Vec<JournaledRun> = targets.iter().map(JournaledRun::of).collect();
         ctx.insert(
-            context::TARGET_UIDS.into(),
-            targets
-                .iter()
-                .map(|r| format!("{}={}", r.name, r.uid))
-                .collect::<Vec<_>>()
-                .join(","),
+            context::TARGETS.into(),
+            serde_json::to_string(&journaled).unwrap_or_default(),
         );
         journal
     }
@@ -1359,7 +1401,7 @@ fn record_of(
         .any(|r| matches!(r.outcome, RunOutcome::Stuck(_)));
     let cancelled: Vec<String> = reports
         .iter()
-        .filter(|r| matches!(r.outcome, RunOutcome::Graceful | RunOutcome::Forced))
+        .filter(|r| r.outcome.cancelled())
         .map(|r| r.name.clone())
         .collect();
     let outcome = if stuck {
@@ -1390,6 +1432,7 @@ fn describe(reports: &[RunReport]) -> String {
                 RunOutcome::Forced => "forced".to_owned(),
                 RunOutcome::FinishedBeforehand => "finished by itself".to_owned(),
                 RunOutcome::Vanished => "gone before it was touched".to_owned(),
+                RunOutcome::GoneBeforeResume => "stopped by the previous holder".to_owned(),
                 RunOutcome::Stuck(why) => format!("stuck ({why})"),
             };
             format!("{}: {how} in {} ms", r.name, r.took.as_millis())
