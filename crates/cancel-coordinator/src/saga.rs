@@ -17,7 +17,7 @@
 //! | 3 | **decide** the head to keep: GitHub's current head (one conditional GET), else the newest head in state | — | GitHub unreachable is not a failure: the state's head is kept |
 //! | 4 | **select** the runs of the task that are not terminal, of a cancellable role, and of another head | — | as 1 |
 //! | 5 | **journal** the operation (targets, kept head) | state (fenced) | as 1 |
-//! | 6 | **cancel** each target: intent annotation ▸ graceful delete ▸ verify gone ▸ force after the deadline ▸ verify again | runs, pods | a run that cannot be stopped is flagged for intervention and the operation is recorded `Failed`; intent already written is not undone (it is true: the run is superseded) |
+//! | 6 | **cancel** each target: intent annotation ▸ graceful delete ▸ verify gone ▸ force after the deadline ▸ verify again | runs, pods | a run that cannot be stopped is flagged for intervention; a call refused for good (forbidden, invalid) ends the step; either way the operation is recorded `Failed` and finishes (nobody retries it; recovery flags the task). Intent already written is not undone: it is true, the run is superseded. A transient failure after its retries, or a lost lock, leaves the journal at `Started` for the next holder |
 //! | 7 | **record** the cancellation in the state's history, settle the pending supersessions, journal `Cancelled` | state (fenced) | the journal stays at its last step; recovery resumes it |
 //! | 8 | **labels**: the PR's label transition (label-cas), journal `Labeled` | labels, state | recorded as `Labeled`/`Failed`: the cancellation stands, recovery repairs the labels |
 //! | 9 | **finish** the journal, release the lock | state, the Lease | the journal stays; recovery finishes it |
@@ -37,7 +37,7 @@ use label_cas::{
     PullRequests, TransitionResult,
 };
 use lease_lock::{AcquireOptions, LeaseLock, LockGuard};
-use resilience::{CircuitBreaker, RetryError, RetryPolicy, Transient, retry_transient};
+use resilience::{CircuitBreaker, RetryError, RetryPolicy, Transient, retry};
 use serde::{Deserialize, Serialize};
 use state_store::{
     CancellationOutcome, CancellationRecord, OperationJournal, OperationKind, RemediationState,
@@ -784,15 +784,39 @@ impl StateAwareCancellation {
         // 6 + 7: cancel, then record (once: a journal past `Cancelled` skips both).
         let mut reports = gone;
         let recorded = journal.has_succeeded(&Step::Cancelled) || cancel_failed(&journal);
+        let mut failed_for_good = false;
         if !recorded {
             clock.start(SagaStep::Cancel);
             clock.runs_left(targets.len());
-            reports.extend(self.cancel_all(guard, targets, &intent, clock).await?);
+            // A transient failure (after the call's retries) or a lost lock
+            // ends the operation here: the journal stays at `Started` and
+            // whoever holds the lock next resumes it. A permanent failure
+            // (forbidden, invalid) is not retried by anyone: it is recorded
+            // as the step's failure, and the operation finishes `Failed`.
+            let failure = match self.cancel_all(guard, targets, &intent, clock).await {
+                Ok(done) => {
+                    reports.extend(done);
+                    None
+                }
+                Err(e) if e.is_transient() || matches!(e, Error::LockLost { .. }) => return Err(e),
+                Err(e) => {
+                    warn!(error = %e, "cancelling failed permanently; the operation is recorded failed");
+                    Some(e.to_string())
+                }
+            };
             reports.sort_by(|a, b| a.name.cmp(&b.name));
             clock.done(SagaStep::Cancel);
 
             clock.start(SagaStep::Record);
-            let record = record_of(&journal, &intent, &reports, &correlation_id);
+            let mut record = record_of(&journal, &intent, &reports, &correlation_id);
+            if let Some(why) = &failure {
+                failed_for_good = true;
+                record.outcome = CancellationOutcome::Failed;
+                record.detail = Some(match record.detail.take() {
+                    Some(d) => format!("{d}; failed: {why}"),
+                    None => format!("failed: {why}"),
+                });
+            }
             let stuck = record.outcome == CancellationOutcome::Failed;
             let (status, detail) = if stuck {
                 (StepStatus::Failed, record.detail.clone())
@@ -872,7 +896,8 @@ impl StateAwareCancellation {
             })
             .await?;
 
-        let outcome = if cancel_failed(&journal)
+        let outcome = if failed_for_good
+            || cancel_failed(&journal)
             || reports
                 .iter()
                 .any(|r| matches!(r.outcome, RunOutcome::Stuck(_)))
@@ -1260,7 +1285,13 @@ impl StateAwareCancellation {
                 }
             }
         };
-        match retry_transient(&self.inner.config.retry, &lost, attempt).await {
+        // A conflict is an answer for the caller (re-read, decide again),
+        // never a reason to send the same write again.
+        let classify = |e: &Error| match e {
+            Error::Conflict { .. } => resilience::Classification::Permanent,
+            e => e.classification(),
+        };
+        match retry(&self.inner.config.retry, &lost, classify, attempt).await {
             Ok(value) => Ok(value),
             Err(RetryError::Permanent(e) | RetryError::Exhausted { last: e, .. }) => Err(e),
             Err(RetryError::Cancelled { .. }) => Err(Error::LockLost {
@@ -1531,3 +1562,7 @@ mod millis {
         u64::deserialize(d).map(Duration::from_millis)
     }
 }
+
+#[cfg(test)]
+#[path = "saga_tests.rs"]
+mod tests;
