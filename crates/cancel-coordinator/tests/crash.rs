@@ -16,10 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cancel_coordinator::{
-    CancelMode, Happened, Intent, MemoryWorkloads, Remains, Run, SagaConfig,
-    StateAwareCancellation, Workloads,
-};
+use cancel_coordinator::{CancelMode, Happened, SagaConfig, StateAwareCancellation};
 use common::{NEW, OLD, World, at};
 use futures::stream::BoxStream;
 use label_cas::{ETag, Fetched, LabelBackend, LabelSet, PrRef, RemoveOutcome};
@@ -88,7 +85,6 @@ impl Plan {
 struct Leases(lease_lock::MemoryLeases, Arc<Plan>);
 struct States(Arc<state_store::MemoryBackend>, Arc<Plan>);
 struct Labels(Arc<label_cas::MemoryLabels>, Arc<Plan>);
-struct Runs(MemoryWorkloads, Arc<Plan>);
 
 fn lease_lost() -> lease_lock::Error {
     lease_lock::Error::Transport {
@@ -215,65 +211,22 @@ impl LabelBackend for Labels {
     }
 }
 
-fn runs_lost() -> cancel_coordinator::Error {
-    cancel_coordinator::Error::Transport {
-        message: "connection dropped after the request was sent".into(),
-    }
-}
+/// The workloads part of the crash plan.
+struct RunsHook(Arc<Plan>);
 
 #[async_trait]
-impl Workloads for Runs {
-    async fn runs(&self, task_id: &str) -> cancel_coordinator::Result<Vec<Run>> {
-        self.1.alive().await;
-        self.0.runs(task_id).await
+impl common::Hook for RunsHook {
+    async fn before(&self, _call: &'static str) -> cancel_coordinator::Result<()> {
+        self.0.alive().await;
+        Ok(())
     }
-    async fn run(&self, name: &str) -> cancel_coordinator::Result<Option<Run>> {
-        self.1.alive().await;
-        self.0.run(name).await
-    }
-    async fn mark_superseded(&self, run: &Run, intent: &Intent) -> cancel_coordinator::Result<Run> {
-        self.1.alive().await;
-        let out = self.0.mark_superseded(run, intent).await?;
-        self.1.landed().await.map_err(|()| runs_lost())?;
-        Ok(out)
-    }
-    async fn terminate(
-        &self,
-        run: &Run,
-        mode: CancelMode,
-        grace: Duration,
-    ) -> cancel_coordinator::Result<()> {
-        self.1.alive().await;
-        self.0.terminate(run, mode, grace).await?;
-        self.1.landed().await.map_err(|()| runs_lost())
-    }
-    async fn force(&self, run: &Run) -> cancel_coordinator::Result<()> {
-        self.1.alive().await;
-        self.0.force(run).await?;
-        self.1.landed().await.map_err(|()| runs_lost())
-    }
-    async fn remains(&self, run: &Run) -> cancel_coordinator::Result<Remains> {
-        self.1.alive().await;
-        self.0.remains(run).await
-    }
-    async fn wait_gone(
-        &self,
-        runs: &[Run],
-        mode: CancelMode,
-        deadline: tokio::time::Instant,
-    ) -> cancel_coordinator::Result<Vec<Remains>> {
-        self.1.alive().await;
-        self.0.wait_gone(runs, mode, deadline).await
-    }
-    async fn record_cancelled(&self, run: &Run, intent: &Intent) -> cancel_coordinator::Result<()> {
-        self.1.alive().await;
-        self.0.record_cancelled(run, intent).await?;
-        self.1.landed().await.map_err(|()| runs_lost())
-    }
-    async fn flag_intervention(&self, run: &Run, reason: &str) -> cancel_coordinator::Result<()> {
-        self.1.alive().await;
-        self.0.flag_intervention(run, reason).await?;
-        self.1.landed().await.map_err(|()| runs_lost())
+    async fn after_write(&self, _call: &'static str) -> cancel_coordinator::Result<()> {
+        self.0
+            .landed()
+            .await
+            .map_err(|()| cancel_coordinator::Error::Transport {
+                message: "connection dropped after the request was sent".into(),
+            })
     }
 }
 
@@ -290,7 +243,10 @@ fn doomed(w: &World, plan: &Arc<Plan>, config: SagaConfig) -> StateAwareCancella
     StateAwareCancellation::builder(
         lock,
         StateStore::new(States(w.states.clone(), plan.clone())),
-        Arc::new(Runs(w.workloads.clone(), plan.clone())),
+        Arc::new(common::Intercepted {
+            inner: w.workloads.clone(),
+            hook: RunsHook(plan.clone()),
+        }),
         w.pulls.clone(),
         Arc::new(Labels(w.labels.clone(), plan.clone())),
     )

@@ -290,3 +290,76 @@ async fn a_closed_pull_request_cancels_every_remaining_run_and_leaves_its_labels
     assert_eq!(report.labels, LabelsReport::Skipped);
     assert!(w.labels_now().contains("ready-for-qa"));
 }
+
+/// Deletes the task's Lease (by hand, as an operator might) when the saga
+/// starts waiting for the pods.
+struct LeaseVanishes(lease_lock::MemoryLeases);
+
+#[async_trait::async_trait]
+impl common::Hook for LeaseVanishes {
+    async fn before(&self, call: &'static str) -> cancel_coordinator::Result<()> {
+        use lease_lock::LeaseBackend;
+        let name = "cancel-task-task-42";
+        if call == "wait_gone"
+            && let Some(lease) = self.0.get("supersede", name).await.unwrap()
+        {
+            self.0
+                .delete(
+                    "supersede",
+                    name,
+                    lease.metadata.uid.as_deref().unwrap(),
+                    lease.metadata.resource_version.as_deref().unwrap(),
+                )
+                .await
+                .unwrap();
+        }
+        Ok(())
+    }
+}
+
+/// The guard reports the loss at its next renewal, and nothing more is
+/// written — no force, no intervention flag, no record: the journal is left
+/// for the next holder.
+#[tokio::test(start_paused = true)]
+async fn nothing_is_written_after_the_lock_is_lost() {
+    let w = World::new();
+    w.workloads.add_run(
+        RunSeed::new("quality-old", TASK, "quality", OLD).behaving(PodBehaviour::NodeLost),
+    );
+    w.pull_at(NEW, &[]);
+    w.pushed(NEW, at(60)).await;
+    let saga = cancel_coordinator::StateAwareCancellation::builder(
+        w.lock("pod-a"),
+        w.store.clone(),
+        std::sync::Arc::new(common::Intercepted {
+            inner: w.workloads.clone(),
+            hook: LeaseVanishes(w.leases.clone()),
+        }),
+        w.pulls.clone(),
+        w.labels.clone(),
+    )
+    .build()
+    .unwrap();
+    let started = Instant::now();
+
+    let err = saga.run(&w.request(NEW, at(60))).await.unwrap_err();
+
+    assert!(
+        matches!(err, cancel_coordinator::Error::LockLost { .. }),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < saga.config().grace_period,
+        "stopped at the loss, not at the deadline"
+    );
+    let calls = w.workloads.calls();
+    assert_eq!(calls.get("force"), None, "no force after the loss");
+    assert_eq!(calls.get("flag_intervention"), None);
+    assert_eq!(w.workloads.pods("quality-old").len(), 1);
+    let journal = w
+        .state()
+        .await
+        .active_operation
+        .expect("left for the next holder");
+    assert_eq!(journal.current().unwrap().step, state_store::Step::Started);
+}
