@@ -57,6 +57,7 @@ use crate::{Error, Result};
 mod context {
     pub const KEEP_HEAD: &str = "keep_head";
     pub const KEEP_SOURCE: &str = "keep_source";
+    pub const ALSO_KEEP: &str = "also_keep";
     pub const PUSHED_AT: &str = "pushed_at";
     pub const REQUEST_HEAD: &str = "request_head";
     pub const CORRELATION_ID: &str = "correlation_id";
@@ -647,7 +648,7 @@ impl StateAwareCancellation {
         let runs = self
             .kube(guard, || inner.workloads.runs(task_id), |e| e)
             .await?;
-        let targets = self.select(runs, decision.keep.as_deref());
+        let targets = self.select(runs, &decision);
         clock.done(SagaStep::Select);
         let pending = state.is_some_and(|s| !s.pending_supersessions.is_empty())
             || decision.unrecorded_head.is_some();
@@ -706,6 +707,10 @@ impl StateAwareCancellation {
         let decision = Decision {
             keep: ctx
                 .get(context::KEEP_HEAD)
+                .cloned()
+                .filter(|s| !s.is_empty()),
+            also_keep: ctx
+                .get(context::ALSO_KEEP)
                 .cloned()
                 .filter(|s| !s.is_empty()),
             source: HeadSource::parse(ctx.get(context::KEEP_SOURCE).map_or("", String::as_str)),
@@ -824,7 +829,6 @@ impl StateAwareCancellation {
                 (StepStatus::Succeeded, None)
             };
             let now = inner.store.clock().now();
-            let settle = decision.settle_point(request);
             let observed = decision.unrecorded_head.clone();
             ensure_held(guard, task_id)?;
             inner
@@ -841,9 +845,7 @@ impl StateAwareCancellation {
                     if let Some(push) = &observed {
                         s.observe_head(push);
                     }
-                    if let Some((sha, at)) = &settle {
-                        s.settle_supersessions_through(sha, *at);
-                    }
+                    decision.settle(s, request);
                     s.advance_operation(
                         &journal.operation_id,
                         Step::Cancelled,
@@ -957,6 +959,7 @@ impl StateAwareCancellation {
                 let (keep, pushed_at, source) = newest_known;
                 Decision {
                     keep: Some(keep),
+                    also_keep: None,
                     source,
                     pushed_at: Some(pushed_at),
                     labels: None,
@@ -968,11 +971,11 @@ impl StateAwareCancellation {
     }
 
     /// Step 4: the runs to cancel.
-    fn select(&self, runs: Vec<Run>, keep: Option<&str>) -> Vec<Run> {
+    fn select(&self, runs: Vec<Run>, decision: &Decision) -> Vec<Run> {
         runs.into_iter()
             .filter(|r| !r.terminal)
             .filter(|r| !self.inner.config.never_cancel.contains(&r.role))
-            .filter(|r| keep.is_none_or(|keep| !r.head_sha.eq_ignore_ascii_case(keep)))
+            .filter(|r| !decision.keeps(&r.head_sha))
             .collect()
     }
 
@@ -998,6 +1001,9 @@ impl StateAwareCancellation {
             decision.keep.clone().unwrap_or_default(),
         );
         ctx.insert(context::KEEP_SOURCE.into(), decision.source.as_str().into());
+        if let Some(also) = &decision.also_keep {
+            ctx.insert(context::ALSO_KEEP.into(), also.clone());
+        }
         if let Some(at) = decision.pushed_at {
             ctx.insert(context::PUSHED_AT.into(), at.to_string());
         }
@@ -1317,6 +1323,9 @@ enum Marked {
 #[derive(Clone, Debug)]
 struct Decision {
     keep: Option<String>,
+    /// A second head whose runs are kept: the newest push we know of, when
+    /// GitHub's answer is not provably newer.
+    also_keep: Option<String>,
     source: HeadSource,
     /// When the kept head was pushed, if known.
     pushed_at: Option<Timestamp>,
@@ -1330,16 +1339,38 @@ struct Decision {
 }
 
 impl Decision {
-    /// Through which push the pending supersessions are handled.
-    fn settle_point(&self, request: &CancellationRequest) -> Option<(String, Timestamp)> {
+    /// Whether runs of `head` are kept.
+    fn keeps(&self, head: &str) -> bool {
+        [&self.keep, &self.also_keep]
+            .into_iter()
+            .flatten()
+            .any(|k| k.eq_ignore_ascii_case(head))
+    }
+
+    /// Removes the pending supersessions this operation handled: all of
+    /// them for a closed PR; through the kept head's push otherwise; and,
+    /// when two heads were kept, every one but theirs (a later pass, once
+    /// GitHub and the state agree, handles those).
+    fn settle(&self, state: &mut RemediationState, request: &CancellationRequest) {
         if self.closed {
-            return Some((String::new(), Timestamp::MAX));
+            state.pending_supersessions.clear();
+            return;
         }
-        let keep = self.keep.clone()?;
+        if self.also_keep.is_some() {
+            state
+                .pending_supersessions
+                .retain(|p| self.keeps(&p.head_sha));
+            return;
+        }
+        let Some(keep) = &self.keep else {
+            return;
+        };
         let at = self
             .pushed_at
-            .or_else(|| (request.head_sha == keep).then_some(request.pushed_at))?;
-        Some((keep, at))
+            .or_else(|| (request.head_sha == *keep).then_some(request.pushed_at));
+        if let Some(at) = at {
+            state.settle_supersessions_through(keep, at);
+        }
     }
 }
 
@@ -1370,10 +1401,11 @@ fn decide_from_github(
     pull: PullRequest,
     newest_known: (String, Timestamp, HeadSource),
 ) -> Decision {
-    let (known, known_at, known_source) = newest_known;
+    let (known, known_at, _) = newest_known;
     if !pull.is_open() {
         return Decision {
             keep: None,
+            also_keep: None,
             source: HeadSource::Closed,
             pushed_at: None,
             labels: Some(pull.labels),
@@ -1381,36 +1413,48 @@ fn decide_from_github(
             closed: true,
         };
     }
-    let lagging = pull.updated_at.is_some_and(|updated| updated < known_at)
-        && !pull.head_sha.eq_ignore_ascii_case(&known);
-    if lagging {
+    let labels = Some(pull.labels);
+    if pull.head_sha.eq_ignore_ascii_case(&known) {
         return Decision {
-            keep: Some(known),
-            source: known_source,
+            keep: Some(pull.head_sha),
+            also_keep: None,
+            source: HeadSource::GitHub,
             pushed_at: Some(known_at),
-            labels: Some(pull.labels),
+            labels,
             unrecorded_head: None,
             closed: false,
         };
     }
-    let same = pull.head_sha.eq_ignore_ascii_case(&known);
-    let pushed_at = if same {
-        known_at
-    } else {
-        pull.updated_at.unwrap_or(known_at).max(known_at)
-    };
-    Decision {
-        unrecorded_head: (!same).then(|| Supersession {
-            head_sha: pull.head_sha.clone(),
-            pushed_at,
-            delivery_id: "github-api".to_owned(),
-            correlation_id: None,
-        }),
-        keep: Some(pull.head_sha),
-        source: HeadSource::GitHub,
-        pushed_at: Some(pushed_at),
-        labels: Some(pull.labels),
-        closed: false,
+    match pull.updated_at {
+        // GitHub changed the PR after the newest push we know of: its head
+        // is newer (a webhook was lost). Keep it, and record it.
+        Some(updated) if updated > known_at => Decision {
+            unrecorded_head: Some(Supersession {
+                head_sha: pull.head_sha.clone(),
+                pushed_at: updated,
+                delivery_id: "github-api".to_owned(),
+                correlation_id: None,
+            }),
+            keep: Some(pull.head_sha),
+            also_keep: None,
+            source: HeadSource::GitHub,
+            pushed_at: Some(updated),
+            labels,
+            closed: false,
+        },
+        // GitHub's answer is not provably newer than the push we know of
+        // (its read may lag the webhook): keep both heads' runs. Cancelling
+        // the other head's runs waits for a pass on which the two agree;
+        // cancelling the newest head's runs would be the one wrong move.
+        _ => Decision {
+            keep: Some(pull.head_sha),
+            also_keep: Some(known),
+            source: HeadSource::GitHub,
+            pushed_at: None,
+            labels,
+            unrecorded_head: None,
+            closed: false,
+        },
     }
 }
 

@@ -363,3 +363,64 @@ async fn nothing_is_written_after_the_lock_is_lost() {
         .expect("left for the next holder");
     assert_eq!(journal.current().unwrap().step, state_store::Step::Started);
 }
+
+/// GitHub's answer lags a webhook: it still shows NEW (changed at 100 s)
+/// while the state recorded a push of NEWER at 200 s. Neither head's runs
+/// may go; only the old head's do, and NEWER's supersession stays pending
+/// for a pass on which the two agree.
+#[tokio::test(start_paused = true)]
+async fn when_github_lags_a_push_the_runs_of_both_heads_are_kept() {
+    let w = World::new();
+    let old = w.agents_on(OLD);
+    let new = w.agents_on(NEW);
+    let newer = w.agents_on(NEWER);
+    w.pull_at(NEW, &[]);
+    w.pulls
+        .update(&w.pr, |p| p.updated_at = Some(at(100)))
+        .unwrap();
+    w.pushed(NEW, at(100)).await;
+    w.pushed(NEWER, at(200)).await;
+
+    w.saga("pod-a")
+        .run(&w.request(NEWER, at(200)))
+        .await
+        .unwrap();
+
+    assert!(old.iter().all(|n| w.workloads.get(n).is_none()));
+    assert!(
+        new.iter()
+            .chain(&newer)
+            .all(|n| w.workloads.get(n).is_some())
+    );
+    let pending: Vec<String> = w
+        .state()
+        .await
+        .pending_supersessions
+        .iter()
+        .map(|p| p.head_sha.clone())
+        .collect();
+    assert!(pending.contains(&NEWER.to_owned()), "{pending:?}");
+}
+
+/// A lost webhook: the state knows only OLD (pushed at 0 s), GitHub shows
+/// NEW changed at 100 s. NEW is kept and recorded as the task's head.
+#[tokio::test(start_paused = true)]
+async fn a_head_only_github_knows_is_kept_and_recorded() {
+    let w = World::new();
+    let old = w.agents_on(OLD);
+    let new = w.agents_on(NEW);
+    w.pull_at(NEW, &[]);
+    w.pulls
+        .update(&w.pr, |p| p.updated_at = Some(at(100)))
+        .unwrap();
+    w.pushed(OLD, at(0)).await;
+
+    let report = w.saga("pod-a").run(&w.request(OLD, at(0))).await.unwrap();
+
+    assert_eq!(report.kept_head.as_deref(), Some(NEW));
+    assert!(old.iter().all(|n| w.workloads.get(n).is_none()));
+    assert!(new.iter().all(|n| w.workloads.get(n).is_some()));
+    let state = w.state().await;
+    assert_eq!(state.latest_head.unwrap().sha, NEW);
+    assert!(state.pending_supersessions.is_empty());
+}
