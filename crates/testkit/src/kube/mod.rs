@@ -54,11 +54,14 @@
 //!
 //! Every request first goes through [`Faults::apply`] under the Kubernetes
 //! verb (`get`, `list`, `watch`, `create`, `update`, `patch`, `delete`,
-//! `deletecollection`) and resource (the plural, `coderuns/status` for a
-//! subresource; `discovery`, `version`, `openapi`, `healthz` for the rest),
-//! then is counted once in [`Calls`] with the outcome the client saw. A
-//! request the client abandons before it is answered (for example during a
-//! partition) counts as `Dropped`.
+//! `deletecollection`), API group (`""` for the core group) and resource
+//! (the plural, `coderuns/status` for a subresource; `discovery`,
+//! `version`, `openapi`, `healthz` for the rest), then is counted once in
+//! [`Calls`] and logged once in [`FakeKube::requests`] with the outcome the
+//! client saw. A request the client abandons before it is answered (for
+//! example during a partition) counts as `Dropped`. Every answer carries an
+//! `Audit-Id` header: the client's `Audit-ID` if it sent one (the log's
+//! correlation value), else a fresh UUID, as the API server does.
 //!
 //! # Example
 //!
@@ -86,9 +89,11 @@
 //! # }).unwrap();
 //! ```
 
+mod clock;
 mod discovery;
 mod managed_fields;
 mod patch;
+mod request_log;
 mod resource;
 mod selector;
 mod server;
@@ -107,11 +112,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use url::Url;
 
+pub use request_log::{RequestFilter, RequestLog, RequestRecord};
 pub use resource::ResourceType;
 pub use store::PodTermination;
 
 use crate::calls::Calls;
 use crate::faults::Faults;
+use clock::Clock;
 use server::{ServerOptions, Shared};
 use store::{Store, StoreConfig, WriteOptions};
 
@@ -165,6 +172,7 @@ pub struct FakeKubeBuilder {
     watch_timeout: Duration,
     max_watch_timeout: Duration,
     pod_termination: PodTermination,
+    request_log: usize,
     types: Vec<ResourceType>,
     crds: Vec<CustomResourceDefinition>,
     faults: Option<Faults>,
@@ -191,6 +199,9 @@ impl Default for FakeKubeBuilder {
             watch_timeout: Duration::from_secs(1800),
             max_watch_timeout: Duration::from_secs(3600),
             pod_termination: PodTermination::Immediate,
+            // Ten thousand cancellations of about ten calls each; a record
+            // is a few hundred bytes.
+            request_log: 100_000,
             types: Vec::new(),
             crds: Vec::new(),
             faults: None,
@@ -260,6 +271,14 @@ impl FakeKubeBuilder {
         self
     }
 
+    /// How many requests [`FakeKube::requests`] keeps (default 100 000);
+    /// older ones are evicted and counted in [`RequestLog::evicted`].
+    #[must_use]
+    pub fn request_log_capacity(mut self, requests: usize) -> Self {
+        self.request_log = requests.max(1);
+        self
+    }
+
     /// Registers a CRD before start (see [`FakeKube::register_crd`]).
     #[must_use]
     pub fn crd(mut self, crd: CustomResourceDefinition) -> Self {
@@ -302,7 +321,9 @@ impl FakeKubeBuilder {
         let url = Url::parse(&format!("http://{addr}/"))
             .map_err(|e| bind_error(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
 
+        let clock = Clock::start();
         let mut store = Store::new(StoreConfig {
+            clock,
             history_limit: self.history,
             watch_capacity: self.watch_capacity,
             pod_termination: self.pod_termination,
@@ -316,6 +337,8 @@ impl FakeKubeBuilder {
             store: Mutex::new(store),
             faults: self.faults.unwrap_or_else(|| Faults::new(self.seed)),
             calls: self.calls.unwrap_or_default(),
+            log: RequestLog::new(self.request_log),
+            clock,
             options: ServerOptions {
                 max_body: self.max_body,
                 bookmark_interval: self.bookmark_interval,
@@ -427,6 +450,11 @@ impl FakeKube {
     /// The call counters every request is recorded in.
     pub fn calls(&self) -> &Calls {
         &self.shared.calls
+    }
+
+    /// The ordered log of every request (see [`RequestLog`]).
+    pub fn requests(&self) -> &RequestLog {
+        &self.shared.log
     }
 
     /// Registers a CRD (usually `MyResource::crd()` from

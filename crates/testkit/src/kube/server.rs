@@ -4,8 +4,9 @@
 //! Built on hyper directly (not axum's `serve`) because an injected drop must
 //! close the TCP connection without writing a response: the service returns
 //! an error and hyper closes the connection. The rule it keeps: **every
-//! request is judged by the faults first and counted exactly once**, with
-//! the (verb, resource) the API server's audit log would show.
+//! request is judged by the faults first and counted and logged exactly
+//! once**, with the (group, verb, resource) the API server's audit log
+//! would show.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -24,9 +25,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::clock::Clock;
 use super::discovery;
 use super::managed_fields;
 use super::patch::PatchKind;
+use super::request_log::{RequestLog, RequestRecord};
 use super::resource::ResourceType;
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::ApiError;
@@ -54,6 +57,8 @@ pub(crate) struct Shared {
     pub store: Mutex<Store>,
     pub faults: Faults,
     pub calls: Calls,
+    pub log: RequestLog,
+    pub clock: Clock,
     pub options: ServerOptions,
     pub address: String,
     pub shutdown: CancellationToken,
@@ -122,60 +127,116 @@ impl fmt::Display for InjectedDrop {
 
 impl std::error::Error for InjectedDrop {}
 
+/// The request header a client sets to correlate its requests (the API
+/// server's own; it answers the value, or one it made up, as `Audit-Id`).
+const AUDIT_ID: &str = "audit-id";
+
 async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, InjectedDrop> {
     let query = parse_query(req.uri().query());
     let route = Route::parse(req.method(), req.uri().path(), &query);
-    let (verb, resource) = route.call_name();
-    let meta = RequestMeta::new(verb.clone(), resource.clone());
-    // Counts the call as Dropped if the client goes away (this future is
-    // dropped) before an answer, for example during a partition.
-    let mut count = CountOnce {
-        calls: &shared.calls,
-        verb: &verb,
-        resource: &resource,
-        outcome: Outcome::Dropped,
+    let call = route.call_name();
+    let meta =
+        RequestMeta::new(call.verb.clone(), call.resource.clone()).in_group(call.group.clone());
+    let correlation = req
+        .headers()
+        .get(AUDIT_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned);
+    let audit_id = correlation
+        .clone()
+        .and_then(|id| HeaderValue::from_str(&id).ok())
+        .or_else(|| HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).ok());
+    // Counts and logs the call as Dropped if the client goes away (this
+    // future is dropped) before an answer, for example during a partition.
+    let mut record = RecordOnce {
+        shared: &shared,
+        record: Some(RequestRecord {
+            seq: 0,
+            at: shared.clock.now(),
+            verb: call.verb.clone(),
+            group: call.group.clone(),
+            version: call.version,
+            resource: call.resource,
+            namespace: call.namespace,
+            name: call.name,
+            field_manager: query.get("fieldManager").filter(|m| !m.is_empty()).cloned(),
+            user_agent: req
+                .headers()
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            correlation,
+            outcome: Outcome::Dropped,
+            applied: false,
+        }),
     };
-    match shared.faults.apply(&meta).await {
-        FaultDecision::Proceed => {}
+    let mut response = match shared.faults.apply(&meta).await {
+        FaultDecision::Proceed => {
+            let (response, outcome) = match route {
+                Route::Resource(r) => serve_resource(&shared, r, &call.verb, &query, req).await,
+                other => {
+                    let response = serve_other(&shared, &other, &req);
+                    let outcome = Outcome::from_status(response.status().as_u16());
+                    (response, outcome)
+                }
+            };
+            let applied = outcome == Outcome::Ok;
+            record.set(outcome, applied);
+            response
+        }
         FaultDecision::Fail(InjectedError::Drop) => return Err(InjectedDrop),
         FaultDecision::Fail(err) => {
             let code = err.status().unwrap_or(500);
-            count.outcome = Outcome::Injected(code);
-            return Ok(error_response(&ApiError::injected(
-                code,
-                err.retry_after_secs(),
-            )));
-        }
-    }
-    let (response, outcome) = match route {
-        Route::Resource(r) => serve_resource(&shared, r, &verb, &query, req).await,
-        other => {
-            let response = serve_other(&shared, &other, &req);
-            let outcome = Outcome::from_status(response.status().as_u16());
-            (response, outcome)
+            record.set(Outcome::Injected(code), false);
+            error_response(&ApiError::injected(code, err.retry_after_secs()))
         }
     };
-    count.outcome = outcome;
+    if let Some(id) = audit_id {
+        response.headers_mut().insert(AUDIT_ID, id);
+    }
     Ok(response)
 }
 
-/// Records one call, with its final outcome, when the request ends however
-/// it ends.
-struct CountOnce<'a> {
-    calls: &'a Calls,
-    verb: &'a str,
-    resource: &'a str,
-    outcome: Outcome,
+/// Counts and logs one call, with its final outcome, when the request ends
+/// however it ends.
+struct RecordOnce<'a> {
+    shared: &'a Shared,
+    record: Option<RequestRecord>,
 }
 
-impl Drop for CountOnce<'_> {
-    fn drop(&mut self) {
-        let outcome = std::mem::replace(&mut self.outcome, Outcome::Dropped);
-        self.calls.record(self.verb, self.resource, outcome);
+impl RecordOnce<'_> {
+    fn set(&mut self, outcome: Outcome, applied: bool) {
+        if let Some(r) = self.record.as_mut() {
+            r.outcome = outcome;
+            r.applied = applied;
+        }
     }
+}
+
+impl Drop for RecordOnce<'_> {
+    fn drop(&mut self) {
+        if let Some(r) = self.record.take() {
+            self.shared
+                .calls
+                .record_in_group(&r.group, &r.verb, &r.resource, r.outcome.clone());
+            self.shared.log.push(r);
+        }
+    }
+}
+
+/// The names a request is judged, counted and logged under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CallName {
+    verb: String,
+    group: String,
+    version: String,
+    resource: String,
+    namespace: Option<String>,
+    name: Option<String>,
 }
 
 /// Where a request goes.
@@ -274,8 +335,8 @@ impl Route {
         })
     }
 
-    /// The (verb, resource) this request is counted and judged under.
-    fn call_name(&self) -> (String, String) {
+    /// The names this request is judged, counted and logged under.
+    fn call_name(&self) -> CallName {
         let (verb, resource) = match self {
             Route::Health => ("get", "healthz".to_owned()),
             Route::Version => ("get", "version".to_owned()),
@@ -303,7 +364,25 @@ impl Route {
                 (verb, resource)
             }
         };
-        (verb.to_owned(), resource)
+        let (group, version, namespace, name) = match self {
+            Route::Resource(r) => (
+                r.group.clone(),
+                r.version.clone(),
+                r.namespace.clone(),
+                r.name.clone(),
+            ),
+            Route::GroupVersion { group, version } => (group.clone(), version.clone(), None, None),
+            Route::Group(group) => (group.clone(), String::new(), None, None),
+            _ => (String::new(), String::new(), None, None),
+        };
+        CallName {
+            verb: verb.to_owned(),
+            group,
+            version,
+            resource,
+            namespace,
+            name,
+        }
     }
 }
 
@@ -928,9 +1007,27 @@ mod tests {
             ),
         ];
         for (method, path, query, verb, resource) in cases {
-            let (v, r) = route(&method, path, query).call_name();
-            assert_eq!((v.as_str(), r.as_str()), (verb, resource), "{path}");
+            let call = route(&method, path, query).call_name();
+            assert_eq!(
+                (call.verb.as_str(), call.resource.as_str()),
+                (verb, resource),
+                "{path}"
+            );
         }
+        let call = route(
+            &Method::PATCH,
+            "/apis/x.dev/v1/namespaces/ns/coderuns/r/status",
+            "",
+        )
+        .call_name();
+        assert_eq!(
+            (call.group.as_str(), call.version.as_str()),
+            ("x.dev", "v1")
+        );
+        assert_eq!(
+            (call.namespace.as_deref(), call.name.as_deref()),
+            (Some("ns"), Some("r"))
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
+use super::clock::Clock;
 use super::managed_fields::{self, FieldManager, ManagedFields};
 use super::patch::{self, PatchKind};
 use super::resource::{ResourceType, builtin_types};
@@ -42,6 +43,7 @@ pub enum PodTermination {
 /// Limits and behaviour knobs of the store.
 #[derive(Debug, Clone)]
 pub(crate) struct StoreConfig {
+    pub clock: Clock,
     pub history_limit: usize,
     pub watch_capacity: usize,
     pub pod_termination: PodTermination,
@@ -190,6 +192,7 @@ pub(crate) struct ListPage {
 
 pub(crate) struct Store {
     config: StoreConfig,
+    clock: Clock,
     rv: u64,
     types: Vec<ResourceType>,
     objects: BTreeMap<ObjKey, Value>,
@@ -223,6 +226,7 @@ impl Store {
     pub fn new(config: StoreConfig) -> Self {
         let names = StdRng::seed_from_u64(config.seed);
         Self {
+            clock: config.clock,
             config,
             rv: 1,
             types: builtin_types(),
@@ -401,7 +405,7 @@ impl Store {
             meta.remove("namespace");
         }
         meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
-        meta.insert("creationTimestamp".into(), json!(now()));
+        meta.insert("creationTimestamp".into(), json!(self.clock.timestamp()));
         meta.insert("resourceVersion".into(), json!(rv.to_string()));
         for system in [
             "deletionTimestamp",
@@ -417,7 +421,9 @@ impl Store {
         }
         self.prepare_new_status(t, &mut obj)?;
         let managed = match ownership {
-            Ownership::Update(who) => managed_fields::update(None, &obj, managed_in, &who, &now()),
+            Ownership::Update(who) => {
+                managed_fields::update(None, &obj, managed_in, &who, &self.clock.timestamp())
+            }
             Ownership::Applied(managed) => managed,
         };
         managed.store_in(&mut obj);
@@ -528,9 +534,15 @@ impl Store {
             )));
         }
         let managed = current.as_ref().map(ManagedFields::of).unwrap_or_default();
-        let (merged, managed) =
-            managed_fields::apply(current.as_ref(), config, managed, &who, opts.force, &now())
-                .map_err(|conflicts| ApiError::apply_conflict(&conflicts))?;
+        let (merged, managed) = managed_fields::apply(
+            current.as_ref(),
+            config,
+            managed,
+            &who,
+            opts.force,
+            &self.clock.timestamp(),
+        )
+        .map_err(|conflicts| ApiError::apply_conflict(&conflicts))?;
         match current {
             Some(current) => self
                 .write(
@@ -637,7 +649,10 @@ impl Store {
         if !already || previous_grace.is_some_and(|g| grace < g) {
             meta.insert(
                 "deletionTimestamp".into(),
-                json!(timestamp_after(Duration::from_secs(grace.unsigned_abs()))),
+                json!(
+                    self.clock
+                        .timestamp_after(Duration::from_secs(grace.unsigned_abs()))
+                ),
             );
             meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
             if !already && let Some(g) = meta.get("generation").and_then(Value::as_i64) {
@@ -864,9 +879,13 @@ impl Store {
         );
         obj.insert("kind".into(), json!(t.kind));
         let managed = match ownership {
-            Ownership::Update(who) => {
-                managed_fields::update(Some(current), &next, managed_in, &who, &now())
-            }
+            Ownership::Update(who) => managed_fields::update(
+                Some(current),
+                &next,
+                managed_in,
+                &who,
+                &self.clock.timestamp(),
+            ),
             Ownership::Applied(managed) => managed,
         };
         managed.store_in(&mut next);
@@ -1010,9 +1029,9 @@ impl Store {
                     "storedVersions": [registered.preferred_version()],
                     "conditions": [
                         {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
-                         "message": "no conflicts found", "lastTransitionTime": now()},
+                         "message": "no conflicts found", "lastTransitionTime": self.clock.timestamp()},
                         {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
-                         "message": "the initial names have been accepted", "lastTransitionTime": now()},
+                         "message": "the initial names have been accepted", "lastTransitionTime": self.clock.timestamp()},
                     ],
                 })),
             );
@@ -1300,24 +1319,13 @@ fn validate_name(t: &ResourceType, name: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Now, as the API server writes timestamps (RFC 3339, whole seconds).
-pub(crate) fn now() -> String {
-    timestamp_after(Duration::ZERO)
-}
-
-fn timestamp_after(d: Duration) -> String {
-    let secs = jiff::Timestamp::now().as_second() + i64::try_from(d.as_secs()).unwrap_or(0);
-    jiff::Timestamp::from_second(secs)
-        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
-        .to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn store(history: usize, capacity: usize) -> (Store, ResourceType) {
         let store = Store::new(StoreConfig {
+            clock: Clock::start(),
             history_limit: history,
             watch_capacity: capacity,
             pod_termination: PodTermination::Immediate,
