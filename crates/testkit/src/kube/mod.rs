@@ -348,6 +348,8 @@ impl FakeKubeBuilder {
             address: addr.to_string(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            connections: Mutex::new(CancellationToken::new()),
+            watch_cuts: Mutex::new(CancellationToken::new()),
         });
         for crd in &self.crds {
             register_crd(&shared, crd)?;
@@ -478,6 +480,30 @@ impl FakeKube {
     /// Number of open watches.
     pub fn watch_count(&self) -> usize {
         self.shared.store().watcher_count()
+    }
+
+    /// Cuts every open watch stream at once: each one's connection is
+    /// closed mid-stream (no final chunk), as when the network between a
+    /// client and the API server breaks. Watches opened afterwards are
+    /// served; a client resumes from its last resourceVersion.
+    pub fn cut_watches(&self) {
+        self.shared.cut_watches();
+    }
+
+    /// Restarts the API server as a crash and restart would look to its
+    /// clients: every object is kept (it lives in etcd), every open
+    /// connection is closed without an answer (requests in flight lose
+    /// theirs, though a write may have landed), every watch ends
+    /// mid-stream, and the watch cache starts empty at the current
+    /// resourceVersion, so a watch or LIST continuation from any older
+    /// resourceVersion gets 410 Gone. resourceVersions continue upward.
+    /// The simulated kubelet and garbage collector are other processes and
+    /// carry on.
+    pub fn restart(&self) {
+        // Watches first, so none ends cleanly when the store forgets it.
+        self.shared.cut_watches();
+        self.shared.drop_connections();
+        self.shared.store().restart();
     }
 
     /// Stops serving, closes every connection, and waits until the server's

@@ -63,6 +63,10 @@ pub(crate) struct Shared {
     pub address: String,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
+    /// Cancelled (and replaced) to drop every open connection at once.
+    pub connections: Mutex<CancellationToken>,
+    /// Cancelled (and replaced) to cut every open watch stream at once.
+    pub watch_cuts: Mutex<CancellationToken>,
 }
 
 impl Shared {
@@ -71,6 +75,33 @@ impl Shared {
         // one insert after all checks), so a poisoned lock is still usable.
         self.store.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// A token for a new connection, cancelled by [`Shared::drop_connections`].
+    pub fn connection_token(&self) -> CancellationToken {
+        lock(&self.connections).child_token()
+    }
+
+    /// Closes every open connection without an answer (requests in flight
+    /// lose theirs, watches end mid-stream); new connections are served.
+    pub fn drop_connections(&self) {
+        std::mem::replace(&mut *lock(&self.connections), CancellationToken::new()).cancel();
+    }
+
+    /// The token the watch streams opened from now on stop at.
+    pub fn watch_cut_token(&self) -> CancellationToken {
+        lock(&self.watch_cuts).clone()
+    }
+
+    /// Cuts every open watch stream: each one's connection is closed
+    /// mid-stream, as a broken network or a restarting server does.
+    pub fn cut_watches(&self) {
+        std::mem::replace(&mut *lock(&self.watch_cuts), CancellationToken::new()).cancel();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded values are tokens, replaced whole.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Accepts connections until shutdown; each connection is served on its own
@@ -94,10 +125,12 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let tasks = shared.tasks.clone();
+        let connection = shared.connection_token();
         tasks.spawn(async move {
             let service = hyper::service::service_fn({
                 let shared = shared.clone();
-                move |req| handle(shared.clone(), req)
+                let connection = connection.clone();
+                move |req| handle(shared.clone(), connection.clone(), req)
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
@@ -105,6 +138,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 // Dropping the connection closes the socket, which ends
                 // every watch streaming on it.
                 () = shared.shutdown.cancelled() => {}
+                () = connection.cancelled() => {}
                 result = conn => {
                     if let Err(e) = result {
                         tracing::debug!(error = %e, "fake-kube connection ended");
@@ -133,6 +167,7 @@ const AUDIT_ID: &str = "audit-id";
 
 async fn handle(
     shared: Arc<Shared>,
+    connection: CancellationToken,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, InjectedDrop> {
     let query = parse_query(req.uri().query());
@@ -177,16 +212,37 @@ async fn handle(
     let mut response = match shared.faults.apply(&meta).await {
         FaultDecision::Proceed => {
             let (response, outcome) = match route {
-                Route::Resource(r) => serve_resource(&shared, r, &call.verb, &query, req).await,
+                Route::Resource(r) => {
+                    serve_resource(&shared, &connection, r, &call.verb, &query, req).await
+                }
                 other => {
                     let response = serve_other(&shared, &other, &req);
                     let outcome = Outcome::from_status(response.status().as_u16());
                     (response, outcome)
                 }
             };
-            let applied = outcome == Outcome::Ok;
-            record.set(outcome, applied);
-            response
+            if outcome != Outcome::Ok {
+                record.set(outcome, false);
+                response
+            } else {
+                // Served: its effect has taken place. A fault may still
+                // keep the answer from the client.
+                match shared.faults.after_commit(&meta) {
+                    FaultDecision::Proceed => {
+                        record.set(outcome, true);
+                        response
+                    }
+                    FaultDecision::Fail(InjectedError::Drop) => {
+                        record.set(Outcome::Dropped, true);
+                        return Err(InjectedDrop);
+                    }
+                    FaultDecision::Fail(err) => {
+                        let code = err.status().unwrap_or(500);
+                        record.set(Outcome::Injected(code), true);
+                        error_response(&ApiError::injected(code, err.retry_after_secs()))
+                    }
+                }
+            }
         }
         FaultDecision::Fail(InjectedError::Drop) => return Err(InjectedDrop),
         FaultDecision::Fail(err) => {
@@ -435,12 +491,13 @@ fn serve_other(shared: &Shared, route: &Route, req: &Request<Incoming>) -> Respo
 
 async fn serve_resource(
     shared: &Arc<Shared>,
+    connection: &CancellationToken,
     r: ResourceRoute,
     verb: &str,
     query: &BTreeMap<String, String>,
     req: Request<Incoming>,
 ) -> (Response<Body>, Outcome) {
-    match serve_resource_inner(shared, r, verb, query, req).await {
+    match serve_resource_inner(shared, connection, r, verb, query, req).await {
         Ok((response, outcome)) => (response, outcome),
         Err(e) => {
             let outcome = Outcome::Error(e.code);
@@ -451,6 +508,7 @@ async fn serve_resource(
 
 async fn serve_resource_inner(
     shared: &Arc<Shared>,
+    connection: &CancellationToken,
     r: ResourceRoute,
     verb: &str,
     query: &BTreeMap<String, String>,
@@ -553,6 +611,8 @@ async fn serve_resource_inner(
                 } => {
                     let stream = WatchStream {
                         shared: shared.clone(),
+                        connection: connection.clone(),
+                        cut: shared.watch_cut_token(),
                         render,
                         id,
                         initial,

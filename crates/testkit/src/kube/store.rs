@@ -776,6 +776,15 @@ impl Store {
         }
     }
 
+    /// What the API server's restart does to its watch cache: every watch
+    /// is dropped and the kept history starts over at the current
+    /// resourceVersion, so resuming from an older one is 410 Gone.
+    pub fn restart(&mut self) {
+        self.watchers.clear();
+        self.history.clear();
+        self.compacted = self.rv;
+    }
+
     /// Whether watcher `id` is still registered (it is dropped when it
     /// falls too far behind).
     pub fn has_watcher(&self, id: u64) -> bool {
