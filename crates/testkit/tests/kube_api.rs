@@ -4,17 +4,15 @@
 
 #![cfg(feature = "kube")]
 
-use std::time::Duration;
-
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{CustomResource, CustomResourceExt, Resource, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use testkit::kube::{FakeKube, PodTermination};
+use testkit::kube::FakeKube;
 
 /// A small custom resource with a status subresource, like supersede's CodeRun.
 #[derive(CustomResource, Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
@@ -453,69 +451,6 @@ async fn finalizers_keep_a_deleted_object_until_they_are_removed() {
     .await
     .unwrap();
     assert!(cms.get_opt("c1").await.unwrap().is_none());
-}
-
-#[tokio::test]
-async fn pods_honour_grace_periods_when_asked_and_force_delete_ends_them() {
-    let kube = FakeKube::builder()
-        .pod_termination(PodTermination::AfterGracePeriod)
-        .start()
-        .await
-        .unwrap();
-    let pods: Api<Pod> = Api::namespaced(kube.client(), "ns");
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "p1"},
-        "spec": {"containers": [{"name": "agent", "image": "agent:1"}]}
-    }))
-    .unwrap();
-    let created = pods.create(&PostParams::default(), &pod).await.unwrap();
-    assert_eq!(
-        created.status.unwrap().phase.as_deref(),
-        Some("Pending"),
-        "the API server sets a new pod's phase"
-    );
-
-    let terminating = pods
-        .delete("p1", &DeleteParams::default().grace_period(1))
-        .await
-        .unwrap()
-        .left()
-        .expect("a pod in its grace period is still there");
-    assert_eq!(terminating.metadata.deletion_grace_period_seconds, Some(1));
-    assert!(pods.get_opt("p1").await.unwrap().is_some());
-    // The simulated kubelet removes it once the grace period is over.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while pods.get_opt("p1").await.unwrap().is_some() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "pod never went away"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
-    // Never-terminating pods go only with a force delete.
-    let stuck = FakeKube::builder()
-        .pod_termination(PodTermination::Never)
-        .start()
-        .await
-        .unwrap();
-    let pods: Api<Pod> = Api::namespaced(stuck.client(), "ns");
-    pods.create(&PostParams::default(), &pod).await.unwrap();
-    pods.delete("p1", &DeleteParams::default()).await.unwrap();
-    assert!(
-        pods.get("p1")
-            .await
-            .unwrap()
-            .metadata
-            .deletion_timestamp
-            .is_some()
-    );
-    let forced = pods
-        .delete("p1", &DeleteParams::default().grace_period(0))
-        .await
-        .unwrap();
-    assert!(forced.is_right(), "a force delete removes the pod at once");
-    assert!(pods.get_opt("p1").await.unwrap().is_none());
 }
 
 #[tokio::test]

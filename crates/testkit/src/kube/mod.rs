@@ -22,8 +22,17 @@
 //!   strategic-as-merge, server-side apply with create-if-absent; see
 //!   below), `delete`
 //!   (uid/resourceVersion preconditions, finalizers and
-//!   `deletionTimestamp`, grace periods for pods, see [`PodTermination`]),
+//!   `deletionTimestamp`, grace periods for pods, `propagationPolicy`),
 //!   `deletecollection`, and the `/status` subresource.
+//! - Controllers on tokio's clock (pause it, and they pause): a garbage
+//!   collector acting on `ownerReferences` (background, foreground and
+//!   orphan propagation, `blockOwnerDeletion`), and a scheduler and kubelet
+//!   for Pods (bound at once, `Running` after a start delay, exiting by
+//!   themselves or when a test says, stopping after SIGTERM per
+//!   [`PodBehaviour`] and [`PodTermination`], removed by the kubelet with
+//!   grace 0). Their writes go straight to the store: they are neither
+//!   counted nor logged as requests.
+//! - One clock for every timestamp the fake writes (see [`FakeKube::now`]).
 //! - One global resourceVersion counter; writes that change nothing do not
 //!   bump it.
 //! - Watches stream `ADDED`/`MODIFIED`/`DELETED` in resourceVersion order,
@@ -90,6 +99,7 @@
 //! ```
 
 mod clock;
+mod controllers;
 mod discovery;
 mod managed_fields;
 mod patch;
@@ -114,7 +124,7 @@ use url::Url;
 
 pub use request_log::{RequestFilter, RequestLog, RequestRecord};
 pub use resource::ResourceType;
-pub use store::PodTermination;
+pub use store::{PodBehaviour, PodTermination, TerminalPhase, parse_termination};
 
 use crate::calls::Calls;
 use crate::faults::Faults;
@@ -150,6 +160,9 @@ pub enum Error {
     /// A CRD or resource type was refused (missing names, unknown scope…).
     #[error("invalid resource definition: {0}")]
     InvalidResource(String),
+    /// The object a test named does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
 }
 
 impl Error {
@@ -171,7 +184,8 @@ pub struct FakeKubeBuilder {
     bookmark_interval: Duration,
     watch_timeout: Duration,
     max_watch_timeout: Duration,
-    pod_termination: PodTermination,
+    pod_behaviour: PodBehaviour,
+    gc_delay: Duration,
     request_log: usize,
     types: Vec<ResourceType>,
     crds: Vec<CustomResourceDefinition>,
@@ -198,7 +212,11 @@ impl Default for FakeKubeBuilder {
             // 30–60 minutes; clients (kube: 290 s) normally name one.
             watch_timeout: Duration::from_secs(1800),
             max_watch_timeout: Duration::from_secs(3600),
-            pod_termination: PodTermination::Immediate,
+            pod_behaviour: PodBehaviour::default(),
+            // kube-controller-manager's collector reacts within
+            // milliseconds; zero still runs after the request that queued
+            // the work, never inside it.
+            gc_delay: Duration::ZERO,
             // Ten thousand cancellations of about ten calls each; a record
             // is a few hundred bytes.
             request_log: 100_000,
@@ -264,10 +282,29 @@ impl FakeKubeBuilder {
         self
     }
 
-    /// How deleted pods leave the API (default [`PodTermination::Immediate`]).
+    /// What pods' containers do with SIGTERM, unless a pod's labels or the
+    /// test say otherwise (default [`PodTermination::Immediate`]); the rest
+    /// of the default [`PodBehaviour`] is kept.
     #[must_use]
     pub fn pod_termination(mut self, mode: PodTermination) -> Self {
-        self.pod_termination = mode;
+        self.pod_behaviour.termination = mode;
+        self
+    }
+
+    /// How the simulated scheduler and kubelet treat pods, unless a pod's
+    /// labels or the test say otherwise (default: [`PodBehaviour::default`]).
+    #[must_use]
+    pub fn pod_behaviour(mut self, behaviour: PodBehaviour) -> Self {
+        self.pod_behaviour = behaviour;
+        self
+    }
+
+    /// How long after a change the garbage collector acts on it (default
+    /// zero: at once, but after the request that made the change has been
+    /// answered).
+    #[must_use]
+    pub fn garbage_collection_delay(mut self, delay: Duration) -> Self {
+        self.gc_delay = delay;
         self
     }
 
@@ -326,7 +363,8 @@ impl FakeKubeBuilder {
             clock,
             history_limit: self.history,
             watch_capacity: self.watch_capacity,
-            pod_termination: self.pod_termination,
+            pod_behaviour: self.pod_behaviour,
+            gc_delay: self.gc_delay,
             // A different stream from the fault injector's, from the same seed.
             seed: self.seed ^ 0x6b75_6265_6e61_6d65,
         });
@@ -359,6 +397,7 @@ impl FakeKubeBuilder {
         let config = client_config(&url);
         let client = ::kube::Client::try_from(config).map_err(|e| Error::Client(Box::new(e)))?;
         shared.tasks.spawn(server::serve(listener, shared.clone()));
+        shared.tasks.spawn(controllers::run(shared.clone()));
         tracing::debug!(%url, "fake-kube started");
         Ok(FakeKube {
             shared,
@@ -472,6 +511,41 @@ impl FakeKube {
         self.shared.store().register(t);
     }
 
+    /// The stored object `namespace/name` of kind `K` (`""` namespace for
+    /// cluster-scoped kinds), read straight from the store: no request is
+    /// made, so nothing is counted or logged and no fault applies. `None`
+    /// if it does not exist (or `K` is not served).
+    ///
+    /// Made for assertions at an exact instant of paused tokio time: while
+    /// a request is in flight, a paused runtime that waits on its socket
+    /// lets the clock run ahead to the next timer (a pod's stop, the
+    /// garbage collector's turn), so "still there at 4.9 s" is only
+    /// reliably seen this way.
+    pub fn peek<K>(&self, namespace: &str, name: &str) -> Option<K>
+    where
+        K: ::kube::Resource<DynamicType = ()> + serde::de::DeserializeOwned,
+    {
+        let (group, version, plural) = (K::group(&()), K::version(&()), K::plural(&()));
+        let store = self.shared.store();
+        let t = store.resolve(&group, &version, &plural)?;
+        let mut obj = store.get(&t, namespace, name).ok()?;
+        drop(store);
+        if let Some(o) = obj.as_object_mut() {
+            o.insert("apiVersion".into(), t.api_version(&version).into());
+        }
+        serde_json::from_value(obj).ok()
+    }
+
+    /// The fake's clock: the wall time at start plus the tokio time elapsed
+    /// since (so it follows `tokio::time::pause()` and `advance()`). Every
+    /// timestamp the fake writes comes from it.
+    pub fn now(&self) -> jiff::Timestamp {
+        self.shared.clock.now()
+    }
+
+    /// The node the simulated scheduler binds pods to (`spec.nodeName`).
+    pub const NODE_NAME: &'static str = store::NODE_NAME;
+
     /// The current value of the global resourceVersion counter.
     pub fn resource_version(&self) -> u64 {
         self.shared.store().resource_version()
@@ -480,6 +554,32 @@ impl FakeKube {
     /// Number of open watches.
     pub fn watch_count(&self) -> usize {
         self.shared.store().watcher_count()
+    }
+
+    /// Chooses how the simulated scheduler and kubelet treat the pod
+    /// `namespace/name`: an existing one from now on (a change of its
+    /// termination applies to a later delete; a start delay only if it has
+    /// not started), and one created under that name later, whatever its
+    /// labels say.
+    pub fn set_pod_behaviour(&self, namespace: &str, name: &str, behaviour: PodBehaviour) {
+        self.shared
+            .store()
+            .set_pod_behaviour(namespace, name, behaviour);
+    }
+
+    /// Makes the pod's containers exit now, ending in `phase`, as if they
+    /// had finished (or crashed) by themselves. A pod already terminal is
+    /// left as it is; a terminating one is then removed by the kubelet.
+    pub fn set_pod_phase(
+        &self,
+        namespace: &str,
+        name: &str,
+        phase: TerminalPhase,
+    ) -> Result<(), Error> {
+        self.shared
+            .store()
+            .set_pod_phase(namespace, name, phase)
+            .map_err(|e| Error::NotFound(e.message))
     }
 
     /// Cuts every open watch stream at once: each one's connection is

@@ -8,33 +8,6 @@
 //! though its answer was lost. The rule it keeps: **a request is recorded
 //! exactly once, with the outcome the client saw**, the same as the
 //! [`crate::calls::Calls`] counters it sits beside.
-//!
-//! Counting the API calls of one operation among many concurrent ones needs
-//! a value the client sets per operation: the `Audit-ID` header (the API
-//! server's own correlation header, echoed in its answer as `Audit-Id`),
-//! or a field manager.
-//!
-//! ```
-//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
-//! use http::{HeaderName, HeaderValue};
-//! use k8s_openapi::api::core::v1::ConfigMap;
-//! use kube::api::{Api, PostParams};
-//! use testkit::kube::{FakeKube, RequestFilter};
-//!
-//! let kube = FakeKube::start().await?;
-//! let mut config = kube.config();
-//! config.headers.push((HeaderName::from_static("audit-id"), HeaderValue::from_static("cancel-42")));
-//! let cms: Api<ConfigMap> = Api::namespaced(kube::Client::try_from(config)?, "default");
-//! let mut cm = ConfigMap::default();
-//! cm.metadata.name = Some("state".into());
-//! cms.create(&PostParams::default(), &cm).await?;
-//! cms.get("state").await?;
-//!
-//! let per_cancellation = kube.requests().count_by_correlation(&RequestFilter::any());
-//! assert_eq!(per_cancellation["cancel-42"], 2);
-//! # Ok::<_, Box<dyn std::error::Error>>(())
-//! # }).unwrap();
-//! ```
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -171,8 +144,35 @@ impl RequestFilter {
     }
 }
 
-/// The bounded, ordered log of every request (see the
-/// [module documentation](self)). Cheap to clone: clones share the log.
+/// The bounded, ordered log of every request FakeKube answered, oldest
+/// first. Cheap to clone: clones share the log.
+///
+/// Counting the API calls of one operation among many concurrent ones needs
+/// a value the client sets per operation: the `Audit-ID` header (the API
+/// server's own correlation header, echoed in its answer as `Audit-Id`),
+/// or a field manager.
+///
+/// ```
+/// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+/// use http::{HeaderName, HeaderValue};
+/// use k8s_openapi::api::core::v1::ConfigMap;
+/// use kube::api::{Api, PostParams};
+/// use testkit::kube::{FakeKube, RequestFilter};
+///
+/// let kube = FakeKube::start().await?;
+/// let mut config = kube.config();
+/// config.headers.push((HeaderName::from_static("audit-id"), HeaderValue::from_static("cancel-42")));
+/// let cms: Api<ConfigMap> = Api::namespaced(kube::Client::try_from(config)?, "default");
+/// let mut cm = ConfigMap::default();
+/// cm.metadata.name = Some("state".into());
+/// cms.create(&PostParams::default(), &cm).await?;
+/// cms.get("state").await?;
+///
+/// let per_cancellation = kube.requests().count_by_correlation(&RequestFilter::any());
+/// assert_eq!(per_cancellation["cancel-42"], 2);
+/// # Ok::<_, Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
 #[derive(Clone)]
 pub struct RequestLog {
     inner: Arc<Mutex<Ring>>,

@@ -32,9 +32,10 @@ use super::patch::PatchKind;
 use super::request_log::{RequestLog, RequestRecord};
 use super::resource::ResourceType;
 use super::selector::{FieldSelector, LabelSelector};
-use super::status::ApiError;
+use super::status::{self, ApiError};
 use super::store::{
-    DeleteOptions, Deleted, PodTimer, Store, WatchRequest, WatchStart, WriteOptions,
+    self, DeleteOptions, Deleted, Propagation, Store, WatchRequest, WatchStart, WriteOptions,
+    returns_deleted_object,
 };
 use super::watch::{self, WatchStream};
 use crate::calls::{Calls, Outcome};
@@ -682,10 +683,15 @@ async fn serve_resource_inner(
         "delete" => {
             let name = r.name.clone().unwrap_or_default();
             let opts = delete_options(query, req, shared.options.max_body).await?;
-            let (deleted, timer) = shared.store().delete(&t, &namespace, &name, &opts)?;
-            schedule_pod_removals(shared, timer.into_iter().collect());
+            let deleted = shared.store().delete(&t, &namespace, &name, &opts)?;
             match deleted {
-                Deleted::Gone(status) => ok(StatusCode::OK, status),
+                Deleted::Gone { last } if returns_deleted_object(&t) => {
+                    ok(StatusCode::OK, render.object(&last))
+                }
+                Deleted::Gone { last } => ok(
+                    StatusCode::OK,
+                    status::success(&t, &name, &store::str_at(&last, "uid")),
+                ),
                 Deleted::Terminating(obj) => ok(StatusCode::OK, render.object(&obj)),
             }
         }
@@ -693,33 +699,17 @@ async fn serve_resource_inner(
             let labels = label_selector(query)?;
             let fields = field_selector(query, &t)?;
             let opts = delete_options(query, req, shared.options.max_body).await?;
-            let (items, timers) = shared.store().delete_collection(
+            let items = shared.store().delete_collection(
                 &t,
                 r.namespace.as_deref(),
                 &labels,
                 &fields,
                 &opts,
             )?;
-            schedule_pod_removals(shared, timers);
             let rv = shared.store().resource_version();
             ok(StatusCode::OK, render.list(&items, rv, None, None))
         }
         _ => Err(ApiError::method_not_allowed(r.method.as_str())),
-    }
-}
-
-/// The simulated kubelet: removes gracefully deleted pods when their grace
-/// period ends (tracked, so it stops with the server).
-fn schedule_pod_removals(shared: &Arc<Shared>, timers: Vec<PodTimer>) {
-    for timer in timers {
-        let shared = shared.clone();
-        let tasks = shared.tasks.clone();
-        tasks.spawn(async move {
-            tokio::select! {
-                () = shared.shutdown.cancelled() => {}
-                () = tokio::time::sleep(timer.after) => shared.store().finish_pod_termination(&timer),
-            }
-        });
     }
 }
 
@@ -871,13 +861,46 @@ async fn delete_options(
             .and_then(Value::as_str)
             .map(str::to_owned)
     };
-    // `propagationPolicy` / `orphanDependents` are accepted and ignored:
-    // there is no garbage collector.
+    let policy = body
+        .get("propagationPolicy")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .or_else(|| query.get("propagationPolicy").cloned())
+        .filter(|p| !p.is_empty());
+    let propagation = match policy.as_deref() {
+        None => None,
+        Some(p) => Some(Propagation::parse(p).ok_or_else(|| {
+            ApiError::invalid_options(
+                "DeleteOptions",
+                "propagationPolicy",
+                &format!(
+                    "Unsupported value: \"{p}\": supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""
+                ),
+            )
+        })?),
+    };
+    let orphan_dependents = body
+        .get("orphanDependents")
+        .and_then(Value::as_bool)
+        .or_else(|| query.get("orphanDependents").map(|o| o == "true"));
+    if let (Some(_), Some(p)) = (orphan_dependents, policy.as_deref())
+        && propagation.is_some()
+    {
+        return Err(ApiError::invalid_options(
+            "DeleteOptions",
+            "propagationPolicy",
+            &format!(
+                "Invalid value: \"{p}\": orphanDependents and deletionPropagation cannot be both set"
+            ),
+        ));
+    }
     Ok(DeleteOptions {
         grace_period_seconds: grace,
         uid: precondition("uid"),
         resource_version: precondition("resourceVersion"),
         dry_run,
+        propagation,
+        orphan_dependents,
     })
 }
 
