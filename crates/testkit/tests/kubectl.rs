@@ -469,3 +469,109 @@ async fn kubectl_cascading_deletes_of_a_custom_resource_behave_as_against_a_clus
     assert!(out.contains("force deleted"), "{out}");
     assert!(kube.peek::<Pod>("default", "run-3-agent-0").is_none());
 }
+
+#[tokio::test]
+async fn kubectl_reads_recorder_events_and_strategic_patches_only_built_in_kinds() {
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let kube = FakeKube::builder()
+        .crd(CodeRun::crd())
+        .start()
+        .await
+        .unwrap();
+    let Some(kubectl) = Kubectl::find(kube.kubeconfig().unwrap()).await else {
+        return;
+    };
+    kubectl.ok(&["create", "-f", "-"], Some(CONFIG_MAP)).await;
+    let cm: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::default_namespaced(kube.client());
+    let cm = cm.get("task-42-state").await.unwrap();
+
+    // kubectl reads core/v1 Events; kube's Recorder writes events.k8s.io.
+    let recorder = Recorder::new(
+        kube.client(),
+        Reporter {
+            controller: "supersede-recovery".into(),
+            instance: None,
+        },
+    );
+    let note = Event {
+        type_: EventType::Warning,
+        reason: "NeedsIntervention".into(),
+        note: Some("journal cannot be rolled back".into()),
+        action: "Recover".into(),
+        secondary: None,
+    };
+    recorder.publish(&note, &cm.object_ref(&())).await.unwrap();
+    let out = kubectl
+        .ok(
+            &[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.name=task-42-state",
+                "-o",
+                "json",
+            ],
+            None,
+        )
+        .await;
+    let list: Value = serde_json::from_str(&out).unwrap();
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{out}");
+    assert_eq!(items[0]["message"], "journal cannot be rolled back");
+    assert_eq!(items[0]["involvedObject"]["kind"], "ConfigMap");
+
+    // `kubectl patch` defaults to a strategic merge patch: refused for a
+    // custom resource, with the API server's 415.
+    let runs: Api<CodeRun> = Api::default_namespaced(kube.client());
+    runs.create(
+        &PostParams::default(),
+        &CodeRun::new(
+            "run-9",
+            CodeRunSpec {
+                head_sha: "abc".to_owned(),
+            },
+        ),
+    )
+    .await
+    .unwrap();
+    let err = kubectl
+        .fails(
+            &[
+                "patch",
+                "coderun",
+                "run-9",
+                "-p",
+                r#"{"spec":{"head_sha":"def"}}"#,
+            ],
+            None,
+        )
+        .await;
+    assert!(err.contains("is not supported by"), "{err}");
+    assert!(err.contains("accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml"), "{err}");
+    kubectl
+        .ok(
+            &[
+                "patch",
+                "coderun",
+                "run-9",
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"head_sha":"def"}}"#,
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(runs.get("run-9").await.unwrap().spec.head_sha, "def");
+    kubectl
+        .ok(
+            &[
+                "patch",
+                "configmap",
+                "task-42-state",
+                "-p",
+                r#"{"metadata":{"labels":{"patched":"yes"}}}"#,
+            ],
+            None,
+        )
+        .await;
+}

@@ -101,6 +101,7 @@
 mod clock;
 mod controllers;
 mod discovery;
+mod events;
 mod managed_fields;
 mod patch;
 mod request_log;

@@ -27,6 +27,7 @@ use tokio_util::task::TaskTracker;
 
 use super::clock::Clock;
 use super::discovery;
+use super::events;
 use super::managed_fields;
 use super::patch::PatchKind;
 use super::request_log::{RequestLog, RequestRecord};
@@ -34,7 +35,7 @@ use super::resource::ResourceType;
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::{self, ApiError};
 use super::store::{
-    self, DeleteOptions, Deleted, Propagation, Store, WatchRequest, WatchStart, WriteOptions,
+    self, DeleteOptions, Deleted, Propagation, Store, View, WatchRequest, WatchStart, WriteOptions,
     returns_deleted_object,
 };
 use super::watch::{self, WatchStream};
@@ -515,10 +516,80 @@ async fn serve_resource_inner(
     query: &BTreeMap<String, String>,
     req: Request<Incoming>,
 ) -> Result<(Response<Body>, Outcome), ApiError> {
-    let t = shared
+    let requested = shared
         .store()
         .resolve(&r.group, &r.version, &r.plural)
         .ok_or_else(ApiError::no_route)?;
+    // events.k8s.io Events are core Events underneath.
+    let stored = if events::is_events_v1(&requested) {
+        shared
+            .store()
+            .resolve("", "v1", "events")
+            .ok_or_else(ApiError::no_route)?
+    } else {
+        requested.clone()
+    };
+    let target = Target { requested, stored };
+    serve_target(shared, connection, &target, r, verb, query, req)
+        .await
+        .map_err(|e| {
+            if target.converts() {
+                e.requalified(&target.stored, &target.requested)
+            } else {
+                e
+            }
+        })
+}
+
+/// The type a request addressed and the type its objects are stored as
+/// (they differ only for events.k8s.io Events).
+struct Target {
+    requested: ResourceType,
+    stored: ResourceType,
+}
+
+impl Target {
+    fn converts(&self) -> bool {
+        self.requested != self.stored
+    }
+
+    /// A request body in the stored form.
+    fn stored_body(&self, body: Value) -> Value {
+        if self.converts() {
+            events::to_core(body)
+        } else {
+            body
+        }
+    }
+
+    /// The request's field selector, in the stored form's field names.
+    fn fields(&self, query: &BTreeMap<String, String>) -> Result<FieldSelector, ApiError> {
+        let fields = field_selector(query, &self.requested)?;
+        Ok(if self.converts() {
+            fields.renamed(events::core_field)
+        } else {
+            fields
+        })
+    }
+
+    fn view(&self) -> Option<View> {
+        self.converts().then_some(View {
+            to_view: events::to_events_v1,
+            to_stored: events::to_core,
+        })
+    }
+}
+
+async fn serve_target(
+    shared: &Arc<Shared>,
+    connection: &CancellationToken,
+    target: &Target,
+    r: ResourceRoute,
+    verb: &str,
+    query: &BTreeMap<String, String>,
+    req: Request<Incoming>,
+) -> Result<(Response<Body>, Outcome), ApiError> {
+    let t = &target.stored;
     // A namespaced object is only addressed inside a namespace, a
     // cluster-scoped one never is.
     if (t.namespaced && r.name.is_some() && r.namespace.is_none())
@@ -531,7 +602,11 @@ async fn serve_resource_inner(
         Some("status") if t.status_subresource => true,
         Some(_) => return Err(ApiError::no_route()),
     };
-    let render = Render::new(&t, &r.version, &header_str(&req, header::ACCEPT));
+    let render = Render::new(
+        &target.requested,
+        &r.version,
+        &header_str(&req, header::ACCEPT),
+    );
     let namespace = r.namespace.clone().unwrap_or_default();
     let dry_run = query.get("dryRun").is_some_and(|d| d == "All");
     let content_type = header_str(&req, header::CONTENT_TYPE);
@@ -545,15 +620,15 @@ async fn serve_resource_inner(
     match verb {
         "get" => {
             let name = r.name.as_deref().unwrap_or_default();
-            let obj = shared.store().get(&t, &namespace, name)?;
+            let obj = shared.store().get(t, &namespace, name)?;
             ok(StatusCode::OK, render.object(&obj))
         }
         "list" => {
             let labels = label_selector(query)?;
-            let fields = field_selector(query, &t)?;
+            let fields = target.fields(query)?;
             let limit = query.get("limit").and_then(|l| l.parse::<usize>().ok());
             let page = shared.store().list(
-                &t,
+                t,
                 r.namespace.as_deref(),
                 &labels,
                 &fields,
@@ -571,7 +646,7 @@ async fn serve_resource_inner(
             )
         }
         "watch" => {
-            let mut fields = field_selector(query, &t)?;
+            let mut fields = target.fields(query)?;
             if let Some(name) = &r.name {
                 fields = FieldSelector::name(name);
             }
@@ -596,7 +671,7 @@ async fn serve_resource_inner(
                 .and_then(|s| s.parse::<u64>().ok())
                 .map_or(shared.options.default_watch_timeout, Duration::from_secs)
                 .min(shared.options.max_watch_timeout);
-            let start = shared.store().watch(&t, request);
+            let start = shared.store().watch(t, request);
             match start {
                 WatchStart::Expired(err) => {
                     // As the API server does: a 200 whose only event is an
@@ -631,23 +706,24 @@ async fn serve_resource_inner(
                 return Err(ApiError::method_not_allowed("POST"));
             }
             let opts = write_options("CreateOptions")?;
-            let body = read_json(req, shared.options.max_body).await?;
-            let obj = shared.store().create(&t, &namespace, body, &opts)?;
+            let body = target.stored_body(read_json(req, shared.options.max_body).await?);
+            let obj = shared.store().create(t, &namespace, body, &opts)?;
             ok(StatusCode::CREATED, render.object(&obj))
         }
         "update" => {
             let name = r.name.clone().unwrap_or_default();
             let opts = write_options("UpdateOptions")?;
-            let body = read_json(req, shared.options.max_body).await?;
+            let body = target.stored_body(read_json(req, shared.options.max_body).await?);
             let obj = shared
                 .store()
-                .update(&t, &namespace, &name, body, status_only, &opts)?;
+                .update(t, &namespace, &name, body, status_only, &opts)?;
             ok(StatusCode::OK, render.object(&obj))
         }
         "patch" => {
             let name = r.name.clone().unwrap_or_default();
             let kind = PatchKind::from_content_type(&content_type)
-                .ok_or_else(|| ApiError::unsupported_media_type(&content_type))?;
+                .filter(|k| *k != PatchKind::Strategic || !t.custom)
+                .ok_or_else(|| ApiError::unsupported_media_type(PatchKind::accepted(t.custom)))?;
             let mut opts = write_options("PatchOptions")?;
             match query.get("force") {
                 Some(_) if kind != PatchKind::Apply => {
@@ -669,10 +745,16 @@ async fn serve_resource_inner(
                 ));
             }
             let body = read_bytes(req, shared.options.max_body).await?;
-            let (obj, created) =
-                shared
-                    .store()
-                    .patch(&t, &namespace, &name, kind, &body, status_only, &opts)?;
+            let (obj, created) = shared.store().patch(
+                t,
+                &namespace,
+                &name,
+                kind,
+                &body,
+                status_only,
+                &opts,
+                target.view(),
+            )?;
             let code = if created {
                 StatusCode::CREATED
             } else {
@@ -683,24 +765,24 @@ async fn serve_resource_inner(
         "delete" => {
             let name = r.name.clone().unwrap_or_default();
             let opts = delete_options(query, req, shared.options.max_body).await?;
-            let deleted = shared.store().delete(&t, &namespace, &name, &opts)?;
+            let deleted = shared.store().delete(t, &namespace, &name, &opts)?;
             match deleted {
-                Deleted::Gone { last } if returns_deleted_object(&t) => {
+                Deleted::Gone { last } if returns_deleted_object(t) => {
                     ok(StatusCode::OK, render.object(&last))
                 }
                 Deleted::Gone { last } => ok(
                     StatusCode::OK,
-                    status::success(&t, &name, &store::str_at(&last, "uid")),
+                    status::success(&target.requested, &name, &store::str_at(&last, "uid")),
                 ),
                 Deleted::Terminating(obj) => ok(StatusCode::OK, render.object(&obj)),
             }
         }
         "deletecollection" => {
             let labels = label_selector(query)?;
-            let fields = field_selector(query, &t)?;
+            let fields = target.fields(query)?;
             let opts = delete_options(query, req, shared.options.max_body).await?;
             let items = shared.store().delete_collection(
-                &t,
+                t,
                 r.namespace.as_deref(),
                 &labels,
                 &fields,
@@ -720,6 +802,8 @@ pub(crate) struct Render {
     api_version: String,
     kind: String,
     metadata_only: bool,
+    /// Stored core Events served as events.k8s.io Events.
+    events_v1: bool,
 }
 
 impl Render {
@@ -728,11 +812,15 @@ impl Render {
             api_version: t.api_version(version),
             kind: t.kind.clone(),
             metadata_only: accept.contains("as=PartialObjectMetadata"),
+            events_v1: events::is_events_v1(t),
         }
     }
 
     /// One object as the client expects it.
     pub fn object(&self, obj: &Value) -> Value {
+        if self.events_v1 && !self.metadata_only {
+            return events::to_events_v1(obj);
+        }
         if self.metadata_only {
             return json!({
                 "apiVersion": "meta.k8s.io/v1",

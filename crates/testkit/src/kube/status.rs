@@ -181,15 +181,31 @@ impl ApiError {
         )
     }
 
-    /// 415 for a patch content type the server does not know.
-    pub fn unsupported_media_type(content_type: &str) -> Self {
+    /// 415 for a patch content type the resource does not accept
+    /// (`accepted`, in the API server's order).
+    pub fn unsupported_media_type(accepted: &[&str]) -> Self {
         Self::new(
             415,
             "UnsupportedMediaType",
             format!(
-                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json; got {content_type:?}"
+                "the body of the request was in an unknown format - accepted media types include: {}",
+                accepted.join(", ")
             ),
         )
+    }
+
+    /// The same error as the API server words it for `to`, a resource
+    /// served from the storage of `from` (events.k8s.io over core Events):
+    /// names and details name the resource the client asked for.
+    pub fn requalified(mut self, from: &ResourceType, to: &ResourceType) -> Self {
+        let from_name = format!("{} \"", from.qualified_plural());
+        if let Some(rest) = self.message.strip_prefix(&from_name) {
+            self.message = format!("{} \"{rest}", to.qualified_plural());
+        }
+        if let Some(group) = self.details.as_mut().and_then(|d| d.get_mut("group")) {
+            *group = json!(to.group);
+        }
+        self
     }
 
     /// An error injected by fault injection (500, 503, 429, …), with the

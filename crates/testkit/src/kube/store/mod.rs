@@ -88,6 +88,16 @@ enum Ownership {
     Applied(ManagedFields),
 }
 
+/// How objects of a request's API relate to their stored form when the two
+/// differ (events.k8s.io Events over core ones).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct View {
+    /// The stored form as the request's API shows it.
+    pub to_view: fn(&Value) -> Value,
+    /// The request's form as it is stored.
+    pub to_stored: fn(Value) -> Value,
+}
+
 /// Where an object lives.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct ObjKey {
@@ -504,8 +514,10 @@ impl Store {
         )
     }
 
-    /// PATCH of the object (`status_only`: of its `/status`). Returns the
-    /// object and whether it was created (server-side apply of a new object).
+    /// PATCH of the object (`status_only`: of its `/status`), applied to
+    /// the object as `view` shows it when the request's API serves another
+    /// form of it. Returns the object and whether it was created
+    /// (server-side apply of a new object).
     #[allow(clippy::too_many_arguments)] // mirrors the request's parameters
     pub fn patch(
         &mut self,
@@ -516,13 +528,21 @@ impl Store {
         body: &[u8],
         status_only: bool,
         opts: &WriteOptions,
+        view: Option<View>,
     ) -> Result<(Value, bool), ApiError> {
         let patch = patch::parse_body(kind, body)?;
         if kind == PatchKind::Apply {
-            return self.server_side_apply(t, namespace, name, &patch, status_only, opts);
+            let config = match view {
+                Some(v) => (v.to_stored)(patch),
+                None => patch,
+            };
+            return self.server_side_apply(t, namespace, name, &config, status_only, opts);
         }
         let current = self.get(t, namespace, name)?;
-        let patched = patch::apply(kind, &current, &patch)?;
+        let patched = match view {
+            Some(v) => (v.to_stored)(patch::apply(kind, &(v.to_view)(&current), &patch)?),
+            None => patch::apply(kind, &current, &patch)?,
+        };
         let who = opts.manager(t, status_only);
         self.write(
             t,
