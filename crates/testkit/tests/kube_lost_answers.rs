@@ -253,6 +253,11 @@ async fn restart_keeps_objects_drops_connections_and_expires_older_resource_vers
         .unwrap();
     let first_rv = first.resource_version().unwrap();
     let before = kube.resource_version();
+    let page = cms
+        .list(&kube::api::ListParams::default().limit(1))
+        .await
+        .unwrap();
+    let token = page.metadata.continue_.unwrap();
     let mut open_watch = Box::pin(cms.watch(&WatchParams::default(), &first_rv).await.unwrap());
     let replayed = open_watch.try_next().await.unwrap();
     assert!(matches!(replayed, Some(WatchEvent::Added(cm)) if cm.name_any() == "c2"));
@@ -285,6 +290,17 @@ async fn restart_keeps_objects_drops_connections_and_expires_older_resource_vers
 
     // State is kept; history is not.
     assert_eq!(cms.get("c1").await.unwrap().uid(), first.uid());
+    // etcd, not the restarted server, keeps LIST snapshots: a continuation
+    // of the latest state goes on.
+    let continued = cms
+        .list(
+            &kube::api::ListParams::default()
+                .limit(1)
+                .continue_token(&token),
+        )
+        .await
+        .unwrap();
+    assert_eq!(continued.items[0].name_any(), "c2");
     let mut stale = Box::pin(cms.watch(&WatchParams::default(), &first_rv).await.unwrap());
     match stale.try_next().await.unwrap() {
         Some(WatchEvent::Error(e)) => assert_eq!((e.code, e.reason.as_str()), (410, "Expired")),

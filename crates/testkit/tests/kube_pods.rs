@@ -5,8 +5,8 @@
 //! period when they ignore it), and every timestamp comes from one clock
 //! that follows the paused time.
 //!
-//! Instants are checked with `FakeKube::peek` (no request), since a paused
-//! runtime waiting on a socket lets the clock run ahead to the next timer.
+//! State at an instant is read with `FakeKube::peek` (no request), and
+//! exact times from the fake's own timestamps.
 
 #![cfg(feature = "kube")]
 

@@ -131,7 +131,7 @@ use crate::calls::Calls;
 use crate::faults::Faults;
 use clock::Clock;
 use server::{ServerOptions, Shared};
-use store::{Store, StoreConfig, WriteOptions};
+use store::{ContinueExpiry, Store, StoreConfig, WriteOptions};
 
 /// Errors of the fake API server's own API (not the HTTP answers it serves).
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +187,9 @@ pub struct FakeKubeBuilder {
     max_watch_timeout: Duration,
     pod_behaviour: PodBehaviour,
     gc_delay: Duration,
+    cache_lag: usize,
+    continue_after: Duration,
+    continue_writes: Option<u64>,
     request_log: usize,
     types: Vec<ResourceType>,
     crds: Vec<CustomResourceDefinition>,
@@ -218,6 +221,11 @@ impl Default for FakeKubeBuilder {
             // milliseconds; zero still runs after the request that queued
             // the work, never inside it.
             gc_delay: Duration::ZERO,
+            // A watch cache that keeps up; stale reads are opt-in.
+            cache_lag: 0,
+            // The API server's etcd compaction interval.
+            continue_after: Duration::from_secs(300),
+            continue_writes: None,
             // Ten thousand cancellations of about ten calls each; a record
             // is a few hundred bytes.
             request_log: 100_000,
@@ -309,6 +317,34 @@ impl FakeKubeBuilder {
         self
     }
 
+    /// How many of a kind's events the watch cache lags behind, for reads
+    /// with `resourceVersion=0` (LIST, GET and the initial state of a
+    /// watch; default 0). A real watch cache may serve such reads slightly
+    /// stale; a client must not take them for the latest state.
+    #[must_use]
+    pub fn watch_cache_lag(mut self, events: usize) -> Self {
+        self.cache_lag = events;
+        self
+    }
+
+    /// How long after its snapshot stopped being the latest state a LIST
+    /// continue token expires (410 `Expired`, with a token to go on from
+    /// the latest state), as etcd compaction makes it (default 5 min, the
+    /// API server's compaction interval).
+    #[must_use]
+    pub fn continue_expires_after(mut self, after: Duration) -> Self {
+        self.continue_after = after;
+        self
+    }
+
+    /// Expires a LIST continue token once more than `writes` writes (to any
+    /// kind) followed its snapshot (default: never by count).
+    #[must_use]
+    pub fn continue_expires_after_writes(mut self, writes: u64) -> Self {
+        self.continue_writes = Some(writes);
+        self
+    }
+
     /// How many requests [`FakeKube::requests`] keeps (default 100 000);
     /// older ones are evicted and counted in [`RequestLog::evicted`].
     #[must_use]
@@ -366,6 +402,11 @@ impl FakeKubeBuilder {
             watch_capacity: self.watch_capacity,
             pod_behaviour: self.pod_behaviour,
             gc_delay: self.gc_delay,
+            cache_lag: self.cache_lag,
+            continue_expiry: ContinueExpiry {
+                after: self.continue_after,
+                writes: self.continue_writes,
+            },
             // A different stream from the fault injector's, from the same seed.
             seed: self.seed ^ 0x6b75_6265_6e61_6d65,
         });
@@ -514,14 +555,10 @@ impl FakeKube {
 
     /// The stored object `namespace/name` of kind `K` (`""` namespace for
     /// cluster-scoped kinds), read straight from the store: no request is
-    /// made, so nothing is counted or logged and no fault applies. `None`
-    /// if it does not exist (or `K` is not served).
-    ///
-    /// Made for assertions at an exact instant of paused tokio time: while
-    /// a request is in flight, a paused runtime that waits on its socket
-    /// lets the clock run ahead to the next timer (a pod's stop, the
-    /// garbage collector's turn), so "still there at 4.9 s" is only
-    /// reliably seen this way.
+    /// made, so nothing is counted or logged and no fault or partition
+    /// applies. `None` if it does not exist (or `K` is not served). For a
+    /// test's assertions about state ("still there at 4.9 s of paused
+    /// time") that must not disturb the requests it counts.
     pub fn peek<K>(&self, namespace: &str, name: &str) -> Option<K>
     where
         K: ::kube::Resource<DynamicType = ()> + serde::de::DeserializeOwned,

@@ -35,8 +35,8 @@ use super::resource::ResourceType;
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::{self, ApiError};
 use super::store::{
-    self, DeleteOptions, Deleted, Propagation, Store, View, WatchRequest, WatchStart, WriteOptions,
-    returns_deleted_object,
+    self, DeleteOptions, Deleted, Propagation, ReadAt, Store, View, WatchFrom, WatchRequest,
+    WatchStart, WriteOptions, returns_deleted_object,
 };
 use super::watch::{self, WatchStream};
 use crate::calls::{Calls, Outcome};
@@ -620,13 +620,19 @@ async fn serve_target(
     match verb {
         "get" => {
             let name = r.name.as_deref().unwrap_or_default();
-            let obj = shared.store().get(t, &namespace, name)?;
+            let at = match query.get("resourceVersion").map(String::as_str) {
+                None | Some("") => ReadAt::Latest,
+                Some("0") => ReadAt::Any,
+                Some(rv) => ReadAt::NotOlderThan(parse_resource_version(rv)?),
+            };
+            let obj = shared.store().get_at(t, &namespace, name, at)?;
             ok(StatusCode::OK, render.object(&obj))
         }
         "list" => {
             let labels = label_selector(query)?;
             let fields = target.fields(query)?;
             let limit = query.get("limit").and_then(|l| l.parse::<usize>().ok());
+            let at = list_read_at(query)?;
             let page = shared.store().list(
                 t,
                 r.namespace.as_deref(),
@@ -634,6 +640,7 @@ async fn serve_target(
                 &fields,
                 limit,
                 query.get("continue").map(String::as_str),
+                at,
             )?;
             ok(
                 StatusCode::OK,
@@ -650,22 +657,22 @@ async fn serve_target(
             if let Some(name) = &r.name {
                 fields = FieldSelector::name(name);
             }
+            let send_initial_events = watch_initial_events(query)?;
             let request = WatchRequest {
                 namespace: r.namespace.clone(),
                 labels: label_selector(query)?,
                 fields,
-                resource_version: match query.get("resourceVersion").map(String::as_str) {
-                    None | Some("") => None,
-                    Some(rv) => Some(rv.parse::<u64>().map_err(|_| {
-                        ApiError::bad_request(format!("invalid resource version: {rv}"))
-                    })?),
+                from: match query.get("resourceVersion").map(String::as_str) {
+                    None | Some("") => WatchFrom::Latest,
+                    Some("0") => WatchFrom::Any,
+                    Some(rv) => WatchFrom::Version(parse_resource_version(rv)?),
                 },
-                send_initial_events: query.get("sendInitialEvents").is_some_and(|s| s == "true"),
+                send_initial_events,
             };
             let bookmarks = query
                 .get("allowWatchBookmarks")
                 .is_some_and(|b| b == "true");
-            let send_initial = request.send_initial_events;
+            let send_initial = send_initial_events == Some(true);
             let timeout = query
                 .get("timeoutSeconds")
                 .and_then(|s| s.parse::<u64>().ok())
@@ -875,6 +882,112 @@ impl Render {
             "metadata": metadata,
             "items": items.iter().map(|o| self.object(o)).collect::<Vec<_>>(),
         })
+    }
+}
+
+/// A `resourceVersion` parameter as a number.
+fn parse_resource_version(rv: &str) -> Result<u64, ApiError> {
+    rv.parse()
+        .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))
+}
+
+/// What a LIST reads (`resourceVersion`, `resourceVersionMatch`), checked
+/// as the API server's `ValidateListOptions` does.
+fn list_read_at(query: &BTreeMap<String, String>) -> Result<ReadAt, ApiError> {
+    let rv = query.get("resourceVersion").map_or("", String::as_str);
+    let matching = query.get("resourceVersionMatch").map_or("", String::as_str);
+    let continues = query.get("continue").is_some_and(|c| !c.is_empty());
+    let mut errors = Vec::new();
+    if !matching.is_empty() {
+        if rv.is_empty() {
+            errors.push((
+                "resourceVersionMatch",
+                "Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided"
+                    .to_owned(),
+            ));
+        }
+        if continues {
+            errors.push((
+                "resourceVersionMatch",
+                "Forbidden: resourceVersionMatch is forbidden when continue is provided".to_owned(),
+            ));
+        }
+        if matching != "Exact" && matching != "NotOlderThan" {
+            errors.push((
+                "resourceVersionMatch",
+                format!(
+                    "Unsupported value: \"{matching}\": supported values: \"Exact\", \"NotOlderThan\", \"\""
+                ),
+            ));
+        }
+        if matching == "Exact" && rv == "0" {
+            errors.push((
+                "resourceVersionMatch",
+                "Forbidden: resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\""
+                    .to_owned(),
+            ));
+        }
+    }
+    if query.contains_key("sendInitialEvents") {
+        errors.push((
+            "sendInitialEvents",
+            "Forbidden: sendInitialEvents is forbidden for list".to_owned(),
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::invalid_list_options(&errors));
+    }
+    if continues && !rv.is_empty() && rv != "0" {
+        return Err(ApiError::bad_request(
+            "specifying resource version is not allowed when using continue",
+        ));
+    }
+    Ok(match (rv, matching) {
+        ("", _) => ReadAt::Latest,
+        ("0", _) => ReadAt::Any,
+        (rv, "Exact") => ReadAt::Exact(parse_resource_version(rv)?),
+        (rv, _) => ReadAt::NotOlderThan(parse_resource_version(rv)?),
+    })
+}
+
+/// A watch's `sendInitialEvents` (`None` when not given), checked as the
+/// API server's `ValidateListOptions` does for watches.
+fn watch_initial_events(query: &BTreeMap<String, String>) -> Result<Option<bool>, ApiError> {
+    let send = query.get("sendInitialEvents").map(|s| s == "true");
+    let matching = query.get("resourceVersionMatch").map_or("", String::as_str);
+    let mut errors = Vec::new();
+    if send.is_some() && matching != "NotOlderThan" {
+        errors.push((
+            "resourceVersionMatch",
+            "Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"
+                .to_owned(),
+        ));
+    }
+    if !matching.is_empty() {
+        if send.is_none() {
+            errors.push((
+                "resourceVersionMatch",
+                "Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided"
+                    .to_owned(),
+            ));
+        }
+        if matching != "NotOlderThan" {
+            errors.push((
+                "resourceVersionMatch",
+                format!("Unsupported value: \"{matching}\": supported values: \"NotOlderThan\""),
+            ));
+        }
+        if query.get("continue").is_some_and(|c| !c.is_empty()) {
+            errors.push((
+                "resourceVersionMatch",
+                "Forbidden: resourceVersionMatch is forbidden when continue is provided".to_owned(),
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(send)
+    } else {
+        Err(ApiError::invalid_list_options(&errors))
     }
 }
 

@@ -11,9 +11,11 @@
 
 mod agenda;
 mod gc;
+mod history;
 mod kubelet;
+mod snapshot;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +38,9 @@ pub use kubelet::{PodBehaviour, PodTermination, TerminalPhase, parse_termination
 
 use agenda::{Action, Agenda};
 use gc::GarbageCollector;
+use history::History;
 use kubelet::Kubelet;
+pub(crate) use snapshot::ReadAt;
 
 /// Limits and behaviour knobs of the store.
 #[derive(Debug, Clone)]
@@ -46,7 +50,19 @@ pub(crate) struct StoreConfig {
     pub watch_capacity: usize,
     pub pod_behaviour: PodBehaviour,
     pub gc_delay: Duration,
+    /// How many of a kind's events `resourceVersion=0` reads lag behind.
+    pub cache_lag: usize,
+    pub continue_expiry: ContinueExpiry,
     pub seed: u64,
+}
+
+/// When a LIST continue token expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ContinueExpiry {
+    /// This long after its snapshot was superseded (etcd's compaction).
+    pub after: Duration,
+    /// After more than this many writes since its snapshot, if set.
+    pub writes: Option<u64>,
 }
 
 /// The options every write shares, from the request's query and headers.
@@ -148,9 +164,23 @@ pub(crate) struct WatchRequest {
     pub namespace: Option<String>,
     pub labels: LabelSelector,
     pub fields: FieldSelector,
-    /// `None` (or 0): start with the current state as ADDED events.
-    pub resource_version: Option<u64>,
-    pub send_initial_events: bool,
+    /// Where the watch starts.
+    pub from: WatchFrom,
+    /// `sendInitialEvents`, if given: start with the state as ADDED
+    /// events (then a bookmark), or without any.
+    pub send_initial_events: Option<bool>,
+}
+
+/// A watch's `resourceVersion`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WatchFrom {
+    /// None: the latest state as ADDED events, then what follows.
+    Latest,
+    /// `0`: any state (the watch cache's, possibly stale) as ADDED events,
+    /// then what follows.
+    Any,
+    /// What happened after this resourceVersion.
+    Version(u64),
 }
 
 /// A registered watch: events to replay first, then the live channel.
@@ -210,10 +240,7 @@ pub(crate) struct Store {
     rv: u64,
     types: Vec<ResourceType>,
     objects: BTreeMap<ObjKey, Value>,
-    history: VecDeque<Event>,
-    /// Highest resourceVersion evicted from `history`; a watch must start
-    /// at or after it.
-    compacted: u64,
+    history: History,
     watchers: Vec<Watcher>,
     next_watcher: u64,
     names: StdRng,
@@ -241,14 +268,14 @@ impl Store {
     pub fn new(config: StoreConfig) -> Self {
         let names = StdRng::seed_from_u64(config.seed);
         let config_gc_delay = config.gc_delay;
+        let history = History::new(config.history_limit);
         Self {
             clock: config.clock,
             config,
             rv: 1,
             types: builtin_types(),
             objects: BTreeMap::new(),
-            history: VecDeque::new(),
-            compacted: 0,
+            history,
             watchers: Vec::new(),
             next_watcher: 0,
             names,
@@ -330,55 +357,6 @@ impl Store {
             .get(&key(t, namespace, name))
             .cloned()
             .ok_or_else(|| ApiError::not_found(t, name))
-    }
-
-    pub fn list(
-        &self,
-        t: &ResourceType,
-        namespace: Option<&str>,
-        labels: &LabelSelector,
-        fields: &FieldSelector,
-        limit: Option<usize>,
-        continue_token: Option<&str>,
-    ) -> Result<ListPage, ApiError> {
-        let start = match continue_token.filter(|c| !c.is_empty()) {
-            Some(token) => Some(parse_continue(token)?),
-            None => None,
-        };
-        let mut matching = self
-            .objects
-            .range(type_range(t))
-            .filter(|(k, _)| namespace.is_none_or(|ns| k.namespace == ns))
-            .filter(|(k, _)| {
-                start
-                    .as_ref()
-                    .is_none_or(|(ns, name)| (&k.namespace, &k.name) > (ns, name))
-            })
-            .filter(|(_, o)| selects(labels, fields, o));
-        let limit = limit.filter(|l| *l > 0);
-        let mut items = Vec::new();
-        let mut last = None;
-        for (k, o) in matching.by_ref() {
-            if limit.is_some_and(|l| items.len() >= l) {
-                // There is at least one more: the page ends at `last`.
-                let remaining = 1 + matching.count() as u64;
-                let token = last.map(|(ns, name): (&str, &str)| format!("{ns}/{name}"));
-                return Ok(ListPage {
-                    items,
-                    resource_version: self.rv,
-                    continue_token: token,
-                    remaining: Some(remaining),
-                });
-            }
-            last = Some((k.namespace.as_str(), k.name.as_str()));
-            items.push(o.clone());
-        }
-        Ok(ListPage {
-            items,
-            resource_version: self.rv,
-            continue_token: None,
-            remaining: None,
-        })
     }
 
     pub fn create(
@@ -822,7 +800,7 @@ impl Store {
         fields: &FieldSelector,
         opts: &DeleteOptions,
     ) -> Result<Vec<Value>, ApiError> {
-        let page = self.list(t, namespace, labels, fields, None, None)?;
+        let page = self.list(t, namespace, labels, fields, None, None, ReadAt::Latest)?;
         let mut out = Vec::new();
         for item in page.items {
             let ns = str_at(&item, "namespace");
@@ -843,21 +821,24 @@ impl Store {
 
     /// Registers a watch on type `t`.
     pub fn watch(&mut self, t: &ResourceType, request: WatchRequest) -> WatchStart {
-        let from = request.resource_version.filter(|rv| *rv > 0);
         let mut initial = Vec::new();
-        match from {
-            Some(rv) if !request.send_initial_events => {
-                if rv < self.compacted {
-                    return WatchStart::Expired(ApiError::expired(rv, self.compacted + 1));
+        let snapshot = match (request.from, request.send_initial_events) {
+            // An initial state at least as new as asked: the latest one.
+            (_, Some(true)) => Some(self.rv),
+            (WatchFrom::Version(rv), None | Some(false)) if rv > 0 => {
+                let oldest = self.history.oldest(&t.group, &t.plural);
+                if rv < oldest {
+                    return WatchStart::Expired(ApiError::expired(rv, oldest + 1));
                 }
-                for event in self.history.iter().filter(|e| e.rv > rv) {
-                    if event.key.group == t.group && event.key.plural == t.plural {
-                        initial.extend(view(&request, event));
-                    }
-                }
+                None
             }
-            _ => {
-                for (k, o) in self.objects.range(type_range(t)) {
+            (_, Some(false)) => None,
+            (WatchFrom::Any, None) => Some(self.stale_rv(t)),
+            (WatchFrom::Latest | WatchFrom::Version(_), None) => Some(self.rv),
+        };
+        let since = match snapshot {
+            Some(at) => {
+                for (k, o) in self.objects_at(t, at) {
                     if request
                         .namespace
                         .as_ref()
@@ -870,7 +851,16 @@ impl Store {
                         });
                     }
                 }
+                at
             }
+            None => match request.from {
+                WatchFrom::Version(rv) => rv,
+                WatchFrom::Latest | WatchFrom::Any => self.rv,
+            },
+        };
+        // What followed the starting point (none after a fresh snapshot).
+        for event in self.history.after(&t.group, &t.plural, since) {
+            initial.extend(view(&request, event));
         }
         let (tx, live) = mpsc::channel(self.config.watch_capacity.max(1));
         self.next_watcher += 1;
@@ -895,8 +885,7 @@ impl Store {
     /// resourceVersion, so resuming from an older one is 410 Gone.
     pub fn restart(&mut self) {
         self.watchers.clear();
-        self.history.clear();
-        self.compacted = self.rv;
+        self.history.forget_before(self.rv);
     }
 
     /// Whether watcher `id` is still registered (it is dropped when it
@@ -1126,12 +1115,7 @@ impl Store {
                 },
             }
         });
-        self.history.push_back(event);
-        while self.history.len() > self.config.history_limit.max(1) {
-            if let Some(evicted) = self.history.pop_front() {
-                self.compacted = evicted.rv;
-            }
-        }
+        self.history.record(event, Instant::now());
     }
 
     fn prepare_new_status(&mut self, t: &ResourceType, obj: &mut Value) -> Result<(), ApiError> {
@@ -1377,13 +1361,6 @@ fn type_range(t: &ResourceType) -> std::ops::RangeInclusive<ObjKey> {
     lo..=hi
 }
 
-fn parse_continue(token: &str) -> Result<(String, String), ApiError> {
-    token
-        .split_once('/')
-        .map(|(ns, name)| (ns.to_owned(), name.to_owned()))
-        .ok_or_else(|| ApiError::bad_request(format!("invalid continue token {token:?}")))
-}
-
 /// Checks the body is an object of type `t` (in any served version) and
 /// stamps it with the stored `apiVersion` and `kind`.
 fn into_object(body: Value, t: &ResourceType) -> Result<Value, ApiError> {
@@ -1527,6 +1504,11 @@ mod tests {
             watch_capacity: capacity,
             pod_behaviour: PodBehaviour::default(),
             gc_delay: Duration::ZERO,
+            cache_lag: 0,
+            continue_expiry: ContinueExpiry {
+                after: Duration::from_secs(300),
+                writes: None,
+            },
             seed: 1,
         });
         let t = store.resolve("", "v1", "configmaps").unwrap();
@@ -1549,8 +1531,8 @@ mod tests {
             namespace: None,
             labels: LabelSelector::default(),
             fields: FieldSelector::default(),
-            resource_version: from,
-            send_initial_events: false,
+            from: from.map_or(WatchFrom::Latest, WatchFrom::Version),
+            send_initial_events: None,
         }
     }
 
@@ -1584,7 +1566,7 @@ mod tests {
         for i in 1..4 {
             create(&mut store, &t, &format!("c{i}"));
         }
-        assert_eq!(store.history.len(), 2);
+        assert_eq!(store.history.len("", "configmaps"), 2);
         assert!(matches!(
             store.watch(&t, watch_all(Some(first_rv))),
             WatchStart::Expired(e) if e.code == 410
