@@ -164,6 +164,15 @@ pub enum Error {
     /// The object a test named does not exist.
     #[error("not found: {0}")]
     NotFound(String),
+    /// An object given to [`FakeKube::seed`] was refused, as its create
+    /// would have been.
+    #[error("could not seed {name:?}: {message}")]
+    Seed {
+        /// The object's name (or generateName).
+        name: String,
+        /// The API server's reason, as a create would have answered.
+        message: String,
+    },
 }
 
 impl Error {
@@ -551,6 +560,57 @@ impl FakeKube {
     /// Serves an arbitrary resource type (no CRD object is stored).
     pub fn register_resource(&self, t: ResourceType) {
         self.shared.store().register(t);
+    }
+
+    /// Stores `objects` directly, each as its create would (uid,
+    /// resourceVersion, timestamps, `managedFields` under `testkit`, watch
+    /// events; the kubelet and garbage collector react), without a request
+    /// each: for reconciler benchmarks that need ten thousand objects in
+    /// place in milliseconds. Nothing is counted or logged. An object
+    /// without a namespace goes to `default` (for a namespaced kind). Stops
+    /// at the first object refused, with its create's error; those before
+    /// it stay. Returns how many were stored.
+    pub fn seed<K>(&self, objects: impl IntoIterator<Item = K>) -> Result<usize, Error>
+    where
+        K: ::kube::Resource<DynamicType = ()> + serde::Serialize,
+    {
+        let (group, version, plural) = (K::group(&()), K::version(&()), K::plural(&()));
+        let mut store = self.shared.store();
+        let t = store.resolve(&group, &version, &plural).ok_or_else(|| {
+            Error::InvalidResource(format!("{plural}.{group}/{version} is not served"))
+        })?;
+        let opts = WriteOptions {
+            field_manager: "testkit".to_owned(),
+            version: version.to_string(),
+            ..WriteOptions::default()
+        };
+        let mut stored = 0;
+        for object in objects {
+            let meta = object.meta();
+            let name = meta
+                .name
+                .clone()
+                .or_else(|| meta.generate_name.clone())
+                .unwrap_or_default();
+            let namespace = meta
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".to_owned());
+            let refused = |message: String| Error::Seed {
+                name: name.clone(),
+                message,
+            };
+            let mut body = serde_json::to_value(&object).map_err(|e| refused(e.to_string()))?;
+            if let Some(o) = body.as_object_mut() {
+                o.insert("apiVersion".into(), t.api_version(&version).into());
+                o.insert("kind".into(), t.kind.clone().into());
+            }
+            store
+                .create(&t, &namespace, body, &opts)
+                .map_err(|e| refused(e.message))?;
+            stored += 1;
+        }
+        Ok(stored)
     }
 
     /// The stored object `namespace/name` of kind `K` (`""` namespace for
