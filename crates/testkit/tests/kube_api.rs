@@ -521,32 +521,112 @@ async fn crd_registered_from_kube_derive_serves_its_kind_with_a_status_subresour
     );
 }
 
-#[tokio::test]
-async fn posting_a_crd_registers_its_kind_and_deleting_it_unregisters() {
+#[tokio::test(start_paused = true)]
+async fn deleting_a_crd_deletes_its_objects_with_events_before_the_kind_goes() {
+    use futures::TryStreamExt;
+    use kube::api::{WatchEvent, WatchParams};
     let kube = FakeKube::start().await.unwrap();
     let crds: Api<CustomResourceDefinition> = Api::all(kube.client());
     crds.create(&PostParams::default(), &Job::crd())
         .await
         .unwrap();
     let jobs: Api<Job> = Api::namespaced(kube.client(), "ns");
-    jobs.create(
-        &PostParams::default(),
-        &Job::new(
-            "j1",
+    let job = |name: &str| {
+        Job::new(
+            name,
             JobSpec {
                 head_sha: "a".into(),
             },
-        ),
+        )
+    };
+    jobs.create(&PostParams::default(), &job("j1"))
+        .await
+        .unwrap();
+    let mut held = job("j2");
+    held.metadata.finalizers = Some(vec!["test/hold".into()]);
+    jobs.create(&PostParams::default(), &held).await.unwrap();
+    assert_eq!(jobs.list(&Default::default()).await.unwrap().items.len(), 2);
+    let mut events = Box::pin(
+        jobs.watch(
+            &WatchParams::default(),
+            &kube.resource_version().to_string(),
+        )
+        .await
+        .unwrap()
+        .try_filter(|e| std::future::ready(!matches!(e, WatchEvent::Bookmark(_)))),
+    );
+
+    let terminating = crds
+        .delete("jobs.test.supersede.dev", &DeleteParams::default())
+        .await
+        .unwrap()
+        .left()
+        .expect("held by its cleanup finalizer");
+    assert_eq!(
+        terminating.finalizers(),
+        ["customresourcecleanup.apiextensions.k8s.io"]
+    );
+    let (code, _, message) = api_error(
+        jobs.create(&PostParams::default(), &job("j3"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (code, message.as_str()),
+        (
+            405,
+            "create not allowed while custom resource definition is terminating"
+        )
+    );
+
+    // Every object goes through an ordinary delete: watchers see it.
+    match events.try_next().await.unwrap() {
+        Some(WatchEvent::Deleted(j)) => assert_eq!(j.name_any(), "j1"),
+        other => panic!("expected j1 DELETED, got {other:?}"),
+    }
+    match events.try_next().await.unwrap() {
+        Some(WatchEvent::Modified(j)) => {
+            assert_eq!(j.name_any(), "j2");
+            assert!(j.metadata.deletion_timestamp.is_some());
+        }
+        other => panic!("expected j2 terminating, got {other:?}"),
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+    let still = crds.get("jobs.test.supersede.dev").await.unwrap();
+    let terminating_condition = still
+        .status
+        .unwrap()
+        .conditions
+        .unwrap()
+        .into_iter()
+        .find(|c| c.type_ == "Terminating")
+        .unwrap();
+    assert_eq!(
+        terminating_condition.reason.as_deref(),
+        Some("InstanceDeletionInProgress"),
+        "waiting for j2's own finalizer"
+    );
+
+    jobs.patch(
+        "j2",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
     )
     .await
     .unwrap();
-    assert_eq!(jobs.list(&Default::default()).await.unwrap().items.len(), 1);
-
-    crds.delete("jobs.test.supersede.dev", &DeleteParams::default())
-        .await
-        .unwrap();
+    match events.try_next().await.unwrap() {
+        Some(WatchEvent::Deleted(j)) => assert_eq!(j.name_any(), "j2"),
+        other => panic!("expected j2 DELETED, got {other:?}"),
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+    assert!(
+        crds.get_opt("jobs.test.supersede.dev")
+            .await
+            .unwrap()
+            .is_none()
+    );
     let (code, ..) = api_error(jobs.get("j1").await.unwrap_err());
-    assert_eq!(code, 404);
+    assert_eq!(code, 404, "the kind is no longer served");
 }
 
 #[tokio::test]

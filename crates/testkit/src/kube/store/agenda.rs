@@ -1,5 +1,5 @@
-//! The agenda: what the simulated kubelet and garbage collector will do,
-//! and when, on tokio's clock.
+//! The agenda: what the simulated kubelet, garbage collector and CRD
+//! finalizer will do, and when, on tokio's clock.
 //!
 //! Every timed action of the fake's controllers is an entry here, run by one
 //! task (`controllers::run`) under the store lock when its instant comes.
@@ -31,6 +31,9 @@ pub(crate) enum Action {
     StopPod { key: ObjKey, uid: String },
     /// The garbage collector works through its queue.
     CollectGarbage,
+    /// The apiextensions finalizer deletes a deleted CRD's objects (and
+    /// lets the CRD go once none is left).
+    CleanUpCrd { key: ObjKey, uid: String },
 }
 
 /// Timed actions in (instant, scheduling order).

@@ -10,6 +10,7 @@
 //! the write** — the compare-and-swap the whole project relies on.
 
 mod agenda;
+mod crd_cleanup;
 mod gc;
 mod history;
 mod kubelet;
@@ -298,6 +299,7 @@ impl Store {
                 Action::ExitPod { key, uid, phase } => self.kubelet_exit(&key, &uid, phase),
                 Action::StopPod { key, uid } => self.kubelet_stop(&key, &uid),
                 Action::CollectGarbage => self.collect_garbage(),
+                Action::CleanUpCrd { key, uid } => self.clean_up_crd(&key, &uid),
             }
         }
         self.agenda.next_due()
@@ -379,6 +381,7 @@ impl Store {
         dry_run: bool,
         ownership: Ownership,
     ) -> Result<Value, ApiError> {
+        self.refuse_while_terminating(t)?;
         let mut obj = into_object(body, t)?;
         let managed_in = ManagedFields::for_write(None, &obj);
         let meta = metadata_mut(&mut obj);
@@ -647,6 +650,9 @@ impl Store {
             ));
         }
 
+        if crd_cleanup::is_crd_kind(t) && current.pointer("/metadata/deletionTimestamp").is_none() {
+            return Ok(self.delete_crd(&k, &current, opts));
+        }
         let mut next = current.clone();
         // Graceful deletion: only pods support it. `grace` is the period
         // this delete sets, when it sets one.
