@@ -7,6 +7,8 @@
 
 #![cfg(feature = "kube")]
 
+mod support;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -17,28 +19,13 @@ use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, finalizer};
-use kube::{CustomResource, CustomResourceExt, Error, Resource, ResourceExt};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use kube::{CustomResourceExt, Error, Resource, ResourceExt};
 use serde_json::json;
+use support::CodeRun;
 use testkit::kube::FakeKube;
 
 const NS: &str = "ns";
-
-/// A run of an agent, like supersede's CodeRun.
-#[derive(CustomResource, Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
-#[kube(
-    group = "test.supersede.dev",
-    version = "v1",
-    kind = "CodeRun",
-    namespaced
-)]
-pub struct CodeRunSpec {
-    /// The commit being worked on.
-    pub head_sha: String,
-}
 
 fn api_error(err: Error) -> (u16, String, String) {
     match err {
@@ -54,17 +41,9 @@ async fn with_code_run() -> (FakeKube, Api<CodeRun>) {
         .await
         .unwrap();
     let runs: Api<CodeRun> = Api::namespaced(kube.client(), NS);
-    runs.create(
-        &PostParams::default(),
-        &CodeRun::new(
-            "run-1",
-            CodeRunSpec {
-                head_sha: "abc".to_owned(),
-            },
-        ),
-    )
-    .await
-    .unwrap();
+    runs.create(&PostParams::default(), &support::code_run("run-1"))
+        .await
+        .unwrap();
     (kube, runs)
 }
 
@@ -172,21 +151,7 @@ async fn core_and_events_k8s_io_events_are_one_set_of_objects() {
     );
 
     // kube's Recorder writes events.k8s.io Events...
-    let recorder = Recorder::new(
-        kube.client(),
-        Reporter {
-            controller: "supersede-recovery".into(),
-            instance: None,
-        },
-    );
-    let note = Event {
-        type_: EventType::Warning,
-        reason: "NeedsIntervention".into(),
-        note: Some("journal cannot be rolled back".into()),
-        action: "Recover".into(),
-        secondary: None,
-    };
-    recorder.publish(&note, &cm.object_ref(&())).await.unwrap();
+    support::publish_needs_intervention(kube.client(), &cm.object_ref(&())).await;
 
     // ...which core/v1 readers see, under their own field names.
     let seen = match watch.try_next().await.unwrap() {

@@ -6,32 +6,20 @@
 
 #![cfg(feature = "kube")]
 
+mod support;
+
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, PostParams, PropagationPolicy};
-use kube::{CustomResource, CustomResourceExt, Resource, ResourceExt};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use kube::{CustomResourceExt, Resource, ResourceExt};
 use serde_json::json;
+use support::CodeRun;
 use testkit::kube::FakeKube;
 use tokio::time::{Instant, sleep, sleep_until};
 
 const NS: &str = "ns";
-
-/// A run of an agent, owning its Pods (like supersede's CodeRun).
-#[derive(CustomResource, Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
-#[kube(
-    group = "test.supersede.dev",
-    version = "v1",
-    kind = "CodeRun",
-    namespaced
-)]
-pub struct CodeRunSpec {
-    /// The commit being worked on.
-    pub head_sha: String,
-}
 
 async fn start(gc_delay: Duration) -> (FakeKube, Api<CodeRun>, Api<Pod>) {
     let kube = FakeKube::builder()
@@ -46,13 +34,9 @@ async fn start(gc_delay: Duration) -> (FakeKube, Api<CodeRun>, Api<Pod>) {
 }
 
 async fn code_run(runs: &Api<CodeRun>, name: &str) -> CodeRun {
-    let run = CodeRun::new(
-        name,
-        CodeRunSpec {
-            head_sha: "abc".to_owned(),
-        },
-    );
-    runs.create(&PostParams::default(), &run).await.unwrap()
+    runs.create(&PostParams::default(), &support::code_run(name))
+        .await
+        .unwrap()
 }
 
 /// A pod owned by `owners`, with `labels`.

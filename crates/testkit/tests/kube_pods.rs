@@ -107,6 +107,22 @@ async fn wait_running(kube: &FakeKube, name: &str) -> Pod {
     }
 }
 
+/// Asserts (paused) that pod `name` is still there 100 ms before `at` and
+/// gone 100 ms after.
+async fn assert_gone_at(kube: &FakeKube, name: &str, at: Instant) {
+    let margin = Duration::from_millis(100);
+    sleep_until(at - margin).await;
+    assert!(
+        kube.peek::<Pod>(NS, name).is_some(),
+        "{name} left too early"
+    );
+    sleep_until(at + margin).await;
+    assert!(
+        kube.peek::<Pod>(NS, name).is_none(),
+        "{name} is still there"
+    );
+}
+
 /// Every event of the pod `name` until it is DELETED; returns the last
 /// state before the deletion.
 async fn last_state_before_deleted(
@@ -197,13 +213,8 @@ async fn a_pod_that_handles_sigterm_is_gone_after_its_stop_time_within_the_grace
     let (ends, grace) = deletion(&terminating);
     assert_eq!(grace, 30, "the pod's terminationGracePeriodSeconds");
 
-    sleep_until(asked + Duration::from_millis(4900)).await;
-    assert!(kube.peek::<Pod>(NS, "p1").is_some(), "still stopping");
-    sleep_until(asked + Duration::from_millis(5100)).await;
-    assert!(
-        kube.peek::<Pod>(NS, "p1").is_none(),
-        "gone once its containers stopped"
-    );
+    // Gone once its containers stopped, 5 s after SIGTERM.
+    assert_gone_at(&kube, "p1", asked + Duration::from_secs(5)).await;
 
     let last = last_state_before_deleted(&mut events, "p1").await;
     let (exit_code, finished) = terminated(&last);
@@ -253,13 +264,8 @@ async fn a_pod_that_ignores_sigterm_stays_its_whole_grace_period_and_is_killed()
     let (ends, grace) = deletion(&terminating);
     assert_eq!(grace, 10, "the delete's gracePeriodSeconds wins");
 
-    sleep_until(asked + Duration::from_millis(9900)).await;
-    assert!(kube.peek::<Pod>(NS, "p1").is_some(), "SIGTERM is ignored");
-    sleep_until(asked + Duration::from_millis(10_100)).await;
-    assert!(
-        kube.peek::<Pod>(NS, "p1").is_none(),
-        "killed when the grace period ended"
-    );
+    // SIGTERM is ignored: killed when the grace period ends.
+    assert_gone_at(&kube, "p1", asked + Duration::from_secs(10)).await;
 
     let last = last_state_before_deleted(&mut events, "p1").await;
     let (exit_code, finished) = terminated(&last);
@@ -312,10 +318,7 @@ async fn a_shorter_grace_period_of_a_later_delete_moves_the_kill_earlier() {
     );
 
     // The kubelet kills it 10 s after it learns of the shorter period.
-    sleep_until(asked + Duration::from_millis(14_900)).await;
-    assert!(kube.peek::<Pod>(NS, "p1").is_some());
-    sleep_until(asked + Duration::from_millis(15_100)).await;
-    assert!(kube.peek::<Pod>(NS, "p1").is_none());
+    assert_gone_at(&kube, "p1", asked + Duration::from_secs(15)).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -475,10 +478,7 @@ async fn the_tests_choice_of_behaviour_wins_over_the_pods_labels() {
     pods.delete("p1", &DeleteParams::default().grace_period(5))
         .await
         .unwrap();
-    sleep_until(asked + Duration::from_millis(4900)).await;
-    assert!(kube.peek::<Pod>(NS, "p1").is_some());
-    sleep_until(asked + Duration::from_millis(5100)).await;
-    assert!(kube.peek::<Pod>(NS, "p1").is_none());
+    assert_gone_at(&kube, "p1", asked + Duration::from_secs(5)).await;
 }
 
 #[tokio::test(start_paused = true)]

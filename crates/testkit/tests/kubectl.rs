@@ -6,6 +6,8 @@
 
 #![cfg(feature = "cli")]
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
@@ -14,10 +16,9 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::{CustomResource, CustomResourceExt, Resource, ResourceExt};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use kube::{CustomResourceExt, Resource, ResourceExt};
 use serde_json::{Value, json};
+use support::CodeRun;
 use testkit::calls::Outcome;
 use testkit::kube::{FakeKube, PodTermination};
 use tokio::io::AsyncWriteExt;
@@ -48,19 +49,6 @@ metadata:
 data:
   state.json: '{\"version\":\"v1\"}'
 ";
-
-/// A run of an agent that owns its Pods, like supersede's CodeRun.
-#[derive(CustomResource, Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
-#[kube(
-    group = "test.supersede.dev",
-    version = "v1",
-    kind = "CodeRun",
-    namespaced
-)]
-pub struct CodeRunSpec {
-    /// The commit being worked on.
-    pub head_sha: String,
-}
 
 /// kubectl with an isolated home and cache, pointed only at `kubeconfig`.
 struct Kubectl {
@@ -324,15 +312,7 @@ async fn fake_kube_binary_serves_kubectl_until_sigterm() {
 async fn code_run_with_pods(kube: &FakeKube, name: &str, grace: i64) {
     let runs: Api<CodeRun> = Api::namespaced(kube.client(), "default");
     let run = runs
-        .create(
-            &PostParams::default(),
-            &CodeRun::new(
-                name,
-                CodeRunSpec {
-                    head_sha: "abc".to_owned(),
-                },
-            ),
-        )
+        .create(&PostParams::default(), &support::code_run(name))
         .await
         .unwrap();
     let owner = OwnerReference {
@@ -472,7 +452,6 @@ async fn kubectl_cascading_deletes_of_a_custom_resource_behave_as_against_a_clus
 
 #[tokio::test]
 async fn kubectl_reads_recorder_events_and_strategic_patches_only_built_in_kinds() {
-    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
     let kube = FakeKube::builder()
         .crd(CodeRun::crd())
         .start()
@@ -486,21 +465,7 @@ async fn kubectl_reads_recorder_events_and_strategic_patches_only_built_in_kinds
     let cm = cm.get("task-42-state").await.unwrap();
 
     // kubectl reads core/v1 Events; kube's Recorder writes events.k8s.io.
-    let recorder = Recorder::new(
-        kube.client(),
-        Reporter {
-            controller: "supersede-recovery".into(),
-            instance: None,
-        },
-    );
-    let note = Event {
-        type_: EventType::Warning,
-        reason: "NeedsIntervention".into(),
-        note: Some("journal cannot be rolled back".into()),
-        action: "Recover".into(),
-        secondary: None,
-    };
-    recorder.publish(&note, &cm.object_ref(&())).await.unwrap();
+    support::publish_needs_intervention(kube.client(), &cm.object_ref(&())).await;
     let out = kubectl
         .ok(
             &[
@@ -517,23 +482,15 @@ async fn kubectl_reads_recorder_events_and_strategic_patches_only_built_in_kinds
     let list: Value = serde_json::from_str(&out).unwrap();
     let items = list["items"].as_array().unwrap();
     assert_eq!(items.len(), 1, "{out}");
-    assert_eq!(items[0]["message"], "journal cannot be rolled back");
+    assert_eq!(items[0]["message"], support::NOTE);
     assert_eq!(items[0]["involvedObject"]["kind"], "ConfigMap");
 
     // `kubectl patch` defaults to a strategic merge patch: refused for a
     // custom resource, with the API server's 415.
     let runs: Api<CodeRun> = Api::default_namespaced(kube.client());
-    runs.create(
-        &PostParams::default(),
-        &CodeRun::new(
-            "run-9",
-            CodeRunSpec {
-                head_sha: "abc".to_owned(),
-            },
-        ),
-    )
-    .await
-    .unwrap();
+    runs.create(&PostParams::default(), &support::code_run("run-9"))
+        .await
+        .unwrap();
     let err = kubectl
         .fails(
             &[

@@ -246,7 +246,8 @@ pub(crate) fn builtin_types() -> Vec<ResourceType> {
     ]
 }
 
-fn string_list(v: Option<&Value>) -> Vec<String> {
+/// The strings of a JSON array (`[]` when absent or not an array).
+pub(crate) fn string_list(v: Option<&Value>) -> Vec<String> {
     v.and_then(Value::as_array)
         .map(|a| {
             a.iter()

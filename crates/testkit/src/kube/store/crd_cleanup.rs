@@ -229,35 +229,14 @@ impl Store {
 
 /// Sets the CRD's `Terminating` condition.
 fn set_terminating(crd: &mut Value, reason: &str, message: &str, now: &str) {
-    let Some(o) = crd.as_object_mut() else {
-        return;
-    };
-    let status = o.entry("status").or_insert_with(|| json!({}));
-    let Some(status) = status.as_object_mut() else {
-        return;
-    };
-    let conditions = status.entry("conditions").or_insert_with(|| json!([]));
-    let Some(conditions) = conditions.as_array_mut() else {
-        return;
-    };
-    let condition = json!({
-        "type": "Terminating",
-        "status": "True",
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": now,
-    });
-    match conditions
-        .iter_mut()
-        .find(|c| c.get("type").and_then(Value::as_str) == Some("Terminating"))
-    {
-        Some(existing) => {
-            let since = existing.get("lastTransitionTime").cloned();
-            *existing = condition;
-            if let Some(since) = since {
-                existing["lastTransitionTime"] = since;
-            }
-        }
-        None => conditions.push(condition),
-    }
+    super::set_condition(
+        crd,
+        json!({
+            "type": "Terminating",
+            "status": "True",
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": now,
+        }),
+    );
 }

@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::agenda::Action;
-use super::{DeleteOptions, ObjKey, Ownership, Store, finalizers, str_at};
+use super::{DeleteOptions, ObjKey, Ownership, Store, finalizers, str_at, text};
 use crate::kube::managed_fields::FieldManager;
 
 /// The finalizer of an owner whose dependents are being orphaned.
@@ -409,20 +409,12 @@ fn owner_refs(obj: &Value) -> Vec<OwnerRef> {
         .and_then(Value::as_array)
         .map(|refs| {
             refs.iter()
-                .map(|r| {
-                    let text = |f: &str| {
-                        r.get(f)
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_owned()
-                    };
-                    OwnerRef {
-                        api_version: text("apiVersion"),
-                        kind: text("kind"),
-                        name: text("name"),
-                        uid: text("uid"),
-                        blocks: r.get("blockOwnerDeletion").and_then(Value::as_bool) == Some(true),
-                    }
+                .map(|r| OwnerRef {
+                    api_version: text(r, "apiVersion"),
+                    kind: text(r, "kind"),
+                    name: text(r, "name"),
+                    uid: text(r, "uid"),
+                    blocks: r.get("blockOwnerDeletion").and_then(Value::as_bool) == Some(true),
                 })
                 .filter(|r| !r.uid.is_empty())
                 .collect()

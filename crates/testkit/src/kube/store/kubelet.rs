@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::agenda::Action;
-use super::{DeleteOptions, ObjKey, Ownership, Store, str_at};
+use super::{DeleteOptions, ObjKey, Ownership, Store, set_condition, str_at, text};
 use crate::kube::managed_fields::FieldManager;
 use crate::kube::status::ApiError;
 
@@ -252,9 +252,9 @@ impl Store {
             if let Some(spec) = next.get_mut("spec").and_then(Value::as_object_mut) {
                 spec.insert("nodeName".into(), json!(NODE_NAME));
             }
-            set_condition(&mut next, "PodScheduled", "True", None, &now);
+            set_pod_condition(&mut next, "PodScheduled", "True", None, &now);
         } else {
-            set_condition(
+            set_pod_condition(
                 &mut next,
                 "PodScheduled",
                 "False",
@@ -368,23 +368,12 @@ impl Store {
         let now = self.clock.timestamp();
         let mut next = pod.clone();
         let scheduled_at = condition_time(&pod, "PodScheduled").unwrap_or_else(|| now.clone());
-        let containers: Vec<Value> = containers_of(&pod)
-            .iter()
-            .enumerate()
-            .map(|(i, (name, image))| {
-                json!({
-                    "name": name,
-                    "image": image,
-                    "imageID": "",
-                    "containerID": container_id(uid, i),
-                    "ready": true,
-                    "started": true,
-                    "restartCount": 0,
-                    "state": {"running": {"startedAt": now}},
-                    "lastState": {},
-                })
-            })
-            .collect();
+        let containers = container_statuses(
+            &pod,
+            uid,
+            true,
+            |_, _| json!({"running": {"startedAt": now}}),
+        );
         let status = json!({
             "phase": "Running",
             "conditions": [
@@ -552,15 +541,7 @@ fn containers_of(pod: &Value) -> Vec<(String, String)> {
         .and_then(Value::as_array)
         .map(|cs| {
             cs.iter()
-                .map(|c| {
-                    let field = |f: &str| {
-                        c.get(f)
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_owned()
-                    };
-                    (field("name"), field("image"))
-                })
+                .map(|c| (text(c, "name"), text(c, "image")))
                 .collect()
         })
         .unwrap_or_default()
@@ -569,6 +550,35 @@ fn containers_of(pod: &Value) -> Vec<(String, String)> {
 fn container_id(uid: &str, index: usize) -> String {
     let hex: String = uid.chars().filter(char::is_ascii_hexdigit).collect();
     format!("containerd://{hex}{index:04x}")
+}
+
+/// A status per container of the spec, `ready` or not, in the state
+/// `state(name, containerID)` says.
+fn container_statuses(
+    pod: &Value,
+    uid: &str,
+    ready: bool,
+    state: impl Fn(&str, &str) -> Value,
+) -> Value {
+    let statuses: Vec<Value> = containers_of(pod)
+        .iter()
+        .enumerate()
+        .map(|(i, (name, image))| {
+            let id = container_id(uid, i);
+            json!({
+                "name": name,
+                "image": image,
+                "imageID": "",
+                "containerID": id,
+                "ready": ready,
+                "started": ready,
+                "restartCount": 0,
+                "state": state(name, &id),
+                "lastState": {},
+            })
+        })
+        .collect();
+    Value::Array(statuses)
 }
 
 /// The pod with every container terminated with `exit_code` and `phase`.
@@ -585,39 +595,25 @@ fn terminated(pod: &Value, uid: &str, phase: TerminalPhase, exit_code: i64, now:
             .cloned()
             .unwrap_or_else(|| json!(now))
     };
-    let containers: Vec<Value> = containers_of(pod)
-        .iter()
-        .enumerate()
-        .map(|(i, (name, image))| {
-            json!({
-                "name": name,
-                "image": image,
-                "imageID": "",
-                "containerID": container_id(uid, i),
-                "ready": false,
-                "started": false,
-                "restartCount": 0,
-                "state": {"terminated": {
-                    "exitCode": exit_code,
-                    "reason": reason,
-                    "startedAt": started(name),
-                    "finishedAt": now,
-                    "containerID": container_id(uid, i),
-                }},
-                "lastState": {},
-            })
-        })
-        .collect();
+    let containers = container_statuses(pod, uid, false, |name, id| {
+        json!({"terminated": {
+            "exitCode": exit_code,
+            "reason": reason,
+            "startedAt": started(name),
+            "finishedAt": now,
+            "containerID": id,
+        }})
+    });
     let mut next = pod.clone();
     let status = next
         .as_object_mut()
         .map(|o| o.entry("status").or_insert_with(|| json!({})));
     if let Some(Value::Object(status)) = status {
         status.insert("phase".into(), json!(phase.as_str()));
-        status.insert("containerStatuses".into(), Value::Array(containers));
+        status.insert("containerStatuses".into(), containers);
     }
     for condition in ["Ready", "ContainersReady"] {
-        set_condition(
+        set_pod_condition(
             &mut next,
             condition,
             "False",
@@ -630,24 +626,13 @@ fn terminated(pod: &Value, uid: &str, phase: TerminalPhase, exit_code: i64, now:
 
 /// Sets (or adds) a status condition, keeping its transition time when its
 /// status does not change.
-fn set_condition(
+fn set_pod_condition(
     pod: &mut Value,
     kind: &str,
     status: &str,
     reason: Option<(&str, &str)>,
     now: &str,
 ) {
-    let Some(o) = pod.as_object_mut() else {
-        return;
-    };
-    let st = o.entry("status").or_insert_with(|| json!({}));
-    let Some(st) = st.as_object_mut() else {
-        return;
-    };
-    let conditions = st.entry("conditions").or_insert_with(|| json!([]));
-    let Some(conditions) = conditions.as_array_mut() else {
-        return;
-    };
     let mut condition =
         json!({"type": kind, "status": status, "lastProbeTime": null, "lastTransitionTime": now});
     if let Some((why, message)) = reason {
@@ -656,21 +641,7 @@ fn set_condition(
             condition["message"] = json!(message);
         }
     }
-    match conditions
-        .iter_mut()
-        .find(|c| c.get("type").and_then(Value::as_str) == Some(kind))
-    {
-        Some(existing) => {
-            if existing.get("status").and_then(Value::as_str) == Some(status) {
-                condition["lastTransitionTime"] = existing
-                    .get("lastTransitionTime")
-                    .cloned()
-                    .unwrap_or_else(|| json!(now));
-            }
-            *existing = condition;
-        }
-        None => conditions.push(condition),
-    }
+    set_condition(pod, condition);
 }
 
 fn condition_time(pod: &Value, kind: &str) -> Option<String> {

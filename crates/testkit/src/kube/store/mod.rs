@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use super::clock::Clock;
 use super::managed_fields::{self, FieldManager, ManagedFields};
 use super::patch::{self, PatchKind};
-use super::resource::{ResourceType, builtin_types};
+use super::resource::{ResourceType, builtin_types, string_list};
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::ApiError;
 
@@ -1237,16 +1237,47 @@ fn labels_of(object: &Value) -> BTreeMap<String, String> {
 }
 
 fn finalizers(object: &Value) -> Vec<String> {
-    object
-        .pointer("/metadata/finalizers")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
+    string_list(object.pointer("/metadata/finalizers"))
+}
+
+/// A string field of a JSON object (`""` when absent or not a string).
+fn text(v: &Value, field: &str) -> String {
+    v.get(field)
+        .and_then(Value::as_str)
         .unwrap_or_default()
+        .to_owned()
+}
+
+/// Sets a `status.conditions` entry by its `type`, keeping its
+/// `lastTransitionTime` when its `status` does not change (the rule of
+/// every Kubernetes condition).
+fn set_condition(obj: &mut Value, mut condition: Value) {
+    let Some(o) = obj.as_object_mut() else {
+        return;
+    };
+    let status = o.entry("status").or_insert_with(|| json!({}));
+    let Some(status) = status.as_object_mut() else {
+        return;
+    };
+    let conditions = status.entry("conditions").or_insert_with(|| json!([]));
+    let Some(conditions) = conditions.as_array_mut() else {
+        return;
+    };
+    let kind = condition.get("type").cloned();
+    match conditions
+        .iter_mut()
+        .find(|c| c.get("type") == kind.as_ref())
+    {
+        Some(existing) => {
+            if existing.get("status") == condition.get("status")
+                && let Some(since) = existing.get("lastTransitionTime")
+            {
+                condition["lastTransitionTime"] = since.clone();
+            }
+            *existing = condition;
+        }
+        None => conditions.push(condition),
+    }
 }
 
 /// Whether anything but metadata (and status, when it is a subresource)
