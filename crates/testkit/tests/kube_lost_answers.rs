@@ -6,6 +6,8 @@
 
 #![cfg(feature = "kube")]
 
+mod support;
+
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
@@ -14,26 +16,15 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, Error, ResourceExt};
+use kube::{Error, ResourceExt};
 use serde_json::json;
+use support::{client_without_retry, config_map};
 use testkit::calls::Outcome;
 use testkit::faults::{InjectedError, Match};
 use testkit::kube::{FakeKube, RequestFilter};
 
 /// Guard against hanging forever; never a timing assertion.
 const PATIENCE: Duration = Duration::from_secs(30);
-
-fn client_without_retry(kube: &FakeKube) -> Client {
-    let mut config = kube.config();
-    config.default_retry = false;
-    Client::try_from(config).unwrap()
-}
-
-fn config_map(name: &str) -> ConfigMap {
-    let mut cm = ConfigMap::default();
-    cm.metadata.name = Some(name.to_owned());
-    cm
-}
 
 fn lease(name: &str, holder: &str) -> Lease {
     serde_json::from_value(json!({

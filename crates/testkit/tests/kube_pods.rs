@@ -13,7 +13,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures::TryStreamExt;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
@@ -123,10 +124,24 @@ async fn assert_gone_at(kube: &FakeKube, name: &str, at: Instant) {
     );
 }
 
+/// The namespace's pod events from now on.
+async fn watch_from_now(
+    kube: &FakeKube,
+    pods: &Api<Pod>,
+) -> BoxStream<'static, kube::Result<WatchEvent<Pod>>> {
+    pods.watch(
+        &WatchParams::default(),
+        &kube.resource_version().to_string(),
+    )
+    .await
+    .unwrap()
+    .boxed()
+}
+
 /// Every event of the pod `name` until it is DELETED; returns the last
 /// state before the deletion.
 async fn last_state_before_deleted(
-    events: &mut (impl futures::Stream<Item = kube::Result<WatchEvent<Pod>>> + Unpin),
+    events: &mut BoxStream<'static, kube::Result<WatchEvent<Pod>>>,
     name: &str,
 ) -> Pod {
     let mut last = None;
@@ -194,14 +209,7 @@ async fn a_pod_that_handles_sigterm_is_gone_after_its_stop_time_within_the_grace
         &[("testkit.supersede.dev/termination", "stops-after-5s")],
     );
     running(&kube, &pods, &handles).await;
-    let mut events = Box::pin(
-        pods.watch(
-            &WatchParams::default(),
-            &kube.resource_version().to_string(),
-        )
-        .await
-        .unwrap(),
-    );
+    let mut events = watch_from_now(&kube, &pods).await;
 
     let asked = Instant::now();
     let terminating = pods
@@ -245,14 +253,7 @@ async fn a_pod_that_ignores_sigterm_stays_its_whole_grace_period_and_is_killed()
         &[("testkit.supersede.dev/termination", "after-grace-period")],
     );
     running(&kube, &pods, &stubborn).await;
-    let mut events = Box::pin(
-        pods.watch(
-            &WatchParams::default(),
-            &kube.resource_version().to_string(),
-        )
-        .await
-        .unwrap(),
-    );
+    let mut events = watch_from_now(&kube, &pods).await;
 
     let asked = Instant::now();
     let terminating = pods
@@ -543,14 +544,7 @@ async fn object_timestamps_and_pod_timers_follow_one_paused_clock() {
     let born = stamp(created.metadata.creation_timestamp.as_ref().unwrap());
     assert!(born.duration_since(first) >= jiff::SignedDuration::from_hours(24));
     wait_running(&kube, "p1").await;
-    let mut events = Box::pin(
-        pods.watch(
-            &WatchParams::default(),
-            &kube.resource_version().to_string(),
-        )
-        .await
-        .unwrap(),
-    );
+    let mut events = watch_from_now(&kube, &pods).await;
     let terminating = pods
         .delete("p1", &DeleteParams::default())
         .await

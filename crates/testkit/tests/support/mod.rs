@@ -10,6 +10,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, CustomResource};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use testkit::kube::FakeKube;
 
 /// A run of an agent that owns its Pods, like supersede's CodeRun.
 #[derive(CustomResource, Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
@@ -22,6 +23,21 @@ use serde::{Deserialize, Serialize};
 pub struct CodeRunSpec {
     /// The commit being worked on (serialized as `head_sha`).
     pub head_sha: String,
+}
+
+/// A client for `kube` without kube's built-in retry of 429/503/504, so
+/// every injected or lost answer reaches the caller.
+pub fn client_without_retry(kube: &FakeKube) -> Client {
+    let mut config = kube.config();
+    config.default_retry = false;
+    Client::try_from(config).unwrap()
+}
+
+/// A ConfigMap named `name`, with no data.
+pub fn config_map(name: &str) -> k8s_openapi::api::core::v1::ConfigMap {
+    let mut cm = k8s_openapi::api::core::v1::ConfigMap::default();
+    cm.metadata.name = Some(name.to_owned());
+    cm
 }
 
 /// A CodeRun named `name` on commit `abc`.
