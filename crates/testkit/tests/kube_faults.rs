@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, PostParams};
 use kube::Error;
+use kube::api::{Api, PostParams};
 use support::{client_without_retry, config_map};
 use testkit::calls::Outcome;
 use testkit::faults::{InjectedError, Match};

@@ -16,11 +16,13 @@
 //!   [`FakeKube::register_resource`].
 //! - Verbs: `get`, `list` (label selectors with every operator, field
 //!   selectors on `metadata.name`/`metadata.namespace` and declared fields,
-//!   `limit`/`continue`), `watch`, `create` (`generateName`, uid,
+//!   `limit`/`continue` with every page cut from the first page's snapshot,
+//!   expiring continue tokens, `resourceVersion`/`resourceVersionMatch`),
+//!   `watch`, `create` (`generateName`, uid,
 //!   creationTimestamp, generation), `update` (PUT; a stale
 //!   `metadata.resourceVersion` is 409 Conflict), `patch` (merge, JSON,
-//!   strategic-as-merge, server-side apply with create-if-absent; see
-//!   below), `delete`
+//!   strategic-as-merge for built-in kinds, server-side apply with
+//!   create-if-absent; see below), `delete`
 //!   (uid/resourceVersion preconditions, finalizers and
 //!   `deletionTimestamp`, grace periods for pods, `propagationPolicy`),
 //!   `deletecollection`, and the `/status` subresource.
@@ -36,9 +38,15 @@
 //! - One global resourceVersion counter; writes that change nothing do not
 //!   bump it.
 //! - Watches stream `ADDED`/`MODIFIED`/`DELETED` in resourceVersion order,
-//!   `BOOKMARK`s when `allowWatchBookmarks=true`, and an `ERROR` event with a
-//!   410 `Expired` Status when the requested resourceVersion is older than
-//!   the kept history ([`FakeKubeBuilder::watch_history`]).
+//!   `BOOKMARK`s when `allowWatchBookmarks=true`, the initial events of
+//!   `sendInitialEvents`, and an `ERROR` event with a 410 `Expired` Status
+//!   when the requested resourceVersion is older than the kind's kept
+//!   history ([`FakeKubeBuilder::watch_history`], per kind).
+//! - core/v1 and events.k8s.io/v1 Events are one set of objects, as on the
+//!   API server.
+//! - Lost answers and restarts: faults after the commit
+//!   ([`Faults::fail_next_after_commit`]), [`FakeKube::cut_watches`],
+//!   [`FakeKube::restart`].
 //! - Discovery (`/version`, `/api`, `/apis`, `/api/v1`, `/apis/<g>/<v>`,
 //!   aggregated discovery) and an empty OpenAPI document, enough for
 //!   `kube::discovery` and kubectl.
