@@ -11,6 +11,7 @@
 //! | `state-store` | [`state_store`] | task state in ConfigMaps with compare-and-swap updates |
 //! | `label-cas` | [`label_cas`] | PR label transitions safe against racing writers and rate limits |
 //! | `job-tracker` | [`job_tracker`] | cancellable job registry with reservations |
+//! | `cancel-coordinator` | [`cancel_coordinator`] | cancel superseded CodeRuns: Workloads trait, journaled saga, coordinator |
 //!
 //! ```
 //! # #[cfg(feature = "resilience")] {
@@ -22,6 +23,8 @@
 //! # }
 //! ```
 
+#[cfg(feature = "cancel-coordinator")]
+pub use cancel_coordinator;
 #[cfg(feature = "job-tracker")]
 pub use job_tracker;
 #[cfg(feature = "label-cas")]

@@ -95,7 +95,8 @@ impl CoordinatorConfig {
 /// What [`CancellationCoordinator::submit`] did with a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Submitted {
-    /// Queued: the task had nothing waiting.
+    /// Queued: the task had nothing waiting (it runs next, or after the
+    /// operation running for its task).
     Queued,
     /// Folded into the request already waiting for the task (the newest
     /// head of the two is kept).
@@ -298,11 +299,7 @@ impl CancellationCoordinator {
         metrics.queue_depth.set(gauge(queue.len()));
         drop(table);
         self.inner.available.notify_one();
-        Ok(if running {
-            Submitted::Coalesced
-        } else {
-            Submitted::Queued
-        })
+        Ok(Submitted::Queued)
     }
 
     /// Where `task_id`'s cancellation is: running (with per-step progress),

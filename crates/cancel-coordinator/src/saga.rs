@@ -17,7 +17,7 @@
 //! | 3 | **decide** the head to keep: GitHub's current head (one conditional GET), else the newest head in state | — | GitHub unreachable is not a failure: the state's head is kept |
 //! | 4 | **select** the runs of the task that are not terminal, of a cancellable role, and of another head | — | as 1 |
 //! | 5 | **journal** the operation (targets, kept head) | state (fenced) | as 1 |
-//! | 6 | **cancel** each target: intent annotation ▸ graceful delete ▸ verify gone ▸ force after the deadline ▸ verify again | runs, pods | a run that cannot be stopped is flagged for intervention and the operation is recorded `Failed`; intent already written is not undone (it is true: the run is superseded) |
+//! | 6 | **cancel** each target: intent annotation ▸ graceful delete ▸ verify gone ▸ force after the deadline ▸ verify again | runs, pods | a run that cannot be stopped is flagged for intervention; a call refused for good (forbidden, invalid) ends the step; either way the operation is recorded `Failed` and finishes (nobody retries it; recovery flags the task). Intent already written is not undone: it is true, the run is superseded. A transient failure after its retries, or a lost lock, leaves the journal at `Started` for the next holder |
 //! | 7 | **record** the cancellation in the state's history, settle the pending supersessions, journal `Cancelled` | state (fenced) | the journal stays at its last step; recovery resumes it |
 //! | 8 | **labels**: the PR's label transition (label-cas), journal `Labeled` | labels, state | recorded as `Labeled`/`Failed`: the cancellation stands, recovery repairs the labels |
 //! | 9 | **finish** the journal, release the lock | state, the Lease | the journal stays; recovery finishes it |
@@ -37,7 +37,7 @@ use label_cas::{
     PullRequests, TransitionResult,
 };
 use lease_lock::{AcquireOptions, LeaseLock, LockGuard};
-use resilience::{CircuitBreaker, RetryError, RetryPolicy, Transient, retry_transient};
+use resilience::{CircuitBreaker, RetryError, RetryPolicy, Transient, retry};
 use serde::{Deserialize, Serialize};
 use state_store::{
     CancellationOutcome, CancellationRecord, OperationJournal, OperationKind, RemediationState,
@@ -57,12 +57,13 @@ use crate::{Error, Result};
 mod context {
     pub const KEEP_HEAD: &str = "keep_head";
     pub const KEEP_SOURCE: &str = "keep_source";
+    pub const ALSO_KEEP: &str = "also_keep";
     pub const PUSHED_AT: &str = "pushed_at";
     pub const REQUEST_HEAD: &str = "request_head";
     pub const CORRELATION_ID: &str = "correlation_id";
     pub const MODE: &str = "mode";
     pub const PR: &str = "pr";
-    pub const TARGET_UIDS: &str = "target_uids";
+    pub const TARGETS: &str = "targets";
     pub const CLOSED: &str = "pr_closed";
 }
 
@@ -222,8 +223,39 @@ pub enum RunOutcome {
     FinishedBeforehand,
     /// It was gone before it was touched.
     Vanished,
+    /// A target of a resumed journal, gone when the journal was resumed:
+    /// the holder that crashed had stopped it (how is not known).
+    GoneBeforeResume,
     /// It could not be stopped; flagged for intervention.
     Stuck(String),
+}
+
+impl RunOutcome {
+    /// Whether the operation stopped the run (it is verified gone).
+    pub fn cancelled(&self) -> bool {
+        matches!(self, Self::Graceful | Self::Forced | Self::GoneBeforeResume)
+    }
+}
+
+/// A target as the journal records it (enough to report on it after a
+/// resume, and to tell it from a run re-created under its name).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct JournaledRun {
+    name: String,
+    uid: String,
+    role: String,
+    head_sha: String,
+}
+
+impl JournaledRun {
+    fn of(run: &Run) -> Self {
+        Self {
+            name: run.name.clone(),
+            uid: run.uid.clone(),
+            role: run.role.clone(),
+            head_sha: run.head_sha.clone(),
+        }
+    }
 }
 
 /// One target run of an operation.
@@ -616,7 +648,7 @@ impl StateAwareCancellation {
         let runs = self
             .kube(guard, || inner.workloads.runs(task_id), |e| e)
             .await?;
-        let targets = self.select(runs, decision.keep.as_deref());
+        let targets = self.select(runs, &decision);
         clock.done(SagaStep::Select);
         let pending = state.is_some_and(|s| !s.pending_supersessions.is_empty())
             || decision.unrecorded_head.is_some();
@@ -649,7 +681,15 @@ impl StateAwareCancellation {
         clock.done(SagaStep::Journal);
         info!(operation_id = %journal.operation_id, targets = targets.len(), kept = ?decision.keep, source = decision.source.as_str(), "cancellation begun");
         self.execute(
-            request, guard, known, journal, targets, &decision, false, clock,
+            request,
+            guard,
+            known,
+            journal,
+            targets,
+            Vec::new(),
+            &decision,
+            false,
+            clock,
         )
         .await
     }
@@ -669,6 +709,10 @@ impl StateAwareCancellation {
                 .get(context::KEEP_HEAD)
                 .cloned()
                 .filter(|s| !s.is_empty()),
+            also_keep: ctx
+                .get(context::ALSO_KEEP)
+                .cloned()
+                .filter(|s| !s.is_empty()),
             source: HeadSource::parse(ctx.get(context::KEEP_SOURCE).map_or("", String::as_str)),
             pushed_at: ctx.get(context::PUSHED_AT).and_then(|t| t.parse().ok()),
             labels: None,
@@ -676,29 +720,35 @@ impl StateAwareCancellation {
             closed: ctx.get(context::CLOSED).is_some_and(|v| v == "true"),
         };
         // The targets as journaled: the same objects (uid), as they are now.
-        let uids: BTreeMap<&str, &str> = ctx
-            .get(context::TARGET_UIDS)
-            .map(|s| {
-                s.split(',')
-                    .filter_map(|pair| pair.split_once('='))
-                    .collect()
-            })
+        // One already gone was stopped by the previous holder (its intent and
+        // delete came before its crash): verified gone now, how unknown.
+        let journaled: Vec<JournaledRun> = ctx
+            .get(context::TARGETS)
+            .and_then(|json| serde_json::from_str(json).ok())
             .unwrap_or_default();
-        let targets = if journal.has_succeeded(&Step::Cancelled) || cancel_failed(&journal) {
-            Vec::new()
-        } else {
+        let mut targets = Vec::new();
+        let mut gone = Vec::new();
+        if !journal.has_succeeded(&Step::Cancelled) && !cancel_failed(&journal) {
             let runs = self
                 .kube(guard, || self.inner.workloads.runs(&request.task_id), |e| e)
                 .await?;
-            runs.into_iter()
-                .filter(|r| {
-                    journal.targets.contains(&r.name)
-                        && uids.get(r.name.as_str()).is_none_or(|uid| *uid == r.uid)
-                })
-                .collect()
-        };
+            let mut by_name: BTreeMap<String, Run> =
+                runs.into_iter().map(|r| (r.name.clone(), r)).collect();
+            for target in journaled {
+                match by_name.remove(&target.name) {
+                    Some(run) if run.uid == target.uid => targets.push(run),
+                    _ => gone.push(RunReport {
+                        name: target.name,
+                        role: target.role,
+                        head_sha: target.head_sha,
+                        outcome: RunOutcome::GoneBeforeResume,
+                        took: Duration::ZERO,
+                    }),
+                }
+            }
+        }
         self.execute(
-            request, guard, known, journal, targets, &decision, true, clock,
+            request, guard, known, journal, targets, gone, &decision, true, clock,
         )
         .await
     }
@@ -712,6 +762,7 @@ impl StateAwareCancellation {
         mut known: Option<state_store::Snapshot>,
         journal: OperationJournal,
         targets: Vec<Run>,
+        gone: Vec<RunReport>,
         decision: &Decision,
         resumed: bool,
         clock: &mut StepClock<'_>,
@@ -736,16 +787,41 @@ impl StateAwareCancellation {
         };
 
         // 6 + 7: cancel, then record (once: a journal past `Cancelled` skips both).
-        let mut reports = Vec::new();
+        let mut reports = gone;
         let recorded = journal.has_succeeded(&Step::Cancelled) || cancel_failed(&journal);
+        let mut failed_for_good = false;
         if !recorded {
             clock.start(SagaStep::Cancel);
             clock.runs_left(targets.len());
-            reports = self.cancel_all(guard, targets, &intent, clock).await?;
+            // A transient failure (after the call's retries) or a lost lock
+            // ends the operation here: the journal stays at `Started` and
+            // whoever holds the lock next resumes it. A permanent failure
+            // (forbidden, invalid) is not retried by anyone: it is recorded
+            // as the step's failure, and the operation finishes `Failed`.
+            let failure = match self.cancel_all(guard, targets, &intent, clock).await {
+                Ok(done) => {
+                    reports.extend(done);
+                    None
+                }
+                Err(e) if e.is_transient() || matches!(e, Error::LockLost { .. }) => return Err(e),
+                Err(e) => {
+                    warn!(error = %e, "cancelling failed permanently; the operation is recorded failed");
+                    Some(e.to_string())
+                }
+            };
+            reports.sort_by(|a, b| a.name.cmp(&b.name));
             clock.done(SagaStep::Cancel);
 
             clock.start(SagaStep::Record);
-            let record = record_of(&journal, &intent, &reports, &correlation_id);
+            let mut record = record_of(&journal, &intent, &reports, &correlation_id);
+            if let Some(why) = &failure {
+                failed_for_good = true;
+                record.outcome = CancellationOutcome::Failed;
+                record.detail = Some(match record.detail.take() {
+                    Some(d) => format!("{d}; failed: {why}"),
+                    None => format!("failed: {why}"),
+                });
+            }
             let stuck = record.outcome == CancellationOutcome::Failed;
             let (status, detail) = if stuck {
                 (StepStatus::Failed, record.detail.clone())
@@ -753,7 +829,6 @@ impl StateAwareCancellation {
                 (StepStatus::Succeeded, None)
             };
             let now = inner.store.clock().now();
-            let settle = decision.settle_point(request);
             let observed = decision.unrecorded_head.clone();
             ensure_held(guard, task_id)?;
             inner
@@ -770,9 +845,7 @@ impl StateAwareCancellation {
                     if let Some(push) = &observed {
                         s.observe_head(push);
                     }
-                    if let Some((sha, at)) = &settle {
-                        s.settle_supersessions_through(sha, *at);
-                    }
+                    decision.settle(s, request);
                     s.advance_operation(
                         &journal.operation_id,
                         Step::Cancelled,
@@ -825,15 +898,14 @@ impl StateAwareCancellation {
             })
             .await?;
 
-        let outcome = if cancel_failed(&journal)
+        let outcome = if failed_for_good
+            || cancel_failed(&journal)
             || reports
                 .iter()
                 .any(|r| matches!(r.outcome, RunOutcome::Stuck(_)))
         {
             Outcome::Failed
-        } else if reports
-            .iter()
-            .any(|r| matches!(r.outcome, RunOutcome::Graceful | RunOutcome::Forced))
+        } else if reports.iter().any(|r| r.outcome.cancelled())
             || (recorded && !journal.targets.is_empty())
         {
             Outcome::Cancelled
@@ -887,6 +959,7 @@ impl StateAwareCancellation {
                 let (keep, pushed_at, source) = newest_known;
                 Decision {
                     keep: Some(keep),
+                    also_keep: None,
                     source,
                     pushed_at: Some(pushed_at),
                     labels: None,
@@ -898,11 +971,11 @@ impl StateAwareCancellation {
     }
 
     /// Step 4: the runs to cancel.
-    fn select(&self, runs: Vec<Run>, keep: Option<&str>) -> Vec<Run> {
+    fn select(&self, runs: Vec<Run>, decision: &Decision) -> Vec<Run> {
         runs.into_iter()
             .filter(|r| !r.terminal)
             .filter(|r| !self.inner.config.never_cancel.contains(&r.role))
-            .filter(|r| keep.is_none_or(|keep| !r.head_sha.eq_ignore_ascii_case(keep)))
+            .filter(|r| !decision.keeps(&r.head_sha))
             .collect()
     }
 
@@ -928,6 +1001,9 @@ impl StateAwareCancellation {
             decision.keep.clone().unwrap_or_default(),
         );
         ctx.insert(context::KEEP_SOURCE.into(), decision.source.as_str().into());
+        if let Some(also) = &decision.also_keep {
+            ctx.insert(context::ALSO_KEEP.into(), also.clone());
+        }
         if let Some(at) = decision.pushed_at {
             ctx.insert(context::PUSHED_AT.into(), at.to_string());
         }
@@ -939,13 +1015,10 @@ impl StateAwareCancellation {
         ctx.insert(context::MODE.into(), self.inner.config.mode.to_string());
         ctx.insert(context::PR.into(), request.pr.to_string());
         ctx.insert(context::CLOSED.into(), decision.closed.to_string());
+        let journaled: Vec<JournaledRun> = targets.iter().map(JournaledRun::of).collect();
         ctx.insert(
-            context::TARGET_UIDS.into(),
-            targets
-                .iter()
-                .map(|r| format!("{}={}", r.name, r.uid))
-                .collect::<Vec<_>>()
-                .join(","),
+            context::TARGETS.into(),
+            serde_json::to_string(&journaled).unwrap_or_default(),
         );
         journal
     }
@@ -1218,7 +1291,13 @@ impl StateAwareCancellation {
                 }
             }
         };
-        match retry_transient(&self.inner.config.retry, &lost, attempt).await {
+        // A conflict is an answer for the caller (re-read, decide again),
+        // never a reason to send the same write again.
+        let classify = |e: &Error| match e {
+            Error::Conflict { .. } => resilience::Classification::Permanent,
+            e => e.classification(),
+        };
+        match retry(&self.inner.config.retry, &lost, classify, attempt).await {
             Ok(value) => Ok(value),
             Err(RetryError::Permanent(e) | RetryError::Exhausted { last: e, .. }) => Err(e),
             Err(RetryError::Cancelled { .. }) => Err(Error::LockLost {
@@ -1244,6 +1323,9 @@ enum Marked {
 #[derive(Clone, Debug)]
 struct Decision {
     keep: Option<String>,
+    /// A second head whose runs are kept: the newest push we know of, when
+    /// GitHub's answer is not provably newer.
+    also_keep: Option<String>,
     source: HeadSource,
     /// When the kept head was pushed, if known.
     pushed_at: Option<Timestamp>,
@@ -1257,16 +1339,38 @@ struct Decision {
 }
 
 impl Decision {
-    /// Through which push the pending supersessions are handled.
-    fn settle_point(&self, request: &CancellationRequest) -> Option<(String, Timestamp)> {
+    /// Whether runs of `head` are kept.
+    fn keeps(&self, head: &str) -> bool {
+        [&self.keep, &self.also_keep]
+            .into_iter()
+            .flatten()
+            .any(|k| k.eq_ignore_ascii_case(head))
+    }
+
+    /// Removes the pending supersessions this operation handled: all of
+    /// them for a closed PR; through the kept head's push otherwise; and,
+    /// when two heads were kept, every one but theirs (a later pass, once
+    /// GitHub and the state agree, handles those).
+    fn settle(&self, state: &mut RemediationState, request: &CancellationRequest) {
         if self.closed {
-            return Some((String::new(), Timestamp::MAX));
+            state.pending_supersessions.clear();
+            return;
         }
-        let keep = self.keep.clone()?;
+        if self.also_keep.is_some() {
+            state
+                .pending_supersessions
+                .retain(|p| self.keeps(&p.head_sha));
+            return;
+        }
+        let Some(keep) = &self.keep else {
+            return;
+        };
         let at = self
             .pushed_at
-            .or_else(|| (request.head_sha == keep).then_some(request.pushed_at))?;
-        Some((keep, at))
+            .or_else(|| (request.head_sha == *keep).then_some(request.pushed_at));
+        if let Some(at) = at {
+            state.settle_supersessions_through(keep, at);
+        }
     }
 }
 
@@ -1297,10 +1401,11 @@ fn decide_from_github(
     pull: PullRequest,
     newest_known: (String, Timestamp, HeadSource),
 ) -> Decision {
-    let (known, known_at, known_source) = newest_known;
+    let (known, known_at, _) = newest_known;
     if !pull.is_open() {
         return Decision {
             keep: None,
+            also_keep: None,
             source: HeadSource::Closed,
             pushed_at: None,
             labels: Some(pull.labels),
@@ -1308,36 +1413,48 @@ fn decide_from_github(
             closed: true,
         };
     }
-    let lagging = pull.updated_at.is_some_and(|updated| updated < known_at)
-        && !pull.head_sha.eq_ignore_ascii_case(&known);
-    if lagging {
+    let labels = Some(pull.labels);
+    if pull.head_sha.eq_ignore_ascii_case(&known) {
         return Decision {
-            keep: Some(known),
-            source: known_source,
+            keep: Some(pull.head_sha),
+            also_keep: None,
+            source: HeadSource::GitHub,
             pushed_at: Some(known_at),
-            labels: Some(pull.labels),
+            labels,
             unrecorded_head: None,
             closed: false,
         };
     }
-    let same = pull.head_sha.eq_ignore_ascii_case(&known);
-    let pushed_at = if same {
-        known_at
-    } else {
-        pull.updated_at.unwrap_or(known_at).max(known_at)
-    };
-    Decision {
-        unrecorded_head: (!same).then(|| Supersession {
-            head_sha: pull.head_sha.clone(),
-            pushed_at,
-            delivery_id: "github-api".to_owned(),
-            correlation_id: None,
-        }),
-        keep: Some(pull.head_sha),
-        source: HeadSource::GitHub,
-        pushed_at: Some(pushed_at),
-        labels: Some(pull.labels),
-        closed: false,
+    match pull.updated_at {
+        // GitHub changed the PR after the newest push we know of: its head
+        // is newer (a webhook was lost). Keep it, and record it.
+        Some(updated) if updated > known_at => Decision {
+            unrecorded_head: Some(Supersession {
+                head_sha: pull.head_sha.clone(),
+                pushed_at: updated,
+                delivery_id: "github-api".to_owned(),
+                correlation_id: None,
+            }),
+            keep: Some(pull.head_sha),
+            also_keep: None,
+            source: HeadSource::GitHub,
+            pushed_at: Some(updated),
+            labels,
+            closed: false,
+        },
+        // GitHub's answer is not provably newer than the push we know of
+        // (its read may lag the webhook): keep both heads' runs. Cancelling
+        // the other head's runs waits for a pass on which the two agree;
+        // cancelling the newest head's runs would be the one wrong move.
+        _ => Decision {
+            keep: Some(pull.head_sha),
+            also_keep: Some(known),
+            source: HeadSource::GitHub,
+            pushed_at: None,
+            labels,
+            unrecorded_head: None,
+            closed: false,
+        },
     }
 }
 
@@ -1359,7 +1476,7 @@ fn record_of(
         .any(|r| matches!(r.outcome, RunOutcome::Stuck(_)));
     let cancelled: Vec<String> = reports
         .iter()
-        .filter(|r| matches!(r.outcome, RunOutcome::Graceful | RunOutcome::Forced))
+        .filter(|r| r.outcome.cancelled())
         .map(|r| r.name.clone())
         .collect();
     let outcome = if stuck {
@@ -1390,6 +1507,7 @@ fn describe(reports: &[RunReport]) -> String {
                 RunOutcome::Forced => "forced".to_owned(),
                 RunOutcome::FinishedBeforehand => "finished by itself".to_owned(),
                 RunOutcome::Vanished => "gone before it was touched".to_owned(),
+                RunOutcome::GoneBeforeResume => "stopped by the previous holder".to_owned(),
                 RunOutcome::Stuck(why) => format!("stuck ({why})"),
             };
             format!("{}: {how} in {} ms", r.name, r.took.as_millis())
@@ -1488,3 +1606,7 @@ mod millis {
         u64::deserialize(d).map(Duration::from_millis)
     }
 }
+
+#[cfg(test)]
+#[path = "saga_tests.rs"]
+mod tests;
