@@ -823,6 +823,171 @@ mod kube_costs {
 }
 
 // ---------------------------------------------------------------------------
+// Answers lost after the write landed (FakeKube's after-commit faults): the
+// caller sees an error, repeats the call, and the world changes once.
+
+mod lost_answers {
+    use cancel_coordinator::FIELD_MANAGER;
+    use resilience::Transient;
+    use testkit::faults::{InjectedError, Match};
+    use testkit::kube::RequestFilter;
+
+    use super::*;
+
+    fn lose_next(w: &KubeWorld, verb: &str, resource: &str) {
+        w.kube.faults().fail_next_after_commit(
+            Match::any().verb(verb).resource(resource),
+            1,
+            InjectedError::Status(500),
+        );
+    }
+
+    fn stored(w: &KubeWorld, name: &str) -> CodeRun {
+        w.kube.peek::<CodeRun>(NS, name).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_write_whose_answer_is_lost_can_be_repeated_and_takes_effect_once() {
+        let w = KubeWorld::start(CodeRunConfig::default()).await;
+        let run = w.add_run(seed("r").stops(Stops::IgnoringSigterm)).await;
+
+        lose_next(&w, "patch", "coderuns");
+        let err = w
+            .workloads
+            .mark_superseded(&run, &intent(NEW))
+            .await
+            .unwrap_err();
+        assert!(err.is_transient(), "{err:?}");
+        assert_eq!(
+            stored(&w, "r").annotations()[ANNOTATION_SUPERSEDED_BY],
+            NEW,
+            "it landed"
+        );
+        let written = stored(&w, "r").resource_version();
+        let marked = w
+            .workloads
+            .mark_superseded(&run, &intent(NEW))
+            .await
+            .unwrap();
+        assert_eq!(marked.resource_version, written.clone().unwrap());
+        assert_eq!(
+            stored(&w, "r").resource_version(),
+            written,
+            "not written twice"
+        );
+
+        lose_next(&w, "delete", "pods");
+        let start = Instant::now();
+        let err = w
+            .workloads
+            .terminate(&marked, CancelMode::Stop, GRACE)
+            .await
+            .unwrap_err();
+        assert!(err.is_transient(), "{err:?}");
+        assert!(
+            w.kube
+                .peek::<Pod>(NS, "r-pod-0")
+                .unwrap()
+                .metadata
+                .deletion_timestamp
+                .is_some()
+        );
+        sleep_until(start + Duration::from_secs(4)).await;
+        w.workloads
+            .terminate(&marked, CancelMode::Stop, GRACE)
+            .await
+            .unwrap();
+        let left = wait_for(
+            &w,
+            &marked,
+            CancelMode::Stop,
+            start + Duration::from_secs(60),
+        )
+        .await;
+        assert!(left[0].done(CancelMode::Stop));
+        within(start.elapsed(), GRACE);
+
+        lose_next(&w, "patch", "coderuns/status");
+        let err = w
+            .workloads
+            .record_cancelled(&marked, &intent(NEW))
+            .await
+            .unwrap_err();
+        assert!(err.is_transient(), "{err:?}");
+        let recorded = stored(&w, "r");
+        assert_eq!(
+            recorded.status.as_ref().unwrap().phase.unwrap().as_str(),
+            phase::CANCELLED
+        );
+        w.workloads
+            .record_cancelled(&marked, &intent(NEW))
+            .await
+            .unwrap();
+        assert_eq!(
+            stored(&w, "r").resource_version(),
+            recorded.resource_version()
+        );
+
+        lose_next(&w, "patch", "coderuns");
+        assert!(
+            w.workloads
+                .flag_intervention(&marked, "stuck")
+                .await
+                .is_err()
+        );
+        w.workloads
+            .flag_intervention(&marked, "stuck")
+            .await
+            .unwrap();
+        assert_eq!(
+            stored(&w, "r").annotations()[ANNOTATION_NEEDS_INTERVENTION],
+            "stuck"
+        );
+
+        let ours = RequestFilter::any()
+            .verb("patch")
+            .field_manager(FIELD_MANAGER);
+        assert!(
+            w.kube.requests().count(&ours) >= 5,
+            "every patch names its field manager"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_foreground_delete_whose_answer_is_lost_is_repeated_harmlessly() {
+        let w = KubeWorld::start(CodeRunConfig::default()).await;
+        let run = w
+            .add_run(seed("r").stops(Stops::After(Duration::from_secs(3))))
+            .await;
+        lose_next(&w, "delete", "coderuns");
+        let start = Instant::now();
+        assert!(
+            w.workloads
+                .terminate(&run, CancelMode::Delete, GRACE)
+                .await
+                .is_err()
+        );
+        assert!(
+            stored(&w, "r").meta().deletion_timestamp.is_some(),
+            "it landed"
+        );
+        w.workloads
+            .terminate(&run, CancelMode::Delete, GRACE)
+            .await
+            .unwrap();
+        let left = wait_for(
+            &w,
+            &run,
+            CancelMode::Delete,
+            start + Duration::from_secs(60),
+        )
+        .await;
+        assert!(left[0].done(CancelMode::Delete), "{left:?}");
+        within(start.elapsed(), Duration::from_secs(3));
+    }
+}
+
+// ---------------------------------------------------------------------------
 // A user's own CodeRun-like CRD: configured, not compiled in.
 
 mod users_own_crd {

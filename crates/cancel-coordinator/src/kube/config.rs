@@ -30,7 +30,8 @@ pub enum Field {
 
 impl Field {
     /// The value of this field in `object` (the whole object as JSON), if
-    /// it is a string (numbers and booleans are read as their text).
+    /// it is a string (integers and booleans are read as their text; a
+    /// fractional number cannot be read back exactly and is not read).
     pub fn read(&self, object: &Value) -> Option<String> {
         let value = match self {
             Self::Label(key) => object.pointer("/metadata/labels")?.get(key)?,
@@ -39,7 +40,7 @@ impl Field {
         };
         match value {
             Value::String(s) => Some(s.clone()),
-            Value::Number(n) => Some(n.to_string()),
+            Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
             Value::Bool(b) => Some(b.to_string()),
             _ => None,
         }
@@ -305,6 +306,8 @@ mod tests {
             Some("z")
         );
         assert_eq!(Field::Pointer("/spec/none".into()).read(&object), None);
+        let unquoted_sha = json!({"spec": {"sha": 1.1111111111111112e39}});
+        assert_eq!(Field::Pointer("/spec/sha".into()).read(&unquoted_sha), None);
         assert_eq!(Field::Label("missing".into()).read(&object), None);
     }
 
