@@ -136,25 +136,14 @@ async fn runs_are_listed_by_task_terminal_ones_included(w: impl World) {
     w.add_run(seed("c-other-task").task("43")).await;
 
     let runs = w.workloads().runs(TASK).await.unwrap();
-    let seen: Vec<_> = runs
-        .iter()
-        .map(|r| {
-            (
-                r.name.as_str(),
-                r.role.as_str(),
-                r.phase.as_str(),
-                r.terminal,
-            )
-        })
-        .collect();
     assert_eq!(
-        seen,
+        summary(&runs),
         [
-            ("a-quality", "quality", "Running", false),
-            ("b-review", "review", "Succeeded", true),
+            ("a-quality", "quality", OLD, "Running", false),
+            ("b-review", "review", OLD, "Succeeded", true),
         ]
     );
-    assert!(runs.iter().all(|r| r.task_id == TASK && r.head_sha == OLD));
+    assert!(runs.iter().all(|r| r.task_id == TASK));
     assert!(
         runs.iter()
             .all(|r| !r.deleting && r.superseded_by.is_none())
@@ -246,10 +235,7 @@ async fn a_graceful_delete_lets_a_pod_stop_on_sigterm_and_kills_one_ignoring_it_
         .await;
     let start = Instant::now();
     for run in [&quick, &stubborn] {
-        w.workloads()
-            .terminate(run, CancelMode::Delete, GRACE)
-            .await
-            .unwrap();
+        terminate(&w, run, CancelMode::Delete, GRACE).await;
     }
     let until = start + Duration::from_secs(60);
 
@@ -290,10 +276,7 @@ async fn stop_mode_keeps_the_run_and_records_it_cancelled_once_its_pods_are_gone
         .await
         .unwrap();
     let start = Instant::now();
-    w.workloads()
-        .terminate(&marked, CancelMode::Stop, GRACE)
-        .await
-        .unwrap();
+    terminate(&w, &marked, CancelMode::Stop, GRACE).await;
     let left = wait_for(
         &w,
         &marked,
@@ -334,10 +317,7 @@ async fn force_kills_the_pods_at_once_and_a_wait_ends_at_its_deadline_with_what_
 ) {
     let run = w.add_run(seed("r").stops(Stops::IgnoringSigterm)).await;
     let start = Instant::now();
-    w.workloads()
-        .terminate(&run, CancelMode::Delete, Duration::from_secs(30))
-        .await
-        .unwrap();
+    terminate(&w, &run, CancelMode::Delete, Duration::from_secs(30)).await;
     let left = wait_for(&w, &run, CancelMode::Delete, start + Duration::from_secs(5)).await;
     within(start.elapsed(), Duration::from_secs(5));
     assert_eq!(left[0].pods, ["r-pod-0"]);
@@ -365,10 +345,7 @@ async fn force_kills_the_pods_at_once_and_a_wait_ends_at_its_deadline_with_what_
 async fn a_pod_on_a_lost_node_stays_terminating_until_forced(w: impl World) {
     let run = w.add_run(seed("r").stops(Stops::Never)).await;
     let start = Instant::now();
-    w.workloads()
-        .terminate(&run, CancelMode::Stop, Duration::from_secs(5))
-        .await
-        .unwrap();
+    terminate(&w, &run, CancelMode::Stop, Duration::from_secs(5)).await;
     let left = wait_for(&w, &run, CancelMode::Stop, start + Duration::from_secs(30)).await;
     assert_eq!(left[0].pods, ["r-pod-0"], "no kubelet ends it");
     assert!(left[0].pods_held_by_finalizers.is_empty());
@@ -394,10 +371,7 @@ async fn a_foreign_finalizer_holds_the_deleted_run_and_is_reported_while_its_pod
         before.foreign_finalizers.is_empty(),
         "a finalizer holds nothing until the run is deleted: {before:?}"
     );
-    w.workloads()
-        .terminate(&run, CancelMode::Delete, GRACE)
-        .await
-        .unwrap();
+    terminate(&w, &run, CancelMode::Delete, GRACE).await;
     let left = wait_for(
         &w,
         &run,
@@ -431,10 +405,7 @@ async fn pods_held_by_finalizers_are_reported_once_their_containers_stopped(w: i
         .await;
     w.hold_pods("r").await;
     let start = Instant::now();
-    w.workloads()
-        .terminate(&run, CancelMode::Delete, GRACE)
-        .await
-        .unwrap();
+    terminate(&w, &run, CancelMode::Delete, GRACE).await;
     let early = w.workloads().remains(&run).await.unwrap();
     assert_eq!(early.pods, ["r-pod-0"]);
     assert!(
@@ -481,14 +452,8 @@ async fn a_run_recreated_under_the_same_name_is_never_touched_by_calls_made_with
 
     let marked = w.workloads().mark_superseded(&old, &intent(NEW)).await;
     assert!(matches!(marked, Err(Error::Conflict { .. })), "{marked:?}");
-    w.workloads()
-        .terminate(&old, CancelMode::Delete, GRACE)
-        .await
-        .unwrap();
-    w.workloads()
-        .terminate(&old, CancelMode::Stop, GRACE)
-        .await
-        .unwrap();
+    terminate(&w, &old, CancelMode::Delete, GRACE).await;
+    terminate(&w, &old, CancelMode::Stop, GRACE).await;
     w.workloads().force(&old).await.unwrap();
     w.workloads()
         .flag_intervention(&old, "stuck")
@@ -524,21 +489,12 @@ async fn a_run_recreated_under_the_same_name_is_never_touched_by_calls_made_with
 async fn terminating_twice_or_a_run_already_gone_is_success(w: impl World) {
     let run = w.add_run(seed("r").stops(Stops::IgnoringSigterm)).await;
     let start = Instant::now();
-    w.workloads()
-        .terminate(&run, CancelMode::Delete, GRACE)
-        .await
-        .unwrap();
+    terminate(&w, &run, CancelMode::Delete, GRACE).await;
     // A second, longer grace never lengthens the stop; a shorter one
     // shortens it.
-    w.workloads()
-        .terminate(&run, CancelMode::Delete, Duration::from_secs(60))
-        .await
-        .unwrap();
+    terminate(&w, &run, CancelMode::Delete, Duration::from_secs(60)).await;
     sleep_until(start + Duration::from_secs(5)).await;
-    w.workloads()
-        .terminate(&run, CancelMode::Delete, Duration::from_secs(5))
-        .await
-        .unwrap();
+    terminate(&w, &run, CancelMode::Delete, Duration::from_secs(5)).await;
     let left = wait_for(
         &w,
         &run,
@@ -548,10 +504,7 @@ async fn terminating_twice_or_a_run_already_gone_is_success(w: impl World) {
     .await;
     assert!(left[0].done(CancelMode::Delete));
     within(start.elapsed(), Duration::from_secs(10));
-    w.workloads()
-        .terminate(&run, CancelMode::Delete, GRACE)
-        .await
-        .unwrap();
+    terminate(&w, &run, CancelMode::Delete, GRACE).await;
     w.workloads().force(&run).await.unwrap();
     assert!(
         w.workloads()
@@ -560,6 +513,27 @@ async fn terminating_twice_or_a_run_already_gone_is_success(w: impl World) {
             .unwrap()
             .is_empty()
     );
+}
+
+/// `run` terminated in `mode` with `grace`.
+async fn terminate(w: &impl World, run: &Run, mode: CancelMode, grace: Duration) {
+    w.workloads().terminate(run, mode, grace).await.unwrap();
+}
+
+/// What a check says of each run: name, role, head, phase, terminal.
+fn summary(runs: &[Run]) -> Vec<(&str, &str, &str, &str, bool)> {
+    runs.iter()
+        .map(|r| {
+            let (name, role, head, phase) = (&r.name, &r.role, &r.head_sha, &r.phase);
+            (
+                name.as_str(),
+                role.as_str(),
+                head.as_str(),
+                phase.as_str(),
+                r.terminal,
+            )
+        })
+        .collect()
 }
 
 /// `run` waited for until it is gone in `mode` or `deadline` passes.
@@ -660,10 +634,7 @@ mod kube_costs {
             );
         }
         for run in &marked {
-            w.workloads
-                .terminate(run, CancelMode::Delete, GRACE)
-                .await
-                .unwrap();
+            terminate(&w, run, CancelMode::Delete, GRACE).await;
         }
         let left = w
             .workloads
@@ -753,10 +724,7 @@ mod kube_costs {
             .add_run(seed("r").stops(Stops::After(Duration::from_secs(10))))
             .await;
         let start = Instant::now();
-        w.workloads
-            .terminate(&run, CancelMode::Delete, GRACE)
-            .await
-            .unwrap();
+        terminate(&w, &run, CancelMode::Delete, GRACE).await;
         w.kube.calls().reset();
         let waiting = {
             let workloads = w.workloads.clone();
@@ -893,10 +861,7 @@ mod lost_answers {
                 .is_some()
         );
         sleep_until(start + Duration::from_secs(4)).await;
-        w.workloads
-            .terminate(&marked, CancelMode::Stop, GRACE)
-            .await
-            .unwrap();
+        terminate(&w, &marked, CancelMode::Stop, GRACE).await;
         let left = wait_for(
             &w,
             &marked,
@@ -971,10 +936,7 @@ mod lost_answers {
             stored(&w, "r").meta().deletion_timestamp.is_some(),
             "it landed"
         );
-        w.workloads
-            .terminate(&run, CancelMode::Delete, GRACE)
-            .await
-            .unwrap();
+        terminate(&w, &run, CancelMode::Delete, GRACE).await;
         let left = wait_for(
             &w,
             &run,
@@ -1082,20 +1044,8 @@ mod users_own_crd {
 
         let w = KubeCodeRuns::new(kube.client(), NS, config()).unwrap();
         let runs = w.runs("T-1").await.unwrap();
-        let seen: Vec<_> = runs
-            .iter()
-            .map(|r| {
-                (
-                    r.name.as_str(),
-                    r.role.as_str(),
-                    r.head_sha.as_str(),
-                    r.phase.as_str(),
-                    r.terminal,
-                )
-            })
-            .collect();
         assert_eq!(
-            seen,
+            summary(&runs),
             [
                 ("lint-0", "lint", OLD, "Done", true),
                 ("lint-1", "lint", OLD, "Active", false)
