@@ -18,24 +18,26 @@
 //! | `runs` | 1 LIST of runs by the task label |
 //! | `run` | 1 GET |
 //! | `mark_superseded` | 1 PATCH (none when the run read is already marked with that sha; + 1 GET on a conflict, to tell "already marked" from "changed") |
-//! | `terminate` | 1 LIST of its pods + 1 DELETE per pod (`gracePeriodSeconds`, uid precondition); in Delete mode + 1 DELETE of the run (`propagationPolicy: Foreground`, uid precondition) |
+//! | `terminate` | Delete mode: 1 DELETE of the run (`propagationPolicy: Foreground`, uid precondition); Stop mode: 1 LIST of its pods + 1 DELETE per pod (`gracePeriodSeconds`, uid precondition) |
 //! | `force` | 1 LIST of its pods + 1 DELETE per pod (`gracePeriodSeconds: 0`) |
 //! | `remains` | 1 GET + 1 LIST of its pods |
-//! | `wait_gone` (any number of runs) | per kind (pods, runs): 1 LIST + 1 WATCH, or 1 WATCH with [`CodeRunConfig::streaming_lists`] |
+//! | `wait_gone` (any number of runs) | of the pods: 1 LIST + 1 WATCH, or 1 WATCH with [`CodeRunConfig::streaming_lists`] |
 //! | `record_cancelled` | 1 PATCH of `/status` (+ 1 GET and 1 PATCH per conflict) |
 //! | `flag_intervention` | 1 PATCH (+ 1 GET and 1 PATCH per conflict) |
 //!
-//! Why the pods are deleted by us, before the run, even in Delete mode:
-//! Kubernetes' garbage collector deletes a Foreground-deleted owner's
-//! dependents with DeleteOptions of its own (the propagation policy and a
-//! uid precondition, no `gracePeriodSeconds`), so each pod would get its
-//! own `terminationGracePeriodSeconds`, not the grace asked for; and once a
-//! pod is terminating, a later delete may only shorten its grace. Deleting
-//! the pods first, each with the grace, then the run, gives every pod
-//! exactly that grace; the collector's own deletes of pods already
-//! terminating change nothing. A pod the run's controller creates between
-//! the two is collected with its own grace (the controller must not start
-//! pods for a run carrying the intent annotation).
+//! In Delete mode the run is deleted with Foreground propagation and
+//! nothing else: Kubernetes' garbage collector deletes its pods with
+//! DeleteOptions of its own (the propagation policy and a uid
+//! precondition, no `gracePeriodSeconds`), so each pod gets its own
+//! `terminationGracePeriodSeconds` — the pod's contract with its process,
+//! as DESIGN §4 has it — and the saga force-deletes what is left after its
+//! deadline. One call per run. In Stop mode we delete the pods, each with
+//! the grace asked for.
+//!
+//! A task's cancellation of *n* runs therefore costs 1 LIST of runs, *n*
+//! intent PATCHes, *n* DELETEs and one wait (a LIST and a WATCH of the
+//! pods, or one streaming WATCH): 2*n* + 3 requests (2*n* + 2 with
+//! streaming lists).
 
 mod config;
 mod pods;
@@ -381,8 +383,12 @@ impl Workloads for KubeCodeRuns {
     }
 
     async fn terminate(&self, run: &Run, mode: CancelMode, grace: Duration) -> Result<()> {
-        self.delete_pods(run, grace_seconds(grace)).await?;
-        if mode == CancelMode::Delete {
+        if mode == CancelMode::Stop {
+            return self.delete_pods(run, grace_seconds(grace)).await;
+        }
+        // Delete: one call; the garbage collector deletes the pods, which
+        // get their own terminationGracePeriodSeconds.
+        {
             let params = DeleteParams {
                 propagation_policy: Some(PropagationPolicy::Foreground),
                 preconditions: Some(Preconditions {

@@ -1,9 +1,11 @@
 //! `wait_gone` of [`KubeCodeRuns`]: one watch of the pods of all the runs
-//! (by a set-based label selector) and one of the runs (by the task label),
-//! mirrored in memory, judged after every change.
+//! (by a set-based label selector), mirrored in memory, judged after every
+//! change. A run is done when no pod of it exists; the run objects are not
+//! watched (their removal after their pods is the garbage collector's), so
+//! what it reports of them is `run_exists: false`.
 //!
 //! The rule it keeps: **a run is judged only from a complete picture** —
-//! both mirrors must have finished their initial list (or streaming list)
+//! the mirror must have finished its initial list (or streaming list)
 //! before anything is reported done, and a mirror that re-lists (after
 //! `410 Gone`) is incomplete until its list ends. At the deadline, what is
 //! left is reported from the picture if it is complete, else the last
@@ -26,7 +28,6 @@ use kube::runtime::watcher::{self, Event};
 use resilience::Transient;
 use tokio::time::Instant;
 
-use super::config::Field;
 use super::{KubeCodeRuns, is_label_value, not_a_label_value, pods};
 use crate::workloads::{CancelMode, Remains, Run};
 use crate::{Error, Result};
@@ -49,47 +50,21 @@ pub(super) async fn wait_gone(
         }
         pods_config = pods_config.labels(&set_selector(key, names));
     }
-    let mut runs_config = watch_config(config.streaming_lists);
-    match &config.task_id {
-        Field::Label(key) => {
-            let tasks: BTreeSet<&str> = runs.iter().map(|r| r.task_id.as_str()).collect();
-            if tasks.iter().all(|t| is_label_value(t)) {
-                runs_config = runs_config.labels(&set_selector(key, tasks));
-            }
-        }
-        _ if runs.len() == 1 => {
-            runs_config = runs_config.fields(&format!("metadata.name={}", runs[0].name));
-        }
-        _ => {}
-    }
-
     let mut pod_events = watcher::watcher(backend.pods_api(), pods_config)
         .default_backoff()
         .boxed();
-    let mut run_events = watcher::watcher(backend.runs_api(), runs_config)
-        .default_backoff()
-        .boxed();
     let mut pods = Mirror::default();
-    let mut objects = Mirror::default();
     let mut last_error: Option<Error> = None;
-    let judge = |pods: &Mirror<Pod>, objects: &Mirror<kube::core::DynamicObject>| {
+    let judge = |pods: &Mirror<Pod>| {
         let now = backend.clock.now();
         runs.iter()
-            .map(|run| {
-                pods::remains_of(
-                    config,
-                    run,
-                    objects.current.get(&run.name),
-                    pods.current.values(),
-                    now,
-                )
-            })
+            .map(|run| pods::remains_of(config, run, None, pods.current.values(), now))
             .collect::<Vec<_>>()
     };
 
     loop {
-        if pods.complete() && objects.complete() {
-            let left = judge(&pods, &objects);
+        if pods.complete() {
+            let left = judge(&pods);
             if left.iter().all(|r| r.done(mode)) {
                 return Ok(left);
             }
@@ -99,15 +74,12 @@ pub(super) async fn wait_gone(
             event = pod_events.next() => {
                 pods.apply(event, &mut last_error)?;
             }
-            event = run_events.next() => {
-                objects.apply(event, &mut last_error)?;
-            }
             () = tokio::time::sleep_until(deadline) => {
-                return if pods.complete() && objects.complete() {
-                    Ok(judge(&pods, &objects))
+                return if pods.complete() {
+                    Ok(judge(&pods))
                 } else {
                     Err(last_error.unwrap_or_else(|| Error::Transport {
-                        message: "the pods and runs could not be listed before the deadline".into(),
+                        message: "the pods could not be listed before the deadline".into(),
                     }))
                 };
             }
