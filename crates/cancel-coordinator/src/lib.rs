@@ -12,7 +12,9 @@
 //! - [`Metrics`] (`metrics.rs`) and [`Error`] (`error.rs`).
 
 mod coordinator;
+mod crd;
 mod error;
+mod kube;
 mod memory;
 mod metrics;
 mod request;
@@ -23,7 +25,11 @@ pub use crate::coordinator::{
     CancellationCoordinator, CoordinatorConfig, Finished, Running, Submitted, TaskStatus, Waiting,
     Workers,
 };
+pub use crate::crd::{
+    AgentSpec, CodeRun, CodeRunPhase, CodeRunSpec, CodeRunStatus, EnvVar, crd_yaml,
+};
 pub use crate::error::Error;
+pub use crate::kube::{CodeRunConfig, FIELD_MANAGER, Field, KubeCodeRuns, PodMatch};
 pub use crate::memory::{Happened, MemoryWorkloads, PodBehaviour, RunSeed};
 pub use crate::metrics::Metrics;
 pub use crate::request::{CancellationRequest, Reason, is_sha};

@@ -5,8 +5,9 @@
 //! pod deleted gracefully stops when its process handles SIGTERM, or is
 //! killed when its grace period ends; a shorter grace shortens a deletion
 //! in progress (as the API server does), never lengthens it; a run deleted
-//! with Foreground propagation goes only after its pods, and stays while a
-//! foreign finalizer holds it; a pod held by a finalizer keeps its object
+//! with Foreground propagation has its pods deleted with their own grace
+//! period and goes only after them, and stays while a foreign finalizer
+//! holds it; a pod held by a finalizer keeps its object
 //! after its containers stopped. Conditional writes fail with `Conflict` on a
 //! stale `resourceVersion` or uid.
 //!
@@ -62,6 +63,9 @@ pub struct RunSeed {
     pub pods: usize,
     /// How its pods react to SIGTERM (stop after 1 s by default).
     pub behaviour: PodBehaviour,
+    /// Its pods' own `terminationGracePeriodSeconds` (30 s by default, as
+    /// Kubernetes'): what they get when the garbage collector deletes them.
+    pub pod_grace: Duration,
 }
 
 impl RunSeed {
@@ -81,6 +85,7 @@ impl RunSeed {
             phase: phase::RUNNING.to_owned(),
             pods: 1,
             behaviour: PodBehaviour::StopsAfter(Duration::from_secs(1)),
+            pod_grace: Duration::from_secs(30),
         }
     }
 
@@ -88,6 +93,13 @@ impl RunSeed {
     #[must_use]
     pub fn behaving(mut self, behaviour: PodBehaviour) -> Self {
         self.behaviour = behaviour;
+        self
+    }
+
+    /// With pods whose own grace period is `grace`.
+    #[must_use]
+    pub fn pod_grace(mut self, grace: Duration) -> Self {
+        self.pod_grace = grace;
         self
     }
 
@@ -167,6 +179,8 @@ struct RunRecord {
 
 struct Pod {
     behaviour: PodBehaviour,
+    /// Its own `terminationGracePeriodSeconds`.
+    own_grace: Duration,
     /// When its process stops (SIGTERM handled, or killed).
     stops_at: Option<Instant>,
     /// Whether stopping at `stops_at` is a kill.
@@ -223,6 +237,7 @@ impl MemoryWorkloads {
             .map(|i| {
                 let pod = Pod {
                     behaviour: seed.behaviour,
+                    own_grace: seed.pod_grace,
                     stops_at: None,
                     killed: false,
                     stopped: false,
@@ -444,14 +459,16 @@ impl World {
             .filter(|r| r.run.uid == run.uid)
     }
 
-    /// Sends SIGTERM with `grace` to every pod of `name` not yet stopped.
-    fn sigterm(&mut self, name: &str, grace: Duration, now: Instant) {
+    /// Sends SIGTERM to every pod of `name` not yet stopped, with `grace`
+    /// or (`None`, a garbage collector's delete) each pod's own.
+    fn sigterm(&mut self, name: &str, grace: Option<Duration>, now: Instant) {
         let mut happened = Vec::new();
         if let Some(record) = self.runs.get_mut(name) {
             for (pod_name, pod) in &mut record.pods {
                 if pod.stopped {
                     continue;
                 }
+                let grace = grace.unwrap_or(pod.own_grace);
                 let (at, killed) = match pod.behaviour {
                     PodBehaviour::NodeLost if !grace.is_zero() => continue,
                     PodBehaviour::StopsAfter(after) if after < grace => (now + after, false),
@@ -540,11 +557,19 @@ impl Workloads for MemoryWorkloads {
         let Some(record) = world.same(run) else {
             return Ok(()); // gone (or replaced by a new object, not ours to touch)
         };
-        if mode == CancelMode::Delete && !record.run.deleting {
-            record.run.deleting = true;
-            world.bump(&run.name);
-        }
-        world.sigterm(&run.name, grace, now);
+        // Delete: the garbage collector deletes the pods with their own
+        // grace; Stop: we delete them with `grace`.
+        let pod_grace = match mode {
+            CancelMode::Delete => {
+                if !record.run.deleting {
+                    record.run.deleting = true;
+                    world.bump(&run.name);
+                }
+                None
+            }
+            CancelMode::Stop => Some(grace),
+        };
+        world.sigterm(&run.name, pod_grace, now);
         world.advance(now);
         drop(world);
         self.notify();
@@ -557,7 +582,7 @@ impl Workloads for MemoryWorkloads {
         if world.same(run).is_none() {
             return Ok(());
         }
-        world.sigterm(&run.name, Duration::ZERO, now);
+        world.sigterm(&run.name, Some(Duration::ZERO), now);
         world.advance(now);
         drop(world);
         self.notify();
@@ -667,8 +692,12 @@ mod tests {
                 .behaving(PodBehaviour::StopsAfter(Duration::from_secs(2))),
         );
         let stubborn = w.add_run(
-            RunSeed::new("stubborn", "t", "review", OLD).behaving(PodBehaviour::IgnoresSigterm),
+            RunSeed::new("stubborn", "t", "review", OLD)
+                .behaving(PodBehaviour::IgnoresSigterm)
+                .pod_grace(Duration::from_secs(20)),
         );
+        // Delete mode: the pods get their own grace (20 s here), whatever
+        // the call's.
         let grace = Duration::from_secs(20);
         let start = Instant::now();
         w.terminate(&quick, CancelMode::Delete, grace)

@@ -18,9 +18,9 @@
 //! | 4 | **select** the runs of the task that are not terminal, of a cancellable role, and of another head | — | as 1 |
 //! | 5 | **journal** the operation (targets, kept head) | state (fenced) | as 1 |
 //! | 6 | **cancel** each target: intent annotation ▸ graceful delete ▸ verify gone ▸ force after the deadline ▸ verify again | runs, pods | a run that cannot be stopped is flagged for intervention; a call refused for good (forbidden, invalid) ends the step; either way the operation is recorded `Failed` and finishes (nobody retries it; recovery flags the task). Intent already written is not undone: it is true, the run is superseded. A transient failure after its retries, or a lost lock, leaves the journal at `Started` for the next holder |
-//! | 7 | **record** the cancellation in the state's history, settle the pending supersessions, journal `Cancelled` | state (fenced) | the journal stays at its last step; recovery resumes it |
-//! | 8 | **labels**: the PR's label transition (label-cas), journal `Labeled` | labels, state | recorded as `Labeled`/`Failed`: the cancellation stands, recovery repairs the labels |
-//! | 9 | **finish** the journal, release the lock | state, the Lease | the journal stays; recovery finishes it |
+//! | 7 | **labels**: the PR's label transition (label-cas), from the labels the PR read returned | labels | recorded `Labeled`/`Failed` in step 8: the cancellation stands, recovery repairs the labels |
+//! | 8 | **record and finish**, in one fenced write: the history entry, the settled supersessions, the journal's `Cancelled` and `Labeled` steps, the journal cleared | state (fenced) | the journal stays at `Started`; a resume re-verifies the targets (free when they are gone), finds the labels moved, and records once (the entry is keyed by the operation id) |
+//! | 9 | **release** the lock | the Lease | it expires |
 //!
 //! A lost lock stops the saga at once: nothing is written after the guard's
 //! `lost()` fired (the fence refuses late state writes in any case), and the
@@ -338,11 +338,11 @@ pub enum SagaStep {
     Journal,
     /// Cancelling the targets.
     Cancel,
-    /// Recording the cancellation in the state.
-    Record,
     /// Moving the PR's labels.
     Labels,
-    /// Finishing the journal and releasing the lock.
+    /// Recording the cancellation in the state and finishing the journal.
+    Record,
+    /// Releasing the lock.
     Finish,
 }
 
@@ -356,8 +356,8 @@ impl SagaStep {
             Self::Select => "select",
             Self::Journal => "journal",
             Self::Cancel => "cancel",
-            Self::Record => "record",
             Self::Labels => "labels",
+            Self::Record => "record",
             Self::Finish => "finish",
         }
     }
@@ -786,10 +786,10 @@ impl StateAwareCancellation {
             at: inner.store.clock().now(),
         };
 
-        // 6 + 7: cancel, then record (once: a journal past `Cancelled` skips both).
+        // 6: cancel (once: a journal past `Cancelled` skips it).
         let mut reports = gone;
         let recorded = journal.has_succeeded(&Step::Cancelled) || cancel_failed(&journal);
-        let mut failed_for_good = false;
+        let mut failure = None;
         if !recorded {
             clock.start(SagaStep::Cancel);
             clock.runs_left(targets.len());
@@ -798,105 +798,79 @@ impl StateAwareCancellation {
             // whoever holds the lock next resumes it. A permanent failure
             // (forbidden, invalid) is not retried by anyone: it is recorded
             // as the step's failure, and the operation finishes `Failed`.
-            let failure = match self.cancel_all(guard, targets, &intent, clock).await {
-                Ok(done) => {
-                    reports.extend(done);
-                    None
-                }
+            match self.cancel_all(guard, targets, &intent, clock).await {
+                Ok(done) => reports.extend(done),
                 Err(e) if e.is_transient() || matches!(e, Error::LockLost { .. }) => return Err(e),
                 Err(e) => {
                     warn!(error = %e, "cancelling failed permanently; the operation is recorded failed");
-                    Some(e.to_string())
+                    failure = Some(e.to_string());
                 }
-            };
+            }
             reports.sort_by(|a, b| a.name.cmp(&b.name));
             clock.done(SagaStep::Cancel);
-
-            clock.start(SagaStep::Record);
-            let mut record = record_of(&journal, &intent, &reports, &correlation_id);
-            if let Some(why) = &failure {
-                failed_for_good = true;
-                record.outcome = CancellationOutcome::Failed;
-                record.detail = Some(match record.detail.take() {
-                    Some(d) => format!("{d}; failed: {why}"),
-                    None => format!("failed: {why}"),
-                });
-            }
-            let stuck = record.outcome == CancellationOutcome::Failed;
-            let (status, detail) = if stuck {
-                (StepStatus::Failed, record.detail.clone())
-            } else {
-                (StepStatus::Succeeded, None)
-            };
-            let now = inner.store.clock().now();
-            let observed = decision.unrecorded_head.clone();
-            ensure_held(guard, task_id)?;
-            inner
-                .store
-                .update_on(task_id, &mut known, Some(token), |s| {
-                    s.check_operation_holder(&journal)?;
-                    if !s
-                        .cancellation_history
-                        .iter()
-                        .any(|r| r.operation_id == journal.operation_id)
-                    {
-                        s.record_cancellation(record.clone());
-                    }
-                    if let Some(push) = &observed {
-                        s.observe_head(push);
-                    }
-                    decision.settle(s, request);
-                    s.advance_operation(
-                        &journal.operation_id,
-                        Step::Cancelled,
-                        status,
-                        detail.clone(),
-                        now,
-                    )
-                })
-                .await?;
-            clock.done(SagaStep::Record);
         }
+        let failed_for_good = failure.is_some();
 
-        // 8 + 9: labels, then one write that journals `Labeled` and finishes
-        // the operation (the lock is released by the caller).
+        // 7: labels (idempotent: a resumed operation finds them moved).
         clock.start(SagaStep::Labels);
         let labels = self.move_labels(guard, request, decision).await;
         clock.done(SagaStep::Labels);
-        clock.start(SagaStep::Finish);
-        let (status, detail) = match &labels {
+
+        // 8 + 9: one fenced write records the cancellation in the history,
+        // the head GitHub showed, the settled supersessions, the journal's
+        // `Cancelled` and `Labeled` steps — and finishes the operation.
+        clock.start(SagaStep::Record);
+        let mut record = record_of(&journal, &intent, &reports, &correlation_id);
+        if let Some(why) = &failure {
+            record.outcome = CancellationOutcome::Failed;
+            record.detail = Some(match record.detail.take() {
+                Some(d) => format!("{d}; failed: {why}"),
+                None => format!("failed: {why}"),
+            });
+        }
+        let note = format!("labels: {}", labels.describe());
+        record.detail = Some(match record.detail.take() {
+            Some(d) => format!("{d}; {note}"),
+            None => note,
+        });
+        let cancel_step = if record.outcome == CancellationOutcome::Failed {
+            (StepStatus::Failed, record.detail.clone())
+        } else {
+            (StepStatus::Succeeded, None)
+        };
+        let labels_step = match &labels {
             LabelsReport::Failed(why) => (StepStatus::Failed, Some(why.clone())),
             _ => (StepStatus::Succeeded, None),
         };
-        let note = format!("labels: {}", labels.describe());
         let now = inner.store.clock().now();
+        let observed = decision.unrecorded_head.clone();
         ensure_held(guard, task_id)?;
         inner
             .store
             .update_on(task_id, &mut known, Some(token), |s| {
                 s.check_operation_holder(&journal)?;
-                if let Some(record) = s
+                if !s
                     .cancellation_history
-                    .iter_mut()
-                    .rev()
-                    .find(|r| r.operation_id == journal.operation_id)
-                    && !record.detail.as_deref().is_some_and(|d| d.contains(&note))
+                    .iter()
+                    .any(|r| r.operation_id == journal.operation_id)
                 {
-                    record.detail = Some(match record.detail.take() {
-                        Some(d) => format!("{d}; {note}"),
-                        None => note.clone(),
-                    });
+                    s.record_cancellation(record.clone());
                 }
-                s.advance_operation(
-                    &journal.operation_id,
-                    Step::Labeled,
-                    status,
-                    detail.clone(),
-                    now,
-                )?;
-                s.finish_operation(&journal.operation_id, None).map(|_| ())
+                if let Some(push) = &observed {
+                    s.observe_head(push);
+                }
+                decision.settle(s, request);
+                let operation = &journal.operation_id;
+                if !recorded {
+                    let (status, detail) = cancel_step.clone();
+                    s.advance_operation(operation, Step::Cancelled, status, detail, now)?;
+                }
+                let (status, detail) = labels_step.clone();
+                s.advance_operation(operation, Step::Labeled, status, detail, now)?;
+                s.finish_operation(operation, None).map(|_| ())
             })
             .await?;
+        clock.done(SagaStep::Record);
 
         let outcome = if failed_for_good
             || cancel_failed(&journal)
