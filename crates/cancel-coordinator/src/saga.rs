@@ -37,7 +37,9 @@ use label_cas::{
     PullRequests, TransitionResult,
 };
 use lease_lock::{AcquireOptions, LeaseLock, LockGuard};
-use resilience::{CircuitBreaker, RetryError, RetryPolicy, Transient, retry};
+use resilience::{
+    BreakerMetrics, BreakerPolicy, CircuitBreaker, RetryError, RetryPolicy, Transient, retry,
+};
 use serde::{Deserialize, Serialize};
 use state_store::{
     CancellationOutcome, CancellationRecord, OperationJournal, OperationKind, RemediationState,
@@ -418,6 +420,7 @@ struct Inner {
     metrics: Metrics,
     kube_breaker: Option<CircuitBreaker>,
     github_breaker: Option<CircuitBreaker>,
+    breaker_metrics: Option<BreakerMetrics>,
 }
 
 impl std::fmt::Debug for StateAwareCancellation {
@@ -439,6 +442,7 @@ pub struct SagaBuilder {
     metrics: Metrics,
     kube_breaker: Option<CircuitBreaker>,
     github_breaker: Option<CircuitBreaker>,
+    breaker_metrics: Option<BreakerMetrics>,
 }
 
 impl SagaBuilder {
@@ -472,6 +476,22 @@ impl SagaBuilder {
         self
     }
 
+    /// Circuit breakers named `kubernetes` and `github`, both with
+    /// `policy`, reporting into one set of breaker metrics that
+    /// [`StateAwareCancellation::register`] registers (state gauge, trips).
+    #[must_use]
+    pub fn breakers(mut self, policy: BreakerPolicy) -> Self {
+        let metrics = BreakerMetrics::new();
+        self.kube_breaker = Some(CircuitBreaker::with_metrics(
+            "kubernetes",
+            policy.clone(),
+            &metrics,
+        ));
+        self.github_breaker = Some(CircuitBreaker::with_metrics("github", policy, &metrics));
+        self.breaker_metrics = Some(metrics);
+        self
+    }
+
     /// The saga (the configuration validated).
     pub fn build(self) -> Result<StateAwareCancellation> {
         self.config.validate()?;
@@ -494,6 +514,7 @@ impl SagaBuilder {
                 metrics: self.metrics,
                 kube_breaker: self.kube_breaker,
                 github_breaker: self.github_breaker,
+                breaker_metrics: self.breaker_metrics,
             }),
         })
     }
@@ -520,6 +541,7 @@ impl StateAwareCancellation {
             metrics: Metrics::default(),
             kube_breaker: None,
             github_breaker: None,
+            breaker_metrics: None,
         }
     }
 
@@ -531,6 +553,17 @@ impl StateAwareCancellation {
     /// The metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// Registers the saga's and the coordinator's metrics (see
+    /// [`Metrics::register`]) and, with [`SagaBuilder::breakers`], the
+    /// breakers' (`circuit_breaker_state`, `circuit_breaker_trips`, by
+    /// breaker name).
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.inner.metrics.register(registry);
+        if let Some(breakers) = &self.inner.breaker_metrics {
+            breakers.register(registry.sub_registry_with_prefix("cancel_coordinator"));
+        }
     }
 
     /// Runs one operation for `request`'s task: resumes an unfinished

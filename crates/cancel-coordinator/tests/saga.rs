@@ -424,3 +424,41 @@ async fn a_head_only_github_knows_is_kept_and_recorded() {
     assert_eq!(state.latest_head.unwrap().sha, NEW);
     assert!(state.pending_supersessions.is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_saga_registers_its_metrics_and_its_breakers() {
+    let w = World::new();
+    w.agents_on(OLD);
+    w.pull_at(NEW, &[]);
+    w.pushed(NEW, at(60)).await;
+    let saga = cancel_coordinator::StateAwareCancellation::builder(
+        w.lock("pod-a"),
+        w.store.clone(),
+        std::sync::Arc::new(w.workloads.clone()),
+        w.pulls.clone(),
+        w.labels.clone(),
+    )
+    .breakers(resilience::BreakerPolicy::default())
+    .build()
+    .unwrap();
+    saga.run(&w.request(NEW, at(60))).await.unwrap();
+    let mut registry = prometheus_client::registry::Registry::default();
+    saga.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+
+    assert!(
+        text.contains("cancel_coordinator_cancellations_total{outcome=\"cancelled\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("cancel_coordinator_runs_cancelled_total{how=\"graceful\"} 3"),
+        "{text}"
+    );
+    assert!(text.contains("name=\"kubernetes\""), "{text}");
+    assert!(text.contains("name=\"github\""), "{text}");
+    assert!(
+        text.contains("cancel_coordinator_step_duration_seconds_bucket{"),
+        "{text}"
+    );
+}
