@@ -126,6 +126,15 @@ pub struct Snapshot {
     stored: Option<StoredDocument>,
 }
 
+/// One page of [`StateStore::list_page`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct StatePage {
+    /// The states of this page.
+    pub states: Vec<Snapshot>,
+    /// Where the next page starts; `None` on the last page.
+    pub continue_token: Option<String>,
+}
+
 /// Where an update's first attempt starts.
 enum Seed<'a> {
     /// Read the document first (the usual update).
@@ -380,6 +389,33 @@ impl StateStore {
                 }),
             Err(e) => Err(e),
         };
+        self.observe("list", started, result.as_ref().err());
+        result
+    }
+
+    /// One page of at most `limit` task states (selected by the store's
+    /// labels), decoded, starting where `continue_token` (from the previous
+    /// page) says: for scans of every state that must hold one page at a
+    /// time (the recovery reconciler). Documents without a valid task-id
+    /// label are skipped with a warning. Bounded by
+    /// [`StoreConfig::call_timeout`].
+    pub async fn list_page(&self, limit: u32, continue_token: Option<String>) -> Result<StatePage> {
+        let started = Instant::now();
+        let result = self
+            .bounded(
+                self.inner
+                    .backend
+                    .list_page(&state_selector(), limit, continue_token),
+            )
+            .await
+            .map(|page| StatePage {
+                states: page
+                    .items
+                    .into_iter()
+                    .filter_map(|doc| self.decode_listed(doc))
+                    .collect(),
+                continue_token: page.continue_token,
+            });
         self.observe("list", started, result.as_ref().err());
         result
     }
