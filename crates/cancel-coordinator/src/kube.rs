@@ -189,6 +189,8 @@ impl KubeCodeRuns {
             superseded_by: Field::Annotation(ANNOTATION_SUPERSEDED_BY.to_owned())
                 .read(&whole)
                 .or_else(|| self.config.superseded_by.as_ref()?.read(&whole)),
+            cancel_operation: Field::Annotation(ANNOTATION_CANCEL_OPERATION.to_owned())
+                .read(&whole),
             deleting: meta.deletion_timestamp.is_some(),
             name,
             uid,
@@ -458,6 +460,26 @@ impl Workloads for KubeCodeRuns {
                 retry_after: None,
             })
         }
+    }
+
+    async fn clear_intent(&self, run: &Run, operation_id: &str) -> Result<()> {
+        self.write_if_same(run, false, |current| {
+            if current.cancel_operation.as_deref() != Some(operation_id) {
+                return None;
+            }
+            let mut patch = Map::new();
+            for key in [
+                ANNOTATION_SUPERSEDED_BY,
+                ANNOTATION_SUPERSEDED_AT,
+                ANNOTATION_CANCEL_OPERATION,
+                ANNOTATION_CORRELATION_ID,
+            ] {
+                Field::Annotation(key.to_owned()).merge_into(&mut patch, Value::Null);
+            }
+            Some(patch)
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn flag_intervention(&self, run: &Run, reason: &str) -> Result<()> {

@@ -38,8 +38,8 @@ pub use crate::memory::{Happened, MemoryWorkloads, PodBehaviour, RunSeed};
 pub use crate::metrics::Metrics;
 pub use crate::request::{CancellationRequest, Reason, is_sha};
 pub use crate::saga::{
-    HeadSource, LabelsReport, Outcome, Progress, Report, RunOutcome, RunReport, SagaBuilder,
-    SagaConfig, SagaStep, StateAwareCancellation, StepTiming,
+    HeadSource, LabelsReport, METADATA_PULL_REQUEST, Outcome, Progress, Report, RunOutcome,
+    RunReport, SagaBuilder, SagaConfig, SagaStep, StateAwareCancellation, StepTiming,
 };
 #[cfg(any(test, feature = "mock"))]
 pub use crate::workloads::MockWorkloads;

@@ -122,6 +122,11 @@ pub enum Happened {
         /// The superseding sha.
         superseded_by: String,
     },
+    /// The intent annotation was removed (a rolled-back operation).
+    Unmarked {
+        /// The run.
+        run: String,
+    },
     /// A pod got SIGTERM (its deletion began, or was shortened).
     Sigterm {
         /// The pod.
@@ -231,6 +236,7 @@ impl MemoryWorkloads {
             phase: seed.phase,
             created_at: Some(Timestamp::now()),
             superseded_by: None,
+            cancel_operation: None,
             deleting: false,
         };
         let pods = (0..seed.pods)
@@ -537,6 +543,7 @@ impl Workloads for MemoryWorkloads {
             };
         }
         record.run.superseded_by = Some(intent.superseded_by.clone());
+        record.run.cancel_operation = Some(intent.operation_id.clone());
         world.bump(&run.name);
         world.history.push((
             Instant::now(),
@@ -648,6 +655,36 @@ impl Workloads for MemoryWorkloads {
             Happened::RecordedCancelled {
                 run: run.name.clone(),
                 pods_left,
+            },
+        ));
+        drop(world);
+        self.notify();
+        Ok(())
+    }
+
+    async fn clear_intent(&self, run: &Run, operation_id: &str) -> Result<()> {
+        let mut world = self.enter("clear_intent");
+        let Some(record) = world.same(run) else {
+            return Ok(());
+        };
+        if record.run.cancel_operation.as_deref() != Some(operation_id) {
+            return Ok(());
+        }
+        for key in [
+            ANNOTATION_SUPERSEDED_BY,
+            ANNOTATION_SUPERSEDED_AT,
+            ANNOTATION_CANCEL_OPERATION,
+            ANNOTATION_CORRELATION_ID,
+        ] {
+            record.annotations.remove(key);
+        }
+        record.run.superseded_by = None;
+        record.run.cancel_operation = None;
+        world.bump(&run.name);
+        world.history.push((
+            Instant::now(),
+            Happened::Unmarked {
+                run: run.name.clone(),
             },
         ));
         drop(world);

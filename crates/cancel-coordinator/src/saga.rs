@@ -55,6 +55,11 @@ use crate::request::{CancellationRequest, Reason};
 use crate::workloads::{CancelMode, Intent, Remains, Run, Workloads};
 use crate::{Error, Result};
 
+/// State metadata key holding the task's pull request (`owner/repo#n`):
+/// written by the sensor with the first push and by the saga, read by the
+/// recovery reconciler to check the task's head against GitHub.
+pub const METADATA_PULL_REQUEST: &str = "supersede.dev/pull-request";
+
 /// Journal context keys (the facts a resume needs).
 mod context {
     pub const KEEP_HEAD: &str = "keep_head";
@@ -893,6 +898,10 @@ impl StateAwareCancellation {
                     s.observe_head(push);
                 }
                 decision.settle(s, request);
+                // Where the task's PR is, for recovery's head-drift check.
+                s.metadata
+                    .entry(METADATA_PULL_REQUEST.to_owned())
+                    .or_insert_with(|| request.pr.to_string());
                 let operation = &journal.operation_id;
                 if !recorded {
                     let (status, detail) = cancel_step.clone();

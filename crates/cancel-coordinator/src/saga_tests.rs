@@ -101,6 +101,7 @@ fn stale_run() -> Run {
         terminal: false,
         created_at: None,
         superseded_by: None,
+        cancel_operation: None,
         deleting: false,
     }
 }

@@ -82,6 +82,9 @@ pub struct Run {
     pub created_at: Option<Timestamp>,
     /// The sha its intent annotation names, if a cancellation marked it.
     pub superseded_by: Option<String>,
+    /// The cancellation operation whose intent it carries, if any.
+    #[serde(default)]
+    pub cancel_operation: Option<String>,
     /// Whether its deletion has begun (`metadata.deletionTimestamp`).
     pub deleting: bool,
 }
@@ -254,6 +257,12 @@ pub trait Workloads: Send + Sync + 'static {
     /// status subresource). A run already recorded cancelled is success.
     async fn record_cancelled(&self, run: &Run, intent: &Intent) -> Result<()>;
 
+    /// Removes the intent that operation `operation_id` recorded on `run`
+    /// (its four annotations), conditional on the version read: what a
+    /// rolled-back operation undoes. A run that carries another
+    /// operation's intent, or none, or is gone, is left alone (`Ok`).
+    async fn clear_intent(&self, run: &Run, operation_id: &str) -> Result<()>;
+
     /// Marks `run` as needing a human: the
     /// `supersede.dev/needs-intervention` annotation with `reason`.
     async fn flag_intervention(&self, run: &Run, reason: &str) -> Result<()>;
@@ -289,6 +298,9 @@ impl<T: Workloads + ?Sized> Workloads for std::sync::Arc<T> {
     }
     async fn record_cancelled(&self, run: &Run, intent: &Intent) -> Result<()> {
         (**self).record_cancelled(run, intent).await
+    }
+    async fn clear_intent(&self, run: &Run, operation_id: &str) -> Result<()> {
+        (**self).clear_intent(run, operation_id).await
     }
     async fn flag_intervention(&self, run: &Run, reason: &str) -> Result<()> {
         (**self).flag_intervention(run, reason).await

@@ -220,6 +220,43 @@ async fn the_intent_is_written_conditionally_and_only_once(w: impl World) {
     assert!(!annotations.contains_key(ANNOTATION_CORRELATION_ID));
 }
 
+async fn an_intent_is_cleared_only_by_the_operation_that_wrote_it(w: impl World) {
+    let run = w.add_run(seed("r")).await;
+    let marked = w
+        .workloads()
+        .mark_superseded(&run, &intent(NEW))
+        .await
+        .unwrap();
+    assert_eq!(marked.cancel_operation.as_deref(), Some("op-1"));
+    w.workloads()
+        .clear_intent(&marked, "op-other")
+        .await
+        .unwrap();
+    let annotations = w.run_state("r").unwrap().annotations;
+    assert_eq!(
+        annotations[ANNOTATION_SUPERSEDED_BY], NEW,
+        "another operation's: kept"
+    );
+
+    w.workloads().clear_intent(&marked, "op-1").await.unwrap();
+    let annotations = w.run_state("r").unwrap().annotations;
+    for key in [
+        ANNOTATION_SUPERSEDED_BY,
+        ANNOTATION_SUPERSEDED_AT,
+        ANNOTATION_CANCEL_OPERATION,
+        ANNOTATION_CORRELATION_ID,
+    ] {
+        assert!(
+            !annotations.contains_key(key),
+            "{key} removed: {annotations:?}"
+        );
+    }
+    let read = w.workloads().run("r").await.unwrap().unwrap();
+    assert_eq!((read.superseded_by, read.cancel_operation), (None, None));
+    // Again, and on a run gone: nothing to do.
+    w.workloads().clear_intent(&marked, "op-1").await.unwrap();
+}
+
 async fn a_graceful_delete_lets_a_pod_stop_on_sigterm_and_kills_one_ignoring_it_when_its_grace_ends(
     w: impl World,
 ) {
@@ -622,6 +659,7 @@ conformance!(
     a_run_recreated_under_the_same_name_is_never_touched_by_calls_made_with_the_old_one,
     terminating_twice_or_a_run_already_gone_is_success,
     stop_mode_gives_each_pod_the_grace_asked_for,
+    an_intent_is_cleared_only_by_the_operation_that_wrote_it,
 );
 
 // ---------------------------------------------------------------------------

@@ -128,6 +128,7 @@ mod tests {
             terminal: false,
             created_at: None,
             superseded_by: None,
+            cancel_operation: None,
             deleting: false,
         }
     }

@@ -220,6 +220,15 @@ impl<H: Hook> cancel_coordinator::Workloads for Intercepted<H> {
         self.inner.record_cancelled(run, intent).await?;
         self.hook.after_write("record_cancelled").await
     }
+    async fn clear_intent(
+        &self,
+        run: &cancel_coordinator::Run,
+        operation_id: &str,
+    ) -> cancel_coordinator::Result<()> {
+        self.hook.before("clear_intent").await?;
+        self.inner.clear_intent(run, operation_id).await?;
+        self.hook.after_write("clear_intent").await
+    }
     async fn flag_intervention(
         &self,
         run: &cancel_coordinator::Run,
