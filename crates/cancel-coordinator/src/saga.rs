@@ -233,6 +233,9 @@ pub enum RunOutcome {
     /// A target of a resumed journal, gone when the journal was resumed:
     /// the holder that crashed had stopped it (how is not known).
     GoneBeforeResume,
+    /// A target of a resumed journal whose head is the current one now: not
+    /// cancelled, its intent cleared.
+    Spared,
     /// It could not be stopped; flagged for intervention.
     Stuck(String),
 }
@@ -317,6 +320,9 @@ pub enum Outcome {
     AlreadyHandled,
     /// Some targets could not be stopped (flagged for intervention).
     Failed,
+    /// A resumed operation was undone before it stopped any run, because
+    /// it would have cancelled the runs of the head that is current now.
+    RolledBack,
 }
 
 /// One step's duration.
@@ -764,7 +770,7 @@ impl StateAwareCancellation {
             .get(context::TARGETS)
             .and_then(|json| serde_json::from_str(json).ok())
             .unwrap_or_default();
-        let mut targets = Vec::new();
+        let mut targets: Vec<Run> = Vec::new();
         let mut gone = Vec::new();
         if !journal.has_succeeded(&Step::Cancelled) && !cancel_failed(&journal) {
             let runs = self
@@ -785,10 +791,157 @@ impl StateAwareCancellation {
                 }
             }
         }
+        // Is going forward still right? A head kept now (GitHub has moved
+        // on since the journal was written) must not lose its runs.
+        let spared: Vec<Run>;
+        (spared, targets) = if targets.is_empty() {
+            (Vec::new(), targets)
+        } else {
+            let state = known.as_ref().map(|s| &s.state);
+            let now = self.decide(request, state).await;
+            targets.into_iter().partition(|r| now.keeps(&r.head_sha))
+        };
+        if !spared.is_empty() {
+            let mut all = spared.clone();
+            all.extend(targets.iter().cloned());
+            if gone.is_empty() && self.untouched(guard, &all).await? {
+                return self
+                    .roll_back(request, guard, known, journal, all, clock)
+                    .await;
+            }
+            // Some target was already stopped (a killed pod cannot be
+            // un-killed): go forward for the others, and give the runs of
+            // the head now kept their intent back.
+            for run in &spared {
+                warn!(run = %run.name, head = %run.head_sha, "a target's head is the current one now; it is spared");
+                ensure_held(guard, task_id(request))?;
+                self.kube(
+                    guard,
+                    || {
+                        self.inner
+                            .workloads
+                            .clear_intent(run, &journal.operation_id)
+                    },
+                    |e| e,
+                )
+                .await?;
+                gone.push(RunReport {
+                    name: run.name.clone(),
+                    role: run.role.clone(),
+                    head_sha: run.head_sha.clone(),
+                    outcome: RunOutcome::Spared,
+                    took: Duration::ZERO,
+                });
+            }
+        }
         self.execute(
             request, guard, known, journal, targets, gone, &decision, true, clock,
         )
         .await
+    }
+
+    /// Whether no effect of a journal reached `runs` yet: none is being
+    /// deleted, and (Stop mode) each still has its pods.
+    async fn untouched(&self, guard: &LockGuard, runs: &[Run]) -> Result<bool> {
+        if runs.iter().any(|r| r.deleting) {
+            return Ok(false);
+        }
+        if self.inner.config.mode == CancelMode::Stop {
+            for run in runs {
+                let left = self
+                    .kube(guard, || self.inner.workloads.remains(run), |e| e)
+                    .await?;
+                if left.pods.is_empty() {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Rolls back an operation no run of which was stopped yet, because
+    /// going forward would cancel the runs of the head that is current now:
+    /// clears its intent annotations, records `RolledBack` in the history
+    /// and the journal, and finishes it. Its pending supersessions stay: the
+    /// next operation handles them from the current head. The labels were
+    /// not touched yet (they move after the cancel step).
+    async fn roll_back(
+        &self,
+        request: &CancellationRequest,
+        guard: &LockGuard,
+        mut known: Option<state_store::Snapshot>,
+        journal: OperationJournal,
+        runs: Vec<Run>,
+        clock: &mut StepClock<'_>,
+    ) -> Result<Report> {
+        let inner = &self.inner;
+        let task = task_id(request);
+        clock.start(SagaStep::Cancel);
+        for run in &runs {
+            ensure_held(guard, task)?;
+            self.kube(
+                guard,
+                || inner.workloads.clear_intent(run, &journal.operation_id),
+                |e| e,
+            )
+            .await?;
+        }
+        clock.done(SagaStep::Cancel);
+        clock.start(SagaStep::Record);
+        let now = inner.store.clock().now();
+        let record = CancellationRecord {
+            operation_id: journal.operation_id.clone(),
+            at: now,
+            new_head_sha: journal
+                .context
+                .get(context::KEEP_HEAD)
+                .cloned()
+                .unwrap_or_default(),
+            targets: Vec::new(),
+            outcome: CancellationOutcome::RolledBack,
+            correlation_id: journal.context.get(context::CORRELATION_ID).cloned(),
+            detail: Some(
+                "rolled back before any run was stopped: a head it would have cancelled is the current one"
+                    .to_owned(),
+            ),
+        };
+        ensure_held(guard, task)?;
+        inner
+            .store
+            .update_on(task, &mut known, Some(guard.fencing_token()), |s| {
+                s.check_operation_holder(&journal)?;
+                if !s
+                    .cancellation_history
+                    .iter()
+                    .any(|r| r.operation_id == journal.operation_id)
+                {
+                    s.record_cancellation(record.clone());
+                }
+                s.advance_operation(
+                    &journal.operation_id,
+                    Step::RolledBack,
+                    StepStatus::Succeeded,
+                    record.detail.clone(),
+                    now,
+                )?;
+                s.finish_operation(&journal.operation_id, None).map(|_| ())
+            })
+            .await?;
+        clock.done(SagaStep::Record);
+        inner.metrics.rollbacks.inc();
+        info!(operation_id = %journal.operation_id, "operation rolled back");
+        Ok(Report {
+            task_id: task.to_owned(),
+            operation_id: Some(journal.operation_id.clone()),
+            kept_head: None,
+            kept_from: HeadSource::GitHub,
+            outcome: Outcome::RolledBack,
+            runs: Vec::new(),
+            labels: LabelsReport::Skipped,
+            resumed: true,
+            steps: Vec::new(),
+            took: Duration::ZERO,
+        })
     }
 
     /// Steps 6 to 9 of a begun (or resumed) journal.
@@ -1524,12 +1677,17 @@ fn describe(reports: &[RunReport]) -> String {
                 RunOutcome::FinishedBeforehand => "finished by itself".to_owned(),
                 RunOutcome::Vanished => "gone before it was touched".to_owned(),
                 RunOutcome::GoneBeforeResume => "stopped by the previous holder".to_owned(),
+                RunOutcome::Spared => "spared: its head is the current one".to_owned(),
                 RunOutcome::Stuck(why) => format!("stuck ({why})"),
             };
             format!("{}: {how} in {} ms", r.name, r.took.as_millis())
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+fn task_id(request: &CancellationRequest) -> &str {
+    &request.task_id
 }
 
 fn ensure_held(guard: &LockGuard, task_id: &str) -> Result<()> {
