@@ -62,7 +62,7 @@ use tracing::debug;
 pub use self::config::{CodeRunConfig, Field, PodMatch};
 use crate::workloads::{
     ANNOTATION_CANCEL_OPERATION, ANNOTATION_CORRELATION_ID, ANNOTATION_NEEDS_INTERVENTION,
-    ANNOTATION_SUPERSEDED_AT, ANNOTATION_SUPERSEDED_BY, CancelMode, Intent, Remains, Run,
+    ANNOTATION_SUPERSEDED_AT, ANNOTATION_SUPERSEDED_BY, CancelMode, Intent, Remains, Run, RunPage,
     Workloads,
 };
 use crate::{Error, Result};
@@ -191,6 +191,9 @@ impl KubeCodeRuns {
                 .or_else(|| self.config.superseded_by.as_ref()?.read(&whole)),
             cancel_operation: Field::Annotation(ANNOTATION_CANCEL_OPERATION.to_owned())
                 .read(&whole),
+            superseded_at: Field::Annotation(ANNOTATION_SUPERSEDED_AT.to_owned())
+                .read(&whole)
+                .and_then(|t| t.parse().ok()),
             deleting: meta.deletion_timestamp.is_some(),
             name,
             uid,
@@ -337,6 +340,35 @@ impl Workloads for KubeCodeRuns {
 
     async fn run(&self, name: &str) -> Result<Option<Run>> {
         self.get(name).await?.map(|o| self.parse(&o)).transpose()
+    }
+
+    async fn list_runs(&self, limit: u32, continue_token: Option<String>) -> Result<RunPage> {
+        let mut params = ListParams::default().limit(limit.max(1));
+        if let Field::Label(key) = &self.config.task_id {
+            // Every run carries the task label: objects without it are not runs.
+            params = params.labels(key);
+        }
+        if let Some(token) = continue_token.as_deref() {
+            params = params.continue_token(token);
+        }
+        let list = self
+            .runs_api()
+            .list(&params)
+            .await
+            .map_err(|e| Error::from_kube(e, "(list)"))?;
+        let mut page = RunPage {
+            continue_token: list.metadata.continue_.clone().filter(|t| !t.is_empty()),
+            ..RunPage::default()
+        };
+        for object in &list.items {
+            match self.parse(object) {
+                Ok(run) => page.runs.push(run),
+                Err(_) => page
+                    .unreadable
+                    .push(object.metadata.name.clone().unwrap_or_default()),
+            }
+        }
+        Ok(page)
     }
 
     async fn mark_superseded(&self, run: &Run, intent: &Intent) -> Result<Run> {

@@ -43,7 +43,7 @@ pub use crate::saga::{
 };
 #[cfg(any(test, feature = "mock"))]
 pub use crate::workloads::MockWorkloads;
-pub use crate::workloads::{CancelMode, Intent, Remains, Run, Workloads};
+pub use crate::workloads::{CancelMode, Intent, Remains, Run, RunPage, Workloads};
 
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

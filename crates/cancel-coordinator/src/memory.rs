@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::workloads::{
     ANNOTATION_CANCEL_OPERATION, ANNOTATION_CORRELATION_ID, ANNOTATION_NEEDS_INTERVENTION,
-    ANNOTATION_SUPERSEDED_AT, ANNOTATION_SUPERSEDED_BY, CancelMode, Intent, Remains, Run,
+    ANNOTATION_SUPERSEDED_AT, ANNOTATION_SUPERSEDED_BY, CancelMode, Intent, Remains, Run, RunPage,
     Workloads, phase,
 };
 use crate::{Error, Result};
@@ -237,6 +237,7 @@ impl MemoryWorkloads {
             created_at: Some(Timestamp::now()),
             superseded_by: None,
             cancel_operation: None,
+            superseded_at: None,
             deleting: false,
         };
         let pods = (0..seed.pods)
@@ -515,6 +516,25 @@ impl Workloads for MemoryWorkloads {
         Ok(world.runs.get(name).map(|r| r.run.clone()))
     }
 
+    /// Pages in name order; the continue token is the last name served.
+    async fn list_runs(&self, limit: u32, continue_token: Option<String>) -> Result<RunPage> {
+        use std::ops::Bound;
+        let world = self.enter("list_runs");
+        let start = continue_token.map_or(Bound::Unbounded, Bound::Excluded);
+        let limit = usize::try_from(limit.max(1)).unwrap_or(usize::MAX);
+        let mut all = world
+            .runs
+            .range((start, Bound::Unbounded))
+            .map(|(_, r)| &r.run);
+        let runs: Vec<Run> = all.by_ref().take(limit).cloned().collect();
+        let more = all.next().is_some();
+        Ok(RunPage {
+            continue_token: more.then(|| runs.last().map(|r| r.name.clone())).flatten(),
+            runs,
+            unreadable: Vec::new(),
+        })
+    }
+
     async fn mark_superseded(&self, run: &Run, intent: &Intent) -> Result<Run> {
         let mut world = self.enter("mark_superseded");
         let conflict = || Error::Conflict {
@@ -544,6 +564,7 @@ impl Workloads for MemoryWorkloads {
         }
         record.run.superseded_by = Some(intent.superseded_by.clone());
         record.run.cancel_operation = Some(intent.operation_id.clone());
+        record.run.superseded_at = Some(intent.at);
         world.bump(&run.name);
         world.history.push((
             Instant::now(),
@@ -680,6 +701,7 @@ impl Workloads for MemoryWorkloads {
         }
         record.run.superseded_by = None;
         record.run.cancel_operation = None;
+        record.run.superseded_at = None;
         world.bump(&run.name);
         world.history.push((
             Instant::now(),

@@ -766,10 +766,23 @@ impl StateAwareCancellation {
         // The targets as journaled: the same objects (uid), as they are now.
         // One already gone was stopped by the previous holder (its intent and
         // delete came before its crash): verified gone now, how unknown.
+        // A journal without the detailed targets (written by hand, or by
+        // another tool) names them only: matched by name then.
         let journaled: Vec<JournaledRun> = ctx
             .get(context::TARGETS)
             .and_then(|json| serde_json::from_str(json).ok())
-            .unwrap_or_default();
+            .unwrap_or_else(|| {
+                journal
+                    .targets
+                    .iter()
+                    .map(|name| JournaledRun {
+                        name: name.clone(),
+                        uid: String::new(),
+                        role: String::new(),
+                        head_sha: String::new(),
+                    })
+                    .collect()
+            });
         let mut targets: Vec<Run> = Vec::new();
         let mut gone = Vec::new();
         if !journal.has_succeeded(&Step::Cancelled) && !cancel_failed(&journal) {
@@ -780,7 +793,9 @@ impl StateAwareCancellation {
                 runs.into_iter().map(|r| (r.name.clone(), r)).collect();
             for target in journaled {
                 match by_name.remove(&target.name) {
-                    Some(run) if run.uid == target.uid => targets.push(run),
+                    Some(run) if target.uid.is_empty() || run.uid == target.uid => {
+                        targets.push(run);
+                    }
                     _ => gone.push(RunReport {
                         name: target.name,
                         role: target.role,

@@ -102,6 +102,7 @@ fn stale_run() -> Run {
         created_at: None,
         superseded_by: None,
         cancel_operation: None,
+        superseded_at: None,
         deleting: false,
     }
 }

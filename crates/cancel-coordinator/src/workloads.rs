@@ -85,6 +85,9 @@ pub struct Run {
     /// The cancellation operation whose intent it carries, if any.
     #[serde(default)]
     pub cancel_operation: Option<String>,
+    /// When that intent was recorded.
+    #[serde(default)]
+    pub superseded_at: Option<Timestamp>,
     /// Whether its deletion has begun (`metadata.deletionTimestamp`).
     pub deleting: bool,
 }
@@ -190,6 +193,18 @@ impl Remains {
     }
 }
 
+/// One page of [`Workloads::list_runs`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunPage {
+    /// The runs of this page (of any task).
+    pub runs: Vec<Run>,
+    /// Objects of the kind that could not be read as runs, by name (a
+    /// scan reports them instead of failing).
+    pub unreadable: Vec<String>,
+    /// Where the next page starts; `None` on the last page.
+    pub continue_token: Option<String>,
+}
+
 /// The agent runs of tasks and the pods that execute them.
 ///
 /// Every write is conditional (on the `resourceVersion` or the uid read) and
@@ -222,6 +237,11 @@ pub trait Workloads: Send + Sync + 'static {
 
     /// The run `name` as it is now, `None` when it is gone.
     async fn run(&self, name: &str) -> Result<Option<Run>>;
+
+    /// One page of at most `limit` runs of every task, starting where
+    /// `continue_token` (from the previous page) says: what the recovery
+    /// reconciler scans, a page at a time.
+    async fn list_runs(&self, limit: u32, continue_token: Option<String>) -> Result<RunPage>;
 
     /// Records `intent` on `run` (the `supersede.dev/superseded-by`,
     /// `-at`, `cancel-operation` and `correlation-id` annotations),
@@ -275,6 +295,9 @@ impl<T: Workloads + ?Sized> Workloads for std::sync::Arc<T> {
     }
     async fn run(&self, name: &str) -> Result<Option<Run>> {
         (**self).run(name).await
+    }
+    async fn list_runs(&self, limit: u32, continue_token: Option<String>) -> Result<RunPage> {
+        (**self).list_runs(limit, continue_token).await
     }
     async fn mark_superseded(&self, run: &Run, intent: &Intent) -> Result<Run> {
         (**self).mark_superseded(run, intent).await

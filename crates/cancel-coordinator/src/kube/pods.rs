@@ -129,6 +129,7 @@ mod tests {
             created_at: None,
             superseded_by: None,
             cancel_operation: None,
+            superseded_at: None,
             deleting: false,
         }
     }

@@ -170,6 +170,14 @@ impl<H: Hook> cancel_coordinator::Workloads for Intercepted<H> {
         self.hook.before("run").await?;
         self.inner.run(name).await
     }
+    async fn list_runs(
+        &self,
+        limit: u32,
+        continue_token: Option<String>,
+    ) -> cancel_coordinator::Result<cancel_coordinator::RunPage> {
+        self.hook.before("list_runs").await?;
+        self.inner.list_runs(limit, continue_token).await
+    }
     async fn mark_superseded(
         &self,
         run: &cancel_coordinator::Run,
