@@ -7,6 +7,8 @@
 //! failures, Prometheus metrics, health probes and a drain on shutdown.
 //!
 //! - [`config`]: flags and environment variables, validated at start.
+//! - `connection`: one WARN line per failed stream connection, one INFO line
+//!   per reconnection with its downtime.
 //! - [`filter`]: incidents, severities and the duplicate window.
 //! - [`runner`]: streams ▸ filter ▸ queue ▸ breaker ▸ agents, and the drain.
 //! - [`agent`]: one agent process, its workspace, output and timeout.
@@ -19,6 +21,7 @@
 pub mod agent;
 pub mod api;
 pub mod config;
+mod connection;
 pub mod filter;
 pub mod metrics;
 pub mod runner;

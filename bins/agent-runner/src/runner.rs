@@ -36,6 +36,7 @@ use crate::Error;
 use crate::agent::{AgentReport, AgentSpec, run_agent};
 use crate::api;
 use crate::config::{Settings, StreamSource};
+use crate::connection::ConnectionLog;
 use crate::filter::{DuplicateWindow, Incident, Severity, parse_incident};
 use crate::metrics::{AgentStatus, Metrics};
 
@@ -391,15 +392,19 @@ impl Inner {
                 self.settings.duplicate_cache_size,
             );
             let mut subscription = client.subscribe(&cancel);
+            let url = source.url.as_str();
+            let mut narration = ConnectionLog::default();
             let mut last_reason = "end_of_stream";
             // The subscription ends after the token fires (with a final
             // Disconnected when it was connected), so gauges settle.
             while let Some(item) = subscription.recv().await {
+                if let Some(notice) = narration.observe(&item) {
+                    notice.log(&cluster, url);
+                }
                 match item {
                     SseItem::Connected => {
                         self.connected.fetch_add(1, Ordering::SeqCst);
                         self.metrics.sse_connected(&cluster);
-                        tracing::info!(%cluster, url = %source.url, "incident stream connected");
                     }
                     SseItem::Event(event) => self.on_event(&cluster, &mut duplicates, &event),
                     SseItem::Disconnected(end) => {
@@ -413,17 +418,14 @@ impl Inner {
                             end.reason.is_error(),
                             end.connected_for,
                         );
-                        if end.reason.is_error() {
-                            tracing::warn!(%cluster, reason = last_reason, detail = %end.reason, events = end.events, "incident stream disconnected");
-                        } else {
-                            tracing::info!(%cluster, reason = last_reason, detail = %end.reason, events = end.events, "incident stream closed");
-                        }
                     }
-                    SseItem::Reconnecting { delay, attempt } => {
+                    SseItem::Reconnecting { .. } => {
                         self.metrics.sse_reconnecting(&cluster, last_reason);
-                        tracing::info!(%cluster, delay_seconds = delay.as_secs_f64(), attempt, "reconnecting the incident stream");
                     }
                 }
+            }
+            if let Some(notice) = narration.finish() {
+                notice.log(&cluster, url);
             }
         })
     }
