@@ -269,7 +269,7 @@ impl Metrics {
         );
         r.register(
             "up",
-            "1 while the runner is running, 0 once it is shutting down",
+            "Always 1: a runner whose /metrics answers is up, draining included (see shutdown_phase)",
             self.up.clone(),
         );
     }
@@ -409,11 +409,6 @@ impl Metrics {
             .get_or_create(&labels(cluster))
             .get()
             > 0
-    }
-
-    /// The runner is shutting down.
-    pub fn set_down(&self) {
-        self.up.set(0);
     }
 
     /// Creates every series of `cluster` at zero.

@@ -120,6 +120,9 @@ impl Runner {
         let metrics = Metrics::new(clusters.iter().copied());
         let mut registry = Registry::default();
         metrics.register(&mut registry);
+        // The drain shows as `agent_runner_shutdown_phase`, never as `up`
+        // going to 0: a runner whose /metrics answers is up.
+        shutdown.register(registry.sub_registry_with_prefix("agent_runner"));
 
         let breaker = CircuitBreaker::new(
             "agents",
@@ -255,7 +258,6 @@ impl Runner {
             shutdown_timeout_seconds = inner.settings.shutdown_timeout.as_secs_f64(),
             "Shutting down gracefully"
         );
-        inner.metrics.set_down();
 
         for task in self.streams {
             if tokio::time::timeout(STREAM_CLOSE_WAIT, task).await.is_err() {

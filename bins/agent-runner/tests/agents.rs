@@ -337,3 +337,50 @@ async fn queued_incidents_expire_on_the_sweep_with_a_warning_on_a_paused_clock()
     assert_eq!(report.interrupted, ["test/busy"]);
     assert_eq!(report.exit_code(), 0);
 }
+
+#[tokio::test]
+async fn up_stays_1_while_metrics_answer_during_the_drain_and_the_shutdown_phase_shows_it() {
+    let stream = FakeStream::start(Vec::new()).await;
+    let mut settings = settings(&stream.url(), "exec sleep 3600");
+    settings.shutdown_timeout = Duration::from_secs(2);
+    let shutdown = Shutdown::new();
+    let runner = Runner::start(settings, shutdown.clone()).await.unwrap();
+    eventually("connected", || {
+        value(&runner, "sse_connections_active", "") == 1.0
+    })
+    .await;
+    stream.incident("long-1", "error");
+    eventually("the agent runs", || {
+        value(&runner, "agents_active", "") == 1.0
+    })
+    .await;
+    let metrics_url = format!("http://{}/metrics", runner.metrics_addr());
+    let scrape = || async {
+        let response = http().get(&metrics_url).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        response.text().await.unwrap()
+    };
+    let before = scrape().await;
+    assert_eq!(sample(&before, "agent_runner_up"), 1.0);
+    assert_eq!(sample(&before, "agent_runner_shutdown_phase"), 0.0);
+
+    shutdown.trigger();
+    let drain = tokio::spawn(runner.run_until_shutdown());
+    // The agent outlives the trigger by the shutdown timeout: scrapes in
+    // that window see the drain, and a runner that still answers is up.
+    let mut during = scrape().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sample(&during, "agent_runner_shutdown_phase") != 1.0 {
+        assert!(Instant::now() < deadline, "the drain never showed:\n{during}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        during = scrape().await;
+    }
+    assert_eq!(sample(&during, "agent_runner_up"), 1.0, "answering means up");
+    assert_eq!(
+        sample(&during, r#"agent_runner_agents_active{cluster="test"}"#),
+        1.0
+    );
+    let report = drain.await.unwrap();
+    assert_eq!(report.interrupted, ["test/long-1"]);
+    assert_eq!(report.exit_code(), 0);
+}

@@ -217,6 +217,41 @@ pub fn sh(script: &str) -> AgentCommand {
     }
 }
 
+/// Every metric family the runner exposes, as its samples name it (counters
+/// with `_total`; histograms without `_bucket`, `_sum`, `_count`).
+pub const FAMILIES: [&str; 22] = [
+    "agent_runner_events_received_total",
+    "agent_runner_events_filtered_total",
+    "agent_runner_events_queued_total",
+    "agent_runner_events_expired_total",
+    "agent_runner_events_dequeued_total",
+    "agent_runner_queue_depth",
+    "agent_runner_agents_spawned_total",
+    "agent_runner_agents_completed_total",
+    "agent_runner_agents_timeout_total",
+    "agent_runner_agents_active",
+    "agent_runner_agent_duration_seconds",
+    "agent_runner_circuit_breaker_state",
+    "agent_runner_circuit_breaker_events_dropped_total",
+    "agent_runner_sse_connections_active",
+    "agent_runner_sse_reconnections_total",
+    "agent_runner_sse_connection_errors_total",
+    "agent_runner_sse_connection_duration_seconds",
+    "agent_runner_build_info",
+    "agent_runner_up",
+    "agent_runner_shutdown_phase",
+    "agent_runner_shutdown_drain_duration_seconds",
+    "agent_runner_shutdown_abandoned_tasks",
+];
+
+/// Whether `name` (a sample's name, or a word in a query) belongs to `family`.
+pub fn is_sample_of(name: &str, family: &str) -> bool {
+    name == family
+        || name
+            .strip_prefix(family)
+            .is_some_and(|rest| ["_bucket", "_sum", "_count"].contains(&rest))
+}
+
 /// The value of one sample (`name{labels}` exactly as exposed), or panics.
 pub fn sample(text: &str, series: &str) -> f64 {
     text.lines()
