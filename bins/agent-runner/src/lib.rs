@@ -12,6 +12,7 @@
 //! - [`filter`]: incidents, severities and the duplicate window.
 //! - [`runner`]: streams ▸ filter ▸ queue ▸ breaker ▸ agents, and the drain.
 //! - [`agent`]: one agent process, its workspace, output and timeout.
+//! - `supervise`: background loops restarted after a panic, never dead silently.
 //! - [`metrics`]: the `agent_runner_*` families.
 //! - [`api`]: `/metrics` and `/v1/agents`.
 //!
@@ -25,6 +26,7 @@ mod connection;
 pub mod filter;
 pub mod metrics;
 pub mod runner;
+mod supervise;
 
 use std::net::SocketAddr;
 

@@ -41,6 +41,10 @@ pub const SSE_REASONS: [&str; 5] = [
     "decode",
 ];
 
+/// Every `task` of `task_panics_total`: the background loops kept alive
+/// through a panic.
+pub const TASKS: [&str; 1] = ["queue_sweeper"];
+
 /// How an agent ended: the `status` label of `agents_completed_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AgentStatus {
@@ -102,6 +106,11 @@ struct StatusLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskLabels {
+    task: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: String,
     git_commit: String,
@@ -128,6 +137,7 @@ pub struct Metrics {
     sse_reconnections: Family<ReasonLabels, Counter>,
     sse_connection_errors: Family<ReasonLabels, Counter>,
     sse_connection_duration: Histogram,
+    task_panics: Family<TaskLabels, Counter>,
     build_info: Family<BuildLabels, Gauge>,
     up: Gauge,
 }
@@ -154,11 +164,17 @@ impl Metrics {
             sse_reconnections: Family::default(),
             sse_connection_errors: Family::default(),
             sse_connection_duration: Histogram::new(SSE_CONNECTION_DURATION_BUCKETS),
+            task_panics: Family::default(),
             build_info: Family::default(),
             up: Gauge::default(),
         };
         for cluster in clusters {
             metrics.touch(cluster);
+        }
+        for task in TASKS {
+            drop(metrics.task_panics.get_or_create(&TaskLabels {
+                task: task.to_owned(),
+            }));
         }
         metrics
             .build_info
@@ -261,6 +277,11 @@ impl Metrics {
             "How long established stream connections lasted",
             Unit::Seconds,
             self.sse_connection_duration.clone(),
+        );
+        r.register(
+            "task_panics",
+            "Panics caught in background loops (task: queue_sweeper); each loop was restarted",
+            self.task_panics.clone(),
         );
         r.register(
             "build_info",
@@ -403,6 +424,16 @@ impl Metrics {
             .inc();
     }
 
+    /// A background loop panicked and is being restarted (`task` is one of
+    /// [`TASKS`]).
+    pub fn task_panicked(&self, task: &str) {
+        self.task_panics
+            .get_or_create(&TaskLabels {
+                task: task.to_owned(),
+            })
+            .inc();
+    }
+
     /// Whether `cluster`'s stream is connected now.
     pub fn sse_is_connected(&self, cluster: &str) -> bool {
         self.sse_connections_active
@@ -483,7 +514,7 @@ mod tests {
     use super::*;
 
     /// Every family of the issue, as exposed.
-    pub(crate) const FAMILIES: [&str; 19] = [
+    pub(crate) const FAMILIES: [&str; 20] = [
         "agent_runner_events_received_total",
         "agent_runner_events_filtered_total",
         "agent_runner_events_queued_total",
@@ -501,6 +532,7 @@ mod tests {
         "agent_runner_sse_reconnections_total",
         "agent_runner_sse_connection_errors_total",
         "agent_runner_sse_connection_duration_seconds",
+        "agent_runner_task_panics_total",
         "agent_runner_build_info",
         "agent_runner_up",
     ];

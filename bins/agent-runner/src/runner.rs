@@ -39,6 +39,7 @@ use crate::config::{Settings, StreamSource};
 use crate::connection::ConnectionLog;
 use crate::filter::{DuplicateWindow, Incident, Severity, parse_incident};
 use crate::metrics::{AgentStatus, Metrics};
+use crate::supervise::supervise;
 
 /// The name of the readiness check on stream connections.
 pub const STREAMS_CHECK: &str = "streams";
@@ -185,10 +186,26 @@ impl Runner {
         let streams = streams.into_iter().map(tokio::spawn).collect();
         let dispatcher = tokio::spawn(Arc::clone(&inner).dispatch());
         let background = vec![
-            tokio::spawn(inner.queue.sweeper(inner.settings.queue_sweep_interval, {
-                let inner = Arc::clone(&inner);
-                move |expired| inner.on_expired(&expired)
-            })),
+            tokio::spawn(supervise(
+                "queue_sweeper",
+                inner.metrics.clone(),
+                inner.shutdown.token(),
+                {
+                    let inner = Arc::clone(&inner);
+                    move || {
+                        let inner = Arc::clone(&inner);
+                        // Owned by the future: `sweeper` borrows the queue.
+                        async move {
+                            let reporter = Arc::clone(&inner);
+                            let sweep = inner.queue.sweeper(
+                                inner.settings.queue_sweep_interval,
+                                move |expired| reporter.on_expired(&expired),
+                            );
+                            sweep.await;
+                        }
+                    }
+                },
+            )),
             tokio::spawn({
                 let inner = Arc::clone(&inner);
                 async move {

@@ -219,7 +219,7 @@ pub fn sh(script: &str) -> AgentCommand {
 
 /// Every metric family the runner exposes, as its samples name it (counters
 /// with `_total`; histograms without `_bucket`, `_sum`, `_count`).
-pub const FAMILIES: [&str; 22] = [
+pub const FAMILIES: [&str; 23] = [
     "agent_runner_events_received_total",
     "agent_runner_events_filtered_total",
     "agent_runner_events_queued_total",
@@ -237,6 +237,7 @@ pub const FAMILIES: [&str; 22] = [
     "agent_runner_sse_reconnections_total",
     "agent_runner_sse_connection_errors_total",
     "agent_runner_sse_connection_duration_seconds",
+    "agent_runner_task_panics_total",
     "agent_runner_build_info",
     "agent_runner_up",
     "agent_runner_shutdown_phase",
