@@ -70,6 +70,15 @@ impl AgentStatus {
         AgentStatus::Interrupted,
     ];
 
+    /// Whether the runner stopped the agent (timeout, cancel, shutdown)
+    /// rather than the agent ending by itself.
+    pub fn was_stopped(self) -> bool {
+        matches!(
+            self,
+            AgentStatus::Timeout | AgentStatus::Cancelled | AgentStatus::Interrupted
+        )
+    }
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {

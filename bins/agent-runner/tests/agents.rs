@@ -103,7 +103,7 @@ async fn an_agent_gets_the_incident_on_stdin_its_env_and_a_workspace_removed_aft
 }
 
 #[tokio::test]
-async fn a_timed_out_agent_that_obeys_sigterm_is_stopped_and_its_workspace_removed() {
+async fn a_timed_out_agent_that_obeys_sigterm_is_stopped_and_its_workspace_removal_confirmed() {
     let (logs, _guard) = Logs::capture();
     let out = tempfile::tempdir().unwrap();
     let stream = FakeStream::start(Vec::new()).await;
@@ -151,6 +151,17 @@ async fn a_timed_out_agent_that_obeys_sigterm_is_stopped_and_its_workspace_remov
     let finished = logs.with_message("agent did not succeed").pop().unwrap();
     assert_eq!(finished["fields"]["stopped_by"], "terminated");
     assert_eq!(finished["fields"]["signal"], 15);
+    // The cleanup after the timeout is confirmed, not only its failure.
+    let removed = logs
+        .with_message("agent workspace removed")
+        .pop()
+        .expect("an INFO line confirms the cleanup");
+    assert_eq!(removed["level"], "INFO");
+    assert_eq!(removed["fields"]["cluster"], "test");
+    assert_eq!(removed["fields"]["incident_id"], "slow-1");
+    assert_eq!(removed["fields"]["status"], "timeout");
+    assert_eq!(removed["fields"]["workspace"], pwd.trim());
+    assert_eq!(removed["fields"]["agent_id"], finished["fields"]["agent_id"]);
     shutdown.trigger();
     runner.run_until_shutdown().await;
 }
