@@ -10,7 +10,9 @@ use std::time::Duration;
 use agent_runner::Runner;
 use resilience::Shutdown;
 use serde_json::Value;
-use support::{FakeStream, Logs, Reply, eventually, http, incident, sample, settings};
+use support::{
+    FakeStream, Logs, Reply, assert_bounded_labels, eventually, http, incident, sample, settings,
+};
 
 const C: &str = r#"cluster="test""#;
 
@@ -182,6 +184,9 @@ async fn every_event_is_counted_once_by_severity_and_filter_reason() {
     // The duplicate window is per incident id: a repeat later is still one.
     stream.incident("c-1", "critical");
     eventually("the repeat is filtered", || filtered("duplicate") == 2.0).await;
+
+    // Whatever the stream sent, the labels kept to their fixed values.
+    assert_bounded_labels(&runner.metrics_text(), &["test"]);
 
     shutdown.trigger();
     assert_eq!(runner.run_until_shutdown().await.exit_code(), 0);

@@ -253,6 +253,100 @@ pub fn is_sample_of(name: &str, family: &str) -> bool {
             .is_some_and(|rest| ["_bucket", "_sum", "_count"].contains(&rest))
 }
 
+/// Checks every sample's label set against the values the runner may use:
+/// `cluster` is one of `clusters`, every other label has its fixed values,
+/// and each family has exactly its own label names. An incident or agent
+/// id, or any value a stream sent, in a label fails here.
+pub fn assert_bounded_labels(text: &str, clusters: &[&str]) {
+    use agent_runner::AgentStatus;
+    use agent_runner::filter::{Severity, UNKNOWN_SEVERITY};
+    use agent_runner::metrics::{
+        AGENT_DURATION_BUCKETS, FILTER_REASONS, SSE_CONNECTION_DURATION_BUCKETS, SSE_REASONS,
+        TASKS,
+    };
+
+    let owned = |values: &[&str]| values.iter().map(|v| (*v).to_owned()).collect::<Vec<_>>();
+    let le = |buckets: &[f64]| {
+        buckets
+            .iter()
+            .map(|b| format!("{b:?}"))
+            .chain(["+Inf".to_owned()])
+            .collect::<Vec<_>>()
+    };
+    let cluster = ("cluster", owned(clusters));
+    let severities: Vec<String> = Severity::ALL
+        .iter()
+        .map(|s| s.as_str().to_owned())
+        .chain([UNKNOWN_SEVERITY.to_owned()])
+        .collect();
+    let statuses: Vec<String> = AgentStatus::ALL.iter().map(|s| s.as_str().to_owned()).collect();
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let (series, _) = line.rsplit_once(' ').unwrap();
+        let (name, labels) = match series.split_once('{') {
+            Some((name, labels)) => (name, labels.strip_suffix('}').unwrap()),
+            None => (series, ""),
+        };
+        let family = FAMILIES
+            .iter()
+            .find(|family| is_sample_of(name, family))
+            .unwrap_or_else(|| panic!("{name} is not a documented family"));
+        let allowed: Vec<(&str, Vec<String>)> = match *family {
+            "agent_runner_events_received_total" => {
+                vec![cluster.clone(), ("severity", severities.clone())]
+            }
+            "agent_runner_events_filtered_total" => {
+                vec![cluster.clone(), ("reason", owned(&FILTER_REASONS))]
+            }
+            "agent_runner_sse_reconnections_total" | "agent_runner_sse_connection_errors_total" => {
+                vec![cluster.clone(), ("reason", owned(&SSE_REASONS))]
+            }
+            "agent_runner_agents_completed_total" => {
+                vec![cluster.clone(), ("status", statuses.clone())]
+            }
+            "agent_runner_task_panics_total" => vec![("task", owned(&TASKS))],
+            "agent_runner_agent_duration_seconds" if name.ends_with("_bucket") => {
+                vec![("le", le(&AGENT_DURATION_BUCKETS))]
+            }
+            "agent_runner_sse_connection_duration_seconds" if name.ends_with("_bucket") => {
+                vec![("le", le(&SSE_CONNECTION_DURATION_BUCKETS))]
+            }
+            "agent_runner_build_info" => vec![
+                ("version", owned(&[env!("CARGO_PKG_VERSION")])),
+                ("git_commit", owned(&[agent_runner::config::GIT_COMMIT])),
+                ("build_date", owned(&[agent_runner::config::BUILD_DATE])),
+            ],
+            "agent_runner_agent_duration_seconds"
+            | "agent_runner_sse_connection_duration_seconds"
+            | "agent_runner_circuit_breaker_state"
+            | "agent_runner_up"
+            | "agent_runner_shutdown_phase"
+            | "agent_runner_shutdown_drain_duration_seconds"
+            | "agent_runner_shutdown_abandoned_tasks" => Vec::new(),
+            _ => vec![cluster.clone()],
+        };
+        let found: Vec<(&str, &str)> = if labels.is_empty() {
+            Vec::new()
+        } else {
+            labels
+                .split(',')
+                .map(|pair| {
+                    let (key, value) = pair.split_once('=').unwrap();
+                    (key, value.trim_matches('"'))
+                })
+                .collect()
+        };
+        let names: Vec<&str> = found.iter().map(|(key, _)| *key).collect();
+        let expected: Vec<&str> = allowed.iter().map(|(key, _)| *key).collect();
+        assert_eq!(names, expected, "label names of {line}");
+        for ((key, value), (_, values)) in found.iter().zip(&allowed) {
+            assert!(
+                values.iter().any(|v| v == value),
+                "{key}={value:?} is not an allowed value in {line}"
+            );
+        }
+    }
+}
+
 /// The value of one sample (`name{labels}` exactly as exposed), or panics.
 pub fn sample(text: &str, series: &str) -> f64 {
     text.lines()
