@@ -209,7 +209,11 @@ mod tests {
     async fn a_failed_attempt_is_told_once_with_its_retry_delay_and_attempt() {
         let mut log = ConnectionLog::default();
         let refused = DisconnectReason::Network("connection refused".to_owned());
-        assert_eq!(log.observe(&lost(refused, None)), None, "waits for the delay");
+        assert_eq!(
+            log.observe(&lost(refused, None)),
+            None,
+            "waits for the delay"
+        );
         assert_eq!(
             log.observe(&reconnecting(1_500, 1)),
             Some(Notice::Failed {
@@ -239,7 +243,10 @@ mod tests {
         log.observe(&SseItem::Connected);
         tokio::time::advance(Duration::from_secs(600)).await;
         let broke = DisconnectReason::Network("reset".to_owned());
-        assert_eq!(log.observe(&lost(broke, Some(Duration::from_secs(600)))), None);
+        assert_eq!(
+            log.observe(&lost(broke, Some(Duration::from_secs(600)))),
+            None
+        );
         let Some(Notice::Failed { connected_for, .. }) = log.observe(&reconnecting(1_000, 1))
         else {
             panic!("a broken connection is a failure");
@@ -265,7 +272,10 @@ mod tests {
         );
         // The next connection starts a new count.
         tokio::time::advance(Duration::from_secs(60)).await;
-        log.observe(&lost(DisconnectReason::EndOfStream, Some(Duration::from_secs(60))));
+        log.observe(&lost(
+            DisconnectReason::EndOfStream,
+            Some(Duration::from_secs(60)),
+        ));
         tokio::time::advance(Duration::from_millis(250)).await;
         assert_eq!(
             log.observe(&SseItem::Connected),
@@ -280,7 +290,10 @@ mod tests {
         let mut log = ConnectionLog::default();
         log.observe(&SseItem::Connected);
         assert_eq!(
-            log.observe(&lost(DisconnectReason::EndOfStream, Some(Duration::from_secs(1)))),
+            log.observe(&lost(
+                DisconnectReason::EndOfStream,
+                Some(Duration::from_secs(1))
+            )),
             Some(Notice::Closed {
                 reason: "end_of_stream",
                 events: 3

@@ -614,11 +614,15 @@ mod tests {
         let text = text(&Metrics::new(["prod"]));
         assert_eq!(
             buckets(&text, "agent_runner_agent_duration_seconds"),
-            ["1.0", "5.0", "10.0", "30.0", "60.0", "120.0", "300.0", "+Inf"]
+            [
+                "1.0", "5.0", "10.0", "30.0", "60.0", "120.0", "300.0", "+Inf"
+            ]
         );
         assert_eq!(
             buckets(&text, "agent_runner_sse_connection_duration_seconds"),
-            ["60.0", "300.0", "600.0", "1800.0", "3600.0", "7200.0", "14400.0", "+Inf"]
+            [
+                "60.0", "300.0", "600.0", "1800.0", "3600.0", "7200.0", "14400.0", "+Inf"
+            ]
         );
     }
 
@@ -670,11 +674,20 @@ mod tests {
         };
         let clusters = 2;
         for (family, per_cluster) in [
-            ("agent_runner_events_received_total", Severity::ALL.len() + 1),
+            (
+                "agent_runner_events_received_total",
+                Severity::ALL.len() + 1,
+            ),
             ("agent_runner_events_filtered_total", FILTER_REASONS.len()),
-            ("agent_runner_agents_completed_total", AgentStatus::ALL.len()),
+            (
+                "agent_runner_agents_completed_total",
+                AgentStatus::ALL.len(),
+            ),
             ("agent_runner_sse_reconnections_total", SSE_REASONS.len()),
-            ("agent_runner_sse_connection_errors_total", SSE_REASONS.len()),
+            (
+                "agent_runner_sse_connection_errors_total",
+                SSE_REASONS.len(),
+            ),
             ("agent_runner_events_queued_total", 1),
             ("agent_runner_events_expired_total", 1),
             ("agent_runner_events_dequeued_total", 1),
@@ -689,7 +702,10 @@ mod tests {
         }
         for (family, total) in [
             ("agent_runner_task_panics_total", TASKS.len()),
-            ("agent_runner_agent_duration_seconds_bucket", AGENT_DURATION_BUCKETS.len() + 1),
+            (
+                "agent_runner_agent_duration_seconds_bucket",
+                AGENT_DURATION_BUCKETS.len() + 1,
+            ),
             (
                 "agent_runner_sse_connection_duration_seconds_bucket",
                 SSE_CONNECTION_DURATION_BUCKETS.len() + 1,

@@ -197,10 +197,11 @@ impl Runner {
                         // Owned by the future: `sweeper` borrows the queue.
                         async move {
                             let reporter = Arc::clone(&inner);
-                            let sweep = inner.queue.sweeper(
-                                inner.settings.queue_sweep_interval,
-                                move |expired| reporter.on_expired(&expired),
-                            );
+                            let sweep = inner
+                                .queue
+                                .sweeper(inner.settings.queue_sweep_interval, move |expired| {
+                                    reporter.on_expired(&expired)
+                                });
                             sweep.await;
                         }
                     }

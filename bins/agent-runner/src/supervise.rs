@@ -115,7 +115,9 @@ mod tests {
         metrics.register(&mut registry);
         let text = Metrics::encode(&registry);
         text.lines()
-            .find_map(|l| l.strip_prefix(r#"agent_runner_task_panics_total{task="queue_sweeper"} "#))
+            .find_map(|l| {
+                l.strip_prefix(r#"agent_runner_task_panics_total{task="queue_sweeper"} "#)
+            })
             .unwrap_or("missing")
             .to_owned()
     }
@@ -154,27 +156,22 @@ mod tests {
         let reported = Arc::new(Mutex::new(Vec::new()));
         let panicked = Arc::new(AtomicBool::new(false));
         let stop = CancellationToken::new();
-        let supervisor = tokio::spawn(supervise(
-            "queue_sweeper",
-            metrics.clone(),
-            stop.clone(),
-            {
+        let supervisor = tokio::spawn(supervise("queue_sweeper", metrics.clone(), stop.clone(), {
+            let (queue, reported) = (queue.clone(), Arc::clone(&reported));
+            move || {
                 let (queue, reported) = (queue.clone(), Arc::clone(&reported));
-                move || {
-                    let (queue, reported) = (queue.clone(), Arc::clone(&reported));
-                    let panicked = Arc::clone(&panicked);
-                    async move {
-                        let sweep = queue.sweeper(SWEEP, move |expired| {
-                            if !panicked.swap(true, Ordering::SeqCst) {
-                                panic!("sweep broke on {}", expired.item);
-                            }
-                            reported.lock().unwrap().push(expired.item);
-                        });
-                        sweep.await;
-                    }
+                let panicked = Arc::clone(&panicked);
+                async move {
+                    let sweep = queue.sweeper(SWEEP, move |expired| {
+                        if !panicked.swap(true, Ordering::SeqCst) {
+                            panic!("sweep broke on {}", expired.item);
+                        }
+                        reported.lock().unwrap().push(expired.item);
+                    });
+                    sweep.await;
                 }
-            },
-        ));
+            }
+        }));
 
         queue.push("first", 1).unwrap();
         wait(MAX_AGE + SWEEP + Duration::from_secs(1)).await;
@@ -197,10 +194,7 @@ mod tests {
             .collect();
         assert_eq!(errors.len(), 1, "{text}");
         let fields = &errors[0]["fields"];
-        assert_eq!(
-            fields["message"],
-            "background task panicked; restarting it"
-        );
+        assert_eq!(fields["message"], "background task panicked; restarting it");
         assert_eq!(fields["task"], "queue_sweeper");
         assert_eq!(fields["panic"], "sweep broke on first");
         let restart_in = fields["restart_in_seconds"].as_f64().unwrap();

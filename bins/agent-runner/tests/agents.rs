@@ -161,7 +161,10 @@ async fn a_timed_out_agent_that_obeys_sigterm_is_stopped_and_its_workspace_remov
     assert_eq!(removed["fields"]["incident_id"], "slow-1");
     assert_eq!(removed["fields"]["status"], "timeout");
     assert_eq!(removed["fields"]["workspace"], pwd.trim());
-    assert_eq!(removed["fields"]["agent_id"], finished["fields"]["agent_id"]);
+    assert_eq!(
+        removed["fields"]["agent_id"],
+        finished["fields"]["agent_id"]
+    );
     shutdown.trigger();
     runner.run_until_shutdown().await;
 }
@@ -382,11 +385,18 @@ async fn up_stays_1_while_metrics_answer_during_the_drain_and_the_shutdown_phase
     let mut during = scrape().await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while sample(&during, "agent_runner_shutdown_phase") != 1.0 {
-        assert!(Instant::now() < deadline, "the drain never showed:\n{during}");
+        assert!(
+            Instant::now() < deadline,
+            "the drain never showed:\n{during}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
         during = scrape().await;
     }
-    assert_eq!(sample(&during, "agent_runner_up"), 1.0, "answering means up");
+    assert_eq!(
+        sample(&during, "agent_runner_up"),
+        1.0,
+        "answering means up"
+    );
     assert_eq!(
         sample(&during, r#"agent_runner_agents_active{cluster="test"}"#),
         1.0

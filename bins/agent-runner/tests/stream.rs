@@ -355,7 +355,9 @@ async fn a_failed_connection_is_one_warn_line_and_a_reconnection_reports_the_dow
     assert_eq!(reconnected.len(), 1, "{reconnected:#?}");
     assert_eq!(reconnected[0]["level"], "INFO");
     assert_eq!(reconnected[0]["fields"]["cluster"], "test");
-    let downtime = reconnected[0]["fields"]["downtime_seconds"].as_f64().unwrap();
+    let downtime = reconnected[0]["fields"]["downtime_seconds"]
+        .as_f64()
+        .unwrap();
     assert!(
         downtime >= 0.3 && downtime <= away,
         "down at least while the server was away, at most since the kill: {downtime} (away {away})"
@@ -365,7 +367,8 @@ async fn a_failed_connection_is_one_warn_line_and_a_reconnection_reports_the_dow
     assert!(
         failures[1..]
             .iter()
-            .all(|l| l["fields"]["reason"] == "network" && l["fields"]["attempt"].as_u64() >= Some(1)),
+            .all(|l| l["fields"]["reason"] == "network"
+                && l["fields"]["attempt"].as_u64() >= Some(1)),
         "{failures:#?}"
     );
 

@@ -261,8 +261,7 @@ pub fn assert_bounded_labels(text: &str, clusters: &[&str]) {
     use agent_runner::AgentStatus;
     use agent_runner::filter::{Severity, UNKNOWN_SEVERITY};
     use agent_runner::metrics::{
-        AGENT_DURATION_BUCKETS, FILTER_REASONS, SSE_CONNECTION_DURATION_BUCKETS, SSE_REASONS,
-        TASKS,
+        AGENT_DURATION_BUCKETS, FILTER_REASONS, SSE_CONNECTION_DURATION_BUCKETS, SSE_REASONS, TASKS,
     };
 
     let owned = |values: &[&str]| values.iter().map(|v| (*v).to_owned()).collect::<Vec<_>>();
@@ -279,8 +278,14 @@ pub fn assert_bounded_labels(text: &str, clusters: &[&str]) {
         .map(|s| s.as_str().to_owned())
         .chain([UNKNOWN_SEVERITY.to_owned()])
         .collect();
-    let statuses: Vec<String> = AgentStatus::ALL.iter().map(|s| s.as_str().to_owned()).collect();
-    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+    let statuses: Vec<String> = AgentStatus::ALL
+        .iter()
+        .map(|s| s.as_str().to_owned())
+        .collect();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
         let (series, _) = line.rsplit_once(' ').unwrap();
         let (name, labels) = match series.split_once('{') {
             Some((name, labels)) => (name, labels.strip_suffix('}').unwrap()),
