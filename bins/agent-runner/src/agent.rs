@@ -288,10 +288,10 @@ async fn collect(reader: Option<JoinHandle<Captured>>) -> Captured {
     }
 }
 
-/// Removes the workspace and says so: at INFO for an agent that was
-/// stopped (timeout, cancel, shutdown), whose cleanup an operator wants
-/// confirmed, at DEBUG after an agent that ended by itself; a failure is
-/// always a WARN. `status` is `None` when the agent never started.
+/// Removes the workspace. For an agent that was stopped (timeout, cancel,
+/// shutdown) an INFO line confirms it, since that is the cleanup an operator
+/// wants to see; an agent that ended by itself already has its INFO line. A
+/// failure is always a WARN. `status` is `None` when the agent never started.
 fn remove_workspace(
     workspace: tempfile::TempDir,
     agent_id: &str,
@@ -309,14 +309,7 @@ fn remove_workspace(
             workspace = %path.display(),
             "agent workspace removed"
         ),
-        Ok(()) => tracing::debug!(
-            agent_id,
-            cluster = %incident.cluster,
-            incident_id = %incident.id,
-            status = status_label,
-            workspace = %path.display(),
-            "agent workspace removed"
-        ),
+        Ok(()) => {}
         Err(error) => tracing::warn!(
             agent_id,
             cluster = %incident.cluster,

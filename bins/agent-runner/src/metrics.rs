@@ -45,6 +45,32 @@ pub const SSE_REASONS: [&str; 5] = [
 /// through a panic.
 pub const TASKS: [&str; 1] = ["queue_sweeper"];
 
+/// Every family [`Metrics`] registers, as its samples name it (counters
+/// with `_total`; histograms without `_bucket`, `_sum`, `_count`). The
+/// runner adds the `agent_runner_shutdown_*` gauges of its `Shutdown`.
+pub const FAMILIES: [&str; 20] = [
+    "agent_runner_events_received_total",
+    "agent_runner_events_filtered_total",
+    "agent_runner_events_queued_total",
+    "agent_runner_events_expired_total",
+    "agent_runner_events_dequeued_total",
+    "agent_runner_queue_depth",
+    "agent_runner_agents_spawned_total",
+    "agent_runner_agents_completed_total",
+    "agent_runner_agents_timeout_total",
+    "agent_runner_agents_active",
+    "agent_runner_agent_duration_seconds",
+    "agent_runner_circuit_breaker_state",
+    "agent_runner_circuit_breaker_events_dropped_total",
+    "agent_runner_sse_connections_active",
+    "agent_runner_sse_reconnections_total",
+    "agent_runner_sse_connection_errors_total",
+    "agent_runner_sse_connection_duration_seconds",
+    "agent_runner_task_panics_total",
+    "agent_runner_build_info",
+    "agent_runner_up",
+];
+
 /// How an agent ended: the `status` label of `agents_completed_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AgentStatus {
@@ -521,30 +547,6 @@ fn reason_labels(cluster: &str, reason: &str) -> ReasonLabels {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Every family of the issue, as exposed.
-    pub(crate) const FAMILIES: [&str; 20] = [
-        "agent_runner_events_received_total",
-        "agent_runner_events_filtered_total",
-        "agent_runner_events_queued_total",
-        "agent_runner_events_expired_total",
-        "agent_runner_events_dequeued_total",
-        "agent_runner_queue_depth",
-        "agent_runner_agents_spawned_total",
-        "agent_runner_agents_completed_total",
-        "agent_runner_agents_timeout_total",
-        "agent_runner_agents_active",
-        "agent_runner_agent_duration_seconds",
-        "agent_runner_circuit_breaker_state",
-        "agent_runner_circuit_breaker_events_dropped_total",
-        "agent_runner_sse_connections_active",
-        "agent_runner_sse_reconnections_total",
-        "agent_runner_sse_connection_errors_total",
-        "agent_runner_sse_connection_duration_seconds",
-        "agent_runner_task_panics_total",
-        "agent_runner_build_info",
-        "agent_runner_up",
-    ];
 
     fn text(metrics: &Metrics) -> String {
         let mut registry = Registry::default();

@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 
 use agent_runner::Runner;
 use agent_runner::config::DEFAULT_AGENT_KILL_GRACE_SECONDS;
-use resilience::Shutdown;
 use serde_json::Value;
-use support::{FakeStream, Logs, eventually, http, sample, settings};
+use support::{FakeStream, Logs, eventually, http, sample, settings, start_connected};
 
 fn value(runner: &Runner, name: &str, extra: &str) -> f64 {
     let series = if extra.is_empty() {
@@ -60,12 +59,7 @@ async fn an_agent_gets_the_incident_on_stdin_its_env_and_a_workspace_removed_aft
     );
     let mut settings = settings(&stream.url(), &script);
     settings.workspace_root = Some(workspaces.path().to_owned());
-    let shutdown = Shutdown::new();
-    let runner = Runner::start(settings, shutdown.clone()).await.unwrap();
-    eventually("connected", || {
-        value(&runner, "sse_connections_active", "") == 1.0
-    })
-    .await;
+    let (runner, shutdown) = start_connected(settings).await;
 
     stream
         .emit("id: 7\ndata: {\"id\":\"disk-full\",\"severity\":\"critical\",\"node\":\"n1\"}\n\n");
@@ -113,12 +107,7 @@ async fn a_timed_out_agent_that_obeys_sigterm_is_stopped_and_its_workspace_remov
     );
     let mut settings = settings(&stream.url(), &script);
     settings.agent_timeout = Duration::from_secs(1);
-    let shutdown = Shutdown::new();
-    let runner = Runner::start(settings, shutdown.clone()).await.unwrap();
-    eventually("connected", || {
-        value(&runner, "sse_connections_active", "") == 1.0
-    })
-    .await;
+    let (runner, shutdown) = start_connected(settings).await;
 
     let started = Instant::now();
     stream.incident("slow-1", "error");
@@ -187,12 +176,7 @@ async fn a_timed_out_agent_that_ignores_sigterm_is_killed_after_the_default_5_se
         "the issue's default is what this test exercises"
     );
     settings.agent_timeout = Duration::from_secs(1);
-    let shutdown = Shutdown::new();
-    let runner = Runner::start(settings, shutdown.clone()).await.unwrap();
-    eventually("connected", || {
-        value(&runner, "sse_connections_active", "") == 1.0
-    })
-    .await;
+    let (runner, shutdown) = start_connected(settings).await;
 
     let started = Instant::now();
     stream.incident("stubborn-1", "critical");
@@ -218,14 +202,7 @@ async fn a_timed_out_agent_that_ignores_sigterm_is_killed_after_the_default_5_se
 #[tokio::test]
 async fn agents_are_listed_and_cancelled_through_the_api() {
     let stream = FakeStream::start(Vec::new()).await;
-    let shutdown = Shutdown::new();
-    let runner = Runner::start(settings(&stream.url(), "exec sleep 3600"), shutdown.clone())
-        .await
-        .unwrap();
-    eventually("connected", || {
-        value(&runner, "sse_connections_active", "") == 1.0
-    })
-    .await;
+    let (runner, shutdown) = start_connected(settings(&stream.url(), "exec sleep 3600")).await;
     stream.incident("long-1", "error");
     eventually("the agent runs", || {
         value(&runner, "agents_active", "") == 1.0
@@ -300,12 +277,7 @@ async fn queued_incidents_expire_on_the_sweep_with_a_warning_on_a_paused_clock()
         (Duration::from_secs(600), Duration::from_secs(60)),
         "the defaults"
     );
-    let shutdown = Shutdown::new();
-    let runner = Runner::start(settings, shutdown.clone()).await.unwrap();
-    eventually("connected", || {
-        value(&runner, "sse_connections_active", "") == 1.0
-    })
-    .await;
+    let (runner, shutdown) = start_connected(settings).await;
     stream.incident("busy", "critical");
     eventually("the only agent slot is taken", || {
         value(&runner, "agents_active", "") == 1.0
@@ -357,12 +329,7 @@ async fn up_stays_1_while_metrics_answer_during_the_drain_and_the_shutdown_phase
     let stream = FakeStream::start(Vec::new()).await;
     let mut settings = settings(&stream.url(), "exec sleep 3600");
     settings.shutdown_timeout = Duration::from_secs(2);
-    let shutdown = Shutdown::new();
-    let runner = Runner::start(settings, shutdown.clone()).await.unwrap();
-    eventually("connected", || {
-        value(&runner, "sse_connections_active", "") == 1.0
-    })
-    .await;
+    let (runner, shutdown) = start_connected(settings).await;
     stream.incident("long-1", "error");
     eventually("the agent runs", || {
         value(&runner, "agents_active", "") == 1.0

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
-use support::{FAMILIES, FakeStream, http, is_sample_of};
+use support::{FakeStream, families, http, is_sample_of};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -217,7 +217,7 @@ async fn metrics_lists_every_family_and_sigterm_drains_agents_then_exits_0() {
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.split(['{', ' ']).next())
         .collect();
-    for family in FAMILIES {
+    for family in families() {
         assert!(
             names.iter().any(|name| is_sample_of(name, family)),
             "{family} missing from /metrics:\n{text}"

@@ -12,6 +12,7 @@ use resilience::Shutdown;
 use serde_json::Value;
 use support::{
     FakeStream, Logs, Reply, assert_bounded_labels, eventually, http, incident, sample, settings,
+    start_connected,
 };
 
 const C: &str = r#"cluster="test""#;
@@ -124,14 +125,7 @@ async fn connection_metrics_are_exact_across_a_clean_end_a_500_a_drop_and_a_rest
 #[tokio::test]
 async fn every_event_is_counted_once_by_severity_and_filter_reason() {
     let stream = FakeStream::start(Vec::new()).await;
-    let shutdown = Shutdown::new();
-    let runner = Runner::start(settings(&stream.url(), "true"), shutdown.clone())
-        .await
-        .unwrap();
-    eventually("connected", || {
-        value(&runner, "sse_connections_active", "") == 1.0
-    })
-    .await;
+    let (runner, shutdown) = start_connected(settings(&stream.url(), "true")).await;
 
     stream.incident("i-1", "info"); // below the default minimum (warning)
     stream.incident("w-1", "warning");
@@ -230,14 +224,7 @@ async fn readyz_is_503_until_a_stream_connects() {
     runner.run_until_shutdown().await;
 
     let stream = FakeStream::start(Vec::new()).await;
-    let shutdown = Shutdown::new();
-    let runner = Runner::start(settings(&stream.url(), "true"), shutdown.clone())
-        .await
-        .unwrap();
-    eventually("connected", || {
-        value(&runner, "sse_connections_active", "") == 1.0
-    })
-    .await;
+    let (runner, shutdown) = start_connected(settings(&stream.url(), "true")).await;
     assert_eq!(readyz(&runner).await.0, 200);
     shutdown.trigger();
     runner.run_until_shutdown().await;
@@ -304,14 +291,7 @@ async fn the_breaker_opens_on_failures_drops_incidents_and_recovers_with_a_probe
 async fn a_failed_connection_is_one_warn_line_and_a_reconnection_reports_the_downtime() {
     let (logs, _guard) = Logs::capture();
     let stream = FakeStream::start(vec![Reply::Status(500), Reply::Live(Vec::new())]).await;
-    let shutdown = Shutdown::new();
-    let runner = Runner::start(settings(&stream.url(), "true"), shutdown.clone())
-        .await
-        .unwrap();
-    eventually("connected after the 500", || {
-        value(&runner, "sse_connections_active", "") == 1.0
-    })
-    .await;
+    let (runner, shutdown) = start_connected(settings(&stream.url(), "true")).await;
 
     // The 500: one WARN line that says what failed, when the next try is
     // and how many tries it has been.

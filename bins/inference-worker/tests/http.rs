@@ -292,13 +292,12 @@ async fn correlation_id_is_echoed_and_carried_by_the_cancel_log_lines() {
     let logs = capture_logs();
     let worker = TestWorker::start(Config::default()).await;
     let response = worker
-        .http
-        .post(worker.url("/execute"))
-        .header("x-correlation-id", "corr-execute-7f3a")
-        .json(&json!({"job_id": "logged", "prompt": "p", "max_tokens": 1000}))
-        .send()
-        .await
-        .unwrap();
+        .post_json(
+            "/execute",
+            &json!({"job_id": "logged", "prompt": "p", "max_tokens": 1000}),
+            Some("corr-execute-7f3a"),
+        )
+        .await;
     assert_eq!(response.headers()["x-correlation-id"], "corr-execute-7f3a");
     let mut events = SseReader::new(response);
     assert_eq!(
@@ -307,13 +306,12 @@ async fn correlation_id_is_echoed_and_carried_by_the_cancel_log_lines() {
     );
 
     let response = worker
-        .http
-        .post(worker.url("/cancel"))
-        .header("x-correlation-id", "corr-cancel-9b1c")
-        .json(&json!({"job_id": "logged"}))
-        .send()
-        .await
-        .unwrap();
+        .post_json(
+            "/cancel",
+            &json!({"job_id": "logged"}),
+            Some("corr-cancel-9b1c"),
+        )
+        .await;
     assert_eq!(response.status(), 202);
     assert_eq!(response.headers()["x-correlation-id"], "corr-cancel-9b1c");
     events.collect_all().await;
@@ -337,14 +335,9 @@ async fn correlation_id_is_echoed_and_carried_by_the_cancel_log_lines() {
 
     // Absent or malformed ids are replaced by a generated one.
     for header in [None, Some("bad id with spaces")] {
-        let mut request = worker
-            .http
-            .post(worker.url("/cancel"))
-            .json(&json!({"job_id": "x"}));
-        if let Some(value) = header {
-            request = request.header("x-correlation-id", value);
-        }
-        let response = request.send().await.unwrap();
+        let response = worker
+            .post_json("/cancel", &json!({"job_id": "x"}), header)
+            .await;
         let id = response.headers()["x-correlation-id"].to_str().unwrap();
         assert_eq!(id.len(), 36, "a generated UUID, got {id:?}");
     }

@@ -97,24 +97,22 @@ async fn a_cancel_is_narrated_from_request_to_completion_and_an_unknown_job_warn
     let logs = capture_logs();
     let worker = TestWorker::start(Config::default()).await;
     let response = worker
-        .http
-        .post(worker.url("/execute"))
-        .header("x-correlation-id", "corr-story-execute")
-        .json(&json!({"job_id": "narrated-1", "prompt": "p", "max_tokens": 1000}))
-        .send()
-        .await
-        .unwrap();
+        .post_json(
+            "/execute",
+            &json!({"job_id": "narrated-1", "prompt": "p", "max_tokens": 1000}),
+            Some("corr-story-execute"),
+        )
+        .await;
     let mut events = SseReader::new(response);
     assert_eq!(events.next().await.unwrap().event, "started");
     assert_eq!(events.next().await.unwrap().event, "token");
     let cancel = worker
-        .http
-        .post(worker.url("/cancel"))
-        .header("x-correlation-id", "corr-story-cancel")
-        .json(&json!({"job_id": "narrated-1"}))
-        .send()
-        .await
-        .unwrap();
+        .post_json(
+            "/cancel",
+            &json!({"job_id": "narrated-1"}),
+            Some("corr-story-cancel"),
+        )
+        .await;
     assert_eq!(cancel.status(), 202);
     events.collect_all().await;
 

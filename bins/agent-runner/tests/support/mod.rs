@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
+use agent_runner::Runner;
 use agent_runner::config::{AgentCommand, Config, Settings};
 use axum::Router;
 use axum::body::Body;
@@ -20,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
 use clap::Parser;
+use resilience::Shutdown;
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
@@ -210,6 +212,21 @@ pub fn settings(url: &str, script: &str) -> Settings {
     settings
 }
 
+/// Starts an in-process runner on `settings` (cluster `test`) and waits
+/// until its stream is connected.
+pub async fn start_connected(settings: Settings) -> (Runner, Shutdown) {
+    let shutdown = Shutdown::new();
+    let runner = Runner::start(settings, shutdown.clone()).await.unwrap();
+    eventually("the stream is connected", || {
+        sample(
+            &runner.metrics_text(),
+            r#"agent_runner_sse_connections_active{cluster="test"}"#,
+        ) == 1.0
+    })
+    .await;
+    (runner, shutdown)
+}
+
 pub fn sh(script: &str) -> AgentCommand {
     AgentCommand {
         program: "sh".to_owned(),
@@ -217,33 +234,20 @@ pub fn sh(script: &str) -> AgentCommand {
     }
 }
 
-/// Every metric family the runner exposes, as its samples name it (counters
-/// with `_total`; histograms without `_bucket`, `_sum`, `_count`).
-pub const FAMILIES: [&str; 23] = [
-    "agent_runner_events_received_total",
-    "agent_runner_events_filtered_total",
-    "agent_runner_events_queued_total",
-    "agent_runner_events_expired_total",
-    "agent_runner_events_dequeued_total",
-    "agent_runner_queue_depth",
-    "agent_runner_agents_spawned_total",
-    "agent_runner_agents_completed_total",
-    "agent_runner_agents_timeout_total",
-    "agent_runner_agents_active",
-    "agent_runner_agent_duration_seconds",
-    "agent_runner_circuit_breaker_state",
-    "agent_runner_circuit_breaker_events_dropped_total",
-    "agent_runner_sse_connections_active",
-    "agent_runner_sse_reconnections_total",
-    "agent_runner_sse_connection_errors_total",
-    "agent_runner_sse_connection_duration_seconds",
-    "agent_runner_task_panics_total",
-    "agent_runner_build_info",
-    "agent_runner_up",
-    "agent_runner_shutdown_phase",
-    "agent_runner_shutdown_drain_duration_seconds",
-    "agent_runner_shutdown_abandoned_tasks",
-];
+/// Every metric family the runner exposes: [`Metrics`]'s and its
+/// shutdown's.
+///
+/// [`Metrics`]: agent_runner::Metrics
+pub fn families() -> Vec<&'static str> {
+    agent_runner::metrics::FAMILIES
+        .into_iter()
+        .chain([
+            "agent_runner_shutdown_phase",
+            "agent_runner_shutdown_drain_duration_seconds",
+            "agent_runner_shutdown_abandoned_tasks",
+        ])
+        .collect()
+}
 
 /// Whether `name` (a sample's name, or a word in a query) belongs to `family`.
 pub fn is_sample_of(name: &str, family: &str) -> bool {
@@ -291,11 +295,11 @@ pub fn assert_bounded_labels(text: &str, clusters: &[&str]) {
             Some((name, labels)) => (name, labels.strip_suffix('}').unwrap()),
             None => (series, ""),
         };
-        let family = FAMILIES
-            .iter()
+        let family = families()
+            .into_iter()
             .find(|family| is_sample_of(name, family))
             .unwrap_or_else(|| panic!("{name} is not a documented family"));
-        let allowed: Vec<(&str, Vec<String>)> = match *family {
+        let allowed: Vec<(&str, Vec<String>)> = match family {
             "agent_runner_events_received_total" => {
                 vec![cluster.clone(), ("severity", severities.clone())]
             }

@@ -62,39 +62,37 @@ impl TestWorker {
         format!("http://{}{path}", self.addr)
     }
 
+    /// POSTs `body` as JSON to `path`, with `correlation_id` as
+    /// `X-Correlation-Id` when given.
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &Value,
+        correlation_id: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = self.http.post(self.url(path)).json(body);
+        if let Some(id) = correlation_id {
+            request = request.header("x-correlation-id", id);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// Starts a job and returns its event stream.
     pub async fn execute(&self, body: Value) -> SseReader {
-        let response = self
-            .http
-            .post(self.url("/execute"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let response = self.post_json("/execute", &body, None).await;
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["content-type"], "text/event-stream");
         SseReader::new(response)
     }
 
+    /// `POST /execute` expected to be refused: its status and error body.
     pub async fn execute_status(&self, body: Value) -> (u16, Value) {
-        let response = self
-            .http
-            .post(self.url("/execute"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        (response.status().as_u16(), response.json().await.unwrap())
+        status_and_json(self.post_json("/execute", &body, None).await).await
     }
 
+    /// `POST /cancel`: its status and body.
     pub async fn cancel(&self, body: Value) -> (u16, Value) {
-        let response = self
-            .http
-            .post(self.url("/cancel"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        (response.status().as_u16(), response.json().await.unwrap())
+        status_and_json(self.post_json("/cancel", &body, None).await).await
     }
 
     pub async fn post_raw(&self, path: &str, body: String) -> reqwest::Response {
@@ -144,6 +142,10 @@ impl TestWorker {
             other => panic!("{job_id} has not finished: {other:?}"),
         }
     }
+}
+
+async fn status_and_json(response: reqwest::Response) -> (u16, Value) {
+    (response.status().as_u16(), response.json().await.unwrap())
 }
 
 /// One server-sent event.
