@@ -93,7 +93,7 @@ async fn a_body_that_does_not_parse_is_a_400_naming_the_problem_whatever_the_con
 }
 
 #[tokio::test]
-async fn a_cancel_is_narrated_from_request_to_completion_and_an_unknown_job_warns() {
+async fn a_cancel_is_narrated_from_request_to_completion_under_both_correlation_ids() {
     let logs = capture_logs();
     let worker = TestWorker::start(Config::default()).await;
     let response = worker
@@ -103,8 +103,12 @@ async fn a_cancel_is_narrated_from_request_to_completion_and_an_unknown_job_warn
             Some("corr-story-execute"),
         )
         .await;
+    assert_eq!(response.headers()["x-correlation-id"], "corr-story-execute");
     let mut events = SseReader::new(response);
-    assert_eq!(events.next().await.unwrap().event, "started");
+    assert_eq!(
+        events.next().await.unwrap().json()["correlation_id"],
+        "corr-story-execute"
+    );
     assert_eq!(events.next().await.unwrap().event, "token");
     let cancel = worker
         .post_json(
@@ -114,18 +118,31 @@ async fn a_cancel_is_narrated_from_request_to_completion_and_an_unknown_job_warn
         )
         .await;
     assert_eq!(cancel.status(), 202);
+    assert_eq!(cancel.headers()["x-correlation-id"], "corr-story-cancel");
     events.collect_all().await;
 
-    let narration = |action: &str, job_id: &str| -> Vec<Value> {
-        logs.lines()
-            .into_iter()
-            .filter(|l| l["fields"]["action"] == action && l["fields"]["job_id"] == job_id)
+    // Every line of a request carries its correlation id in the request
+    // span, the stream's lines included (they outlive the handler).
+    let lines = logs.of_job("narrated-1");
+    let stopped: Vec<_> = lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "job stopped after cancel")
+        .collect();
+    assert_eq!(stopped.len(), 1, "{lines:#?}");
+    assert_eq!(stopped[0]["span"]["correlation_id"], "corr-story-execute");
+
+    let narration = |action: &str| -> Vec<&Value> {
+        lines
+            .iter()
+            .filter(|l| l["fields"]["action"] == action)
             .collect()
     };
-    let requested = narration("cancel", "narrated-1");
+    let requested = narration("cancel");
     assert_eq!(requested.len(), 1, "{requested:#?}");
     let requested = &requested[0];
     assert_eq!(requested["level"], "INFO");
+    assert_eq!(requested["span"]["correlation_id"], "corr-story-cancel");
+    assert_eq!(requested["span"]["job_id"], "narrated-1");
     let fields = &requested["fields"];
     assert_eq!(fields["actor"], "inference-worker");
     assert_eq!(fields["correlation_id"], "corr-story-cancel");
@@ -135,7 +152,7 @@ async fn a_cancel_is_narrated_from_request_to_completion_and_an_unknown_job_warn
         "Cancelling job narrated-1: no token is sent after this answer"
     );
 
-    let complete = narration("cancel_complete", "narrated-1");
+    let complete = narration("cancel_complete");
     assert_eq!(complete.len(), 1, "{complete:#?}");
     let complete = &complete[0];
     assert_eq!(complete["level"], "INFO");
@@ -156,10 +173,19 @@ async fn a_cancel_is_narrated_from_request_to_completion_and_an_unknown_job_warn
             "Job narrated-1 cancelled after {tokens} tokens; it stopped {stop_ms:.1} ms after the cancel request"
         )
     );
+}
 
+#[tokio::test]
+async fn a_cancel_for_an_unknown_job_answers_202_and_is_narrated_at_warn() {
+    let logs = capture_logs();
+    let worker = TestWorker::start(Config::default()).await;
     let (status, _) = worker.cancel(json!({"job_id": "never-ran-7"})).await;
     assert_eq!(status, 202);
-    let unknown = narration("cancel", "never-ran-7");
+    let unknown: Vec<Value> = logs
+        .of_job("never-ran-7")
+        .into_iter()
+        .filter(|l| l["fields"]["action"] == "cancel")
+        .collect();
     assert_eq!(unknown.len(), 1, "{unknown:#?}");
     assert_eq!(unknown[0]["level"], "WARN");
     let fields = &unknown[0]["fields"];
