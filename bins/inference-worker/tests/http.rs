@@ -356,7 +356,8 @@ async fn upstream_done_ends_the_stream_with_usage() {
 }
 
 #[tokio::test]
-async fn upstream_failure_ends_the_stream_with_upstream_error_and_frees_the_reservation() {
+async fn upstream_failure_ends_the_stream_with_upstream_error_frees_the_reservation_and_later_cancels_answer_202()
+ {
     let app = Router::new().route(
         "/v1/completions",
         post(|| async { (http::StatusCode::SERVICE_UNAVAILABLE, "model is loading") }),
@@ -384,6 +385,24 @@ async fn upstream_failure_ends_the_stream_with_upstream_error_and_frees_the_rese
     );
     assert_eq!(worker.status_outcome("up-503"), JobOutcome::Failed);
     assert_eq!(worker.worker.tracker().pool().reserved(), 0);
+
+    // Cancelling the failed job answers 202, every time, and changes nothing.
+    for _ in 0..2 {
+        let (status, body) = worker.cancel(json!({"job_id": "up-503"})).await;
+        assert_eq!(status, 202);
+        assert_eq!(body, json!({"status": "cancelling", "job_id": "up-503"}));
+    }
+    assert_eq!(
+        worker.status_outcome("up-503"),
+        JobOutcome::Failed,
+        "a late cancel does not rewrite how the job ended"
+    );
+    assert_eq!(
+        worker
+            .metric(r#"job_tracker_cancel_requests_total{outcome="finished"}"#)
+            .await,
+        2.0
+    );
 }
 
 #[tokio::test]

@@ -1,15 +1,14 @@
 //! The cancellation story's own commands and edge cases, over real HTTP:
 //! bodies without a JSON content type, the narration of a cancel, a cancel
-//! after a failure, a cancel racing the last token, and 100 cancels at once.
+//! racing the last token, and 100 cancels at once (a cancel after a failure
+//! is in `http.rs`, with the upstream failure).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
 
 use std::sync::Arc;
 
-use futures::stream;
-use inference_worker::{Config, GenerateRequest, SourceError, TokenSource, TokenStream};
-use job_tracker::JobOutcome;
+use inference_worker::Config;
 use serde_json::{Value, json};
 use support::{HandFedSource, SseReader, TestWorker, capture_logs};
 
@@ -203,38 +202,6 @@ async fn a_cancel_for_an_unknown_job_answers_202_and_is_narrated_at_warn() {
 }
 
 #[tokio::test]
-async fn cancel_after_a_job_failed_answers_202_every_time_and_changes_nothing() {
-    let worker = TestWorker::start_with(Config::default(), Arc::new(FailingSource)).await;
-    let events = worker
-        .execute(json!({"job_id": "failed-1", "prompt": "p", "max_tokens": 10}))
-        .await
-        .collect_all()
-        .await;
-    let last = events.last().unwrap();
-    assert_eq!(last.event, "error");
-    assert_eq!(last.json()["code"], "UPSTREAM_ERROR");
-    assert_eq!(worker.status_outcome("failed-1"), JobOutcome::Failed);
-
-    for _ in 0..2 {
-        let (status, body) = worker.cancel(json!({"job_id": "failed-1"})).await;
-        assert_eq!(status, 202);
-        assert_eq!(body, json!({"status": "cancelling", "job_id": "failed-1"}));
-    }
-    assert_eq!(
-        worker.status_outcome("failed-1"),
-        JobOutcome::Failed,
-        "a late cancel does not rewrite how the job ended"
-    );
-    assert_eq!(
-        worker
-            .metric(r#"job_tracker_cancel_requests_total{outcome="finished"}"#)
-            .await,
-        2.0
-    );
-    assert_eq!(worker.worker.tracker().pool().reserved(), 0);
-}
-
-#[tokio::test]
 async fn a_cancel_racing_the_last_token_ends_the_stream_with_exactly_one_of_end_or_cancelled() {
     let (source, mut feeds) = HandFedSource::new();
     let worker = TestWorker::start_with(Config::default(), Arc::new(source)).await;
@@ -328,20 +295,4 @@ async fn a_hundred_simultaneous_cancels_of_one_job_all_answer_202_and_one_cancel
             .await,
         1.0
     );
-}
-
-/// A token source that fails on its first token, as an upstream that dies
-/// mid-request does.
-struct FailingSource;
-
-impl TokenSource for FailingSource {
-    fn generate(&self, _request: &GenerateRequest) -> TokenStream {
-        Box::pin(stream::iter([Err(SourceError::Malformed(
-            "the model crashed".to_owned(),
-        ))]))
-    }
-
-    fn name(&self) -> &'static str {
-        "failing"
-    }
 }
