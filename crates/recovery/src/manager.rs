@@ -487,15 +487,32 @@ impl RecoveryManager {
         let inner = &self.inner;
         let mut world = World::default();
         let prefix = format!("{}-task-", inner.locks.config().prefix);
-        for lease in inner.locks.list_leases().await? {
-            report.leases += 1;
-            if let Some(task) = lease
-                .metadata
-                .name
-                .as_deref()
-                .and_then(|n| n.strip_prefix(&prefix))
-            {
-                world.leases.insert(task.to_owned(), lease);
+        let mut token = None;
+        loop {
+            let page = inner
+                .locks
+                .list_leases(inner.config.page_size, token)
+                .await?;
+            for mut lease in page.leases {
+                report.leases += 1;
+                let Some(task) = lease
+                    .metadata
+                    .name
+                    .as_deref()
+                    .and_then(|n| n.strip_prefix(&prefix))
+                    .map(str::to_owned)
+                else {
+                    continue;
+                };
+                // Kept for the whole cycle: only what a decision and a
+                // conditional delete read.
+                lease.metadata.managed_fields = None;
+                lease.metadata.annotations = None;
+                world.leases.insert(task, lease);
+            }
+            match page.continue_token {
+                Some(next) => token = Some(next),
+                None => break,
             }
         }
         // The clock the saga stamps intents with.
