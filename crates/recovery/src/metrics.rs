@@ -63,11 +63,11 @@ impl Default for Metrics {
                 &metrics.handed,
                 &metrics.flagged,
             ] {
-                family.get_or_create(&labels);
+                let _ = family.get_or_create(&labels);
             }
         }
         for reason in SKIP_REASONS {
-            metrics.skipped.get_or_create(&ReasonLabels { reason });
+            let _ = metrics.skipped.get_or_create(&ReasonLabels { reason });
         }
         metrics
     }
