@@ -275,7 +275,7 @@ mod github_only {
     #[tokio::test]
     async fn a_github_app_installation_mints_its_token_and_works() {
         let fake = FakeGitHub::start().await.unwrap();
-        let key = include_str!("fixtures/test-app-key.pem");
+        let key = testkit::github::TEST_APP_PRIVATE_KEY_PEM;
         let github = GitHubLabels::builder()
             .app_installation(12345, SecretString::from(key), 678)
             .base_uri(fake.url().as_str())

@@ -172,7 +172,7 @@ async fn no_token_or_private_key_appears_in_any_error_debug_output_or_log_line()
     errors.push(wrong_manager.transition(&pr(1), &stage).await.unwrap_err());
 
     // A GitHub App installation with a real (throwaway) key, and a bad key.
-    let key = include_str!("fixtures/test-app-key.pem");
+    let key = testkit::github::TEST_APP_PRIVATE_KEY_PEM;
     let app = GitHubLabels::builder()
         .app_installation(1, SecretString::from(key), 2)
         .base_uri(fake.url().as_str())

@@ -26,6 +26,16 @@ use crate::error::Error;
 use crate::lock::{LeaseLock, holder_of};
 use crate::{LOCK_PREFIX_LABEL, Lease, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 
+/// One page of [`LeaseLock::list_leases`] (and of
+/// [`LeaseBackend::list_page`](crate::LeaseBackend::list_page)).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LeasePage {
+    /// The Leases on this page, in name order.
+    pub leases: Vec<Lease>,
+    /// Where the next page starts; `None` on the last page.
+    pub continue_token: Option<String>,
+}
+
 /// What one garbage collection pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GcReport {
@@ -103,9 +113,15 @@ impl LeaseLock {
         Ok(report)
     }
 
-    /// Every Lease of this lock (same namespace and prefix label), in one
-    /// LIST: what the recovery reconciler compares with the task states.
-    pub async fn list_leases(&self) -> Result<Vec<Lease>, Error> {
+    /// One page of this lock's Leases (same namespace and prefix label):
+    /// at most `limit` from `continue_token` (a previous page's, `None` for
+    /// the first). What the recovery reconciler compares with the task
+    /// states, a page at a time.
+    pub async fn list_leases(
+        &self,
+        limit: u32,
+        continue_token: Option<String>,
+    ) -> Result<LeasePage, Error> {
         let inner = self.inner();
         let config = &inner.config;
         let selector = format!(
@@ -113,14 +129,17 @@ impl LeaseLock {
             config.prefix
         );
         let prefix = format!("{}-", config.prefix);
-        let mut leases = inner.backend.list(&config.namespace, &selector).await?;
-        leases.retain(|l| {
+        let mut page = inner
+            .backend
+            .list_page(&config.namespace, &selector, limit, continue_token)
+            .await?;
+        page.leases.retain(|l| {
             l.metadata
                 .name
                 .as_deref()
                 .is_some_and(|n| n.starts_with(&prefix))
         });
-        Ok(leases)
+        Ok(page)
     }
 
     /// Deletes `lease` (as [`list_leases`](Self::list_leases) read it) if its

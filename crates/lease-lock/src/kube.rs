@@ -120,6 +120,27 @@ impl LeaseBackend for KubeLeases {
             .map_err(|e| Error::from_kube(e, "(list)"))
     }
 
+    async fn list_page(
+        &self,
+        namespace: &str,
+        label_selector: &str,
+        limit: u32,
+        continue_token: Option<String>,
+    ) -> Result<crate::LeasePage, Error> {
+        let mut params = ListParams::default().labels(label_selector).limit(limit);
+        if let Some(token) = continue_token {
+            params = params.continue_token(&token);
+        }
+        self.api(namespace)
+            .list(&params)
+            .await
+            .map(|list| crate::LeasePage {
+                leases: list.items,
+                continue_token: list.metadata.continue_.filter(|t| !t.is_empty()),
+            })
+            .map_err(|e| Error::from_kube(e, "(list)"))
+    }
+
     fn watch(
         &self,
         namespace: &str,

@@ -28,7 +28,7 @@ use futures::stream::BoxStream;
 pub use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 
 pub use crate::error::{Error, LossReason};
-pub use crate::gc::GcReport;
+pub use crate::gc::{GcReport, LeasePage};
 pub use crate::guard::LockGuard;
 pub use crate::kube::KubeLeases;
 pub use crate::lock::{AcquireOptions, LeaseLock, LockConfig, MAX_ACQUIRE_TIMEOUT, MAX_CLOCK_SKEW};
@@ -106,6 +106,25 @@ pub trait LeaseBackend: Send + Sync + 'static {
     /// comma-separated).
     async fn list(&self, namespace: &str, label_selector: &str) -> Result<Vec<Lease>, Error>;
 
+    /// One page of [`list`](Self::list): at most `limit` Leases from
+    /// `continue_token` (a previous page's; `None` for the first), in name
+    /// order. A scan of many Leases holds one page at a time.
+    ///
+    /// The default implementation lists everything in one page.
+    async fn list_page(
+        &self,
+        namespace: &str,
+        label_selector: &str,
+        limit: u32,
+        continue_token: Option<String>,
+    ) -> Result<LeasePage, Error> {
+        let _ = (limit, continue_token);
+        Ok(LeasePage {
+            leases: self.list(namespace, label_selector).await?,
+            continue_token: None,
+        })
+    }
+
     /// Watches one Lease. The stream first reports the Lease's current state
     /// when it differs from `since` (always when `since` is `None`), then
     /// every change. Events are level-triggered snapshots: after an internal
@@ -150,6 +169,17 @@ impl<T: LeaseBackend + ?Sized> LeaseBackend for std::sync::Arc<T> {
     }
     async fn list(&self, namespace: &str, label_selector: &str) -> Result<Vec<Lease>, Error> {
         (**self).list(namespace, label_selector).await
+    }
+    async fn list_page(
+        &self,
+        namespace: &str,
+        label_selector: &str,
+        limit: u32,
+        continue_token: Option<String>,
+    ) -> Result<LeasePage, Error> {
+        (**self)
+            .list_page(namespace, label_selector, limit, continue_token)
+            .await
     }
     fn watch(
         &self,

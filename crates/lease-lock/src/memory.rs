@@ -223,6 +223,38 @@ impl LeaseBackend for MemoryLeases {
             .collect())
     }
 
+    async fn list_page(
+        &self,
+        namespace: &str,
+        label_selector: &str,
+        limit: u32,
+        continue_token: Option<String>,
+    ) -> Result<crate::LeasePage, Error> {
+        let selector = Selector::parse(label_selector)?;
+        let limit = usize::try_from(limit.max(1)).unwrap_or(usize::MAX);
+        // The token is the last name of the previous page.
+        let after = continue_token.unwrap_or_default();
+        let store = self.store();
+        let mut matching = store
+            .leases
+            .range((namespace.to_owned(), after.clone())..)
+            .take_while(|((ns, _), _)| ns == namespace)
+            .filter(|((_, name), _)| *name > after)
+            .filter(|(_, lease)| selector.matches(lease));
+        let leases: Vec<Lease> = matching
+            .by_ref()
+            .take(limit)
+            .map(|(_, lease)| lease.clone())
+            .collect();
+        let continue_token = matching
+            .next()
+            .and_then(|_| leases.last()?.metadata.name.clone());
+        Ok(crate::LeasePage {
+            leases,
+            continue_token,
+        })
+    }
+
     fn watch(
         &self,
         namespace: &str,

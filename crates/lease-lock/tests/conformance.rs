@@ -42,6 +42,7 @@ conformance!(
     a_replace_that_changes_nothing_keeps_the_version,
     delete_checks_uid_and_version,
     list_filters_by_label_selector,
+    list_page_walks_every_match_once_a_page_at_a_time,
     micro_time_is_kept_to_the_microsecond,
     watch_reports_the_current_state_then_each_change_then_deletion,
     watch_from_a_version_reports_only_later_changes,
@@ -257,6 +258,35 @@ mod checks {
         assert_eq!(names(b.list(ns, "app=x,!tier").await.unwrap()), ["b"]);
         assert_eq!(names(b.list(ns, "app!=x").await.unwrap()), ["c"]);
         assert_eq!(names(b.list(ns, "").await.unwrap()), ["a", "b", "c"]);
+    }
+
+    pub async fn list_page_walks_every_match_once_a_page_at_a_time(env: &Env) {
+        let b = &env.backend;
+        let ns = &env.namespace;
+        for name in ["e", "a", "d", "b", "c"] {
+            b.create(ns, &lease(name, &[("app", "x")])).await.unwrap();
+        }
+        b.create(ns, &lease("f", &[("app", "y")])).await.unwrap();
+        let mut seen = Vec::new();
+        let mut pages = 0;
+        let mut token = None;
+        loop {
+            let page = b.list_page(ns, "app=x", 2, token).await.unwrap();
+            pages += 1;
+            assert!(page.leases.len() <= 2, "a page holds at most its limit");
+            seen.extend(page.leases.into_iter().filter_map(|l| l.metadata.name));
+            match page.continue_token {
+                Some(next) => token = Some(next),
+                None => break,
+            }
+            assert!(pages < 10, "the walk ends");
+        }
+        assert_eq!(
+            seen,
+            ["a", "b", "c", "d", "e"],
+            "each match once, in name order"
+        );
+        assert_eq!(pages, 3);
     }
 
     pub async fn micro_time_is_kept_to_the_microsecond(env: &Env) {

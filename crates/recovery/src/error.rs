@@ -21,6 +21,17 @@ pub enum Error {
     /// Listing or acting on runs failed.
     #[error("runs: {0}")]
     Workloads(#[from] cancel_coordinator::Error),
+    /// A GitHub call the reconciler makes itself (the App's webhook
+    /// deliveries) failed.
+    #[error("GitHub, {what}: {reason}")]
+    GitHub {
+        /// What was being done.
+        what: String,
+        /// What GitHub (or the connection) answered.
+        reason: String,
+        /// Whether another attempt could answer differently.
+        transient: bool,
+    },
     /// The settings make no sense, naming the setting.
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -39,6 +50,7 @@ impl Transient for Error {
             Self::Lock(e) => e.is_transient(),
             Self::Workloads(e) => e.is_transient(),
             Self::LeadershipLost => true,
+            Self::GitHub { transient, .. } => *transient,
             Self::Config(_) | Self::UnknownTask(_) => false,
         }
     }

@@ -31,11 +31,15 @@ pub enum Kind {
     /// A task whose recorded head is not its pull request's head on GitHub
     /// (a webhook that never arrived).
     HeadDrift,
+    /// A webhook delivery of the App no attempt of which was accepted
+    /// (GitHub never redelivers by itself). Its finding names no task (the
+    /// sensor maps the event to one when it arrives); `object` is its GUID.
+    FailedDelivery,
 }
 
 impl Kind {
     /// Every kind, in table order.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::PendingSupersession,
         Kind::AbandonedJournal,
         Kind::StaleRunAlive,
@@ -45,6 +49,7 @@ impl Kind {
         Kind::UnreadableState,
         Kind::InvalidState,
         Kind::HeadDrift,
+        Kind::FailedDelivery,
     ];
 
     /// The kind's name in metrics and flags.
@@ -59,6 +64,7 @@ impl Kind {
             Kind::UnreadableState => "unreadable_state",
             Kind::InvalidState => "invalid_state",
             Kind::HeadDrift => "head_drift",
+            Kind::FailedDelivery => "failed_delivery",
         }
     }
 }
@@ -84,7 +90,8 @@ pub enum Action {
 pub struct Finding {
     /// Which row.
     pub kind: Kind,
-    /// The task it concerns.
+    /// The task it concerns (empty for a [`Kind::FailedDelivery`], which
+    /// names none).
     pub task_id: String,
     /// The object concerned when it is not the task's state (a run, a
     /// Lease).

@@ -8,14 +8,20 @@
 //!   rows and what was done.
 //! - flags (`flags.rs`): `needs-intervention` — annotation, Event, gauge —
 //!   and the API to list, retry and resolve flagged tasks.
+//! - [`WebhookDeliveries`] (`deliveries.rs`): the App's failed webhook
+//!   deliveries, found and redelivered ([`GitHubAppDeliveries`] on GitHub).
 //! - [`Metrics`] (`metrics.rs`) and [`Error`] (`error.rs`).
 
+mod deliveries;
 mod error;
 mod findings;
 mod flags;
 mod manager;
 mod metrics;
 
+pub use crate::deliveries::{
+    DeliveryAttempt, DeliveryPage, GitHubAppDeliveries, RedeliveryConfig, WebhookDeliveries,
+};
 pub use crate::error::Error;
 pub use crate::findings::{Action, Finding, Kind};
 pub use crate::flags::{ANNOTATION_NEEDS_INTERVENTION, Flagged, METADATA_RESOLVED};

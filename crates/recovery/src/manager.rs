@@ -37,6 +37,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::deliveries::{self, Asked, RedeliveryConfig, WebhookDeliveries};
 use crate::flags::{self, ANNOTATION_NEEDS_INTERVENTION, Flagged, METADATA_RESOLVED};
 use crate::metrics::Metrics;
 use crate::{Action, Error, Finding, Kind, Result};
@@ -66,6 +67,9 @@ pub struct RecoveryConfig {
     pub labels: Option<LabelTransition>,
     /// The key of the leadership Lease among the controller's replicas.
     pub leader_key: String,
+    /// How failed webhook deliveries are redelivered (with
+    /// [`RecoveryBuilder::deliveries`]).
+    pub redelivery: RedeliveryConfig,
 }
 
 impl Default for RecoveryConfig {
@@ -80,6 +84,7 @@ impl Default for RecoveryConfig {
             head_checks_per_cycle: 100,
             labels: cancel_coordinator::SagaConfig::default().labels,
             leader_key: "recovery-leader".to_owned(),
+            redelivery: RedeliveryConfig::default(),
         }
     }
 }
@@ -103,6 +108,21 @@ impl RecoveryConfig {
         if self.leader_key.is_empty() {
             return bad("leader_key must not be empty");
         }
+        let redelivery = &self.redelivery;
+        if redelivery.pages_per_cycle == 0 || redelivery.pages_per_cycle > 100 {
+            return bad("redelivery.pages_per_cycle must be in 1..=100");
+        }
+        if redelivery.per_cycle > 1_000 {
+            return bad("redelivery.per_cycle must be at most 1000");
+        }
+        if redelivery.max_attempts == 0 {
+            return bad("redelivery.max_attempts must be at least 1");
+        }
+        if redelivery.window > Duration::from_secs(3 * 24 * 3600) {
+            return bad(
+                "redelivery.window must be at most 3 days (GitHub keeps deliveries that long)",
+            );
+        }
         Ok(())
     }
 }
@@ -118,6 +138,8 @@ pub struct CycleReport {
     pub leases: usize,
     /// GitHub pull requests read.
     pub head_checks: usize,
+    /// Pages of the App's webhook deliveries read.
+    pub delivery_pages: usize,
     /// Everything found, with what was done.
     pub findings: Vec<Finding>,
     /// Tasks flagged needs-intervention after the cycle.
@@ -148,10 +170,13 @@ struct Inner {
     pulls: Option<PullRequestReader<Arc<dyn PullRequests>>>,
     labels: Option<AtomicLabelManager<Arc<dyn LabelBackend>>>,
     events: Option<(Recorder, String)>,
+    deliveries: Option<Arc<dyn WebhookDeliveries>>,
     config: RecoveryConfig,
     metrics: Metrics,
     /// Where the next cycle's head checks start (round robin over tasks).
     head_cursor: Mutex<Option<String>>,
+    /// Redeliveries asked for recently.
+    asked: Mutex<Asked>,
 }
 
 impl std::fmt::Debug for RecoveryManager {
@@ -171,6 +196,7 @@ pub struct RecoveryBuilder {
     pulls: Option<Arc<dyn PullRequests>>,
     labels: Option<Arc<dyn LabelBackend>>,
     events: Option<(Recorder, String)>,
+    deliveries: Option<Arc<dyn WebhookDeliveries>>,
     config: RecoveryConfig,
     metrics: Metrics,
 }
@@ -199,6 +225,14 @@ impl RecoveryBuilder {
         self
     }
 
+    /// The GitHub App's webhook deliveries: each cycle redelivers those no
+    /// attempt was accepted for (see [`RedeliveryConfig`]).
+    #[must_use]
+    pub fn deliveries(mut self, deliveries: Arc<dyn WebhookDeliveries>) -> Self {
+        self.deliveries = Some(deliveries);
+        self
+    }
+
     /// Reporting into `metrics`.
     #[must_use]
     pub fn metrics(mut self, metrics: Metrics) -> Self {
@@ -218,9 +252,11 @@ impl RecoveryBuilder {
                 pulls: self.pulls.map(PullRequestReader::new),
                 labels: self.labels.map(AtomicLabelManager::new),
                 events: self.events,
+                deliveries: self.deliveries,
                 config: self.config,
                 metrics: self.metrics,
                 head_cursor: Mutex::new(None),
+                asked: Mutex::new(Asked::default()),
             }),
         })
     }
@@ -255,6 +291,7 @@ impl RecoveryManager {
             pulls: None,
             labels: None,
             events: None,
+            deliveries: None,
             config: RecoveryConfig::default(),
             metrics: Metrics::default(),
         }
@@ -280,6 +317,7 @@ impl RecoveryManager {
         self.scan_states(&world, &mut busy, &mut report).await?;
         self.overdue_runs(&world, &busy, &mut report).await;
         self.orphaned_leases(&world, &busy, &mut report).await;
+        self.redeliver_failed(&mut report).await;
         report.took = started.elapsed();
         let metrics = &self.inner.metrics;
         metrics.cycles.inc();
@@ -449,15 +487,32 @@ impl RecoveryManager {
         let inner = &self.inner;
         let mut world = World::default();
         let prefix = format!("{}-task-", inner.locks.config().prefix);
-        for lease in inner.locks.list_leases().await? {
-            report.leases += 1;
-            if let Some(task) = lease
-                .metadata
-                .name
-                .as_deref()
-                .and_then(|n| n.strip_prefix(&prefix))
-            {
-                world.leases.insert(task.to_owned(), lease);
+        let mut token = None;
+        loop {
+            let page = inner
+                .locks
+                .list_leases(inner.config.page_size, token)
+                .await?;
+            for mut lease in page.leases {
+                report.leases += 1;
+                let Some(task) = lease
+                    .metadata
+                    .name
+                    .as_deref()
+                    .and_then(|n| n.strip_prefix(&prefix))
+                    .map(str::to_owned)
+                else {
+                    continue;
+                };
+                // Kept for the whole cycle: only what a decision and a
+                // conditional delete read.
+                lease.metadata.managed_fields = None;
+                lease.metadata.annotations = None;
+                world.leases.insert(task, lease);
+            }
+            match page.continue_token {
+                Some(next) => token = Some(next),
+                None => break,
             }
         }
         // The clock the saga stamps intents with.
@@ -606,7 +661,19 @@ impl RecoveryManager {
             return findings;
         }
         let state = &snapshot.state;
-        if let Err(reason) = state.validate(&task, inner.store.config().max_iterations) {
+        let max_iterations = inner.store.config().max_iterations;
+        let over_the_maximum = (state.iteration > max_iterations && !state.status.is_terminal())
+            .then(|| {
+                format!(
+                    "iteration {} is over the maximum {max_iterations} (lowered since?) and the task is still active",
+                    state.iteration
+                )
+            });
+        if let Some(reason) = state
+            .validate(&task, max_iterations)
+            .err()
+            .or(over_the_maximum)
+        {
             let action = self.flag(&task, Kind::InvalidState, &reason).await;
             findings.push(finding(Kind::InvalidState, action));
             return findings;
@@ -846,6 +913,95 @@ impl RecoveryManager {
                 action,
             });
         }
+    }
+
+    /// The App's webhook deliveries no attempt was accepted for, asked for
+    /// again (bounded per cycle and per delivery).
+    async fn redeliver_failed(&self, report: &mut CycleReport) {
+        let inner = &self.inner;
+        let Some(deliveries) = inner.deliveries.as_deref() else {
+            return;
+        };
+        let config = &inner.config.redelivery;
+        // GitHub's clock stamps the attempts: compare with the wall clock.
+        let (failed, pages) =
+            match deliveries::failed_deliveries(deliveries, config, Timestamp::now()).await {
+                Ok(found) => found,
+                Err(e) => {
+                    warn!(error = %e, "could not list the App's webhook deliveries");
+                    report.findings.push(Finding {
+                        kind: Kind::FailedDelivery,
+                        task_id: String::new(),
+                        object: None,
+                        action: Action::Failed(e.to_string()),
+                    });
+                    return;
+                }
+            };
+        report.delivery_pages += pages;
+        let mut budget = config.per_cycle;
+        for failed in failed {
+            let attempt = &failed.newest;
+            let finding = |action| Finding {
+                kind: Kind::FailedDelivery,
+                task_id: String::new(),
+                object: Some(attempt.guid.clone()),
+                action,
+            };
+            if inner
+                .asked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .recently(&attempt.guid, config.backoff)
+            {
+                continue;
+            }
+            if attempt.retryable() && failed.attempts < config.max_attempts && budget == 0 {
+                // Next cycle's, oldest first.
+                report.findings.push(finding(Action::Deferred(
+                    "the cycle's redelivery budget is spent".into(),
+                )));
+                continue;
+            }
+            let action = if !attempt.retryable() {
+                Action::Deferred(format!(
+                    "answered {}: another attempt would be refused too",
+                    attempt.status_code
+                ))
+            } else if failed.attempts >= config.max_attempts {
+                Action::Deferred(format!("{} attempts failed; left alone", failed.attempts))
+            } else {
+                budget -= 1;
+                match deliveries.redeliver(attempt.id).await {
+                    Ok(()) => {
+                        info!(
+                            guid = %attempt.guid,
+                            event = attempt.event.as_deref().unwrap_or("unknown"),
+                            status_code = attempt.status_code,
+                            attempts = failed.attempts,
+                            "webhook delivery redelivered"
+                        );
+                        Action::Repaired
+                    }
+                    Err(e) => Action::Failed(e.to_string()),
+                }
+            };
+            // Asked for: not again before GitHub lists the attempt. Refused
+            // or exhausted: reported once per backoff, not every cycle.
+            if !matches!(action, Action::Failed(_)) {
+                inner
+                    .asked
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .note(&attempt.guid);
+            }
+            report.findings.push(finding(action));
+        }
+        inner
+            .asked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .prune(config.window);
     }
 
     /// Flags `task` for a human: the annotation, an Event, the log.

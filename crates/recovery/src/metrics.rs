@@ -40,7 +40,7 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self {
+        let metrics = Self {
             // 50 ms … ~100 s.
             cycle_duration: Histogram::new(exponential_buckets(0.05, 2.0, 12)),
             found: Family::default(),
@@ -50,9 +50,31 @@ impl Default for Metrics {
             flagged_tasks: Gauge::default(),
             skipped: Family::default(),
             cycles: Counter::default(),
+        };
+        // Every series exists from the start, at zero: a rate() over a
+        // series that appears with its first increment misses that one.
+        for kind in crate::Kind::ALL {
+            let labels = KindLabels {
+                kind: kind.as_str(),
+            };
+            for family in [
+                &metrics.found,
+                &metrics.repaired,
+                &metrics.handed,
+                &metrics.flagged,
+            ] {
+                let _ = family.get_or_create(&labels);
+            }
         }
+        for reason in SKIP_REASONS {
+            let _ = metrics.skipped.get_or_create(&ReasonLabels { reason });
+        }
+        metrics
     }
 }
+
+/// Why a cycle was skipped or cut short.
+const SKIP_REASONS: [&str; 3] = ["not_leader", "leadership_lost", "failed"];
 
 impl Metrics {
     /// Registers every metric under the `recovery` prefix.

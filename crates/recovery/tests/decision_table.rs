@@ -3,6 +3,7 @@
 //! the backends (runs, states, Leases, labels), not from the report alone.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,10 @@ use cancel_coordinator::{
 use jiff::Timestamp;
 use label_cas::{MemoryLabels, MemoryPullRequests, PrRef, PullRequest};
 use lease_lock::{LeaseBackend, LeaseLock, LockConfig, MemoryLeases};
-use recovery::{ANNOTATION_NEEDS_INTERVENTION, Action, Kind, RecoveryConfig, RecoveryManager};
+use recovery::{
+    ANNOTATION_NEEDS_INTERVENTION, Action, DeliveryAttempt, DeliveryPage, Kind, RecoveryConfig,
+    RecoveryManager, WebhookDeliveries,
+};
 use state_store::naming::{KEY_STATE, state_labels};
 use state_store::{
     CancellationOutcome, CancellationRecord, Document, MemoryBackend, StateBackend, StateStore,
@@ -94,6 +98,21 @@ impl World {
             workers,
             recovery,
         }
+    }
+
+    /// The same world, its reconciler also redelivering from `deliveries`.
+    fn with_deliveries(mut self, deliveries: Arc<dyn WebhookDeliveries>) -> Self {
+        self.recovery = RecoveryManager::builder(
+            self.store.clone(),
+            lock(&self.leases, "controller-0-recovery"),
+            Arc::new(self.workloads.clone()),
+            self.coordinator.clone(),
+        )
+        .github(self.pulls.clone(), self.labels.clone())
+        .deliveries(deliveries)
+        .build()
+        .unwrap();
+        self
     }
 
     fn pull_at(&self, head: &str, labels: &[&str]) {
@@ -457,6 +476,16 @@ async fn an_unreadable_state_is_rebuilt_and_flagged_and_an_invalid_one_flagged()
         r#"{"version":"v1","task_id":"task-8","latest_head":{"sha":"not a sha","pushed_at":"2026-01-01T00:00:00Z","delivery_id":"d"}}"#.into(),
     );
     w.states.create("task-task-8-state", invalid).await.unwrap();
+    // Valid, but above a maximum lowered since (10 by default).
+    let mut over = Document {
+        labels: state_labels("task-7"),
+        ..Document::default()
+    };
+    over.data.insert(
+        KEY_STATE.into(),
+        r#"{"version":"v1","task_id":"task-7","iteration":12,"status":"InProgress"}"#.into(),
+    );
+    w.states.create("task-task-7-state", over).await.unwrap();
 
     let report = w.recovery.run_cycle().await.unwrap();
 
@@ -470,14 +499,21 @@ async fn an_unreadable_state_is_rebuilt_and_flagged_and_an_invalid_one_flagged()
         "written back rebuilt"
     );
     assert_eq!(rebuilt.state.iteration, 3);
-    let invalid = report.of(Kind::InvalidState);
-    assert_eq!(invalid.len(), 1, "{report:?}");
-    assert!(matches!(&invalid[0].action, Action::Flagged(why) if why.contains("sha")));
-    assert_eq!(report.flagged_tasks, 2);
+    let invalid: BTreeMap<&str, &Action> = report
+        .of(Kind::InvalidState)
+        .into_iter()
+        .map(|f| (f.task_id.as_str(), &f.action))
+        .collect();
+    assert_eq!(invalid.len(), 2, "{report:?}");
+    assert!(matches!(invalid["task-8"], Action::Flagged(why) if why.contains("sha")));
+    assert!(
+        matches!(invalid["task-7"], Action::Flagged(why) if why.contains("iteration 12 is over the maximum 10"))
+    );
+    assert_eq!(report.flagged_tasks, 3);
     // Flagged tasks are left alone until a human acts.
     let next = w.recovery.run_cycle().await.unwrap();
     assert!(next.findings.is_empty(), "{next:?}");
-    assert_eq!(next.flagged_tasks, 2);
+    assert_eq!(next.flagged_tasks, 3);
     let mut flagged: Vec<String> = w
         .recovery
         .flagged()
@@ -487,14 +523,14 @@ async fn an_unreadable_state_is_rebuilt_and_flagged_and_an_invalid_one_flagged()
         .map(|f| f.task_id)
         .collect();
     flagged.sort();
-    assert_eq!(flagged, ["task-8", "task-9"]);
+    assert_eq!(flagged, ["task-7", "task-8", "task-9"]);
     w.recovery
         .resolve("task-9", "alice", "checked the quarantined copy")
         .await
         .unwrap();
     let resolved = w.store.get("task-9").await.unwrap().unwrap();
     assert!(resolved.state.metadata[recovery::METADATA_RESOLVED].contains("alice"));
-    assert_eq!(w.recovery.flagged().await.unwrap().len(), 1);
+    assert_eq!(w.recovery.flagged().await.unwrap().len(), 2);
     w.stop().await;
 }
 
@@ -529,6 +565,119 @@ async fn a_push_no_webhook_told_of_is_caught_by_head_drift_and_cancelled() {
     assert!(fresh.iter().all(|n| w.workloads.get(n).is_some()));
     assert_eq!(report.head_checks, 1);
     w.stop().await;
+}
+
+/// GitHub's deliveries list as a script: a redelivery appends an attempt
+/// that answers `redelivered_status`.
+struct Deliveries {
+    attempts: std::sync::Mutex<Vec<DeliveryAttempt>>,
+    redelivered_status: u16,
+}
+
+impl Deliveries {
+    fn attempt(id: u64, guid: &str, status_code: u16) -> DeliveryAttempt {
+        DeliveryAttempt {
+            id,
+            guid: guid.into(),
+            delivered_at: Timestamp::now(),
+            status_code,
+            event: Some("push".into()),
+            action: None,
+            redelivery: false,
+        }
+    }
+
+    fn redeliveries_of(&self, guid: &str) -> usize {
+        let attempts = self.attempts.lock().unwrap();
+        attempts
+            .iter()
+            .filter(|a| a.guid == guid && a.redelivery)
+            .count()
+    }
+}
+
+#[async_trait::async_trait]
+impl WebhookDeliveries for Deliveries {
+    async fn list(&self, _next: Option<String>) -> recovery::Result<DeliveryPage> {
+        let mut attempts = self.attempts.lock().unwrap().clone();
+        attempts.reverse();
+        Ok(DeliveryPage {
+            attempts,
+            next: None,
+        })
+    }
+
+    async fn redeliver(&self, id: u64) -> recovery::Result<()> {
+        let mut attempts = self.attempts.lock().unwrap();
+        let guid = attempts.iter().find(|a| a.id == id).unwrap().guid.clone();
+        let next = attempts.iter().map(|a| a.id).max().unwrap() + 1;
+        attempts.push(DeliveryAttempt {
+            redelivery: true,
+            ..Deliveries::attempt(next, &guid, self.redelivered_status)
+        });
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_delivery_no_attempt_of_which_was_accepted_is_redelivered_and_then_left_alone() {
+    let deliveries = Arc::new(Deliveries {
+        attempts: std::sync::Mutex::new(vec![
+            Deliveries::attempt(1, "accepted", 202),
+            Deliveries::attempt(2, "down", 503),
+            Deliveries::attempt(3, "unanswered", 0),
+            Deliveries::attempt(4, "forged", 401),
+            Deliveries::attempt(5, "retried", 503),
+            Deliveries::attempt(6, "retried", 200),
+        ]),
+        redelivered_status: 202,
+    });
+    let w = World::new().with_deliveries(deliveries.clone());
+    let report = w.recovery.run_cycle().await.unwrap();
+    let mut repaired: Vec<&str> = report
+        .of(Kind::FailedDelivery)
+        .into_iter()
+        .filter(|f| f.action == Action::Repaired)
+        .filter_map(|f| f.object.as_deref())
+        .collect();
+    repaired.sort_unstable();
+    assert_eq!(repaired, ["down", "unanswered"]);
+    for (guid, times) in [
+        ("down", 1),
+        ("unanswered", 1),
+        ("forged", 0),
+        ("retried", 0),
+        ("accepted", 0),
+    ] {
+        assert_eq!(deliveries.redeliveries_of(guid), times, "{guid}");
+    }
+    // Accepted by their redelivery: the next cycles ask for nothing.
+    later().await;
+    later().await;
+    let next = w.recovery.run_cycle().await.unwrap();
+    assert!(
+        next.of(Kind::FailedDelivery)
+            .iter()
+            .all(|f| f.action != Action::Repaired),
+        "{next:?}"
+    );
+    assert_eq!(deliveries.redeliveries_of("down"), 1);
+    assert_eq!(count_repaired(&w.recovery, Kind::FailedDelivery), 2);
+    w.stop().await;
+}
+
+fn count_repaired(recovery: &RecoveryManager, kind: Kind) -> u64 {
+    let mut registry = prometheus_client::registry::Registry::default();
+    recovery.metrics().register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let series = format!(
+        "recovery_inconsistencies_repaired_total{{kind=\"{}\"}} ",
+        kind.as_str()
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .map_or(0, |v| v.parse().unwrap())
 }
 
 #[tokio::test(start_paused = true)]

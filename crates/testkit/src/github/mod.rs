@@ -199,6 +199,13 @@ pub use store::RateLimitStatus;
 use store::{Limits, Store};
 pub use webhooks::{Delivery, DeliveryId, DeliveryOutcome, WebhookConfig, Webhooks};
 
+/// A throwaway 2048-bit RSA private key (PEM) for clients that authenticate
+/// as a GitHub App against the fake: it lets them sign the App's JWT, whose
+/// shape the fake checks and whose signature it does not. It was generated
+/// for these tests only, is registered with no GitHub App and grants
+/// nothing anywhere.
+pub const TEST_APP_PRIVATE_KEY_PEM: &str = include_str!("test-app-key.pem");
+
 /// The octocrab builder type [`FakeGitHub::octocrab_builder`] returns.
 pub type FakeOctocrabBuilder =
     OctocrabBuilder<NoSvc, DefaultOctocrabBuilderConfig, NoAuth, NotLayerReady>;
