@@ -30,6 +30,7 @@ use state_store::{CancellationOutcome, CancellationRecord, OperationJournal, Ope
 use testkit::calls::Outcome;
 use testkit::faults::{InjectedError, Match};
 use testkit::github::{DeliveryOutcome, WebhookConfig};
+use testkit::kube::RequestFilter;
 use tokio_util::sync::CancellationToken;
 
 // ----- the decision table, one row each ------------------------------------
@@ -314,7 +315,8 @@ async fn a_recorded_cancellation_whose_label_step_failed_gets_its_labels_moved_u
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_orphaned_lease_is_deleted_conditionally_and_a_held_one_is_not_touched() {
+async fn orphaned_leases_of_a_dead_or_a_released_holder_are_deleted_and_a_held_one_is_not_touched()
+{
     let c = Cluster::start().await;
     c.pull_at(NEW, &[]);
     c.observed(NEW, ago(60)).await;
@@ -787,6 +789,21 @@ async fn seed_6_a_partition_fails_the_cancellation_and_cuts_the_cycle_short_and_
     eprintln!("the cancellation's errors during the partition: {errors:#?}");
     assert!(errors.len() > 1, "retried before giving up: {errors:?}");
     assert!(
+        errors.iter().all(|e| e.starts_with("task lock: timed out")),
+        "{errors:?}"
+    );
+    let cut_short = c
+        .kube
+        .requests()
+        .matching(&RequestFilter::any().correlation(RECOVERY))
+        .into_iter()
+        .filter(|r| r.outcome == Outcome::Dropped)
+        .count();
+    assert!(
+        cut_short > 0,
+        "the cycle's reads were abandoned, not answered"
+    );
+    assert!(
         stale.iter().all(|r| c.pod_exists(r)),
         "nothing cancelled blind"
     );
@@ -1003,11 +1020,12 @@ async fn a_push_whose_webhooks_were_lost_is_caught_by_head_drift_in_one_cycle_an
 
 // ----- repairs never fight the coordinator ------------------------------------
 
-/// Three cancellations are in flight (journals written, deletes sent, pods
-/// taking 20 s to stop) while a cycle runs; elsewhere an orphaned Lease and
-/// an unreadable state are recovery's to repair. The request log shows the
-/// cycle only read what the operations own — their states, Leases, runs and
-/// pods — and wrote only what was its own; the operations then finish.
+/// Three cancellations start while a cycle runs, and a second cycle runs
+/// once all three are in flight (journals written, deletes sent, pods taking
+/// 20 s to stop); elsewhere an orphaned Lease and an unreadable state are
+/// recovery's to repair. The request log shows the cycles only read what
+/// the operations own — their states, Leases, runs and pods — and wrote
+/// only what was their own; the operations then finish undisturbed.
 #[tokio::test(start_paused = true)]
 async fn a_cycle_while_cancellations_are_in_flight_only_reads_what_they_own() {
     let c = Cluster::start().await;
@@ -1040,9 +1058,21 @@ async fn a_cycle_while_cancellations_are_in_flight_only_reads_what_they_own() {
     cm.data = Some([(KEY_STATE.to_owned(), "{\"task_id\":".to_owned())].into());
     cms.create(&PostParams::default(), &cm).await.unwrap();
     let (coordinator, workers) = c.coordinator("controller-0");
+    let recovery = c.recovery(&coordinator);
+    // Every request a little slow, so the first cycle's requests interleave
+    // with the operations' first steps (lock, read, journal, intents).
+    let slow = c.kube.faults().latency(
+        Match::any(),
+        Duration::from_millis(5),
+        Duration::from_millis(5),
+    );
     for request in requests {
         coordinator.submit(request).unwrap();
     }
+    let alongside = tokio::spawn({
+        let recovery = recovery.clone();
+        async move { recovery.run_cycle().await }
+    });
     let in_flight = || {
         tasks.iter().all(|t| {
             c.peek_state_of(t).active_operation.is_some()
@@ -1053,27 +1083,34 @@ async fn a_cycle_while_cancellations_are_in_flight_only_reads_what_they_own() {
                 })
         })
     };
+    let first = alongside.await.unwrap().unwrap();
     until(
         Duration::from_secs(10),
         "every operation is mid-way",
         in_flight,
     )
     .await;
-    let recovery = c.recovery(&coordinator);
+    c.kube.faults().remove(slow);
 
-    let report = recovery.run_cycle().await.unwrap();
+    // A cycle while every operation has its journal, its Lease, its intents
+    // and its deletes out, its pods still stopping.
+    let second = recovery.run_cycle().await.unwrap();
 
     assert!(in_flight(), "the operations are still running");
     assert_eq!(coordinator.list_active().len(), 3);
+    let findings: Vec<_> = first.findings.iter().chain(&second.findings).collect();
     assert!(
-        report
-            .findings
+        findings
             .iter()
             .all(|f| !tasks.contains(&f.task_id.as_str())),
-        "nothing of theirs is recovery's: {report:?}"
+        "nothing of theirs is recovery's: {findings:?}"
     );
-    assert_eq!(report.of(Kind::OrphanedLease).len(), 1, "{report:?}");
-    assert_eq!(report.of(Kind::UnreadableState).len(), 1, "{report:?}");
+    let kinds: Vec<Kind> = findings.iter().map(|f| f.kind).collect();
+    assert_eq!(
+        kinds,
+        [Kind::UnreadableState, Kind::OrphanedLease],
+        "{findings:?}"
+    );
     for name in &owned {
         assert!(
             c.writes(RECOVERY, name).is_empty(),

@@ -85,47 +85,33 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start() -> Self {
-        Self::start_with(FakeGitHub::builder()).await
-    }
-
-    pub async fn start_with(github: testkit::github::FakeGitHubBuilder) -> Self {
         let kube = FakeKube::builder()
             .crd(CodeRun::crd())
             .start()
             .await
             .unwrap();
-        let github = github.start().await.unwrap();
+        let github = FakeGitHub::start().await.unwrap();
         github.add_token(RECOVERY_TOKEN);
         let clock = Clock::tokio_anchored(Timestamp::now());
-        let github_labels = Arc::new(labels_client(&github, github.token(), None));
-        let mut cluster = Self {
-            store: StateStore::new(state_store::MemoryBackend::new()),
+        Self {
+            store: store_over(client_for(&kube, SENSOR), &clock),
+            github_labels: Arc::new(labels_client(&github, github.token(), None)),
             kube,
             github,
             pr: PrRef::new("acme", "widgets", 7).unwrap(),
             clock,
-            github_labels,
             recovery_github: label_cas::Metrics::default(),
-        };
-        cluster.store = cluster.store_as(SENSOR);
-        cluster
+        }
     }
 
     /// A client for FakeKube whose requests carry `Audit-ID: who`.
     pub fn client(&self, who: &str) -> kube::Client {
-        let mut config = self.kube.config();
-        config
-            .headers
-            .push(("audit-id".parse().unwrap(), who.parse().unwrap()));
-        kube::Client::try_from(config).unwrap()
+        client_for(&self.kube, who)
     }
 
+    /// The task states, through `who`'s client.
     pub fn store_as(&self, who: &str) -> StateStore {
-        StateStore::with_clock(
-            ConfigMapBackend::new(self.client(who), NS),
-            StoreConfig::default(),
-            self.clock.clone(),
-        )
+        store_over(self.client(who), &self.clock)
     }
 
     /// The task lock (prefix `cancel`) as `identity`, through `who`'s client.
@@ -174,14 +160,6 @@ impl Cluster {
     /// The reconciler, handing work to `coordinator`, with its own clients
     /// (Kubernetes and GitHub) and Events on the flagged tasks' states.
     pub fn recovery(&self, coordinator: &CancellationCoordinator) -> RecoveryManager {
-        self.recovery_with(coordinator, RecoveryConfig::default())
-    }
-
-    pub fn recovery_with(
-        &self,
-        coordinator: &CancellationCoordinator,
-        config: RecoveryConfig,
-    ) -> RecoveryManager {
         let github = Arc::new(labels_client(
             &self.github,
             RECOVERY_TOKEN,
@@ -202,7 +180,7 @@ impl Cluster {
         )
         .github(Arc::new(github.pull_requests()), github)
         .events(recorder, NS)
-        .config(config)
+        .config(RecoveryConfig::default())
         .build()
         .unwrap()
     }
@@ -470,10 +448,15 @@ impl Cluster {
     /// Writes to run `name` or its pod, by anyone.
     pub fn writes_to_run(&self, name: &str) -> usize {
         let pod = format!("{name}-pod");
-        [COORDINATOR, RECOVERY, SENSOR, OPERATOR, DEAD]
+        self.kube
+            .requests()
+            .entries()
             .iter()
-            .map(|who| self.writes(who, name).len() + self.writes(who, &pod).len())
-            .sum()
+            .filter(|r| {
+                WRITES.contains(&r.verb.as_str())
+                    && r.name.as_deref().is_some_and(|n| n == name || n == pod)
+            })
+            .count()
     }
 
     /// The Warning Events about ConfigMap `name`, as `(reason, note)`,
@@ -494,6 +477,22 @@ impl Cluster {
             .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
             .collect()
     }
+}
+
+fn client_for(kube: &FakeKube, who: &str) -> kube::Client {
+    let mut config = kube.config();
+    config
+        .headers
+        .push(("audit-id".parse().unwrap(), who.parse().unwrap()));
+    kube::Client::try_from(config).unwrap()
+}
+
+fn store_over(client: kube::Client, clock: &Clock) -> StateStore {
+    StateStore::with_clock(
+        ConfigMapBackend::new(client, NS),
+        StoreConfig::default(),
+        clock.clone(),
+    )
 }
 
 /// A GitHub client of label-cas for the fake, authenticated with `token`.
