@@ -315,6 +315,68 @@ async fn a_recorded_cancellation_whose_label_step_failed_gets_its_labels_moved_u
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_label_step_github_refuses_for_good_is_flagged_for_a_human_with_the_labels_left_alone() {
+    let c = Cluster::start().await;
+    c.pull_at(NEW, &["ready-for-qa"]);
+    c.observed(NEW, ago(60)).await;
+    c.store
+        .update(TASK, |s| {
+            s.record_cancellation(CancellationRecord {
+                operation_id: "op-1".into(),
+                at: c.clock.now(),
+                new_head_sha: NEW.into(),
+                targets: vec!["quality-1111111".into()],
+                outcome: CancellationOutcome::Cancelled,
+                correlation_id: None,
+                detail: Some(
+                    "quality-1111111: sigterm in 900 ms; labels: failed (forbidden)".into(),
+                ),
+            });
+            Ok::<_, state_store::Error>(())
+        })
+        .await
+        .unwrap();
+    // The token lost its write access to the repository.
+    c.github.faults().error_rate(
+        Match::any().verb("delete").resource("label"),
+        1.0,
+        InjectedError::Status(403),
+    );
+    let (coordinator, workers) = c.coordinator("controller-0");
+    let recovery = c.recovery(&coordinator);
+
+    let report = recovery.run_cycle().await.unwrap();
+
+    let found = report.of(Kind::LabelsNotMoved);
+    assert_eq!(found.len(), 1, "{report:?}");
+    assert!(matches!(&found[0].action, Action::Flagged(_)), "{found:?}");
+    assert_eq!(c.labels_now(), ["ready-for-qa"]);
+    let flag = c
+        .annotation(TASK_STATE, ANNOTATION_NEEDS_INTERVENTION)
+        .unwrap();
+    assert!(flag.starts_with("labels_not_moved: "), "{flag}");
+    let events = c.events_about(TASK_STATE).await;
+    assert!(
+        events
+            .iter()
+            .any(|(reason, _)| reason == "NeedsIntervention"),
+        "{events:?}"
+    );
+    let attempts = github_mutations(&c);
+    let again = recovery.run_cycle().await.unwrap();
+    assert!(
+        again.of(Kind::LabelsNotMoved).is_empty(),
+        "left alone once flagged: {again:?}"
+    );
+    assert_eq!(
+        github_mutations(&c),
+        attempts,
+        "not tried again until a human acts"
+    );
+    workers.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn orphaned_leases_of_a_dead_or_a_released_holder_are_deleted_and_a_held_one_is_not_touched()
 {
     let c = Cluster::start().await;
@@ -724,17 +786,22 @@ async fn seed_5_a_corrupted_state_configmap_is_rebuilt_from_what_survived_and_fl
     assert_eq!(events[0].0, "NeedsIntervention");
     assert!(fresh.iter().all(|r| c.pod_exists(r)), "no run was touched");
 
-    let writes = c.writes(RECOVERY, TASK_STATE).len();
-    assert!(
-        writes <= 2,
-        "rebuilt and quarantined in one write, flagged in one: {writes}"
+    let writes: Vec<String> = c
+        .writes(RECOVERY, TASK_STATE)
+        .iter()
+        .map(|r| r.verb.clone())
+        .collect();
+    assert_eq!(
+        writes,
+        ["update", "update"],
+        "rebuilt and quarantined in one write, flagged in another"
     );
     let again = recovery.run_cycle().await.unwrap();
     assert!(
         again.findings.iter().all(|f| f.task_id != TASK),
         "left alone once flagged: {again:?}"
     );
-    assert_eq!(c.writes(RECOVERY, TASK_STATE).len(), writes);
+    assert_eq!(c.writes(RECOVERY, TASK_STATE).len(), writes.len());
     workers.shutdown(Duration::from_secs(5)).await;
 }
 
