@@ -22,10 +22,8 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 use lease_lock::Lease;
-use recovery::{ANNOTATION_NEEDS_INTERVENTION, Action, Kind};
-use state_store::naming::{
-    ANNOTATION_QUARANTINE_REASON, KEY_STATE, KEY_STATE_CORRUPT, state_labels,
-};
+use recovery::{ANNOTATION_NEEDS_INTERVENTION, Action, CycleReport, Finding, Kind};
+use state_store::naming::{ANNOTATION_QUARANTINE_REASON, KEY_STATE, KEY_STATE_CORRUPT};
 use state_store::{CancellationOutcome, CancellationRecord, OperationJournal, OperationKind};
 use testkit::calls::Outcome;
 use testkit::faults::{InjectedError, Match};
@@ -55,9 +53,8 @@ async fn a_pending_supersession_whose_request_was_lost_is_handed_on_and_its_stal
     let report = recovery.run_cycle().await.unwrap();
     settled(&[&coordinator]).await;
 
-    let found = report.of(Kind::PendingSupersession);
-    assert_eq!(found.len(), 1, "{report:?}");
-    assert_eq!(found[0].action, Action::Handed);
+    let found = the_one(&report, Kind::PendingSupersession);
+    assert_eq!(found.action, Action::Handed);
     for run in &stale {
         assert!(c.stopped(run) && !c.run_exists(run), "{run} cancelled");
         assert!(
@@ -115,9 +112,8 @@ async fn an_abandoned_journal_under_a_dead_holders_lease_is_resumed_with_a_later
     let report = recovery.run_cycle().await.unwrap();
     settled(&[&coordinator]).await;
 
-    let found = report.of(Kind::AbandonedJournal);
-    assert_eq!(found.len(), 1, "{report:?}");
-    assert_eq!(found[0].action, Action::Handed);
+    let found = the_one(&report, Kind::AbandonedJournal);
+    assert_eq!(found.action, Action::Handed);
     assert!(
         stale.iter().all(|r| c.stopped(r)),
         "the journal's targets are gone"
@@ -168,10 +164,9 @@ async fn a_run_marked_superseded_and_left_running_is_handed_on_and_cancelled() {
     let report = recovery.run_cycle().await.unwrap();
     settled(&[&coordinator]).await;
 
-    let found = report.of(Kind::StaleRunAlive);
-    assert_eq!(found.len(), 1, "{report:?}");
-    assert_eq!(found[0].object.as_deref(), Some("quality-old"));
-    assert_eq!(found[0].action, Action::Handed);
+    let found = the_one(&report, Kind::StaleRunAlive);
+    assert_eq!(found.object.as_deref(), Some("quality-old"));
+    assert_eq!(found.action, Action::Handed);
     assert!(c.stopped("quality-old"), "its pod is gone");
     assert!(
         c.writes(RECOVERY, "quality-old").is_empty(),
@@ -217,9 +212,8 @@ async fn a_superseded_run_held_by_a_foreign_finalizer_after_its_pods_went_is_fla
 
     let report = recovery.run_cycle().await.unwrap();
 
-    let found = report.of(Kind::RunHeldByFinalizer);
-    assert_eq!(found.len(), 1, "{report:?}");
-    assert!(matches!(&found[0].action, Action::Flagged(why) if why.contains("example.dev/audit")));
+    let found = the_one(&report, Kind::RunHeldByFinalizer);
+    assert!(matches!(&found.action, Action::Flagged(why) if why.contains("example.dev/audit")));
     let held = c.kube.peek::<CodeRun>(NS, "review-old").unwrap();
     assert!(held.metadata.deletion_timestamp.is_some());
     assert_eq!(held.finalizers(), ["example.dev/audit"], "never stripped");
@@ -264,31 +258,14 @@ async fn a_recorded_cancellation_whose_label_step_failed_gets_its_labels_moved_u
     let c = Cluster::start().await;
     c.pull_at(NEW, &["ready-for-qa"]);
     c.observed(NEW, ago(60)).await;
-    c.store
-        .update(TASK, |s| {
-            s.record_cancellation(CancellationRecord {
-                operation_id: "op-1".into(),
-                at: c.clock.now(),
-                new_head_sha: NEW.into(),
-                targets: vec!["quality-1111111".into()],
-                outcome: CancellationOutcome::Cancelled,
-                correlation_id: None,
-                detail: Some(
-                    "quality-1111111: sigterm in 900 ms; labels: failed (rate limited)".into(),
-                ),
-            });
-            Ok::<_, state_store::Error>(())
-        })
-        .await
-        .unwrap();
+    recorded_with_labels_failed(&c, "rate limited").await;
     let (coordinator, workers) = c.coordinator("controller-0");
     let recovery = c.recovery(&coordinator);
 
     let report = recovery.run_cycle().await.unwrap();
 
-    let found = report.of(Kind::LabelsNotMoved);
-    assert_eq!(found.len(), 1, "{report:?}");
-    assert_eq!(found[0].action, Action::Repaired);
+    let found = the_one(&report, Kind::LabelsNotMoved);
+    assert_eq!(found.action, Action::Repaired);
     assert_eq!(c.labels_now(), ["needs-qa"]);
     let detail = c.peek_state().cancellation_history[0]
         .detail
@@ -319,23 +296,7 @@ async fn a_label_step_github_refuses_for_good_is_flagged_for_a_human_with_the_la
     let c = Cluster::start().await;
     c.pull_at(NEW, &["ready-for-qa"]);
     c.observed(NEW, ago(60)).await;
-    c.store
-        .update(TASK, |s| {
-            s.record_cancellation(CancellationRecord {
-                operation_id: "op-1".into(),
-                at: c.clock.now(),
-                new_head_sha: NEW.into(),
-                targets: vec!["quality-1111111".into()],
-                outcome: CancellationOutcome::Cancelled,
-                correlation_id: None,
-                detail: Some(
-                    "quality-1111111: sigterm in 900 ms; labels: failed (forbidden)".into(),
-                ),
-            });
-            Ok::<_, state_store::Error>(())
-        })
-        .await
-        .unwrap();
+    recorded_with_labels_failed(&c, "forbidden").await;
     // The token lost its write access to the repository.
     c.github.faults().error_rate(
         Match::any().verb("delete").resource("label"),
@@ -347,9 +308,8 @@ async fn a_label_step_github_refuses_for_good_is_flagged_for_a_human_with_the_la
 
     let report = recovery.run_cycle().await.unwrap();
 
-    let found = report.of(Kind::LabelsNotMoved);
-    assert_eq!(found.len(), 1, "{report:?}");
-    assert!(matches!(&found[0].action, Action::Flagged(_)), "{found:?}");
+    let found = the_one(&report, Kind::LabelsNotMoved);
+    assert!(matches!(&found.action, Action::Flagged(_)), "{found:?}");
     assert_eq!(c.labels_now(), ["ready-for-qa"]);
     let flag = c
         .annotation(TASK_STATE, ANNOTATION_NEEDS_INTERVENTION)
@@ -435,20 +395,14 @@ async fn an_unreadable_state_configmap_is_rebuilt_quarantined_and_flagged_with_a
     let c = Cluster::start().await;
     let garbage =
         r#"{"version":"v1","task_id":"task-9","iteration":3,"status":"InProgress","feedback_his"#;
-    let cms: Api<ConfigMap> = Api::namespaced(c.client(OPERATOR), NS);
-    let mut cm = ConfigMap::default();
-    cm.metadata.name = Some("task-task-9-state".into());
-    cm.metadata.labels = Some(state_labels("task-9"));
-    cm.data = Some([(KEY_STATE.to_owned(), garbage.to_owned())].into());
-    cms.create(&PostParams::default(), &cm).await.unwrap();
+    c.state_written_by_hand("task-9", garbage).await;
     let (coordinator, workers) = c.coordinator("controller-0");
     let recovery = c.recovery(&coordinator);
 
     let report = recovery.run_cycle().await.unwrap();
 
-    let found = report.of(Kind::UnreadableState);
-    assert_eq!(found.len(), 1, "{report:?}");
-    assert!(matches!(&found[0].action, Action::Flagged(why) if why.contains("lost")));
+    let found = the_one(&report, Kind::UnreadableState);
+    assert!(matches!(&found.action, Action::Flagged(why) if why.contains("lost")));
     let stored = c.config_map("task-task-9-state");
     let data = stored.data.clone().unwrap();
     assert_eq!(data[KEY_STATE_CORRUPT], garbage, "the raw payload is kept");
@@ -475,20 +429,14 @@ async fn an_unreadable_state_configmap_is_rebuilt_quarantined_and_flagged_with_a
 async fn a_state_that_breaks_its_own_rules_is_flagged_and_its_payload_left_as_it_is() {
     let c = Cluster::start().await;
     let invalid = r#"{"version":"v1","task_id":"task-8","latest_head":{"sha":"not a sha","pushed_at":"2026-01-01T00:00:00Z","delivery_id":"d"}}"#;
-    let cms: Api<ConfigMap> = Api::namespaced(c.client(OPERATOR), NS);
-    let mut cm = ConfigMap::default();
-    cm.metadata.name = Some("task-task-8-state".into());
-    cm.metadata.labels = Some(state_labels("task-8"));
-    cm.data = Some([(KEY_STATE.to_owned(), invalid.to_owned())].into());
-    cms.create(&PostParams::default(), &cm).await.unwrap();
+    c.state_written_by_hand("task-8", invalid).await;
     let (coordinator, workers) = c.coordinator("controller-0");
     let recovery = c.recovery(&coordinator);
 
     let report = recovery.run_cycle().await.unwrap();
 
-    let found = report.of(Kind::InvalidState);
-    assert_eq!(found.len(), 1, "{report:?}");
-    assert!(matches!(&found[0].action, Action::Flagged(why) if why.contains("sha")));
+    let found = the_one(&report, Kind::InvalidState);
+    assert!(matches!(&found.action, Action::Flagged(why) if why.contains("sha")));
     let stored = c.config_map("task-task-8-state");
     assert_eq!(
         stored.data.as_ref().unwrap()[KEY_STATE],
@@ -532,9 +480,8 @@ async fn a_pull_request_head_that_moved_past_the_recorded_one_is_recorded_and_it
     let report = recovery.run_cycle().await.unwrap();
     settled(&[&coordinator]).await;
 
-    let found = report.of(Kind::HeadDrift);
-    assert_eq!(found.len(), 1, "{report:?}");
-    assert_eq!(found[0].action, Action::Handed);
+    let found = the_one(&report, Kind::HeadDrift);
+    assert_eq!(found.action, Action::Handed);
     assert_eq!(c.peek_state().latest_head.unwrap().sha, NEW);
     assert!(stale.iter().all(|r| c.stopped(r)));
     assert!(
@@ -559,9 +506,8 @@ async fn a_closed_pull_request_with_runs_left_has_every_one_of_them_cancelled() 
     let report = recovery.run_cycle().await.unwrap();
     settled(&[&coordinator]).await;
 
-    let found = report.of(Kind::HeadDrift);
-    assert_eq!(found.len(), 1, "{report:?}");
-    assert_eq!(found[0].action, Action::Handed);
+    let found = the_one(&report, Kind::HeadDrift);
+    assert_eq!(found.action, Action::Handed);
     assert!(
         left.iter().all(|r| c.stopped(r)),
         "no run of a closed PR goes on"
@@ -688,9 +634,8 @@ async fn seed_3_a_cancellation_whose_labels_failed_after_its_record_is_repaired_
     let recovery = c.recovery(&coordinator);
     let report = recovery.run_cycle().await.unwrap();
 
-    let found = report.of(Kind::LabelsNotMoved);
-    assert_eq!(found.len(), 1, "{report:?}");
-    assert_eq!(found[0].action, Action::Repaired);
+    let found = the_one(&report, Kind::LabelsNotMoved);
+    assert_eq!(found.action, Action::Repaired);
     assert_eq!(c.labels_now(), ["needs-qa"]);
     let moved = || {
         (
@@ -751,9 +696,8 @@ async fn seed_5_a_corrupted_state_configmap_is_rebuilt_from_what_survived_and_fl
 
     let report = recovery.run_cycle().await.unwrap();
 
-    let found = report.of(Kind::UnreadableState);
-    assert_eq!(found.len(), 1, "{report:?}");
-    assert!(matches!(&found[0].action, Action::Flagged(why) if why.contains("lost")));
+    let found = the_one(&report, Kind::UnreadableState);
+    assert!(matches!(&found.action, Action::Flagged(why) if why.contains("lost")));
     let stored = c.config_map(TASK_STATE);
     assert_eq!(
         stored.data.as_ref().unwrap()[KEY_STATE_CORRUPT],
@@ -968,9 +912,8 @@ async fn seed_8_a_coordinator_killed_mid_saga_leaves_no_orphaned_lease_and_its_c
     let report = recovery.run_cycle().await.unwrap();
     settled(&[&second]).await;
 
-    let found = report.of(Kind::AbandonedJournal);
-    assert_eq!(found.len(), 1, "{report:?}");
-    assert_eq!(found[0].action, Action::Handed);
+    let found = the_one(&report, Kind::AbandonedJournal);
+    assert_eq!(found.action, Action::Handed);
     assert!(stale.iter().all(|r| c.stopped(r)));
     assert!(c.pod_exists("quality-new") && c.writes_to_run("quality-new") == 0);
     let state = c.peek_state();
@@ -1051,9 +994,8 @@ async fn a_push_whose_webhooks_were_lost_is_caught_by_head_drift_in_one_cycle_an
     let report = recovery.run_cycle().await.unwrap();
     settled(&[&coordinator]).await;
 
-    let found = report.of(Kind::HeadDrift);
-    assert_eq!(found.len(), 1, "{report:?}");
-    assert_eq!(found[0].action, Action::Handed);
+    let found = the_one(&report, Kind::HeadDrift);
+    assert_eq!(found.action, Action::Handed);
     let head = c.peek_state().latest_head.unwrap();
     assert_eq!(
         (head.sha.as_str(), head.delivery_id.as_str()),
@@ -1118,12 +1060,7 @@ async fn a_cycle_while_cancellations_are_in_flight_only_reads_what_they_own() {
         requests.push(CancellationRequest::push(*task, pr, NEW, at));
     }
     c.seed_dead_lease("task-7");
-    let cms: Api<ConfigMap> = Api::namespaced(c.client(OPERATOR), NS);
-    let mut cm = ConfigMap::default();
-    cm.metadata.name = Some("task-task-9-state".into());
-    cm.metadata.labels = Some(state_labels("task-9"));
-    cm.data = Some([(KEY_STATE.to_owned(), "{\"task_id\":".to_owned())].into());
-    cms.create(&PostParams::default(), &cm).await.unwrap();
+    c.state_written_by_hand("task-9", "{\"task_id\":").await;
     let (coordinator, workers) = c.coordinator("controller-0");
     let recovery = c.recovery(&coordinator);
     // Every request a little slow, so the first cycle's requests interleave
@@ -1226,6 +1163,36 @@ async fn a_cycle_while_cancellations_are_in_flight_only_reads_what_they_own() {
 }
 
 // ----- helpers ---------------------------------------------------------------
+
+/// The one finding of `kind` in `report` (there must be exactly one).
+fn the_one(report: &CycleReport, kind: Kind) -> Finding {
+    let found = report.of(kind);
+    assert_eq!(found.len(), 1, "one {kind:?} expected: {report:?}");
+    found[0].clone()
+}
+
+/// A cancellation recorded in [`TASK`]'s state (through the API) whose label
+/// step failed for `why`.
+async fn recorded_with_labels_failed(c: &Cluster, why: &str) {
+    let record = CancellationRecord {
+        operation_id: "op-1".into(),
+        at: c.clock.now(),
+        new_head_sha: NEW.into(),
+        targets: vec!["quality-1111111".into()],
+        outcome: CancellationOutcome::Cancelled,
+        correlation_id: None,
+        detail: Some(format!(
+            "quality-1111111: sigterm in 900 ms; labels: failed ({why})"
+        )),
+    };
+    c.store
+        .update(TASK, |s| {
+            s.record_cancellation(record.clone());
+            Ok::<_, state_store::Error>(())
+        })
+        .await
+        .unwrap();
+}
 
 /// The intent a coordinator records on a run it cancels for [`NEW`].
 fn intent_at(at: jiff::Timestamp) -> Intent {

@@ -24,7 +24,7 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
-use kube::api::{Api, ListParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::{CustomResourceExt, Resource, ResourceExt};
 use label_cas::{GitHubLabels, PrRef};
@@ -32,7 +32,7 @@ use lease_lock::{KubeLeases, LeaseLock, LockConfig};
 use recovery::{RecoveryConfig, RecoveryManager};
 use secrecy::SecretString;
 use serde_json::json;
-use state_store::naming::KEY_STATE;
+use state_store::naming::{KEY_STATE, state_labels};
 use state_store::{
     CancellationOutcome, Clock, ConfigMapBackend, RemediationState, StateStore, StoreConfig,
     Supersession, TaskStatus,
@@ -242,6 +242,17 @@ impl Cluster {
             })
             .await
             .unwrap();
+    }
+
+    /// `task`'s state ConfigMap created through the API with `payload` as
+    /// its `state.json`, as a hand edit or another tool would leave it.
+    pub async fn state_written_by_hand(&self, task: &str, payload: &str) {
+        let cms: Api<ConfigMap> = Api::namespaced(self.client(OPERATOR), NS);
+        let mut cm = ConfigMap::default();
+        cm.metadata.name = Some(format!("task-{task}-state"));
+        cm.metadata.labels = Some(state_labels(task));
+        cm.data = Some([(KEY_STATE.to_owned(), payload.to_owned())].into());
+        cms.create(&PostParams::default(), &cm).await.unwrap();
     }
 
     /// A CodeRun of [`TASK`] on `head` and its one pod, seeded straight into
