@@ -72,6 +72,16 @@ pub enum Error {
         /// The holder seen last, if any.
         holder: Option<String>,
     },
+    /// No call to the API server was answered before the acquire timeout
+    /// (a partition, a server that accepts connections and hangs): not
+    /// contention, which is [`Timeout`](Self::Timeout).
+    #[error("no answer from the API server within {waited:?} while acquiring lock {key:?}")]
+    Unanswered {
+        /// Lock key.
+        key: String,
+        /// How long we waited.
+        waited: Duration,
+    },
     /// This `LeaseLock` already holds (or is acquiring) the key: a second
     /// acquisition is refused instead of silently succeeding twice.
     #[error("lock {key:?} is already held or being acquired through this LeaseLock")]
@@ -166,7 +176,10 @@ impl Transient for Error {
     fn is_transient(&self) -> bool {
         match self {
             // Re-read and retry: the next attempt sees the new version.
-            Self::Conflict { .. } | Self::Transport { .. } | Self::Timeout { .. } => true,
+            Self::Conflict { .. }
+            | Self::Transport { .. }
+            | Self::Timeout { .. }
+            | Self::Unanswered { .. } => true,
             Self::Api { status, .. } => matches!(status, 408 | 429 | 500 | 502 | 503 | 504),
             // A state, not a failure: the caller decides from a fresh read.
             Self::NotFound { .. } | Self::AlreadyExists { .. } => false,
@@ -201,6 +214,7 @@ impl Error {
             Self::Conflict { .. } => "conflict",
             Self::Api { .. } | Self::Transport { .. } | Self::Client { .. } => "api",
             Self::Timeout { .. } => "timeout",
+            Self::Unanswered { .. } => "unanswered",
             Self::AlreadyHeld { .. } => "already_held",
             Self::Deadlock { .. } => "deadlock",
             Self::InvalidKey { .. } => "invalid_key",

@@ -672,6 +672,10 @@ struct Acquisition<'a> {
     last_error: Option<Error>,
     last_holder: Option<String>,
     contended: bool,
+    /// Whether any call of this acquisition was answered (an error answer
+    /// included): a deadline with none is an unreachable server, not
+    /// contention.
+    answered: bool,
     started: Instant,
     retry_after: Option<Duration>,
     /// An acquiring write failed in a way that may have hidden its success:
@@ -713,6 +717,7 @@ impl<'a> Acquisition<'a> {
             last_error: None,
             last_holder: None,
             contended: false,
+            answered: false,
             started: Instant::now(),
             retry_after: None,
             unconfirmed: false,
@@ -729,6 +734,7 @@ impl<'a> Acquisition<'a> {
         loop {
             self.check_deadline()?;
             let step = self.act().await;
+            self.answered |= step.is_ok();
             let until = match step {
                 Err(e) => return Err(e),
                 Ok(Step::Acquired {
@@ -1205,6 +1211,10 @@ impl<'a> Acquisition<'a> {
     fn timed_out(&self) -> Error {
         match &self.last_error {
             Some(e) if !self.contended => clone_error(e),
+            None if !self.answered => Error::Unanswered {
+                key: self.key.to_owned(),
+                waited: self.started.elapsed(),
+            },
             _ => Error::Timeout {
                 key: self.key.to_owned(),
                 waited: self.started.elapsed(),

@@ -730,3 +730,46 @@ async fn a_server_asking_for_a_pause_gets_it_before_the_retry() {
         started.elapsed()
     );
 }
+
+/// An API server that accepts every call and never answers (a partition).
+struct Silent;
+
+#[async_trait::async_trait]
+impl crate::LeaseBackend for Silent {
+    async fn get(&self, _: &str, _: &str) -> Result<Option<Lease>, Error> {
+        std::future::pending().await
+    }
+    async fn create(&self, _: &str, _: &Lease) -> Result<Lease, Error> {
+        std::future::pending().await
+    }
+    async fn replace(&self, _: &str, _: &Lease) -> Result<Lease, Error> {
+        std::future::pending().await
+    }
+    async fn delete(&self, _: &str, _: &str, _: &str, _: &str) -> Result<(), Error> {
+        std::future::pending().await
+    }
+    async fn list(&self, _: &str, _: &str) -> Result<Vec<Lease>, Error> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_api_server_that_never_answers_is_reported_as_unanswered_not_as_contention() {
+    let lock = LeaseLock::new(Silent, config("pod-a")).unwrap();
+
+    let err = lock
+        .acquire(
+            "k",
+            AcquireOptions::new().timeout(std::time::Duration::from_secs(5)),
+        )
+        .await
+        .unwrap_err();
+
+    assert!(matches!(err, Error::Unanswered { .. }), "{err}");
+    assert!(
+        err.to_string().contains("no answer from the API server"),
+        "{err}"
+    );
+    assert_eq!(lock.metrics().failures("unanswered"), 1);
+    assert_eq!(lock.metrics().failures("timeout"), 0);
+}
