@@ -38,6 +38,10 @@ pub enum Error {
     /// The cycle lost its leadership while it ran: it stopped at once.
     #[error("leadership was lost during the cycle")]
     LeadershipLost,
+    /// A cycle of the leader's loop took longer than its
+    /// `cycle_timeout` and was cut short.
+    #[error("the cycle took longer than {0:?} and was cut short")]
+    OverTime(Duration),
     /// The task has no state.
     #[error("task {0} has no state")]
     UnknownTask(String),
@@ -49,7 +53,7 @@ impl Transient for Error {
             Self::State(e) => e.is_transient(),
             Self::Lock(e) => e.is_transient(),
             Self::Workloads(e) => e.is_transient(),
-            Self::LeadershipLost => true,
+            Self::LeadershipLost | Self::OverTime(_) => true,
             Self::GitHub { transient, .. } => *transient,
             Self::Config(_) | Self::UnknownTask(_) => false,
         }

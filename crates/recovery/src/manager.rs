@@ -67,6 +67,11 @@ pub struct RecoveryConfig {
     pub labels: Option<LabelTransition>,
     /// The key of the leadership Lease among the controller's replicas.
     pub leader_key: String,
+    /// The longest a cycle of the leader's loop may take: a cycle over
+    /// time (an API that accepts connections and never answers) is cut
+    /// short, counted `cycles_skipped{reason="over_time"}`, and the next
+    /// one starts after the interval. Default 5 min.
+    pub cycle_timeout: Duration,
     /// How failed webhook deliveries are redelivered (with
     /// [`RecoveryBuilder::deliveries`]).
     pub redelivery: RedeliveryConfig,
@@ -84,6 +89,7 @@ impl Default for RecoveryConfig {
             head_checks_per_cycle: 100,
             labels: cancel_coordinator::SagaConfig::default().labels,
             leader_key: "recovery-leader".to_owned(),
+            cycle_timeout: Duration::from_secs(300),
             redelivery: RedeliveryConfig::default(),
         }
     }
@@ -107,6 +113,9 @@ impl RecoveryConfig {
         }
         if self.leader_key.is_empty() {
             return bad("leader_key must not be empty");
+        }
+        if self.cycle_timeout < Duration::from_secs(1) {
+            return bad("cycle_timeout must be at least 1 s");
         }
         let redelivery = &self.redelivery;
         if redelivery.pages_per_cycle == 0 || redelivery.pages_per_cycle > 100 {
@@ -383,7 +392,9 @@ impl RecoveryManager {
                     biased;
                     () = shutdown.cancelled() => None,
                     lost = guard.lost() => Some(Err(lost)),
-                    result = self.run_cycle() => Some(Ok(result)),
+                    result = tokio::time::timeout(config.cycle_timeout, self.run_cycle()) => {
+                        Some(Ok(result.unwrap_or(Err(Error::OverTime(config.cycle_timeout)))))
+                    }
                 };
                 match outcome {
                     None => {
@@ -394,6 +405,10 @@ impl RecoveryManager {
                         warn!(error = %lost, "recovery leadership lost; the cycle stopped");
                         metrics.skip("leadership_lost");
                         break;
+                    }
+                    Some(Ok(Err(e @ Error::OverTime(_)))) => {
+                        warn!(error = %e, "recovery cycle cut short; the next one starts over");
+                        metrics.skip("over_time");
                     }
                     Some(Ok(Err(e))) => {
                         warn!(error = %e, "recovery cycle failed; the next one retries");

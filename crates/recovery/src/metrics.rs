@@ -74,7 +74,7 @@ impl Default for Metrics {
 }
 
 /// Why a cycle was skipped or cut short.
-const SKIP_REASONS: [&str; 3] = ["not_leader", "leadership_lost", "failed"];
+const SKIP_REASONS: [&str; 4] = ["not_leader", "leadership_lost", "over_time", "failed"];
 
 impl Metrics {
     /// Registers every metric under the `recovery` prefix.

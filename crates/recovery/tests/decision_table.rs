@@ -667,17 +667,13 @@ async fn a_delivery_no_attempt_of_which_was_accepted_is_redelivered_and_then_lef
 }
 
 fn count_repaired(recovery: &RecoveryManager, kind: Kind) -> u64 {
-    let mut registry = prometheus_client::registry::Registry::default();
-    recovery.metrics().register(&mut registry);
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-    let series = format!(
-        "recovery_inconsistencies_repaired_total{{kind=\"{}\"}} ",
-        kind.as_str()
-    );
-    text.lines()
-        .find_map(|l| l.strip_prefix(series.as_str()))
-        .map_or(0, |v| v.parse().unwrap())
+    sample(
+        recovery,
+        &format!(
+            "recovery_inconsistencies_repaired_total{{kind=\"{}\"}}",
+            kind.as_str()
+        ),
+    )
 }
 
 #[tokio::test(start_paused = true)]
@@ -761,12 +757,117 @@ async fn only_the_leader_runs_cycles_and_a_lost_leadership_stops_them() {
     w.stop().await;
 }
 
-fn count(recovery: &RecoveryManager) -> u64 {
+/// The value of the sample `series` (name and labels, as exposed).
+fn sample(recovery: &RecoveryManager, series: &str) -> u64 {
     let mut registry = prometheus_client::registry::Registry::default();
     recovery.metrics().register(&mut registry);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let prefix = format!("{series} ");
     text.lines()
-        .find_map(|l| l.strip_prefix("recovery_cycles_total ")?.parse().ok())
+        .find_map(|l| l.strip_prefix(prefix.as_str())?.parse().ok())
         .unwrap_or(0)
+}
+
+fn count(recovery: &RecoveryManager) -> u64 {
+    sample(recovery, "recovery_cycles_total")
+}
+
+/// Leases whose LIST never answers (an API server that accepts the
+/// connection and hangs), everything else from `inner`.
+struct HangingList(MemoryLeases);
+
+#[async_trait::async_trait]
+impl LeaseBackend for HangingList {
+    async fn get(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<lease_lock::Lease>, lease_lock::Error> {
+        self.0.get(ns, name).await
+    }
+    async fn create(
+        &self,
+        ns: &str,
+        l: &lease_lock::Lease,
+    ) -> Result<lease_lock::Lease, lease_lock::Error> {
+        self.0.create(ns, l).await
+    }
+    async fn replace(
+        &self,
+        ns: &str,
+        l: &lease_lock::Lease,
+    ) -> Result<lease_lock::Lease, lease_lock::Error> {
+        self.0.replace(ns, l).await
+    }
+    async fn delete(
+        &self,
+        ns: &str,
+        name: &str,
+        uid: &str,
+        rv: &str,
+    ) -> Result<(), lease_lock::Error> {
+        self.0.delete(ns, name, uid, rv).await
+    }
+    async fn list(&self, _: &str, _: &str) -> Result<Vec<lease_lock::Lease>, lease_lock::Error> {
+        std::future::pending().await
+    }
+    async fn list_page(
+        &self,
+        _: &str,
+        _: &str,
+        _: u32,
+        _: Option<String>,
+    ) -> Result<lease_lock::LeasePage, lease_lock::Error> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cycle_that_hangs_is_cut_short_at_its_timeout_and_the_loop_goes_on() {
+    let w = World::new();
+    let hanging = LeaseLock::new(
+        HangingList(w.leases.clone()),
+        LockConfig {
+            prefix: "cancel".into(),
+            ..LockConfig::new("controller-0-recovery", "supersede")
+        },
+    )
+    .unwrap();
+    let recovery = RecoveryManager::builder(
+        w.store.clone(),
+        hanging,
+        Arc::new(w.workloads.clone()),
+        w.coordinator.clone(),
+    )
+    .config(RecoveryConfig {
+        cycle_timeout: Duration::from_secs(10),
+        ..RecoveryConfig::default()
+    })
+    .build()
+    .unwrap();
+    let leader = LeaseLock::new(
+        MemoryLeases::new(),
+        LockConfig {
+            prefix: "recovery".into(),
+            ..LockConfig::new("replica-0", "supersede")
+        },
+    )
+    .unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = recovery.spawn(leader, shutdown.clone());
+    // Cycles start at 0, ~40 and ~80 s (10 s each, then 30 s ±10 %).
+    tokio::time::sleep(Duration::from_secs(95)).await;
+    let over_time = sample(
+        &recovery,
+        "recovery_cycles_skipped_total{reason=\"over_time\"}",
+    );
+    assert!((2..=3).contains(&over_time), "cut short: {over_time}");
+    assert_eq!(count(&recovery), 0, "no cycle completed");
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(1), running)
+        .await
+        .expect("the loop stops at shutdown")
+        .unwrap();
+    w.stop().await;
 }
