@@ -3,6 +3,10 @@
 //! the backends (runs, states, Leases, labels), not from the report alone.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "common/leases.rs"]
+mod leases;
+use leases::dead_lease;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -188,40 +192,6 @@ impl World {
         if let Some(workers) = self.workers.take() {
             workers.shutdown(Duration::from_secs(5)).await;
         }
-    }
-}
-
-/// A Lease of the task lock held by `dead-pod/1`, which stopped renewing it
-/// two minutes ago (its process died).
-fn dead_lease(name: &str) -> lease_lock::Lease {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-    let renewed = MicroTime(Timestamp::now() - jiff::SignedDuration::from_secs(120));
-    lease_lock::Lease {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            labels: Some(
-                [
-                    (
-                        lease_lock::MANAGED_BY_LABEL.to_owned(),
-                        lease_lock::MANAGED_BY_VALUE.to_owned(),
-                    ),
-                    (
-                        lease_lock::LOCK_PREFIX_LABEL.to_owned(),
-                        "cancel".to_owned(),
-                    ),
-                ]
-                .into(),
-            ),
-            ..ObjectMeta::default()
-        },
-        spec: Some(lease_lock::LeaseSpec {
-            holder_identity: Some("dead-pod/1".into()),
-            lease_duration_seconds: Some(30),
-            acquire_time: Some(renewed.clone()),
-            renew_time: Some(renewed),
-            lease_transitions: Some(1),
-            ..lease_lock::LeaseSpec::default()
-        }),
     }
 }
 
