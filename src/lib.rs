@@ -12,6 +12,7 @@
 //! | `label-cas` | [`label_cas`] | PR label transitions safe against racing writers and rate limits |
 //! | `job-tracker` | [`job_tracker`] | cancellable job registry with reservations |
 //! | `cancel-coordinator` | [`cancel_coordinator`] | cancel superseded CodeRuns: Workloads trait, journaled saga, coordinator |
+//! | `github-webhook` | [`github_webhook`] | verified GitHub webhooks: signatures with rotation, guarded parsing, an axum route |
 //!
 //! ```
 //! # #[cfg(feature = "resilience")] {
@@ -25,6 +26,8 @@
 
 #[cfg(feature = "cancel-coordinator")]
 pub use cancel_coordinator;
+#[cfg(feature = "github-webhook")]
+pub use github_webhook;
 #[cfg(feature = "job-tracker")]
 pub use job_tracker;
 #[cfg(feature = "label-cas")]
