@@ -54,10 +54,11 @@ pub trait WebhookHandler: Send + Sync + 'static {
     /// Answers one verified delivery.
     fn handle(&self, delivery: Delivery) -> impl Future<Output = Response> + Send;
 
-    /// Called for each refused request, before it is answered (count it,
-    /// log it — without the body).
-    fn rejected(&self, rejection: &Rejection) {
-        let _ = rejection;
+    /// Called for each refused request, before it is answered, with the
+    /// request's headers (count it, log it — without the body; the headers
+    /// are unauthenticated when the signature failed).
+    fn rejected(&self, rejection: &Rejection, headers: &HeaderMap) {
+        let _ = (rejection, headers);
     }
 }
 
@@ -206,10 +207,11 @@ async fn serve<H: WebhookHandler>(
     State(route): State<Arc<WebhookRoute<H>>>,
     request: Request,
 ) -> Response {
+    let headers = request.headers().clone();
     match route.accept(request).await {
         Ok(delivery) => route.handler.handle(delivery).await,
         Err(rejection) => {
-            route.handler.rejected(&rejection);
+            route.handler.rejected(&rejection, &headers);
             rejection.into_response()
         }
     }

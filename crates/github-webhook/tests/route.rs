@@ -31,7 +31,7 @@ impl WebhookHandler for Recorder {
         StatusCode::ACCEPTED.into_response()
     }
 
-    fn rejected(&self, rejection: &Rejection) {
+    fn rejected(&self, rejection: &Rejection, _headers: &http::HeaderMap) {
         self.rejected.lock().unwrap().push(rejection.as_label());
     }
 }
