@@ -174,10 +174,12 @@ impl Sensor {
         let config = self.route_config.clone();
         let webhook = WebhookRoute::new(config.secrets, Endpoint(Arc::clone(&self.shared)))
             .with_body_limit(config.body_limit)
-            .map_err(|e| Error::Config(crate::ConfigError {
-                flag: "body-limit-bytes",
-                reason: e.to_string(),
-            }))?
+            .map_err(|e| {
+                Error::Config(crate::ConfigError {
+                    flag: "body-limit-bytes",
+                    reason: e.to_string(),
+                })
+            })?
             .with_form_policy(config.form_policy)
             .into_router(WEBHOOK_PATH)
             .layer(middleware::from_fn_with_state(
@@ -207,7 +209,9 @@ impl Sensor {
         let shutdown = self.shared.shutdown.clone();
         if let Some(coordinator) = &self.shared.coordinator {
             let workers = coordinator.start();
-            self.shared.coordinator_running.store(true, Ordering::SeqCst);
+            self.shared
+                .coordinator_running
+                .store(true, Ordering::SeqCst);
             let shared = Arc::clone(&self.shared);
             let token = shutdown.token();
             shutdown.spawn(async move {
@@ -337,7 +341,9 @@ impl Shared {
             return accepted("duplicate", &seen.task_id, &seen.head_sha, &correlation_id);
         }
         let delivery_id = delivery.headers.delivery_id.as_str();
-        let plan = self.rules.plan(&delivery.event, delivery_id, &correlation_id);
+        let plan = self
+            .rules
+            .plan(&delivery.event, delivery_id, &correlation_id);
         let record = match plan {
             Plan::Pong => {
                 self.metrics.delivery(event, action, "accepted", "ping");
@@ -371,12 +377,7 @@ impl Shared {
             Plan::Invalid(message) => {
                 self.metrics.delivery(event, action, "rejected", "payload");
                 warn!(%message, "delivery refused: payload");
-                return refuse(
-                    StatusCode::BAD_REQUEST,
-                    "payload",
-                    message,
-                    &correlation_id,
-                );
+                return refuse(StatusCode::BAD_REQUEST, "payload", message, &correlation_id);
             }
             Plan::Record(record) => record,
             Plan::LookUp(lookup) => match self.look_up(lookup).await {
@@ -409,7 +410,8 @@ impl Shared {
             },
         };
         tracing::Span::current().record("task_id", record.task_id.as_str());
-        self.record(record, key, event, action, correlation_id).await
+        self.record(record, key, event, action, correlation_id)
+            .await
     }
 
     /// Writes the fact (in an owned task) and answers from its outcome.
@@ -563,7 +565,9 @@ impl Shared {
                     }
                     Err(_) => {
                         self.metrics.handoff("lookup_timeout");
-                        warn!("the branch's pull request lookup timed out; recovery takes the recorded supersession");
+                        warn!(
+                            "the branch's pull request lookup timed out; recovery takes the recorded supersession"
+                        );
                         return;
                     }
                 }

@@ -52,7 +52,11 @@ pub struct Config {
 
     /// Files holding webhook secrets, current first (one secret per file,
     /// surrounding white space removed). Repeat, or separate with commas.
-    #[arg(long = "webhook-secret-file", env = "SENSOR_WEBHOOK_SECRET_FILES", value_delimiter = ',')]
+    #[arg(
+        long = "webhook-secret-file",
+        env = "SENSOR_WEBHOOK_SECRET_FILES",
+        value_delimiter = ','
+    )]
     pub webhook_secret_files: Vec<PathBuf>,
 
     /// The current webhook secret (prefer --webhook-secret-file; never logged).
@@ -83,7 +87,11 @@ pub struct Config {
 
     /// Repositories whose events are handled (`owner/name`, or `owner/*`
     /// for all of an owner's). Repeat, or separate with commas. Required.
-    #[arg(long = "repository", env = "SENSOR_REPOSITORIES", value_delimiter = ',')]
+    #[arg(
+        long = "repository",
+        env = "SENSOR_REPOSITORIES",
+        value_delimiter = ','
+    )]
     pub repositories: Vec<String>,
 
     /// Senders (GitHub logins) whose pushes supersede; empty: anyone.
@@ -384,11 +392,13 @@ impl Config {
         );
         match (token, app) {
             (Some(token), (None, None, None)) => Ok(GitHubCredentials::Token(token)),
-            (None, (Some(app_id), Some(key), Some(installation_id))) => Ok(GitHubCredentials::App {
-                app_id,
-                private_key_pem: read_secret(key, "github-app-key-file")?,
-                installation_id,
-            }),
+            (None, (Some(app_id), Some(key), Some(installation_id))) => {
+                Ok(GitHubCredentials::App {
+                    app_id,
+                    private_key_pem: read_secret(key, "github-app-key-file")?,
+                    installation_id,
+                })
+            }
             (Some(_), _) => fail(
                 "github-token-file",
                 "a token and GitHub App settings are both given; choose one",

@@ -26,7 +26,9 @@ async fn main() -> ExitCode {
     init_tracing(config.log_format);
 
     let parts = if config.dev {
-        tracing::warn!("--dev: memory backends; nothing is durable and nothing leaves this process");
+        tracing::warn!(
+            "--dev: memory backends; nothing is durable and nothing leaves this process"
+        );
         wiring::memory_parts(&config)
     } else {
         wiring::cluster_parts(&config).await

@@ -147,7 +147,10 @@ mod tests {
         );
         assert_eq!(m.task_for_branch("agent/a/../b"), None);
         assert_eq!(m.task_for_branch("agent/x-"), None);
-        assert_eq!(m.task_for_branch(&format!("agent/{}", "a".repeat(60))), None);
+        assert_eq!(
+            m.task_for_branch(&format!("agent/{}", "a".repeat(60))),
+            None
+        );
     }
 
     #[test]

@@ -114,11 +114,15 @@ impl SensorMetrics {
     }
 
     pub(crate) fn duplicate(&self, found_in: &'static str) {
-        self.duplicates.get_or_create(&WhereLabels { found_in }).inc();
+        self.duplicates
+            .get_or_create(&WhereLabels { found_in })
+            .inc();
     }
 
     pub(crate) fn handoff(&self, outcome: &'static str) {
-        self.handoffs.get_or_create(&OutcomeLabels { outcome }).inc();
+        self.handoffs
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
     }
 
     /// Registers everything under `sensor_`.

@@ -302,7 +302,9 @@ mod tests {
         assert_eq!(record.head_sha, SHA);
         assert_eq!(record.push.delivery_id, "guid-1");
         assert_eq!(record.push.correlation_id.as_deref(), Some("guid-1"));
-        assert!(matches!(record.handoff, Handoff::Branch { ref branch, .. } if branch == "task-42-fix"));
+        assert!(
+            matches!(record.handoff, Handoff::Branch { ref branch, .. } if branch == "task-42-fix")
+        );
     }
 
     #[test]
@@ -346,15 +348,16 @@ mod tests {
     #[test]
     fn pull_request_actions_decide_the_handoff() {
         let r = rules(None);
-        let Plan::Record(sync) = plan(
-            &r,
-            Event::PullRequest(pull(PullRequestAction::Synchronize)),
-        ) else {
+        let Plan::Record(sync) = plan(&r, Event::PullRequest(pull(PullRequestAction::Synchronize)))
+        else {
             panic!()
         };
         assert_eq!(sync.head_sha, SHA, "lower-cased");
         assert!(matches!(sync.handoff, Handoff::Pull(ref pr, Reason::Push) if pr.number() == 7));
-        assert_eq!(sync.push.pushed_at, Timestamp::from_second(1_800_000_001).unwrap());
+        assert_eq!(
+            sync.push.pushed_at,
+            Timestamp::from_second(1_800_000_001).unwrap()
+        );
 
         let mut closed = pull(PullRequestAction::Closed);
         closed.closed_at = Some(Timestamp::from_second(1_800_000_009).unwrap());
@@ -362,7 +365,10 @@ mod tests {
             panic!()
         };
         assert!(matches!(close.handoff, Handoff::Pull(_, Reason::Closed)));
-        assert_eq!(close.push.pushed_at, Timestamp::from_second(1_800_000_009).unwrap());
+        assert_eq!(
+            close.push.pushed_at,
+            Timestamp::from_second(1_800_000_009).unwrap()
+        );
 
         let Plan::Record(opened) = plan(&r, Event::PullRequest(pull(PullRequestAction::Opened)))
         else {
@@ -371,7 +377,10 @@ mod tests {
         assert_eq!(opened.handoff, Handoff::Nothing);
 
         let labeled = pull(PullRequestAction::Other("labeled".into()));
-        assert_eq!(plan(&r, Event::PullRequest(labeled)), Plan::Ignore("action"));
+        assert_eq!(
+            plan(&r, Event::PullRequest(labeled)),
+            Plan::Ignore("action")
+        );
         let no_close = Rules {
             cancel_on_close: false,
             ..rules(None)
@@ -390,13 +399,21 @@ mod tests {
         assert_eq!(plan(&r, Event::PullRequest(fork)), Plan::Ignore("fork"));
         let mut unmapped = pull(PullRequestAction::Synchronize);
         unmapped.head_ref = "feature".into();
-        assert_eq!(plan(&r, Event::PullRequest(unmapped)), Plan::Ignore("unmapped"));
+        assert_eq!(
+            plan(&r, Event::PullRequest(unmapped)),
+            Plan::Ignore("unmapped")
+        );
         let mut bad_sha = pull(PullRequestAction::Synchronize);
         bad_sha.head_sha = "abc".into();
-        assert!(matches!(plan(&r, Event::PullRequest(bad_sha)), Plan::Invalid(_)));
+        assert!(matches!(
+            plan(&r, Event::PullRequest(bad_sha)),
+            Plan::Invalid(_)
+        ));
         let mut no_time = pull(PullRequestAction::Synchronize);
         no_time.updated_at = None;
-        assert!(matches!(plan(&r, Event::PullRequest(no_time)), Plan::Invalid(m) if m.contains("updated_at")));
+        assert!(
+            matches!(plan(&r, Event::PullRequest(no_time)), Plan::Invalid(m) if m.contains("updated_at"))
+        );
     }
 
     #[test]
@@ -435,7 +452,10 @@ mod tests {
             Plan::Ignore("delete")
         );
         assert_eq!(
-            plan(&r, unhandled("pull_request", UnhandledReason::UnknownAction)),
+            plan(
+                &r,
+                unhandled("pull_request", UnhandledReason::UnknownAction)
+            ),
             Plan::Ignore("unknown_action")
         );
         assert_eq!(
@@ -443,7 +463,13 @@ mod tests {
             Plan::Ignore("event")
         );
         assert_eq!(
-            plan(&r, Event::Ping(github_webhook::PingEvent { zen: None, hook_id: None })),
+            plan(
+                &r,
+                Event::Ping(github_webhook::PingEvent {
+                    zen: None,
+                    hook_id: None
+                })
+            ),
             Plan::Pong
         );
     }

@@ -126,7 +126,12 @@ fn octocrab_reason(e: &octocrab::Error) -> String {
         octocrab::Error::GitHub { source, .. } => {
             format!("GitHub answered {}: {}", source.status_code, source.message)
         }
-        other => other.to_string().lines().next().unwrap_or_default().to_owned(),
+        other => other
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
     }
 }
 

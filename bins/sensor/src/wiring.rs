@@ -136,10 +136,7 @@ pub fn cluster_parts_with(
 /// cancel-coordinator's `KubeCodeRuns` is not in this build yet: until it
 /// is, the sensor refuses to start against a cluster rather than run a
 /// coordinator that could never cancel a run.
-fn kube_workloads(
-    _client: &kube::Client,
-    _namespace: &str,
-) -> Result<Arc<dyn Workloads>, Error> {
+fn kube_workloads(_client: &kube::Client, _namespace: &str) -> Result<Arc<dyn Workloads>, Error> {
     Err(Error::Backend(
         "this build has no Kubernetes CodeRun backend (cancel-coordinator's KubeCodeRuns); run with --dev"
             .to_owned(),
