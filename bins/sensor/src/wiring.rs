@@ -109,13 +109,24 @@ pub fn cluster_parts_with(
     client: kube::Client,
     octocrab: Octocrab,
 ) -> Result<SensorParts, Error> {
+    let workloads = kube_workloads(&client, &config.namespace)?;
+    cluster_parts_with_workloads(config, client, octocrab, workloads)
+}
+
+/// [`cluster_parts_with`] with the runs from `workloads` instead of the
+/// cluster's CodeRuns.
+pub fn cluster_parts_with_workloads(
+    config: &Config,
+    client: kube::Client,
+    octocrab: Octocrab,
+    workloads: Arc<dyn Workloads>,
+) -> Result<SensorParts, Error> {
     let store = StateStore::with_config(
         ConfigMapBackend::new(client.clone(), &config.namespace),
         store_config(config),
     );
     let labels = GitHubLabels::from_octocrab(octocrab.clone(), label_cas::Metrics::default());
     let pulls: Arc<dyn PullRequests> = Arc::new(labels.pull_requests());
-    let workloads = kube_workloads(&client, &config.namespace)?;
     let coordinator = coordinator(
         config,
         KubeLeases::new(client),

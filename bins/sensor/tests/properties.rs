@@ -38,10 +38,7 @@ enum Signature {
 }
 
 fn text_header() -> impl Strategy<Value = Option<String>> {
-    prop_oneof![
-        Just(None),
-        "[ -~]{0,60}".prop_map(Some),
-    ]
+    prop_oneof![Just(None), "[ -~]{0,60}".prop_map(Some),]
 }
 
 fn fixture() -> impl Strategy<Value = &'static str> {
@@ -66,12 +63,17 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
             v[i] = b;
             v
         }),
-        (fixture(), any::<prop::sample::Index>(), prop_oneof![
-            Just(serde_json::Value::Null),
-            Just(serde_json::json!(42)),
-            Just(serde_json::json!("x")),
-            Just(serde_json::json!([])),
-        ], any::<bool>())
+        (
+            fixture(),
+            any::<prop::sample::Index>(),
+            prop_oneof![
+                Just(serde_json::Value::Null),
+                Just(serde_json::json!(42)),
+                Just(serde_json::json!("x")),
+                Just(serde_json::json!([])),
+            ],
+            any::<bool>()
+        )
             .prop_map(|(f, i, value, remove)| {
                 let mut json: serde_json::Value = serde_json::from_str(f).unwrap();
                 let object = json.as_object_mut().unwrap();
@@ -110,14 +112,16 @@ fn input() -> impl Strategy<Value = Input> {
         ],
         body(),
     )
-        .prop_map(|(event, content_type, delivery, hook, signature, body)| Input {
-            event,
-            content_type,
-            delivery,
-            hook,
-            signature,
-            body,
-        })
+        .prop_map(
+            |(event, content_type, delivery, hook, signature, body)| Input {
+                event,
+                content_type,
+                delivery,
+                hook,
+                signature,
+                body,
+            },
+        )
 }
 
 #[test]
@@ -161,7 +165,13 @@ fn arbitrary_deliveries_are_answered_with_a_documented_status_and_never_crash_th
                 {
                     request = request.header("x-hub-signature-256", signature);
                 }
-                request.body(input.body.clone()).send().await.unwrap().status().as_u16()
+                request
+                    .body(input.body.clone())
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
             });
             prop_assert!(
                 [200, 202, 400, 401, 413, 415, 503].contains(&status),

@@ -1,0 +1,300 @@
+//! End to end: FakeGitHub's webhook sender (as GitHub's Hookshot: one POST
+//! per event, nothing retried, redeliveries with the same GUID) delivers to
+//! the sensor, whose task states and leases live on FakeKube (ConfigMaps
+//! and Leases through the real `kube::Client`) and whose coordinator reads
+//! pull requests and moves labels on FakeGitHub through octocrab. The runs
+//! and their pods are `MemoryWorkloads` (cancel-coordinator's `KubeCodeRuns`
+//! is not in this build yet).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+
+use cancel_coordinator::{Happened, MemoryWorkloads, PodBehaviour, RunSeed};
+use common::{NEW, OLD, Running, TASK, until};
+use sensor::{Config, wiring};
+use state_store::{CancellationOutcome, ConfigMapBackend, RemediationState, StateStore};
+use testkit::faults::{InjectedError, Match};
+use testkit::github::{DeliveryId, FakeGitHub, WebhookConfig, Webhooks};
+use testkit::kube::FakeKube;
+
+const MIDDLE: &str = "1212121212121212121212121212121212121212";
+const BRANCH: &str = "task-42-fix";
+
+struct Cluster {
+    kube: FakeKube,
+    github: FakeGitHub,
+    workloads: MemoryWorkloads,
+}
+
+impl Cluster {
+    async fn start() -> Self {
+        resilience::tls::ensure_crypto_provider();
+        let kube = FakeKube::start().await.unwrap();
+        let github = FakeGitHub::start().await.unwrap();
+        Self {
+            kube,
+            github,
+            workloads: MemoryWorkloads::new(),
+        }
+    }
+
+    fn config(&self) -> Config {
+        Config {
+            dev: false,
+            github_token: Some(secrecy::SecretString::from(self.github.token().to_owned())),
+            ..common::config()
+        }
+    }
+
+    /// A sensor on this cluster; GitHub's webhook now points at it.
+    async fn sensor(&self) -> Running {
+        let config = self.config();
+        let parts = wiring::cluster_parts_with_workloads(
+            &config,
+            self.kube.client(),
+            self.github.octocrab().unwrap(),
+            Arc::new(self.workloads.clone()),
+        )
+        .unwrap();
+        let sensor = Running::start(&config, parts).await;
+        let url = url::Url::parse(&sensor.url(sensor::WEBHOOK_PATH)).unwrap();
+        self.webhooks()
+            .configure(WebhookConfig::new(url).with_secret(common::SECRET))
+            .unwrap();
+        sensor
+    }
+
+    fn webhooks(&self) -> Webhooks {
+        self.github.webhooks()
+    }
+
+    async fn state(&self) -> RemediationState {
+        self.state_when(|_| true).await
+    }
+
+    /// The task's state once it satisfies `done` (polled, at most 10 s).
+    async fn state_when(&self, done: impl Fn(&RemediationState) -> bool) -> RemediationState {
+        let store = StateStore::new(ConfigMapBackend::new(self.kube.client(), "default"));
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if let Some(snapshot) = store.get(TASK).await.unwrap()
+                && done(&snapshot.state)
+            {
+                return snapshot.state;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "state not reached in 10 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Runs of the three agents on `head`, one pod each that stops 10 ms
+    /// after SIGTERM.
+    fn agents_on(&self, head: &str) -> Vec<String> {
+        ["quality", "testing", "review"]
+            .iter()
+            .map(|role| {
+                let name = format!("{role}-{}", &head[..7]);
+                self.workloads
+                    .add_run(RunSeed::new(name.clone(), TASK, *role, head).behaving(
+                        PodBehaviour::StopsAfter(std::time::Duration::from_millis(10)),
+                    ));
+                name
+            })
+            .collect()
+    }
+
+    async fn until_gone(&self, runs: &[String]) {
+        until(|| runs.iter().all(|r| self.workloads.get(r).is_none())).await;
+    }
+
+    /// The status code each delivery was answered with.
+    async fn answers(&self, ids: &[DeliveryId]) -> Vec<u16> {
+        let mut codes = Vec::new();
+        for id in ids {
+            let delivery = self.webhooks().attempted(*id).await.unwrap();
+            codes.push(delivery.outcome.status_code().unwrap_or_default());
+        }
+        codes
+    }
+
+    fn sigterms(&self) -> Vec<String> {
+        self.workloads
+            .history()
+            .into_iter()
+            .filter_map(|(_, h)| match h {
+                Happened::Sigterm { pod, .. } => Some(pod),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_to_pr_7s_branch_leads_to_the_tasks_stale_runs_being_cancelled() {
+    let cluster = Cluster::start().await;
+    let sensor = cluster.sensor().await;
+    let opened = cluster
+        .github
+        .add_pull("acme", "widgets", 7, OLD, BRANCH, ["ready-for-qa"])
+        .unwrap();
+    assert_eq!(cluster.answers(&opened).await, [202]);
+    let stale = cluster.agents_on(OLD);
+
+    let pushed = cluster
+        .github
+        .push_to_pull("acme", "widgets", 7, &[NEW])
+        .unwrap();
+    assert_eq!(
+        cluster.answers(&pushed).await,
+        [202, 202],
+        "push and synchronize"
+    );
+    cluster.until_gone(&stale).await;
+
+    let state = cluster
+        .state_when(|s| !s.cancellation_history.is_empty())
+        .await;
+    assert_eq!(state.latest_head.as_ref().unwrap().sha, NEW);
+    let cancelled: Vec<_> = state
+        .cancellation_history
+        .iter()
+        .filter(|r| r.outcome == CancellationOutcome::Cancelled)
+        .collect();
+    assert_eq!(cancelled.len(), 1, "{:?}", state.cancellation_history);
+    assert_eq!(cancelled[0].new_head_sha, NEW);
+    let mut targets = cancelled[0].targets.clone();
+    targets.sort();
+    let mut expected = stale.clone();
+    expected.sort();
+    assert_eq!(targets, expected);
+    // The saga moved the pull request's labels on GitHub.
+    until(|| cluster.github.labels("acme", "widgets", 7) == ["needs-qa"]).await;
+    assert_eq!(sensor.stop().await.exit_code(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_out_of_order_twice_and_after_a_restart_are_each_handled_once() {
+    let cluster = Cluster::start().await;
+    let sensor = cluster.sensor().await;
+    let opened = cluster
+        .github
+        .add_pull("acme", "widgets", 7, OLD, BRANCH, ["ready-for-qa"])
+        .unwrap();
+    assert_eq!(cluster.answers(&opened).await, [202]);
+    let old_runs = cluster.agents_on(OLD);
+    let middle_runs = cluster.agents_on(MIDDLE);
+    let new_runs = cluster.agents_on(NEW);
+
+    let webhooks = cluster.webhooks();
+    webhooks.hold();
+    let first = cluster
+        .github
+        .push_to_pull("acme", "widgets", 7, &[MIDDLE])
+        .unwrap();
+    let second = cluster
+        .github
+        .push_to_pull("acme", "widgets", 7, &[NEW])
+        .unwrap();
+    // The newest push's deliveries arrive first, the older one's after.
+    let order = [second[1], second[0], first[1], first[0]];
+    let released = webhooks.release(&order).await.unwrap();
+    assert!(released.iter().all(|d| d.outcome.is_ok()), "{released:?}");
+    // What the cancellation causes (label events) goes out as it happens.
+    webhooks.resume();
+
+    cluster.until_gone(&old_runs).await;
+    cluster.until_gone(&middle_runs).await;
+    assert!(new_runs.iter().all(|r| cluster.workloads.get(r).is_some()));
+    let state = cluster.state().await;
+    assert_eq!(
+        state.latest_head.as_ref().unwrap().sha,
+        NEW,
+        "the older push did not win"
+    );
+
+    // The newest synchronize, redelivered: a duplicate, answered 202.
+    let again = webhooks.redeliver(second[1]).unwrap();
+    assert_eq!(cluster.answers(&[again]).await, [202]);
+    let body = webhooks
+        .attempted(again)
+        .await
+        .unwrap()
+        .response_body
+        .unwrap();
+    assert!(body.contains("\"duplicate\""), "{body}");
+
+    // A restarted sensor (empty memory) still recognises it from the state.
+    assert_eq!(sensor.stop().await.exit_code(), 0);
+    let restarted = cluster.sensor().await;
+    let after_restart = webhooks.redeliver(second[1]).unwrap();
+    assert_eq!(cluster.answers(&[after_restart]).await, [202]);
+    let body = webhooks
+        .attempted(after_restart)
+        .await
+        .unwrap()
+        .response_body
+        .unwrap();
+    assert!(body.contains("\"duplicate\""), "{body}");
+    assert_eq!(
+        restarted
+            .metric(r#"sensor_duplicates_total{found_in="state"}"#)
+            .await,
+        1.0
+    );
+
+    // Every stale pod got exactly one SIGTERM; the newest head's none.
+    let mut sigterms = cluster.sigterms();
+    sigterms.sort();
+    let before = sigterms.len();
+    sigterms.dedup();
+    assert_eq!(sigterms.len(), before, "a pod was signalled twice");
+    assert_eq!(sigterms.len(), 6);
+    assert!(new_runs.iter().all(|r| cluster.workloads.get(r).is_some()));
+    let state = cluster.state().await;
+    let recorded: Vec<_> = state.recent_deliveries.iter().collect();
+    assert_eq!(recorded.len(), 5, "opened and four pushes: {recorded:?}");
+    assert_eq!(restarted.stop().await.exit_code(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_unreachable_is_503_and_the_redelivery_once_it_is_back_is_accepted_and_cancelled()
+ {
+    let cluster = Cluster::start().await;
+    let sensor = cluster.sensor().await;
+    let opened = cluster
+        .github
+        .add_pull("acme", "widgets", 7, OLD, BRANCH, ["ready-for-qa"])
+        .unwrap();
+    assert_eq!(cluster.answers(&opened).await, [202]);
+    let stale = cluster.agents_on(OLD);
+
+    // The API server answers every ConfigMap call 503 (an etcd outage).
+    let outage = cluster.kube.faults().error_rate(
+        Match::any().resource("configmaps"),
+        1.0,
+        InjectedError::Status(503),
+    );
+    let pushed = cluster
+        .github
+        .push_to_pull("acme", "widgets", 7, &[NEW])
+        .unwrap();
+    assert_eq!(
+        cluster.answers(&pushed).await,
+        [503, 503],
+        "never 202 for a fact that was not stored"
+    );
+    assert!(stale.iter().all(|r| cluster.workloads.get(r).is_some()));
+
+    cluster.kube.faults().remove(outage);
+    let redelivered = cluster.webhooks().redeliver(pushed[1]).unwrap();
+    assert_eq!(cluster.answers(&[redelivered]).await, [202]);
+    cluster.until_gone(&stale).await;
+    let state = cluster.state().await;
+    assert_eq!(state.latest_head.as_ref().unwrap().sha, NEW);
+    assert_eq!(sensor.stop().await.exit_code(), 0);
+}
