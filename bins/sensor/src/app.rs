@@ -76,6 +76,7 @@ struct Shared {
     pulls: Arc<dyn PullLookup>,
     recent: RecentDeliveries,
     writes: Arc<Semaphore>,
+    writers: Semaphore,
     write_timeout: Duration,
     lookup_timeout: Duration,
     metrics: SensorMetrics,
@@ -158,6 +159,7 @@ impl Sensor {
                 pulls: parts.pulls,
                 recent: RecentDeliveries::new(config.dedupe_cache_size),
                 writes: Arc::new(Semaphore::new(config.max_inflight_writes)),
+                writers: Semaphore::new(config.max_concurrent_writes),
                 write_timeout: config.state_write_timeout(),
                 lookup_timeout: config.github_lookup_timeout(),
                 metrics,
@@ -320,7 +322,8 @@ impl WebhookHandler for Endpoint {
 
 impl Shared {
     async fn handle(self: &Arc<Self>, delivery: Delivery, correlation_id: String) -> Response {
-        let event = delivery.headers.event.as_str();
+        let event = delivery.headers.event.clone();
+        let event = event.as_str();
         let action = delivery.event.action().map(str::to_owned);
         let action = action.as_deref();
         if self.shutdown.is_shutting_down() {
@@ -340,10 +343,15 @@ impl Shared {
             info!(task_id = %seen.task_id, "duplicate delivery (remembered)");
             return accepted("duplicate", &seen.task_id, &seen.head_sha, &correlation_id);
         }
-        let delivery_id = delivery.headers.delivery_id.as_str();
-        let plan = self
-            .rules
-            .plan(&delivery.event, delivery_id, &correlation_id);
+        let plan = self.rules.plan(
+            &delivery.event,
+            &delivery.headers.delivery_id,
+            &correlation_id,
+        );
+        // The body and the parsed payload (tens of KiB) are not needed past
+        // the plan: with a thousand deliveries waiting on their state
+        // writes, holding them would multiply the sensor's memory.
+        drop(delivery);
         let record = match plan {
             Plan::Pong => {
                 self.metrics.delivery(event, action, "accepted", "ping");
@@ -501,10 +509,20 @@ impl Shared {
     ) {
         self.metrics.writes_in_flight.inc();
         let started = Instant::now();
-        let result = self
-            .store
-            .record_delivery(&record.task_id, key.as_str(), Some(&record.push))
-            .await;
+        // The API server sees at most --max-concurrent-writes of them at
+        // once: beyond that, more connections only add conflicts, memory
+        // and queueing at the server. The wait counts against the answer's
+        // bound like the write itself.
+        let result = match self.writers.acquire().await {
+            Ok(_writer) => {
+                self.store
+                    .record_delivery(&record.task_id, key.as_str(), Some(&record.push))
+                    .await
+            }
+            Err(_closed) => Err(state_store::Error::Client(
+                "the sensor is shutting down".to_owned(),
+            )),
+        };
         self.metrics
             .state_write_duration
             .observe(started.elapsed().as_secs_f64());

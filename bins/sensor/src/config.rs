@@ -28,6 +28,8 @@ pub const DEFAULT_GITHUB_LOOKUP_TIMEOUT_SECONDS: u64 = 5;
 pub const DEFAULT_DEDUPE_CACHE_SIZE: usize = 10_000;
 /// Default most state writes in flight at once; beyond it, 503 at once.
 pub const DEFAULT_MAX_INFLIGHT_WRITES: usize = 1_024;
+/// Default most state writes sent to the API server at once.
+pub const DEFAULT_MAX_CONCURRENT_WRITES: usize = 64;
 /// Default coordinator workers.
 pub const DEFAULT_COORDINATOR_WORKERS: usize = 10;
 /// Default time in-flight requests and cancellations get after SIGTERM.
@@ -121,6 +123,11 @@ pub struct Config {
     /// 503 at once.
     #[arg(long, env = "SENSOR_MAX_INFLIGHT_WRITES", default_value_t = DEFAULT_MAX_INFLIGHT_WRITES)]
     pub max_inflight_writes: usize,
+
+    /// State writes sent to the API server at once; the other admitted
+    /// ones wait their turn (within the state write timeout).
+    #[arg(long, env = "SENSOR_MAX_CONCURRENT_WRITES", default_value_t = DEFAULT_MAX_CONCURRENT_WRITES)]
+    pub max_concurrent_writes: usize,
 
     /// Cancellations run at once by this process's coordinator.
     #[arg(long, env = "SENSOR_COORDINATOR_WORKERS", default_value_t = DEFAULT_COORDINATOR_WORKERS)]
@@ -241,6 +248,7 @@ impl Default for Config {
             github_lookup_timeout_seconds: DEFAULT_GITHUB_LOOKUP_TIMEOUT_SECONDS,
             dedupe_cache_size: DEFAULT_DEDUPE_CACHE_SIZE,
             max_inflight_writes: DEFAULT_MAX_INFLIGHT_WRITES,
+            max_concurrent_writes: DEFAULT_MAX_CONCURRENT_WRITES,
             coordinator_workers: DEFAULT_COORDINATOR_WORKERS,
             namespace: "default".to_owned(),
             identity: "sensor".to_owned(),
@@ -320,6 +328,12 @@ impl Config {
         }
         if !(1..=100_000).contains(&self.max_inflight_writes) {
             return fail("max-inflight-writes", "must be between 1 and 100000");
+        }
+        if !(1..=self.max_inflight_writes).contains(&self.max_concurrent_writes) {
+            return fail(
+                "max-concurrent-writes",
+                "must be between 1 and --max-inflight-writes",
+            );
         }
         if !(1..=1_000).contains(&self.coordinator_workers) {
             return fail("coordinator-workers", "must be between 1 and 1000");

@@ -288,13 +288,13 @@ mod tests {
         }
     }
 
-    fn plan(rules: &Rules, event: Event) -> Plan {
-        rules.plan(&event, "guid-1", "guid-1")
+    fn plan(rules: &Rules, event: &Event) -> Plan {
+        rules.plan(event, "guid-1", "guid-1")
     }
 
     #[test]
     fn a_branch_push_records_the_head_and_looks_up_its_pull_request_later() {
-        let Plan::Record(record) = plan(&rules(None), Event::Push(push("refs/heads/task-42-fix")))
+        let Plan::Record(record) = plan(&rules(None), &Event::Push(push("refs/heads/task-42-fix")))
         else {
             panic!()
         };
@@ -328,7 +328,7 @@ mod tests {
             (push("refs/notes/x"), "not_a_branch"),
             (other_repo, "repository"),
         ] {
-            assert_eq!(plan(&r, Event::Push(event)), Plan::Ignore(reason));
+            assert_eq!(plan(&r, &Event::Push(event)), Plan::Ignore(reason));
         }
     }
 
@@ -338,9 +338,9 @@ mod tests {
         r.allow = AllowLists::new(&["acme/*".into()], &["agent".into()]);
         let mut human = push("refs/heads/task-42-fix");
         human.sender = Some("human".into());
-        assert_eq!(plan(&r, Event::Push(human)), Plan::Ignore("sender"));
+        assert_eq!(plan(&r, &Event::Push(human)), Plan::Ignore("sender"));
         assert!(matches!(
-            plan(&r, Event::Push(push("refs/heads/task-42-fix"))),
+            plan(&r, &Event::Push(push("refs/heads/task-42-fix"))),
             Plan::Record(_)
         ));
     }
@@ -348,8 +348,10 @@ mod tests {
     #[test]
     fn pull_request_actions_decide_the_handoff() {
         let r = rules(None);
-        let Plan::Record(sync) = plan(&r, Event::PullRequest(pull(PullRequestAction::Synchronize)))
-        else {
+        let Plan::Record(sync) = plan(
+            &r,
+            &Event::PullRequest(pull(PullRequestAction::Synchronize)),
+        ) else {
             panic!()
         };
         assert_eq!(sync.head_sha, SHA, "lower-cased");
@@ -361,7 +363,7 @@ mod tests {
 
         let mut closed = pull(PullRequestAction::Closed);
         closed.closed_at = Some(Timestamp::from_second(1_800_000_009).unwrap());
-        let Plan::Record(close) = plan(&r, Event::PullRequest(closed.clone())) else {
+        let Plan::Record(close) = plan(&r, &Event::PullRequest(closed.clone())) else {
             panic!()
         };
         assert!(matches!(close.handoff, Handoff::Pull(_, Reason::Closed)));
@@ -370,7 +372,7 @@ mod tests {
             Timestamp::from_second(1_800_000_009).unwrap()
         );
 
-        let Plan::Record(opened) = plan(&r, Event::PullRequest(pull(PullRequestAction::Opened)))
+        let Plan::Record(opened) = plan(&r, &Event::PullRequest(pull(PullRequestAction::Opened)))
         else {
             panic!()
         };
@@ -378,7 +380,7 @@ mod tests {
 
         let labeled = pull(PullRequestAction::Other("labeled".into()));
         assert_eq!(
-            plan(&r, Event::PullRequest(labeled)),
+            plan(&r, &Event::PullRequest(labeled)),
             Plan::Ignore("action")
         );
         let no_close = Rules {
@@ -386,7 +388,7 @@ mod tests {
             ..rules(None)
         };
         assert_eq!(
-            plan(&no_close, Event::PullRequest(closed)),
+            plan(&no_close, &Event::PullRequest(closed)),
             Plan::Ignore("close_not_cancelling")
         );
     }
@@ -396,23 +398,23 @@ mod tests {
         let r = rules(None);
         let mut fork = pull(PullRequestAction::Synchronize);
         fork.head_repository = Some("mallory/widgets".into());
-        assert_eq!(plan(&r, Event::PullRequest(fork)), Plan::Ignore("fork"));
+        assert_eq!(plan(&r, &Event::PullRequest(fork)), Plan::Ignore("fork"));
         let mut unmapped = pull(PullRequestAction::Synchronize);
         unmapped.head_ref = "feature".into();
         assert_eq!(
-            plan(&r, Event::PullRequest(unmapped)),
+            plan(&r, &Event::PullRequest(unmapped)),
             Plan::Ignore("unmapped")
         );
         let mut bad_sha = pull(PullRequestAction::Synchronize);
         bad_sha.head_sha = "abc".into();
         assert!(matches!(
-            plan(&r, Event::PullRequest(bad_sha)),
+            plan(&r, &Event::PullRequest(bad_sha)),
             Plan::Invalid(_)
         ));
         let mut no_time = pull(PullRequestAction::Synchronize);
         no_time.updated_at = None;
         assert!(
-            matches!(plan(&r, Event::PullRequest(no_time)), Plan::Invalid(m) if m.contains("updated_at"))
+            matches!(plan(&r, &Event::PullRequest(no_time)), Plan::Invalid(m) if m.contains("updated_at"))
         );
     }
 
@@ -422,11 +424,11 @@ mod tests {
         let mut labeled = pull(PullRequestAction::Synchronize);
         labeled.head_ref = "feature".into();
         labeled.labels = vec!["task-9".into()];
-        let Plan::Record(record) = plan(&r, Event::PullRequest(labeled)) else {
+        let Plan::Record(record) = plan(&r, &Event::PullRequest(labeled)) else {
             panic!()
         };
         assert_eq!(record.task_id, "task-9");
-        let Plan::LookUp(lookup) = plan(&r, Event::Push(push("refs/heads/feature"))) else {
+        let Plan::LookUp(lookup) = plan(&r, &Event::Push(push("refs/heads/feature"))) else {
             panic!()
         };
         assert_eq!(lookup.branch, "feature");
@@ -444,28 +446,28 @@ mod tests {
             })
         };
         assert_eq!(
-            plan(&r, unhandled("create", UnhandledReason::NotInterpreted)),
+            plan(&r, &unhandled("create", UnhandledReason::NotInterpreted)),
             Plan::Ignore("create")
         );
         assert_eq!(
-            plan(&r, unhandled("delete", UnhandledReason::NotInterpreted)),
+            plan(&r, &unhandled("delete", UnhandledReason::NotInterpreted)),
             Plan::Ignore("delete")
         );
         assert_eq!(
             plan(
                 &r,
-                unhandled("pull_request", UnhandledReason::UnknownAction)
+                &unhandled("pull_request", UnhandledReason::UnknownAction)
             ),
             Plan::Ignore("unknown_action")
         );
         assert_eq!(
-            plan(&r, unhandled("issues", UnhandledReason::NotInterpreted)),
+            plan(&r, &unhandled("issues", UnhandledReason::NotInterpreted)),
             Plan::Ignore("event")
         );
         assert_eq!(
             plan(
                 &r,
-                Event::Ping(github_webhook::PingEvent {
+                &Event::Ping(github_webhook::PingEvent {
                     zen: None,
                     hook_id: None
                 })

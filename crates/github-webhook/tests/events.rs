@@ -39,6 +39,16 @@ fn a_push_reads_its_ref_shas_flags_and_the_unix_pushed_at() {
 }
 
 #[test]
+fn a_pushed_at_in_rfc_3339_text_is_read_too() {
+    let mut push: serde_json::Value = serde_json::from_str(PUSH).unwrap();
+    push["repository"]["pushed_at"] = "2019-05-15T15:20:57Z".into();
+    let Event::Push(p) = parse_event("push", push.to_string().as_bytes()).unwrap() else {
+        panic!("not a push");
+    };
+    assert_eq!(p.pushed_at, Some(ts("2019-05-15T15:20:57Z")));
+}
+
+#[test]
 fn a_synchronize_reads_the_pull_request_head_labels_and_time() {
     let Event::PullRequest(pr) = parse_event("pull_request", SYNCHRONIZE.as_bytes()).unwrap()
     else {
