@@ -12,6 +12,7 @@
 //! | `label-cas` | [`label_cas`] | PR label transitions safe against racing writers and rate limits |
 //! | `job-tracker` | [`job_tracker`] | cancellable job registry with reservations |
 //! | `cancel-coordinator` | [`cancel_coordinator`] | cancel superseded CodeRuns: Workloads trait, journaled saga, coordinator |
+//! | `recovery` | [`recovery`] | the reconciler: re-derives all work from stored state, repairs what disagrees, flags the rest |
 //! | `github-webhook` | [`github_webhook`] | verified GitHub webhooks: signatures with rotation, guarded parsing, an axum route |
 //!
 //! ```
@@ -34,6 +35,8 @@ pub use job_tracker;
 pub use label_cas;
 #[cfg(feature = "lease-lock")]
 pub use lease_lock;
+#[cfg(feature = "recovery")]
+pub use recovery;
 #[cfg(feature = "resilience")]
 pub use resilience;
 #[cfg(feature = "state-store")]

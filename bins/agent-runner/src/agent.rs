@@ -144,7 +144,7 @@ pub async fn run_agent(
     let mut child = match spawn_in_process_group(&mut command) {
         Ok(child) => child,
         Err(error) => {
-            remove_workspace(workspace, incident);
+            remove_workspace(workspace, job.id(), incident, None);
             return failed_before_spawn(format!(
                 "cannot start {:?}: {error}",
                 spec.command.program
@@ -230,7 +230,7 @@ pub async fn run_agent(
     }
     let stdout = collect(stdout).await;
     let stderr = collect(stderr).await;
-    remove_workspace(workspace, incident);
+    remove_workspace(workspace, job.id(), incident, Some(status));
 
     AgentReport {
         status,
@@ -288,16 +288,37 @@ async fn collect(reader: Option<JoinHandle<Captured>>) -> Captured {
     }
 }
 
-fn remove_workspace(workspace: tempfile::TempDir, incident: &Incident) {
+/// Removes the workspace. For an agent that was stopped (timeout, cancel,
+/// shutdown) an INFO line confirms it, since that is the cleanup an operator
+/// wants to see; an agent that ended by itself already has its INFO line. A
+/// failure is always a WARN. `status` is `None` when the agent never started.
+fn remove_workspace(
+    workspace: tempfile::TempDir,
+    agent_id: &str,
+    incident: &Incident,
+    status: Option<AgentStatus>,
+) {
     let path = workspace.path().to_owned();
-    if let Err(error) = workspace.close() {
-        tracing::warn!(
+    let status_label = status.map_or("not_started", AgentStatus::as_str);
+    match workspace.close() {
+        Ok(()) if status.is_some_and(AgentStatus::was_stopped) => tracing::info!(
+            agent_id,
             cluster = %incident.cluster,
             incident_id = %incident.id,
+            status = status_label,
+            workspace = %path.display(),
+            "agent workspace removed"
+        ),
+        Ok(()) => {}
+        Err(error) => tracing::warn!(
+            agent_id,
+            cluster = %incident.cluster,
+            incident_id = %incident.id,
+            status = status_label,
             workspace = %path.display(),
             %error,
             "cannot remove the agent workspace"
-        );
+        ),
     }
 }
 

@@ -7,9 +7,12 @@
 //! failures, Prometheus metrics, health probes and a drain on shutdown.
 //!
 //! - [`config`]: flags and environment variables, validated at start.
+//! - `connection`: one WARN line per failed stream connection, one INFO line
+//!   per reconnection with its downtime.
 //! - [`filter`]: incidents, severities and the duplicate window.
 //! - [`runner`]: streams ▸ filter ▸ queue ▸ breaker ▸ agents, and the drain.
 //! - [`agent`]: one agent process, its workspace, output and timeout.
+//! - `supervise`: background loops restarted after a panic, never dead silently.
 //! - [`metrics`]: the `agent_runner_*` families.
 //! - [`api`]: `/metrics` and `/v1/agents`.
 //!
@@ -19,9 +22,11 @@
 pub mod agent;
 pub mod api;
 pub mod config;
+mod connection;
 pub mod filter;
 pub mod metrics;
 pub mod runner;
+mod supervise;
 
 use std::net::SocketAddr;
 

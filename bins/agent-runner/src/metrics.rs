@@ -41,6 +41,36 @@ pub const SSE_REASONS: [&str; 5] = [
     "decode",
 ];
 
+/// Every `task` of `task_panics_total`: the background loops kept alive
+/// through a panic.
+pub const TASKS: [&str; 1] = ["queue_sweeper"];
+
+/// Every family [`Metrics`] registers, as its samples name it (counters
+/// with `_total`; histograms without `_bucket`, `_sum`, `_count`). The
+/// runner adds the `agent_runner_shutdown_*` gauges of its `Shutdown`.
+pub const FAMILIES: [&str; 20] = [
+    "agent_runner_events_received_total",
+    "agent_runner_events_filtered_total",
+    "agent_runner_events_queued_total",
+    "agent_runner_events_expired_total",
+    "agent_runner_events_dequeued_total",
+    "agent_runner_queue_depth",
+    "agent_runner_agents_spawned_total",
+    "agent_runner_agents_completed_total",
+    "agent_runner_agents_timeout_total",
+    "agent_runner_agents_active",
+    "agent_runner_agent_duration_seconds",
+    "agent_runner_circuit_breaker_state",
+    "agent_runner_circuit_breaker_events_dropped_total",
+    "agent_runner_sse_connections_active",
+    "agent_runner_sse_reconnections_total",
+    "agent_runner_sse_connection_errors_total",
+    "agent_runner_sse_connection_duration_seconds",
+    "agent_runner_task_panics_total",
+    "agent_runner_build_info",
+    "agent_runner_up",
+];
+
 /// How an agent ended: the `status` label of `agents_completed_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AgentStatus {
@@ -65,6 +95,15 @@ impl AgentStatus {
         AgentStatus::Cancelled,
         AgentStatus::Interrupted,
     ];
+
+    /// Whether the runner stopped the agent (timeout, cancel, shutdown)
+    /// rather than the agent ending by itself.
+    pub fn was_stopped(self) -> bool {
+        matches!(
+            self,
+            AgentStatus::Timeout | AgentStatus::Cancelled | AgentStatus::Interrupted
+        )
+    }
 
     /// The label value.
     pub fn as_str(self) -> &'static str {
@@ -102,6 +141,11 @@ struct StatusLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskLabels {
+    task: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: String,
     git_commit: String,
@@ -128,6 +172,7 @@ pub struct Metrics {
     sse_reconnections: Family<ReasonLabels, Counter>,
     sse_connection_errors: Family<ReasonLabels, Counter>,
     sse_connection_duration: Histogram,
+    task_panics: Family<TaskLabels, Counter>,
     build_info: Family<BuildLabels, Gauge>,
     up: Gauge,
 }
@@ -154,11 +199,17 @@ impl Metrics {
             sse_reconnections: Family::default(),
             sse_connection_errors: Family::default(),
             sse_connection_duration: Histogram::new(SSE_CONNECTION_DURATION_BUCKETS),
+            task_panics: Family::default(),
             build_info: Family::default(),
             up: Gauge::default(),
         };
         for cluster in clusters {
             metrics.touch(cluster);
+        }
+        for task in TASKS {
+            drop(metrics.task_panics.get_or_create(&TaskLabels {
+                task: task.to_owned(),
+            }));
         }
         metrics
             .build_info
@@ -263,13 +314,18 @@ impl Metrics {
             self.sse_connection_duration.clone(),
         );
         r.register(
+            "task_panics",
+            "Panics caught in background loops (task: queue_sweeper); each loop was restarted",
+            self.task_panics.clone(),
+        );
+        r.register(
             "build_info",
             "Always 1; the labels say which build is running",
             self.build_info.clone(),
         );
         r.register(
             "up",
-            "1 while the runner is running, 0 once it is shutting down",
+            "Always 1: a runner whose /metrics answers is up, draining included (see shutdown_phase)",
             self.up.clone(),
         );
     }
@@ -403,17 +459,22 @@ impl Metrics {
             .inc();
     }
 
+    /// A background loop panicked and is being restarted (`task` is one of
+    /// [`TASKS`]).
+    pub fn task_panicked(&self, task: &str) {
+        self.task_panics
+            .get_or_create(&TaskLabels {
+                task: task.to_owned(),
+            })
+            .inc();
+    }
+
     /// Whether `cluster`'s stream is connected now.
     pub fn sse_is_connected(&self, cluster: &str) -> bool {
         self.sse_connections_active
             .get_or_create(&labels(cluster))
             .get()
             > 0
-    }
-
-    /// The runner is shutting down.
-    pub fn set_down(&self) {
-        self.up.set(0);
     }
 
     /// Creates every series of `cluster` at zero.
@@ -487,29 +548,6 @@ fn reason_labels(cluster: &str, reason: &str) -> ReasonLabels {
 mod tests {
     use super::*;
 
-    /// Every family of the issue, as exposed.
-    pub(crate) const FAMILIES: [&str; 19] = [
-        "agent_runner_events_received_total",
-        "agent_runner_events_filtered_total",
-        "agent_runner_events_queued_total",
-        "agent_runner_events_expired_total",
-        "agent_runner_events_dequeued_total",
-        "agent_runner_queue_depth",
-        "agent_runner_agents_spawned_total",
-        "agent_runner_agents_completed_total",
-        "agent_runner_agents_timeout_total",
-        "agent_runner_agents_active",
-        "agent_runner_agent_duration_seconds",
-        "agent_runner_circuit_breaker_state",
-        "agent_runner_circuit_breaker_events_dropped_total",
-        "agent_runner_sse_connections_active",
-        "agent_runner_sse_reconnections_total",
-        "agent_runner_sse_connection_errors_total",
-        "agent_runner_sse_connection_duration_seconds",
-        "agent_runner_build_info",
-        "agent_runner_up",
-    ];
-
     fn text(metrics: &Metrics) -> String {
         let mut registry = Registry::default();
         metrics.register(&mut registry);
@@ -544,6 +582,153 @@ mod tests {
             r#"agent_runner_build_info{{version="{}",git_commit="{GIT_COMMIT}",build_date="{BUILD_DATE}"}} 1"#,
             env!("CARGO_PKG_VERSION")
         )));
+    }
+
+    /// The `le` values of `histogram`'s buckets, in exposition order.
+    fn buckets(text: &str, histogram: &str) -> Vec<String> {
+        let prefix = format!("{histogram}_bucket{{le=\"");
+        text.lines()
+            .filter_map(|line| line.strip_prefix(&prefix)?.split_once('"'))
+            .map(|(le, _)| le.to_owned())
+            .collect()
+    }
+
+    /// The cumulative counts of `histogram`'s buckets, in exposition order.
+    fn bucket_counts(text: &str, histogram: &str) -> Vec<u64> {
+        let prefix = format!("{histogram}_bucket{{le=");
+        text.lines()
+            .filter(|line| line.starts_with(&prefix))
+            .filter_map(|line| line.rsplit_once(' ')?.1.parse().ok())
+            .collect()
+    }
+
+    /// Every series (`name{labels}`) in the exposition.
+    fn series(text: &str) -> std::collections::BTreeSet<String> {
+        text.lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| line.rsplit_once(' '))
+            .map(|(series, _)| series.to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn histograms_expose_every_documented_bucket_in_order() {
+        let text = text(&Metrics::new(["prod"]));
+        assert_eq!(
+            buckets(&text, "agent_runner_agent_duration_seconds"),
+            [
+                "1.0", "5.0", "10.0", "30.0", "60.0", "120.0", "300.0", "+Inf"
+            ]
+        );
+        assert_eq!(
+            buckets(&text, "agent_runner_sse_connection_duration_seconds"),
+            [
+                "60.0", "300.0", "600.0", "1800.0", "3600.0", "7200.0", "14400.0", "+Inf"
+            ]
+        );
+    }
+
+    #[test]
+    fn every_series_exists_from_the_start_and_recording_creates_no_other() {
+        let metrics = Metrics::new(["prod", "staging"]);
+        let before = series(&text(&metrics));
+        for cluster in ["prod", "staging"] {
+            for severity in Severity::ALL
+                .iter()
+                .map(|s| s.as_str())
+                .chain([UNKNOWN_SEVERITY])
+            {
+                metrics.received(cluster, severity);
+            }
+            for reason in FILTER_REASONS {
+                metrics.filtered(cluster, reason);
+            }
+            metrics.queued(cluster);
+            metrics.evicted(cluster);
+            metrics.expired(cluster);
+            metrics.dequeued(cluster);
+            metrics.left_queue(cluster);
+            metrics.agent_started(cluster);
+            metrics.breaker_dropped(cluster);
+            for (i, status) in AgentStatus::ALL.into_iter().enumerate() {
+                let seconds = 0.5 + 100.0 * i as f64;
+                metrics.agent_finished(cluster, status, Duration::from_secs_f64(seconds), true);
+            }
+            metrics.sse_connected(cluster);
+            for reason in SSE_REASONS {
+                metrics.sse_disconnected(cluster, reason, true, Some(Duration::from_secs(20_000)));
+                metrics.sse_reconnecting(cluster, reason);
+            }
+        }
+        for task in TASKS {
+            metrics.task_panicked(task);
+        }
+        metrics.breaker_state(BreakerState::Open);
+        let after = series(&text(&metrics));
+        assert_eq!(before, after, "every series exists before it is used");
+
+        // The label sets, family by family: clusters × the fixed values.
+        let count = |family: &str| {
+            after
+                .iter()
+                .filter(|s| s.split('{').next() == Some(family))
+                .count()
+        };
+        let clusters = 2;
+        for (family, per_cluster) in [
+            (
+                "agent_runner_events_received_total",
+                Severity::ALL.len() + 1,
+            ),
+            ("agent_runner_events_filtered_total", FILTER_REASONS.len()),
+            (
+                "agent_runner_agents_completed_total",
+                AgentStatus::ALL.len(),
+            ),
+            ("agent_runner_sse_reconnections_total", SSE_REASONS.len()),
+            (
+                "agent_runner_sse_connection_errors_total",
+                SSE_REASONS.len(),
+            ),
+            ("agent_runner_events_queued_total", 1),
+            ("agent_runner_events_expired_total", 1),
+            ("agent_runner_events_dequeued_total", 1),
+            ("agent_runner_queue_depth", 1),
+            ("agent_runner_agents_spawned_total", 1),
+            ("agent_runner_agents_timeout_total", 1),
+            ("agent_runner_agents_active", 1),
+            ("agent_runner_circuit_breaker_events_dropped_total", 1),
+            ("agent_runner_sse_connections_active", 1),
+        ] {
+            assert_eq!(count(family), clusters * per_cluster, "{family}");
+        }
+        for (family, total) in [
+            ("agent_runner_task_panics_total", TASKS.len()),
+            (
+                "agent_runner_agent_duration_seconds_bucket",
+                AGENT_DURATION_BUCKETS.len() + 1,
+            ),
+            (
+                "agent_runner_sse_connection_duration_seconds_bucket",
+                SSE_CONNECTION_DURATION_BUCKETS.len() + 1,
+            ),
+            ("agent_runner_circuit_breaker_state", 1),
+            ("agent_runner_build_info", 1),
+            ("agent_runner_up", 1),
+        ] {
+            assert_eq!(count(family), total, "{family}");
+        }
+        // Cumulative counts, bucket by bucket: 0.5, 100.5, 200.5, 300.5 and
+        // 400.5 s for each cluster; every connection lasted 20 000 s.
+        let text = text(&metrics);
+        assert_eq!(
+            bucket_counts(&text, "agent_runner_agent_duration_seconds"),
+            [2, 2, 2, 2, 2, 4, 6, 10]
+        );
+        assert_eq!(
+            bucket_counts(&text, "agent_runner_sse_connection_duration_seconds"),
+            [0, 0, 0, 0, 0, 0, 0, 10]
+        );
     }
 
     #[test]

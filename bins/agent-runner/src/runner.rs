@@ -36,8 +36,10 @@ use crate::Error;
 use crate::agent::{AgentReport, AgentSpec, run_agent};
 use crate::api;
 use crate::config::{Settings, StreamSource};
+use crate::connection::ConnectionLog;
 use crate::filter::{DuplicateWindow, Incident, Severity, parse_incident};
 use crate::metrics::{AgentStatus, Metrics};
+use crate::supervise::supervise;
 
 /// The name of the readiness check on stream connections.
 pub const STREAMS_CHECK: &str = "streams";
@@ -119,6 +121,9 @@ impl Runner {
         let metrics = Metrics::new(clusters.iter().copied());
         let mut registry = Registry::default();
         metrics.register(&mut registry);
+        // The drain shows as `agent_runner_shutdown_phase`, never as `up`
+        // going to 0: a runner whose /metrics answers is up.
+        shutdown.register(registry.sub_registry_with_prefix("agent_runner"));
 
         let breaker = CircuitBreaker::new(
             "agents",
@@ -181,10 +186,27 @@ impl Runner {
         let streams = streams.into_iter().map(tokio::spawn).collect();
         let dispatcher = tokio::spawn(Arc::clone(&inner).dispatch());
         let background = vec![
-            tokio::spawn(inner.queue.sweeper(inner.settings.queue_sweep_interval, {
-                let inner = Arc::clone(&inner);
-                move |expired| inner.on_expired(&expired)
-            })),
+            tokio::spawn(supervise(
+                "queue_sweeper",
+                inner.metrics.clone(),
+                inner.shutdown.token(),
+                {
+                    let inner = Arc::clone(&inner);
+                    move || {
+                        let inner = Arc::clone(&inner);
+                        // Owned by the future: `sweeper` borrows the queue.
+                        async move {
+                            let reporter = Arc::clone(&inner);
+                            let sweep = inner
+                                .queue
+                                .sweeper(inner.settings.queue_sweep_interval, move |expired| {
+                                    reporter.on_expired(&expired)
+                                });
+                            sweep.await;
+                        }
+                    }
+                },
+            )),
             tokio::spawn({
                 let inner = Arc::clone(&inner);
                 async move {
@@ -254,7 +276,6 @@ impl Runner {
             shutdown_timeout_seconds = inner.settings.shutdown_timeout.as_secs_f64(),
             "Shutting down gracefully"
         );
-        inner.metrics.set_down();
 
         for task in self.streams {
             if tokio::time::timeout(STREAM_CLOSE_WAIT, task).await.is_err() {
@@ -391,15 +412,19 @@ impl Inner {
                 self.settings.duplicate_cache_size,
             );
             let mut subscription = client.subscribe(&cancel);
+            let url = source.url.as_str();
+            let mut narration = ConnectionLog::default();
             let mut last_reason = "end_of_stream";
             // The subscription ends after the token fires (with a final
             // Disconnected when it was connected), so gauges settle.
             while let Some(item) = subscription.recv().await {
+                if let Some(notice) = narration.observe(&item) {
+                    notice.log(&cluster, url);
+                }
                 match item {
                     SseItem::Connected => {
                         self.connected.fetch_add(1, Ordering::SeqCst);
                         self.metrics.sse_connected(&cluster);
-                        tracing::info!(%cluster, url = %source.url, "incident stream connected");
                     }
                     SseItem::Event(event) => self.on_event(&cluster, &mut duplicates, &event),
                     SseItem::Disconnected(end) => {
@@ -413,17 +438,14 @@ impl Inner {
                             end.reason.is_error(),
                             end.connected_for,
                         );
-                        if end.reason.is_error() {
-                            tracing::warn!(%cluster, reason = last_reason, detail = %end.reason, events = end.events, "incident stream disconnected");
-                        } else {
-                            tracing::info!(%cluster, reason = last_reason, detail = %end.reason, events = end.events, "incident stream closed");
-                        }
                     }
-                    SseItem::Reconnecting { delay, attempt } => {
+                    SseItem::Reconnecting { .. } => {
                         self.metrics.sse_reconnecting(&cluster, last_reason);
-                        tracing::info!(%cluster, delay_seconds = delay.as_secs_f64(), attempt, "reconnecting the incident stream");
                     }
                 }
+            }
+            if let Some(notice) = narration.finish() {
+                notice.log(&cluster, url);
             }
         })
     }

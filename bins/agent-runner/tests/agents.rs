@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 
 use agent_runner::Runner;
 use agent_runner::config::DEFAULT_AGENT_KILL_GRACE_SECONDS;
-use resilience::Shutdown;
 use serde_json::Value;
-use support::{FakeStream, Logs, eventually, http, sample, settings};
+use support::{FakeStream, Logs, eventually, http, sample, settings, start_connected};
 
 fn value(runner: &Runner, name: &str, extra: &str) -> f64 {
     let series = if extra.is_empty() {
@@ -60,12 +59,7 @@ async fn an_agent_gets_the_incident_on_stdin_its_env_and_a_workspace_removed_aft
     );
     let mut settings = settings(&stream.url(), &script);
     settings.workspace_root = Some(workspaces.path().to_owned());
-    let shutdown = Shutdown::new();
-    let runner = Runner::start(settings, shutdown.clone()).await.unwrap();
-    eventually("connected", || {
-        value(&runner, "sse_connections_active", "") == 1.0
-    })
-    .await;
+    let (runner, shutdown) = start_connected(settings).await;
 
     stream
         .emit("id: 7\ndata: {\"id\":\"disk-full\",\"severity\":\"critical\",\"node\":\"n1\"}\n\n");
@@ -103,7 +97,7 @@ async fn an_agent_gets_the_incident_on_stdin_its_env_and_a_workspace_removed_aft
 }
 
 #[tokio::test]
-async fn a_timed_out_agent_that_obeys_sigterm_is_stopped_and_its_workspace_removed() {
+async fn a_timed_out_agent_that_obeys_sigterm_is_stopped_and_its_workspace_removal_confirmed() {
     let (logs, _guard) = Logs::capture();
     let out = tempfile::tempdir().unwrap();
     let stream = FakeStream::start(Vec::new()).await;
@@ -113,12 +107,7 @@ async fn a_timed_out_agent_that_obeys_sigterm_is_stopped_and_its_workspace_remov
     );
     let mut settings = settings(&stream.url(), &script);
     settings.agent_timeout = Duration::from_secs(1);
-    let shutdown = Shutdown::new();
-    let runner = Runner::start(settings, shutdown.clone()).await.unwrap();
-    eventually("connected", || {
-        value(&runner, "sse_connections_active", "") == 1.0
-    })
-    .await;
+    let (runner, shutdown) = start_connected(settings).await;
 
     let started = Instant::now();
     stream.incident("slow-1", "error");
@@ -151,6 +140,20 @@ async fn a_timed_out_agent_that_obeys_sigterm_is_stopped_and_its_workspace_remov
     let finished = logs.with_message("agent did not succeed").pop().unwrap();
     assert_eq!(finished["fields"]["stopped_by"], "terminated");
     assert_eq!(finished["fields"]["signal"], 15);
+    // The cleanup after the timeout is confirmed, not only its failure.
+    let removed = logs
+        .with_message("agent workspace removed")
+        .pop()
+        .expect("an INFO line confirms the cleanup");
+    assert_eq!(removed["level"], "INFO");
+    assert_eq!(removed["fields"]["cluster"], "test");
+    assert_eq!(removed["fields"]["incident_id"], "slow-1");
+    assert_eq!(removed["fields"]["status"], "timeout");
+    assert_eq!(removed["fields"]["workspace"], pwd.trim());
+    assert_eq!(
+        removed["fields"]["agent_id"],
+        finished["fields"]["agent_id"]
+    );
     shutdown.trigger();
     runner.run_until_shutdown().await;
 }
@@ -173,12 +176,7 @@ async fn a_timed_out_agent_that_ignores_sigterm_is_killed_after_the_default_5_se
         "the issue's default is what this test exercises"
     );
     settings.agent_timeout = Duration::from_secs(1);
-    let shutdown = Shutdown::new();
-    let runner = Runner::start(settings, shutdown.clone()).await.unwrap();
-    eventually("connected", || {
-        value(&runner, "sse_connections_active", "") == 1.0
-    })
-    .await;
+    let (runner, shutdown) = start_connected(settings).await;
 
     let started = Instant::now();
     stream.incident("stubborn-1", "critical");
@@ -204,14 +202,7 @@ async fn a_timed_out_agent_that_ignores_sigterm_is_killed_after_the_default_5_se
 #[tokio::test]
 async fn agents_are_listed_and_cancelled_through_the_api() {
     let stream = FakeStream::start(Vec::new()).await;
-    let shutdown = Shutdown::new();
-    let runner = Runner::start(settings(&stream.url(), "exec sleep 3600"), shutdown.clone())
-        .await
-        .unwrap();
-    eventually("connected", || {
-        value(&runner, "sse_connections_active", "") == 1.0
-    })
-    .await;
+    let (runner, shutdown) = start_connected(settings(&stream.url(), "exec sleep 3600")).await;
     stream.incident("long-1", "error");
     eventually("the agent runs", || {
         value(&runner, "agents_active", "") == 1.0
@@ -286,12 +277,7 @@ async fn queued_incidents_expire_on_the_sweep_with_a_warning_on_a_paused_clock()
         (Duration::from_secs(600), Duration::from_secs(60)),
         "the defaults"
     );
-    let shutdown = Shutdown::new();
-    let runner = Runner::start(settings, shutdown.clone()).await.unwrap();
-    eventually("connected", || {
-        value(&runner, "sse_connections_active", "") == 1.0
-    })
-    .await;
+    let (runner, shutdown) = start_connected(settings).await;
     stream.incident("busy", "critical");
     eventually("the only agent slot is taken", || {
         value(&runner, "agents_active", "") == 1.0
@@ -335,5 +321,54 @@ async fn queued_incidents_expire_on_the_sweep_with_a_warning_on_a_paused_clock()
     shutdown.trigger();
     let report = runner.run_until_shutdown().await;
     assert_eq!(report.interrupted, ["test/busy"]);
+    assert_eq!(report.exit_code(), 0);
+}
+
+#[tokio::test]
+async fn up_stays_1_while_metrics_answer_during_the_drain_and_the_shutdown_phase_shows_it() {
+    let stream = FakeStream::start(Vec::new()).await;
+    let mut settings = settings(&stream.url(), "exec sleep 3600");
+    settings.shutdown_timeout = Duration::from_secs(2);
+    let (runner, shutdown) = start_connected(settings).await;
+    stream.incident("long-1", "error");
+    eventually("the agent runs", || {
+        value(&runner, "agents_active", "") == 1.0
+    })
+    .await;
+    let metrics_url = format!("http://{}/metrics", runner.metrics_addr());
+    let scrape = || async {
+        let response = http().get(&metrics_url).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        response.text().await.unwrap()
+    };
+    let before = scrape().await;
+    assert_eq!(sample(&before, "agent_runner_up"), 1.0);
+    assert_eq!(sample(&before, "agent_runner_shutdown_phase"), 0.0);
+
+    shutdown.trigger();
+    let drain = tokio::spawn(runner.run_until_shutdown());
+    // The agent outlives the trigger by the shutdown timeout: scrapes in
+    // that window see the drain, and a runner that still answers is up.
+    let mut during = scrape().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sample(&during, "agent_runner_shutdown_phase") != 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the drain never showed:\n{during}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        during = scrape().await;
+    }
+    assert_eq!(
+        sample(&during, "agent_runner_up"),
+        1.0,
+        "answering means up"
+    );
+    assert_eq!(
+        sample(&during, r#"agent_runner_agents_active{cluster="test"}"#),
+        1.0
+    );
+    let report = drain.await.unwrap();
+    assert_eq!(report.interrupted, ["test/long-1"]);
     assert_eq!(report.exit_code(), 0);
 }

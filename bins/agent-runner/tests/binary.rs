@@ -12,34 +12,11 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
-use support::{FakeStream, http};
+use support::{FakeStream, families, http, is_sample_of};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_agent-runner");
-
-/// Every family of the issue as it appears in samples.
-const FAMILIES: [&str; 19] = [
-    "agent_runner_events_received_total",
-    "agent_runner_events_filtered_total",
-    "agent_runner_events_queued_total",
-    "agent_runner_events_expired_total",
-    "agent_runner_events_dequeued_total",
-    "agent_runner_queue_depth",
-    "agent_runner_agents_spawned_total",
-    "agent_runner_agents_completed_total",
-    "agent_runner_agents_timeout_total",
-    "agent_runner_agents_active",
-    "agent_runner_agent_duration_seconds",
-    "agent_runner_circuit_breaker_state",
-    "agent_runner_circuit_breaker_events_dropped_total",
-    "agent_runner_sse_connections_active",
-    "agent_runner_sse_reconnections_total",
-    "agent_runner_sse_connection_errors_total",
-    "agent_runner_sse_connection_duration_seconds",
-    "agent_runner_build_info",
-    "agent_runner_up",
-];
 
 /// A running binary whose JSON log lines are collected.
 struct Running {
@@ -235,15 +212,15 @@ async fn metrics_lists_every_family_and_sigterm_drains_agents_then_exits_0() {
 
     let (status, text) = get(&format!("http://{metrics_addr}/metrics")).await;
     assert_eq!(status, 200);
-    for family in FAMILIES {
-        let sample = if family.ends_with("_seconds") {
-            format!("{family}_bucket")
-        } else {
-            family.to_owned()
-        };
+    let names: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    for family in families() {
         assert!(
-            text.lines().any(|l| l.starts_with(&sample)),
-            "{sample} missing from /metrics:\n{text}"
+            names.iter().any(|name| is_sample_of(name, family)),
+            "{family} missing from /metrics:\n{text}"
         );
     }
     assert!(text.contains(r#"agent_runner_sse_connections_active{cluster="local"} 1"#));

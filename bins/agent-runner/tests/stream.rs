@@ -10,7 +10,10 @@ use std::time::Duration;
 use agent_runner::Runner;
 use resilience::Shutdown;
 use serde_json::Value;
-use support::{FakeStream, Reply, eventually, http, incident, sample, settings};
+use support::{
+    FakeStream, Logs, Reply, assert_bounded_labels, eventually, http, incident, sample, settings,
+    start_connected,
+};
 
 const C: &str = r#"cluster="test""#;
 
@@ -122,14 +125,7 @@ async fn connection_metrics_are_exact_across_a_clean_end_a_500_a_drop_and_a_rest
 #[tokio::test]
 async fn every_event_is_counted_once_by_severity_and_filter_reason() {
     let stream = FakeStream::start(Vec::new()).await;
-    let shutdown = Shutdown::new();
-    let runner = Runner::start(settings(&stream.url(), "true"), shutdown.clone())
-        .await
-        .unwrap();
-    eventually("connected", || {
-        value(&runner, "sse_connections_active", "") == 1.0
-    })
-    .await;
+    let (runner, shutdown) = start_connected(settings(&stream.url(), "true")).await;
 
     stream.incident("i-1", "info"); // below the default minimum (warning)
     stream.incident("w-1", "warning");
@@ -183,6 +179,9 @@ async fn every_event_is_counted_once_by_severity_and_filter_reason() {
     stream.incident("c-1", "critical");
     eventually("the repeat is filtered", || filtered("duplicate") == 2.0).await;
 
+    // Whatever the stream sent, the labels kept to their fixed values.
+    assert_bounded_labels(&runner.metrics_text(), &["test"]);
+
     shutdown.trigger();
     assert_eq!(runner.run_until_shutdown().await.exit_code(), 0);
 }
@@ -225,14 +224,7 @@ async fn readyz_is_503_until_a_stream_connects() {
     runner.run_until_shutdown().await;
 
     let stream = FakeStream::start(Vec::new()).await;
-    let shutdown = Shutdown::new();
-    let runner = Runner::start(settings(&stream.url(), "true"), shutdown.clone())
-        .await
-        .unwrap();
-    eventually("connected", || {
-        value(&runner, "sse_connections_active", "") == 1.0
-    })
-    .await;
+    let (runner, shutdown) = start_connected(settings(&stream.url(), "true")).await;
     assert_eq!(readyz(&runner).await.0, 200);
     shutdown.trigger();
     runner.run_until_shutdown().await;
@@ -293,4 +285,73 @@ async fn the_breaker_opens_on_failures_drops_incidents_and_recovers_with_a_probe
     assert_eq!(readyz(&runner).await.0, 200);
     shutdown.trigger();
     runner.run_until_shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failed_connection_is_one_warn_line_and_a_reconnection_reports_the_downtime() {
+    let (logs, _guard) = Logs::capture();
+    let stream = FakeStream::start(vec![Reply::Status(500), Reply::Live(Vec::new())]).await;
+    let (runner, shutdown) = start_connected(settings(&stream.url(), "true")).await;
+
+    // The 500: one WARN line that says what failed, when the next try is
+    // and how many tries it has been.
+    let failed = logs.with_message("incident stream connection failed; retrying");
+    assert_eq!(failed.len(), 1, "{failed:#?}");
+    let failed = &failed[0];
+    assert_eq!(failed["level"], "WARN");
+    assert_eq!(failed["fields"]["cluster"], "test");
+    assert_eq!(failed["fields"]["error"], "server answered 500");
+    assert_eq!(failed["fields"]["reason"], "server_status");
+    assert_eq!(failed["fields"]["attempt"], 1);
+    let retry_in = failed["fields"]["retry_in"].as_str().unwrap();
+    assert!(retry_in.ends_with('s'), "a readable duration: {retry_in}");
+    let stream_warnings = logs
+        .lines()
+        .into_iter()
+        .filter(|l| l["level"] == "WARN")
+        .filter(|l| l["fields"]["message"].as_str().unwrap().contains("stream"))
+        .count();
+    assert_eq!(stream_warnings, 1, "one line per failure, not two");
+    let connected = logs.with_message("incident stream connected");
+    assert_eq!(connected.len(), 1);
+    assert_eq!(connected[0]["fields"]["cluster"], "test");
+
+    // The server goes away for a while and comes back: the reconnection says
+    // how long the stream was down (at least the time it was away).
+    let down = std::time::Instant::now();
+    stream.kill().await;
+    eventually("the break is seen", || {
+        value(&runner, "sse_connections_active", "") == 0.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stream.restart().await;
+    eventually("reconnected", || {
+        value(&runner, "sse_connections_active", "") == 1.0
+    })
+    .await;
+    let away = down.elapsed().as_secs_f64();
+    let reconnected = logs.with_message("incident stream reconnected");
+    assert_eq!(reconnected.len(), 1, "{reconnected:#?}");
+    assert_eq!(reconnected[0]["level"], "INFO");
+    assert_eq!(reconnected[0]["fields"]["cluster"], "test");
+    let downtime = reconnected[0]["fields"]["downtime_seconds"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        downtime >= 0.3 && downtime <= away,
+        "down at least while the server was away, at most since the kill: {downtime} (away {away})"
+    );
+    let failures = logs.with_message("incident stream connection failed; retrying");
+    assert!(failures.len() >= 2, "the break and the refused attempts");
+    assert!(
+        failures[1..]
+            .iter()
+            .all(|l| l["fields"]["reason"] == "network"
+                && l["fields"]["attempt"].as_u64() >= Some(1)),
+        "{failures:#?}"
+    );
+
+    shutdown.trigger();
+    assert_eq!(runner.run_until_shutdown().await.exit_code(), 0);
 }

@@ -101,8 +101,6 @@ pub enum ErrorCode {
     ReservationExhausted,
     /// The body exceeds the size limit.
     PayloadTooLarge,
-    /// The body is not JSON (wrong `Content-Type`).
-    UnsupportedMediaType,
     /// No such job is known.
     NotFound,
     /// A fault of the worker itself.
@@ -123,7 +121,6 @@ impl ErrorCode {
             Self::TooManyJobs => "TOO_MANY_JOBS",
             Self::ReservationExhausted => "RESERVATION_EXHAUSTED",
             Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
-            Self::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
             Self::NotFound => "NOT_FOUND",
             Self::Internal => "INTERNAL",
         }
@@ -271,6 +268,50 @@ mod tests {
         };
         let json = serde_json::to_string(&end).unwrap();
         assert_eq!(serde_json::from_str::<EndEvent>(&json).unwrap(), end);
+    }
+
+    #[test]
+    fn cancel_request_reads_the_job_id_and_tolerates_extra_fields() {
+        let request: CancelRequest = serde_json::from_str(r#"{"job_id":"test-123"}"#).unwrap();
+        assert_eq!(
+            request,
+            CancelRequest {
+                job_id: "test-123".into()
+            }
+        );
+        // A client may say why it cancels; the worker does not need to know.
+        let with_reason: CancelRequest =
+            serde_json::from_str(r#"{"job_id":"j","reason":"user pressed stop"}"#).unwrap();
+        assert_eq!(with_reason.job_id, "j");
+        // The id is checked by the handler (400 INVALID_JOB_ID), not here.
+        let empty: CancelRequest = serde_json::from_str(r#"{"job_id":""}"#).unwrap();
+        assert_eq!(empty.job_id, "");
+        // (serde would also read `["test-123"]` as this struct; the body
+        // layer refuses anything but an object before serde sees it.)
+        for refused in [
+            "{}",
+            r#"{"job_id":null}"#,
+            r#"{"job_id":7}"#,
+            r#""test-123""#,
+        ] {
+            assert!(
+                serde_json::from_str::<CancelRequest>(refused).is_err(),
+                "{refused} should not parse"
+            );
+        }
+    }
+
+    #[test]
+    fn cancel_response_is_always_cancelling_with_the_job_id() {
+        let response = CancelResponse::cancelling("test-123");
+        assert_eq!(
+            serde_json::to_string(&response).unwrap(),
+            r#"{"status":"cancelling","job_id":"test-123"}"#,
+            "the story's exact body, fields in this order"
+        );
+        let back: CancelResponse =
+            serde_json::from_str(r#"{"status":"cancelling","job_id":"test-123"}"#).unwrap();
+        assert_eq!(back, response);
     }
 
     #[test]

@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Extension, Path, State};
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -28,11 +27,14 @@ use crate::api::{
     CancelRequest, CancelResponse, ErrorBody, ErrorCode, ExecuteRequest, MAX_ID_LEN, is_valid_id,
     prompt_tokens,
 };
+use crate::body::{BodyError, JsonBody};
 use crate::config::Config;
 use crate::correlation::{CorrelationId, correlate};
 use crate::decode::{Decode, DecodeParams};
 use crate::metrics::WorkerMetrics;
+use crate::narration;
 use crate::source::{BuiltinGenerator, GenerateRequest, OpenAiUpstream, TokenSource};
+use crate::stop_clock::StopClocks;
 
 /// Largest accepted request body.
 pub const BODY_LIMIT_BYTES: usize = 256 * 1024;
@@ -57,6 +59,7 @@ struct AppState {
     metrics: WorkerMetrics,
     registry: Registry,
     shutdown: Shutdown,
+    stop_clocks: Arc<StopClocks>,
 }
 
 impl Worker {
@@ -104,6 +107,7 @@ impl Worker {
                 metrics,
                 registry,
                 shutdown,
+                stop_clocks: Arc::default(),
             }),
         })
     }
@@ -179,13 +183,13 @@ impl Worker {
 async fn execute(
     State(state): State<Arc<AppState>>,
     Extension(CorrelationId(correlation_id)): Extension<CorrelationId>,
-    body: Result<Json<ExecuteRequest>, JsonRejection>,
+    body: Result<JsonBody<ExecuteRequest>, BodyError>,
 ) -> Response {
     let request = match body {
-        Ok(Json(request)) => request,
-        Err(rejection) => {
+        Ok(JsonBody(request)) => request,
+        Err(refused) => {
             state.metrics.execute("invalid");
-            return rejection_response(&rejection);
+            return refused.into_response();
         }
     };
     if state.shutdown.is_shutting_down() {
@@ -262,6 +266,7 @@ async fn execute(
             deadline: state.config.job_deadline(),
             correlation_id,
             metrics: state.metrics.clone(),
+            stop_clock: state.stop_clocks.start(&job_id),
         },
     );
     let sse =
@@ -275,21 +280,25 @@ async fn execute(
 
 async fn cancel(
     State(state): State<Arc<AppState>>,
-    body: Result<Json<CancelRequest>, JsonRejection>,
+    Extension(CorrelationId(correlation_id)): Extension<CorrelationId>,
+    body: Result<JsonBody<CancelRequest>, BodyError>,
 ) -> Response {
     let request = match body {
-        Ok(Json(request)) => request,
-        Err(rejection) => return rejection_response(&rejection),
+        Ok(JsonBody(request)) => request,
+        Err(refused) => return refused.into_response(),
     };
     if !is_valid_id(&request.job_id) {
         tracing::info!("cancel refused: malformed job id");
         return invalid_job_id();
     }
     Span::current().record("job_id", request.job_id.as_str());
+    state
+        .stop_clocks
+        .requested(&request.job_id, &correlation_id);
     let outcome = state
         .tracker
         .cancel(&request.job_id, CancelReason::ClientRequest);
-    tracing::info!(outcome = outcome.as_label(), "cancel accepted");
+    narration::cancel_requested(&request.job_id, &correlation_id, outcome);
     (
         StatusCode::ACCEPTED,
         Json(CancelResponse::cancelling(request.job_id)),
@@ -370,20 +379,6 @@ fn admission_refused(state: &AppState, error: &job_tracker::Error) -> Response {
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     response
-}
-
-fn rejection_response(rejection: &JsonRejection) -> Response {
-    let (status, code) = match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge)
-        }
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ErrorCode::UnsupportedMediaType,
-        ),
-        _ => (StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest),
-    };
-    error_response(status, code, rejection.body_text())
 }
 
 fn invalid_job_id() -> Response {

@@ -28,7 +28,9 @@ use tracing::{Instrument, Span};
 
 use crate::api::{EndEvent, ErrorBody, ErrorCode, StartedEvent, TokenEvent, Usage};
 use crate::metrics::WorkerMetrics;
+use crate::narration;
 use crate::source::{SourceError, TokenStream};
+use crate::stop_clock::StopClock;
 
 /// Everything one job's stream needs.
 pub(crate) struct Decode {
@@ -41,6 +43,7 @@ pub(crate) struct Decode {
     deadline: Duration,
     correlation_id: String,
     metrics: WorkerMetrics,
+    stop_clock: Option<StopClock>,
     span: Span,
 }
 
@@ -51,6 +54,7 @@ pub(crate) struct DecodeParams {
     pub(crate) deadline: Duration,
     pub(crate) correlation_id: String,
     pub(crate) metrics: WorkerMetrics,
+    pub(crate) stop_clock: StopClock,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +78,7 @@ impl Decode {
             deadline: params.deadline,
             correlation_id: params.correlation_id,
             metrics: params.metrics,
+            stop_clock: Some(params.stop_clock),
             span: Span::current(),
         }
     }
@@ -184,6 +189,16 @@ impl Decode {
             tokens = steps,
             "job stopped after cancel"
         );
+        if reason == CancelReason::ClientRequest {
+            let job_id = self.job.as_ref().map_or("", JobHandle::id);
+            let stop = self.stop_clock.as_ref().and_then(StopClock::since_request);
+            narration::cancel_complete(
+                job_id,
+                &self.correlation_id,
+                steps,
+                stop.map(|(took, request)| (took, request.correlation_id.as_str())),
+            );
+        }
         self.finish(None, label);
         event("error", &ErrorBody::new(code, message))
     }
@@ -232,6 +247,8 @@ impl Decode {
         self.phase = Phase::Done;
         // The token stream first: for an upstream this closes the connection.
         drop(self.tokens.take());
+        // The clock before the job: once the id is free, a new job may start its own.
+        drop(self.stop_clock.take());
         if let Some(job) = self.job.take() {
             self.metrics
                 .tokens_after_cancel
@@ -254,6 +271,7 @@ impl Drop for Decode {
             job.cancel(CancelReason::ClientGone);
             tracing::info!(tokens = job.steps(), "client went away; job cancelled");
             drop(self.tokens.take());
+            drop(self.stop_clock.take());
             self.metrics
                 .tokens_after_cancel
                 .inc_by(job.steps_after_cancel());

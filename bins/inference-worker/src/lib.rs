@@ -35,11 +35,14 @@
 
 pub mod api;
 mod app;
+mod body;
 pub mod config;
 pub mod correlation;
 mod decode;
 mod metrics;
+mod narration;
 pub mod source;
+mod stop_clock;
 
 pub use app::{BODY_LIMIT_BYTES, Worker};
 pub use config::{Config, ConfigError, LogFormat};

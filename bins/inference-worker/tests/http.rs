@@ -3,27 +3,17 @@
 //! hand, and a fake OpenAI-compatible upstream.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::Write;
-use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
+mod support;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::response::sse::{Event, Sse};
 use axum::routing::post;
-use futures::{Stream, StreamExt, stream};
-use inference_worker::{Config, GenerateRequest, TokenSource, TokenStream, Worker};
-use job_tracker::{CancelReason, JobOutcome, JobState};
-use resilience::Shutdown;
+use inference_worker::Config;
+use job_tracker::{CancelReason, JobOutcome};
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
-
-/// Generous bound for anything that should take milliseconds.
-const WITHIN: Duration = Duration::from_secs(5);
-
-// ---------------------------------------------------------------------------
-// Tests
+use support::{FakeUpstream, HandFedSource, SseReader, TestWorker, WITHIN, eventually};
 
 #[tokio::test]
 async fn cancel_of_an_active_job_answers_202_and_ends_the_stream_with_cancelled() {
@@ -296,69 +286,12 @@ async fn a_job_past_its_deadline_ends_with_deadline_exceeded() {
 }
 
 #[tokio::test]
-async fn correlation_id_is_echoed_and_carried_by_the_cancel_log_lines() {
-    let logs = capture_logs();
+async fn absent_or_malformed_correlation_ids_are_replaced_by_generated_ones() {
     let worker = TestWorker::start(Config::default()).await;
-    let response = worker
-        .http
-        .post(worker.url("/execute"))
-        .header("x-correlation-id", "corr-execute-7f3a")
-        .json(&json!({"job_id": "logged", "prompt": "p", "max_tokens": 1000}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.headers()["x-correlation-id"], "corr-execute-7f3a");
-    let mut events = SseReader::new(response);
-    assert_eq!(
-        events.next().await.unwrap().json()["correlation_id"],
-        "corr-execute-7f3a"
-    );
-
-    let response = worker
-        .http
-        .post(worker.url("/cancel"))
-        .header("x-correlation-id", "corr-cancel-9b1c")
-        .json(&json!({"job_id": "logged"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
-    assert_eq!(response.headers()["x-correlation-id"], "corr-cancel-9b1c");
-    events.collect_all().await;
-
-    let lines = logs.lines();
-    let accepted: Vec<_> = lines
-        .iter()
-        .filter(|l| l.contains("cancel accepted"))
-        .collect();
-    assert_eq!(accepted.len(), 1, "{lines:#?}");
-    assert!(
-        accepted[0].contains("correlation_id=corr-cancel-9b1c"),
-        "{}",
-        accepted[0]
-    );
-    assert!(accepted[0].contains("job_id=\"logged\""), "{}", accepted[0]);
-    let stopped: Vec<_> = lines
-        .iter()
-        .filter(|l| l.contains("job stopped after cancel") && l.contains("logged"))
-        .collect();
-    assert_eq!(stopped.len(), 1, "{lines:#?}");
-    assert!(
-        stopped[0].contains("correlation_id=corr-execute-7f3a"),
-        "{}",
-        stopped[0]
-    );
-
-    // Absent or malformed ids are replaced by a generated one.
     for header in [None, Some("bad id with spaces")] {
-        let mut request = worker
-            .http
-            .post(worker.url("/cancel"))
-            .json(&json!({"job_id": "x"}));
-        if let Some(value) = header {
-            request = request.header("x-correlation-id", value);
-        }
-        let response = request.send().await.unwrap();
+        let response = worker
+            .post_json("/cancel", &json!({"job_id": "x"}), header)
+            .await;
         let id = response.headers()["x-correlation-id"].to_str().unwrap();
         assert_eq!(id.len(), 36, "a generated UUID, got {id:?}");
     }
@@ -423,7 +356,8 @@ async fn upstream_done_ends_the_stream_with_usage() {
 }
 
 #[tokio::test]
-async fn upstream_failure_ends_the_stream_with_upstream_error_and_frees_the_reservation() {
+async fn upstream_failure_ends_the_stream_with_upstream_error_frees_the_reservation_and_later_cancels_answer_202()
+ {
     let app = Router::new().route(
         "/v1/completions",
         post(|| async { (http::StatusCode::SERVICE_UNAVAILABLE, "model is loading") }),
@@ -451,6 +385,24 @@ async fn upstream_failure_ends_the_stream_with_upstream_error_and_frees_the_rese
     );
     assert_eq!(worker.status_outcome("up-503"), JobOutcome::Failed);
     assert_eq!(worker.worker.tracker().pool().reserved(), 0);
+
+    // Cancelling the failed job answers 202, every time, and changes nothing.
+    for _ in 0..2 {
+        let (status, body) = worker.cancel(json!({"job_id": "up-503"})).await;
+        assert_eq!(status, 202);
+        assert_eq!(body, json!({"status": "cancelling", "job_id": "up-503"}));
+    }
+    assert_eq!(
+        worker.status_outcome("up-503"),
+        JobOutcome::Failed,
+        "a late cancel does not rewrite how the job ended"
+    );
+    assert_eq!(
+        worker
+            .metric(r#"job_tracker_cancel_requests_total{outcome="finished"}"#)
+            .await,
+        2.0
+    );
 }
 
 #[tokio::test]
@@ -593,327 +545,4 @@ async fn the_binary_ends_open_streams_on_sigterm_and_exits_0_within_the_drain_ti
         .expect("the worker exits within its drain timeout")
         .unwrap();
     assert!(status.success(), "{status:?}");
-}
-
-// ---------------------------------------------------------------------------
-// Harness
-
-struct TestWorker {
-    addr: SocketAddr,
-    worker: Worker,
-    shutdown: Shutdown,
-    http: reqwest::Client,
-}
-
-impl TestWorker {
-    async fn start(config: Config) -> Self {
-        let shutdown = Shutdown::new();
-        let config = Config { port: 0, ..config };
-        let worker = Worker::new(config, shutdown.clone()).unwrap();
-        Self::serve(worker, shutdown).await
-    }
-
-    async fn start_with(config: Config, source: Arc<dyn TokenSource>) -> Self {
-        let shutdown = Shutdown::new();
-        let config = Config { port: 0, ..config };
-        let worker = Worker::with_source(config, source, shutdown.clone()).unwrap();
-        Self::serve(worker, shutdown).await
-    }
-
-    async fn serve(worker: Worker, shutdown: Shutdown) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        worker.spawn(listener);
-        resilience::tls::ensure_crypto_provider();
-        Self {
-            addr,
-            worker,
-            shutdown,
-            http: reqwest::Client::new(),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    async fn execute(&self, body: Value) -> SseReader {
-        let response = self
-            .http
-            .post(self.url("/execute"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        assert_eq!(response.headers()["content-type"], "text/event-stream");
-        SseReader::new(response)
-    }
-
-    async fn execute_status(&self, body: Value) -> (u16, Value) {
-        let response = self
-            .http
-            .post(self.url("/execute"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        (response.status().as_u16(), response.json().await.unwrap())
-    }
-
-    async fn cancel(&self, body: Value) -> (u16, Value) {
-        let response = self
-            .http
-            .post(self.url("/cancel"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        (response.status().as_u16(), response.json().await.unwrap())
-    }
-
-    async fn post_raw(&self, path: &str, body: String) -> reqwest::Response {
-        self.http
-            .post(self.url(path))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    /// The value of one series on `/metrics` (0 when absent).
-    async fn metric(&self, series: &str) -> f64 {
-        let text = self
-            .http
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-            .map_or(0.0, |value| value.trim().parse().unwrap())
-    }
-
-    fn status_outcome(&self, job_id: &str) -> JobOutcome {
-        match self.worker.tracker().get(job_id).unwrap().state {
-            JobState::Finished { outcome, .. } => outcome,
-            other => panic!("{job_id} has not finished: {other:?}"),
-        }
-    }
-}
-
-/// One server-sent event.
-#[derive(Debug, Clone)]
-struct SseEvent {
-    event: String,
-    data: String,
-}
-
-impl SseEvent {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.data).unwrap()
-    }
-}
-
-/// A minimal SSE parser over a streaming reqwest body.
-struct SseReader {
-    body: Pin<Box<dyn Stream<Item = reqwest::Result<axum::body::Bytes>> + Send>>,
-    buffer: String,
-}
-
-impl SseReader {
-    fn new(response: reqwest::Response) -> Self {
-        Self {
-            body: Box::pin(response.bytes_stream()),
-            buffer: String::new(),
-        }
-    }
-
-    /// The next event, or `None` when the stream ended.
-    async fn next(&mut self) -> Option<SseEvent> {
-        loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                let mut event = SseEvent {
-                    event: "message".into(),
-                    data: String::new(),
-                };
-                for line in block.lines() {
-                    if let Some(name) = line.strip_prefix("event:") {
-                        event.event = name.trim().to_owned();
-                    } else if let Some(data) = line.strip_prefix("data:") {
-                        event.data.push_str(data.trim_start());
-                    }
-                }
-                if event.data.is_empty() {
-                    continue; // keep-alive comment
-                }
-                return Some(event);
-            }
-            let chunk = tokio::time::timeout(WITHIN, self.body.next())
-                .await
-                .expect("the stream stalled")?
-                .ok()?;
-            self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
-        }
-    }
-
-    /// Every remaining event until the stream ends.
-    async fn collect_all(mut self) -> Vec<SseEvent> {
-        let mut events = Vec::new();
-        while let Some(event) = self.next().await {
-            events.push(event);
-        }
-        events
-    }
-}
-
-/// A token source whose tokens the test sends by hand; each `generate` hands
-/// the test a sender, which closes when the worker drops the stream.
-struct HandFedSource {
-    feeds: mpsc::UnboundedSender<mpsc::Sender<String>>,
-}
-
-impl HandFedSource {
-    fn new() -> (Self, mpsc::UnboundedReceiver<mpsc::Sender<String>>) {
-        let (feeds, receiver) = mpsc::unbounded_channel();
-        (Self { feeds }, receiver)
-    }
-}
-
-impl TokenSource for HandFedSource {
-    fn generate(&self, _request: &GenerateRequest) -> TokenStream {
-        let (sender, receiver) = mpsc::channel(1);
-        self.feeds.send(sender).unwrap();
-        Box::pin(stream::unfold(receiver, |mut receiver| async move {
-            let token = receiver.recv().await?;
-            Some((Ok(token), receiver))
-        }))
-    }
-
-    fn name(&self) -> &'static str {
-        "hand-fed"
-    }
-}
-
-/// A fake OpenAI-compatible server: streams ` tok0`, ` tok1`, … every 10 ms
-/// (then `[DONE]` after `limit` chunks, if set), records request bodies, and
-/// signals when its client went away mid-stream.
-struct FakeUpstream {
-    addr: SocketAddr,
-    requests: Arc<Mutex<Vec<Value>>>,
-    client_gone: Arc<Mutex<Option<oneshot::Receiver<()>>>>,
-}
-
-impl FakeUpstream {
-    async fn start(limit: Option<usize>) -> Self {
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let (gone_tx, gone_rx) = oneshot::channel();
-        let gone_tx = Arc::new(Mutex::new(Some(gone_tx)));
-        let recorded = Arc::clone(&requests);
-        let app = Router::new().route(
-            "/v1/completions",
-            post(move |axum::Json(body): axum::Json<Value>| {
-                recorded.lock().unwrap().push(body);
-                let guard = GoneGuard(gone_tx.lock().unwrap().take());
-                let chunks = stream::unfold((0usize, guard), move |(n, guard)| async move {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    let data = match limit {
-                        Some(limit) if n == limit => "[DONE]".to_owned(),
-                        Some(limit) if n > limit => return None,
-                        _ => json!({"choices": [{"text": format!(" tok{n}"), "index": 0}]})
-                            .to_string(),
-                    };
-                    Some((
-                        Ok::<_, std::convert::Infallible>(Event::default().data(data)),
-                        (n + 1, guard),
-                    ))
-                });
-                async move { Sse::new(chunks) }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self {
-            addr,
-            requests,
-            client_gone: Arc::new(Mutex::new(Some(gone_rx))),
-        }
-    }
-
-    fn url(&self) -> url::Url {
-        url::Url::parse(&format!("http://{}", self.addr)).unwrap()
-    }
-}
-
-/// Fires when the fake upstream's response stream is dropped: hyper drops it
-/// when the connection to the worker goes away.
-struct GoneGuard(Option<oneshot::Sender<()>>);
-
-impl Drop for GoneGuard {
-    fn drop(&mut self) {
-        if let Some(sender) = self.0.take() {
-            let _ = sender.send(());
-        }
-    }
-}
-
-/// Polls `condition` until it holds, failing after [`WITHIN`].
-async fn eventually<F, Fut>(condition: F)
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + WITHIN;
-    while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met within {WITHIN:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Log lines written by every test in this binary (one global subscriber).
-#[derive(Clone)]
-struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
-
-impl CapturedLogs {
-    fn lines(&self) -> Vec<String> {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
-impl Write for CapturedLogs {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn capture_logs() -> CapturedLogs {
-    static LOGS: OnceLock<CapturedLogs> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = CapturedLogs(Arc::new(Mutex::new(Vec::new())));
-        let writer = logs.clone();
-        tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(move || writer.clone())
-            .init();
-        logs
-    })
-    .clone()
 }

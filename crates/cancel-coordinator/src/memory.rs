@@ -5,8 +5,9 @@
 //! pod deleted gracefully stops when its process handles SIGTERM, or is
 //! killed when its grace period ends; a shorter grace shortens a deletion
 //! in progress (as the API server does), never lengthens it; a run deleted
-//! with Foreground propagation goes only after its pods, and stays while a
-//! foreign finalizer holds it; a pod held by a finalizer keeps its object
+//! with Foreground propagation has its pods deleted with their own grace
+//! period and goes only after them, and stays while a foreign finalizer
+//! holds it; a pod held by a finalizer keeps its object
 //! after its containers stopped. Conditional writes fail with `Conflict` on a
 //! stale `resourceVersion` or uid.
 //!
@@ -25,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::workloads::{
     ANNOTATION_CANCEL_OPERATION, ANNOTATION_CORRELATION_ID, ANNOTATION_NEEDS_INTERVENTION,
-    ANNOTATION_SUPERSEDED_AT, ANNOTATION_SUPERSEDED_BY, CancelMode, Intent, Remains, Run,
+    ANNOTATION_SUPERSEDED_AT, ANNOTATION_SUPERSEDED_BY, CancelMode, Intent, Remains, Run, RunPage,
     Workloads, phase,
 };
 use crate::{Error, Result};
@@ -62,6 +63,9 @@ pub struct RunSeed {
     pub pods: usize,
     /// How its pods react to SIGTERM (stop after 1 s by default).
     pub behaviour: PodBehaviour,
+    /// Its pods' own `terminationGracePeriodSeconds` (30 s by default, as
+    /// Kubernetes'): what they get when the garbage collector deletes them.
+    pub pod_grace: Duration,
 }
 
 impl RunSeed {
@@ -81,6 +85,7 @@ impl RunSeed {
             phase: phase::RUNNING.to_owned(),
             pods: 1,
             behaviour: PodBehaviour::StopsAfter(Duration::from_secs(1)),
+            pod_grace: Duration::from_secs(30),
         }
     }
 
@@ -88,6 +93,13 @@ impl RunSeed {
     #[must_use]
     pub fn behaving(mut self, behaviour: PodBehaviour) -> Self {
         self.behaviour = behaviour;
+        self
+    }
+
+    /// With pods whose own grace period is `grace`.
+    #[must_use]
+    pub fn pod_grace(mut self, grace: Duration) -> Self {
+        self.pod_grace = grace;
         self
     }
 
@@ -109,6 +121,11 @@ pub enum Happened {
         run: String,
         /// The superseding sha.
         superseded_by: String,
+    },
+    /// The intent annotation was removed (a rolled-back operation).
+    Unmarked {
+        /// The run.
+        run: String,
     },
     /// A pod got SIGTERM (its deletion began, or was shortened).
     Sigterm {
@@ -167,6 +184,8 @@ struct RunRecord {
 
 struct Pod {
     behaviour: PodBehaviour,
+    /// Its own `terminationGracePeriodSeconds`.
+    own_grace: Duration,
     /// When its process stops (SIGTERM handled, or killed).
     stops_at: Option<Instant>,
     /// Whether stopping at `stops_at` is a kill.
@@ -217,12 +236,15 @@ impl MemoryWorkloads {
             phase: seed.phase,
             created_at: Some(Timestamp::now()),
             superseded_by: None,
+            cancel_operation: None,
+            superseded_at: None,
             deleting: false,
         };
         let pods = (0..seed.pods)
             .map(|i| {
                 let pod = Pod {
                     behaviour: seed.behaviour,
+                    own_grace: seed.pod_grace,
                     stops_at: None,
                     killed: false,
                     stopped: false,
@@ -444,14 +466,16 @@ impl World {
             .filter(|r| r.run.uid == run.uid)
     }
 
-    /// Sends SIGTERM with `grace` to every pod of `name` not yet stopped.
-    fn sigterm(&mut self, name: &str, grace: Duration, now: Instant) {
+    /// Sends SIGTERM to every pod of `name` not yet stopped, with `grace`
+    /// or (`None`, a garbage collector's delete) each pod's own.
+    fn sigterm(&mut self, name: &str, grace: Option<Duration>, now: Instant) {
         let mut happened = Vec::new();
         if let Some(record) = self.runs.get_mut(name) {
             for (pod_name, pod) in &mut record.pods {
                 if pod.stopped {
                     continue;
                 }
+                let grace = grace.unwrap_or(pod.own_grace);
                 let (at, killed) = match pod.behaviour {
                     PodBehaviour::NodeLost if !grace.is_zero() => continue,
                     PodBehaviour::StopsAfter(after) if after < grace => (now + after, false),
@@ -492,6 +516,25 @@ impl Workloads for MemoryWorkloads {
         Ok(world.runs.get(name).map(|r| r.run.clone()))
     }
 
+    /// Pages in name order; the continue token is the last name served.
+    async fn list_runs(&self, limit: u32, continue_token: Option<String>) -> Result<RunPage> {
+        use std::ops::Bound;
+        let world = self.enter("list_runs");
+        let start = continue_token.map_or(Bound::Unbounded, Bound::Excluded);
+        let limit = usize::try_from(limit.max(1)).unwrap_or(usize::MAX);
+        let mut all = world
+            .runs
+            .range((start, Bound::Unbounded))
+            .map(|(_, r)| &r.run);
+        let runs: Vec<Run> = all.by_ref().take(limit).cloned().collect();
+        let more = all.next().is_some();
+        Ok(RunPage {
+            continue_token: more.then(|| runs.last().map(|r| r.name.clone())).flatten(),
+            runs,
+            unreadable: Vec::new(),
+        })
+    }
+
     async fn mark_superseded(&self, run: &Run, intent: &Intent) -> Result<Run> {
         let mut world = self.enter("mark_superseded");
         let conflict = || Error::Conflict {
@@ -520,6 +563,8 @@ impl Workloads for MemoryWorkloads {
             };
         }
         record.run.superseded_by = Some(intent.superseded_by.clone());
+        record.run.cancel_operation = Some(intent.operation_id.clone());
+        record.run.superseded_at = Some(intent.at);
         world.bump(&run.name);
         world.history.push((
             Instant::now(),
@@ -540,11 +585,19 @@ impl Workloads for MemoryWorkloads {
         let Some(record) = world.same(run) else {
             return Ok(()); // gone (or replaced by a new object, not ours to touch)
         };
-        if mode == CancelMode::Delete && !record.run.deleting {
-            record.run.deleting = true;
-            world.bump(&run.name);
-        }
-        world.sigterm(&run.name, grace, now);
+        // Delete: the garbage collector deletes the pods with their own
+        // grace; Stop: we delete them with `grace`.
+        let pod_grace = match mode {
+            CancelMode::Delete => {
+                if !record.run.deleting {
+                    record.run.deleting = true;
+                    world.bump(&run.name);
+                }
+                None
+            }
+            CancelMode::Stop => Some(grace),
+        };
+        world.sigterm(&run.name, pod_grace, now);
         world.advance(now);
         drop(world);
         self.notify();
@@ -557,7 +610,7 @@ impl Workloads for MemoryWorkloads {
         if world.same(run).is_none() {
             return Ok(());
         }
-        world.sigterm(&run.name, Duration::ZERO, now);
+        world.sigterm(&run.name, Some(Duration::ZERO), now);
         world.advance(now);
         drop(world);
         self.notify();
@@ -630,6 +683,37 @@ impl Workloads for MemoryWorkloads {
         Ok(())
     }
 
+    async fn clear_intent(&self, run: &Run, operation_id: &str) -> Result<()> {
+        let mut world = self.enter("clear_intent");
+        let Some(record) = world.same(run) else {
+            return Ok(());
+        };
+        if record.run.cancel_operation.as_deref() != Some(operation_id) {
+            return Ok(());
+        }
+        for key in [
+            ANNOTATION_SUPERSEDED_BY,
+            ANNOTATION_SUPERSEDED_AT,
+            ANNOTATION_CANCEL_OPERATION,
+            ANNOTATION_CORRELATION_ID,
+        ] {
+            record.annotations.remove(key);
+        }
+        record.run.superseded_by = None;
+        record.run.cancel_operation = None;
+        record.run.superseded_at = None;
+        world.bump(&run.name);
+        world.history.push((
+            Instant::now(),
+            Happened::Unmarked {
+                run: run.name.clone(),
+            },
+        ));
+        drop(world);
+        self.notify();
+        Ok(())
+    }
+
     async fn flag_intervention(&self, run: &Run, reason: &str) -> Result<()> {
         let mut world = self.enter("flag_intervention");
         if let Some(record) = world.same(run) {
@@ -667,8 +751,12 @@ mod tests {
                 .behaving(PodBehaviour::StopsAfter(Duration::from_secs(2))),
         );
         let stubborn = w.add_run(
-            RunSeed::new("stubborn", "t", "review", OLD).behaving(PodBehaviour::IgnoresSigterm),
+            RunSeed::new("stubborn", "t", "review", OLD)
+                .behaving(PodBehaviour::IgnoresSigterm)
+                .pod_grace(Duration::from_secs(20)),
         );
+        // Delete mode: the pods get their own grace (20 s here), whatever
+        // the call's.
         let grace = Duration::from_secs(20);
         let start = Instant::now();
         w.terminate(&quick, CancelMode::Delete, grace)

@@ -57,6 +57,7 @@ pub struct Metrics {
     pub(crate) duration: Histogram,
     pub(crate) step_duration: HistogramFamily<StepLabels>,
     pub(crate) resumes: Counter,
+    pub(crate) rollbacks: Counter,
     pub(crate) stuck: Counter,
     pub(crate) queue_depth: Gauge,
     pub(crate) active: Gauge,
@@ -74,6 +75,7 @@ impl Default for Metrics {
             duration: Histogram::new(seconds_buckets()),
             step_duration: Family::new_with_constructor(|| Histogram::new(seconds_buckets())),
             resumes: Counter::default(),
+            rollbacks: Counter::default(),
             stuck: Counter::default(),
             queue_depth: Gauge::default(),
             active: Gauge::default(),
@@ -121,6 +123,11 @@ impl Metrics {
             "journal_resumes",
             "Unfinished journals of another holder resumed",
             self.resumes.clone(),
+        );
+        r.register(
+            "rollbacks",
+            "Resumed operations rolled back before they stopped a run",
+            self.rollbacks.clone(),
         );
         r.register(
             "stuck_runs",
@@ -172,6 +179,11 @@ impl Metrics {
         self.runs_cancelled.get_or_create(&HowLabels { how }).get()
     }
 
+    /// Operations rolled back so far.
+    pub fn rollbacks(&self) -> u64 {
+        self.rollbacks.get()
+    }
+
     /// Journals resumed so far.
     pub fn journal_resumes(&self) -> u64 {
         self.resumes.get()
@@ -197,6 +209,7 @@ impl Metrics {
             Outcome::NothingToCancel => "nothing_to_cancel",
             Outcome::AlreadyHandled => "already_handled",
             Outcome::Failed => "failed",
+            Outcome::RolledBack => "rolled_back",
         };
         self.cancellations
             .get_or_create(&OutcomeLabels { outcome })

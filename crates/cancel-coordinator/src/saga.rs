@@ -18,9 +18,9 @@
 //! | 4 | **select** the runs of the task that are not terminal, of a cancellable role, and of another head | — | as 1 |
 //! | 5 | **journal** the operation (targets, kept head) | state (fenced) | as 1 |
 //! | 6 | **cancel** each target: intent annotation ▸ graceful delete ▸ verify gone ▸ force after the deadline ▸ verify again | runs, pods | a run that cannot be stopped is flagged for intervention; a call refused for good (forbidden, invalid) ends the step; either way the operation is recorded `Failed` and finishes (nobody retries it; recovery flags the task). Intent already written is not undone: it is true, the run is superseded. A transient failure after its retries, or a lost lock, leaves the journal at `Started` for the next holder |
-//! | 7 | **record** the cancellation in the state's history, settle the pending supersessions, journal `Cancelled` | state (fenced) | the journal stays at its last step; recovery resumes it |
-//! | 8 | **labels**: the PR's label transition (label-cas), journal `Labeled` | labels, state | recorded as `Labeled`/`Failed`: the cancellation stands, recovery repairs the labels |
-//! | 9 | **finish** the journal, release the lock | state, the Lease | the journal stays; recovery finishes it |
+//! | 7 | **labels**: the PR's label transition (label-cas), from the labels the PR read returned | labels | recorded `Labeled`/`Failed` in step 8: the cancellation stands, recovery repairs the labels |
+//! | 8 | **record and finish**, in one fenced write: the history entry, the settled supersessions, the journal's `Cancelled` and `Labeled` steps, the journal cleared | state (fenced) | the journal stays at `Started`; a resume re-verifies the targets (free when they are gone), finds the labels moved, and records once (the entry is keyed by the operation id) |
+//! | 9 | **release** the lock | the Lease | it expires |
 //!
 //! A lost lock stops the saga at once: nothing is written after the guard's
 //! `lost()` fired (the fence refuses late state writes in any case), and the
@@ -37,7 +37,9 @@ use label_cas::{
     PullRequests, TransitionResult,
 };
 use lease_lock::{AcquireOptions, LeaseLock, LockGuard};
-use resilience::{CircuitBreaker, RetryError, RetryPolicy, Transient, retry};
+use resilience::{
+    BreakerMetrics, BreakerPolicy, CircuitBreaker, RetryError, RetryPolicy, Transient, retry,
+};
 use serde::{Deserialize, Serialize};
 use state_store::{
     CancellationOutcome, CancellationRecord, OperationJournal, OperationKind, RemediationState,
@@ -53,10 +55,16 @@ use crate::request::{CancellationRequest, Reason};
 use crate::workloads::{CancelMode, Intent, Remains, Run, Workloads};
 use crate::{Error, Result};
 
+/// State metadata key holding the task's pull request (`owner/repo#n`):
+/// written by the sensor with the first push and by the saga, read by the
+/// recovery reconciler to check the task's head against GitHub.
+pub const METADATA_PULL_REQUEST: &str = "supersede.dev/pull-request";
+
 /// Journal context keys (the facts a resume needs).
 mod context {
     pub const KEEP_HEAD: &str = "keep_head";
     pub const KEEP_SOURCE: &str = "keep_source";
+    pub const ALSO_KEEP: &str = "also_keep";
     pub const PUSHED_AT: &str = "pushed_at";
     pub const REQUEST_HEAD: &str = "request_head";
     pub const CORRELATION_ID: &str = "correlation_id";
@@ -225,6 +233,9 @@ pub enum RunOutcome {
     /// A target of a resumed journal, gone when the journal was resumed:
     /// the holder that crashed had stopped it (how is not known).
     GoneBeforeResume,
+    /// A target of a resumed journal whose head is the current one now: not
+    /// cancelled, its intent cleared.
+    Spared,
     /// It could not be stopped; flagged for intervention.
     Stuck(String),
 }
@@ -309,6 +320,9 @@ pub enum Outcome {
     AlreadyHandled,
     /// Some targets could not be stopped (flagged for intervention).
     Failed,
+    /// A resumed operation was undone before it stopped any run, because
+    /// it would have cancelled the runs of the head that is current now.
+    RolledBack,
 }
 
 /// One step's duration.
@@ -337,11 +351,11 @@ pub enum SagaStep {
     Journal,
     /// Cancelling the targets.
     Cancel,
-    /// Recording the cancellation in the state.
-    Record,
     /// Moving the PR's labels.
     Labels,
-    /// Finishing the journal and releasing the lock.
+    /// Recording the cancellation in the state and finishing the journal.
+    Record,
+    /// Releasing the lock.
     Finish,
 }
 
@@ -355,8 +369,8 @@ impl SagaStep {
             Self::Select => "select",
             Self::Journal => "journal",
             Self::Cancel => "cancel",
-            Self::Record => "record",
             Self::Labels => "labels",
+            Self::Record => "record",
             Self::Finish => "finish",
         }
     }
@@ -417,6 +431,7 @@ struct Inner {
     metrics: Metrics,
     kube_breaker: Option<CircuitBreaker>,
     github_breaker: Option<CircuitBreaker>,
+    breaker_metrics: Option<BreakerMetrics>,
 }
 
 impl std::fmt::Debug for StateAwareCancellation {
@@ -438,6 +453,7 @@ pub struct SagaBuilder {
     metrics: Metrics,
     kube_breaker: Option<CircuitBreaker>,
     github_breaker: Option<CircuitBreaker>,
+    breaker_metrics: Option<BreakerMetrics>,
 }
 
 impl SagaBuilder {
@@ -471,6 +487,22 @@ impl SagaBuilder {
         self
     }
 
+    /// Circuit breakers named `kubernetes` and `github`, both with
+    /// `policy`, reporting into one set of breaker metrics that
+    /// [`StateAwareCancellation::register`] registers (state gauge, trips).
+    #[must_use]
+    pub fn breakers(mut self, policy: BreakerPolicy) -> Self {
+        let metrics = BreakerMetrics::new();
+        self.kube_breaker = Some(CircuitBreaker::with_metrics(
+            "kubernetes",
+            policy.clone(),
+            &metrics,
+        ));
+        self.github_breaker = Some(CircuitBreaker::with_metrics("github", policy, &metrics));
+        self.breaker_metrics = Some(metrics);
+        self
+    }
+
     /// The saga (the configuration validated).
     pub fn build(self) -> Result<StateAwareCancellation> {
         self.config.validate()?;
@@ -493,6 +525,7 @@ impl SagaBuilder {
                 metrics: self.metrics,
                 kube_breaker: self.kube_breaker,
                 github_breaker: self.github_breaker,
+                breaker_metrics: self.breaker_metrics,
             }),
         })
     }
@@ -519,6 +552,7 @@ impl StateAwareCancellation {
             metrics: Metrics::default(),
             kube_breaker: None,
             github_breaker: None,
+            breaker_metrics: None,
         }
     }
 
@@ -530,6 +564,17 @@ impl StateAwareCancellation {
     /// The metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// Registers the saga's and the coordinator's metrics (see
+    /// [`Metrics::register`]) and, with [`SagaBuilder::breakers`], the
+    /// breakers' (`circuit_breaker_state`, `circuit_breaker_trips`, by
+    /// breaker name).
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.inner.metrics.register(registry);
+        if let Some(breakers) = &self.inner.breaker_metrics {
+            breakers.register(registry.sub_registry_with_prefix("cancel_coordinator"));
+        }
     }
 
     /// Runs one operation for `request`'s task: resumes an unfinished
@@ -647,7 +692,7 @@ impl StateAwareCancellation {
         let runs = self
             .kube(guard, || inner.workloads.runs(task_id), |e| e)
             .await?;
-        let targets = self.select(runs, decision.keep.as_deref());
+        let targets = self.select(runs, &decision);
         clock.done(SagaStep::Select);
         let pending = state.is_some_and(|s| !s.pending_supersessions.is_empty())
             || decision.unrecorded_head.is_some();
@@ -708,6 +753,10 @@ impl StateAwareCancellation {
                 .get(context::KEEP_HEAD)
                 .cloned()
                 .filter(|s| !s.is_empty()),
+            also_keep: ctx
+                .get(context::ALSO_KEEP)
+                .cloned()
+                .filter(|s| !s.is_empty()),
             source: HeadSource::parse(ctx.get(context::KEEP_SOURCE).map_or("", String::as_str)),
             pushed_at: ctx.get(context::PUSHED_AT).and_then(|t| t.parse().ok()),
             labels: None,
@@ -717,11 +766,24 @@ impl StateAwareCancellation {
         // The targets as journaled: the same objects (uid), as they are now.
         // One already gone was stopped by the previous holder (its intent and
         // delete came before its crash): verified gone now, how unknown.
+        // A journal without the detailed targets (written by hand, or by
+        // another tool) names them only: matched by name then.
         let journaled: Vec<JournaledRun> = ctx
             .get(context::TARGETS)
             .and_then(|json| serde_json::from_str(json).ok())
-            .unwrap_or_default();
-        let mut targets = Vec::new();
+            .unwrap_or_else(|| {
+                journal
+                    .targets
+                    .iter()
+                    .map(|name| JournaledRun {
+                        name: name.clone(),
+                        uid: String::new(),
+                        role: String::new(),
+                        head_sha: String::new(),
+                    })
+                    .collect()
+            });
+        let mut targets: Vec<Run> = Vec::new();
         let mut gone = Vec::new();
         if !journal.has_succeeded(&Step::Cancelled) && !cancel_failed(&journal) {
             let runs = self
@@ -731,7 +793,9 @@ impl StateAwareCancellation {
                 runs.into_iter().map(|r| (r.name.clone(), r)).collect();
             for target in journaled {
                 match by_name.remove(&target.name) {
-                    Some(run) if run.uid == target.uid => targets.push(run),
+                    Some(run) if target.uid.is_empty() || run.uid == target.uid => {
+                        targets.push(run);
+                    }
                     _ => gone.push(RunReport {
                         name: target.name,
                         role: target.role,
@@ -742,10 +806,157 @@ impl StateAwareCancellation {
                 }
             }
         }
+        // Is going forward still right? A head kept now (GitHub has moved
+        // on since the journal was written) must not lose its runs.
+        let spared: Vec<Run>;
+        (spared, targets) = if targets.is_empty() {
+            (Vec::new(), targets)
+        } else {
+            let state = known.as_ref().map(|s| &s.state);
+            let now = self.decide(request, state).await;
+            targets.into_iter().partition(|r| now.keeps(&r.head_sha))
+        };
+        if !spared.is_empty() {
+            let mut all = spared.clone();
+            all.extend(targets.iter().cloned());
+            if gone.is_empty() && self.untouched(guard, &all).await? {
+                return self
+                    .roll_back(request, guard, known, journal, all, clock)
+                    .await;
+            }
+            // Some target was already stopped (a killed pod cannot be
+            // un-killed): go forward for the others, and give the runs of
+            // the head now kept their intent back.
+            for run in &spared {
+                warn!(run = %run.name, head = %run.head_sha, "a target's head is the current one now; it is spared");
+                ensure_held(guard, task_id(request))?;
+                self.kube(
+                    guard,
+                    || {
+                        self.inner
+                            .workloads
+                            .clear_intent(run, &journal.operation_id)
+                    },
+                    |e| e,
+                )
+                .await?;
+                gone.push(RunReport {
+                    name: run.name.clone(),
+                    role: run.role.clone(),
+                    head_sha: run.head_sha.clone(),
+                    outcome: RunOutcome::Spared,
+                    took: Duration::ZERO,
+                });
+            }
+        }
         self.execute(
             request, guard, known, journal, targets, gone, &decision, true, clock,
         )
         .await
+    }
+
+    /// Whether no effect of a journal reached `runs` yet: none is being
+    /// deleted, and (Stop mode) each still has its pods.
+    async fn untouched(&self, guard: &LockGuard, runs: &[Run]) -> Result<bool> {
+        if runs.iter().any(|r| r.deleting) {
+            return Ok(false);
+        }
+        if self.inner.config.mode == CancelMode::Stop {
+            for run in runs {
+                let left = self
+                    .kube(guard, || self.inner.workloads.remains(run), |e| e)
+                    .await?;
+                if left.pods.is_empty() {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Rolls back an operation no run of which was stopped yet, because
+    /// going forward would cancel the runs of the head that is current now:
+    /// clears its intent annotations, records `RolledBack` in the history
+    /// and the journal, and finishes it. Its pending supersessions stay: the
+    /// next operation handles them from the current head. The labels were
+    /// not touched yet (they move after the cancel step).
+    async fn roll_back(
+        &self,
+        request: &CancellationRequest,
+        guard: &LockGuard,
+        mut known: Option<state_store::Snapshot>,
+        journal: OperationJournal,
+        runs: Vec<Run>,
+        clock: &mut StepClock<'_>,
+    ) -> Result<Report> {
+        let inner = &self.inner;
+        let task = task_id(request);
+        clock.start(SagaStep::Cancel);
+        for run in &runs {
+            ensure_held(guard, task)?;
+            self.kube(
+                guard,
+                || inner.workloads.clear_intent(run, &journal.operation_id),
+                |e| e,
+            )
+            .await?;
+        }
+        clock.done(SagaStep::Cancel);
+        clock.start(SagaStep::Record);
+        let now = inner.store.clock().now();
+        let record = CancellationRecord {
+            operation_id: journal.operation_id.clone(),
+            at: now,
+            new_head_sha: journal
+                .context
+                .get(context::KEEP_HEAD)
+                .cloned()
+                .unwrap_or_default(),
+            targets: Vec::new(),
+            outcome: CancellationOutcome::RolledBack,
+            correlation_id: journal.context.get(context::CORRELATION_ID).cloned(),
+            detail: Some(
+                "rolled back before any run was stopped: a head it would have cancelled is the current one"
+                    .to_owned(),
+            ),
+        };
+        ensure_held(guard, task)?;
+        inner
+            .store
+            .update_on(task, &mut known, Some(guard.fencing_token()), |s| {
+                s.check_operation_holder(&journal)?;
+                if !s
+                    .cancellation_history
+                    .iter()
+                    .any(|r| r.operation_id == journal.operation_id)
+                {
+                    s.record_cancellation(record.clone());
+                }
+                s.advance_operation(
+                    &journal.operation_id,
+                    Step::RolledBack,
+                    StepStatus::Succeeded,
+                    record.detail.clone(),
+                    now,
+                )?;
+                s.finish_operation(&journal.operation_id, None).map(|_| ())
+            })
+            .await?;
+        clock.done(SagaStep::Record);
+        inner.metrics.rollbacks.inc();
+        info!(operation_id = %journal.operation_id, "operation rolled back");
+        Ok(Report {
+            task_id: task.to_owned(),
+            operation_id: Some(journal.operation_id.clone()),
+            kept_head: None,
+            kept_from: HeadSource::GitHub,
+            outcome: Outcome::RolledBack,
+            runs: Vec::new(),
+            labels: LabelsReport::Skipped,
+            resumed: true,
+            steps: Vec::new(),
+            took: Duration::ZERO,
+        })
     }
 
     /// Steps 6 to 9 of a begun (or resumed) journal.
@@ -781,10 +992,10 @@ impl StateAwareCancellation {
             at: inner.store.clock().now(),
         };
 
-        // 6 + 7: cancel, then record (once: a journal past `Cancelled` skips both).
+        // 6: cancel (once: a journal past `Cancelled` skips it).
         let mut reports = gone;
         let recorded = journal.has_succeeded(&Step::Cancelled) || cancel_failed(&journal);
-        let mut failed_for_good = false;
+        let mut failure = None;
         if !recorded {
             clock.start(SagaStep::Cancel);
             clock.runs_left(targets.len());
@@ -793,108 +1004,83 @@ impl StateAwareCancellation {
             // whoever holds the lock next resumes it. A permanent failure
             // (forbidden, invalid) is not retried by anyone: it is recorded
             // as the step's failure, and the operation finishes `Failed`.
-            let failure = match self.cancel_all(guard, targets, &intent, clock).await {
-                Ok(done) => {
-                    reports.extend(done);
-                    None
-                }
+            match self.cancel_all(guard, targets, &intent, clock).await {
+                Ok(done) => reports.extend(done),
                 Err(e) if e.is_transient() || matches!(e, Error::LockLost { .. }) => return Err(e),
                 Err(e) => {
                     warn!(error = %e, "cancelling failed permanently; the operation is recorded failed");
-                    Some(e.to_string())
+                    failure = Some(e.to_string());
                 }
-            };
+            }
             reports.sort_by(|a, b| a.name.cmp(&b.name));
             clock.done(SagaStep::Cancel);
-
-            clock.start(SagaStep::Record);
-            let mut record = record_of(&journal, &intent, &reports, &correlation_id);
-            if let Some(why) = &failure {
-                failed_for_good = true;
-                record.outcome = CancellationOutcome::Failed;
-                record.detail = Some(match record.detail.take() {
-                    Some(d) => format!("{d}; failed: {why}"),
-                    None => format!("failed: {why}"),
-                });
-            }
-            let stuck = record.outcome == CancellationOutcome::Failed;
-            let (status, detail) = if stuck {
-                (StepStatus::Failed, record.detail.clone())
-            } else {
-                (StepStatus::Succeeded, None)
-            };
-            let now = inner.store.clock().now();
-            let settle = decision.settle_point(request);
-            let observed = decision.unrecorded_head.clone();
-            ensure_held(guard, task_id)?;
-            inner
-                .store
-                .update_on(task_id, &mut known, Some(token), |s| {
-                    s.check_operation_holder(&journal)?;
-                    if !s
-                        .cancellation_history
-                        .iter()
-                        .any(|r| r.operation_id == journal.operation_id)
-                    {
-                        s.record_cancellation(record.clone());
-                    }
-                    if let Some(push) = &observed {
-                        s.observe_head(push);
-                    }
-                    if let Some((sha, at)) = &settle {
-                        s.settle_supersessions_through(sha, *at);
-                    }
-                    s.advance_operation(
-                        &journal.operation_id,
-                        Step::Cancelled,
-                        status,
-                        detail.clone(),
-                        now,
-                    )
-                })
-                .await?;
-            clock.done(SagaStep::Record);
         }
+        let failed_for_good = failure.is_some();
 
-        // 8 + 9: labels, then one write that journals `Labeled` and finishes
-        // the operation (the lock is released by the caller).
+        // 7: labels (idempotent: a resumed operation finds them moved).
         clock.start(SagaStep::Labels);
         let labels = self.move_labels(guard, request, decision).await;
         clock.done(SagaStep::Labels);
-        clock.start(SagaStep::Finish);
-        let (status, detail) = match &labels {
+
+        // 8 + 9: one fenced write records the cancellation in the history,
+        // the head GitHub showed, the settled supersessions, the journal's
+        // `Cancelled` and `Labeled` steps — and finishes the operation.
+        clock.start(SagaStep::Record);
+        let mut record = record_of(&journal, &intent, &reports, &correlation_id);
+        if let Some(why) = &failure {
+            record.outcome = CancellationOutcome::Failed;
+            record.detail = Some(match record.detail.take() {
+                Some(d) => format!("{d}; failed: {why}"),
+                None => format!("failed: {why}"),
+            });
+        }
+        let note = format!("labels: {}", labels.describe());
+        record.detail = Some(match record.detail.take() {
+            Some(d) => format!("{d}; {note}"),
+            None => note,
+        });
+        let cancel_step = if record.outcome == CancellationOutcome::Failed {
+            (StepStatus::Failed, record.detail.clone())
+        } else {
+            (StepStatus::Succeeded, None)
+        };
+        let labels_step = match &labels {
             LabelsReport::Failed(why) => (StepStatus::Failed, Some(why.clone())),
             _ => (StepStatus::Succeeded, None),
         };
-        let note = format!("labels: {}", labels.describe());
         let now = inner.store.clock().now();
+        let observed = decision.unrecorded_head.clone();
         ensure_held(guard, task_id)?;
         inner
             .store
             .update_on(task_id, &mut known, Some(token), |s| {
                 s.check_operation_holder(&journal)?;
-                if let Some(record) = s
+                if !s
                     .cancellation_history
-                    .iter_mut()
-                    .rev()
-                    .find(|r| r.operation_id == journal.operation_id)
-                    && !record.detail.as_deref().is_some_and(|d| d.contains(&note))
+                    .iter()
+                    .any(|r| r.operation_id == journal.operation_id)
                 {
-                    record.detail = Some(match record.detail.take() {
-                        Some(d) => format!("{d}; {note}"),
-                        None => note.clone(),
-                    });
+                    s.record_cancellation(record.clone());
                 }
-                s.advance_operation(
-                    &journal.operation_id,
-                    Step::Labeled,
-                    status,
-                    detail.clone(),
-                    now,
-                )?;
-                s.finish_operation(&journal.operation_id, None).map(|_| ())
+                if let Some(push) = &observed {
+                    s.observe_head(push);
+                }
+                decision.settle(s, request);
+                // Where the task's PR is, for recovery's head-drift check.
+                s.metadata
+                    .entry(METADATA_PULL_REQUEST.to_owned())
+                    .or_insert_with(|| request.pr.to_string());
+                let operation = &journal.operation_id;
+                if !recorded {
+                    let (status, detail) = cancel_step.clone();
+                    s.advance_operation(operation, Step::Cancelled, status, detail, now)?;
+                }
+                let (status, detail) = labels_step.clone();
+                s.advance_operation(operation, Step::Labeled, status, detail, now)?;
+                s.finish_operation(operation, None).map(|_| ())
             })
             .await?;
+        clock.done(SagaStep::Record);
 
         let outcome = if failed_for_good
             || cancel_failed(&journal)
@@ -957,6 +1143,7 @@ impl StateAwareCancellation {
                 let (keep, pushed_at, source) = newest_known;
                 Decision {
                     keep: Some(keep),
+                    also_keep: None,
                     source,
                     pushed_at: Some(pushed_at),
                     labels: None,
@@ -968,11 +1155,11 @@ impl StateAwareCancellation {
     }
 
     /// Step 4: the runs to cancel.
-    fn select(&self, runs: Vec<Run>, keep: Option<&str>) -> Vec<Run> {
+    fn select(&self, runs: Vec<Run>, decision: &Decision) -> Vec<Run> {
         runs.into_iter()
             .filter(|r| !r.terminal)
             .filter(|r| !self.inner.config.never_cancel.contains(&r.role))
-            .filter(|r| keep.is_none_or(|keep| !r.head_sha.eq_ignore_ascii_case(keep)))
+            .filter(|r| !decision.keeps(&r.head_sha))
             .collect()
     }
 
@@ -998,6 +1185,9 @@ impl StateAwareCancellation {
             decision.keep.clone().unwrap_or_default(),
         );
         ctx.insert(context::KEEP_SOURCE.into(), decision.source.as_str().into());
+        if let Some(also) = &decision.also_keep {
+            ctx.insert(context::ALSO_KEEP.into(), also.clone());
+        }
         if let Some(at) = decision.pushed_at {
             ctx.insert(context::PUSHED_AT.into(), at.to_string());
         }
@@ -1317,6 +1507,9 @@ enum Marked {
 #[derive(Clone, Debug)]
 struct Decision {
     keep: Option<String>,
+    /// A second head whose runs are kept: the newest push we know of, when
+    /// GitHub's answer is not provably newer.
+    also_keep: Option<String>,
     source: HeadSource,
     /// When the kept head was pushed, if known.
     pushed_at: Option<Timestamp>,
@@ -1330,16 +1523,38 @@ struct Decision {
 }
 
 impl Decision {
-    /// Through which push the pending supersessions are handled.
-    fn settle_point(&self, request: &CancellationRequest) -> Option<(String, Timestamp)> {
+    /// Whether runs of `head` are kept.
+    fn keeps(&self, head: &str) -> bool {
+        [&self.keep, &self.also_keep]
+            .into_iter()
+            .flatten()
+            .any(|k| k.eq_ignore_ascii_case(head))
+    }
+
+    /// Removes the pending supersessions this operation handled: all of
+    /// them for a closed PR; through the kept head's push otherwise; and,
+    /// when two heads were kept, every one but theirs (a later pass, once
+    /// GitHub and the state agree, handles those).
+    fn settle(&self, state: &mut RemediationState, request: &CancellationRequest) {
         if self.closed {
-            return Some((String::new(), Timestamp::MAX));
+            state.pending_supersessions.clear();
+            return;
         }
-        let keep = self.keep.clone()?;
+        if self.also_keep.is_some() {
+            state
+                .pending_supersessions
+                .retain(|p| self.keeps(&p.head_sha));
+            return;
+        }
+        let Some(keep) = &self.keep else {
+            return;
+        };
         let at = self
             .pushed_at
-            .or_else(|| (request.head_sha == keep).then_some(request.pushed_at))?;
-        Some((keep, at))
+            .or_else(|| (request.head_sha == *keep).then_some(request.pushed_at));
+        if let Some(at) = at {
+            state.settle_supersessions_through(keep, at);
+        }
     }
 }
 
@@ -1370,10 +1585,11 @@ fn decide_from_github(
     pull: PullRequest,
     newest_known: (String, Timestamp, HeadSource),
 ) -> Decision {
-    let (known, known_at, known_source) = newest_known;
+    let (known, known_at, _) = newest_known;
     if !pull.is_open() {
         return Decision {
             keep: None,
+            also_keep: None,
             source: HeadSource::Closed,
             pushed_at: None,
             labels: Some(pull.labels),
@@ -1381,36 +1597,48 @@ fn decide_from_github(
             closed: true,
         };
     }
-    let lagging = pull.updated_at.is_some_and(|updated| updated < known_at)
-        && !pull.head_sha.eq_ignore_ascii_case(&known);
-    if lagging {
+    let labels = Some(pull.labels);
+    if pull.head_sha.eq_ignore_ascii_case(&known) {
         return Decision {
-            keep: Some(known),
-            source: known_source,
+            keep: Some(pull.head_sha),
+            also_keep: None,
+            source: HeadSource::GitHub,
             pushed_at: Some(known_at),
-            labels: Some(pull.labels),
+            labels,
             unrecorded_head: None,
             closed: false,
         };
     }
-    let same = pull.head_sha.eq_ignore_ascii_case(&known);
-    let pushed_at = if same {
-        known_at
-    } else {
-        pull.updated_at.unwrap_or(known_at).max(known_at)
-    };
-    Decision {
-        unrecorded_head: (!same).then(|| Supersession {
-            head_sha: pull.head_sha.clone(),
-            pushed_at,
-            delivery_id: "github-api".to_owned(),
-            correlation_id: None,
-        }),
-        keep: Some(pull.head_sha),
-        source: HeadSource::GitHub,
-        pushed_at: Some(pushed_at),
-        labels: Some(pull.labels),
-        closed: false,
+    match pull.updated_at {
+        // GitHub changed the PR after the newest push we know of: its head
+        // is newer (a webhook was lost). Keep it, and record it.
+        Some(updated) if updated > known_at => Decision {
+            unrecorded_head: Some(Supersession {
+                head_sha: pull.head_sha.clone(),
+                pushed_at: updated,
+                delivery_id: "github-api".to_owned(),
+                correlation_id: None,
+            }),
+            keep: Some(pull.head_sha),
+            also_keep: None,
+            source: HeadSource::GitHub,
+            pushed_at: Some(updated),
+            labels,
+            closed: false,
+        },
+        // GitHub's answer is not provably newer than the push we know of
+        // (its read may lag the webhook): keep both heads' runs. Cancelling
+        // the other head's runs waits for a pass on which the two agree;
+        // cancelling the newest head's runs would be the one wrong move.
+        _ => Decision {
+            keep: Some(pull.head_sha),
+            also_keep: Some(known),
+            source: HeadSource::GitHub,
+            pushed_at: None,
+            labels,
+            unrecorded_head: None,
+            closed: false,
+        },
     }
 }
 
@@ -1464,12 +1692,17 @@ fn describe(reports: &[RunReport]) -> String {
                 RunOutcome::FinishedBeforehand => "finished by itself".to_owned(),
                 RunOutcome::Vanished => "gone before it was touched".to_owned(),
                 RunOutcome::GoneBeforeResume => "stopped by the previous holder".to_owned(),
+                RunOutcome::Spared => "spared: its head is the current one".to_owned(),
                 RunOutcome::Stuck(why) => format!("stuck ({why})"),
             };
             format!("{}: {how} in {} ms", r.name, r.took.as_millis())
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+fn task_id(request: &CancellationRequest) -> &str {
+    &request.task_id
 }
 
 fn ensure_held(guard: &LockGuard, task_id: &str) -> Result<()> {

@@ -82,6 +82,12 @@ pub struct Run {
     pub created_at: Option<Timestamp>,
     /// The sha its intent annotation names, if a cancellation marked it.
     pub superseded_by: Option<String>,
+    /// The cancellation operation whose intent it carries, if any.
+    #[serde(default)]
+    pub cancel_operation: Option<String>,
+    /// When that intent was recorded.
+    #[serde(default)]
+    pub superseded_at: Option<Timestamp>,
     /// Whether its deletion has begun (`metadata.deletionTimestamp`).
     pub deleting: bool,
 }
@@ -102,14 +108,16 @@ pub struct Intent {
 /// How a run is cancelled.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum CancelMode {
-    /// Delete the run with Foreground propagation: its pods get SIGTERM and
-    /// their grace period, and the run object goes once they are gone.
+    /// Delete the run with Foreground propagation: the garbage collector
+    /// deletes its pods, which get SIGTERM and *their own* grace period
+    /// (`terminationGracePeriodSeconds`), and the run object goes once they
+    /// are gone. The saga force-deletes what is left after its deadline.
     #[default]
     Delete,
-    /// Delete the run's pods the same way, and keep the run, with
-    /// `status.phase = Cancelled` and `supersededBy`, for audit (as Tekton
-    /// keeps cancelled runs). The run's own controller must not start new
-    /// pods for a run carrying the intent annotation.
+    /// Delete the run's pods with the saga's grace period, and keep the
+    /// run, with `status.phase = Cancelled` and `supersededBy`, for audit (as
+    /// Tekton keeps cancelled runs). The run's own controller must not start
+    /// new pods for a run carrying the intent annotation.
     Stop,
 }
 
@@ -127,11 +135,12 @@ impl fmt::Display for CancelMode {
 pub struct Remains {
     /// Pods of the run that still exist (terminating or not).
     pub pods: Vec<String>,
-    /// Whether the run object still exists.
+    /// Whether the run object still exists (as far as the call that
+    /// reported it looked: [`Workloads::wait_gone`] may watch pods only).
     pub run_exists: bool,
     /// Finalizers other than Kubernetes' own (`foregroundDeletion`,
-    /// `orphan`) holding the deleted run object: never stripped by
-    /// supersede; a run held by one is flagged for intervention.
+    /// `orphan`) holding the deleted run object, as far as seen: never
+    /// stripped by supersede; a run held by one is flagged for intervention.
     pub foreign_finalizers: Vec<String>,
     /// Pods held by finalizers after their containers stopped (the pod
     /// object stays until whoever set them removes them).
@@ -144,15 +153,13 @@ impl Remains {
         self.pods.is_empty()
     }
 
-    /// Whether cancelling in `mode` is complete: the pods are gone, and in
-    /// [`CancelMode::Delete`] the run object too — or it is held only by
-    /// foreign finalizers, which are someone else's to remove.
-    pub fn done(&self, mode: CancelMode) -> bool {
+    /// Whether cancelling is complete: no pod of the run exists, so its
+    /// work has stopped. In [`CancelMode::Delete`] the run object's own
+    /// removal is the garbage collector's (after its pods); a run object
+    /// held by a foreign finalizer is reported where the backend sees it,
+    /// and found by the recovery reconciler otherwise.
+    pub fn done(&self, _mode: CancelMode) -> bool {
         self.pods_gone()
-            && match mode {
-                CancelMode::Stop => true,
-                CancelMode::Delete => !self.run_exists || !self.foreign_finalizers.is_empty(),
-            }
     }
 
     /// A short human description of what is left (for journal details and
@@ -186,6 +193,18 @@ impl Remains {
     }
 }
 
+/// One page of [`Workloads::list_runs`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunPage {
+    /// The runs of this page (of any task).
+    pub runs: Vec<Run>,
+    /// Objects of the kind that could not be read as runs, by name (a
+    /// scan reports them instead of failing).
+    pub unreadable: Vec<String>,
+    /// Where the next page starts; `None` on the last page.
+    pub continue_token: Option<String>,
+}
+
 /// The agent runs of tasks and the pods that execute them.
 ///
 /// Every write is conditional (on the `resourceVersion` or the uid read) and
@@ -202,9 +221,10 @@ impl Remains {
 /// - [`mark_superseded`](Self::mark_superseded) writes the intent
 ///   annotations conditional on `run.resource_version` (a stale version is
 ///   `Conflict`); a run already marked with the same sha is not written again;
-/// - [`terminate`](Self::terminate) starts a graceful stop: each pod gets
-///   `grace` (SIGTERM, then SIGKILL by the kubelet); a run or pod already
-///   deleting or gone is success;
+/// - [`terminate`](Self::terminate) starts a graceful stop: in `Delete`
+///   mode the run is deleted (Foreground) and its pods get their own grace
+///   period, in `Stop` mode each pod gets `grace` (SIGTERM, then SIGKILL by
+///   the kubelet); a run or pod already deleting or gone is success;
 /// - [`force`](Self::force) deletes the remaining pods with grace 0;
 /// - [`remains`](Self::remains) and [`wait_gone`](Self::wait_gone) report a
 ///   pod as long as its object exists, whatever its containers do.
@@ -218,13 +238,19 @@ pub trait Workloads: Send + Sync + 'static {
     /// The run `name` as it is now, `None` when it is gone.
     async fn run(&self, name: &str) -> Result<Option<Run>>;
 
+    /// One page of at most `limit` runs of every task, starting where
+    /// `continue_token` (from the previous page) says: what the recovery
+    /// reconciler scans, a page at a time.
+    async fn list_runs(&self, limit: u32, continue_token: Option<String>) -> Result<RunPage>;
+
     /// Records `intent` on `run` (the `supersede.dev/superseded-by`,
     /// `-at`, `cancel-operation` and `correlation-id` annotations),
     /// conditional on `run.resource_version`; returns the run as written.
     async fn mark_superseded(&self, run: &Run, intent: &Intent) -> Result<Run>;
 
-    /// Starts stopping `run` gracefully in `mode`, giving each pod `grace`
-    /// to stop after SIGTERM. Conditional on `run.uid`.
+    /// Starts stopping `run` gracefully in `mode` (see [`CancelMode`]):
+    /// `grace` is what each pod gets after SIGTERM in `Stop` mode; in
+    /// `Delete` mode the pods keep their own. Conditional on `run.uid`.
     async fn terminate(&self, run: &Run, mode: CancelMode, grace: Duration) -> Result<()>;
 
     /// Deletes the pods of `run` that still exist with grace period 0
@@ -234,9 +260,9 @@ pub trait Workloads: Send + Sync + 'static {
     /// What is left of `run` now.
     async fn remains(&self, run: &Run) -> Result<Remains>;
 
-    /// Waits until cancelling every run of `runs` (all of one task) in
-    /// `mode` is [done](Remains::done), or until `deadline`; returns what is
-    /// left of each then, in the order of `runs`. Woken by changes (a
+    /// Waits until every run of `runs` (all of one task) is
+    /// [done](Remains::done) — no pod of it exists —, or until `deadline`;
+    /// returns what is left of each then, in the order of `runs`. Woken by changes (a
     /// watch), not by polling alone; one wait covers them all, so verifying
     /// a task's cancellation costs the same whatever its number of runs.
     async fn wait_gone(
@@ -251,6 +277,12 @@ pub trait Workloads: Send + Sync + 'static {
     /// status subresource). A run already recorded cancelled is success.
     async fn record_cancelled(&self, run: &Run, intent: &Intent) -> Result<()>;
 
+    /// Removes the intent that operation `operation_id` recorded on `run`
+    /// (its four annotations), conditional on the version read: what a
+    /// rolled-back operation undoes. A run that carries another
+    /// operation's intent, or none, or is gone, is left alone (`Ok`).
+    async fn clear_intent(&self, run: &Run, operation_id: &str) -> Result<()>;
+
     /// Marks `run` as needing a human: the
     /// `supersede.dev/needs-intervention` annotation with `reason`.
     async fn flag_intervention(&self, run: &Run, reason: &str) -> Result<()>;
@@ -263,6 +295,9 @@ impl<T: Workloads + ?Sized> Workloads for std::sync::Arc<T> {
     }
     async fn run(&self, name: &str) -> Result<Option<Run>> {
         (**self).run(name).await
+    }
+    async fn list_runs(&self, limit: u32, continue_token: Option<String>) -> Result<RunPage> {
+        (**self).list_runs(limit, continue_token).await
     }
     async fn mark_superseded(&self, run: &Run, intent: &Intent) -> Result<Run> {
         (**self).mark_superseded(run, intent).await
@@ -287,6 +322,9 @@ impl<T: Workloads + ?Sized> Workloads for std::sync::Arc<T> {
     async fn record_cancelled(&self, run: &Run, intent: &Intent) -> Result<()> {
         (**self).record_cancelled(run, intent).await
     }
+    async fn clear_intent(&self, run: &Run, operation_id: &str) -> Result<()> {
+        (**self).clear_intent(run, operation_id).await
+    }
     async fn flag_intervention(&self, run: &Run, reason: &str) -> Result<()> {
         (**self).flag_intervention(run, reason).await
     }
@@ -307,16 +345,11 @@ mod tests {
         assert!(!pods_left.done(CancelMode::Stop));
         let object_left = Remains {
             run_exists: true,
-            ..Remains::default()
-        };
-        assert!(object_left.done(CancelMode::Stop), "Stop keeps the run");
-        assert!(!object_left.done(CancelMode::Delete));
-        let held = Remains {
-            run_exists: true,
             foreign_finalizers: vec!["example.dev/audit".into()],
             ..Remains::default()
         };
-        assert!(held.done(CancelMode::Delete), "its work has stopped");
-        assert!(held.describe().contains("example.dev/audit"));
+        assert!(object_left.done(CancelMode::Stop));
+        assert!(object_left.done(CancelMode::Delete), "its work has stopped");
+        assert!(object_left.describe().contains("example.dev/audit"));
     }
 }

@@ -220,9 +220,10 @@ async fn an_open_breaker_delays_cancellations_and_loses_none() {
             ..BreakerPolicy::default()
         },
     );
-    let flaky = Arc::new(Failing {
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flaky = Arc::new(common::Intercepted {
         inner: w.workloads.clone(),
-        failing: std::sync::atomic::AtomicBool::new(true),
+        hook: Outage(failing.clone()),
     });
     let saga = StateAwareCancellation::builder(
         w.lock("pod-a"),
@@ -255,9 +256,7 @@ async fn an_open_breaker_delays_cancellations_and_loses_none() {
     );
     assert!(w.workloads.get(&format!("quality-{}", &OLD[..7])).is_some());
 
-    flaky
-        .failing
-        .store(false, std::sync::atomic::Ordering::SeqCst);
+    failing.store(false, std::sync::atomic::Ordering::SeqCst);
     settled(&[&c]).await;
 
     assert!(w.workloads.get(&format!("quality-{}", &OLD[..7])).is_none());
@@ -308,15 +307,13 @@ async fn status_shows_the_running_step_and_shutdown_leaves_a_resumable_journal()
     assert_eq!(w.state().await.cancellation_history.len(), 1);
 }
 
-/// A workloads backend whose calls fail with 503 while `failing` is set.
-struct Failing {
-    inner: cancel_coordinator::MemoryWorkloads,
-    failing: std::sync::atomic::AtomicBool,
-}
+/// Every workloads call fails with 503 while `failing` is set.
+struct Outage(Arc<std::sync::atomic::AtomicBool>);
 
-impl Failing {
-    fn check(&self) -> cancel_coordinator::Result<()> {
-        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+#[async_trait::async_trait]
+impl common::Hook for Outage {
+    async fn before(&self, _call: &'static str) -> cancel_coordinator::Result<()> {
+        if self.0.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(Error::Api {
                 status: 503,
                 reason: "ServiceUnavailable".into(),
@@ -325,73 +322,5 @@ impl Failing {
             });
         }
         Ok(())
-    }
-}
-
-#[async_trait::async_trait]
-impl cancel_coordinator::Workloads for Failing {
-    async fn runs(
-        &self,
-        task_id: &str,
-    ) -> cancel_coordinator::Result<Vec<cancel_coordinator::Run>> {
-        self.check()?;
-        self.inner.runs(task_id).await
-    }
-    async fn run(&self, name: &str) -> cancel_coordinator::Result<Option<cancel_coordinator::Run>> {
-        self.check()?;
-        self.inner.run(name).await
-    }
-    async fn mark_superseded(
-        &self,
-        run: &cancel_coordinator::Run,
-        intent: &cancel_coordinator::Intent,
-    ) -> cancel_coordinator::Result<cancel_coordinator::Run> {
-        self.check()?;
-        self.inner.mark_superseded(run, intent).await
-    }
-    async fn terminate(
-        &self,
-        run: &cancel_coordinator::Run,
-        mode: cancel_coordinator::CancelMode,
-        grace: Duration,
-    ) -> cancel_coordinator::Result<()> {
-        self.check()?;
-        self.inner.terminate(run, mode, grace).await
-    }
-    async fn force(&self, run: &cancel_coordinator::Run) -> cancel_coordinator::Result<()> {
-        self.check()?;
-        self.inner.force(run).await
-    }
-    async fn remains(
-        &self,
-        run: &cancel_coordinator::Run,
-    ) -> cancel_coordinator::Result<cancel_coordinator::Remains> {
-        self.check()?;
-        self.inner.remains(run).await
-    }
-    async fn wait_gone(
-        &self,
-        runs: &[cancel_coordinator::Run],
-        mode: cancel_coordinator::CancelMode,
-        deadline: tokio::time::Instant,
-    ) -> cancel_coordinator::Result<Vec<cancel_coordinator::Remains>> {
-        self.check()?;
-        self.inner.wait_gone(runs, mode, deadline).await
-    }
-    async fn record_cancelled(
-        &self,
-        run: &cancel_coordinator::Run,
-        intent: &cancel_coordinator::Intent,
-    ) -> cancel_coordinator::Result<()> {
-        self.check()?;
-        self.inner.record_cancelled(run, intent).await
-    }
-    async fn flag_intervention(
-        &self,
-        run: &cancel_coordinator::Run,
-        reason: &str,
-    ) -> cancel_coordinator::Result<()> {
-        self.check()?;
-        self.inner.flag_intervention(run, reason).await
     }
 }

@@ -16,10 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cancel_coordinator::{
-    CancelMode, Happened, Intent, MemoryWorkloads, Remains, Run, SagaConfig,
-    StateAwareCancellation, Workloads,
-};
+use cancel_coordinator::{CancelMode, Happened, SagaConfig, StateAwareCancellation};
 use common::{NEW, OLD, World, at};
 use futures::stream::BoxStream;
 use label_cas::{ETag, Fetched, LabelBackend, LabelSet, PrRef, RemoveOutcome};
@@ -88,7 +85,6 @@ impl Plan {
 struct Leases(lease_lock::MemoryLeases, Arc<Plan>);
 struct States(Arc<state_store::MemoryBackend>, Arc<Plan>);
 struct Labels(Arc<label_cas::MemoryLabels>, Arc<Plan>);
-struct Runs(MemoryWorkloads, Arc<Plan>);
 
 fn lease_lost() -> lease_lock::Error {
     lease_lock::Error::Transport {
@@ -215,65 +211,22 @@ impl LabelBackend for Labels {
     }
 }
 
-fn runs_lost() -> cancel_coordinator::Error {
-    cancel_coordinator::Error::Transport {
-        message: "connection dropped after the request was sent".into(),
-    }
-}
+/// The workloads part of the crash plan.
+struct RunsHook(Arc<Plan>);
 
 #[async_trait]
-impl Workloads for Runs {
-    async fn runs(&self, task_id: &str) -> cancel_coordinator::Result<Vec<Run>> {
-        self.1.alive().await;
-        self.0.runs(task_id).await
+impl common::Hook for RunsHook {
+    async fn before(&self, _call: &'static str) -> cancel_coordinator::Result<()> {
+        self.0.alive().await;
+        Ok(())
     }
-    async fn run(&self, name: &str) -> cancel_coordinator::Result<Option<Run>> {
-        self.1.alive().await;
-        self.0.run(name).await
-    }
-    async fn mark_superseded(&self, run: &Run, intent: &Intent) -> cancel_coordinator::Result<Run> {
-        self.1.alive().await;
-        let out = self.0.mark_superseded(run, intent).await?;
-        self.1.landed().await.map_err(|()| runs_lost())?;
-        Ok(out)
-    }
-    async fn terminate(
-        &self,
-        run: &Run,
-        mode: CancelMode,
-        grace: Duration,
-    ) -> cancel_coordinator::Result<()> {
-        self.1.alive().await;
-        self.0.terminate(run, mode, grace).await?;
-        self.1.landed().await.map_err(|()| runs_lost())
-    }
-    async fn force(&self, run: &Run) -> cancel_coordinator::Result<()> {
-        self.1.alive().await;
-        self.0.force(run).await?;
-        self.1.landed().await.map_err(|()| runs_lost())
-    }
-    async fn remains(&self, run: &Run) -> cancel_coordinator::Result<Remains> {
-        self.1.alive().await;
-        self.0.remains(run).await
-    }
-    async fn wait_gone(
-        &self,
-        runs: &[Run],
-        mode: CancelMode,
-        deadline: tokio::time::Instant,
-    ) -> cancel_coordinator::Result<Vec<Remains>> {
-        self.1.alive().await;
-        self.0.wait_gone(runs, mode, deadline).await
-    }
-    async fn record_cancelled(&self, run: &Run, intent: &Intent) -> cancel_coordinator::Result<()> {
-        self.1.alive().await;
-        self.0.record_cancelled(run, intent).await?;
-        self.1.landed().await.map_err(|()| runs_lost())
-    }
-    async fn flag_intervention(&self, run: &Run, reason: &str) -> cancel_coordinator::Result<()> {
-        self.1.alive().await;
-        self.0.flag_intervention(run, reason).await?;
-        self.1.landed().await.map_err(|()| runs_lost())
+    async fn after_write(&self, _call: &'static str) -> cancel_coordinator::Result<()> {
+        self.0
+            .landed()
+            .await
+            .map_err(|()| cancel_coordinator::Error::Transport {
+                message: "connection dropped after the request was sent".into(),
+            })
     }
 }
 
@@ -290,7 +243,10 @@ fn doomed(w: &World, plan: &Arc<Plan>, config: SagaConfig) -> StateAwareCancella
     StateAwareCancellation::builder(
         lock,
         StateStore::new(States(w.states.clone(), plan.clone())),
-        Arc::new(Runs(w.workloads.clone(), plan.clone())),
+        Arc::new(common::Intercepted {
+            inner: w.workloads.clone(),
+            hook: RunsHook(plan.clone()),
+        }),
         w.pulls.clone(),
         Arc::new(Labels(w.labels.clone(), plan.clone())),
     )
@@ -434,4 +390,154 @@ async fn a_write_whose_answer_is_lost_at_any_step_is_settled_exactly_once() {
             crash_then_recover(k, Crash::LosesTheAnswer, mode).await;
         }
     }
+}
+
+/// A task whose stale runs, as the dead replica chose them, include a run
+/// of the head that became current afterwards (NEWER: an agent started it
+/// before GitHub and the state knew of that push).
+async fn superseded_scene() -> World {
+    let w = World::new();
+    w.workloads.add_run(cancel_coordinator::RunSeed::new(
+        "a-old",
+        common::TASK,
+        "quality",
+        OLD,
+    ));
+    w.workloads.add_run(cancel_coordinator::RunSeed::new(
+        "b-newer",
+        common::TASK,
+        "review",
+        common::NEWER,
+    ));
+    w.pull_at(NEW, &["ready-for-qa"]);
+    w.pushed(NEW, at(60)).await;
+    w
+}
+
+/// GitHub and the state move on to NEWER while the journal lies unfinished.
+async fn newer_pushed(w: &World) {
+    w.pull_at(common::NEWER, &["ready-for-qa"]);
+    w.pulls
+        .update(&w.pr, |p| p.updated_at = Some(at(120)))
+        .unwrap();
+    w.pushed(common::NEWER, at(120)).await;
+}
+
+fn sigtermed(w: &World, pod_of: &str) -> bool {
+    w.sigtermed().iter().any(|p| p.starts_with(pod_of))
+}
+
+/// Rolled back, not resumed: the replica died right after journaling targets
+/// that include a run of the head now current; nothing had been stopped.
+#[tokio::test(start_paused = true)]
+async fn a_journal_that_would_cancel_the_current_heads_runs_is_rolled_back() {
+    let w = superseded_scene().await;
+    let plan = Plan::new(2, Crash::Dies); // the lease, then the journal
+    let saga = doomed(&w, &plan, SagaConfig::default());
+    let request = w.request(NEW, at(60));
+    let first = tokio::spawn(async move { saga.run(&request).await });
+    plan.crashed.notified().await;
+    first.abort();
+    let _ = first.await;
+    assert_eq!(
+        w.state().await.active_operation.unwrap().targets,
+        ["a-old", "b-newer"]
+    );
+    newer_pushed(&w).await;
+    let survivor = w.saga_with(
+        "pod-survivor",
+        SagaConfig {
+            lock_timeout: Duration::from_secs(300),
+            ..SagaConfig::default()
+        },
+    );
+
+    let undone = survivor
+        .run(&w.request(common::NEWER, at(120)))
+        .await
+        .unwrap();
+    assert_eq!(undone.outcome, cancel_coordinator::Outcome::RolledBack);
+    assert_eq!(survivor.metrics().rollbacks(), 1);
+    let fresh = survivor
+        .run(&w.request(common::NEWER, at(120)))
+        .await
+        .unwrap();
+
+    assert_eq!(fresh.outcome, cancel_coordinator::Outcome::Cancelled);
+    assert!(
+        w.workloads.get("a-old").is_none(),
+        "the stale run is cancelled"
+    );
+    assert!(
+        w.workloads.get("b-newer").is_some(),
+        "the current head's run is kept"
+    );
+    assert!(!sigtermed(&w, "b-newer"), "and never got SIGTERM");
+    let outcomes: Vec<_> = w
+        .state()
+        .await
+        .cancellation_history
+        .iter()
+        .map(|r| r.outcome)
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            state_store::CancellationOutcome::RolledBack,
+            state_store::CancellationOutcome::Cancelled
+        ]
+    );
+    assert!(w.state().await.pending_supersessions.is_empty());
+}
+
+/// Not rolled back once a run was stopped (a killed pod cannot be
+/// un-killed): the resume goes forward for the others and spares the run of
+/// the head now current, giving it its intent back.
+#[tokio::test(start_paused = true)]
+async fn a_journal_partly_done_goes_forward_and_spares_the_current_heads_run() {
+    let w = superseded_scene().await;
+    // The lease, the journal, two intents, then a-old's delete: dies there.
+    let plan = Plan::new(5, Crash::Dies);
+    let saga = doomed(&w, &plan, SagaConfig::default());
+    let request = w.request(NEW, at(60));
+    let first = tokio::spawn(async move { saga.run(&request).await });
+    plan.crashed.notified().await;
+    first.abort();
+    let _ = first.await;
+    assert!(sigtermed(&w, "a-old"));
+    assert!(
+        !sigtermed(&w, "b-newer"),
+        "the scene: b-newer not stopped yet"
+    );
+    assert!(
+        w.workloads
+            .annotations("b-newer")
+            .contains_key(cancel_coordinator::workloads::ANNOTATION_SUPERSEDED_BY)
+    );
+    newer_pushed(&w).await;
+    let survivor = w.saga_with(
+        "pod-survivor",
+        SagaConfig {
+            lock_timeout: Duration::from_secs(300),
+            ..SagaConfig::default()
+        },
+    );
+
+    let report = survivor
+        .run(&w.request(common::NEWER, at(120)))
+        .await
+        .unwrap();
+
+    assert!(report.resumed);
+    let spared = report.runs.iter().find(|r| r.name == "b-newer").unwrap();
+    assert_eq!(spared.outcome, cancel_coordinator::RunOutcome::Spared);
+    assert!(w.workloads.get("a-old").is_none());
+    assert!(w.workloads.get("b-newer").is_some());
+    assert!(!sigtermed(&w, "b-newer"));
+    assert!(
+        !w.workloads
+            .annotations("b-newer")
+            .contains_key(cancel_coordinator::workloads::ANNOTATION_SUPERSEDED_BY),
+        "its intent is cleared"
+    );
 }

@@ -290,3 +290,175 @@ async fn a_closed_pull_request_cancels_every_remaining_run_and_leaves_its_labels
     assert_eq!(report.labels, LabelsReport::Skipped);
     assert!(w.labels_now().contains("ready-for-qa"));
 }
+
+/// Deletes the task's Lease (by hand, as an operator might) when the saga
+/// starts waiting for the pods.
+struct LeaseVanishes(lease_lock::MemoryLeases);
+
+#[async_trait::async_trait]
+impl common::Hook for LeaseVanishes {
+    async fn before(&self, call: &'static str) -> cancel_coordinator::Result<()> {
+        use lease_lock::LeaseBackend;
+        let name = "cancel-task-task-42";
+        if call == "wait_gone"
+            && let Some(lease) = self.0.get("supersede", name).await.unwrap()
+        {
+            self.0
+                .delete(
+                    "supersede",
+                    name,
+                    lease.metadata.uid.as_deref().unwrap(),
+                    lease.metadata.resource_version.as_deref().unwrap(),
+                )
+                .await
+                .unwrap();
+        }
+        Ok(())
+    }
+}
+
+/// The guard reports the loss at its next renewal, and nothing more is
+/// written — no force, no intervention flag, no record: the journal is left
+/// for the next holder.
+#[tokio::test(start_paused = true)]
+async fn nothing_is_written_after_the_lock_is_lost() {
+    let w = World::new();
+    w.workloads.add_run(
+        RunSeed::new("quality-old", TASK, "quality", OLD).behaving(PodBehaviour::NodeLost),
+    );
+    w.pull_at(NEW, &[]);
+    w.pushed(NEW, at(60)).await;
+    let saga = cancel_coordinator::StateAwareCancellation::builder(
+        w.lock("pod-a"),
+        w.store.clone(),
+        std::sync::Arc::new(common::Intercepted {
+            inner: w.workloads.clone(),
+            hook: LeaseVanishes(w.leases.clone()),
+        }),
+        w.pulls.clone(),
+        w.labels.clone(),
+    )
+    .build()
+    .unwrap();
+    let started = Instant::now();
+
+    let err = saga.run(&w.request(NEW, at(60))).await.unwrap_err();
+
+    assert!(
+        matches!(err, cancel_coordinator::Error::LockLost { .. }),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < saga.config().grace_period,
+        "stopped at the loss, not at the deadline"
+    );
+    let calls = w.workloads.calls();
+    assert_eq!(calls.get("force"), None, "no force after the loss");
+    assert_eq!(calls.get("flag_intervention"), None);
+    assert_eq!(w.workloads.pods("quality-old").len(), 1);
+    let journal = w
+        .state()
+        .await
+        .active_operation
+        .expect("left for the next holder");
+    assert_eq!(journal.current().unwrap().step, state_store::Step::Started);
+}
+
+/// GitHub's answer lags a webhook: it still shows NEW (changed at 100 s)
+/// while the state recorded a push of NEWER at 200 s. Neither head's runs
+/// may go; only the old head's do, and NEWER's supersession stays pending
+/// for a pass on which the two agree.
+#[tokio::test(start_paused = true)]
+async fn when_github_lags_a_push_the_runs_of_both_heads_are_kept() {
+    let w = World::new();
+    let old = w.agents_on(OLD);
+    let new = w.agents_on(NEW);
+    let newer = w.agents_on(NEWER);
+    w.pull_at(NEW, &[]);
+    w.pulls
+        .update(&w.pr, |p| p.updated_at = Some(at(100)))
+        .unwrap();
+    w.pushed(NEW, at(100)).await;
+    w.pushed(NEWER, at(200)).await;
+
+    w.saga("pod-a")
+        .run(&w.request(NEWER, at(200)))
+        .await
+        .unwrap();
+
+    assert!(old.iter().all(|n| w.workloads.get(n).is_none()));
+    assert!(
+        new.iter()
+            .chain(&newer)
+            .all(|n| w.workloads.get(n).is_some())
+    );
+    let pending: Vec<String> = w
+        .state()
+        .await
+        .pending_supersessions
+        .iter()
+        .map(|p| p.head_sha.clone())
+        .collect();
+    assert!(pending.contains(&NEWER.to_owned()), "{pending:?}");
+}
+
+/// A lost webhook: the state knows only OLD (pushed at 0 s), GitHub shows
+/// NEW changed at 100 s. NEW is kept and recorded as the task's head.
+#[tokio::test(start_paused = true)]
+async fn a_head_only_github_knows_is_kept_and_recorded() {
+    let w = World::new();
+    let old = w.agents_on(OLD);
+    let new = w.agents_on(NEW);
+    w.pull_at(NEW, &[]);
+    w.pulls
+        .update(&w.pr, |p| p.updated_at = Some(at(100)))
+        .unwrap();
+    w.pushed(OLD, at(0)).await;
+
+    let report = w.saga("pod-a").run(&w.request(OLD, at(0))).await.unwrap();
+
+    assert_eq!(report.kept_head.as_deref(), Some(NEW));
+    assert!(old.iter().all(|n| w.workloads.get(n).is_none()));
+    assert!(new.iter().all(|n| w.workloads.get(n).is_some()));
+    let state = w.state().await;
+    assert_eq!(state.latest_head.unwrap().sha, NEW);
+    assert!(state.pending_supersessions.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_saga_registers_its_metrics_and_its_breakers() {
+    let w = World::new();
+    w.agents_on(OLD);
+    w.pull_at(NEW, &[]);
+    w.pushed(NEW, at(60)).await;
+    let saga = cancel_coordinator::StateAwareCancellation::builder(
+        w.lock("pod-a"),
+        w.store.clone(),
+        std::sync::Arc::new(w.workloads.clone()),
+        w.pulls.clone(),
+        w.labels.clone(),
+    )
+    .breakers(resilience::BreakerPolicy::default())
+    .build()
+    .unwrap();
+    saga.run(&w.request(NEW, at(60))).await.unwrap();
+    let mut registry = prometheus_client::registry::Registry::default();
+    saga.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+
+    assert!(
+        text.contains("cancel_coordinator_cancellations_total{outcome=\"cancelled\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("cancel_coordinator_runs_cancelled_total{how=\"graceful\"} 3"),
+        "{text}"
+    );
+    assert!(text.contains("name=\"kubernetes\""), "{text}");
+    assert!(text.contains("name=\"github\""), "{text}");
+    assert!(
+        text.contains("cancel_coordinator_step_duration_seconds_bucket{"),
+        "{text}"
+    );
+}

@@ -103,6 +103,78 @@ impl LeaseLock {
         Ok(report)
     }
 
+    /// Every Lease of this lock (same namespace and prefix label), in one
+    /// LIST: what the recovery reconciler compares with the task states.
+    pub async fn list_leases(&self) -> Result<Vec<Lease>, Error> {
+        let inner = self.inner();
+        let config = &inner.config;
+        let selector = format!(
+            "{MANAGED_BY_LABEL}={MANAGED_BY_VALUE},{LOCK_PREFIX_LABEL}={}",
+            config.prefix
+        );
+        let prefix = format!("{}-", config.prefix);
+        let mut leases = inner.backend.list(&config.namespace, &selector).await?;
+        leases.retain(|l| {
+            l.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with(&prefix))
+        });
+        Ok(leases)
+    }
+
+    /// Deletes `lease` (as [`list_leases`](Self::list_leases) read it) if its
+    /// holder stopped renewing it — released, or idle for two lease
+    /// durations by its own timestamps, the margin garbage collection and
+    /// the deadlock walk use — and it is unchanged since it was read (the
+    /// delete carries its uid and resourceVersion). A Lease this lock holds
+    /// or is acquiring is never deleted. Returns whether it was deleted.
+    ///
+    /// For Leases nothing stands behind any more (no operation journal):
+    /// the caller decides that; the next acquisition creates the Lease
+    /// again, and its tokens order after the deleted one's by creation
+    /// time.
+    pub async fn delete_if_abandoned(&self, lease: &Lease) -> Result<bool, Error> {
+        let inner = self.inner();
+        let config = &inner.config;
+        let Some(name) = lease.metadata.name.as_deref() else {
+            return Ok(false);
+        };
+        if inner.is_claimed(name) {
+            return Ok(false);
+        }
+        let duration = lease
+            .spec
+            .as_ref()
+            .and_then(|s| s.lease_duration_seconds)
+            .and_then(|s| u64::try_from(s).ok())
+            .filter(|s| *s > 0)
+            .map_or(config.lease_duration, Duration::from_secs);
+        let abandoned = holder_of(lease).is_none()
+            || idle_longer_than(lease, jiff::Timestamp::now(), duration.saturating_mul(2));
+        if !abandoned {
+            return Ok(false);
+        }
+        let (Some(uid), Some(version)) = (
+            lease.metadata.uid.as_deref(),
+            lease.metadata.resource_version.as_deref(),
+        ) else {
+            return Ok(false);
+        };
+        match inner
+            .backend
+            .delete(&config.namespace, name, uid, version)
+            .await
+        {
+            Ok(()) => {
+                inner.forget(name);
+                Ok(true)
+            }
+            Err(Error::Conflict { .. } | Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Runs [`collect_garbage`](Self::collect_garbage) every `every` (±10 %
     /// jitter, so replicas spread out) until `cancel` fires.
     pub fn spawn_garbage_collector(

@@ -509,7 +509,7 @@ impl SseClient {
         }
 
         let connected_at = Instant::now();
-        tracing::info!(url = %self.url, last_event_id = last_event_id.as_deref().unwrap_or(""), "connected to the event stream");
+        tracing::debug!(url = %self.url, last_event_id = last_event_id.as_deref().unwrap_or(""), "connected to the event stream");
         deliver(cancel, sink, SseItem::Connected)
             .await
             .map_err(|_| Stop)?;
@@ -719,15 +719,18 @@ fn load_retry(cell: &AtomicU64) -> Option<Duration> {
     }
 }
 
+/// At DEBUG: the consumer receives every `Disconnected` and tells it at the
+/// level it chooses, with what only it knows (the retry delay, which stream);
+/// a WARN here as well would be a second line for every failure.
 fn log_disconnect(url: &Url, disconnect: &Disconnect) {
     let reason = disconnect.reason.as_label();
     let connected_ms = disconnect
         .connected_for
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     if disconnect.reason.is_error() {
-        tracing::warn!(%url, reason, detail = %disconnect.reason, connected_ms, events = disconnect.events, "event stream disconnected");
+        tracing::debug!(%url, reason, detail = %disconnect.reason, connected_ms, events = disconnect.events, "event stream disconnected");
     } else {
-        tracing::info!(%url, reason, detail = %disconnect.reason, connected_ms, events = disconnect.events, "event stream ended");
+        tracing::debug!(%url, reason, detail = %disconnect.reason, connected_ms, events = disconnect.events, "event stream ended");
     }
 }
 

@@ -64,6 +64,15 @@ pub struct MetadataPage {
     pub continue_token: Option<String>,
 }
 
+/// One page of a LIST of whole documents.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DocumentPage {
+    /// The documents of this page.
+    pub items: Vec<StoredDocument>,
+    /// Where the next page starts; `None` on the last page.
+    pub continue_token: Option<String>,
+}
+
 /// Storage of versioned documents with compare-and-swap writes.
 ///
 /// Implementations: [`MemoryBackend`](crate::MemoryBackend) and
@@ -95,6 +104,36 @@ pub trait StateBackend: Send + Sync {
 
     /// Every document whose labels include all of `labels`.
     async fn list(&self, labels: &BTreeMap<String, String>) -> Result<Vec<StoredDocument>>;
+
+    /// One page of at most `limit` whole documents whose labels include all
+    /// of `labels`, starting where `continue_token` says: what a scan that
+    /// needs the payloads (the recovery reconciler) uses, so that it holds
+    /// one page at a time, never the namespace.
+    ///
+    /// The default reads every document with [`list`](Self::list) and serves
+    /// them in name order (the continue token is the last name served):
+    /// correct, not cheap. Both backends of this crate page for real.
+    async fn list_page(
+        &self,
+        labels: &BTreeMap<String, String>,
+        limit: u32,
+        continue_token: Option<String>,
+    ) -> Result<DocumentPage> {
+        let mut documents = self.list(labels).await?;
+        documents.sort_by(|a, b| a.name.cmp(&b.name));
+        let limit = usize::try_from(limit.max(1)).unwrap_or(usize::MAX);
+        let mut rest = documents.into_iter().skip_while(|d| {
+            continue_token
+                .as_deref()
+                .is_some_and(|after| d.name.as_str() <= after)
+        });
+        let items: Vec<StoredDocument> = rest.by_ref().take(limit).collect();
+        let more = rest.next().is_some();
+        Ok(DocumentPage {
+            continue_token: more.then(|| items.last().map(|d| d.name.clone())).flatten(),
+            items,
+        })
+    }
 
     /// One page of at most `limit` documents' metadata (no payloads) whose
     /// labels include all of `labels`, starting where `continue_token` (from
@@ -174,5 +213,13 @@ impl<B: StateBackend + ?Sized> StateBackend for Arc<B> {
         continue_token: Option<String>,
     ) -> Result<MetadataPage> {
         (**self).list_metadata(labels, limit, continue_token).await
+    }
+    async fn list_page(
+        &self,
+        labels: &BTreeMap<String, String>,
+        limit: u32,
+        continue_token: Option<String>,
+    ) -> Result<DocumentPage> {
+        (**self).list_page(labels, limit, continue_token).await
     }
 }

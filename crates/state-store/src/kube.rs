@@ -14,7 +14,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, ListParams, PostParams, Preconditions};
 use kube::{Api, Client};
 
-use crate::backend::{Document, DocumentMeta, MetadataPage, StateBackend, StoredDocument};
+use crate::backend::{
+    Document, DocumentMeta, DocumentPage, MetadataPage, StateBackend, StoredDocument,
+};
 use crate::{Error, Result};
 
 /// Page size of LIST calls: large enough that 10 000 states take 20 calls,
@@ -98,29 +100,43 @@ impl StateBackend for ConfigMapBackend {
     }
 
     async fn list(&self, labels: &BTreeMap<String, String>) -> Result<Vec<StoredDocument>> {
-        let selector = label_selector(labels);
         let mut documents = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let mut params = ListParams::default()
-                .labels(&selector)
-                .limit(LIST_PAGE_SIZE);
-            if let Some(token) = token.as_deref() {
-                params = params.continue_token(token);
-            }
-            let page = self
-                .api
-                .list(&params)
-                .await
-                .map_err(|e| map_error(e, "(list)"))?;
-            for cm in page.items {
-                documents.push(from_config_map(cm)?);
-            }
-            match page.metadata.continue_ {
-                Some(next) if !next.is_empty() => token = Some(next),
-                _ => return Ok(documents),
+            let page = self.list_page(labels, LIST_PAGE_SIZE, token).await?;
+            documents.extend(page.items);
+            match page.continue_token {
+                Some(next) => token = Some(next),
+                None => return Ok(documents),
             }
         }
+    }
+
+    async fn list_page(
+        &self,
+        labels: &BTreeMap<String, String>,
+        limit: u32,
+        continue_token: Option<String>,
+    ) -> Result<DocumentPage> {
+        let selector = label_selector(labels);
+        let mut params = ListParams::default().labels(&selector).limit(limit.max(1));
+        if let Some(token) = continue_token.as_deref() {
+            params = params.continue_token(token);
+        }
+        let page = self
+            .api
+            .list(&params)
+            .await
+            .map_err(|e| map_error(e, "(list)"))?;
+        let items = page
+            .items
+            .into_iter()
+            .map(from_config_map)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(DocumentPage {
+            items,
+            continue_token: page.metadata.continue_.filter(|t| !t.is_empty()),
+        })
     }
 
     async fn list_metadata(

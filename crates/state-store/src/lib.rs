@@ -23,7 +23,9 @@ pub mod schema;
 pub mod store;
 pub mod ttl;
 
-pub use backend::{Document, DocumentMeta, MetadataPage, StateBackend, StoredDocument};
+pub use backend::{
+    Document, DocumentMeta, DocumentPage, MetadataPage, StateBackend, StoredDocument,
+};
 pub use clock::Clock;
 pub use codec::{SchemaOrigin, SizeLimits};
 pub use error::{Error, Result};
@@ -38,7 +40,7 @@ pub use schema::{
     FeedbackEntry, HeadRecord, RemediationState, SCHEMA_VERSION, Severity, Supersession,
     TaskStatus,
 };
-pub use store::{Snapshot, StateStore, StoreConfig};
+pub use store::{Snapshot, StatePage, StateStore, StoreConfig};
 pub use ttl::{CleanupReport, TtlPolicy, spawn_ttl_cleanup};
 
 impl resilience::Transient for Error {

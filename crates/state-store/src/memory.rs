@@ -12,7 +12,8 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use crate::backend::{
-    Document, DocumentMeta, MetadataPage, StateBackend, StoredDocument, page_in_name_order,
+    Document, DocumentMeta, DocumentPage, MetadataPage, StateBackend, StoredDocument,
+    page_in_name_order,
 };
 use crate::{Error, Result};
 
@@ -123,6 +124,16 @@ impl StateBackend for MemoryBackend {
     }
 
     /// Pages in name order; the continue token is the last name served.
+    async fn list_page(
+        &self,
+        labels: &BTreeMap<String, String>,
+        limit: u32,
+        continue_token: Option<String>,
+    ) -> Result<DocumentPage> {
+        Ok(self.page_after(labels, limit, continue_token))
+    }
+
+    /// Pages in name order; the continue token is the last name served.
     async fn list_metadata(
         &self,
         labels: &BTreeMap<String, String>,
@@ -145,6 +156,32 @@ impl StateBackend for MemoryBackend {
             });
         // Already past the continue token: nothing more to skip.
         Ok(page_in_name_order(matching, limit, None))
+    }
+}
+
+impl MemoryBackend {
+    /// Whole documents after `after` in name order, at most `limit`.
+    fn page_after(
+        &self,
+        labels: &BTreeMap<String, String>,
+        limit: u32,
+        after: Option<String>,
+    ) -> DocumentPage {
+        use std::ops::Bound;
+        let inner = self.lock();
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let limit = usize::try_from(limit.max(1)).unwrap_or(usize::MAX);
+        let mut matching = inner
+            .objects
+            .range((start, Bound::Unbounded))
+            .map(|(_, d)| d)
+            .filter(|d| selects(labels, d));
+        let items: Vec<StoredDocument> = matching.by_ref().take(limit).cloned().collect();
+        let more = matching.next().is_some();
+        DocumentPage {
+            continue_token: more.then(|| items.last().map(|d| d.name.clone())).flatten(),
+            items,
+        }
     }
 }
 

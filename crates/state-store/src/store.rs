@@ -126,6 +126,37 @@ pub struct Snapshot {
     stored: Option<StoredDocument>,
 }
 
+/// Annotations the store writes itself: never set through
+/// [`StateStore::set_annotation`].
+const OWN_ANNOTATIONS: [&str; 4] = [
+    crate::naming::ANNOTATION_SCHEMA_VERSION,
+    crate::naming::ANNOTATION_LAST_UPDATE,
+    crate::naming::ANNOTATION_STATUS,
+    crate::naming::ANNOTATION_OPERATION_ACTIVE,
+];
+
+/// One page of [`StateStore::list_page`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct StatePage {
+    /// The states of this page.
+    pub states: Vec<Snapshot>,
+    /// Where the next page starts; `None` on the last page.
+    pub continue_token: Option<String>,
+}
+
+impl Snapshot {
+    /// Annotation `key` of the stored document (a mark such as the recovery
+    /// reconciler's `needs-intervention`).
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.stored
+            .as_ref()?
+            .document
+            .annotations
+            .get(key)
+            .map(String::as_str)
+    }
+}
+
 /// Where an update's first attempt starts.
 enum Seed<'a> {
     /// Read the document first (the usual update).
@@ -380,6 +411,92 @@ impl StateStore {
                 }),
             Err(e) => Err(e),
         };
+        self.observe("list", started, result.as_ref().err());
+        result
+    }
+
+    /// Sets (`Some`) or removes (`None`) annotation `key` on the document of
+    /// `task_id`, leaving its payload as it is: a compare-and-swap replace,
+    /// re-read and retried on conflict (up to
+    /// [`StoreConfig::max_attempts`]). For marks operators and tools read
+    /// with `kubectl` (the recovery reconciler's `needs-intervention`).
+    /// Returns whether anything changed; `NotFound` when the task has no
+    /// state. The store's own annotations (schema version, the mirrors)
+    /// cannot be set this way (`InvalidSelector`).
+    pub async fn set_annotation(
+        &self,
+        task_id: &str,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<bool> {
+        let name = state_name(task_id)?;
+        if key.is_empty() || key.len() > 253 || OWN_ANNOTATIONS.contains(&key) {
+            return Err(Error::InvalidSelector {
+                reason: format!("annotation {key:?} cannot be set on a state"),
+            });
+        }
+        let mut backoff = Backoff::new(self.inner.config.backoff.clone());
+        for _ in 0..self.inner.config.max_attempts.max(1) {
+            let Some(stored) = self.bounded(self.inner.backend.get(&name)).await? else {
+                return Err(Error::NotFound { name });
+            };
+            let current = stored.document.annotations.get(key).map(String::as_str);
+            if current == value {
+                return Ok(false);
+            }
+            let mut document = stored.document;
+            match value {
+                Some(v) => document.annotations.insert(key.to_owned(), v.to_owned()),
+                None => document.annotations.remove(key),
+            };
+            match self
+                .bounded(
+                    self.inner
+                        .backend
+                        .replace(&name, &stored.resource_version, document),
+                )
+                .await
+            {
+                Ok(_) => return Ok(true),
+                Err(Error::Conflict { .. }) => {
+                    let delay = backoff
+                        .next_delay()
+                        .unwrap_or(self.inner.config.backoff.max);
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::RetriesExhausted {
+            task_id: task_id.to_owned(),
+            attempts: self.inner.config.max_attempts,
+            last: Box::new(Error::Conflict { name }),
+        })
+    }
+
+    /// One page of at most `limit` task states (selected by the store's
+    /// labels), decoded, starting where `continue_token` (from the previous
+    /// page) says: for scans of every state that must hold one page at a
+    /// time (the recovery reconciler). Documents without a valid task-id
+    /// label are skipped with a warning. Bounded by
+    /// [`StoreConfig::call_timeout`].
+    pub async fn list_page(&self, limit: u32, continue_token: Option<String>) -> Result<StatePage> {
+        let started = Instant::now();
+        let result = self
+            .bounded(
+                self.inner
+                    .backend
+                    .list_page(&state_selector(), limit, continue_token),
+            )
+            .await
+            .map(|page| StatePage {
+                states: page
+                    .items
+                    .into_iter()
+                    .filter_map(|doc| self.decode_listed(doc))
+                    .collect(),
+                continue_token: page.continue_token,
+            });
         self.observe("list", started, result.as_ref().err());
         result
     }

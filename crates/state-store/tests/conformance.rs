@@ -396,6 +396,31 @@ async fn writes_on_a_held_state_chain_and_lose_nothing(backend: Arc<dyn StateBac
     assert_eq!(read.state.metadata.len(), 4);
 }
 
+/// A scan of every state, a page at a time, sees each state once.
+async fn states_are_listed_page_by_page_each_once(backend: Arc<dyn StateBackend>) {
+    let store = StateStore::new(backend);
+    for i in 0..7 {
+        store.increment_iteration(&format!("p{i}")).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut token = None;
+    let mut pages = 0;
+    loop {
+        let page = store.list_page(3, token).await.unwrap();
+        pages += 1;
+        assert!(page.states.len() <= 3);
+        seen.extend(page.states.into_iter().map(|s| s.state.task_id));
+        match page.continue_token {
+            Some(next) => token = Some(next),
+            None => break,
+        }
+    }
+    seen.sort();
+    let expected: Vec<String> = (0..7).map(|i| format!("p{i}")).collect();
+    assert_eq!(seen, expected);
+    assert_eq!(pages, 3);
+}
+
 async fn store_quarantines_a_corrupt_payload_and_rebuilds(backend: Arc<dyn StateBackend>) {
     let mut d = Document {
         labels: state_labels("bad"),
@@ -727,6 +752,7 @@ on_both_backends!(
     store_quarantines_a_corrupt_payload_and_rebuilds,
     store_never_overwrites_valid_json_it_cannot_decode,
     store_writes_keep_foreign_metadata,
+    states_are_listed_page_by_page_each_once,
     writes_on_a_held_state_chain_and_lose_nothing,
     a_state_above_a_lowered_maximum_stays_readable_and_reports_the_limit,
     store_journal_and_fencing_round_trip,

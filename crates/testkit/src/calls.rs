@@ -1,9 +1,13 @@
 //! Call counters shared by every fake server in this crate.
 //!
 //! A server records each request once, after it has been answered (or
-//! dropped), under (verb, resource, [`Outcome`]). Tests and benchmarks read
-//! the counts to state facts such as "one acquisition costs one create" or
-//! "the retry loop sent exactly three updates".
+//! dropped), under (verb, resource, [`Outcome`]) and the API group the
+//! resource belongs to (`""` for Kubernetes' core group and for FakeGitHub).
+//! Tests and benchmarks read the counts to state facts such as "one
+//! acquisition costs one create" or "the retry loop sent exactly three
+//! updates". Counts that name no group add up every group, so core/v1 and
+//! events.k8s.io/v1 `events` are one resource to [`Calls::count`] and two to
+//! [`Calls::count_in_group`].
 //!
 //! The one rule it keeps: **every request is counted exactly once, with the
 //! outcome the client actually saw** (an injected 503 is `Injected(503)`, not
@@ -27,12 +31,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-/// Thread-safe counters of calls per (verb, resource, outcome).
+/// Thread-safe counters of calls per (API group, verb, resource, outcome).
 ///
 /// Cheap to clone: every clone shares the same counters.
 #[derive(Clone, Default)]
 pub struct Calls {
-    counts: Arc<Mutex<BTreeMap<CallKey, u64>>>,
+    counts: Arc<Mutex<BTreeMap<(String, CallKey), u64>>>,
 }
 
 impl Calls {
@@ -41,19 +45,31 @@ impl Calls {
         Self::default()
     }
 
-    /// Counts one call.
+    /// Counts one call to a resource of no API group (the core group).
     pub fn record(&self, verb: &str, resource: &str, outcome: Outcome) {
+        self.record_in_group("", verb, resource, outcome);
+    }
+
+    /// Counts one call to a resource of API `group` (`""`: the core group).
+    pub fn record_in_group(&self, group: &str, verb: &str, resource: &str, outcome: Outcome) {
         let key = CallKey {
             verb: verb.to_owned(),
             resource: resource.to_owned(),
             outcome,
         };
-        *self.counts().entry(key).or_insert(0) += 1;
+        *self.counts().entry((group.to_owned(), key)).or_insert(0) += 1;
     }
 
-    /// Calls with this verb and resource (`None` = any), whatever the outcome.
+    /// Calls with this verb and resource (`None` = any), whatever the outcome
+    /// and the API group.
     pub fn count(&self, verb: Option<&str>, resource: Option<&str>) -> u64 {
-        self.sum(|k| k.matches(verb, resource))
+        self.sum(|_, k| k.matches(verb, resource))
+    }
+
+    /// Calls with this verb and resource (`None` = any) in API `group` only
+    /// (`""`: the core group), whatever the outcome.
+    pub fn count_in_group(&self, group: &str, verb: Option<&str>, resource: Option<&str>) -> u64 {
+        self.sum(|g, k| g == group && k.matches(verb, resource))
     }
 
     /// Calls with this verb and resource (`None` = any) and exactly this outcome.
@@ -63,17 +79,28 @@ impl Calls {
         resource: Option<&str>,
         outcome: &Outcome,
     ) -> u64 {
-        self.sum(|k| k.matches(verb, resource) && k.outcome == *outcome)
+        self.sum(|_, k| k.matches(verb, resource) && k.outcome == *outcome)
     }
 
-    /// A copy of every non-zero counter, ordered by verb, resource, outcome.
+    /// A copy of every non-zero counter, ordered by verb, resource, outcome;
+    /// the counts of a resource's groups are added up.
     pub fn snapshot(&self) -> BTreeMap<CallKey, u64> {
+        let mut out = BTreeMap::new();
+        for ((_, key), n) in self.counts().iter() {
+            *out.entry(key.clone()).or_insert(0) += n;
+        }
+        out
+    }
+
+    /// A copy of every non-zero counter with its API group, ordered by
+    /// group, then verb, resource, outcome.
+    pub fn snapshot_by_group(&self) -> BTreeMap<(String, CallKey), u64> {
         self.counts().clone()
     }
 
     /// All calls counted so far.
     pub fn total(&self) -> u64 {
-        self.sum(|_| true)
+        self.sum(|_, _| true)
     }
 
     /// Sets every counter back to zero (for example after a test's setup, so
@@ -82,15 +109,15 @@ impl Calls {
         self.counts().clear();
     }
 
-    fn sum(&self, keep: impl Fn(&CallKey) -> bool) -> u64 {
+    fn sum(&self, keep: impl Fn(&str, &CallKey) -> bool) -> u64 {
         self.counts()
             .iter()
-            .filter(|(k, _)| keep(k))
+            .filter(|((g, k), _)| keep(g, k))
             .map(|(_, n)| *n)
             .sum()
     }
 
-    fn counts(&self) -> MutexGuard<'_, BTreeMap<CallKey, u64>> {
+    fn counts(&self) -> MutexGuard<'_, BTreeMap<(String, CallKey), u64>> {
         // Counters stay meaningful after a panicking holder: each update is a
         // single insert.
         self.counts.lock().unwrap_or_else(PoisonError::into_inner)
@@ -99,11 +126,11 @@ impl Calls {
 
 impl fmt::Debug for Calls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map().entries(self.counts().iter()).finish()
+        f.debug_map().entries(self.snapshot_by_group()).finish()
     }
 }
 
-/// One counter's key.
+/// One counter's key (its API group aside, see [`Calls::snapshot_by_group`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CallKey {
     /// The API verb.
@@ -213,6 +240,27 @@ mod tests {
         );
         calls.reset();
         assert_eq!(calls.total(), 0);
+    }
+
+    #[test]
+    fn groups_are_counted_apart_and_added_up_when_unnamed() {
+        let calls = Calls::new();
+        calls.record("create", "events", Outcome::Ok);
+        calls.record_in_group("events.k8s.io", "create", "events", Outcome::Ok);
+        calls.record_in_group("events.k8s.io", "create", "events", Outcome::Ok);
+        assert_eq!(calls.count(Some("create"), Some("events")), 3);
+        assert_eq!(calls.count_in_group("", Some("create"), Some("events")), 1);
+        assert_eq!(
+            calls.count_in_group("events.k8s.io", Some("create"), None),
+            2
+        );
+        let merged: Vec<(String, u64)> = calls
+            .snapshot()
+            .into_iter()
+            .map(|(k, n)| (k.to_string(), n))
+            .collect();
+        assert_eq!(merged, vec![("create events ok".to_owned(), 3)]);
+        assert_eq!(calls.snapshot_by_group().len(), 2);
     }
 
     #[test]

@@ -2,11 +2,13 @@
 //!
 //! A [`Faults`] value is a switchboard of rules (latency, error rate, dropped
 //! connections, "fail the next N", partition) that a server consults once per
-//! request through [`Faults::apply`], before it does any real work. It knows
-//! nothing about HTTP: a server describes the request as a [`RequestMeta`]
-//! (API verb and resource) and turns the returned [`FaultDecision`] into its
-//! own wire format (a Kubernetes `Status`, a GitHub error body, a closed
-//! connection).
+//! request through [`Faults::apply`], before it does any real work, and once
+//! more through [`Faults::after_commit`] when it has served the request, so a
+//! rule can let a write land and lose its answer (the client cannot tell
+//! whether it happened). It knows nothing about HTTP: a server describes the
+//! request as a [`RequestMeta`] (API group, verb and resource) and turns the
+//! returned [`FaultDecision`] into its own wire format (a Kubernetes `Status`,
+//! a GitHub error body, a closed connection).
 //!
 //! The one rule it keeps: **every random choice comes from one seeded
 //! generator, drawn in a fixed order**, so the same seed and the same sequence
@@ -108,6 +110,36 @@ impl Faults {
         )
     }
 
+    /// Lets each matching request be served, then, with probability `rate`
+    /// (clamped to `0.0..=1.0`), answers `error` instead of the real answer
+    /// (or closes the connection, for [`InjectedError::Drop`]): the write
+    /// landed, the client cannot know it. Consulted only for requests the
+    /// server served successfully (see [`Faults::after_commit`]).
+    pub fn error_rate_after_commit(&self, m: Match, rate: f64, error: InjectedError) -> RuleId {
+        self.add(
+            m,
+            RuleKind::AfterCommitRate {
+                rate: clamp_rate(rate),
+                error,
+            },
+        )
+    }
+
+    /// Lets the next `n` matching requests be served, then answers each with
+    /// `error` instead (or closes the connection, for
+    /// [`InjectedError::Drop`]), then removes itself. Only requests the
+    /// server served successfully count towards `n`; one-shot rules are
+    /// consulted before [`Faults::error_rate_after_commit`] ones.
+    pub fn fail_next_after_commit(&self, m: Match, n: u32, error: InjectedError) -> RuleId {
+        self.add(
+            m,
+            RuleKind::AfterCommitNext {
+                remaining: n,
+                error,
+            },
+        )
+    }
+
     /// Starts a network partition: every request that arrives from now on
     /// hangs (no response, connection kept open) until [`Faults::heal`].
     ///
@@ -159,6 +191,15 @@ impl Faults {
             tokio::time::sleep(delay).await;
         }
         decision
+    }
+
+    /// Decides whether the answer of a request that the server has just
+    /// served successfully (its effect committed) reaches the client: only
+    /// the `*_after_commit` rules take part, without latency or partition
+    /// (those act in [`Faults::apply`]). A server calls it once per served
+    /// request, after the work and before writing the answer.
+    pub fn after_commit(&self, req: &RequestMeta) -> FaultDecision {
+        self.state().decide_after_commit(req)
     }
 
     /// Resolves at once when there is no partition, else when it is
@@ -214,7 +255,8 @@ pub struct RuleId(u64);
 ///
 /// Built from [`Match::any`] with the builder methods:
 /// `Match::any().verb("create").resource("leases")`. Values are compared
-/// exactly: resource `"coderuns"` does not match `"coderuns/status"`.
+/// exactly: resource `"coderuns"` does not match `"coderuns/status"`, and
+/// group `""` is Kubernetes' core group, not "any group".
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Match {
     /// The verb to match (Kubernetes API verbs such as `create`, `list`,
@@ -222,6 +264,9 @@ pub struct Match {
     pub verb: Option<String>,
     /// The resource to match (`leases`, `coderuns/status`, …), or any.
     pub resource: Option<String>,
+    /// The API group to match (`events.k8s.io`; `""` for the core group),
+    /// or any.
+    pub group: Option<String>,
 }
 
 impl Match {
@@ -244,10 +289,18 @@ impl Match {
         self
     }
 
+    /// Restricts the match to one API group (`""`: the core group).
+    #[must_use]
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.group = Some(group.into());
+        self
+    }
+
     /// Whether `req` is matched.
     pub fn matches(&self, req: &RequestMeta) -> bool {
         self.verb.as_ref().is_none_or(|v| *v == req.verb)
             && self.resource.as_ref().is_none_or(|r| *r == req.resource)
+            && self.group.as_ref().is_none_or(|g| *g == req.group)
     }
 }
 
@@ -309,15 +362,26 @@ pub struct RequestMeta {
     pub verb: String,
     /// The resource (for Kubernetes: the plural, with `/subresource`).
     pub resource: String,
+    /// The API group of the resource (`""`: Kubernetes' core group, and
+    /// every request of a server without groups).
+    pub group: String,
 }
 
 impl RequestMeta {
-    /// Describes one request.
+    /// Describes one request to a resource of no group (the core group).
     pub fn new(verb: impl Into<String>, resource: impl Into<String>) -> Self {
         Self {
             verb: verb.into(),
             resource: resource.into(),
+            group: String::new(),
         }
+    }
+
+    /// The same request, to a resource of API group `group`.
+    #[must_use]
+    pub fn in_group(mut self, group: impl Into<String>) -> Self {
+        self.group = group.into();
+        self
     }
 }
 
@@ -351,6 +415,14 @@ enum RuleKind {
         error: InjectedError,
     },
     FailNext {
+        remaining: u32,
+        error: InjectedError,
+    },
+    AfterCommitRate {
+        rate: f64,
+        error: InjectedError,
+    },
+    AfterCommitNext {
         remaining: u32,
         error: InjectedError,
     },
@@ -403,6 +475,36 @@ impl State {
             }
         }
         (delay, FaultDecision::Proceed)
+    }
+
+    /// The after-commit decision: the first matching one-shot rule, then
+    /// the after-commit rates in rule order until one fires (drawing only
+    /// for those, so rules of [`State::decide`] keep their sequence).
+    fn decide_after_commit(&mut self, req: &RequestMeta) -> FaultDecision {
+        let mut fired = None;
+        for rule in self.rules.iter_mut().filter(|r| r.m.matches(req)) {
+            if let RuleKind::AfterCommitNext { remaining, error } = &mut rule.kind
+                && *remaining > 0
+            {
+                *remaining -= 1;
+                fired = Some((rule.id, *remaining == 0, error.clone()));
+                break;
+            }
+        }
+        if let Some((id, used_up, error)) = fired {
+            if used_up {
+                self.rules.retain(|r| r.id != id);
+            }
+            return FaultDecision::Fail(error);
+        }
+        for rule in self.rules.iter().filter(|r| r.m.matches(req)) {
+            if let RuleKind::AfterCommitRate { rate, error } = &rule.kind
+                && self.rng.random_bool(*rate)
+            {
+                return FaultDecision::Fail(error.clone());
+            }
+        }
+        FaultDecision::Proceed
     }
 }
 
@@ -464,6 +566,54 @@ mod tests {
         assert_eq!(first, FaultDecision::Fail(InjectedError::Status(503)));
         let second = faults.apply(&create_lease()).await;
         assert_eq!(second, FaultDecision::Fail(InjectedError::Status(500)));
+    }
+
+    #[tokio::test]
+    async fn after_commit_rules_act_only_after_the_work_and_before_rules_only_before() {
+        let faults = Faults::new(1);
+        faults.fail_next_after_commit(Match::any().verb("create"), 2, InjectedError::Status(504));
+        // Not consulted before the work: the request is served.
+        assert_eq!(faults.apply(&create_lease()).await, FaultDecision::Proceed);
+        let lost = FaultDecision::Fail(InjectedError::Status(504));
+        assert_eq!(faults.after_commit(&create_lease()), lost);
+        assert_eq!(
+            faults.after_commit(&RequestMeta::new("get", "leases")),
+            FaultDecision::Proceed
+        );
+        assert_eq!(faults.after_commit(&create_lease()), lost);
+        assert_eq!(faults.rule_count(), 0, "used up after two");
+        assert_eq!(faults.after_commit(&create_lease()), FaultDecision::Proceed);
+
+        faults.fail_next(Match::any(), 1, InjectedError::Status(503));
+        assert_eq!(faults.after_commit(&create_lease()), FaultDecision::Proceed);
+        faults.error_rate_after_commit(Match::any(), 1.0, InjectedError::Drop);
+        assert_eq!(
+            faults.after_commit(&create_lease()),
+            FaultDecision::Fail(InjectedError::Drop)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_group_restricted_match_tells_api_groups_apart() {
+        let faults = Faults::new(1);
+        faults.error_rate(
+            Match::any().group("events.k8s.io").resource("events"),
+            1.0,
+            InjectedError::Status(500),
+        );
+        let core = RequestMeta::new("create", "events");
+        let new = RequestMeta::new("create", "events").in_group("events.k8s.io");
+        assert_eq!(faults.apply(&core).await, FaultDecision::Proceed);
+        assert_eq!(
+            faults.apply(&new).await,
+            FaultDecision::Fail(InjectedError::Status(500))
+        );
+        assert!(Match::any().group("").matches(&core));
+        assert!(!Match::any().group("").matches(&new));
+        assert!(
+            Match::any().resource("events").matches(&new),
+            "no group: any group"
+        );
     }
 
     #[tokio::test]

@@ -4,17 +4,15 @@
 
 #![cfg(feature = "kube")]
 
-use std::time::Duration;
-
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{CustomResource, CustomResourceExt, Resource, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use testkit::kube::{FakeKube, PodTermination};
+use testkit::kube::FakeKube;
 
 /// A small custom resource with a status subresource, like supersede's CodeRun.
 #[derive(CustomResource, Clone, Debug, Serialize, Deserialize, JsonSchema, PartialEq)]
@@ -456,69 +454,6 @@ async fn finalizers_keep_a_deleted_object_until_they_are_removed() {
 }
 
 #[tokio::test]
-async fn pods_honour_grace_periods_when_asked_and_force_delete_ends_them() {
-    let kube = FakeKube::builder()
-        .pod_termination(PodTermination::AfterGracePeriod)
-        .start()
-        .await
-        .unwrap();
-    let pods: Api<Pod> = Api::namespaced(kube.client(), "ns");
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "p1"},
-        "spec": {"containers": [{"name": "agent", "image": "agent:1"}]}
-    }))
-    .unwrap();
-    let created = pods.create(&PostParams::default(), &pod).await.unwrap();
-    assert_eq!(
-        created.status.unwrap().phase.as_deref(),
-        Some("Pending"),
-        "the API server sets a new pod's phase"
-    );
-
-    let terminating = pods
-        .delete("p1", &DeleteParams::default().grace_period(1))
-        .await
-        .unwrap()
-        .left()
-        .expect("a pod in its grace period is still there");
-    assert_eq!(terminating.metadata.deletion_grace_period_seconds, Some(1));
-    assert!(pods.get_opt("p1").await.unwrap().is_some());
-    // The simulated kubelet removes it once the grace period is over.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while pods.get_opt("p1").await.unwrap().is_some() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "pod never went away"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
-    // Never-terminating pods go only with a force delete.
-    let stuck = FakeKube::builder()
-        .pod_termination(PodTermination::Never)
-        .start()
-        .await
-        .unwrap();
-    let pods: Api<Pod> = Api::namespaced(stuck.client(), "ns");
-    pods.create(&PostParams::default(), &pod).await.unwrap();
-    pods.delete("p1", &DeleteParams::default()).await.unwrap();
-    assert!(
-        pods.get("p1")
-            .await
-            .unwrap()
-            .metadata
-            .deletion_timestamp
-            .is_some()
-    );
-    let forced = pods
-        .delete("p1", &DeleteParams::default().grace_period(0))
-        .await
-        .unwrap();
-    assert!(forced.is_right(), "a force delete removes the pod at once");
-    assert!(pods.get_opt("p1").await.unwrap().is_none());
-}
-
-#[tokio::test]
 async fn crd_registered_from_kube_derive_serves_its_kind_with_a_status_subresource() {
     let kube = FakeKube::start().await.unwrap();
     kube.register_crd(&Job::crd()).unwrap();
@@ -586,32 +521,112 @@ async fn crd_registered_from_kube_derive_serves_its_kind_with_a_status_subresour
     );
 }
 
-#[tokio::test]
-async fn posting_a_crd_registers_its_kind_and_deleting_it_unregisters() {
+#[tokio::test(start_paused = true)]
+async fn deleting_a_crd_deletes_its_objects_with_events_before_the_kind_goes() {
+    use futures::TryStreamExt;
+    use kube::api::{WatchEvent, WatchParams};
     let kube = FakeKube::start().await.unwrap();
     let crds: Api<CustomResourceDefinition> = Api::all(kube.client());
     crds.create(&PostParams::default(), &Job::crd())
         .await
         .unwrap();
     let jobs: Api<Job> = Api::namespaced(kube.client(), "ns");
-    jobs.create(
-        &PostParams::default(),
-        &Job::new(
-            "j1",
+    let job = |name: &str| {
+        Job::new(
+            name,
             JobSpec {
                 head_sha: "a".into(),
             },
-        ),
+        )
+    };
+    jobs.create(&PostParams::default(), &job("j1"))
+        .await
+        .unwrap();
+    let mut held = job("j2");
+    held.metadata.finalizers = Some(vec!["test/hold".into()]);
+    jobs.create(&PostParams::default(), &held).await.unwrap();
+    assert_eq!(jobs.list(&Default::default()).await.unwrap().items.len(), 2);
+    let mut events = Box::pin(
+        jobs.watch(
+            &WatchParams::default(),
+            &kube.resource_version().to_string(),
+        )
+        .await
+        .unwrap()
+        .try_filter(|e| std::future::ready(!matches!(e, WatchEvent::Bookmark(_)))),
+    );
+
+    let terminating = crds
+        .delete("jobs.test.supersede.dev", &DeleteParams::default())
+        .await
+        .unwrap()
+        .left()
+        .expect("held by its cleanup finalizer");
+    assert_eq!(
+        terminating.finalizers(),
+        ["customresourcecleanup.apiextensions.k8s.io"]
+    );
+    let (code, _, message) = api_error(
+        jobs.create(&PostParams::default(), &job("j3"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (code, message.as_str()),
+        (
+            405,
+            "create not allowed while custom resource definition is terminating"
+        )
+    );
+
+    // Every object goes through an ordinary delete: watchers see it.
+    match events.try_next().await.unwrap() {
+        Some(WatchEvent::Deleted(j)) => assert_eq!(j.name_any(), "j1"),
+        other => panic!("expected j1 DELETED, got {other:?}"),
+    }
+    match events.try_next().await.unwrap() {
+        Some(WatchEvent::Modified(j)) => {
+            assert_eq!(j.name_any(), "j2");
+            assert!(j.metadata.deletion_timestamp.is_some());
+        }
+        other => panic!("expected j2 terminating, got {other:?}"),
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+    let still = crds.get("jobs.test.supersede.dev").await.unwrap();
+    let terminating_condition = still
+        .status
+        .unwrap()
+        .conditions
+        .unwrap()
+        .into_iter()
+        .find(|c| c.type_ == "Terminating")
+        .unwrap();
+    assert_eq!(
+        terminating_condition.reason.as_deref(),
+        Some("InstanceDeletionInProgress"),
+        "waiting for j2's own finalizer"
+    );
+
+    jobs.patch(
+        "j2",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
     )
     .await
     .unwrap();
-    assert_eq!(jobs.list(&Default::default()).await.unwrap().items.len(), 1);
-
-    crds.delete("jobs.test.supersede.dev", &DeleteParams::default())
-        .await
-        .unwrap();
+    match events.try_next().await.unwrap() {
+        Some(WatchEvent::Deleted(j)) => assert_eq!(j.name_any(), "j2"),
+        other => panic!("expected j2 DELETED, got {other:?}"),
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+    assert!(
+        crds.get_opt("jobs.test.supersede.dev")
+            .await
+            .unwrap()
+            .is_none()
+    );
     let (code, ..) = api_error(jobs.get("j1").await.unwrap_err());
-    assert_eq!(code, 404);
+    assert_eq!(code, 404, "the kind is no longer served");
 }
 
 #[tokio::test]

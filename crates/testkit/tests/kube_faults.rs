@@ -4,32 +4,21 @@
 
 #![cfg(feature = "kube")]
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Error;
 use kube::api::{Api, PostParams};
-use kube::{Client, Error};
+use support::{client_without_retry, config_map};
 use testkit::calls::Outcome;
 use testkit::faults::{InjectedError, Match};
 use testkit::kube::FakeKube;
 
 /// Guard against hanging forever; never a timing assertion.
 const PATIENCE: Duration = Duration::from_secs(10);
-
-/// A client without kube's built-in retry of 429/503/504, so each injected
-/// error reaches the caller.
-fn client_without_retry(kube: &FakeKube) -> Client {
-    let mut config = kube.config();
-    config.default_retry = false;
-    Client::try_from(config).unwrap()
-}
-
-fn config_map(name: &str) -> ConfigMap {
-    let mut cm = ConfigMap::default();
-    cm.metadata.name = Some(name.to_owned());
-    cm
-}
 
 fn lease(name: &str) -> Lease {
     let mut l = Lease::default();

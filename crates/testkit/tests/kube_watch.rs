@@ -465,3 +465,122 @@ async fn kube_runtime_watcher_lists_then_follows_changes() {
         assert!(matches!(next, watcher::Event::Apply(o) if o.name_any() == "after"));
     }
 }
+
+#[tokio::test]
+async fn watch_history_is_kept_per_kind_so_writes_to_other_kinds_never_expire_a_watch() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let kube = FakeKube::builder().watch_history(3).start().await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(kube.client(), "ns");
+    let leases: Api<Lease> = Api::namespaced(kube.client(), "ns");
+    let first = cms
+        .create(&PostParams::default(), &config_map("c0", &[]))
+        .await
+        .unwrap();
+    let from = first.resource_version().unwrap();
+    cms.create(&PostParams::default(), &config_map("c1", &[]))
+        .await
+        .unwrap();
+    // A storm of renewals of another kind, far beyond the history size.
+    let mut lease = Lease::default();
+    lease.metadata.name = Some("l".to_owned());
+    leases.create(&PostParams::default(), &lease).await.unwrap();
+    for i in 0..20 {
+        let renew = Patch::Merge(json!({"spec": {"holderIdentity": format!("pod-{i}")}}));
+        leases
+            .patch("l", &PatchParams::default(), &renew)
+            .await
+            .unwrap();
+    }
+    let mut events = Box::pin(cms.watch(&WatchParams::default(), &from).await.unwrap());
+    match tokio::time::timeout(PATIENCE, events.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        Some(WatchEvent::Added(cm)) => assert_eq!(cm.name_any(), "c1"),
+        other => panic!("expected the missed ConfigMap, got {other:?}"),
+    }
+
+    // Writes to the kind itself do push its history out.
+    for i in 2..6 {
+        cms.create(&PostParams::default(), &config_map(&format!("c{i}"), &[]))
+            .await
+            .unwrap();
+    }
+    let mut expired = Box::pin(cms.watch(&WatchParams::default(), &from).await.unwrap());
+    match expired.try_next().await.unwrap() {
+        Some(WatchEvent::Error(e)) => assert_eq!(e.code, 410),
+        other => panic!("expected 410 Gone, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn send_initial_events_needs_resource_version_match_not_older_than_as_on_the_api_server() {
+    let kube = FakeKube::start().await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(kube.client(), "ns");
+    cms.create(&PostParams::default(), &config_map("c0", &[]))
+        .await
+        .unwrap();
+    let watch = |query: &str| {
+        let request = http::Request::get(format!(
+            "/api/v1/namespaces/ns/configmaps?watch=true&{query}"
+        ))
+        .body(Vec::new())
+        .unwrap();
+        let client = kube.client();
+        async move {
+            let response = client.send(request.map(Into::into)).await.unwrap();
+            (response.status().as_u16(), response)
+        }
+    };
+    let status_of = |response: http::Response<kube::client::Body>| async move {
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+    };
+
+    let (code, response) = watch("sendInitialEvents=true&allowWatchBookmarks=true").await;
+    assert_eq!(code, 422);
+    assert_eq!(
+        status_of(response).await["message"],
+        "ListOptions.meta.k8s.io \"\" is invalid: resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"
+    );
+    let (code, response) = watch("resourceVersionMatch=NotOlderThan").await;
+    assert_eq!(code, 422);
+    let status = status_of(response).await;
+    assert_eq!(
+        status["details"]["causes"][0]["field"],
+        "resourceVersionMatch"
+    );
+    assert!(status["message"].as_str().unwrap().ends_with(
+        "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided"
+    ));
+    let (code, _) =
+        watch("sendInitialEvents=true&resourceVersionMatch=Exact&allowWatchBookmarks=true").await;
+    assert_eq!(code, 422);
+
+    // What kube's streaming list sends is served: ADDED, then the bookmark
+    // that ends the initial events.
+    let mut stream = Box::pin(
+        cms.watch(&WatchParams::streaming_lists(), "")
+            .await
+            .unwrap(),
+    );
+    assert!(
+        matches!(stream.try_next().await.unwrap(), Some(WatchEvent::Added(cm)) if cm.name_any() == "c0")
+    );
+    match stream.try_next().await.unwrap() {
+        Some(WatchEvent::Bookmark(b)) => {
+            assert_eq!(
+                b.metadata
+                    .annotations
+                    .get("k8s.io/initial-events-end")
+                    .map(String::as_str),
+                Some("true")
+            );
+        }
+        other => panic!("expected the initial-events-end bookmark, got {other:?}"),
+    }
+}

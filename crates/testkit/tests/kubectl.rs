@@ -6,15 +6,21 @@
 
 #![cfg(feature = "cli")]
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::{CustomResourceExt, Resource, ResourceExt};
 use serde_json::{Value, json};
+use support::CodeRun;
 use testkit::calls::Outcome;
-use testkit::kube::FakeKube;
+use testkit::kube::{FakeKube, PodTermination};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
@@ -299,4 +305,230 @@ async fn fake_kube_binary_serves_kubectl_until_sigterm() {
         .unwrap();
     assert!(status.success(), "{status:?}");
     assert!(!kubeconfig.exists(), "the kubeconfig is removed on exit");
+}
+
+/// Creates CodeRun `name` and two running Pods it owns (blocking its
+/// deletion) whose containers ignore SIGTERM for `grace` seconds.
+async fn code_run_with_pods(kube: &FakeKube, name: &str, grace: i64) {
+    let runs: Api<CodeRun> = Api::namespaced(kube.client(), "default");
+    let run = runs
+        .create(&PostParams::default(), &support::code_run(name))
+        .await
+        .unwrap();
+    let owner = OwnerReference {
+        block_owner_deletion: Some(true),
+        ..run.controller_owner_ref(&()).unwrap()
+    };
+    let pods: Api<Pod> = Api::namespaced(kube.client(), "default");
+    for i in 0..2 {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {
+                "name": format!("{name}-agent-{i}"),
+                "labels": {"run": name},
+                "ownerReferences": [owner],
+            },
+            "spec": {
+                "containers": [{"name": "agent", "image": "agent:1"}],
+                "terminationGracePeriodSeconds": grace,
+            },
+        }))
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    for i in 0..2 {
+        let pod = format!("{name}-agent-{i}");
+        while kube
+            .peek::<Pod>("default", &pod)
+            .and_then(|p| p.status?.phase)
+            .as_deref()
+            != Some("Running")
+        {
+            assert!(tokio::time::Instant::now() < deadline, "{pod} never ran");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn pods_of(kube: &FakeKube, run: &str) -> Vec<Pod> {
+    (0..2)
+        .filter_map(|i| kube.peek::<Pod>("default", &format!("{run}-agent-{i}")))
+        .collect()
+}
+
+#[tokio::test]
+async fn kubectl_cascading_deletes_of_a_custom_resource_behave_as_against_a_cluster() {
+    let kube = FakeKube::builder()
+        .crd(CodeRun::crd())
+        .pod_termination(PodTermination::AfterGracePeriod)
+        .start()
+        .await
+        .unwrap();
+    let Some(kubectl) = Kubectl::find(kube.kubeconfig().unwrap()).await else {
+        return;
+    };
+
+    // --cascade=foreground: the CodeRun stays until its Pods are gone.
+    code_run_with_pods(&kube, "run-1", 2).await;
+    let out = kubectl
+        .ok(
+            &[
+                "delete",
+                "coderun",
+                "run-1",
+                "--cascade=foreground",
+                "--wait=false",
+            ],
+            None,
+        )
+        .await;
+    assert!(out.contains("\"run-1\" deleted"), "{out}");
+    let run = kubectl.get_json("coderun", "run-1").await;
+    assert!(run["metadata"]["deletionTimestamp"].is_string(), "{run}");
+    assert_eq!(run["metadata"]["finalizers"], json!(["foregroundDeletion"]));
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let pods = pods_of(&kube, "run-1");
+        let run = kube.peek::<CodeRun>("default", "run-1");
+        assert!(
+            pods.is_empty() || run.is_some(),
+            "the CodeRun went while {} of its Pods remained",
+            pods.len()
+        );
+        assert!(pods.iter().all(|p| p.metadata.deletion_timestamp.is_some()));
+        if run.is_none() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "run-1 never went");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let err = kubectl.fails(&["get", "coderun", "run-1"], None).await;
+    assert!(err.contains("NotFound"), "{err}");
+
+    // The default (background): the CodeRun goes at once, its Pods after.
+    code_run_with_pods(&kube, "run-2", 1).await;
+    let out = kubectl.ok(&["delete", "coderun", "run-2"], None).await;
+    assert!(out.contains("\"run-2\" deleted"), "{out}");
+    assert!(kube.peek::<CodeRun>("default", "run-2").is_none());
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !pods_of(&kube, "run-2").is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "run-2's Pods were never collected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // --cascade=orphan: the Pods stay, without their owner.
+    code_run_with_pods(&kube, "run-3", 1).await;
+    kubectl
+        .ok(&["delete", "coderun", "run-3", "--cascade=orphan"], None)
+        .await;
+    assert!(kube.peek::<CodeRun>("default", "run-3").is_none());
+    let orphans = pods_of(&kube, "run-3");
+    assert_eq!(orphans.len(), 2);
+    assert!(
+        orphans
+            .iter()
+            .all(|p| p.owner_references().is_empty() && p.metadata.deletion_timestamp.is_none())
+    );
+
+    // A force delete removes a Pod at once (answered with the Pod).
+    let out = kubectl
+        .ok(
+            &[
+                "delete",
+                "pod",
+                "run-3-agent-0",
+                "--grace-period=0",
+                "--force",
+            ],
+            None,
+        )
+        .await;
+    assert!(out.contains("force deleted"), "{out}");
+    assert!(kube.peek::<Pod>("default", "run-3-agent-0").is_none());
+}
+
+#[tokio::test]
+async fn kubectl_reads_recorder_events_and_strategic_patches_only_built_in_kinds() {
+    let kube = FakeKube::builder()
+        .crd(CodeRun::crd())
+        .start()
+        .await
+        .unwrap();
+    let Some(kubectl) = Kubectl::find(kube.kubeconfig().unwrap()).await else {
+        return;
+    };
+    kubectl.ok(&["create", "-f", "-"], Some(CONFIG_MAP)).await;
+    let cm: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::default_namespaced(kube.client());
+    let cm = cm.get("task-42-state").await.unwrap();
+
+    // kubectl reads core/v1 Events; kube's Recorder writes events.k8s.io.
+    support::publish_needs_intervention(kube.client(), &cm.object_ref(&())).await;
+    let out = kubectl
+        .ok(
+            &[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.name=task-42-state",
+                "-o",
+                "json",
+            ],
+            None,
+        )
+        .await;
+    let list: Value = serde_json::from_str(&out).unwrap();
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{out}");
+    assert_eq!(items[0]["message"], support::NOTE);
+    assert_eq!(items[0]["involvedObject"]["kind"], "ConfigMap");
+
+    // `kubectl patch` defaults to a strategic merge patch: refused for a
+    // custom resource, with the API server's 415.
+    let runs: Api<CodeRun> = Api::default_namespaced(kube.client());
+    runs.create(&PostParams::default(), &support::code_run("run-9"))
+        .await
+        .unwrap();
+    let err = kubectl
+        .fails(
+            &[
+                "patch",
+                "coderun",
+                "run-9",
+                "-p",
+                r#"{"spec":{"head_sha":"def"}}"#,
+            ],
+            None,
+        )
+        .await;
+    assert!(err.contains("is not supported by"), "{err}");
+    assert!(err.contains("accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml"), "{err}");
+    kubectl
+        .ok(
+            &[
+                "patch",
+                "coderun",
+                "run-9",
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"head_sha":"def"}}"#,
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(runs.get("run-9").await.unwrap().spec.head_sha, "def");
+    kubectl
+        .ok(
+            &[
+                "patch",
+                "configmap",
+                "task-42-state",
+                "-p",
+                r#"{"metadata":{"labels":{"patched":"yes"}}}"#,
+            ],
+            None,
+        )
+        .await;
 }

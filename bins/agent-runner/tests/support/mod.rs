@@ -4,12 +4,14 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
+use agent_runner::Runner;
 use agent_runner::config::{AgentCommand, Config, Settings};
 use axum::Router;
 use axum::body::Body;
@@ -19,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
 use clap::Parser;
+use resilience::Shutdown;
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
@@ -209,10 +212,147 @@ pub fn settings(url: &str, script: &str) -> Settings {
     settings
 }
 
+/// Starts an in-process runner on `settings` (cluster `test`) and waits
+/// until its stream is connected.
+pub async fn start_connected(settings: Settings) -> (Runner, Shutdown) {
+    let shutdown = Shutdown::new();
+    let runner = Runner::start(settings, shutdown.clone()).await.unwrap();
+    eventually("the stream is connected", || {
+        sample(
+            &runner.metrics_text(),
+            r#"agent_runner_sse_connections_active{cluster="test"}"#,
+        ) == 1.0
+    })
+    .await;
+    (runner, shutdown)
+}
+
 pub fn sh(script: &str) -> AgentCommand {
     AgentCommand {
         program: "sh".to_owned(),
         args: vec!["-c".to_owned(), script.to_owned()],
+    }
+}
+
+/// Every metric family the runner exposes: [`Metrics`]'s and its
+/// shutdown's.
+///
+/// [`Metrics`]: agent_runner::Metrics
+pub fn families() -> Vec<&'static str> {
+    agent_runner::metrics::FAMILIES
+        .into_iter()
+        .chain([
+            "agent_runner_shutdown_phase",
+            "agent_runner_shutdown_drain_duration_seconds",
+            "agent_runner_shutdown_abandoned_tasks",
+        ])
+        .collect()
+}
+
+/// Whether `name` (a sample's name, or a word in a query) belongs to `family`.
+pub fn is_sample_of(name: &str, family: &str) -> bool {
+    name == family
+        || name
+            .strip_prefix(family)
+            .is_some_and(|rest| ["_bucket", "_sum", "_count"].contains(&rest))
+}
+
+/// Checks every sample's label set against the values the runner may use:
+/// `cluster` is one of `clusters`, every other label has its fixed values,
+/// and each family has exactly its own label names. An incident or agent
+/// id, or any value a stream sent, in a label fails here.
+pub fn assert_bounded_labels(text: &str, clusters: &[&str]) {
+    use agent_runner::AgentStatus;
+    use agent_runner::filter::{Severity, UNKNOWN_SEVERITY};
+    use agent_runner::metrics::{
+        AGENT_DURATION_BUCKETS, FILTER_REASONS, SSE_CONNECTION_DURATION_BUCKETS, SSE_REASONS, TASKS,
+    };
+
+    let owned = |values: &[&str]| values.iter().map(|v| (*v).to_owned()).collect::<Vec<_>>();
+    let le = |buckets: &[f64]| {
+        buckets
+            .iter()
+            .map(|b| format!("{b:?}"))
+            .chain(["+Inf".to_owned()])
+            .collect::<Vec<_>>()
+    };
+    let cluster = ("cluster", owned(clusters));
+    let severities: Vec<String> = Severity::ALL
+        .iter()
+        .map(|s| s.as_str().to_owned())
+        .chain([UNKNOWN_SEVERITY.to_owned()])
+        .collect();
+    let statuses: Vec<String> = AgentStatus::ALL
+        .iter()
+        .map(|s| s.as_str().to_owned())
+        .collect();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (series, _) = line.rsplit_once(' ').unwrap();
+        let (name, labels) = match series.split_once('{') {
+            Some((name, labels)) => (name, labels.strip_suffix('}').unwrap()),
+            None => (series, ""),
+        };
+        let family = families()
+            .into_iter()
+            .find(|family| is_sample_of(name, family))
+            .unwrap_or_else(|| panic!("{name} is not a documented family"));
+        let allowed: Vec<(&str, Vec<String>)> = match family {
+            "agent_runner_events_received_total" => {
+                vec![cluster.clone(), ("severity", severities.clone())]
+            }
+            "agent_runner_events_filtered_total" => {
+                vec![cluster.clone(), ("reason", owned(&FILTER_REASONS))]
+            }
+            "agent_runner_sse_reconnections_total" | "agent_runner_sse_connection_errors_total" => {
+                vec![cluster.clone(), ("reason", owned(&SSE_REASONS))]
+            }
+            "agent_runner_agents_completed_total" => {
+                vec![cluster.clone(), ("status", statuses.clone())]
+            }
+            "agent_runner_task_panics_total" => vec![("task", owned(&TASKS))],
+            "agent_runner_agent_duration_seconds" if name.ends_with("_bucket") => {
+                vec![("le", le(&AGENT_DURATION_BUCKETS))]
+            }
+            "agent_runner_sse_connection_duration_seconds" if name.ends_with("_bucket") => {
+                vec![("le", le(&SSE_CONNECTION_DURATION_BUCKETS))]
+            }
+            "agent_runner_build_info" => vec![
+                ("version", owned(&[env!("CARGO_PKG_VERSION")])),
+                ("git_commit", owned(&[agent_runner::config::GIT_COMMIT])),
+                ("build_date", owned(&[agent_runner::config::BUILD_DATE])),
+            ],
+            "agent_runner_agent_duration_seconds"
+            | "agent_runner_sse_connection_duration_seconds"
+            | "agent_runner_circuit_breaker_state"
+            | "agent_runner_up"
+            | "agent_runner_shutdown_phase"
+            | "agent_runner_shutdown_drain_duration_seconds"
+            | "agent_runner_shutdown_abandoned_tasks" => Vec::new(),
+            _ => vec![cluster.clone()],
+        };
+        let found: Vec<(&str, &str)> = if labels.is_empty() {
+            Vec::new()
+        } else {
+            labels
+                .split(',')
+                .map(|pair| {
+                    let (key, value) = pair.split_once('=').unwrap();
+                    (key, value.trim_matches('"'))
+                })
+                .collect()
+        };
+        let names: Vec<&str> = found.iter().map(|(key, _)| *key).collect();
+        let expected: Vec<&str> = allowed.iter().map(|(key, _)| *key).collect();
+        assert_eq!(names, expected, "label names of {line}");
+        for ((key, value), (_, values)) in found.iter().zip(&allowed) {
+            assert!(
+                values.iter().any(|v| v == value),
+                "{key}={value:?} is not an allowed value in {line}"
+            );
+        }
     }
 }
 
@@ -250,19 +390,69 @@ pub fn http() -> reqwest::Client {
 
 /// Log lines written while the guard lives, on this thread (current-thread
 /// runtimes run every task here).
+///
+/// One global subscriber routes each line to the capture of the thread that
+/// wrote it. Per-test `set_default` subscribers are not used: with a single
+/// scoped subscriber alive, tracing computes a callsite's interest from the
+/// default of whichever thread hits it first, so a line first written by a
+/// test that captures nothing is then never delivered to the one that does.
 #[derive(Clone, Default)]
 pub struct Logs(Arc<Mutex<Vec<u8>>>);
 
+thread_local! {
+    static CAPTURE: RefCell<Option<Logs>> = const { RefCell::new(None) };
+}
+
+/// Stops this thread's capture when dropped.
+pub struct CaptureGuard(());
+
+impl Drop for CaptureGuard {
+    fn drop(&mut self) {
+        CAPTURE.with(|capture| capture.borrow_mut().take());
+    }
+}
+
+/// Hands each line to the capture of the thread writing it, if any.
+struct ThreadWriter;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for ThreadWriter {
+    type Writer = Sink;
+
+    fn make_writer(&'a self) -> Sink {
+        Sink(CAPTURE.with(|capture| capture.borrow().clone()))
+    }
+}
+
+/// This thread's capture, or nowhere.
+struct Sink(Option<Logs>);
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match &mut self.0 {
+            Some(logs) => logs.write(buf),
+            None => Ok(buf.len()),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl Logs {
-    pub fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+    pub fn capture() -> (Self, CaptureGuard) {
+        static INSTALL: Once = Once::new();
+        INSTALL.call_once(|| {
+            let subscriber = tracing_subscriber::fmt()
+                .json()
+                .with_max_level(tracing::Level::DEBUG)
+                .with_writer(ThreadWriter)
+                .finish();
+            tracing::subscriber::set_global_default(subscriber).unwrap();
+        });
         let logs = Self::default();
-        let writer = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .with_max_level(tracing::Level::DEBUG)
-            .with_writer(move || writer.clone())
-            .finish();
-        (logs, tracing::subscriber::set_default(subscriber))
+        CAPTURE.with(|capture| *capture.borrow_mut() = Some(logs.clone()));
+        (logs, CaptureGuard(()))
     }
 
     /// Every JSON log line.

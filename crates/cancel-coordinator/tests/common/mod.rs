@@ -135,3 +135,115 @@ impl World {
 pub fn at(second: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + second).unwrap()
 }
+
+/// What an [`Intercepted`] backend does around the calls it forwards.
+#[async_trait::async_trait]
+pub trait Hook: Send + Sync + 'static {
+    /// Before every call (`call` is the trait method's name); an error is
+    /// the call's answer.
+    async fn before(&self, _call: &'static str) -> cancel_coordinator::Result<()> {
+        Ok(())
+    }
+    /// After a write landed; an error replaces its answer (the write stays).
+    async fn after_write(&self, _call: &'static str) -> cancel_coordinator::Result<()> {
+        Ok(())
+    }
+}
+
+/// `MemoryWorkloads` with a [`Hook`] around every call: faults, crashes,
+/// interference, without a copy of the trait's delegation in each test.
+pub struct Intercepted<H> {
+    pub inner: MemoryWorkloads,
+    pub hook: H,
+}
+
+#[async_trait::async_trait]
+impl<H: Hook> cancel_coordinator::Workloads for Intercepted<H> {
+    async fn runs(
+        &self,
+        task_id: &str,
+    ) -> cancel_coordinator::Result<Vec<cancel_coordinator::Run>> {
+        self.hook.before("runs").await?;
+        self.inner.runs(task_id).await
+    }
+    async fn run(&self, name: &str) -> cancel_coordinator::Result<Option<cancel_coordinator::Run>> {
+        self.hook.before("run").await?;
+        self.inner.run(name).await
+    }
+    async fn list_runs(
+        &self,
+        limit: u32,
+        continue_token: Option<String>,
+    ) -> cancel_coordinator::Result<cancel_coordinator::RunPage> {
+        self.hook.before("list_runs").await?;
+        self.inner.list_runs(limit, continue_token).await
+    }
+    async fn mark_superseded(
+        &self,
+        run: &cancel_coordinator::Run,
+        intent: &cancel_coordinator::Intent,
+    ) -> cancel_coordinator::Result<cancel_coordinator::Run> {
+        self.hook.before("mark_superseded").await?;
+        let out = self.inner.mark_superseded(run, intent).await?;
+        self.hook.after_write("mark_superseded").await?;
+        Ok(out)
+    }
+    async fn terminate(
+        &self,
+        run: &cancel_coordinator::Run,
+        mode: cancel_coordinator::CancelMode,
+        grace: std::time::Duration,
+    ) -> cancel_coordinator::Result<()> {
+        self.hook.before("terminate").await?;
+        self.inner.terminate(run, mode, grace).await?;
+        self.hook.after_write("terminate").await
+    }
+    async fn force(&self, run: &cancel_coordinator::Run) -> cancel_coordinator::Result<()> {
+        self.hook.before("force").await?;
+        self.inner.force(run).await?;
+        self.hook.after_write("force").await
+    }
+    async fn remains(
+        &self,
+        run: &cancel_coordinator::Run,
+    ) -> cancel_coordinator::Result<cancel_coordinator::Remains> {
+        self.hook.before("remains").await?;
+        self.inner.remains(run).await
+    }
+    async fn wait_gone(
+        &self,
+        runs: &[cancel_coordinator::Run],
+        mode: cancel_coordinator::CancelMode,
+        deadline: tokio::time::Instant,
+    ) -> cancel_coordinator::Result<Vec<cancel_coordinator::Remains>> {
+        self.hook.before("wait_gone").await?;
+        self.inner.wait_gone(runs, mode, deadline).await
+    }
+    async fn record_cancelled(
+        &self,
+        run: &cancel_coordinator::Run,
+        intent: &cancel_coordinator::Intent,
+    ) -> cancel_coordinator::Result<()> {
+        self.hook.before("record_cancelled").await?;
+        self.inner.record_cancelled(run, intent).await?;
+        self.hook.after_write("record_cancelled").await
+    }
+    async fn clear_intent(
+        &self,
+        run: &cancel_coordinator::Run,
+        operation_id: &str,
+    ) -> cancel_coordinator::Result<()> {
+        self.hook.before("clear_intent").await?;
+        self.inner.clear_intent(run, operation_id).await?;
+        self.hook.after_write("clear_intent").await
+    }
+    async fn flag_intervention(
+        &self,
+        run: &cancel_coordinator::Run,
+        reason: &str,
+    ) -> cancel_coordinator::Result<()> {
+        self.hook.before("flag_intervention").await?;
+        self.inner.flag_intervention(run, reason).await?;
+        self.hook.after_write("flag_intervention").await
+    }
+}

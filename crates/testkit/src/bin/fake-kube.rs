@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use testkit::kube::{FakeKube, PodTermination};
+use testkit::kube::{FakeKube, PodTermination, parse_termination};
 
 /// Fake Kubernetes API server (plain HTTP on 127.0.0.1, state in memory).
 #[derive(Debug, Parser)]
@@ -29,20 +29,19 @@ struct Args {
     /// Seed of fault injection and generated names.
     #[arg(long, env = "FAKE_KUBE_SEED", default_value_t = 0)]
     seed: u64,
-    /// How deleted pods leave: `immediate`, `after-grace-period` or `never`.
+    /// What pods' containers do with SIGTERM: `immediate`,
+    /// `stops-after-<duration>` (`stops-after-5s`), `after-grace-period` or
+    /// `never` (a pod's `testkit.supersede.dev/termination` label wins).
     #[arg(long, env = "FAKE_KUBE_POD_TERMINATION", default_value = "immediate", value_parser = parse_pod_termination)]
     pod_termination: PodTermination,
 }
 
 fn parse_pod_termination(s: &str) -> Result<PodTermination, String> {
-    match s {
-        "immediate" => Ok(PodTermination::Immediate),
-        "after-grace-period" => Ok(PodTermination::AfterGracePeriod),
-        "never" => Ok(PodTermination::Never),
-        other => Err(format!(
-            "unknown pod termination {other:?}: use immediate, after-grace-period or never"
-        )),
-    }
+    parse_termination(s).ok_or_else(|| {
+        format!(
+            "unknown pod termination {s:?}: use immediate, stops-after-<duration>, after-grace-period or never"
+        )
+    })
 }
 
 #[tokio::main]

@@ -16,20 +16,37 @@
 //!   [`FakeKube::register_resource`].
 //! - Verbs: `get`, `list` (label selectors with every operator, field
 //!   selectors on `metadata.name`/`metadata.namespace` and declared fields,
-//!   `limit`/`continue`), `watch`, `create` (`generateName`, uid,
+//!   `limit`/`continue` with every page cut from the first page's snapshot,
+//!   expiring continue tokens, `resourceVersion`/`resourceVersionMatch`),
+//!   `watch`, `create` (`generateName`, uid,
 //!   creationTimestamp, generation), `update` (PUT; a stale
 //!   `metadata.resourceVersion` is 409 Conflict), `patch` (merge, JSON,
-//!   strategic-as-merge, server-side apply with create-if-absent; see
-//!   below), `delete`
+//!   strategic-as-merge for built-in kinds, server-side apply with
+//!   create-if-absent; see below), `delete`
 //!   (uid/resourceVersion preconditions, finalizers and
-//!   `deletionTimestamp`, grace periods for pods, see [`PodTermination`]),
+//!   `deletionTimestamp`, grace periods for pods, `propagationPolicy`),
 //!   `deletecollection`, and the `/status` subresource.
+//! - Controllers on tokio's clock (pause it, and they pause): a garbage
+//!   collector acting on `ownerReferences` (background, foreground and
+//!   orphan propagation, `blockOwnerDeletion`), and a scheduler and kubelet
+//!   for Pods (bound at once, `Running` after a start delay, exiting by
+//!   themselves or when a test says, stopping after SIGTERM per
+//!   [`PodBehaviour`] and [`PodTermination`], removed by the kubelet with
+//!   grace 0). Their writes go straight to the store: they are neither
+//!   counted nor logged as requests.
+//! - One clock for every timestamp the fake writes (see [`FakeKube::now`]).
 //! - One global resourceVersion counter; writes that change nothing do not
 //!   bump it.
 //! - Watches stream `ADDED`/`MODIFIED`/`DELETED` in resourceVersion order,
-//!   `BOOKMARK`s when `allowWatchBookmarks=true`, and an `ERROR` event with a
-//!   410 `Expired` Status when the requested resourceVersion is older than
-//!   the kept history ([`FakeKubeBuilder::watch_history`]).
+//!   `BOOKMARK`s when `allowWatchBookmarks=true`, the initial events of
+//!   `sendInitialEvents`, and an `ERROR` event with a 410 `Expired` Status
+//!   when the requested resourceVersion is older than the kind's kept
+//!   history ([`FakeKubeBuilder::watch_history`], per kind).
+//! - core/v1 and events.k8s.io/v1 Events are one set of objects, as on the
+//!   API server.
+//! - Lost answers and restarts: faults after the commit
+//!   ([`Faults::fail_next_after_commit`]), [`FakeKube::cut_watches`],
+//!   [`FakeKube::restart`].
 //! - Discovery (`/version`, `/api`, `/apis`, `/api/v1`, `/apis/<g>/<v>`,
 //!   aggregated discovery) and an empty OpenAPI document, enough for
 //!   `kube::discovery` and kubectl.
@@ -54,11 +71,14 @@
 //!
 //! Every request first goes through [`Faults::apply`] under the Kubernetes
 //! verb (`get`, `list`, `watch`, `create`, `update`, `patch`, `delete`,
-//! `deletecollection`) and resource (the plural, `coderuns/status` for a
-//! subresource; `discovery`, `version`, `openapi`, `healthz` for the rest),
-//! then is counted once in [`Calls`] with the outcome the client saw. A
-//! request the client abandons before it is answered (for example during a
-//! partition) counts as `Dropped`.
+//! `deletecollection`), API group (`""` for the core group) and resource
+//! (the plural, `coderuns/status` for a subresource; `discovery`,
+//! `version`, `openapi`, `healthz` for the rest), then is counted once in
+//! [`Calls`] and logged once in [`FakeKube::requests`] with the outcome the
+//! client saw. A request the client abandons before it is answered (for
+//! example during a partition) counts as `Dropped`. Every answer carries an
+//! `Audit-Id` header: the client's `Audit-ID` if it sent one (the log's
+//! correlation value), else a fresh UUID, as the API server does.
 //!
 //! # Example
 //!
@@ -86,9 +106,13 @@
 //! # }).unwrap();
 //! ```
 
+mod clock;
+mod controllers;
 mod discovery;
+mod events;
 mod managed_fields;
 mod patch;
+mod request_log;
 mod resource;
 mod selector;
 mod server;
@@ -107,13 +131,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use url::Url;
 
+pub use request_log::{RequestFilter, RequestLog, RequestRecord};
 pub use resource::ResourceType;
-pub use store::PodTermination;
+pub use store::{PodBehaviour, PodTermination, TerminalPhase, parse_termination};
 
 use crate::calls::Calls;
 use crate::faults::Faults;
+use clock::Clock;
 use server::{ServerOptions, Shared};
-use store::{Store, StoreConfig, WriteOptions};
+use store::{ContinueExpiry, Store, StoreConfig, WriteOptions};
 
 /// Errors of the fake API server's own API (not the HTTP answers it serves).
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +169,18 @@ pub enum Error {
     /// A CRD or resource type was refused (missing names, unknown scope…).
     #[error("invalid resource definition: {0}")]
     InvalidResource(String),
+    /// The object a test named does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// An object given to [`FakeKube::seed`] was refused, as its create
+    /// would have been.
+    #[error("could not seed {name:?}: {message}")]
+    Seed {
+        /// The object's name (or generateName).
+        name: String,
+        /// The API server's reason, as a create would have answered.
+        message: String,
+    },
 }
 
 impl Error {
@@ -164,7 +202,12 @@ pub struct FakeKubeBuilder {
     bookmark_interval: Duration,
     watch_timeout: Duration,
     max_watch_timeout: Duration,
-    pod_termination: PodTermination,
+    pod_behaviour: PodBehaviour,
+    gc_delay: Duration,
+    cache_lag: usize,
+    continue_after: Duration,
+    continue_writes: Option<u64>,
+    request_log: usize,
     types: Vec<ResourceType>,
     crds: Vec<CustomResourceDefinition>,
     faults: Option<Faults>,
@@ -190,7 +233,19 @@ impl Default for FakeKubeBuilder {
             // 30–60 minutes; clients (kube: 290 s) normally name one.
             watch_timeout: Duration::from_secs(1800),
             max_watch_timeout: Duration::from_secs(3600),
-            pod_termination: PodTermination::Immediate,
+            pod_behaviour: PodBehaviour::default(),
+            // kube-controller-manager's collector reacts within
+            // milliseconds; zero still runs after the request that queued
+            // the work, never inside it.
+            gc_delay: Duration::ZERO,
+            // A watch cache that keeps up; stale reads are opt-in.
+            cache_lag: 0,
+            // The API server's etcd compaction interval.
+            continue_after: Duration::from_secs(300),
+            continue_writes: None,
+            // Ten thousand cancellations of about ten calls each; a record
+            // is a few hundred bytes.
+            request_log: 100_000,
             types: Vec::new(),
             crds: Vec::new(),
             faults: None,
@@ -253,10 +308,65 @@ impl FakeKubeBuilder {
         self
     }
 
-    /// How deleted pods leave the API (default [`PodTermination::Immediate`]).
+    /// What pods' containers do with SIGTERM, unless a pod's labels or the
+    /// test say otherwise (default [`PodTermination::Immediate`]); the rest
+    /// of the default [`PodBehaviour`] is kept.
     #[must_use]
     pub fn pod_termination(mut self, mode: PodTermination) -> Self {
-        self.pod_termination = mode;
+        self.pod_behaviour.termination = mode;
+        self
+    }
+
+    /// How the simulated scheduler and kubelet treat pods, unless a pod's
+    /// labels or the test say otherwise (default: [`PodBehaviour::default`]).
+    #[must_use]
+    pub fn pod_behaviour(mut self, behaviour: PodBehaviour) -> Self {
+        self.pod_behaviour = behaviour;
+        self
+    }
+
+    /// How long after a change the garbage collector acts on it (default
+    /// zero: at once, but after the request that made the change has been
+    /// answered).
+    #[must_use]
+    pub fn garbage_collection_delay(mut self, delay: Duration) -> Self {
+        self.gc_delay = delay;
+        self
+    }
+
+    /// How many of a kind's events the watch cache lags behind, for reads
+    /// with `resourceVersion=0` (LIST, GET and the initial state of a
+    /// watch; default 0). A real watch cache may serve such reads slightly
+    /// stale; a client must not take them for the latest state.
+    #[must_use]
+    pub fn watch_cache_lag(mut self, events: usize) -> Self {
+        self.cache_lag = events;
+        self
+    }
+
+    /// How long after its snapshot stopped being the latest state a LIST
+    /// continue token expires (410 `Expired`, with a token to go on from
+    /// the latest state), as etcd compaction makes it (default 5 min, the
+    /// API server's compaction interval).
+    #[must_use]
+    pub fn continue_expires_after(mut self, after: Duration) -> Self {
+        self.continue_after = after;
+        self
+    }
+
+    /// Expires a LIST continue token once more than `writes` writes (to any
+    /// kind) followed its snapshot (default: never by count).
+    #[must_use]
+    pub fn continue_expires_after_writes(mut self, writes: u64) -> Self {
+        self.continue_writes = Some(writes);
+        self
+    }
+
+    /// How many requests [`FakeKube::requests`] keeps (default 100 000);
+    /// older ones are evicted and counted in [`RequestLog::evicted`].
+    #[must_use]
+    pub fn request_log_capacity(mut self, requests: usize) -> Self {
+        self.request_log = requests.max(1);
         self
     }
 
@@ -302,10 +412,18 @@ impl FakeKubeBuilder {
         let url = Url::parse(&format!("http://{addr}/"))
             .map_err(|e| bind_error(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
 
+        let clock = Clock::start();
         let mut store = Store::new(StoreConfig {
+            clock,
             history_limit: self.history,
             watch_capacity: self.watch_capacity,
-            pod_termination: self.pod_termination,
+            pod_behaviour: self.pod_behaviour,
+            gc_delay: self.gc_delay,
+            cache_lag: self.cache_lag,
+            continue_expiry: ContinueExpiry {
+                after: self.continue_after,
+                writes: self.continue_writes,
+            },
             // A different stream from the fault injector's, from the same seed.
             seed: self.seed ^ 0x6b75_6265_6e61_6d65,
         });
@@ -316,6 +434,8 @@ impl FakeKubeBuilder {
             store: Mutex::new(store),
             faults: self.faults.unwrap_or_else(|| Faults::new(self.seed)),
             calls: self.calls.unwrap_or_default(),
+            log: RequestLog::new(self.request_log),
+            clock,
             options: ServerOptions {
                 max_body: self.max_body,
                 bookmark_interval: self.bookmark_interval,
@@ -325,6 +445,8 @@ impl FakeKubeBuilder {
             address: addr.to_string(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            connections: Mutex::new(CancellationToken::new()),
+            watch_cuts: Mutex::new(CancellationToken::new()),
         });
         for crd in &self.crds {
             register_crd(&shared, crd)?;
@@ -334,6 +456,7 @@ impl FakeKubeBuilder {
         let config = client_config(&url);
         let client = ::kube::Client::try_from(config).map_err(|e| Error::Client(Box::new(e)))?;
         shared.tasks.spawn(server::serve(listener, shared.clone()));
+        shared.tasks.spawn(controllers::run(shared.clone()));
         tracing::debug!(%url, "fake-kube started");
         Ok(FakeKube {
             shared,
@@ -429,6 +552,11 @@ impl FakeKube {
         &self.shared.calls
     }
 
+    /// The ordered log of every request (see [`RequestLog`]).
+    pub fn requests(&self) -> &RequestLog {
+        &self.shared.log
+    }
+
     /// Registers a CRD (usually `MyResource::crd()` from
     /// `kube::CustomResourceExt`): its kind is served from now on, in every
     /// served version, with a `/status` subresource if declared, and the CRD
@@ -442,6 +570,88 @@ impl FakeKube {
         self.shared.store().register(t);
     }
 
+    /// Stores `objects` directly, each as its create would (uid,
+    /// resourceVersion, timestamps, `managedFields` under `testkit`, watch
+    /// events; the kubelet and garbage collector react), without a request
+    /// each: for reconciler benchmarks that need ten thousand objects in
+    /// place in milliseconds. Nothing is counted or logged. An object
+    /// without a namespace goes to `default` (for a namespaced kind). Stops
+    /// at the first object refused, with its create's error; those before
+    /// it stay. Returns how many were stored.
+    pub fn seed<K>(&self, objects: impl IntoIterator<Item = K>) -> Result<usize, Error>
+    where
+        K: ::kube::Resource<DynamicType = ()> + serde::Serialize,
+    {
+        let (group, version, plural) = (K::group(&()), K::version(&()), K::plural(&()));
+        let mut store = self.shared.store();
+        let t = store.resolve(&group, &version, &plural).ok_or_else(|| {
+            Error::InvalidResource(format!("{plural}.{group}/{version} is not served"))
+        })?;
+        let opts = WriteOptions {
+            field_manager: "testkit".to_owned(),
+            version: version.to_string(),
+            ..WriteOptions::default()
+        };
+        let mut stored = 0;
+        for object in objects {
+            let meta = object.meta();
+            let name = meta
+                .name
+                .clone()
+                .or_else(|| meta.generate_name.clone())
+                .unwrap_or_default();
+            let namespace = meta
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".to_owned());
+            let refused = |message: String| Error::Seed {
+                name: name.clone(),
+                message,
+            };
+            let mut body = serde_json::to_value(&object).map_err(|e| refused(e.to_string()))?;
+            if let Some(o) = body.as_object_mut() {
+                o.insert("apiVersion".into(), t.api_version(&version).into());
+                o.insert("kind".into(), t.kind.clone().into());
+            }
+            store
+                .create(&t, &namespace, body, &opts)
+                .map_err(|e| refused(e.message))?;
+            stored += 1;
+        }
+        Ok(stored)
+    }
+
+    /// The stored object `namespace/name` of kind `K` (`""` namespace for
+    /// cluster-scoped kinds), read straight from the store: no request is
+    /// made, so nothing is counted or logged and no fault or partition
+    /// applies. `None` if it does not exist (or `K` is not served). For a
+    /// test's assertions about state ("still there at 4.9 s of paused
+    /// time") that must not disturb the requests it counts.
+    pub fn peek<K>(&self, namespace: &str, name: &str) -> Option<K>
+    where
+        K: ::kube::Resource<DynamicType = ()> + serde::de::DeserializeOwned,
+    {
+        let (group, version, plural) = (K::group(&()), K::version(&()), K::plural(&()));
+        let store = self.shared.store();
+        let t = store.resolve(&group, &version, &plural)?;
+        let mut obj = store.get(&t, namespace, name).ok()?;
+        drop(store);
+        if let Some(o) = obj.as_object_mut() {
+            o.insert("apiVersion".into(), t.api_version(&version).into());
+        }
+        serde_json::from_value(obj).ok()
+    }
+
+    /// The fake's clock: the wall time at start plus the tokio time elapsed
+    /// since (so it follows `tokio::time::pause()` and `advance()`). Every
+    /// timestamp the fake writes comes from it.
+    pub fn now(&self) -> jiff::Timestamp {
+        self.shared.clock.now()
+    }
+
+    /// The node the simulated scheduler binds pods to (`spec.nodeName`).
+    pub const NODE_NAME: &'static str = store::NODE_NAME;
+
     /// The current value of the global resourceVersion counter.
     pub fn resource_version(&self) -> u64 {
         self.shared.store().resource_version()
@@ -450,6 +660,56 @@ impl FakeKube {
     /// Number of open watches.
     pub fn watch_count(&self) -> usize {
         self.shared.store().watcher_count()
+    }
+
+    /// Chooses how the simulated scheduler and kubelet treat the pod
+    /// `namespace/name`: an existing one from now on (a change of its
+    /// termination applies to a later delete; a start delay only if it has
+    /// not started), and one created under that name later, whatever its
+    /// labels say.
+    pub fn set_pod_behaviour(&self, namespace: &str, name: &str, behaviour: PodBehaviour) {
+        self.shared
+            .store()
+            .set_pod_behaviour(namespace, name, behaviour);
+    }
+
+    /// Makes the pod's containers exit now, ending in `phase`, as if they
+    /// had finished (or crashed) by themselves. A pod already terminal is
+    /// left as it is; a terminating one is then removed by the kubelet.
+    pub fn set_pod_phase(
+        &self,
+        namespace: &str,
+        name: &str,
+        phase: TerminalPhase,
+    ) -> Result<(), Error> {
+        self.shared
+            .store()
+            .set_pod_phase(namespace, name, phase)
+            .map_err(|e| Error::NotFound(e.message))
+    }
+
+    /// Cuts every open watch stream at once: each one's connection is
+    /// closed mid-stream (no final chunk), as when the network between a
+    /// client and the API server breaks. Watches opened afterwards are
+    /// served; a client resumes from its last resourceVersion.
+    pub fn cut_watches(&self) {
+        self.shared.cut_watches();
+    }
+
+    /// Restarts the API server as a crash and restart would look to its
+    /// clients: every object is kept (it lives in etcd), every open
+    /// connection is closed without an answer (requests in flight lose
+    /// theirs, though a write may have landed), every watch ends
+    /// mid-stream, and the watch cache starts empty at the current
+    /// resourceVersion, so a watch or LIST continuation from any older
+    /// resourceVersion gets 410 Gone. resourceVersions continue upward.
+    /// The simulated kubelet and garbage collector are other processes and
+    /// carry on.
+    pub fn restart(&self) {
+        // Watches first, so none ends cleanly when the store forgets it.
+        self.shared.cut_watches();
+        self.shared.drop_connections();
+        self.shared.store().restart();
     }
 
     /// Stops serving, closes every connection, and waits until the server's

@@ -38,8 +38,28 @@ impl PatchKind {
             "application/json-patch+json" => Some(Self::Json),
             "application/merge-patch+json" => Some(Self::Merge),
             "application/strategic-merge-patch+json" => Some(Self::Strategic),
-            "application/apply-patch+yaml" | "application/apply-patch+json" => Some(Self::Apply),
+            "application/apply-patch+yaml" => Some(Self::Apply),
             _ => None,
+        }
+    }
+
+    /// The patch types a resource accepts, in the API server's order:
+    /// custom resources have no strategic merge patch (they have no Go
+    /// struct tags to merge lists by).
+    pub fn accepted(custom: bool) -> &'static [&'static str] {
+        if custom {
+            &[
+                "application/json-patch+json",
+                "application/merge-patch+json",
+                "application/apply-patch+yaml",
+            ]
+        } else {
+            &[
+                "application/json-patch+json",
+                "application/merge-patch+json",
+                "application/strategic-merge-patch+json",
+                "application/apply-patch+yaml",
+            ]
         }
     }
 }
@@ -72,16 +92,42 @@ pub(crate) fn apply(kind: PatchKind, current: &Value, patch: &Value) -> Result<V
         PatchKind::Json => {
             let ops: json_patch::Patch = serde_json::from_value(patch.clone())
                 .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
-            json_patch::patch(&mut doc, &ops).map_err(|e| {
-                ApiError::new(
-                    422,
-                    "Invalid",
-                    format!("the server rejected our request due to an error in our request: {e}"),
-                )
-            })?;
+            // One operation at a time on a copy: a failing one discards the
+            // whole patch, as `json_patch::patch` would.
+            for op in ops.iter() {
+                if let json_patch::PatchOperation::Test(test) = op
+                    && test.value.is_null()
+                    && absent_in_existing_parent(&doc, test.path.as_str())
+                {
+                    // The API server's JSON patch library (evanphx/json-patch)
+                    // lets `test` of a missing member against `null` pass;
+                    // kube-runtime's `finalizer` relies on it.
+                    continue;
+                }
+                json_patch::patch(&mut doc, std::slice::from_ref(op)).map_err(|e| {
+                    ApiError::new(
+                        422,
+                        "Invalid",
+                        format!(
+                            "the server rejected our request due to an error in our request: {e}"
+                        ),
+                    )
+                })?;
+            }
         }
     }
     Ok(doc)
+}
+
+/// Whether the JSON pointer `path` names nothing, in a parent object or
+/// array that exists.
+fn absent_in_existing_parent(doc: &Value, path: &str) -> bool {
+    let parent = path.rsplit_once('/').map_or("", |(p, _)| p);
+    !path.is_empty()
+        && doc.pointer(path).is_none()
+        && doc
+            .pointer(parent)
+            .is_some_and(|p| p.is_object() || p.is_array())
 }
 
 #[cfg(test)]
@@ -116,6 +162,25 @@ mod tests {
         let failing = json!([{"op": "test", "path": "/metadata/labels/a", "value": "9"}]);
         assert_eq!(
             apply(PatchKind::Json, &cur, &failing).unwrap_err().code,
+            422
+        );
+    }
+
+    #[test]
+    fn json_patch_test_of_a_missing_member_against_null_passes_as_on_the_api_server() {
+        let cur = json!({"metadata": {"name": "x"}});
+        let add = json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": ["f"]},
+        ]);
+        let patched = apply(PatchKind::Json, &cur, &add).unwrap();
+        assert_eq!(patched["metadata"]["finalizers"], json!(["f"]));
+        // A missing parent still fails, and so does a present value.
+        let orphan = json!([{"op": "test", "path": "/spec/missing", "value": null}]);
+        assert_eq!(apply(PatchKind::Json, &cur, &orphan).unwrap_err().code, 422);
+        let present = json!([{"op": "test", "path": "/metadata/name", "value": null}]);
+        assert_eq!(
+            apply(PatchKind::Json, &cur, &present).unwrap_err().code,
             422
         );
     }

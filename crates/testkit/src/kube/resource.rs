@@ -209,10 +209,26 @@ pub(crate) fn builtin_types() -> Vec<ResourceType> {
 
     let leases = ResourceType::new("coordination.k8s.io", "v1", "leases", "Lease", true);
 
-    // What kube's event `Recorder` writes. (The real server stores these and
-    // core/v1 Events as one set of objects; here they are separate.)
+    // What kube's event `Recorder` writes: the core Events, seen through
+    // events.k8s.io (see `events`), with that API's field names.
     let mut new_events = ResourceType::new("events.k8s.io", "v1", "events", "Event", true);
     new_events.short_names = vec!["ev".to_owned()];
+    new_events.selectable_fields = [
+        "regarding.kind",
+        "regarding.namespace",
+        "regarding.name",
+        "regarding.uid",
+        "regarding.apiVersion",
+        "regarding.resourceVersion",
+        "regarding.fieldPath",
+        "reason",
+        "reportingController",
+        "source",
+        "type",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
 
     let mut crds = ResourceType::new(
         "apiextensions.k8s.io",
@@ -230,7 +246,8 @@ pub(crate) fn builtin_types() -> Vec<ResourceType> {
     ]
 }
 
-fn string_list(v: Option<&Value>) -> Vec<String> {
+/// The strings of a JSON array (`[]` when absent or not an array).
+pub(crate) fn string_list(v: Option<&Value>) -> Vec<String> {
     v.and_then(Value::as_array)
         .map(|a| {
             a.iter()

@@ -134,6 +134,15 @@ impl FieldSelector {
         }
     }
 
+    /// The same selector with every field renamed by `rename` (the API
+    /// server's field label conversion between versions).
+    pub fn renamed(mut self, rename: impl Fn(&str) -> String) -> Self {
+        for (field, _, _) in &mut self.terms {
+            *field = rename(field);
+        }
+        self
+    }
+
     /// Whether `object` is selected.
     pub fn matches(&self, object: &Value) -> bool {
         self.terms.iter().all(|(field, equal, value)| {
@@ -150,6 +159,18 @@ impl FieldSelector {
 
 /// The string form of a dotted field path (missing fields read as `""`).
 fn field_value(object: &Value, path: &str) -> String {
+    if path == "source"
+        && let Some(source) = object.get("source").filter(|s| s.is_object())
+    {
+        // An Event's `source` selects on its component, else the reporting
+        // component (as the API server's event fields do).
+        let component = field_value(source, "component");
+        return if component.is_empty() {
+            field_value(object, "reportingComponent")
+        } else {
+            component
+        };
+    }
     let mut v = object;
     for part in path.split('.') {
         match v.get(part) {

@@ -4,8 +4,9 @@
 //! Built on hyper directly (not axum's `serve`) because an injected drop must
 //! close the TCP connection without writing a response: the service returns
 //! an error and hyper closes the connection. The rule it keeps: **every
-//! request is judged by the faults first and counted exactly once**, with
-//! the (verb, resource) the API server's audit log would show.
+//! request is judged by the faults first and counted and logged exactly
+//! once**, with the (group, verb, resource) the API server's audit log
+//! would show.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -24,14 +25,18 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::clock::Clock;
 use super::discovery;
+use super::events;
 use super::managed_fields;
 use super::patch::PatchKind;
+use super::request_log::{RequestLog, RequestRecord};
 use super::resource::ResourceType;
 use super::selector::{FieldSelector, LabelSelector};
-use super::status::ApiError;
+use super::status::{self, ApiError};
 use super::store::{
-    DeleteOptions, Deleted, PodTimer, Store, WatchRequest, WatchStart, WriteOptions,
+    self, DeleteOptions, Deleted, Propagation, ReadAt, Store, View, WatchFrom, WatchRequest,
+    WatchStart, WriteOptions, returns_deleted_object,
 };
 use super::watch::{self, WatchStream};
 use crate::calls::{Calls, Outcome};
@@ -54,10 +59,16 @@ pub(crate) struct Shared {
     pub store: Mutex<Store>,
     pub faults: Faults,
     pub calls: Calls,
+    pub log: RequestLog,
+    pub clock: Clock,
     pub options: ServerOptions,
     pub address: String,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
+    /// Cancelled (and replaced) to drop every open connection at once.
+    pub connections: Mutex<CancellationToken>,
+    /// Cancelled (and replaced) to cut every open watch stream at once.
+    pub watch_cuts: Mutex<CancellationToken>,
 }
 
 impl Shared {
@@ -66,6 +77,33 @@ impl Shared {
         // one insert after all checks), so a poisoned lock is still usable.
         self.store.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// A token for a new connection, cancelled by [`Shared::drop_connections`].
+    pub fn connection_token(&self) -> CancellationToken {
+        lock(&self.connections).child_token()
+    }
+
+    /// Closes every open connection without an answer (requests in flight
+    /// lose theirs, watches end mid-stream); new connections are served.
+    pub fn drop_connections(&self) {
+        std::mem::replace(&mut *lock(&self.connections), CancellationToken::new()).cancel();
+    }
+
+    /// The token the watch streams opened from now on stop at.
+    pub fn watch_cut_token(&self) -> CancellationToken {
+        lock(&self.watch_cuts).clone()
+    }
+
+    /// Cuts every open watch stream: each one's connection is closed
+    /// mid-stream, as a broken network or a restarting server does.
+    pub fn cut_watches(&self) {
+        std::mem::replace(&mut *lock(&self.watch_cuts), CancellationToken::new()).cancel();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded values are tokens, replaced whole.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Accepts connections until shutdown; each connection is served on its own
@@ -89,10 +127,12 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let tasks = shared.tasks.clone();
+        let connection = shared.connection_token();
         tasks.spawn(async move {
             let service = hyper::service::service_fn({
                 let shared = shared.clone();
-                move |req| handle(shared.clone(), req)
+                let connection = connection.clone();
+                move |req| handle(shared.clone(), connection.clone(), req)
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
@@ -100,6 +140,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 // Dropping the connection closes the socket, which ends
                 // every watch streaming on it.
                 () = shared.shutdown.cancelled() => {}
+                () = connection.cancelled() => {}
                 result = conn => {
                     if let Err(e) = result {
                         tracing::debug!(error = %e, "fake-kube connection ended");
@@ -122,60 +163,138 @@ impl fmt::Display for InjectedDrop {
 
 impl std::error::Error for InjectedDrop {}
 
+/// The request header a client sets to correlate its requests (the API
+/// server's own; it answers the value, or one it made up, as `Audit-Id`).
+const AUDIT_ID: &str = "audit-id";
+
 async fn handle(
     shared: Arc<Shared>,
+    connection: CancellationToken,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, InjectedDrop> {
     let query = parse_query(req.uri().query());
     let route = Route::parse(req.method(), req.uri().path(), &query);
-    let (verb, resource) = route.call_name();
-    let meta = RequestMeta::new(verb.clone(), resource.clone());
-    // Counts the call as Dropped if the client goes away (this future is
-    // dropped) before an answer, for example during a partition.
-    let mut count = CountOnce {
-        calls: &shared.calls,
-        verb: &verb,
-        resource: &resource,
-        outcome: Outcome::Dropped,
+    let call = route.call_name();
+    let meta =
+        RequestMeta::new(call.verb.clone(), call.resource.clone()).in_group(call.group.clone());
+    let correlation = req
+        .headers()
+        .get(AUDIT_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned);
+    let audit_id = correlation
+        .clone()
+        .and_then(|id| HeaderValue::from_str(&id).ok())
+        .or_else(|| HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).ok());
+    // Counts and logs the call as Dropped if the client goes away (this
+    // future is dropped) before an answer, for example during a partition.
+    let mut record = RecordOnce {
+        shared: &shared,
+        record: Some(RequestRecord {
+            seq: 0,
+            at: shared.clock.now(),
+            verb: call.verb.clone(),
+            group: call.group.clone(),
+            version: call.version,
+            resource: call.resource,
+            namespace: call.namespace,
+            name: call.name,
+            field_manager: query.get("fieldManager").filter(|m| !m.is_empty()).cloned(),
+            user_agent: req
+                .headers()
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            correlation,
+            outcome: Outcome::Dropped,
+            applied: false,
+        }),
     };
-    match shared.faults.apply(&meta).await {
-        FaultDecision::Proceed => {}
+    let mut response = match shared.faults.apply(&meta).await {
+        FaultDecision::Proceed => {
+            let (response, outcome) = match route {
+                Route::Resource(r) => {
+                    serve_resource(&shared, &connection, r, &call.verb, &query, req).await
+                }
+                other => {
+                    let response = serve_other(&shared, &other, &req);
+                    let outcome = Outcome::from_status(response.status().as_u16());
+                    (response, outcome)
+                }
+            };
+            if outcome != Outcome::Ok {
+                record.set(outcome, false);
+                response
+            } else {
+                // Served: its effect has taken place. A fault may still
+                // keep the answer from the client.
+                match shared.faults.after_commit(&meta) {
+                    FaultDecision::Proceed => {
+                        record.set(outcome, true);
+                        response
+                    }
+                    FaultDecision::Fail(InjectedError::Drop) => {
+                        record.set(Outcome::Dropped, true);
+                        return Err(InjectedDrop);
+                    }
+                    FaultDecision::Fail(err) => {
+                        let code = err.status().unwrap_or(500);
+                        record.set(Outcome::Injected(code), true);
+                        error_response(&ApiError::injected(code, err.retry_after_secs()))
+                    }
+                }
+            }
+        }
         FaultDecision::Fail(InjectedError::Drop) => return Err(InjectedDrop),
         FaultDecision::Fail(err) => {
             let code = err.status().unwrap_or(500);
-            count.outcome = Outcome::Injected(code);
-            return Ok(error_response(&ApiError::injected(
-                code,
-                err.retry_after_secs(),
-            )));
-        }
-    }
-    let (response, outcome) = match route {
-        Route::Resource(r) => serve_resource(&shared, r, &verb, &query, req).await,
-        other => {
-            let response = serve_other(&shared, &other, &req);
-            let outcome = Outcome::from_status(response.status().as_u16());
-            (response, outcome)
+            record.set(Outcome::Injected(code), false);
+            error_response(&ApiError::injected(code, err.retry_after_secs()))
         }
     };
-    count.outcome = outcome;
+    if let Some(id) = audit_id {
+        response.headers_mut().insert(AUDIT_ID, id);
+    }
     Ok(response)
 }
 
-/// Records one call, with its final outcome, when the request ends however
-/// it ends.
-struct CountOnce<'a> {
-    calls: &'a Calls,
-    verb: &'a str,
-    resource: &'a str,
-    outcome: Outcome,
+/// Counts and logs one call, with its final outcome, when the request ends
+/// however it ends.
+struct RecordOnce<'a> {
+    shared: &'a Shared,
+    record: Option<RequestRecord>,
 }
 
-impl Drop for CountOnce<'_> {
-    fn drop(&mut self) {
-        let outcome = std::mem::replace(&mut self.outcome, Outcome::Dropped);
-        self.calls.record(self.verb, self.resource, outcome);
+impl RecordOnce<'_> {
+    fn set(&mut self, outcome: Outcome, applied: bool) {
+        if let Some(r) = self.record.as_mut() {
+            r.outcome = outcome;
+            r.applied = applied;
+        }
     }
+}
+
+impl Drop for RecordOnce<'_> {
+    fn drop(&mut self) {
+        if let Some(r) = self.record.take() {
+            self.shared
+                .calls
+                .record_in_group(&r.group, &r.verb, &r.resource, r.outcome.clone());
+            self.shared.log.push(r);
+        }
+    }
+}
+
+/// The names a request is judged, counted and logged under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CallName {
+    verb: String,
+    group: String,
+    version: String,
+    resource: String,
+    namespace: Option<String>,
+    name: Option<String>,
 }
 
 /// Where a request goes.
@@ -274,8 +393,8 @@ impl Route {
         })
     }
 
-    /// The (verb, resource) this request is counted and judged under.
-    fn call_name(&self) -> (String, String) {
+    /// The names this request is judged, counted and logged under.
+    fn call_name(&self) -> CallName {
         let (verb, resource) = match self {
             Route::Health => ("get", "healthz".to_owned()),
             Route::Version => ("get", "version".to_owned()),
@@ -303,7 +422,25 @@ impl Route {
                 (verb, resource)
             }
         };
-        (verb.to_owned(), resource)
+        let (group, version, namespace, name) = match self {
+            Route::Resource(r) => (
+                r.group.clone(),
+                r.version.clone(),
+                r.namespace.clone(),
+                r.name.clone(),
+            ),
+            Route::GroupVersion { group, version } => (group.clone(), version.clone(), None, None),
+            Route::Group(group) => (group.clone(), String::new(), None, None),
+            _ => (String::new(), String::new(), None, None),
+        };
+        CallName {
+            verb: verb.to_owned(),
+            group,
+            version,
+            resource,
+            namespace,
+            name,
+        }
     }
 }
 
@@ -356,12 +493,13 @@ fn serve_other(shared: &Shared, route: &Route, req: &Request<Incoming>) -> Respo
 
 async fn serve_resource(
     shared: &Arc<Shared>,
+    connection: &CancellationToken,
     r: ResourceRoute,
     verb: &str,
     query: &BTreeMap<String, String>,
     req: Request<Incoming>,
 ) -> (Response<Body>, Outcome) {
-    match serve_resource_inner(shared, r, verb, query, req).await {
+    match serve_resource_inner(shared, connection, r, verb, query, req).await {
         Ok((response, outcome)) => (response, outcome),
         Err(e) => {
             let outcome = Outcome::Error(e.code);
@@ -372,15 +510,86 @@ async fn serve_resource(
 
 async fn serve_resource_inner(
     shared: &Arc<Shared>,
+    connection: &CancellationToken,
     r: ResourceRoute,
     verb: &str,
     query: &BTreeMap<String, String>,
     req: Request<Incoming>,
 ) -> Result<(Response<Body>, Outcome), ApiError> {
-    let t = shared
+    let requested = shared
         .store()
         .resolve(&r.group, &r.version, &r.plural)
         .ok_or_else(ApiError::no_route)?;
+    // events.k8s.io Events are core Events underneath.
+    let stored = if events::is_events_v1(&requested) {
+        shared
+            .store()
+            .resolve("", "v1", "events")
+            .ok_or_else(ApiError::no_route)?
+    } else {
+        requested.clone()
+    };
+    let target = Target { requested, stored };
+    serve_target(shared, connection, &target, r, verb, query, req)
+        .await
+        .map_err(|e| {
+            if target.converts() {
+                e.requalified(&target.stored, &target.requested)
+            } else {
+                e
+            }
+        })
+}
+
+/// The type a request addressed and the type its objects are stored as
+/// (they differ only for events.k8s.io Events).
+struct Target {
+    requested: ResourceType,
+    stored: ResourceType,
+}
+
+impl Target {
+    fn converts(&self) -> bool {
+        self.requested != self.stored
+    }
+
+    /// A request body in the stored form.
+    fn stored_body(&self, body: Value) -> Value {
+        if self.converts() {
+            events::to_core(body)
+        } else {
+            body
+        }
+    }
+
+    /// The request's field selector, in the stored form's field names.
+    fn fields(&self, query: &BTreeMap<String, String>) -> Result<FieldSelector, ApiError> {
+        let fields = field_selector(query, &self.requested)?;
+        Ok(if self.converts() {
+            fields.renamed(events::core_field)
+        } else {
+            fields
+        })
+    }
+
+    fn view(&self) -> Option<View> {
+        self.converts().then_some(View {
+            to_view: events::to_events_v1,
+            to_stored: events::to_core,
+        })
+    }
+}
+
+async fn serve_target(
+    shared: &Arc<Shared>,
+    connection: &CancellationToken,
+    target: &Target,
+    r: ResourceRoute,
+    verb: &str,
+    query: &BTreeMap<String, String>,
+    req: Request<Incoming>,
+) -> Result<(Response<Body>, Outcome), ApiError> {
+    let t = &target.stored;
     // A namespaced object is only addressed inside a namespace, a
     // cluster-scoped one never is.
     if (t.namespaced && r.name.is_some() && r.namespace.is_none())
@@ -393,7 +602,11 @@ async fn serve_resource_inner(
         Some("status") if t.status_subresource => true,
         Some(_) => return Err(ApiError::no_route()),
     };
-    let render = Render::new(&t, &r.version, &header_str(&req, header::ACCEPT));
+    let render = Render::new(
+        &target.requested,
+        &r.version,
+        &header_str(&req, header::ACCEPT),
+    );
     let namespace = r.namespace.clone().unwrap_or_default();
     let dry_run = query.get("dryRun").is_some_and(|d| d == "All");
     let content_type = header_str(&req, header::CONTENT_TYPE);
@@ -407,20 +620,27 @@ async fn serve_resource_inner(
     match verb {
         "get" => {
             let name = r.name.as_deref().unwrap_or_default();
-            let obj = shared.store().get(&t, &namespace, name)?;
+            let at = match query.get("resourceVersion").map(String::as_str) {
+                None | Some("") => ReadAt::Latest,
+                Some("0") => ReadAt::Any,
+                Some(rv) => ReadAt::NotOlderThan(parse_resource_version(rv)?),
+            };
+            let obj = shared.store().get_at(t, &namespace, name, at)?;
             ok(StatusCode::OK, render.object(&obj))
         }
         "list" => {
             let labels = label_selector(query)?;
-            let fields = field_selector(query, &t)?;
+            let fields = target.fields(query)?;
             let limit = query.get("limit").and_then(|l| l.parse::<usize>().ok());
+            let at = list_read_at(query)?;
             let page = shared.store().list(
-                &t,
+                t,
                 r.namespace.as_deref(),
                 &labels,
                 &fields,
                 limit,
                 query.get("continue").map(String::as_str),
+                at,
             )?;
             ok(
                 StatusCode::OK,
@@ -433,32 +653,32 @@ async fn serve_resource_inner(
             )
         }
         "watch" => {
-            let mut fields = field_selector(query, &t)?;
+            let mut fields = target.fields(query)?;
             if let Some(name) = &r.name {
                 fields = FieldSelector::name(name);
             }
+            let send_initial_events = watch_initial_events(query)?;
             let request = WatchRequest {
                 namespace: r.namespace.clone(),
                 labels: label_selector(query)?,
                 fields,
-                resource_version: match query.get("resourceVersion").map(String::as_str) {
-                    None | Some("") => None,
-                    Some(rv) => Some(rv.parse::<u64>().map_err(|_| {
-                        ApiError::bad_request(format!("invalid resource version: {rv}"))
-                    })?),
+                from: match query.get("resourceVersion").map(String::as_str) {
+                    None | Some("") => WatchFrom::Latest,
+                    Some("0") => WatchFrom::Any,
+                    Some(rv) => WatchFrom::Version(parse_resource_version(rv)?),
                 },
-                send_initial_events: query.get("sendInitialEvents").is_some_and(|s| s == "true"),
+                send_initial_events,
             };
             let bookmarks = query
                 .get("allowWatchBookmarks")
                 .is_some_and(|b| b == "true");
-            let send_initial = request.send_initial_events;
+            let send_initial = send_initial_events == Some(true);
             let timeout = query
                 .get("timeoutSeconds")
                 .and_then(|s| s.parse::<u64>().ok())
                 .map_or(shared.options.default_watch_timeout, Duration::from_secs)
                 .min(shared.options.max_watch_timeout);
-            let start = shared.store().watch(&t, request);
+            let start = shared.store().watch(t, request);
             match start {
                 WatchStart::Expired(err) => {
                     // As the API server does: a 200 whose only event is an
@@ -474,6 +694,8 @@ async fn serve_resource_inner(
                 } => {
                     let stream = WatchStream {
                         shared: shared.clone(),
+                        connection: connection.clone(),
+                        cut: shared.watch_cut_token(),
                         render,
                         id,
                         initial,
@@ -491,23 +713,24 @@ async fn serve_resource_inner(
                 return Err(ApiError::method_not_allowed("POST"));
             }
             let opts = write_options("CreateOptions")?;
-            let body = read_json(req, shared.options.max_body).await?;
-            let obj = shared.store().create(&t, &namespace, body, &opts)?;
+            let body = target.stored_body(read_json(req, shared.options.max_body).await?);
+            let obj = shared.store().create(t, &namespace, body, &opts)?;
             ok(StatusCode::CREATED, render.object(&obj))
         }
         "update" => {
             let name = r.name.clone().unwrap_or_default();
             let opts = write_options("UpdateOptions")?;
-            let body = read_json(req, shared.options.max_body).await?;
+            let body = target.stored_body(read_json(req, shared.options.max_body).await?);
             let obj = shared
                 .store()
-                .update(&t, &namespace, &name, body, status_only, &opts)?;
+                .update(t, &namespace, &name, body, status_only, &opts)?;
             ok(StatusCode::OK, render.object(&obj))
         }
         "patch" => {
             let name = r.name.clone().unwrap_or_default();
             let kind = PatchKind::from_content_type(&content_type)
-                .ok_or_else(|| ApiError::unsupported_media_type(&content_type))?;
+                .filter(|k| *k != PatchKind::Strategic || !t.custom)
+                .ok_or_else(|| ApiError::unsupported_media_type(PatchKind::accepted(t.custom)))?;
             let mut opts = write_options("PatchOptions")?;
             match query.get("force") {
                 Some(_) if kind != PatchKind::Apply => {
@@ -529,10 +752,16 @@ async fn serve_resource_inner(
                 ));
             }
             let body = read_bytes(req, shared.options.max_body).await?;
-            let (obj, created) =
-                shared
-                    .store()
-                    .patch(&t, &namespace, &name, kind, &body, status_only, &opts)?;
+            let (obj, created) = shared.store().patch(
+                t,
+                &namespace,
+                &name,
+                kind,
+                &body,
+                status_only,
+                &opts,
+                target.view(),
+            )?;
             let code = if created {
                 StatusCode::CREATED
             } else {
@@ -543,44 +772,33 @@ async fn serve_resource_inner(
         "delete" => {
             let name = r.name.clone().unwrap_or_default();
             let opts = delete_options(query, req, shared.options.max_body).await?;
-            let (deleted, timer) = shared.store().delete(&t, &namespace, &name, &opts)?;
-            schedule_pod_removals(shared, timer.into_iter().collect());
+            let deleted = shared.store().delete(t, &namespace, &name, &opts)?;
             match deleted {
-                Deleted::Gone(status) => ok(StatusCode::OK, status),
+                Deleted::Gone { last } if returns_deleted_object(t) => {
+                    ok(StatusCode::OK, render.object(&last))
+                }
+                Deleted::Gone { last } => ok(
+                    StatusCode::OK,
+                    status::success(&target.requested, &name, &store::str_at(&last, "uid")),
+                ),
                 Deleted::Terminating(obj) => ok(StatusCode::OK, render.object(&obj)),
             }
         }
         "deletecollection" => {
             let labels = label_selector(query)?;
-            let fields = field_selector(query, &t)?;
+            let fields = target.fields(query)?;
             let opts = delete_options(query, req, shared.options.max_body).await?;
-            let (items, timers) = shared.store().delete_collection(
-                &t,
+            let items = shared.store().delete_collection(
+                t,
                 r.namespace.as_deref(),
                 &labels,
                 &fields,
                 &opts,
             )?;
-            schedule_pod_removals(shared, timers);
             let rv = shared.store().resource_version();
             ok(StatusCode::OK, render.list(&items, rv, None, None))
         }
         _ => Err(ApiError::method_not_allowed(r.method.as_str())),
-    }
-}
-
-/// The simulated kubelet: removes gracefully deleted pods when their grace
-/// period ends (tracked, so it stops with the server).
-fn schedule_pod_removals(shared: &Arc<Shared>, timers: Vec<PodTimer>) {
-    for timer in timers {
-        let shared = shared.clone();
-        let tasks = shared.tasks.clone();
-        tasks.spawn(async move {
-            tokio::select! {
-                () = shared.shutdown.cancelled() => {}
-                () = tokio::time::sleep(timer.after) => shared.store().finish_pod_termination(&timer),
-            }
-        });
     }
 }
 
@@ -591,6 +809,8 @@ pub(crate) struct Render {
     api_version: String,
     kind: String,
     metadata_only: bool,
+    /// Stored core Events served as events.k8s.io Events.
+    events_v1: bool,
 }
 
 impl Render {
@@ -599,11 +819,15 @@ impl Render {
             api_version: t.api_version(version),
             kind: t.kind.clone(),
             metadata_only: accept.contains("as=PartialObjectMetadata"),
+            events_v1: events::is_events_v1(t),
         }
     }
 
     /// One object as the client expects it.
     pub fn object(&self, obj: &Value) -> Value {
+        if self.events_v1 && !self.metadata_only {
+            return events::to_events_v1(obj);
+        }
         if self.metadata_only {
             return json!({
                 "apiVersion": "meta.k8s.io/v1",
@@ -658,6 +882,112 @@ impl Render {
             "metadata": metadata,
             "items": items.iter().map(|o| self.object(o)).collect::<Vec<_>>(),
         })
+    }
+}
+
+/// A `resourceVersion` parameter as a number.
+fn parse_resource_version(rv: &str) -> Result<u64, ApiError> {
+    rv.parse()
+        .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))
+}
+
+/// What a LIST reads (`resourceVersion`, `resourceVersionMatch`), checked
+/// as the API server's `ValidateListOptions` does.
+fn list_read_at(query: &BTreeMap<String, String>) -> Result<ReadAt, ApiError> {
+    let rv = query.get("resourceVersion").map_or("", String::as_str);
+    let matching = query.get("resourceVersionMatch").map_or("", String::as_str);
+    let continues = query.get("continue").is_some_and(|c| !c.is_empty());
+    let mut errors = Vec::new();
+    if !matching.is_empty() {
+        if rv.is_empty() {
+            errors.push((
+                "resourceVersionMatch",
+                "Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided"
+                    .to_owned(),
+            ));
+        }
+        if continues {
+            errors.push((
+                "resourceVersionMatch",
+                "Forbidden: resourceVersionMatch is forbidden when continue is provided".to_owned(),
+            ));
+        }
+        if matching != "Exact" && matching != "NotOlderThan" {
+            errors.push((
+                "resourceVersionMatch",
+                format!(
+                    "Unsupported value: \"{matching}\": supported values: \"Exact\", \"NotOlderThan\", \"\""
+                ),
+            ));
+        }
+        if matching == "Exact" && rv == "0" {
+            errors.push((
+                "resourceVersionMatch",
+                "Forbidden: resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\""
+                    .to_owned(),
+            ));
+        }
+    }
+    if query.contains_key("sendInitialEvents") {
+        errors.push((
+            "sendInitialEvents",
+            "Forbidden: sendInitialEvents is forbidden for list".to_owned(),
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::invalid_list_options(&errors));
+    }
+    if continues && !rv.is_empty() && rv != "0" {
+        return Err(ApiError::bad_request(
+            "specifying resource version is not allowed when using continue",
+        ));
+    }
+    Ok(match (rv, matching) {
+        ("", _) => ReadAt::Latest,
+        ("0", _) => ReadAt::Any,
+        (rv, "Exact") => ReadAt::Exact(parse_resource_version(rv)?),
+        (rv, _) => ReadAt::NotOlderThan(parse_resource_version(rv)?),
+    })
+}
+
+/// A watch's `sendInitialEvents` (`None` when not given), checked as the
+/// API server's `ValidateListOptions` does for watches.
+fn watch_initial_events(query: &BTreeMap<String, String>) -> Result<Option<bool>, ApiError> {
+    let send = query.get("sendInitialEvents").map(|s| s == "true");
+    let matching = query.get("resourceVersionMatch").map_or("", String::as_str);
+    let mut errors = Vec::new();
+    if send.is_some() && matching != "NotOlderThan" {
+        errors.push((
+            "resourceVersionMatch",
+            "Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan"
+                .to_owned(),
+        ));
+    }
+    if !matching.is_empty() {
+        if send.is_none() {
+            errors.push((
+                "resourceVersionMatch",
+                "Forbidden: resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided"
+                    .to_owned(),
+            ));
+        }
+        if matching != "NotOlderThan" {
+            errors.push((
+                "resourceVersionMatch",
+                format!("Unsupported value: \"{matching}\": supported values: \"NotOlderThan\""),
+            ));
+        }
+        if query.get("continue").is_some_and(|c| !c.is_empty()) {
+            errors.push((
+                "resourceVersionMatch",
+                "Forbidden: resourceVersionMatch is forbidden when continue is provided".to_owned(),
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(send)
+    } else {
+        Err(ApiError::invalid_list_options(&errors))
     }
 }
 
@@ -732,13 +1062,46 @@ async fn delete_options(
             .and_then(Value::as_str)
             .map(str::to_owned)
     };
-    // `propagationPolicy` / `orphanDependents` are accepted and ignored:
-    // there is no garbage collector.
+    let policy = body
+        .get("propagationPolicy")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .or_else(|| query.get("propagationPolicy").cloned())
+        .filter(|p| !p.is_empty());
+    let propagation = match policy.as_deref() {
+        None => None,
+        Some(p) => Some(Propagation::parse(p).ok_or_else(|| {
+            ApiError::invalid_options(
+                "DeleteOptions",
+                "propagationPolicy",
+                &format!(
+                    "Unsupported value: \"{p}\": supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""
+                ),
+            )
+        })?),
+    };
+    let orphan_dependents = body
+        .get("orphanDependents")
+        .and_then(Value::as_bool)
+        .or_else(|| query.get("orphanDependents").map(|o| o == "true"));
+    if let (Some(_), Some(p)) = (orphan_dependents, policy.as_deref())
+        && propagation.is_some()
+    {
+        return Err(ApiError::invalid_options(
+            "DeleteOptions",
+            "propagationPolicy",
+            &format!(
+                "Invalid value: \"{p}\": orphanDependents and deletionPropagation cannot be both set"
+            ),
+        ));
+    }
     Ok(DeleteOptions {
         grace_period_seconds: grace,
         uid: precondition("uid"),
         resource_version: precondition("resourceVersion"),
         dry_run,
+        propagation,
+        orphan_dependents,
     })
 }
 
@@ -928,9 +1291,27 @@ mod tests {
             ),
         ];
         for (method, path, query, verb, resource) in cases {
-            let (v, r) = route(&method, path, query).call_name();
-            assert_eq!((v.as_str(), r.as_str()), (verb, resource), "{path}");
+            let call = route(&method, path, query).call_name();
+            assert_eq!(
+                (call.verb.as_str(), call.resource.as_str()),
+                (verb, resource),
+                "{path}"
+            );
         }
+        let call = route(
+            &Method::PATCH,
+            "/apis/x.dev/v1/namespaces/ns/coderuns/r/status",
+            "",
+        )
+        .call_name();
+        assert_eq!(
+            (call.group.as_str(), call.version.as_str()),
+            ("x.dev", "v1")
+        );
+        assert_eq!(
+            (call.namespace.as_deref(), call.name.as_deref()),
+            (Some("ns"), Some("r"))
+        );
     }
 
     #[test]

@@ -19,6 +19,9 @@ pub(crate) struct ApiError {
     pub reason: &'static str,
     pub message: String,
     pub details: Option<Value>,
+    /// The Status's `metadata` (a fresh continue token, for an expired
+    /// one); boxed, as it is rare and errors travel in every `Result`.
+    pub metadata: Option<Box<Value>>,
     /// `Retry-After` seconds, for 429 and 503.
     pub retry_after: Option<u64>,
 }
@@ -30,6 +33,7 @@ impl ApiError {
             reason,
             message: message.into(),
             details: None,
+            metadata: None,
             retry_after: None,
         }
     }
@@ -172,6 +176,64 @@ impl ApiError {
         )
     }
 
+    /// 410 for a LIST continuation whose snapshot was compacted, carrying
+    /// a token (`continue`) that goes on from the same place in the latest
+    /// state, as etcd3's storage answers.
+    pub fn continue_expired(latest: &str) -> Self {
+        let mut err = Self::new(
+            410,
+            "Expired",
+            "The provided continue parameter is too old to display a consistent list result. \
+             You can start a new list without the continue parameter, or use the continue token \
+             in this response to retrieve the remainder of the results. Continuing with the \
+             provided token results in an inconsistent list - objects that were created, \
+             modified, or deleted between the time the first chunk was returned and now may \
+             show up in the list.",
+        );
+        err.metadata = Some(Box::new(json!({"continue": latest})));
+        err
+    }
+
+    /// 504 for a read at a resourceVersion the server has not reached.
+    pub fn too_large_resource_version(asked: u64, current: u64) -> Self {
+        let mut err = Self::new(
+            504,
+            "Timeout",
+            format!("Timeout: Too large resource version: {asked}, current: {current}"),
+        );
+        err.details = Some(json!({
+            "causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+            "retryAfterSeconds": 1,
+        }));
+        err.retry_after = Some(1);
+        err
+    }
+
+    /// 422 for invalid `ListOptions` (one entry per failed rule: field and
+    /// what is wrong, `Forbidden: …` or `Unsupported value: …`).
+    pub fn invalid_list_options(errors: &[(&str, String)]) -> Self {
+        let each: Vec<String> = errors
+            .iter()
+            .map(|(f, why)| format!("{f}: {why}"))
+            .collect();
+        let all = match each.as_slice() {
+            [one] => one.clone(),
+            many => format!("[{}]", many.join(", ")),
+        };
+        let mut err = Self::new(
+            422,
+            "Invalid",
+            format!("ListOptions.meta.k8s.io \"\" is invalid: {all}"),
+        );
+        let causes: Vec<Value> = errors
+            .iter()
+            .map(|(f, why)| json!({"reason": cause_reason(why), "message": why, "field": f}))
+            .collect();
+        err.details =
+            Some(json!({"group": "meta.k8s.io", "kind": "ListOptions", "causes": causes}));
+        err
+    }
+
     /// 413 for a body over the limit.
     pub fn too_large(limit: usize) -> Self {
         Self::new(
@@ -181,15 +243,31 @@ impl ApiError {
         )
     }
 
-    /// 415 for a patch content type the server does not know.
-    pub fn unsupported_media_type(content_type: &str) -> Self {
+    /// 415 for a patch content type the resource does not accept
+    /// (`accepted`, in the API server's order).
+    pub fn unsupported_media_type(accepted: &[&str]) -> Self {
         Self::new(
             415,
             "UnsupportedMediaType",
             format!(
-                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json; got {content_type:?}"
+                "the body of the request was in an unknown format - accepted media types include: {}",
+                accepted.join(", ")
             ),
         )
+    }
+
+    /// The same error as the API server words it for `to`, a resource
+    /// served from the storage of `from` (events.k8s.io over core Events):
+    /// names and details name the resource the client asked for.
+    pub fn requalified(mut self, from: &ResourceType, to: &ResourceType) -> Self {
+        let from_name = format!("{} \"", from.qualified_plural());
+        if let Some(rest) = self.message.strip_prefix(&from_name) {
+            self.message = format!("{} \"{rest}", to.qualified_plural());
+        }
+        if let Some(group) = self.details.as_mut().and_then(|d| d.get_mut("group")) {
+            *group = json!(to.group);
+        }
+        self
     }
 
     /// An error injected by fault injection (500, 503, 429, …), with the
@@ -232,7 +310,7 @@ impl ApiError {
         let mut status = json!({
             "kind": "Status",
             "apiVersion": "v1",
-            "metadata": {},
+            "metadata": self.metadata.as_deref().cloned().unwrap_or_else(|| json!({})),
             "status": "Failure",
             "message": self.message,
             "reason": self.reason,
@@ -253,6 +331,8 @@ fn cause_reason(why: &str) -> &'static str {
         "FieldValueForbidden"
     } else if why.starts_with("Too long") {
         "FieldValueTooLong"
+    } else if why.starts_with("Unsupported value") {
+        "FieldValueNotSupported"
     } else {
         "FieldValueInvalid"
     }

@@ -3,8 +3,9 @@
 //! A watch first replays what the client missed (the history after its
 //! resourceVersion, or the current state as ADDED events), then forwards
 //! live events from its bounded channel, with BOOKMARKs when asked and until
-//! `timeoutSeconds`; a partition (see `Faults::partition`) stalls it. The
-//! rule it keeps: **a BOOKMARK never overtakes an event**
+//! `timeoutSeconds`; a partition (see `Faults::partition`) stalls it, and a
+//! cut (`FakeKube::cut_watches`, a restart) closes its connection
+//! mid-stream. The rule it keeps: **a BOOKMARK never overtakes an event**
 //! — it is only sent when every event up to its resourceVersion has already
 //! been written, so a client resuming from it loses nothing.
 
@@ -20,6 +21,7 @@ use hyper::body::Frame;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
 
 use super::server::{Render, Shared};
 use super::status::ApiError;
@@ -28,6 +30,10 @@ use super::store::WatchItem;
 /// One started watch, ready to be streamed.
 pub(crate) struct WatchStream {
     pub shared: Arc<Shared>,
+    /// The connection the stream is written to, closed when it is cut.
+    pub connection: CancellationToken,
+    /// Cancelled when every open watch is cut.
+    pub cut: CancellationToken,
     pub render: Render,
     pub id: u64,
     pub initial: Vec<WatchItem>,
@@ -56,6 +62,8 @@ impl WatchStream {
                 shared: self.shared.clone(),
                 id: self.id,
             },
+            connection: self.connection,
+            cut: self.cut,
             render: self.render,
             initial: self.initial.into(),
             initial_end: self.initial_end,
@@ -69,6 +77,8 @@ impl WatchStream {
 
 struct State {
     guard: Unwatch,
+    connection: CancellationToken,
+    cut: CancellationToken,
     render: Render,
     initial: VecDeque<WatchItem>,
     initial_end: Option<u64>,
@@ -78,6 +88,23 @@ struct State {
 }
 
 async fn next_frame(mut st: State) -> Option<(Result<Frame<Bytes>, Infallible>, State)> {
+    let cut = st.cut.clone();
+    let frame = tokio::select! {
+        biased;
+        () = cut.cancelled() => None,
+        frame = produce(&mut st) => frame,
+    };
+    if cut.is_cancelled() {
+        // Close the connection under the stream (no terminating chunk), and
+        // write nothing more while that happens.
+        st.connection.cancel();
+        return std::future::pending().await;
+    }
+    frame.map(|f| (Ok(Frame::data(f)), st))
+}
+
+/// The next line of the stream, or `None` when it ends.
+async fn produce(st: &mut State) -> Option<Bytes> {
     // A partition cuts open watches off too: nothing flows until it heals,
     // while events pile up in the bounded channel (closing the watch if it
     // overflows, as for any watcher that stops reading).
@@ -86,12 +113,10 @@ async fn next_frame(mut st: State) -> Option<(Result<Frame<Bytes>, Infallible>, 
         () = tokio::time::sleep_until(st.deadline) => return None,
     }
     if let Some(item) = st.initial.pop_front() {
-        let frame = event_line(&st.render, &item);
-        return Some((Ok(Frame::data(frame)), st));
+        return Some(event_line(&st.render, &item));
     }
     if let Some(rv) = st.initial_end.take() {
-        let frame = bookmark_line(&st.render, rv, true);
-        return Some((Ok(Frame::data(frame)), st));
+        return Some(bookmark_line(&st.render, rv, true));
     }
     loop {
         let tick = async {
@@ -109,14 +134,12 @@ async fn next_frame(mut st: State) -> Option<(Result<Frame<Bytes>, Infallible>, 
                 // the server is stopping; the client resumes from its last
                 // resourceVersion.
                 let item = item?;
-                let frame = event_line(&st.render, &item);
-                return Some((Ok(Frame::data(frame)), st));
+                return Some(event_line(&st.render, &item));
             }
             () = tokio::time::sleep_until(st.deadline) => return None,
             () = tick => {
                 if let Some(rv) = st.guard.safe_bookmark(&st.live) {
-                    let frame = bookmark_line(&st.render, rv, false);
-                    return Some((Ok(Frame::data(frame)), st));
+                    return Some(bookmark_line(&st.render, rv, false));
                 }
             }
         }

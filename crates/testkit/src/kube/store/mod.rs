@@ -1,5 +1,7 @@
 //! The object store behind FakeKube: every resource, one resourceVersion
-//! counter, a bounded event history, and the watchers fed from it.
+//! counter, a bounded event history, the watchers fed from it, and the
+//! controllers that act on it (the simulated kubelet in `kubelet`, the
+//! garbage collector in `gc`, their timers in `agenda`).
 //!
 //! All methods are synchronous and run under one lock, so every write gets
 //! the next value of the single global resourceVersion and is delivered to
@@ -7,45 +9,61 @@
 //! caller's preconditions (resourceVersion, uid) still hold at the moment of
 //! the write** — the compare-and-swap the whole project relies on.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+mod agenda;
+mod crd_cleanup;
+mod gc;
+mod history;
+mod kubelet;
+mod snapshot;
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Map, Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
 
+use super::clock::Clock;
 use super::managed_fields::{self, FieldManager, ManagedFields};
 use super::patch::{self, PatchKind};
-use super::resource::{ResourceType, builtin_types};
+use super::resource::{ResourceType, builtin_types, string_list};
 use super::selector::{FieldSelector, LabelSelector};
-use super::status::{self, ApiError};
+use super::status::ApiError;
 
-/// How a deleted pod leaves the API, standing in for a kubelet.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum PodTermination {
-    /// The pod object is removed at once (its containers stopped on
-    /// SIGTERM immediately). Finalizers still hold it.
-    #[default]
-    Immediate,
-    /// The pod stays, with `deletionTimestamp` set, for its grace period
-    /// (the delete's `gracePeriodSeconds`, else the pod's
-    /// `terminationGracePeriodSeconds`, else 30 s), then is removed, as when
-    /// a container ignores SIGTERM and is killed.
-    AfterGracePeriod,
-    /// The pod stays terminating until it is deleted with
-    /// `gracePeriodSeconds: 0` (a force delete), as on an unreachable node.
-    Never,
-}
+pub(crate) use gc::Propagation;
+pub(crate) use kubelet::NODE_NAME;
+pub use kubelet::{PodBehaviour, PodTermination, TerminalPhase, parse_termination};
+
+use agenda::{Action, Agenda};
+use gc::GarbageCollector;
+use history::History;
+use kubelet::Kubelet;
+pub(crate) use snapshot::ReadAt;
 
 /// Limits and behaviour knobs of the store.
 #[derive(Debug, Clone)]
 pub(crate) struct StoreConfig {
+    pub clock: Clock,
     pub history_limit: usize,
     pub watch_capacity: usize,
-    pub pod_termination: PodTermination,
+    pub pod_behaviour: PodBehaviour,
+    pub gc_delay: Duration,
+    /// How many of a kind's events `resourceVersion=0` reads lag behind.
+    pub cache_lag: usize,
+    pub continue_expiry: ContinueExpiry,
     pub seed: u64,
+}
+
+/// When a LIST continue token expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ContinueExpiry {
+    /// This long after its snapshot was superseded (etcd's compaction).
+    pub after: Duration,
+    /// After more than this many writes since its snapshot, if set.
+    pub writes: Option<u64>,
 }
 
 /// The options every write shares, from the request's query and headers.
@@ -85,6 +103,16 @@ enum Ownership {
     Update(FieldManager),
     /// A server-side apply, whose ownership is already worked out.
     Applied(ManagedFields),
+}
+
+/// How objects of a request's API relate to their stored form when the two
+/// differ (events.k8s.io Events over core ones).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct View {
+    /// The stored form as the request's API shows it.
+    pub to_view: fn(&Value) -> Value,
+    /// The request's form as it is stored.
+    pub to_stored: fn(Value) -> Value,
 }
 
 /// Where an object lives.
@@ -137,9 +165,23 @@ pub(crate) struct WatchRequest {
     pub namespace: Option<String>,
     pub labels: LabelSelector,
     pub fields: FieldSelector,
-    /// `None` (or 0): start with the current state as ADDED events.
-    pub resource_version: Option<u64>,
-    pub send_initial_events: bool,
+    /// Where the watch starts.
+    pub from: WatchFrom,
+    /// `sendInitialEvents`, if given: start with the state as ADDED
+    /// events (then a bookmark), or without any.
+    pub send_initial_events: Option<bool>,
+}
+
+/// A watch's `resourceVersion`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WatchFrom {
+    /// None: the latest state as ADDED events, then what follows.
+    Latest,
+    /// `0`: any state (the watch cache's, possibly stale) as ADDED events,
+    /// then what follows.
+    Any,
+    /// What happened after this resourceVersion.
+    Version(u64),
 }
 
 /// A registered watch: events to replay first, then the live channel.
@@ -162,22 +204,27 @@ pub(crate) struct DeleteOptions {
     pub uid: Option<String>,
     pub resource_version: Option<String>,
     pub dry_run: bool,
+    /// `propagationPolicy`.
+    pub propagation: Option<Propagation>,
+    /// The deprecated `orphanDependents`.
+    pub orphan_dependents: Option<bool>,
 }
 
 /// What a delete did.
 pub(crate) enum Deleted {
-    /// The object is gone; answer a `Status` Success.
-    Gone(Value),
+    /// The object is gone; `last` is its final state (with the deletion's
+    /// resourceVersion). Pods are answered with it, other kinds with a
+    /// `Status` of `Success` (see [`returns_deleted_object`]).
+    Gone { last: Value },
     /// The object stays (finalizers, graceful pod termination); answer it.
     Terminating(Value),
 }
 
-/// A pod whose simulated kubelet must remove it later.
-#[derive(Debug, Clone)]
-pub(crate) struct PodTimer {
-    pub key: ObjKey,
-    pub uid: String,
-    pub after: Duration,
+/// Whether a delete that removes an object answers the object rather than
+/// a `Status` (the API server's `ReturnDeletedObject`, set for Pods among
+/// the kinds served here).
+pub(crate) fn returns_deleted_object(t: &ResourceType) -> bool {
+    t.group.is_empty() && t.plural == "pods"
 }
 
 /// The result of a list.
@@ -190,18 +237,17 @@ pub(crate) struct ListPage {
 
 pub(crate) struct Store {
     config: StoreConfig,
+    clock: Clock,
     rv: u64,
     types: Vec<ResourceType>,
     objects: BTreeMap<ObjKey, Value>,
-    history: VecDeque<Event>,
-    /// Highest resourceVersion evicted from `history`; a watch must start
-    /// at or after it.
-    compacted: u64,
+    history: History,
     watchers: Vec<Watcher>,
     next_watcher: u64,
-    /// Pods a simulated kubelet has not finished terminating.
-    terminating_pods: BTreeSet<(ObjKey, String)>,
     names: StdRng,
+    agenda: Agenda,
+    kubelet: Kubelet,
+    gc: GarbageCollector,
 }
 
 struct Watcher {
@@ -222,18 +268,46 @@ const GENERATE_NAME_ATTEMPTS: usize = 8;
 impl Store {
     pub fn new(config: StoreConfig) -> Self {
         let names = StdRng::seed_from_u64(config.seed);
+        let config_gc_delay = config.gc_delay;
+        let history = History::new(config.history_limit);
         Self {
+            clock: config.clock,
             config,
             rv: 1,
             types: builtin_types(),
             objects: BTreeMap::new(),
-            history: VecDeque::new(),
-            compacted: 0,
+            history,
             watchers: Vec::new(),
             next_watcher: 0,
-            terminating_pods: BTreeSet::new(),
             names,
+            agenda: Agenda::new(),
+            kubelet: Kubelet::default(),
+            gc: GarbageCollector::new(config_gc_delay),
         }
+    }
+
+    /// Runs every controller action due by now; returns when the next one
+    /// is due. (Work an action schedules for now runs in the same call.)
+    pub fn run_due(&mut self) -> Option<Instant> {
+        // A bound, so a runaway cascade still lets requests in between.
+        for _ in 0..100_000 {
+            let Some(action) = self.agenda.pop_due(Instant::now()) else {
+                break;
+            };
+            match action {
+                Action::StartPod { key, uid } => self.kubelet_start(&key, &uid),
+                Action::ExitPod { key, uid, phase } => self.kubelet_exit(&key, &uid, phase),
+                Action::StopPod { key, uid } => self.kubelet_stop(&key, &uid),
+                Action::CollectGarbage => self.collect_garbage(),
+                Action::CleanUpCrd { key, uid } => self.clean_up_crd(&key, &uid),
+            }
+        }
+        self.agenda.next_due()
+    }
+
+    /// What the controller task waits on besides the next due instant.
+    pub fn controller_wakeup(&self) -> Arc<Notify> {
+        self.agenda.wakeup()
     }
 
     /// The current (last assigned) resourceVersion.
@@ -265,6 +339,14 @@ impl Store {
         }
     }
 
+    /// The registered type an object key belongs to.
+    fn type_of(&self, k: &ObjKey) -> Option<ResourceType> {
+        self.types
+            .iter()
+            .find(|t| t.group == k.group && t.plural == k.plural)
+            .cloned()
+    }
+
     fn unregister(&mut self, group: &str, plural: &str) {
         self.types
             .retain(|t| !(t.group == group && t.plural == plural));
@@ -277,55 +359,6 @@ impl Store {
             .get(&key(t, namespace, name))
             .cloned()
             .ok_or_else(|| ApiError::not_found(t, name))
-    }
-
-    pub fn list(
-        &self,
-        t: &ResourceType,
-        namespace: Option<&str>,
-        labels: &LabelSelector,
-        fields: &FieldSelector,
-        limit: Option<usize>,
-        continue_token: Option<&str>,
-    ) -> Result<ListPage, ApiError> {
-        let start = match continue_token.filter(|c| !c.is_empty()) {
-            Some(token) => Some(parse_continue(token)?),
-            None => None,
-        };
-        let mut matching = self
-            .objects
-            .range(type_range(t))
-            .filter(|(k, _)| namespace.is_none_or(|ns| k.namespace == ns))
-            .filter(|(k, _)| {
-                start
-                    .as_ref()
-                    .is_none_or(|(ns, name)| (&k.namespace, &k.name) > (ns, name))
-            })
-            .filter(|(_, o)| selects(labels, fields, o));
-        let limit = limit.filter(|l| *l > 0);
-        let mut items = Vec::new();
-        let mut last = None;
-        for (k, o) in matching.by_ref() {
-            if limit.is_some_and(|l| items.len() >= l) {
-                // There is at least one more: the page ends at `last`.
-                let remaining = 1 + matching.count() as u64;
-                let token = last.map(|(ns, name): (&str, &str)| format!("{ns}/{name}"));
-                return Ok(ListPage {
-                    items,
-                    resource_version: self.rv,
-                    continue_token: token,
-                    remaining: Some(remaining),
-                });
-            }
-            last = Some((k.namespace.as_str(), k.name.as_str()));
-            items.push(o.clone());
-        }
-        Ok(ListPage {
-            items,
-            resource_version: self.rv,
-            continue_token: None,
-            remaining: None,
-        })
     }
 
     pub fn create(
@@ -348,6 +381,7 @@ impl Store {
         dry_run: bool,
         ownership: Ownership,
     ) -> Result<Value, ApiError> {
+        self.refuse_while_terminating(t)?;
         let mut obj = into_object(body, t)?;
         let managed_in = ManagedFields::for_write(None, &obj);
         let meta = metadata_mut(&mut obj);
@@ -401,7 +435,7 @@ impl Store {
             meta.remove("namespace");
         }
         meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
-        meta.insert("creationTimestamp".into(), json!(now()));
+        meta.insert("creationTimestamp".into(), json!(self.clock.timestamp()));
         meta.insert("resourceVersion".into(), json!(rv.to_string()));
         for system in [
             "deletionTimestamp",
@@ -417,7 +451,9 @@ impl Store {
         }
         self.prepare_new_status(t, &mut obj)?;
         let managed = match ownership {
-            Ownership::Update(who) => managed_fields::update(None, &obj, managed_in, &who, &now()),
+            Ownership::Update(who) => {
+                managed_fields::update(None, &obj, managed_in, &who, &self.clock.timestamp())
+            }
             Ownership::Applied(managed) => managed,
         };
         managed.store_in(&mut obj);
@@ -425,8 +461,12 @@ impl Store {
             return Ok(obj);
         }
         self.rv = rv;
-        self.objects.insert(key(t, namespace, &name), obj.clone());
-        self.emit(EventKind::Added, key(t, namespace, &name), &obj, None);
+        let k = key(t, namespace, &name);
+        self.put(&k, None, obj.clone());
+        self.emit(EventKind::Added, k.clone(), &obj, None);
+        if t.group.is_empty() && t.plural == "pods" {
+            self.kubelet_admit(&k, &obj);
+        }
         Ok(obj)
     }
 
@@ -455,8 +495,10 @@ impl Store {
         )
     }
 
-    /// PATCH of the object (`status_only`: of its `/status`). Returns the
-    /// object and whether it was created (server-side apply of a new object).
+    /// PATCH of the object (`status_only`: of its `/status`), applied to
+    /// the object as `view` shows it when the request's API serves another
+    /// form of it. Returns the object and whether it was created
+    /// (server-side apply of a new object).
     #[allow(clippy::too_many_arguments)] // mirrors the request's parameters
     pub fn patch(
         &mut self,
@@ -467,13 +509,21 @@ impl Store {
         body: &[u8],
         status_only: bool,
         opts: &WriteOptions,
+        view: Option<View>,
     ) -> Result<(Value, bool), ApiError> {
         let patch = patch::parse_body(kind, body)?;
         if kind == PatchKind::Apply {
-            return self.server_side_apply(t, namespace, name, &patch, status_only, opts);
+            let config = match view {
+                Some(v) => (v.to_stored)(patch),
+                None => patch,
+            };
+            return self.server_side_apply(t, namespace, name, &config, status_only, opts);
         }
         let current = self.get(t, namespace, name)?;
-        let patched = patch::apply(kind, &current, &patch)?;
+        let patched = match view {
+            Some(v) => (v.to_stored)(patch::apply(kind, &(v.to_view)(&current), &patch)?),
+            None => patch::apply(kind, &current, &patch)?,
+        };
         let who = opts.manager(t, status_only);
         self.write(
             t,
@@ -528,9 +578,15 @@ impl Store {
             )));
         }
         let managed = current.as_ref().map(ManagedFields::of).unwrap_or_default();
-        let (merged, managed) =
-            managed_fields::apply(current.as_ref(), config, managed, &who, opts.force, &now())
-                .map_err(|conflicts| ApiError::apply_conflict(&conflicts))?;
+        let (merged, managed) = managed_fields::apply(
+            current.as_ref(),
+            config,
+            managed,
+            &who,
+            opts.force,
+            &self.clock.timestamp(),
+        )
+        .map_err(|conflicts| ApiError::apply_conflict(&conflicts))?;
         match current {
             Some(current) => self
                 .write(
@@ -558,13 +614,17 @@ impl Store {
         }
     }
 
+    /// DELETE of one object, as the API server's generic registry does it:
+    /// preconditions, graceful deletion (pods), the garbage collector's
+    /// finalizers (`propagationPolicy`), finalizers that keep the object,
+    /// and otherwise removal.
     pub fn delete(
         &mut self,
         t: &ResourceType,
         namespace: &str,
         name: &str,
         opts: &DeleteOptions,
-    ) -> Result<(Deleted, Option<PodTimer>), ApiError> {
+    ) -> Result<Deleted, ApiError> {
         let k = key(t, namespace, name);
         let current = self.get(t, namespace, name)?;
         let uid = str_at(&current, "uid");
@@ -590,94 +650,152 @@ impl Store {
             ));
         }
 
-        let is_pod = t.group.is_empty() && t.plural == "pods";
-        let grace = if is_pod { pod_grace(&current, opts) } else { 0 };
-        let kubelet_pending = is_pod
-            && grace > 0
-            && self.config.pod_termination != PodTermination::Immediate
-            && !matches!(
-                current.pointer("/status/phase").and_then(Value::as_str),
-                Some("Succeeded" | "Failed")
-            );
-        let has_finalizers = current
-            .pointer("/metadata/finalizers")
-            .and_then(Value::as_array)
-            .is_some_and(|f| !f.is_empty());
-        let pod_entry = (k.clone(), uid.clone());
-
-        if opts.dry_run {
-            return Ok((
-                if has_finalizers || kubelet_pending {
-                    Deleted::Terminating(current)
-                } else {
-                    Deleted::Gone(status::success(t, name, &uid))
-                },
-                None,
-            ));
+        if crd_cleanup::is_crd_kind(t) && current.pointer("/metadata/deletionTimestamp").is_none() {
+            return Ok(self.delete_crd(&k, &current, opts));
         }
-
-        if is_pod && !kubelet_pending {
-            // A force delete (or an immediate kubelet) ends the pod's run.
-            self.terminating_pods.remove(&pod_entry);
-        }
-        if !has_finalizers && !kubelet_pending && !self.terminating_pods.contains(&pod_entry) {
-            self.remove(&k, &current);
-            return Ok((Deleted::Gone(status::success(t, name, &uid)), None));
-        }
-
-        // The object stays: mark it terminating (once; a shorter grace
-        // period moves the deadline earlier, as on the API server).
         let mut next = current.clone();
-        let meta = metadata_mut(&mut next);
-        let already = meta.contains_key("deletionTimestamp");
-        let previous_grace = meta
-            .get("deletionGracePeriodSeconds")
-            .and_then(Value::as_i64);
-        let mut timer = None;
-        if !already || previous_grace.is_some_and(|g| grace < g) {
-            meta.insert(
-                "deletionTimestamp".into(),
-                json!(timestamp_after(Duration::from_secs(grace.unsigned_abs()))),
-            );
-            meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
-            if !already && let Some(g) = meta.get("generation").and_then(Value::as_i64) {
-                meta.insert("generation".into(), json!(g + 1));
+        // Graceful deletion: only pods support it. `grace` is the period
+        // this delete sets, when it sets one.
+        let mut grace = None;
+        if t.group.is_empty() && t.plural == "pods" {
+            match self.pod_graceful_delete(&current, &mut next, opts) {
+                PodDelete::Pending => return Ok(Deleted::Terminating(current)),
+                PodDelete::Graceful(g) => grace = Some(g),
+                PodDelete::NotGraceful => {}
             }
-            if kubelet_pending {
-                self.terminating_pods.insert(pod_entry);
-                if self.config.pod_termination == PodTermination::AfterGracePeriod {
-                    timer = Some(PodTimer {
-                        key: k.clone(),
-                        uid: uid.clone(),
-                        after: Duration::from_secs(grace.unsigned_abs()),
-                    });
+        }
+        let gc_finalizers = gc_finalizers(&current, opts);
+        let mut last = current.clone();
+        if grace.is_some() || !finalizers(&current).is_empty() || gc_finalizers.is_some() {
+            if let Some(f) = gc_finalizers {
+                let meta = metadata_mut(&mut next);
+                if f.is_empty() {
+                    meta.remove("finalizers");
+                } else {
+                    meta.insert("finalizers".into(), json!(f));
+                }
+            }
+            let pending = !finalizers(&next).is_empty();
+            match grace {
+                None if pending => {
+                    mark_as_deleting(&mut next, &self.clock.timestamp());
+                    return Ok(Deleted::Terminating(
+                        self.commit_unless_dry(&k, &current, next, opts),
+                    ));
+                }
+                None => {}
+                Some(g) => {
+                    let stored = self.commit_unless_dry(&k, &current, next, opts);
+                    if g > 0 && !opts.dry_run {
+                        self.kubelet_sigterm(&k, &uid, g);
+                    }
+                    if pending || g > 0 {
+                        return Ok(Deleted::Terminating(stored));
+                    }
+                    last = stored;
                 }
             }
         }
-        if next == current {
-            return Ok((Deleted::Terminating(current), timer));
+        if opts.dry_run {
+            return Ok(Deleted::Gone { last });
         }
-        let stored = self.commit_modified(&k, &current, next);
-        Ok((Deleted::Terminating(stored), timer))
+        let last = self.remove(&k, &last);
+        Ok(Deleted::Gone { last })
     }
 
-    /// The simulated kubelet finished a pod's termination.
-    pub fn finish_pod_termination(&mut self, timer: &PodTimer) {
-        if !self
-            .terminating_pods
-            .remove(&(timer.key.clone(), timer.uid.clone()))
-        {
-            return;
-        }
-        if let Some(current) = self.objects.get(&timer.key).cloned() {
-            let finalizers = current
-                .pointer("/metadata/finalizers")
-                .and_then(Value::as_array)
-                .is_some_and(|f| !f.is_empty());
-            if str_at(&current, "uid") == timer.uid && !finalizers {
-                self.remove(&timer.key, &current);
+    /// The pod strategy's part of a delete (`BeforeDelete` and
+    /// `CheckGracefulDelete`): sets `deletionTimestamp` and
+    /// `deletionGracePeriodSeconds` on `next` when the delete is graceful.
+    fn pod_graceful_delete(
+        &self,
+        current: &Value,
+        next: &mut Value,
+        opts: &DeleteOptions,
+    ) -> PodDelete {
+        // Negative grace periods count as one second.
+        let asked = opts.grace_period_seconds.map(|g| if g < 0 { 1 } else { g });
+        let meta = current.get("metadata");
+        if meta.and_then(|m| m.get("deletionTimestamp")).is_some() {
+            let period = meta
+                .and_then(|m| m.get("deletionGracePeriodSeconds"))
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            if period == 0 {
+                return PodDelete::NotGraceful;
             }
+            // Only a shorter grace period may be asked for while deleting.
+            return match asked {
+                Some(g) if g < period => {
+                    let started = str_at(current, "deletionTimestamp")
+                        .parse::<jiff::Timestamp>()
+                        .ok()
+                        .and_then(|t| {
+                            t.checked_sub(jiff::SignedDuration::from_secs(period - g))
+                                .ok()
+                        });
+                    let m = metadata_mut(next);
+                    if let Some(at) = started {
+                        m.insert("deletionTimestamp".into(), json!(at.to_string()));
+                    }
+                    m.insert("deletionGracePeriodSeconds".into(), json!(g));
+                    PodDelete::Graceful(g)
+                }
+                _ => PodDelete::Pending,
+            };
         }
+        let mut period = asked.unwrap_or_else(|| {
+            current
+                .pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+                // The API server defaults it to 30 on create.
+                .unwrap_or(30)
+        });
+        let unscheduled = current
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty);
+        let terminal = matches!(
+            current.pointer("/status/phase").and_then(Value::as_str),
+            Some("Succeeded" | "Failed")
+        );
+        if unscheduled || terminal {
+            period = 0;
+        }
+        if period < 0 {
+            period = 1;
+        }
+        let m = metadata_mut(next);
+        m.insert(
+            "deletionTimestamp".into(),
+            json!(
+                self.clock
+                    .timestamp_after(Duration::from_secs(period.unsigned_abs()))
+            ),
+        );
+        m.insert("deletionGracePeriodSeconds".into(), json!(period));
+        if let Some(g) = m
+            .get("generation")
+            .and_then(Value::as_i64)
+            .filter(|g| *g > 0)
+        {
+            m.insert("generation".into(), json!(g + 1));
+        }
+        PodDelete::Graceful(period)
+    }
+
+    /// Stores `next` unless the delete is a dry run or changes nothing;
+    /// returns what the object now is (or would be).
+    fn commit_unless_dry(
+        &mut self,
+        k: &ObjKey,
+        current: &Value,
+        next: Value,
+        opts: &DeleteOptions,
+    ) -> Value {
+        if opts.dry_run || next == *current {
+            return next;
+        }
+        self.commit_modified(k, current, next)
     }
 
     pub fn delete_collection(
@@ -687,10 +805,9 @@ impl Store {
         labels: &LabelSelector,
         fields: &FieldSelector,
         opts: &DeleteOptions,
-    ) -> Result<(Vec<Value>, Vec<PodTimer>), ApiError> {
-        let page = self.list(t, namespace, labels, fields, None, None)?;
+    ) -> Result<Vec<Value>, ApiError> {
+        let page = self.list(t, namespace, labels, fields, None, None, ReadAt::Latest)?;
         let mut out = Vec::new();
-        let mut timers = Vec::new();
         for item in page.items {
             let ns = str_at(&item, "namespace");
             let name = str_at(&item, "name");
@@ -700,35 +817,34 @@ impl Store {
                 ..opts.clone()
             };
             match self.delete(t, &ns, &name, &opts) {
-                Ok((Deleted::Terminating(o), timer)) => {
-                    out.push(o);
-                    timers.extend(timer);
-                }
-                Ok((Deleted::Gone(_), _)) => out.push(item),
+                Ok(Deleted::Terminating(o) | Deleted::Gone { last: o }) => out.push(o),
                 Err(e) if e.code == 404 => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok((out, timers))
+        Ok(out)
     }
 
     /// Registers a watch on type `t`.
     pub fn watch(&mut self, t: &ResourceType, request: WatchRequest) -> WatchStart {
-        let from = request.resource_version.filter(|rv| *rv > 0);
         let mut initial = Vec::new();
-        match from {
-            Some(rv) if !request.send_initial_events => {
-                if rv < self.compacted {
-                    return WatchStart::Expired(ApiError::expired(rv, self.compacted + 1));
+        let snapshot = match (request.from, request.send_initial_events) {
+            // An initial state at least as new as asked: the latest one.
+            (_, Some(true)) => Some(self.rv),
+            (WatchFrom::Version(rv), None | Some(false)) if rv > 0 => {
+                let oldest = self.history.oldest(&t.group, &t.plural);
+                if rv < oldest {
+                    return WatchStart::Expired(ApiError::expired(rv, oldest + 1));
                 }
-                for event in self.history.iter().filter(|e| e.rv > rv) {
-                    if event.key.group == t.group && event.key.plural == t.plural {
-                        initial.extend(view(&request, event));
-                    }
-                }
+                None
             }
-            _ => {
-                for (k, o) in self.objects.range(type_range(t)) {
+            (_, Some(false)) => None,
+            (WatchFrom::Any, None) => Some(self.stale_rv(t)),
+            (WatchFrom::Latest | WatchFrom::Version(_), None) => Some(self.rv),
+        };
+        let since = match snapshot {
+            Some(at) => {
+                for (k, o) in self.objects_at(t, at) {
                     if request
                         .namespace
                         .as_ref()
@@ -741,7 +857,16 @@ impl Store {
                         });
                     }
                 }
+                at
             }
+            None => match request.from {
+                WatchFrom::Version(rv) => rv,
+                WatchFrom::Latest | WatchFrom::Any => self.rv,
+            },
+        };
+        // What followed the starting point (none after a fresh snapshot).
+        for event in self.history.after(&t.group, &t.plural, since) {
+            initial.extend(view(&request, event));
         }
         let (tx, live) = mpsc::channel(self.config.watch_capacity.max(1));
         self.next_watcher += 1;
@@ -759,6 +884,14 @@ impl Store {
             live,
             id,
         }
+    }
+
+    /// What the API server's restart does to its watch cache: every watch
+    /// is dropped and the kept history starts over at the current
+    /// resourceVersion, so resuming from an older one is 410 Gone.
+    pub fn restart(&mut self) {
+        self.watchers.clear();
+        self.history.forget_before(self.rv);
     }
 
     /// Whether watcher `id` is still registered (it is dropped when it
@@ -864,9 +997,13 @@ impl Store {
         );
         obj.insert("kind".into(), json!(t.kind));
         let managed = match ownership {
-            Ownership::Update(who) => {
-                managed_fields::update(Some(current), &next, managed_in, &who, &now())
-            }
+            Ownership::Update(who) => managed_fields::update(
+                Some(current),
+                &next,
+                managed_in,
+                &who,
+                &self.clock.timestamp(),
+            ),
             Ownership::Applied(managed) => managed,
         };
         managed.store_in(&mut next);
@@ -910,15 +1047,14 @@ impl Store {
             return Ok(next);
         }
         let k = key(t, namespace, name);
-        if deleting
-            && finalizers(&next).is_empty()
-            && !self.terminating_pods.contains(&(k.clone(), current_uid))
-        {
-            // The last finalizer is gone: the deletion completes.
-            metadata_mut(&mut next)
-                .insert("resourceVersion".into(), json!((self.rv + 1).to_string()));
-            self.remove(&k, &next);
-            return Ok(next);
+        let grace_over = current
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .is_none_or(|g| g == 0);
+        if deleting && finalizers(&next).is_empty() && grace_over {
+            // The last finalizer is gone and no grace period is running (a
+            // terminating pod waits for its kubelet): the deletion completes.
+            return Ok(self.remove(&k, &next));
         }
         Ok(self.commit_modified(&k, current, next))
     }
@@ -926,23 +1062,36 @@ impl Store {
     fn commit_modified(&mut self, k: &ObjKey, current: &Value, mut next: Value) -> Value {
         self.rv += 1;
         metadata_mut(&mut next).insert("resourceVersion".into(), json!(self.rv.to_string()));
-        self.objects.insert(k.clone(), next.clone());
+        self.put(k, Some(current), next.clone());
         self.emit(EventKind::Modified, k.clone(), &next, Some(current));
         next
     }
 
-    fn remove(&mut self, k: &ObjKey, last: &Value) {
+    /// Stores an object (the one place objects are inserted), keeping the
+    /// garbage collector's graph current.
+    fn put(&mut self, k: &ObjKey, before: Option<&Value>, obj: Value) {
+        self.gc_stored(k, before, &obj);
+        self.objects.insert(k.clone(), obj);
+    }
+
+    /// Removes an object (the one place objects are removed) and returns
+    /// its last state, stamped with the deletion's resourceVersion.
+    fn remove(&mut self, k: &ObjKey, last: &Value) -> Value {
         self.rv += 1;
         let mut gone = last.clone();
         metadata_mut(&mut gone).insert("resourceVersion".into(), json!(self.rv.to_string()));
-        self.objects.remove(k);
+        let stored = self.objects.remove(k);
+        let uid = str_at(&gone, "uid");
+        self.gc_removed(k, stored.as_ref().unwrap_or(&gone));
+        self.kubelet_forget(k, &uid);
         if k.group == "apiextensions.k8s.io"
             && k.plural == "customresourcedefinitions"
             && let Ok(t) = ResourceType::from_crd(&gone)
         {
             self.unregister(&t.group, &t.plural);
         }
-        self.emit(EventKind::Deleted, k.clone(), &gone, None);
+        self.emit(EventKind::Deleted, k.clone(), &gone, stored.as_ref());
+        gone
     }
 
     /// Records an event and feeds matching watchers; a watcher whose buffer
@@ -972,12 +1121,7 @@ impl Store {
                 },
             }
         });
-        self.history.push_back(event);
-        while self.history.len() > self.config.history_limit.max(1) {
-            if let Some(evicted) = self.history.pop_front() {
-                self.compacted = evicted.rv;
-            }
-        }
+        self.history.record(event, Instant::now());
     }
 
     fn prepare_new_status(&mut self, t: &ResourceType, obj: &mut Value) -> Result<(), ApiError> {
@@ -1010,9 +1154,9 @@ impl Store {
                     "storedVersions": [registered.preferred_version()],
                     "conditions": [
                         {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
-                         "message": "no conflicts found", "lastTransitionTime": now()},
+                         "message": "no conflicts found", "lastTransitionTime": self.clock.timestamp()},
                         {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
-                         "message": "the initial names have been accepted", "lastTransitionTime": now()},
+                         "message": "the initial names have been accepted", "lastTransitionTime": self.clock.timestamp()},
                     ],
                 })),
             );
@@ -1093,16 +1237,47 @@ fn labels_of(object: &Value) -> BTreeMap<String, String> {
 }
 
 fn finalizers(object: &Value) -> Vec<String> {
-    object
-        .pointer("/metadata/finalizers")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
+    string_list(object.pointer("/metadata/finalizers"))
+}
+
+/// A string field of a JSON object (`""` when absent or not a string).
+fn text(v: &Value, field: &str) -> String {
+    v.get(field)
+        .and_then(Value::as_str)
         .unwrap_or_default()
+        .to_owned()
+}
+
+/// Sets a `status.conditions` entry by its `type`, keeping its
+/// `lastTransitionTime` when its `status` does not change (the rule of
+/// every Kubernetes condition).
+fn set_condition(obj: &mut Value, mut condition: Value) {
+    let Some(o) = obj.as_object_mut() else {
+        return;
+    };
+    let status = o.entry("status").or_insert_with(|| json!({}));
+    let Some(status) = status.as_object_mut() else {
+        return;
+    };
+    let conditions = status.entry("conditions").or_insert_with(|| json!([]));
+    let Some(conditions) = conditions.as_array_mut() else {
+        return;
+    };
+    let kind = condition.get("type").cloned();
+    match conditions
+        .iter_mut()
+        .find(|c| c.get("type") == kind.as_ref())
+    {
+        Some(existing) => {
+            if existing.get("status") == condition.get("status")
+                && let Some(since) = existing.get("lastTransitionTime")
+            {
+                condition["lastTransitionTime"] = since.clone();
+            }
+            *existing = condition;
+        }
+        None => conditions.push(condition),
+    }
 }
 
 /// Whether anything but metadata (and status, when it is a subresource)
@@ -1121,14 +1296,76 @@ fn spec_changed(t: &ResourceType, before: &Value, after: &Value) -> bool {
     strip(before) != strip(after)
 }
 
-fn pod_grace(pod: &Value, opts: &DeleteOptions) -> i64 {
-    opts.grace_period_seconds
-        .or_else(|| {
-            pod.pointer("/spec/terminationGracePeriodSeconds")
-                .and_then(Value::as_i64)
+/// What the pod strategy decided about a delete.
+enum PodDelete {
+    /// A graceful deletion is running and this delete does not shorten it:
+    /// nothing changes, not even finalizers.
+    Pending,
+    /// The delete sets this grace period (0: remove now).
+    Graceful(i64),
+    /// Already terminating with no grace period left.
+    NotGraceful,
+}
+
+/// The finalizers a delete leaves for the garbage collector (`orphan`,
+/// `foregroundDeletion`), if they differ from the object's: explicit
+/// options first, then the object's own finalizers, then the default
+/// (background: neither), as `deletionFinalizersForGarbageCollection`.
+fn gc_finalizers(current: &Value, opts: &DeleteOptions) -> Option<Vec<String>> {
+    let existing = finalizers(current);
+    let from_finalizers = |orphan_wins: bool| {
+        existing.iter().find_map(|f| match f.as_str() {
+            gc::ORPHAN => Some(orphan_wins),
+            gc::FOREGROUND => Some(!orphan_wins),
+            _ => None,
         })
-        .unwrap_or(30)
-        .max(0)
+    };
+    let orphan = match (opts.orphan_dependents, opts.propagation) {
+        (Some(o), _) => o,
+        (None, Some(p)) => p == Propagation::Orphan,
+        (None, None) => from_finalizers(true).unwrap_or(false),
+    };
+    let foreground = match (opts.orphan_dependents, opts.propagation) {
+        (Some(_), _) => false,
+        (None, Some(p)) => p == Propagation::Foreground,
+        (None, None) => from_finalizers(false).unwrap_or(false),
+    };
+    let mut next: Vec<String> = existing
+        .iter()
+        .filter(|f| *f != gc::ORPHAN && *f != gc::FOREGROUND)
+        .cloned()
+        .collect();
+    if orphan {
+        next.push(gc::ORPHAN.to_owned());
+    }
+    if foreground {
+        next.push(gc::FOREGROUND.to_owned());
+    }
+    let as_set = |v: &[String]| v.iter().cloned().collect::<std::collections::BTreeSet<_>>();
+    (as_set(&existing) != as_set(&next)).then_some(next)
+}
+
+/// `markAsDeleting`: a deletion held by finalizers starts now (or keeps an
+/// earlier start) with no grace period; the first one bumps `generation`.
+fn mark_as_deleting(obj: &mut Value, now: &str) {
+    let meta = metadata_mut(obj);
+    let started = meta
+        .get("deletionTimestamp")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    if started.is_none()
+        && let Some(g) = meta
+            .get("generation")
+            .and_then(Value::as_i64)
+            .filter(|g| *g > 0)
+    {
+        meta.insert("generation".into(), json!(g + 1));
+    }
+    // Same-format RFC 3339 timestamps compare as strings.
+    if started.is_none_or(|at| at.as_str() > now) {
+        meta.insert("deletionTimestamp".into(), json!(now));
+    }
+    meta.insert("deletionGracePeriodSeconds".into(), json!(0));
 }
 
 fn key(t: &ResourceType, namespace: &str, name: &str) -> ObjKey {
@@ -1159,13 +1396,6 @@ fn type_range(t: &ResourceType) -> std::ops::RangeInclusive<ObjKey> {
         name: String::new(),
     };
     lo..=hi
-}
-
-fn parse_continue(token: &str) -> Result<(String, String), ApiError> {
-    token
-        .split_once('/')
-        .map(|(ns, name)| (ns.to_owned(), name.to_owned()))
-        .ok_or_else(|| ApiError::bad_request(format!("invalid continue token {token:?}")))
 }
 
 /// Checks the body is an object of type `t` (in any served version) and
@@ -1300,27 +1530,22 @@ fn validate_name(t: &ResourceType, name: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Now, as the API server writes timestamps (RFC 3339, whole seconds).
-pub(crate) fn now() -> String {
-    timestamp_after(Duration::ZERO)
-}
-
-fn timestamp_after(d: Duration) -> String {
-    let secs = jiff::Timestamp::now().as_second() + i64::try_from(d.as_secs()).unwrap_or(0);
-    jiff::Timestamp::from_second(secs)
-        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
-        .to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn store(history: usize, capacity: usize) -> (Store, ResourceType) {
         let store = Store::new(StoreConfig {
+            clock: Clock::start(),
             history_limit: history,
             watch_capacity: capacity,
-            pod_termination: PodTermination::Immediate,
+            pod_behaviour: PodBehaviour::default(),
+            gc_delay: Duration::ZERO,
+            cache_lag: 0,
+            continue_expiry: ContinueExpiry {
+                after: Duration::from_secs(300),
+                writes: None,
+            },
             seed: 1,
         });
         let t = store.resolve("", "v1", "configmaps").unwrap();
@@ -1343,8 +1568,8 @@ mod tests {
             namespace: None,
             labels: LabelSelector::default(),
             fields: FieldSelector::default(),
-            resource_version: from,
-            send_initial_events: false,
+            from: from.map_or(WatchFrom::Latest, WatchFrom::Version),
+            send_initial_events: None,
         }
     }
 
@@ -1378,7 +1603,7 @@ mod tests {
         for i in 1..4 {
             create(&mut store, &t, &format!("c{i}"));
         }
-        assert_eq!(store.history.len(), 2);
+        assert_eq!(store.history.len("", "configmaps"), 2);
         assert!(matches!(
             store.watch(&t, watch_all(Some(first_rv))),
             WatchStart::Expired(e) if e.code == 410

@@ -1,0 +1,623 @@
+//! Every row of the decision table on the memory backends, with paused
+//! time: the inconsistency made, one cycle run, and the world checked from
+//! the backends (runs, states, Leases, labels), not from the report alone.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cancel_coordinator::{
+    CancellationCoordinator, CancellationRequest, CoordinatorConfig, Intent, METADATA_PULL_REQUEST,
+    MemoryWorkloads, RunSeed, SagaConfig, StateAwareCancellation, Workers, Workloads,
+};
+use jiff::Timestamp;
+use label_cas::{MemoryLabels, MemoryPullRequests, PrRef, PullRequest};
+use lease_lock::{LeaseBackend, LeaseLock, LockConfig, MemoryLeases};
+use recovery::{ANNOTATION_NEEDS_INTERVENTION, Action, Kind, RecoveryConfig, RecoveryManager};
+use state_store::naming::{KEY_STATE, state_labels};
+use state_store::{
+    CancellationOutcome, CancellationRecord, Document, MemoryBackend, StateBackend, StateStore,
+    Supersession,
+};
+
+const OLD: &str = "1111111111111111111111111111111111111111";
+const NEW: &str = "2222222222222222222222222222222222222222";
+const TASK: &str = "task-42";
+
+struct World {
+    leases: MemoryLeases,
+    states: Arc<MemoryBackend>,
+    store: StateStore,
+    workloads: MemoryWorkloads,
+    labels: Arc<MemoryLabels>,
+    pulls: Arc<MemoryPullRequests>,
+    pr: PrRef,
+    coordinator: CancellationCoordinator,
+    workers: Option<Workers>,
+    recovery: RecoveryManager,
+}
+
+fn lock(leases: &MemoryLeases, who: &str) -> LeaseLock {
+    LeaseLock::new(
+        leases.clone(),
+        LockConfig {
+            prefix: "cancel".into(),
+            ..LockConfig::new(who, "supersede")
+        },
+    )
+    .unwrap()
+}
+
+impl World {
+    fn new() -> Self {
+        let leases = MemoryLeases::new();
+        let states = Arc::new(MemoryBackend::new());
+        // Wall-clock stamps that follow paused tokio time.
+        let store = StateStore::with_clock(
+            states.clone(),
+            state_store::StoreConfig::default(),
+            state_store::Clock::tokio_anchored(Timestamp::now()),
+        );
+        let workloads = MemoryWorkloads::new();
+        let labels = Arc::new(MemoryLabels::new());
+        let pulls = Arc::new(MemoryPullRequests::with_labels(labels.clone()));
+        let saga = StateAwareCancellation::builder(
+            lock(&leases, "controller-0"),
+            store.clone(),
+            Arc::new(workloads.clone()),
+            pulls.clone(),
+            labels.clone(),
+        )
+        .build()
+        .unwrap();
+        let coordinator = CancellationCoordinator::new(saga, CoordinatorConfig::default()).unwrap();
+        let workers = Some(coordinator.start());
+        let recovery = RecoveryManager::builder(
+            store.clone(),
+            lock(&leases, "controller-0-recovery"),
+            Arc::new(workloads.clone()),
+            coordinator.clone(),
+        )
+        .github(pulls.clone(), labels.clone())
+        .config(RecoveryConfig::default())
+        .build()
+        .unwrap();
+        Self {
+            leases,
+            states,
+            store,
+            workloads,
+            labels,
+            pulls,
+            pr: PrRef::new("acme", "widgets", 7).unwrap(),
+            coordinator,
+            workers,
+            recovery,
+        }
+    }
+
+    fn pull_at(&self, head: &str, labels: &[&str]) {
+        let pull = PullRequest::open(head, "task-42-fix")
+            .unwrap()
+            .with_labels(labels.iter().copied());
+        self.pulls.set_pull(&self.pr, pull).unwrap();
+    }
+
+    /// The sensor's part, its request lost: the push recorded with the PR.
+    async fn pushed(&self, head: &str, at: Timestamp) {
+        self.store
+            .record_supersession(
+                TASK,
+                &Supersession {
+                    head_sha: head.into(),
+                    pushed_at: at,
+                    delivery_id: format!("d-{head}"),
+                    correlation_id: None,
+                },
+            )
+            .await
+            .unwrap();
+        self.store
+            .update(TASK, |s| {
+                s.metadata
+                    .insert(METADATA_PULL_REQUEST.into(), self.pr.to_string());
+                Ok::<_, state_store::Error>(())
+            })
+            .await
+            .unwrap();
+    }
+
+    fn agents_on(&self, head: &str) -> Vec<String> {
+        ["quality", "review"]
+            .iter()
+            .map(|role| {
+                let name = format!("{role}-{}", &head[..7]);
+                self.workloads
+                    .add_run(RunSeed::new(name.clone(), TASK, *role, head));
+                name
+            })
+            .collect()
+    }
+
+    async fn settled(&self) {
+        for _ in 0..10_000 {
+            if self.coordinator.list_active().is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the coordinator never settled");
+    }
+
+    async fn state(&self) -> state_store::RemediationState {
+        self.store.get(TASK).await.unwrap().unwrap().state
+    }
+
+    async fn annotation(&self) -> Option<String> {
+        self.states
+            .get("task-task-42-state")
+            .await
+            .unwrap()
+            .unwrap()
+            .document
+            .annotations
+            .get(ANNOTATION_NEEDS_INTERVENTION)
+            .cloned()
+    }
+
+    async fn stop(mut self) {
+        if let Some(workers) = self.workers.take() {
+            workers.shutdown(Duration::from_secs(5)).await;
+        }
+    }
+}
+
+/// A Lease of the task lock held by `dead-pod/1`, which stopped renewing it
+/// two minutes ago (its process died).
+fn dead_lease(name: &str) -> lease_lock::Lease {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+    let renewed = MicroTime(Timestamp::now() - jiff::SignedDuration::from_secs(120));
+    lease_lock::Lease {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(
+                [
+                    (
+                        lease_lock::MANAGED_BY_LABEL.to_owned(),
+                        lease_lock::MANAGED_BY_VALUE.to_owned(),
+                    ),
+                    (
+                        lease_lock::LOCK_PREFIX_LABEL.to_owned(),
+                        "cancel".to_owned(),
+                    ),
+                ]
+                .into(),
+            ),
+            ..ObjectMeta::default()
+        },
+        spec: Some(lease_lock::LeaseSpec {
+            holder_identity: Some("dead-pod/1".into()),
+            lease_duration_seconds: Some(30),
+            acquire_time: Some(renewed.clone()),
+            renew_time: Some(renewed),
+            lease_transitions: Some(1),
+            ..lease_lock::LeaseSpec::default()
+        }),
+    }
+}
+
+fn at(second: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 + second).unwrap()
+}
+
+/// Past `settle_after`: what was recorded is recovery's now.
+async fn later() {
+    tokio::time::sleep(Duration::from_secs(61)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pending_supersession_whose_request_was_lost_is_handed_on_and_cancelled() {
+    let w = World::new();
+    let stale = w.agents_on(OLD);
+    let fresh = w.agents_on(NEW);
+    w.pull_at(NEW, &["ready-for-qa"]);
+    w.pushed(NEW, at(60)).await;
+    // A fresh one is the coordinator's: left alone.
+    let early = w.recovery.run_cycle().await.unwrap();
+    assert!(early.of(Kind::PendingSupersession).is_empty(), "{early:?}");
+    later().await;
+
+    let report = w.recovery.run_cycle().await.unwrap();
+    w.settled().await;
+
+    let found = report.of(Kind::PendingSupersession);
+    assert_eq!(found.len(), 1, "{report:?}");
+    assert_eq!(found[0].action, Action::Handed);
+    assert!(stale.iter().all(|n| w.workloads.get(n).is_none()));
+    assert!(fresh.iter().all(|n| w.workloads.get(n).is_some()));
+    assert!(w.state().await.pending_supersessions.is_empty());
+    assert!(w.labels.labels(&w.pr).contains("needs-qa"));
+    w.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_journal_is_resumed_through_the_coordinator() {
+    let w = World::new();
+    let stale = w.agents_on(OLD);
+    w.pull_at(NEW, &[]);
+    w.pushed(NEW, at(60)).await;
+    // A saga whose process died right after journaling: its Lease is left
+    // held by an identity nobody renews (last renewed two minutes ago).
+    let lease = w
+        .leases
+        .create("supersede", &dead_lease("cancel-task-task-42"))
+        .await
+        .unwrap();
+    let token = lease_lock::FencingToken::new(
+        lease.metadata.uid.clone().unwrap(),
+        lease.metadata.creation_timestamp.clone().unwrap().0,
+        1,
+    );
+    let mut journal = state_store::OperationJournal::begin(
+        "op-dead",
+        state_store::OperationKind::Cancellation,
+        "dead-pod/1",
+        w.store.clock().now(),
+    );
+    journal.fencing_token = Some(token);
+    journal.targets = stale.clone();
+    journal.context.insert("keep_head".into(), NEW.into());
+    journal.context.insert("pr".into(), w.pr.to_string());
+    w.store.begin_operation(TASK, journal).await.unwrap();
+    later().await;
+
+    let report = w.recovery.run_cycle().await.unwrap();
+    w.settled().await;
+
+    assert_eq!(report.of(Kind::AbandonedJournal).len(), 1, "{report:?}");
+    assert!(stale.iter().all(|n| w.workloads.get(n).is_none()));
+    let state = w.state().await;
+    assert!(state.active_operation.is_none());
+    assert_eq!(
+        state
+            .cancellation_history
+            .iter()
+            .filter(|r| r.operation_id == "op-dead")
+            .count(),
+        1
+    );
+    w.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_superseded_run_left_running_is_handed_on_and_one_held_by_a_finalizer_flagged() {
+    let w = World::new();
+    w.pull_at(NEW, &[]);
+    w.pushed(NEW, at(60)).await;
+    let alive = w
+        .workloads
+        .add_run(RunSeed::new("quality-1111111", TASK, "quality", OLD));
+    let held = w
+        .workloads
+        .add_run(RunSeed::new("review-1111111", TASK, "review", OLD));
+    // Marked by an operation that died after its record (no journal open).
+    let intent = Intent {
+        superseded_by: NEW.into(),
+        operation_id: "op-gone".into(),
+        correlation_id: None,
+        at: w.store.clock().now(),
+    };
+    w.workloads.mark_superseded(&alive, &intent).await.unwrap();
+    let held = w.workloads.mark_superseded(&held, &intent).await.unwrap();
+    w.workloads
+        .add_foreign_finalizer("review-1111111", "example.dev/audit");
+    w.workloads
+        .terminate(
+            &held,
+            cancel_coordinator::CancelMode::Delete,
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+    w.store
+        .update(TASK, |s| {
+            s.pending_supersessions.clear();
+            Ok::<_, state_store::Error>(())
+        })
+        .await
+        .unwrap();
+    later().await;
+
+    let report = w.recovery.run_cycle().await.unwrap();
+    w.settled().await;
+
+    let alive_found = report.of(Kind::StaleRunAlive);
+    assert_eq!(alive_found.len(), 1, "{report:?}");
+    assert_eq!(alive_found[0].object.as_deref(), Some("quality-1111111"));
+    assert!(w.workloads.get("quality-1111111").is_none(), "cancelled");
+    let held_found = report.of(Kind::RunHeldByFinalizer);
+    assert_eq!(held_found.len(), 1, "{report:?}");
+    assert!(matches!(held_found[0].action, Action::Flagged(_)));
+    assert!(w.annotation().await.unwrap().contains("example.dev/audit"));
+    assert!(
+        w.workloads
+            .annotations("review-1111111")
+            .contains_key(cancel_coordinator::workloads::ANNOTATION_NEEDS_INTERVENTION)
+    );
+    w.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancellation_whose_labels_never_moved_gets_them_moved() {
+    let w = World::new();
+    w.pull_at(NEW, &["ready-for-qa"]);
+    w.pushed(NEW, at(60)).await;
+    w.store
+        .update(TASK, |s| {
+            s.pending_supersessions.clear();
+            s.record_cancellation(CancellationRecord {
+                operation_id: "op-1".into(),
+                at: at(70),
+                new_head_sha: NEW.into(),
+                targets: vec!["quality-1111111".into()],
+                outcome: CancellationOutcome::Cancelled,
+                correlation_id: None,
+                detail: Some(
+                    "quality-1111111: sigterm in 900 ms; labels: failed (rate limited)".into(),
+                ),
+            });
+            Ok::<_, state_store::Error>(())
+        })
+        .await
+        .unwrap();
+
+    let report = w.recovery.run_cycle().await.unwrap();
+
+    let found = report.of(Kind::LabelsNotMoved);
+    assert_eq!(found.len(), 1, "{report:?}");
+    assert_eq!(found[0].action, Action::Repaired);
+    let labels = w.labels.labels(&w.pr);
+    assert!(
+        labels.contains("needs-qa") && !labels.contains("ready-for-qa"),
+        "{labels}"
+    );
+    let detail = w.state().await.cancellation_history[0]
+        .detail
+        .clone()
+        .unwrap();
+    assert!(detail.contains("moved by recovery"), "{detail}");
+    let again = w.recovery.run_cycle().await.unwrap();
+    assert!(again.of(Kind::LabelsNotMoved).is_empty(), "repaired once");
+    w.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_orphaned_lease_is_deleted_and_a_held_one_kept() {
+    let w = World::new();
+    w.pull_at(NEW, &[]);
+    w.pushed(NEW, at(60)).await;
+    w.store
+        .update(TASK, |s| {
+            s.pending_supersessions.clear();
+            Ok::<_, state_store::Error>(())
+        })
+        .await
+        .unwrap();
+    w.leases
+        .create("supersede", &dead_lease("cancel-task-task-42"))
+        .await
+        .unwrap();
+    let live = lock(&w.leases, "live-pod");
+    let _held = live
+        .acquire("task-task-7", Default::default())
+        .await
+        .unwrap();
+
+    let report = w.recovery.run_cycle().await.unwrap();
+
+    let found = report.of(Kind::OrphanedLease);
+    assert_eq!(found.len(), 1, "{report:?}");
+    assert_eq!(found[0].action, Action::Repaired);
+    assert!(
+        w.leases
+            .get("supersede", "cancel-task-task-42")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        w.leases
+            .get("supersede", "cancel-task-task-7")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    w.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unreadable_state_is_rebuilt_and_flagged_and_an_invalid_one_flagged() {
+    let w = World::new();
+    let mut broken = Document {
+        labels: state_labels("task-9"),
+        ..Document::default()
+    };
+    broken.data.insert(
+        KEY_STATE.into(),
+        r#"{"version":"v1","task_id":"task-9","iteration":3,"status":"InProgress","feedback_his"#
+            .into(),
+    );
+    w.states.create("task-task-9-state", broken).await.unwrap();
+    let mut invalid = Document {
+        labels: state_labels("task-8"),
+        ..Document::default()
+    };
+    invalid.data.insert(
+        KEY_STATE.into(),
+        r#"{"version":"v1","task_id":"task-8","latest_head":{"sha":"not a sha","pushed_at":"2026-01-01T00:00:00Z","delivery_id":"d"}}"#.into(),
+    );
+    w.states.create("task-task-8-state", invalid).await.unwrap();
+
+    let report = w.recovery.run_cycle().await.unwrap();
+
+    let unreadable = report.of(Kind::UnreadableState);
+    assert_eq!(unreadable.len(), 1, "{report:?}");
+    assert!(matches!(&unreadable[0].action, Action::Flagged(why) if why.contains("lost")));
+    let rebuilt = w.store.get("task-9").await.unwrap().unwrap();
+    assert_eq!(
+        rebuilt.origin,
+        state_store::SchemaOrigin::Current,
+        "written back rebuilt"
+    );
+    assert_eq!(rebuilt.state.iteration, 3);
+    let invalid = report.of(Kind::InvalidState);
+    assert_eq!(invalid.len(), 1, "{report:?}");
+    assert!(matches!(&invalid[0].action, Action::Flagged(why) if why.contains("sha")));
+    assert_eq!(report.flagged_tasks, 2);
+    // Flagged tasks are left alone until a human acts.
+    let next = w.recovery.run_cycle().await.unwrap();
+    assert!(next.findings.is_empty(), "{next:?}");
+    assert_eq!(next.flagged_tasks, 2);
+    let mut flagged: Vec<String> = w
+        .recovery
+        .flagged()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.task_id)
+        .collect();
+    flagged.sort();
+    assert_eq!(flagged, ["task-8", "task-9"]);
+    w.recovery
+        .resolve("task-9", "alice", "checked the quarantined copy")
+        .await
+        .unwrap();
+    let resolved = w.store.get("task-9").await.unwrap().unwrap();
+    assert!(resolved.state.metadata[recovery::METADATA_RESOLVED].contains("alice"));
+    assert_eq!(w.recovery.flagged().await.unwrap().len(), 1);
+    w.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_push_no_webhook_told_of_is_caught_by_head_drift_and_cancelled() {
+    let w = World::new();
+    let stale = w.agents_on(OLD);
+    let fresh = w.agents_on(NEW);
+    w.pushed(OLD, at(0)).await;
+    w.store
+        .update(TASK, |s| {
+            s.pending_supersessions.clear();
+            s.status = state_store::TaskStatus::InProgress;
+            Ok::<_, state_store::Error>(())
+        })
+        .await
+        .unwrap();
+    // GitHub moved to NEW at 100 s; its webhook never arrived.
+    w.pull_at(NEW, &["ready-for-qa"]);
+    w.pulls
+        .update(&w.pr, |p| p.updated_at = Some(at(100)))
+        .unwrap();
+
+    let report = w.recovery.run_cycle().await.unwrap();
+    w.settled().await;
+
+    let found = report.of(Kind::HeadDrift);
+    assert_eq!(found.len(), 1, "{report:?}");
+    assert_eq!(found[0].action, Action::Handed);
+    assert_eq!(w.state().await.latest_head.unwrap().sha, NEW);
+    assert!(stale.iter().all(|n| w.workloads.get(n).is_none()));
+    assert!(fresh.iter().all(|n| w.workloads.get(n).is_some()));
+    assert_eq!(report.head_checks, 1);
+    w.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn head_checks_stay_within_their_budget_and_go_round() {
+    let w = World::new();
+    for t in 0..5 {
+        let task = format!("task-{t}");
+        w.store
+            .update(&task, |s| {
+                s.metadata.insert(
+                    METADATA_PULL_REQUEST.into(),
+                    format!("acme/widgets#{}", t + 1),
+                );
+                Ok::<_, state_store::Error>(())
+            })
+            .await
+            .unwrap();
+    }
+    let recovery = RecoveryManager::builder(
+        w.store.clone(),
+        lock(&w.leases, "r"),
+        Arc::new(w.workloads.clone()),
+        w.coordinator.clone(),
+    )
+    .github(w.pulls.clone(), w.labels.clone())
+    .config(RecoveryConfig {
+        head_checks_per_cycle: 2,
+        ..RecoveryConfig::default()
+    })
+    .build()
+    .unwrap();
+    let mut checked = 0;
+    for _ in 0..3 {
+        let report = recovery.run_cycle().await.unwrap();
+        assert!(report.head_checks <= 2);
+        checked += report.head_checks;
+    }
+    assert_eq!(w.pulls.calls().get, checked as u64, "one read per check");
+    assert!(
+        checked >= 5,
+        "three cycles of two reach every task: {checked}"
+    );
+    let _ = CancellationRequest::push(TASK, w.pr.clone(), NEW, at(0));
+    let _ = SagaConfig::default();
+    w.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_the_leader_runs_cycles_and_a_lost_leadership_stops_them() {
+    let w = World::new();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let leader_lock = |who: &str| {
+        LeaseLock::new(
+            w.leases.clone(),
+            LockConfig {
+                prefix: "recovery".into(),
+                ..LockConfig::new(who, "supersede")
+            },
+        )
+        .unwrap()
+    };
+    let other = RecoveryManager::builder(
+        w.store.clone(),
+        lock(&w.leases, "replica-1"),
+        Arc::new(w.workloads.clone()),
+        w.coordinator.clone(),
+    )
+    .build()
+    .unwrap();
+    let first = w.recovery.spawn(leader_lock("replica-0"), shutdown.clone());
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let second = other.spawn(leader_lock("replica-1"), shutdown.clone());
+    tokio::time::sleep(Duration::from_secs(95)).await;
+
+    let (a, b) = (count(&w.recovery), count(&other));
+    assert!(a >= 3, "the leader ran its cycles: {a}");
+    assert_eq!(b, 0, "the other replica ran none");
+    shutdown.cancel();
+    first.await.unwrap();
+    second.await.unwrap();
+    w.stop().await;
+}
+
+fn count(recovery: &RecoveryManager) -> u64 {
+    let mut registry = prometheus_client::registry::Registry::default();
+    recovery.metrics().register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("recovery_cycles_total ")?.parse().ok())
+        .unwrap_or(0)
+}
