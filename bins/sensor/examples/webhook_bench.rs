@@ -17,7 +17,9 @@
 //! `WEBHOOK_BENCH_IN_FLIGHT` (1 000) deliveries over `WEBHOOK_BENCH_TASKS`
 //! (500) tasks, each burst with new heads pushed later than the last. The
 //! sensor's coordinator runs too, as deployed (it finds no runs to cancel:
-//! the answer path is what is measured).
+//! the answer path is what is measured). On FakeKube the states, leases and
+//! CodeRuns are there (the real `kube::Client` through `KUBECONFIG`);
+//! GitHub is in memory in both runs.
 //!
 //! ```text
 //! cargo run --release -p sensor --example webhook_bench
@@ -56,7 +58,11 @@ fn main() {
         resilience::tls::ensure_crypto_provider();
         let memory = run("memory", None, rounds, in_flight, tasks).await;
         println!("{memory}");
-        let kube = testkit::kube::FakeKube::start().await.unwrap();
+        let kube = testkit::kube::FakeKube::builder()
+            .crd(<cancel_coordinator::CodeRun as kube::CustomResourceExt>::crd())
+            .start()
+            .await
+            .unwrap();
         kube.faults().latency(
             testkit::faults::Match::any(),
             Duration::from_millis(2),
@@ -144,6 +150,7 @@ async fn run(
     }
     let elapsed = started.elapsed();
     let (rss_kb, peak_kb) = memory_of(child.id());
+    let cpu = cpu_seconds(child.id());
     let exit_code = stop(&mut child);
     latencies.sort();
     let p = |q: f64| {
@@ -151,7 +158,9 @@ async fn run(
         round3(latencies[i].as_secs_f64() * 1e3)
     };
     eprintln!(
-        "{backend}: {sent} deliveries in {elapsed:.2?}; sensor RSS {rss_kb} kB, peak {peak_kb} kB"
+        "{backend}: {sent} deliveries in {elapsed:.2?}; sensor RSS {rss_kb} kB, peak {peak_kb} kB; \
+         sensor CPU {cpu:.2} s ({:.3} ms per delivery, coordinator included)",
+        cpu * 1e3 / sent as f64
     );
     serde_json::json!({
         "backend": backend,
@@ -225,7 +234,8 @@ fn stop(child: &mut Child) -> i32 {
 }
 
 /// The child: a sensor on memory backends, or on the cluster of
-/// `KUBECONFIG` (states and leases; runs and GitHub in memory), until SIGTERM.
+/// `KUBECONFIG` (states, leases and CodeRuns; GitHub in memory), until
+/// SIGTERM.
 fn serve() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -260,9 +270,16 @@ fn serve() {
             let github = Arc::new(label_cas::MemoryPullRequests::new());
             let coordinator = sensor::wiring::coordinator(
                 &config,
-                lease_lock::KubeLeases::new(client),
+                lease_lock::KubeLeases::new(client.clone()),
                 store.clone(),
-                Arc::new(cancel_coordinator::MemoryWorkloads::new()),
+                Arc::new(
+                    cancel_coordinator::KubeCodeRuns::new(
+                        client.clone(),
+                        &config.namespace,
+                        cancel_coordinator::CodeRunConfig::default(),
+                    )
+                    .unwrap(),
+                ),
                 github.clone(),
                 github.labels().clone(),
             )
@@ -300,6 +317,19 @@ fn memory_of(pid: u32) -> (u64, u64) {
             .unwrap_or(0)
     };
     (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// User + system CPU seconds process `pid` has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start at `)`.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
 }
 
 /// Raises the soft open-files limit (inherited by the child) to `needed`,

@@ -137,6 +137,12 @@ pub struct Config {
     #[arg(long, env = "SENSOR_NAMESPACE", default_value = "default")]
     pub namespace: String,
 
+    /// A JSON file describing the custom resource that holds runs (group,
+    /// version, kind, plural, where task id, role, head and phase are: a
+    /// cancel-coordinator `CodeRunConfig`); unset: supersede's `CodeRun`.
+    #[arg(long, env = "SENSOR_CODERUN_CONFIG_FILE")]
+    pub coderun_config_file: Option<PathBuf>,
+
     /// This replica's identity in lease holders (in a pod: its name).
     #[arg(long, env = "SENSOR_IDENTITY", default_value = "sensor")]
     pub identity: String,
@@ -251,6 +257,7 @@ impl Default for Config {
             max_concurrent_writes: DEFAULT_MAX_CONCURRENT_WRITES,
             coordinator_workers: DEFAULT_COORDINATOR_WORKERS,
             namespace: "default".to_owned(),
+            coderun_config_file: None,
             identity: "sensor".to_owned(),
             github_api_url: None,
             github_token_file: None,
@@ -349,8 +356,34 @@ impl Config {
                 return fail("namespace", "must not be empty");
             }
             self.github_credentials()?;
+            self.coderun_config()?;
         }
         Ok(())
+    }
+
+    /// The run resource's description: `--coderun-config-file`, or
+    /// supersede's `CodeRun`.
+    pub fn coderun_config(&self) -> Result<cancel_coordinator::CodeRunConfig, ConfigError> {
+        let Some(path) = &self.coderun_config_file else {
+            return Ok(cancel_coordinator::CodeRunConfig::default());
+        };
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) => {
+                return fail(
+                    "coderun-config-file",
+                    format!("cannot read {}: {e}", path.display()),
+                );
+            }
+        };
+        let config: cancel_coordinator::CodeRunConfig = match serde_json::from_str(&text) {
+            Ok(config) => config,
+            Err(e) => return fail("coderun-config-file", format!("{}: {e}", path.display())),
+        };
+        if let Err(e) = config.validate() {
+            return fail("coderun-config-file", e.to_string());
+        }
+        Ok(config)
     }
 
     /// The webhook secrets, current first: `--webhook-secret`, then the

@@ -9,7 +9,8 @@
 use std::sync::Arc;
 
 use cancel_coordinator::{
-    CancellationCoordinator, CoordinatorConfig, MemoryWorkloads, StateAwareCancellation, Workloads,
+    CancellationCoordinator, CoordinatorConfig, KubeCodeRuns, MemoryWorkloads,
+    StateAwareCancellation, Workloads,
 };
 use label_cas::{GitHubLabels, LabelBackend, MemoryPullRequests, PullRequests};
 use lease_lock::{KubeLeases, LeaseBackend, LeaseLock, LockConfig, MemoryLeases};
@@ -91,7 +92,7 @@ pub fn memory_parts(config: &Config) -> Result<SensorParts, Error> {
 
 /// A cluster and GitHub: the in-cluster (or kubeconfig) client through
 /// `kube::Client::try_default()`, ConfigMap task states, Lease locks,
-/// CodeRuns, and GitHub through the configured credentials.
+/// CodeRuns (`KubeCodeRuns`), and GitHub through the configured credentials.
 pub async fn cluster_parts(config: &Config) -> Result<SensorParts, Error> {
     resilience::tls::ensure_crypto_provider();
     let client = kube::Client::try_default()
@@ -109,7 +110,7 @@ pub fn cluster_parts_with(
     client: kube::Client,
     octocrab: Octocrab,
 ) -> Result<SensorParts, Error> {
-    let workloads = kube_workloads(&client, &config.namespace)?;
+    let workloads = kube_workloads(config, &client)?;
     cluster_parts_with_workloads(config, client, octocrab, workloads)
 }
 
@@ -142,16 +143,11 @@ pub fn cluster_parts_with_workloads(
     })
 }
 
-/// The CodeRuns of the cluster.
-///
-/// cancel-coordinator's `KubeCodeRuns` is not in this build yet: until it
-/// is, the sensor refuses to start against a cluster rather than run a
-/// coordinator that could never cancel a run.
-fn kube_workloads(_client: &kube::Client, _namespace: &str) -> Result<Arc<dyn Workloads>, Error> {
-    Err(Error::Backend(
-        "this build has no Kubernetes CodeRun backend (cancel-coordinator's KubeCodeRuns); run with --dev"
-            .to_owned(),
-    ))
+/// The runs of the cluster: supersede's `CodeRun`s, or the custom resource
+/// `--coderun-config-file` describes, in `--namespace`.
+fn kube_workloads(config: &Config, client: &kube::Client) -> Result<Arc<dyn Workloads>, Error> {
+    let runs = KubeCodeRuns::new(client.clone(), &config.namespace, config.coderun_config()?)?;
+    Ok(Arc::new(runs))
 }
 
 /// An octocrab client for `credentials` (retry layer off: label-cas

@@ -1,43 +1,48 @@
 //! End to end: FakeGitHub's webhook sender (as GitHub's Hookshot: one POST
 //! per event, nothing retried, redeliveries with the same GUID) delivers to
-//! the sensor, whose task states and leases live on FakeKube (ConfigMaps
-//! and Leases through the real `kube::Client`) and whose coordinator reads
-//! pull requests and moves labels on FakeGitHub through octocrab. The runs
-//! and their pods are `MemoryWorkloads` (cancel-coordinator's `KubeCodeRuns`
-//! is not in this build yet).
+//! the sensor wired as in a cluster (`wiring::cluster_parts_with`): task
+//! states, leases and CodeRuns with their pods on FakeKube through the real
+//! `kube::Client` — FakeKube's garbage collector and kubelet deciding when
+//! pods and runs go — and pull requests and labels on FakeGitHub through
+//! octocrab. What happened is read from FakeKube's store and request log
+//! and from the task state, never from the sensor's own counters alone.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
-use std::sync::Arc;
-
-use cancel_coordinator::{Happened, MemoryWorkloads, PodBehaviour, RunSeed};
+use cancel_coordinator::workloads::LABEL_CODE_RUN;
+use cancel_coordinator::{AgentSpec, CodeRun, CodeRunSpec};
 use common::{NEW, OLD, Running, TASK, until};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Api, PostParams};
+use kube::{CustomResourceExt, Resource, ResourceExt};
 use sensor::{Config, wiring};
+use serde_json::json;
 use state_store::{CancellationOutcome, ConfigMapBackend, RemediationState, StateStore};
 use testkit::faults::{InjectedError, Match};
 use testkit::github::{DeliveryId, FakeGitHub, WebhookConfig, Webhooks};
-use testkit::kube::FakeKube;
+use testkit::kube::{FakeKube, RequestFilter};
 
 const MIDDLE: &str = "1212121212121212121212121212121212121212";
 const BRANCH: &str = "task-42-fix";
+const NS: &str = "default";
 
 struct Cluster {
     kube: FakeKube,
     github: FakeGitHub,
-    workloads: MemoryWorkloads,
 }
 
 impl Cluster {
     async fn start() -> Self {
         resilience::tls::ensure_crypto_provider();
-        let kube = FakeKube::start().await.unwrap();
+        let kube = FakeKube::builder()
+            .crd(CodeRun::crd())
+            .start()
+            .await
+            .unwrap();
         let github = FakeGitHub::start().await.unwrap();
-        Self {
-            kube,
-            github,
-            workloads: MemoryWorkloads::new(),
-        }
+        Self { kube, github }
     }
 
     fn config(&self) -> Config {
@@ -51,11 +56,10 @@ impl Cluster {
     /// A sensor on this cluster; GitHub's webhook now points at it.
     async fn sensor(&self) -> Running {
         let config = self.config();
-        let parts = wiring::cluster_parts_with_workloads(
+        let parts = wiring::cluster_parts_with(
             &config,
             self.kube.client(),
             self.github.octocrab().unwrap(),
-            Arc::new(self.workloads.clone()),
         )
         .unwrap();
         let sensor = Running::start(&config, parts).await;
@@ -76,7 +80,7 @@ impl Cluster {
 
     /// The task's state once it satisfies `done` (polled, at most 10 s).
     async fn state_when(&self, done: impl Fn(&RemediationState) -> bool) -> RemediationState {
-        let store = StateStore::new(ConfigMapBackend::new(self.kube.client(), "default"));
+        let store = StateStore::new(ConfigMapBackend::new(self.kube.client(), NS));
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             if let Some(snapshot) = store.get(TASK).await.unwrap()
@@ -92,24 +96,76 @@ impl Cluster {
         }
     }
 
-    /// Runs of the three agents on `head`, one pod each that stops 10 ms
-    /// after SIGTERM.
-    fn agents_on(&self, head: &str) -> Vec<String> {
-        ["quality", "testing", "review"]
-            .iter()
-            .map(|role| {
-                let name = format!("{role}-{}", &head[..7]);
-                self.workloads
-                    .add_run(RunSeed::new(name.clone(), TASK, *role, head).behaving(
-                        PodBehaviour::StopsAfter(std::time::Duration::from_millis(10)),
-                    ));
-                name
-            })
-            .collect()
+    /// The quality, testing and review CodeRuns of the task on `head`, each
+    /// with a pod that stops 10 ms after SIGTERM.
+    async fn agents_on(&self, head: &str) -> Vec<String> {
+        let mut names = Vec::new();
+        for role in ["quality", "testing", "review"] {
+            let name = format!("{role}-{}", &head[..7]);
+            self.run(&name, role, head).await;
+            names.push(name);
+        }
+        names
     }
 
+    async fn run(&self, name: &str, role: &str, head: &str) {
+        let runs: Api<CodeRun> = Api::namespaced(self.kube.client(), NS);
+        let spec = CodeRunSpec {
+            task_id: TASK.into(),
+            role: role.into(),
+            repository: "acme/widgets".into(),
+            pull_request: 7,
+            branch: BRANCH.into(),
+            head_sha: head.into(),
+            agent: AgentSpec {
+                image: "agent:1".into(),
+                ..AgentSpec::default()
+            },
+        };
+        let run = runs
+            .create(&PostParams::default(), &CodeRun::labelled(name, spec))
+            .await
+            .unwrap();
+        let owner = OwnerReference {
+            block_owner_deletion: Some(true),
+            ..run.controller_owner_ref(&()).unwrap()
+        };
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {
+                "name": format!("{name}-pod"),
+                "labels": {
+                    LABEL_CODE_RUN: run.name_any(),
+                    "testkit.supersede.dev/starts-after": "0s",
+                    "testkit.supersede.dev/termination": "stops-after-10ms",
+                },
+                "ownerReferences": [owner],
+            },
+            "spec": {
+                "containers": [{"name": "agent", "image": "agent:1"}],
+                "restartPolicy": "Never",
+                "terminationGracePeriodSeconds": 30,
+            },
+        }))
+        .unwrap();
+        let pods: Api<Pod> = Api::namespaced(self.kube.client(), NS);
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+    }
+
+    fn exists(&self, run: &str) -> bool {
+        self.kube.peek::<CodeRun>(NS, run).is_some()
+            || self.kube.peek::<Pod>(NS, &format!("{run}-pod")).is_some()
+    }
+
+    /// Waits (real time, at most 10 s) until `runs` and their pods are gone.
     async fn until_gone(&self, runs: &[String]) {
-        until(|| runs.iter().all(|r| self.workloads.get(r).is_none())).await;
+        until(|| runs.iter().all(|r| !self.exists(r))).await;
+    }
+
+    /// Requests that wrote to run `name` or its pod.
+    fn writes_to(&self, name: &str, verb: &str) -> usize {
+        let log = self.kube.requests();
+        log.count(&RequestFilter::any().verb(verb).name(name))
+            + log.count(&RequestFilter::any().verb(verb).name(format!("{name}-pod")))
     }
 
     /// The status code each delivery was answered with.
@@ -120,17 +176,6 @@ impl Cluster {
             codes.push(delivery.outcome.status_code().unwrap_or_default());
         }
         codes
-    }
-
-    fn sigterms(&self) -> Vec<String> {
-        self.workloads
-            .history()
-            .into_iter()
-            .filter_map(|(_, h)| match h {
-                Happened::Sigterm { pod, .. } => Some(pod),
-                _ => None,
-            })
-            .collect()
     }
 }
 
@@ -143,7 +188,8 @@ async fn a_push_to_pr_7s_branch_leads_to_the_tasks_stale_runs_being_cancelled() 
         .add_pull("acme", "widgets", 7, OLD, BRANCH, ["ready-for-qa"])
         .unwrap();
     assert_eq!(cluster.answers(&opened).await, [202]);
-    let stale = cluster.agents_on(OLD);
+    let stale = cluster.agents_on(OLD).await;
+    let current = cluster.agents_on(NEW).await;
 
     let pushed = cluster
         .github
@@ -172,6 +218,12 @@ async fn a_push_to_pr_7s_branch_leads_to_the_tasks_stale_runs_being_cancelled() 
     let mut expected = stale.clone();
     expected.sort();
     assert_eq!(targets, expected);
+    for run in &current {
+        assert!(cluster.exists(run), "{run} of the new head was kept");
+        for verb in ["patch", "update", "delete"] {
+            assert_eq!(cluster.writes_to(run, verb), 0, "{verb} of {run}");
+        }
+    }
     // The saga moved the pull request's labels on GitHub.
     until(|| cluster.github.labels("acme", "widgets", 7) == ["needs-qa"]).await;
     assert_eq!(sensor.stop().await.exit_code(), 0);
@@ -186,9 +238,9 @@ async fn deliveries_out_of_order_twice_and_after_a_restart_are_each_handled_once
         .add_pull("acme", "widgets", 7, OLD, BRANCH, ["ready-for-qa"])
         .unwrap();
     assert_eq!(cluster.answers(&opened).await, [202]);
-    let old_runs = cluster.agents_on(OLD);
-    let middle_runs = cluster.agents_on(MIDDLE);
-    let new_runs = cluster.agents_on(NEW);
+    let old_runs = cluster.agents_on(OLD).await;
+    let middle_runs = cluster.agents_on(MIDDLE).await;
+    let new_runs = cluster.agents_on(NEW).await;
 
     let webhooks = cluster.webhooks();
     webhooks.hold();
@@ -209,7 +261,7 @@ async fn deliveries_out_of_order_twice_and_after_a_restart_are_each_handled_once
 
     cluster.until_gone(&old_runs).await;
     cluster.until_gone(&middle_runs).await;
-    assert!(new_runs.iter().all(|r| cluster.workloads.get(r).is_some()));
+    assert!(new_runs.iter().all(|r| cluster.exists(r)));
     let state = cluster.state().await;
     assert_eq!(
         state.latest_head.as_ref().unwrap().sha,
@@ -247,14 +299,17 @@ async fn deliveries_out_of_order_twice_and_after_a_restart_are_each_handled_once
         1.0
     );
 
-    // Every stale pod got exactly one SIGTERM; the newest head's none.
-    let mut sigterms = cluster.sigterms();
-    sigterms.sort();
-    let before = sigterms.len();
-    sigterms.dedup();
-    assert_eq!(sigterms.len(), before, "a pod was signalled twice");
-    assert_eq!(sigterms.len(), 6);
-    assert!(new_runs.iter().all(|r| cluster.workloads.get(r).is_some()));
+    // Every stale run was deleted exactly once; the newest head's were
+    // never written to.
+    for run in old_runs.iter().chain(&middle_runs) {
+        assert_eq!(cluster.writes_to(run, "delete"), 1, "deletes of {run}");
+    }
+    for run in &new_runs {
+        assert!(cluster.exists(run));
+        for verb in ["patch", "update", "delete"] {
+            assert_eq!(cluster.writes_to(run, verb), 0, "{verb} of {run}");
+        }
+    }
     let state = cluster.state().await;
     let recorded: Vec<_> = state.recent_deliveries.iter().collect();
     assert_eq!(recorded.len(), 5, "opened and four pushes: {recorded:?}");
@@ -271,7 +326,7 @@ async fn kubernetes_unreachable_is_503_and_the_redelivery_once_it_is_back_is_acc
         .add_pull("acme", "widgets", 7, OLD, BRANCH, ["ready-for-qa"])
         .unwrap();
     assert_eq!(cluster.answers(&opened).await, [202]);
-    let stale = cluster.agents_on(OLD);
+    let stale = cluster.agents_on(OLD).await;
 
     // The API server answers every ConfigMap call 503 (an etcd outage).
     let outage = cluster.kube.faults().error_rate(
@@ -288,7 +343,7 @@ async fn kubernetes_unreachable_is_503_and_the_redelivery_once_it_is_back_is_acc
         [503, 503],
         "never 202 for a fact that was not stored"
     );
-    assert!(stale.iter().all(|r| cluster.workloads.get(r).is_some()));
+    assert!(stale.iter().all(|r| cluster.exists(r)));
 
     cluster.kube.faults().remove(outage);
     let redelivered = cluster.webhooks().redeliver(pushed[1]).unwrap();
