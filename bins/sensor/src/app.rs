@@ -367,21 +367,7 @@ impl Shared {
                 )
                     .into_response();
             }
-            Plan::Ignore(reason) => {
-                self.metrics.delivery(event, action, "ignored", reason);
-                info!(reason, "delivery ignored");
-                return (
-                    StatusCode::ACCEPTED,
-                    Json(Answer {
-                        status: "ignored",
-                        task_id: None,
-                        head_sha: None,
-                        reason: Some(reason),
-                        correlation_id: &correlation_id,
-                    }),
-                )
-                    .into_response();
-            }
+            Plan::Ignore(reason) => return self.ignore(event, action, reason, &correlation_id),
             Plan::Invalid(message) => {
                 self.metrics.delivery(event, action, "rejected", "payload");
                 warn!(%message, "delivery refused: payload");
@@ -390,20 +376,7 @@ impl Shared {
             Plan::Record(record) => record,
             Plan::LookUp(lookup) => match self.look_up(lookup).await {
                 Ok(Some(record)) => record,
-                Ok(None) => {
-                    self.metrics.delivery(event, action, "ignored", "unmapped");
-                    return (
-                        StatusCode::ACCEPTED,
-                        Json(Answer {
-                            status: "ignored",
-                            task_id: None,
-                            head_sha: None,
-                            reason: Some("unmapped"),
-                            correlation_id: &correlation_id,
-                        }),
-                    )
-                        .into_response();
-                }
+                Ok(None) => return self.ignore(event, action, "unmapped", &correlation_id),
                 Err(message) => {
                     self.metrics
                         .delivery(event, action, "rejected", "github_unavailable");
@@ -420,6 +393,29 @@ impl Shared {
         tracing::Span::current().record("task_id", record.task_id.as_str());
         self.record(record, key, event, action, correlation_id)
             .await
+    }
+
+    /// Answers 202 `ignored` with `reason`, counted and logged.
+    fn ignore(
+        &self,
+        event: &str,
+        action: Option<&str>,
+        reason: &'static str,
+        correlation_id: &str,
+    ) -> Response {
+        self.metrics.delivery(event, action, "ignored", reason);
+        info!(reason, "delivery ignored");
+        (
+            StatusCode::ACCEPTED,
+            Json(Answer {
+                status: "ignored",
+                task_id: None,
+                head_sha: None,
+                reason: Some(reason),
+                correlation_id,
+            }),
+        )
+            .into_response()
     }
 
     /// Writes the fact (in an owned task) and answers from its outcome.

@@ -149,11 +149,7 @@ impl MemoryPullLookup {
 
     /// `pr` is open from `branch` of its repository, carrying `labels`.
     pub fn open(&self, pr: &PrRef, branch: &str, labels: &[&str]) {
-        let key = (
-            pr.owner().to_ascii_lowercase(),
-            pr.repo().to_ascii_lowercase(),
-            branch.to_owned(),
-        );
+        let key = branch_key(pr.owner(), pr.repo(), branch);
         let pull = OpenPull {
             pr: pr.clone(),
             labels: labels.iter().map(|l| (*l).to_owned()).collect(),
@@ -181,14 +177,20 @@ impl PullLookup for MemoryPullLookup {
         repo: &str,
         branch: &str,
     ) -> Result<Vec<OpenPull>, LookupError> {
-        let key = (
-            owner.to_ascii_lowercase(),
-            repo.to_ascii_lowercase(),
-            branch.to_owned(),
-        );
+        let key = branch_key(owner, repo, branch);
         let pulls = self.pulls.lock().unwrap_or_else(PoisonError::into_inner);
         Ok(pulls.get(&key).cloned().unwrap_or_default())
     }
+}
+
+/// A branch's key: GitHub's owner and repository names are case-insensitive,
+/// branch names are not.
+fn branch_key(owner: &str, repo: &str, branch: &str) -> (String, String, String) {
+    (
+        owner.to_ascii_lowercase(),
+        repo.to_ascii_lowercase(),
+        branch.to_owned(),
+    )
 }
 
 #[cfg(test)]

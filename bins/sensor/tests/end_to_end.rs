@@ -45,6 +45,19 @@ impl Cluster {
         Self { kube, github }
     }
 
+    /// A cluster, a sensor on it, and PR 7 opened from [`BRANCH`] at
+    /// `head` (its `opened` delivery answered 202).
+    async fn with_pull_at(head: &str) -> (Self, Running) {
+        let cluster = Self::start().await;
+        let sensor = cluster.sensor().await;
+        let opened = cluster
+            .github
+            .add_pull("acme", "widgets", 7, head, BRANCH, ["ready-for-qa"])
+            .unwrap();
+        assert_eq!(cluster.answers(&opened).await, [202]);
+        (cluster, sensor)
+    }
+
     fn config(&self) -> Config {
         Config {
             dev: false,
@@ -181,13 +194,7 @@ impl Cluster {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_to_pr_7s_branch_leads_to_the_tasks_stale_runs_being_cancelled() {
-    let cluster = Cluster::start().await;
-    let sensor = cluster.sensor().await;
-    let opened = cluster
-        .github
-        .add_pull("acme", "widgets", 7, OLD, BRANCH, ["ready-for-qa"])
-        .unwrap();
-    assert_eq!(cluster.answers(&opened).await, [202]);
+    let (cluster, sensor) = Cluster::with_pull_at(OLD).await;
     let stale = cluster.agents_on(OLD).await;
     let current = cluster.agents_on(NEW).await;
 
@@ -231,13 +238,7 @@ async fn a_push_to_pr_7s_branch_leads_to_the_tasks_stale_runs_being_cancelled() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_out_of_order_twice_and_after_a_restart_are_each_handled_once() {
-    let cluster = Cluster::start().await;
-    let sensor = cluster.sensor().await;
-    let opened = cluster
-        .github
-        .add_pull("acme", "widgets", 7, OLD, BRANCH, ["ready-for-qa"])
-        .unwrap();
-    assert_eq!(cluster.answers(&opened).await, [202]);
+    let (cluster, sensor) = Cluster::with_pull_at(OLD).await;
     let old_runs = cluster.agents_on(OLD).await;
     let middle_runs = cluster.agents_on(MIDDLE).await;
     let new_runs = cluster.agents_on(NEW).await;
@@ -319,13 +320,7 @@ async fn deliveries_out_of_order_twice_and_after_a_restart_are_each_handled_once
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_unreachable_is_503_and_the_redelivery_once_it_is_back_is_accepted_and_cancelled()
  {
-    let cluster = Cluster::start().await;
-    let sensor = cluster.sensor().await;
-    let opened = cluster
-        .github
-        .add_pull("acme", "widgets", 7, OLD, BRANCH, ["ready-for-qa"])
-        .unwrap();
-    assert_eq!(cluster.answers(&opened).await, [202]);
+    let (cluster, sensor) = Cluster::with_pull_at(OLD).await;
     let stale = cluster.agents_on(OLD).await;
 
     // The API server answers every ConfigMap call 503 (an etcd outage).

@@ -432,54 +432,42 @@ async fn ignored_deliveries_record_nothing_and_say_why() {
     assert!(world.state(TASK).await.is_none());
 }
 
-/// A state backend that never answers: every call hangs.
-struct Hanging;
+/// A state backend that fails every call: by never answering (an API
+/// server that hangs) or by refusing at once (403).
+#[derive(Clone, Copy)]
+enum Broken {
+    Hanging,
+    Refusing,
+}
 
-#[async_trait::async_trait]
-impl StateBackend for Hanging {
-    async fn get(&self, _: &str) -> state_store::Result<Option<StoredDocument>> {
-        std::future::pending().await
-    }
-    async fn create(&self, _: &str, _: Document) -> state_store::Result<StoredDocument> {
-        std::future::pending().await
-    }
-    async fn replace(&self, _: &str, _: &str, _: Document) -> state_store::Result<StoredDocument> {
-        std::future::pending().await
-    }
-    async fn delete(&self, _: &str, _: &str) -> state_store::Result<()> {
-        std::future::pending().await
-    }
-    async fn list(
-        &self,
-        _: &std::collections::BTreeMap<String, String>,
-    ) -> state_store::Result<Vec<StoredDocument>> {
-        std::future::pending().await
+impl Broken {
+    async fn fail<T>(self) -> state_store::Result<T> {
+        match self {
+            Self::Hanging => std::future::pending().await,
+            Self::Refusing => Err(unavailable()),
+        }
     }
 }
 
-/// A state backend that refuses every call at once (an API server that
-/// answers 503).
-struct Refusing;
-
 #[async_trait::async_trait]
-impl StateBackend for Refusing {
+impl StateBackend for Broken {
     async fn get(&self, _: &str) -> state_store::Result<Option<StoredDocument>> {
-        Err(unavailable())
+        self.fail().await
     }
     async fn create(&self, _: &str, _: Document) -> state_store::Result<StoredDocument> {
-        Err(unavailable())
+        self.fail().await
     }
     async fn replace(&self, _: &str, _: &str, _: Document) -> state_store::Result<StoredDocument> {
-        Err(unavailable())
+        self.fail().await
     }
     async fn delete(&self, _: &str, _: &str) -> state_store::Result<()> {
-        Err(unavailable())
+        self.fail().await
     }
     async fn list(
         &self,
         _: &std::collections::BTreeMap<String, String>,
     ) -> state_store::Result<Vec<StoredDocument>> {
-        Err(unavailable())
+        self.fail().await
     }
 }
 
@@ -494,7 +482,7 @@ fn unavailable() -> StateError {
 
 #[tokio::test]
 async fn a_fact_that_cannot_be_stored_in_time_is_answered_503_never_202() {
-    let world = World::on(Arc::new(Hanging));
+    let world = World::on(Arc::new(Broken::Hanging));
     let config = Config {
         state_write_timeout_seconds: 1,
         ..config()
@@ -523,7 +511,7 @@ async fn a_fact_that_cannot_be_stored_in_time_is_answered_503_never_202() {
         "not ready while the state cannot be read"
     );
 
-    let world = World::on(Arc::new(Refusing));
+    let world = World::on(Arc::new(Broken::Refusing));
     let sensor = Running::start(&config, world.parts(&config)).await;
     let answer = sensor
         .deliver(
