@@ -181,6 +181,15 @@ impl Cluster {
             + log.count(&RequestFilter::any().verb(verb).name(format!("{name}-pod")))
     }
 
+    /// Redelivers `id` and checks it is answered 202 `duplicate`.
+    async fn redelivered_as_duplicate(&self, id: DeliveryId) {
+        let again = self.webhooks().redeliver(id).unwrap();
+        let delivery = self.webhooks().attempted(again).await.unwrap();
+        assert_eq!(delivery.outcome.status_code(), Some(202));
+        let body = delivery.response_body.unwrap();
+        assert!(body.contains("\"duplicate\""), "{body}");
+    }
+
     /// The status code each delivery was answered with.
     async fn answers(&self, ids: &[DeliveryId]) -> Vec<u16> {
         let mut codes = Vec::new();
@@ -271,28 +280,12 @@ async fn deliveries_out_of_order_twice_and_after_a_restart_are_each_handled_once
     );
 
     // The newest synchronize, redelivered: a duplicate, answered 202.
-    let again = webhooks.redeliver(second[1]).unwrap();
-    assert_eq!(cluster.answers(&[again]).await, [202]);
-    let body = webhooks
-        .attempted(again)
-        .await
-        .unwrap()
-        .response_body
-        .unwrap();
-    assert!(body.contains("\"duplicate\""), "{body}");
+    cluster.redelivered_as_duplicate(second[1]).await;
 
     // A restarted sensor (empty memory) still recognises it from the state.
     assert_eq!(sensor.stop().await.exit_code(), 0);
     let restarted = cluster.sensor().await;
-    let after_restart = webhooks.redeliver(second[1]).unwrap();
-    assert_eq!(cluster.answers(&[after_restart]).await, [202]);
-    let body = webhooks
-        .attempted(after_restart)
-        .await
-        .unwrap()
-        .response_body
-        .unwrap();
-    assert!(body.contains("\"duplicate\""), "{body}");
+    cluster.redelivered_as_duplicate(second[1]).await;
     assert_eq!(
         restarted
             .metric(r#"sensor_duplicates_total{found_in="state"}"#)
