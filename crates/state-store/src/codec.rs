@@ -447,6 +447,10 @@ fn salvage(task_id: &str, max_iterations: u32, doc: &Document, text: &str) -> Re
         s.cancellation_history = v
     });
     keep(s, max, text, "compactions", |s, v| s.compactions = v);
+    // The remembered deliveries keep a redelivery from counting twice.
+    keep(s, max, text, "recent_deliveries", |s, v| {
+        s.recent_deliveries = v
+    });
     keep(s, max, text, "highest_fencing_token", |s, v| {
         s.highest_fencing_token = Some(v)
     });
@@ -770,6 +774,7 @@ mod tests {
             correlation_id: None,
         });
         original.push_error("boom", Timestamp::UNIX_EPOCH);
+        original.observe_delivery("guid-1:7", None);
         let mut json = serde_json::to_string(&original).unwrap();
         // A head that breaks an invariant, and a payload cut short.
         json = json.replace("\"sha\":\"abcdef1\"", "\"sha\":\"not a sha\"");
@@ -781,6 +786,10 @@ mod tests {
         assert_eq!(state.active_operation, original.active_operation);
         assert_eq!(state.pending_supersessions, original.pending_supersessions);
         assert_eq!(state.error_messages, original.error_messages);
+        assert_eq!(
+            state.recent_deliveries, original.recent_deliveries,
+            "a redelivery stays a duplicate after a rebuild"
+        );
         assert_eq!(state.status, TaskStatus::InProgress);
         assert_eq!(state.iteration, 2);
         assert_eq!(state.latest_head, None, "an invalid part is left out");

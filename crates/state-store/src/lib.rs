@@ -36,8 +36,9 @@ pub use memory::MemoryBackend;
 pub use metrics::StateStoreMetrics;
 pub use naming::{state_name, validate_selector, validate_task_id};
 pub use schema::{
-    CancellationOutcome, CancellationRecord, CompactionRecord, ErrorMessage, FeedbackEntry,
-    HeadRecord, RemediationState, SCHEMA_VERSION, Severity, Supersession, TaskStatus,
+    CancellationOutcome, CancellationRecord, CompactionRecord, DeliveryRecorded, ErrorMessage,
+    FeedbackEntry, HeadRecord, RemediationState, SCHEMA_VERSION, Severity, Supersession,
+    TaskStatus,
 };
 pub use store::{Snapshot, StatePage, StateStore, StoreConfig};
 pub use ttl::{CleanupReport, TtlPolicy, spawn_ttl_cleanup};

@@ -26,6 +26,18 @@ pub const MAX_ERROR_MESSAGE_BYTES: usize = 2048;
 pub const MAX_CANCELLATION_HISTORY: usize = 100;
 /// Most pending supersessions kept (newest kept).
 pub const MAX_PENDING_SUPERSESSIONS: usize = 16;
+/// Most webhook delivery keys remembered per task (newest kept), so that a
+/// redelivery is recognised after a restart (GitHub keeps a delivery's GUID
+/// on redelivery and never retries by itself).
+///
+/// Each push to a pull request brings two or three deliveries (`push`,
+/// `pull_request.synchronize`, sometimes a label event); 64 keys cover the
+/// last twenty or so pushes of a task — far more than an operator
+/// redelivers at once — for about 3 KiB of document.
+pub const MAX_RECENT_DELIVERIES: usize = 64;
+/// Longest delivery key accepted (`<X-GitHub-Delivery>:<X-GitHub-Hook-ID>`:
+/// a 128-character id, a colon and a 20-digit hook id, with room to spare).
+pub const MAX_DELIVERY_KEY_LEN: usize = 160;
 /// Most compaction records kept (newest kept).
 pub const MAX_COMPACTIONS: usize = 10;
 /// Most dropped comment ids listed in one compaction record.
@@ -144,6 +156,26 @@ pub struct Supersession {
     pub correlation_id: Option<String>,
 }
 
+/// What [`RemediationState::observe_delivery`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DeliveryRecorded {
+    /// The delivery key was already remembered: nothing changed.
+    Duplicate,
+    /// The key is remembered now.
+    Recorded {
+        /// Whether the push it carried changed the head (see
+        /// [`RemediationState::observe_head`]).
+        head_changed: bool,
+    },
+}
+
+impl DeliveryRecorded {
+    /// Whether the delivery had been recorded before.
+    pub fn is_duplicate(self) -> bool {
+        self == Self::Duplicate
+    }
+}
+
 /// How a cancellation ended, for the audit trail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum CancellationOutcome {
@@ -227,6 +259,10 @@ pub struct RemediationState {
     pub highest_fencing_token: Option<FencingToken>,
     /// Feedback compactions done on this document.
     pub compactions: Vec<CompactionRecord>,
+    /// Keys of the webhook deliveries recorded for this task, oldest first
+    /// (newest [`MAX_RECENT_DELIVERIES`] kept): the durable half of the
+    /// sensor's dedupe. See [`observe_delivery`](Self::observe_delivery).
+    pub recent_deliveries: Vec<String>,
     /// Ids of the latest writes (newest last), so a writer whose request failed
     /// in transit can tell whether it was applied. Maintained by the store only.
     applied_writes: Vec<String>,
@@ -267,6 +303,7 @@ impl RemediationState {
             active_operation: None,
             highest_fencing_token: None,
             compactions: Vec::new(),
+            recent_deliveries: Vec::new(),
             applied_writes: Vec::new(),
             legacy_retired_lease_uids: Dropped,
             unknown_fields: BTreeMap::new(),
@@ -346,6 +383,28 @@ impl RemediationState {
             trim_front(&mut self.pending_supersessions, MAX_PENDING_SUPERSESSIONS);
         }
         true
+    }
+
+    /// Records webhook delivery `delivery_key` and the push it carries, if
+    /// any, unless the key is already remembered (a redelivery, or the same
+    /// delivery handled by another replica): then nothing changes and the
+    /// answer is [`DeliveryRecorded::Duplicate`]. Otherwise the push goes
+    /// through [`observe_head`](Self::observe_head) and the key joins
+    /// [`recent_deliveries`](Self::recent_deliveries) (newest
+    /// [`MAX_RECENT_DELIVERIES`] kept) — both in the one write that stores
+    /// the state, so a delivery is either recorded whole or not at all.
+    pub fn observe_delivery(
+        &mut self,
+        delivery_key: &str,
+        push: Option<&Supersession>,
+    ) -> DeliveryRecorded {
+        if self.recent_deliveries.iter().any(|k| k == delivery_key) {
+            return DeliveryRecorded::Duplicate;
+        }
+        let head_changed = push.is_some_and(|push| self.observe_head(push));
+        self.recent_deliveries.push(delivery_key.to_owned());
+        trim_front(&mut self.recent_deliveries, MAX_RECENT_DELIVERIES);
+        DeliveryRecorded::Recorded { head_changed }
     }
 
     /// Removes the pending supersessions that the handling of the push of
@@ -646,9 +705,17 @@ impl RemediationState {
                 ));
             }
         }
+        if let Some(key) = self
+            .recent_deliveries
+            .iter()
+            .find(|k| !well_formed_delivery_key(k))
+        {
+            return Err(format!("malformed delivery key {key:?}"));
+        }
         if self.error_messages.len() > MAX_ERROR_MESSAGES
             || self.cancellation_history.len() > MAX_CANCELLATION_HISTORY
             || self.pending_supersessions.len() > MAX_PENDING_SUPERSESSIONS
+            || self.recent_deliveries.len() > MAX_RECENT_DELIVERIES
         {
             return Err("a bounded history is over its bound".to_owned());
         }
@@ -704,6 +771,11 @@ impl RemediationState {
 /// Ids (comment, operation) are 1–128 visible ASCII characters.
 pub(crate) fn well_formed_id(id: &str) -> bool {
     (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Delivery keys are 1–[`MAX_DELIVERY_KEY_LEN`] visible ASCII characters.
+pub(crate) fn well_formed_delivery_key(key: &str) -> bool {
+    (1..=MAX_DELIVERY_KEY_LEN).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// Commit shas are 7–64 hex digits.
@@ -798,6 +870,60 @@ mod tests {
         b.observe_head(&y);
         b.observe_head(&x);
         assert_eq!(a.latest_head, b.latest_head);
+    }
+
+    #[test]
+    fn a_delivery_is_recorded_once_with_its_push() {
+        let mut s = RemediationState::new("t", Timestamp::UNIX_EPOCH);
+        let p = push("aaaaaaa", "2026-01-01T00:00:01Z");
+        assert_eq!(
+            s.observe_delivery("guid-1:7", Some(&p)),
+            DeliveryRecorded::Recorded { head_changed: true }
+        );
+        let before = s.clone();
+        // Redelivered (same GUID, same hook): nothing changes, even with a
+        // newer push in hand.
+        let newer = push("bbbbbbb", "2026-01-01T00:00:02Z");
+        assert_eq!(
+            s.observe_delivery("guid-1:7", Some(&newer)),
+            DeliveryRecorded::Duplicate
+        );
+        assert_eq!(s, before);
+        // The same GUID from another hook is another delivery; an older
+        // push it carries records the key but not the head.
+        let older = push("ccccccc", "2026-01-01T00:00:00Z");
+        assert_eq!(
+            s.observe_delivery("guid-1:8", Some(&older)),
+            DeliveryRecorded::Recorded {
+                head_changed: false
+            }
+        );
+        assert_eq!(s.latest_head.as_ref().unwrap().sha, "aaaaaaa");
+        assert_eq!(s.recent_deliveries, ["guid-1:7", "guid-1:8"]);
+        // A delivery without a push (a closed pull request) is remembered too.
+        assert_eq!(
+            s.observe_delivery("guid-2:7", None),
+            DeliveryRecorded::Recorded {
+                head_changed: false
+            }
+        );
+        assert!(s.observe_delivery("guid-2:7", None).is_duplicate());
+        s.validate("t", 10).unwrap();
+    }
+
+    #[test]
+    fn recent_deliveries_keep_only_the_newest_keys() {
+        let mut s = RemediationState::new("t", Timestamp::UNIX_EPOCH);
+        for i in 0..(MAX_RECENT_DELIVERIES + 3) {
+            s.observe_delivery(&format!("guid-{i}:1"), None);
+        }
+        assert_eq!(s.recent_deliveries.len(), MAX_RECENT_DELIVERIES);
+        assert_eq!(s.recent_deliveries[0], "guid-3:1");
+        // The oldest keys are forgotten: bounded, not forever.
+        assert!(!s.observe_delivery("guid-0:1", None).is_duplicate());
+        s.validate("t", 10).unwrap();
+        s.recent_deliveries.push("has space".into());
+        assert!(s.validate("t", 10).unwrap_err().contains("delivery key"));
     }
 
     #[test]

@@ -24,8 +24,8 @@ use crate::naming::{
     LABEL_TASK_ID, state_name, state_selector, validate_selector, validate_task_id,
 };
 use crate::schema::{
-    CancellationRecord, FeedbackEntry, MAX_APPLIED_WRITES, RemediationState, SCHEMA_VERSION,
-    Supersession, TaskStatus,
+    CancellationRecord, DeliveryRecorded, FeedbackEntry, MAX_APPLIED_WRITES, RemediationState,
+    SCHEMA_VERSION, Supersession, TaskStatus,
 };
 use crate::{Error, Result};
 
@@ -554,6 +554,39 @@ impl StateStore {
     pub async fn record_supersession(&self, task_id: &str, push: &Supersession) -> Result<bool> {
         self.update(task_id, |s: &mut RemediationState| {
             Ok::<_, Error>(s.observe_head(push))
+        })
+        .await
+    }
+
+    /// Records webhook delivery `delivery_key` and the push it carries (if
+    /// any) in one compare-and-swap: a key already among the task's recent
+    /// deliveries is answered [`DeliveryRecorded::Duplicate`] and nothing is
+    /// written; otherwise the push is observed as by
+    /// [`record_supersession`](Self::record_supersession) and the key
+    /// remembered (see [`RemediationState::observe_delivery`]). A write
+    /// whose answer was lost and that is found applied on re-read answers
+    /// as the write did, never `Duplicate`.
+    ///
+    /// Errors: `Invalid` for a key that is not 1–160 visible ASCII
+    /// characters (nothing is read or written), and the update's errors.
+    pub async fn record_delivery(
+        &self,
+        task_id: &str,
+        delivery_key: &str,
+        push: Option<&Supersession>,
+    ) -> Result<DeliveryRecorded> {
+        if !crate::schema::well_formed_delivery_key(delivery_key) {
+            return Err(Error::Invalid {
+                task_id: task_id.to_owned(),
+                reason: format!(
+                    "delivery key {:?} is not 1 to {} visible ASCII characters",
+                    delivery_key.chars().take(40).collect::<String>(),
+                    crate::schema::MAX_DELIVERY_KEY_LEN
+                ),
+            });
+        }
+        self.update(task_id, |s: &mut RemediationState| {
+            Ok::<_, Error>(s.observe_delivery(delivery_key, push))
         })
         .await
     }

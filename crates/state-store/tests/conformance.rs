@@ -15,9 +15,9 @@ use state_store::naming::{
     ANNOTATION_QUARANTINED_AT, KEY_STATE, KEY_STATE_CORRUPT, KEY_STATE_GZIP, state_labels,
 };
 use state_store::{
-    CancellationOutcome, CancellationRecord, ConfigMapBackend, Document, Error, FeedbackEntry,
-    FencingToken, MemoryBackend, OperationJournal, OperationKind, SchemaOrigin, Severity,
-    StateBackend, StateStore, Step, StepStatus, StoreConfig, Supersession, TaskStatus,
+    CancellationOutcome, CancellationRecord, ConfigMapBackend, DeliveryRecorded, Document, Error,
+    FeedbackEntry, FencingToken, MemoryBackend, OperationJournal, OperationKind, SchemaOrigin,
+    Severity, StateBackend, StateStore, Step, StepStatus, StoreConfig, Supersession, TaskStatus,
 };
 use testkit::kube::FakeKube;
 
@@ -637,6 +637,62 @@ async fn concurrent_writers_lose_no_update(backend: Arc<dyn StateBackend>) {
     assert_eq!(snap.state.iteration, 40);
 }
 
+/// Issue 15: the sensor's durable dedupe. One delivery recorded by eight
+/// replicas at once is recorded once; a store built later (a restarted
+/// sensor) still recognises it; nothing is written for a duplicate.
+async fn a_delivery_is_recorded_once_across_writers_and_restarts(backend: Arc<dyn StateBackend>) {
+    let push = Supersession {
+        head_sha: "2222222222222222222222222222222222222222".into(),
+        pushed_at: Timestamp::from_second(1_800_000_000).unwrap(),
+        delivery_id: "guid-1".into(),
+        correlation_id: Some("guid-1".into()),
+    };
+    let store = StateStore::new(backend.clone());
+    let recorders: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            let push = push.clone();
+            tokio::spawn(async move {
+                store
+                    .record_delivery("d1", "guid-1:7", Some(&push))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for r in recorders {
+        outcomes.push(r.await.unwrap());
+    }
+    let recorded: Vec<_> = outcomes.iter().filter(|o| !o.is_duplicate()).collect();
+    assert_eq!(
+        recorded,
+        [&DeliveryRecorded::Recorded { head_changed: true }],
+        "{outcomes:?}"
+    );
+    let after = store.get("d1").await.unwrap().unwrap();
+    assert_eq!(after.state.recent_deliveries, ["guid-1:7"]);
+    assert_eq!(
+        after.state.pending_supersessions,
+        std::slice::from_ref(&push)
+    );
+
+    let restarted = StateStore::new(backend);
+    assert_eq!(
+        restarted
+            .record_delivery("d1", "guid-1:7", Some(&push))
+            .await
+            .unwrap(),
+        DeliveryRecorded::Duplicate
+    );
+    let unchanged = restarted.get("d1").await.unwrap().unwrap();
+    assert_eq!(unchanged.resource_version, after.resource_version);
+    assert!(matches!(
+        restarted.record_delivery("d1", "a key", None).await,
+        Err(Error::Invalid { .. })
+    ));
+}
+
 /// The value of an unlabelled counter, read through the Prometheus registry.
 fn metric(store: &StateStore, name: &str) -> u64 {
     let mut registry = prometheus_client::registry::Registry::default();
@@ -702,6 +758,7 @@ on_both_backends!(
     store_journal_and_fencing_round_trip,
     a_paused_holder_cannot_advance_or_finish_a_resumed_operation,
     concurrent_writers_lose_no_update,
+    a_delivery_is_recorded_once_across_writers_and_restarts,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
