@@ -39,7 +39,7 @@ impl TaskMapping {
     /// use sensor::TaskMapping;
     ///
     /// let m = TaskMapping::new(Some(Regex::new(sensor::config::DEFAULT_BRANCH_PATTERN)?), None);
-    /// assert_eq!(m.task_for_branch("task-42-fix").as_deref(), Some("task-42"));
+    /// assert_eq!(m.task_for_branch("task-42-fix").as_deref(), Some("42"));
     /// assert_eq!(m.task_for_branch("task-42"), m.task_for_branch("task-42-other"));
     /// assert_eq!(m.task_for_branch("task-42x"), None);
     /// assert_eq!(m.task_for_branch("feature/task-42"), None);
@@ -51,7 +51,7 @@ impl TaskMapping {
     }
 
     /// The task named by the first label carrying the prefix (`task-42`
-    /// with prefix `task-` is task `task-42`) that makes a valid task id.
+    /// with prefix `task-` is task `42`) that makes a valid task id.
     pub fn task_for_labels<'a>(&self, labels: impl IntoIterator<Item = &'a str>) -> Option<String> {
         let prefix = self.label_prefix.as_deref()?;
         labels
@@ -71,9 +71,11 @@ impl TaskMapping {
     }
 }
 
-/// `task-<key>` when that is a valid state-store task id.
+/// The key itself (lower-cased) when it is a valid state-store task id:
+/// branch `task-42-fix` is task `42`, whose state is `task-42-state` and
+/// whose lock is `cancel-task-42`.
 fn task_id(key: &str) -> Option<String> {
-    let id = format!("task-{}", key.to_ascii_lowercase());
+    let id = key.to_ascii_lowercase();
     state_store::validate_task_id(&id).is_ok().then_some(id)
 }
 
@@ -129,8 +131,8 @@ mod tests {
     #[test]
     fn the_default_pattern_maps_task_branches_only() {
         let m = mapping(None);
-        assert_eq!(m.task_for_branch("task-42-fix").as_deref(), Some("task-42"));
-        assert_eq!(m.task_for_branch("task-7").as_deref(), Some("task-7"));
+        assert_eq!(m.task_for_branch("task-42-fix").as_deref(), Some("42"));
+        assert_eq!(m.task_for_branch("task-7").as_deref(), Some("7"));
         for other in ["main", "task-", "task-x", "task-42x", "xtask-42", "Task-42"] {
             assert_eq!(m.task_for_branch(other), None, "{other}");
         }
@@ -143,12 +145,12 @@ mod tests {
         let m = TaskMapping::new(Some(Regex::new("^agent/(?P<task>.+)$").unwrap()), None);
         assert_eq!(
             m.task_for_branch("agent/Fix-Login").as_deref(),
-            Some("task-fix-login")
+            Some("fix-login")
         );
         assert_eq!(m.task_for_branch("agent/a/../b"), None);
         assert_eq!(m.task_for_branch("agent/x-"), None);
         assert_eq!(
-            m.task_for_branch(&format!("agent/{}", "a".repeat(60))),
+            m.task_for_branch(&format!("agent/{}", "a".repeat(64))),
             None
         );
     }
@@ -158,16 +160,16 @@ mod tests {
         let m = mapping(Some("task-"));
         assert_eq!(
             m.task_for("feature", ["bug", "task-9"]).as_deref(),
-            Some("task-9")
+            Some("9")
         );
         assert_eq!(
             m.task_for("task-1-x", ["task-9"]).as_deref(),
-            Some("task-1"),
+            Some("1"),
             "the branch wins"
         );
         assert_eq!(
             m.task_for("feature", ["task-", "task-ok"]).as_deref(),
-            Some("task-ok")
+            Some("ok")
         );
         assert_eq!(m.task_for("feature", ["bug"]), None);
     }

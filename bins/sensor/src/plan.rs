@@ -298,7 +298,7 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!(record.task_id, "task-42");
+        assert_eq!(record.task_id, "42");
         assert_eq!(record.head_sha, SHA);
         assert_eq!(record.push.delivery_id, "guid-1");
         assert_eq!(record.push.correlation_id.as_deref(), Some("guid-1"));
@@ -427,7 +427,7 @@ mod tests {
         let Plan::Record(record) = plan(&r, &Event::PullRequest(labeled)) else {
             panic!()
         };
-        assert_eq!(record.task_id, "task-9");
+        assert_eq!(record.task_id, "9");
         let Plan::LookUp(lookup) = plan(&r, &Event::Push(push("refs/heads/feature"))) else {
             panic!()
         };

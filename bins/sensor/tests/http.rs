@@ -28,7 +28,7 @@ async fn every_fixture_is_accepted_or_ignored_as_its_event_requires() {
 
     let push = sensor.deliver("push", PUSH, "g-push").await;
     assert_eq!((push.status(), push.field("status")), (202, "accepted"));
-    assert_eq!(push.field("task_id"), "task-master");
+    assert_eq!(push.field("task_id"), "master");
     assert_eq!(
         push.field("head_sha"),
         "6113728f27ae82c7b1a177c8d03f9e96e0adf246"
@@ -39,7 +39,7 @@ async fn every_fixture_is_accepted_or_ignored_as_its_event_requires() {
     assert_eq!((opened.status(), opened.field("status")), (202, "accepted"));
     let sync = sensor.deliver("pull_request", SYNCHRONIZE, "g-sync").await;
     assert_eq!((sync.status(), sync.field("status")), (202, "accepted"));
-    assert_eq!(sync.field("task_id"), "task-changes");
+    assert_eq!(sync.field("task_id"), "changes");
     let closed = sensor.deliver("pull_request", CLOSED, "g-closed").await;
     assert_eq!((closed.status(), closed.field("status")), (202, "accepted"));
     let labeled = sensor.deliver("pull_request", LABELED, "g-labeled").await;
@@ -52,12 +52,12 @@ async fn every_fixture_is_accepted_or_ignored_as_its_event_requires() {
         (202, "ignored", "action")
     );
 
-    let master = world.state("task-master").await.unwrap();
+    let master = world.state("master").await.unwrap();
     assert_eq!(
         master.latest_head.unwrap().sha,
         "6113728f27ae82c7b1a177c8d03f9e96e0adf246"
     );
-    let changes = world.state("task-changes").await.unwrap();
+    let changes = world.state("changes").await.unwrap();
     assert_eq!(
         changes.latest_head.as_ref().unwrap().sha,
         "ec26c3e57ca3a959ca5aad62de7213c562f8c821"

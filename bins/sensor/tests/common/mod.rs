@@ -23,7 +23,7 @@ pub const PREVIOUS: &str = "the previous secret";
 pub const OLD: &str = "1111111111111111111111111111111111111111";
 pub const NEW: &str = "2222222222222222222222222222222222222222";
 pub const NEWER: &str = "3333333333333333333333333333333333333333";
-pub const TASK: &str = "task-42";
+pub const TASK: &str = "42";
 pub const BRANCH: &str = "task-42-fix";
 
 pub const PUSH: &str = include_str!(
