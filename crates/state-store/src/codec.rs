@@ -600,6 +600,8 @@ impl StateV0 {
                 author: f.author,
                 created_at: f.created_at.unwrap_or(now),
                 resolved_at: None,
+                issue_type: None,
+                extra: Default::default(),
             });
         }
         // v0 kept no time per error; the document's own time is the best we have.

@@ -701,7 +701,13 @@ impl StateStore {
             warn!(name = %doc.name, "state document whose task-id label does not match its name; skipped");
             return None;
         }
-        let decoded = codec::decode(&task_id, self.inner.config.max_iterations, &doc);
+        let mut decoded = codec::decode(&task_id, self.inner.config.max_iterations, &doc);
+        if matches!(
+            decoded.origin,
+            SchemaOrigin::Current | SchemaOrigin::Migrated { .. }
+        ) {
+            self.repair_read(&task_id, &mut decoded.state);
+        }
         self.inner.metrics.read(&decoded.origin);
         Some(Snapshot {
             state: decoded.state,
@@ -716,9 +722,10 @@ impl StateStore {
         let Some(doc) = self.bounded(self.inner.backend.get(&name)).await? else {
             return Ok(None);
         };
-        let decoded = codec::decode(task_id, self.inner.config.max_iterations, &doc);
+        let mut decoded = codec::decode(task_id, self.inner.config.max_iterations, &doc);
         match &decoded.origin {
             SchemaOrigin::Current | SchemaOrigin::Migrated { .. } => {
+                self.repair_read(task_id, &mut decoded.state);
                 self.validate(task_id, &decoded.state)?;
             }
             SchemaOrigin::Rebuilt { reason } => {
@@ -754,6 +761,15 @@ impl StateStore {
         tokio::time::timeout(limit, call)
             .await
             .unwrap_or_else(|_| Err(Error::Transport(format!("no answer within {limit:?}"))))
+    }
+
+    /// Repairs a state read (not written): readers see it as the next
+    /// write will store it; the write counts and logs the repairs.
+    fn repair_read(&self, task_id: &str, state: &mut RemediationState) {
+        let repairs = state.repair(self.inner.config.max_iterations, self.inner.clock.now());
+        for repair in &repairs {
+            debug!(task_id, kind = repair.kind.as_str(), detail = %repair.detail, "state read repaired; the next write keeps the repair");
+        }
     }
 
     fn validate(&self, task_id: &str, state: &RemediationState) -> Result<()> {
@@ -893,6 +909,8 @@ impl StateStore {
                     metrics.read(&decoded.origin);
                 }
                 let now = self.inner.clock.now();
+                let mut repairs = Vec::new();
+                let mut migrated_from = None;
                 let (base, mut state, corrupt) = match decoded {
                     None => (None, RemediationState::new(task_id, now), None),
                     Some((doc, decoded)) => match decoded.origin {
@@ -917,10 +935,15 @@ impl StateStore {
                             (Some(doc), decoded.state, corrupt)
                         }
                         SchemaOrigin::Current | SchemaOrigin::Migrated { .. } => {
-                            if let Err(e) = self.validate(task_id, &decoded.state) {
+                            if let SchemaOrigin::Migrated { from } = &decoded.origin {
+                                migrated_from = Some(from.clone());
+                            }
+                            let mut state = decoded.state;
+                            repairs = state.repair(config.max_iterations, now);
+                            if let Err(e) = self.validate(task_id, &state) {
                                 break 'attempts e.into();
                             }
-                            (Some(doc), decoded.state, None)
+                            (Some(doc), state, None)
                         }
                     },
                 };
@@ -944,6 +967,7 @@ impl StateStore {
                 }
                 if state == before
                     && corrupt.is_none()
+                    && repairs.is_empty()
                     && let Some(doc) = base
                 {
                     // Nothing to write: the read state already says it.
@@ -964,6 +988,13 @@ impl StateStore {
                 state.remember_write(&write_id);
                 if let Err(e) = self.validate(task_id, &state) {
                     break 'attempts e.into();
+                }
+                if let Err(reason) = state.check_new_feedback(&before) {
+                    break 'attempts Error::Invalid {
+                        task_id: task_id.to_owned(),
+                        reason,
+                    }
+                    .into();
                 }
 
                 let mut encoded = match codec::encode(
@@ -989,6 +1020,26 @@ impl StateStore {
                 match written {
                     Ok(stored) => {
                         self.count_write(task_id, &encoded, corrupt.is_some());
+                        for repair in &repairs {
+                            metrics.repaired(repair.kind);
+                            warn!(
+                                task_id,
+                                kind = repair.kind.as_str(),
+                                detail = %repair.detail,
+                                "state broke one of its rules; repaired and recorded in it"
+                            );
+                        }
+                        if let Some(from) = &migrated_from {
+                            metrics.migrated(from);
+                            info!(task_id, from = %from, to = SCHEMA_VERSION, "state migrated");
+                        }
+                        info!(
+                            task_id,
+                            resource_version = %stored.resource_version,
+                            changed = %before.changed_fields(&state).join(","),
+                            created = base.is_none(),
+                            "state written"
+                        );
                         let snapshot = Snapshot {
                             state,
                             resource_version: stored.resource_version.clone(),
