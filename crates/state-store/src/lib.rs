@@ -43,7 +43,7 @@ pub use schema::{
     FeedbackEntry, HeadRecord, IssueType, RemediationState, SCHEMA_VERSION, Severity, Supersession,
     TaskStatus,
 };
-pub use store::{Snapshot, StatePage, StateStore, StoreConfig};
+pub use store::{Snapshot, StatePage, StateRecovery, StateStore, StoreConfig};
 pub use ttl::{CleanupReport, TtlPolicy, spawn_ttl_cleanup};
 
 impl resilience::Transient for Error {

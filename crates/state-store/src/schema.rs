@@ -88,6 +88,9 @@ impl TaskStatus {
     }
 }
 
+/// Iteration start times kept in a state (the newest iterations').
+pub const MAX_ITERATION_STARTS: usize = 64;
+
 /// Longest feedback body a write may add, in bytes (64 KiB): a body is a
 /// review comment, and a ConfigMap holds 1 MiB in all.
 pub const MAX_FEEDBACK_BODY_BYTES: usize = 64 * 1024;
@@ -96,12 +99,16 @@ pub const MAX_FEEDBACK_BODY_BYTES: usize = 64 * 1024;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Severity {
     /// Nit.
+    #[serde(alias = "low", alias = "LOW")]
     Low,
     /// Should fix.
+    #[serde(alias = "medium", alias = "MEDIUM")]
     Medium,
     /// Must fix.
+    #[serde(alias = "high", alias = "HIGH")]
     High,
     /// Blocks the merge.
+    #[serde(alias = "critical", alias = "CRITICAL")]
     Critical,
 }
 
@@ -298,6 +305,9 @@ pub struct RemediationState {
     pub iteration: u32,
     /// Lifecycle status.
     pub status: TaskStatus,
+    /// When each iteration started (the newest [`MAX_ITERATION_STARTS`]),
+    /// also written as the flat `iteration_<n>_started` keys.
+    pub iteration_started: BTreeMap<u32, Timestamp>,
     /// Review feedback, oldest first, unique by comment id.
     pub feedback_history: Vec<FeedbackEntry>,
     /// Recent error messages, oldest first (newest [`MAX_ERROR_MESSAGES`] kept).
@@ -359,6 +369,7 @@ impl RemediationState {
             task_id: task_id.into(),
             iteration: 0,
             status: TaskStatus::Initialized,
+            iteration_started: BTreeMap::new(),
             feedback_history: Vec::new(),
             error_messages: Vec::new(),
             metadata: BTreeMap::new(),
@@ -393,6 +404,21 @@ impl RemediationState {
         }
         self.feedback_history.push(entry);
         true
+    }
+
+    /// Counts one more iteration, started at `now` (recorded, the newest
+    /// [`MAX_ITERATION_STARTS`] kept); an `Initialized` task becomes
+    /// `InProgress`. The caller checks the maximum.
+    pub fn start_iteration(&mut self, now: Timestamp) -> u32 {
+        self.iteration += 1;
+        self.iteration_started.insert(self.iteration, now);
+        while self.iteration_started.len() > MAX_ITERATION_STARTS {
+            self.iteration_started.pop_first();
+        }
+        if self.status == TaskStatus::Initialized {
+            self.status = TaskStatus::InProgress;
+        }
+        self.iteration
     }
 
     /// Marks a feedback entry resolved. Returns whether anything changed.
@@ -837,6 +863,10 @@ impl RemediationState {
         };
         differs("iteration", self.iteration != other.iteration);
         differs("status", self.status != other.status);
+        differs(
+            "iteration_started",
+            self.iteration_started != other.iteration_started,
+        );
         differs(
             "feedback_history",
             self.feedback_history != other.feedback_history,
