@@ -401,10 +401,17 @@ impl LeaseLock {
             Ok(acquisition) => acquisition.run().await,
             Err(e) => Err(e),
         };
+        let outcome = match &result {
+            Ok(Some(_)) => "acquired",
+            Ok(None) => "not_acquired",
+            Err(Error::Timeout { .. } | Error::Unanswered { .. }) => "timeout",
+            Err(Error::Cancelled { .. }) => "cancelled",
+            Err(_) => "error",
+        };
+        metrics.waited(outcome, started.elapsed());
         match &result {
             Ok(Some(_)) => {
                 metrics.acquisitions.inc();
-                metrics.waited(started.elapsed());
             }
             Ok(None) => {}
             Err(e) => {
