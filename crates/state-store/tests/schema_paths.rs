@@ -324,5 +324,8 @@ async fn a_feedback_body_over_the_limit_is_refused_naming_it() {
     assert!(text.contains("\"c2\""), "{text}");
     assert!(text.contains(&format!("{} bytes", limit + 1)), "{text}");
     let raw = memory.get("task-big-state").await.unwrap().unwrap();
-    assert!(!raw.document.data[KEY_STATE].contains("\"c2\""), "nothing written");
+    assert!(
+        !raw.document.data[KEY_STATE].contains("\"c2\""),
+        "nothing written"
+    );
 }
