@@ -22,6 +22,7 @@ mod name;
 mod renew;
 #[cfg(test)]
 mod tests;
+mod turn;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;

@@ -18,7 +18,7 @@ use prometheus_client::registry::{Registry, Unit};
 /// Series (after [`register`](Self::register)), all prefixed `lease_lock_`:
 /// `acquire_attempts_total`, `acquisitions_total`,
 /// `acquire_failures_total{reason}`, `contended_total`, `takeovers_total`,
-/// `renew_failures_total`, `losses_total`, `deadlocks_total`,
+/// `races_lost_total`, `renew_failures_total`, `losses_total`, `deadlocks_total`,
 /// `wait_duration_seconds`, `hold_duration_seconds`.
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -27,6 +27,7 @@ pub struct Metrics {
     pub(crate) failures: Family<ReasonLabel, Counter>,
     pub(crate) contended: Counter,
     pub(crate) takeovers: Counter,
+    pub(crate) races_lost: Counter,
     pub(crate) renew_failures: Counter,
     pub(crate) losses: Counter,
     pub(crate) deadlocks: Counter,
@@ -48,6 +49,7 @@ impl Default for Metrics {
             failures: Family::default(),
             contended: Counter::default(),
             takeovers: Counter::default(),
+            races_lost: Counter::default(),
             renew_failures: Counter::default(),
             losses: Counter::default(),
             deadlocks: Counter::default(),
@@ -85,6 +87,12 @@ impl Metrics {
             "takeovers",
             "Expired leases taken over from another holder",
             self.takeovers.clone(),
+        );
+        r.register(
+            "races_lost",
+            "Takeover writes refused because another waiter changed the lease first \
+             (each a wasted request; a crowd of waiters takes turns to keep this low)",
+            self.races_lost.clone(),
         );
         r.register(
             "renew_failures",
@@ -137,6 +145,11 @@ impl Metrics {
         self.takeovers.get()
     }
 
+    /// Total `races_lost_total` so far.
+    pub fn races_lost(&self) -> u64 {
+        self.races_lost.get()
+    }
+
     /// Total `losses_total` so far.
     pub fn losses(&self) -> u64 {
         self.losses.get()
@@ -173,6 +186,7 @@ mod tests {
             "lease_lock_acquire_failures_total{reason=\"timeout\"} 1",
             "lease_lock_contended_total",
             "lease_lock_takeovers_total",
+            "lease_lock_races_lost_total",
             "lease_lock_renew_failures_total",
             "lease_lock_losses_total",
             "lease_lock_deadlocks_total",
