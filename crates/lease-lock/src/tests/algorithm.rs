@@ -1266,10 +1266,8 @@ fn crowd(backend: &Instrumented<MemoryLeases>, n: usize, seed: u64) -> Vec<Lease
         .collect()
 }
 
-/// Each lock of `crowd` acquires `key` once, holds it 5 ms and releases it;
-/// returns the transitions of their tokens, sorted, and the takeover
-/// writes they lost (their `races_lost`).
-async fn take_turns(crowd: Vec<LeaseLock>, key: &'static str) -> (Vec<u64>, u64) {
+/// Each lock of `crowd` acquires `key` once, holds it 5 ms and releases it.
+async fn take_turns(crowd: Vec<LeaseLock>, key: &'static str) -> Turns {
     let tasks: Vec<_> = crowd
         .into_iter()
         .map(|lock| {
@@ -1282,18 +1280,44 @@ async fn take_turns(crowd: Vec<LeaseLock>, key: &'static str) -> (Vec<u64>, u64)
             })
         })
         .collect();
-    let mut transitions = Vec::new();
-    let mut lost = 0;
+    let mut turns = Turns {
+        transitions: Vec::new(),
+        races_lost: 0,
+    };
     for task in tasks {
-        let (t, l) = task.await.unwrap();
-        transitions.push(t);
-        lost += l;
+        let (transitions, lost) = task.await.unwrap();
+        turns.transitions.push(transitions);
+        turns.races_lost += lost;
     }
-    transitions.sort_unstable();
-    (transitions, lost)
+    turns.transitions.sort_unstable();
+    turns
 }
 
 const CROWD: usize = 10;
+
+/// What a crowd's acquisitions of one key showed.
+struct Turns {
+    /// The `leaseTransitions` of each acquisition's token, sorted.
+    transitions: Vec<u64>,
+    /// Takeover writes the crowd's locks counted as lost.
+    races_lost: u64,
+}
+
+impl Turns {
+    /// Every lock held the key once, the `CROWD` acquisitions' tokens
+    /// counting up from `first`; `conflicts` (the replaces that were neither
+    /// a take nor a release) are the races the locks counted as lost, and
+    /// few: racing for every handoff would cost 9 + 8 + … + 1 = 45.
+    fn assert_few_conflicts(&self, seed: u64, conflicts: u64, first: u64) {
+        assert!(
+            conflicts <= 3,
+            "seed {seed}: {conflicts} conflicting takeovers in {CROWD} acquisitions"
+        );
+        assert_eq!(conflicts, self.races_lost);
+        let expected: Vec<u64> = (first..first + CROWD as u64).collect();
+        assert_eq!(self.transitions, expected);
+    }
+}
 
 #[tokio::test(start_paused = true)]
 async fn waiters_of_a_released_lease_take_turns_instead_of_racing_for_it() {
@@ -1306,17 +1330,11 @@ async fn waiters_of_a_released_lease_take_turns_instead_of_racing_for_it() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let before = backend.count(Verb::Replace);
         held.release().await.unwrap();
-        let (transitions, lost) = waiters.await.unwrap();
+        let turns = waiters.await.unwrap();
 
-        // One release by the holder, then a take and a release per waiter:
-        // every other replace is a takeover that lost a race.
+        // The holder's release, then a take and a release per waiter.
         let conflicts = backend.count(Verb::Replace) - before - 1 - 2 * CROWD as u64;
-        assert!(
-            conflicts <= 3,
-            "seed {seed}: {conflicts} conflicting takeovers in {CROWD} handoffs (racing for each costs 45)"
-        );
-        assert_eq!(conflicts, lost);
-        assert_eq!(transitions, (1..=CROWD as u64).collect::<Vec<_>>());
+        turns.assert_few_conflicts(seed, conflicts, 1);
     }
 }
 
@@ -1331,16 +1349,11 @@ async fn waiters_of_an_expired_lease_take_turns_to_take_it_over() {
         let backend = Instrumented::new(memory);
         let started = Instant::now();
 
-        let (transitions, lost) = take_turns(crowd(&backend, CROWD, seed), "k").await;
+        let turns = take_turns(crowd(&backend, CROWD, seed), "k").await;
 
         assert!(started.elapsed() >= Duration::from_secs(30));
         let conflicts = backend.count(Verb::Replace) - 2 * CROWD as u64;
-        assert!(
-            conflicts <= 3,
-            "seed {seed}: {conflicts} conflicting takeovers in {CROWD} handoffs"
-        );
-        assert_eq!(conflicts, lost);
-        assert_eq!(transitions, (1..=CROWD as u64).collect::<Vec<_>>());
+        turns.assert_few_conflicts(seed, conflicts, 1);
     }
 }
 
@@ -1349,17 +1362,12 @@ async fn a_crowd_acquiring_a_new_key_at_once_takes_turns_after_the_first_create(
     for seed in 0..8 {
         let backend = Instrumented::memory();
 
-        let (transitions, lost) = take_turns(crowd(&backend, CROWD, seed), "k").await;
+        let turns = take_turns(crowd(&backend, CROWD, seed), "k").await;
 
         // One create wins; the others read the Lease and take it in turn.
         assert_eq!(backend.count(Verb::Create), CROWD as u64);
         let conflicts = backend.count(Verb::Replace) - (2 * CROWD as u64 - 1);
-        assert!(
-            conflicts <= 3,
-            "seed {seed}: {conflicts} conflicting takeovers in {CROWD} acquisitions"
-        );
-        assert_eq!(conflicts, lost);
-        assert_eq!(transitions, (0..CROWD as u64).collect::<Vec<_>>());
+        turns.assert_few_conflicts(seed, conflicts, 0);
     }
 }
 
