@@ -134,7 +134,10 @@ pub struct LockConfig {
     /// their watch instead of all racing one conditional write. A waiter
     /// writes after a random part of this window, counted only while the
     /// Lease is free; one whose write conflicts anyway doubles its window
-    /// (up to 4 ×). Default 25 ms: several API round trips, so a handoff
+    /// (up to 4 ×; more on a slow API server, up to 32 round trips of its
+    /// write but at most `backoff.max`, since rivals cannot hear of it
+    /// sooner). Default 25 ms:
+    /// several API round trips, so a handoff
     /// among a few waiters rarely costs more than its one write, while a
     /// lone waiter's handoff is delayed by 12.5 ms on average. Zero turns
     /// it off: every waiter writes the moment it hears of the release. At
@@ -745,7 +748,12 @@ impl<'a> Acquisition<'a> {
         let claim = inner.claim(&name).ok_or_else(|| Error::AlreadyHeld {
             key: key.to_owned(),
         })?;
-        let turn = Turn::new(inner.config.handoff_stagger, inner.turn_seed());
+        // A turn never outlasts the longest wait between re-reads.
+        let turn = Turn::new(
+            inner.config.handoff_stagger,
+            inner.config.backoff.max,
+            inner.turn_seed(),
+        );
         let mut queued = false;
         let view = match inner.cached(&name) {
             // Released when we last saw it (typically: we released it): try
@@ -958,6 +966,8 @@ impl<'a> Acquisition<'a> {
 
     async fn take(&mut self, current: &Lease, takeover: bool) -> Result<Step, Error> {
         let lease = acquiring_lease(self.inner(), &self.name, &self.holder, Some(current))?;
+        // How long the write took is how late rivals could hear of it.
+        let sent = Instant::now();
         Ok(match self.write(Write::Replace(lease)).await? {
             Ok((lease, sent_at)) => Step::Acquired {
                 lease,
@@ -966,7 +976,7 @@ impl<'a> Acquisition<'a> {
             },
             Err(Error::Conflict { .. }) => {
                 self.inner().metrics.races_lost.inc();
-                self.turn.collided();
+                self.turn.collided(sent.elapsed());
                 Step::Raced
             }
             Err(Error::NotFound { .. }) => {

@@ -16,7 +16,9 @@
 //! longest waiter tends to go first — and waiters that heard one release
 //! stay spread out over the next ones instead of meeting again. A waiter
 //! whose write conflicted anyway (its countdown ended within a round trip of
-//! another's) doubles its window and draws again.
+//! another's) widens its window — doubles it, and makes it at least eight
+//! round trips of that write, as a loaded API server answers slowly — and
+//! draws again.
 //!
 //! Rule kept here: a turn decides only *when* a waiter writes, never
 //! *whether* it may. The write stays conditional on the Lease version it
@@ -35,11 +37,24 @@ use tokio::time::Instant;
 /// doing about as well against conflicts as 32 × for crowds of 20.
 pub(crate) const MAX_DOUBLINGS: u32 = 2;
 
+/// After a conflict the window is at least this many round trips of the
+/// write that conflicted. On a loaded API server a write and its watch
+/// event take hundreds of milliseconds, far more than the stagger: turns
+/// closer together than that cannot see each other, and a crowd of waiters
+/// would keep conflicting (and so keep the server loaded).
+const ROUND_TRIPS_AFTER_CONFLICT: u32 = 8;
+
+/// The widest window a slow server can make: this many round trips of the
+/// write that conflicted (when that is wider than 4 × the stagger), and
+/// never wider than the ceiling given to [`Turn::new`].
+const MAX_ROUND_TRIPS: u32 = 32;
+
 /// One waiter's countdown towards its turn to take a released Lease.
 #[derive(Debug, Clone)]
 pub(crate) struct Turn {
     window: Duration,
     max_window: Duration,
+    ceiling: Duration,
     /// What is left of the countdown; `None` until drawn.
     left: Option<Duration>,
     /// Since when the countdown has been running (the Lease seen free).
@@ -49,11 +64,13 @@ pub(crate) struct Turn {
 
 impl Turn {
     /// A countdown drawn from `[0, stagger)`, the window widening up to
-    /// 4 × `stagger`; `seed` makes the draws reproducible.
-    pub(crate) fn new(stagger: Duration, seed: u64) -> Self {
+    /// 4 × `stagger` (on a slow server up to `ceiling`); `seed` makes the
+    /// draws reproducible.
+    pub(crate) fn new(stagger: Duration, ceiling: Duration, seed: u64) -> Self {
         Self {
             window: stagger,
             max_window: stagger.saturating_mul(1 << MAX_DOUBLINGS),
+            ceiling,
             left: None,
             running_since: None,
             rng: StdRng::seed_from_u64(seed),
@@ -80,16 +97,27 @@ impl Turn {
         }
     }
 
-    /// Our takeover write conflicted: another waiter's turn came at about
-    /// the same moment. Widen the window and draw again at the next release.
-    pub(crate) fn collided(&mut self) {
-        self.window = self.window.saturating_mul(2).min(self.max_window);
+    /// Our takeover write conflicted after `took`: another waiter's turn
+    /// came within about a round trip of ours. Widen the window — double it,
+    /// and make it at least [`ROUND_TRIPS_AFTER_CONFLICT`] times `took`,
+    /// since rivals hear of a write no sooner than it takes — and draw again
+    /// at the next release. A zero stagger stays zero (turns off).
+    pub(crate) fn collided(&mut self, took: Duration) {
+        if !self.max_window.is_zero() {
+            let slow = took.saturating_mul(MAX_ROUND_TRIPS).min(self.ceiling);
+            let cap = self.max_window.max(slow);
+            self.window = self
+                .window
+                .saturating_mul(2)
+                .max(took.saturating_mul(ROUND_TRIPS_AFTER_CONFLICT))
+                .min(cap);
+        }
         self.left = None;
         self.running_since = None;
     }
 
-    /// The widest the window can grow: for how long after a release
-    /// waiters may still be counting down to take the Lease.
+    /// The widest the window grows while the API server answers promptly:
+    /// for how long after a release waiters may still be counting down.
     pub(crate) fn max_window(&self) -> Duration {
         self.max_window
     }
@@ -109,12 +137,13 @@ mod tests {
     use super::*;
 
     const STAGGER: Duration = Duration::from_millis(25);
+    const CEILING: Duration = Duration::from_secs(2);
 
     #[test]
     fn the_first_draw_falls_within_the_stagger() {
         let now = Instant::now();
         for seed in 0..100 {
-            let left = Turn::new(STAGGER, seed).remaining(now);
+            let left = Turn::new(STAGGER, CEILING, seed).remaining(now);
             assert!(left < STAGGER, "seed {seed}: {left:?}");
         }
     }
@@ -122,7 +151,7 @@ mod tests {
     #[test]
     fn the_countdown_runs_only_while_the_lease_is_free() {
         let start = Instant::now();
-        let mut turn = Turn::new(STAGGER, 7);
+        let mut turn = Turn::new(STAGGER, CEILING, 7);
         let drawn = turn.remaining(start);
         let ms = Duration::from_millis(1);
         assert_eq!(turn.remaining(start + ms), drawn.saturating_sub(ms));
@@ -140,7 +169,7 @@ mod tests {
     #[test]
     fn pausing_a_stopped_or_undrawn_countdown_changes_nothing() {
         let start = Instant::now();
-        let mut turn = Turn::new(STAGGER, 3);
+        let mut turn = Turn::new(STAGGER, CEILING, 3);
         turn.pause(start);
         let drawn = turn.remaining(start);
         turn.pause(start);
@@ -151,7 +180,7 @@ mod tests {
     #[test]
     fn a_countdown_that_ran_out_stays_at_zero() {
         let start = Instant::now();
-        let mut turn = Turn::new(STAGGER, 11);
+        let mut turn = Turn::new(STAGGER, CEILING, 11);
         turn.remaining(start);
         assert_eq!(turn.remaining(start + STAGGER), Duration::ZERO);
         turn.pause(start + 2 * STAGGER);
@@ -161,11 +190,11 @@ mod tests {
     #[test]
     fn each_conflict_doubles_the_window_up_to_four_times_the_stagger() {
         let now = Instant::now();
-        let mut turn = Turn::new(STAGGER, 5);
-        turn.collided();
+        let mut turn = Turn::new(STAGGER, CEILING, 5);
+        turn.collided(Duration::ZERO);
         assert_eq!(turn.window, STAGGER * 2);
         for _ in 0..20 {
-            turn.collided();
+            turn.collided(Duration::ZERO);
         }
         assert_eq!(turn.window, STAGGER * 4);
         assert_eq!(turn.max_window(), STAGGER * 4);
@@ -173,8 +202,8 @@ mod tests {
         // first stagger, none past the cap.
         let draws: Vec<Duration> = (0..200)
             .map(|seed| {
-                let mut t = Turn::new(STAGGER, seed);
-                (0..MAX_DOUBLINGS).for_each(|_| t.collided());
+                let mut t = Turn::new(STAGGER, CEILING, seed);
+                (0..MAX_DOUBLINGS).for_each(|_| t.collided(Duration::ZERO));
                 t.remaining(now)
             })
             .collect();
@@ -183,17 +212,35 @@ mod tests {
     }
 
     #[test]
-    fn a_zero_stagger_takes_the_lease_at_once() {
-        let mut turn = Turn::new(Duration::ZERO, 1);
-        turn.collided();
+    fn a_conflict_after_a_slow_write_widens_the_window_to_its_round_trips() {
+        let slow = Duration::from_millis(50);
+        let mut turn = Turn::new(STAGGER, CEILING, 9);
+        turn.collided(slow);
+        assert_eq!(turn.window, slow * 8);
+        for _ in 0..20 {
+            turn.collided(slow);
+        }
+        assert_eq!(turn.window, slow * 32, "capped at 32 round trips");
+        let mut slower = Turn::new(STAGGER, CEILING, 9);
+        slower.collided(Duration::from_secs(1));
+        assert_eq!(slower.window, CEILING, "and at the ceiling");
+        // A prompt server again: the window shrinks back to its usual cap.
+        turn.collided(Duration::from_millis(1));
+        assert_eq!(turn.window, STAGGER * 4);
+    }
+
+    #[test]
+    fn a_zero_stagger_takes_the_lease_at_once_even_after_conflicts() {
+        let mut turn = Turn::new(Duration::ZERO, CEILING, 1);
+        turn.collided(Duration::from_millis(300));
         assert_eq!(turn.remaining(Instant::now()), Duration::ZERO);
     }
 
     #[test]
     fn the_same_seed_draws_the_same_turns() {
         let now = Instant::now();
-        let a = Turn::new(STAGGER, 42).remaining(now);
-        let b = Turn::new(STAGGER, 42).remaining(now);
+        let a = Turn::new(STAGGER, CEILING, 42).remaining(now);
+        let b = Turn::new(STAGGER, CEILING, 42).remaining(now);
         assert_eq!(a, b);
     }
 }
