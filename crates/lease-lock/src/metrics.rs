@@ -20,7 +20,7 @@ use prometheus_client::registry::{Registry, Unit};
 /// [`register_with_prefix`](Self::register_with_prefix)):
 /// `acquire_attempts_total`, `acquisitions_total`,
 /// `acquire_failures_total{reason}`, `contended_total`, `takeovers_total`,
-/// `renew_failures_total`, `losses_total`, `deadlocks_total`,
+/// `races_lost_total`, `renew_failures_total`, `losses_total`, `deadlocks_total`,
 /// `wait_duration_seconds{outcome}` (every acquisition attempt, by how it
 /// ended: `acquired`, `not_acquired` for a `try_acquire` that found it
 /// held, `timeout`, `cancelled`, `error`, so an API outage shows in it),
@@ -32,6 +32,7 @@ pub struct Metrics {
     pub(crate) failures: Family<ReasonLabel, Counter>,
     pub(crate) contended: Counter,
     pub(crate) takeovers: Counter,
+    pub(crate) races_lost: Counter,
     pub(crate) renew_failures: Counter,
     pub(crate) losses: Counter,
     pub(crate) deadlocks: Counter,
@@ -69,6 +70,7 @@ impl Default for Metrics {
             failures: Family::default(),
             contended: Counter::default(),
             takeovers: Counter::default(),
+            races_lost: Counter::default(),
             renew_failures: Counter::default(),
             losses: Counter::default(),
             deadlocks: Counter::default(),
@@ -115,6 +117,12 @@ impl Metrics {
             "takeovers",
             "Expired leases taken over from another holder",
             self.takeovers.clone(),
+        );
+        r.register(
+            "races_lost",
+            "Takeover writes refused because another waiter changed the lease first \
+             (each a wasted request; a crowd of waiters takes turns to keep this low)",
+            self.races_lost.clone(),
         );
         r.register(
             "renew_failures",
@@ -169,6 +177,11 @@ impl Metrics {
         self.takeovers.get()
     }
 
+    /// Total `races_lost_total` so far.
+    pub fn races_lost(&self) -> u64 {
+        self.races_lost.get()
+    }
+
     /// Total `losses_total` so far.
     pub fn losses(&self) -> u64 {
         self.losses.get()
@@ -206,6 +219,7 @@ mod tests {
             "lease_lock_acquire_failures_total{reason=\"timeout\"} 1",
             "lease_lock_contended_total",
             "lease_lock_takeovers_total",
+            "lease_lock_races_lost_total",
             "lease_lock_renew_failures_total",
             "lease_lock_losses_total",
             "lease_lock_deadlocks_total",
