@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! cargo run --release -p cancel-coordinator --example coordinator_bench
+//! cargo run --release -p cancel-coordinator --example coordinator_bench -- burst supersede
 //! ```
 //!
 //! Prints one JSON line per phase and implementation, with the keys `impl`,
@@ -12,37 +13,56 @@
 //! `kube_calls_per_cancellation`, `github_calls_per_cancellation`,
 //! `e2e_p50_ms`, `e2e_p99_ms`, `cancellations_per_sec`,
 //! `rss_mb_per_1000_active` (`null` where a phase does not measure it), in
-//! this order: uncontended (supersede, seed-baseline), burst (the same),
-//! memory with 1 000 and 5 000 active (supersede, then seed-baseline).
-//! stderr says what each phase did and where the calls went.
+//! this order: uncontended, burst, memory with 250 and with 1 000 active,
+//! supersede before seed-baseline in each. Arguments (`uncontended`,
+//! `burst`, `memory`, `supersede`, `seed-baseline`) narrow the run;
+//! `BENCH_MEMORY_STEPS=250,1000` sets the memory steps. stderr says what
+//! each phase did and where the calls went.
+//!
+//! The implementations:
 //!
 //! - `supersede`: the sensor's part (the pending supersession recorded in
-//!   the task's state through `StateStore`), then `CancellationCoordinator`
-//!   replicas, each with its own `LeaseLock` identity, over `KubeLeases`,
-//!   `ConfigMapBackend`, `KubeCodeRuns` and `GitHubLabels` (its
-//!   `pull_requests()` for the PR read), production defaults, circuit
-//!   breakers on both APIs.
-//! - `seed-baseline`: the seed's design, kept only here: per event, GET the
-//!   task's state, mark the task active in one shared ConfigMap with
-//!   server-side apply (force), LIST the task's CodeRuns and DELETE those
-//!   whose head differs from the event's (no precondition, no lock), move
-//!   the labels (DELETE one, POST one, no read), append a history entry by
-//!   an unconditional PUT of the state read first, mark the task done in
-//!   the shared ConfigMap; no journal; each call tried at most 3 times.
+//!   the task's state through `StateStore`, then `submit`), and
+//!   `CancellationCoordinator` replicas, each with its own `LeaseLock`
+//!   identity and clients, over `KubeLeases`, `ConfigMapBackend`,
+//!   `KubeCodeRuns` and `GitHubLabels` (and its `pull_requests()`), with
+//!   production defaults and circuit breakers on both APIs.
+//! - `seed-baseline`: the seed's design, kept only here. Per event: GET
+//!   the task's state; mark the task active in one shared ConfigMap with
+//!   server-side apply (force); LIST the task's CodeRuns and DELETE those
+//!   whose head differs from the event's (no precondition, no lock); move
+//!   the labels (DELETE one, POST one, no read); append a history entry by
+//!   an unconditional PUT of the state read first; mark the task done in
+//!   the shared ConfigMap. No journal; each call tried at most 3 times.
 //!
-//! Everything counted is read from outside the implementations: API calls
-//! from FakeKube's request log (each client sends its own `Audit-ID`) and
-//! FakeGitHub's counters, the end state from FakeKube's store and
-//! FakeGitHub's labels (`peek`, no request). A task's cancellation is done
-//! when every stale run and its pod are gone, the state's history names
-//! each of them, and the PR carries `needs-qa` and not `ready-for-qa`; a
-//! checker polls for that, and `e2e` is from the request's acceptance (the
-//! coordinator's `submit`, after the sensor's write; the baseline's
-//! handler starting) to the poll that saw it done.
+//! The phases (each implementation on a fresh FakeKube and FakeGitHub):
 //!
-//! Phase 3 runs each implementation in a child process (this same binary,
-//! `--memory-child`), so that the RSS it reads from `/proc/self/status`
-//! is the coordinators' and not the fake servers'.
+//! 1. **uncontended**: 30 tasks one after the other, each with 3 stale
+//!    runs whose pods stop at once on SIGTERM, one delivery each, one
+//!    replica.
+//! 2. **burst**: 500 tasks, 1 000 deliveries over 3 replicas, with 5 %
+//!    of the calls to both APIs answered 500 and 1 % answered 500 after
+//!    they took effect. Even tasks get the newest head twice, to two
+//!    replicas (a redelivery); odd ones get the newest head, then the old
+//!    one (out of order), to another replica.
+//! 3. **memory**: one stale run per task whose pod ignores SIGTERM, so
+//!    each cancellation stays active; the RSS of a child process running
+//!    the implementation, read from `/proc/self/status`, once every stale
+//!    pod of 250 (then 1 000) tasks is terminating, less its idle RSS, per
+//!    1 000. Then the pods exit and every cancellation can finish.
+//!
+//! Every task also has runs of its newest head (GitHub's head of its PR),
+//! which must be kept. Everything counted is read from outside the
+//! implementations: API calls from FakeKube's request log (each client
+//! sends its own `Audit-ID`; the sensor's calls are not in
+//! `kube_calls_per_cancellation`, stderr gives them) and FakeGitHub's
+//! counters, divided by the number of tasks; the end state from FakeKube's
+//! store and FakeGitHub's labels (`peek`, no request). A task's
+//! cancellation is done when every stale run and its pod are gone, the
+//! state's history names each of them, and the PR carries `needs-qa` and
+//! not `ready-for-qa`: a checker polls for that, and `e2e` runs from the
+//! request's acceptance (ours: `submit`, after the sensor's write; the
+//! seed's: its handler starting) to the poll that saw it done.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -54,7 +74,7 @@ use std::time::Duration;
 use cancel_coordinator::workloads::{ANNOTATION_SUPERSEDED_BY, LABEL_CODE_RUN};
 use cancel_coordinator::{
     AgentSpec, CancellationCoordinator, CancellationRequest, CodeRun, CodeRunConfig, CodeRunSpec,
-    CoordinatorConfig, KubeCodeRuns, SagaConfig, StateAwareCancellation, Workers,
+    CoordinatorConfig, KubeCodeRuns, SagaConfig, SagaStep, StateAwareCancellation, Workers,
 };
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
@@ -92,11 +112,11 @@ const UNCONTENDED_ROUNDS: usize = 30;
 /// Burst: 2 deliveries per task over 3 replicas.
 const BURST_TASKS: usize = 500;
 const BURST_REPLICAS: usize = 3;
-/// Memory: measured with this many cancellations active, in one world.
-const MEMORY_STEPS: [usize; 2] = [1_000, 5_000];
-/// The coordinator runs at most 1 000 workers; 5 replicas hold 5 000
-/// operations at once.
-const MEMORY_REPLICAS: usize = 5;
+/// Memory: measured with this many cancellations active, in one world
+/// (the issue asks for 1 000 and 5 000; see `memory` for why not 5 000).
+const MEMORY_STEPS: [usize; 2] = [250, 1_000];
+/// The coordinator runs at most 1 000 workers: as many replicas as it
+/// takes to hold every operation of the last step at once.
 const MEMORY_WORKERS: usize = 1_000;
 /// A stale pod of the memory phase ignores SIGTERM for this long, so its
 /// cancellation stays active until the benchmark lets it exit.
@@ -324,7 +344,11 @@ impl World {
                 for stale in [true, false] {
                     let name = p.run_name(role, stale);
                     let run = self.kube.peek::<CodeRun>(NS, &name).unwrap();
-                    let (termination, grace) = if stale { p.stale_pods } else { ("immediate", 30) };
+                    let (termination, grace) = if stale {
+                        p.stale_pods
+                    } else {
+                        ("immediate", 30)
+                    };
                     let owner = OwnerReference {
                         block_owner_deletion: Some(true),
                         ..run.controller_owner_ref(&()).unwrap()
@@ -400,13 +424,18 @@ impl World {
     }
 
     /// The task's cancellation is over: labels moved, every stale run and
-    /// its pod gone, each named by the state's history.
-    fn converged(&self, plan: &TaskPlan) -> bool {
+    /// its pod gone, each named by the state's history. `runs_gone`
+    /// remembers the runs seen gone (names are never reused here), so a
+    /// task waiting only for its record costs no more peeks.
+    fn converged(&self, plan: &TaskPlan, runs_gone: &mut bool) -> bool {
         if !self.labels_moved(plan) {
             return false;
         }
         let stale = plan.stale_runs();
-        if !stale.iter().all(|r| self.gone(r)) {
+        if !*runs_gone {
+            *runs_gone = stale.iter().all(|r| self.gone(r));
+        }
+        if !*runs_gone {
             return false;
         }
         let Some(state) = self.state(plan) else {
@@ -420,23 +449,32 @@ impl World {
         stale.iter().all(|r| recorded.contains(r))
     }
 
-    /// Waits until every task in `plans` converged or `deadline` passed,
-    /// polling every `every`; when each converged (`None`: never).
+    /// Waits until every task in `plans` converged, or `deadline` passed,
+    /// or nothing converged for `stall` while `idle` says the
+    /// implementation has nothing left running (what has not converged
+    /// then never will, without a recovery pass); polls every `every`.
+    /// When each task converged (`None`: never).
     async fn converge(
         &self,
         plans: &[TaskPlan],
         every: Duration,
         deadline: Instant,
+        idle: impl Fn() -> bool,
     ) -> Vec<Option<Instant>> {
+        const STALL: Duration = Duration::from_secs(5);
         let mut done: Vec<Option<Instant>> = vec![None; plans.len()];
+        let mut runs_gone = vec![false; plans.len()];
+        let mut progress = Instant::now();
         loop {
             let now = Instant::now();
-            for (plan, slot) in plans.iter().zip(done.iter_mut()) {
-                if slot.is_none() && self.converged(plan) {
+            for ((plan, slot), gone) in plans.iter().zip(done.iter_mut()).zip(&mut runs_gone) {
+                if slot.is_none() && self.converged(plan, gone) {
                     *slot = Some(now);
+                    progress = now;
                 }
             }
-            if done.iter().all(Option::is_some) || Instant::now() > deadline {
+            let stalled = progress.elapsed() > STALL && idle();
+            if done.iter().all(Option::is_some) || Instant::now() > deadline || stalled {
                 return done;
             }
             sleep(every).await;
@@ -489,7 +527,8 @@ impl World {
                     }
                 } else if cancelled {
                     v.wrong += 1;
-                } else if run.is_some_and(|r| r.annotations().contains_key(ANNOTATION_SUPERSEDED_BY))
+                } else if run
+                    .is_some_and(|r| r.annotations().contains_key(ANNOTATION_SUPERSEDED_BY))
                 {
                     v.touched += 1;
                 }
@@ -544,7 +583,32 @@ fn github_labels(endpoints: &Endpoints) -> GitHubLabels {
         .unwrap()
 }
 
-enum Fleet {
+/// Failures the implementations met along the way, counted by kind (for
+/// stderr: one line, not one per failure).
+#[derive(Default)]
+struct Problems(Mutex<BTreeMap<String, usize>>);
+
+impl Problems {
+    fn count(&self, kind: impl Into<String>) {
+        *self.0.lock().unwrap().entry(kind.into()).or_default() += 1;
+    }
+
+    fn describe(&self) -> String {
+        format!("{:?}", self.0.lock().unwrap())
+    }
+}
+
+/// First words of an error: its kind without the details of one case.
+fn kind(e: &impl std::fmt::Display) -> String {
+    e.to_string().chars().take(60).collect()
+}
+
+struct Fleet {
+    kind: FleetKind,
+    problems: Arc<Problems>,
+}
+
+enum FleetKind {
     Supersede {
         sensor: StateStore,
         coordinators: Vec<CancellationCoordinator>,
@@ -564,12 +628,11 @@ impl Fleet {
         workers: usize,
         saga: &SagaConfig,
     ) -> Self {
-        match which {
+        let problems = Arc::new(Problems::default());
+        let kind = match which {
             Impl::Supersede => {
-                let sensor = StateStore::new(ConfigMapBackend::new(
-                    kube_client(endpoints, SENSOR),
-                    NS,
-                ));
+                let sensor =
+                    StateStore::new(ConfigMapBackend::new(kube_client(endpoints, SENSOR), NS));
                 let mut coordinators = Vec::new();
                 let mut pools = Vec::new();
                 for r in 0..replicas {
@@ -611,27 +674,34 @@ impl Fleet {
                     pools.push(coordinator.start());
                     coordinators.push(coordinator);
                 }
-                Self::Supersede {
+                FleetKind::Supersede {
                     sensor,
                     coordinators,
                     workers: pools,
                 }
             }
-            Impl::SeedBaseline => Self::SeedBaseline {
+            Impl::SeedBaseline => FleetKind::SeedBaseline {
                 replicas: (0..replicas)
-                    .map(|r| Arc::new(Seed::new(endpoints, &format!("replica-{r}"))))
+                    .map(|r| {
+                        Arc::new(Seed::new(
+                            endpoints,
+                            &format!("replica-{r}"),
+                            problems.clone(),
+                        ))
+                    })
                     .collect(),
                 handlers: Mutex::new(Vec::new()),
             },
-        }
+        };
+        Self { kind, problems }
     }
 
     /// Hands `delivery` to the implementation; returns when the request was
     /// accepted (ours: the sensor's write done and the coordinator's
     /// `submit` returned; the seed's: its handler spawned).
     async fn deliver(&self, plan: &TaskPlan, delivery: &Delivery) -> Instant {
-        match self {
-            Self::Supersede {
+        match &self.kind {
+            FleetKind::Supersede {
                 sensor,
                 coordinators,
                 ..
@@ -645,7 +715,7 @@ impl Fleet {
                 if let Err(e) = sensor.record_supersession(&plan.id, &push).await {
                     // A real sensor would answer 500; the request is a hint
                     // either way, and the state decides.
-                    eprintln!("  sensor: recording {} failed: {e}", plan.id);
+                    self.problems.count(format!("sensor: {}", kind(&e)));
                 }
                 let accepted = Instant::now();
                 let mut request = CancellationRequest::push(
@@ -658,17 +728,17 @@ impl Fleet {
                 request.delivery_id = Some(delivery.delivery_id.clone());
                 let coordinator = &coordinators[delivery.replica % coordinators.len()];
                 if let Err(e) = coordinator.submit(request) {
-                    eprintln!("  coordinator refused {}: {e}", plan.id);
+                    self.problems.count(format!("refused: {}", kind(&e)));
                 }
                 accepted
             }
-            Self::SeedBaseline { replicas, handlers } => {
+            FleetKind::SeedBaseline { replicas, handlers } => {
                 let accepted = Instant::now();
                 let seed = replicas[delivery.replica % replicas.len()].clone();
                 let (plan, delivery) = (plan.clone(), delivery.clone());
                 let handle = tokio::spawn(async move {
                     if let Err(e) = seed.handle(&plan, &delivery).await {
-                        eprintln!("  seed-baseline: {} gave up: {e}", plan.id);
+                        seed.problems.count(format!("gave up: {}", kind(&e)));
                     }
                 });
                 handlers.lock().unwrap().push(handle);
@@ -677,11 +747,23 @@ impl Fleet {
         }
     }
 
+    /// Whether nothing runs or waits now.
+    fn is_idle(&self) -> bool {
+        match &self.kind {
+            FleetKind::Supersede { coordinators, .. } => {
+                coordinators.iter().all(|c| c.list_active().is_empty())
+            }
+            FleetKind::SeedBaseline { handlers, .. } => {
+                handlers.lock().unwrap().iter().all(JoinHandle::is_finished)
+            }
+        }
+    }
+
     /// Waits until nothing runs or waits any more (or `deadline`).
     async fn idle(&self, deadline: Instant) -> bool {
-        match self {
-            Self::Supersede { coordinators, .. } => loop {
-                if coordinators.iter().all(|c| c.list_active().is_empty()) {
+        match &self.kind {
+            FleetKind::Supersede { .. } => loop {
+                if self.is_idle() {
                     return true;
                 }
                 if Instant::now() > deadline {
@@ -689,7 +771,7 @@ impl Fleet {
                 }
                 sleep(Duration::from_millis(20)).await;
             },
-            Self::SeedBaseline { handlers, .. } => {
+            FleetKind::SeedBaseline { handlers, .. } => {
                 let all: Vec<_> = std::mem::take(&mut *handlers.lock().unwrap());
                 for h in all {
                     let _ = tokio::time::timeout_at(deadline, h).await;
@@ -699,8 +781,56 @@ impl Fleet {
         }
     }
 
+    /// Where ours spent its time: the operations the coordinators ran for
+    /// `plans`, from their status history (stderr only; nothing counted in
+    /// the JSON comes from here).
+    fn summary(&self, plans: &[TaskPlan]) -> Option<String> {
+        let FleetKind::Supersede { coordinators, .. } = &self.kind else {
+            return None;
+        };
+        let (mut took, mut lock, mut outcomes, mut errors, mut resumed) =
+            (Vec::new(), Vec::new(), BTreeMap::new(), BTreeMap::new(), 0);
+        for plan in plans {
+            for c in coordinators {
+                for finished in c.status(&plan.id).map(|s| s.recent).unwrap_or_default() {
+                    match finished.result {
+                        Ok(report) => {
+                            took.push(ms(report.took));
+                            if let Some(l) = report.steps.iter().find(|s| s.step == SagaStep::Lock)
+                            {
+                                lock.push(ms(l.took));
+                            }
+                            resumed += usize::from(report.resumed);
+                            *outcomes.entry(format!("{:?}", report.outcome)).or_insert(0) += 1;
+                        }
+                        Err(e) => {
+                            let kind = e.split(':').next().unwrap_or_default().to_owned();
+                            *errors.entry(kind).or_insert(0) += 1;
+                        }
+                    }
+                }
+            }
+        }
+        took.sort_by(f64::total_cmp);
+        lock.sort_by(f64::total_cmp);
+        let p = |v: &[f64], q| {
+            if v.is_empty() {
+                f64::NAN
+            } else {
+                percentile(v, q)
+            }
+        };
+        Some(format!(
+            "operations {outcomes:?}, resumed {resumed}, failed {errors:?}; an operation took p50 {:.1} / p99 {:.1} ms, of which the lock p50 {:.1} / p99 {:.1} ms",
+            p(&took, 0.5),
+            p(&took, 0.99),
+            p(&lock, 0.5),
+            p(&lock, 0.99),
+        ))
+    }
+
     async fn shutdown(self) {
-        if let Self::Supersede { workers, .. } = self {
+        if let FleetKind::Supersede { workers, .. } = self.kind {
             for w in workers {
                 w.shutdown(Duration::from_secs(5)).await;
             }
@@ -714,19 +844,21 @@ struct Seed {
     runs: Api<CodeRun>,
     labels: GitHubLabels,
     identity: String,
+    problems: Arc<Problems>,
 }
 
 /// The seed tracks active cancellations in one ConfigMap for everyone.
 const SEED_ACTIVE: &str = "active-cancellations";
 
 impl Seed {
-    fn new(endpoints: &Endpoints, identity: &str) -> Self {
+    fn new(endpoints: &Endpoints, identity: &str, problems: Arc<Problems>) -> Self {
         let client = kube_client(endpoints, identity);
         Self {
             states: Api::namespaced(client.clone(), NS),
             runs: Api::namespaced(client, NS),
             labels: github_labels(endpoints),
             identity: identity.to_owned(),
+            problems,
         }
     }
 
@@ -754,11 +886,12 @@ impl Seed {
         }
         let pr = plan.pr_ref();
         if let Err(e) = github3(|| self.labels.remove(&pr, READY)).await {
-            eprintln!("  seed-baseline: {}: removing {READY}: {e}", plan.id);
+            self.problems
+                .count(format!("removing {READY}: {}", kind(&e)));
         }
         let needs = [NEEDS.to_owned()];
         if let Err(e) = github3(|| self.labels.add(&pr, &needs)).await {
-            eprintln!("  seed-baseline: {}: adding {NEEDS}: {e}", plan.id);
+            self.problems.count(format!("adding {NEEDS}: {}", kind(&e)));
         }
         // The history entry, written over whatever was read at the start.
         let mut cm = read.unwrap_or_default();
@@ -981,6 +1114,7 @@ async fn uncontended(which: Impl) -> Line {
                 std::slice::from_ref(plan),
                 Duration::from_millis(1),
                 Instant::now() + Duration::from_secs(60),
+                || fleet.is_idle(),
             )
             .await;
         if let Some(at) = done[0] {
@@ -998,7 +1132,9 @@ async fn uncontended(which: Impl) -> Line {
     line.verdict = world.verdict(&plans);
     line.kube_calls = Some(kube_calls as f64 / plans.len() as f64);
     line.github_calls = Some(github_calls as f64 / plans.len() as f64);
-    line.per_sec = Some(line.e2e_ms.len() as f64 / elapsed.as_secs_f64());
+    // One at a time: the rate is what back-to-back cancellations reach.
+    let mean = line.e2e_ms.iter().sum::<f64>() / line.e2e_ms.len().max(1) as f64;
+    line.per_sec = (mean > 0.0).then(|| 1000.0 / mean);
     let mut sorted = line.e2e_ms.clone();
     sorted.sort_by(f64::total_cmp);
     eprintln!(
@@ -1013,7 +1149,11 @@ async fn uncontended(which: Impl) -> Line {
         sorted.last().copied().unwrap_or(f64::NAN),
     );
     eprintln!("  calls of the last round: {last_calls}");
-    eprintln!("  {:?}", line.verdict);
+    eprintln!(
+        "  {:?}; failures met: {}",
+        line.verdict,
+        fleet.problems.describe()
+    );
     fleet.shutdown().await;
     line
 }
@@ -1039,8 +1179,7 @@ async fn burst(which: Impl) -> Line {
     let gh = world.github.calls().total();
 
     let (old_at, new_at) = push_times();
-    let accepted: Arc<Mutex<Vec<Option<Instant>>>> =
-        Arc::new(Mutex::new(vec![None; plans.len()]));
+    let accepted: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; plans.len()]));
     let started = Instant::now();
     let mut senders = Vec::new();
     for (i, plan) in plans.iter().enumerate() {
@@ -1067,8 +1206,9 @@ async fn burst(which: Impl) -> Line {
     let done = world
         .converge(
             &plans,
-            Duration::from_millis(5),
+            Duration::from_millis(20),
             Instant::now() + Duration::from_secs(120),
+            || fleet.is_idle(),
         )
         .await;
     let converged_at = done.iter().flatten().max().copied();
@@ -1113,12 +1253,28 @@ async fn burst(which: Impl) -> Line {
     );
     eprintln!("  calls: {}", breakdown(&records));
     eprintln!("  github: {:?}", world.github.calls().snapshot());
-    eprintln!("  {:?}", line.verdict);
+    if let Some(summary) = fleet.summary(&plans) {
+        eprintln!("  {summary}");
+    }
+    eprintln!(
+        "  {:?}; failures met: {}",
+        line.verdict,
+        fleet.problems.describe()
+    );
     match Arc::try_unwrap(fleet) {
         Ok(fleet) => fleet.shutdown().await,
         Err(_) => eprintln!("  (fleet still shared; not shut down)"),
     }
     line
+}
+
+/// The memory steps, or `BENCH_MEMORY_STEPS` (comma-separated, ascending)
+/// to try other sizes.
+fn memory_steps() -> Vec<usize> {
+    std::env::var("BENCH_MEMORY_STEPS")
+        .ok()
+        .map(|s| s.split(',').map(|n| n.trim().parse().unwrap()).collect())
+        .unwrap_or_else(|| MEMORY_STEPS.to_vec())
 }
 
 /// A task of the memory phase: one stale run (one operation, one pod to
@@ -1133,13 +1289,21 @@ fn memory_plan(i: usize) -> TaskPlan {
 }
 
 /// Phase 3, in the parent: the world; the implementation runs in a child
-/// process that reports its own RSS.
+/// process that reports its own RSS. One world for both steps: the first
+/// step's operations stay active while the second's start, and each RSS
+/// is compared with the child's idle RSS before the first submission.
+///
+/// The issue asks for 1 000 and 5 000 active. On the 2-core machine the
+/// fake API server answers some 300–500 requests a second, so the 1 000
+/// operations take about 40 s to reach their wait, and 5 000 took over
+/// 8 minutes without getting there (lease renewals starved past their
+/// deadline meanwhile); 250 and 1 000 keep the run within its budget and
+/// still show whether the memory grows linearly.
 async fn memory(which: Impl) -> Vec<Line> {
-    let total = *MEMORY_STEPS.last().unwrap();
+    let steps = memory_steps();
+    let total = *steps.last().unwrap();
     let world = World::start(1_000_000).await;
-    let plans: Vec<TaskPlan> = (0..total)
-        .map(memory_plan)
-        .collect();
+    let plans: Vec<TaskPlan> = (0..total).map(memory_plan).collect();
     world.seed(&plans).await;
     let endpoints = world.endpoints();
     let seq = world.kube.requests().last_seq();
@@ -1173,7 +1337,7 @@ async fn memory(which: Impl) -> Vec<Line> {
     let mut lines = Vec::new();
     let mut from = 0;
     let started = Instant::now();
-    for step in MEMORY_STEPS {
+    for step in steps {
         let answer = tokio::task::block_in_place(|| ask(format!("submit {from} {step}")));
         assert_eq!(answer, "ok");
         // Active: every stale pod of these tasks is terminating (SIGTERM
@@ -1184,22 +1348,19 @@ async fn memory(which: Impl) -> Vec<Line> {
             .flat_map(TaskPlan::stale_runs)
             .map(|r| pod_name(&r))
             .collect();
-        let mut terminating = 0;
-        while Instant::now() < deadline {
-            terminating = stale
-                .iter()
-                .filter(|p| {
-                    world
-                        .kube
-                        .peek::<Pod>(NS, p)
-                        .is_some_and(|p| p.metadata.deletion_timestamp.is_some())
-                })
-                .count();
-            if terminating == stale.len() {
-                break;
-            }
-            sleep(Duration::from_millis(200)).await;
+        // Checked once a second, each pod until it is seen terminating: the
+        // checker must not load the fake it watches.
+        let mut waiting: Vec<&String> = stale.iter().collect();
+        while Instant::now() < deadline && !waiting.is_empty() {
+            waiting.retain(|p| {
+                world
+                    .kube
+                    .peek::<Pod>(NS, p)
+                    .is_none_or(|p| p.metadata.deletion_timestamp.is_none())
+            });
+            sleep(Duration::from_secs(1)).await;
         }
+        let terminating = stale.len() - waiting.len();
         // Let the last operations reach their wait.
         sleep(Duration::from_secs(2)).await;
         let kb = rss(tokio::task::block_in_place(|| ask("rss".into())));
@@ -1235,6 +1396,8 @@ async fn memory(which: Impl) -> Vec<Line> {
             &plans,
             Duration::from_millis(50),
             Instant::now() + Duration::from_secs(180),
+            // The child's operations end within seconds of their pods.
+            || true,
         )
         .await;
     let answer = tokio::task::block_in_place(|| ask("drain".into()));
@@ -1274,14 +1437,13 @@ async fn memory_child(which: Impl, endpoints: Endpoints) {
         grace_period: Duration::from_secs(300),
         ..SagaConfig::default()
     };
-    let total = *MEMORY_STEPS.last().unwrap();
-    let plans: Vec<TaskPlan> = (0..total)
-        .map(memory_plan)
-        .collect();
+    let steps = memory_steps();
+    let total = *steps.last().unwrap();
+    let plans: Vec<TaskPlan> = (0..total).map(memory_plan).collect();
     let fleet = Arc::new(Fleet::start(
         which,
         &endpoints,
-        MEMORY_REPLICAS,
+        total.div_ceil(MEMORY_WORKERS),
         MEMORY_WORKERS,
         &saga,
     ));
@@ -1304,7 +1466,11 @@ async fn memory_child(which: Impl, endpoints: Endpoints) {
     while let Some(command) = rx.recv().await {
         let words: Vec<&str> = command.split_whitespace().collect();
         match words.as_slice() {
-            ["rss"] => answer(format!("rss {}", rss_kb())),
+            ["rss"] => {
+                let fds = std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count);
+                eprintln!("  child: {fds} open file descriptors");
+                answer(format!("rss {}", rss_kb()));
+            }
             ["submit", from, to] => {
                 let (from, to): (usize, usize) = (from.parse().unwrap(), to.parse().unwrap());
                 for (i, plan) in plans.iter().enumerate().take(to).skip(from) {
@@ -1318,7 +1484,11 @@ async fn memory_child(which: Impl, endpoints: Endpoints) {
             }
             ["drain"] => {
                 let idle = fleet.idle(Instant::now() + Duration::from_secs(60)).await;
-                answer(format!("drained (idle: {idle}, RSS {} kB)", rss_kb()));
+                answer(format!(
+                    "drained (idle: {idle}, RSS {} kB, failures met: {})",
+                    rss_kb(),
+                    fleet.problems.describe()
+                ));
                 break;
             }
             other => panic!("unknown command {other:?}"),
@@ -1344,20 +1514,29 @@ async fn main() {
         memory_child(which, endpoints).await;
         return;
     }
-    let only = |phase: &str| args.len() < 2 || args[1..].iter().any(|a| a == phase);
-    let both = [Impl::Supersede, Impl::SeedBaseline];
+    // Arguments narrow the run to some phases and implementations.
+    let phases = ["uncontended", "burst", "memory"];
+    let chosen = |p: &str| args[1..].iter().any(|a| a == p);
+    let only = |phase: &str| !phases.iter().any(|p| chosen(p)) || chosen(phase);
+    let mut both: Vec<Impl> = [Impl::Supersede, Impl::SeedBaseline]
+        .into_iter()
+        .filter(|i| chosen(i.name()))
+        .collect();
+    if both.is_empty() {
+        both = vec![Impl::Supersede, Impl::SeedBaseline];
+    }
     if only("uncontended") {
-        for which in both {
+        for &which in &both {
             println!("{}", uncontended(which).await.json(which));
         }
     }
     if only("burst") {
-        for which in both {
+        for &which in &both {
             println!("{}", burst(which).await.json(which));
         }
     }
     if only("memory") {
-        for which in both {
+        for &which in &both {
             for mut line in memory(which).await {
                 println!("{}", line.json(which));
             }
