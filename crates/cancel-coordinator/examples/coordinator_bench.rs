@@ -13,10 +13,10 @@
 //! `kube_calls_per_cancellation`, `github_calls_per_cancellation`,
 //! `e2e_p50_ms`, `e2e_p99_ms`, `cancellations_per_sec`,
 //! `rss_mb_per_1000_active` (`null` where a phase does not measure it), in
-//! this order: uncontended, burst, memory with 250 and with 1 000 active,
+//! this order: uncontended, burst, memory with 100 and with 500 active,
 //! supersede before seed-baseline in each. Arguments (`uncontended`,
 //! `burst`, `memory`, `supersede`, `seed-baseline`) narrow the run;
-//! `BENCH_MEMORY_STEPS=250,1000` sets the memory steps. stderr says what
+//! `BENCH_MEMORY_STEPS=100,500` sets the memory steps. stderr says what
 //! each phase did and where the calls went.
 //!
 //! The implementations:
@@ -37,7 +37,7 @@
 //!
 //! The phases (each implementation on a fresh FakeKube and FakeGitHub):
 //!
-//! 1. **uncontended**: 30 tasks one after the other, each with 3 stale
+//! 1. **uncontended**: 100 tasks one after the other, each with 3 stale
 //!    runs whose pods stop at once on SIGTERM, one delivery each, one
 //!    replica.
 //! 2. **burst**: 500 tasks, 1 000 deliveries over 3 replicas, with 5 %
@@ -48,7 +48,7 @@
 //! 3. **memory**: one stale run per task whose pod ignores SIGTERM, so
 //!    each cancellation stays active; the RSS of a child process running
 //!    the implementation, read from `/proc/self/status`, once every stale
-//!    pod of 250 (then 1 000) tasks is terminating, less its idle RSS, per
+//!    pod of 100 (then 500) tasks is terminating, less its idle RSS, per
 //!    1 000. Then the pods exit and every cancellation can finish.
 //!
 //! Every task also has runs of its newest head (GitHub's head of its PR),
@@ -108,16 +108,16 @@ const ROLES: [&str; 3] = ["quality", "testing", "review"];
 const SENSOR: &str = "sensor";
 
 /// Uncontended rounds: one task at a time, each with 3 stale runs.
-const UNCONTENDED_ROUNDS: usize = 30;
+const UNCONTENDED_ROUNDS: usize = 100;
 /// Burst: 2 deliveries per task over 3 replicas.
 const BURST_TASKS: usize = 500;
 const BURST_REPLICAS: usize = 3;
 /// Memory: measured with this many cancellations active, in one world
-/// (the issue asks for 1 000 and 5 000; see `memory` for why not 5 000).
-const MEMORY_STEPS: [usize; 2] = [250, 1_000];
-/// The coordinator runs at most 1 000 workers: as many replicas as it
-/// takes to hold every operation of the last step at once.
-const MEMORY_WORKERS: usize = 1_000;
+/// (the issue asks for 1 000 and 5 000; see `memory` for why not here).
+const MEMORY_STEPS: [usize; 2] = [100, 500];
+/// Replicas sharing the memory phase's operations, each with as many
+/// workers as it takes to hold its share of the last step at once.
+const MEMORY_REPLICAS: usize = 5;
 /// A stale pod of the memory phase ignores SIGTERM for this long, so its
 /// cancellation stays active until the benchmark lets it exit.
 const MEMORY_POD_GRACE_SECONDS: i64 = 600;
@@ -1294,11 +1294,13 @@ fn memory_plan(i: usize) -> TaskPlan {
 /// is compared with the child's idle RSS before the first submission.
 ///
 /// The issue asks for 1 000 and 5 000 active. On the 2-core machine the
-/// fake API server answers some 300–500 requests a second, so the 1 000
-/// operations take about 40 s to reach their wait, and 5 000 took over
-/// 8 minutes without getting there (lease renewals starved past their
-/// deadline meanwhile); 250 and 1 000 keep the run within its budget and
-/// still show whether the memory grows linearly.
+/// fake API server answers some 300–500 requests a second: 1 000
+/// operations took about 40 s to reach their wait, and some of the fake's
+/// answers took over 10 s, so lease renewals missed their deadline and
+/// operations stopped with their lock lost (16 of 1 000 over 5 replicas,
+/// over 100 with one replica); 5 000 never got there in 8 minutes. 100 and
+/// 500 stay within what the fake serves and the run's budget, and still
+/// show whether memory grows linearly.
 async fn memory(which: Impl) -> Vec<Line> {
     let steps = memory_steps();
     let total = *steps.last().unwrap();
@@ -1443,8 +1445,8 @@ async fn memory_child(which: Impl, endpoints: Endpoints) {
     let fleet = Arc::new(Fleet::start(
         which,
         &endpoints,
-        total.div_ceil(MEMORY_WORKERS),
-        MEMORY_WORKERS,
+        MEMORY_REPLICAS,
+        total.div_ceil(MEMORY_REPLICAS),
         &saga,
     ));
     let (_, new_at) = push_times();
