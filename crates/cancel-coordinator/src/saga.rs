@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _};
 use jiff::Timestamp;
 use label_cas::{
     AtomicLabelManager, LabelBackend, LabelSet, LabelTransition, PullRequest, PullRequestReader,
@@ -1245,20 +1245,19 @@ impl StateAwareCancellation {
             }
         }
 
-        // Graceful: SIGTERM with the grace period.
-        for run in &marked {
-            ensure_held(guard, &run.task_id)?;
-            self.kube(
-                guard,
-                || {
-                    inner
-                        .workloads
-                        .terminate(run, config.mode, config.grace_period)
-                },
-                |e| e,
-            )
+        // Graceful: SIGTERM with the grace period, to every run at once (up
+        // to `max_parallel_runs`): the runs are independent, and one round
+        // trip per run in a row is the saga's longest serial stretch. The
+        // first error stops the step; a DELETE dropped in flight is what a
+        // crash leaves, and the journal resumes it.
+        let signals: Vec<_> = marked
+            .iter()
+            .map(|run| self.signal(guard, run, false))
+            .collect();
+        futures::stream::iter(signals)
+            .buffer_unordered(config.max_parallel_runs)
+            .try_collect::<Vec<()>>()
             .await?;
-        }
         let mut remaining = marked;
         for (forced, wait) in [
             (false, config.grace_period + config.force_after),
@@ -1268,12 +1267,14 @@ impl StateAwareCancellation {
                 break;
             }
             if forced {
-                for run in &remaining {
-                    warn!(run = %run.name, "run outlived its grace period; forcing");
-                    ensure_held(guard, &run.task_id)?;
-                    self.kube(guard, || inner.workloads.force(run), |e| e)
-                        .await?;
-                }
+                let signals: Vec<_> = remaining
+                    .iter()
+                    .map(|run| self.signal(guard, run, true))
+                    .collect();
+                futures::stream::iter(signals)
+                    .buffer_unordered(config.max_parallel_runs)
+                    .try_collect::<Vec<()>>()
+                    .await?;
             }
             let deadline = Instant::now() + wait;
             let left = self
@@ -1319,6 +1320,29 @@ impl StateAwareCancellation {
         }
         reports.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(reports)
+    }
+
+    /// SIGTERM to `run` with the grace period, or, `forced`, SIGKILL to
+    /// what is left of it — while the lock is still held.
+    async fn signal(&self, guard: &LockGuard, run: &Run, forced: bool) -> Result<()> {
+        let inner = &self.inner;
+        let config = &inner.config;
+        ensure_held(guard, &run.task_id)?;
+        if forced {
+            warn!(run = %run.name, "run outlived its grace period; forcing");
+            self.kube(guard, || inner.workloads.force(run), |e| e).await
+        } else {
+            self.kube(
+                guard,
+                || {
+                    inner
+                        .workloads
+                        .terminate(run, config.mode, config.grace_period)
+                },
+                |e| e,
+            )
+            .await
+        }
     }
 
     /// The intent on one run; a conflict re-reads it and decides again (a

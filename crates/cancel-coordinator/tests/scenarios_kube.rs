@@ -260,6 +260,47 @@ async fn an_uncontended_cancellation_of_three_runs_stays_within_its_call_budget(
     );
 }
 
+/// SIGTERM goes to every stale run at once: with each DELETE held for a
+/// second by the fake, the three arrive together (on paused time, where one
+/// after another they would arrive a second apart) — the saga's longest
+/// serial stretch is one round trip, not one per run.
+#[tokio::test(start_paused = true)]
+async fn stale_runs_are_terminated_together_not_one_after_another() {
+    let c = Cluster::start().await;
+    let (old, new) = (sha(1), sha(2));
+    for role in ["quality", "testing", "review"] {
+        c.run("task-7", &format!("{role}-old"), role, &old, 0).await;
+    }
+    let pr = c.pull(7, &new);
+    c.pushed("task-7", &new, at(60)).await;
+    let saga = c.saga("pod-a", SagaConfig::default());
+    let held = Duration::from_secs(1);
+    c.kube
+        .faults()
+        .latency(Match::any().verb("delete"), held, Duration::ZERO);
+    c.kube.requests().clear();
+
+    let report = saga
+        .run(&CancellationRequest::push("task-7", pr, &new, at(60)))
+        .await
+        .unwrap();
+
+    assert_eq!(report.outcome, Outcome::Cancelled);
+    let deletes = c
+        .kube
+        .requests()
+        .matching(&RequestFilter::any().verb("delete"));
+    let names: Vec<_> = deletes.iter().filter_map(|r| r.name.clone()).collect();
+    assert_eq!(deletes.len(), 3, "one DELETE per stale run: {names:?}");
+    let first = deletes.iter().map(|r| r.at).min().unwrap();
+    let last = deletes.iter().map(|r| r.at).max().unwrap();
+    let spread = last.duration_since(first).unsigned_abs();
+    assert!(
+        spread < held / 2,
+        "the DELETEs arrived {spread:?} apart, one after another: {names:?}"
+    );
+}
+
 /// Seed scenario 1 on the real backends: 25 tasks pushed at once, three
 /// replicas, 2 ms per call, 5 % of Kubernetes calls failing with 5xx and 1 %
 /// of writes landing with their answer lost. Everything converges: every
