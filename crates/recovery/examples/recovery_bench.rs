@@ -249,9 +249,11 @@ async fn run_size(tasks: usize, size: usize, latency: Duration) -> Line {
     let mut controller = Controller::spawn(&world);
     let ready: controller::Ready = controller.read().await;
     let (kube_before, github_before) = (world.kube.calls().snapshot(), world.github.calls().snapshot());
+    let log_before = world.kube.requests().last_seq();
     controller.send("cycle").await;
     let cycle: controller::CycleDone = controller.read().await;
     let (kube_cycle, github_cycle) = (world.kube.calls().snapshot(), world.github.calls().snapshot());
+    eprintln!("cycle's FakeKube calls over time: {}", timeline(&world.kube.requests().since(log_before)));
     let in_cycle = world.judge();
     controller.send("converge").await;
     let converged: controller::Converged = controller.read().await;
@@ -1279,6 +1281,31 @@ fn pod_of(run: &CodeRun) -> Pod {
         },
     }))
     .unwrap()
+}
+
+/// When each kind of request came, from the first request on: `verb
+/// resource n (first s–last s)`, in order of first appearance.
+fn timeline(records: &[testkit::kube::RequestRecord]) -> String {
+    let Some(start) = records.first().map(|r| r.at) else {
+        return String::new();
+    };
+    let mut spans: Vec<(String, usize, f64, f64)> = Vec::new();
+    for r in records {
+        let at = r.at.duration_since(start).as_secs_f64();
+        let key = format!("{} {}", r.verb, r.resource);
+        match spans.iter_mut().find(|(k, ..)| *k == key) {
+            Some((_, n, _, last)) => {
+                *n += 1;
+                *last = at;
+            }
+            None => spans.push((key, 1, at, at)),
+        }
+    }
+    spans
+        .iter()
+        .map(|(k, n, first, last)| format!("{k} {n} ({first:.1}–{last:.1} s)"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `after - before`, per counter.

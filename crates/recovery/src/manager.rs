@@ -857,76 +857,87 @@ impl RecoveryManager {
     }
 
     /// Runs marked superseded and still running past their deadline, of
-    /// tasks no operation is open for.
+    /// tasks no operation is open for; `concurrency` of them at a time.
     async fn overdue_runs(&self, world: &World, busy: &BTreeSet<String>, report: &mut CycleReport) {
+        let checks = world
+            .overdue
+            .iter()
+            .filter(|run| !busy.contains(&run.task_id))
+            .map(|run| self.overdue_run(run));
+        let mut done =
+            futures::stream::iter(checks).buffer_unordered(self.inner.config.concurrency);
+        while let Some(found) = done.next().await {
+            report.findings.extend(found);
+        }
+    }
+
+    /// One overdue run: handed on while its pods remain, flagged when a
+    /// foreign finalizer holds it after they went.
+    async fn overdue_run(&self, run: &Run) -> Option<Finding> {
         let inner = &self.inner;
-        for run in &world.overdue {
-            if busy.contains(&run.task_id) {
-                continue;
-            }
-            let finding = |kind, action| Finding {
-                kind,
-                task_id: run.task_id.clone(),
-                object: Some(run.name.clone()),
-                action,
+        let finding = |kind, action| Finding {
+            kind,
+            task_id: run.task_id.clone(),
+            object: Some(run.name.clone()),
+            action,
+        };
+        let left = match inner.workloads.remains(run).await {
+            Ok(left) => left,
+            Err(e) => return Some(finding(Kind::StaleRunAlive, Action::Failed(e.to_string()))),
+        };
+        if !left.pods_gone() {
+            let action = match inner.store.get(&run.task_id).await {
+                Ok(Some(snapshot)) => self.hand(&snapshot.state, Reason::Recovery),
+                Ok(None) => Action::Deferred("the task has no state".into()),
+                Err(e) => Action::Failed(e.to_string()),
             };
-            let left = match inner.workloads.remains(run).await {
-                Ok(left) => left,
-                Err(e) => {
-                    report
-                        .findings
-                        .push(finding(Kind::StaleRunAlive, Action::Failed(e.to_string())));
-                    continue;
-                }
-            };
-            if !left.pods_gone() {
-                let action = match inner.store.get(&run.task_id).await {
-                    Ok(Some(snapshot)) => self.hand(&snapshot.state, Reason::Recovery),
-                    Ok(None) => Action::Deferred("the task has no state".into()),
-                    Err(e) => Action::Failed(e.to_string()),
-                };
-                report.findings.push(finding(Kind::StaleRunAlive, action));
-            } else if !left.foreign_finalizers.is_empty() {
-                let why = left.describe();
-                let _ = inner.workloads.flag_intervention(run, &why).await;
-                let action = self
-                    .flag(
-                        &run.task_id,
-                        Kind::RunHeldByFinalizer,
-                        &format!("run {}: {why}", run.name),
-                    )
-                    .await;
-                report
-                    .findings
-                    .push(finding(Kind::RunHeldByFinalizer, action));
-            }
+            Some(finding(Kind::StaleRunAlive, action))
+        } else if !left.foreign_finalizers.is_empty() {
+            let why = left.describe();
+            let _ = inner.workloads.flag_intervention(run, &why).await;
+            let action = self
+                .flag(
+                    &run.task_id,
+                    Kind::RunHeldByFinalizer,
+                    &format!("run {}: {why}", run.name),
+                )
+                .await;
+            Some(finding(Kind::RunHeldByFinalizer, action))
+        } else {
+            None
         }
     }
 
     /// Leases whose holder stopped renewing them, of tasks no operation is
-    /// open for.
+    /// open for; `concurrency` deletes at a time.
     async fn orphaned_leases(
         &self,
         world: &World,
         busy: &BTreeSet<String>,
         report: &mut CycleReport,
     ) {
-        let inner = &self.inner;
-        for (task, lease) in &world.leases {
-            if busy.contains(task) || lease_held(lease) {
-                continue;
-            }
-            let action = match inner.locks.delete_if_abandoned(lease).await {
-                Ok(true) => Action::Repaired,
-                Ok(false) => continue,
-                Err(e) => Action::Failed(e.to_string()),
-            };
-            report.findings.push(Finding {
-                kind: Kind::OrphanedLease,
-                task_id: task.clone(),
-                object: lease.metadata.name.clone(),
-                action,
+        let locks = &self.inner.locks;
+        let deletes = world
+            .leases
+            .iter()
+            .filter(|(task, lease)| !busy.contains(*task) && !lease_held(lease))
+            .map(|(task, lease)| async move {
+                let action = match locks.delete_if_abandoned(lease).await {
+                    Ok(true) => Action::Repaired,
+                    Ok(false) => return None,
+                    Err(e) => Action::Failed(e.to_string()),
+                };
+                Some(Finding {
+                    kind: Kind::OrphanedLease,
+                    task_id: task.clone(),
+                    object: lease.metadata.name.clone(),
+                    action,
+                })
             });
+        let mut done =
+            futures::stream::iter(deletes).buffer_unordered(self.inner.config.concurrency);
+        while let Some(found) = done.next().await {
+            report.findings.extend(found);
         }
     }
 
