@@ -13,6 +13,7 @@
 //! | `job-tracker` | [`job_tracker`] | cancellable job registry with reservations |
 //! | `cancel-coordinator` | [`cancel_coordinator`] | cancel superseded CodeRuns: Workloads trait, journaled saga, coordinator |
 //! | `recovery` | [`recovery`] | the reconciler: re-derives all work from stored state, repairs what disagrees, flags the rest |
+//! | `github-webhook` | [`github_webhook`] | verified GitHub webhooks: signatures with rotation, guarded parsing, an axum route |
 //!
 //! ```
 //! # #[cfg(feature = "resilience")] {
@@ -26,6 +27,8 @@
 
 #[cfg(feature = "cancel-coordinator")]
 pub use cancel_coordinator;
+#[cfg(feature = "github-webhook")]
+pub use github_webhook;
 #[cfg(feature = "job-tracker")]
 pub use job_tracker;
 #[cfg(feature = "label-cas")]

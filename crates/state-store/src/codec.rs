@@ -132,6 +132,7 @@ pub(crate) fn encode(
         SCHEMA_VERSION.to_owned(),
     );
     mirror_in_annotations(state, &mut document.annotations);
+    flat_keys(state, &mut document.data);
     if let Some((payload, reason)) = quarantine {
         let original = match payload {
             CorruptPayload::Text(raw) => {
@@ -231,6 +232,27 @@ fn mirror_in_annotations(state: &RemediationState, annotations: &mut BTreeMap<St
         annotations.insert(ANNOTATION_OPERATION_ACTIVE.to_owned(), "true".to_owned());
     } else {
         annotations.remove(ANNOTATION_OPERATION_ACTIVE);
+    }
+}
+
+/// Writes the flat `data` keys kubectl users and the starting design's
+/// tools read (see [`KEY_FLAT_TASK_ID`](crate::naming::KEY_FLAT_TASK_ID)),
+/// and drops `iteration_<n>_started` keys the state no longer records.
+fn flat_keys(state: &RemediationState, data: &mut BTreeMap<String, String>) {
+    use crate::naming::{
+        KEY_FLAT_ITERATION, KEY_FLAT_LAST_UPDATE, KEY_FLAT_STATUS, KEY_FLAT_TASK_ID,
+        is_iteration_started_key, iteration_started_key,
+    };
+    data.insert(KEY_FLAT_TASK_ID.to_owned(), state.task_id.clone());
+    data.insert(KEY_FLAT_ITERATION.to_owned(), state.iteration.to_string());
+    data.insert(
+        KEY_FLAT_LAST_UPDATE.to_owned(),
+        state.last_update.to_string(),
+    );
+    data.insert(KEY_FLAT_STATUS.to_owned(), state.status.as_str().to_owned());
+    data.retain(|key, _| !is_iteration_started_key(key));
+    for (n, at) in &state.iteration_started {
+        data.insert(iteration_started_key(*n), at.to_string());
     }
 }
 
@@ -447,6 +469,10 @@ fn salvage(task_id: &str, max_iterations: u32, doc: &Document, text: &str) -> Re
         s.cancellation_history = v
     });
     keep(s, max, text, "compactions", |s, v| s.compactions = v);
+    // The remembered deliveries keep a redelivery from counting twice.
+    keep(s, max, text, "recent_deliveries", |s, v| {
+        s.recent_deliveries = v
+    });
     keep(s, max, text, "highest_fencing_token", |s, v| {
         s.highest_fencing_token = Some(v)
     });
@@ -596,6 +622,8 @@ impl StateV0 {
                 author: f.author,
                 created_at: f.created_at.unwrap_or(now),
                 resolved_at: None,
+                issue_type: None,
+                extra: Default::default(),
             });
         }
         // v0 kept no time per error; the document's own time is the best we have.
@@ -770,6 +798,7 @@ mod tests {
             correlation_id: None,
         });
         original.push_error("boom", Timestamp::UNIX_EPOCH);
+        original.observe_delivery("guid-1:7", None);
         let mut json = serde_json::to_string(&original).unwrap();
         // A head that breaks an invariant, and a payload cut short.
         json = json.replace("\"sha\":\"abcdef1\"", "\"sha\":\"not a sha\"");
@@ -781,6 +810,10 @@ mod tests {
         assert_eq!(state.active_operation, original.active_operation);
         assert_eq!(state.pending_supersessions, original.pending_supersessions);
         assert_eq!(state.error_messages, original.error_messages);
+        assert_eq!(
+            state.recent_deliveries, original.recent_deliveries,
+            "a redelivery stays a duplicate after a rebuild"
+        );
         assert_eq!(state.status, TaskStatus::InProgress);
         assert_eq!(state.iteration, 2);
         assert_eq!(state.latest_head, None, "an invalid part is left out");

@@ -26,6 +26,18 @@ pub const MAX_ERROR_MESSAGE_BYTES: usize = 2048;
 pub const MAX_CANCELLATION_HISTORY: usize = 100;
 /// Most pending supersessions kept (newest kept).
 pub const MAX_PENDING_SUPERSESSIONS: usize = 16;
+/// Most webhook delivery keys remembered per task (newest kept), so that a
+/// redelivery is recognised after a restart (GitHub keeps a delivery's GUID
+/// on redelivery and never retries by itself).
+///
+/// Each push to a pull request brings two or three deliveries (`push`,
+/// `pull_request.synchronize`, sometimes a label event); 64 keys cover the
+/// last twenty or so pushes of a task — far more than an operator
+/// redelivers at once — for about 3 KiB of document.
+pub const MAX_RECENT_DELIVERIES: usize = 64;
+/// Longest delivery key accepted (`<X-GitHub-Delivery>:<X-GitHub-Hook-ID>`:
+/// a 128-character id, a colon and a 20-digit hook id, with room to spare).
+pub const MAX_DELIVERY_KEY_LEN: usize = 160;
 /// Most compaction records kept (newest kept).
 pub const MAX_COMPACTIONS: usize = 10;
 /// Most dropped comment ids listed in one compaction record.
@@ -76,23 +88,56 @@ impl TaskStatus {
     }
 }
 
+/// Iteration start times kept in a state (the newest iterations').
+pub const MAX_ITERATION_STARTS: usize = 64;
+
+/// Longest feedback body a write may add, in bytes (64 KiB): a body is a
+/// review comment, and a ConfigMap holds 1 MiB in all.
+pub const MAX_FEEDBACK_BODY_BYTES: usize = 64 * 1024;
+
 /// Severity of a review comment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Severity {
     /// Nit.
+    #[serde(alias = "low", alias = "LOW")]
     Low,
     /// Should fix.
+    #[serde(alias = "medium", alias = "MEDIUM")]
     Medium,
     /// Must fix.
+    #[serde(alias = "high", alias = "HIGH")]
     High,
     /// Blocks the merge.
+    #[serde(alias = "critical", alias = "CRITICAL")]
     Critical,
 }
 
+/// What kind of problem a review comment names (the starting design's
+/// `issue_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum IssueType {
+    /// Something does not work.
+    Bug,
+    /// Something could be better.
+    Enhancement,
+    /// The docs are wrong or missing.
+    Documentation,
+    /// Too slow or too big.
+    Performance,
+    /// A vulnerability or unsafe practice.
+    Security,
+}
+
 /// One piece of review feedback, identified by its comment id.
+///
+/// Documents of the starting design name three fields differently —
+/// `pr_comment_id`, `description`, `timestamp` — and are read as they are;
+/// fields this build does not know are kept in [`extra`](Self::extra) and
+/// written back, so a round trip loses nothing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeedbackEntry {
     /// The comment id (unique per task; used to deduplicate).
+    #[serde(alias = "pr_comment_id")]
     pub comment_id: String,
     /// How serious it is.
     pub severity: Severity,
@@ -100,14 +145,47 @@ pub struct FeedbackEntry {
     #[serde(default)]
     pub resolved: bool,
     /// The comment text.
+    #[serde(alias = "description")]
     pub body: String,
-    /// Who wrote it.
+    /// Who wrote it (empty when the document did not say).
+    #[serde(default)]
     pub author: String,
     /// When it was written.
+    #[serde(alias = "timestamp")]
     pub created_at: Timestamp,
     /// When it was resolved, if it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved_at: Option<Timestamp>,
+    /// What kind of problem it names, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issue_type: Option<IssueType>,
+    /// Fields of a stored entry this build does not know: kept and written
+    /// back.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+impl FeedbackEntry {
+    /// An unresolved entry with no issue type.
+    pub fn new(
+        comment_id: impl Into<String>,
+        severity: Severity,
+        body: impl Into<String>,
+        author: impl Into<String>,
+        created_at: Timestamp,
+    ) -> Self {
+        Self {
+            comment_id: comment_id.into(),
+            severity,
+            resolved: false,
+            body: body.into(),
+            author: author.into(),
+            created_at,
+            resolved_at: None,
+            issue_type: None,
+            extra: BTreeMap::new(),
+        }
+    }
 }
 
 /// One recorded error message.
@@ -142,6 +220,26 @@ pub struct Supersession {
     /// Correlation id for logs across processes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation_id: Option<String>,
+}
+
+/// What [`RemediationState::observe_delivery`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DeliveryRecorded {
+    /// The delivery key was already remembered: nothing changed.
+    Duplicate,
+    /// The key is remembered now.
+    Recorded {
+        /// Whether the push it carried changed the head (see
+        /// [`RemediationState::observe_head`]).
+        head_changed: bool,
+    },
+}
+
+impl DeliveryRecorded {
+    /// Whether the delivery had been recorded before.
+    pub fn is_duplicate(self) -> bool {
+        self == Self::Duplicate
+    }
 }
 
 /// How a cancellation ended, for the audit trail.
@@ -207,6 +305,9 @@ pub struct RemediationState {
     pub iteration: u32,
     /// Lifecycle status.
     pub status: TaskStatus,
+    /// When each iteration started (the newest [`MAX_ITERATION_STARTS`]),
+    /// also written as the flat `iteration_<n>_started` keys.
+    pub iteration_started: BTreeMap<u32, Timestamp>,
     /// Review feedback, oldest first, unique by comment id.
     pub feedback_history: Vec<FeedbackEntry>,
     /// Recent error messages, oldest first (newest [`MAX_ERROR_MESSAGES`] kept).
@@ -227,6 +328,17 @@ pub struct RemediationState {
     pub highest_fencing_token: Option<FencingToken>,
     /// Feedback compactions done on this document.
     pub compactions: Vec<CompactionRecord>,
+    /// Keys of the webhook deliveries recorded for this task, oldest first
+    /// (newest [`MAX_RECENT_DELIVERIES`] kept): the durable half of the
+    /// sensor's dedupe. See [`observe_delivery`](Self::observe_delivery).
+    pub recent_deliveries: Vec<String>,
+    /// Repairs the store made to this state when it broke one of its own
+    /// rules, oldest first (newest [`MAX_REPAIRS`](crate::repair::MAX_REPAIRS)
+    /// kept). See [`repair`](Self::repair).
+    pub repairs: Vec<crate::repair::RepairRecord>,
+    /// When [`StateStore::recover_state`](crate::StateStore::recover_state)
+    /// last repaired, migrated, rebuilt or created this state.
+    pub last_recovery: Option<Timestamp>,
     /// Ids of the latest writes (newest last), so a writer whose request failed
     /// in transit can tell whether it was applied. Maintained by the store only.
     applied_writes: Vec<String>,
@@ -257,6 +369,7 @@ impl RemediationState {
             task_id: task_id.into(),
             iteration: 0,
             status: TaskStatus::Initialized,
+            iteration_started: BTreeMap::new(),
             feedback_history: Vec::new(),
             error_messages: Vec::new(),
             metadata: BTreeMap::new(),
@@ -267,6 +380,9 @@ impl RemediationState {
             active_operation: None,
             highest_fencing_token: None,
             compactions: Vec::new(),
+            recent_deliveries: Vec::new(),
+            repairs: Vec::new(),
+            last_recovery: None,
             applied_writes: Vec::new(),
             legacy_retired_lease_uids: Dropped,
             unknown_fields: BTreeMap::new(),
@@ -288,6 +404,21 @@ impl RemediationState {
         }
         self.feedback_history.push(entry);
         true
+    }
+
+    /// Counts one more iteration, started at `now` (recorded, the newest
+    /// [`MAX_ITERATION_STARTS`] kept); an `Initialized` task becomes
+    /// `InProgress`. The caller checks the maximum.
+    pub fn start_iteration(&mut self, now: Timestamp) -> u32 {
+        self.iteration += 1;
+        self.iteration_started.insert(self.iteration, now);
+        while self.iteration_started.len() > MAX_ITERATION_STARTS {
+            self.iteration_started.pop_first();
+        }
+        if self.status == TaskStatus::Initialized {
+            self.status = TaskStatus::InProgress;
+        }
+        self.iteration
     }
 
     /// Marks a feedback entry resolved. Returns whether anything changed.
@@ -346,6 +477,28 @@ impl RemediationState {
             trim_front(&mut self.pending_supersessions, MAX_PENDING_SUPERSESSIONS);
         }
         true
+    }
+
+    /// Records webhook delivery `delivery_key` and the push it carries, if
+    /// any, unless the key is already remembered (a redelivery, or the same
+    /// delivery handled by another replica): then nothing changes and the
+    /// answer is [`DeliveryRecorded::Duplicate`]. Otherwise the push goes
+    /// through [`observe_head`](Self::observe_head) and the key joins
+    /// [`recent_deliveries`](Self::recent_deliveries) (newest
+    /// [`MAX_RECENT_DELIVERIES`] kept) — both in the one write that stores
+    /// the state, so a delivery is either recorded whole or not at all.
+    pub fn observe_delivery(
+        &mut self,
+        delivery_key: &str,
+        push: Option<&Supersession>,
+    ) -> DeliveryRecorded {
+        if self.recent_deliveries.iter().any(|k| k == delivery_key) {
+            return DeliveryRecorded::Duplicate;
+        }
+        let head_changed = push.is_some_and(|push| self.observe_head(push));
+        self.recent_deliveries.push(delivery_key.to_owned());
+        trim_front(&mut self.recent_deliveries, MAX_RECENT_DELIVERIES);
+        DeliveryRecorded::Recorded { head_changed }
     }
 
     /// Removes the pending supersessions that the handling of the push of
@@ -646,9 +799,17 @@ impl RemediationState {
                 ));
             }
         }
+        if let Some(key) = self
+            .recent_deliveries
+            .iter()
+            .find(|k| !well_formed_delivery_key(k))
+        {
+            return Err(format!("malformed delivery key {key:?}"));
+        }
         if self.error_messages.len() > MAX_ERROR_MESSAGES
             || self.cancellation_history.len() > MAX_CANCELLATION_HISTORY
             || self.pending_supersessions.len() > MAX_PENDING_SUPERSESSIONS
+            || self.recent_deliveries.len() > MAX_RECENT_DELIVERIES
         {
             return Err("a bounded history is over its bound".to_owned());
         }
@@ -691,6 +852,80 @@ impl RemediationState {
         &self.unknown_fields
     }
 
+    /// The names of the top-level fields that differ between `self` and
+    /// `other` (for the write's audit line: names, never values).
+    pub fn changed_fields(&self, other: &RemediationState) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut differs = |name: &'static str, different: bool| {
+            if different {
+                changed.push(name);
+            }
+        };
+        differs("iteration", self.iteration != other.iteration);
+        differs("status", self.status != other.status);
+        differs(
+            "iteration_started",
+            self.iteration_started != other.iteration_started,
+        );
+        differs(
+            "feedback_history",
+            self.feedback_history != other.feedback_history,
+        );
+        differs(
+            "error_messages",
+            self.error_messages != other.error_messages,
+        );
+        differs("metadata", self.metadata != other.metadata);
+        differs("latest_head", self.latest_head != other.latest_head);
+        differs(
+            "pending_supersessions",
+            self.pending_supersessions != other.pending_supersessions,
+        );
+        differs(
+            "cancellation_history",
+            self.cancellation_history != other.cancellation_history,
+        );
+        differs(
+            "active_operation",
+            self.active_operation != other.active_operation,
+        );
+        differs(
+            "highest_fencing_token",
+            self.highest_fencing_token != other.highest_fencing_token,
+        );
+        differs("compactions", self.compactions != other.compactions);
+        differs(
+            "recent_deliveries",
+            self.recent_deliveries != other.recent_deliveries,
+        );
+        differs("repairs", self.repairs != other.repairs);
+        differs("last_recovery", self.last_recovery != other.last_recovery);
+        differs(
+            "unknown_fields",
+            self.unknown_fields != other.unknown_fields,
+        );
+        changed
+    }
+
+    /// Refuses feedback this write adds or changes whose body is over
+    /// [`MAX_FEEDBACK_BODY_BYTES`] (what was stored before is not judged
+    /// again), naming the entry.
+    pub(crate) fn check_new_feedback(&self, before: &RemediationState) -> Result<(), String> {
+        for entry in &self.feedback_history {
+            if entry.body.len() <= MAX_FEEDBACK_BODY_BYTES
+                || before.feedback_history.contains(entry)
+            {
+                continue;
+            }
+            return Err(format!(
+                "feedback {:?}: its body of {} bytes is over the limit of {MAX_FEEDBACK_BODY_BYTES}",
+                entry.comment_id.chars().take(128).collect::<String>(),
+                entry.body.len()
+            ));
+        }
+        Ok(())
+    }
+
     pub(crate) fn applied_writes_mut(&mut self) -> &mut Vec<String> {
         &mut self.applied_writes
     }
@@ -704,6 +939,11 @@ impl RemediationState {
 /// Ids (comment, operation) are 1–128 visible ASCII characters.
 pub(crate) fn well_formed_id(id: &str) -> bool {
     (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Delivery keys are 1–[`MAX_DELIVERY_KEY_LEN`] visible ASCII characters.
+pub(crate) fn well_formed_delivery_key(key: &str) -> bool {
+    (1..=MAX_DELIVERY_KEY_LEN).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// Commit shas are 7–64 hex digits.
@@ -754,6 +994,8 @@ mod tests {
             author: "a".into(),
             created_at: ts("2026-01-01T00:00:00Z") + jiff::SignedDuration::from_mins(minute),
             resolved_at: None,
+            issue_type: None,
+            extra: Default::default(),
         }
     }
 
@@ -798,6 +1040,60 @@ mod tests {
         b.observe_head(&y);
         b.observe_head(&x);
         assert_eq!(a.latest_head, b.latest_head);
+    }
+
+    #[test]
+    fn a_delivery_is_recorded_once_with_its_push() {
+        let mut s = RemediationState::new("t", Timestamp::UNIX_EPOCH);
+        let p = push("aaaaaaa", "2026-01-01T00:00:01Z");
+        assert_eq!(
+            s.observe_delivery("guid-1:7", Some(&p)),
+            DeliveryRecorded::Recorded { head_changed: true }
+        );
+        let before = s.clone();
+        // Redelivered (same GUID, same hook): nothing changes, even with a
+        // newer push in hand.
+        let newer = push("bbbbbbb", "2026-01-01T00:00:02Z");
+        assert_eq!(
+            s.observe_delivery("guid-1:7", Some(&newer)),
+            DeliveryRecorded::Duplicate
+        );
+        assert_eq!(s, before);
+        // The same GUID from another hook is another delivery; an older
+        // push it carries records the key but not the head.
+        let older = push("ccccccc", "2026-01-01T00:00:00Z");
+        assert_eq!(
+            s.observe_delivery("guid-1:8", Some(&older)),
+            DeliveryRecorded::Recorded {
+                head_changed: false
+            }
+        );
+        assert_eq!(s.latest_head.as_ref().unwrap().sha, "aaaaaaa");
+        assert_eq!(s.recent_deliveries, ["guid-1:7", "guid-1:8"]);
+        // A delivery without a push (a closed pull request) is remembered too.
+        assert_eq!(
+            s.observe_delivery("guid-2:7", None),
+            DeliveryRecorded::Recorded {
+                head_changed: false
+            }
+        );
+        assert!(s.observe_delivery("guid-2:7", None).is_duplicate());
+        s.validate("t", 10).unwrap();
+    }
+
+    #[test]
+    fn recent_deliveries_keep_only_the_newest_keys() {
+        let mut s = RemediationState::new("t", Timestamp::UNIX_EPOCH);
+        for i in 0..(MAX_RECENT_DELIVERIES + 3) {
+            s.observe_delivery(&format!("guid-{i}:1"), None);
+        }
+        assert_eq!(s.recent_deliveries.len(), MAX_RECENT_DELIVERIES);
+        assert_eq!(s.recent_deliveries[0], "guid-3:1");
+        // The oldest keys are forgotten: bounded, not forever.
+        assert!(!s.observe_delivery("guid-0:1", None).is_duplicate());
+        s.validate("t", 10).unwrap();
+        s.recent_deliveries.push("has space".into());
+        assert!(s.validate("t", 10).unwrap_err().contains("delivery key"));
     }
 
     #[test]

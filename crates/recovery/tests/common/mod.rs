@@ -12,6 +12,8 @@
 //! read FakeKube's store directly, making no request at all.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod leases;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +25,7 @@ use cancel_coordinator::{
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::{CustomResourceExt, Resource, ResourceExt};
@@ -345,35 +347,8 @@ impl Cluster {
     /// into FakeKube.
     pub fn seed_dead_lease(&self, task: &str) -> Lease {
         let name = format!("cancel-task-{task}");
-        let renewed = MicroTime(Timestamp::now() - SignedDuration::from_secs(120));
-        let lease = Lease {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                namespace: Some(NS.into()),
-                labels: Some(
-                    [
-                        (
-                            lease_lock::MANAGED_BY_LABEL.to_owned(),
-                            lease_lock::MANAGED_BY_VALUE.to_owned(),
-                        ),
-                        (
-                            lease_lock::LOCK_PREFIX_LABEL.to_owned(),
-                            "cancel".to_owned(),
-                        ),
-                    ]
-                    .into(),
-                ),
-                ..ObjectMeta::default()
-            },
-            spec: Some(lease_lock::LeaseSpec {
-                holder_identity: Some("dead-pod/1".into()),
-                lease_duration_seconds: Some(30),
-                acquire_time: Some(renewed.clone()),
-                renew_time: Some(renewed),
-                lease_transitions: Some(1),
-                ..lease_lock::LeaseSpec::default()
-            }),
-        };
+        let mut lease = leases::dead_lease(&name);
+        lease.metadata.namespace = Some(NS.into());
         self.kube.seed([lease]).unwrap();
         self.kube.peek::<Lease>(NS, &name).unwrap()
     }

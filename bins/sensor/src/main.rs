@@ -1,0 +1,91 @@
+//! `sensor` binary: flags and environment, logging, signals.
+//!
+//! The rule it keeps: SIGTERM turns readiness off, stops accepting
+//! connections, finishes the requests and state writes in flight and the
+//! running cancellations (within `--drain-timeout-seconds`), then exits 0.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use resilience::Shutdown;
+use sensor::{Config, LogFormat, Sensor, wiring};
+use tracing_subscriber::EnvFilter;
+
+/// Exit code for a configuration the sensor cannot run with.
+const EXIT_CONFIG: u8 = 2;
+/// Exit code for a failure to start (port taken, cluster unreachable).
+const EXIT_START: u8 = 3;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = Config::parse();
+    if let Err(error) = config.validate() {
+        eprintln!("sensor: {error}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    init_tracing(config.log_format);
+
+    let parts = if config.dev {
+        tracing::warn!(
+            "--dev: memory backends; nothing is durable and nothing leaves this process"
+        );
+        wiring::memory_parts(&config)
+    } else {
+        wiring::cluster_parts(&config).await
+    };
+    let shutdown = Shutdown::new();
+    let sensor = match parts.and_then(|parts| Sensor::new(&config, parts, shutdown.clone())) {
+        Ok(sensor) => sensor,
+        Err(error) => {
+            tracing::error!(%error, "cannot build the sensor");
+            return ExitCode::from(if matches!(error, sensor::Error::Config(_)) {
+                EXIT_CONFIG
+            } else {
+                EXIT_START
+            });
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(config.listen_addr()).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, addr = %config.listen_addr(), "cannot bind");
+            return ExitCode::from(EXIT_START);
+        }
+    };
+    if let Err(error) = shutdown.listen_for_signals() {
+        tracing::error!(%error, "cannot install signal handlers");
+        return ExitCode::from(EXIT_START);
+    }
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    if let Err(error) = sensor.spawn(listener) {
+        tracing::error!(%error, "cannot serve");
+        return ExitCode::from(EXIT_START);
+    }
+    tracing::info!(
+        %addr,
+        dev = config.dev,
+        repositories = ?config.repositories,
+        "sensor listening on POST {}",
+        sensor::WEBHOOK_PATH
+    );
+
+    shutdown.triggered().await;
+    let report = shutdown.drain(config.drain_timeout()).await;
+    ExitCode::from(report.exit_code())
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        LogFormat::Text => builder.init(),
+    }
+}
