@@ -849,11 +849,15 @@ impl RecoveryManager {
     /// Runs marked superseded and still running past their deadline, of
     /// tasks no operation is open for; `concurrency` of them at a time.
     async fn overdue_runs(&self, world: &World, busy: &BTreeSet<String>, report: &mut CycleReport) {
-        let checks = world
+        // Collected first: a lazy filter's closure over borrowed items
+        // would make the cycle's future not `Send` (a higher-ranked
+        // lifetime the compiler cannot prove general enough).
+        let checks: Vec<_> = world
             .overdue
             .iter()
             .filter(|run| !busy.contains(&run.task_id))
-            .map(|run| self.overdue_run(run));
+            .map(|run| self.overdue_run(run))
+            .collect();
         let mut done =
             futures::stream::iter(checks).buffer_unordered(self.inner.config.concurrency);
         while let Some(found) = done.next().await {
@@ -906,29 +910,32 @@ impl RecoveryManager {
         busy: &BTreeSet<String>,
         report: &mut CycleReport,
     ) {
-        let locks = &self.inner.locks;
-        let deletes = world
+        let deletes: Vec<_> = world
             .leases
             .iter()
             .filter(|(task, lease)| !busy.contains(*task) && !lease_held(lease))
-            .map(|(task, lease)| async move {
-                let action = match locks.delete_if_abandoned(lease).await {
-                    Ok(true) => Action::Repaired,
-                    Ok(false) => return None,
-                    Err(e) => Action::Failed(e.to_string()),
-                };
-                Some(Finding {
-                    kind: Kind::OrphanedLease,
-                    task_id: task.clone(),
-                    object: lease.metadata.name.clone(),
-                    action,
-                })
-            });
+            .map(|(task, lease)| self.orphaned_lease(task, lease))
+            .collect();
         let mut done =
             futures::stream::iter(deletes).buffer_unordered(self.inner.config.concurrency);
         while let Some(found) = done.next().await {
             report.findings.extend(found);
         }
+    }
+
+    /// One abandoned Lease, deleted if it is still as listed.
+    async fn orphaned_lease(&self, task: &str, lease: &Lease) -> Option<Finding> {
+        let action = match self.inner.locks.delete_if_abandoned(lease).await {
+            Ok(true) => Action::Repaired,
+            Ok(false) => return None,
+            Err(e) => Action::Failed(e.to_string()),
+        };
+        Some(Finding {
+            kind: Kind::OrphanedLease,
+            task_id: task.to_owned(),
+            object: lease.metadata.name.clone(),
+            action,
+        })
     }
 
     /// The App's webhook deliveries no attempt was accepted for, asked for
