@@ -272,15 +272,45 @@ impl RecoveryBuilder {
 }
 
 /// What the Lease and run scans tell about the tasks, read before the
-/// states.
+/// states. Kept for the whole cycle, so it keeps objects only for what may
+/// need a repair; of the rest, a task id.
 #[derive(Default)]
 struct World {
-    /// Task id → its cancel Lease (as listed).
-    leases: BTreeMap<String, Lease>,
+    /// Tasks whose cancel Lease a live holder renews.
+    held: BTreeSet<String>,
+    /// Task id → its cancel Lease (as listed) that no live holder renews:
+    /// the candidates for deletion.
+    unheld: BTreeMap<String, Lease>,
     /// Tasks with a run that is not terminal.
     active_runs: BTreeSet<String>,
     /// Runs marked superseded that are not terminal, past their deadline.
     overdue: Vec<Run>,
+}
+
+/// What the Lease scan found, as [`World`] keeps it.
+#[derive(Default)]
+struct Leases {
+    held: BTreeSet<String>,
+    unheld: BTreeMap<String, Lease>,
+    listed: usize,
+}
+
+/// What the run scan found.
+#[derive(Default)]
+struct Runs {
+    active: BTreeSet<String>,
+    overdue: Vec<Run>,
+    listed: usize,
+}
+
+/// The round robin of head checks over one cycle's states.
+struct HeadChecks {
+    /// Checks left this cycle.
+    budget: usize,
+    /// Only tasks after this one (where the last cycle stopped).
+    after: Option<String>,
+    /// The last task checked.
+    last: Option<String>,
 }
 
 impl RecoveryManager {
@@ -497,10 +527,26 @@ impl RecoveryManager {
         Ok(())
     }
 
-    /// The Leases of the task lock and every run, a page at a time.
+    /// The Leases of the task lock and every run, a page at a time; the
+    /// two kinds are listed at once (neither depends on the other).
     async fn scan_leases_and_runs(&self, report: &mut CycleReport) -> Result<World> {
+        let (leases, runs) = tokio::try_join!(self.scan_leases(), self.scan_runs())?;
+        report.leases += leases.listed;
+        report.runs += runs.listed;
+        Ok(World {
+            held: leases.held,
+            unheld: leases.unheld,
+            active_runs: runs.active,
+            overdue: runs.overdue,
+        })
+    }
+
+    /// Every Lease of the task lock: a live one as its task's id, the
+    /// others as listed (less what a decision and a conditional delete do
+    /// not read).
+    async fn scan_leases(&self) -> Result<Leases> {
         let inner = &self.inner;
-        let mut world = World::default();
+        let mut leases = Leases::default();
         let prefix = format!("{}-task-", inner.locks.config().prefix);
         let mut token = None;
         loop {
@@ -509,7 +555,7 @@ impl RecoveryManager {
                 .list_leases(inner.config.page_size, token)
                 .await?;
             for mut lease in page.leases {
-                report.leases += 1;
+                leases.listed += 1;
                 let Some(task) = lease
                     .metadata
                     .name
@@ -519,17 +565,25 @@ impl RecoveryManager {
                 else {
                     continue;
                 };
-                // Kept for the whole cycle: only what a decision and a
-                // conditional delete read.
+                if lease_held(&lease) {
+                    leases.held.insert(task);
+                    continue;
+                }
                 lease.metadata.managed_fields = None;
                 lease.metadata.annotations = None;
-                world.leases.insert(task, lease);
+                leases.unheld.insert(task, lease);
             }
             match page.continue_token {
                 Some(next) => token = Some(next),
-                None => break,
+                None => return Ok(leases),
             }
         }
+    }
+
+    /// Every run: the tasks with one not terminal, and the runs overdue.
+    async fn scan_runs(&self) -> Result<Runs> {
+        let inner = &self.inner;
+        let mut runs = Runs::default();
         // The clock the saga stamps intents with.
         let now = inner.store.clock().now();
         let deadline =
@@ -541,28 +595,30 @@ impl RecoveryManager {
                 .list_runs(inner.config.page_size, token)
                 .await?;
             for run in page.runs {
-                report.runs += 1;
+                runs.listed += 1;
                 if run.terminal {
                     continue;
                 }
-                world.active_runs.insert(run.task_id.clone());
+                runs.active.insert(run.task_id.clone());
                 let overdue = run.superseded_by.is_some()
                     && run
                         .superseded_at
                         .is_some_and(|at| now.duration_since(at) > deadline);
                 if overdue {
-                    world.overdue.push(run);
+                    runs.overdue.push(run);
                 }
             }
             match page.continue_token {
                 Some(next) => token = Some(next),
-                None => return Ok(world),
+                None => return Ok(runs),
             }
         }
     }
 
     /// Every state, a page at a time; the tasks with an operation open (or
-    /// handed to the coordinator this cycle) go into `busy`.
+    /// handed to the coordinator this cycle) go into `busy`. The next page
+    /// is read while this one is examined, so LIST latency stays off the
+    /// cycle's critical path with at most two pages in memory.
     async fn scan_states(
         &self,
         world: &World,
@@ -570,58 +626,29 @@ impl RecoveryManager {
         report: &mut CycleReport,
     ) -> Result<()> {
         let inner = &self.inner;
-        let mut head_budget = inner.config.head_checks_per_cycle;
-        let cursor = inner
-            .head_cursor
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        let mut last_checked = None;
-        let mut token = None;
+        let list = |token| inner.store.list_page(inner.config.page_size, token);
+        let mut heads = HeadChecks {
+            budget: inner.config.head_checks_per_cycle,
+            after: inner
+                .head_cursor
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+            last: None,
+        };
+        let mut page = list(None).await?;
         loop {
-            let page = inner.store.list_page(inner.config.page_size, token).await?;
-            report.states += page.states.len();
-            let mut actions = Vec::new();
-            for snapshot in page.states {
-                let task = snapshot.state.task_id.clone();
-                if snapshot.annotation(ANNOTATION_NEEDS_INTERVENTION).is_some() {
-                    report.flagged_tasks += 1;
-                    busy.insert(task.clone());
-                    continue;
+            let next = page.continue_token.take();
+            let fetch = async {
+                match next {
+                    Some(token) => list(Some(token)).await.map(Some),
+                    None => Ok(None),
                 }
-                let check_head = head_budget > 0
-                    && inner.pulls.is_some()
-                    && cursor.as_deref().is_none_or(|c| task.as_str() > c);
-                if check_head {
-                    head_budget -= 1;
-                    report.head_checks += 1;
-                    last_checked = Some(task.clone());
-                }
-                if snapshot
-                    .state
-                    .active_operation
-                    .as_ref()
-                    .is_some_and(|j| !j.is_finished())
-                {
-                    busy.insert(task.clone());
-                }
-                actions.push(self.examine(snapshot, world, check_head));
-            }
-            let mut done =
-                futures::stream::iter(actions).buffer_unordered(inner.config.concurrency);
-            while let Some(findings) = done.next().await {
-                for finding in findings {
-                    if matches!(finding.action, Action::Handed | Action::Flagged(_)) {
-                        busy.insert(finding.task_id.clone());
-                    }
-                    if matches!(finding.action, Action::Flagged(_)) {
-                        report.flagged_tasks += 1;
-                    }
-                    report.findings.push(finding);
-                }
-            }
-            match page.continue_token {
-                Some(next) => token = Some(next),
+            };
+            let examine = self.examine_page(page.states, world, &mut heads, busy, report);
+            let (fetched, ()) = tokio::join!(fetch, examine);
+            match fetched? {
+                Some(next) => page = next,
                 None => break,
             }
         }
@@ -631,8 +658,60 @@ impl RecoveryManager {
             .head_cursor
             .lock()
             .unwrap_or_else(PoisonError::into_inner) =
-            if head_budget == 0 { last_checked } else { None };
+            if heads.budget == 0 { heads.last } else { None };
         Ok(())
+    }
+
+    /// One page of states through the decision table, `concurrency` at a
+    /// time.
+    async fn examine_page(
+        &self,
+        states: Vec<Snapshot>,
+        world: &World,
+        heads: &mut HeadChecks,
+        busy: &mut BTreeSet<String>,
+        report: &mut CycleReport,
+    ) {
+        let inner = &self.inner;
+        report.states += states.len();
+        let mut actions = Vec::new();
+        for snapshot in states {
+            let task = snapshot.state.task_id.clone();
+            if snapshot.annotation(ANNOTATION_NEEDS_INTERVENTION).is_some() {
+                report.flagged_tasks += 1;
+                busy.insert(task);
+                continue;
+            }
+            let check_head = heads.budget > 0
+                && inner.pulls.is_some()
+                && heads.after.as_deref().is_none_or(|c| task.as_str() > c);
+            if check_head {
+                heads.budget -= 1;
+                report.head_checks += 1;
+                heads.last = Some(task.clone());
+            }
+            if snapshot
+                .state
+                .active_operation
+                .as_ref()
+                .is_some_and(|j| !j.is_finished())
+            {
+                busy.insert(task);
+            }
+            actions.push(self.examine(snapshot, world, check_head));
+        }
+        let mut done = futures::stream::iter(actions).buffer_unordered(inner.config.concurrency);
+        while let Some(findings) = done.next().await {
+            for finding in findings {
+                if matches!(finding.action, Action::Handed | Action::Flagged(_)) {
+                    busy.insert(finding.task_id.clone());
+                }
+                if matches!(finding.action, Action::Flagged(_)) {
+                    report.flagged_tasks += 1;
+                }
+                report.findings.push(finding);
+            }
+        }
     }
 
     /// The decision table for one state.
@@ -690,7 +769,7 @@ impl RecoveryManager {
 
         // An unfinished journal whose lock nobody holds: its holder died.
         if let Some(journal) = state.active_operation.as_ref().filter(|j| !j.is_finished()) {
-            let held = world.leases.get(&task).is_some_and(lease_held);
+            let held = world.held.contains(&task);
             if journal.kind == OperationKind::Cancellation
                 && !held
                 && settled(journal.last_progress())
@@ -865,8 +944,9 @@ impl RecoveryManager {
         }
     }
 
-    /// One overdue run: handed on while its pods remain, flagged when a
-    /// foreign finalizer holds it after they went.
+    /// One overdue run: handed on while its deletion has not begun or its
+    /// pods remain, flagged when a foreign finalizer holds it after they
+    /// went.
     async fn overdue_run(&self, run: &Run) -> Option<Finding> {
         let inner = &self.inner;
         let finding = |kind, action| Finding {
@@ -875,17 +955,29 @@ impl RecoveryManager {
             object: Some(run.name.clone()),
             action,
         };
-        let left = match inner.workloads.remains(run).await {
-            Ok(left) => left,
-            Err(e) => return Some(finding(Kind::StaleRunAlive, Action::Failed(e.to_string()))),
-        };
-        if !left.pods_gone() {
+        let hand = || async {
             let action = match inner.store.get(&run.task_id).await {
                 Ok(Some(snapshot)) => self.hand(&snapshot.state, Reason::Recovery),
                 Ok(None) => Action::Deferred("the task has no state".into()),
                 Err(e) => Action::Failed(e.to_string()),
             };
             Some(finding(Kind::StaleRunAlive, action))
+        };
+        // A run whose deletion never began is the coordinator's whatever
+        // its pods do (its cancellation died before the delete), and no
+        // finalizer can hold it yet: no need to ask after its pods. That
+        // LIST is the dearest call of the row (the API server filters
+        // every pod of the namespace by label for it), so it is left to
+        // the runs being deleted.
+        if !run.deleting {
+            return hand().await;
+        }
+        let left = match inner.workloads.remains(run).await {
+            Ok(left) => left,
+            Err(e) => return Some(finding(Kind::StaleRunAlive, Action::Failed(e.to_string()))),
+        };
+        if !left.pods_gone() {
+            hand().await
         } else if !left.foreign_finalizers.is_empty() {
             let why = left.describe();
             let _ = inner.workloads.flag_intervention(run, &why).await;
@@ -911,9 +1003,9 @@ impl RecoveryManager {
         report: &mut CycleReport,
     ) {
         let deletes: Vec<_> = world
-            .leases
+            .unheld
             .iter()
-            .filter(|(task, lease)| !busy.contains(*task) && !lease_held(lease))
+            .filter(|(task, _)| !busy.contains(*task))
             .map(|(task, lease)| self.orphaned_lease(task, lease))
             .collect();
         let mut done =
