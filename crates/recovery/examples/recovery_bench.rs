@@ -171,19 +171,12 @@ const WATCH_HISTORY: usize = 50_000;
 const PAGE: u64 = 500;
 
 /// Every row of the decision table the bench seeds, in the order the
-/// bounded ones are filled first.
-const ROWS: [Kind; 10] = [
-    Kind::HeadDrift,
-    Kind::FailedDelivery,
-    Kind::PendingSupersession,
-    Kind::AbandonedJournal,
-    Kind::StaleRunAlive,
-    Kind::RunHeldByFinalizer,
-    Kind::LabelsNotMoved,
-    Kind::OrphanedLease,
-    Kind::UnreadableState,
-    Kind::InvalidState,
-];
+/// bounded ones (head drift, failed deliveries) are filled first.
+fn all_rows() -> Vec<Kind> {
+    let mut rows = Kind::ALL.to_vec();
+    rows.sort_by_key(|k| !matches!(k, Kind::HeadDrift | Kind::FailedDelivery));
+    rows
+}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -196,7 +189,11 @@ async fn main() {
     let sizes: Vec<usize> = std::env::var("RECOVERY_BENCH_SIZES")
         .unwrap_or_else(|_| "100,1000,10000".to_owned())
         .split(',')
-        .map(|s| s.trim().parse().expect("RECOVERY_BENCH_SIZES: numbers, comma-separated"))
+        .map(|s| {
+            s.trim()
+                .parse()
+                .expect("RECOVERY_BENCH_SIZES: numbers, comma-separated")
+        })
         .collect();
     for size in sizes {
         let line = run_size(tasks, size, latency).await;
@@ -231,7 +228,10 @@ struct Line {
 
 async fn run_size(tasks: usize, size: usize, latency: Duration) -> Line {
     let mix = Mix::new(tasks, size);
-    eprintln!("--- {size} inconsistencies in {tasks} tasks: {}", mix.describe());
+    eprintln!(
+        "--- {size} inconsistencies in {tasks} tasks: {}",
+        mix.describe()
+    );
     let seeding = Instant::now();
     let world = World::seed(tasks, &mix).await;
     eprintln!(
@@ -251,16 +251,28 @@ async fn run_size(tasks: usize, size: usize, latency: Duration) -> Line {
 
     let mut controller = Controller::spawn(&world);
     let ready: controller::Ready = controller.read().await;
-    let (kube_before, github_before) = (world.kube.calls().snapshot(), world.github.calls().snapshot());
+    let (kube_before, github_before) = (
+        world.kube.calls().snapshot(),
+        world.github.calls().snapshot(),
+    );
     let log_before = world.kube.requests().last_seq();
     controller.send("cycle").await;
     let cycle: controller::CycleDone = controller.read().await;
-    let (kube_cycle, github_cycle) = (world.kube.calls().snapshot(), world.github.calls().snapshot());
-    eprintln!("cycle's FakeKube calls over time: {}", timeline(&world.kube.requests().since(log_before)));
+    let (kube_cycle, github_cycle) = (
+        world.kube.calls().snapshot(),
+        world.github.calls().snapshot(),
+    );
+    eprintln!(
+        "cycle's FakeKube calls over time: {}",
+        timeline(&world.kube.requests().since(log_before))
+    );
     let in_cycle = world.judge();
     controller.send("converge").await;
     let converged: controller::Converged = controller.read().await;
-    let (kube_after, github_after) = (world.kube.calls().snapshot(), world.github.calls().snapshot());
+    let (kube_after, github_after) = (
+        world.kube.calls().snapshot(),
+        world.github.calls().snapshot(),
+    );
     let after = world.judge();
     controller.send("exit").await;
     controller.wait().await;
@@ -272,7 +284,10 @@ async fn run_size(tasks: usize, size: usize, latency: Duration) -> Line {
     let converge_kube = delta(&kube_cycle, &kube_after);
     let converge_github = delta(&github_cycle, &github_after);
     eprintln!("convergence's FakeKube calls: {}", by_verb(&converge_kube));
-    eprintln!("convergence's FakeGitHub calls: {}", by_verb(&converge_github));
+    eprintln!(
+        "convergence's FakeGitHub calls: {}",
+        by_verb(&converge_github)
+    );
     let list_pages: u64 = kube_calls
         .iter()
         .filter(|(k, _)| {
@@ -339,7 +354,7 @@ impl Mix {
         // the others.
         let mut counts: BTreeMap<Kind, usize> = BTreeMap::new();
         let mut left = size;
-        let mut open: Vec<Kind> = ROWS.to_vec();
+        let mut open: Vec<Kind> = all_rows();
         while left > 0 && !open.is_empty() {
             let share = left.div_ceil(open.len());
             let mut next = Vec::new();
@@ -368,10 +383,10 @@ impl Mix {
             *row = Some(Kind::HeadDrift);
         }
         let mut sequence = Vec::new();
-        let mut remaining: Vec<(Kind, usize)> = ROWS
-            .iter()
-            .filter(|k| **k != Kind::HeadDrift)
-            .map(|k| (*k, counts[k]))
+        let mut remaining: Vec<(Kind, usize)> = all_rows()
+            .into_iter()
+            .filter(|k| *k != Kind::HeadDrift)
+            .map(|k| (k, counts[&k]))
             .collect();
         while remaining.iter().any(|(_, n)| *n > 0) {
             for (kind, n) in &mut remaining {
@@ -484,7 +499,14 @@ impl World {
         for task in tasks.iter().filter(|t| t.row != Some(Kind::FailedDelivery)) {
             let branch = format!("task-{}-fix", task.id);
             github
-                .add_pull(OWNER, REPO, task.pr, head_on_github(task.row), &branch, labels_of(task.row))
+                .add_pull(
+                    OWNER,
+                    REPO,
+                    task.pr,
+                    head_on_github(task.row),
+                    &branch,
+                    labels_of(task.row),
+                )
                 .unwrap();
             if task.row == Some(Kind::HeadDrift) {
                 // Someone pushed the new head; no webhook told the sensor
@@ -497,7 +519,9 @@ impl World {
         let url = format!("http://{}/webhook/github", nowhere.local_addr().unwrap());
         drop(nowhere);
         let hooks = github.webhooks();
-        hooks.configure(WebhookConfig::new(url.parse().unwrap())).unwrap();
+        hooks
+            .configure(WebhookConfig::new(url.parse().unwrap()))
+            .unwrap();
         hooks.hold();
         let mut failed_guids = Vec::new();
         for task in tasks.iter().filter(|t| t.row == Some(Kind::FailedDelivery)) {
@@ -584,7 +608,10 @@ impl World {
             match task.row {
                 Some(Kind::PendingSupersession | Kind::AbandonedJournal) => {
                     let at = clock.now() - SignedDuration::from_mins(1);
-                    store.record_supersession(&id, &push(NEW, at)).await.unwrap();
+                    store
+                        .record_supersession(&id, &push(NEW, at))
+                        .await
+                        .unwrap();
                 }
                 Some(Kind::LabelsNotMoved) => {
                     let record = CancellationRecord {
@@ -678,12 +705,18 @@ impl World {
                     | Kind::RunHeldByFinalizer,
                 ) => {
                     let mut stale = run("old", OLD);
-                    if matches!(task.row, Some(Kind::StaleRunAlive | Kind::RunHeldByFinalizer)) {
+                    if matches!(
+                        task.row,
+                        Some(Kind::StaleRunAlive | Kind::RunHeldByFinalizer)
+                    ) {
                         stale.metadata.annotations = Some(
                             [
                                 (ANNOTATION_SUPERSEDED_BY.to_owned(), NEW.to_owned()),
                                 (ANNOTATION_SUPERSEDED_AT.to_owned(), ago_5_min.clone()),
-                                (ANNOTATION_CANCEL_OPERATION.to_owned(), format!("op-gone-{id}")),
+                                (
+                                    ANNOTATION_CANCEL_OPERATION.to_owned(),
+                                    format!("op-gone-{id}"),
+                                ),
                             ]
                             .into(),
                         );
@@ -735,8 +768,12 @@ impl World {
                     task.kept.push((resource, name, rv));
                 }
             };
-            let rv_cm = kube.peek::<ConfigMap>(NS, &state).and_then(|o| o.metadata.resource_version);
-            let rv_lease = kube.peek::<Lease>(NS, &lease).and_then(|o| o.metadata.resource_version);
+            let rv_cm = kube
+                .peek::<ConfigMap>(NS, &state)
+                .and_then(|o| o.metadata.resource_version);
+            let rv_lease = kube
+                .peek::<Lease>(NS, &lease)
+                .and_then(|o| o.metadata.resource_version);
             let run_rv = |name: &str| {
                 kube.peek::<CodeRun>(NS, name)
                     .and_then(|o| o.metadata.resource_version)
@@ -812,9 +849,18 @@ impl World {
                 .and_then(|text| serde_json::from_str(&text).ok());
             for (resource, name, rv) in &task.kept {
                 let now = match *resource {
-                    "configmaps" => self.kube.peek::<ConfigMap>(NS, name).map(|o| o.resource_version()),
-                    "leases" => self.kube.peek::<Lease>(NS, name).map(|o| o.resource_version()),
-                    _ => self.kube.peek::<CodeRun>(NS, name).map(|o| o.resource_version()),
+                    "configmaps" => self
+                        .kube
+                        .peek::<ConfigMap>(NS, name)
+                        .map(|o| o.resource_version()),
+                    "leases" => self
+                        .kube
+                        .peek::<Lease>(NS, name)
+                        .map(|o| o.resource_version()),
+                    _ => self
+                        .kube
+                        .peek::<CodeRun>(NS, name)
+                        .map(|o| o.resource_version()),
                 };
                 if now.flatten().as_ref() != Some(rv) {
                     judged.collateral += 1;
@@ -850,7 +896,9 @@ impl World {
                     row.repaired += usize::from(head_new && stale_gone);
                 }
                 Kind::PendingSupersession => {
-                    let settled = state.as_ref().is_some_and(|s| s.pending_supersessions.is_empty());
+                    let settled = state
+                        .as_ref()
+                        .is_some_and(|s| s.pending_supersessions.is_empty());
                     row.repaired += usize::from(stale_gone && settled);
                 }
                 Kind::AbandonedJournal => {
@@ -873,9 +921,10 @@ impl World {
                 Kind::LabelsNotMoved => {
                     let labels = self.github.labels(OWNER, REPO, task.pr);
                     let noted = state.as_ref().is_some_and(|s| {
-                        s.cancellation_history.last().and_then(|r| r.detail.as_deref()).is_some_and(
-                            |d| d.contains("labels: moved by recovery"),
-                        )
+                        s.cancellation_history
+                            .last()
+                            .and_then(|r| r.detail.as_deref())
+                            .is_some_and(|d| d.contains("labels: moved by recovery"))
                     });
                     row.repaired += usize::from(labels == ["needs-qa"] && noted);
                 }
@@ -929,7 +978,13 @@ impl Judged {
     fn repaired_by_cycle(&self) -> usize {
         self.rows
             .iter()
-            .map(|(kind, r)| if *kind == Kind::HeadDrift { r.recorded } else { r.repaired })
+            .map(|(kind, r)| {
+                if *kind == Kind::HeadDrift {
+                    r.recorded
+                } else {
+                    r.repaired
+                }
+            })
             .sum()
     }
 
@@ -941,7 +996,13 @@ impl Judged {
 impl std::fmt::Display for Judged {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for (kind, r) in &self.rows {
-            write!(f, "{} {}/{}", kind.as_str(), r.repaired + r.flagged, r.seeded)?;
+            write!(
+                f,
+                "{} {}/{}",
+                kind.as_str(),
+                r.repaired + r.flagged,
+                r.seeded
+            )?;
             if *kind == Kind::HeadDrift {
                 write!(f, " (new head recorded {})", r.recorded)?;
             }
@@ -973,7 +1034,11 @@ impl Controller {
             .unwrap();
         let stdin = child.stdin.take().unwrap();
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        Self { child, stdin, lines }
+        Self {
+            child,
+            stdin,
+            lines,
+        }
     }
 
     async fn send(&mut self, command: &str) {
@@ -1152,7 +1217,8 @@ mod controller {
         reset_peak();
         let started = Instant::now();
         let workers = coordinator.start();
-        let timeout = Duration::from_secs(env_usize("RECOVERY_BENCH_CONVERGE_TIMEOUT_S", 300) as u64);
+        let timeout =
+            Duration::from_secs(env_usize("RECOVERY_BENCH_CONVERGE_TIMEOUT_S", 300) as u64);
         let mut active = coordinator.list_active().len();
         while active > 0 && started.elapsed() < timeout {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1219,7 +1285,10 @@ fn task_lease(id: &str, holder: &str, renewed: Timestamp, seconds: i32) -> Lease
                         lease_lock::MANAGED_BY_LABEL.to_owned(),
                         lease_lock::MANAGED_BY_VALUE.to_owned(),
                     ),
-                    (lease_lock::LOCK_PREFIX_LABEL.to_owned(), "cancel".to_owned()),
+                    (
+                        lease_lock::LOCK_PREFIX_LABEL.to_owned(),
+                        "cancel".to_owned(),
+                    ),
                 ]
                 .into(),
             ),
@@ -1312,7 +1381,10 @@ fn timeline(records: &[testkit::kube::RequestRecord]) -> String {
 }
 
 /// `after - before`, per counter.
-fn delta(before: &BTreeMap<CallKey, u64>, after: &BTreeMap<CallKey, u64>) -> BTreeMap<CallKey, u64> {
+fn delta(
+    before: &BTreeMap<CallKey, u64>,
+    after: &BTreeMap<CallKey, u64>,
+) -> BTreeMap<CallKey, u64> {
     after
         .iter()
         .map(|(k, n)| (k.clone(), n - before.get(k).copied().unwrap_or(0)))
@@ -1331,7 +1403,10 @@ fn by_verb(calls: &BTreeMap<CallKey, u64>) -> String {
 fn env_usize(key: &str, default: usize) -> usize {
     std::env::var(key)
         .ok()
-        .map(|v| v.parse().unwrap_or_else(|_| panic!("{key} must be a number")))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{key} must be a number"))
+        })
         .unwrap_or(default)
 }
 

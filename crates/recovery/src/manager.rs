@@ -283,8 +283,6 @@ struct World {
     unheld: BTreeMap<String, Lease>,
     /// Tasks with a run that is not terminal.
     active_runs: BTreeSet<String>,
-    /// Runs marked superseded that are not terminal, past their deadline.
-    overdue: Vec<Run>,
 }
 
 /// What the Lease scan found, as [`World`] keeps it.
@@ -299,9 +297,15 @@ struct Leases {
 #[derive(Default)]
 struct Runs {
     active: BTreeSet<String>,
-    overdue: Vec<Run>,
+    overdue: Overdue,
     listed: usize,
 }
+
+/// Task id → its runs marked superseded that are not terminal, past their
+/// deadline: each is judged with its task's state, as that state's page is
+/// examined; what is left after the scan (runs of tasks with no state) at
+/// its end.
+type Overdue = BTreeMap<String, Vec<Run>>;
 
 /// The round robin of head checks over one cycle's states.
 struct HeadChecks {
@@ -351,10 +355,11 @@ impl RecoveryManager {
     pub async fn run_cycle(&self) -> Result<CycleReport> {
         let started = Instant::now();
         let mut report = CycleReport::default();
-        let world = self.scan_leases_and_runs(&mut report).await?;
+        let (world, mut overdue) = self.scan_leases_and_runs(&mut report).await?;
         let mut busy = BTreeSet::new();
-        self.scan_states(&world, &mut busy, &mut report).await?;
-        self.overdue_runs(&world, &busy, &mut report).await;
+        self.scan_states(&world, &mut overdue, &mut busy, &mut report)
+            .await?;
+        self.overdue_runs(overdue, &busy, &mut report).await;
         self.orphaned_leases(&world, &busy, &mut report).await;
         self.redeliver_failed(&mut report).await;
         report.took = started.elapsed();
@@ -529,16 +534,16 @@ impl RecoveryManager {
 
     /// The Leases of the task lock and every run, a page at a time; the
     /// two kinds are listed at once (neither depends on the other).
-    async fn scan_leases_and_runs(&self, report: &mut CycleReport) -> Result<World> {
+    async fn scan_leases_and_runs(&self, report: &mut CycleReport) -> Result<(World, Overdue)> {
         let (leases, runs) = tokio::try_join!(self.scan_leases(), self.scan_runs())?;
         report.leases += leases.listed;
         report.runs += runs.listed;
-        Ok(World {
+        let world = World {
             held: leases.held,
             unheld: leases.unheld,
             active_runs: runs.active,
-            overdue: runs.overdue,
-        })
+        };
+        Ok((world, runs.overdue))
     }
 
     /// Every Lease of the task lock: a live one as its task's id, the
@@ -605,7 +610,10 @@ impl RecoveryManager {
                         .superseded_at
                         .is_some_and(|at| now.duration_since(at) > deadline);
                 if overdue {
-                    runs.overdue.push(run);
+                    runs.overdue
+                        .entry(run.task_id.clone())
+                        .or_default()
+                        .push(run);
                 }
             }
             match page.continue_token {
@@ -622,6 +630,7 @@ impl RecoveryManager {
     async fn scan_states(
         &self,
         world: &World,
+        overdue: &mut Overdue,
         busy: &mut BTreeSet<String>,
         report: &mut CycleReport,
     ) -> Result<()> {
@@ -645,7 +654,7 @@ impl RecoveryManager {
                     None => Ok(None),
                 }
             };
-            let examine = self.examine_page(page.states, world, &mut heads, busy, report);
+            let examine = self.examine_page(page.states, world, overdue, &mut heads, busy, report);
             let (fetched, ()) = tokio::join!(fetch, examine);
             match fetched? {
                 Some(next) => page = next,
@@ -668,6 +677,7 @@ impl RecoveryManager {
         &self,
         states: Vec<Snapshot>,
         world: &World,
+        overdue: &mut Overdue,
         heads: &mut HeadChecks,
         busy: &mut BTreeSet<String>,
         report: &mut CycleReport,
@@ -677,6 +687,7 @@ impl RecoveryManager {
         let mut actions = Vec::new();
         for snapshot in states {
             let task = snapshot.state.task_id.clone();
+            let runs = overdue.remove(&task).unwrap_or_default();
             if snapshot.annotation(ANNOTATION_NEEDS_INTERVENTION).is_some() {
                 report.flagged_tasks += 1;
                 busy.insert(task);
@@ -698,24 +709,57 @@ impl RecoveryManager {
             {
                 busy.insert(task);
             }
-            actions.push(self.examine(snapshot, world, check_head));
+            actions.push(self.examine(snapshot, world, check_head, runs));
         }
         let mut done = futures::stream::iter(actions).buffer_unordered(inner.config.concurrency);
         while let Some(findings) = done.next().await {
+            // Once per task, however many of its runs were flagged.
+            if findings
+                .iter()
+                .any(|f| matches!(f.action, Action::Flagged(_)))
+            {
+                report.flagged_tasks += 1;
+            }
             for finding in findings {
                 if matches!(finding.action, Action::Handed | Action::Flagged(_)) {
                     busy.insert(finding.task_id.clone());
-                }
-                if matches!(finding.action, Action::Flagged(_)) {
-                    report.flagged_tasks += 1;
                 }
                 report.findings.push(finding);
             }
         }
     }
 
+    /// One state through the decision table, then its task's overdue runs
+    /// unless the task turned out to be owned: an operation open, or the
+    /// task handed on or flagged by its state's row (the coordinator then
+    /// takes every stale run of the task anyway).
+    async fn examine(
+        &self,
+        snapshot: Snapshot,
+        world: &World,
+        check_head: bool,
+        overdue: Vec<Run>,
+    ) -> Vec<Finding> {
+        let mut findings = self.decide(&snapshot, world, check_head).await;
+        let open = snapshot
+            .state
+            .active_operation
+            .as_ref()
+            .is_some_and(|j| !j.is_finished());
+        let owned = open
+            || findings
+                .iter()
+                .any(|f| matches!(f.action, Action::Handed | Action::Flagged(_)));
+        if !owned {
+            for run in &overdue {
+                findings.extend(self.overdue_run(run, Some(&snapshot.state)).await);
+            }
+        }
+        findings
+    }
+
     /// The decision table for one state.
-    async fn examine(&self, snapshot: Snapshot, world: &World, check_head: bool) -> Vec<Finding> {
+    async fn decide(&self, snapshot: &Snapshot, world: &World, check_head: bool) -> Vec<Finding> {
         let inner = &self.inner;
         let task = snapshot.state.task_id.clone();
         let finding = |kind, action| Finding {
@@ -925,17 +969,15 @@ impl RecoveryManager {
         Some(finding(self.hand(&drifted, Reason::Push)))
     }
 
-    /// Runs marked superseded and still running past their deadline, of
-    /// tasks no operation is open for; `concurrency` of them at a time.
-    async fn overdue_runs(&self, world: &World, busy: &BTreeSet<String>, report: &mut CycleReport) {
-        // Collected first: a lazy filter's closure over borrowed items
-        // would make the cycle's future not `Send` (a higher-ranked
-        // lifetime the compiler cannot prove general enough).
-        let checks: Vec<_> = world
-            .overdue
-            .iter()
-            .filter(|run| !busy.contains(&run.task_id))
-            .map(|run| self.overdue_run(run))
+    /// The overdue runs no state page took (their task has no state, or
+    /// its state appeared after the LIST), of tasks no operation is open
+    /// for; `concurrency` of them at a time.
+    async fn overdue_runs(&self, left: Overdue, busy: &BTreeSet<String>, report: &mut CycleReport) {
+        let checks: Vec<_> = left
+            .into_iter()
+            .filter(|(task, _)| !busy.contains(task))
+            .flat_map(|(_, runs)| runs)
+            .map(|run| async move { self.overdue_run(&run, None).await })
             .collect();
         let mut done =
             futures::stream::iter(checks).buffer_unordered(self.inner.config.concurrency);
@@ -946,8 +988,9 @@ impl RecoveryManager {
 
     /// One overdue run: handed on while its deletion has not begun or its
     /// pods remain, flagged when a foreign finalizer holds it after they
-    /// went.
-    async fn overdue_run(&self, run: &Run) -> Option<Finding> {
+    /// went. `state` is its task's, as this cycle listed it (read when not
+    /// given).
+    async fn overdue_run(&self, run: &Run, state: Option<&RemediationState>) -> Option<Finding> {
         let inner = &self.inner;
         let finding = |kind, action| Finding {
             kind,
@@ -956,10 +999,13 @@ impl RecoveryManager {
             action,
         };
         let hand = || async {
-            let action = match inner.store.get(&run.task_id).await {
-                Ok(Some(snapshot)) => self.hand(&snapshot.state, Reason::Recovery),
-                Ok(None) => Action::Deferred("the task has no state".into()),
-                Err(e) => Action::Failed(e.to_string()),
+            let action = match state {
+                Some(state) => self.hand(state, Reason::Recovery),
+                None => match inner.store.get(&run.task_id).await {
+                    Ok(Some(snapshot)) => self.hand(&snapshot.state, Reason::Recovery),
+                    Ok(None) => Action::Deferred("the task has no state".into()),
+                    Err(e) => Action::Failed(e.to_string()),
+                },
             };
             Some(finding(Kind::StaleRunAlive, action))
         };
