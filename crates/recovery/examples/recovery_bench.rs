@@ -99,7 +99,9 @@
 //!   (testkit's call counters) from the cycle's start to its end;
 //!   `list_pages`: the LISTs of ConfigMaps, Leases and CodeRuns among them,
 //!   against `list_pages_expected`, one page per 500 objects of each kind.
-//!   The calls by verb go to stderr.
+//!   The calls by verb go to stderr, and so does the cycle's request
+//!   timeline (when each kind of request came, from FakeKube's request
+//!   log): where the cycle's time goes.
 //! - `converge_kube_calls`, `converge_github_calls`: the same, from the
 //!   cycle's end until the coordinator was done.
 //! - `rss_mb_before`: the child's resident memory with everything built,
