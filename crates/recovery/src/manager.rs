@@ -272,15 +272,49 @@ impl RecoveryBuilder {
 }
 
 /// What the Lease and run scans tell about the tasks, read before the
-/// states.
+/// states. Kept for the whole cycle, so it keeps objects only for what may
+/// need a repair; of the rest, a task id.
 #[derive(Default)]
 struct World {
-    /// Task id → its cancel Lease (as listed).
-    leases: BTreeMap<String, Lease>,
+    /// Tasks whose cancel Lease a live holder renews.
+    held: BTreeSet<String>,
+    /// Task id → its cancel Lease (as listed) that no live holder renews:
+    /// the candidates for deletion.
+    unheld: BTreeMap<String, Lease>,
     /// Tasks with a run that is not terminal.
     active_runs: BTreeSet<String>,
-    /// Runs marked superseded that are not terminal, past their deadline.
-    overdue: Vec<Run>,
+}
+
+/// What the Lease scan found, as [`World`] keeps it.
+#[derive(Default)]
+struct Leases {
+    held: BTreeSet<String>,
+    unheld: BTreeMap<String, Lease>,
+    listed: usize,
+}
+
+/// What the run scan found.
+#[derive(Default)]
+struct Runs {
+    active: BTreeSet<String>,
+    overdue: Overdue,
+    listed: usize,
+}
+
+/// Task id → its runs marked superseded that are not terminal, past their
+/// deadline: each is judged with its task's state, as that state's page is
+/// examined; what is left after the scan (runs of tasks with no state) at
+/// its end.
+type Overdue = BTreeMap<String, Vec<Run>>;
+
+/// The round robin of head checks over one cycle's states.
+struct HeadChecks {
+    /// Checks left this cycle.
+    budget: usize,
+    /// Only tasks after this one (where the last cycle stopped).
+    after: Option<String>,
+    /// The last task checked.
+    last: Option<String>,
 }
 
 impl RecoveryManager {
@@ -321,10 +355,11 @@ impl RecoveryManager {
     pub async fn run_cycle(&self) -> Result<CycleReport> {
         let started = Instant::now();
         let mut report = CycleReport::default();
-        let world = self.scan_leases_and_runs(&mut report).await?;
+        let (world, mut overdue) = self.scan_leases_and_runs(&mut report).await?;
         let mut busy = BTreeSet::new();
-        self.scan_states(&world, &mut busy, &mut report).await?;
-        self.overdue_runs(&world, &busy, &mut report).await;
+        self.scan_states(&world, &mut overdue, &mut busy, &mut report)
+            .await?;
+        self.overdue_runs(overdue, &busy, &mut report).await;
         self.orphaned_leases(&world, &busy, &mut report).await;
         self.redeliver_failed(&mut report).await;
         report.took = started.elapsed();
@@ -497,10 +532,26 @@ impl RecoveryManager {
         Ok(())
     }
 
-    /// The Leases of the task lock and every run, a page at a time.
-    async fn scan_leases_and_runs(&self, report: &mut CycleReport) -> Result<World> {
+    /// The Leases of the task lock and every run, a page at a time; the
+    /// two kinds are listed at once (neither depends on the other).
+    async fn scan_leases_and_runs(&self, report: &mut CycleReport) -> Result<(World, Overdue)> {
+        let (leases, runs) = tokio::try_join!(self.scan_leases(), self.scan_runs())?;
+        report.leases += leases.listed;
+        report.runs += runs.listed;
+        let world = World {
+            held: leases.held,
+            unheld: leases.unheld,
+            active_runs: runs.active,
+        };
+        Ok((world, runs.overdue))
+    }
+
+    /// Every Lease of the task lock: a live one as its task's id, the
+    /// others as listed (less what a decision and a conditional delete do
+    /// not read).
+    async fn scan_leases(&self) -> Result<Leases> {
         let inner = &self.inner;
-        let mut world = World::default();
+        let mut leases = Leases::default();
         let prefix = format!("{}-task-", inner.locks.config().prefix);
         let mut token = None;
         loop {
@@ -509,7 +560,7 @@ impl RecoveryManager {
                 .list_leases(inner.config.page_size, token)
                 .await?;
             for mut lease in page.leases {
-                report.leases += 1;
+                leases.listed += 1;
                 let Some(task) = lease
                     .metadata
                     .name
@@ -519,17 +570,25 @@ impl RecoveryManager {
                 else {
                     continue;
                 };
-                // Kept for the whole cycle: only what a decision and a
-                // conditional delete read.
+                if lease_held(&lease) {
+                    leases.held.insert(task);
+                    continue;
+                }
                 lease.metadata.managed_fields = None;
                 lease.metadata.annotations = None;
-                world.leases.insert(task, lease);
+                leases.unheld.insert(task, lease);
             }
             match page.continue_token {
                 Some(next) => token = Some(next),
-                None => break,
+                None => return Ok(leases),
             }
         }
+    }
+
+    /// Every run: the tasks with one not terminal, and the runs overdue.
+    async fn scan_runs(&self) -> Result<Runs> {
+        let inner = &self.inner;
+        let mut runs = Runs::default();
         // The clock the saga stamps intents with.
         let now = inner.store.clock().now();
         let deadline =
@@ -541,87 +600,64 @@ impl RecoveryManager {
                 .list_runs(inner.config.page_size, token)
                 .await?;
             for run in page.runs {
-                report.runs += 1;
+                runs.listed += 1;
                 if run.terminal {
                     continue;
                 }
-                world.active_runs.insert(run.task_id.clone());
+                runs.active.insert(run.task_id.clone());
                 let overdue = run.superseded_by.is_some()
                     && run
                         .superseded_at
                         .is_some_and(|at| now.duration_since(at) > deadline);
                 if overdue {
-                    world.overdue.push(run);
+                    runs.overdue
+                        .entry(run.task_id.clone())
+                        .or_default()
+                        .push(run);
                 }
             }
             match page.continue_token {
                 Some(next) => token = Some(next),
-                None => return Ok(world),
+                None => return Ok(runs),
             }
         }
     }
 
     /// Every state, a page at a time; the tasks with an operation open (or
-    /// handed to the coordinator this cycle) go into `busy`.
+    /// handed to the coordinator this cycle) go into `busy`. The next page
+    /// is read while this one is examined, so LIST latency stays off the
+    /// cycle's critical path with at most two pages in memory.
     async fn scan_states(
         &self,
         world: &World,
+        overdue: &mut Overdue,
         busy: &mut BTreeSet<String>,
         report: &mut CycleReport,
     ) -> Result<()> {
         let inner = &self.inner;
-        let mut head_budget = inner.config.head_checks_per_cycle;
-        let cursor = inner
-            .head_cursor
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        let mut last_checked = None;
-        let mut token = None;
+        let list = |token| inner.store.list_page(inner.config.page_size, token);
+        let mut heads = HeadChecks {
+            budget: inner.config.head_checks_per_cycle,
+            after: inner
+                .head_cursor
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+            last: None,
+        };
+        let mut page = list(None).await?;
         loop {
-            let page = inner.store.list_page(inner.config.page_size, token).await?;
-            report.states += page.states.len();
-            let mut actions = Vec::new();
-            for snapshot in page.states {
-                let task = snapshot.state.task_id.clone();
-                if snapshot.annotation(ANNOTATION_NEEDS_INTERVENTION).is_some() {
-                    report.flagged_tasks += 1;
-                    busy.insert(task.clone());
-                    continue;
+            let next = page.continue_token.take();
+            let fetch = async {
+                match next {
+                    Some(token) => list(Some(token)).await.map(Some),
+                    None => Ok(None),
                 }
-                let check_head = head_budget > 0
-                    && inner.pulls.is_some()
-                    && cursor.as_deref().is_none_or(|c| task.as_str() > c);
-                if check_head {
-                    head_budget -= 1;
-                    report.head_checks += 1;
-                    last_checked = Some(task.clone());
-                }
-                if snapshot
-                    .state
-                    .active_operation
-                    .as_ref()
-                    .is_some_and(|j| !j.is_finished())
-                {
-                    busy.insert(task.clone());
-                }
-                actions.push(self.examine(snapshot, world, check_head));
-            }
-            let mut done =
-                futures::stream::iter(actions).buffer_unordered(inner.config.concurrency);
-            while let Some(findings) = done.next().await {
-                for finding in findings {
-                    if matches!(finding.action, Action::Handed | Action::Flagged(_)) {
-                        busy.insert(finding.task_id.clone());
-                    }
-                    if matches!(finding.action, Action::Flagged(_)) {
-                        report.flagged_tasks += 1;
-                    }
-                    report.findings.push(finding);
-                }
-            }
-            match page.continue_token {
-                Some(next) => token = Some(next),
+            };
+            let examine = self.examine_page(page.states, world, overdue, &mut heads, busy, report);
+            let (fetched, ()) = tokio::join!(fetch, examine);
+            match fetched? {
+                Some(next) => page = next,
                 None => break,
             }
         }
@@ -631,12 +667,99 @@ impl RecoveryManager {
             .head_cursor
             .lock()
             .unwrap_or_else(PoisonError::into_inner) =
-            if head_budget == 0 { last_checked } else { None };
+            if heads.budget == 0 { heads.last } else { None };
         Ok(())
     }
 
+    /// One page of states through the decision table, `concurrency` at a
+    /// time.
+    async fn examine_page(
+        &self,
+        states: Vec<Snapshot>,
+        world: &World,
+        overdue: &mut Overdue,
+        heads: &mut HeadChecks,
+        busy: &mut BTreeSet<String>,
+        report: &mut CycleReport,
+    ) {
+        let inner = &self.inner;
+        report.states += states.len();
+        let mut actions = Vec::new();
+        for snapshot in states {
+            let task = snapshot.state.task_id.clone();
+            let runs = overdue.remove(&task).unwrap_or_default();
+            if snapshot.annotation(ANNOTATION_NEEDS_INTERVENTION).is_some() {
+                report.flagged_tasks += 1;
+                busy.insert(task);
+                continue;
+            }
+            let check_head = heads.budget > 0
+                && inner.pulls.is_some()
+                && heads.after.as_deref().is_none_or(|c| task.as_str() > c);
+            if check_head {
+                heads.budget -= 1;
+                report.head_checks += 1;
+                heads.last = Some(task.clone());
+            }
+            if snapshot
+                .state
+                .active_operation
+                .as_ref()
+                .is_some_and(|j| !j.is_finished())
+            {
+                busy.insert(task);
+            }
+            actions.push(self.examine(snapshot, world, check_head, runs));
+        }
+        let mut done = futures::stream::iter(actions).buffer_unordered(inner.config.concurrency);
+        while let Some(findings) = done.next().await {
+            // Once per task, however many of its runs were flagged.
+            if findings
+                .iter()
+                .any(|f| matches!(f.action, Action::Flagged(_)))
+            {
+                report.flagged_tasks += 1;
+            }
+            for finding in findings {
+                if matches!(finding.action, Action::Handed | Action::Flagged(_)) {
+                    busy.insert(finding.task_id.clone());
+                }
+                report.findings.push(finding);
+            }
+        }
+    }
+
+    /// One state through the decision table, then its task's overdue runs
+    /// unless the task turned out to be owned: an operation open, or the
+    /// task handed on or flagged by its state's row (the coordinator then
+    /// takes every stale run of the task anyway).
+    async fn examine(
+        &self,
+        snapshot: Snapshot,
+        world: &World,
+        check_head: bool,
+        overdue: Vec<Run>,
+    ) -> Vec<Finding> {
+        let mut findings = self.decide(&snapshot, world, check_head).await;
+        let open = snapshot
+            .state
+            .active_operation
+            .as_ref()
+            .is_some_and(|j| !j.is_finished());
+        let owned = open
+            || findings
+                .iter()
+                .any(|f| matches!(f.action, Action::Handed | Action::Flagged(_)));
+        if !owned {
+            for run in &overdue {
+                findings.extend(self.overdue_run(run, Some(&snapshot.state)).await);
+            }
+        }
+        findings
+    }
+
     /// The decision table for one state.
-    async fn examine(&self, snapshot: Snapshot, world: &World, check_head: bool) -> Vec<Finding> {
+    async fn decide(&self, snapshot: &Snapshot, world: &World, check_head: bool) -> Vec<Finding> {
         let inner = &self.inner;
         let task = snapshot.state.task_id.clone();
         let finding = |kind, action| Finding {
@@ -690,7 +813,7 @@ impl RecoveryManager {
 
         // An unfinished journal whose lock nobody holds: its holder died.
         if let Some(journal) = state.active_operation.as_ref().filter(|j| !j.is_finished()) {
-            let held = world.leases.get(&task).is_some_and(lease_held);
+            let held = world.held.contains(&task);
             if journal.kind == OperationKind::Cancellation
                 && !held
                 && settled(journal.last_progress())
@@ -846,78 +969,111 @@ impl RecoveryManager {
         Some(finding(self.hand(&drifted, Reason::Push)))
     }
 
-    /// Runs marked superseded and still running past their deadline, of
-    /// tasks no operation is open for.
-    async fn overdue_runs(&self, world: &World, busy: &BTreeSet<String>, report: &mut CycleReport) {
+    /// The overdue runs no state page took (their task has no state, or
+    /// its state appeared after the LIST), of tasks no operation is open
+    /// for; `concurrency` of them at a time.
+    async fn overdue_runs(&self, left: Overdue, busy: &BTreeSet<String>, report: &mut CycleReport) {
+        let checks: Vec<_> = left
+            .into_iter()
+            .filter(|(task, _)| !busy.contains(task))
+            .flat_map(|(_, runs)| runs)
+            .map(|run| async move { self.overdue_run(&run, None).await })
+            .collect();
+        let mut done =
+            futures::stream::iter(checks).buffer_unordered(self.inner.config.concurrency);
+        while let Some(found) = done.next().await {
+            report.findings.extend(found);
+        }
+    }
+
+    /// One overdue run: handed on while its deletion has not begun or its
+    /// pods remain, flagged when a foreign finalizer holds it after they
+    /// went. `state` is its task's, as this cycle listed it (read when not
+    /// given).
+    async fn overdue_run(&self, run: &Run, state: Option<&RemediationState>) -> Option<Finding> {
         let inner = &self.inner;
-        for run in &world.overdue {
-            if busy.contains(&run.task_id) {
-                continue;
-            }
-            let finding = |kind, action| Finding {
-                kind,
-                task_id: run.task_id.clone(),
-                object: Some(run.name.clone()),
-                action,
-            };
-            let left = match inner.workloads.remains(run).await {
-                Ok(left) => left,
-                Err(e) => {
-                    report
-                        .findings
-                        .push(finding(Kind::StaleRunAlive, Action::Failed(e.to_string())));
-                    continue;
-                }
-            };
-            if !left.pods_gone() {
-                let action = match inner.store.get(&run.task_id).await {
+        let finding = |kind, action| Finding {
+            kind,
+            task_id: run.task_id.clone(),
+            object: Some(run.name.clone()),
+            action,
+        };
+        let hand = || async {
+            let action = match state {
+                Some(state) => self.hand(state, Reason::Recovery),
+                None => match inner.store.get(&run.task_id).await {
                     Ok(Some(snapshot)) => self.hand(&snapshot.state, Reason::Recovery),
                     Ok(None) => Action::Deferred("the task has no state".into()),
                     Err(e) => Action::Failed(e.to_string()),
-                };
-                report.findings.push(finding(Kind::StaleRunAlive, action));
-            } else if !left.foreign_finalizers.is_empty() {
-                let why = left.describe();
-                let _ = inner.workloads.flag_intervention(run, &why).await;
-                let action = self
-                    .flag(
-                        &run.task_id,
-                        Kind::RunHeldByFinalizer,
-                        &format!("run {}: {why}", run.name),
-                    )
-                    .await;
-                report
-                    .findings
-                    .push(finding(Kind::RunHeldByFinalizer, action));
-            }
+                },
+            };
+            Some(finding(Kind::StaleRunAlive, action))
+        };
+        // A run whose deletion never began is the coordinator's whatever
+        // its pods do (its cancellation died before the delete), and no
+        // finalizer can hold it yet: no need to ask after its pods. That
+        // LIST is the dearest call of the row (the API server filters
+        // every pod of the namespace by label for it), so it is left to
+        // the runs being deleted.
+        if !run.deleting {
+            return hand().await;
+        }
+        let left = match inner.workloads.remains(run).await {
+            Ok(left) => left,
+            Err(e) => return Some(finding(Kind::StaleRunAlive, Action::Failed(e.to_string()))),
+        };
+        if !left.pods_gone() {
+            hand().await
+        } else if !left.foreign_finalizers.is_empty() {
+            let why = left.describe();
+            let _ = inner.workloads.flag_intervention(run, &why).await;
+            let action = self
+                .flag(
+                    &run.task_id,
+                    Kind::RunHeldByFinalizer,
+                    &format!("run {}: {why}", run.name),
+                )
+                .await;
+            Some(finding(Kind::RunHeldByFinalizer, action))
+        } else {
+            None
         }
     }
 
     /// Leases whose holder stopped renewing them, of tasks no operation is
-    /// open for.
+    /// open for; `concurrency` deletes at a time.
     async fn orphaned_leases(
         &self,
         world: &World,
         busy: &BTreeSet<String>,
         report: &mut CycleReport,
     ) {
-        let inner = &self.inner;
-        for (task, lease) in &world.leases {
-            if busy.contains(task) || lease_held(lease) {
-                continue;
-            }
-            let action = match inner.locks.delete_if_abandoned(lease).await {
-                Ok(true) => Action::Repaired,
-                Ok(false) => continue,
-                Err(e) => Action::Failed(e.to_string()),
-            };
-            report.findings.push(Finding {
-                kind: Kind::OrphanedLease,
-                task_id: task.clone(),
-                object: lease.metadata.name.clone(),
-                action,
-            });
+        let deletes: Vec<_> = world
+            .unheld
+            .iter()
+            .filter(|(task, _)| !busy.contains(*task))
+            .map(|(task, lease)| self.orphaned_lease(task, lease))
+            .collect();
+        let mut done =
+            futures::stream::iter(deletes).buffer_unordered(self.inner.config.concurrency);
+        while let Some(found) = done.next().await {
+            report.findings.extend(found);
         }
+    }
+
+    /// One abandoned Lease, deleted if it is still as listed.
+    async fn orphaned_lease(&self, task: &str, lease: &Lease) -> Option<Finding> {
+        let action = match self.inner.locks.delete_if_abandoned(lease).await {
+            Ok(true) => Action::Repaired,
+            Ok(false) => return None,
+            Err(e) => Action::Failed(e.to_string()),
+        };
+        Some(Finding {
+            kind: Kind::OrphanedLease,
+            task_id: task.to_owned(),
+            object: lease.metadata.name.clone(),
+            action,
+        })
     }
 
     /// The App's webhook deliveries no attempt was accepted for, asked for

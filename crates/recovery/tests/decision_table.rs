@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use cancel_coordinator::{
     CancellationCoordinator, CancellationRequest, CoordinatorConfig, Intent, METADATA_PULL_REQUEST,
-    MemoryWorkloads, RunSeed, SagaConfig, StateAwareCancellation, Workers, Workloads,
+    MemoryWorkloads, Run, RunSeed, SagaConfig, StateAwareCancellation, Workers, Workloads,
 };
 use jiff::Timestamp;
 use label_cas::{MemoryLabels, MemoryPullRequests, PrRef, PullRequest};
@@ -172,6 +172,29 @@ impl World {
         panic!("the coordinator never settled");
     }
 
+    /// `run` as marked by a cancellation that died after recording its
+    /// intent (no journal left open).
+    async fn marked_by_a_dead_operation(&self, run: &Run) -> Run {
+        let intent = Intent {
+            superseded_by: NEW.into(),
+            operation_id: "op-gone".into(),
+            correlation_id: None,
+            at: self.store.clock().now(),
+        };
+        self.workloads.mark_superseded(run, &intent).await.unwrap()
+    }
+
+    /// The recorded pushes settled (no supersession pending).
+    async fn supersessions_settled(&self) {
+        self.store
+            .update(TASK, |s| {
+                s.pending_supersessions.clear();
+                Ok::<_, state_store::Error>(())
+            })
+            .await
+            .unwrap();
+    }
+
     async fn state(&self) -> state_store::RemediationState {
         self.store.get(TASK).await.unwrap().unwrap().state
     }
@@ -289,15 +312,8 @@ async fn a_superseded_run_left_running_is_handed_on_and_one_held_by_a_finalizer_
     let held = w
         .workloads
         .add_run(RunSeed::new("review-1111111", TASK, "review", OLD));
-    // Marked by an operation that died after its record (no journal open).
-    let intent = Intent {
-        superseded_by: NEW.into(),
-        operation_id: "op-gone".into(),
-        correlation_id: None,
-        at: w.store.clock().now(),
-    };
-    w.workloads.mark_superseded(&alive, &intent).await.unwrap();
-    let held = w.workloads.mark_superseded(&held, &intent).await.unwrap();
+    w.marked_by_a_dead_operation(&alive).await;
+    let held = w.marked_by_a_dead_operation(&held).await;
     w.workloads
         .add_foreign_finalizer("review-1111111", "example.dev/audit");
     w.workloads
@@ -308,13 +324,7 @@ async fn a_superseded_run_left_running_is_handed_on_and_one_held_by_a_finalizer_
         )
         .await
         .unwrap();
-    w.store
-        .update(TASK, |s| {
-            s.pending_supersessions.clear();
-            Ok::<_, state_store::Error>(())
-        })
-        .await
-        .unwrap();
+    w.supersessions_settled().await;
     later().await;
 
     let report = w.recovery.run_cycle().await.unwrap();
@@ -333,6 +343,32 @@ async fn a_superseded_run_left_running_is_handed_on_and_one_held_by_a_finalizer_
             .annotations("review-1111111")
             .contains_key(cancel_coordinator::workloads::ANNOTATION_NEEDS_INTERVENTION)
     );
+    w.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_superseded_run_never_deleted_is_handed_on_even_with_its_pods_gone() {
+    let w = World::new();
+    w.pull_at(NEW, &[]);
+    w.pushed(NEW, at(60)).await;
+    // Its cancellation died between the intent and the delete; its pod
+    // finished meanwhile, but the run is neither terminal nor deleted.
+    let stuck = w.workloads.add_run(RunSeed {
+        pods: 0,
+        ..RunSeed::new("quality-1111111", TASK, "quality", OLD)
+    });
+    w.marked_by_a_dead_operation(&stuck).await;
+    w.supersessions_settled().await;
+    later().await;
+
+    let report = w.recovery.run_cycle().await.unwrap();
+    w.settled().await;
+
+    let found = report.of(Kind::StaleRunAlive);
+    assert_eq!(found.len(), 1, "{report:?}");
+    assert_eq!(found[0].action, Action::Handed);
+    assert!(report.of(Kind::RunHeldByFinalizer).is_empty(), "{report:?}");
+    assert!(w.workloads.get("quality-1111111").is_none(), "cancelled");
     w.stop().await;
 }
 
@@ -385,13 +421,7 @@ async fn an_orphaned_lease_is_deleted_and_a_held_one_kept() {
     let w = World::new();
     w.pull_at(NEW, &[]);
     w.pushed(NEW, at(60)).await;
-    w.store
-        .update(TASK, |s| {
-            s.pending_supersessions.clear();
-            Ok::<_, state_store::Error>(())
-        })
-        .await
-        .unwrap();
+    w.supersessions_settled().await;
     w.leases
         .create("supersede", &dead_lease("cancel-task-task-42"))
         .await
