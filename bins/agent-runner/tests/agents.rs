@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use agent_runner::Runner;
 use agent_runner::config::DEFAULT_AGENT_KILL_GRACE_SECONDS;
 use serde_json::Value;
-use support::{FakeStream, Logs, eventually, http, sample, settings, start_connected};
+use support::{FakeStream, eventually, http, sample, settings, start_connected};
+use testkit::logs::Logs;
 
 fn value(runner: &Runner, name: &str, extra: &str) -> f64 {
     let series = if extra.is_empty() {

@@ -11,9 +11,10 @@ use agent_runner::Runner;
 use resilience::Shutdown;
 use serde_json::Value;
 use support::{
-    FakeStream, Logs, Reply, assert_bounded_labels, eventually, http, incident, sample, settings,
+    FakeStream, Reply, assert_bounded_labels, eventually, http, incident, sample, settings,
     start_connected,
 };
+use testkit::logs::Logs;
 
 const C: &str = r#"cluster="test""#;
 

@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Harness, owned, pr};
@@ -18,29 +17,10 @@ use resilience::RetryPolicy;
 use secrecy::SecretString;
 use testkit::faults::{InjectedError, Match};
 use testkit::github::FakeGitHub;
+use testkit::logs::Logs;
 
 const TOKEN: &str = "ghp_KnownSecretToken0123456789abcdefGHIJ";
 const WRONG_TOKEN: &str = "ghp_AnotherSecretToken987654321zyxwvuTSR";
-
-/// A `tracing` writer into a shared buffer.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
 
 fn client(fake: &FakeGitHub, token: &str) -> GitHubLabels {
     GitHubLabels::builder()
@@ -80,15 +60,7 @@ fn shown(out: &mut Vec<String>, value: &(impl std::fmt::Display + std::fmt::Debu
 // task, the fake server's included.
 #[tokio::test]
 async fn no_token_or_private_key_appears_in_any_error_debug_output_or_log_line() {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::FULL)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _default = tracing::subscriber::set_default(subscriber);
+    let (logs, _capture) = Logs::capture();
 
     let fake = FakeGitHub::builder().token(TOKEN).start().await.unwrap();
     let mut outputs: Vec<String> = Vec::new();

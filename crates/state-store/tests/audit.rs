@@ -3,76 +3,49 @@
 //! changed — never their values, so no feedback body reaches a log.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use jiff::Timestamp;
 use state_store::{FeedbackEntry, MemoryBackend, Severity, StateStore};
+use testkit::logs::Logs;
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-#[test]
-fn every_write_is_audited_with_field_names_never_values() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    tracing::subscriber::with_default(subscriber, || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(async {
-                let store = StateStore::new(MemoryBackend::new());
-                store.increment_iteration("42").await.unwrap();
-                let secret = FeedbackEntry::new(
-                    "1001",
-                    Severity::High,
-                    "the body says hunter2",
-                    "reviewer",
-                    Timestamp::UNIX_EPOCH,
-                );
-                store.append_feedback("42", secret).await.unwrap();
-            });
-    });
-    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    let audits: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("state written"))
-        .collect();
-    assert_eq!(audits.len(), 2, "{text}");
-    assert!(
-        audits
-            .iter()
-            .all(|l| l.contains("INFO") && l.contains("task_id=\"42\"")),
-        "{text}"
+#[tokio::test]
+async fn every_write_is_audited_with_field_names_never_values() {
+    let (logs, _guard) = Logs::capture();
+    let store = StateStore::new(MemoryBackend::new());
+    store.increment_iteration("42").await.unwrap();
+    let secret = FeedbackEntry::new(
+        "1001",
+        Severity::High,
+        "the body says hunter2",
+        "reviewer",
+        Timestamp::UNIX_EPOCH,
     );
-    assert!(audits[0].contains("created=true"), "{}", audits[0]);
-    assert!(
-        audits[0].contains("changed=iteration,status,iteration_started"),
+    store.append_feedback("42", secret).await.unwrap();
+
+    let text = logs.text();
+    let audits = logs.with_message("state written");
+    assert_eq!(audits.len(), 2, "{text}");
+    for audit in &audits {
+        assert_eq!(audit["level"], "INFO", "{audit}");
+        assert_eq!(audit["fields"]["task_id"], "42", "{audit}");
+        assert!(
+            audit["fields"]["resource_version"]
+                .as_str()
+                .is_some_and(|rv| !rv.is_empty()),
+            "{audit}"
+        );
+    }
+    assert_eq!(audits[0]["fields"]["created"], true, "{}", audits[0]);
+    assert_eq!(
+        audits[0]["fields"]["changed"], "iteration,status,iteration_started",
         "{}",
         audits[0]
     );
-    assert!(
-        audits[1].contains("changed=feedback_history"),
+    assert_eq!(audits[1]["fields"]["created"], false, "{}", audits[1]);
+    assert_eq!(
+        audits[1]["fields"]["changed"], "feedback_history",
         "{}",
         audits[1]
     );
-    assert!(audits[1].contains("resource_version="), "{}", audits[1]);
     assert!(
         !text.contains("hunter2"),
         "a feedback body reached the log:\n{text}"

@@ -5,6 +5,7 @@
 //! - `kube` (default): [`kube::FakeKube`].
 //! - `cli` (default): the `fake-kube` binary.
 //! - `github` (default): [`github::FakeGitHub`].
+//! - `logs`: [`logs::Logs`], a test's log lines captured per thread.
 //!
 //! Crates that need only one fake turn the other off, which keeps their test
 //! and benchmark builds small (`octocrab` is the heaviest dependency here).
@@ -16,3 +17,5 @@ pub mod github;
 pub mod history;
 #[cfg(feature = "kube")]
 pub mod kube;
+#[cfg(feature = "logs")]
+pub mod logs;

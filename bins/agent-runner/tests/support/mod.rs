@@ -4,11 +4,9 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agent_runner::Runner;
@@ -386,100 +384,4 @@ pub fn http() -> reqwest::Client {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap()
-}
-
-/// Log lines written while the guard lives, on this thread (current-thread
-/// runtimes run every task here).
-///
-/// One global subscriber routes each line to the capture of the thread that
-/// wrote it. Per-test `set_default` subscribers are not used: with a single
-/// scoped subscriber alive, tracing computes a callsite's interest from the
-/// default of whichever thread hits it first, so a line first written by a
-/// test that captures nothing is then never delivered to the one that does.
-#[derive(Clone, Default)]
-pub struct Logs(Arc<Mutex<Vec<u8>>>);
-
-thread_local! {
-    static CAPTURE: RefCell<Option<Logs>> = const { RefCell::new(None) };
-}
-
-/// Stops this thread's capture when dropped.
-pub struct CaptureGuard(());
-
-impl Drop for CaptureGuard {
-    fn drop(&mut self) {
-        CAPTURE.with(|capture| capture.borrow_mut().take());
-    }
-}
-
-/// Hands each line to the capture of the thread writing it, if any.
-struct ThreadWriter;
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for ThreadWriter {
-    type Writer = Sink;
-
-    fn make_writer(&'a self) -> Sink {
-        Sink(CAPTURE.with(|capture| capture.borrow().clone()))
-    }
-}
-
-/// This thread's capture, or nowhere.
-struct Sink(Option<Logs>);
-
-impl Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match &mut self.0 {
-            Some(logs) => logs.write(buf),
-            None => Ok(buf.len()),
-        }
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    pub fn capture() -> (Self, CaptureGuard) {
-        static INSTALL: Once = Once::new();
-        INSTALL.call_once(|| {
-            let subscriber = tracing_subscriber::fmt()
-                .json()
-                .with_max_level(tracing::Level::DEBUG)
-                .with_writer(ThreadWriter)
-                .finish();
-            tracing::subscriber::set_global_default(subscriber).unwrap();
-        });
-        let logs = Self::default();
-        CAPTURE.with(|capture| *capture.borrow_mut() = Some(logs.clone()));
-        (logs, CaptureGuard(()))
-    }
-
-    /// Every JSON log line.
-    pub fn lines(&self) -> Vec<serde_json::Value> {
-        let bytes = self.0.lock().unwrap().clone();
-        String::from_utf8_lossy(&bytes)
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    /// Lines whose message is `message`.
-    pub fn with_message(&self, message: &str) -> Vec<serde_json::Value> {
-        self.lines()
-            .into_iter()
-            .filter(|l| l["fields"]["message"] == message)
-            .collect()
-    }
-}
-
-impl Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
