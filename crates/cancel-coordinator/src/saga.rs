@@ -451,6 +451,7 @@ pub struct SagaBuilder {
     labels: Arc<dyn LabelBackend>,
     config: SagaConfig,
     metrics: Metrics,
+    label_metrics: label_cas::Metrics,
     kube_breaker: Option<CircuitBreaker>,
     github_breaker: Option<CircuitBreaker>,
     breaker_metrics: Option<BreakerMetrics>,
@@ -468,6 +469,14 @@ impl SagaBuilder {
     #[must_use]
     pub fn metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = metrics;
+        self
+    }
+
+    /// The label transitions report into `metrics` (label-cas's, shared
+    /// with the label backend: one `label_cas_*` set per process).
+    #[must_use]
+    pub fn label_metrics(mut self, metrics: label_cas::Metrics) -> Self {
+        self.label_metrics = metrics;
         self
     }
 
@@ -519,8 +528,7 @@ impl SagaBuilder {
                 store: self.store,
                 workloads: self.workloads,
                 pulls: PullRequestReader::new(self.pulls),
-                labels: AtomicLabelManager::new(self.labels)
-                    .with_metrics(label_cas::Metrics::default()),
+                labels: AtomicLabelManager::new(self.labels).with_metrics(self.label_metrics),
                 config: self.config,
                 metrics: self.metrics,
                 kube_breaker: self.kube_breaker,
@@ -550,6 +558,7 @@ impl StateAwareCancellation {
             labels,
             config: SagaConfig::default(),
             metrics: Metrics::default(),
+            label_metrics: label_cas::Metrics::default(),
             kube_breaker: None,
             github_breaker: None,
             breaker_metrics: None,

@@ -460,6 +460,7 @@ async fn the_saga_registers_its_metrics_and_its_breakers() {
     w.agents_on(OLD);
     w.pull_at(NEW, &[]);
     w.pushed(NEW, at(60)).await;
+    let label_metrics = label_cas::Metrics::default();
     let saga = cancel_coordinator::StateAwareCancellation::builder(
         w.lock("pod-a"),
         w.store.clone(),
@@ -468,9 +469,12 @@ async fn the_saga_registers_its_metrics_and_its_breakers() {
         w.labels.clone(),
     )
     .breakers(resilience::BreakerPolicy::default())
+    .label_metrics(label_metrics.clone())
     .build()
     .unwrap();
     saga.run(&w.request(NEW, at(60))).await.unwrap();
+    // The label step reported into the metrics it was given.
+    assert_eq!(label_metrics.transitions("applied"), 1);
     let mut registry = prometheus_client::registry::Registry::default();
     saga.register(&mut registry);
     let mut text = String::new();
