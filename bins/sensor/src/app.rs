@@ -129,19 +129,6 @@ impl Sensor {
             });
         }
         let coordinator_running = Arc::new(AtomicBool::new(false));
-        if parts.coordinator.is_some() {
-            let running = Arc::clone(&coordinator_running);
-            health.add_check("coordinator", move || {
-                let running = running.load(Ordering::SeqCst);
-                async move {
-                    if running {
-                        Ok(())
-                    } else {
-                        Err("the coordinator's workers are not running".to_owned())
-                    }
-                }
-            });
-        }
         Ok(Self {
             route_config: RouteConfig {
                 secrets: config.webhook_secrets()?,
@@ -173,6 +160,18 @@ impl Sensor {
 
     /// The routes: `POST /webhook/github`, `GET /metrics`, `/healthz`, `/readyz`.
     pub fn router(&self) -> Result<Router, Error> {
+        Ok(Router::new()
+            .route("/metrics", get(metrics))
+            .with_state(Arc::clone(&self.shared))
+            .merge(self.webhook_router()?)
+            .merge(self.shared.shutdown.health().router()))
+    }
+
+    /// `POST /webhook/github` alone, for a service that embeds the sensor
+    /// (the controller's `--dev`): that service serves it, registers
+    /// [`metrics`](Self::metrics) in its own registry and runs the
+    /// coordinator's workers; [`spawn`](Self::spawn) is not called.
+    pub fn webhook_router(&self) -> Result<Router, Error> {
         let config = self.route_config.clone();
         let webhook = WebhookRoute::new(config.secrets, Endpoint(Arc::clone(&self.shared)))
             .with_body_limit(config.body_limit)
@@ -188,11 +187,7 @@ impl Sensor {
                 Arc::clone(&self.shared),
                 time_answer,
             ));
-        Ok(Router::new()
-            .route("/metrics", get(metrics))
-            .with_state(Arc::clone(&self.shared))
-            .merge(webhook)
-            .merge(self.shared.shutdown.health().router()))
+        Ok(webhook)
     }
 
     /// The metrics.
@@ -210,6 +205,19 @@ impl Sensor {
     pub fn spawn(&self, listener: TcpListener) -> Result<JoinHandle<()>, Error> {
         let shutdown = self.shared.shutdown.clone();
         if let Some(coordinator) = &self.shared.coordinator {
+            // Ready only while the workers run (they are started here, so
+            // an embedding service that runs them itself checks its own).
+            let running = Arc::clone(&self.shared.coordinator_running);
+            shutdown.health().add_check("coordinator", move || {
+                let running = running.load(Ordering::SeqCst);
+                async move {
+                    if running {
+                        Ok(())
+                    } else {
+                        Err("the coordinator's workers are not running".to_owned())
+                    }
+                }
+            });
             let workers = coordinator.start();
             self.shared
                 .coordinator_running

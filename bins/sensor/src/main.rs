@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use resilience::Shutdown;
+use sensor::backends::BackendChoice;
 use sensor::{Config, LogFormat, Sensor, wiring};
 use tracing_subscriber::EnvFilter;
 
@@ -25,14 +26,14 @@ async fn main() -> ExitCode {
     }
     init_tracing(config.log_format);
 
-    let parts = if config.dev {
+    let backends = config.backends();
+    if backends != BackendChoice::PRODUCTION {
         tracing::warn!(
-            "--dev: memory backends; nothing is durable and nothing leaves this process"
+            backends = %backends.describe(),
+            "memory backends: what they hold is not durable and never leaves this process"
         );
-        wiring::memory_parts(&config)
-    } else {
-        wiring::cluster_parts(&config).await
-    };
+    }
+    let parts = wiring::parts(&config).await;
     let shutdown = Shutdown::new();
     let sensor = match parts.and_then(|parts| Sensor::new(&config, parts, shutdown.clone())) {
         Ok(sensor) => sensor,
@@ -66,7 +67,7 @@ async fn main() -> ExitCode {
     }
     tracing::info!(
         %addr,
-        dev = config.dev,
+        backends = %backends.describe(),
         repositories = ?config.repositories,
         "sensor listening on POST {}",
         sensor::WEBHOOK_PATH

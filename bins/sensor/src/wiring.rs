@@ -1,29 +1,31 @@
-//! The sensor's backends, built from its configuration: in-process memory
-//! (`--dev`) or a cluster and GitHub.
+//! The sensor's parts, built from its configuration: the backends it
+//! chooses kind by kind ([`crate::backends`]: in-process memory with
+//! `--dev`, a cluster and GitHub, or a mix), the coordinator over them, and
+//! the GitHub client.
 //!
-//! The rule it keeps: both are the same production code over different
-//! backends — the same store, lock, saga and coordinator types — so what
-//! `--dev` shows is what runs in a cluster, minus durability (`--dev` keeps
-//! nothing past the process and reaches no cluster and no GitHub).
+//! The rule it keeps: every choice is the same production code over
+//! different backends — the same store, lock, saga and coordinator types —
+//! so what `--dev` shows is what runs in a cluster, minus durability
+//! (memory keeps nothing past the process and reaches nothing outside it).
 
 use std::sync::Arc;
 
 use cancel_coordinator::{
-    CancellationCoordinator, CoordinatorConfig, KubeCodeRuns, MemoryWorkloads,
-    StateAwareCancellation, Workloads,
+    CancellationCoordinator, CodeRunConfig, CoordinatorConfig, StateAwareCancellation, Workloads,
 };
-use label_cas::{GitHubLabels, LabelBackend, MemoryPullRequests, PullRequests};
-use lease_lock::{KubeLeases, LeaseBackend, LeaseLock, LockConfig, MemoryLeases};
+use label_cas::{LabelBackend, PullRequests};
+use lease_lock::{LeaseBackend, LeaseLock, LockConfig};
 use octocrab::Octocrab;
 use octocrab::models::{AppId, InstallationId};
 use octocrab::service::middleware::retry::RetryConfig;
 use secrecy::ExposeSecret;
-use state_store::{ConfigMapBackend, MemoryBackend, StateStore, StoreConfig};
+use state_store::{StateStore, StoreConfig};
 
 use crate::Error;
 use crate::app::SensorParts;
+use crate::backends::{Backend, BackendChoice, BackendSettings, Backends, Clients, GitHubBackend};
 use crate::config::{Config, GitHubCredentials};
-use crate::pulls::{GitHubPullLookup, MemoryPullLookup};
+use crate::pulls::{GitHubPullLookup, MemoryPullLookup, PullLookup};
 
 /// The lease prefix of the task locks (`cancel-task-<id>`), shared with
 /// every other process that cancels (the saga's default).
@@ -69,49 +71,89 @@ pub fn coordinator(
     Ok(coordinator)
 }
 
+/// What [`Backends::build`] needs from the sensor's configuration: its
+/// namespace, the run resource (read from `--coderun-config-file` only when
+/// runs live on Kubernetes) and [`store_config`].
+pub fn backend_settings(config: &Config) -> Result<BackendSettings, Error> {
+    let coderun = if config.backends().runs == Backend::Kubernetes {
+        config.coderun_config()?
+    } else {
+        CodeRunConfig::default()
+    };
+    Ok(BackendSettings {
+        namespace: config.namespace.clone(),
+        coderun,
+        store: store_config(config),
+    })
+}
+
+/// The sensor's parts on the backends `config` chooses
+/// ([`Config::backends`]): `kube::Client::try_default()` for the kinds on
+/// Kubernetes (in a pod: its service account; else `KUBECONFIG`), GitHub
+/// through the configured credentials when it is the API.
+pub async fn parts(config: &Config) -> Result<SensorParts, Error> {
+    let choice = config.backends();
+    let credentials = if choice.needs_github_api() {
+        Some(config.github_credentials()?)
+    } else {
+        None
+    };
+    let clients = Clients::connect(
+        &choice,
+        credentials.as_ref(),
+        config.github_api_url.as_deref(),
+    )
+    .await?;
+    parts_over(
+        config,
+        Backends::build(choice, &backend_settings(config)?, clients)?,
+    )
+}
+
+/// The sensor's parts over `backends`: their store, a coordinator over all
+/// of them, and the pull request lookup of their GitHub (in memory, one
+/// that knows no pull request).
+pub fn parts_over(config: &Config, backends: Backends) -> Result<SensorParts, Error> {
+    let lookup: Arc<dyn PullLookup> = match (&backends.choice.github, &backends.clients.github) {
+        (GitHubBackend::Api, Some(octocrab)) => Arc::new(GitHubPullLookup::new(octocrab.clone())),
+        _ => Arc::new(MemoryPullLookup::new()),
+    };
+    let coordinator = coordinator(
+        config,
+        backends.leases.clone(),
+        backends.store.clone(),
+        backends.workloads.clone(),
+        backends.pulls.clone(),
+        backends.labels.clone(),
+    )?;
+    Ok(SensorParts {
+        store: backends.store,
+        coordinator: Some(coordinator),
+        pulls: lookup,
+    })
+}
+
 /// `--dev`: every backend in memory. Nothing is durable, nothing leaves
 /// the process; the workloads start empty (no run is ever cancelled unless
 /// an embedding program adds some).
 pub fn memory_parts(config: &Config) -> Result<SensorParts, Error> {
-    let store = StateStore::with_config(MemoryBackend::new(), store_config(config));
-    let github = Arc::new(MemoryPullRequests::new());
-    let coordinator = coordinator(
-        config,
-        MemoryLeases::new(),
-        store.clone(),
-        Arc::new(MemoryWorkloads::new()),
-        github.clone(),
-        github.labels().clone(),
+    let backends = Backends::build(
+        BackendChoice::MEMORY,
+        &backend_settings(config)?,
+        Clients::default(),
     )?;
-    Ok(SensorParts {
-        store,
-        coordinator: Some(coordinator),
-        pulls: Arc::new(MemoryPullLookup::new()),
-    })
+    parts_over(config, backends)
 }
 
-/// A cluster and GitHub: the in-cluster (or kubeconfig) client through
-/// `kube::Client::try_default()`, ConfigMap task states, Lease locks,
-/// CodeRuns (`KubeCodeRuns`), and GitHub through the configured credentials.
-pub async fn cluster_parts(config: &Config) -> Result<SensorParts, Error> {
-    resilience::tls::ensure_crypto_provider();
-    let client = kube::Client::try_default()
-        .await
-        .map_err(|e| Error::Backend(format!("Kubernetes client: {e}")))?;
-    let credentials = config.github_credentials()?;
-    let octocrab = github_client(&credentials, config.github_api_url.as_deref())?;
-    cluster_parts_with(config, client, octocrab)
-}
-
-/// [`cluster_parts`] over clients built elsewhere (tests point them at
-/// testkit's fakes).
+/// A cluster and GitHub over clients built elsewhere (tests point them at
+/// testkit's fakes): ConfigMap task states, Lease locks, CodeRuns
+/// (`KubeCodeRuns`), GitHub's pull requests and labels.
 pub fn cluster_parts_with(
     config: &Config,
     client: kube::Client,
     octocrab: Octocrab,
 ) -> Result<SensorParts, Error> {
-    let workloads = kube_workloads(config, &client)?;
-    cluster_parts_with_workloads(config, client, octocrab, workloads)
+    parts_over(config, cluster_backends(config, client, octocrab)?)
 }
 
 /// [`cluster_parts_with`] with the runs from `workloads` instead of the
@@ -122,32 +164,25 @@ pub fn cluster_parts_with_workloads(
     octocrab: Octocrab,
     workloads: Arc<dyn Workloads>,
 ) -> Result<SensorParts, Error> {
-    let store = StateStore::with_config(
-        ConfigMapBackend::new(client.clone(), &config.namespace),
-        store_config(config),
-    );
-    let labels = GitHubLabels::from_octocrab(octocrab.clone(), label_cas::Metrics::default());
-    let pulls: Arc<dyn PullRequests> = Arc::new(labels.pull_requests());
-    let coordinator = coordinator(
-        config,
-        KubeLeases::new(client),
-        store.clone(),
-        workloads,
-        pulls,
-        Arc::new(labels),
-    )?;
-    Ok(SensorParts {
-        store,
-        coordinator: Some(coordinator),
-        pulls: Arc::new(GitHubPullLookup::new(octocrab)),
-    })
+    let mut backends = cluster_backends(config, client, octocrab)?;
+    backends.workloads = workloads;
+    parts_over(config, backends)
 }
 
-/// The runs of the cluster: supersede's `CodeRun`s, or the custom resource
-/// `--coderun-config-file` describes, in `--namespace`.
-fn kube_workloads(config: &Config, client: &kube::Client) -> Result<Arc<dyn Workloads>, Error> {
-    let runs = KubeCodeRuns::new(client.clone(), &config.namespace, config.coderun_config()?)?;
-    Ok(Arc::new(runs))
+fn cluster_backends(
+    config: &Config,
+    client: kube::Client,
+    octocrab: Octocrab,
+) -> Result<Backends, Error> {
+    let clients = Clients {
+        kube: Some(client),
+        github: Some(octocrab),
+    };
+    let settings = BackendSettings {
+        coderun: config.coderun_config()?,
+        ..backend_settings(config)?
+    };
+    Backends::build(BackendChoice::PRODUCTION, &settings, clients)
 }
 
 /// An octocrab client for `credentials` (retry layer off: label-cas
