@@ -377,7 +377,7 @@ async fn a_replica_dying_after_any_write_leaves_work_another_finishes_exactly_on
         let writes = writes_of_a_whole_operation(mode).await;
         assert!(writes >= 10, "{mode}: {writes} writes");
         for k in 1..=writes {
-            crash_then_recover(k, Crash::Dies, mode).await;
+            Box::pin(crash_then_recover(k, Crash::Dies, mode)).await;
         }
     }
 }
@@ -387,7 +387,7 @@ async fn a_write_whose_answer_is_lost_at_any_step_is_settled_exactly_once() {
     for mode in [CancelMode::Delete, CancelMode::Stop] {
         let writes = writes_of_a_whole_operation(mode).await;
         for k in 1..=writes {
-            crash_then_recover(k, Crash::LosesTheAnswer, mode).await;
+            Box::pin(crash_then_recover(k, Crash::LosesTheAnswer, mode)).await;
         }
     }
 }

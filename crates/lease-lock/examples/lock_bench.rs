@@ -7,7 +7,8 @@
 //!
 //! Prints one JSON line per implementation:
 //! `impl, uncontended_calls, uncontended_p50_ms, uncontended_p99_ms,
-//! handoff_p50_ms, handoff_p99_ms, acquisitions_per_sec, violations`.
+//! handoff_p50_ms, handoff_p99_ms, acquisitions_per_sec,
+//! conflicts_per_acquisition, violations`.
 //!
 //! - `lease-lock`: this crate, production defaults (30 s lease, 10 s
 //!   renewals, 50 ms → 2 s backoff), acquire timeout raised to 120 s so
@@ -27,7 +28,10 @@
 //! key; a handoff is the time from the holder starting its release to the
 //! next holder holding. `acquisitions_per_sec` — 100 keys × 20 contenders,
 //! each contender acquires and releases its key once; completions per second
-//! over at most 10 s. `violations` — what
+//! over at most 5 s; `conflicts_per_acquisition` — the 409 answers to Lease
+//! writes in that phase (lost create and replace races, conflicting
+//! patches: each a request spent on nothing) per completed acquisition.
+//! `violations` — what
 //! `LockHistory` finds over the handoff and throughput phases (overlapping
 //! guaranteed holds; for implementations with a fencing token, tokens that
 //! do not increase; the seed baseline has none, so only overlaps count).
@@ -45,6 +49,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use lease_lock::{AcquireOptions, KubeLeases, LeaseLock, LockConfig, LockGuard};
+use testkit::calls::Outcome;
 use testkit::faults::Match;
 use testkit::history::LockHistory;
 use testkit::kube::FakeKube;
@@ -332,6 +337,7 @@ struct Results {
     uncontended: Vec<Duration>,
     handoffs: Vec<Duration>,
     acquisitions_per_sec: f64,
+    conflicts_per_acquisition: f64,
     violations: usize,
 }
 
@@ -356,6 +362,7 @@ async fn main() {
             "handoff_p50_ms": ms(percentile(&results.handoffs, 0.50)),
             "handoff_p99_ms": ms(percentile(&results.handoffs, 0.99)),
             "acquisitions_per_sec": round2(results.acquisitions_per_sec),
+            "conflicts_per_acquisition": round2(results.conflicts_per_acquisition),
             "violations": results.violations,
         });
         println!("{line}");
@@ -441,6 +448,7 @@ async fn run(which: Impl, fake: &FakeKube, client: &kube::Client) -> Results {
     // Throughput: 100 keys × 20 contenders, one acquisition each, for at
     // most THROUGHPUT_WINDOW.
     let calls_before = fake.calls().snapshot();
+    let conflicts_before = conflicts(fake);
     let started = Instant::now();
     let completed = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
@@ -471,6 +479,10 @@ async fn run(which: Impl, fake: &FakeKube, client: &kube::Client) -> Results {
     let elapsed = started.elapsed();
     let acquisitions = completed.load(AtomicOrdering::Relaxed);
     let acquisitions_per_sec = acquisitions as f64 / elapsed.as_secs_f64();
+    // Writes refused with 409 (a lost create or replace race, a conflicting
+    // patch): each a request spent on nothing.
+    let conflicts = conflicts(fake) - conflicts_before;
+    let conflicts_per_acquisition = conflicts as f64 / acquisitions.max(1) as f64;
     // Where the calls went (stderr, so stdout stays one JSON line per implementation).
     let mut breakdown: Vec<String> = fake
         .calls()
@@ -501,8 +513,15 @@ async fn run(which: Impl, fake: &FakeKube, client: &kube::Client) -> Results {
         uncontended,
         handoffs,
         acquisitions_per_sec,
+        conflicts_per_acquisition,
         violations: history.violations().len(),
     }
+}
+
+/// 409 answers to Lease requests so far.
+fn conflicts(fake: &FakeKube) -> u64 {
+    fake.calls()
+        .count_outcome(None, Some("leases"), &Outcome::Error(409))
 }
 
 async fn record(

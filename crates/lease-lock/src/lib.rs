@@ -5,7 +5,8 @@
 //! - [`LeaseBackend`] (this file): the six Lease operations the lock needs,
 //!   implemented by [`KubeLeases`] (the Kubernetes API through `kube`) and
 //!   [`MemoryLeases`] (an in-process store with the same semantics).
-//! - [`LeaseLock`] (`lock.rs`): the acquisition algorithm.
+//! - [`LeaseLock`] (`lock.rs`): the acquisition algorithm, and the waiters'
+//!   turns at a released Lease (`turn.rs`).
 //! - [`LockGuard`] (`guard.rs`) and its renewal task (`renew.rs`).
 //! - deadlock detection (`deadlock.rs`), garbage collection (`gc.rs`),
 //!   lease naming (`name.rs`), [`Metrics`] and [`Error`].
@@ -22,6 +23,7 @@ mod name;
 mod renew;
 #[cfg(test)]
 mod tests;
+mod turn;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;

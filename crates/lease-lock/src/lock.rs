@@ -26,6 +26,15 @@
 //!    released or deleted; jittered exponential backoff (50 ms → 2 s by
 //!    default) re-reads it in case the watch is slow or broken; the wait is
 //!    bounded by the acquire timeout and a `CancellationToken`.
+//! 5. **Turns.** A waiter does not take a released (or expired) Lease the
+//!    moment it hears of it: every other waiter heard it too. It takes it
+//!    at its turn, a random point of [`LockConfig::handoff_stagger`] counted
+//!    only while the Lease is free (see `turn.rs`), and a waiter that sees
+//!    another take it first goes back to waiting without a write. So does
+//!    an acquisition that finds a Lease released while it ran, or one this
+//!    process released a moment ago: waiters may be counting down for it,
+//!    and cutting in would only make them conflict. A lone acquisition of a
+//!    free or long-released Lease takes it at once.
 //!
 //! Acquisition is cancel-safe: acquiring writes run in their own task,
 //! marked in flight before anything is awaited, and one that lands after —
@@ -44,7 +53,8 @@ use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use prometheus_client::registry::Registry;
-use rand::Rng;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use resilience::{Backoff, BackoffPolicy, Transient};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -56,6 +66,7 @@ use crate::error::Error;
 use crate::guard::{GuardShared, LockGuard};
 use crate::metrics::Metrics;
 use crate::name::{lease_name, short_hash, validate_prefix};
+use crate::turn::{MAX_DOUBLINGS, Turn};
 use crate::{
     HOLDER_HASH_LABEL, LOCK_PREFIX_LABEL, Lease, LeaseBackend, LeaseEvent, LeaseSpec,
     MANAGED_BY_LABEL, MANAGED_BY_VALUE, WAITING_FOR_ANNOTATION,
@@ -118,6 +129,20 @@ pub struct LockConfig {
     /// Delays between re-reads while waiting, and between retries of
     /// transient failures. Default 50 ms ×2 up to 2 s, ±25 % jitter.
     pub backoff: BackoffPolicy,
+    /// How far apart the waiters of a released Lease spread their takeover
+    /// writes, so that one of them takes it and the others see that on
+    /// their watch instead of all racing one conditional write. A waiter
+    /// writes after a random part of this window, counted only while the
+    /// Lease is free; one whose write conflicts anyway doubles its window
+    /// (up to 4 ×; more on a slow API server, up to 32 round trips of its
+    /// write but at most `backoff.max`, since rivals cannot hear of it
+    /// sooner). Default 25 ms:
+    /// several API round trips, so a handoff
+    /// among a few waiters rarely costs more than its one write, while a
+    /// lone waiter's handoff is delayed by 12.5 ms on average. Zero turns
+    /// it off: every waiter writes the moment it hears of the release. At
+    /// most `lease_duration` / 4.
+    pub handoff_stagger: Duration,
     /// Leases idle longer than this (no renewal, acquisition or release) are
     /// deleted by [`LeaseLock::collect_garbage`]. Default 24 h; at least
     /// twice `lease_duration` (whole seconds), so that a Lease is never
@@ -149,6 +174,7 @@ impl LockConfig {
                 jitter: 0.25,
                 max_attempts: None,
             },
+            handoff_stagger: Duration::from_millis(25),
             retention: Duration::from_secs(24 * 60 * 60),
         }
     }
@@ -194,6 +220,13 @@ impl LockConfig {
         {
             return bad(format!(
                 "max_clock_skew {skew:?} is over {MAX_CLOCK_SKEW:?}: clocks that far apart need fixing, not tolerating"
+            ));
+        }
+        if self.handoff_stagger.saturating_mul(1 << MAX_DOUBLINGS) > self.lease_duration {
+            return bad(format!(
+                "handoff_stagger {:?} is over lease_duration / 4: a waiter's widest window \
+                 (4 × handoff_stagger) must fit in one lease duration",
+                self.handoff_stagger
             ));
         }
         let min_retention =
@@ -323,6 +356,7 @@ impl LeaseLock {
                 metrics,
                 claims: Mutex::new(HashSet::new()),
                 cache: Mutex::new(HashMap::new()),
+                turn_seeds: Mutex::new(StdRng::from_rng(&mut rand::rng())),
             }),
         })
     }
@@ -401,10 +435,17 @@ impl LeaseLock {
             Ok(acquisition) => acquisition.run().await,
             Err(e) => Err(e),
         };
+        let outcome = match &result {
+            Ok(Some(_)) => "acquired",
+            Ok(None) => "not_acquired",
+            Err(Error::Timeout { .. } | Error::Unanswered { .. }) => "timeout",
+            Err(Error::Cancelled { .. }) => "cancelled",
+            Err(_) => "error",
+        };
+        metrics.waited(outcome, started.elapsed());
         match &result {
             Ok(Some(_)) => {
                 metrics.acquisitions.inc();
-                metrics.waited(started.elapsed());
             }
             Ok(None) => {}
             Err(e) => {
@@ -426,6 +467,8 @@ pub(crate) struct LockInner {
     pub(crate) holder_hash: String,
     claims: Mutex<HashSet<String>>,
     cache: Mutex<HashMap<String, Observation>>,
+    /// Seeds each acquisition's turn (random; fixed by tests).
+    turn_seeds: Mutex<StdRng>,
 }
 
 /// The most Leases whose last observed state a lock remembers.
@@ -494,6 +537,17 @@ impl LockInner {
         }
         cache.insert(name.to_owned(), observation.clone());
         observation
+    }
+
+    /// A seed for one acquisition's turn.
+    fn turn_seed(&self) -> u64 {
+        lock(&self.turn_seeds).random()
+    }
+
+    /// Makes the turns of this lock's acquisitions reproducible.
+    #[cfg(test)]
+    pub(crate) fn seed_turns(&self, seed: u64) {
+        *lock(&self.turn_seeds) = StdRng::seed_from_u64(seed);
     }
 
     pub(crate) fn forget(&self, name: &str) {
@@ -645,6 +699,9 @@ enum Step {
     Wait { until: Option<Instant> },
     /// Lost a race for the Lease: wait for the watch to show the winner.
     Raced,
+    /// Free (or expired), but other waiters may be about to take it: take
+    /// it at `at`, our turn, unless the watch shows someone else took it.
+    Turn { at: Instant },
     /// A transient failure: back off and try again.
     Failed(Error),
 }
@@ -676,7 +733,16 @@ struct Acquisition<'a> {
     /// included): a deadline with none is an unreachable server, not
     /// contention.
     answered: bool,
+    /// Others may be counting down to take this Lease too (we waited for
+    /// it, or we released it a moment ago): take it only at our turn.
+    queued: bool,
+    turn: Turn,
+    /// The view is this lock's cached copy of its own release, not yet
+    /// confirmed by any request: a turn taken on it stays blind (no watch),
+    /// so that re-acquiring alone still costs one write.
+    view_cached: bool,
     started: Instant,
+    started_wall: jiff::Timestamp,
     retry_after: Option<Duration>,
     /// An acquiring write failed in a way that may have hidden its success:
     /// unless the acquisition ends with a guard, the Lease is checked and
@@ -693,15 +759,29 @@ impl<'a> Acquisition<'a> {
         let claim = inner.claim(&name).ok_or_else(|| Error::AlreadyHeld {
             key: key.to_owned(),
         })?;
+        // A turn never outlasts the longest wait between re-reads.
+        let turn = Turn::new(
+            inner.config.handoff_stagger,
+            inner.config.backoff.max,
+            inner.turn_seed(),
+        );
+        let mut queued = false;
         let view = match inner.cached(&name) {
             // Released when we last saw it (typically: we released it): try
             // to take it with that version, one call when nothing changed.
-            Some(o) if o.holder().is_none() => View::Present(o),
+            // Released so recently that waiters may still be counting down
+            // to take it: take a turn among them instead of cutting in.
+            Some(o) if o.holder().is_none() => {
+                queued = o.seen_at.elapsed() < turn.max_window();
+                View::Present(o)
+            }
             // Held when we last saw it: that may be old news, read it.
             Some(_) => View::Stale,
             None => View::Unknown,
         };
+        let view_cached = matches!(view, View::Present(_));
         Ok(Self {
+            turn,
             holder: format!("{}/{}", inner.config.identity, random_suffix()),
             backoff: Backoff::new(inner.config.backoff.clone()),
             lock,
@@ -718,7 +798,10 @@ impl<'a> Acquisition<'a> {
             last_holder: None,
             contended: false,
             answered: false,
+            queued,
+            view_cached,
             started: Instant::now(),
+            started_wall: jiff::Timestamp::now(),
             retry_after: None,
             unconfirmed: false,
             in_flight: None,
@@ -760,6 +843,10 @@ impl<'a> Acquisition<'a> {
                     self.last_error = Some(e);
                     None
                 }
+                Ok(Step::Turn { at }) => {
+                    self.wait_for_turn(at).await?;
+                    continue;
+                }
                 Ok(Step::Raced) => {
                     if self.watch.is_none() {
                         // Nothing will tell us who won: read it.
@@ -773,6 +860,7 @@ impl<'a> Acquisition<'a> {
                     None
                 }
                 Ok(Step::Wait { until }) => {
+                    self.queued = true;
                     if !self.contended {
                         self.contended = true;
                         self.inner().metrics.contended.inc();
@@ -791,8 +879,20 @@ impl<'a> Acquisition<'a> {
     /// Acts once on the current view.
     async fn act(&mut self) -> Result<Step, Error> {
         match self.view.clone() {
-            View::Unknown | View::Absent => self.create().await,
-            View::Stale => self.refresh().await,
+            View::Unknown | View::Absent => {
+                self.turn.pause(Instant::now());
+                self.create().await
+            }
+            // It changed, and the open watch will say how: a read now would
+            // only race the event (typically, the winner of a race we lost).
+            View::Stale if self.watch_is_fresh() => {
+                self.turn.pause(Instant::now());
+                Ok(Step::Wait { until: None })
+            }
+            View::Stale => {
+                self.turn.pause(Instant::now());
+                self.refresh().await
+            }
             View::Present(observation) => {
                 self.check_owner(&observation.lease)?;
                 if observation.holder() == Some(self.holder.as_str()) {
@@ -804,13 +904,42 @@ impl<'a> Acquisition<'a> {
                     return self.adopt(&observation.lease).await;
                 }
                 self.last_holder = observation.holder().map(str::to_owned);
-                match self.inner().judge(&observation) {
+                let judgment = self.inner().judge(&observation);
+                let now = Instant::now();
+                if matches!(judgment, Judgment::Held { .. }) {
+                    self.turn.pause(now);
+                } else if matches!(self.mode, Mode::Wait { .. })
+                    && (self.queued
+                        || (!self.view_cached && self.released_recently(&observation.lease)))
+                {
+                    let left = self.turn.remaining(now);
+                    if !left.is_zero() {
+                        return Ok(Step::Turn { at: now + left });
+                    }
+                }
+                match judgment {
                     Judgment::Free => self.take(&observation.lease, false).await,
                     Judgment::Expired => self.take(&observation.lease, true).await,
                     Judgment::Held { until } => Ok(Step::Wait { until: Some(until) }),
                 }
             }
         }
+    }
+
+    /// Whether `lease`, as read from the server, was released so recently
+    /// that waiters may be counting down to take it: while this acquisition
+    /// ran (its requests may have been slow) or less than the widest turn
+    /// window before. Judged by its `renewTime`, the release instant on the
+    /// releaser's wall clock (all a reader has): skew only makes us wait a
+    /// turn we did not need, or not wait one.
+    fn released_recently(&self, lease: &Lease) -> bool {
+        let Some(released) = lease.spec.as_ref().and_then(|s| s.renew_time.as_ref()) else {
+            return false;
+        };
+        let horizon = jiff::SignedDuration::try_from(self.turn.max_window()).unwrap_or_default();
+        self.started_wall
+            .checked_sub(horizon)
+            .is_ok_and(|since| released.0 >= since)
     }
 
     /// Refuses a Lease labelled as another lock's: `cancel` + `task-1` and
@@ -850,13 +979,19 @@ impl<'a> Acquisition<'a> {
 
     async fn take(&mut self, current: &Lease, takeover: bool) -> Result<Step, Error> {
         let lease = acquiring_lease(self.inner(), &self.name, &self.holder, Some(current))?;
+        // How long the write took is how late rivals could hear of it.
+        let sent = Instant::now();
         Ok(match self.write(Write::Replace(lease)).await? {
             Ok((lease, sent_at)) => Step::Acquired {
                 lease,
                 sent_at,
                 takeover,
             },
-            Err(Error::Conflict { .. }) => Step::Raced,
+            Err(Error::Conflict { .. }) => {
+                self.inner().metrics.races_lost.inc();
+                self.turn.collided(sent.elapsed());
+                Step::Raced
+            }
             Err(Error::NotFound { .. }) => {
                 self.inner().forget(&self.name);
                 Step::Again(View::Absent)
@@ -887,6 +1022,7 @@ impl<'a> Acquisition<'a> {
     }
 
     async fn refresh(&mut self) -> Result<Step, Error> {
+        self.view_cached = false;
         let backend = Arc::clone(&self.inner().backend);
         let namespace = self.inner().config.namespace.clone();
         let read = bounded(self.mode.limits(), backend.get(&namespace, &self.name))
@@ -912,6 +1048,7 @@ impl<'a> Acquisition<'a> {
     /// the whole acquisition is dropped, [`abandon_in_flight`](Self::abandon_in_flight)
     /// then takes an answer already delivered and gives back what it won.
     async fn write(&mut self, write: Write) -> Result<Result<(Lease, Instant), Error>, Error> {
+        self.view_cached = false;
         let inner = Arc::clone(self.inner());
         let (name, holder) = (self.name.clone(), self.holder.clone());
         let (tx, rx) = oneshot::channel();
@@ -1026,7 +1163,38 @@ impl<'a> Acquisition<'a> {
             wake_at = until;
             poll = false;
         }
-        let wake_at = wake_at.min(deadline);
+        self.listen(wake_at.min(deadline), poll, held, &cancel)
+            .await
+    }
+
+    /// Waits until our turn `at` to take the free Lease, the deadline or
+    /// cancellation, or until the watch reports a change (someone else
+    /// took it first, typically): no poll, the turn is short.
+    async fn wait_for_turn(&mut self, at: Instant) -> Result<(), Error> {
+        let Mode::Wait {
+            deadline, cancel, ..
+        } = &self.mode
+        else {
+            return Ok(());
+        };
+        let (deadline, cancel) = (*deadline, cancel.clone());
+        // Without a watch we could not see another waiter take it first;
+        // our own release may have none (nobody else may be waiting).
+        if !self.view_cached {
+            self.open_watch();
+        }
+        self.listen(at.min(deadline), false, false, &cancel).await
+    }
+
+    /// Sleeps until `wake_at` (re-reading then if `poll` and the watch is
+    /// not fresh) unless the watch reports a change first, or `cancel` fires.
+    async fn listen(
+        &mut self,
+        wake_at: Instant,
+        poll: bool,
+        held: bool,
+        cancel: &CancellationToken,
+    ) -> Result<(), Error> {
         let mut wake = {
             let event = next_event(&mut self.watch);
             tokio::select! {
@@ -1060,10 +1228,12 @@ impl<'a> Acquisition<'a> {
         }
         match wake {
             Wake::Event(Some(Ok(LeaseEvent::Applied(lease)))) => {
+                self.view_cached = false;
                 self.watch_heard = Some(Instant::now());
                 self.view = View::Present(self.inner().observe(&self.name, lease));
             }
             Wake::Event(Some(Ok(LeaseEvent::Deleted))) => {
+                self.view_cached = false;
                 self.watch_heard = Some(Instant::now());
                 self.inner().forget(&self.name);
                 self.view = View::Absent;

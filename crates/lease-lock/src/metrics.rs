@@ -15,11 +15,16 @@ use prometheus_client::registry::{Registry, Unit};
 /// The lock's metrics. Cheap to clone (clones share the same series), so
 /// several [`LeaseLock`](crate::LeaseLock)s may report into one set.
 ///
-/// Series (after [`register`](Self::register)), all prefixed `lease_lock_`:
+/// Series (after [`register`](Self::register)), all prefixed `lease_lock_`
+/// (or the caller's prefix, with
+/// [`register_with_prefix`](Self::register_with_prefix)):
 /// `acquire_attempts_total`, `acquisitions_total`,
 /// `acquire_failures_total{reason}`, `contended_total`, `takeovers_total`,
-/// `renew_failures_total`, `losses_total`, `deadlocks_total`,
-/// `wait_duration_seconds`, `hold_duration_seconds`.
+/// `races_lost_total`, `renew_failures_total`, `losses_total`, `deadlocks_total`,
+/// `wait_duration_seconds{outcome}` (every acquisition attempt, by how it
+/// ended: `acquired`, `not_acquired` for a `try_acquire` that found it
+/// held, `timeout`, `cancelled`, `error`, so an API outage shows in it),
+/// `hold_duration_seconds`.
 #[derive(Clone, Debug)]
 pub struct Metrics {
     pub(crate) attempts: Counter,
@@ -27,11 +32,28 @@ pub struct Metrics {
     pub(crate) failures: Family<ReasonLabel, Counter>,
     pub(crate) contended: Counter,
     pub(crate) takeovers: Counter,
+    pub(crate) races_lost: Counter,
     pub(crate) renew_failures: Counter,
     pub(crate) losses: Counter,
     pub(crate) deadlocks: Counter,
-    pub(crate) wait: Histogram,
+    pub(crate) wait: Family<OutcomeLabel, Histogram, fn() -> Histogram>,
     pub(crate) hold: Histogram,
+}
+
+/// The `outcome` label of `wait_duration_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct OutcomeLabel {
+    pub(crate) outcome: &'static str,
+}
+
+/// How an acquisition attempt ended, as `wait_duration_seconds` labels it.
+pub(crate) const OUTCOMES: [&str; 5] =
+    ["acquired", "not_acquired", "timeout", "cancelled", "error"];
+
+fn wait_histogram() -> Histogram {
+    // 1 ms .. ~65 s: an uncontended acquisition is one round trip, a
+    // takeover waits up to a lease duration (30 s by default).
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
 }
 
 /// The `reason` label of `acquire_failures_total`.
@@ -42,29 +64,39 @@ pub(crate) struct ReasonLabel {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self {
+        let metrics = Self {
             attempts: Counter::default(),
             acquisitions: Counter::default(),
             failures: Family::default(),
             contended: Counter::default(),
             takeovers: Counter::default(),
+            races_lost: Counter::default(),
             renew_failures: Counter::default(),
             losses: Counter::default(),
             deadlocks: Counter::default(),
-            // 1 ms .. ~65 s: an uncontended acquisition is one round trip, a
-            // takeover waits up to a lease duration (30 s by default).
-            wait: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            wait: Family::new_with_constructor(wait_histogram),
             // 10 ms .. ~3 h: critical sections range from a cancellation to a
             // long-running leader.
             hold: Histogram::new(exponential_buckets(0.01, 2.0, 20)),
+        };
+        // Every outcome's series exists from the start.
+        for outcome in OUTCOMES {
+            let _ = metrics.wait.get_or_create(&OutcomeLabel { outcome });
         }
+        metrics
     }
 }
 
 impl Metrics {
     /// Registers every series under the `lease_lock` prefix.
     pub fn register(&self, registry: &mut Registry) {
-        let r = registry.sub_registry_with_prefix("lease_lock");
+        self.register_with_prefix(registry, "lease_lock");
+    }
+
+    /// Registers every series under `prefix` instead (a service exposing
+    /// the lock under its own names, e.g. the gateway's `gateway_lock`).
+    pub fn register_with_prefix(&self, registry: &mut Registry, prefix: &str) {
+        let r = registry.sub_registry_with_prefix(prefix);
         r.register(
             "acquire_attempts",
             "Calls to acquire or try_acquire",
@@ -87,6 +119,12 @@ impl Metrics {
             self.takeovers.clone(),
         );
         r.register(
+            "races_lost",
+            "Takeover writes refused because another waiter changed the lease first \
+             (each a wasted request; a crowd of waiters takes turns to keep this low)",
+            self.races_lost.clone(),
+        );
+        r.register(
             "renew_failures",
             "Renewal requests that failed (the guard retries until its renew deadline)",
             self.renew_failures.clone(),
@@ -103,7 +141,7 @@ impl Metrics {
         );
         r.register_with_unit(
             "wait_duration",
-            "Time from the start of an acquisition to the lock being held",
+            "Time from the start of an acquisition attempt to its end, by outcome",
             Unit::Seconds,
             self.wait.clone(),
         );
@@ -119,8 +157,10 @@ impl Metrics {
         self.failures.get_or_create(&ReasonLabel { reason }).inc();
     }
 
-    pub(crate) fn waited(&self, d: Duration) {
-        self.wait.observe(d.as_secs_f64());
+    pub(crate) fn waited(&self, outcome: &'static str, d: Duration) {
+        self.wait
+            .get_or_create(&OutcomeLabel { outcome })
+            .observe(d.as_secs_f64());
     }
 
     pub(crate) fn held(&self, d: Duration) {
@@ -135,6 +175,11 @@ impl Metrics {
     /// Total `takeovers_total` so far.
     pub fn takeovers(&self) -> u64 {
         self.takeovers.get()
+    }
+
+    /// Total `races_lost_total` so far.
+    pub fn races_lost(&self) -> u64 {
+        self.races_lost.get()
     }
 
     /// Total `losses_total` so far.
@@ -162,7 +207,8 @@ mod tests {
     fn every_series_is_exposed_under_the_lease_lock_prefix() {
         let metrics = Metrics::default();
         metrics.failed("timeout");
-        metrics.waited(Duration::from_millis(5));
+        metrics.waited("acquired", Duration::from_millis(5));
+        metrics.waited("timeout", Duration::from_secs(30));
         let mut registry = Registry::default();
         metrics.register(&mut registry);
         let mut text = String::new();
@@ -173,13 +219,27 @@ mod tests {
             "lease_lock_acquire_failures_total{reason=\"timeout\"} 1",
             "lease_lock_contended_total",
             "lease_lock_takeovers_total",
+            "lease_lock_races_lost_total",
             "lease_lock_renew_failures_total",
             "lease_lock_losses_total",
             "lease_lock_deadlocks_total",
-            "lease_lock_wait_duration_seconds_count 1",
+            "lease_lock_wait_duration_seconds_count{outcome=\"acquired\"} 1",
+            "lease_lock_wait_duration_seconds_count{outcome=\"timeout\"} 1",
+            "lease_lock_wait_duration_seconds_count{outcome=\"error\"} 0",
             "lease_lock_hold_duration_seconds_count 0",
         ] {
             assert!(text.contains(series), "{series} missing in\n{text}");
         }
+    }
+
+    #[test]
+    fn a_caller_chosen_prefix_names_every_series() {
+        let metrics = Metrics::default();
+        let mut registry = Registry::default();
+        metrics.register_with_prefix(&mut registry, "gateway_lock");
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        assert!(text.contains("gateway_lock_acquisitions_total 0"), "{text}");
+        assert!(!text.contains("lease_lock_"), "{text}");
     }
 }

@@ -676,19 +676,9 @@ impl RecoveryManager {
             return findings;
         }
         let state = &snapshot.state;
-        let max_iterations = inner.store.config().max_iterations;
-        let over_the_maximum = (state.iteration > max_iterations && !state.status.is_terminal())
-            .then(|| {
-                format!(
-                    "iteration {} is over the maximum {max_iterations} (lowered since?) and the task is still active",
-                    state.iteration
-                )
-            });
-        if let Some(reason) = state
-            .validate(&task, max_iterations)
-            .err()
-            .or(over_the_maximum)
-        {
+        // What has a certain repair the store made as it read (see
+        // `state_store::repair`); what is left has none.
+        if let Err(reason) = state.validate(&task, inner.store.config().max_iterations) {
             let action = self.flag(&task, Kind::InvalidState, &reason).await;
             findings.push(finding(Kind::InvalidState, action));
             return findings;

@@ -132,6 +132,7 @@ pub(crate) fn encode(
         SCHEMA_VERSION.to_owned(),
     );
     mirror_in_annotations(state, &mut document.annotations);
+    flat_keys(state, &mut document.data);
     if let Some((payload, reason)) = quarantine {
         let original = match payload {
             CorruptPayload::Text(raw) => {
@@ -231,6 +232,27 @@ fn mirror_in_annotations(state: &RemediationState, annotations: &mut BTreeMap<St
         annotations.insert(ANNOTATION_OPERATION_ACTIVE.to_owned(), "true".to_owned());
     } else {
         annotations.remove(ANNOTATION_OPERATION_ACTIVE);
+    }
+}
+
+/// Writes the flat `data` keys kubectl users and the starting design's
+/// tools read (see [`KEY_FLAT_TASK_ID`](crate::naming::KEY_FLAT_TASK_ID)),
+/// and drops `iteration_<n>_started` keys the state no longer records.
+fn flat_keys(state: &RemediationState, data: &mut BTreeMap<String, String>) {
+    use crate::naming::{
+        KEY_FLAT_ITERATION, KEY_FLAT_LAST_UPDATE, KEY_FLAT_STATUS, KEY_FLAT_TASK_ID,
+        is_iteration_started_key, iteration_started_key,
+    };
+    data.insert(KEY_FLAT_TASK_ID.to_owned(), state.task_id.clone());
+    data.insert(KEY_FLAT_ITERATION.to_owned(), state.iteration.to_string());
+    data.insert(
+        KEY_FLAT_LAST_UPDATE.to_owned(),
+        state.last_update.to_string(),
+    );
+    data.insert(KEY_FLAT_STATUS.to_owned(), state.status.as_str().to_owned());
+    data.retain(|key, _| !is_iteration_started_key(key));
+    for (n, at) in &state.iteration_started {
+        data.insert(iteration_started_key(*n), at.to_string());
     }
 }
 
@@ -600,6 +622,8 @@ impl StateV0 {
                 author: f.author,
                 created_at: f.created_at.unwrap_or(now),
                 resolved_at: None,
+                issue_type: None,
+                extra: Default::default(),
             });
         }
         // v0 kept no time per error; the document's own time is the best we have.

@@ -7,6 +7,7 @@
 //! - [`store`]: [`StateStore`], the compare-and-swap update loop and the operations.
 //! - [`schema`] and [`journal`]: the `v1` document and the operation journal.
 //! - [`codec`]: size management, schema migration, quarantine.
+//! - [`repair`]: repairs of a readable state that breaks one of its own rules.
 //! - [`ttl`]: cleanup of old states. [`metrics`]: Prometheus metrics.
 
 pub mod backend;
@@ -19,6 +20,7 @@ pub mod kube;
 pub mod memory;
 pub mod metrics;
 pub mod naming;
+pub mod repair;
 pub mod schema;
 pub mod store;
 pub mod ttl;
@@ -35,12 +37,13 @@ pub use kube::ConfigMapBackend;
 pub use memory::MemoryBackend;
 pub use metrics::StateStoreMetrics;
 pub use naming::{state_name, validate_selector, validate_task_id};
+pub use repair::{RepairKind, RepairRecord};
 pub use schema::{
     CancellationOutcome, CancellationRecord, CompactionRecord, DeliveryRecorded, ErrorMessage,
-    FeedbackEntry, HeadRecord, RemediationState, SCHEMA_VERSION, Severity, Supersession,
+    FeedbackEntry, HeadRecord, IssueType, RemediationState, SCHEMA_VERSION, Severity, Supersession,
     TaskStatus,
 };
-pub use store::{Snapshot, StatePage, StateStore, StoreConfig};
+pub use store::{Snapshot, StatePage, StateRecovery, StateStore, StoreConfig};
 pub use ttl::{CleanupReport, TtlPolicy, spawn_ttl_cleanup};
 
 impl resilience::Transient for Error {

@@ -41,6 +41,29 @@ pub struct ReadOnlyLabels {
     pub reason: &'static str,
 }
 
+/// Labels of the repair counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RepairLabels {
+    /// What was repaired ([`RepairKind::as_str`](crate::RepairKind::as_str)).
+    pub kind: &'static str,
+}
+
+/// Labels of the migration counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MigrationLabels {
+    /// The schema version migrated from (`v0`).
+    pub from: String,
+}
+
+/// Labels of the TTL skip counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SkipLabels {
+    /// Why a state past its TTL was not deleted: `unreadable`,
+    /// `newer_version`, `undecodable` (never ours to delete), `in_progress`
+    /// (work in flight), `changed` (written since it was read).
+    pub reason: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// The store's metrics. Cheap to clone (every clone updates the same series).
@@ -56,11 +79,14 @@ pub struct StateStoreMetrics {
     pub(crate) quarantines: Counter,
     pub(crate) cleanup_deletions: Counter,
     pub(crate) read_only: Family<ReadOnlyLabels, Counter>,
+    pub(crate) repairs: Family<RepairLabels, Counter>,
+    pub(crate) migrations: Family<MigrationLabels, Counter>,
+    pub(crate) cleanup_skips: Family<SkipLabels, Counter>,
 }
 
 impl Default for StateStoreMetrics {
     fn default() -> Self {
-        Self {
+        let metrics = Self {
             operations: Family::default(),
             conflicts: Counter::default(),
             retries: Family::default(),
@@ -72,7 +98,17 @@ impl Default for StateStoreMetrics {
             quarantines: Counter::default(),
             cleanup_deletions: Counter::default(),
             read_only: Family::default(),
+            repairs: Family::default(),
+            migrations: Family::default(),
+            cleanup_skips: Family::default(),
+        };
+        // The repair series exist from the start, at zero.
+        for kind in crate::RepairKind::ALL {
+            let _ = metrics.repairs.get_or_create(&RepairLabels {
+                kind: kind.as_str(),
+            });
         }
+        metrics
     }
 }
 
@@ -128,6 +164,21 @@ impl StateStoreMetrics {
             self.cleanup_deletions.clone(),
         );
         r.register(
+            "repairs",
+            "States that broke one of their own rules, repaired (and recorded in them) on write, by kind",
+            self.repairs.clone(),
+        );
+        r.register(
+            "migrations",
+            "States migrated to the current schema on write, by the version migrated from",
+            self.migrations.clone(),
+        );
+        r.register(
+            "cleanup_skips",
+            "States past their TTL that cleanup did not delete, by reason",
+            self.cleanup_skips.clone(),
+        );
+        r.register(
             "read_only_documents",
             "Reads of states this build may not write (a newer schema version, or valid JSON it cannot decode), by reason",
             self.read_only.clone(),
@@ -152,6 +203,33 @@ impl StateStoreMetrics {
         };
         self.read_only
             .get_or_create(&ReadOnlyLabels { reason })
+            .inc();
+    }
+
+    pub(crate) fn repaired(&self, kind: crate::RepairKind) {
+        self.repairs
+            .get_or_create(&RepairLabels {
+                kind: kind.as_str(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn migrated(&self, from: &str) {
+        // Versions are ours (`v0`); anything else is folded, so a document
+        // cannot mint series.
+        let from = if from.len() <= 8 && from.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            from.to_owned()
+        } else {
+            "other".to_owned()
+        };
+        self.migrations
+            .get_or_create(&MigrationLabels { from })
+            .inc();
+    }
+
+    pub(crate) fn skipped_cleanup(&self, reason: &'static str) {
+        self.cleanup_skips
+            .get_or_create(&SkipLabels { reason })
             .inc();
     }
 

@@ -34,6 +34,31 @@ pub const ANNOTATION_STATUS: &str = "supersede.dev/status";
 pub const ANNOTATION_OPERATION_ACTIVE: &str = "supersede.dev/operation-active";
 /// `data` key of the plain JSON state.
 pub const KEY_STATE: &str = "state.json";
+/// Flat `data` keys written beside the payload on every write, as the
+/// starting design writes them, so `kubectl get cm task-42-state -o
+/// jsonpath='{.data.iteration}'` answers. Derived from the payload, never
+/// read as the truth.
+pub const KEY_FLAT_TASK_ID: &str = "task_id";
+/// See [`KEY_FLAT_TASK_ID`]: the iteration counter.
+pub const KEY_FLAT_ITERATION: &str = "iteration";
+/// See [`KEY_FLAT_TASK_ID`]: when the state was last written (RFC 3339).
+pub const KEY_FLAT_LAST_UPDATE: &str = "last_update";
+/// See [`KEY_FLAT_TASK_ID`]: the status (`InProgress`, …).
+pub const KEY_FLAT_STATUS: &str = "status";
+
+/// The flat `data` key of when iteration `n` started
+/// (`iteration_<n>_started`, RFC 3339), as the starting design writes it.
+pub fn iteration_started_key(n: u32) -> String {
+    format!("iteration_{n}_started")
+}
+
+/// Whether `key` is an `iteration_<n>_started` key.
+pub(crate) fn is_iteration_started_key(key: &str) -> bool {
+    key.strip_prefix("iteration_")
+        .and_then(|rest| rest.strip_suffix("_started"))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// `binaryData` key of the gzip-compressed JSON state.
 pub const KEY_STATE_GZIP: &str = "state.json.gz";
 /// `data` key of a quarantined (unparsable) JSON payload.

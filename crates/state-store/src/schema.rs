@@ -91,23 +91,56 @@ impl TaskStatus {
     }
 }
 
+/// Iteration start times kept in a state (the newest iterations').
+pub const MAX_ITERATION_STARTS: usize = 64;
+
+/// Longest feedback body a write may add, in bytes (64 KiB): a body is a
+/// review comment, and a ConfigMap holds 1 MiB in all.
+pub const MAX_FEEDBACK_BODY_BYTES: usize = 64 * 1024;
+
 /// Severity of a review comment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Severity {
     /// Nit.
+    #[serde(alias = "low", alias = "LOW")]
     Low,
     /// Should fix.
+    #[serde(alias = "medium", alias = "MEDIUM")]
     Medium,
     /// Must fix.
+    #[serde(alias = "high", alias = "HIGH")]
     High,
     /// Blocks the merge.
+    #[serde(alias = "critical", alias = "CRITICAL")]
     Critical,
 }
 
+/// What kind of problem a review comment names (the starting design's
+/// `issue_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum IssueType {
+    /// Something does not work.
+    Bug,
+    /// Something could be better.
+    Enhancement,
+    /// The docs are wrong or missing.
+    Documentation,
+    /// Too slow or too big.
+    Performance,
+    /// A vulnerability or unsafe practice.
+    Security,
+}
+
 /// One piece of review feedback, identified by its comment id.
+///
+/// Documents of the starting design name three fields differently —
+/// `pr_comment_id`, `description`, `timestamp` — and are read as they are;
+/// fields this build does not know are kept in [`extra`](Self::extra) and
+/// written back, so a round trip loses nothing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeedbackEntry {
     /// The comment id (unique per task; used to deduplicate).
+    #[serde(alias = "pr_comment_id")]
     pub comment_id: String,
     /// How serious it is.
     pub severity: Severity,
@@ -115,14 +148,47 @@ pub struct FeedbackEntry {
     #[serde(default)]
     pub resolved: bool,
     /// The comment text.
+    #[serde(alias = "description")]
     pub body: String,
-    /// Who wrote it.
+    /// Who wrote it (empty when the document did not say).
+    #[serde(default)]
     pub author: String,
     /// When it was written.
+    #[serde(alias = "timestamp")]
     pub created_at: Timestamp,
     /// When it was resolved, if it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved_at: Option<Timestamp>,
+    /// What kind of problem it names, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issue_type: Option<IssueType>,
+    /// Fields of a stored entry this build does not know: kept and written
+    /// back.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+impl FeedbackEntry {
+    /// An unresolved entry with no issue type.
+    pub fn new(
+        comment_id: impl Into<String>,
+        severity: Severity,
+        body: impl Into<String>,
+        author: impl Into<String>,
+        created_at: Timestamp,
+    ) -> Self {
+        Self {
+            comment_id: comment_id.into(),
+            severity,
+            resolved: false,
+            body: body.into(),
+            author: author.into(),
+            created_at,
+            resolved_at: None,
+            issue_type: None,
+            extra: BTreeMap::new(),
+        }
+    }
 }
 
 /// One recorded error message.
@@ -260,6 +326,9 @@ pub struct RemediationState {
     pub iteration: u32,
     /// Lifecycle status.
     pub status: TaskStatus,
+    /// When each iteration started (the newest [`MAX_ITERATION_STARTS`]),
+    /// also written as the flat `iteration_<n>_started` keys.
+    pub iteration_started: BTreeMap<u32, Timestamp>,
     /// Review feedback, oldest first, unique by comment id.
     pub feedback_history: Vec<FeedbackEntry>,
     /// Recent error messages, oldest first (newest [`MAX_ERROR_MESSAGES`] kept).
@@ -284,6 +353,13 @@ pub struct RemediationState {
     /// (newest [`MAX_RECENT_DELIVERIES`] kept): the durable half of the
     /// sensor's dedupe. See [`observe_delivery`](Self::observe_delivery).
     pub recent_deliveries: Vec<String>,
+    /// Repairs the store made to this state when it broke one of its own
+    /// rules, oldest first (newest [`MAX_REPAIRS`](crate::repair::MAX_REPAIRS)
+    /// kept). See [`repair`](Self::repair).
+    pub repairs: Vec<crate::repair::RepairRecord>,
+    /// When [`StateStore::recover_state`](crate::StateStore::recover_state)
+    /// last repaired, migrated, rebuilt or created this state.
+    pub last_recovery: Option<Timestamp>,
     /// Ids of the latest writes (newest last), so a writer whose request failed
     /// in transit can tell whether it was applied. Maintained by the store only.
     applied_writes: Vec<String>,
@@ -314,6 +390,7 @@ impl RemediationState {
             task_id: task_id.into(),
             iteration: 0,
             status: TaskStatus::Initialized,
+            iteration_started: BTreeMap::new(),
             feedback_history: Vec::new(),
             error_messages: Vec::new(),
             metadata: BTreeMap::new(),
@@ -325,6 +402,8 @@ impl RemediationState {
             highest_fencing_token: None,
             compactions: Vec::new(),
             recent_deliveries: Vec::new(),
+            repairs: Vec::new(),
+            last_recovery: None,
             applied_writes: Vec::new(),
             legacy_retired_lease_uids: Dropped,
             unknown_fields: BTreeMap::new(),
@@ -346,6 +425,21 @@ impl RemediationState {
         }
         self.feedback_history.push(entry);
         true
+    }
+
+    /// Counts one more iteration, started at `now` (recorded, the newest
+    /// [`MAX_ITERATION_STARTS`] kept); an `Initialized` task becomes
+    /// `InProgress`. The caller checks the maximum.
+    pub fn start_iteration(&mut self, now: Timestamp) -> u32 {
+        self.iteration += 1;
+        self.iteration_started.insert(self.iteration, now);
+        while self.iteration_started.len() > MAX_ITERATION_STARTS {
+            self.iteration_started.pop_first();
+        }
+        if self.status == TaskStatus::Initialized {
+            self.status = TaskStatus::InProgress;
+        }
+        self.iteration
     }
 
     /// Marks a feedback entry resolved. Returns whether anything changed.
@@ -780,6 +874,80 @@ impl RemediationState {
         &self.unknown_fields
     }
 
+    /// The names of the top-level fields that differ between `self` and
+    /// `other` (for the write's audit line: names, never values).
+    pub fn changed_fields(&self, other: &RemediationState) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut differs = |name: &'static str, different: bool| {
+            if different {
+                changed.push(name);
+            }
+        };
+        differs("iteration", self.iteration != other.iteration);
+        differs("status", self.status != other.status);
+        differs(
+            "iteration_started",
+            self.iteration_started != other.iteration_started,
+        );
+        differs(
+            "feedback_history",
+            self.feedback_history != other.feedback_history,
+        );
+        differs(
+            "error_messages",
+            self.error_messages != other.error_messages,
+        );
+        differs("metadata", self.metadata != other.metadata);
+        differs("latest_head", self.latest_head != other.latest_head);
+        differs(
+            "pending_supersessions",
+            self.pending_supersessions != other.pending_supersessions,
+        );
+        differs(
+            "cancellation_history",
+            self.cancellation_history != other.cancellation_history,
+        );
+        differs(
+            "active_operation",
+            self.active_operation != other.active_operation,
+        );
+        differs(
+            "highest_fencing_token",
+            self.highest_fencing_token != other.highest_fencing_token,
+        );
+        differs("compactions", self.compactions != other.compactions);
+        differs(
+            "recent_deliveries",
+            self.recent_deliveries != other.recent_deliveries,
+        );
+        differs("repairs", self.repairs != other.repairs);
+        differs("last_recovery", self.last_recovery != other.last_recovery);
+        differs(
+            "unknown_fields",
+            self.unknown_fields != other.unknown_fields,
+        );
+        changed
+    }
+
+    /// Refuses feedback this write adds or changes whose body is over
+    /// [`MAX_FEEDBACK_BODY_BYTES`] (what was stored before is not judged
+    /// again), naming the entry.
+    pub(crate) fn check_new_feedback(&self, before: &RemediationState) -> Result<(), String> {
+        for entry in &self.feedback_history {
+            if entry.body.len() <= MAX_FEEDBACK_BODY_BYTES
+                || before.feedback_history.contains(entry)
+            {
+                continue;
+            }
+            return Err(format!(
+                "feedback {:?}: its body of {} bytes is over the limit of {MAX_FEEDBACK_BODY_BYTES}",
+                entry.comment_id.chars().take(128).collect::<String>(),
+                entry.body.len()
+            ));
+        }
+        Ok(())
+    }
+
     pub(crate) fn applied_writes_mut(&mut self) -> &mut Vec<String> {
         &mut self.applied_writes
     }
@@ -848,6 +1016,8 @@ mod tests {
             author: "a".into(),
             created_at: ts("2026-01-01T00:00:00Z") + jiff::SignedDuration::from_mins(minute),
             resolved_at: None,
+            issue_type: None,
+            extra: Default::default(),
         }
     }
 

@@ -135,6 +135,22 @@ const OWN_ANNOTATIONS: [&str; 4] = [
     crate::naming::ANNOTATION_OPERATION_ACTIVE,
 ];
 
+/// What [`StateStore::recover_state`] found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StateRecovery {
+    /// There was no state: a fresh `Initialized` one was created.
+    pub created: bool,
+    /// The schema version the state was migrated from.
+    pub migrated_from: Option<String>,
+    /// The payload was unreadable, with why: rebuilt from what survived,
+    /// the raw payload quarantined.
+    pub rebuilt: Option<String>,
+    /// The repairs made (also recorded in the state).
+    pub repairs: Vec<crate::RepairRecord>,
+    /// Whether anything was written (`false`: the state needed nothing).
+    pub written: bool,
+}
+
 /// One page of [`StateStore::list_page`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct StatePage {
@@ -509,6 +525,7 @@ impl StateStore {
     /// to `InProgress`.
     pub async fn increment_iteration(&self, task_id: &str) -> Result<u32> {
         let max = self.inner.config.max_iterations;
+        let now = self.inner.clock.now();
         let counted = self
             .update(task_id, |s: &mut RemediationState| {
                 if s.iteration >= max {
@@ -526,11 +543,7 @@ impl StateStore {
                     s.status = TaskStatus::MaxIterationsReached;
                     return Ok(None);
                 }
-                s.iteration += 1;
-                if s.status == TaskStatus::Initialized {
-                    s.status = TaskStatus::InProgress;
-                }
-                Ok(Some(s.iteration))
+                Ok(Some(s.start_iteration(now)))
             })
             .await?;
         counted.ok_or_else(|| Error::MaxIterationsReached {
@@ -546,6 +559,88 @@ impl StateStore {
             Ok::<_, Error>(s.append_feedback(entry.clone()))
         })
         .await
+    }
+
+    /// The starting design's recovery entry point: reads the state of
+    /// `task_id`, repairs what breaks a rule and has a certain repair,
+    /// migrates an older schema, rebuilds an unreadable payload (quarantined
+    /// beside it), and records when in [`RemediationState::last_recovery`];
+    /// creates a fresh `Initialized` state when there is none. Idempotent:
+    /// a state that needs none of this is not written.
+    ///
+    /// Errors: `UnsupportedVersion` or `Undecodable` for a state this build
+    /// may not write; `Invalid` naming the field for a rule with no certain
+    /// repair; the store's usual errors.
+    pub async fn recover_state(&self, task_id: &str) -> Result<StateRecovery> {
+        let name = state_name(task_id)?;
+        let config = &self.inner.config;
+        let now = self.inner.clock.now();
+        let stored = self.bounded(self.inner.backend.get(&name)).await?;
+        let mut recovery = StateRecovery::default();
+        match &stored {
+            None => recovery.created = true,
+            Some(doc) => {
+                let decoded = codec::decode(task_id, config.max_iterations, doc);
+                match decoded.origin {
+                    SchemaOrigin::Current => {}
+                    SchemaOrigin::Migrated { from } => recovery.migrated_from = Some(from),
+                    SchemaOrigin::Rebuilt { reason } => recovery.rebuilt = Some(reason),
+                    SchemaOrigin::Newer { version } => {
+                        return Err(Error::UnsupportedVersion {
+                            task_id: task_id.to_owned(),
+                            found: version,
+                            supported: SCHEMA_VERSION,
+                        });
+                    }
+                    SchemaOrigin::Undecodable { reason } => {
+                        return Err(Error::Undecodable {
+                            task_id: task_id.to_owned(),
+                            reason,
+                        });
+                    }
+                }
+                let mut probe = decoded.state;
+                recovery.repairs = probe.repair(config.max_iterations, now);
+            }
+        }
+        let needed = recovery.created
+            || recovery.migrated_from.is_some()
+            || recovery.rebuilt.is_some()
+            || !recovery.repairs.is_empty();
+        if needed {
+            // The write itself repairs, migrates or quarantines again on
+            // whatever it reads (another writer may have come first).
+            self.update(task_id, |s: &mut RemediationState| {
+                s.last_recovery = Some(now);
+                Ok::<_, Error>(())
+            })
+            .await?;
+            info!(
+                task_id,
+                created = recovery.created,
+                migrated_from = recovery.migrated_from.as_deref().unwrap_or(""),
+                rebuilt = recovery.rebuilt.is_some(),
+                repairs = recovery.repairs.len(),
+                "state recovered"
+            );
+        }
+        recovery.written = needed;
+        Ok(recovery)
+    }
+
+    /// The iteration counter of `task_id`'s state; `None` when it has none.
+    pub async fn current_iteration(&self, task_id: &str) -> Result<Option<u32>> {
+        Ok(self.get(task_id).await?.map(|s| s.state.iteration))
+    }
+
+    /// The review feedback of `task_id`'s state, oldest first; empty when
+    /// it has none.
+    pub async fn feedback_history(&self, task_id: &str) -> Result<Vec<FeedbackEntry>> {
+        Ok(self
+            .get(task_id)
+            .await?
+            .map(|s| s.state.feedback_history)
+            .unwrap_or_default())
     }
 
     /// Records a push: newest `(pushed_at, sha)` wins, an older push never
@@ -701,7 +796,13 @@ impl StateStore {
             warn!(name = %doc.name, "state document whose task-id label does not match its name; skipped");
             return None;
         }
-        let decoded = codec::decode(&task_id, self.inner.config.max_iterations, &doc);
+        let mut decoded = codec::decode(&task_id, self.inner.config.max_iterations, &doc);
+        if matches!(
+            decoded.origin,
+            SchemaOrigin::Current | SchemaOrigin::Migrated { .. }
+        ) {
+            self.repair_read(&task_id, &mut decoded.state);
+        }
         self.inner.metrics.read(&decoded.origin);
         Some(Snapshot {
             state: decoded.state,
@@ -716,9 +817,10 @@ impl StateStore {
         let Some(doc) = self.bounded(self.inner.backend.get(&name)).await? else {
             return Ok(None);
         };
-        let decoded = codec::decode(task_id, self.inner.config.max_iterations, &doc);
+        let mut decoded = codec::decode(task_id, self.inner.config.max_iterations, &doc);
         match &decoded.origin {
             SchemaOrigin::Current | SchemaOrigin::Migrated { .. } => {
+                self.repair_read(task_id, &mut decoded.state);
                 self.validate(task_id, &decoded.state)?;
             }
             SchemaOrigin::Rebuilt { reason } => {
@@ -754,6 +856,15 @@ impl StateStore {
         tokio::time::timeout(limit, call)
             .await
             .unwrap_or_else(|_| Err(Error::Transport(format!("no answer within {limit:?}"))))
+    }
+
+    /// Repairs a state read (not written): readers see it as the next
+    /// write will store it; the write counts and logs the repairs.
+    fn repair_read(&self, task_id: &str, state: &mut RemediationState) {
+        let repairs = state.repair(self.inner.config.max_iterations, self.inner.clock.now());
+        for repair in &repairs {
+            debug!(task_id, kind = repair.kind.as_str(), detail = %repair.detail, "state read repaired; the next write keeps the repair");
+        }
     }
 
     fn validate(&self, task_id: &str, state: &RemediationState) -> Result<()> {
@@ -893,6 +1004,8 @@ impl StateStore {
                     metrics.read(&decoded.origin);
                 }
                 let now = self.inner.clock.now();
+                let mut repairs = Vec::new();
+                let mut migrated_from = None;
                 let (base, mut state, corrupt) = match decoded {
                     None => (None, RemediationState::new(task_id, now), None),
                     Some((doc, decoded)) => match decoded.origin {
@@ -917,10 +1030,15 @@ impl StateStore {
                             (Some(doc), decoded.state, corrupt)
                         }
                         SchemaOrigin::Current | SchemaOrigin::Migrated { .. } => {
-                            if let Err(e) = self.validate(task_id, &decoded.state) {
+                            if let SchemaOrigin::Migrated { from } = &decoded.origin {
+                                migrated_from = Some(from.clone());
+                            }
+                            let mut state = decoded.state;
+                            repairs = state.repair(config.max_iterations, now);
+                            if let Err(e) = self.validate(task_id, &state) {
                                 break 'attempts e.into();
                             }
-                            (Some(doc), decoded.state, None)
+                            (Some(doc), state, None)
                         }
                     },
                 };
@@ -944,6 +1062,7 @@ impl StateStore {
                 }
                 if state == before
                     && corrupt.is_none()
+                    && repairs.is_empty()
                     && let Some(doc) = base
                 {
                     // Nothing to write: the read state already says it.
@@ -964,6 +1083,13 @@ impl StateStore {
                 state.remember_write(&write_id);
                 if let Err(e) = self.validate(task_id, &state) {
                     break 'attempts e.into();
+                }
+                if let Err(reason) = state.check_new_feedback(&before) {
+                    break 'attempts Error::Invalid {
+                        task_id: task_id.to_owned(),
+                        reason,
+                    }
+                    .into();
                 }
 
                 let mut encoded = match codec::encode(
@@ -989,6 +1115,26 @@ impl StateStore {
                 match written {
                     Ok(stored) => {
                         self.count_write(task_id, &encoded, corrupt.is_some());
+                        for repair in &repairs {
+                            metrics.repaired(repair.kind);
+                            warn!(
+                                task_id,
+                                kind = repair.kind.as_str(),
+                                detail = %repair.detail,
+                                "state broke one of its rules; repaired and recorded in it"
+                            );
+                        }
+                        if let Some(from) = &migrated_from {
+                            metrics.migrated(from);
+                            info!(task_id, from = %from, to = SCHEMA_VERSION, "state migrated");
+                        }
+                        info!(
+                            task_id,
+                            resource_version = %stored.resource_version,
+                            changed = %before.changed_fields(&state).join(","),
+                            created = base.is_none(),
+                            "state written"
+                        );
                         let snapshot = Snapshot {
                             state,
                             resource_version: stored.resource_version.clone(),

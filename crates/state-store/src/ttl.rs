@@ -107,7 +107,10 @@ impl StateStore {
                 };
                 match self.judge_metadata(meta, ttl) {
                     Glance::Recent => {}
-                    Glance::InProgress => report.kept_in_progress += 1,
+                    Glance::InProgress => {
+                        report.kept_in_progress += 1;
+                        self.metrics().skipped_cleanup("in_progress");
+                    }
                     Glance::Candidate => self.clean_candidate(task_id, ttl, &mut report).await,
                 }
             }
@@ -168,11 +171,24 @@ impl StateStore {
         if idle < ttl {
             return;
         }
-        if !matches!(
-            decoded.origin,
-            SchemaOrigin::Current | SchemaOrigin::Migrated { .. }
-        ) {
+        let unowned = match &decoded.origin {
+            SchemaOrigin::Current | SchemaOrigin::Migrated { .. } => None,
+            SchemaOrigin::Rebuilt { .. } => Some("unreadable"),
+            SchemaOrigin::Newer { .. } => Some("newer_version"),
+            SchemaOrigin::Undecodable { .. } => Some("undecodable"),
+        };
+        if let Some(reason) = unowned {
+            // Never deleted silently: what this build cannot read may be all
+            // that is left of a task, or a newer build's. An operator decides.
             report.kept_unowned += 1;
+            self.metrics().skipped_cleanup(reason);
+            warn!(
+                task_id,
+                config_map = %name,
+                reason,
+                idle_hours = idle.as_hours(),
+                "state past its TTL kept: cleanup never deletes a state it cannot read or may not write; delete it by hand once checked"
+            );
             return;
         }
         // An operation in flight is kept whatever the status says: its journal
@@ -183,6 +199,7 @@ impl StateStore {
             .is_some_and(|j| !j.is_finished());
         if state.status == TaskStatus::InProgress || in_flight {
             report.kept_in_progress += 1;
+            self.metrics().skipped_cleanup("in_progress");
             return;
         }
         match self.delete(task_id, &resource_version).await {
@@ -196,7 +213,10 @@ impl StateStore {
                 );
             }
             Ok(false) => {}
-            Err(Error::Conflict { .. }) => report.kept_changed += 1,
+            Err(Error::Conflict { .. }) => {
+                report.kept_changed += 1;
+                self.metrics().skipped_cleanup("changed");
+            }
             Err(e) => {
                 report.failed += 1;
                 warn!(task_id, error = %e, "could not delete expired state");

@@ -16,8 +16,9 @@ use state_store::naming::{
 };
 use state_store::{
     CancellationOutcome, CancellationRecord, ConfigMapBackend, DeliveryRecorded, Document, Error,
-    FeedbackEntry, FencingToken, MemoryBackend, OperationJournal, OperationKind, SchemaOrigin,
-    Severity, StateBackend, StateStore, Step, StepStatus, StoreConfig, Supersession, TaskStatus,
+    FeedbackEntry, FencingToken, MemoryBackend, OperationJournal, OperationKind, RepairKind,
+    SchemaOrigin, Severity, StateBackend, StateStore, Step, StepStatus, StoreConfig, Supersession,
+    TaskStatus,
 };
 use testkit::kube::FakeKube;
 
@@ -167,6 +168,8 @@ async fn store_update_and_operations_round_trip(backend: Arc<dyn StateBackend>) 
         author: "reviewer".into(),
         created_at: Timestamp::UNIX_EPOCH,
         resolved_at: None,
+        issue_type: None,
+        extra: Default::default(),
     };
     assert!(store.append_feedback("t1", entry.clone()).await.unwrap());
     assert!(!store.append_feedback("t1", entry).await.unwrap());
@@ -213,6 +216,8 @@ async fn store_compresses_large_states_and_reads_them_back(backend: Arc<dyn Stat
                     author: "r".into(),
                     created_at: Timestamp::UNIX_EPOCH,
                     resolved_at: None,
+                    issue_type: None,
+                    extra: Default::default(),
                 });
             }
             Ok::<_, Error>(())
@@ -291,11 +296,13 @@ async fn store_writes_keep_foreign_metadata(backend: Arc<dyn StateBackend>) {
     );
 }
 
-/// Issue 12, item 11: lowering `max_iterations` below what a state already
-/// counted keeps it readable and writable; only counting further reports
-/// the limit. Before, `get` and every `update` failed with `Invalid`, and the
-/// task was locked out for good.
-async fn a_state_above_a_lowered_maximum_stays_readable_and_reports_the_limit(
+/// Issue 21, item 1 (after issue 12, item 11): lowering `max_iterations`
+/// below what a state already counted never locks the task out. The state
+/// is repaired as the starting design's `validate_state` does — the
+/// iteration capped, an active task stopped `MaxIterationsReached` — readers
+/// see it so at once, the next write keeps the repair recorded in the state
+/// and counts it, and counting further reports the limit.
+async fn a_state_above_a_lowered_maximum_is_capped_stopped_and_the_repair_recorded(
     backend: Arc<dyn StateBackend>,
 ) {
     let generous = StateStore::with_config(
@@ -308,8 +315,15 @@ async fn a_state_above_a_lowered_maximum_stays_readable_and_reports_the_limit(
     for _ in 0..8 {
         generous.increment_iteration("lowered").await.unwrap();
     }
+    generous
+        .update("lowered", |s| {
+            s.status = TaskStatus::InProgress;
+            Ok::<_, Error>(())
+        })
+        .await
+        .unwrap();
     let strict = StateStore::with_config(
-        backend,
+        backend.clone(),
         StoreConfig {
             max_iterations: 5,
             ..StoreConfig::default()
@@ -317,7 +331,14 @@ async fn a_state_above_a_lowered_maximum_stays_readable_and_reports_the_limit(
     );
 
     let snap = strict.get("lowered").await.unwrap().unwrap();
-    assert_eq!(snap.state.iteration, 8);
+    assert_eq!(snap.state.iteration, 5, "capped as it is read");
+    assert_eq!(snap.state.status, TaskStatus::MaxIterationsReached);
+    let raw = backend.get("task-lowered-state").await.unwrap().unwrap();
+    assert!(
+        raw.document.data[KEY_STATE].contains("\"iteration\":8"),
+        "a read writes nothing"
+    );
+
     strict
         .update("lowered", |s| {
             s.metadata.insert("note".into(), "still writable".into());
@@ -325,14 +346,23 @@ async fn a_state_above_a_lowered_maximum_stays_readable_and_reports_the_limit(
         })
         .await
         .unwrap();
+    let snap = strict.get("lowered").await.unwrap().unwrap();
+    assert_eq!(snap.state.iteration, 5);
+    assert_eq!(snap.state.metadata["note"], "still writable");
+    let repairs: Vec<_> = snap.state.repairs.iter().map(|r| r.kind).collect();
+    assert_eq!(repairs, [RepairKind::IterationCapped], "recorded once");
+    assert!(
+        snap.state.repairs[0]
+            .detail
+            .contains("iteration 8 capped at the maximum 5")
+    );
+    assert_eq!(repaired(&strict, "iteration_capped"), 1);
+
     let err = strict.increment_iteration("lowered").await.unwrap_err();
     assert!(
         matches!(err, Error::MaxIterationsReached { max: 5, .. }),
         "{err}"
     );
-    let snap = strict.get("lowered").await.unwrap().unwrap();
-    assert_eq!(snap.state.iteration, 8, "never counted past the limit");
-    assert_eq!(snap.state.status, TaskStatus::MaxIterationsReached);
     // A write may not raise the counter above the limit by hand either.
     let raised = strict
         .update("lowered", |s| {
@@ -344,6 +374,59 @@ async fn a_state_above_a_lowered_maximum_stays_readable_and_reports_the_limit(
         matches!(raised, Err(Error::MaxIterationsReached { .. })),
         "{raised:?}"
     );
+    assert_eq!(repaired(&strict, "iteration_capped"), 1, "repaired once");
+}
+
+/// Issue 21, item 1: feedback that repeats a comment id (written by an old
+/// tool) is read with the newest of each kept, and the first write stores
+/// that, recorded — never refused.
+async fn duplicate_feedback_is_repaired_to_the_newest_of_each_not_refused(
+    backend: Arc<dyn StateBackend>,
+) {
+    let mut doc = Document {
+        labels: state_labels("dup"),
+        ..Document::default()
+    };
+    doc.data.insert(
+        KEY_STATE.into(),
+        r#"{"version":"v1","task_id":"dup","iteration":1,"status":"InProgress","feedback_history":[
+            {"comment_id":"7","severity":"High","body":"old","author":"a","created_at":"2026-01-01T00:00:00Z"},
+            {"comment_id":"8","severity":"Low","body":"other","author":"a","created_at":"2026-01-01T00:01:00Z"},
+            {"comment_id":"7","severity":"High","body":"new","author":"a","created_at":"2026-01-01T00:02:00Z"}]}"#
+            .into(),
+    );
+    backend.create("task-dup-state", doc).await.unwrap();
+    let store = StateStore::new(backend);
+
+    let read = store.get("dup").await.unwrap().unwrap();
+    let bodies: Vec<&str> = read
+        .state
+        .feedback_history
+        .iter()
+        .map(|e| e.body.as_str())
+        .collect();
+    assert_eq!(bodies, ["other", "new"]);
+    store.increment_iteration("dup").await.unwrap();
+    let written = store.get("dup").await.unwrap().unwrap();
+    assert_eq!(written.state.feedback_history.len(), 2);
+    assert_eq!(written.state.iteration, 2);
+    assert_eq!(
+        written.state.repairs[0].kind,
+        RepairKind::DuplicateFeedbackDropped
+    );
+    assert_eq!(repaired(&store, "duplicate_feedback_dropped"), 1);
+}
+
+/// The value of `state_store_repairs_total{kind}`.
+fn repaired(store: &StateStore, kind: &str) -> u64 {
+    let mut registry = prometheus_client::registry::Registry::default();
+    store.metrics().register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let series = format!("state_store_repairs_total{{kind=\"{kind}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series.as_str())?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// `update_on` chains writes on the state the caller holds, and stays a
@@ -761,7 +844,8 @@ on_both_backends!(
     store_writes_keep_foreign_metadata,
     states_are_listed_page_by_page_each_once,
     writes_on_a_held_state_chain_and_lose_nothing,
-    a_state_above_a_lowered_maximum_stays_readable_and_reports_the_limit,
+    a_state_above_a_lowered_maximum_is_capped_stopped_and_the_repair_recorded,
+    duplicate_feedback_is_repaired_to_the_newest_of_each_not_refused,
     store_journal_and_fencing_round_trip,
     a_paused_holder_cannot_advance_or_finish_a_resumed_operation,
     concurrent_writers_lose_no_update,

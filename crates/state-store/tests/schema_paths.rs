@@ -46,6 +46,8 @@ fn feedback(id: usize, severity: Severity, resolved: bool, body: String) -> Feed
         author: "reviewer".into(),
         created_at: Timestamp::from_second(1_700_000_000 + id as i64).unwrap(),
         resolved_at: None,
+        issue_type: None,
+        extra: Default::default(),
     }
 }
 
@@ -304,4 +306,26 @@ async fn an_impossible_state_is_rejected_and_nothing_is_written() {
         "{err}"
     );
     assert_eq!(memory.get("task-imp-state").await.unwrap().unwrap(), before);
+}
+
+/// Issue 21, item 6: a feedback body over the limit is refused with an
+/// error naming the entry and the sizes, and nothing is written; one at the
+/// limit is kept.
+#[tokio::test]
+async fn a_feedback_body_over_the_limit_is_refused_naming_it() {
+    let (memory, store) = setup();
+    let limit = state_store::schema::MAX_FEEDBACK_BODY_BYTES;
+    let at_limit = feedback(1, Severity::Low, false, "x".repeat(limit));
+    assert!(store.append_feedback("big", at_limit).await.unwrap());
+    let over = feedback(2, Severity::Low, false, "x".repeat(limit + 1));
+    let err = store.append_feedback("big", over).await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::Invalid { .. }), "{text}");
+    assert!(text.contains("\"c2\""), "{text}");
+    assert!(text.contains(&format!("{} bytes", limit + 1)), "{text}");
+    let raw = memory.get("task-big-state").await.unwrap().unwrap();
+    assert!(
+        !raw.document.data[KEY_STATE].contains("\"c2\""),
+        "nothing written"
+    );
 }

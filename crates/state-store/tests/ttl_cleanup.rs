@@ -412,3 +412,63 @@ async fn a_state_without_mirrored_annotations_is_judged_on_the_state_itself() {
     assert!(!exists(&store, "legacy-done").await);
     assert!(exists(&store, "legacy-working").await);
 }
+
+/// Issue 21, item 5: a state past its TTL that this build cannot read, or
+/// may not write (a newer schema), is never deleted silently: it is kept,
+/// counted by reason and named in a WARN, for an operator to decide.
+#[tokio::test(start_paused = true)]
+async fn unreadable_or_newer_states_past_their_ttl_are_kept_and_reported_by_reason() {
+    let backend = Arc::new(MemoryBackend::new());
+    let store = StateStore::with_clock(
+        backend.clone(),
+        StoreConfig::default(),
+        Clock::tokio_anchored(start()),
+    );
+    let document = |task: &str, payload: &str| {
+        let mut d = Document {
+            labels: state_store::naming::state_labels(task),
+            ..Document::default()
+        };
+        d.data
+            .insert(state_store::naming::KEY_STATE.into(), payload.into());
+        d
+    };
+    backend
+        .create(
+            "task-garbled-state",
+            document("garbled", "{\"version\":\"v1\",\"task_"),
+        )
+        .await
+        .unwrap();
+    let old = (start() - jiff::SignedDuration::from_hours(24 * 30)).to_string();
+    backend
+        .create(
+            "task-future-state",
+            document(
+                "future",
+                &format!(r#"{{"version":"v9","task_id":"future","last_update":"{old}"}}"#),
+            ),
+        )
+        .await
+        .unwrap();
+    set_status(&store, "done", TaskStatus::Completed).await;
+    tokio::time::advance(8 * DAY).await;
+
+    let report = store
+        .cleanup_expired(TtlPolicy::default().ttl)
+        .await
+        .unwrap();
+
+    assert_eq!(report.deleted, 1, "{report:?}");
+    assert_eq!(report.kept_unowned, 2, "{report:?}");
+    assert!(backend.get("task-garbled-state").await.unwrap().is_some());
+    assert!(backend.get("task-future-state").await.unwrap().is_some());
+    let mut registry = prometheus_client::registry::Registry::default();
+    store.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    for reason in ["unreadable", "newer_version"] {
+        let series = format!("state_store_cleanup_skips_total{{reason=\"{reason}\"}} 1");
+        assert!(text.contains(&series), "{series} in\n{text}");
+    }
+}

@@ -772,4 +772,17 @@ async fn an_api_server_that_never_answers_is_reported_as_unanswered_not_as_conte
     );
     assert_eq!(lock.metrics().failures("unanswered"), 1);
     assert_eq!(lock.metrics().failures("timeout"), 0);
+    // The outage shows in the wait histogram, not only in the failures.
+    let mut registry = prometheus_client::registry::Registry::default();
+    lock.metrics().register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(
+        text.contains("lease_lock_wait_duration_seconds_count{outcome=\"timeout\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("lease_lock_wait_duration_seconds_sum{outcome=\"timeout\"} 5.0"),
+        "waited the whole timeout: {text}"
+    );
 }
