@@ -47,7 +47,12 @@ pub const DEFAULT_DEV_STOP_SECONDS: u64 = 1;
 
 /// Command-line and environment configuration of `controller`.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "controller", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "controller",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     /// A tool instead of the server.
     #[command(subcommand)]
@@ -357,7 +362,10 @@ impl Config {
     fn validate_dev(&self, backends: BackendChoice) -> Result<(), ConfigError> {
         if !self.fleet_enabled() {
             if self.seed_enabled() {
-                return fail("dev-seed", "needs the fleet (--dev-fleet) to start its runs");
+                return fail(
+                    "dev-seed",
+                    "needs the fleet (--dev-fleet) to start its runs",
+                );
             }
             return Ok(());
         }
@@ -584,9 +592,15 @@ mod tests {
     #[test]
     fn validation_names_the_bad_flag() {
         let cases: Vec<(Vec<&str>, &str)> = vec![
-            (vec!["--dev", "--coordinator-workers", "0"], "coordinator-workers"),
+            (
+                vec!["--dev", "--coordinator-workers", "0"],
+                "coordinator-workers",
+            ),
             (vec!["--dev", "--shutdown-timeout", "0"], "shutdown-timeout"),
-            (vec!["--dev", "--state-ttl-seconds", "60"], "state-ttl-seconds"),
+            (
+                vec!["--dev", "--state-ttl-seconds", "60"],
+                "state-ttl-seconds",
+            ),
             (vec!["--dev", "--dev-roles", "Quality"], "dev-roles"),
             (vec!["--dev", "--dev-run-seconds", "0"], "dev-run-seconds"),
             (vec!["--dev", "--dev-branch", "feature"], "dev-branch"),
@@ -595,10 +609,7 @@ mod tests {
                 vec!["--dev", "--api-token-file", "/nonexistent/token"],
                 "api-token-file",
             ),
-            (
-                vec!["--github-backend", "memory", "--dev-seed"],
-                "dev-seed",
-            ),
+            (vec!["--github-backend", "memory", "--dev-seed"], "dev-seed"),
             (
                 vec![
                     "--github-backend",
@@ -609,10 +620,7 @@ mod tests {
                 ],
                 "coderun-config-file",
             ),
-            (
-                vec!["--dev", "--repository", "not-a-repo"],
-                "repository",
-            ),
+            (vec!["--dev", "--repository", "not-a-repo"], "repository"),
         ];
         for (args, flag) in cases {
             let error = parse(&args).validate().unwrap_err();
@@ -654,7 +662,11 @@ mod tests {
         };
         assert_eq!(
             (push.repository.as_str(), push.pr, push.branch.as_str()),
-            (DEFAULT_DEV_REPOSITORY, DEFAULT_DEV_PULL_REQUEST, DEFAULT_DEV_BRANCH)
+            (
+                DEFAULT_DEV_REPOSITORY,
+                DEFAULT_DEV_PULL_REQUEST,
+                DEFAULT_DEV_BRANCH
+            )
         );
         assert_eq!(push.secret, DEFAULT_DEV_WEBHOOK_SECRET);
         assert!(push.head.is_none());

@@ -24,8 +24,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cancel_coordinator::workloads::{LABEL_CODE_RUN, phase};
 use cancel_coordinator::{
-    AgentSpec, CodeRun, CodeRunSpec, METADATA_PULL_REQUEST, MemoryWorkloads, PodBehaviour,
-    RunSeed, Workloads,
+    AgentSpec, CodeRun, CodeRunSpec, METADATA_PULL_REQUEST, MemoryWorkloads, PodBehaviour, RunSeed,
+    Workloads,
 };
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
@@ -391,7 +391,11 @@ impl Fleet {
         })
     }
 
-    async fn start_missing(&self, state: &RemediationState, memory: &mut Memory) -> Result<(), String> {
+    async fn start_missing(
+        &self,
+        state: &RemediationState,
+        memory: &mut Memory,
+    ) -> Result<(), String> {
         let task = &state.task_id;
         let Some(head) = state.latest_head.as_ref().map(|h| h.sha.clone()) else {
             return Ok(());
@@ -414,7 +418,10 @@ impl Fleet {
             .map_or_else(|| format!("task-{task}"), |p| p.head_ref);
         let existing = self.workloads.runs(task).await.map_err(|e| e.to_string())?;
         for role in &self.roles {
-            if existing.iter().any(|r| &r.role == role && r.head_sha == head) {
+            if existing
+                .iter()
+                .any(|r| &r.role == role && r.head_sha == head)
+            {
                 continue;
             }
             let order = RunOrder::new(task, role, &head, pr.clone(), branch.clone());
@@ -448,7 +455,9 @@ impl Fleet {
                         .inc();
                 }
                 Ok(false) => {}
-                Err(error) => warn!(run = %name, %error, "dev fleet: could not report the run finished"),
+                Err(error) => {
+                    warn!(run = %name, %error, "dev fleet: could not report the run finished")
+                }
             }
         }
     }
@@ -522,18 +531,33 @@ mod tests {
         w.fleet.pass(&mut memory).await.unwrap();
         w.fleet.pass(&mut memory).await.unwrap();
         let old = ["task-42-quality-1111111", "task-42-review-1111111"];
-        assert_eq!(heads_of(&w.runs, &old), [Some(OLD.into()), Some(OLD.into())]);
-        assert_eq!(w.runs.calls().get("runs"), Some(&1), "a handled head is not read again");
+        assert_eq!(
+            heads_of(&w.runs, &old),
+            [Some(OLD.into()), Some(OLD.into())]
+        );
+        assert_eq!(
+            w.runs.calls().get("runs"),
+            Some(&1),
+            "a handled head is not read again"
+        );
 
         head(&w.store, NEW, 60).await;
         w.fleet.pass(&mut memory).await.unwrap();
         let new = ["task-42-quality-2222222", "task-42-review-2222222"];
-        assert_eq!(heads_of(&w.runs, &new), [Some(NEW.into()), Some(NEW.into())]);
-        assert!(w.runs.get(old[0]).is_some(), "cancelling is not the fleet's");
+        assert_eq!(
+            heads_of(&w.runs, &new),
+            [Some(NEW.into()), Some(NEW.into())]
+        );
+        assert!(
+            w.runs.get(old[0]).is_some(),
+            "cancelling is not the fleet's"
+        );
         let started = w
             .metrics
             .fleet_started
-            .get_or_create(&crate::metrics::RoleLabels { role: "quality".into() })
+            .get_or_create(&crate::metrics::RoleLabels {
+                role: "quality".into(),
+            })
             .get();
         assert_eq!(started, 2);
     }
@@ -546,15 +570,25 @@ mod tests {
         w.fleet.pass(&mut memory).await.unwrap();
         let deleted = w.runs.get("task-42-review-1111111").unwrap();
         w.runs
-            .terminate(&deleted, cancel_coordinator::CancelMode::Delete, Duration::from_secs(20))
+            .terminate(
+                &deleted,
+                cancel_coordinator::CancelMode::Delete,
+                Duration::from_secs(20),
+            )
             .await
             .unwrap();
         tokio::time::advance(Duration::from_secs(119)).await;
         w.fleet.pass(&mut memory).await.unwrap();
-        assert_eq!(w.runs.get("task-42-quality-1111111").unwrap().phase, phase::RUNNING);
+        assert_eq!(
+            w.runs.get("task-42-quality-1111111").unwrap().phase,
+            phase::RUNNING
+        );
         tokio::time::advance(Duration::from_secs(1)).await;
         w.fleet.pass(&mut memory).await.unwrap();
-        assert_eq!(w.runs.get("task-42-quality-1111111").unwrap().phase, phase::SUCCEEDED);
+        assert_eq!(
+            w.runs.get("task-42-quality-1111111").unwrap().phase,
+            phase::SUCCEEDED
+        );
         // The deleted run stopped a second after its SIGTERM and is gone.
         assert!(w.runs.get("task-42-review-1111111").is_none());
     }

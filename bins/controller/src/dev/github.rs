@@ -172,7 +172,9 @@ impl PullLookup for DevGitHub {
         Ok(opened
             .iter()
             .rev()
-            .filter(|pr| pr.owner().eq_ignore_ascii_case(owner) && pr.repo().eq_ignore_ascii_case(repo))
+            .filter(|pr| {
+                pr.owner().eq_ignore_ascii_case(owner) && pr.repo().eq_ignore_ascii_case(repo)
+            })
             .filter_map(|pr| {
                 let pull = self.pulls.pull_request(pr)?;
                 (pull.is_open() && pull.head_ref == branch).then(|| OpenPull {
@@ -201,14 +203,26 @@ mod tests {
             .unwrap();
         let later = Timestamp::from_second(1_800_000_060).unwrap();
         let pushed = github.push(&pr, NEW, later).unwrap();
-        assert_eq!((pushed.before.as_str(), pushed.head_sha.as_str()), (OLD, NEW));
+        assert_eq!(
+            (pushed.before.as_str(), pushed.head_sha.as_str()),
+            (OLD, NEW)
+        );
         let pull = github.pulls().pull_request(&pr).unwrap();
         assert_eq!(pull.head_sha, NEW);
         assert_eq!(pull.updated_at, Some(later));
-        let found = github.open_pulls("ACME", "widgets", "task-42-fix").await.unwrap();
+        let found = github
+            .open_pulls("ACME", "widgets", "task-42-fix")
+            .await
+            .unwrap();
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].labels, ["ready-for-qa"]);
-        assert!(github.open_pulls("acme", "widgets", "main").await.unwrap().is_empty());
+        assert!(
+            github
+                .open_pulls("acme", "widgets", "main")
+                .await
+                .unwrap()
+                .is_empty()
+        );
         let unknown = PrRef::new("acme", "widgets", 8).unwrap();
         assert!(matches!(
             github.push(&unknown, NEW, later),

@@ -95,7 +95,8 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn the_task_gets_one_head_its_pull_request_and_label_and_a_second_plant_changes_nothing() {
+    async fn the_task_gets_one_head_its_pull_request_and_label_and_a_second_plant_changes_nothing()
+    {
         let store = StateStore::new(MemoryBackend::new());
         let github = DevGitHub::new(Arc::new(MemoryPullRequests::new()));
         let seed = Seed {
@@ -106,14 +107,23 @@ mod tests {
         assert_eq!(seed.plant(&store, Some(&github)).await.unwrap(), SEED_HEAD);
         let state = store.get("42").await.unwrap().unwrap().state;
         assert_eq!(state.latest_head.unwrap().sha, SEED_HEAD);
-        assert!(state.pending_supersessions.is_empty(), "nothing is superseded yet");
+        assert!(
+            state.pending_supersessions.is_empty(),
+            "nothing is superseded yet"
+        );
         assert_eq!(state.status, TaskStatus::InProgress);
         let pull = github.pulls().pull_request(&seed.pr).unwrap();
-        assert_eq!((pull.head_sha.as_str(), pull.head_ref.as_str()), (SEED_HEAD, "task-42-fix"));
+        assert_eq!(
+            (pull.head_sha.as_str(), pull.head_ref.as_str()),
+            (SEED_HEAD, "task-42-fix")
+        );
         assert_eq!(pull.labels.names(), [SEED_LABEL]);
 
         let before = store.get("42").await.unwrap().unwrap().resource_version;
         seed.plant(&store, Some(&github)).await.unwrap();
-        assert_eq!(store.get("42").await.unwrap().unwrap().resource_version, before);
+        assert_eq!(
+            store.get("42").await.unwrap().unwrap().resource_version,
+            before
+        );
     }
 }
