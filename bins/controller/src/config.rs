@@ -66,8 +66,8 @@ pub struct Cli {
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Simulate an agent's push to the dev server: move the pull request's
-    /// head on its in-memory GitHub, then deliver GitHub's
-    /// `pull_request.synchronize` webhook, signed, and print both answers.
+    /// head on its in-memory GitHub, then deliver GitHub's `push` webhook
+    /// for the branch, signed, and print both answers.
     DevPush(DevPush),
 }
 

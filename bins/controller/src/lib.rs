@@ -22,6 +22,11 @@
 //!
 //! [`Backends`]: sensor::backends::Backends
 
+/// The crate README's example, compiled as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 pub mod api;
 mod app;
 pub mod config;
