@@ -353,10 +353,13 @@ impl Config {
         if backends.runs == Backend::Kubernetes {
             sensor.coderun_config()?;
         }
+        // The dev flags first: with no --repository the webhook route's
+        // repository is --dev-repository, which is then named.
+        self.validate_dev(backends)?;
         if self.webhook_enabled() {
             sensor.validate()?;
         }
-        self.validate_dev(backends)
+        Ok(())
     }
 
     fn validate_dev(&self, backends: BackendChoice) -> Result<(), ConfigError> {

@@ -53,6 +53,29 @@ pub fn coordinator(
     pulls: Arc<dyn PullRequests>,
     labels: Arc<dyn LabelBackend>,
 ) -> Result<CancellationCoordinator, Error> {
+    coordinator_reporting(
+        config,
+        leases,
+        store,
+        workloads,
+        pulls,
+        labels,
+        label_cas::Metrics::default(),
+    )
+}
+
+/// [`coordinator`] whose saga reports its label transitions into
+/// `label_metrics` (give it [`Backends::label_metrics`], so a process
+/// registers one `label_cas_*` set for its label backend and its saga).
+pub fn coordinator_reporting(
+    config: &Config,
+    leases: impl LeaseBackend,
+    store: StateStore,
+    workloads: Arc<dyn Workloads>,
+    pulls: Arc<dyn PullRequests>,
+    labels: Arc<dyn LabelBackend>,
+    label_metrics: label_cas::Metrics,
+) -> Result<CancellationCoordinator, Error> {
     let lock = LeaseLock::new(
         leases,
         LockConfig {
@@ -60,7 +83,9 @@ pub fn coordinator(
             ..LockConfig::new(config.identity.clone(), config.namespace.clone())
         },
     )?;
-    let saga = StateAwareCancellation::builder(lock, store, workloads, pulls, labels).build()?;
+    let saga = StateAwareCancellation::builder(lock, store, workloads, pulls, labels)
+        .label_metrics(label_metrics)
+        .build()?;
     let coordinator = CancellationCoordinator::new(
         saga,
         CoordinatorConfig {
@@ -118,13 +143,14 @@ pub fn parts_over(config: &Config, backends: Backends) -> Result<SensorParts, Er
         (GitHubBackend::Api, Some(octocrab)) => Arc::new(GitHubPullLookup::new(octocrab.clone())),
         _ => Arc::new(MemoryPullLookup::new()),
     };
-    let coordinator = coordinator(
+    let coordinator = coordinator_reporting(
         config,
         backends.leases.clone(),
         backends.store.clone(),
         backends.workloads.clone(),
         backends.pulls.clone(),
         backends.labels.clone(),
+        backends.label_metrics.clone(),
     )?;
     Ok(SensorParts {
         store: backends.store,
