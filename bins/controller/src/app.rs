@@ -24,7 +24,7 @@ use prometheus_client::registry::Registry;
 use recovery::{GitHubAppDeliveries, RecoveryConfig, RecoveryManager};
 use resilience::Shutdown;
 use secrecy::SecretString;
-use sensor::backends::{Backend, Backends, Clients, GitHubBackend};
+use sensor::backends::{Backend, Backends, GitHubBackend};
 use sensor::{GitHubCredentials, PullLookup, Sensor, SensorParts};
 use state_store::{StateStore, TtlPolicy};
 use tokio::net::TcpListener;
@@ -47,7 +47,7 @@ pub const LEADER_LOCK_PREFIX: &str = "controller";
 /// within about a second.
 const FLEET_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The controller, built and not yet serving. See the [module](self)
+/// The controller, built and not yet serving. See the [crate](crate)
 /// documentation.
 pub struct Controller {
     config: Config,
@@ -79,24 +79,7 @@ impl Controller {
     /// credentials) and builds the controller over them.
     pub async fn connect(config: &Config, shutdown: Shutdown) -> Result<Self, Error> {
         config.validate()?;
-        let sensor_config = config.sensor_config();
-        let choice = config.backends();
-        let credentials = if choice.needs_github_api() {
-            Some(sensor_config.github_credentials()?)
-        } else {
-            None
-        };
-        let clients = Clients::connect(
-            &choice,
-            credentials.as_ref(),
-            config.github_api_url.as_deref(),
-        )
-        .await?;
-        let backends = Backends::build(
-            choice,
-            &sensor::wiring::backend_settings(&sensor_config)?,
-            clients,
-        )?;
+        let (backends, credentials) = sensor::wiring::connect(&config.sensor_config()).await?;
         Self::over(config, backends, credentials.as_ref(), shutdown)
     }
 
@@ -298,17 +281,7 @@ impl Controller {
             });
         }
 
-        let router = self.router()?;
-        let serve = axum::serve(listener, router).with_graceful_shutdown(token.cancelled_owned());
-        let handle = {
-            let shutdown = shutdown.clone();
-            shutdown.clone().spawn(async move {
-                if let Err(error) = serve.await {
-                    tracing::error!(%error, "server failed");
-                    shutdown.trigger();
-                }
-            })
-        };
+        let handle = shutdown.serve(listener, self.router()?);
         shutdown.health().set_ready(true);
         Ok(handle)
     }

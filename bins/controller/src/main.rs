@@ -10,10 +10,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use controller::config::DEFAULT_DEV_WEBHOOK_SECRET;
-use controller::{Cli, Command, Config, Controller, LogFormat};
+use controller::{Cli, Command, Config, Controller};
 use resilience::Shutdown;
 use sensor::backends::BackendChoice;
-use tracing_subscriber::EnvFilter;
 
 /// Exit code for a configuration the controller cannot run with.
 const EXIT_CONFIG: u8 = 2;
@@ -54,7 +53,7 @@ async fn main() -> ExitCode {
         eprintln!("controller: {error}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    init_tracing(config.log_format());
+    config.log_format().init_tracing();
     let backends = config.backends();
     if backends != BackendChoice::PRODUCTION {
         tracing::warn!(
@@ -136,17 +135,4 @@ fn print_dev_banner(config: &Config, addr: &str) {
     eprintln!("  curl -s {url}/v1/tasks/{task}");
     eprintln!("  curl -s {url}/metrics | grep supersede_");
     eprintln!();
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Json => builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
-        LogFormat::Text => builder.init(),
-    }
 }

@@ -231,17 +231,7 @@ impl Sensor {
                 info!(aborted, "coordinator stopped");
             });
         }
-        let serve = axum::serve(listener, self.router()?)
-            .with_graceful_shutdown(shutdown.token().cancelled_owned());
-        let handle = {
-            let shutdown = shutdown.clone();
-            shutdown.clone().spawn(async move {
-                if let Err(error) = serve.await {
-                    tracing::error!(%error, "server failed");
-                    shutdown.trigger();
-                }
-            })
-        };
+        let handle = shutdown.serve(listener, self.router()?);
         shutdown.health().set_ready(true);
         Ok(handle)
     }

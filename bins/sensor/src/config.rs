@@ -210,6 +210,26 @@ pub enum LogFormat {
     Text,
 }
 
+impl LogFormat {
+    /// Installs the global `tracing` subscriber writing this format to
+    /// stdout, filtered by `RUST_LOG` (default `info`); JSON lines carry
+    /// the current span's fields (`correlation_id`, `task_id`). For a
+    /// binary's `main`, once.
+    pub fn init_tracing(self) {
+        use tracing_subscriber::EnvFilter;
+        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+        let builder = tracing_subscriber::fmt().with_env_filter(filter);
+        match self {
+            LogFormat::Json => builder
+                .json()
+                .with_current_span(true)
+                .with_span_list(false)
+                .init(),
+            LogFormat::Text => builder.init(),
+        }
+    }
+}
+
 /// A configuration value that cannot work, named by its flag.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid --{flag}: {reason}")]

@@ -9,8 +9,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use resilience::Shutdown;
 use sensor::backends::BackendChoice;
-use sensor::{Config, LogFormat, Sensor, wiring};
-use tracing_subscriber::EnvFilter;
+use sensor::{Config, Sensor, wiring};
 
 /// Exit code for a configuration the sensor cannot run with.
 const EXIT_CONFIG: u8 = 2;
@@ -24,7 +23,7 @@ async fn main() -> ExitCode {
         eprintln!("sensor: {error}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    init_tracing(config.log_format);
+    config.log_format.init_tracing();
 
     let backends = config.backends();
     if backends != BackendChoice::PRODUCTION {
@@ -76,17 +75,4 @@ async fn main() -> ExitCode {
     shutdown.triggered().await;
     let report = shutdown.drain(config.drain_timeout()).await;
     ExitCode::from(report.exit_code())
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Json => builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
-        LogFormat::Text => builder.init(),
-    }
 }

@@ -117,6 +117,15 @@ pub fn backend_settings(config: &Config) -> Result<BackendSettings, Error> {
 /// Kubernetes (in a pod: its service account; else `KUBECONFIG`), GitHub
 /// through the configured credentials when it is the API.
 pub async fn parts(config: &Config) -> Result<SensorParts, Error> {
+    let (backends, _) = connect(config).await?;
+    parts_over(config, backends)
+}
+
+/// The backends `config` chooses ([`Config::backends`]) over the clients
+/// they need, with the GitHub credentials read for them (`None` when
+/// GitHub is in memory): a service that embeds the sensor (the
+/// controller) builds its backends here too.
+pub async fn connect(config: &Config) -> Result<(Backends, Option<GitHubCredentials>), Error> {
     let choice = config.backends();
     let credentials = if choice.needs_github_api() {
         Some(config.github_credentials()?)
@@ -129,10 +138,8 @@ pub async fn parts(config: &Config) -> Result<SensorParts, Error> {
         config.github_api_url.as_deref(),
     )
     .await?;
-    parts_over(
-        config,
-        Backends::build(choice, &backend_settings(config)?, clients)?,
-    )
+    let backends = Backends::build(choice, &backend_settings(config)?, clients)?;
+    Ok((backends, credentials))
 }
 
 /// The sensor's parts over `backends`: their store, a coordinator over all
