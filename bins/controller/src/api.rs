@@ -19,7 +19,8 @@
 //! | `POST /v1/tasks/{task_id}/retry` | 202 [`WriteAnswer`] |
 //! | `POST /v1/tasks/{task_id}/resolve` `{"by","reason"}` | 200 [`WriteAnswer`] |
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
@@ -30,7 +31,7 @@ use axum::{Json, Router};
 use cancel_coordinator::{METADATA_PULL_REQUEST, Workloads};
 use http::{HeaderMap, StatusCode, header};
 use jiff::Timestamp;
-use label_cas::{Fetched, LabelBackend, PrRef};
+use label_cas::{ETag, Fetched, LabelBackend, PrRef};
 use recovery::{ANNOTATION_NEEDS_INTERVENTION, RecoveryManager};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -68,6 +69,10 @@ struct Inner {
     recovery: RecoveryManager,
     token: Option<SecretString>,
     metrics: ControllerMetrics,
+    /// The last labels read per pull request, with their ETag: a repeated
+    /// read is conditional, and GitHub answers an unchanged one 304 at no
+    /// rate-limit cost, however often the API is polled.
+    labels_seen: Mutex<HashMap<PrRef, (ETag, Vec<String>)>>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -97,10 +102,61 @@ impl ApiState {
                 recovery,
                 token,
                 metrics,
+                labels_seen: Mutex::new(HashMap::new()),
             }),
         }
     }
 }
+
+impl ApiState {
+    /// `pr`'s labels now: a conditional read when they were read before
+    /// (304: the remembered ones); `[]`, logged, when GitHub cannot say.
+    async fn labels_of(&self, pr: &PrRef, task_id: &str) -> Vec<String> {
+        let seen = self
+            .inner
+            .labels_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(pr)
+            .cloned();
+        match self
+            .inner
+            .labels
+            .get(pr, seen.as_ref().map(|(etag, _)| etag))
+            .await
+        {
+            Ok(Fetched::Labels { labels, etag }) => {
+                let names = labels.into_names();
+                let mut cache = self
+                    .inner
+                    .labels_seen
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                match etag {
+                    Some(etag) => {
+                        if cache.len() >= MAX_REMEMBERED_LABELS && !cache.contains_key(pr) {
+                            // Bounded: forgetting only costs a full read.
+                            cache.clear();
+                        }
+                        cache.insert(pr.clone(), (etag, names.clone()));
+                    }
+                    None => {
+                        cache.remove(pr);
+                    }
+                }
+                names
+            }
+            Ok(Fetched::NotModified) => seen.map(|(_, names)| names).unwrap_or_default(),
+            Err(error) => {
+                warn!(%error, task_id, "API: the pull request's labels could not be read");
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// Pull requests whose labels (and ETag) the API remembers.
+const MAX_REMEMBERED_LABELS: usize = 1_024;
 
 /// One task of `GET /v1/tasks`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -356,14 +412,7 @@ async fn get_task(
         .get(METADATA_PULL_REQUEST)
         .and_then(|pr| pr.parse::<PrRef>().ok())
     {
-        Some(pr) => match inner.labels.get(&pr, None).await {
-            Ok(Fetched::Labels { labels, .. }) => labels.into_names(),
-            Ok(Fetched::NotModified) => Vec::new(),
-            Err(error) => {
-                warn!(%error, task_id, "API: the pull request's labels could not be read");
-                Vec::new()
-            }
-        },
+        Some(pr) => state.labels_of(&pr, &task_id).await,
         None => Vec::new(),
     };
     Ok(Json(TaskDetail {
@@ -625,6 +674,63 @@ mod tests {
             "a-long-enough-api-token"
         ));
         assert!(!tokens_match("", "a-long-enough-api-token"));
+    }
+
+    #[tokio::test]
+    async fn labels_are_read_again_conditionally_and_a_change_is_seen() {
+        let github = Arc::new(label_cas::MemoryLabels::new());
+        let pr = PrRef::new("acme", "widgets", 7).unwrap();
+        github.set_labels(&pr, ["ready-for-qa"]);
+        let store = StateStore::new(state_store::MemoryBackend::new());
+        let workloads: Arc<dyn Workloads> = Arc::new(cancel_coordinator::MemoryWorkloads::new());
+        let leases = lease_lock::MemoryLeases::new();
+        let lock = |prefix: &str| {
+            lease_lock::LeaseLock::new(
+                leases.clone(),
+                lease_lock::LockConfig {
+                    prefix: prefix.into(),
+                    ..lease_lock::LockConfig::new("t", "default")
+                },
+            )
+            .unwrap()
+        };
+        let saga = cancel_coordinator::StateAwareCancellation::builder(
+            lock("cancel"),
+            store.clone(),
+            Arc::clone(&workloads),
+            Arc::new(label_cas::MemoryPullRequests::new()),
+            Arc::clone(&github) as Arc<dyn LabelBackend>,
+        )
+        .build()
+        .unwrap();
+        let coordinator =
+            cancel_coordinator::CancellationCoordinator::new(saga, Default::default()).unwrap();
+        let recovery = RecoveryManager::builder(
+            store.clone(),
+            lock("cancel"),
+            Arc::clone(&workloads),
+            coordinator,
+        )
+        .build()
+        .unwrap();
+        let api = ApiState::new(
+            store,
+            workloads,
+            Arc::clone(&github) as Arc<dyn LabelBackend>,
+            recovery,
+            None,
+            ControllerMetrics::default(),
+        );
+
+        assert_eq!(api.labels_of(&pr, "42").await, ["ready-for-qa"]);
+        assert_eq!(api.labels_of(&pr, "42").await, ["ready-for-qa"]);
+        assert_eq!(
+            github.calls().not_modified,
+            1,
+            "the second read was not conditional"
+        );
+        github.set_labels(&pr, ["needs-qa"]);
+        assert_eq!(api.labels_of(&pr, "42").await, ["needs-qa"]);
     }
 
     #[test]
