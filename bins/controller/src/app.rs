@@ -10,7 +10,6 @@
 //! released.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -208,51 +207,18 @@ impl Controller {
                 .await?;
         }
 
-        // Coordinator workers: every replica runs them.
-        let running = Arc::new(AtomicBool::new(true));
-        {
-            let running = Arc::clone(&running);
-            shutdown.health().add_check("coordinator", move || {
-                let running = running.load(Ordering::SeqCst);
-                async move {
-                    if running {
-                        Ok(())
-                    } else {
-                        Err("the coordinator's workers are not running".to_owned())
-                    }
-                }
-            });
-        }
         if self.sensor.is_none() {
             // The sensor adds the same check when it is built.
-            let store = self.backends.store.clone();
-            shutdown.health().add_check("state", move || {
-                let store = store.clone();
-                async move {
-                    store
-                        .get(READINESS_PROBE_TASK)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
-                }
-            });
+            sensor::wiring::check_state_readiness(&self.backends.store, &shutdown);
         }
-        let workers = self.coordinator.start();
-        // Running cancellations get four fifths of the shutdown timeout, so
-        // the rest (the leadership release, the server) fits in it too.
-        let worker_drain = self.config.shutdown_timeout().mul_f64(0.8);
-        {
-            let token = token.clone();
-            shutdown.spawn(async move {
-                token.cancelled().await;
-                running.store(false, Ordering::SeqCst);
-                let aborted = workers.shutdown(worker_drain).await;
-                info!(
-                    aborted,
-                    "coordinator stopped; aborted cancellations left resumable journals"
-                );
-            });
-        }
+        // Coordinator workers: every replica runs them. Running
+        // cancellations get four fifths of the shutdown timeout, so the rest
+        // (the leadership release, the server) fits in it too.
+        sensor::wiring::run_workers(
+            &self.coordinator,
+            &shutdown,
+            self.config.shutdown_timeout().mul_f64(0.8),
+        );
 
         // Recovery on the elected leader; releases leadership on shutdown.
         let lead = self.recovery.spawn(self.leader.clone(), token.clone());
@@ -377,9 +343,6 @@ impl Controller {
         )))
     }
 }
-
-/// The task name the readiness check reads (never a real task's).
-const READINESS_PROBE_TASK: &str = "controller-readiness-probe";
 
 async fn serve_metrics(State(registry): State<Arc<Registry>>) -> axum::response::Response {
     let mut text = String::new();

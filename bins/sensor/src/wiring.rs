@@ -9,6 +9,8 @@
 //! (memory keeps nothing past the process and reaches nothing outside it).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use cancel_coordinator::{
     CancellationCoordinator, CodeRunConfig, CoordinatorConfig, StateAwareCancellation, Workloads,
@@ -18,6 +20,7 @@ use lease_lock::{LeaseBackend, LeaseLock, LockConfig};
 use octocrab::Octocrab;
 use octocrab::models::{AppId, InstallationId};
 use octocrab::service::middleware::retry::RetryConfig;
+use resilience::Shutdown;
 use secrecy::ExposeSecret;
 use state_store::{StateStore, StoreConfig};
 
@@ -216,6 +219,59 @@ fn cluster_backends(
         ..backend_settings(config)?
     };
     Backends::build(BackendChoice::PRODUCTION, &settings, clients)
+}
+
+/// Makes `/readyz` of `shutdown` fail its `state` check unless the task
+/// states can be read (one GET of a name no task has).
+pub fn check_state_readiness(store: &StateStore, shutdown: &Shutdown) {
+    let store = store.clone();
+    shutdown.health().add_check("state", move || {
+        let store = store.clone();
+        async move {
+            store
+                .get(READINESS_PROBE_TASK)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    });
+}
+
+/// The task name the readiness check reads (no task is named this, so the
+/// GET finds nothing and costs one call).
+const READINESS_PROBE_TASK: &str = "sensor-readiness-probe";
+
+/// Starts `coordinator`'s workers under `shutdown`: `/readyz` fails its
+/// `coordinator` check unless they run; when shutdown starts they stop
+/// taking work and give running cancellations `drain` (those still running
+/// then stop at a step boundary and leave resumable journals). The stop is
+/// tracked, so [`Shutdown::drain`] waits for it.
+pub fn run_workers(coordinator: &CancellationCoordinator, shutdown: &Shutdown, drain: Duration) {
+    let running = Arc::new(AtomicBool::new(true));
+    {
+        let running = Arc::clone(&running);
+        shutdown.health().add_check("coordinator", move || {
+            let running = running.load(Ordering::SeqCst);
+            async move {
+                if running {
+                    Ok(())
+                } else {
+                    Err("the coordinator's workers are not running".to_owned())
+                }
+            }
+        });
+    }
+    let workers = coordinator.start();
+    let token = shutdown.token();
+    shutdown.spawn(async move {
+        token.cancelled().await;
+        running.store(false, Ordering::SeqCst);
+        let aborted = workers.shutdown(drain).await;
+        tracing::info!(
+            aborted,
+            "coordinator stopped; aborted cancellations left resumable journals"
+        );
+    });
 }
 
 /// An octocrab client for `credentials` (retry layer off: label-cas
