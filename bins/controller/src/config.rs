@@ -90,8 +90,8 @@ pub struct DevPush {
     #[arg(long)]
     pub head: Option<String>,
     /// The webhook secret the delivery is signed with (never logged).
-    #[arg(long, env = "CONTROLLER_DEV_WEBHOOK_SECRET", hide_env_values = true, default_value = DEFAULT_DEV_WEBHOOK_SECRET)]
-    pub secret: String,
+    #[arg(long, env = "CONTROLLER_DEV_WEBHOOK_SECRET", hide_env_values = true, default_value = DEFAULT_DEV_WEBHOOK_SECRET, value_parser = parse_secret)]
+    pub secret: SecretString,
 }
 
 /// The server's settings.
@@ -219,8 +219,8 @@ pub struct Config {
     pub repositories: Vec<String>,
 
     /// The webhook secret of --dev when no other is given (printed at start).
-    #[arg(long, env = "CONTROLLER_DEV_WEBHOOK_SECRET", hide_env_values = true, default_value = DEFAULT_DEV_WEBHOOK_SECRET)]
-    pub dev_webhook_secret: String,
+    #[arg(long, env = "CONTROLLER_DEV_WEBHOOK_SECRET", hide_env_values = true, default_value = DEFAULT_DEV_WEBHOOK_SECRET, value_parser = parse_secret)]
+    pub dev_webhook_secret: SecretString,
 
     /// The simulated agent fleet (on with --dev): whenever a task's head
     /// changes it starts --dev-roles as runs on the new head.
@@ -291,7 +291,7 @@ impl Default for Config {
             webhook_secret_files: Vec::new(),
             webhook_secret: None,
             repositories: Vec::new(),
-            dev_webhook_secret: DEFAULT_DEV_WEBHOOK_SECRET.to_owned(),
+            dev_webhook_secret: SecretString::from(DEFAULT_DEV_WEBHOOK_SECRET),
             dev_fleet: false,
             dev_seed: false,
             dev_repository: DEFAULT_DEV_REPOSITORY.to_owned(),
@@ -463,7 +463,7 @@ impl Config {
         let given_secret = self.webhook_secret.is_some() || !self.webhook_secret_files.is_empty();
         let webhook_secret = match (&self.webhook_secret, given_secret) {
             (Some(secret), _) => Some(secret.clone()),
-            (None, false) => Some(SecretString::from(self.dev_webhook_secret.clone())),
+            (None, false) => Some(self.dev_webhook_secret.clone()),
             (None, true) => None,
         };
         let repositories = if self.repositories.is_empty() {
@@ -671,7 +671,8 @@ mod tests {
                 DEFAULT_DEV_BRANCH
             )
         );
-        assert_eq!(push.secret, DEFAULT_DEV_WEBHOOK_SECRET);
+        assert_eq!(push.secret.expose_secret(), DEFAULT_DEV_WEBHOOK_SECRET);
+        assert!(!format!("{push:?}").contains(DEFAULT_DEV_WEBHOOK_SECRET));
         assert!(push.head.is_none());
     }
 }

@@ -12,6 +12,7 @@ use clap::Parser;
 use controller::config::DEFAULT_DEV_WEBHOOK_SECRET;
 use controller::{Cli, Command, Config, Controller};
 use resilience::Shutdown;
+use secrecy::ExposeSecret;
 use sensor::backends::BackendChoice;
 
 /// Exit code for a configuration the controller cannot run with.
@@ -112,7 +113,7 @@ async fn main() -> ExitCode {
 fn print_dev_banner(config: &Config, addr: &str) {
     let port = addr.rsplit(':').next().unwrap_or("8080");
     let url = format!("http://127.0.0.1:{port}");
-    let secret_line = if config.dev_webhook_secret == DEFAULT_DEV_WEBHOOK_SECRET {
+    let secret_line = if config.dev_webhook_secret.expose_secret() == DEFAULT_DEV_WEBHOOK_SECRET {
         format!(
             "webhook secret: {DEFAULT_DEV_WEBHOOK_SECRET} (the built-in dev secret; --dev-webhook-secret changes it)"
         )

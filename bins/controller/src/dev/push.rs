@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use github_webhook::delivery::{DELIVERY_HEADER, EVENT_HEADER, HOOK_ID_HEADER};
+use secrecy::ExposeSecret;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -155,7 +156,7 @@ pub async fn dev_push(push: &DevPush) -> Result<PushOutcome, PushError> {
         &pushed.head_sha,
         pushed.updated_at.as_second(),
     )?;
-    let signature = github_webhook::sign(push.secret.as_bytes(), body.as_bytes());
+    let signature = github_webhook::sign(push.secret.expose_secret().as_bytes(), body.as_bytes());
     let answer = client
         .post(format!("{base}{}", sensor::WEBHOOK_PATH))
         .header(http::header::CONTENT_TYPE, "application/json")
