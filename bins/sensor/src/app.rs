@@ -10,7 +10,6 @@
 //! lands or it does not, and when it lands the coordinator still gets it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::extract::{Request, State};
@@ -82,7 +81,6 @@ struct Shared {
     metrics: SensorMetrics,
     registry: Registry,
     shutdown: Shutdown,
-    coordinator_running: Arc<AtomicBool>,
     coordinator_drain: Duration,
 }
 
@@ -113,35 +111,7 @@ impl Sensor {
         }
         shutdown.register(&mut registry);
         shutdown.health().register(&mut registry);
-        let health = shutdown.health();
-        {
-            // Ready once the state can be read (one GET of a name no task has).
-            let store = parts.store.clone();
-            health.add_check("state", move || {
-                let store = store.clone();
-                async move {
-                    store
-                        .get(READINESS_PROBE_TASK)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
-                }
-            });
-        }
-        let coordinator_running = Arc::new(AtomicBool::new(false));
-        if parts.coordinator.is_some() {
-            let running = Arc::clone(&coordinator_running);
-            health.add_check("coordinator", move || {
-                let running = running.load(Ordering::SeqCst);
-                async move {
-                    if running {
-                        Ok(())
-                    } else {
-                        Err("the coordinator's workers are not running".to_owned())
-                    }
-                }
-            });
-        }
+        crate::wiring::check_state_readiness(&parts.store, &shutdown);
         Ok(Self {
             route_config: RouteConfig {
                 secrets: config.webhook_secrets()?,
@@ -165,7 +135,6 @@ impl Sensor {
                 metrics,
                 registry,
                 shutdown,
-                coordinator_running,
                 coordinator_drain: config.drain_timeout(),
             }),
         })
@@ -173,6 +142,18 @@ impl Sensor {
 
     /// The routes: `POST /webhook/github`, `GET /metrics`, `/healthz`, `/readyz`.
     pub fn router(&self) -> Result<Router, Error> {
+        Ok(Router::new()
+            .route("/metrics", get(metrics))
+            .with_state(Arc::clone(&self.shared))
+            .merge(self.webhook_router()?)
+            .merge(self.shared.shutdown.health().router()))
+    }
+
+    /// `POST /webhook/github` alone, for a service that embeds the sensor
+    /// (the controller's `--dev`): that service serves it, registers
+    /// [`metrics`](Self::metrics) in its own registry and runs the
+    /// coordinator's workers; [`spawn`](Self::spawn) is not called.
+    pub fn webhook_router(&self) -> Result<Router, Error> {
         let config = self.route_config.clone();
         let webhook = WebhookRoute::new(config.secrets, Endpoint(Arc::clone(&self.shared)))
             .with_body_limit(config.body_limit)
@@ -188,11 +169,7 @@ impl Sensor {
                 Arc::clone(&self.shared),
                 time_answer,
             ));
-        Ok(Router::new()
-            .route("/metrics", get(metrics))
-            .with_state(Arc::clone(&self.shared))
-            .merge(webhook)
-            .merge(self.shared.shutdown.health().router()))
+        Ok(webhook)
     }
 
     /// The metrics.
@@ -210,38 +187,14 @@ impl Sensor {
     pub fn spawn(&self, listener: TcpListener) -> Result<JoinHandle<()>, Error> {
         let shutdown = self.shared.shutdown.clone();
         if let Some(coordinator) = &self.shared.coordinator {
-            let workers = coordinator.start();
-            self.shared
-                .coordinator_running
-                .store(true, Ordering::SeqCst);
-            let shared = Arc::clone(&self.shared);
-            let token = shutdown.token();
-            shutdown.spawn(async move {
-                token.cancelled().await;
-                shared.coordinator_running.store(false, Ordering::SeqCst);
-                let aborted = workers.shutdown(shared.coordinator_drain).await;
-                info!(aborted, "coordinator stopped");
-            });
+            // An embedding service that runs the workers itself checks its own.
+            crate::wiring::run_workers(coordinator, &shutdown, self.shared.coordinator_drain);
         }
-        let serve = axum::serve(listener, self.router()?)
-            .with_graceful_shutdown(shutdown.token().cancelled_owned());
-        let handle = {
-            let shutdown = shutdown.clone();
-            shutdown.clone().spawn(async move {
-                if let Err(error) = serve.await {
-                    tracing::error!(%error, "server failed");
-                    shutdown.trigger();
-                }
-            })
-        };
+        let handle = shutdown.serve(listener, self.router()?);
         shutdown.health().set_ready(true);
         Ok(handle)
     }
 }
-
-/// The task name the readiness check reads (never a real task: ids are
-/// `task-…`, so no state has it).
-const READINESS_PROBE_TASK: &str = "sensor-readiness-probe";
 
 /// The handler behind the verified-webhook route.
 struct Endpoint(Arc<Shared>);

@@ -11,6 +11,8 @@ use clap::{Parser, ValueEnum};
 use regex::Regex;
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::backends::{Backend, BackendChoice, GitHubBackend};
+
 /// Default TCP port.
 pub const DEFAULT_PORT: u16 = 8080;
 /// Default body limit: 1 MiB (GitHub caps payloads at 25 MB; pushes and
@@ -49,8 +51,27 @@ pub struct Config {
 
     /// In-process memory backends for state, leases, runs and GitHub: no
     /// cluster, no GitHub. Nothing survives the process; for laptops only.
+    /// The backend flags below override it kind by kind.
     #[arg(long, env = "SENSOR_DEV", default_value_t = false)]
     pub dev: bool,
+
+    /// Where task states live (default: memory with --dev, else kubernetes).
+    #[arg(long, env = "SENSOR_STATE_BACKEND", value_enum)]
+    pub state_backend: Option<Backend>,
+
+    /// Where task locks (Leases) live (default: memory with --dev, else kubernetes).
+    #[arg(long, env = "SENSOR_LEASE_BACKEND", value_enum)]
+    pub lease_backend: Option<Backend>,
+
+    /// Where runs (CodeRuns and their pods) live (default: memory with
+    /// --dev, else kubernetes).
+    #[arg(long, env = "SENSOR_RUN_BACKEND", value_enum)]
+    pub run_backend: Option<Backend>,
+
+    /// Where pull requests and labels live (default: memory with --dev,
+    /// else api).
+    #[arg(long, env = "SENSOR_GITHUB_BACKEND", value_enum)]
+    pub github_backend: Option<GitHubBackend>,
 
     /// Files holding webhook secrets, current first (one secret per file,
     /// surrounding white space removed). Repeat, or separate with commas.
@@ -189,6 +210,26 @@ pub enum LogFormat {
     Text,
 }
 
+impl LogFormat {
+    /// Installs the global `tracing` subscriber writing this format to
+    /// stdout, filtered by `RUST_LOG` (default `info`); JSON lines carry
+    /// the current span's fields (`correlation_id`, `task_id`). For a
+    /// binary's `main`, once.
+    pub fn init_tracing(self) {
+        use tracing_subscriber::EnvFilter;
+        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+        let builder = tracing_subscriber::fmt().with_env_filter(filter);
+        match self {
+            LogFormat::Json => builder
+                .json()
+                .with_current_span(true)
+                .with_span_list(false)
+                .init(),
+            LogFormat::Text => builder.init(),
+        }
+    }
+}
+
 /// A configuration value that cannot work, named by its flag.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid --{flag}: {reason}")]
@@ -240,6 +281,10 @@ impl Default for Config {
             port: DEFAULT_PORT,
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             dev: false,
+            state_backend: None,
+            lease_backend: None,
+            run_backend: None,
+            github_backend: None,
             webhook_secret_files: Vec::new(),
             webhook_secret: None,
             webhook_secret_previous: None,
@@ -351,14 +396,29 @@ impl Config {
         if self.identity.trim().is_empty() {
             return fail("identity", "must not be empty");
         }
-        if !self.dev {
-            if self.namespace.trim().is_empty() {
-                return fail("namespace", "must not be empty");
-            }
+        let backends = self.backends();
+        if backends.needs_kubernetes() && self.namespace.trim().is_empty() {
+            return fail("namespace", "must not be empty");
+        }
+        if backends.needs_github_api() {
             self.github_credentials()?;
+        }
+        if backends.runs == Backend::Kubernetes {
             self.coderun_config()?;
         }
         Ok(())
+    }
+
+    /// The backend of each kind: the explicit `--*-backend` flags, the rest
+    /// in memory with `--dev`, else real.
+    pub fn backends(&self) -> BackendChoice {
+        BackendChoice::resolve(
+            self.dev,
+            self.state_backend,
+            self.lease_backend,
+            self.run_backend,
+            self.github_backend,
+        )
     }
 
     /// The run resource's description: `--coderun-config-file`, or
@@ -658,6 +718,43 @@ mod tests {
             ..valid()
         };
         label_only.validate().unwrap();
+    }
+
+    #[test]
+    fn each_backend_is_chosen_on_its_own_and_only_what_it_needs_is_required() {
+        // Kubernetes through a kubeconfig, GitHub in memory: no credentials.
+        let kube_only = Config::try_parse_from([
+            "sensor",
+            "--repository",
+            "acme/widgets",
+            "--webhook-secret",
+            "s",
+            "--github-backend",
+            "memory",
+        ])
+        .unwrap();
+        kube_only.validate().unwrap();
+        assert_eq!(
+            kube_only.backends().describe(),
+            "state=kubernetes leases=kubernetes runs=kubernetes github=memory"
+        );
+        // --dev with runs on Kubernetes reads the run resource's file.
+        let runs_on_kube = Config {
+            run_backend: Some(Backend::Kubernetes),
+            coderun_config_file: Some("/nonexistent/coderun.json".into()),
+            ..valid()
+        };
+        assert_eq!(
+            runs_on_kube.validate().unwrap_err().flag,
+            "coderun-config-file"
+        );
+        // --dev with GitHub's API needs its credentials.
+        let github_api = Config {
+            github_backend: Some(GitHubBackend::Api),
+            ..valid()
+        };
+        assert_eq!(github_api.validate().unwrap_err().flag, "github-token-file");
+        assert!(Config::try_parse_from(["sensor", "--state-backend", "etcd"]).is_err());
     }
 
     #[test]

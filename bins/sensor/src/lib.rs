@@ -36,6 +36,7 @@
 //! ```
 
 mod app;
+pub mod backends;
 pub mod config;
 pub mod mapping;
 pub mod metrics;

@@ -8,8 +8,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use resilience::Shutdown;
-use sensor::{Config, LogFormat, Sensor, wiring};
-use tracing_subscriber::EnvFilter;
+use sensor::backends::BackendChoice;
+use sensor::{Config, Sensor, wiring};
 
 /// Exit code for a configuration the sensor cannot run with.
 const EXIT_CONFIG: u8 = 2;
@@ -23,16 +23,16 @@ async fn main() -> ExitCode {
         eprintln!("sensor: {error}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    init_tracing(config.log_format);
+    config.log_format.init_tracing();
 
-    let parts = if config.dev {
+    let backends = config.backends();
+    if backends != BackendChoice::PRODUCTION {
         tracing::warn!(
-            "--dev: memory backends; nothing is durable and nothing leaves this process"
+            backends = %backends.describe(),
+            "memory backends: what they hold is not durable and never leaves this process"
         );
-        wiring::memory_parts(&config)
-    } else {
-        wiring::cluster_parts(&config).await
-    };
+    }
+    let parts = wiring::parts(&config).await;
     let shutdown = Shutdown::new();
     let sensor = match parts.and_then(|parts| Sensor::new(&config, parts, shutdown.clone())) {
         Ok(sensor) => sensor,
@@ -66,7 +66,7 @@ async fn main() -> ExitCode {
     }
     tracing::info!(
         %addr,
-        dev = config.dev,
+        backends = %backends.describe(),
         repositories = ?config.repositories,
         "sensor listening on POST {}",
         sensor::WEBHOOK_PATH
@@ -75,17 +75,4 @@ async fn main() -> ExitCode {
     shutdown.triggered().await;
     let report = shutdown.drain(config.drain_timeout()).await;
     ExitCode::from(report.exit_code())
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Json => builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
-        LogFormat::Text => builder.init(),
-    }
 }

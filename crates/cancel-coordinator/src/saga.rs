@@ -451,6 +451,7 @@ pub struct SagaBuilder {
     labels: Arc<dyn LabelBackend>,
     config: SagaConfig,
     metrics: Metrics,
+    label_metrics: label_cas::Metrics,
     kube_breaker: Option<CircuitBreaker>,
     github_breaker: Option<CircuitBreaker>,
     breaker_metrics: Option<BreakerMetrics>,
@@ -468,6 +469,14 @@ impl SagaBuilder {
     #[must_use]
     pub fn metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = metrics;
+        self
+    }
+
+    /// The label transitions report into `metrics` (label-cas's, shared
+    /// with the label backend: one `label_cas_*` set per process).
+    #[must_use]
+    pub fn label_metrics(mut self, metrics: label_cas::Metrics) -> Self {
+        self.label_metrics = metrics;
         self
     }
 
@@ -519,8 +528,7 @@ impl SagaBuilder {
                 store: self.store,
                 workloads: self.workloads,
                 pulls: PullRequestReader::new(self.pulls),
-                labels: AtomicLabelManager::new(self.labels)
-                    .with_metrics(label_cas::Metrics::default()),
+                labels: AtomicLabelManager::new(self.labels).with_metrics(self.label_metrics),
                 config: self.config,
                 metrics: self.metrics,
                 kube_breaker: self.kube_breaker,
@@ -550,6 +558,7 @@ impl StateAwareCancellation {
             labels,
             config: SagaConfig::default(),
             metrics: Metrics::default(),
+            label_metrics: label_cas::Metrics::default(),
             kube_breaker: None,
             github_breaker: None,
             breaker_metrics: None,
@@ -913,6 +922,9 @@ impl StateAwareCancellation {
                 .cloned()
                 .unwrap_or_default(),
             targets: Vec::new(),
+            superseded_heads: Vec::new(),
+            started_at: Some(journal.started_at),
+            finished_at: Some(now),
             outcome: CancellationOutcome::RolledBack,
             correlation_id: journal.context.get(context::CORRELATION_ID).cloned(),
             detail: Some(
@@ -992,6 +1004,18 @@ impl StateAwareCancellation {
             at: inner.store.clock().now(),
         };
 
+        // When each target head's first run was created: the order of the
+        // record's superseded heads (a run gone before a resume has no
+        // creation time left to read: it sorts first).
+        let created: BTreeMap<String, Timestamp> =
+            targets.iter().fold(BTreeMap::new(), |mut first, run| {
+                if let Some(at) = run.created_at {
+                    let entry = first.entry(run.head_sha.clone()).or_insert(at);
+                    *entry = (*entry).min(at);
+                }
+                first
+            });
+
         // 6: cancel (once: a journal past `Cancelled` skips it).
         let mut reports = gone;
         let recorded = journal.has_succeeded(&Step::Cancelled) || cancel_failed(&journal);
@@ -1026,7 +1050,7 @@ impl StateAwareCancellation {
         // the head GitHub showed, the settled supersessions, the journal's
         // `Cancelled` and `Labeled` steps — and finishes the operation.
         clock.start(SagaStep::Record);
-        let mut record = record_of(&journal, &intent, &reports, &correlation_id);
+        let mut record = record_of(&journal, &intent, &reports, &correlation_id, &created);
         if let Some(why) = &failure {
             record.outcome = CancellationOutcome::Failed;
             record.detail = Some(match record.detail.take() {
@@ -1049,6 +1073,7 @@ impl StateAwareCancellation {
             _ => (StepStatus::Succeeded, None),
         };
         let now = inner.store.clock().now();
+        record.finished_at = Some(now.max(record.at));
         let observed = decision.unrecorded_head.clone();
         ensure_held(guard, task_id)?;
         inner
@@ -1673,11 +1698,15 @@ fn cancel_failed(journal: &OperationJournal) -> bool {
         .any(|s| s.step == Step::Cancelled && s.status == StepStatus::Failed)
 }
 
+/// The history entry of an operation that cancelled `reports`' runs;
+/// `created` is when each head's first target run was created (the order of
+/// the superseded heads). `finished_at` is the caller's, set at the record.
 fn record_of(
     journal: &OperationJournal,
     intent: &Intent,
     reports: &[RunReport],
     correlation_id: &str,
+    created: &BTreeMap<String, Timestamp>,
 ) -> CancellationRecord {
     let stuck = reports
         .iter()
@@ -1694,11 +1723,23 @@ fn record_of(
     } else {
         CancellationOutcome::Cancelled
     };
+    // Each head once (its creation time is one value), oldest first.
+    let superseded_heads: BTreeSet<(Option<Timestamp>, &str)> = reports
+        .iter()
+        .filter(|r| r.outcome.cancelled())
+        .map(|r| (created.get(&r.head_sha).copied(), r.head_sha.as_str()))
+        .collect();
     CancellationRecord {
         operation_id: journal.operation_id.clone(),
         at: intent.at,
         new_head_sha: intent.superseded_by.clone(),
         targets: cancelled,
+        superseded_heads: superseded_heads
+            .into_iter()
+            .map(|(_, head)| head.to_owned())
+            .collect(),
+        started_at: Some(journal.started_at),
+        finished_at: None,
         outcome,
         correlation_id: Some(correlation_id.to_owned()),
         detail: (!reports.is_empty()).then(|| describe(reports)),

@@ -68,6 +68,9 @@ async fn a_push_cancels_the_old_heads_runs_and_keeps_everything_else() {
     let mut stale_sorted = stale.clone();
     stale_sorted.sort();
     assert_eq!(targets, stale_sorted);
+    assert_eq!(record.superseded_heads, [OLD]);
+    let (started, finished) = (record.started_at.unwrap(), record.finished_at.unwrap());
+    assert!(started <= record.at && record.at <= finished, "{record:?}");
     assert!(state.pending_supersessions.is_empty());
     assert!(state.active_operation.is_none());
     // The labels moved, and a foreign one stayed.
@@ -242,7 +245,33 @@ async fn a_run_whose_pods_cannot_go_is_flagged_and_never_recorded_cancelled() {
         state.cancellation_history[0].targets.is_empty(),
         "nothing recorded cancelled"
     );
+    assert!(state.cancellation_history[0].superseded_heads.is_empty());
+    assert!(state.cancellation_history[0].finished_at.is_some());
     assert!(state.active_operation.is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_record_lists_every_superseded_head_oldest_work_first() {
+    let w = World::new();
+    let oldest = w.agents_on(OLD);
+    let middle = w.agents_on(NEW);
+    w.pull_at(NEWER, &["ready-for-qa"]);
+    w.pushed(OLD, at(0)).await;
+    w.pushed(NEW, at(30)).await;
+    w.pushed(NEWER, at(60)).await;
+
+    let report = w
+        .saga("pod-a")
+        .run(&w.request(NEWER, at(60)))
+        .await
+        .unwrap();
+
+    assert_eq!(report.outcome, Outcome::Cancelled);
+    let state = w.state().await;
+    let record = &state.cancellation_history[0];
+    assert_eq!(record.targets.len(), oldest.len() + middle.len());
+    assert_eq!(record.superseded_heads, [OLD, NEW]);
+    assert_eq!(record.new_head_sha, NEWER);
 }
 
 #[tokio::test(start_paused = true)]
@@ -431,6 +460,7 @@ async fn the_saga_registers_its_metrics_and_its_breakers() {
     w.agents_on(OLD);
     w.pull_at(NEW, &[]);
     w.pushed(NEW, at(60)).await;
+    let label_metrics = label_cas::Metrics::default();
     let saga = cancel_coordinator::StateAwareCancellation::builder(
         w.lock("pod-a"),
         w.store.clone(),
@@ -439,9 +469,12 @@ async fn the_saga_registers_its_metrics_and_its_breakers() {
         w.labels.clone(),
     )
     .breakers(resilience::BreakerPolicy::default())
+    .label_metrics(label_metrics.clone())
     .build()
     .unwrap();
     saga.run(&w.request(NEW, at(60))).await.unwrap();
+    // The label step reported into the metrics it was given.
+    assert_eq!(label_metrics.transitions("applied"), 1);
     let mut registry = prometheus_client::registry::Registry::default();
     saga.register(&mut registry);
     let mut text = String::new();

@@ -146,6 +146,37 @@ impl fmt::Display for PrRef {
     }
 }
 
+/// The inverse of [`Display`](fmt::Display): `owner/repo#number`, checked
+/// as [`PrRef::new`] checks it (how a pull request is stored in a task's
+/// state and read back).
+///
+/// ```
+/// use label_cas::PrRef;
+///
+/// let pr: PrRef = "acme/widgets#7".parse()?;
+/// assert_eq!((pr.owner(), pr.repo(), pr.number()), ("acme", "widgets", 7));
+/// assert_eq!(pr.to_string().parse::<PrRef>()?, pr);
+/// assert!("acme/widgets".parse::<PrRef>().is_err());
+/// assert!("acme/widgets#0".parse::<PrRef>().is_err());
+/// # Ok::<(), label_cas::Error>(())
+/// ```
+impl std::str::FromStr for PrRef {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        let invalid = || Error::InvalidPr {
+            reason: format!(
+                "{:?} is not owner/repo#number",
+                text.chars().take(160).collect::<String>()
+            ),
+        };
+        let (repository, number) = text.rsplit_once('#').ok_or_else(invalid)?;
+        let (owner, repo) = repository.split_once('/').ok_or_else(invalid)?;
+        let number = number.parse().map_err(|_| invalid())?;
+        Self::new(owner, repo, number)
+    }
+}
+
 /// Checks a label name against GitHub's rules before it is sent anywhere:
 /// 1–50 characters, no leading or trailing whitespace, no control characters.
 pub fn validate_label_name(name: &str) -> Result<()> {

@@ -1214,9 +1214,7 @@ fn pr_of(state: &RemediationState) -> Option<PrRef> {
             .as_ref()
             .and_then(|j| j.context.get("pr"))
     })?;
-    let (repo, number) = text.rsplit_once('#')?;
-    let (owner, repo) = repo.split_once('/')?;
-    PrRef::new(owner, repo, number.parse().ok()?).ok()
+    text.parse().ok()
 }
 
 /// A request for `state`'s task at its newest known head.

@@ -385,6 +385,10 @@ async fn a_cancellation_whose_labels_never_moved_gets_them_moved() {
                 at: at(70),
                 new_head_sha: NEW.into(),
                 targets: vec!["quality-1111111".into()],
+                // As entries written before they carried their heads and timings.
+                superseded_heads: Vec::new(),
+                started_at: None,
+                finished_at: None,
                 outcome: CancellationOutcome::Cancelled,
                 correlation_id: None,
                 detail: Some(

@@ -1181,6 +1181,10 @@ async fn recorded_with_labels_failed(c: &Cluster, why: &str) {
         at: c.clock.now(),
         new_head_sha: NEW.into(),
         targets: vec!["quality-1111111".into()],
+        // As entries written before they carried their heads and timings.
+        superseded_heads: Vec::new(),
+        started_at: None,
+        finished_at: None,
         outcome: CancellationOutcome::Cancelled,
         correlation_id: None,
         detail: Some(format!(

@@ -134,6 +134,23 @@ impl Shutdown {
         self.shared.tracker.spawn(task)
     }
 
+    /// Serves `router` on `listener` as a tracked task until shutdown
+    /// starts: then it stops accepting connections and finishes the
+    /// requests in flight, so [`drain`](Self::drain) waits for them. A
+    /// server that fails starts the shutdown (a process that cannot serve
+    /// should not linger half-alive). Readiness is the caller's to set.
+    pub fn serve(&self, listener: tokio::net::TcpListener, router: axum::Router) -> JoinHandle<()> {
+        let serve =
+            axum::serve(listener, router).with_graceful_shutdown(self.token().cancelled_owned());
+        let shutdown = self.clone();
+        self.spawn(async move {
+            if let Err(error) = serve.await {
+                tracing::error!(%error, "server failed");
+                shutdown.trigger();
+            }
+        })
+    }
+
     /// Starts shutdown: readiness off, [`token`](Self::token) fired.
     /// Idempotent.
     pub fn trigger(&self) {

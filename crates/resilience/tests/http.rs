@@ -261,3 +261,47 @@ async fn drain_cancels_a_request_that_outlives_the_timeout() {
         )
     );
 }
+
+#[tokio::test]
+async fn a_served_router_finishes_its_request_in_flight_and_the_drain_waits_for_it() {
+    let shutdown = Shutdown::new();
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let app = {
+        let (entered, release) = (Arc::clone(&entered), Arc::clone(&release));
+        Router::new().route(
+            "/slow",
+            get(move || {
+                let (entered, release) = (Arc::clone(&entered), Arc::clone(&release));
+                async move {
+                    entered.notify_one();
+                    release.notified().await;
+                    "done"
+                }
+            }),
+        )
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/slow", listener.local_addr().unwrap());
+    let server = shutdown.serve(listener, app);
+    resilience::tls::ensure_crypto_provider();
+    let request =
+        tokio::spawn(async move { reqwest::get(url).await.unwrap().text().await.unwrap() });
+    entered.notified().await;
+
+    shutdown.trigger();
+    let drain = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { shutdown.drain(Duration::from_secs(10)).await }
+    });
+    tokio::task::yield_now().await;
+    assert!(
+        !drain.is_finished(),
+        "the drain did not wait for the request in flight"
+    );
+    release.notify_one();
+    assert_eq!(request.await.unwrap(), "done");
+    let report = drain.await.unwrap();
+    assert!(report.completed && report.exit_code() == 0, "{report:?}");
+    assert!(server.is_finished());
+}

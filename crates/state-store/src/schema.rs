@@ -24,6 +24,9 @@ pub const MAX_ERROR_MESSAGES: usize = 50;
 pub const MAX_ERROR_MESSAGE_BYTES: usize = 2048;
 /// Most cancellation audit entries kept (newest kept).
 pub const MAX_CANCELLATION_HISTORY: usize = 100;
+/// Most superseded heads one cancellation record lists (one operation
+/// cancels the runs of a few heads at most: those pushed while it waited).
+pub const MAX_SUPERSEDED_HEADS: usize = 16;
 /// Most pending supersessions kept (newest kept).
 pub const MAX_PENDING_SUPERSESSIONS: usize = 16;
 /// Most webhook delivery keys remembered per task (newest kept), so that a
@@ -256,17 +259,35 @@ pub enum CancellationOutcome {
 }
 
 /// One entry of the cancellation audit trail.
+///
+/// `superseded_heads`, `started_at` and `finished_at` came after the first
+/// `v1` documents: they default to empty when read from an older entry, and
+/// are not written while empty, so such an entry reads back as it was.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CancellationRecord {
     /// The journal operation that did it.
     pub operation_id: String,
-    /// When it ended.
+    /// When its cancel step began (the time of the intent written on the
+    /// runs); entries without `finished_at` have only this time.
     pub at: Timestamp,
-    /// The head that superseded the cancelled work.
+    /// The head that superseded the cancelled work (the head kept).
     pub new_head_sha: String,
     /// The cancelled resources.
     #[serde(default)]
     pub targets: Vec<String>,
+    /// The heads the cancelled runs worked on: distinct, ordered by when
+    /// their first run was created (oldest first, so the last is the newest
+    /// work superseded), at most [`MAX_SUPERSEDED_HEADS`]. Empty when
+    /// nothing was cancelled, and in entries written before the field
+    /// existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub superseded_heads: Vec<String>,
+    /// When the operation began (its journal's `started_at`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    /// When the operation was recorded finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
     /// How it ended.
     pub outcome: CancellationOutcome,
     /// Correlation id of the triggering event.
@@ -517,6 +538,7 @@ impl RemediationState {
         if let Some(detail) = record.detail.as_mut() {
             truncate_utf8(detail, MAX_DETAIL_BYTES);
         }
+        record.superseded_heads.truncate(MAX_SUPERSEDED_HEADS);
         self.cancellation_history.push(record);
         trim_front(&mut self.cancellation_history, MAX_CANCELLATION_HISTORY);
     }
@@ -1326,5 +1348,34 @@ mod tests {
         .unwrap();
         s.status = TaskStatus::Completed;
         assert!(s.validate("t", 10).unwrap_err().contains("still active"));
+    }
+
+    #[test]
+    fn a_cancellation_entry_written_before_its_timings_existed_reads_and_writes_back_unchanged() {
+        let old = serde_json::json!({
+            "operation_id": "op-1",
+            "at": "2026-01-01T00:00:05Z",
+            "new_head_sha": "bbbbbbb",
+            "targets": ["quality-a"],
+            "outcome": "Cancelled",
+        });
+        let record: CancellationRecord = serde_json::from_value(old.clone()).unwrap();
+        assert!(record.superseded_heads.is_empty());
+        assert_eq!((record.started_at, record.finished_at), (None, None));
+        assert_eq!(serde_json::to_value(&record).unwrap(), old);
+
+        let mut s = RemediationState::new("t", Timestamp::UNIX_EPOCH);
+        s.record_cancellation(CancellationRecord {
+            superseded_heads: (0..40).map(|i| format!("{i:07}")).collect(),
+            started_at: Some(ts("2026-01-01T00:00:01Z")),
+            finished_at: Some(ts("2026-01-01T00:00:09Z")),
+            ..record
+        });
+        let kept = &s.cancellation_history[0];
+        assert_eq!(kept.superseded_heads.len(), MAX_SUPERSEDED_HEADS);
+        assert_eq!(kept.superseded_heads[0], "0000000");
+        let written = serde_json::to_value(kept).unwrap();
+        assert_eq!(written["started_at"], "2026-01-01T00:00:01Z");
+        assert_eq!(written["finished_at"], "2026-01-01T00:00:09Z");
     }
 }

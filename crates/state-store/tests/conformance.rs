@@ -601,6 +601,9 @@ async fn store_journal_and_fencing_round_trip(backend: Arc<dyn StateBackend>) {
         at: now,
         new_head_sha: "abcdef1".into(),
         targets: vec!["coderun-a".into()],
+        superseded_heads: vec!["1234567".into()],
+        started_at: Some(journal.started_at),
+        finished_at: Some(now),
         outcome: CancellationOutcome::Cancelled,
         correlation_id: None,
         detail: None,
@@ -620,6 +623,10 @@ async fn store_journal_and_fencing_round_trip(backend: Arc<dyn StateBackend>) {
     let snap = store.get("j1").await.unwrap().unwrap();
     assert!(snap.state.active_operation.is_none());
     assert_eq!(snap.state.cancellation_history.len(), 1);
+    let entry = &snap.state.cancellation_history[0];
+    assert_eq!(entry.superseded_heads, ["1234567"]);
+    assert_eq!(entry.started_at, Some(journal.started_at));
+    assert_eq!(entry.finished_at, Some(now));
     assert_eq!(snap.state.iteration, 0);
     assert_eq!(snap.state.highest_fencing_token, Some(newer));
 
