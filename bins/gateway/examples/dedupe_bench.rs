@@ -6,8 +6,8 @@
 //! ```
 //!
 //! For each replica count (1, 3, 10) and implementation, `FINGERPRINTS`
-//! fingerprints each receive `DUPLICATES` deliveries at once, spread over
-//! the replicas (all in one process, each replica with its own client and
+//! fingerprints each receive `DUPLICATES` deliveries at once (one burst per
+//! fingerprint, a burst every `WAVE_SPACING`), spread over the replicas (all in one process, each replica with its own client and
 //! connections). One JSON line per configuration and implementation:
 //! `impl, replicas, signals, fingerprints, duplicates_created,
 //! duplicate_rate, occurrence_count_lost, failed, p50_ms, p95_ms,
@@ -37,8 +37,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use gateway::crd::{
-    Deduplication, RemediationPhase, RemediationRequestStatus, fingerprint_hash,
-    LABEL_FINGERPRINT_HASH,
+    Deduplication, LABEL_FINGERPRINT_HASH, RemediationPhase, RemediationRequestStatus,
+    fingerprint_hash,
 };
 use gateway::signal::{Signal, parse_signal};
 use gateway::{Gateway, RemediationRequest, Settings};
@@ -57,6 +57,10 @@ const NAMESPACE: &str = "bench";
 const FINGERPRINTS: usize = 50;
 const DUPLICATES: usize = 10;
 const REPLICAS: [usize; 3] = [1, 3, 10];
+/// Fingerprint `f`'s deliveries all start at `f × WAVE_SPACING`: each
+/// fingerprint is a burst of simultaneous duplicates, and the bursts do not
+/// pile up into one queue that would measure the machine, not the path.
+const WAVE_SPACING: Duration = Duration::from_millis(20);
 
 /// One replica of an implementation: records one delivery.
 #[async_trait]
@@ -130,7 +134,9 @@ impl Seed {
         let name = rr.metadata.name.clone().unwrap_or_default();
         let mut current = self.requests.get(&name).await?;
         let now = jiff::Timestamp::now();
-        let status = current.status.get_or_insert_with(RemediationRequestStatus::default);
+        let status = current
+            .status
+            .get_or_insert_with(RemediationRequestStatus::default);
         status.phase.get_or_insert(RemediationPhase::Pending);
         let d = status.deduplication.get_or_insert(Deduplication {
             occurrence_count: 0,
@@ -244,12 +250,15 @@ async fn run(which: Impl, replicas: usize) -> Run {
         })
         .collect();
     kube.calls().reset();
+    let origin = Instant::now();
     let mut tasks = Vec::new();
     for (f, signal) in signals.iter().enumerate() {
         for d in 0..DUPLICATES {
             let recorder = Arc::clone(&recorders[(f + d) % replicas]);
             let signal = signal.clone();
+            let starts_at = origin + WAVE_SPACING * f as u32;
             tasks.push(tokio::spawn(async move {
+                tokio::time::sleep_until(starts_at).await;
                 let started = Instant::now();
                 let ok = recorder.record(&signal).await.is_ok();
                 (ok, started.elapsed())
@@ -271,7 +280,9 @@ async fn run(which: Impl, replicas: usize) -> Run {
     let mut per_fingerprint: BTreeMap<String, usize> = BTreeMap::new();
     let mut counted = 0u64;
     for rr in &stored {
-        *per_fingerprint.entry(rr.spec.fingerprint.clone()).or_default() += 1;
+        *per_fingerprint
+            .entry(rr.spec.fingerprint.clone())
+            .or_default() += 1;
         counted += rr.occurrence_count();
     }
     latencies.sort();

@@ -179,9 +179,15 @@ mod tests {
         for (args, flag) in [
             (vec!["gateway", "--namespace", "Bad_NS"], "--namespace"),
             (vec!["gateway", "--lease-duration", "1"], "--lease-duration"),
-            (vec!["gateway", "--max-body-bytes", "10"], "--max-body-bytes"),
+            (
+                vec!["gateway", "--max-body-bytes", "10"],
+                "--max-body-bytes",
+            ),
         ] {
-            let err = Config::try_parse_from(args).unwrap().validate().unwrap_err();
+            let err = Config::try_parse_from(args)
+                .unwrap()
+                .validate()
+                .unwrap_err();
             assert!(err.to_string().contains(flag), "{err}");
         }
     }

@@ -23,8 +23,7 @@ use tokio::time::Instant;
 
 use crate::Error;
 use crate::crd::{
-    Deduplication, RemediationPhase, RemediationRequest, RemediationRequestStatus,
-    fingerprint_hash,
+    Deduplication, RemediationPhase, RemediationRequest, RemediationRequestStatus, fingerprint_hash,
 };
 use crate::metrics::Metrics;
 use crate::requests::RemediationRequests;
@@ -136,7 +135,12 @@ impl Deduplicator {
                     .into_iter()
                     .filter(|r| r.spec.fingerprint == signal.fingerprint)
                     .collect();
-                let next = same.iter().map(RemediationRequest::generation).max().unwrap_or(0) + 1;
+                let next = same
+                    .iter()
+                    .map(RemediationRequest::generation)
+                    .max()
+                    .unwrap_or(0)
+                    + 1;
                 next_generation.store(next, Ordering::SeqCst);
                 Ok::<_, Error>(same.into_iter().find(|r| !r.is_terminal()))
             }
@@ -169,7 +173,9 @@ impl Deduplicator {
         for attempt in 0..MAX_COUNT_ATTEMPTS {
             let now = Timestamp::now();
             let mut next = current.clone();
-            let status = next.status.get_or_insert_with(RemediationRequestStatus::default);
+            let status = next
+                .status
+                .get_or_insert_with(RemediationRequestStatus::default);
             status.phase.get_or_insert(RemediationPhase::Pending);
             let dedup = status.deduplication.get_or_insert(Deduplication {
                 occurrence_count: 0,

@@ -64,7 +64,9 @@ impl Error {
     pub fn status(&self) -> u16 {
         match self {
             Self::Invalid(_) => 400,
-            Self::Api { status: 429 | 503, .. } => 503,
+            Self::Api {
+                status: 429 | 503, ..
+            } => 503,
             _ => 500,
         }
     }

@@ -105,12 +105,10 @@ impl Gateway {
     /// in-flight requests finish (up to the shutdown timeout): a delivery
     /// being counted is answered, not cut off after its count landed.
     pub async fn serve(&self, listener: TcpListener, shutdown: Shutdown) -> Result<(), Error> {
-        let addr = listener
-            .local_addr()
-            .map_err(|source| Error::Bind {
-                addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
-                source,
-            })?;
+        let addr = listener.local_addr().map_err(|source| Error::Bind {
+            addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            source,
+        })?;
         let router = self.router(&shutdown);
         shutdown.health().set_ready(true);
         tracing::info!(%addr, namespace = %self.settings.namespace, "gateway listening");

@@ -70,7 +70,11 @@ impl Metrics {
     pub fn register(&self, registry: &mut Registry) {
         self.lock.register_with_prefix(registry, "gateway_lock");
         let r = registry.sub_registry_with_prefix("gateway");
-        r.register("signals", "Alert deliveries by outcome", self.signals.clone());
+        r.register(
+            "signals",
+            "Alert deliveries by outcome",
+            self.signals.clone(),
+        );
         r.register_with_unit(
             "signal_duration",
             "Time to record one delivery: find or create its request, count it",

@@ -165,9 +165,9 @@ impl RemediationRequests for MemoryRequests {
         stored.status = None;
         stored.metadata.resource_version = Some(store.version.to_string());
         stored.metadata.uid = Some(format!("memory-{}", store.version));
-        stored.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            jiff::Timestamp::now(),
-        ));
+        stored.metadata.creation_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+        );
         store.requests.insert(name, stored.clone());
         Ok(stored)
     }

@@ -227,8 +227,11 @@ pub const MAX_ALERTS_PER_PAYLOAD: usize = 1000;
 
 /// Parses and validates an Alertmanager payload: all of it or nothing.
 pub fn parse_alertmanager(body: &[u8]) -> Result<Vec<AlertItem>, Invalid> {
-    let raw: AlertmanagerPayload = serde_json::from_slice(body)
-        .map_err(|e| Invalid(format!("the body is not an Alertmanager webhook payload: {e}")))?;
+    let raw: AlertmanagerPayload = serde_json::from_slice(body).map_err(|e| {
+        Invalid(format!(
+            "the body is not an Alertmanager webhook payload: {e}"
+        ))
+    })?;
     if raw.version != "4" {
         return invalid(format!(
             "version {:?} is not supported: only Alertmanager's webhook version \"4\"",
@@ -247,7 +250,9 @@ pub fn parse_alertmanager(body: &[u8]) -> Result<Vec<AlertItem>, Invalid> {
     raw.alerts
         .into_iter()
         .enumerate()
-        .map(|(i, alert)| alert_item(alert).map_err(|Invalid(m)| Invalid(format!("alerts[{i}]: {m}"))))
+        .map(|(i, alert)| {
+            alert_item(alert).map_err(|Invalid(m)| Invalid(format!("alerts[{i}]: {m}")))
+        })
         .collect()
 }
 
@@ -261,7 +266,11 @@ fn alert_item(alert: AlertmanagerAlert) -> Result<AlertItem, Invalid> {
     match alert.status.as_str() {
         "firing" => {}
         "resolved" => return Ok(AlertItem::Resolved(fingerprint)),
-        other => return invalid(format!("status {other:?} is neither \"firing\" nor \"resolved\"")),
+        other => {
+            return invalid(format!(
+                "status {other:?} is neither \"firing\" nor \"resolved\""
+            ));
+        }
     }
     let Some(alert_name) = alert.labels.get("alertname").cloned() else {
         return invalid("labels.alertname is missing");
@@ -280,14 +289,22 @@ fn alert_item(alert: AlertmanagerAlert) -> Result<AlertItem, Invalid> {
                 .map_err(|e| Invalid(format!("startsAt {t:?} is not an RFC 3339 time: {e}")))?,
         ),
     };
-    let resource = ["deployment", "statefulset", "daemonset", "job", "pod", "node", "service"]
-        .iter()
-        .find_map(|label| {
-            alert.labels.get(*label).map(|name| ResourceRef {
-                kind: kind_of(label),
-                name: name.clone(),
-            })
-        });
+    let resource = [
+        "deployment",
+        "statefulset",
+        "daemonset",
+        "job",
+        "pod",
+        "node",
+        "service",
+    ]
+    .iter()
+    .find_map(|label| {
+        alert.labels.get(*label).map(|name| ResourceRef {
+            kind: kind_of(label),
+            name: name.clone(),
+        })
+    });
     Ok(AlertItem::Firing(Signal {
         fingerprint,
         source: "alertmanager".to_owned(),
@@ -374,7 +391,10 @@ fn check_text(field: &str, value: &str, max: usize) -> Result<(), Invalid> {
 
 fn check_map(field: &str, map: &BTreeMap<String, String>, max_value: usize) -> Result<(), Invalid> {
     if map.len() > MAX_LABELS {
-        return invalid(format!("{field} has {} entries: at most {MAX_LABELS}", map.len()));
+        return invalid(format!(
+            "{field} has {} entries: at most {MAX_LABELS}",
+            map.len()
+        ));
     }
     for (k, v) in map {
         if k.is_empty() || k.len() > MAX_KEY_LEN || k.chars().any(char::is_control) {
@@ -400,7 +420,10 @@ mod tests {
     fn a_signal_without_fingerprint_gets_one_that_ignores_severity_and_annotations() {
         let a = parse_signal(br#"{"source":"p","alertName":"A","severity":"warning","labels":{"x":"1"},"annotations":{"s":"one"}}"#).unwrap();
         let b = parse_signal(br#"{"source":"p","alertName":"A","severity":"critical","labels":{"x":"1"},"annotations":{"s":"two"}}"#).unwrap();
-        let c = parse_signal(br#"{"source":"p","alertName":"A","severity":"warning","labels":{"x":"2"}}"#).unwrap();
+        let c = parse_signal(
+            br#"{"source":"p","alertName":"A","severity":"warning","labels":{"x":"2"}}"#,
+        )
+        .unwrap();
         assert_eq!(a.fingerprint, b.fingerprint);
         assert_ne!(a.fingerprint, c.fingerprint);
         assert_eq!(a.fingerprint.len(), 16);
@@ -417,10 +440,22 @@ mod tests {
     fn bad_signals_are_refused_with_the_field_named() {
         for (body, needle) in [
             (&br#"{"alertName":"A","severity":"x"}"#[..], "source"),
-            (br#"{"source":"p","alertName":"","severity":"x"}"#, "alertName"),
-            (br#"{"source":"p","alertName":"A","severity":"x y"}"#, "severity"),
-            (br#"{"source":"p","alertName":"A","severity":"x","fingerprint":"a/b"}"#, "fingerprint"),
-            (br#"{"source":"p","alertName":"A\u0000","severity":"x"}"#, "control"),
+            (
+                br#"{"source":"p","alertName":"","severity":"x"}"#,
+                "alertName",
+            ),
+            (
+                br#"{"source":"p","alertName":"A","severity":"x y"}"#,
+                "severity",
+            ),
+            (
+                br#"{"source":"p","alertName":"A","severity":"x","fingerprint":"a/b"}"#,
+                "fingerprint",
+            ),
+            (
+                br#"{"source":"p","alertName":"A\u0000","severity":"x"}"#,
+                "control",
+            ),
             (b"not json", "not a signal"),
         ] {
             let err = parse_signal(body).unwrap_err();

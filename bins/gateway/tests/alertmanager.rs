@@ -84,7 +84,10 @@ async fn a_group_of_firing_alerts_creates_one_request_each_and_a_resend_counts_t
     assert_eq!(rr.spec.alert_name, "KubePodCrashLooping");
     assert_eq!(rr.spec.target_namespace.as_deref(), Some("payments"));
     let resource = rr.spec.resource.as_ref().unwrap();
-    assert_eq!((resource.kind.as_str(), resource.name.as_str()), ("Pod", "api-7d9f-abcde"));
+    assert_eq!(
+        (resource.kind.as_str(), resource.name.as_str()),
+        ("Pod", "api-7d9f-abcde")
+    );
     assert_eq!(
         rr.spec.starts_at.unwrap().to_string(),
         "2026-12-01T22:14:05.123Z"
@@ -97,16 +100,29 @@ async fn resolved_alerts_create_nothing_and_alerts_without_fingerprint_get_a_sta
     let (replica, requests) = replica().await;
     let url = replica.url("/api/v1/alertmanager");
     let mut unfingerprinted = alert("", "api-1", "firing");
-    unfingerprinted.as_object_mut().unwrap().remove("fingerprint");
-    let payload = notification(json!([alert("aaaaaaaaaaaaaaaa", "api-0", "resolved"), unfingerprinted]));
+    unfingerprinted
+        .as_object_mut()
+        .unwrap()
+        .remove("fingerprint");
+    let payload = notification(json!([
+        alert("aaaaaaaaaaaaaaaa", "api-0", "resolved"),
+        unfingerprinted
+    ]));
     let (status, body) = post(&http(), &url, payload.to_string()).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["alerts"][0]["status"], "resolved");
-    let fingerprint = body["alerts"][1]["fingerprint"].as_str().unwrap().to_owned();
+    let fingerprint = body["alerts"][1]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(fingerprint.len(), 16);
     let (_, again) = post(&http(), &url, payload.to_string()).await;
     assert_eq!(again["alerts"][1]["fingerprint"], fingerprint.as_str());
-    assert_eq!(requests.all().len(), 1, "the resolved alert created nothing");
+    assert_eq!(
+        requests.all().len(),
+        1,
+        "the resolved alert created nothing"
+    );
 }
 
 #[tokio::test]
@@ -115,7 +131,10 @@ async fn malformed_payloads_are_refused_with_400_and_a_message_and_create_nothin
     let url = replica.url("/api/v1/alertmanager");
     let good = alert("1111111111111111", "api-0", "firing");
     let mut no_alertname = good.clone();
-    no_alertname["labels"].as_object_mut().unwrap().remove("alertname");
+    no_alertname["labels"]
+        .as_object_mut()
+        .unwrap()
+        .remove("alertname");
     let mut bad_status = good.clone();
     bad_status["status"] = json!("pending");
     let mut bad_fingerprint = good.clone();
@@ -130,11 +149,20 @@ async fn malformed_payloads_are_refused_with_400_and_a_message_and_create_nothin
         (v3.to_string(), "version"),
         (notification(json!([])).to_string(), "alerts is empty"),
         // One bad alert refuses the whole group: none of it is created.
-        (notification(json!([good.clone(), no_alertname])).to_string(), "alerts[1]: labels.alertname"),
+        (
+            notification(json!([good.clone(), no_alertname])).to_string(),
+            "alerts[1]: labels.alertname",
+        ),
         (notification(json!([bad_status])).to_string(), "status"),
-        (notification(json!([bad_fingerprint])).to_string(), "fingerprint"),
+        (
+            notification(json!([bad_fingerprint])).to_string(),
+            "fingerprint",
+        ),
         (notification(json!([bad_time])).to_string(), "startsAt"),
-        (notification(json!([{"status": "firing"}])).to_string(), "labels"),
+        (
+            notification(json!([{"status": "firing"}])).to_string(),
+            "labels",
+        ),
     ];
     for (body, needle) in cases {
         let (status, answer) = post(&http(), &url, body.clone()).await;
@@ -159,7 +187,10 @@ async fn a_body_over_the_limit_is_refused_with_413_and_bad_signals_with_400() {
     )
     .await;
     assert_eq!(status, 400, "{answer}");
-    assert!(answer["error"].as_str().unwrap().contains("alertName"), "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("alertName"),
+        "{answer}"
+    );
     assert!(requests.all().is_empty());
 }
 
@@ -167,9 +198,21 @@ async fn a_body_over_the_limit_is_refused_with_413_and_bad_signals_with_400() {
 async fn metrics_and_probes_are_served_on_the_same_port() {
     let (replica, _) = replica().await;
     let client = http();
-    let (status, _) = post(&client, &replica.url("/api/v1/signals"), support::signal("fp-1")).await;
+    let (status, _) = post(
+        &client,
+        &replica.url("/api/v1/signals"),
+        support::signal("fp-1"),
+    )
+    .await;
     assert_eq!(status, 201);
-    let metrics = client.get(replica.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = client
+        .get(replica.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for series in [
         "gateway_signals_total{outcome=\"created\"} 1",
         "gateway_signals_total{outcome=\"deduplicated\"} 0",
@@ -185,7 +228,12 @@ async fn metrics_and_probes_are_served_on_the_same_port() {
         assert!(metrics.contains(series), "{series} missing in\n{metrics}");
     }
     for probe in ["/healthz", "/readyz"] {
-        let status = client.get(replica.url(probe)).send().await.unwrap().status();
+        let status = client
+            .get(replica.url(probe))
+            .send()
+            .await
+            .unwrap()
+            .status();
         assert_eq!(status, 200, "{probe}");
     }
     replica.shutdown.trigger();

@@ -89,7 +89,10 @@ async fn same_signals_at_once_on(replicas: usize, fingerprints: usize, per_finge
             .push(rr);
     }
     for (fingerprint, count) in &accepted {
-        let rrs = by_fingerprint.get(fingerprint).map(Vec::as_slice).unwrap_or(&[]);
+        let rrs = by_fingerprint
+            .get(fingerprint)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
         assert_eq!(rrs.len(), 1, "{fingerprint}: {} requests", rrs.len());
         let rr = rrs[0];
         let name = rr.metadata.name.clone().unwrap();
@@ -121,18 +124,25 @@ async fn same_signals_at_once_on(replicas: usize, fingerprints: usize, per_finge
     );
     let created = kube
         .requests()
-        .matching(&RequestFilter::any().verb("create").resource("remediationrequests"))
+        .matching(
+            &RequestFilter::any()
+                .verb("create")
+                .resource("remediationrequests"),
+        )
         .into_iter()
         .filter(|r| r.applied)
         .count();
-    assert_eq!(created, requests.len(), "every applied create is one stored request");
+    assert_eq!(
+        created,
+        requests.len(),
+        "every applied create is one stored request"
+    );
     // A failure must not be reported as acceptance anywhere: no injected
     // failure was applied (they are injected before the server acts).
     assert!(
-        kube.requests()
-            .entries()
-            .iter()
-            .all(|r| r.applied == matches!(r.outcome, testkit::calls::Outcome::Ok) || r.verb == "watch"),
+        kube.requests().entries().iter().all(|r| r.applied
+            == matches!(r.outcome, testkit::calls::Outcome::Ok)
+            || r.verb == "watch"),
         "an injected failure took effect, or a success did not"
     );
     for g in gateways {
@@ -159,6 +169,9 @@ async fn an_unreachable_api_server_is_answered_500_with_the_reason() {
     kube.shutdown().await;
     let (status, body) = post(&http(), &gateways[0].url("/api/v1/signals"), signal("fp-x")).await;
     assert_eq!(status, 500, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("unreachable"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("unreachable"),
+        "{body}"
+    );
     assert_eq!(body["fingerprint"], "fp-x");
 }

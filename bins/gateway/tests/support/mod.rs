@@ -89,7 +89,11 @@ pub fn http() -> reqwest::Client {
 }
 
 /// POSTs `body` to `url`: the status and the JSON answer.
-pub async fn post(client: &reqwest::Client, url: &str, body: impl Into<reqwest::Body>) -> (u16, serde_json::Value) {
+pub async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    body: impl Into<reqwest::Body>,
+) -> (u16, serde_json::Value) {
     let response = client
         .post(url)
         .header("content-type", "application/json")
@@ -99,7 +103,10 @@ pub async fn post(client: &reqwest::Client, url: &str, body: impl Into<reqwest::
         .unwrap();
     let status = response.status().as_u16();
     let text = response.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
 }
 
 /// A generic signal whose fingerprint is `fingerprint`.
