@@ -8,17 +8,21 @@
 //! `status.deduplication.occurrenceCount` is incremented by a status write
 //! conditioned on the `resourceVersion` read, re-read and retried on
 //! conflict — the creator's own delivery included, so the count is always
-//! exactly the deliveries accepted. Names are `rr-<hash>-<generation>`, so
+//! exactly the deliveries accepted. Deliveries of one request waiting in one
+//! replica are added by one writer in one write (`+n`), so simultaneous
+//! duplicates contend per replica, not per delivery. Names are `rr-<hash>-<generation>`, so
 //! even a creator whose lock expired mid-create is refused by the API
 //! server's `AlreadyExists` instead of creating a duplicate.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use jiff::Timestamp;
 use lease_lock::{CreateOnce, OnceError, Outcome};
 use rand::Rng;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::Error;
@@ -53,6 +57,16 @@ pub struct Deduplicator {
     once: CreateOnce,
     requests: Arc<dyn RemediationRequests>,
     metrics: Metrics,
+    batches: Arc<Mutex<HashMap<String, Batch>>>,
+}
+
+/// The deliveries of one request waiting in this replica for their count:
+/// one writer adds them all in one compare-and-swap, so simultaneous
+/// duplicates contend per replica, not per delivery.
+#[derive(Default)]
+struct Batch {
+    writing: bool,
+    waiting: Vec<oneshot::Sender<Result<u64, Error>>>,
 }
 
 impl std::fmt::Debug for Deduplicator {
@@ -70,6 +84,7 @@ impl Deduplicator {
             once,
             requests,
             metrics,
+            batches: Arc::default(),
         }
     }
 
@@ -94,11 +109,11 @@ impl Deduplicator {
             }
         };
         let name = request.metadata.name.clone().unwrap_or_default();
-        let stored = self.count(request).await?;
+        let occurrence_count = self.count_with_others(request).await?;
         Ok(Recorded {
             name,
             created,
-            occurrence_count: stored.occurrence_count(),
+            occurrence_count,
         })
     }
 
@@ -167,8 +182,87 @@ impl Deduplicator {
         }
     }
 
-    /// Adds this delivery to the request's count by compare-and-swap.
-    async fn count(&self, mut current: RemediationRequest) -> Result<RemediationRequest, Error> {
+    /// Adds this delivery to the request's count, together with the other
+    /// deliveries of the request waiting in this replica; the count after
+    /// the write that included it.
+    async fn count_with_others(&self, request: RemediationRequest) -> Result<u64, Error> {
+        let name = request.metadata.name.clone().unwrap_or_default();
+        let (tx, rx) = oneshot::channel();
+        let lead = {
+            let mut batches = self.batches();
+            let batch = batches.entry(name.clone()).or_default();
+            batch.waiting.push(tx);
+            !std::mem::replace(&mut batch.writing, true)
+        };
+        if lead {
+            // In its own task: a caller that goes away never strands the
+            // deliveries waiting in its batch.
+            let this = self.clone();
+            tokio::spawn(async move { this.write_batches(&name, request).await });
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(Error::Unreachable("the count writer stopped".into())))
+    }
+
+    /// Writes the waiting deliveries of `name`, a batch at a time, until
+    /// none is left.
+    async fn write_batches(&self, name: &str, mut current: RemediationRequest) {
+        loop {
+            let waiting = {
+                let mut batches = self.batches();
+                let Some(batch) = batches.get_mut(name) else {
+                    return;
+                };
+                if batch.waiting.is_empty() {
+                    batches.remove(name);
+                    return;
+                }
+                std::mem::take(&mut batch.waiting)
+            };
+            let n = waiting.len() as u64;
+            match self.count(current.clone(), n).await {
+                Ok(stored) => {
+                    let count = stored.occurrence_count();
+                    for w in waiting {
+                        let _ = w.send(Ok(count));
+                    }
+                    current = stored;
+                }
+                Err(e) => {
+                    for w in waiting {
+                        let _ = w.send(Err(e.for_waiter()));
+                    }
+                    // A later batch starts from a fresh read.
+                    match self.requests.get(name).await {
+                        Ok(Some(fresh)) => current = fresh,
+                        Ok(None) | Err(_) => {
+                            let rest = self
+                                .batches()
+                                .remove(name)
+                                .map(|b| b.waiting)
+                                .unwrap_or_default();
+                            for w in rest {
+                                let _ = w.send(Err(e.for_waiter()));
+                            }
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn batches(&self) -> std::sync::MutexGuard<'_, HashMap<String, Batch>> {
+        // Every change is one insert, take or remove: poisoning leaves no half state.
+        self.batches.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds `n` deliveries to the request's count by compare-and-swap.
+    async fn count(
+        &self,
+        mut current: RemediationRequest,
+        n: u64,
+    ) -> Result<RemediationRequest, Error> {
         let name = current.metadata.name.clone().unwrap_or_default();
         for attempt in 0..MAX_COUNT_ATTEMPTS {
             let now = Timestamp::now();
@@ -182,7 +276,7 @@ impl Deduplicator {
                 first_seen: now,
                 last_seen: now,
             });
-            dedup.occurrence_count += 1;
+            dedup.occurrence_count += n;
             dedup.last_seen = now.max(dedup.last_seen);
             match self.requests.replace_status(&next).await {
                 Ok(stored) => return Ok(stored),

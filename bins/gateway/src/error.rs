@@ -71,6 +71,24 @@ impl Error {
         }
     }
 
+    /// This error for each delivery of a count batch that failed: the same
+    /// answer (status code and message), without the source chain.
+    pub fn for_waiter(&self) -> Self {
+        match self {
+            Self::Api { status, message } => Self::Api {
+                status: *status,
+                message: message.clone(),
+            },
+            Self::Invalid(i) => Self::Invalid(i.clone()),
+            Self::NotFound(n) => Self::NotFound(n.clone()),
+            Self::AlreadyExists(n) => Self::AlreadyExists(n.clone()),
+            Self::Conflict(n) => Self::Conflict(n.clone()),
+            Self::Contended(n) => Self::Contended(n.clone()),
+            Self::Unreachable(m) => Self::Unreachable(m.clone()),
+            other => Self::Unreachable(other.to_string()),
+        }
+    }
+
     /// Maps a `kube` error on `what` (a name, for messages).
     pub fn from_kube(err: kube::Error, what: &str) -> Self {
         match err {

@@ -217,7 +217,7 @@ pub struct AlertmanagerAlert {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AlertItem {
     /// A firing alert, to be recorded.
-    Firing(Signal),
+    Firing(Box<Signal>),
     /// A resolved alert with its fingerprint: nothing to remediate.
     Resolved(String),
 }
@@ -305,7 +305,7 @@ fn alert_item(alert: AlertmanagerAlert) -> Result<AlertItem, Invalid> {
             name: name.clone(),
         })
     });
-    Ok(AlertItem::Firing(Signal {
+    Ok(AlertItem::Firing(Box::new(Signal {
         fingerprint,
         source: "alertmanager".to_owned(),
         alert_name,
@@ -315,7 +315,7 @@ fn alert_item(alert: AlertmanagerAlert) -> Result<AlertItem, Invalid> {
         labels: alert.labels,
         annotations: alert.annotations,
         starts_at,
-    }))
+    })))
 }
 
 fn kind_of(label: &str) -> String {

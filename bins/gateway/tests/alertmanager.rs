@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use support::{Replica, http, post, settings};
 
 /// A notification as Alertmanager 0.27 sends it to a `webhook_configs` receiver.
-fn notification(alerts: Value) -> Value {
+fn notification(alerts: &Value) -> Value {
     json!({
         "receiver": "supersede-gateway",
         "status": "firing",
@@ -54,7 +54,7 @@ async fn replica() -> (Replica, MemoryRequests) {
 async fn a_group_of_firing_alerts_creates_one_request_each_and_a_resend_counts_them() {
     let (replica, requests) = replica().await;
     let url = replica.url("/api/v1/alertmanager");
-    let payload = notification(json!([
+    let payload = notification(&json!([
         alert("8d1e5a4ce9b0f1a2", "api-7d9f-abcde", "firing"),
         alert("0b5c9e3f7a1d2c44", "api-7d9f-fghij", "firing"),
     ]))
@@ -104,7 +104,7 @@ async fn resolved_alerts_create_nothing_and_alerts_without_fingerprint_get_a_sta
         .as_object_mut()
         .unwrap()
         .remove("fingerprint");
-    let payload = notification(json!([
+    let payload = notification(&json!([
         alert("aaaaaaaaaaaaaaaa", "api-0", "resolved"),
         unfingerprinted
     ]));
@@ -141,26 +141,26 @@ async fn malformed_payloads_are_refused_with_400_and_a_message_and_create_nothin
     bad_fingerprint["fingerprint"] = json!("../../etc");
     let mut bad_time = good.clone();
     bad_time["startsAt"] = json!("yesterday");
-    let mut v3 = notification(json!([good.clone()]));
+    let mut v3 = notification(&json!([good.clone()]));
     v3["version"] = json!("3");
     let cases: Vec<(String, &str)> = vec![
         ("not json".into(), "not an Alertmanager"),
         ("{}".into(), "not an Alertmanager"),
         (v3.to_string(), "version"),
-        (notification(json!([])).to_string(), "alerts is empty"),
+        (notification(&json!([])).to_string(), "alerts is empty"),
         // One bad alert refuses the whole group: none of it is created.
         (
-            notification(json!([good.clone(), no_alertname])).to_string(),
+            notification(&json!([good.clone(), no_alertname])).to_string(),
             "alerts[1]: labels.alertname",
         ),
-        (notification(json!([bad_status])).to_string(), "status"),
+        (notification(&json!([bad_status])).to_string(), "status"),
         (
-            notification(json!([bad_fingerprint])).to_string(),
+            notification(&json!([bad_fingerprint])).to_string(),
             "fingerprint",
         ),
-        (notification(json!([bad_time])).to_string(), "startsAt"),
+        (notification(&json!([bad_time])).to_string(), "startsAt"),
         (
-            notification(json!([{"status": "firing"}])).to_string(),
+            notification(&json!([{"status": "firing"}])).to_string(),
             "labels",
         ),
     ];

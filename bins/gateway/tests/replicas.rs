@@ -2,9 +2,9 @@
 //! per call, 5xx and dropped reads injected) receive the same signals at
 //! once, many times over many fingerprints. Judged from what FakeKube
 //! stores and its request log, never from the gateways' own counters:
-//! exactly one RemediationRequest per fingerprint, and its
-//! `occurrenceCount` equal both to the deliveries answered 2xx and to the
-//! status writes FakeKube applied to it.
+//! exactly one RemediationRequest per fingerprint, its `occurrenceCount`
+//! equal to the deliveries answered 2xx, and at most one applied status
+//! write per such delivery (a replica batches the deliveries waiting in it).
 //!
 //! Real time (the fake server's latency is on the wall clock); a few
 //! seconds per scenario in a debug build, where FakeKube's own work per
@@ -111,10 +111,11 @@ async fn same_signals_at_once_on(replicas: usize, fingerprints: usize, per_finge
             )
             .into_iter()
             .filter(|r| r.applied)
-            .count();
-        assert_eq!(
-            applied_counts as u64, *count,
-            "{name}: one applied status write per delivery answered 2xx"
+            .count() as u64;
+        // A replica adds the deliveries waiting in it in one write (+n).
+        assert!(
+            (1..=*count).contains(&applied_counts),
+            "{name}: {applied_counts} applied status writes for {count} deliveries answered 2xx"
         );
     }
     assert!(
