@@ -3,7 +3,7 @@
 //!
 //! The rule it keeps: **a delivery is answered 2xx only after its count
 //! landed.** The request is found or created through
-//! [`CreateOnce`](lease_lock::CreateOnce) (check ▸ lock ▸ check again ▸
+//! [`CreateOnce`] (check ▸ lock ▸ check again ▸
 //! create ▸ release, keyed by the fingerprint's hash), then
 //! `status.deduplication.occurrenceCount` is incremented by a status write
 //! conditioned on the `resourceVersion` read, re-read and retried on
