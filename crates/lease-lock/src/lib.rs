@@ -8,6 +8,8 @@
 //! - [`LeaseLock`] (`lock.rs`): the acquisition algorithm, and the waiters'
 //!   turns at a released Lease (`turn.rs`).
 //! - [`LockGuard`] (`guard.rs`) and its renewal task (`renew.rs`).
+//! - [`CreateOnce`] (`once.rs`): one creator of a thing across replicas
+//!   (check ▸ lock ▸ check again ▸ create ▸ release).
 //! - deadlock detection (`deadlock.rs`), garbage collection (`gc.rs`),
 //!   lease naming (`name.rs`), [`Metrics`] and [`Error`].
 
@@ -20,6 +22,7 @@ mod lock;
 mod memory;
 mod metrics;
 mod name;
+mod once;
 mod renew;
 #[cfg(test)]
 mod tests;
@@ -37,6 +40,7 @@ pub use crate::lock::{AcquireOptions, LeaseLock, LockConfig, MAX_ACQUIRE_TIMEOUT
 pub use crate::memory::MemoryLeases;
 pub use crate::metrics::Metrics;
 pub use crate::name::{MAX_KEY_LEN, lease_name};
+pub use crate::once::{CreateOnce, OnceError, Outcome};
 /// The fencing token of the whole workspace, minted by [`LockGuard::fencing_token`].
 pub use resilience::fencing::{FencingToken, Rejected};
 

@@ -554,7 +554,7 @@ impl LockInner {
         lock(&self.cache).remove(name);
     }
 
-    fn cached(&self, name: &str) -> Option<Observation> {
+    pub(crate) fn cached(&self, name: &str) -> Option<Observation> {
         lock(&self.cache).get(name).cloned()
     }
 

@@ -1,0 +1,196 @@
+//! Where RemediationRequests live: the [`RemediationRequests`] trait, with
+//! [`KubeRequests`] (the custom resource through `kube`) and
+//! [`MemoryRequests`] (in-process, for `--dev` and tests).
+//!
+//! Rule kept here: every write is conditional. A create fails with
+//! [`Error::AlreadyExists`] when the name is taken; a status write carries
+//! the `resourceVersion` it was computed from and fails with
+//! [`Error::Conflict`] when the object changed since, so concurrent
+//! counters on several replicas never overwrite each other's increments.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use kube::api::{Api, ListParams, PostParams};
+
+use crate::Error;
+use crate::crd::{LABEL_FINGERPRINT_HASH, RemediationRequest};
+
+/// The RemediationRequest operations the gateway needs.
+#[async_trait]
+pub trait RemediationRequests: Send + Sync + 'static {
+    /// Every request labelled with fingerprint hash `hash`, terminal or not.
+    async fn list_by_fingerprint_hash(&self, hash: &str) -> Result<Vec<RemediationRequest>, Error>;
+
+    /// Reads one request; `Ok(None)` when it does not exist.
+    async fn get(&self, name: &str) -> Result<Option<RemediationRequest>, Error>;
+
+    /// Creates `request` and returns it as stored (its status dropped, as
+    /// the API server drops it on a create when the status subresource is
+    /// on). [`Error::AlreadyExists`] when the name is taken.
+    async fn create(&self, request: &RemediationRequest) -> Result<RemediationRequest, Error>;
+
+    /// Replaces the status if the stored `resourceVersion` still equals
+    /// `request.metadata.resourceVersion`; returns the stored object.
+    /// [`Error::Conflict`] when it changed, [`Error::NotFound`] when gone.
+    async fn replace_status(
+        &self,
+        request: &RemediationRequest,
+    ) -> Result<RemediationRequest, Error>;
+}
+
+/// RemediationRequests of one namespace on a cluster.
+#[derive(Clone)]
+pub struct KubeRequests {
+    api: Api<RemediationRequest>,
+}
+
+impl KubeRequests {
+    /// The requests of `namespace` through `client`.
+    pub fn new(client: kube::Client, namespace: &str) -> Self {
+        Self {
+            api: Api::namespaced(client, namespace),
+        }
+    }
+}
+
+#[async_trait]
+impl RemediationRequests for KubeRequests {
+    async fn list_by_fingerprint_hash(&self, hash: &str) -> Result<Vec<RemediationRequest>, Error> {
+        let params = ListParams::default().labels(&format!("{LABEL_FINGERPRINT_HASH}={hash}"));
+        self.api
+            .list(&params)
+            .await
+            .map(|list| list.items)
+            .map_err(|e| Error::from_kube(e, "remediationrequests"))
+    }
+
+    async fn get(&self, name: &str) -> Result<Option<RemediationRequest>, Error> {
+        self.api
+            .get_opt(name)
+            .await
+            .map_err(|e| Error::from_kube(e, name))
+    }
+
+    async fn create(&self, request: &RemediationRequest) -> Result<RemediationRequest, Error> {
+        let name = request.metadata.name.clone().unwrap_or_default();
+        self.api
+            .create(&PostParams::default(), request)
+            .await
+            .map_err(|e| Error::from_kube(e, &name))
+    }
+
+    async fn replace_status(
+        &self,
+        request: &RemediationRequest,
+    ) -> Result<RemediationRequest, Error> {
+        let name = request.metadata.name.clone().unwrap_or_default();
+        if request.metadata.resource_version.is_none() {
+            return Err(Error::Config(format!(
+                "a status write of {name} without a resourceVersion would be unconditional"
+            )));
+        }
+        self.api
+            .replace_status(&name, &PostParams::default(), request)
+            .await
+            .map_err(|e| Error::from_kube(e, &name))
+    }
+}
+
+/// RemediationRequests in memory, with the API server's versions and
+/// preconditions. Cheap to clone; clones share the store.
+#[derive(Clone, Default)]
+pub struct MemoryRequests {
+    inner: Arc<Mutex<Store>>,
+}
+
+#[derive(Default)]
+struct Store {
+    requests: BTreeMap<String, RemediationRequest>,
+    version: u64,
+}
+
+impl MemoryRequests {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every request stored (for tests and `--dev` inspection).
+    pub fn all(&self) -> Vec<RemediationRequest> {
+        self.store().requests.values().cloned().collect()
+    }
+
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        // Every mutation is one insert: a panic cannot leave it half-written.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl RemediationRequests for MemoryRequests {
+    async fn list_by_fingerprint_hash(&self, hash: &str) -> Result<Vec<RemediationRequest>, Error> {
+        Ok(self
+            .store()
+            .requests
+            .values()
+            .filter(|r| {
+                r.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL_FINGERPRINT_HASH))
+                    .is_some_and(|h| h == hash)
+            })
+            .cloned()
+            .collect())
+    }
+
+    async fn get(&self, name: &str) -> Result<Option<RemediationRequest>, Error> {
+        Ok(self.store().requests.get(name).cloned())
+    }
+
+    async fn create(&self, request: &RemediationRequest) -> Result<RemediationRequest, Error> {
+        let name = request
+            .metadata
+            .name
+            .clone()
+            .ok_or_else(|| Error::Config("a request needs a name".into()))?;
+        let mut store = self.store();
+        if store.requests.contains_key(&name) {
+            return Err(Error::AlreadyExists(name));
+        }
+        store.version += 1;
+        let mut stored = request.clone();
+        stored.status = None;
+        stored.metadata.resource_version = Some(store.version.to_string());
+        stored.metadata.uid = Some(format!("memory-{}", store.version));
+        stored.metadata.creation_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+        );
+        store.requests.insert(name, stored.clone());
+        Ok(stored)
+    }
+
+    async fn replace_status(
+        &self,
+        request: &RemediationRequest,
+    ) -> Result<RemediationRequest, Error> {
+        let name = request.metadata.name.clone().unwrap_or_default();
+        let mut store = self.store();
+        let version = store.version + 1;
+        let Some(current) = store.requests.get_mut(&name) else {
+            return Err(Error::NotFound(name));
+        };
+        if request.metadata.resource_version.is_none()
+            || current.metadata.resource_version != request.metadata.resource_version
+        {
+            return Err(Error::Conflict(name));
+        }
+        current.status = request.status.clone();
+        current.metadata.resource_version = Some(version.to_string());
+        let stored = current.clone();
+        store.version = version;
+        Ok(stored)
+    }
+}

@@ -1,0 +1,178 @@
+//! The seed's scenario: several gateway replicas sharing one FakeKube (2 ms
+//! per call, 5xx and dropped reads injected) receive the same signals at
+//! once, many times over many fingerprints. Judged from what FakeKube
+//! stores and its request log, never from the gateways' own counters:
+//! exactly one RemediationRequest per fingerprint, its `occurrenceCount`
+//! equal to the deliveries answered 2xx, and at most one applied status
+//! write per such delivery (a replica batches the deliveries waiting in it).
+//!
+//! Real time (the fake server's latency is on the wall clock); a few
+//! seconds per scenario in a debug build, where FakeKube's own work per
+//! request dominates.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use support::{fake_kube, http, kube_replicas, post, signal, stored};
+use testkit::faults::{InjectedError, Match};
+use testkit::kube::{FakeKube, RequestFilter};
+
+fn inject_faults(kube: &FakeKube) {
+    let faults = kube.faults();
+    faults.latency(Match::any(), Duration::from_millis(2), Duration::ZERO);
+    // Failures injected before the server applies anything: a failed
+    // request changed nothing, so the delivery is rightly not counted.
+    for (verb, resource, rate) in [
+        ("list", "remediationrequests", 0.03),
+        ("create", "remediationrequests", 0.05),
+        ("update", "remediationrequests/status", 0.05),
+        ("get", "remediationrequests", 0.03),
+        ("create", "leases", 0.03),
+        ("update", "leases", 0.03),
+    ] {
+        faults.error_rate(
+            Match::any().verb(verb).resource(resource),
+            rate,
+            InjectedError::Status(503),
+        );
+    }
+    faults.drop_rate(Match::any().verb("get").resource("leases"), 0.03);
+}
+
+async fn same_signals_at_once_on(replicas: usize, fingerprints: usize, per_fingerprint: usize) {
+    let kube = fake_kube().await;
+    inject_faults(&kube);
+    let gateways = kube_replicas(&kube, replicas).await;
+    let client = http();
+    let mut deliveries = Vec::new();
+    for f in 0..fingerprints {
+        for d in 0..per_fingerprint {
+            let url = gateways[(f + d) % replicas].url("/api/v1/signals");
+            let client = client.clone();
+            let fingerprint = format!("fp-{f:03}");
+            deliveries.push(tokio::spawn(async move {
+                let (status, body) = post(&client, &url, signal(&fingerprint)).await;
+                (fingerprint, status, body)
+            }));
+        }
+    }
+    let mut accepted: BTreeMap<String, u64> = BTreeMap::new();
+    let mut failed = 0;
+    for delivery in deliveries {
+        let (fingerprint, status, body) = delivery.await.unwrap();
+        match status {
+            201 | 202 => {
+                assert!(body["name"].as_str().unwrap().starts_with("rr-"), "{body}");
+                *accepted.entry(fingerprint).or_default() += 1;
+            }
+            500 | 503 => failed += 1,
+            other => panic!("unexpected answer {other}: {body}"),
+        }
+    }
+    kube.faults().clear();
+    let total = fingerprints * per_fingerprint;
+    assert!(
+        failed < total / 4,
+        "{failed} of {total} deliveries failed: the faults should cost a few, not most"
+    );
+
+    let requests = stored(&kube).await;
+    let mut by_fingerprint: BTreeMap<String, Vec<_>> = BTreeMap::new();
+    for rr in &requests {
+        by_fingerprint
+            .entry(rr.spec.fingerprint.clone())
+            .or_default()
+            .push(rr);
+    }
+    for (fingerprint, count) in &accepted {
+        let rrs = by_fingerprint
+            .get(fingerprint)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        assert_eq!(rrs.len(), 1, "{fingerprint}: {} requests", rrs.len());
+        let rr = rrs[0];
+        let name = rr.metadata.name.clone().unwrap();
+        assert_eq!(
+            rr.occurrence_count(),
+            *count,
+            "{fingerprint}: occurrenceCount against deliveries answered 2xx"
+        );
+        let applied_counts = kube
+            .requests()
+            .matching(
+                &RequestFilter::any()
+                    .verb("update")
+                    .resource("remediationrequests/status")
+                    .name(name.clone()),
+            )
+            .into_iter()
+            .filter(|r| r.applied)
+            .count() as u64;
+        // A replica adds the deliveries waiting in it in one write (+n).
+        assert!(
+            (1..=*count).contains(&applied_counts),
+            "{name}: {applied_counts} applied status writes for {count} deliveries answered 2xx"
+        );
+    }
+    assert!(
+        requests.len() <= fingerprints,
+        "{} requests for {fingerprints} fingerprints",
+        requests.len()
+    );
+    let created = kube
+        .requests()
+        .matching(
+            &RequestFilter::any()
+                .verb("create")
+                .resource("remediationrequests"),
+        )
+        .into_iter()
+        .filter(|r| r.applied)
+        .count();
+    assert_eq!(
+        created,
+        requests.len(),
+        "every applied create is one stored request"
+    );
+    // A failure must not be reported as acceptance anywhere: no injected
+    // failure was applied (they are injected before the server acts).
+    assert!(
+        kube.requests().entries().iter().all(|r| r.applied
+            == matches!(r.outcome, testkit::calls::Outcome::Ok)
+            || r.verb == "watch"),
+        "an injected failure took effect, or a success did not"
+    );
+    for g in gateways {
+        g.shutdown.trigger();
+        g.server.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_create_one_request_per_fingerprint_and_count_every_accepted_delivery() {
+    same_signals_at_once_on(3, 12, 6).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_replicas_create_one_request_per_fingerprint_and_count_every_accepted_delivery() {
+    same_signals_at_once_on(10, 10, 10).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_api_server_is_answered_500_with_the_reason() {
+    let kube = fake_kube().await;
+    let gateways = kube_replicas(&kube, 1).await;
+    // The API server goes away: connections are refused.
+    kube.shutdown().await;
+    let (status, body) = post(&http(), &gateways[0].url("/api/v1/signals"), signal("fp-x")).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("unreachable"),
+        "{body}"
+    );
+    assert_eq!(body["fingerprint"], "fp-x");
+}
