@@ -632,7 +632,11 @@ async fn single_object_watches_see_only_their_objects_events_and_share_the_rest_
         let wp = WatchParams::default().fields("metadata.name=web");
         web.push(cms.watch(&wp, &rv).await.unwrap().boxed());
     }
-    let mut all = cms.watch(&WatchParams::default(), &rv).await.unwrap().boxed();
+    let mut all = cms
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
 
     for i in 0..5 {
         for name in ["api", "web"] {
