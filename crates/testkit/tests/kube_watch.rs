@@ -191,25 +191,10 @@ async fn watch_streams_added_modified_deleted_in_resource_version_order() {
     .unwrap();
     cms.delete("c1", &DeleteParams::default()).await.unwrap();
 
-    let mut seen = Vec::new();
-    while seen.len() < 3 {
-        let event = tokio::time::timeout(PATIENCE, events.try_next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        let (kind, obj) = match event {
-            WatchEvent::Added(o) => ("ADDED", o),
-            WatchEvent::Modified(o) => ("MODIFIED", o),
-            WatchEvent::Deleted(o) => ("DELETED", o),
-            other => panic!("unexpected {other:?}"),
-        };
-        let rv: u64 = obj.resource_version().unwrap().parse().unwrap();
-        seen.push((kind, rv));
-    }
-    let kinds: Vec<&str> = seen.iter().map(|(k, _)| *k).collect();
+    let seen = next_events(&mut events, 3).await;
+    let kinds: Vec<&str> = seen.iter().map(|(k, _, _)| *k).collect();
     assert_eq!(kinds, ["ADDED", "MODIFIED", "DELETED"]);
-    assert!(seen.windows(2).all(|w| w[0].1 < w[1].1), "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0].2 < w[1].2), "{seen:?}");
     assert_eq!(kube.calls().count(Some("watch"), Some("configmaps")), 1);
 }
 
