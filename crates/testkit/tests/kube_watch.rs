@@ -191,25 +191,10 @@ async fn watch_streams_added_modified_deleted_in_resource_version_order() {
     .unwrap();
     cms.delete("c1", &DeleteParams::default()).await.unwrap();
 
-    let mut seen = Vec::new();
-    while seen.len() < 3 {
-        let event = tokio::time::timeout(PATIENCE, events.try_next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        let (kind, obj) = match event {
-            WatchEvent::Added(o) => ("ADDED", o),
-            WatchEvent::Modified(o) => ("MODIFIED", o),
-            WatchEvent::Deleted(o) => ("DELETED", o),
-            other => panic!("unexpected {other:?}"),
-        };
-        let rv: u64 = obj.resource_version().unwrap().parse().unwrap();
-        seen.push((kind, rv));
-    }
-    let kinds: Vec<&str> = seen.iter().map(|(k, _)| *k).collect();
+    let seen = next_events(&mut events, 3).await;
+    let kinds: Vec<&str> = seen.iter().map(|(k, _, _)| *k).collect();
     assert_eq!(kinds, ["ADDED", "MODIFIED", "DELETED"]);
-    assert!(seen.windows(2).all(|w| w[0].1 < w[1].1), "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0].2 < w[1].2), "{seen:?}");
     assert_eq!(kube.calls().count(Some("watch"), Some("configmaps")), 1);
 }
 
@@ -583,4 +568,91 @@ async fn send_initial_events_needs_resource_version_match_not_older_than_as_on_t
         }
         other => panic!("expected the initial-events-end bookmark, got {other:?}"),
     }
+}
+
+/// The events of one watch, as (kind, name, resourceVersion), until it has
+/// delivered `n`.
+async fn next_events(
+    events: &mut (impl futures::Stream<Item = Result<WatchEvent<ConfigMap>, Error>> + Unpin),
+    n: usize,
+) -> Vec<(&'static str, String, u64)> {
+    let mut seen = Vec::new();
+    while seen.len() < n {
+        let event = tokio::time::timeout(PATIENCE, events.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let (kind, obj) = match event {
+            WatchEvent::Added(o) => ("ADDED", o),
+            WatchEvent::Modified(o) => ("MODIFIED", o),
+            WatchEvent::Deleted(o) => ("DELETED", o),
+            other => panic!("unexpected {other:?}"),
+        };
+        let rv = obj.resource_version().unwrap().parse().unwrap();
+        seen.push((kind, obj.name_any(), rv));
+    }
+    seen
+}
+
+#[tokio::test]
+async fn single_object_watches_see_only_their_objects_events_and_share_the_rest_in_order() {
+    let kube = FakeKube::start().await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(kube.client(), "ns");
+    for name in ["web", "api"] {
+        cms.create(&PostParams::default(), &config_map(name, &[]))
+            .await
+            .unwrap();
+    }
+    let rv = cms
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    // Three watches of `web` by field selector, one of everything.
+    let mut web = Vec::new();
+    for _ in 0..3 {
+        let wp = WatchParams::default().fields("metadata.name=web");
+        web.push(cms.watch(&wp, &rv).await.unwrap().boxed());
+    }
+    let mut all = cms
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .unwrap()
+        .boxed();
+
+    for i in 0..5 {
+        for name in ["api", "web"] {
+            cms.patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"data": {"i": i.to_string()}})),
+            )
+            .await
+            .unwrap();
+        }
+    }
+    cms.delete("web", &DeleteParams::default()).await.unwrap();
+
+    let everything = next_events(&mut all, 11).await;
+    assert!(
+        everything.windows(2).all(|w| w[0].2 < w[1].2),
+        "{everything:?}"
+    );
+    let expected: Vec<_> = everything
+        .iter()
+        .filter(|(_, name, _)| name == "web")
+        .cloned()
+        .collect();
+    assert_eq!(expected.len(), 6);
+    assert_eq!(expected.last().unwrap().0, "DELETED");
+    for events in &mut web {
+        // The same events as the unfiltered watch saw of `web`, in the same
+        // order; an event of `api` would have come before the DELETED
+        // (every watch receives its events in resourceVersion order).
+        assert_eq!(next_events(events, 6).await, expected);
+    }
+    assert_eq!(kube.watch_count(), 4);
 }

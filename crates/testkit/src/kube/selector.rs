@@ -155,6 +155,15 @@ impl FieldSelector {
     pub fn is_empty(&self) -> bool {
         self.terms.is_empty()
     }
+
+    /// The one name an object must have to be selected (a
+    /// `metadata.name=` term), if the selector requires one.
+    pub fn required_name(&self) -> Option<&str> {
+        self.terms
+            .iter()
+            .find(|(field, equal, _)| *equal && field == "metadata.name")
+            .map(|(_, _, value)| value.as_str())
+    }
 }
 
 /// The string form of a dotted field path (missing fields read as `""`).

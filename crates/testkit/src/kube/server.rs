@@ -804,7 +804,7 @@ async fn serve_target(
 
 /// How objects are written back for one request: in the version the client
 /// asked for, whole or as `PartialObjectMetadata`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Render {
     api_version: String,
     kind: String,
@@ -814,7 +814,9 @@ pub(crate) struct Render {
 }
 
 impl Render {
-    fn new(t: &ResourceType, version: &str, accept: &str) -> Self {
+    /// How objects of `t` are written for a request of `version` that
+    /// accepts `accept`.
+    pub(crate) fn new(t: &ResourceType, version: &str, accept: &str) -> Self {
         Self {
             api_version: t.api_version(version),
             kind: t.kind.clone(),

@@ -5,7 +5,8 @@
 //! live events from its bounded channel, with BOOKMARKs when asked and until
 //! `timeoutSeconds`; a partition (see `Faults::partition`) stalls it, and a
 //! cut (`FakeKube::cut_watches`, a restart) closes its connection
-//! mid-stream. The rule it keeps: **a BOOKMARK never overtakes an event**
+//! mid-stream. An event's line is encoded once per response form and shared
+//! by every watch streaming it. The rule it keeps: **a BOOKMARK never overtakes an event**
 //! — it is only sent when every event up to its resourceVersion has already
 //! been written, so a client resuming from it loses nothing.
 
@@ -36,11 +37,11 @@ pub(crate) struct WatchStream {
     pub cut: CancellationToken,
     pub render: Render,
     pub id: u64,
-    pub initial: Vec<WatchItem>,
+    pub initial: Vec<Arc<WatchItem>>,
     /// Send a BOOKMARK marking the end of the initial events at this
     /// resourceVersion (`sendInitialEvents=true`).
     pub initial_end: Option<u64>,
-    pub live: mpsc::Receiver<WatchItem>,
+    pub live: mpsc::Receiver<Arc<WatchItem>>,
     pub bookmarks: bool,
     pub timeout: Duration,
 }
@@ -80,9 +81,9 @@ struct State {
     connection: CancellationToken,
     cut: CancellationToken,
     render: Render,
-    initial: VecDeque<WatchItem>,
+    initial: VecDeque<Arc<WatchItem>>,
     initial_end: Option<u64>,
-    live: mpsc::Receiver<WatchItem>,
+    live: mpsc::Receiver<Arc<WatchItem>>,
     ticker: Option<Interval>,
     deadline: Instant,
 }
@@ -156,7 +157,7 @@ impl Unwatch {
     /// The current resourceVersion, if every event up to it has been taken
     /// from `live` (events are queued under the store lock, so an empty
     /// queue seen under that lock means nothing older is pending).
-    fn safe_bookmark(&self, live: &mpsc::Receiver<WatchItem>) -> Option<u64> {
+    fn safe_bookmark(&self, live: &mpsc::Receiver<Arc<WatchItem>>) -> Option<u64> {
         let store = self.shared.store();
         (live.is_empty() && store.has_watcher(self.id)).then(|| store.resource_version())
     }
@@ -168,8 +169,12 @@ impl Drop for Unwatch {
     }
 }
 
+/// The event's line, encoded once per response form for all the watchers
+/// that stream it (the API server's `cachingObject`).
 fn event_line(render: &Render, item: &WatchItem) -> Bytes {
-    line(&json!({"type": item.kind.as_str(), "object": render.object(&item.object)}))
+    item.encoded(render, |item| {
+        line(&json!({"type": item.kind.as_str(), "object": render.object(&item.object)}))
+    })
 }
 
 fn bookmark_line(render: &Render, rv: u64, initial_events_end: bool) -> Bytes {

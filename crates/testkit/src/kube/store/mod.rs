@@ -15,6 +15,7 @@ mod gc;
 mod history;
 mod kubelet;
 mod snapshot;
+mod watchers;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -42,6 +43,8 @@ use gc::GarbageCollector;
 use history::History;
 use kubelet::Kubelet;
 pub(crate) use snapshot::ReadAt;
+pub(crate) use watchers::WatchItem;
+use watchers::Watchers;
 
 /// Limits and behaviour knobs of the store.
 #[derive(Debug, Clone)]
@@ -152,13 +155,6 @@ impl EventKind {
     }
 }
 
-/// One event as a watcher sees it (after its selectors).
-#[derive(Debug, Clone)]
-pub(crate) struct WatchItem {
-    pub kind: EventKind,
-    pub object: Arc<Value>,
-}
-
 /// What a client asked to watch.
 #[derive(Debug, Clone)]
 pub(crate) struct WatchRequest {
@@ -187,10 +183,10 @@ pub(crate) enum WatchFrom {
 /// A registered watch: events to replay first, then the live channel.
 pub(crate) enum WatchStart {
     Started {
-        initial: Vec<WatchItem>,
+        initial: Vec<Arc<WatchItem>>,
         /// The resourceVersion the initial events bring the client to.
         initial_rv: u64,
-        live: mpsc::Receiver<WatchItem>,
+        live: mpsc::Receiver<Arc<WatchItem>>,
         id: u64,
     },
     /// The requested resourceVersion is older than the kept history.
@@ -242,20 +238,11 @@ pub(crate) struct Store {
     types: Vec<ResourceType>,
     objects: BTreeMap<ObjKey, Value>,
     history: History,
-    watchers: Vec<Watcher>,
-    next_watcher: u64,
+    watchers: Watchers,
     names: StdRng,
     agenda: Agenda,
     kubelet: Kubelet,
     gc: GarbageCollector,
-}
-
-struct Watcher {
-    id: u64,
-    group: String,
-    plural: String,
-    request: WatchRequest,
-    tx: mpsc::Sender<WatchItem>,
 }
 
 /// Characters of generated name suffixes (the API server's: no vowels, no
@@ -277,8 +264,7 @@ impl Store {
             types: builtin_types(),
             objects: BTreeMap::new(),
             history,
-            watchers: Vec::new(),
-            next_watcher: 0,
+            watchers: Watchers::default(),
             names,
             agenda: Agenda::new(),
             kubelet: Kubelet::default(),
@@ -851,10 +837,10 @@ impl Store {
                         .is_none_or(|ns| *ns == k.namespace)
                         && selects(&request.labels, &request.fields, o)
                     {
-                        initial.push(WatchItem {
-                            kind: EventKind::Added,
-                            object: Arc::new(o.clone()),
-                        });
+                        initial.push(Arc::new(WatchItem::new(
+                            EventKind::Added,
+                            Arc::new(o.clone()),
+                        )));
                     }
                 }
                 at
@@ -866,18 +852,9 @@ impl Store {
         };
         // What followed the starting point (none after a fresh snapshot).
         for event in self.history.after(&t.group, &t.plural, since) {
-            initial.extend(view(&request, event));
+            initial.extend(watchers::item_for(&request, event));
         }
-        let (tx, live) = mpsc::channel(self.config.watch_capacity.max(1));
-        self.next_watcher += 1;
-        let id = self.next_watcher;
-        self.watchers.push(Watcher {
-            id,
-            group: t.group.clone(),
-            plural: t.plural.clone(),
-            request,
-            tx,
-        });
+        let (id, live) = self.watchers.add(t, request, self.config.watch_capacity);
         WatchStart::Started {
             initial,
             initial_rv: self.rv,
@@ -897,11 +874,11 @@ impl Store {
     /// Whether watcher `id` is still registered (it is dropped when it
     /// falls too far behind).
     pub fn has_watcher(&self, id: u64) -> bool {
-        self.watchers.iter().any(|w| w.id == id)
+        self.watchers.contains(id)
     }
 
     pub fn unwatch(&mut self, id: u64) {
-        self.watchers.retain(|w| w.id != id);
+        self.watchers.remove(id);
     }
 
     /// Number of registered watches.
@@ -1094,9 +1071,8 @@ impl Store {
         gone
     }
 
-    /// Records an event and feeds matching watchers; a watcher whose buffer
-    /// is full is closed (it can resume from its last resourceVersion),
-    /// never buffered without bound.
+    /// Records an event and hands it to the watchers that select it (see
+    /// `watchers`: never waiting on one, closing one that fell behind).
     fn emit(&mut self, kind: EventKind, key: ObjKey, object: &Value, prev: Option<&Value>) {
         let event = Event {
             rv: self.rv,
@@ -1105,22 +1081,7 @@ impl Store {
             object: Arc::new(object.clone()),
             prev: prev.map(|p| Arc::new(p.clone())),
         };
-        self.watchers.retain(|w| {
-            if w.group != event.key.group || w.plural != event.key.plural {
-                return true;
-            }
-            match view(&w.request, &event) {
-                None => true,
-                Some(item) => match w.tx.try_send(item) {
-                    Ok(()) => true,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        tracing::warn!(watcher = w.id, "closing a watch that fell too far behind");
-                        false
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => false,
-                },
-            }
-        });
+        self.watchers.dispatch(&event);
         self.history.record(event, Instant::now());
     }
 
@@ -1186,36 +1147,6 @@ impl Store {
             }
         }
         name
-    }
-}
-
-/// What watcher `request` sees of `event`, if anything: an update that moves
-/// an object into the selection is ADDED, out of it DELETED.
-fn view(request: &WatchRequest, event: &Event) -> Option<WatchItem> {
-    if request
-        .namespace
-        .as_ref()
-        .is_some_and(|ns| *ns != event.key.namespace)
-    {
-        return None;
-    }
-    let now = selects(&request.labels, &request.fields, &event.object);
-    let before = event
-        .prev
-        .as_ref()
-        .is_some_and(|p| selects(&request.labels, &request.fields, p));
-    let item = |kind, object| Some(WatchItem { kind, object });
-    match (event.kind, before, now) {
-        (EventKind::Modified, true, true) => item(EventKind::Modified, event.object.clone()),
-        (EventKind::Modified, false, true) => item(EventKind::Added, event.object.clone()),
-        (EventKind::Modified, true, false) => {
-            let mut last = event.prev.as_deref().cloned().unwrap_or(Value::Null);
-            metadata_mut(&mut last).insert("resourceVersion".into(), json!(event.rv.to_string()));
-            item(EventKind::Deleted, Arc::new(last))
-        }
-        (EventKind::Modified, false, false) => None,
-        (kind, _, true) => item(kind, event.object.clone()),
-        (_, _, false) => None,
     }
 }
 
