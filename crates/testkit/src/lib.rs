@@ -14,5 +14,6 @@ pub mod faults;
 #[cfg(feature = "github")]
 pub mod github;
 pub mod history;
+pub mod metrics_contract;
 #[cfg(feature = "kube")]
 pub mod kube;
