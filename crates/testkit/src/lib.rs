@@ -9,11 +9,12 @@
 //! Crates that need only one fake turn the other off, which keeps their test
 //! and benchmark builds small (`octocrab` is the heaviest dependency here).
 
+pub mod binary;
 pub mod calls;
 pub mod faults;
 #[cfg(feature = "github")]
 pub mod github;
 pub mod history;
-pub mod metrics_contract;
 #[cfg(feature = "kube")]
 pub mod kube;
+pub mod metrics_contract;

@@ -205,9 +205,41 @@ pub fn unexported(binary: &str, exposition: &str) -> Result<Vec<MetricReference>
         .collect())
 }
 
+/// The contract for `binary` on its `/metrics` text: `Ok` with how many
+/// shipped references name its metrics when none is missing; `Err` naming
+/// each missing one, or saying that `deploy/` expects fewer than `at_least`
+/// of its metrics (so that an ownership table that lost the binary cannot
+/// pass by checking nothing).
+pub fn check_exported(binary: &str, exposition: &str, at_least: usize) -> Result<usize, String> {
+    let references = shipped_references().map_err(|e| e.to_string())?;
+    let expected = references
+        .iter()
+        .filter(|r| owners(&r.metric).contains(&binary))
+        .count();
+    if expected < at_least {
+        return Err(format!(
+            "deploy/ expects only {expected} references to {binary}'s metrics, fewer than {at_least}"
+        ));
+    }
+    let missing = unexported(binary, exposition).map_err(|e| e.to_string())?;
+    if missing.is_empty() {
+        return Ok(expected);
+    }
+    let lines: Vec<String> = missing
+        .iter()
+        .map(|r| format!("  {} ({}: {})", r.metric, r.file, r.context))
+        .collect();
+    Err(format!(
+        "named in deploy/ but not exported by {binary}:\n{}",
+        lines.join("\n")
+    ))
+}
+
 /// A path relative to the repository root.
 pub fn repo_file(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
 }
 
 // ----- helpers ---------------------------------------------------------------

@@ -1,0 +1,51 @@
+//! The metric contract for the controller, a stand-in until the controller
+//! binary lands: a registry composed of what the controller composes — the
+//! reconciler's metrics, the saga's and coordinator's with the `kubernetes`
+//! and `github` circuit breakers, the lease lock's and the state store's —
+//! must export every metric the shipped alert rules and dashboard expect
+//! from the controller (see `testkit::metrics_contract`). Once
+//! `bins/controller/tests/metric_contract.rs` scrapes `controller --dev`,
+//! this file goes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+
+use cancel_coordinator::{MemoryWorkloads, StateAwareCancellation};
+use label_cas::MemoryPullRequests;
+use lease_lock::{LeaseLock, LockConfig, MemoryLeases};
+use prometheus_client::registry::Registry;
+use resilience::BreakerPolicy;
+use state_store::{MemoryBackend, StateStore};
+use testkit::metrics_contract::check_exported;
+
+#[test]
+fn every_metric_the_rules_and_dashboard_expect_from_the_controller_is_in_what_it_composes() {
+    let lock = LeaseLock::new(
+        MemoryLeases::new(),
+        LockConfig::new("controller-0", "default"),
+    )
+    .unwrap();
+    let store = StateStore::new(MemoryBackend::new());
+    let github = Arc::new(MemoryPullRequests::new());
+    let mut registry = Registry::default();
+    lock.metrics().register(&mut registry);
+    store.register(&mut registry);
+    recovery::Metrics::default().register(&mut registry);
+    let saga = StateAwareCancellation::builder(
+        lock,
+        store,
+        Arc::new(MemoryWorkloads::new()),
+        github.clone(),
+        github.labels().clone(),
+    )
+    .breakers(BreakerPolicy::default())
+    .build()
+    .unwrap();
+    saga.register(&mut registry);
+    let mut exposition = String::new();
+    prometheus_client::encoding::text::encode(&mut exposition, &registry).unwrap();
+
+    if let Err(broken) = check_exported("controller", &exposition, 20) {
+        panic!("{broken}");
+    }
+}
