@@ -5,7 +5,10 @@
 //! must export every metric the shipped alert rules and dashboard expect
 //! from the controller (see `testkit::metrics_contract`). Once
 //! `bins/controller/tests/metric_contract.rs` scrapes `controller --dev`,
-//! this file goes.
+//! this file goes. The breakers are the design's (circuit breakers around
+//! Kubernetes and GitHub in the coordinator): a controller whose saga is
+//! built without `.breakers(…)` exports no `cancel_coordinator_circuit_breaker_*`
+//! and fails its own contract test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;

@@ -3,8 +3,8 @@
 //! on another replica's lock and force-deletes a pod that ignores SIGTERM),
 //! its recovery reconciler (a lost supersession handed on, an orphaned
 //! Lease deleted, an unreadable state quarantined, a run held by a foreign
-//! finalizer flagged with an Event), its recovery leadership Lease and its
-//! TTL cleanup — each over FakeKube through the real clients, on paused
+//! finalizer flagged with an Event), recovery under its leadership Lease,
+//! and its TTL cleanup — each over FakeKube through the real clients, on paused
 //! time. Every (verb, resource) the controller's parties requested must be
 //! granted, and every grant requested.
 //!
@@ -22,10 +22,11 @@ use cancel_coordinator::{CancelMode, CancellationRequest, Intent, Workloads as _
 use common::*;
 use lease_lock::AcquireOptions;
 use state_store::TaskStatus;
+use tokio_util::sync::CancellationToken;
 use testkit::kube::rbac::{Permission, RbacDiff, role_permissions, used_permissions};
 use testkit::metrics_contract::repo_file;
 
-/// The `Audit-ID` of the controller's TTL cleanup and leadership requests.
+/// The `Audit-ID` of the controller's TTL cleanup requests.
 const CONTROLLER: &str = "controller";
 /// The parties that are the controller's; the others (the test's operator,
 /// a dead coordinator, another replica) are the world it acts on.
@@ -148,16 +149,24 @@ async fn a_run_held_by_a_foreign_finalizer_is_flagged() -> BTreeSet<Permission> 
     controllers_calls(&c)
 }
 
-/// The recovery leader's long-held Lease, and a TTL pass deleting a state
-/// finished more than a week ago.
+/// Recovery as the controller runs it — `RecoveryManager::spawn` on the
+/// leadership lock `controller-recovery-leader`, a few cycles, leadership
+/// released on shutdown — and a TTL pass deleting a state finished more
+/// than a week ago.
 async fn leadership_and_ttl_cleanup() -> BTreeSet<Permission> {
     let c = Cluster::start().await;
-    let leader = c
-        .lock(CONTROLLER, "controller-0", "supersede")
-        .acquire("recovery-leader", AcquireOptions::new())
-        .await
-        .unwrap();
-    leader.release().await.unwrap();
+    let (coordinator, workers) = c.coordinator("controller-0");
+    let recovery = c.recovery(&coordinator);
+    let shutdown = CancellationToken::new();
+    let leading = recovery.spawn(
+        c.lock(RECOVERY, "controller-0", "controller"),
+        shutdown.clone(),
+    );
+    tokio::time::sleep(Duration::from_secs(95)).await;
+    shutdown.cancel();
+    leading.await.unwrap();
+    workers.shutdown(Duration::from_secs(5)).await;
+
     c.store_as(OPERATOR)
         .update("task-5", |state| {
             state.status = TaskStatus::Completed;
