@@ -3,7 +3,8 @@
 //! FakeKube and FakeGitHub, runs every flow that reaches the API server —
 //! a pull request opened, a push that supersedes a graceful run and one
 //! that ignores SIGTERM (so the force delete runs) while another replica
-//! holds the task's lock (so the sensor waits on its Lease), a pull request
+//! holds the task's lock (so the sensor waits on its Lease) and the first
+//! intent annotation meets a 409 (so the run is re-read), a pull request
 //! closed with a run left — and every (verb, resource) in FakeKube's
 //! request log must be granted, and every grant used. The runs and pods are
 //! seeded straight into FakeKube and the rival replica's requests carry
@@ -23,6 +24,7 @@ use kube::{CustomResourceExt, Resource, ResourceExt};
 use lease_lock::{AcquireOptions, KubeLeases, LeaseLock, LockConfig};
 use sensor::{Config, wiring};
 use serde_json::json;
+use testkit::faults::{InjectedError, Match};
 use testkit::github::{DeliveryId, FakeGitHub, WebhookConfig};
 use testkit::kube::FakeKube;
 use testkit::kube::rbac::{RbacDiff, role_permissions, used_permissions};
@@ -152,6 +154,11 @@ async fn the_sensors_role_grants_exactly_the_calls_its_flows_make() {
         .acquire(&format!("task-{TASK}"), AcquireOptions::new())
         .await
         .unwrap();
+    kube.faults().fail_next(
+        Match::any().verb("patch").resource("coderuns"),
+        1,
+        InjectedError::Status(409),
+    );
     let release = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(1)).await;
         held.release().await.unwrap();

@@ -2,8 +2,9 @@
 //! binary lands: a registry composed of what the controller composes — the
 //! reconciler's metrics, the saga's and coordinator's with the `kubernetes`
 //! and `github` circuit breakers, the lease lock's and the state store's —
-//! must export every metric the shipped alert rules and dashboard expect
-//! from the controller (see `testkit::metrics_contract`). Once
+//! with one cancellation run through it (so that the families that only
+//! have series once something happened have them) must export every metric
+//! the shipped alert rules and dashboard expect from the controller (see `testkit::metrics_contract`). Once
 //! `bins/controller/tests/metric_contract.rs` scrapes `controller --dev`,
 //! this file goes. The breakers are the design's (circuit breakers around
 //! Kubernetes and GitHub in the coordinator): a controller whose saga is
@@ -13,16 +14,17 @@
 
 use std::sync::Arc;
 
-use cancel_coordinator::{MemoryWorkloads, StateAwareCancellation};
-use label_cas::MemoryPullRequests;
+use cancel_coordinator::{CancellationRequest, MemoryWorkloads, StateAwareCancellation};
+use jiff::Timestamp;
+use label_cas::{MemoryPullRequests, PrRef};
 use lease_lock::{LeaseLock, LockConfig, MemoryLeases};
 use prometheus_client::registry::Registry;
 use resilience::BreakerPolicy;
 use state_store::{MemoryBackend, StateStore};
 use testkit::metrics_contract::check_exported;
 
-#[test]
-fn every_metric_the_rules_and_dashboard_expect_from_the_controller_is_in_what_it_composes() {
+#[tokio::test]
+async fn every_metric_the_rules_and_dashboard_expect_from_the_controller_is_in_what_it_composes() {
     let lock = LeaseLock::new(
         MemoryLeases::new(),
         LockConfig::new("controller-0", "default"),
@@ -45,9 +47,25 @@ fn every_metric_the_rules_and_dashboard_expect_from_the_controller_is_in_what_it
     .build()
     .unwrap();
     saga.register(&mut registry);
+    let pr = PrRef::new("acme", "widgets", 7).unwrap();
+    let head = "2222222222222222222222222222222222222222";
+    // Whatever its outcome (no pull request is known), it takes the lock
+    // and reads the state.
+    let _outcome = saga
+        .run(&CancellationRequest::push(
+            "task-1",
+            pr,
+            head,
+            Timestamp::now(),
+        ))
+        .await;
     let mut exposition = String::new();
     prometheus_client::encoding::text::encode(&mut exposition, &registry).unwrap();
 
+    assert!(
+        exposition.contains("lease_lock_acquisitions_total 1"),
+        "{exposition}"
+    );
     if let Err(broken) = check_exported("controller", &exposition, 20) {
         panic!("{broken}");
     }

@@ -22,9 +22,9 @@ use cancel_coordinator::{CancelMode, CancellationRequest, Intent, Workloads as _
 use common::*;
 use lease_lock::AcquireOptions;
 use state_store::TaskStatus;
-use tokio_util::sync::CancellationToken;
 use testkit::kube::rbac::{Permission, RbacDiff, role_permissions, used_permissions};
 use testkit::metrics_contract::repo_file;
+use tokio_util::sync::CancellationToken;
 
 /// The `Audit-ID` of the controller's TTL cleanup requests.
 const CONTROLLER: &str = "controller";
