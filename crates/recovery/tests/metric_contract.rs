@@ -27,7 +27,10 @@ use testkit::metrics_contract::check_exported;
 async fn every_metric_the_rules_and_dashboard_expect_from_the_controller_is_in_what_it_composes() {
     let lock = LeaseLock::new(
         MemoryLeases::new(),
-        LockConfig::new("controller-0", "default"),
+        LockConfig {
+            prefix: "cancel".to_owned(),
+            ..LockConfig::new("controller-0", "default")
+        },
     )
     .unwrap();
     let store = StateStore::new(MemoryBackend::new());
