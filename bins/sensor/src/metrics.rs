@@ -32,8 +32,12 @@ pub struct SensorMetrics {
 }
 
 impl Default for SensorMetrics {
+    /// Every signature failure reason and every duplicate's origin start at
+    /// 0, so that `increase()` sees the first of them (a series that appears
+    /// at 1 has nothing to increase from) and the families are in
+    /// `/metrics` before anything happened.
     fn default() -> Self {
-        Self {
+        let metrics = Self {
             deliveries: Family::default(),
             signature_failures: Family::default(),
             duplicates: Family::default(),
@@ -41,7 +45,16 @@ impl Default for SensorMetrics {
             state_write_duration: Histogram::new(BUCKETS),
             answer_duration: Histogram::new(BUCKETS),
             writes_in_flight: Gauge::default(),
+        };
+        for reason in ["missing", "malformed", "mismatch"] {
+            let _ = metrics
+                .signature_failures
+                .get_or_create(&ReasonLabels { reason });
         }
+        for found_in in ["memory", "state"] {
+            let _ = metrics.duplicates.get_or_create(&WhereLabels { found_in });
+        }
+        metrics
     }
 }
 

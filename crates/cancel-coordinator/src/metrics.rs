@@ -67,8 +67,53 @@ pub struct Metrics {
     pub(crate) retried: Counter,
 }
 
+/// Every `outcome` of `cancellations`: the reports' and the error classes'.
+const OUTCOMES: [&str; 17] = [
+    "cancelled",
+    "nothing_to_cancel",
+    "already_handled",
+    "failed",
+    "rolled_back",
+    "kubernetes",
+    "circuit_open",
+    "invalid",
+    "config",
+    "lock_busy",
+    "lock",
+    "lock_lost",
+    "state",
+    "labels",
+    "stuck",
+    "queue_full",
+    "shutting_down",
+];
+
+/// Every `reason` of `rejected_requests`.
+const REJECTIONS: [&str; 4] = ["shutting_down", "invalid", "queue_full", "expired"];
+
 impl Default for Metrics {
+    /// Every known label value starts at 0, so that `increase()` sees the
+    /// first event of each (a series that appears at 1 has nothing to
+    /// increase from) and every family is in `/metrics` from the start.
     fn default() -> Self {
+        let metrics = Self::empty();
+        for outcome in OUTCOMES {
+            let _ = metrics
+                .cancellations
+                .get_or_create(&OutcomeLabels { outcome });
+        }
+        for how in ["graceful", "forced"] {
+            let _ = metrics.runs_cancelled.get_or_create(&HowLabels { how });
+        }
+        for reason in REJECTIONS {
+            let _ = metrics.rejected.get_or_create(&ReasonLabels { reason });
+        }
+        metrics
+    }
+}
+
+impl Metrics {
+    fn empty() -> Self {
         Self {
             cancellations: Family::default(),
             runs_cancelled: Family::default(),

@@ -10,6 +10,7 @@
 //! Crates that need only one fake turn the other off, which keeps their test
 //! and benchmark builds small (`octocrab` is the heaviest dependency here).
 
+pub mod binary;
 pub mod calls;
 pub mod faults;
 #[cfg(feature = "github")]
@@ -19,3 +20,4 @@ pub mod history;
 pub mod kube;
 #[cfg(feature = "logs")]
 pub mod logs;
+pub mod metrics_contract;

@@ -112,6 +112,7 @@ mod discovery;
 mod events;
 mod managed_fields;
 mod patch;
+pub mod rbac;
 mod request_log;
 mod resource;
 mod selector;
