@@ -621,6 +621,9 @@ impl World {
                         at: clock.now(),
                         new_head_sha: NEW.into(),
                         targets: vec![format!("{id}-quality-old")],
+                        superseded_heads: vec![OLD.into()],
+                        started_at: Some(clock.now() - SignedDuration::from_secs(1)),
+                        finished_at: Some(clock.now()),
                         outcome: CancellationOutcome::Cancelled,
                         correlation_id: None,
                         detail: Some(format!(
