@@ -906,6 +906,11 @@ impl Seed {
             at: Timestamp::now(),
             new_head_sha: delivery.head.clone(),
             targets: deleted,
+            // The seed's design records neither the heads it superseded
+            // nor when its handler started.
+            superseded_heads: Vec::new(),
+            started_at: None,
+            finished_at: None,
             outcome: CancellationOutcome::Cancelled,
             correlation_id: Some(delivery.correlation_id.clone()),
             detail: None,
