@@ -39,6 +39,7 @@ pub const OWNERS: &[(&str, &[&str])] = &[
     ("agent_runner_", &["agent-runner"]),
     ("inference_worker_", &["inference-worker"]),
     ("job_tracker_", &["inference-worker"]),
+    ("gateway_", &["gateway"]),
 ];
 
 /// Where a shipped file names a metric.
