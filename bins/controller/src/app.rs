@@ -284,7 +284,7 @@ impl Controller {
         self.metrics
             .register(&mut registry, self.config.fleet_enabled());
         self.backends.store.register(&mut registry);
-        self.coordinator.metrics().register(&mut registry);
+        self.coordinator.register(&mut registry);
         self.recovery.metrics().register(&mut registry);
         self.backends.label_metrics.register(&mut registry);
         self.lock_metrics.register(&mut registry);

@@ -1,7 +1,8 @@
 //! The real `controller` binary in `--dev`: it comes up with task 42
 //! seeded, a signed push supersedes the seeded runs — observed only
 //! through the HTTP API — an unsigned or wrongly signed push changes
-//! nothing, SIGTERM drains and exits 0, and a bad flag is named.
+//! nothing, both circuit breakers are exported, SIGTERM drains and exits
+//! 0, and a bad flag is named.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -132,6 +133,17 @@ async fn an_unsigned_or_wrongly_signed_push_is_401_and_changes_nothing() {
     let listed = get(&format!("{}/v1/tasks", controller.url)).await.json;
     assert_eq!(listed[0]["head_sha"], SEED_HEAD);
 
+    assert_eq!(controller.terminate().await.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_circuit_breakers_are_exported_closed_before_any_failure() {
+    let controller = Running::start(DEV, &[]).await;
+    let metrics = get(&format!("{}/metrics", controller.url)).await.text;
+    for dependency in ["kubernetes", "github"] {
+        let series = format!("cancel_coordinator_circuit_breaker_state{{name=\"{dependency}\"}} 0");
+        assert!(metrics.contains(&series), "no {series} in /metrics");
+    }
     assert_eq!(controller.terminate().await.code(), Some(0));
 }
 

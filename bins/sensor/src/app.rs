@@ -107,7 +107,7 @@ impl Sensor {
         metrics.register(&mut registry);
         parts.store.register(&mut registry);
         if let Some(coordinator) = &parts.coordinator {
-            coordinator.metrics().register(&mut registry);
+            coordinator.register(&mut registry);
         }
         shutdown.register(&mut registry);
         shutdown.health().register(&mut registry);

@@ -20,7 +20,7 @@ use lease_lock::{LeaseBackend, LeaseLock, LockConfig};
 use octocrab::Octocrab;
 use octocrab::models::{AppId, InstallationId};
 use octocrab::service::middleware::retry::RetryConfig;
-use resilience::Shutdown;
+use resilience::{BreakerPolicy, Shutdown};
 use secrecy::ExposeSecret;
 use state_store::{StateStore, StoreConfig};
 
@@ -86,8 +86,12 @@ pub fn coordinator_reporting(
             ..LockConfig::new(config.identity.clone(), config.namespace.clone())
         },
     )?;
+    // Breakers on both dependencies: without them an outage is retried
+    // call by call instead of failing fast, and the breaker alert and
+    // dashboard panel have no series to watch.
     let saga = StateAwareCancellation::builder(lock, store, workloads, pulls, labels)
         .label_metrics(label_metrics)
+        .breakers(BreakerPolicy::default())
         .build()?;
     let coordinator = CancellationCoordinator::new(
         saga,

@@ -571,3 +571,18 @@ async fn probes_and_metrics_are_served_and_shutdown_drains_to_exit_zero() {
         0
     );
 }
+
+#[tokio::test]
+async fn both_circuit_breakers_are_exported_closed_before_any_failure() {
+    let world = World::new();
+    let sensor = Running::start(&config(), world.parts(&config())).await;
+    let text = sensor.metrics().await;
+    for dependency in ["kubernetes", "github"] {
+        for series in [
+            format!("cancel_coordinator_circuit_breaker_state{{name=\"{dependency}\"}} 0"),
+            format!("cancel_coordinator_circuit_breaker_trips_total{{name=\"{dependency}\"}} 0"),
+        ] {
+            assert!(text.contains(&series), "{series} missing from\n{text}");
+        }
+    }
+}

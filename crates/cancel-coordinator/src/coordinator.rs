@@ -231,6 +231,16 @@ impl CancellationCoordinator {
         &self.inner.metrics
     }
 
+    /// Registers everything the coordinator reports: its and its saga's
+    /// metrics and, when the saga was built with
+    /// [`SagaBuilder::breakers`](crate::SagaBuilder::breakers), the
+    /// breakers' (see [`StateAwareCancellation::register`]). A process
+    /// registers this instead of [`metrics`](Self::metrics) alone, so the
+    /// breaker alert and panel have series to watch.
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.inner.saga.register(registry);
+    }
+
     /// Starts the worker pool on the current runtime.
     pub fn start(&self) -> Workers {
         let mut tasks = JoinSet::new();

@@ -26,12 +26,11 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// Which binaries export the metrics of each name prefix; the longest
-/// matching prefix decides. The coordinator runs in both the sensor and the
-/// controller; breakers, lease-lock metrics and recovery only in the
-/// controller.
+/// matching prefix decides. The coordinator (its circuit breakers included)
+/// runs in both the sensor and the controller; lease-lock metrics and
+/// recovery only in the controller.
 pub const OWNERS: &[(&str, &[&str])] = &[
     ("sensor_", &["sensor"]),
-    ("cancel_coordinator_circuit_breaker_", &["controller"]),
     ("cancel_coordinator_", &["sensor", "controller"]),
     ("state_store_", &["sensor", "controller"]),
     ("lease_lock_", &["controller"]),
@@ -40,6 +39,7 @@ pub const OWNERS: &[(&str, &[&str])] = &[
     ("agent_runner_", &["agent-runner"]),
     ("inference_worker_", &["inference-worker"]),
     ("job_tracker_", &["inference-worker"]),
+    ("gateway_", &["gateway"]),
 ];
 
 /// Where a shipped file names a metric.
@@ -440,10 +440,10 @@ mod tests {
     }
 
     #[test]
-    fn the_longest_prefix_decides_who_exports_a_metric() {
+    fn a_metric_is_owned_by_the_binaries_of_its_prefix() {
         assert_eq!(
             owners("cancel_coordinator_circuit_breaker_state"),
-            ["controller"]
+            ["sensor", "controller"]
         );
         assert_eq!(
             owners("cancel_coordinator_queue_depth"),

@@ -16,11 +16,12 @@ use serde_yaml::Value;
 use testkit::metrics_contract::{owners, repo_file, shipped_references};
 
 /// The binaries deployed, and whether each calls the Kubernetes API.
-const BINARIES: [(&str, bool); 4] = [
+const BINARIES: [(&str, bool); 5] = [
     ("sensor", true),
     ("controller", true),
     ("agent-runner", false),
     ("inference-worker", false),
+    ("gateway", true),
 ];
 
 fn read(path: &str) -> String {
