@@ -220,3 +220,80 @@ async fn scenario_08_resource_cleanup() {
         0
     );
 }
+
+/// Seed scenario 9, state manager integration.
+///
+/// Given one pull request with agents on its head and three sensor
+/// replicas;
+/// when five pushes to it arrive in quick succession, each new head's agents
+/// started before the next push;
+/// then every version of the task's state, read in resourceVersion order,
+/// tells a valid story: the latest head's push time never goes back, the
+/// cancellation history only grows (no record rewritten or lost), every
+/// cancellation was journaled as the active operation before it was
+/// recorded (intent first), the last version's head is the newest push with
+/// no operation left active, and the history checker finds the world
+/// consistent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_09_state_manager_integration() {
+    const TASK: u64 = 9;
+    let cluster = Cluster::start(3).await;
+    let heads: Vec<String> = (1..=6).map(|n| sha(900 + n)).collect();
+    cluster.pull(TASK, &heads[0]).await;
+    cluster.agents_on(TASK, &heads[0], 20).await;
+    let mut deliveries = Vec::new();
+    for head in &heads[1..] {
+        cluster.agents_on(TASK, head, 20).await;
+        deliveries.extend(cluster.push(TASK, head));
+    }
+    let answers = cluster.answered(&deliveries).await;
+    assert!(answers.iter().all(|&code| code == 202), "{answers:?}");
+    cluster.converged().await;
+    assert_eq!(cluster.history().await.violations(), vec![]);
+
+    let versions = cluster.state_versions(TASK);
+    assert!(versions.len() > 2, "{} versions", versions.len());
+    let mut journaled = std::collections::BTreeSet::new();
+    for pair in versions.windows(2) {
+        let [(rv_a, a), (rv_b, b)] = pair else {
+            unreachable!()
+        };
+        let pushed =
+            |s: &state_store::RemediationState| s.latest_head.as_ref().map(|h| h.pushed_at);
+        assert!(
+            pushed(b) >= pushed(a),
+            "head went back between {rv_a} and {rv_b}"
+        );
+        let ids = |s: &state_store::RemediationState| -> Vec<String> {
+            s.cancellation_history
+                .iter()
+                .map(|r| r.operation_id.clone())
+                .collect()
+        };
+        assert!(
+            ids(b).starts_with(&ids(a)),
+            "history rewritten between {rv_a} and {rv_b}: {:?} then {:?}",
+            ids(a),
+            ids(b)
+        );
+        if let Some(op) = &a.active_operation {
+            journaled.insert(op.operation_id.clone());
+        }
+    }
+    let (_, last) = versions.last().unwrap();
+    for record in &last.cancellation_history {
+        if record.outcome == CancellationOutcome::Cancelled {
+            assert!(
+                journaled.contains(&record.operation_id),
+                "{} recorded without a journal before it",
+                record.operation_id
+            );
+        }
+    }
+    assert_eq!(last.latest_head.as_ref().unwrap().sha, heads[5]);
+    assert!(
+        last.active_operation.is_none(),
+        "{:?}",
+        last.active_operation
+    );
+}

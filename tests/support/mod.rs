@@ -396,6 +396,22 @@ impl Cluster {
         store.get(&task.to_string()).await.unwrap().map(|s| s.state)
     }
 
+    /// Every version of `task`'s state the watch saw, in resourceVersion order.
+    pub fn state_versions(&self, task: u64) -> Vec<(u64, RemediationState)> {
+        let id = task.to_string();
+        let mut versions: Vec<_> = self
+            .state_versions
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, state)| state.task_id == id)
+            .cloned()
+            .collect();
+        versions.sort_by_key(|(rv, _)| *rv);
+        versions.dedup_by_key(|(rv, _)| *rv);
+        versions
+    }
+
     /// Waits (at most [`PATIENCE`]) until `done` holds of the world.
     pub async fn until(&self, what: &str, mut done: impl AsyncFnMut(&Self) -> bool) {
         let deadline = tokio::time::Instant::now() + PATIENCE;
