@@ -22,9 +22,10 @@ use testkit::faults::{InjectedError, Match};
 /// three sensor replicas;
 /// when 25 pushes arrive at once (a `push` and a `pull_request.synchronize`
 /// delivery each, spread over the replicas);
-/// then every delivery is answered 202, every stale run is cancelled exactly
-/// once and recorded once, no run of a new head is touched, every PR's
-/// labels move to `needs-qa`, and no task lock is left held.
+/// then every delivery is answered 202, every stale run is cancelled (its
+/// pod gone before it was recorded) and recorded once, no run of a new head
+/// is touched, every PR's labels move to `needs-qa`, and no task lock is
+/// left held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_01_high_concurrent_load() {
     const TASKS: u64 = 25;
@@ -68,7 +69,7 @@ async fn scenario_01_high_concurrent_load() {
 /// started before the next push, the deliveries spread over the replicas so
 /// that their coordinators contend for the task's lock;
 /// then the lock serialises them: only the newest head's runs survive,
-/// every older run is cancelled and recorded exactly once, no run of the
+/// every older run is cancelled and recorded once, no run of the
 /// newest head is touched, the labels end at `needs-qa`, and the task lock
 /// ends free.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
