@@ -88,7 +88,6 @@ fn panic_message(panic: &(dyn Any + Send)) -> &str {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
 
@@ -127,29 +126,12 @@ mod tests {
         tokio::time::sleep(by).await;
     }
 
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Buffer {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[tokio::test(start_paused = true)]
     async fn a_sweep_that_panics_once_is_logged_counted_restarted_and_expiry_goes_on() {
-        let buffer = Buffer::default();
-        let writer = buffer.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .with_writer(move || writer.clone())
-            .finish();
-        let _logs = tracing::subscriber::set_default(subscriber);
+        // testkit's capture, not a per-test `set_default`: another test of
+        // this binary hitting the same callsite first with no subscriber
+        // would leave its interest cached as "never" for this one.
+        let (logs, _capture) = testkit::logs::Logs::capture();
 
         let queue = queue();
         let metrics = Metrics::new(["prod"]);
@@ -186,11 +168,11 @@ mod tests {
         assert_eq!(queue.len(), 0);
         assert_eq!(panics(&metrics), "1", "one panic, one count");
 
-        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
-        let errors: Vec<serde_json::Value> = text
+        let text = logs.text();
+        let errors: Vec<serde_json::Value> = logs
             .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .filter(|l: &serde_json::Value| l["level"] == "ERROR")
+            .into_iter()
+            .filter(|l| l["level"] == "ERROR")
             .collect();
         assert_eq!(errors.len(), 1, "{text}");
         let fields = &errors[0]["fields"];
