@@ -4,17 +4,9 @@
 //! drift apart.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use prometheus_client::registry::Registry;
 use recovery::Metrics;
-
-fn repo_file(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(path)
-}
+use testkit::metrics_contract::{assert_promtool_accepts, repo_file};
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(repo_file(path)).unwrap()
@@ -41,29 +33,7 @@ fn exposed() -> Vec<String> {
 
 #[test]
 fn promtool_accepts_the_alert_rules() {
-    let rules = repo_file("deploy/recovery/alerts.yaml");
-    let output = match Command::new("promtool")
-        .arg("check")
-        .arg("rules")
-        .arg(&rules)
-        .output()
-    {
-        Ok(output) => output,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            println!(
-                "promtool is not on PATH: skipping `promtool check rules` (CI installs Debian's prometheus package)"
-            );
-            return;
-        }
-        Err(error) => panic!("cannot run promtool: {error}"),
-    };
-    assert!(
-        output.status.success(),
-        "promtool rejected {}:\n{}{}",
-        rules.display(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_promtool_accepts("deploy/recovery/alerts.yaml");
 }
 
 #[test]

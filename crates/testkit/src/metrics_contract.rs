@@ -242,6 +242,40 @@ pub fn repo_file(path: &str) -> PathBuf {
         .join(path)
 }
 
+/// Runs `promtool check rules` on the repository file `path` and panics
+/// with promtool's output if it rejects the rules; when promtool is not on
+/// `PATH` it says so and returns (CI installs it). For tests.
+///
+/// # Panics
+///
+/// If promtool rejects the file or cannot be started.
+#[allow(clippy::panic)]
+pub fn assert_promtool_accepts(path: &str) {
+    let rules = repo_file(path);
+    let output = match std::process::Command::new("promtool")
+        .arg("check")
+        .arg("rules")
+        .arg(&rules)
+        .output()
+    {
+        Ok(output) => output,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            println!(
+                "promtool is not on PATH: skipping `promtool check rules` (CI installs Debian's prometheus package)"
+            );
+            return;
+        }
+        Err(error) => panic!("cannot run promtool: {error}"),
+    };
+    assert!(
+        output.status.success(),
+        "promtool rejected {}:\n{}{}",
+        rules.display(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 // ----- helpers ---------------------------------------------------------------
 
 /// PromQL's keywords and the aggregation modifiers that look like names.
