@@ -101,6 +101,11 @@ const NS: &str = "agents";
 const OWNER: &str = "acme";
 const REPO: &str = "widgets";
 const LATENCY: Duration = Duration::from_millis(2);
+/// How long a phase waits, once the implementation has nothing left
+/// running and nothing converged, before it concludes that the rest never
+/// will: what is left then is the fake's garbage collector and kubelet,
+/// which act within milliseconds.
+const IDLE_STALL: Duration = Duration::from_secs(1);
 const READY: &str = "ready-for-qa";
 const NEEDS: &str = "needs-qa";
 const ROLES: [&str; 3] = ["quality", "testing", "review"];
@@ -450,8 +455,8 @@ impl World {
     }
 
     /// Waits until every task in `plans` converged, or `deadline` passed,
-    /// or nothing converged for `stall` while `idle` says the
-    /// implementation has nothing left running (what has not converged
+    /// or nothing converged for `stall` during which `idle` said the
+    /// implementation had nothing left running (what has not converged
     /// then never will, without a recovery pass); polls every `every`.
     /// When each task converged (`None`: never).
     async fn converge(
@@ -459,11 +464,13 @@ impl World {
         plans: &[TaskPlan],
         every: Duration,
         deadline: Instant,
+        stall: Duration,
         idle: impl Fn() -> bool,
     ) -> Vec<Option<Instant>> {
-        const STALL: Duration = Duration::from_secs(5);
         let mut done: Vec<Option<Instant>> = vec![None; plans.len()];
         let mut runs_gone = vec![false; plans.len()];
+        // The last moment something converged or the implementation was
+        // still working.
         let mut progress = Instant::now();
         loop {
             let now = Instant::now();
@@ -473,7 +480,10 @@ impl World {
                     progress = now;
                 }
             }
-            let stalled = progress.elapsed() > STALL && idle();
+            if !idle() {
+                progress = now;
+            }
+            let stalled = progress.elapsed() > stall;
             if done.iter().all(Option::is_some) || Instant::now() > deadline || stalled {
                 return done;
             }
@@ -1119,6 +1129,7 @@ async fn uncontended(which: Impl) -> Line {
                 std::slice::from_ref(plan),
                 Duration::from_millis(1),
                 Instant::now() + Duration::from_secs(60),
+                IDLE_STALL,
                 || fleet.is_idle(),
             )
             .await;
@@ -1213,6 +1224,7 @@ async fn burst(which: Impl) -> Line {
             &plans,
             Duration::from_millis(20),
             Instant::now() + Duration::from_secs(120),
+            IDLE_STALL,
             || fleet.is_idle(),
         )
         .await;
@@ -1355,8 +1367,9 @@ async fn memory(which: Impl) -> Vec<Line> {
             .flat_map(TaskPlan::stale_runs)
             .map(|r| pod_name(&r))
             .collect();
-        // Checked once a second, each pod until it is seen terminating: the
-        // checker must not load the fake it watches.
+        // Checked every 100 ms, each pod until it is seen terminating, from
+        // the fake's store (no request): the checker must not load the fake
+        // it watches.
         let mut waiting: Vec<&String> = stale.iter().collect();
         while Instant::now() < deadline && !waiting.is_empty() {
             waiting.retain(|p| {
@@ -1365,7 +1378,7 @@ async fn memory(which: Impl) -> Vec<Line> {
                     .peek::<Pod>(NS, p)
                     .is_none_or(|p| p.metadata.deletion_timestamp.is_none())
             });
-            sleep(Duration::from_secs(1)).await;
+            sleep(Duration::from_millis(100)).await;
         }
         let terminating = stale.len() - waiting.len();
         // Let the last operations reach their wait.
@@ -1403,7 +1416,9 @@ async fn memory(which: Impl) -> Vec<Line> {
             &plans,
             Duration::from_millis(50),
             Instant::now() + Duration::from_secs(180),
-            // The child's operations end within seconds of their pods.
+            // The child's operations end within seconds of their pods; the
+            // parent cannot see whether they are still working.
+            Duration::from_secs(5),
             || true,
         )
         .await;
