@@ -21,6 +21,22 @@ async fn the_role_grants_exactly_the_calls_the_gateway_makes() {
     let kube = fake_kube().await;
     kube.faults()
         .latency(Match::any(), Duration::from_millis(2), Duration::ZERO);
+    // A slow create keeps the other replica waiting on the creation lock
+    // (its watch), and a slow count write lets the other replica read the
+    // request before the count lands, so that its own count conflicts and
+    // re-reads: every call of the contended path, whatever the timing.
+    kube.faults().latency(
+        Match::any().verb("create").resource("remediationrequests"),
+        Duration::from_millis(100),
+        Duration::ZERO,
+    );
+    kube.faults().latency(
+        Match::any()
+            .verb("update")
+            .resource("remediationrequests/status"),
+        Duration::from_millis(50),
+        Duration::ZERO,
+    );
     let replicas = kube_replicas(&kube, 2).await;
     let client = http();
     let mut deliveries = Vec::new();

@@ -20,7 +20,11 @@
 //! Contenders inside one process queue on an in-process mutex per key
 //! first, so a process sends at most one acquisition per key at a time
 //! (a second one through the same [`LeaseLock`] would be refused with
-//! [`Error::AlreadyHeld`]) and the others find the thing with one check.
+//! [`Error::AlreadyHeld`]). A caller that queued while another call of the
+//! same process found or created the thing takes that answer when its
+//! turn comes, without a check of its own: the thing existed after it
+//! arrived, which is all [`Outcome::Existing`] claims. A failed call's
+//! error is never handed on; the next caller runs the whole pattern.
 //!
 //! Exactly-once holds while the creator's hold is valid: the create runs
 //! only while its guard is valid, and a holder that pauses past its lease
@@ -28,6 +32,7 @@
 //! a name derived from the key, so that the API server's `AlreadyExists`
 //! refuses a second create whatever the lock did.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -116,7 +121,58 @@ impl<E: resilience::Transient> resilience::Transient for OnceError<E> {
 pub struct CreateOnce {
     lock: LeaseLock,
     timeout: Duration,
-    local: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    local: Arc<Mutex<HashMap<String, Arc<KeyQueue>>>>,
+}
+
+/// The callers of one key in this process: whose turn it is, and what the
+/// last call that succeeded found or created.
+#[derive(Default)]
+struct KeyQueue {
+    turn: tokio::sync::Mutex<()>,
+    answer: Mutex<Answer>,
+}
+
+/// What the calls of a key in this process have answered so far.
+#[derive(Default)]
+struct Answer {
+    /// How many calls ended with the thing found or created.
+    succeeded: u64,
+    /// The thing, if the last call to end succeeded (a failure clears it).
+    thing: Option<Arc<dyn Any + Send + Sync>>,
+}
+
+impl KeyQueue {
+    /// The thing, if a call succeeded after `succeeded` calls had and the
+    /// last call to end succeeded, with a thing of type `T`.
+    fn answered_since<T: Clone + 'static>(&self, succeeded: u64) -> Option<T> {
+        let answer = lock(&self.answer);
+        if answer.succeeded <= succeeded {
+            return None;
+        }
+        answer.thing.as_ref()?.downcast_ref::<T>().cloned()
+    }
+
+    /// Keeps what a call ended with for the callers queued behind it: the
+    /// thing if it found or created one, nothing if it failed.
+    fn record<T: Clone + Send + Sync + 'static, E>(
+        &self,
+        result: &Result<Outcome<T>, OnceError<E>>,
+    ) {
+        let mut answer = lock(&self.answer);
+        match result {
+            Ok(Outcome::Created(thing) | Outcome::Existing(thing)) => {
+                answer.succeeded += 1;
+                answer.thing = Some(Arc::new(thing.clone()));
+            }
+            Err(_) => answer.thing = None,
+        }
+    }
+}
+
+impl std::fmt::Debug for KeyQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyQueue").finish_non_exhaustive()
+    }
 }
 
 impl CreateOnce {
@@ -156,6 +212,12 @@ impl CreateOnce {
     /// expired within the timeout, [`Error::Lost`] when our hold ended
     /// before the create could start, [`Error::InvalidKey`]).
     ///
+    /// Callers of one key in one process take turns; a caller whose turn
+    /// comes after another call found or created the thing gets
+    /// [`Outcome::Existing`] with that thing and runs neither closure (so
+    /// ten simultaneous duplicates in one replica cost one check, not
+    /// ten).
+    ///
     /// Cancel-safe: dropping the future releases a held lock in the
     /// background (the guard's drop), and a create already sent may land.
     pub async fn run<T, E, C, CF, M, MF>(
@@ -165,6 +227,7 @@ impl CreateOnce {
         create: M,
     ) -> Result<Outcome<T>, OnceError<E>>
     where
+        T: Clone + Send + Sync + 'static,
         C: FnMut() -> CF,
         CF: Future<Output = Result<Option<T>, E>>,
         M: FnOnce() -> MF,
@@ -174,13 +237,21 @@ impl CreateOnce {
         let deadline = started + self.timeout;
         let name = self.lock.lease_name(key).map_err(OnceError::Lock)?;
         let queue = self.queue(key);
-        let turn = match tokio::time::timeout_at(deadline, queue.lock()).await {
+        let arrived_after = lock(&queue.answer).succeeded;
+        let turn = match tokio::time::timeout_at(deadline, queue.turn.lock()).await {
             Ok(turn) => turn,
             Err(_) => return Err(OnceError::Lock(self.timed_out(key, started, None))),
         };
-        let result = self
-            .run_in_turn(key, &name, deadline, started, &mut check, create)
-            .await;
+        let result = match queue.answered_since::<T>(arrived_after) {
+            Some(thing) => Ok(Outcome::Existing(thing)),
+            None => {
+                let result = self
+                    .run_in_turn(key, &name, deadline, started, &mut check, create)
+                    .await;
+                queue.record(&result);
+                result
+            }
+        };
         drop(turn);
         self.forget_queue(key, &queue);
         result
@@ -301,13 +372,13 @@ impl CreateOnce {
     }
 
     /// The in-process queue of `key`.
-    fn queue(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+    fn queue(&self, key: &str) -> Arc<KeyQueue> {
         Arc::clone(lock(&self.local).entry(key.to_owned()).or_default())
     }
 
     /// Drops the queue of `key` once nobody else waits in it, so the map
-    /// holds only keys being worked on.
-    fn forget_queue(&self, key: &str, queue: &Arc<tokio::sync::Mutex<()>>) {
+    /// holds only keys being worked on (and the answer kept for them).
+    fn forget_queue(&self, key: &str, queue: &Arc<KeyQueue>) {
         let mut local = lock(&self.local);
         // Ours, the map's: nobody else holds a clone.
         if Arc::strong_count(queue) == 2 {

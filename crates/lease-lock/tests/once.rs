@@ -337,3 +337,88 @@ async fn a_failed_create_releases_the_lock_so_the_next_caller_creates() {
         "not held until expiry"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn duplicates_queued_in_one_process_take_the_answer_of_the_call_before_them() {
+    let leases = MemoryLeases::new();
+    let once = replica(&leases, "a");
+    let thing = Arc::new(Thing::default());
+    let checks = Arc::new(AtomicUsize::new(0));
+    let calls: Vec<_> = (0..10)
+        .map(|c| {
+            let (once, thing, checks) = (once.clone(), Arc::clone(&thing), Arc::clone(&checks));
+            tokio::spawn(async move {
+                once.run(
+                    "k",
+                    || {
+                        checks.fetch_add(1, Ordering::SeqCst);
+                        thing.check()
+                    },
+                    || thing.create(format!("call-{c}"), Duration::from_millis(20)),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for call in calls {
+        outcomes.push(call.await.unwrap().unwrap());
+    }
+    assert_eq!(thing.creates.load(Ordering::SeqCst), 1);
+    assert_eq!(outcomes.iter().filter(|o| o.is_created()).count(), 1);
+    let stored = thing.value.lock().unwrap().clone().unwrap();
+    assert!(outcomes.iter().all(|o| o.clone().into_inner() == stored));
+    // The first caller's check before the lock and again under it; the nine
+    // queued behind it ran no closure at all.
+    assert_eq!(checks.load(Ordering::SeqCst), 2);
+
+    // Nobody waits any more: the answer is not kept, and a caller after the
+    // thing went away checks and creates it again.
+    *thing.value.lock().unwrap() = None;
+    let again = once
+        .run(
+            "k",
+            || thing.check(),
+            || thing.create("later".into(), Duration::ZERO),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, Outcome::Created("later".into()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_is_not_handed_to_the_callers_queued_behind_it() {
+    let leases = MemoryLeases::new();
+    let once = replica(&leases, "a");
+    let thing = Arc::new(Thing::default());
+    let failing = {
+        let (once, thing) = (once.clone(), Arc::clone(&thing));
+        tokio::spawn(async move {
+            once.run(
+                "k",
+                || thing.check(),
+                || async {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Err::<String, _>(std::io::Error::other("create refused"))
+                },
+            )
+            .await
+        })
+    };
+    // Queued while the first call's create is in flight.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let next = once
+        .run(
+            "k",
+            || thing.check(),
+            || thing.create("next".into(), Duration::ZERO),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        failing.await.unwrap().unwrap_err(),
+        OnceError::Create(_)
+    ));
+    assert_eq!(next, Outcome::Created("next".into()));
+    assert_eq!(thing.creates.load(Ordering::SeqCst), 1);
+}
