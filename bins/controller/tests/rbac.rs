@@ -22,6 +22,8 @@
 //!   finalizer flagged, labels not moved repaired under the task lock, an
 //!   orphaned Lease deleted, an unreadable state quarantined and an invalid
 //!   one flagged (each flag with an Event);
+//! - **a flag raised again** after an operator cleared it too early: its
+//!   Event, the same within kube's six-minute cache, is patched;
 //! - **leadership** (`controller-recovery-leader`) taken at start and
 //!   released on shutdown;
 //! - **TTL cleanup** deleting a state finished eight days ago;
@@ -52,7 +54,7 @@ use controller::{Config, Controller};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{CustomResourceExt, Resource, ResourceExt};
 use lease_lock::{AcquireOptions, FencingToken, KubeLeases, LeaseLock, LockConfig};
 use recovery::ANNOTATION_NEEDS_INTERVENTION;
@@ -364,6 +366,8 @@ async fn serve_controller(world: &World) -> (String, Shutdown) {
     resilience::tls::ensure_crypto_provider();
     let config = Config {
         identity: "controller-0".to_owned(),
+        // A cycle every 5 s (±10 %): the repeated flag is seen soon.
+        recovery_interval_seconds: 5,
         github_token: Some(secrecy::SecretString::from(world.github.token().to_owned())),
         github_api_url: Some(world.github.url().to_string()),
         ..Config::default()
@@ -576,6 +580,23 @@ async fn the_controllers_role_grants_exactly_the_calls_its_flows_make() {
         .unwrap();
     let holder = leader.spec.and_then(|s| s.holder_identity).unwrap_or_default();
     assert!(holder.starts_with("controller-0"), "the controller leads: {holder}");
+
+    // An operator clears task-11's flag while the finalizer still holds
+    // its run (the runbook's "then remove the annotation", done too early):
+    // the next cycle flags it again, and kube's Recorder, which publishes
+    // the same Event only once per six minutes, patches its series.
+    let cms: Api<ConfigMap> = Api::namespaced(world.kube.client_as(OPERATOR).unwrap(), NS);
+    let mut annotations = serde_json::Map::new();
+    annotations.insert(ANNOTATION_NEEDS_INTERVENTION.into(), serde_json::Value::Null);
+    let cleared = serde_json::json!({"metadata": {"annotations": annotations}});
+    cms.patch(&state_name("task-11"), &PatchParams::default(), &Patch::Merge(&cleared))
+        .await
+        .unwrap();
+    until("the flag raised again, its Event repeated", || {
+        let again = world.flag("task-11").is_some() && controllers("patch", "events") > 0;
+        async move { again }
+    })
+    .await;
 
     // The API and the probes, as an operator and the kubelet read them.
     for path in [
