@@ -400,7 +400,13 @@ async fn the_controllers_role_grants_exactly_the_calls_its_flows_make() {
     // task-42: a push recorded whose request to a coordinator was lost.
     // One stale run stops on SIGTERM, the other never does (force delete);
     // another replica holds the task's lock when the cancellation begins.
-    world.seed_run("task-42", "quality-old", OLD, PodTermination::Immediate, &[]);
+    world.seed_run(
+        "task-42",
+        "quality-old",
+        OLD,
+        PodTermination::Immediate,
+        &[],
+    );
     world.seed_run("task-42", "testing-old", OLD, PodTermination::Never, &[]);
     world.seed_run("task-42", "review-new", NEW, PodTermination::Immediate, &[]);
     let pr42 = world.pull(42, NEW, &["ready-for-qa"]);
@@ -446,7 +452,9 @@ async fn the_controllers_role_grants_exactly_the_calls_its_flows_make() {
     world.seed_run("task-17", "quality-17", OLD, PodTermination::Immediate, &[]);
     let pr17 = world.pull(17, NEW, &[]);
     world.observed("task-17", &pr17, NEW, ago(130)).await;
-    world.marked_by_the_dead("quality-17", ago(120), false).await;
+    world
+        .marked_by_the_dead("quality-17", ago(120), false)
+        .await;
 
     // task-11: a run a dead coordinator marked and deleted, held by
     // someone else's finalizer after its pod went.
@@ -508,16 +516,13 @@ async fn the_controllers_role_grants_exactly_the_calls_its_flows_make() {
     world.state_written_by_hand("task-8", &invalid).await;
 
     // task-5: finished eight days ago, past the 7-day TTL.
-    store_over(
-        world.kube.client_as(OPERATOR).unwrap(),
-        ago(8 * 24 * 3_600),
-    )
-    .update("task-5", |s| {
-        s.status = TaskStatus::Completed;
-        Ok::<_, state_store::Error>(())
-    })
-    .await
-    .unwrap();
+    store_over(world.kube.client_as(OPERATOR).unwrap(), ago(8 * 24 * 3_600))
+        .update("task-5", |s| {
+            s.status = TaskStatus::Completed;
+            Ok::<_, state_store::Error>(())
+        })
+        .await
+        .unwrap();
 
     // The controller starts: leadership, its first cycle, a TTL pass.
     let (url, shutdown) = serve_controller(&world).await;
@@ -535,16 +540,28 @@ async fn the_controllers_role_grants_exactly_the_calls_its_flows_make() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(world.pod_exists("testing-old"), "nothing cancelled under the rival's lock");
+    assert!(
+        world.pod_exists("testing-old"),
+        "nothing cancelled under the rival's lock"
+    );
     held.release().await.unwrap();
 
     until("every repair done", || {
-        let done = ["quality-old", "testing-old", "quality-15", "quality-17", "quality-19"]
-            .iter()
-            .all(|run| !world.pod_exists(run))
+        let done = [
+            "quality-old",
+            "testing-old",
+            "quality-15",
+            "quality-17",
+            "quality-19",
+        ]
+        .iter()
+        .all(|run| !world.pod_exists(run))
             && world.state("task-42").pending_supersessions.is_empty()
             && world.state("task-15").active_operation.is_none()
-            && world.state("task-19").latest_head.is_some_and(|h| h.sha == NEW)
+            && world
+                .state("task-19")
+                .latest_head
+                .is_some_and(|h| h.sha == NEW)
             && world.labels(13) == ["needs-qa"]
             && world.labels(42) == ["needs-qa"]
             && ["task-8", "task-9", "task-11"]
@@ -555,7 +572,10 @@ async fn the_controllers_role_grants_exactly_the_calls_its_flows_make() {
         async move { done }
     })
     .await;
-    assert!(world.pod_exists("review-new"), "the current head's run is kept");
+    assert!(
+        world.pod_exists("review-new"),
+        "the current head's run is kept"
+    );
     assert!(
         world.state("task-13").cancellation_history[0]
             .detail
@@ -563,23 +583,53 @@ async fn the_controllers_role_grants_exactly_the_calls_its_flows_make() {
             .is_some_and(|d| d.contains("labels: moved by recovery")),
         "the label repair is noted"
     );
-    assert!(world.flag("task-9").unwrap().starts_with("unreadable_state: "));
-    assert!(world.state_cm("task-9").unwrap().data.unwrap().contains_key(KEY_STATE_CORRUPT));
+    assert!(
+        world
+            .flag("task-9")
+            .unwrap()
+            .starts_with("unreadable_state: ")
+    );
+    assert!(
+        world
+            .state_cm("task-9")
+            .unwrap()
+            .data
+            .unwrap()
+            .contains_key(KEY_STATE_CORRUPT)
+    );
     assert!(world.flag("task-8").unwrap().starts_with("invalid_state: "));
-    assert!(world.flag("task-11").unwrap().starts_with("run_held_by_finalizer: "));
+    assert!(
+        world
+            .flag("task-11")
+            .unwrap()
+            .starts_with("run_held_by_finalizer: ")
+    );
     let held_run = world.kube.peek::<CodeRun>(NS, "review-11").unwrap();
     assert!(held_run.annotations()[RUN_FLAG].contains("example.dev/audit"));
-    assert_eq!(held_run.finalizers(), ["example.dev/audit"], "never stripped");
+    assert_eq!(
+        held_run.finalizers(),
+        ["example.dev/audit"],
+        "never stripped"
+    );
     for task in ["task-8", "task-9", "task-11"] {
         let reasons = world.events_about(task).await;
-        assert!(reasons.iter().any(|r| r == "NeedsIntervention"), "{task}: {reasons:?}");
+        assert!(
+            reasons.iter().any(|r| r == "NeedsIntervention"),
+            "{task}: {reasons:?}"
+        );
     }
     let leader = world
         .kube
         .peek::<Lease>(NS, "controller-recovery-leader")
         .unwrap();
-    let holder = leader.spec.and_then(|s| s.holder_identity).unwrap_or_default();
-    assert!(holder.starts_with("controller-0"), "the controller leads: {holder}");
+    let holder = leader
+        .spec
+        .and_then(|s| s.holder_identity)
+        .unwrap_or_default();
+    assert!(
+        holder.starts_with("controller-0"),
+        "the controller leads: {holder}"
+    );
 
     // An operator clears task-11's flag while the finalizer still holds
     // its run (the runbook's "then remove the annotation", done too early):
@@ -587,11 +637,18 @@ async fn the_controllers_role_grants_exactly_the_calls_its_flows_make() {
     // the same Event only once per six minutes, patches its series.
     let cms: Api<ConfigMap> = Api::namespaced(world.kube.client_as(OPERATOR).unwrap(), NS);
     let mut annotations = serde_json::Map::new();
-    annotations.insert(ANNOTATION_NEEDS_INTERVENTION.into(), serde_json::Value::Null);
+    annotations.insert(
+        ANNOTATION_NEEDS_INTERVENTION.into(),
+        serde_json::Value::Null,
+    );
     let cleared = serde_json::json!({"metadata": {"annotations": annotations}});
-    cms.patch(&state_name("task-11"), &PatchParams::default(), &Patch::Merge(&cleared))
-        .await
-        .unwrap();
+    cms.patch(
+        &state_name("task-11"),
+        &PatchParams::default(),
+        &Patch::Merge(&cleared),
+    )
+    .await
+    .unwrap();
     until("the flag raised again, its Event repeated", || {
         let again = world.flag("task-11").is_some() && controllers("patch", "events") > 0;
         async move { again }
@@ -631,7 +688,11 @@ async fn the_controllers_role_grants_exactly_the_calls_its_flows_make() {
         "leadership released"
     );
 
-    assert_eq!(world.kube.requests().evicted(), 0, "the log kept every request");
+    assert_eq!(
+        world.kube.requests().evicted(),
+        0,
+        "the log kept every request"
+    );
     let log = world.kube.requests().entries();
     let used = used_permissions(
         log.iter()

@@ -522,8 +522,7 @@ impl FakeKube {
     ///
     /// Errors: [`Error::AuditId`] when `who` cannot be a header value.
     pub fn client_as(&self, who: &str) -> Result<::kube::Client, Error> {
-        let value =
-            http::HeaderValue::from_str(who).map_err(|_| Error::AuditId(who.to_owned()))?;
+        let value = http::HeaderValue::from_str(who).map_err(|_| Error::AuditId(who.to_owned()))?;
         let mut config = self.config();
         config
             .headers
