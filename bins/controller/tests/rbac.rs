@@ -535,7 +535,14 @@ async fn the_controllers_role_grants_exactly_the_calls_its_flows_make() {
         )
     };
     until("the cancellation waits on the rival's Lease", || {
-        let waiting = controllers("watch", "leases") > 0;
+        let found_held = world.kube.requests().count(
+            &RequestFilter::any()
+                .correlation(CONTROLLER)
+                .verb("get")
+                .resource("leases")
+                .name("cancel-task-task-42"),
+        ) > 0;
+        let waiting = found_held && controllers("watch", "leases") > 0;
         async move { waiting }
     })
     .await;
