@@ -14,7 +14,8 @@
 //! controller's requests only. The flows, all in one run of the served
 //! controller:
 //!
-//! - **its first recovery cycle, with work for every row** that touches
+//! - **its recovery cycles (every 5 s here), with work for every row** that
+//!   touches
 //!   the cluster: a lost supersession handed on (whose cancellation waits
 //!   on another replica's task lock, then force-deletes a pod that ignores
 //!   SIGTERM), an abandoned journal resumed, a run marked and left running
@@ -28,7 +29,8 @@
 //!   released on shutdown;
 //! - **TTL cleanup** deleting a state finished eight days ago;
 //! - **the API and probes**: every read endpoint, `/readyz` (its state
-//!   check), `/metrics`.
+//!   check), `/metrics`; the write endpoints are off, as deployed (no
+//!   `--api-token-file`), and call only what recovery's repairs call.
 //!
 //! (The App's failed-delivery redelivery is GitHub's API only: it makes no
 //! Kubernetes call.)
