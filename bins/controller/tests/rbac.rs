@@ -15,9 +15,8 @@
 //! controller:
 //!
 //! - **its recovery cycles (every 5 s here), with work for every row** that
-//!   touches
-//!   the cluster: a lost supersession handed on (whose cancellation waits
-//!   on another replica's task lock, then force-deletes a pod that ignores
+//!   touches the cluster: a lost supersession handed on (whose cancellation
+//!   waits on another replica's task lock, then force-deletes a pod that ignores
 //!   SIGTERM), an abandoned journal resumed, a run marked and left running
 //!   handed on, head drift recorded and handed on, a run held by a foreign
 //!   finalizer flagged, labels not moved repaired under the task lock, an
