@@ -19,15 +19,14 @@ use cancel_coordinator::workloads::LABEL_CODE_RUN;
 use cancel_coordinator::{AgentSpec, CodeRun, CodeRunSpec};
 use common::{NEW, OLD, Running, TASK};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{CustomResourceExt, Resource, ResourceExt};
 use lease_lock::{AcquireOptions, KubeLeases, LeaseLock, LockConfig};
 use sensor::{Config, wiring};
-use serde_json::json;
 use testkit::faults::{InjectedError, Match};
 use testkit::github::{DeliveryId, FakeGitHub, WebhookConfig};
-use testkit::kube::FakeKube;
 use testkit::kube::rbac::{RbacDiff, role_permissions, used_permissions};
+use testkit::kube::seeding::owned_pod;
+use testkit::kube::{FakeKube, PodTermination};
 use testkit::metrics_contract::repo_file;
 
 const NS: &str = "default";
@@ -36,8 +35,8 @@ const BRANCH: &str = "task-42-fix";
 const RIVAL: &str = "rival-replica";
 
 /// Seeds a CodeRun of the task on `head` and its pod, which ends
-/// `termination` after SIGTERM (a testkit termination label value).
-fn seed_run(kube: &FakeKube, name: &str, role: &str, head: &str, termination: &str) {
+/// `termination` after SIGTERM.
+fn seed_run(kube: &FakeKube, name: &str, role: &str, head: &str, termination: PodTermination) {
     let spec = CodeRunSpec {
         task_id: TASK.into(),
         role: role.into(),
@@ -52,27 +51,12 @@ fn seed_run(kube: &FakeKube, name: &str, role: &str, head: &str, termination: &s
     };
     kube.seed([CodeRun::labelled(name, spec)]).unwrap();
     let run = kube.peek::<CodeRun>(NS, name).unwrap();
-    let owner = OwnerReference {
-        block_owner_deletion: Some(true),
-        ..run.controller_owner_ref(&()).unwrap()
-    };
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {
-            "name": format!("{name}-pod"),
-            "labels": {
-                LABEL_CODE_RUN: run.name_any(),
-                "testkit.supersede.dev/starts-after": "0s",
-                "testkit.supersede.dev/termination": termination,
-            },
-            "ownerReferences": [owner],
-        },
-        "spec": {
-            "containers": [{"name": "agent", "image": "agent:1"}],
-            "restartPolicy": "Never",
-            "terminationGracePeriodSeconds": 30,
-        },
-    }))
-    .unwrap();
+    let pod = owned_pod(
+        &format!("{name}-pod"),
+        run.controller_owner_ref(&()).unwrap(),
+        [(LABEL_CODE_RUN, run.name_any())],
+        termination,
+    );
     kube.seed([pod]).unwrap();
 }
 
@@ -93,11 +77,7 @@ async fn until_gone(kube: &FakeKube, name: &str, limit: Duration) {
 /// The task's lock as another replica holding it: its requests carry
 /// `Audit-ID: rival-replica`.
 fn rival_lock(kube: &FakeKube) -> LeaseLock {
-    let mut config = kube.config();
-    config
-        .headers
-        .push(("audit-id".parse().unwrap(), RIVAL.parse().unwrap()));
-    let client = kube::Client::try_from(config).unwrap();
+    let client = kube.client_as(RIVAL).unwrap();
     LeaseLock::new(
         KubeLeases::new(client),
         LockConfig {
@@ -148,8 +128,14 @@ async fn the_sensors_role_grants_exactly_the_calls_its_flows_make() {
 
     // Pushed: one stale run stops on SIGTERM, the other ignores it and is
     // force-deleted after the grace period (20 s) and the force delay (2 s).
-    seed_run(&kube, "quality-old", "quality", OLD, "stops-after-10ms");
-    seed_run(&kube, "testing-old", "testing", OLD, "never");
+    seed_run(
+        &kube,
+        "quality-old",
+        "quality",
+        OLD,
+        PodTermination::StopsAfter(Duration::from_millis(10)),
+    );
+    seed_run(&kube, "testing-old", "testing", OLD, PodTermination::Never);
     let held = rival_lock(&kube)
         .acquire(&format!("task-{TASK}"), AcquireOptions::new())
         .await
@@ -170,7 +156,13 @@ async fn the_sensors_role_grants_exactly_the_calls_its_flows_make() {
     until_gone(&kube, "testing-old", Duration::from_secs(60)).await;
 
     // Closed: the run left on the current head is cancelled too.
-    seed_run(&kube, "review-new", "review", NEW, "stops-after-10ms");
+    seed_run(
+        &kube,
+        "review-new",
+        "review",
+        NEW,
+        PodTermination::StopsAfter(Duration::from_millis(10)),
+    );
     let closed = github.close_pull("acme", "widgets", 7).unwrap();
     assert_eq!(answered(&github, &closed).await, [202]);
     until_gone(&kube, "review-new", Duration::from_secs(10)).await;

@@ -25,7 +25,6 @@ use cancel_coordinator::{
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::{CustomResourceExt, Resource, ResourceExt};
@@ -33,14 +32,14 @@ use label_cas::{GitHubLabels, PrRef};
 use lease_lock::{KubeLeases, LeaseLock, LockConfig};
 use recovery::{RecoveryConfig, RecoveryManager};
 use secrecy::SecretString;
-use serde_json::json;
 use state_store::naming::{KEY_STATE, state_labels};
 use state_store::{
     CancellationOutcome, Clock, ConfigMapBackend, RemediationState, StateStore, StoreConfig,
     Supersession, TaskStatus,
 };
 use testkit::github::FakeGitHub;
-use testkit::kube::{FakeKube, RequestFilter, RequestRecord};
+use testkit::kube::seeding::owned_pod;
+use testkit::kube::{FakeKube, PodTermination, RequestFilter, RequestRecord};
 
 pub const NS: &str = "default";
 pub const TASK: &str = "task-42";
@@ -305,28 +304,12 @@ impl Cluster {
         }
         self.kube.seed([run]).unwrap();
         let run = self.kube.peek::<CodeRun>(NS, name).unwrap();
-        let owner = OwnerReference {
-            block_owner_deletion: Some(true),
-            ..run.controller_owner_ref(&()).unwrap()
-        };
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": {
-                "name": format!("{name}-pod"),
-                "labels": {
-                    LABEL_CODE_RUN: run.name_any(),
-                    "testkit.supersede.dev/starts-after": "0s",
-                    "testkit.supersede.dev/termination":
-                        format!("stops-after-{}ms", stop_after.as_millis()),
-                },
-                "ownerReferences": [owner],
-            },
-            "spec": {
-                "containers": [{"name": "agent", "image": "agent:1"}],
-                "restartPolicy": "Never",
-                "terminationGracePeriodSeconds": 30,
-            },
-        }))
-        .unwrap();
+        let pod = owned_pod(
+            &format!("{name}-pod"),
+            run.controller_owner_ref(&()).unwrap(),
+            [(LABEL_CODE_RUN, run.name_any())],
+            PodTermination::StopsAfter(stop_after),
+        );
         self.kube.seed([pod]).unwrap();
     }
 
@@ -466,11 +449,7 @@ impl Cluster {
 }
 
 fn client_for(kube: &FakeKube, who: &str) -> kube::Client {
-    let mut config = kube.config();
-    config
-        .headers
-        .push(("audit-id".parse().unwrap(), who.parse().unwrap()));
-    kube::Client::try_from(config).unwrap()
+    kube.client_as(who).unwrap()
 }
 
 fn store_over(client: kube::Client, clock: &Clock) -> StateStore {

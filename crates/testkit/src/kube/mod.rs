@@ -115,6 +115,7 @@ mod patch;
 pub mod rbac;
 mod request_log;
 mod resource;
+pub mod seeding;
 mod selector;
 mod server;
 mod status;
@@ -158,6 +159,10 @@ pub enum Error {
     /// A `kube::Client` for the fake could not be built.
     #[error("could not build a kube client for fake-kube: {0}")]
     Client(#[source] Box<::kube::Error>),
+    /// An `Audit-ID` for [`FakeKube::client_as`] that is not a valid
+    /// header value.
+    #[error("{0:?} cannot be an Audit-ID header value")]
+    AuditId(String),
     /// The kubeconfig file could not be written.
     #[error("could not write the fake-kube kubeconfig {path}: {source}")]
     Kubeconfig {
@@ -506,6 +511,23 @@ impl FakeKube {
     /// [`FakeKube::config`] to build one without it.
     pub fn client(&self) -> ::kube::Client {
         self.client.clone()
+    }
+
+    /// A client like [`FakeKube::client`] whose every request carries
+    /// `Audit-ID: who`, so the [request log](FakeKube::requests) tells this
+    /// party's requests from the others' ([`RequestRecord::correlation`],
+    /// [`RequestFilter::correlation`]): one per party of a test (the code
+    /// under test, another replica, an operator), to compare what each one
+    /// called.
+    ///
+    /// Errors: [`Error::AuditId`] when `who` cannot be a header value.
+    pub fn client_as(&self, who: &str) -> Result<::kube::Client, Error> {
+        let value = http::HeaderValue::from_str(who).map_err(|_| Error::AuditId(who.to_owned()))?;
+        let mut config = self.config();
+        config
+            .headers
+            .push((http::HeaderName::from_static(server::AUDIT_ID), value));
+        ::kube::Client::try_from(config).map_err(|e| Error::Client(Box::new(e)))
     }
 
     /// The client configuration [`FakeKube::client`] is built from, to

@@ -165,7 +165,7 @@ impl std::error::Error for InjectedDrop {}
 
 /// The request header a client sets to correlate its requests (the API
 /// server's own; it answers the value, or one it made up, as `Audit-Id`).
-const AUDIT_ID: &str = "audit-id";
+pub(crate) const AUDIT_ID: &str = "audit-id";
 
 async fn handle(
     shared: Arc<Shared>,
