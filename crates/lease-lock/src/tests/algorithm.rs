@@ -215,7 +215,7 @@ async fn a_renewing_holder_is_never_taken_over() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_released_lease_is_taken_with_transitions_plus_one_in_three_calls() {
+async fn a_released_lease_is_taken_with_transitions_plus_one_in_three_calls_and_no_read() {
     let memory = MemoryLeases::new();
     let a = lock_on(memory.clone(), "pod-a");
     let b_backend = Instrumented::new(memory.clone());
@@ -233,11 +233,12 @@ async fn a_released_lease_is_taken_with_transitions_plus_one_in_three_calls() {
     assert_eq!(
         (
             b_backend.count(Verb::Create),
+            b_backend.count(Verb::Watch),
             b_backend.count(Verb::Get),
             b_backend.count(Verb::Replace)
         ),
-        (1, 1, 1),
-        "CREATE (409), GET, replace"
+        (1, 1, 0, 1),
+        "CREATE (409), WATCH (its first event is the state a GET would read), replace"
     );
 }
 
@@ -737,8 +738,8 @@ async fn a_waiter_with_a_live_watch_does_not_poll() {
 
     assert_eq!(
         b_backend.count(Verb::Get),
-        1,
-        "one read after CREATE's 409, then only the watch"
+        0,
+        "after CREATE's 409 only the watch: its first event is the state"
     );
     assert_eq!(b_backend.count(Verb::Watch), 1);
 }
