@@ -294,19 +294,24 @@ async fn watch_loop(
                     LeaseEvent::Deleted
                 }
                 WatchEvent::Bookmark(bookmark) => {
-                    version = Some(bookmark.metadata.resource_version);
-                    let ends_initial = bookmark.metadata.annotations.contains_key(INITIAL_EVENTS_END);
+                    let ends_initial = bookmark
+                        .metadata
+                        .annotations
+                        .contains_key(INITIAL_EVENTS_END);
                     match initial {
+                        // Before the initial state is complete a version
+                        // is no place to resume from: it would skip it.
+                        Some(_) if !ends_initial => continue,
                         // The initial events ended without the Lease: absent.
-                        Some(false) if ends_initial => {
-                            initial = None;
+                        Some(false) => {
                             if tx.send(Ok(LeaseEvent::Deleted)).await.is_err() {
                                 return;
                             }
                         }
-                        Some(true) if ends_initial => initial = None,
-                        _ => {}
+                        Some(true) | None => {}
                     }
+                    initial = None;
+                    version = Some(bookmark.metadata.resource_version);
                     continue;
                 }
                 WatchEvent::Error(status) if status.code == 410 => {
