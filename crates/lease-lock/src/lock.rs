@@ -1330,7 +1330,11 @@ impl<'a> Acquisition<'a> {
         self.watch_unheard = true;
         self.watch_heard = Some(Instant::now());
         let inner = self.inner();
-        self.watch = Some(inner.backend.watch(&inner.config.namespace, &self.name, None));
+        self.watch = Some(
+            inner
+                .backend
+                .watch(&inner.config.namespace, &self.name, None),
+        );
     }
 
     async fn check_deadlock(&mut self, holding: &[Arc<GuardShared>]) -> Result<(), Error> {

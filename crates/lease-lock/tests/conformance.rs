@@ -671,7 +671,10 @@ async fn kube_watch_falls_back_to_list_and_watch_when_initial_events_are_refused
         InjectedError::Status(422),
     );
 
-    let first = |mut stream: futures::stream::BoxStream<'static, Result<LeaseEvent, lease_lock::Error>>| async move {
+    let first = |mut stream: futures::stream::BoxStream<
+        'static,
+        Result<LeaseEvent, lease_lock::Error>,
+    >| async move {
         tokio::time::timeout(Duration::from_secs(10), stream.next())
             .await
             .expect("an event within 10 s")
@@ -683,7 +686,11 @@ async fn kube_watch_falls_back_to_list_and_watch_when_initial_events_are_refused
         LeaseEvent::Applied(created.clone())
     );
     let calls = fake.calls();
-    assert_eq!(calls.count(Some("list"), Some("leases")), 1, "listed instead");
+    assert_eq!(
+        calls.count(Some("list"), Some("leases")),
+        1,
+        "listed instead"
+    );
 
     assert_eq!(
         first(backend.clone().watch("ns", "a", None)).await,
