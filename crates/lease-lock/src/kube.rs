@@ -236,7 +236,8 @@ async fn watch_loop(
         };
         let mut params = WatchParams::default().fields(&fields);
         if streaming {
-            params = params.streaming_lists();
+            // With bookmarks (the default), which mark where they end.
+            params = params.initial_events();
         }
         let stream = match api.watch(&params, &from).await {
             Ok(stream) => stream,
