@@ -5,14 +5,21 @@
 //! carries `preconditions {uid, resourceVersion}` — so the API server, not
 //! this process, decides every race.
 //!
-//! The watch of one Lease follows kube-runtime's watcher: LIST (by
-//! `metadata.name` field selector) to learn the state and a resourceVersion
-//! unless the caller gives one, WATCH from it, resume from the last seen
-//! version (bookmarks included) when the server ends the stream, and start
-//! over with a LIST on `410 Gone` (desynchronised; at once the first time,
-//! with backoff when even a freshly listed version is gone). Failures are
-//! reported on the stream and retried with backoff; the stream ends only
-//! when its consumer drops it, and holds one task and a 16-event buffer.
+//! The watch of one Lease follows kube-runtime's watcher. Without a
+//! resourceVersion from the caller it starts with the Lease's current state
+//! in one request, a WATCH (by `metadata.name` field selector) with
+//! `sendInitialEvents=true` (kube-runtime's `StreamingList`): the API server
+//! sends the Lease as an ADDED event, then a bookmark marked
+//! `k8s.io/initial-events-end` (no ADDED before it: the Lease is absent),
+//! then every change. A server that refuses initial events (the WatchList
+//! feature off: 422 Invalid) is asked the classic way from then on, a LIST
+//! for the state and a resourceVersion, then a WATCH from it. Either way the
+//! stream resumes from the last seen version (bookmarks included) when the
+//! server ends it, and starts over from the current state on `410 Gone`
+//! (desynchronised; at once the first time, with backoff when even a fresh
+//! start is gone). Failures are reported on the stream and retried with
+//! backoff; the stream ends only when its consumer drops it, and holds one
+//! task and a 16-event buffer.
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -21,8 +28,11 @@ use kube::api::{
     Api, DeleteParams, ListParams, PostParams, Preconditions, WatchEvent, WatchParams,
 };
 use resilience::{Backoff, BackoffPolicy};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tracing::debug;
 
 use crate::error::Error;
 use crate::{Lease, LeaseBackend, LeaseEvent};
@@ -31,6 +41,9 @@ use crate::{Lease, LeaseBackend, LeaseEvent};
 #[derive(Clone)]
 pub struct KubeLeases {
     client: ::kube::Client,
+    /// Whether watches may ask for initial events (`sendInitialEvents`);
+    /// cleared for good, for every clone, when the server refuses them.
+    initial_events: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for KubeLeases {
@@ -43,7 +56,10 @@ impl KubeLeases {
     /// Leases through `client` (needs get, list, watch, create, update and
     /// delete on `leases.coordination.k8s.io` in the lock's namespace).
     pub fn new(client: ::kube::Client) -> Self {
-        Self { client }
+        Self {
+            client,
+            initial_events: Arc::new(AtomicBool::new(true)),
+        }
     }
 
     fn api(&self, namespace: &str) -> Api<Lease> {
@@ -150,10 +166,11 @@ impl LeaseBackend for KubeLeases {
         let (tx, rx) = mpsc::channel(WATCH_CHANNEL);
         let api = self.api(namespace);
         let name = name.to_owned();
+        let initial_events = Arc::clone(&self.initial_events);
         tokio::spawn(async move {
             tokio::select! {
                 () = tx.closed() => {}
-                () = watch_loop(api, name, since, &tx) => {}
+                () = watch_loop(api, name, since, &initial_events, &tx) => {}
             }
         });
         futures::stream::unfold(rx, |mut rx| async move {
@@ -176,17 +193,35 @@ fn restart_policy() -> BackoffPolicy {
 
 type Sender = mpsc::Sender<Result<LeaseEvent, Error>>;
 
-async fn watch_loop(api: Api<Lease>, name: String, since: Option<String>, tx: &Sender) {
+/// The annotation of the bookmark that ends a watch's initial events.
+const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
+
+async fn watch_loop(
+    api: Api<Lease>,
+    name: String,
+    since: Option<String>,
+    initial_events: &AtomicBool,
+    tx: &Sender,
+) {
     let fields = format!("metadata.name={name}");
     let mut version = since;
     let mut backoff = Backoff::new(restart_policy());
-    // The version comes from a LIST and no event arrived since: a 410 now
-    // means the server cannot serve even a fresh version, and listing again
-    // at once would loop as fast as the server answers.
+    // The version comes from a fresh start (a LIST, or a watch's initial
+    // events) and no change arrived since: a 410 now means the server
+    // cannot serve even a fresh version, and starting over at once would
+    // loop as fast as the server answers.
     let mut just_listed = false;
     loop {
+        // No version to resume from: ask for the current state as the
+        // watch's initial events, one request instead of LIST + WATCH.
+        let streaming = version.is_none() && initial_events.load(Ordering::Relaxed);
         let from = match version.clone() {
             Some(v) => v,
+            // Unset: a consistent read of the current state.
+            None if streaming => {
+                just_listed = true;
+                String::new()
+            }
             None => match relist(&api, &name, &fields, tx).await {
                 Ok(Some(v)) => {
                     just_listed = true;
@@ -199,16 +234,25 @@ async fn watch_loop(api: Api<Lease>, name: String, since: Option<String>, tx: &S
                 }
             },
         };
-        let stream = match api
-            .watch(&WatchParams::default().fields(&fields), &from)
-            .await
-        {
+        let mut params = WatchParams::default().fields(&fields);
+        if streaming {
+            // With bookmarks (the default), which mark where they end.
+            params = params.initial_events();
+        }
+        let stream = match api.watch(&params, &from).await {
             Ok(stream) => stream,
             Err(::kube::Error::Api(status)) if status.code == 410 => {
                 if just_listed {
                     pause(&mut backoff).await;
                 }
                 version = None;
+                continue;
+            }
+            // The API server without the WatchList feature refuses
+            // `sendInitialEvents` as an invalid option: list instead.
+            Err(::kube::Error::Api(status)) if streaming && status.code == 422 => {
+                debug!(lease = %name, message = %status.message, "the server refuses watches with initial events; listing instead");
+                initial_events.store(false, Ordering::Relaxed);
                 continue;
             }
             Err(e) => {
@@ -220,10 +264,18 @@ async fn watch_loop(api: Api<Lease>, name: String, since: Option<String>, tx: &S
             }
         };
         let mut stream = std::pin::pin!(stream.into_stream());
+        // Until the initial events end: whether they reported the Lease.
+        let mut initial = streaming.then_some(false);
         loop {
             let event = match stream.next().await {
-                // The server closed the watch (its timeout): resume.
-                None => break,
+                // The server closed the watch (its timeout): resume. Closed
+                // before it said anything: do not ask again at once.
+                None => {
+                    if initial == Some(false) {
+                        pause(&mut backoff).await;
+                    }
+                    break;
+                }
                 Some(Ok(event)) => event,
                 Some(Err(e)) => {
                     if tx.send(Err(Error::from_kube(e, &name))).await.is_err() {
@@ -243,11 +295,28 @@ async fn watch_loop(api: Api<Lease>, name: String, since: Option<String>, tx: &S
                     LeaseEvent::Deleted
                 }
                 WatchEvent::Bookmark(bookmark) => {
+                    let ends_initial = bookmark
+                        .metadata
+                        .annotations
+                        .contains_key(INITIAL_EVENTS_END);
+                    match initial {
+                        // Before the initial state is complete a version
+                        // is no place to resume from: it would skip it.
+                        Some(_) if !ends_initial => continue,
+                        // The initial events ended without the Lease: absent.
+                        Some(false) => {
+                            if tx.send(Ok(LeaseEvent::Deleted)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Some(true) | None => {}
+                    }
+                    initial = None;
                     version = Some(bookmark.metadata.resource_version);
                     continue;
                 }
                 WatchEvent::Error(status) if status.code == 410 => {
-                    // Desynchronised: start over from a fresh list.
+                    // Desynchronised: start over from the current state.
                     if just_listed {
                         pause(&mut backoff).await;
                     }
@@ -263,8 +332,14 @@ async fn watch_loop(api: Api<Lease>, name: String, since: Option<String>, tx: &S
                     break;
                 }
             };
-            backoff.reset();
-            just_listed = false;
+            match initial.as_mut() {
+                // The state, as a LIST would have reported it.
+                Some(reported) => *reported = true,
+                None => {
+                    backoff.reset();
+                    just_listed = false;
+                }
+            }
             if tx.send(Ok(out)).await.is_err() {
                 return;
             }

@@ -25,7 +25,14 @@
 //! 4. While waiting, a watch of that one Lease wakes us the moment it is
 //!    released or deleted; jittered exponential backoff (50 ms → 2 s by
 //!    default) re-reads it in case the watch is slow or broken; the wait is
-//!    bounded by the acquire timeout and a `CancellationToken`.
+//!    bounded by the acquire timeout and a `CancellationToken`. A waiter
+//!    that lost the CREATE (the Lease exists) does not read it: it opens
+//!    its watch without a resourceVersion, whose first event is the Lease's
+//!    current state (the API server's initial events) — the observation
+//!    it judges and writes against, exactly as a GET's answer would be. So
+//!    a contended acquisition costs CREATE + WATCH before it waits, not
+//!    CREATE + GET + WATCH. A watch that reports nothing within the longest
+//!    backoff delay, fails, or ends is backed up by a GET as before.
 //! 5. **Turns.** A waiter does not take a released (or expired) Lease the
 //!    moment it hears of it: every other waiter heard it too. It takes it
 //!    at its turn, a random point of [`LockConfig::handoff_stagger`] counted
@@ -697,6 +704,9 @@ enum Step {
     Again(View),
     /// Held by someone else: wait for a change, or until `until` (expiry).
     Wait { until: Option<Instant> },
+    /// Unknown, with a watch just opened from the current state: wait for
+    /// its first event, the state a read would have returned.
+    Listen,
     /// Lost a race for the Lease: wait for the watch to show the winner.
     Raced,
     /// Free (or expired), but other waiters may be about to take it: take
@@ -725,6 +735,9 @@ struct Acquisition<'a> {
     watch: Option<BoxStream<'static, Result<LeaseEvent, Error>>>,
     watch_opened: bool,
     watch_heard: Option<Instant>,
+    /// The watch was opened from the current state (no resourceVersion) and
+    /// has not delivered that state yet.
+    watch_unheard: bool,
     marker: Option<WaitMarker>,
     last_error: Option<Error>,
     last_holder: Option<String>,
@@ -793,6 +806,7 @@ impl<'a> Acquisition<'a> {
             watch: None,
             watch_opened: false,
             watch_heard: None,
+            watch_unheard: false,
             marker: None,
             last_error: None,
             last_holder: None,
@@ -817,7 +831,8 @@ impl<'a> Acquisition<'a> {
         loop {
             self.check_deadline()?;
             let step = self.act().await;
-            self.answered |= step.is_ok();
+            // Listening has not been answered yet.
+            self.answered |= step.as_ref().is_ok_and(|s| !matches!(s, Step::Listen));
             let until = match step {
                 Err(e) => return Err(e),
                 Ok(Step::Acquired {
@@ -859,6 +874,8 @@ impl<'a> Acquisition<'a> {
                     self.view = View::Stale;
                     None
                 }
+                // Not (yet) known to be held: neither queued nor contended.
+                Ok(Step::Listen) => None,
                 Ok(Step::Wait { until }) => {
                     self.queued = true;
                     if !self.contended {
@@ -887,7 +904,19 @@ impl<'a> Acquisition<'a> {
             // only race the event (typically, the winner of a race we lost).
             View::Stale if self.watch_is_fresh() => {
                 self.turn.pause(Instant::now());
-                Ok(Step::Wait { until: None })
+                Ok(if self.watch_unheard {
+                    Step::Listen
+                } else {
+                    Step::Wait { until: None }
+                })
+            }
+            // Never watched (typically: our CREATE found it existing). A
+            // watch from the current state reports what a GET would, and
+            // goes on reporting: one request where GET + WATCH were two.
+            View::Stale if matches!(self.mode, Mode::Wait { .. }) && !self.watch_opened => {
+                self.turn.pause(Instant::now());
+                self.open_watch_from_now();
+                Ok(Step::Listen)
             }
             View::Stale => {
                 self.turn.pause(Instant::now());
@@ -1023,6 +1052,8 @@ impl<'a> Acquisition<'a> {
 
     async fn refresh(&mut self) -> Result<Step, Error> {
         self.view_cached = false;
+        // Read instead: what the watch has not said yet is known now.
+        self.watch_unheard = false;
         let backend = Arc::clone(&self.inner().backend);
         let namespace = self.inner().config.namespace.clone();
         let read = bounded(self.mode.limits(), backend.get(&namespace, &self.name))
@@ -1228,11 +1259,13 @@ impl<'a> Acquisition<'a> {
         }
         match wake {
             Wake::Event(Some(Ok(LeaseEvent::Applied(lease)))) => {
+                self.watch_unheard = false;
                 self.view_cached = false;
                 self.watch_heard = Some(Instant::now());
                 self.view = View::Present(self.inner().observe(&self.name, lease));
             }
             Wake::Event(Some(Ok(LeaseEvent::Deleted))) => {
+                self.watch_unheard = false;
                 self.view_cached = false;
                 self.watch_heard = Some(Instant::now());
                 self.inner().forget(&self.name);
@@ -1288,6 +1321,20 @@ impl<'a> Acquisition<'a> {
             &self.name,
             observation.lease.metadata.resource_version.clone(),
         ));
+    }
+
+    /// Opens the watch without a resourceVersion: its first event is the
+    /// Lease's current state (absent included), judged as a read's answer.
+    fn open_watch_from_now(&mut self) {
+        self.watch_opened = true;
+        self.watch_unheard = true;
+        self.watch_heard = Some(Instant::now());
+        let inner = self.inner();
+        self.watch = Some(
+            inner
+                .backend
+                .watch(&inner.config.namespace, &self.name, None),
+        );
     }
 
     async fn check_deadlock(&mut self, holding: &[Arc<GuardShared>]) -> Result<(), Error> {

@@ -564,9 +564,10 @@ mod checks {
 }
 
 /// Kubernetes only: a watch resumed from a resourceVersion the server no
-/// longer keeps gets 410 Gone; the stream lists again and goes on.
+/// longer keeps gets 410 Gone; the stream starts over from the current state
+/// — one WATCH with initial events, no LIST — and goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kube_watch_recovers_from_410_gone_by_listing_again() {
+async fn kube_watch_recovers_from_410_gone_by_starting_over_from_the_current_state() {
     use futures::StreamExt;
     use lease_lock::{KubeLeases, LeaseBackend, LeaseEvent};
     use std::time::Duration;
@@ -607,15 +608,21 @@ async fn kube_watch_recovers_from_410_gone_by_listing_again() {
         LeaseEvent::Applied(current),
         "the current state, not a replay"
     );
+    let calls = fake.calls();
     assert_eq!(
-        fake.calls().count(Some("list"), Some("leases")),
-        1,
-        "listed again after the 410"
+        calls.count(Some("watch"), Some("leases")),
+        2,
+        "the watch answered 410, then one from the current state"
+    );
+    assert_eq!(
+        calls.count(Some("list"), Some("leases")),
+        0,
+        "the current state came as the watch's initial events"
     );
 }
 
 /// Kubernetes only: a server that answers every watch with 410 Gone makes
-/// the stream list again each time, but with backoff, never in a hot loop.
+/// the stream start over each time, but with backoff, never in a hot loop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_watch_answered_410_again_and_again_backs_off() {
     use futures::StreamExt;
@@ -635,9 +642,138 @@ async fn kube_watch_answered_410_again_and_again_backs_off() {
     // Drain whatever is reported for a second, then stop watching.
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.for_each(|_| async {})).await;
 
-    let lists = fake.calls().count(Some("list"), Some("leases"));
+    let watches = fake.calls().count(Some("watch"), Some("leases"));
     assert!(
-        (1..=8).contains(&lists),
-        "{lists} LISTs in one second: relisting after 410 must back off"
+        (1..=8).contains(&watches),
+        "{watches} WATCHes in one second: starting over after 410 must back off"
+    );
+}
+
+/// Kubernetes only: a server that refuses watches with initial events (the
+/// API server without its WatchList feature answers 422 Invalid) is asked
+/// the classic way instead, LIST then WATCH from the list's version, and the
+/// backend does not ask it for initial events again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_watch_falls_back_to_list_and_watch_when_initial_events_are_refused() {
+    use futures::StreamExt;
+    use lease_lock::{KubeLeases, LeaseBackend, LeaseEvent};
+    use std::time::Duration;
+    use testkit::faults::{InjectedError, Match};
+
+    let fake = testkit::kube::FakeKube::start().await.unwrap();
+    let backend = KubeLeases::new(fake.client());
+    let mut lease = lease_lock::Lease::default();
+    lease.metadata.name = Some("a".into());
+    let created = backend.create("ns", &lease).await.unwrap();
+    fake.faults().fail_next(
+        Match::any().verb("watch").resource("leases"),
+        1,
+        InjectedError::Status(422),
+    );
+
+    let first = |mut stream: futures::stream::BoxStream<
+        'static,
+        Result<LeaseEvent, lease_lock::Error>,
+    >| async move {
+        tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("an event within 10 s")
+            .expect("the stream goes on")
+            .expect("no watch error")
+    };
+    assert_eq!(
+        first(backend.watch("ns", "a", None)).await,
+        LeaseEvent::Applied(created.clone())
+    );
+    let calls = fake.calls();
+    assert_eq!(
+        calls.count(Some("list"), Some("leases")),
+        1,
+        "listed instead"
+    );
+
+    assert_eq!(
+        first(backend.clone().watch("ns", "a", None)).await,
+        LeaseEvent::Applied(created)
+    );
+    let calls = fake.calls();
+    assert_eq!(
+        calls.count(Some("list"), Some("leases")),
+        2,
+        "a clone lists too: the refusal is remembered"
+    );
+}
+
+/// Kubernetes only, counted from FakeKube's request log: a contended
+/// acquisition sends CREATE (409) and one WATCH before it waits — the
+/// watch's first event is the Lease it judges and writes against — and no
+/// GET or LIST at all; the handoff is then the holder's release and the
+/// waiter's one conditional replace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_a_contended_acquire_sends_create_then_watch_and_never_reads() {
+    use lease_lock::{AcquireOptions, KubeLeases, LeaseLock, LockConfig};
+    use std::time::Duration;
+    use testkit::calls::Outcome;
+    use testkit::kube::RequestFilter;
+
+    let fake = testkit::kube::FakeKube::start().await.unwrap();
+    let config = |identity: &str| LockConfig {
+        acquire_timeout: Duration::from_secs(30),
+        ..LockConfig::new(identity, "ns")
+    };
+    let a = LeaseLock::new(KubeLeases::new(fake.client()), config("pod-a")).unwrap();
+    let b = LeaseLock::new(KubeLeases::new(fake.client()), config("pod-b")).unwrap();
+    let held = a.acquire("k", AcquireOptions::new()).await.unwrap();
+    let log = fake.requests();
+    let before = log.last_seq();
+
+    let waiter = tokio::spawn(async move { b.acquire("k", AcquireOptions::new()).await });
+    let watches = RequestFilter::any().verb("watch").resource("leases");
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while log.count(&watches) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the waiter opens its watch");
+    // Give the waiter time to judge the watch's first event (the Lease,
+    // held) and wait: anything it would read instead shows up here.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let waiting: Vec<(String, Outcome)> = log
+        .since(before)
+        .into_iter()
+        .map(|r| (r.verb, r.outcome))
+        .collect();
+    assert_eq!(
+        waiting,
+        [
+            ("create".to_owned(), Outcome::Error(409)),
+            ("watch".to_owned(), Outcome::Ok)
+        ],
+        "what the waiter sent before it waited"
+    );
+    assert!(!waiter.is_finished(), "the waiter waits while a holds");
+
+    held.release().await.unwrap();
+    let guard = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("the waiter takes the released Lease")
+        .unwrap()
+        .unwrap();
+    assert_eq!(guard.fencing_token().transitions, 1);
+    let handoff: Vec<(String, Outcome)> = log
+        .since(before)
+        .into_iter()
+        .map(|r| (r.verb, r.outcome))
+        .collect();
+    assert_eq!(
+        handoff,
+        [
+            ("create".to_owned(), Outcome::Error(409)),
+            ("watch".to_owned(), Outcome::Ok),
+            ("update".to_owned(), Outcome::Ok),
+            ("update".to_owned(), Outcome::Ok)
+        ],
+        "then a's release and b's conditional replace: no GET, no LIST"
     );
 }

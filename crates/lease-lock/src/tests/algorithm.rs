@@ -215,7 +215,7 @@ async fn a_renewing_holder_is_never_taken_over() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_released_lease_is_taken_with_transitions_plus_one_in_three_calls() {
+async fn a_released_lease_is_taken_with_transitions_plus_one_in_three_calls_and_no_read() {
     let memory = MemoryLeases::new();
     let a = lock_on(memory.clone(), "pod-a");
     let b_backend = Instrumented::new(memory.clone());
@@ -233,11 +233,12 @@ async fn a_released_lease_is_taken_with_transitions_plus_one_in_three_calls() {
     assert_eq!(
         (
             b_backend.count(Verb::Create),
+            b_backend.count(Verb::Watch),
             b_backend.count(Verb::Get),
             b_backend.count(Verb::Replace)
         ),
-        (1, 1, 1),
-        "CREATE (409), GET, replace"
+        (1, 1, 0, 1),
+        "CREATE (409), WATCH (its first event is the state a GET would read), replace"
     );
 }
 
@@ -737,8 +738,8 @@ async fn a_waiter_with_a_live_watch_does_not_poll() {
 
     assert_eq!(
         b_backend.count(Verb::Get),
-        1,
-        "one read after CREATE's 409, then only the watch"
+        0,
+        "after CREATE's 409 only the watch: its first event is the state"
     );
     assert_eq!(b_backend.count(Verb::Watch), 1);
 }
@@ -1045,13 +1046,43 @@ async fn a_watch_that_ends_right_behind_an_event_is_never_polled_again() {
     );
     let _held = a.acquire("k", AcquireOptions::new()).await.unwrap();
 
-    // The holder's renewal at 10 s is the watch's one event; the waiter
-    // goes on waiting (by polling) until its timeout.
+    // The watch's one event is the Lease's current state (it is opened
+    // without a version, after the CREATE's 409); the waiter goes on
+    // waiting (by polling) until its timeout.
     let result = tokio::spawn(async move { b.acquire("k", wait_up_to(15)).await })
         .await
         .expect("the acquisition does not panic");
 
     assert!(matches!(result, Err(Error::Timeout { .. })), "{result:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_whose_watch_never_reports_the_lease_reads_it_and_polls_without_spinning() {
+    let memory = MemoryLeases::new();
+    let a = lock_on(memory.clone(), "pod-a");
+    let b_backend = Instrumented::new(super::Faulty {
+        silent_watches: true,
+        ..super::Faulty::new(memory.clone())
+    });
+    let b = lock_on(b_backend.clone(), "pod-b");
+    let held = a.acquire("k", AcquireOptions::new()).await.unwrap();
+    let waiter = tokio::spawn(async move { b.acquire("k", wait_up_to(60)).await });
+
+    // Within the longest backoff delay (2 s) a just opened watch is trusted
+    // to bring the Lease's state: no read yet.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(b_backend.count(Verb::Watch), 1);
+    assert_eq!(b_backend.count(Verb::Get), 0);
+    // Then it is read, and polled at the backoff's pace, not in a loop.
+    tokio::time::sleep(Duration::from_millis(8500)).await;
+    let gets = b_backend.count(Verb::Get);
+    assert!((1..=8).contains(&gets), "{gets} GETs in 10 s");
+    assert!(!waiter.is_finished(), "held by a all along");
+
+    held.release().await.unwrap();
+    let guard = waiter.await.unwrap().unwrap();
+    assert_eq!(guard.fencing_token().transitions, 1);
+    assert_eq!(b_backend.count(Verb::Watch), 1, "one watch, never reopened");
 }
 
 #[tokio::test(start_paused = true)]

@@ -212,6 +212,9 @@ pub(crate) struct Faulty<B> {
     /// Watches report one event and end, and (like `futures::stream::unfold`)
     /// panic if polled after they ended.
     pub(crate) one_event_watches: bool,
+    /// Watches never report anything and never end (a stream stuck on a
+    /// dead connection).
+    pub(crate) silent_watches: bool,
     /// The writing process's wall clock runs this far behind: the
     /// `acquireTime` and `renewTime` it writes are that much in the past.
     pub(crate) clock_behind: Duration,
@@ -250,6 +253,7 @@ impl<B> Faulty<B> {
             stall_annotation_writes: false,
             panic_on_first_replace: false,
             one_event_watches: false,
+            silent_watches: false,
             clock_behind: Duration::ZERO,
             cancel_after_write: None,
             replaced: Arc::default(),
@@ -308,6 +312,9 @@ impl<B: LeaseBackend + Clone> LeaseBackend for Faulty<B> {
         since: Option<String>,
     ) -> BoxStream<'static, Result<LeaseEvent, Error>> {
         use futures::StreamExt;
+        if self.silent_watches {
+            return futures::stream::pending().boxed();
+        }
         let events = self.inner.watch(namespace, name, since);
         if !self.one_event_watches {
             return events;
