@@ -3,7 +3,8 @@
 //! FakeKube and FakeGitHub, runs every flow that reaches the API server —
 //! a pull request opened, a push that supersedes a graceful run and one
 //! that ignores SIGTERM (so the force delete runs) while another replica
-//! holds the task's lock (so the sensor waits on its Lease) and the first
+//! holds the task's lock (so the sensor waits on its Lease, its first
+//! watch failing so that it falls back to reading the Lease) and the first
 //! intent annotation meets a 409 (so the run is re-read), a pull request
 //! closed with a run left — and every (verb, resource) in FakeKube's
 //! request log must be granted, and every grant used. The runs and pods are
@@ -144,6 +145,14 @@ async fn the_sensors_role_grants_exactly_the_calls_its_flows_make() {
         Match::any().verb("patch").resource("coderuns"),
         1,
         InjectedError::Status(409),
+    );
+    // The waiter's first watch of the held Lease fails, so it reads the
+    // Lease with a GET instead, as a waiter does whenever its watch cannot
+    // report (lease-lock's fallback; the Role must allow it).
+    kube.faults().fail_next(
+        Match::any().verb("watch").resource("leases"),
+        1,
+        InjectedError::Status(500),
     );
     let release = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(1)).await;
