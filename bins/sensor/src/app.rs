@@ -17,14 +17,16 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use cancel_coordinator::{CancellationCoordinator, CancellationRequest, Reason, Submitted};
+use cancel_coordinator::{
+    CancellationCoordinator, CancellationRequest, METADATA_PULL_REQUEST, Reason, Submitted,
+};
 use github_webhook::{Delivery, DeliveryKey, FormPolicy, Rejection, WebhookHandler, WebhookRoute};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;
 use resilience::Shutdown;
 use serde::Serialize;
-use state_store::{DeliveryRecorded, StateStore};
+use state_store::{DeliveryRecorded, RemediationState, StateStore};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinHandle;
@@ -464,8 +466,20 @@ impl Shared {
         // bound like the write itself.
         let result = match self.writers.acquire().await {
             Ok(_writer) => {
+                // Where the task's pull request is goes in with the fact
+                // (when the event names it): recovery needs it to hand the
+                // supersession on if this process dies before the handoff.
+                let pull = match &record.handoff {
+                    Handoff::Pull(pr, _) => Some(pr.to_string()),
+                    Handoff::Nothing | Handoff::Branch { .. } => None,
+                };
                 self.store
-                    .record_delivery(&record.task_id, key.as_str(), Some(&record.push))
+                    .record_delivery_with(
+                        &record.task_id,
+                        key.as_str(),
+                        Some(&record.push),
+                        |state, recorded| note_pull_request(state, pull.as_deref(), recorded),
+                    )
                     .await
             }
             Err(_closed) => Err(state_store::Error::Client(
@@ -591,6 +605,20 @@ impl Shared {
     }
 }
 
+/// Notes in `state` the pull request a new delivery named (`pull`), as the
+/// saga does once it ran: kept when there is one already, unless the
+/// delivery moved the task's head (the newest event names the current
+/// pull request).
+fn note_pull_request(state: &mut RemediationState, pull: Option<&str>, recorded: DeliveryRecorded) {
+    let Some(pull) = pull else { return };
+    let moved = matches!(recorded, DeliveryRecorded::Recorded { head_changed: true });
+    if moved || !state.metadata.contains_key(METADATA_PULL_REQUEST) {
+        state
+            .metadata
+            .insert(METADATA_PULL_REQUEST.to_owned(), pull.to_owned());
+    }
+}
+
 fn accepted(status: &'static str, task_id: &str, head_sha: &str, correlation_id: &str) -> Response {
     (
         StatusCode::ACCEPTED,
@@ -647,4 +675,49 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         text,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noted(state: &RemediationState) -> Option<&str> {
+        state
+            .metadata
+            .get(METADATA_PULL_REQUEST)
+            .map(String::as_str)
+    }
+
+    #[test]
+    fn a_delivery_naming_its_pull_request_notes_it_and_only_a_new_head_replaces_it() {
+        let mut state = RemediationState::new("42", jiff::Timestamp::UNIX_EPOCH);
+        let same_head = DeliveryRecorded::Recorded {
+            head_changed: false,
+        };
+        let new_head = DeliveryRecorded::Recorded { head_changed: true };
+
+        note_pull_request(&mut state, None, new_head);
+        assert_eq!(noted(&state), None, "a push names no pull request");
+
+        note_pull_request(&mut state, Some("acme/widgets#7"), same_head);
+        assert_eq!(
+            noted(&state),
+            Some("acme/widgets#7"),
+            "the first one is noted"
+        );
+
+        note_pull_request(&mut state, Some("acme/widgets#8"), same_head);
+        assert_eq!(
+            noted(&state),
+            Some("acme/widgets#7"),
+            "an event that did not move the head does not replace it"
+        );
+
+        note_pull_request(&mut state, Some("acme/widgets#9"), new_head);
+        assert_eq!(
+            noted(&state),
+            Some("acme/widgets#9"),
+            "the event that moved the head names the current pull request"
+        );
+    }
 }

@@ -670,6 +670,23 @@ impl StateStore {
         delivery_key: &str,
         push: Option<&Supersession>,
     ) -> Result<DeliveryRecorded> {
+        self.record_delivery_with(task_id, delivery_key, push, |_, _| {})
+            .await
+    }
+
+    /// [`record_delivery`](Self::record_delivery), and `also` applied to
+    /// the state in the same compare-and-swap when the delivery is new
+    /// (given what was recorded) — e.g. where the task's pull request is,
+    /// so that what a later reader needs to act on the fact is stored with
+    /// the fact itself. `also` may run more than once (on conflicts) and
+    /// must only set what the delivery says.
+    pub async fn record_delivery_with(
+        &self,
+        task_id: &str,
+        delivery_key: &str,
+        push: Option<&Supersession>,
+        also: impl Fn(&mut RemediationState, DeliveryRecorded),
+    ) -> Result<DeliveryRecorded> {
         if !crate::schema::well_formed_delivery_key(delivery_key) {
             return Err(Error::Invalid {
                 task_id: task_id.to_owned(),
@@ -681,7 +698,11 @@ impl StateStore {
             });
         }
         self.update(task_id, |s: &mut RemediationState| {
-            Ok::<_, Error>(s.observe_delivery(delivery_key, push))
+            let recorded = s.observe_delivery(delivery_key, push);
+            if recorded != DeliveryRecorded::Duplicate {
+                also(s, recorded);
+            }
+            Ok::<_, Error>(recorded)
         })
         .await
     }

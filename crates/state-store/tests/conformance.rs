@@ -781,6 +781,42 @@ async fn a_delivery_is_recorded_once_across_writers_and_restarts(backend: Arc<dy
         restarted.record_delivery("d1", "a key", None).await,
         Err(Error::Invalid { .. })
     ));
+
+    // What a new delivery names goes in with it, in its one write; a
+    // duplicate applies nothing.
+    let note = |value: &'static str| {
+        move |s: &mut state_store::RemediationState, _: DeliveryRecorded| {
+            s.metadata.insert("pull-request".into(), value.into());
+        }
+    };
+    assert_eq!(
+        restarted
+            .record_delivery_with("d1", "guid-2:7", None, note("acme/widgets#7"))
+            .await
+            .unwrap(),
+        DeliveryRecorded::Recorded {
+            head_changed: false
+        }
+    );
+    let noted = restarted.get("d1").await.unwrap().unwrap();
+    assert_eq!(
+        noted.state.metadata.get("pull-request").map(String::as_str),
+        Some("acme/widgets#7")
+    );
+    assert_eq!(noted.state.recent_deliveries, ["guid-1:7", "guid-2:7"]);
+    assert_eq!(
+        restarted
+            .record_delivery_with("d1", "guid-2:7", None, note("acme/other#1"))
+            .await
+            .unwrap(),
+        DeliveryRecorded::Duplicate
+    );
+    let kept = restarted.get("d1").await.unwrap().unwrap();
+    assert_eq!(kept.resource_version, noted.resource_version);
+    assert_eq!(
+        kept.state.metadata.get("pull-request").map(String::as_str),
+        Some("acme/widgets#7")
+    );
 }
 
 /// The value of an unlabelled counter, read through the Prometheus registry.
