@@ -1,0 +1,300 @@
+//! The seed's acceptance scenarios end to end: FakeGitHub's webhook sender
+//! delivers to sensor replicas behind a round-robin balancer, each sensor
+//! records the fact in the task's state on FakeKube and hands it to its own
+//! coordinator, the sagas cancel CodeRuns whose pods FakeKube's kubelet
+//! stops and garbage collector removes, and label-cas moves the labels on
+//! FakeGitHub — all over real HTTP. Every scenario ends with testkit's
+//! cancellation history checker judging what the fakes recorded.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use state_store::CancellationOutcome;
+use support::{Cluster, MOVED, WAITING, sha};
+use testkit::faults::{InjectedError, Match};
+
+/// Seed scenario 1, high concurrent load.
+///
+/// Given 25 pull requests, each with quality, testing and review agents
+/// running on its old head and a review agent already on its new head, and
+/// three sensor replicas;
+/// when 25 pushes arrive at once (a `push` and a `pull_request.synchronize`
+/// delivery each, spread over the replicas);
+/// then every delivery is answered 202, every stale run is cancelled (its
+/// pod gone before it was recorded) and recorded once, no run of a new head
+/// is touched, every PR's labels move to `needs-qa`, and no task lock is
+/// left held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_01_high_concurrent_load() {
+    const TASKS: u64 = 25;
+    let cluster = Cluster::start(3).await;
+    let old = |task: u64| sha(task as usize * 10 + 1);
+    let new = |task: u64| sha(task as usize * 10 + 2);
+    let mut stale = Vec::new();
+    let mut fresh = Vec::new();
+    for task in 1..=TASKS {
+        cluster.pull(task, &old(task)).await;
+        stale.extend(cluster.agents_on(task, &old(task), 10).await);
+        let name = format!("t{task}-review-new");
+        cluster.run(task, &name, "review", &new(task), 10).await;
+        fresh.push(name);
+    }
+
+    let mut deliveries = Vec::new();
+    for task in 1..=TASKS {
+        deliveries.extend(cluster.push(task, &new(task)));
+    }
+    let answers = cluster.answered(&deliveries).await;
+    assert!(answers.iter().all(|&code| code == 202), "{answers:?}");
+    cluster.converged().await;
+
+    let history = cluster.history().await;
+    assert_eq!(history.violations(), vec![]);
+    assert!(stale.iter().all(|run| !cluster.exists(run)));
+    assert!(fresh.iter().all(|run| cluster.exists(run)));
+    for task in 1..=TASKS {
+        assert_eq!(cluster.labels(task), [MOVED], "PR {task}");
+        let state = cluster.state(task).await.unwrap();
+        assert_eq!(state.latest_head.unwrap().sha, new(task), "task {task}");
+    }
+}
+
+/// Seed scenario 2, lock contention.
+///
+/// Given one pull request with agents on its head and three sensor
+/// replicas;
+/// when five pushes to it arrive in quick succession, each new head's agents
+/// started before the next push, the deliveries spread over the replicas so
+/// that their coordinators contend for the task's lock;
+/// then the lock serialises them: only the newest head's runs survive,
+/// every older run is cancelled and recorded once, no run of the
+/// newest head is touched, the labels end at `needs-qa`, and the task lock
+/// ends free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_02_lock_contention() {
+    const TASK: u64 = 7;
+    let cluster = Cluster::start(3).await;
+    let heads: Vec<String> = (1..=6).map(sha).collect();
+    cluster.pull(TASK, &heads[0]).await;
+    let mut runs = vec![cluster.agents_on(TASK, &heads[0], 50).await];
+
+    let mut deliveries = Vec::new();
+    for head in &heads[1..] {
+        runs.push(cluster.agents_on(TASK, head, 50).await);
+        deliveries.extend(cluster.push(TASK, head));
+    }
+    let answers = cluster.answered(&deliveries).await;
+    assert!(answers.iter().all(|&code| code == 202), "{answers:?}");
+    cluster.converged().await;
+
+    let history = cluster.history().await;
+    assert_eq!(history.violations(), vec![]);
+    let (newest, older) = runs.split_last().unwrap();
+    assert!(older.iter().flatten().all(|run| !cluster.exists(run)));
+    assert!(newest.iter().all(|run| cluster.exists(run)));
+    assert_eq!(cluster.labels(TASK), [MOVED]);
+}
+
+/// Seed scenario 3, partial failure recovery.
+///
+/// Given a pull request with agents on its old head, two sensor replicas
+/// and a controller replica, and GitHub refusing every label call (503);
+/// when a push arrives, so that the saga cancels the stale runs and records
+/// the cancellation in the task state, then fails to move the labels;
+/// then the state says so while GitHub refuses, and once GitHub answers
+/// again the controller's recovery cycle moves the labels to `needs-qa`:
+/// the cancellation is recorded once and the history checker finds the
+/// world consistent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_03_partial_failure_recovery() {
+    const TASK: u64 = 3;
+    let cluster = Cluster::start(2).await;
+    let controller = cluster.start_controller("controller-0").await;
+    let (old, new) = (sha(1), sha(2));
+    cluster.pull(TASK, &old).await;
+    let stale = cluster.agents_on(TASK, &old, 10).await;
+    let fresh = cluster.agents_on(TASK, &new, 10).await;
+    let faults = cluster.github.faults();
+    let refusals = ["label", "labels"].map(|resource| {
+        faults.error_rate(
+            Match::any().resource(resource),
+            1.0,
+            InjectedError::Status(503),
+        )
+    });
+
+    let answers = cluster.answered(&cluster.push(TASK, &new)).await;
+    assert_eq!(answers, [202, 202]);
+    cluster
+        .until(
+            "the cancellation recorded with its labels failed",
+            async |c| {
+                c.state(TASK).await.is_some_and(|s| {
+                    s.cancellation_history.iter().any(|r| {
+                        r.outcome == CancellationOutcome::Cancelled
+                            && r.detail
+                                .as_deref()
+                                .is_some_and(|d| d.contains("labels: failed"))
+                    })
+                })
+            },
+        )
+        .await;
+    assert!(stale.iter().all(|run| !cluster.exists(run)));
+    assert_eq!(cluster.labels(TASK), [WAITING], "GitHub refused the move");
+    for rule in refusals {
+        faults.remove(rule);
+    }
+
+    cluster.converged().await;
+    let history = cluster.history().await;
+    assert_eq!(history.violations(), vec![]);
+    assert!(fresh.iter().all(|run| cluster.exists(run)));
+    let state = cluster.state(TASK).await.unwrap();
+    assert_eq!(state.cancellation_history.len(), 1, "recorded once");
+    let detail = state.cancellation_history[0].detail.clone().unwrap();
+    assert!(detail.contains("moved by recovery"), "{detail}");
+    controller.trigger();
+    assert_eq!(
+        controller.drain(Duration::from_secs(5)).await.exit_code(),
+        0
+    );
+}
+
+/// Seed scenario 8, resource cleanup.
+///
+/// Given three pull requests with agents on their old heads whose pods take
+/// a second to stop after SIGTERM, two sensor replicas and a controller
+/// replica;
+/// when pushes to all three arrive and, while their cancellations are in
+/// flight, both sensor replicas are shut down (SIGTERM, drain, exit: their
+/// connections cut) and replaced by restarted ones;
+/// then every cancellation completes, every stale run is gone and recorded
+/// once, no run of a new head is touched, the labels move, and no Lease is
+/// left held by a replica that is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_08_resource_cleanup() {
+    let cluster = Cluster::start(2).await;
+    let controller = cluster.start_controller("controller-0").await;
+    let tasks = [81, 82, 83];
+    let mut stale = Vec::new();
+    let mut fresh = Vec::new();
+    for task in tasks {
+        let (old, new) = (sha(task as usize * 10 + 1), sha(task as usize * 10 + 2));
+        cluster.pull(task, &old).await;
+        stale.extend(cluster.agents_on(task, &old, 1_000).await);
+        fresh.extend(cluster.agents_on(task, &new, 10).await);
+    }
+
+    let mut deliveries = Vec::new();
+    for task in tasks {
+        deliveries.extend(cluster.push(task, &sha(task as usize * 10 + 2)));
+    }
+    let answers = cluster.answered(&deliveries).await;
+    assert!(answers.iter().all(|&code| code == 202), "{answers:?}");
+    cluster
+        .until("a stale run's deletion under way", async |c| {
+            stale.iter().any(|run| c.deletes_of(run) > 0)
+        })
+        .await;
+    assert!(
+        stale.iter().any(|run| cluster.exists(run)),
+        "still in flight"
+    );
+    for replica in [0, 1] {
+        let exit = cluster.stop_replica(replica, Duration::from_secs(5)).await;
+        assert_eq!(exit, 0, "replica {replica} drained");
+    }
+    cluster.start_replica().await;
+    cluster.start_replica().await;
+
+    cluster.converged().await;
+    let history = cluster.history().await;
+    assert_eq!(history.violations(), vec![]);
+    assert!(stale.iter().all(|run| !cluster.exists(run)));
+    assert!(fresh.iter().all(|run| cluster.exists(run)));
+    controller.trigger();
+    assert_eq!(
+        controller.drain(Duration::from_secs(5)).await.exit_code(),
+        0
+    );
+}
+
+/// Seed scenario 9, state manager integration.
+///
+/// Given one pull request with agents on its head and three sensor
+/// replicas;
+/// when five pushes to it arrive in quick succession, each new head's agents
+/// started before the next push;
+/// then every version of the task's state, read in resourceVersion order,
+/// tells a valid story: the latest head's push time never goes back, the
+/// cancellation history only grows (no record rewritten or lost), every
+/// cancellation was journaled as the active operation before it was
+/// recorded (intent first), the last version's head is the newest push with
+/// no operation left active, and the history checker finds the world
+/// consistent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_09_state_manager_integration() {
+    const TASK: u64 = 9;
+    let cluster = Cluster::start(3).await;
+    let heads: Vec<String> = (1..=6).map(|n| sha(900 + n)).collect();
+    cluster.pull(TASK, &heads[0]).await;
+    cluster.agents_on(TASK, &heads[0], 20).await;
+    let mut deliveries = Vec::new();
+    for head in &heads[1..] {
+        cluster.agents_on(TASK, head, 20).await;
+        deliveries.extend(cluster.push(TASK, head));
+    }
+    let answers = cluster.answered(&deliveries).await;
+    assert!(answers.iter().all(|&code| code == 202), "{answers:?}");
+    cluster.converged().await;
+    assert_eq!(cluster.history().await.violations(), vec![]);
+
+    let versions = cluster.state_versions(TASK);
+    assert!(versions.len() > 2, "{} versions", versions.len());
+    let mut journaled = std::collections::BTreeSet::new();
+    for pair in versions.windows(2) {
+        let [(rv_a, a), (rv_b, b)] = pair else {
+            unreachable!()
+        };
+        let pushed =
+            |s: &state_store::RemediationState| s.latest_head.as_ref().map(|h| h.pushed_at);
+        assert!(
+            pushed(b) >= pushed(a),
+            "head went back between {rv_a} and {rv_b}"
+        );
+        let ids = |s: &state_store::RemediationState| -> Vec<String> {
+            s.cancellation_history
+                .iter()
+                .map(|r| r.operation_id.clone())
+                .collect()
+        };
+        assert!(
+            ids(b).starts_with(&ids(a)),
+            "history rewritten between {rv_a} and {rv_b}: {:?} then {:?}",
+            ids(a),
+            ids(b)
+        );
+        if let Some(op) = &a.active_operation {
+            journaled.insert(op.operation_id.clone());
+        }
+    }
+    let (_, last) = versions.last().unwrap();
+    for record in &last.cancellation_history {
+        if record.outcome == CancellationOutcome::Cancelled {
+            assert!(
+                journaled.contains(&record.operation_id),
+                "{} recorded without a journal before it",
+                record.operation_id
+            );
+        }
+    }
+    assert_eq!(last.latest_head.as_ref().unwrap().sha, heads[5]);
+    assert!(
+        last.active_operation.is_none(),
+        "{:?}",
+        last.active_operation
+    );
+}
