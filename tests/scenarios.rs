@@ -82,8 +82,10 @@ async fn scenario_02_lock_contention() {
 
     let mut deliveries = Vec::new();
     for head in &heads[1..] {
-        runs.push(cluster.agents_on(TASK, head, 50).await);
+        // Agents start on a head once it is pushed, never before: a run of
+        // a head GitHub does not show yet is a run of another head.
         deliveries.extend(cluster.push(TASK, head));
+        runs.push(cluster.agents_on(TASK, head, 50).await);
     }
     let answers = cluster.answered(&deliveries).await;
     assert!(answers.iter().all(|&code| code == 202), "{answers:?}");
@@ -244,8 +246,9 @@ async fn scenario_09_state_manager_integration() {
     cluster.agents_on(TASK, &heads[0], 20).await;
     let mut deliveries = Vec::new();
     for head in &heads[1..] {
-        cluster.agents_on(TASK, head, 20).await;
+        // As in scenario 2: a head's agents start after its push.
         deliveries.extend(cluster.push(TASK, head));
+        cluster.agents_on(TASK, head, 20).await;
     }
     let answers = cluster.answered(&deliveries).await;
     assert!(answers.iter().all(|&code| code == 202), "{answers:?}");

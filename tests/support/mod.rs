@@ -77,10 +77,13 @@ struct Replica {
 /// A replica's network connection to one server: a TCP relay that, once
 /// cut, drops every open connection and refuses new ones, as the network
 /// does for a process that exited. It keeps its port, so no later listener
-/// can take it over.
+/// can take it over. A partition does the same until it heals.
 struct Cable {
     addr: SocketAddr,
     cut: CancellationToken,
+    /// The open connections' token while the cable carries traffic;
+    /// `None` while partitioned.
+    carrying: Arc<Mutex<Option<CancellationToken>>>,
 }
 
 impl Cable {
@@ -88,29 +91,46 @@ impl Cable {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cut = CancellationToken::new();
+        let carrying = Arc::new(Mutex::new(Some(cut.child_token())));
         let token = cut.clone();
+        let live = carrying.clone();
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
-                if token.is_cancelled() {
+                let connection = live.lock().unwrap().clone();
+                let Some(connection) = connection.filter(|_| !token.is_cancelled()) else {
                     continue;
-                }
-                let token = token.clone();
+                };
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(target).await else {
                         return;
                     };
                     tokio::select! {
-                        _ = token.cancelled() => {}
+                        _ = connection.cancelled() => {}
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
                     }
                 });
             }
         });
-        Self { addr, cut }
+        Self { addr, cut, carrying }
     }
 
     fn cut(&self) {
         self.cut.cancel();
+    }
+
+    /// Drops every open connection and refuses new ones until [`heal`](Self::heal).
+    fn partition(&self) {
+        if let Some(open) = self.carrying.lock().unwrap().take() {
+            open.cancel();
+        }
+    }
+
+    /// Carries new connections again (unless the cable was cut for good).
+    fn heal(&self) {
+        let mut carrying = self.carrying.lock().unwrap();
+        if carrying.is_none() {
+            *carrying = Some(self.cut.child_token());
+        }
     }
 }
 
@@ -135,6 +155,8 @@ pub struct Cluster {
     pulls: Mutex<BTreeMap<String, u64>>,
     /// Holder prefixes (`<identity>/`) of the replicas still running.
     live_holders: Mutex<Vec<String>>,
+    /// The controller replicas' connections to FakeKube.
+    controller_cables: Mutex<Vec<Cable>>,
 }
 
 impl Cluster {
@@ -170,6 +192,7 @@ impl Cluster {
             runs: Mutex::new(Vec::new()),
             pulls: Mutex::new(BTreeMap::new()),
             live_holders: Mutex::new(Vec::new()),
+            controller_cables: Mutex::new(Vec::new()),
         };
         for _ in 0..replicas {
             cluster.start_replica().await;
@@ -199,11 +222,7 @@ impl Cluster {
         };
         let kube_cable = Cable::to(self.kube.addr()).await;
         let github_cable = Cable::to(github_addr(&self.github)).await;
-        let mut kube_config = self.kube.config();
-        kube_config.cluster_url = format!("{}://{}", self.kube.url().scheme(), kube_cable.addr)
-            .parse()
-            .unwrap();
-        let client = kube::Client::try_from(kube_config).unwrap();
+        let client = self.client_via(&kube_cable);
         let octocrab = octocrab::Octocrab::builder()
             .base_uri(format!("http://{}", github_cable.addr))
             .unwrap()
@@ -262,8 +281,9 @@ impl Cluster {
             ..controller::Config::default()
         };
         let settings = wiring::backend_settings(&config.sensor_config()).unwrap();
+        let cable = Cable::to(self.kube.addr()).await;
         let clients = Clients {
-            kube: Some(self.kube.client()),
+            kube: Some(self.client_via(&cable)),
             github: Some(self.github.octocrab().unwrap()),
         };
         let backends = Backends::build(BackendChoice::PRODUCTION, &settings, clients).unwrap();
@@ -276,7 +296,38 @@ impl Cluster {
             .lock()
             .unwrap()
             .push(format!("{identity}/"));
+        self.controller_cables.lock().unwrap().push(cable);
         shutdown
+    }
+
+    /// A client of FakeKube whose connections go through `cable`.
+    fn client_via(&self, cable: &Cable) -> kube::Client {
+        let mut config = self.kube.config();
+        config.cluster_url = format!("{}://{}", self.kube.url().scheme(), cable.addr)
+            .parse()
+            .unwrap();
+        kube::Client::try_from(config).unwrap()
+    }
+
+    /// Cuts every sensor and controller replica off the API server: their
+    /// open connections dropped, new ones refused, until [`heal`](Self::heal).
+    /// FakeKube itself, GitHub and the test's own view are untouched.
+    pub fn partition(&self) {
+        self.each_kube_cable(Cable::partition);
+    }
+
+    /// Ends a [`partition`](Self::partition).
+    pub fn heal(&self) {
+        self.each_kube_cable(Cable::heal);
+    }
+
+    fn each_kube_cable(&self, act: fn(&Cable)) {
+        for replica in self.replicas.lock().unwrap().iter().flatten() {
+            act(&replica.cables[0]);
+        }
+        for cable in self.controller_cables.lock().unwrap().iter() {
+            act(cable);
+        }
     }
 
     /// Opens PR `task` from [`branch`] at `head`, labelled [`WAITING`]; its
@@ -428,11 +479,42 @@ impl Cluster {
     /// task Lease is held (only the recovery leader's): the world has
     /// converged.
     pub async fn converged(&self) {
-        self.until(
-            "stale runs gone, labels moved, task locks free",
-            async |c| c.history_with(true).await.check().is_ok(),
-        )
-        .await;
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let violations = self.history_with(true).await.violations();
+            if violations.is_empty() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not converged within {PATIENCE:?} (stale runs gone, labels moved, task locks free): {violations:#?}\nleases: {:#?}",
+                self.lease_holders().await
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Every Lease with its holder, renew time and transitions, as FakeKube
+    /// stores them now.
+    pub async fn lease_holders(&self) -> Vec<String> {
+        let leases: Api<Lease> = Api::namespaced(self.kube.client(), NS);
+        leases
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .iter()
+            .map(|l| {
+                let spec = l.spec.clone().unwrap_or_default();
+                format!(
+                    "{} holder={:?} renewed={:?} transitions={:?} rv={:?}",
+                    l.name_any(),
+                    spec.holder_identity,
+                    spec.renew_time.map(|t| t.0),
+                    spec.lease_transitions,
+                    l.resource_version()
+                )
+            })
+            .collect()
     }
 
     /// The history as the fakes recorded it so far, with every PR's labels
