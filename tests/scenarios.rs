@@ -11,8 +11,12 @@ mod support;
 
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::ResourceExt;
+use recovery::ANNOTATION_NEEDS_INTERVENTION;
 use state_store::CancellationOutcome;
-use support::{Cluster, MOVED, WAITING, sha};
+use state_store::naming::{ANNOTATION_QUARANTINE_REASON, KEY_STATE_CORRUPT};
+use support::{Cluster, MOVED, NS, WAITING, sha, state_map};
 use testkit::faults::{InjectedError, Match};
 
 /// Seed scenario 1, high concurrent load.
@@ -299,5 +303,184 @@ async fn scenario_09_state_manager_integration() {
         last.active_operation.is_none(),
         "{:?}",
         last.active_operation
+    );
+}
+
+/// Seed scenario 5, state inconsistency.
+///
+/// Given a pull request whose push was handled (its stale runs cancelled
+/// and recorded, its labels moved), two sensor replicas and a controller
+/// replica;
+/// when an outside writer corrupts the task's state ConfigMap (its JSON cut
+/// off half-way through the cancellation history);
+/// then the controller's recovery repairs it: the state is rebuilt from
+/// what survived (the head and the pull request), the raw payload is kept
+/// in quarantine beside it, the task is flagged for intervention naming
+/// what was lost, no run of the new head is touched, and the history
+/// checker finds the world consistent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_05_state_inconsistency() {
+    const TASK: u64 = 5;
+    let cluster = Cluster::start(2).await;
+    let controller = cluster.start_controller("controller-0").await;
+    let (old, new) = (sha(51), sha(52));
+    cluster.pull(TASK, &old).await;
+    let stale = cluster.agents_on(TASK, &old, 10).await;
+    let answers = cluster.answered(&cluster.push(TASK, &new)).await;
+    assert_eq!(answers, [202, 202]);
+    let fresh = cluster.agents_on(TASK, &new, 10).await;
+    cluster.converged().await;
+    assert_eq!(
+        cluster
+            .state(TASK)
+            .await
+            .unwrap()
+            .cancellation_history
+            .len(),
+        1
+    );
+
+    let broken = cluster.corrupt_state(TASK).await;
+
+    cluster
+        .until("the corrupted state rebuilt and quarantined", async |c| {
+            c.kube
+                .peek::<ConfigMap>(NS, &state_map(TASK))
+                .and_then(|cm| cm.data)
+                .is_some_and(|d| d.contains_key(KEY_STATE_CORRUPT))
+        })
+        .await;
+    cluster
+        .until("the task flagged for intervention", async |c| {
+            c.kube
+                .peek::<ConfigMap>(NS, &state_map(TASK))
+                .is_some_and(|cm| cm.annotations().contains_key(ANNOTATION_NEEDS_INTERVENTION))
+        })
+        .await;
+    let stored = cluster
+        .kube
+        .peek::<ConfigMap>(NS, &state_map(TASK))
+        .unwrap();
+    assert_eq!(
+        stored.data.as_ref().unwrap()[KEY_STATE_CORRUPT],
+        broken,
+        "the raw payload is kept as it was"
+    );
+    assert!(
+        stored
+            .annotations()
+            .contains_key(ANNOTATION_QUARANTINE_REASON)
+    );
+    let flag = &stored.annotations()[ANNOTATION_NEEDS_INTERVENTION];
+    assert!(flag.starts_with("unreadable_state:"), "{flag}");
+    let rebuilt = cluster.state(TASK).await.expect("readable again");
+    assert_eq!(rebuilt.latest_head.unwrap().sha, new, "the head survived");
+    assert!(
+        rebuilt
+            .metadata
+            .contains_key(cancel_coordinator::METADATA_PULL_REQUEST),
+        "the pull request survived"
+    );
+    assert!(rebuilt.active_operation.is_none());
+    assert_eq!(cluster.history().await.violations(), vec![]);
+    assert!(stale.iter().all(|run| !cluster.exists(run)));
+    assert!(fresh.iter().all(|run| cluster.exists(run)));
+    controller.trigger();
+    assert_eq!(
+        controller.drain(Duration::from_secs(5)).await.exit_code(),
+        0
+    );
+}
+
+/// Seed scenario 6, network partition.
+///
+/// Given two pull requests with agents on their heads whose pods take a
+/// second to stop (the second one's first push already handled, so its
+/// state names its pull request), two sensor replicas and a controller
+/// replica, each with its own connections to the API server;
+/// when a push to the first pull request arrives and, once its
+/// cancellation is under way, every component is cut off the API server
+/// (open connections dropped, new ones refused); a push to the second pull
+/// request arrives during the partition (no sensor can record it: GitHub
+/// sees its deliveries fail); and after three seconds the partition heals;
+/// then the world converges: the interrupted cancellation is resumed and
+/// the lost push is found by the controller's recovery (GitHub's head
+/// against the recorded one), every stale run of both pull requests is
+/// gone and recorded once, never while its pod existed, no run of a newest
+/// head is touched, both pull requests' labels move, and no task Lease is
+/// left held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_06_network_partition() {
+    let (first, second) = (61, 62);
+    let head = |task: u64, n: usize| sha(task as usize * 10 + n);
+    let cluster = Cluster::start(2).await;
+    let controller = cluster.start_controller("controller-0").await;
+    cluster.pull(first, &head(first, 1)).await;
+    let mut stale = cluster.agents_on(first, &head(first, 1), 1_000).await;
+    cluster.pull(second, &head(second, 1)).await;
+    stale.extend(cluster.agents_on(second, &head(second, 1), 10).await);
+    let answers = cluster
+        .answered(&cluster.push(second, &head(second, 2)))
+        .await;
+    assert_eq!(answers, [202, 202]);
+    let superseded_later = cluster.agents_on(second, &head(second, 2), 1_000).await;
+    cluster
+        .until("the second pull request's first push handled", async |c| {
+            c.labels(second) == [MOVED]
+                && c.state(second)
+                    .await
+                    .is_some_and(|s| s.cancellation_history.len() == 1)
+        })
+        .await;
+    // GitHub's times are whole seconds; recovery only believes a head
+    // GitHub changed after the push it recorded (a lagging read must not
+    // win), so the lost push must land in a later second than this one.
+    let handled = jiff::Timestamp::now().as_second();
+    stale.extend(superseded_later);
+
+    let mut fresh = Vec::new();
+    let answers = cluster
+        .answered(&cluster.push(first, &head(first, 2)))
+        .await;
+    assert_eq!(answers, [202, 202]);
+    fresh.extend(cluster.agents_on(first, &head(first, 2), 10).await);
+    cluster
+        .until("the first cancellation's deletes under way", async |c| {
+            stale[..3].iter().any(|run| c.deletes_of(run) > 0)
+        })
+        .await;
+    cluster.partition();
+    while jiff::Timestamp::now().as_second() <= handled {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let lost = cluster.push(second, &head(second, 3));
+    fresh.extend(cluster.agents_on(second, &head(second, 3), 10).await);
+    let answers = cluster.answered(&lost).await;
+    assert!(
+        answers.iter().all(|&code| code != 202),
+        "no sensor could record the push: {answers:?}"
+    );
+    assert!(
+        stale[6..].iter().all(|run| cluster.deletes_of(run) == 0),
+        "nothing is cancelled blind"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.heal();
+
+    cluster.converged().await;
+    assert_eq!(cluster.history().await.violations(), vec![]);
+    assert!(stale.iter().all(|run| !cluster.exists(run)));
+    assert!(fresh.iter().all(|run| cluster.exists(run)));
+    let first_state = cluster.state(first).await.unwrap();
+    assert_eq!(first_state.cancellation_history.len(), 1, "recorded once");
+    let second_state = cluster.state(second).await.unwrap();
+    assert_eq!(second_state.cancellation_history.len(), 2, "one per push");
+    for task in [first, second] {
+        assert_eq!(cluster.labels(task), [MOVED], "PR {task}");
+    }
+    controller.trigger();
+    assert_eq!(
+        controller.drain(Duration::from_secs(5)).await.exit_code(),
+        0
     );
 }

@@ -64,6 +64,11 @@ pub fn branch(task: u64) -> String {
     format!("task-{task}-fix")
 }
 
+/// The name of task `task`'s state ConfigMap.
+pub fn state_map(task: u64) -> String {
+    format!("task-{task}-state")
+}
+
 /// One sensor replica serving on 127.0.0.1.
 struct Replica {
     addr: SocketAddr,
@@ -111,7 +116,11 @@ impl Cable {
                 });
             }
         });
-        Self { addr, cut, carrying }
+        Self {
+            addr,
+            cut,
+            carrying,
+        }
     }
 
     fn cut(&self) {
@@ -445,6 +454,22 @@ impl Cluster {
     pub async fn state(&self, task: u64) -> Option<RemediationState> {
         let store = StateStore::new(ConfigMapBackend::new(self.kube.client(), NS));
         store.get(&task.to_string()).await.unwrap().map(|s| s.state)
+    }
+
+    /// Corrupts `task`'s state as an outside writer would: its JSON cut off
+    /// half-way through the cancellation history. The broken text.
+    pub async fn corrupt_state(&self, task: u64) -> String {
+        let maps: Api<ConfigMap> = Api::namespaced(self.kube.client(), NS);
+        let mut map = maps.get(&state_map(task)).await.unwrap();
+        let data = map.data.as_mut().unwrap();
+        let text = data[state_store::naming::KEY_STATE].clone();
+        let cut = text.find("\"cancellation_history\"").unwrap() + 30;
+        let broken = text[..cut].to_owned();
+        data.insert(state_store::naming::KEY_STATE.into(), broken.clone());
+        maps.replace(&state_map(task), &PostParams::default(), &map)
+            .await
+            .unwrap();
+        broken
     }
 
     /// Every version of `task`'s state the watch saw, in resourceVersion order.
