@@ -484,3 +484,95 @@ async fn scenario_06_network_partition() {
         0
     );
 }
+
+/// Seed scenario 7, circuit breaker activation.
+///
+/// Given five pull requests with agents on their old heads, one sensor
+/// replica (one GitHub breaker, the production policy: open after 5
+/// consecutive failures, 30 s cool-down, one probe), and GitHub answering
+/// 503 to every pull request read and label call;
+/// when pushes to the pull requests arrive one after another;
+/// then each cancellation still completes (the runs go, the state records
+/// it with its labels failed), but once the first three pushes' calls have
+/// failed the breaker is open and the next cancellations fail fast: GitHub
+/// receives no pull request or label call at all from then until the
+/// cool-down ends; once GitHub answers again and the cool-down is over,
+/// the next pushes' first call is the probe, the breaker closes, and every
+/// pull request's labels move — the history checker finds the world
+/// consistent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_07_circuit_breaker_activation() {
+    let tasks: Vec<u64> = (71..=75).collect();
+    let cool_down = resilience::BreakerPolicy::default().cool_down;
+    let cluster = Cluster::start(1).await;
+    for &task in &tasks {
+        cluster.pull(task, &sha(task as usize * 10 + 1)).await;
+        cluster
+            .agents_on(task, &sha(task as usize * 10 + 1), 10)
+            .await;
+    }
+    let faults = cluster.github.faults();
+    let refusals = ["pull", "labels", "label"].map(|resource| {
+        faults.error_rate(
+            Match::any().resource(resource),
+            1.0,
+            InjectedError::Status(503),
+        )
+    });
+    let calls = || {
+        let calls = cluster.github.calls();
+        ["pull", "labels", "label"]
+            .iter()
+            .map(|r| calls.count(None, Some(r)))
+            .sum::<u64>()
+    };
+
+    let mut after = Vec::new();
+    let mut opened_by = None;
+    for (i, &task) in tasks.iter().enumerate() {
+        let head = sha(task as usize * 10 + 2);
+        let answers = cluster.answered(&cluster.push(task, &head)).await;
+        assert_eq!(answers, [202, 202]);
+        cluster
+            .until("the cancellation recorded, labels failed", async |c| {
+                c.state(task).await.is_some_and(|s| {
+                    s.cancellation_history.iter().any(|r| {
+                        r.detail
+                            .as_deref()
+                            .is_some_and(|d| d.contains("labels: failed"))
+                    })
+                })
+            })
+            .await;
+        cluster.agents_on(task, &head, 10).await;
+        after.push(calls());
+        if i == 2 {
+            // At least two breaker-guarded calls failed per push (the head
+            // read and the label transition): five in a row by now.
+            opened_by = Some(tokio::time::Instant::now());
+        }
+    }
+    assert!(after[0] > 0 && after[2] > after[0], "{after:?}");
+    assert_eq!(
+        after[4], after[2],
+        "no call reached GitHub while the breaker was open: {after:?}"
+    );
+    for rule in refusals {
+        faults.remove(rule);
+    }
+    tokio::time::sleep_until(opened_by.unwrap() + cool_down + Duration::from_millis(500)).await;
+    assert_eq!(calls(), after[2], "none either until the cool-down ended");
+
+    for &task in &tasks {
+        let answers = cluster
+            .answered(&cluster.push(task, &sha(task as usize * 10 + 3)))
+            .await;
+        assert_eq!(answers, [202, 202]);
+    }
+    cluster.converged().await;
+    assert!(calls() > after[2], "the probe and the calls after it");
+    assert_eq!(cluster.history().await.violations(), vec![]);
+    for &task in &tasks {
+        assert_eq!(cluster.labels(task), [MOVED], "PR {task}");
+    }
+}
