@@ -29,9 +29,9 @@ use sensor::backends::{BackendChoice, Backends, Clients};
 use sensor::{Config, Sensor, wiring};
 use serde_json::json;
 use state_store::{CancellationOutcome, ConfigMapBackend, RemediationState, StateStore};
-use testkit::github::{DeliveryId, FakeGitHub, WebhookConfig};
+use testkit::github::{DeliveryId, FakeGitHub, FakeGitHubBuilder, WebhookConfig};
 use testkit::history::cancellation::CancellationHistory;
-use testkit::kube::{FakeKube, RequestFilter};
+use testkit::kube::{FakeKube, FakeKubeBuilder, RequestFilter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -157,6 +157,8 @@ pub struct Cluster {
     pods_deleted: Arc<Mutex<BTreeMap<String, u64>>>,
     /// Every task state version seen by the watch: (resourceVersion, state).
     state_versions: Arc<Mutex<Vec<(u64, RemediationState)>>>,
+    /// Whether the watch keeps the state versions it sees.
+    recording_states: Arc<std::sync::atomic::AtomicBool>,
     watches: Vec<JoinHandle<()>>,
     /// (task, run, head) of every run the scenario started.
     runs: Mutex<Vec<(String, String, String)>>,
@@ -172,22 +174,36 @@ impl Cluster {
     /// The fakes, `replicas` sensors behind the balancer, GitHub's webhook
     /// pointing at the balancer, and the watches recording every version.
     pub async fn start(replicas: usize) -> Self {
+        Self::start_with(replicas, |kube| kube, |github| github).await
+    }
+
+    /// [`start`](Self::start) with FakeKube and FakeGitHub configured by
+    /// `kube` and `github` (bounds, limits) before they start.
+    pub async fn start_with(
+        replicas: usize,
+        kube: impl FnOnce(FakeKubeBuilder) -> FakeKubeBuilder,
+        github: impl FnOnce(FakeGitHubBuilder) -> FakeGitHubBuilder,
+    ) -> Self {
         resilience::tls::ensure_crypto_provider();
-        let kube = FakeKube::builder()
-            .crd(CodeRun::crd())
+        let kube = kube(FakeKube::builder().crd(CodeRun::crd()))
             .start()
             .await
             .unwrap();
-        let github = FakeGitHub::start().await.unwrap();
+        let github = github(FakeGitHub::builder()).start().await.unwrap();
         let backends = Arc::new(Mutex::new(Vec::new()));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let front = listener.local_addr().unwrap();
         let balancer = tokio::spawn(balance(listener, backends.clone()));
         let pods_deleted = Arc::new(Mutex::new(BTreeMap::new()));
         let state_versions = Arc::new(Mutex::new(Vec::new()));
+        let recording_states = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let watches = vec![
             tokio::spawn(record_pod_deletions(kube.client(), pods_deleted.clone())),
-            tokio::spawn(record_state_versions(kube.client(), state_versions.clone())),
+            tokio::spawn(record_state_versions(
+                kube.client(),
+                state_versions.clone(),
+                recording_states.clone(),
+            )),
         ];
         let cluster = Self {
             kube,
@@ -197,6 +213,7 @@ impl Cluster {
             balancer,
             pods_deleted,
             state_versions,
+            recording_states,
             watches,
             runs: Mutex::new(Vec::new()),
             pulls: Mutex::new(BTreeMap::new()),
@@ -472,6 +489,13 @@ impl Cluster {
         broken
     }
 
+    /// Stops keeping task state versions (a long run's memory is then the
+    /// system's and the fakes', not this recorder's); the history then
+    /// judges "recorded while its pod existed" on nothing.
+    pub fn stop_recording_states(&self) {
+        self.recording_states.store(false, Ordering::Relaxed);
+    }
+
     /// Every version of `task`'s state the watch saw, in resourceVersion order.
     pub fn state_versions(&self, task: u64) -> Vec<(u64, RemediationState)> {
         let id = task.to_string();
@@ -683,6 +707,7 @@ async fn record_pod_deletions(client: kube::Client, out: Arc<Mutex<BTreeMap<Stri
 async fn record_state_versions(
     client: kube::Client,
     out: Arc<Mutex<Vec<(u64, RemediationState)>>>,
+    recording: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let maps: Api<ConfigMap> = Api::namespaced(client, NS);
     let config = watcher::Config::default().labels("app=remediation-state");
@@ -698,7 +723,9 @@ async fn record_state_versions(
             .as_ref()
             .and_then(|d| d.get(state_store::naming::KEY_STATE))
             .and_then(|text| serde_json::from_str::<RemediationState>(text).ok());
-        if let (Some(rv), Some(state)) = (rv, state) {
+        if let (Some(rv), Some(state)) = (rv, state)
+            && recording.load(Ordering::Relaxed)
+        {
             out.lock().unwrap().push((rv, state));
         }
     }
