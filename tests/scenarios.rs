@@ -17,7 +17,9 @@ use recovery::ANNOTATION_NEEDS_INTERVENTION;
 use state_store::CancellationOutcome;
 use state_store::naming::{ANNOTATION_QUARANTINE_REASON, KEY_STATE_CORRUPT};
 use support::{Cluster, MOVED, NS, WAITING, sha, state_map};
+use testkit::calls::Outcome;
 use testkit::faults::{InjectedError, Match};
+use testkit::github::PrimaryLimitStatus;
 
 /// Seed scenario 1, high concurrent load.
 ///
@@ -303,6 +305,106 @@ async fn scenario_09_state_manager_integration() {
         last.active_operation.is_none(),
         "{:?}",
         last.active_operation
+    );
+}
+
+/// Seed scenario 4, GitHub rate limiting.
+///
+/// Given three pull requests with agents on their old heads, two sensor
+/// replicas and a controller replica, all on one GitHub token whose budget
+/// is 10 requests per 4-second window — once spent, GitHub answers 403 (and,
+/// in a second run, 429) with `x-ratelimit-remaining: 0` and the window's
+/// `x-ratelimit-reset`;
+/// when pushes to the three pull requests arrive at once, so that the
+/// budget runs out half-way through their cancellations and label moves;
+/// then the cancellations stand (the runs go, recorded once each), the
+/// label moves GitHub refused are retried by the controller's recovery
+/// cycle — never in a tight loop: while the budget is spent GitHub sees at
+/// most one refused call per task and recovery cycle, plus the sagas'
+/// own — and succeed once the window resets: every pull request's labels
+/// end at `needs-qa` and the history checker finds the world consistent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_04_github_rate_limiting() {
+    for status in [
+        PrimaryLimitStatus::Forbidden,
+        PrimaryLimitStatus::TooManyRequests,
+    ] {
+        rate_limited_pushes(status).await;
+    }
+}
+
+/// Scenario 4 with GitHub refusing a spent budget with `status`.
+async fn rate_limited_pushes(status: PrimaryLimitStatus) {
+    const BUDGET: u32 = 10;
+    const WINDOW: Duration = Duration::from_secs(4);
+    let code = match status {
+        PrimaryLimitStatus::Forbidden => 403,
+        PrimaryLimitStatus::TooManyRequests => 429,
+    };
+    let tasks = [41, 42, 43];
+    let cluster = Cluster::start_with(
+        2,
+        |kube| kube,
+        |github| {
+            github
+                .rate_limit(BUDGET)
+                .rate_limit_window(WINDOW)
+                .primary_limit_status(status)
+        },
+    )
+    .await;
+    let controller = cluster.start_controller("controller-0").await;
+    let mut stale = Vec::new();
+    let mut fresh = Vec::new();
+    for task in tasks {
+        let (old, new) = (sha(task as usize * 10 + 1), sha(task as usize * 10 + 2));
+        cluster.pull(task, &old).await;
+        stale.extend(cluster.agents_on(task, &old, 10).await);
+        fresh.push((task, new));
+    }
+    let started = tokio::time::Instant::now();
+    let mut deliveries = Vec::new();
+    for (task, new) in &fresh {
+        deliveries.extend(cluster.push(*task, new));
+    }
+    let mut fresh_runs = Vec::new();
+    for (task, new) in &fresh {
+        fresh_runs.extend(cluster.agents_on(*task, new, 10).await);
+    }
+    let answers = cluster.answered(&deliveries).await;
+    assert!(answers.iter().all(|&c| c == 202), "{answers:?}");
+
+    cluster.converged().await;
+    let took = started.elapsed();
+    let calls = cluster.github.calls();
+    let refused = calls.count_outcome(None, None, &Outcome::Error(code));
+    assert!(refused > 0, "the budget ran out ({code})");
+    // Recovery runs every second; each cycle asks at most one call per
+    // task that GitHub can refuse (the head check or the label move stops
+    // at its first refusal), and each saga makes at most two (the head
+    // read, the label move), twice per push (push and synchronize).
+    let cycles = took.as_secs() + 1;
+    let bound = cycles * tasks.len() as u64 + 4 * tasks.len() as u64;
+    assert!(
+        refused <= bound,
+        "{refused} calls refused with {code} in {took:?}: a storm (bound {bound})"
+    );
+    assert_eq!(cluster.history().await.violations(), vec![]);
+    assert!(stale.iter().all(|run| !cluster.exists(run)));
+    assert!(fresh_runs.iter().all(|run| cluster.exists(run)));
+    for task in tasks {
+        let state = cluster.state(task).await.unwrap();
+        assert_eq!(state.cancellation_history.len(), 1, "task {task}");
+        assert_eq!(cluster.labels(task), [MOVED], "PR {task}");
+    }
+    eprintln!(
+        "scenario 04 ({code}): {refused} refused calls of {} in {took:?}",
+        calls.total()
+    );
+    controller.trigger();
+    assert_eq!(
+        controller.drain(Duration::from_secs(5)).await.exit_code(),
+        0
     );
 }
 
