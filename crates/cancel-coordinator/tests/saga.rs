@@ -517,7 +517,9 @@ async fn a_push_and_its_runs_landing_right_after_the_head_read_are_kept() {
         .map(|role| format!("{role}-{}", &NEWER[..7]))
         .collect();
     assert!(
-        new.iter().chain(&newer).all(|n| w.workloads.get(n).is_some()),
+        new.iter()
+            .chain(&newer)
+            .all(|n| w.workloads.get(n).is_some()),
         "no run of a head pushed after the read is touched"
     );
     let mut targets = w.state().await.cancellation_history[0].targets.clone();
