@@ -261,6 +261,11 @@ async fn scenario_09_state_manager_integration() {
     cluster.converged().await;
     assert_eq!(cluster.history().await.violations(), vec![]);
 
+    cluster
+        .until("the state watch caught up with the store", async |c| {
+            c.state_watch_caught_up(TASK)
+        })
+        .await;
     let versions = cluster.state_versions(TASK);
     assert!(versions.len() > 2, "{} versions", versions.len());
     let mut journaled = std::collections::BTreeSet::new();

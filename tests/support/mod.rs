@@ -496,6 +496,24 @@ impl Cluster {
         self.recording_states.store(false, Ordering::Relaxed);
     }
 
+    /// Whether the state watch has seen the version of `task`'s state
+    /// FakeKube stores now (the watch runs behind the store under load).
+    pub fn state_watch_caught_up(&self, task: u64) -> bool {
+        let Some(rv) = self
+            .kube
+            .peek::<ConfigMap>(NS, &state_map(task))
+            .and_then(|cm| cm.resource_version())
+            .and_then(|v| v.parse::<u64>().ok())
+        else {
+            return true;
+        };
+        self.state_versions
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(seen, _)| *seen == rv)
+    }
+
     /// Every version of `task`'s state the watch saw, in resourceVersion order.
     pub fn state_versions(&self, task: u64) -> Vec<(u64, RemediationState)> {
         let id = task.to_string();
@@ -579,6 +597,7 @@ impl Cluster {
     async fn history_with(&self, strict: bool) -> CancellationHistory {
         let mut h = CancellationHistory::new();
         let runs = self.runs.lock().unwrap().clone();
+        self.pod_watch_caught_up(&runs).await;
         for (task, run, head) in &runs {
             h.run(task, run, head);
             if self.kube.peek::<Pod>(NS, &format!("{run}-pod")).is_some() {
@@ -640,6 +659,30 @@ impl Cluster {
             h.lease_at_end(lease.name_any(), holder);
         }
         h
+    }
+}
+
+impl Cluster {
+    /// Waits (at most [`PATIENCE`]) until the pod watch has reported the
+    /// deletion of every pod of `runs` that is gone from FakeKube's store.
+    /// The two watches run apart: under load the state watch may already
+    /// show a run recorded cancelled while the pod watch has not yet
+    /// delivered its pod's deletion, which would read as "recorded while
+    /// its pod existed". A pod gone from the store always reaches the watch
+    /// (events arrive in resourceVersion order), so waiting for it is exact.
+    async fn pod_watch_caught_up(&self, runs: &[(String, String, String)]) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let lagging = runs.iter().any(|(_, run, _)| {
+                let pod = format!("{run}-pod");
+                self.kube.peek::<Pod>(NS, &pod).is_none()
+                    && !self.pods_deleted.lock().unwrap().contains_key(&pod)
+            });
+            if !lagging || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 
