@@ -14,8 +14,8 @@
 //! |---|---|---|---|
 //! | 1 | **lock** `cancel-task-<id>` (lease-lock) | the Lease | nothing was done: the request fails (the supersession stays pending in state) |
 //! | 2 | **read** the task's state; resume an unfinished journal | — | as 1 |
-//! | 3 | **decide** the head to keep: GitHub's current head (one conditional GET), else the newest head in state | — | GitHub unreachable is not a failure: the state's head is kept |
-//! | 4 | **select** the runs of the task that are not terminal, of a cancellable role, and of another head | — | as 1 |
+//! | 3 | **list** the task's runs | — | as 1 |
+//! | 4 | **decide** the head to keep: GitHub's current head (one conditional GET, asked after the list, so every listed run's head was pushed by then), else the newest head in state; **select** the listed runs that are not terminal, of a cancellable role, and of another head | — | GitHub unreachable is not a failure: the state's head is kept |
 //! | 5 | **journal** the operation (targets, kept head) | state (fenced) | as 1 |
 //! | 6 | **cancel** each target: intent annotation ▸ graceful delete ▸ verify gone ▸ force after the deadline ▸ verify again | runs, pods | a run that cannot be stopped is flagged for intervention; a call refused for good (forbidden, invalid) ends the step; either way the operation is recorded `Failed` and finishes (nobody retries it; recovery flags the task). Intent already written is not undone: it is true, the run is superseded. A transient failure after its retries, or a lost lock, leaves the journal at `Started` for the next holder |
 //! | 7 | **labels**: the PR's label transition (label-cas), from the labels the PR read returned | labels | recorded `Labeled`/`Failed` in step 8: the cancellation stands, recovery repairs the labels |
@@ -692,17 +692,23 @@ impl StateAwareCancellation {
             return self.resume(request, guard, known, resumed, clock).await;
         }
 
-        clock.start(SagaStep::Decide);
-        let state = known.as_ref().map(|s| &s.state);
-        let decision = self.decide(request, state).await;
-        clock.done(SagaStep::Decide);
-
+        // The runs are listed before GitHub is asked for the head to keep:
+        // agents start on a head only after it was pushed, so every run the
+        // list returns is of a head GitHub shows by the time it answers.
+        // Asked the other way round, a push and its first runs landing
+        // between the answer and the list would have the newest head's
+        // runs cancelled as another head's.
         clock.start(SagaStep::Select);
         let runs = self
             .kube(guard, || inner.workloads.runs(task_id), |e| e)
             .await?;
-        let targets = self.select(runs, &decision);
         clock.done(SagaStep::Select);
+
+        clock.start(SagaStep::Decide);
+        let state = known.as_ref().map(|s| &s.state);
+        let decision = self.decide(request, state).await;
+        clock.done(SagaStep::Decide);
+        let targets = self.select(runs, &decision);
         let pending = state.is_some_and(|s| !s.pending_supersessions.is_empty())
             || decision.unrecorded_head.is_some();
         if targets.is_empty() && !pending {

@@ -454,6 +454,81 @@ async fn a_head_only_github_knows_is_kept_and_recorded() {
     assert!(state.pending_supersessions.is_empty());
 }
 
+/// GitHub answers the head read with NEW; right after the answer, NEWER is
+/// pushed and its agents start (the window between the saga's read of the
+/// head and its list of the runs). The saga lists the runs before it asks
+/// GitHub, so NEWER's runs, started after the list, are never taken for
+/// another head's: only OLD's go.
+#[tokio::test(start_paused = true)]
+async fn a_push_and_its_runs_landing_right_after_the_head_read_are_kept() {
+    struct PushedAfterTheRead {
+        github: std::sync::Arc<label_cas::MemoryPullRequests>,
+        workloads: cancel_coordinator::MemoryWorkloads,
+        pushed: std::sync::atomic::AtomicBool,
+    }
+    #[async_trait::async_trait]
+    impl label_cas::PullRequests for PushedAfterTheRead {
+        async fn pull<'a>(
+            &self,
+            pr: &label_cas::PrRef,
+            if_none_match: Option<&'a label_cas::ETag>,
+        ) -> label_cas::Result<label_cas::FetchedPull> {
+            let answer = self.github.pull(pr, if_none_match).await;
+            if !self.pushed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                let pull = label_cas::PullRequest::open(NEWER, "feature")
+                    .unwrap()
+                    .with_labels(["ready-for-qa"]);
+                self.github.set_pull(pr, pull).unwrap();
+                for role in ["quality", "testing", "review"] {
+                    let name = format!("{role}-{}", &NEWER[..7]);
+                    self.workloads
+                        .add_run(cancel_coordinator::RunSeed::new(name, TASK, role, NEWER));
+                }
+            }
+            answer
+        }
+    }
+    let w = World::new();
+    let old = w.agents_on(OLD);
+    let new = w.agents_on(NEW);
+    w.pull_at(NEW, &["ready-for-qa"]);
+    w.pushed(NEW, at(60)).await;
+    let pulls = std::sync::Arc::new(PushedAfterTheRead {
+        github: w.pulls.clone(),
+        workloads: w.workloads.clone(),
+        pushed: std::sync::atomic::AtomicBool::new(false),
+    });
+    let saga = cancel_coordinator::StateAwareCancellation::builder(
+        w.lock("pod-a"),
+        w.store.clone(),
+        std::sync::Arc::new(w.workloads.clone()),
+        pulls,
+        w.labels.clone(),
+    )
+    .build()
+    .unwrap();
+
+    let report = saga.run(&w.request(NEW, at(60))).await.unwrap();
+
+    assert_eq!(report.kept_head.as_deref(), Some(NEW));
+    assert!(old.iter().all(|n| w.workloads.get(n).is_none()));
+    let newer: Vec<String> = ["quality", "testing", "review"]
+        .iter()
+        .map(|role| format!("{role}-{}", &NEWER[..7]))
+        .collect();
+    assert!(
+        new.iter()
+            .chain(&newer)
+            .all(|n| w.workloads.get(n).is_some()),
+        "no run of a head pushed after the read is touched"
+    );
+    let mut targets = w.state().await.cancellation_history[0].targets.clone();
+    targets.sort();
+    let mut expected = old.clone();
+    expected.sort();
+    assert_eq!(targets, expected);
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_saga_registers_its_metrics_and_its_breakers() {
     let w = World::new();

@@ -43,6 +43,13 @@
 //! operation id was applied twice (a blind retry of a write that had in fact
 //! succeeded).
 //!
+//! # The cancellation model
+//!
+//! [`cancellation::CancellationHistory`] checks the cancellation flow's
+//! end-to-end claims (no lost or wrong cancellation, no duplicate record, no
+//! run recorded cancelled while its pod existed, no orphaned Lease, no
+//! outside label lost) from what the fakes recorded.
+//!
 //! # Example
 //!
 //! ```
@@ -64,6 +71,8 @@
 //! history.acquired("task-42", "pod-c/3", token(2), t0 + Duration::from_secs(5), t0 + lease * 2);
 //! assert_eq!(history.violations().len(), 2);
 //! ```
+
+pub mod cancellation;
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap, HashSet};
