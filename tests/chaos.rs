@@ -265,13 +265,26 @@ impl Chaos {
         self.faults.push(Active { until, fake, rule });
     }
 
-    /// Kills a sensor replica mid-saga (a drain of at most 300 ms, then its
-    /// connections are cut) and starts a new one.
+    /// Kills a sensor replica, one holding a task Lease (mid-saga) when
+    /// there is one: a drain of at most 300 ms, then its connections are
+    /// cut; a new replica starts.
     async fn kill_sensor(&mut self) {
-        let Some(i) = (!self.sensors.is_empty())
-            .then(|| self.rng.random_range(0..self.sensors.len()))
-        else {
+        if self.sensors.is_empty() {
             return;
+        }
+        let holders = self.world.task_lock_holders();
+        let busy: Vec<usize> = (0..self.sensors.len())
+            .filter(|&i| {
+                let prefix = format!("sensor-{}/", self.sensors[i]);
+                holders.iter().any(|h| h.starts_with(&prefix))
+            })
+            .collect();
+        let i = match busy.choose(&mut self.rng) {
+            Some(&i) => {
+                self.count("sensor_killed_mid_saga");
+                i
+            }
+            None => self.rng.random_range(0..self.sensors.len()),
         };
         let index = self.sensors.remove(i);
         let drain = Duration::from_millis(self.rng.random_range(0..=300));
@@ -539,6 +552,10 @@ async fn chaos_soak() {
     assert_eq!(violations, vec![], "{}", chaos.replay());
     assert_eq!(world.requests_evicted(), 0, "the request log lost records");
     assert!(cancelled > 0, "nothing was cancelled: the soak proved nothing");
+    assert!(
+        world.deleted_runs() >= 1,
+        "no delete request seen: the history does not read the request log"
+    );
     workers.shutdown(Duration::from_secs(5)).await;
     for (_, shutdown) in &chaos.controllers {
         shutdown.trigger();

@@ -268,6 +268,13 @@ impl World {
         }
     }
 
+    /// How many runs a delete request named (the history's evidence that
+    /// it reads the request log at all).
+    pub fn deleted_runs(&self) -> usize {
+        self.read_requests();
+        self.deletes.lock().unwrap().len()
+    }
+
     /// How many requests the log dropped before they were read (must stay 0).
     pub fn requests_evicted(&self) -> u64 {
         self.cluster.kube.requests().evicted()
@@ -308,6 +315,16 @@ impl World {
                 let idle = Duration::try_from(idle).unwrap_or(Duration::ZERO);
                 Some((name, holder, idle))
             })
+            .collect()
+    }
+
+    /// The holders of the task Leases held now (sagas in flight).
+    pub fn task_lock_holders(&self) -> Vec<String> {
+        self.lease_names()
+            .into_iter()
+            .filter(|name| name.starts_with(sensor::wiring::LOCK_PREFIX))
+            .filter_map(|name| self.cluster.kube.peek::<Lease>(NS, &name))
+            .filter_map(|lease| lease.spec?.holder_identity.filter(|h| !h.is_empty()))
             .collect()
     }
 
