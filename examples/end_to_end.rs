@@ -50,7 +50,11 @@ async fn main() {
     cluster.pull(TASK, &old).await;
     let stale = cluster.agents_on(TASK, &old, STOP_MS).await;
     let fresh = cluster.agents_on(TASK, &new, STOP_MS).await;
-    println!("PR #{TASK}: agents {stale:?} on …{}, {fresh:?} on …{}", short(&old), short(&new));
+    println!(
+        "PR #{TASK}: agents {stale:?} on …{}, {fresh:?} on …{}",
+        short(&old),
+        short(&new)
+    );
     println!("each stale agent stops {STOP_MS} ms after SIGTERM\n");
 
     let log_from = kube.requests().last_seq();
@@ -125,9 +129,10 @@ async fn main() {
             .find(|(_, s)| pick(s))
             .map(|(w, s)| (w.at, what.to_owned(), s.clone()))
     };
-    if let Some((at, what, _)) = first("fact recorded: pending supersession in the task state", &|s| {
-        s.latest_head.as_ref().is_some_and(|h| h.sha == new)
-    }) {
+    if let Some((at, what, _)) = first(
+        "fact recorded: pending supersession in the task state",
+        &|s| s.latest_head.as_ref().is_some_and(|h| h.sha == new),
+    ) {
         timeline.push((at, what));
     }
     if let Some(w) = leases
@@ -192,7 +197,11 @@ async fn main() {
     if let Some(last) = gone.last() {
         timeline.push((
             last.at,
-            format!("verified: {} stale pods gone (last {})", gone.len(), last.name),
+            format!(
+                "verified: {} stale pods gone (last {})",
+                gone.len(),
+                last.name
+            ),
         ));
     }
     let step_done = |step: Step| {
@@ -205,10 +214,19 @@ async fn main() {
         }
     };
     if let Some((at, _, _)) = first("recorded", &step_done(Step::Cancelled)) {
-        timeline.push((at, "recorded: journal step Cancelled (runs verified gone)".to_owned()));
+        timeline.push((
+            at,
+            "recorded: journal step Cancelled (runs verified gone)".to_owned(),
+        ));
     }
     if let Some(at) = labelled_at {
-        timeline.push((at, format!("labelled: PR #{TASK} now {:?} on GitHub", cluster.labels(TASK))));
+        timeline.push((
+            at,
+            format!(
+                "labelled: PR #{TASK} now {:?} on GitHub",
+                cluster.labels(TASK)
+            ),
+        ));
     }
     if let Some((at, _, _)) = first("labelled", &step_done(Step::Labeled)) {
         timeline.push((at, "recorded: journal step Labeled".to_owned()));
@@ -219,9 +237,17 @@ async fn main() {
                 .iter()
                 .any(|r| r.outcome == CancellationOutcome::Cancelled)
     }) {
-        timeline.push((at, "recorded and done: cancellation in the task's history, journal retired".to_owned()));
+        timeline.push((
+            at,
+            "recorded and done: cancellation in the task's history, journal retired".to_owned(),
+        ));
     }
-    if let Some(w) = leases.writes().into_iter().rev().find(|w| holder(w).is_none()) {
+    if let Some(w) = leases
+        .writes()
+        .into_iter()
+        .rev()
+        .find(|w| holder(w).is_none())
+    {
         timeline.push((w.at, format!("lock released: Lease {}", w.name)));
     }
 
@@ -245,7 +271,10 @@ async fn main() {
     let violations = cluster.history().await.violations();
     println!("history checker: {} violations", violations.len());
     assert!(violations.is_empty(), "{violations:#?}");
-    assert_eq!(kube.peek::<Pod>(support::NS, &format!("{}-pod", stale[0])), None);
+    assert_eq!(
+        kube.peek::<Pod>(support::NS, &format!("{}-pod", stale[0])),
+        None
+    );
 }
 
 fn state_of(cluster: &Cluster) -> Option<RemediationState> {

@@ -225,10 +225,11 @@ impl Chaos {
                     .choose(&mut self.rng)
                     .unwrap();
                 self.count("answer_lost_after_commit");
-                Some(
-                    self.faults(fake)
-                        .error_rate_after_commit(Match::any().verb(verb), rate, error),
-                )
+                Some(self.faults(fake).error_rate_after_commit(
+                    Match::any().verb(verb),
+                    rate,
+                    error,
+                ))
             }
             4 => {
                 if self.faults(fake).is_partitioned() {
@@ -460,7 +461,10 @@ async fn chaos_soak() {
     }
     for task in 1..=TASKS {
         let stop = Chaos::stop_ms(&mut chaos.rng);
-        chaos.world.open(task, &sha(task as usize * 1_000 + 1), stop).await;
+        chaos
+            .world
+            .open(task, &sha(task as usize * 1_000 + 1), stop)
+            .await;
     }
     chaos.world.cluster.github.webhooks().hold();
 
@@ -503,7 +507,10 @@ async fn chaos_soak() {
         world.fleet(&ROLES, || 20);
         world.read_requests();
         let dead = world.leases_of_the_dead();
-        if dead.iter().all(|(_, _, idle)| *idle > Duration::from_secs(62)) {
+        if dead
+            .iter()
+            .all(|(_, _, idle)| *idle > Duration::from_secs(62))
+        {
             break;
         }
         assert!(
@@ -551,7 +558,10 @@ async fn chaos_soak() {
     );
     assert_eq!(violations, vec![], "{}", chaos.replay());
     assert_eq!(world.requests_evicted(), 0, "the request log lost records");
-    assert!(cancelled > 0, "nothing was cancelled: the soak proved nothing");
+    assert!(
+        cancelled > 0,
+        "nothing was cancelled: the soak proved nothing"
+    );
     assert!(
         world.deleted_runs() >= 1,
         "no delete request seen: the history does not read the request log"

@@ -129,7 +129,11 @@ impl World {
     /// The open PRs.
     pub fn open_pulls(&self) -> Vec<u64> {
         let pulls = self.pulls.lock().unwrap();
-        pulls.iter().filter(|(_, c)| !**c).map(|(t, _)| *t).collect()
+        pulls
+            .iter()
+            .filter(|(_, c)| !**c)
+            .map(|(t, _)| *t)
+            .collect()
     }
 
     /// Records that PR `task` was pushed to.
@@ -186,10 +190,7 @@ impl World {
     /// `stop_ms` after SIGTERM, stored straight in FakeKube (as the
     /// scheduler's writes would be, without a request).
     pub fn start_runs(&self, task: u64, head: &str, roles: &[&str], stop_ms: u64) {
-        self.started
-            .lock()
-            .unwrap()
-            .insert((task, head.to_owned()));
+        self.started.lock().unwrap().insert((task, head.to_owned()));
         for role in roles {
             let name = format!("t{task}-{role}-{}", &head[head.len() - 8..]);
             let spec = CodeRunSpec {

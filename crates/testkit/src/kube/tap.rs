@@ -81,10 +81,14 @@ impl Tap {
     }
 }
 
-/// The store's side: the open taps, each with the kind it selects.
+/// Where one tap's writes go.
+type Sink = Weak<Mutex<Vec<Write>>>;
+
+/// The store's side: the open taps, each with the kind (group, plural) it
+/// selects.
 #[derive(Debug, Default)]
 pub(crate) struct Taps {
-    open: Vec<(String, String, Weak<Mutex<Vec<Write>>>)>,
+    open: Vec<(String, String, Sink)>,
 }
 
 impl Taps {
