@@ -67,7 +67,14 @@ struct Active {
 /// The soak's driver: its random generator and what it injected.
 struct Chaos {
     seed: u64,
-    rng: StdRng,
+    /// Draws the schedule only (each operation's kind, its own
+    /// generator's seed, the pause after it), a fixed number of draws per
+    /// operation, so that the sequence of operations replays exactly even
+    /// where what an operation finds (a delivery not answered yet, a
+    /// replica holding a Lease) depends on the system's timing.
+    schedule: StdRng,
+    /// The current operation's generator (reseeded from `schedule`).
+    op: StdRng,
     world: World,
     faults: Vec<Active>,
     injected: BTreeMap<&'static str, usize>,
@@ -106,7 +113,7 @@ impl Chaos {
     /// once); its deliveries are held.
     fn push(&mut self) {
         let open = self.world.open_pulls();
-        let Some(&task) = open.choose(&mut self.rng) else {
+        let Some(&task) = open.choose(&mut self.op) else {
             return;
         };
         let next = self.heads.entry(task).or_insert(1);
@@ -123,8 +130,8 @@ impl Chaos {
     /// delivered, sometimes loses one (GitHub recorded it failed).
     fn deliver(&mut self) {
         let hooks = self.world.cluster.github.webhooks();
-        if self.rng.random_bool(0.3)
-            && let Some(&id) = self.released.choose(&mut self.rng)
+        if self.op.random_bool(0.3)
+            && let Some(&id) = self.released.choose(&mut self.op)
             && hooks.delivery(id).is_some_and(|d| d.outcome.is_attempted())
             && let Ok(again) = hooks.redeliver(id)
         {
@@ -134,10 +141,10 @@ impl Chaos {
         if self.held.is_empty() {
             return;
         }
-        self.held.shuffle(&mut self.rng);
-        let n = self.rng.random_range(1..=self.held.len());
+        self.held.shuffle(&mut self.op);
+        let n = self.op.random_range(1..=self.held.len());
         let mut batch: Vec<DeliveryId> = self.held.drain(..n).collect();
-        if batch.len() > 1 && self.rng.random_bool(0.05) {
+        if batch.len() > 1 && self.op.random_bool(0.05) {
             let lost = batch.pop().unwrap();
             if hooks.fail(lost).is_ok() {
                 self.count("lost_delivery");
@@ -158,7 +165,7 @@ impl Chaos {
         if open.len() as u64 <= TASKS * 3 / 4 {
             return;
         }
-        let &task = open.choose(&mut self.rng).unwrap();
+        let &task = open.choose(&mut self.op).unwrap();
         let ids = self
             .world
             .cluster
@@ -172,9 +179,9 @@ impl Chaos {
 
     /// The outside writer adds or removes an unrelated label.
     fn outside(&mut self) {
-        let task = self.rng.random_range(1..=TASKS);
-        let label = self.outside_labels.choose(&mut self.rng).unwrap().clone();
-        let add = self.rng.random_bool(0.6);
+        let task = self.op.random_range(1..=TASKS);
+        let label = self.outside_labels.choose(&mut self.op).unwrap().clone();
+        let add = self.op.random_bool(0.6);
         if self.world.outside_label(task, &label, add) {
             self.count("outside_label");
         }
@@ -182,24 +189,24 @@ impl Chaos {
 
     /// One random fault, in force for a random while (or at once).
     async fn fault(&mut self, kills_allowed: bool) {
-        let fake = if self.rng.random_bool(0.5) {
+        let fake = if self.op.random_bool(0.5) {
             Fake::Kube
         } else {
             Fake::GitHub
         };
-        let lasts = Duration::from_millis(self.rng.random_range(300..=3_000));
+        let lasts = Duration::from_millis(self.op.random_range(300..=3_000));
         let until = Instant::now() + lasts;
-        let kind = self.rng.random_range(0..if kills_allowed { 9 } else { 7 });
+        let kind = self.op.random_range(0..if kills_allowed { 9 } else { 7 });
         let rule = match kind {
             0 => {
-                let fixed = Duration::from_millis(self.rng.random_range(2..=20));
-                let jitter = Duration::from_millis(self.rng.random_range(0..=30));
+                let fixed = Duration::from_millis(self.op.random_range(2..=20));
+                let jitter = Duration::from_millis(self.op.random_range(0..=30));
                 self.count("latency");
                 Some(self.faults(fake).latency(Match::any(), fixed, jitter))
             }
             1 => {
-                let rate = self.rng.random_range(0.05..0.3);
-                let code = *[500, 502, 503].choose(&mut self.rng).unwrap();
+                let rate = self.op.random_range(0.05..0.3);
+                let code = *[500, 502, 503].choose(&mut self.op).unwrap();
                 self.count("5xx");
                 Some(
                     self.faults(fake)
@@ -207,7 +214,7 @@ impl Chaos {
                 )
             }
             2 => {
-                let rate = self.rng.random_range(0.05..0.3);
+                let rate = self.op.random_range(0.05..0.3);
                 let error = InjectedError::TooManyRequests {
                     retry_after: Duration::from_secs(1),
                 };
@@ -215,14 +222,14 @@ impl Chaos {
                 Some(self.faults(fake).error_rate(Match::any(), rate, error))
             }
             3 => {
-                let rate = self.rng.random_range(0.05..0.3);
-                let error = if self.rng.random_bool(0.5) {
+                let rate = self.op.random_range(0.05..0.3);
+                let error = if self.op.random_bool(0.5) {
                     InjectedError::Drop
                 } else {
                     InjectedError::Status(500)
                 };
                 let verb = *["create", "update", "patch", "delete"]
-                    .choose(&mut self.rng)
+                    .choose(&mut self.op)
                     .unwrap();
                 self.count("answer_lost_after_commit");
                 Some(self.faults(fake).error_rate_after_commit(
@@ -280,15 +287,15 @@ impl Chaos {
                 holders.iter().any(|h| h.starts_with(&prefix))
             })
             .collect();
-        let i = match busy.choose(&mut self.rng) {
+        let i = match busy.choose(&mut self.op) {
             Some(&i) => {
                 self.count("sensor_killed_mid_saga");
                 i
             }
-            None => self.rng.random_range(0..self.sensors.len()),
+            None => self.op.random_range(0..self.sensors.len()),
         };
         let index = self.sensors.remove(i);
-        let drain = Duration::from_millis(self.rng.random_range(0..=300));
+        let drain = Duration::from_millis(self.op.random_range(0..=300));
         self.world.gone(&format!("sensor-{index}"));
         self.world.cluster.stop_replica(index, drain).await;
         let new = self.world.cluster.start_replica().await;
@@ -303,10 +310,10 @@ impl Chaos {
         if self.controllers.is_empty() {
             return;
         }
-        let i = self.rng.random_range(0..self.controllers.len());
+        let i = self.op.random_range(0..self.controllers.len());
         let (identity, shutdown) = self.controllers.remove(i);
         shutdown.trigger();
-        let drain = Duration::from_millis(self.rng.random_range(0..=300));
+        let drain = Duration::from_millis(self.op.random_range(0..=300));
         let _ = shutdown.drain(drain).await;
         self.world.gone(&identity);
         self.start_controller().await;
@@ -441,7 +448,8 @@ async fn chaos_soak() {
     world.cluster.github.faults().reseed(seed.rotate_left(17));
     let mut chaos = Chaos {
         seed,
-        rng: StdRng::seed_from_u64(seed),
+        schedule: StdRng::seed_from_u64(seed),
+        op: StdRng::seed_from_u64(seed),
         world,
         faults: Vec::new(),
         injected: BTreeMap::new(),
@@ -460,7 +468,7 @@ async fn chaos_soak() {
         chaos.start_controller().await;
     }
     for task in 1..=TASKS {
-        let stop = Chaos::stop_ms(&mut chaos.rng);
+        let stop = Chaos::stop_ms(&mut chaos.op);
         chaos
             .world
             .open(task, &sha(task as usize * 1_000 + 1), stop)
@@ -471,7 +479,12 @@ async fn chaos_soak() {
     for op in 0..ops {
         chaos.expire(false);
         let kills = (op as f64) < ops as f64 * KILLS_UNTIL;
-        match chaos.rng.random_range(0..100) {
+        let kind = chaos.schedule.random_range(0..100);
+        let op_seed: u64 = chaos.schedule.random();
+        let fleet_seed: u64 = chaos.schedule.random();
+        let gap = chaos.schedule.random_range(20..=150);
+        chaos.op = StdRng::seed_from_u64(op_seed);
+        match kind {
             0..40 => chaos.push(),
             40..62 => chaos.deliver(),
             62..82 => chaos.fault(kills).await,
@@ -479,10 +492,9 @@ async fn chaos_soak() {
             94..97 => chaos.close(),
             _ => {}
         }
-        let mut rng = StdRng::seed_from_u64(chaos.rng.random());
+        let mut rng = StdRng::seed_from_u64(fleet_seed);
         chaos.world.fleet(&ROLES, || Chaos::stop_ms(&mut rng));
         chaos.world.read_requests();
-        let gap = chaos.rng.random_range(20..=150);
         tokio::time::sleep(Duration::from_millis(gap)).await;
     }
     let chaos_took = started.elapsed();
