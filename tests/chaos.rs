@@ -3,8 +3,9 @@
 //! one recovery cycle and the cancellation history checker judging what the
 //! fakes recorded.
 //!
-//! Size: `SUPERSEDE_CHAOS_OPS` operations (default [`DEFAULT_OPS`], about a
-//! minute and a half on two cores); replay: the seed is printed at the start
+//! Size: `SUPERSEDE_CHAOS_OPS` operations (default [`DEFAULT_OPS`]: 20–40 s
+//! on two cores, about 90 s when a killed replica's Lease has to age out;
+//! 1 500 took about three minutes); replay: the seed is printed at the start
 //! (`chaos seed: …`) and in every failure message, and
 //! `SUPERSEDE_CHAOS_SEED=<seed>` runs the same sequence of operations and
 //! faults again (the interleaving of the system's own concurrency can
@@ -513,16 +514,15 @@ async fn chaos_soak() {
         .unwrap();
     let world = &chaos.world;
 
-    // The Leases killed replicas left held age out (two lease durations).
-    let aged = Instant::now() + Duration::from_secs(90);
+    // The Leases killed replicas left held age out: recovery deletes a
+    // Lease only once it is idle for two lease durations.
+    let abandoned = LockConfig::new("chaos", NS).lease_duration * 2 + Duration::from_secs(2);
+    let aged = Instant::now() + abandoned + Duration::from_secs(30);
     loop {
         world.fleet(&ROLES, || 20);
         world.read_requests();
         let dead = world.leases_of_the_dead();
-        if dead
-            .iter()
-            .all(|(_, _, idle)| *idle > Duration::from_secs(62))
-        {
+        if dead.iter().all(|(_, _, idle)| *idle > abandoned) {
             break;
         }
         assert!(
