@@ -546,11 +546,16 @@ async fn chaos_soak() {
             break;
         }
         if Instant::now() >= settle {
+            // The seed first: a failing run must say how to replay it.
             panic!(
-                "not settled within {PATIENCE:?} after the recovery cycle ({} findings): {:#?}; {}",
-                report.findings.len(),
+                "{}: not settled within {PATIENCE:?} after the recovery cycle ({:?}); \
+                 violations with task Leases still held counted: {:?}; \
+                 without that rule: {:?}; Leases held by processes gone: {:?}",
+                chaos.replay(),
+                report.findings,
                 world.history(true).violations(),
-                chaos.replay()
+                world.history(false).violations(),
+                world.leases_of_the_dead(),
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
