@@ -313,3 +313,32 @@ async fn restart_keeps_objects_drops_connections_and_expires_older_resource_vers
         .unwrap();
     assert!(matches!(event, Some(WatchEvent::Added(cm)) if cm.name_any() == "c3"));
 }
+
+/// A write tap is no connection: writes made around a restart, including a
+/// deletion a resumed watch would have to relist past, are all in it, once
+/// each, in resourceVersion order.
+#[tokio::test]
+async fn a_tap_keeps_every_write_across_a_restart() {
+    let kube = FakeKube::start().await.unwrap();
+    let tap = kube.tap("", "configmaps");
+    let leases = kube.tap("coordination.k8s.io", "leases");
+    let maps: Api<ConfigMap> = Api::namespaced(kube.client(), "default");
+    maps.create(&PostParams::default(), &config_map("a"))
+        .await
+        .unwrap();
+    kube.restart();
+    let maps: Api<ConfigMap> = Api::namespaced(kube.client(), "default");
+    maps.delete("a", &Default::default()).await.unwrap();
+    maps.create(&PostParams::default(), &config_map("b"))
+        .await
+        .unwrap();
+
+    let writes = tap.writes();
+    let seen: Vec<(&str, testkit::kube::tap::WriteKind)> =
+        writes.iter().map(|w| (w.name.as_str(), w.kind)).collect();
+    use testkit::kube::tap::WriteKind::{Added, Deleted};
+    assert_eq!(seen, [("a", Added), ("a", Deleted), ("b", Added)]);
+    assert!(writes.windows(2).all(|w| w[0].rv < w[1].rv));
+    assert_eq!(tap.since(writes[0].rv).len(), 2);
+    assert!(leases.is_empty(), "another kind's tap saw nothing");
+}

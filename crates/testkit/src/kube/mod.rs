@@ -47,6 +47,8 @@
 //! - Lost answers and restarts: faults after the commit
 //!   ([`Faults::fail_next_after_commit`]), [`FakeKube::cut_watches`],
 //!   [`FakeKube::restart`].
+//! - Write taps ([`FakeKube::tap`]): every write of a kind, in
+//!   resourceVersion order, for a test's history, whatever the faults.
 //! - Discovery (`/version`, `/api`, `/apis`, `/api/v1`, `/apis/<g>/<v>`,
 //!   aggregated discovery) and an empty OpenAPI document, enough for
 //!   `kube::discovery` and kubectl.
@@ -120,6 +122,7 @@ mod selector;
 mod server;
 mod status;
 mod store;
+pub mod tap;
 mod watch;
 
 use std::net::SocketAddr;
@@ -674,6 +677,15 @@ impl FakeKube {
 
     /// The node the simulated scheduler binds pods to (`spec.nodeName`).
     pub const NODE_NAME: &'static str = store::NODE_NAME;
+
+    /// Opens a [`tap::Tap`] on the writes of kind `group`/`plural` (`""`
+    /// for the core group): every change from now on, in resourceVersion
+    /// order, recorded by the store itself, so no fault, partition,
+    /// [`restart`](Self::restart) or watch expiry can hide one from a
+    /// test's history. Nothing is counted or logged.
+    pub fn tap(&self, group: &str, plural: &str) -> tap::Tap {
+        self.shared.store().tap(group, plural)
+    }
 
     /// The current value of the global resourceVersion counter.
     pub fn resource_version(&self) -> u64 {

@@ -33,6 +33,7 @@ use super::patch::{self, PatchKind};
 use super::resource::{ResourceType, builtin_types, string_list};
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::ApiError;
+use super::tap::{Tap, Taps, Write, WriteKind};
 
 pub(crate) use gc::Propagation;
 pub(crate) use kubelet::NODE_NAME;
@@ -243,6 +244,8 @@ pub(crate) struct Store {
     agenda: Agenda,
     kubelet: Kubelet,
     gc: GarbageCollector,
+    /// The tests' write taps: kept across restarts (they are no connection).
+    taps: Taps,
 }
 
 /// Characters of generated name suffixes (the API server's: no vowels, no
@@ -269,6 +272,7 @@ impl Store {
             agenda: Agenda::new(),
             kubelet: Kubelet::default(),
             gc: GarbageCollector::new(config_gc_delay),
+            taps: Taps::default(),
         }
     }
 
@@ -294,6 +298,11 @@ impl Store {
     /// What the controller task waits on besides the next due instant.
     pub fn controller_wakeup(&self) -> Arc<Notify> {
         self.agenda.wakeup()
+    }
+
+    /// Opens a write tap on `group`/`plural` (see [`super::tap`]).
+    pub fn tap(&mut self, group: &str, plural: &str) -> Tap {
+        self.taps.open(group, plural)
     }
 
     /// The current (last assigned) resourceVersion.
@@ -1082,6 +1091,25 @@ impl Store {
             prev: prev.map(|p| Arc::new(p.clone())),
         };
         self.watchers.dispatch(&event);
+        let clock = &self.clock;
+        self.taps.record(
+            || Write {
+                rv: event.rv,
+                at: clock.now(),
+                kind: match event.kind {
+                    EventKind::Added => WriteKind::Added,
+                    EventKind::Modified => WriteKind::Modified,
+                    EventKind::Deleted => WriteKind::Deleted,
+                },
+                group: event.key.group.clone(),
+                plural: event.key.plural.clone(),
+                namespace: event.key.namespace.clone(),
+                name: event.key.name.clone(),
+                object: (*event.object).clone(),
+            },
+            &event.key.group,
+            &event.key.plural,
+        );
         self.history.record(event, Instant::now());
     }
 
