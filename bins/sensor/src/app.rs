@@ -469,10 +469,7 @@ impl Shared {
                 // Where the task's pull request is goes in with the fact
                 // (when the event names it): recovery needs it to hand the
                 // supersession on if this process dies before the handoff.
-                let pull = match &record.handoff {
-                    Handoff::Pull(pr, _) => Some(pr.to_string()),
-                    Handoff::Nothing | Handoff::Branch { .. } => None,
-                };
+                let pull = record.pull.as_ref().map(ToString::to_string);
                 self.store
                     .record_delivery_with(
                         &record.task_id,
@@ -599,6 +596,7 @@ impl Shared {
                 task_id,
                 head_sha: lookup.head_sha.clone(),
                 push: lookup.push.clone(),
+                pull: Some(pull.pr.clone()),
                 handoff: Handoff::Pull(pull.pr, Reason::Push),
             })
         }))

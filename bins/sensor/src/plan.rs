@@ -43,6 +43,10 @@ pub struct Record {
     pub push: Supersession,
     /// What the coordinator gets once the fact is stored.
     pub handoff: Handoff,
+    /// The pull request the event names (every `pull_request` event; a
+    /// push names none): stored with the fact, so that recovery can act on
+    /// it if this process dies before its handoff.
+    pub pull: Option<PrRef>,
 }
 
 /// What the coordinator gets once a fact is stored.
@@ -138,7 +142,7 @@ impl Rules {
                     Ok(pr_ref) => pr_ref,
                     Err(e) => return Plan::Invalid(format!("pull request: {e}")),
                 };
-                let Some(handoff) = handoff(pr_ref) else {
+                let Some(handoff) = handoff(pr_ref.clone()) else {
                     return Plan::Ignore(ignored);
                 };
                 if !is_sha(&pr.head_sha) {
@@ -165,6 +169,7 @@ impl Rules {
                     push: fact(&head_sha, at),
                     head_sha,
                     handoff,
+                    pull: Some(pr_ref),
                 })
             }
             Event::Unhandled(unhandled) => match (unhandled.event.as_str(), unhandled.reason) {
@@ -217,6 +222,7 @@ impl Rules {
                     repo: repo.clone(),
                     branch: branch.to_owned(),
                 },
+                pull: None,
             }),
             None if self.mapping.uses_labels() => Plan::LookUp(LookUp {
                 owner: owner.clone(),
@@ -377,6 +383,11 @@ mod tests {
             panic!()
         };
         assert_eq!(opened.handoff, Handoff::Nothing);
+        assert_eq!(
+            opened.pull.as_ref().map(PrRef::number),
+            Some(7),
+            "opened names its pull request"
+        );
 
         let labeled = pull(PullRequestAction::Other("labeled".into()));
         assert_eq!(
