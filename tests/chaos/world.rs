@@ -23,19 +23,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use cancel_coordinator::workloads::LABEL_CODE_RUN;
-use cancel_coordinator::{AgentSpec, CodeRun, CodeRunSpec};
+use cancel_coordinator::CodeRun;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::{Resource, ResourceExt};
-use serde_json::json;
 use state_store::{CancellationOutcome, RemediationState};
 use testkit::history::cancellation::CancellationHistory;
 use testkit::kube::RequestFilter;
 use testkit::kube::tap::{Tap, WriteKind};
 
-use crate::support::{Cluster, MOVED, NS, OWNER, REPO, ROLES, WAITING, branch};
+use crate::support::{
+    Cluster, MOVED, NS, OWNER, REPO, ROLES, WAITING, agent_pod, branch, run_spec,
+};
 
 /// A run the soak started: its task, name and head.
 #[derive(Debug, Clone)]
@@ -193,44 +191,11 @@ impl World {
         self.started.lock().unwrap().insert((task, head.to_owned()));
         for role in roles {
             let name = format!("t{task}-{role}-{}", &head[head.len() - 8..]);
-            let spec = CodeRunSpec {
-                task_id: task.to_string(),
-                role: (*role).into(),
-                repository: format!("{OWNER}/{REPO}"),
-                pull_request: task,
-                branch: branch(task),
-                head_sha: head.into(),
-                agent: AgentSpec {
-                    image: "agent:1".into(),
-                    ..AgentSpec::default()
-                },
-            };
-            let mut run = CodeRun::labelled(&name, spec);
+            let mut run = CodeRun::labelled(&name, run_spec(task, role, head));
             run.metadata.namespace = Some(NS.into());
             self.cluster.kube.seed([run]).unwrap();
             let run: CodeRun = self.cluster.kube.peek(NS, &name).unwrap();
-            let owner = OwnerReference {
-                block_owner_deletion: Some(true),
-                ..run.controller_owner_ref(&()).unwrap()
-            };
-            let pod: Pod = serde_json::from_value(json!({
-                "metadata": {
-                    "name": format!("{name}-pod"),
-                    "namespace": NS,
-                    "labels": {
-                        LABEL_CODE_RUN: run.name_any(),
-                        "testkit.supersede.dev/starts-after": "0s",
-                        "testkit.supersede.dev/termination": format!("stops-after-{stop_ms}ms"),
-                    },
-                    "ownerReferences": [owner],
-                },
-                "spec": {
-                    "containers": [{"name": "agent", "image": "agent:1"}],
-                    "restartPolicy": "Never",
-                    "terminationGracePeriodSeconds": 30,
-                },
-            }))
-            .unwrap();
+            let pod = agent_pod(&run, stop_ms);
             self.cluster.kube.seed([pod]).unwrap();
             self.runs.lock().unwrap().push(Run {
                 task,

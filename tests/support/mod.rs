@@ -19,7 +19,6 @@ use cancel_coordinator::{AgentSpec, CodeRun, CodeRunSpec};
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::watcher;
 use kube::{CustomResourceExt, Resource, ResourceExt};
@@ -27,11 +26,11 @@ use resilience::Shutdown;
 use secrecy::SecretString;
 use sensor::backends::{BackendChoice, Backends, Clients};
 use sensor::{Config, Sensor, wiring};
-use serde_json::json;
 use state_store::{CancellationOutcome, ConfigMapBackend, RemediationState, StateStore};
 use testkit::github::{DeliveryId, FakeGitHub, FakeGitHubBuilder, WebhookConfig};
 use testkit::history::cancellation::CancellationHistory;
-use testkit::kube::{FakeKube, FakeKubeBuilder, RequestFilter};
+use testkit::kube::seeding::owned_pod;
+use testkit::kube::{FakeKube, FakeKubeBuilder, PodTermination, RequestFilter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -62,6 +61,35 @@ pub fn sha(n: usize) -> String {
 /// id from it).
 pub fn branch(task: u64) -> String {
     format!("task-{task}-fix")
+}
+
+/// The spec of task `task`'s `role` agent on `head`, on PR `task`.
+pub fn run_spec(task: u64, role: &str, head: &str) -> CodeRunSpec {
+    CodeRunSpec {
+        task_id: task.to_string(),
+        role: role.into(),
+        repository: format!("{OWNER}/{REPO}"),
+        pull_request: task,
+        branch: branch(task),
+        head_sha: head.into(),
+        agent: AgentSpec {
+            image: "agent:1".into(),
+            ..AgentSpec::default()
+        },
+    }
+}
+
+/// The pod of `run` as its controller makes it (in [`NS`], labelled with
+/// its run), stopping `stop_ms` after SIGTERM.
+pub fn agent_pod(run: &CodeRun, stop_ms: u64) -> Pod {
+    let mut pod = owned_pod(
+        &format!("{}-pod", run.name_any()),
+        run.controller_owner_ref(&()).unwrap(),
+        [(LABEL_CODE_RUN, run.name_any())],
+        PodTermination::StopsAfter(Duration::from_millis(stop_ms)),
+    );
+    pod.metadata.namespace = Some(NS.into());
+    pod
 }
 
 /// The name of task `task`'s state ConfigMap.
@@ -400,43 +428,14 @@ impl Cluster {
     /// (blockOwnerDeletion, so a Foreground delete waits for the pod).
     pub async fn run(&self, task: u64, name: &str, role: &str, head: &str, stop_ms: u64) {
         let runs: Api<CodeRun> = Api::namespaced(self.kube.client(), NS);
-        let spec = CodeRunSpec {
-            task_id: task.to_string(),
-            role: role.into(),
-            repository: format!("{OWNER}/{REPO}"),
-            pull_request: task,
-            branch: branch(task),
-            head_sha: head.into(),
-            agent: AgentSpec {
-                image: "agent:1".into(),
-                ..AgentSpec::default()
-            },
-        };
         let run = runs
-            .create(&PostParams::default(), &CodeRun::labelled(name, spec))
+            .create(
+                &PostParams::default(),
+                &CodeRun::labelled(name, run_spec(task, role, head)),
+            )
             .await
             .unwrap();
-        let owner = OwnerReference {
-            block_owner_deletion: Some(true),
-            ..run.controller_owner_ref(&()).unwrap()
-        };
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": {
-                "name": format!("{name}-pod"),
-                "labels": {
-                    LABEL_CODE_RUN: run.name_any(),
-                    "testkit.supersede.dev/starts-after": "0s",
-                    "testkit.supersede.dev/termination": format!("stops-after-{stop_ms}ms"),
-                },
-                "ownerReferences": [owner],
-            },
-            "spec": {
-                "containers": [{"name": "agent", "image": "agent:1"}],
-                "restartPolicy": "Never",
-                "terminationGracePeriodSeconds": 30,
-            },
-        }))
-        .unwrap();
+        let pod = agent_pod(&run, stop_ms);
         let pods: Api<Pod> = Api::namespaced(self.kube.client(), NS);
         pods.create(&PostParams::default(), &pod).await.unwrap();
         self.runs
