@@ -44,14 +44,11 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use resilience::Shutdown;
-use secrecy::SecretString;
-use sensor::backends::{BackendChoice, Backends, Clients};
-use support::{MOVED, NS, OWNER, REPO, ROLES, sha};
+use support::{MOVED, NS, ROLES, sha};
 use testkit::faults::Match;
 use testkit::github::DeliveryId;
 use testkit::history::cancellation::CancellationViolation;
 use testkit::kube::tap::WriteKind;
-use tokio::net::TcpListener;
 use world::World;
 
 /// Every API call's latency.
@@ -101,28 +98,10 @@ async fn main() {
 /// default recovery interval: the scenario world's controller recovers
 /// every second, which would put a LIST of every state and a GitHub read
 /// of every PR into each second of the benchmark.
+/// A controller replica with the production recovery interval.
 async fn controller(world: &World, identity: &str) -> Shutdown {
-    let cluster = &world.cluster;
-    let config = controller::Config {
-        port: 0,
-        identity: identity.to_owned(),
-        repositories: vec![format!("{OWNER}/{REPO}")],
-        github_token: Some(SecretString::from(cluster.github.token().to_owned())),
-        shutdown_timeout: 5,
-        ..controller::Config::default()
-    };
-    let settings = sensor::wiring::backend_settings(&config.sensor_config()).unwrap();
-    let clients = Clients {
-        kube: Some(cluster.kube.client()),
-        github: Some(cluster.github.octocrab().unwrap()),
-    };
-    let backends = Backends::build(BackendChoice::PRODUCTION, &settings, clients).unwrap();
-    let shutdown = Shutdown::new();
-    let controller =
-        controller::Controller::over(&config, backends, None, shutdown.clone()).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    controller.spawn(listener).await.unwrap();
-    shutdown
+    let every = controller::Config::default().recovery_interval_seconds;
+    world.cluster.start_controller_every(identity, every).await
 }
 
 async fn run(phase: &Phase) -> String {

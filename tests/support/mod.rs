@@ -325,12 +325,22 @@ impl Cluster {
     /// webhook route (GitHub delivers to the sensors): coordinator workers,
     /// and the recovery loop every second once it is elected leader.
     pub async fn start_controller(&self, identity: &str) -> Shutdown {
+        self.start_controller_every(identity, 1).await
+    }
+
+    /// [`start_controller`](Self::start_controller) with its recovery loop
+    /// every `recovery_interval_seconds`.
+    pub async fn start_controller_every(
+        &self,
+        identity: &str,
+        recovery_interval_seconds: u64,
+    ) -> Shutdown {
         let config = controller::Config {
             port: 0,
             identity: identity.to_owned(),
             repositories: vec![format!("{OWNER}/{REPO}")],
             github_token: Some(SecretString::from(self.github.token().to_owned())),
-            recovery_interval_seconds: 1,
+            recovery_interval_seconds,
             shutdown_timeout: 5,
             ..controller::Config::default()
         };
