@@ -3,7 +3,7 @@
 //!
 //! The rule it keeps: **the Rust type is the schema** —
 //! `deploy/crd/remediationrequest.yaml` is what [`crd_yaml`] prints
-//! (`cargo run -p gateway --example crd`), and a test fails when the
+//! (`cargo run -p gateway --example remediationrequest_crd`), and a test fails when the
 //! checked-in file differs.
 //!
 //! Names are built from the fingerprint, never from it directly:
@@ -201,7 +201,7 @@ pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     let body = serde_yaml::to_string(&RemediationRequest::crd())?;
     Ok(format!(
         "# Generated from bins/gateway/src/crd.rs: do not edit.\n\
-         # Regenerate with `cargo run -p gateway --example crd > deploy/crd/remediationrequest.yaml`.\n\
+         # Regenerate with `cargo run -p gateway --example remediationrequest_crd > deploy/crd/remediationrequest.yaml`.\n\
          {body}"
     ))
 }

@@ -13,7 +13,7 @@ fn the_checked_in_crd_is_what_the_remediation_request_type_generates()
     assert!(
         checked_in == generated,
         "{} is not what RemediationRequest::crd() generates; regenerate it with \
-         `cargo run -p gateway --example crd > deploy/crd/remediationrequest.yaml`",
+         `cargo run -p gateway --example remediationrequest_crd > deploy/crd/remediationrequest.yaml`",
         path.display()
     );
     Ok(())

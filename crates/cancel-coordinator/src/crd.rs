@@ -174,7 +174,7 @@ pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     let body = serde_yaml::to_string(&CodeRun::crd())?;
     Ok(format!(
         "# Generated from crates/cancel-coordinator/src/crd.rs: do not edit.\n\
-         # Regenerate with `cargo run -p cancel-coordinator --example crd > deploy/crd/coderun.yaml`.\n\
+         # Regenerate with `cargo run -p cancel-coordinator --example coderun_crd > deploy/crd/coderun.yaml`.\n\
          {body}"
     ))
 }

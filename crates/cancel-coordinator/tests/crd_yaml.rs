@@ -12,7 +12,7 @@ fn the_checked_in_crd_is_what_the_coderun_type_generates() -> Result<(), Box<dyn
     assert!(
         checked_in == generated,
         "{} is not what CodeRun::crd() generates; regenerate it with \
-         `cargo run -p cancel-coordinator --example crd > deploy/crd/coderun.yaml`",
+         `cargo run -p cancel-coordinator --example coderun_crd > deploy/crd/coderun.yaml`",
         path.display()
     );
     Ok(())

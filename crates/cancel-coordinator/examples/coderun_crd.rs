@@ -1,8 +1,8 @@
-//! Prints the `RemediationRequest` CustomResourceDefinition as YAML, the
-//! source of `deploy/crd/remediationrequest.yaml`:
+//! Prints the `CodeRun` CustomResourceDefinition as YAML, the source of
+//! `deploy/crd/coderun.yaml`:
 //!
 //! ```text
-//! cargo run -p gateway --example crd > deploy/crd/remediationrequest.yaml
+//! cargo run -p cancel-coordinator --example coderun_crd > deploy/crd/coderun.yaml
 //! ```
 //!
 //! `tests/crd_yaml.rs` fails when the checked-in file differs.
@@ -10,7 +10,7 @@
 use std::io::Write;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let yaml = gateway::crd_yaml()?;
+    let yaml = cancel_coordinator::crd_yaml()?;
     std::io::stdout().lock().write_all(yaml.as_bytes())?;
     Ok(())
 }
