@@ -100,8 +100,10 @@ impl Metrics {
     ///   future — before they ended; they ran to their end anyway, in their
     ///   own task, and are also counted under how they ended
     /// - `label_cas_interference_detected_total`
-    /// - `label_cas_rate_limit_waits_total{reason}` (`budget`, `rejected`):
-    ///   waits imposed by rate limits.
+    /// - `label_cas_rate_limit_waits_total{reason}` (`budget`, `rejected`,
+    ///   `queue_full`): waits imposed by rate limits; `queue_full` counts
+    ///   mutations refused because the ones queued before them would have
+    ///   kept them waiting longer than `max_wait`.
     pub fn register(&self, registry: &mut Registry) {
         let sub = registry.sub_registry_with_prefix("label_cas");
         let i = &self.inner;
@@ -143,7 +145,7 @@ impl Metrics {
         );
         sub.register(
             "rate_limit_waits",
-            "Waits imposed by GitHub rate limits, by reason (budget, rejected)",
+            "Waits imposed by GitHub rate limits, by reason (budget, rejected, queue_full)",
             i.rate_limit_waits.clone(),
         );
     }
@@ -220,12 +222,13 @@ impl Metrics {
         self.inner.interference.get()
     }
 
-    /// How many rate-limit waits happened for `reason` (`budget` or
-    /// `rejected`).
+    /// How many rate-limit waits happened for `reason` (`budget`,
+    /// `rejected` or `queue_full`).
     pub fn rate_limit_waits(&self, reason: &str) -> u64 {
         let reason: &'static str = match reason {
             "budget" => "budget",
             "rejected" => "rejected",
+            "queue_full" => "queue_full",
             _ => return 0,
         };
         self.inner

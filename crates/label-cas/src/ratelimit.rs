@@ -9,7 +9,8 @@
 //! (GitHub's guidance for avoiding secondary limits). A block is shared by
 //! every caller and read again after each sleep, so a wait that another
 //! call's rejection extended meanwhile is kept to its new end. A call's
-//! waits together are bounded by [`RateLimitPolicy::max_wait`]; a longer one
+//! waits together are bounded by [`RateLimitPolicy::max_wait`], and so is a
+//! mutation's wait behind the mutations queued before it; a longer one
 //! is returned as [`Error::RateLimited`] for the caller to reschedule, and
 //! the long ones end early with [`Error::Cancelled`] once the token given to
 //! [`RateLimited::with_cancellation`] fires.
@@ -34,6 +35,9 @@ const RESET_SLACK: Duration = Duration::from_secs(1);
 /// at most an hour; a longer `retry-after` is a confused server, and beyond
 /// [`RateLimitPolicy::max_wait`] callers fail fast anyway.
 const LONGEST_PAUSE: Duration = Duration::from_secs(24 * 3600);
+/// What a mutation that waited `max_wait` in the queue of mutations is told
+/// to wait before it comes back (at least one spacing).
+const QUEUE_RETRY: Duration = Duration::from_secs(1);
 
 /// How [`RateLimited`] paces calls.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,9 +53,11 @@ pub struct RateLimitPolicy {
     pub rejection_backoff: BackoffPolicy,
     /// Rate-limit answers absorbed per call before the error is returned.
     pub max_rejections: u32,
-    /// The longest a call waits before it is sent (all its waits for
-    /// the budget and for blocks together, spacing aside); a longer one
-    /// fails fast with [`Error::RateLimited`] rather than parking a worker.
+    /// The longest a call waits before it is sent: its waits for the
+    /// budget and for blocks together, and, for a mutation, its wait for
+    /// the mutations queued before it (each bounded on its own, the
+    /// spacing aside); a longer one fails fast with [`Error::RateLimited`]
+    /// rather than parking a worker.
     pub max_wait: Duration,
 }
 
@@ -198,7 +204,18 @@ impl<B: LabelBackend> RateLimited<B> {
         Fut: std::future::Future<Output = Result<T>>,
     {
         let mut gate = if mutation {
-            Some(self.mutations.lock().await)
+            // The queue of mutations counts against `max_wait` too: a caller
+            // behind a long queue is told to come back rather than parked.
+            match tokio::time::timeout(self.policy.max_wait, self.mutations.lock()).await {
+                Ok(gate) => Some(gate),
+                Err(_) => {
+                    self.metrics.rate_limit_wait("queue_full");
+                    return Err(Error::RateLimited {
+                        retry_after: Some(self.policy.mutation_spacing.max(QUEUE_RETRY)),
+                        reset: None,
+                    });
+                }
+            }
         } else {
             None
         };
@@ -856,6 +873,69 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
+    }
+
+    /// A backend whose mutations take `took` and succeed.
+    struct Slow {
+        took: Duration,
+        inner: crate::MemoryLabels,
+    }
+
+    #[async_trait]
+    impl LabelBackend for Slow {
+        async fn get<'a>(&self, pr: &PrRef, if_none_match: Option<&'a ETag>) -> Result<Fetched> {
+            self.inner.get(pr, if_none_match).await
+        }
+        async fn add(&self, pr: &PrRef, names: &[String]) -> Result<LabelSet> {
+            tokio::time::sleep(self.took).await;
+            self.inner.add(pr, names).await
+        }
+        async fn remove(&self, pr: &PrRef, name: &str) -> Result<RemoveOutcome> {
+            tokio::time::sleep(self.took).await;
+            self.inner.remove(pr, name).await
+        }
+        async fn replace(&self, pr: &PrRef, names: &[String]) -> Result<LabelSet> {
+            tokio::time::sleep(self.took).await;
+            self.inner.replace(pr, names).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_mutation_behind_a_queue_longer_than_max_wait_fails_fast_instead_of_parking() {
+        let metrics = Metrics::default();
+        let paced = Arc::new(
+            RateLimited::new(
+                Slow {
+                    took: Duration::from_secs(8),
+                    inner: crate::MemoryLabels::new(),
+                },
+                RateLimitPolicy {
+                    mutation_spacing: Duration::ZERO,
+                    max_wait: Duration::from_secs(5),
+                    ..policy()
+                },
+            )
+            .unwrap()
+            .with_metrics(metrics.clone()),
+        );
+        let first = tokio::spawn({
+            let paced = Arc::clone(&paced);
+            async move { paced.add(&pr(), &["a".to_owned()]).await }
+        });
+        tokio::task::yield_now().await;
+        let started = Instant::now();
+        let err = paced.add(&pr(), &["b".to_owned()]).await.unwrap_err();
+        assert!(
+            matches!(err, Error::RateLimited { retry_after: Some(after), reset: None } if after >= QUEUE_RETRY),
+            "{err:?}"
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        assert_eq!(metrics.rate_limit_waits("queue_full"), 1);
+        // Reads do not queue behind mutations, and the one in flight lands.
+        paced.get(&pr(), None).await.unwrap();
+        assert!(first.await.unwrap().unwrap().contains("a"));
+        let after = paced.add(&pr(), &["b".to_owned()]).await.unwrap();
+        assert!(after.contains("a") && after.contains("b"));
     }
 
     #[test]
