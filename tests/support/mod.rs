@@ -137,6 +137,11 @@ impl Cable {
                     let Ok(mut outbound) = TcpStream::connect(target).await else {
                         return;
                     };
+                    // As a real proxy does: a copy that writes an answer in
+                    // several segments must not wait for the peer's delayed
+                    // ACK between them (Nagle's algorithm: ~40 ms a stall).
+                    let _ = inbound.set_nodelay(true);
+                    let _ = outbound.set_nodelay(true);
                     tokio::select! {
                         _ = connection.cancelled() => {}
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}

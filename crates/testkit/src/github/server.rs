@@ -84,6 +84,11 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    // As GitHub's front ends (and FakeKube): a response is
+                    // not held back waiting for the client's ACK of the
+                    // previous segment (Nagle's algorithm against delayed
+                    // ACKs stalls it ~40 ms).
+                    let _ = stream.set_nodelay(true);
                     let shared = Arc::clone(&shared);
                     connections.spawn(async move {
                         let service = service_fn(move |req| {
