@@ -25,9 +25,9 @@
 //! the phase — watches and recovery scans included — per push), `rss_mb`
 //! (this process, fakes included, at the end of the phase); beside them
 //! `pods_gone_p50_ms`/`pods_gone_p99_ms` (the same without the label move,
-//! which each process sends one mutation at a time, with the binaries'
-//! default of no spacing between them) and `unfinished` (pushes not
-//! converged within the patience, left out of the percentiles).
+//! which the binaries send unpaced: label-cas's `RateLimited` is not wired
+//! into them) and `unfinished` (pushes not converged within the patience,
+//! left out of the percentiles).
 //!
 //! ```text
 //! cargo run --release --example e2e_bench

@@ -196,19 +196,6 @@ pub struct Config {
     #[arg(long, env = "CONTROLLER_GITHUB_INSTALLATION_ID")]
     pub github_installation_id: Option<u64>,
 
-    /// Milliseconds between two GitHub label mutations of this process
-    /// (they go out one at a time whatever this is; GitHub's guidance is
-    /// 1000, at the cost of a burst's label moves queueing): the sensor's
-    /// --github-mutation-spacing-ms.
-    #[arg(long, env = "CONTROLLER_GITHUB_MUTATION_SPACING_MS", default_value_t = sensor::config::DEFAULT_GITHUB_MUTATION_SPACING_MS)]
-    pub github_mutation_spacing_ms: u64,
-
-    /// Seconds a GitHub label call may wait for a rate limit or the
-    /// mutations queued before it before failing fast (recovery redoes the
-    /// label move): the sensor's --github-rate-limit-max-wait-seconds.
-    #[arg(long, env = "CONTROLLER_GITHUB_RATE_LIMIT_MAX_WAIT_SECONDS", default_value_t = sensor::config::DEFAULT_GITHUB_RATE_LIMIT_MAX_WAIT_SECONDS)]
-    pub github_rate_limit_max_wait_seconds: u64,
-
     /// Files holding webhook secrets, current first: mounts the sensor's
     /// `POST /webhook/github` on --port (always on with --dev).
     #[arg(
@@ -301,9 +288,6 @@ impl Default for Config {
             github_app_id: None,
             github_app_key_file: None,
             github_installation_id: None,
-            github_mutation_spacing_ms: sensor::config::DEFAULT_GITHUB_MUTATION_SPACING_MS,
-            github_rate_limit_max_wait_seconds:
-                sensor::config::DEFAULT_GITHUB_RATE_LIMIT_MAX_WAIT_SECONDS,
             webhook_secret_files: Vec::new(),
             webhook_secret: None,
             repositories: Vec::new(),
@@ -363,7 +347,6 @@ impl Config {
             return fail("namespace", "must not be empty");
         }
         let sensor = self.sensor_config();
-        sensor.validate_github_rate_limit()?;
         if backends.needs_github_api() {
             sensor.github_credentials()?;
         }
@@ -509,8 +492,6 @@ impl Config {
             github_app_id: self.github_app_id,
             github_app_key_file: self.github_app_key_file.clone(),
             github_installation_id: self.github_installation_id,
-            github_mutation_spacing_ms: self.github_mutation_spacing_ms,
-            github_rate_limit_max_wait_seconds: self.github_rate_limit_max_wait_seconds,
             drain_timeout_seconds: self.shutdown_timeout,
             ..sensor::Config::default()
         }

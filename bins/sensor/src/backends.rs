@@ -13,9 +13,7 @@ use std::sync::Arc;
 
 use cancel_coordinator::{CodeRunConfig, KubeCodeRuns, MemoryWorkloads, Workloads};
 use clap::ValueEnum;
-use label_cas::{
-    GitHubLabels, LabelBackend, MemoryPullRequests, PullRequests, RateLimitPolicy, RateLimited,
-};
+use label_cas::{GitHubLabels, LabelBackend, MemoryPullRequests, PullRequests};
 use lease_lock::{KubeLeases, LeaseBackend, MemoryLeases};
 use octocrab::Octocrab;
 use state_store::{ConfigMapBackend, MemoryBackend, StateStore, StoreConfig};
@@ -140,9 +138,6 @@ pub struct BackendSettings {
     pub coderun: CodeRunConfig,
     /// The state store's tuning.
     pub store: StoreConfig,
-    /// How GitHub's label backend paces itself (label-cas's
-    /// [`RateLimited`] around it; unused when GitHub is in memory).
-    pub github_rate_limit: RateLimitPolicy,
 }
 
 /// The clients a choice needs (`None` where it needs none).
@@ -281,13 +276,7 @@ impl Backends {
                         Error::Backend("GitHub's API was chosen without a client".to_owned())
                     })?;
                     let labels = GitHubLabels::from_octocrab(octocrab, label_metrics.clone());
-                    // One pacer per process over the one token: every label
-                    // call of the process's sagas and repairs goes through it.
-                    let pulls = labels.pull_requests();
-                    let paced = RateLimited::new(labels, settings.github_rate_limit.clone())
-                        .map_err(|e| Error::Backend(format!("GitHub rate limits: {e}")))?
-                        .with_metrics(label_metrics.clone());
-                    (Arc::new(pulls), Arc::new(paced), None)
+                    (Arc::new(labels.pull_requests()), Arc::new(labels), None)
                 }
             };
         Ok(Self {
@@ -314,7 +303,6 @@ mod tests {
             namespace: "default".into(),
             coderun: CodeRunConfig::default(),
             store: StoreConfig::default(),
-            github_rate_limit: RateLimitPolicy::default(),
         }
     }
 

@@ -25,17 +25,6 @@ pub const DEFAULT_BRANCH_PATTERN: &str = "^task-(?P<task>[0-9]+)(-|$)";
 pub const DEFAULT_STATE_WRITE_TIMEOUT_SECONDS: u64 = 5;
 /// Default bound on a GitHub lookup of a push's pull request.
 pub const DEFAULT_GITHUB_LOOKUP_TIMEOUT_SECONDS: u64 = 5;
-/// Default pause between two GitHub label mutations of one process: none.
-/// Mutations still go out one at a time, and a rate-limit answer blocks
-/// them all for the time GitHub names; GitHub's guidance (1 s, label-cas's
-/// library default) is `--github-mutation-spacing-ms 1000`, at the cost of
-/// a burst's label moves queueing — see the flag.
-pub const DEFAULT_GITHUB_MUTATION_SPACING_MS: u64 = 0;
-/// Default longest a GitHub label call waits for a rate limit or for the
-/// mutations queued before it before failing fast (the label move is then
-/// recorded failed and the recovery reconciler redoes it): the saga's own
-/// bound on a `retry-after` it waits for.
-pub const DEFAULT_GITHUB_RATE_LIMIT_MAX_WAIT_SECONDS: u64 = 10;
 /// Default number of delivery keys remembered in memory (the durable
 /// record is the task's state).
 pub const DEFAULT_DEDUPE_CACHE_SIZE: usize = 10_000;
@@ -145,22 +134,6 @@ pub struct Config {
     /// Seconds a GitHub lookup of a push's pull request may take.
     #[arg(long, env = "SENSOR_GITHUB_LOOKUP_TIMEOUT_SECONDS", default_value_t = DEFAULT_GITHUB_LOOKUP_TIMEOUT_SECONDS)]
     pub github_lookup_timeout_seconds: u64,
-
-    /// Milliseconds between the end of one GitHub label mutation of this
-    /// process and the start of the next (they go out one at a time
-    /// whatever this is). GitHub asks for 1000 to stay clear of its
-    /// secondary rate limits; every label move of a burst then queues
-    /// behind the others, and one that would wait longer than
-    /// --github-rate-limit-max-wait-seconds is left to the recovery
-    /// reconciler.
-    #[arg(long, env = "SENSOR_GITHUB_MUTATION_SPACING_MS", default_value_t = DEFAULT_GITHUB_MUTATION_SPACING_MS)]
-    pub github_mutation_spacing_ms: u64,
-
-    /// Seconds a GitHub label call may wait for a rate limit to lift or for
-    /// the mutations queued before it; longer, it fails fast (the
-    /// cancellation stands, the label move is redone by recovery).
-    #[arg(long, env = "SENSOR_GITHUB_RATE_LIMIT_MAX_WAIT_SECONDS", default_value_t = DEFAULT_GITHUB_RATE_LIMIT_MAX_WAIT_SECONDS)]
-    pub github_rate_limit_max_wait_seconds: u64,
 
     /// Delivery keys remembered in memory (the durable record is the
     /// task's state, which keeps the last 64 per task).
@@ -324,8 +297,6 @@ impl Default for Config {
             cancel_on_close: true,
             state_write_timeout_seconds: DEFAULT_STATE_WRITE_TIMEOUT_SECONDS,
             github_lookup_timeout_seconds: DEFAULT_GITHUB_LOOKUP_TIMEOUT_SECONDS,
-            github_mutation_spacing_ms: DEFAULT_GITHUB_MUTATION_SPACING_MS,
-            github_rate_limit_max_wait_seconds: DEFAULT_GITHUB_RATE_LIMIT_MAX_WAIT_SECONDS,
             dedupe_cache_size: DEFAULT_DEDUPE_CACHE_SIZE,
             max_inflight_writes: DEFAULT_MAX_INFLIGHT_WRITES,
             max_concurrent_writes: DEFAULT_MAX_CONCURRENT_WRITES,
@@ -404,7 +375,6 @@ impl Config {
         if !(1..=60).contains(&self.github_lookup_timeout_seconds) {
             return fail("github-lookup-timeout-seconds", "must be between 1 and 60");
         }
-        self.validate_github_rate_limit()?;
         if !(1..=10_000_000).contains(&self.dedupe_cache_size) {
             return fail("dedupe-cache-size", "must be between 1 and 10000000");
         }
@@ -559,42 +529,6 @@ impl Config {
     /// The bound on the state write.
     pub fn state_write_timeout(&self) -> Duration {
         Duration::from_secs(self.state_write_timeout_seconds)
-    }
-
-    /// Checks `--github-mutation-spacing-ms` and
-    /// `--github-rate-limit-max-wait-seconds` (part of [`Config::validate`];
-    /// the controller, which configures them without the webhook route,
-    /// calls it on its own).
-    pub fn validate_github_rate_limit(&self) -> Result<(), ConfigError> {
-        if self.github_mutation_spacing_ms > 10_000 {
-            return fail("github-mutation-spacing-ms", "must be between 0 and 10000");
-        }
-        if !(1..=900).contains(&self.github_rate_limit_max_wait_seconds) {
-            return fail(
-                "github-rate-limit-max-wait-seconds",
-                "must be between 1 and 900",
-            );
-        }
-        if Duration::from_millis(self.github_mutation_spacing_ms)
-            > Duration::from_secs(self.github_rate_limit_max_wait_seconds)
-        {
-            return fail(
-                "github-mutation-spacing-ms",
-                "must not exceed --github-rate-limit-max-wait-seconds",
-            );
-        }
-        Ok(())
-    }
-
-    /// How the GitHub label backend paces itself: label-cas's
-    /// [`RateLimitPolicy`](label_cas::RateLimitPolicy) defaults with this
-    /// configuration's spacing and longest wait.
-    pub fn github_rate_limit(&self) -> label_cas::RateLimitPolicy {
-        label_cas::RateLimitPolicy {
-            mutation_spacing: Duration::from_millis(self.github_mutation_spacing_ms),
-            max_wait: Duration::from_secs(self.github_rate_limit_max_wait_seconds),
-            ..label_cas::RateLimitPolicy::default()
-        }
     }
 
     /// The bound on a pull request lookup.

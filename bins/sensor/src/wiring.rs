@@ -116,7 +116,6 @@ pub fn backend_settings(config: &Config) -> Result<BackendSettings, Error> {
         namespace: config.namespace.clone(),
         coderun,
         store: store_config(config),
-        github_rate_limit: config.github_rate_limit(),
     })
 }
 
