@@ -26,8 +26,13 @@
 //! (this process, fakes included, at the end of the phase); beside them
 //! `pods_gone_p50_ms`/`pods_gone_p99_ms` (the same without the label move,
 //! which the binaries send unpaced: label-cas's `RateLimited` is not wired
-//! into them) and `unfinished` (pushes not converged within the patience,
-//! left out of the percentiles).
+//! into them), `unfinished` (pushes not converged within the patience,
+//! left out of the percentiles), `round_trip_ms` (a state GET through a
+//! client like the replicas', p50 of 20, with the phase's latency) and
+//! `uncontended_budget_ms` (15 of those, plus the pods' stop time, 0
+//! here, plus 10 ms: the target for a push that has the system to itself,
+//! as the steady phase's pushes do — each converges well inside the
+//! 100 ms before the next).
 //!
 //! ```text
 //! cargo run --release --example e2e_bench
@@ -42,7 +47,8 @@ mod world;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::Api;
 use resilience::Shutdown;
 use support::{MOVED, NS, ROLES, sha};
 use testkit::faults::Match;
@@ -53,6 +59,8 @@ use world::World;
 
 /// Every API call's latency.
 const LATENCY: Duration = Duration::from_millis(2);
+/// How often the labels are looked at while a phase runs.
+const POLL: Duration = Duration::from_millis(2);
 /// The longest a phase may take to converge after its last push.
 const PATIENCE: Duration = Duration::from_secs(600);
 
@@ -120,6 +128,18 @@ async fn run(phase: &Phase) -> String {
     for fake in [world.cluster.kube.faults(), world.cluster.github.faults()] {
         fake.latency(Match::any(), LATENCY, Duration::ZERO);
     }
+    // A round trip on this machine: a GET of a state through a client like
+    // the replicas' (the same latency), p50 of 20; the uncontended budget
+    // is 15 of them + the pods' stop time (0: they stop on SIGTERM) + 10 ms.
+    let probe: Api<ConfigMap> = Api::namespaced(world.cluster.kube.client(), NS);
+    let mut trips = Vec::new();
+    for _ in 0..20 {
+        let t = std::time::Instant::now();
+        probe.get(&support::state_map(1)).await.unwrap();
+        trips.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    trips.sort_by(f64::total_cmp);
+    let round_trip = percentile(&trips, 0.5);
     let pods = world.cluster.kube.tap("", "pods");
     let log_from = world.cluster.kube.requests().last_seq();
     let github_from = world.cluster.github.calls().total();
@@ -150,8 +170,13 @@ async fn run(phase: &Phase) -> String {
                 deliveries,
             });
             watch_labels(&world, &pushes, &mut labelled);
-            if !gap.is_zero() {
-                tokio::time::sleep(gap).await;
+            // The labels are read from FakeGitHub's store (it keeps no
+            // history): look every 2 ms through the gap too, or a move is
+            // timed at the next push.
+            let until = tokio::time::Instant::now() + gap;
+            while tokio::time::Instant::now() < until {
+                tokio::time::sleep(POLL.min(until - tokio::time::Instant::now())).await;
+                watch_labels(&world, &pushes, &mut labelled);
             }
         }
     }
@@ -165,7 +190,7 @@ async fn run(phase: &Phase) -> String {
         if done || tokio::time::Instant::now() >= deadline {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::sleep(POLL).await;
     }
     // Let the last sagas retire their journals and release their Leases.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -254,7 +279,7 @@ async fn run(phase: &Phase) -> String {
     }
     let per = |calls: usize| calls as f64 / pushes.len().max(1) as f64;
     format!(
-        "{{\"phase\":\"{}\",\"tasks\":{},\"events\":{events},\"cancelled_runs\":{cancelled},\"lost_cancellations\":{lost},\"wrong_cancellations\":{wrong},\"e2e_p50_ms\":{:.1},\"e2e_p99_ms\":{:.1},\"kube_calls_per_cancellation\":{:.1},\"github_calls_per_cancellation\":{:.1},\"rss_mb\":{rss_mb:.1},\"pods_gone_p50_ms\":{:.1},\"pods_gone_p99_ms\":{:.1},\"unfinished\":{unfinished}}}",
+        "{{\"phase\":\"{}\",\"tasks\":{},\"events\":{events},\"cancelled_runs\":{cancelled},\"lost_cancellations\":{lost},\"wrong_cancellations\":{wrong},\"e2e_p50_ms\":{:.1},\"e2e_p99_ms\":{:.1},\"kube_calls_per_cancellation\":{:.1},\"github_calls_per_cancellation\":{:.1},\"rss_mb\":{rss_mb:.1},\"pods_gone_p50_ms\":{:.1},\"pods_gone_p99_ms\":{:.1},\"unfinished\":{unfinished},\"round_trip_ms\":{round_trip:.2},\"uncontended_budget_ms\":{:.1}}}",
         phase.name,
         phase.tasks,
         percentile(&e2e, 0.5),
@@ -263,6 +288,7 @@ async fn run(phase: &Phase) -> String {
         per(github_calls as usize),
         percentile(&pods_only, 0.5),
         percentile(&pods_only, 0.99),
+        15.0 * round_trip + 10.0,
     )
 }
 
