@@ -25,7 +25,7 @@ use crate::body::{BodyFormat, FormPolicy, body_format, json_document};
 use crate::delivery::DeliveryHeaders;
 use crate::event::{Event, parse_event};
 use crate::rejection::Rejection;
-use crate::signature::{SIGNATURE_HEADER, WebhookSecrets};
+use crate::signature::{SIGNATURE_HEADER, SignatureError, WebhookSecrets};
 
 /// Default body limit: 1 MiB (GitHub's payloads for pushes and pull
 /// requests are tens of KiB; GitHub caps them at 25 MB).
@@ -212,9 +212,34 @@ async fn serve<H: WebhookHandler>(
         Ok(delivery) => route.handler.handle(delivery).await,
         Err(rejection) => {
             route.handler.rejected(&rejection, &headers);
-            rejection.into_response()
+            let unread = leaves_body_unread(&rejection);
+            let mut response = rejection.into_response();
+            if unread {
+                // hyper closes a connection whose request body was left
+                // unread, after the answer; said in the answer, a client
+                // does not send its next request into that closing
+                // connection (and lose it as an incomplete message).
+                response.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            response
         }
     }
+}
+
+/// Whether `accept` refused before reading the whole body: by its declared
+/// length, its type or the signature header's form (the refusals before the
+/// body), or part-way through it (over the limit, unreadable).
+fn leaves_body_unread(rejection: &Rejection) -> bool {
+    matches!(
+        rejection,
+        Rejection::PayloadTooLarge { .. }
+            | Rejection::UnsupportedMediaType(_)
+            | Rejection::Signature(SignatureError::Missing | SignatureError::Malformed(_))
+            | Rejection::Unreadable
+    )
 }
 
 /// The signature header's value; one that is not visible ASCII reads as

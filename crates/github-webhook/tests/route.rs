@@ -236,3 +236,84 @@ async fn the_router_answers_over_http() {
     assert_eq!(*recorder.rejected.lock().unwrap(), ["signature_mismatch"]);
     server.abort();
 }
+
+/// The head of one answer read from `stream` (up to the blank line),
+/// lower-cased.
+async fn answer_head(stream: &mut tokio::net::TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "closed mid-head");
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap().to_ascii_lowercase()
+}
+
+/// A refusal that leaves the body unread (by its declared length, its type,
+/// a missing or malformed signature header) says `connection: close`, so a
+/// keep-alive client does not send its next request into the connection
+/// hyper closes after such an answer; a refusal after the whole body was
+/// read keeps the connection.
+#[tokio::test]
+async fn a_refusal_before_the_body_is_read_closes_the_connection_and_says_so() {
+    let recorder = Recorder::default();
+    let app = route(&recorder).into_router("/webhook/github");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let body = PUSH.as_bytes();
+    let valid = sign(SECRET.as_bytes(), body);
+    let head = |content_type: &str, length: usize, signature: Option<&str>| {
+        let signature =
+            signature.map_or(String::new(), |s| format!("x-hub-signature-256: {s}\r\n"));
+        format!(
+            "POST /webhook/github HTTP/1.1\r\nhost: {addr}\r\ncontent-type: {content_type}\r\n\
+             content-length: {length}\r\nx-github-event: push\r\nx-github-delivery: g-1\r\n{signature}\r\n"
+        )
+    };
+    let before_the_body = [
+        (head("text/plain", body.len(), Some(&valid)), "415"),
+        (head("application/json", body.len(), None), "401"),
+        (
+            head("application/json", body.len(), Some("sha256=zz")),
+            "401",
+        ),
+        (head("application/json", 64 * 1024 + 1, Some(&valid)), "413"),
+    ];
+    for (request, status) in before_the_body {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        stream.write_all(body).await.unwrap();
+        let answer = answer_head(&mut stream).await;
+        assert!(
+            answer.starts_with(&format!("http/1.1 {status}")),
+            "{answer}"
+        );
+        assert!(answer.contains("connection: close\r\n"), "{answer}");
+    }
+
+    // Read whole, refused for its signature: the connection stays usable.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let forged = sign(b"guess", body);
+    for _ in 0..2 {
+        stream
+            .write_all(head("application/json", body.len(), Some(&forged)).as_bytes())
+            .await
+            .unwrap();
+        stream.write_all(body).await.unwrap();
+        let answer = answer_head(&mut stream).await;
+        assert!(answer.starts_with("http/1.1 401"), "{answer}");
+        assert!(!answer.contains("connection: close"), "{answer}");
+        let length: usize = answer
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let mut rest = vec![0u8; length];
+        stream.read_exact(&mut rest).await.unwrap();
+    }
+    assert!(recorder.seen.lock().unwrap().is_empty());
+    server.abort();
+}
