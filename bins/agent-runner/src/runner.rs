@@ -784,7 +784,7 @@ fn spawn_server(
     stop: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let served = axum::serve(listener, app)
+        let served = axum::serve(resilience::shutdown::without_nagle(listener), app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await;
         if let Err(error) = served {

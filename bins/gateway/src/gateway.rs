@@ -113,7 +113,7 @@ impl Gateway {
         shutdown.health().set_ready(true);
         tracing::info!(%addr, namespace = %self.settings.namespace, "gateway listening");
         let stopping = shutdown.clone();
-        let server = axum::serve(listener, router)
+        let server = axum::serve(resilience::shutdown::without_nagle(listener), router)
             .with_graceful_shutdown(async move { stopping.triggered().await });
         let timeout = self.settings.shutdown_timeout;
         let server = async move { server.await.map_err(|source| Error::Bind { addr, source }) };

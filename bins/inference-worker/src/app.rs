@@ -11,7 +11,6 @@ use axum::extract::{DefaultBodyLimit, Extension, Path, State};
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use axum::{Json, Router, middleware};
 use http::{HeaderValue, StatusCode, header};
 use job_tracker::{CancelReason, JobOptions, JobTracker, TrackerConfig};
@@ -158,12 +157,7 @@ impl Worker {
         // Nagle's algorithm would hold a small SSE event back until the
         // previous one is acknowledged (up to a delayed-ACK timeout, ~40 ms):
         // far longer than a decode step. Every event goes out at once.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "cannot set TCP_NODELAY");
-            }
-        });
-        let serve = axum::serve(listener, self.router())
+        let serve = axum::serve(resilience::shutdown::without_nagle(listener), self.router())
             .with_graceful_shutdown(shutdown.token().cancelled_owned());
         let server = {
             let shutdown = shutdown.clone();

@@ -140,8 +140,8 @@ impl Shutdown {
     /// server that fails starts the shutdown (a process that cannot serve
     /// should not linger half-alive). Readiness is the caller's to set.
     pub fn serve(&self, listener: tokio::net::TcpListener, router: axum::Router) -> JoinHandle<()> {
-        let serve =
-            axum::serve(listener, router).with_graceful_shutdown(self.token().cancelled_owned());
+        let serve = axum::serve(without_nagle(listener), router)
+            .with_graceful_shutdown(self.token().cancelled_owned());
         let shutdown = self.clone();
         self.spawn(async move {
             if let Err(error) = serve.await {
@@ -341,10 +341,46 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// `listener` with `TCP_NODELAY` set on every connection it accepts, for
+/// [`axum::serve`]: every server of the workspace serves through it.
+///
+/// With Nagle's algorithm on, the last, partial segment of an answer larger
+/// than one segment (a metrics page, a task list) waits until the client has
+/// acknowledged the previous ones, and clients delay their ACKs by up to
+/// ~40 ms; a small event after another (SSE) waits the same way. Answers
+/// are written whole, so nothing is gained by holding them back. A socket
+/// that refuses the option is served as it is.
+pub fn without_nagle(
+    listener: tokio::net::TcpListener,
+) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY on an accepted connection");
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicBool;
+
+    #[tokio::test]
+    async fn every_accepted_connection_has_nagle_off() {
+        use axum::serve::Listener as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut listener = without_nagle(listener);
+        for _ in 0..2 {
+            let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+            // A fresh socket starts with Nagle on: the listener turned it off.
+            assert!(!client.nodelay().unwrap());
+            let (accepted, peer) = listener.accept().await;
+            assert_eq!(peer, client.local_addr().unwrap());
+            assert!(accepted.nodelay().unwrap());
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn drain_finishes_in_flight_work_and_cancels_the_rest_after_the_timeout() {
