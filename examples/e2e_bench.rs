@@ -27,8 +27,9 @@
 //! `pods_gone_p50_ms`/`pods_gone_p99_ms` (the same without the label move,
 //! which the binaries send unpaced: label-cas's `RateLimited` is not wired
 //! into them), `unfinished` (pushes not converged within the patience,
-//! left out of the percentiles), `round_trip_ms` (a state GET through a
-//! client like the replicas', p50 of 20, with the phase's latency) and
+//! left out of the percentiles), `round_trip_ms` (a state GET straight to
+//! FakeKube, p50 of 20, with the phase's latency; the replicas' calls also
+//! cross the partition cable, one local proxy hop more) and
 //! `uncontended_budget_ms` (15 of those, plus the pods' stop time, 0
 //! here, plus 10 ms: the target for a push that has the system to itself,
 //! as the steady phase's pushes do — each converges well inside the
@@ -128,8 +129,9 @@ async fn run(phase: &Phase) -> String {
     for fake in [world.cluster.kube.faults(), world.cluster.github.faults()] {
         fake.latency(Match::any(), LATENCY, Duration::ZERO);
     }
-    // A round trip on this machine: a GET of a state through a client like
-    // the replicas' (the same latency), p50 of 20; the uncontended budget
+    // A round trip on this machine: a GET of a state straight to FakeKube
+    // (the same latency; the replicas' calls also cross the partition
+    // cable), p50 of 20; the uncontended budget
     // is 15 of them + the pods' stop time (0: they stop on SIGTERM) + 10 ms.
     let probe: Api<ConfigMap> = Api::namespaced(world.cluster.kube.client(), NS);
     let mut trips = Vec::new();
