@@ -342,7 +342,7 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// `listener` with `TCP_NODELAY` set on every connection it accepts, for
-/// [`axum::serve`]: every server of the workspace serves through it.
+/// [`axum::serve()`]: every server of the workspace serves through it.
 ///
 /// With Nagle's algorithm on, the last, partial segment of an answer larger
 /// than one segment (a metrics page, a task list) waits until the client has
