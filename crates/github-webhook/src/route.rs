@@ -25,7 +25,7 @@ use crate::body::{BodyFormat, FormPolicy, body_format, json_document};
 use crate::delivery::DeliveryHeaders;
 use crate::event::{Event, parse_event};
 use crate::rejection::Rejection;
-use crate::signature::{SIGNATURE_HEADER, SignatureError, WebhookSecrets};
+use crate::signature::{SIGNATURE_HEADER, WebhookSecrets};
 
 /// Default body limit: 1 MiB (GitHub's payloads for pushes and pull
 /// requests are tens of KiB; GitHub caps them at 25 MB).
@@ -151,6 +151,13 @@ impl<H: WebhookHandler> WebhookRoute<H> {
     /// Takes a request apart as the route does: the refusals before the
     /// body, the body up to the limit, then [`receive`](Self::receive).
     pub async fn accept(&self, request: Request) -> Result<Delivery, Rejection> {
+        self.take(request).await.map_err(|(rejection, _)| rejection)
+    }
+
+    /// [`accept`](Self::accept), saying with a refusal whether the whole
+    /// body had been read.
+    async fn take(&self, request: Request) -> Result<Delivery, (Rejection, BodyRead)> {
+        let unread = |rejection: Rejection| (rejection, BodyRead::No);
         let (parts, body) = request.into_parts();
         let declared = parts
             .headers
@@ -158,22 +165,23 @@ impl<H: WebhookHandler> WebhookRoute<H> {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.body_limit as u64) {
-            return Err(Rejection::PayloadTooLarge {
+            return Err(unread(Rejection::PayloadTooLarge {
                 limit: self.body_limit,
-            });
+            }));
         }
-        body_format(&parts.headers, self.form_policy)?;
-        WebhookSecrets::check_header(signature(&parts.headers))?;
+        body_format(&parts.headers, self.form_policy).map_err(|e| unread(e.into()))?;
+        WebhookSecrets::check_header(signature(&parts.headers)).map_err(|e| unread(e.into()))?;
         let body = match Limited::new(body, self.body_limit).collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                return Err(Rejection::PayloadTooLarge {
+                return Err(unread(Rejection::PayloadTooLarge {
                     limit: self.body_limit,
-                });
+                }));
             }
-            Err(_) => return Err(Rejection::Unreadable),
+            Err(_) => return Err(unread(Rejection::Unreadable)),
         };
         self.receive(&parts.headers, body)
+            .map_err(|rejection| (rejection, BodyRead::Yes))
     }
 
     /// Verifies and parses a delivery whose body was read: signature,
@@ -208,13 +216,12 @@ async fn serve<H: WebhookHandler>(
     request: Request,
 ) -> Response {
     let headers = request.headers().clone();
-    match route.accept(request).await {
+    match route.take(request).await {
         Ok(delivery) => route.handler.handle(delivery).await,
-        Err(rejection) => {
+        Err((rejection, read)) => {
             route.handler.rejected(&rejection, &headers);
-            let unread = leaves_body_unread(&rejection);
             let mut response = rejection.into_response();
-            if unread {
+            if read == BodyRead::No {
                 // hyper closes a connection whose request body was left
                 // unread, after the answer; said in the answer, a client
                 // does not send its next request into that closing
@@ -229,17 +236,11 @@ async fn serve<H: WebhookHandler>(
     }
 }
 
-/// Whether `accept` refused before reading the whole body: by its declared
-/// length, its type or the signature header's form (the refusals before the
-/// body), or part-way through it (over the limit, unreadable).
-fn leaves_body_unread(rejection: &Rejection) -> bool {
-    matches!(
-        rejection,
-        Rejection::PayloadTooLarge { .. }
-            | Rejection::UnsupportedMediaType(_)
-            | Rejection::Signature(SignatureError::Missing | SignatureError::Malformed(_))
-            | Rejection::Unreadable
-    )
+/// Whether a refused request's body had been read to its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyRead {
+    Yes,
+    No,
 }
 
 /// The signature header's value; one that is not visible ASCII reads as

@@ -198,15 +198,28 @@ fn a_body_limit_outside_github_s_range_is_refused() {
     );
 }
 
+/// The route as a router on `POST /webhook/github`, served on loopback.
+async fn serve_on_loopback(
+    recorder: &Recorder,
+) -> (
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let app = route(recorder).into_router("/webhook/github");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    (
+        addr,
+        tokio::spawn(async move { axum::serve(listener, app).await }),
+    )
+}
+
 /// One exchange over a real socket: the router answers 202 for a signed
 /// delivery and 401 with a JSON error for a forged one, counting it.
 #[tokio::test]
 async fn the_router_answers_over_http() {
     let recorder = Recorder::default();
-    let app = route(&recorder).into_router("/webhook/github");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let (addr, server) = serve_on_loopback(&recorder).await;
 
     let send = |signature: String| async move {
         let body = PUSH.as_bytes();
@@ -257,10 +270,7 @@ async fn answer_head(stream: &mut tokio::net::TcpStream) -> String {
 #[tokio::test]
 async fn a_refusal_before_the_body_is_read_closes_the_connection_and_says_so() {
     let recorder = Recorder::default();
-    let app = route(&recorder).into_router("/webhook/github");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let (addr, server) = serve_on_loopback(&recorder).await;
     let body = PUSH.as_bytes();
     let valid = sign(SECRET.as_bytes(), body);
     let head = |content_type: &str, length: usize, signature: Option<&str>| {
