@@ -14,7 +14,9 @@
 //! added_p95_ms, kube_calls_per_signal`.
 //!
 //! - `gateway`: this crate (`Gateway::record`: CreateOnce over lease-lock,
-//!   then a compare-and-swap count).
+//!   then a compare-and-swap of its replica's own count; `occurrenceCount`
+//!   is folded in after the answer, and the bench waits for the folds
+//!   before it reads the stored counts and the call counters).
 //! - `seed`: the starting design as written: a Lease lock taken by GET →
 //!   CREATE, a fixed 100 ms sleep and a recursive retry while it is held,
 //!   an unconditional DELETE on release; under it, LIST → create with a
@@ -66,6 +68,10 @@ const WAVE_SPACING: Duration = Duration::from_millis(20);
 #[async_trait]
 trait Recorder: Send + Sync {
     async fn record(&self, signal: &Signal) -> Result<(), BoxError>;
+
+    /// Waits for the work it does after answering (the gateway's folds of
+    /// `occurrenceCount`).
+    async fn settled(&self) {}
 }
 
 #[async_trait]
@@ -73,6 +79,10 @@ impl Recorder for Gateway {
     async fn record(&self, signal: &Signal) -> Result<(), BoxError> {
         Gateway::record(self, signal).await?;
         Ok(())
+    }
+
+    async fn settled(&self) {
+        Gateway::settled(self).await;
     }
 }
 
@@ -140,6 +150,7 @@ impl Seed {
         status.phase.get_or_insert(RemediationPhase::Pending);
         let d = status.deduplication.get_or_insert(Deduplication {
             occurrence_count: 0,
+            replicas: BTreeMap::new(),
             first_seen: now,
             last_seen: now,
         });
@@ -274,6 +285,10 @@ async fn run(which: Impl, replicas: usize) -> Run {
             latencies.push(took);
         }
     }
+    for recorder in &recorders {
+        recorder.settled().await;
+    }
+    // The folds after the answers included: they are the path's cost too.
     let calls = kube.calls().total();
     let api: Api<RemediationRequest> = Api::namespaced(kube.client(), NAMESPACE);
     let stored = api.list(&ListParams::default()).await.unwrap().items;

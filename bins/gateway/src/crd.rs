@@ -98,13 +98,25 @@ pub struct RemediationRequestStatus {
     pub deduplication: Option<Deduplication>,
 }
 
-/// The occurrence count of a request, updated by compare-and-swap.
+/// The occurrence count of a request.
+///
+/// Each gateway replica counts in its own entry of `replicas` (keyed by its
+/// identity), by a compare-and-swap of that entry alone, so replicas
+/// counting the same request never conflict with each other; a delivery is
+/// answered 2xx only after its replica's entry landed. `occurrenceCount` is
+/// the sum of the entries, folded in by a compare-and-swap of the whole
+/// status right after: it never exceeds the deliveries accepted, and equals
+/// them once the fold after the latest one landed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Deduplication {
     /// Deliveries of the fingerprint the gateway accepted (answered 2xx)
-    /// for this request, the first one included.
+    /// for this request, the first one included: the sum of `replicas` as
+    /// last folded.
     pub occurrence_count: u64,
+    /// Deliveries accepted by each replica (its identity → its count).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub replicas: BTreeMap<String, u64>,
     /// When the first one was accepted.
     #[schemars(schema_with = "date_time")]
     pub first_seen: Timestamp,
@@ -151,6 +163,26 @@ impl RemediationRequest {
             .as_ref()
             .and_then(|s| s.deduplication.as_ref())
             .map_or(0, |d| d.occurrence_count)
+    }
+
+    /// The accepted deliveries as the replicas' own counts say (at least
+    /// [`occurrence_count`](Self::occurrence_count), which lags it until
+    /// the fold after the latest delivery landed).
+    pub fn counted(&self) -> u64 {
+        self.status
+            .as_ref()
+            .and_then(|s| s.deduplication.as_ref())
+            .map_or(0, |d| {
+                d.replicas.values().sum::<u64>().max(d.occurrence_count)
+            })
+    }
+
+    /// Replica `replica`'s own count, if it has counted this request.
+    pub fn replica_count(&self, replica: &str) -> Option<u64> {
+        self.status
+            .as_ref()
+            .and_then(|s| s.deduplication.as_ref())
+            .and_then(|d| d.replicas.get(replica).copied())
     }
 
     /// Its generation among the requests of its fingerprint (from its

@@ -4,15 +4,23 @@
 //! The rule it keeps: **a delivery is answered 2xx only after its count
 //! landed.** The request is found or created through
 //! [`CreateOnce`] (check ▸ lock ▸ check again ▸
-//! create ▸ release, keyed by the fingerprint's hash), then
-//! `status.deduplication.occurrenceCount` is incremented by a status write
-//! conditioned on the `resourceVersion` read, re-read and retried on
-//! conflict — the creator's own delivery included, so the count is always
-//! exactly the deliveries accepted. Deliveries of one request waiting in one
-//! replica are added by one writer in one write (`+n`), so simultaneous
-//! duplicates contend per replica, not per delivery. Names are `rr-<hash>-<generation>`, so
+//! create ▸ release, keyed by the fingerprint's hash), then this replica's
+//! own entry of `status.deduplication.replicas` is raised by a
+//! compare-and-swap of that entry alone (a JSON patch that tests it) —
+//! the creator's own delivery included, so the entries always sum to
+//! exactly the deliveries accepted. Replicas never conflict with each
+//! other over a count: an entry has one writer, so a failed test means
+//! only that this replica's read was stale. Deliveries of one request
+//! waiting in one replica are added by one writer in one write (`+n`).
+//! `occurrenceCount`, the sum, is folded in afterwards, off the answer
+//! path, by a compare-and-swap of the whole status (retried until it
+//! holds the sum it read); [`Deduplicator::settled`] waits for the folds
+//! in flight. Names are `rr-<hash>-<generation>`, so
 //! even a creator whose lock expired mid-create is refused by the API
 //! server's `AlreadyExists` instead of creating a duplicate.
+//!
+//! Replica identities must be unique among the replicas running at once
+//! (the pod name), as the lock's holder identity already must.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -27,15 +35,20 @@ use tokio::time::Instant;
 
 use crate::Error;
 use crate::crd::{
-    Deduplication, RemediationPhase, RemediationRequest, RemediationRequestStatus, fingerprint_hash,
+    RemediationPhase, RemediationRequest, RemediationRequestStatus, fingerprint_hash,
 };
 use crate::metrics::Metrics;
 use crate::requests::RemediationRequests;
 use crate::signal::Signal;
 
-/// The most conditional status writes one delivery tries before it is
-/// answered 500 (each conflict means another delivery's count landed).
-pub const MAX_COUNT_ATTEMPTS: u32 = 32;
+/// The most compare-and-swaps of its own count one delivery tries before
+/// it is answered 500 (a conflict means the replica's read was stale, or
+/// another replica created the deduplication status first).
+pub const MAX_COUNT_ATTEMPTS: u32 = 8;
+/// The most compare-and-swaps one fold of `occurrenceCount` tries (each
+/// conflict means another count or fold landed; the next delivery's fold
+/// picks up what a fold that gave up left).
+const MAX_FOLD_ATTEMPTS: u32 = 32;
 /// The most times a delivery re-runs find-or-create after its create was
 /// refused as `AlreadyExists` (a creator outside the lock won).
 const MAX_CREATE_RACES: u32 = 3;
@@ -47,7 +60,8 @@ pub struct Recorded {
     pub name: String,
     /// Whether this delivery created it.
     pub created: bool,
-    /// Its occurrence count after this delivery.
+    /// Its occurrence count after this delivery (the replicas' counts as
+    /// the write that counted it returned them).
     pub occurrence_count: u64,
 }
 
@@ -57,7 +71,18 @@ pub struct Deduplicator {
     once: CreateOnce,
     requests: Arc<dyn RemediationRequests>,
     metrics: Metrics,
+    replica: String,
     batches: Arc<Mutex<HashMap<String, Batch>>>,
+    folds: Arc<Folds>,
+}
+
+/// The folds of `occurrenceCount` in flight in this replica: one per
+/// request at a time; a count landing meanwhile asks it to run again.
+struct Folds {
+    /// Request name → whether another fold was asked for meanwhile.
+    running: Mutex<HashMap<String, bool>>,
+    /// How many requests have a fold in flight.
+    in_flight: tokio::sync::watch::Sender<usize>,
 }
 
 /// The deliveries of one request waiting in this replica for their count:
@@ -80,12 +105,27 @@ impl std::fmt::Debug for Deduplicator {
 impl Deduplicator {
     /// Over `once` (its lock keyed by fingerprint hashes) and `requests`.
     pub fn new(once: CreateOnce, requests: Arc<dyn RemediationRequests>, metrics: Metrics) -> Self {
+        let replica = once.lock().config().identity.clone();
         Self {
             once,
             requests,
             metrics,
+            replica,
             batches: Arc::default(),
+            folds: Arc::new(Folds {
+                running: Mutex::default(),
+                in_flight: tokio::sync::watch::Sender::new(0),
+            }),
         }
+    }
+
+    /// Waits until no fold of `occurrenceCount` is in flight in this
+    /// replica: every delivery it answered is then in the stored
+    /// `occurrenceCount` (unless a fold gave up, which is logged).
+    pub async fn settled(&self) {
+        let mut rx = self.folds.in_flight.subscribe();
+        // The sender lives in `self`: the wait cannot end with an error.
+        let _ = rx.wait_for(|n| *n == 0).await;
     }
 
     /// Records one delivery of `signal`: the request it counts for, and
@@ -222,10 +262,11 @@ impl Deduplicator {
             let n = waiting.len() as u64;
             match self.count(current.clone(), n).await {
                 Ok(stored) => {
-                    let count = stored.occurrence_count();
+                    let count = stored.counted();
                     for w in waiting {
                         let _ = w.send(Ok(count));
                     }
+                    self.fold(name, &stored);
                     current = stored;
                 }
                 Err(e) => {
@@ -253,49 +294,153 @@ impl Deduplicator {
     }
 
     fn batches(&self) -> std::sync::MutexGuard<'_, HashMap<String, Batch>> {
-        // Every change is one insert, take or remove: poisoning leaves no half state.
-        self.batches.lock().unwrap_or_else(PoisonError::into_inner)
+        lock_map(&self.batches)
     }
 
-    /// Adds `n` deliveries to the request's count by compare-and-swap.
+    /// Adds `n` deliveries to this replica's count of the request by a
+    /// compare-and-swap of that entry.
     async fn count(
         &self,
         mut current: RemediationRequest,
         n: u64,
     ) -> Result<RemediationRequest, Error> {
         let name = current.metadata.name.clone().unwrap_or_default();
-        for attempt in 0..MAX_COUNT_ATTEMPTS {
-            let now = Timestamp::now();
-            let mut next = current.clone();
-            let status = next
-                .status
-                .get_or_insert_with(RemediationRequestStatus::default);
-            status.phase.get_or_insert(RemediationPhase::Pending);
-            let dedup = status.deduplication.get_or_insert(Deduplication {
-                occurrence_count: 0,
-                first_seen: now,
-                last_seen: now,
-            });
-            dedup.occurrence_count += n;
-            dedup.last_seen = now.max(dedup.last_seen);
-            match self.requests.replace_status(&next).await {
+        for _ in 0..MAX_COUNT_ATTEMPTS {
+            let next = current.replica_count(&self.replica).unwrap_or(0) + n;
+            match self
+                .requests
+                .swap_replica_count(&current, &self.replica, next, Timestamp::now())
+                .await
+            {
                 Ok(stored) => return Ok(stored),
                 Err(Error::Conflict(_)) => {
                     self.metrics.count_conflicts.inc();
-                    if attempt > 2 {
-                        // Many replicas counting one fingerprint: spread out.
-                        let jitter = rand::rng().random_range(0..=(1u64 << attempt.min(6)));
-                        tokio::time::sleep(Duration::from_millis(jitter)).await;
-                    }
-                    current = self
+                    let fresh = self
                         .requests
                         .get(&name)
                         .await?
                         .ok_or_else(|| Error::NotFound(name.clone()))?;
+                    if fresh.metadata.resource_version == current.metadata.resource_version {
+                        // Nothing changed, so the test did not fail on
+                        // staleness: the server refuses the patch itself.
+                        return Err(Error::Api {
+                            status: 422,
+                            message: format!("the count patch of {name} was refused"),
+                        });
+                    }
+                    current = fresh;
                 }
                 Err(e) => return Err(e),
             }
         }
         Err(Error::Contended(name))
     }
+
+    /// Folds the replicas' counts of `latest` into its `occurrenceCount`
+    /// in the background, unless it already holds them; one fold per
+    /// request at a time (one asked for meanwhile runs after it).
+    fn fold(&self, name: &str, latest: &RemediationRequest) {
+        if fold_of(latest).is_none() {
+            return;
+        }
+        {
+            let mut running = lock_map(&self.folds.running);
+            if let Some(again) = running.get_mut(name) {
+                *again = true;
+                return;
+            }
+            running.insert(name.to_owned(), false);
+        }
+        self.folds.in_flight.send_modify(|n| *n += 1);
+        let this = self.clone();
+        let (name, latest) = (name.to_owned(), latest.clone());
+        tokio::spawn(async move {
+            let mut current = Some(latest);
+            while let Some(request) = current.take() {
+                this.fold_until_held(&name, request).await;
+                let again = {
+                    let mut running = lock_map(&this.folds.running);
+                    let again = running.get(&name).copied().unwrap_or(false);
+                    if again {
+                        running.insert(name.clone(), false);
+                    } else {
+                        running.remove(&name);
+                    }
+                    again
+                };
+                if again {
+                    match this.requests.get(&name).await {
+                        Ok(fresh) => current = fresh,
+                        Err(e) => {
+                            tracing::warn!(request = %name, error = %e, "could not re-read the request to fold its count; the next delivery's fold will");
+                        }
+                    }
+                    if current.is_none() {
+                        lock_map(&this.folds.running).remove(&name);
+                    }
+                }
+            }
+            this.folds.in_flight.send_modify(|n| *n -= 1);
+        });
+    }
+
+    /// Compare-and-swaps `occurrenceCount` up to the replicas' sum until the
+    /// stored request holds it (or it is gone, or the attempts run out).
+    async fn fold_until_held(&self, name: &str, mut current: RemediationRequest) {
+        for attempt in 0..MAX_FOLD_ATTEMPTS {
+            let Some(next) = fold_of(&current) else {
+                return;
+            };
+            let result = match self.requests.replace_status(&next).await {
+                Ok(stored) => {
+                    current = stored;
+                    continue;
+                }
+                Err(Error::NotFound(_)) => return,
+                Err(e) => e,
+            };
+            if matches!(result, Error::Conflict(_)) {
+                self.metrics.fold_conflicts.inc();
+            } else {
+                tracing::debug!(request = %name, error = %result, "occurrenceCount fold failed; retrying");
+            }
+            // Several replicas fold one request at once: spread out.
+            let jitter = rand::rng().random_range(0..=(1u64 << attempt.min(6)));
+            tokio::time::sleep(Duration::from_millis(jitter)).await;
+            match self.requests.get(name).await {
+                Ok(Some(fresh)) => current = fresh,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!(request = %name, error = %e, "re-read for the fold failed; retrying");
+                }
+            }
+        }
+        self.metrics.fold_gave_up.inc();
+        tracing::warn!(request = %name, attempts = MAX_FOLD_ATTEMPTS, "gave up folding the replicas' counts into occurrenceCount; the next delivery's fold will");
+    }
+}
+
+/// `request` with `occurrenceCount` raised to the sum of the replicas'
+/// counts (and `phase` Pending if it has none), or `None` if it holds it.
+fn fold_of(request: &RemediationRequest) -> Option<RemediationRequest> {
+    let status = request.status.as_ref()?;
+    let dedup = status.deduplication.as_ref()?;
+    let sum: u64 = dedup.replicas.values().sum();
+    if dedup.occurrence_count >= sum && status.phase.is_some() {
+        return None;
+    }
+    let mut next = request.clone();
+    let status = next
+        .status
+        .get_or_insert_with(RemediationRequestStatus::default);
+    status.phase.get_or_insert(RemediationPhase::Pending);
+    if let Some(d) = status.deduplication.as_mut() {
+        d.occurrence_count = d.occurrence_count.max(sum);
+    }
+    Some(next)
+}
+
+fn lock_map<K, V>(m: &Mutex<HashMap<K, V>>) -> std::sync::MutexGuard<'_, HashMap<K, V>> {
+    // Every change is one insert or remove: poisoning leaves no half state.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }

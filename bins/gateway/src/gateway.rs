@@ -85,6 +85,12 @@ impl Gateway {
         self.state.dedupe.record(signal).await
     }
 
+    /// Waits until every delivery this replica answered is folded into its
+    /// request's stored `occurrenceCount` (see [`Deduplicator::settled`]).
+    pub async fn settled(&self) {
+        self.state.dedupe.settled().await;
+    }
+
     /// The metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.state.metrics
@@ -102,8 +108,9 @@ impl Gateway {
     }
 
     /// Serves on `listener` until `shutdown` is triggered, then lets
-    /// in-flight requests finish (up to the shutdown timeout): a delivery
-    /// being counted is answered, not cut off after its count landed.
+    /// in-flight requests finish and folds of `occurrenceCount` land (up to
+    /// the shutdown timeout): a delivery being counted is answered, not cut
+    /// off after its count landed.
     pub async fn serve(&self, listener: TcpListener, shutdown: Shutdown) -> Result<(), Error> {
         let addr = listener.local_addr().map_err(|source| Error::Bind {
             addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -116,7 +123,14 @@ impl Gateway {
         let server = axum::serve(resilience::shutdown::without_nagle(listener), router)
             .with_graceful_shutdown(async move { stopping.triggered().await });
         let timeout = self.settings.shutdown_timeout;
-        let server = async move { server.await.map_err(|source| Error::Bind { addr, source }) };
+        let dedupe = self.state.dedupe.clone();
+        let server = async move {
+            server
+                .await
+                .map_err(|source| Error::Bind { addr, source })?;
+            dedupe.settled().await;
+            Ok(())
+        };
         tokio::pin!(server);
         tokio::select! {
             result = &mut server => result,
@@ -124,7 +138,7 @@ impl Gateway {
                 shutdown.triggered().await;
                 tokio::time::sleep(timeout).await;
             } => {
-                tracing::warn!(timeout_seconds = timeout.as_secs_f64(), "requests still in flight at the shutdown timeout; stopping");
+                tracing::warn!(timeout_seconds = timeout.as_secs_f64(), "requests or count folds still in flight at the shutdown timeout; stopping");
                 Ok(())
             }
         }

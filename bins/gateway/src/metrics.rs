@@ -9,8 +9,13 @@
 //! (one delivery, find-or-create and count), `gateway_lock_added_seconds`
 //! (what the lock path adds to a delivery over a lock-free check and
 //! create: acquiring, the check under the lock, waiting for a contender,
-//! releasing), `gateway_count_conflicts_total` (status writes that lost a
-//! compare-and-swap and were retried), and the lock's
+//! releasing), `gateway_count_conflicts_total` (a replica's count writes
+//! whose compare-and-swap failed on a stale read and were retried),
+//! `gateway_count_fold_conflicts_total` (folds of `occurrenceCount` that
+//! lost a compare-and-swap to another count or fold and were retried),
+//! `gateway_count_folds_abandoned_total` (folds that ran out of attempts,
+//! leaving `occurrenceCount` behind the replicas' counts until the next
+//! delivery's fold), and the lock's
 //! `gateway_lock_acquire_attempts_total`, `gateway_lock_acquisitions_total`,
 //! `gateway_lock_acquire_failures_total{reason}`,
 //! `gateway_lock_contended_total`, `gateway_lock_wait_duration_seconds{outcome}`,
@@ -43,6 +48,8 @@ pub struct Metrics {
     duration: Histogram,
     added: Histogram,
     pub(crate) count_conflicts: Counter,
+    pub(crate) fold_conflicts: Counter,
+    pub(crate) fold_gave_up: Counter,
     /// The creation lock's metrics (registered as `gateway_lock_*`).
     pub lock: lease_lock::Metrics,
 }
@@ -56,6 +63,8 @@ impl Default for Metrics {
             // 0.25 ms .. ~8 s: the target is tens of ms.
             added: Histogram::new(exponential_buckets(0.00025, 2.0, 16)),
             count_conflicts: Counter::default(),
+            fold_conflicts: Counter::default(),
+            fold_gave_up: Counter::default(),
             lock: lease_lock::Metrics::default(),
         };
         for outcome in OUTCOMES {
@@ -89,8 +98,18 @@ impl Metrics {
         );
         r.register(
             "count_conflicts",
-            "Occurrence-count writes that lost a compare-and-swap and were retried",
+            "A replica's occurrence-count writes that found its read stale and were retried",
             self.count_conflicts.clone(),
+        );
+        r.register(
+            "count_fold_conflicts",
+            "Folds of the replicas' counts into occurrenceCount that lost a compare-and-swap and were retried",
+            self.fold_conflicts.clone(),
+        );
+        r.register(
+            "count_folds_abandoned",
+            "Folds of the replicas' counts into occurrenceCount that ran out of attempts",
+            self.fold_gave_up.clone(),
         );
     }
 

@@ -5,17 +5,23 @@
 //! Rule kept here: every write is conditional. A create fails with
 //! [`Error::AlreadyExists`] when the name is taken; a status write carries
 //! the `resourceVersion` it was computed from and fails with
-//! [`Error::Conflict`] when the object changed since, so concurrent
-//! counters on several replicas never overwrite each other's increments.
+//! [`Error::Conflict`] when the object changed since; a replica's count is
+//! a compare-and-swap of its own entry and fails with [`Error::Conflict`]
+//! when that entry is not what the replica read. So concurrent counters on
+//! several replicas never overwrite each other's increments.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use kube::api::{Api, ListParams, PostParams};
+use jiff::Timestamp;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
 
 use crate::Error;
-use crate::crd::{LABEL_FINGERPRINT_HASH, RemediationRequest};
+use crate::crd::{
+    Deduplication, LABEL_FINGERPRINT_HASH, RemediationRequest, RemediationRequestStatus,
+};
 
 /// The RemediationRequest operations the gateway needs.
 #[async_trait]
@@ -38,6 +44,72 @@ pub trait RemediationRequests: Send + Sync + 'static {
         &self,
         request: &RemediationRequest,
     ) -> Result<RemediationRequest, Error>;
+
+    /// Sets replica `replica`'s entry of `status.deduplication.replicas`
+    /// to `count` and `lastSeen` to `seen`, changing nothing else, if the
+    /// entry still holds what `current` (the request as last read) holds —
+    /// a compare-and-swap of that one entry, so replicas counting the same
+    /// request never conflict with each other. Creates the deduplication
+    /// status (with `firstSeen` = `seen`) when `current` has none.
+    /// Returns the stored object; [`Error::Conflict`] when the entry (or
+    /// the status's shape) is not what `current` says, [`Error::NotFound`]
+    /// when the request is gone.
+    async fn swap_replica_count(
+        &self,
+        current: &RemediationRequest,
+        replica: &str,
+        count: u64,
+        seen: Timestamp,
+    ) -> Result<RemediationRequest, Error>;
+}
+
+/// The JSON patch (RFC 6902) of [`RemediationRequests::swap_replica_count`]:
+/// a `test` of the deepest part of the deduplication status `current` has
+/// (the entry's value, or that the entry, the map, the deduplication or the
+/// status is absent), then the `add` of what follows it.
+pub fn replica_count_patch(
+    current: &RemediationRequest,
+    replica: &str,
+    count: u64,
+    seen: Timestamp,
+) -> Value {
+    let key = replica.replace('~', "~0").replace('/', "~1");
+    let seen_json = json!(seen.to_string());
+    let status = current.status.as_ref();
+    let dedup = status.and_then(|s| s.deduplication.as_ref());
+    let fresh = || Deduplication {
+        occurrence_count: 0,
+        replicas: BTreeMap::from([(replica.to_owned(), count)]),
+        first_seen: seen,
+        last_seen: seen,
+    };
+    let ops = match (status, dedup) {
+        (None, _) => vec![
+            json!({"op": "test", "path": "/status", "value": null}),
+            json!({"op": "add", "path": "/status", "value": RemediationRequestStatus {
+                phase: None,
+                deduplication: Some(fresh()),
+            }}),
+        ],
+        (Some(_), None) => vec![
+            json!({"op": "test", "path": "/status/deduplication", "value": null}),
+            json!({"op": "add", "path": "/status/deduplication", "value": fresh()}),
+        ],
+        (Some(_), Some(d)) if d.replicas.is_empty() => vec![
+            json!({"op": "test", "path": "/status/deduplication/replicas", "value": null}),
+            json!({"op": "add", "path": "/status/deduplication/replicas", "value": {replica: count}}),
+            json!({"op": "add", "path": "/status/deduplication/lastSeen", "value": seen_json}),
+        ],
+        (Some(_), Some(d)) => {
+            let path = format!("/status/deduplication/replicas/{key}");
+            vec![
+                json!({"op": "test", "path": path, "value": d.replicas.get(replica)}),
+                json!({"op": "add", "path": path, "value": count}),
+                json!({"op": "add", "path": "/status/deduplication/lastSeen", "value": seen_json}),
+            ]
+        }
+    };
+    Value::Array(ops)
 }
 
 /// RemediationRequests of one namespace on a cluster.
@@ -95,6 +167,28 @@ impl RemediationRequests for KubeRequests {
             .replace_status(&name, &PostParams::default(), request)
             .await
             .map_err(|e| Error::from_kube(e, &name))
+    }
+
+    async fn swap_replica_count(
+        &self,
+        current: &RemediationRequest,
+        replica: &str,
+        count: u64,
+        seen: Timestamp,
+    ) -> Result<RemediationRequest, Error> {
+        let name = current.metadata.name.clone().unwrap_or_default();
+        let patch: kube_json_patch::Patch =
+            serde_json::from_value(replica_count_patch(current, replica, count, seen))
+                .map_err(|e| Error::Config(format!("count patch of {name}: {e}")))?;
+        match self
+            .api
+            .patch_status(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
+            .await
+        {
+            // A failed `test`: the entry or the status's shape changed.
+            Err(kube::Error::Api(s)) if s.code == 422 => Err(Error::Conflict(name)),
+            other => other.map_err(|e| Error::from_kube(e, &name)),
+        }
     }
 }
 
@@ -188,6 +282,39 @@ impl RemediationRequests for MemoryRequests {
             return Err(Error::Conflict(name));
         }
         current.status = request.status.clone();
+        current.metadata.resource_version = Some(version.to_string());
+        let stored = current.clone();
+        store.version = version;
+        Ok(stored)
+    }
+
+    async fn swap_replica_count(
+        &self,
+        read: &RemediationRequest,
+        replica: &str,
+        count: u64,
+        seen: Timestamp,
+    ) -> Result<RemediationRequest, Error> {
+        let name = read.metadata.name.clone().unwrap_or_default();
+        let mut store = self.store();
+        let version = store.version + 1;
+        let Some(current) = store.requests.get_mut(&name) else {
+            return Err(Error::NotFound(name));
+        };
+        if current.replica_count(replica) != read.replica_count(replica) {
+            return Err(Error::Conflict(name));
+        }
+        let status = current
+            .status
+            .get_or_insert_with(RemediationRequestStatus::default);
+        let dedup = status.deduplication.get_or_insert(Deduplication {
+            occurrence_count: 0,
+            replicas: BTreeMap::new(),
+            first_seen: seen,
+            last_seen: seen,
+        });
+        dedup.replicas.insert(replica.to_owned(), count);
+        dedup.last_seen = seen;
         current.metadata.resource_version = Some(version.to_string());
         let stored = current.clone();
         store.version = version;

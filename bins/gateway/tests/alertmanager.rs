@@ -75,6 +75,7 @@ async fn a_group_of_firing_alerts_creates_one_request_each_and_a_resend_counts_t
             .all(|a| a["status"] == "deduplicated" && a["occurrenceCount"] == 2),
         "{body}"
     );
+    replica.gateway.settled().await;
     let stored = requests.all();
     assert_eq!(stored.len(), 2);
     let rr = stored

@@ -84,6 +84,9 @@ async fn a_replica_killed_holding_a_key_is_taken_over_after_its_lease_and_one_re
     }
     let waited = started.elapsed();
     assert_eq!(created, 1, "exactly one delivery created the request");
+    for gateway in &survivors {
+        gateway.settled().await;
+    }
     let stored = requests.all();
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].occurrence_count(), 12, "every delivery counted");

@@ -32,7 +32,7 @@ async fn the_role_grants_exactly_the_calls_the_gateway_makes() {
     );
     kube.faults().latency(
         Match::any()
-            .verb("update")
+            .verb("patch")
             .resource("remediationrequests/status"),
         Duration::from_millis(50),
         Duration::ZERO,
@@ -48,6 +48,9 @@ async fn the_role_grants_exactly_the_calls_the_gateway_makes() {
     }
     for delivery in deliveries {
         assert!(matches!(delivery.await.unwrap(), 201 | 202));
+    }
+    for replica in &replicas {
+        replica.gateway.settled().await;
     }
     let log = kube.requests().entries();
     let used = used_permissions(&log);

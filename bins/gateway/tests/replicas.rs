@@ -2,9 +2,10 @@
 //! per call, 5xx and dropped reads injected) receive the same signals at
 //! once, many times over many fingerprints. Judged from what FakeKube
 //! stores and its request log, never from the gateways' own counters:
-//! exactly one RemediationRequest per fingerprint, its `occurrenceCount`
-//! equal to the deliveries answered 2xx, and at most one applied status
-//! write per such delivery (a replica batches the deliveries waiting in it).
+//! exactly one RemediationRequest per fingerprint, its replicas' counts and
+//! (once the folds landed) its `occurrenceCount` equal to the deliveries
+//! answered 2xx, and at most one applied count patch per such delivery (a
+//! replica batches the deliveries waiting in it).
 //!
 //! Real time (the fake server's latency is on the wall clock); a few
 //! seconds per scenario in a debug build, where FakeKube's own work per
@@ -29,6 +30,7 @@ fn inject_faults(kube: &FakeKube) {
     for (verb, resource, rate) in [
         ("list", "remediationrequests", 0.03),
         ("create", "remediationrequests", 0.05),
+        ("patch", "remediationrequests/status", 0.05),
         ("update", "remediationrequests/status", 0.05),
         ("get", "remediationrequests", 0.03),
         ("create", "leases", 0.03),
@@ -74,6 +76,9 @@ async fn same_signals_at_once_on(replicas: usize, fingerprints: usize, per_finge
         }
     }
     kube.faults().clear();
+    for gateway in &gateways {
+        gateway.gateway.settled().await;
+    }
     let total = fingerprints * per_fingerprint;
     assert!(
         failed < total / 4,
@@ -96,16 +101,26 @@ async fn same_signals_at_once_on(replicas: usize, fingerprints: usize, per_finge
         assert_eq!(rrs.len(), 1, "{fingerprint}: {} requests", rrs.len());
         let rr = rrs[0];
         let name = rr.metadata.name.clone().unwrap();
+        let replicas_sum: u64 = rr
+            .status
+            .as_ref()
+            .and_then(|s| s.deduplication.as_ref())
+            .map(|d| d.replicas.values().sum())
+            .unwrap_or(0);
+        assert_eq!(
+            replicas_sum, *count,
+            "{fingerprint}: the replicas' counts against deliveries answered 2xx"
+        );
         assert_eq!(
             rr.occurrence_count(),
             *count,
-            "{fingerprint}: occurrenceCount against deliveries answered 2xx"
+            "{fingerprint}: occurrenceCount (folded) against deliveries answered 2xx"
         );
         let applied_counts = kube
             .requests()
             .matching(
                 &RequestFilter::any()
-                    .verb("update")
+                    .verb("patch")
                     .resource("remediationrequests/status")
                     .name(name.clone()),
             )
@@ -115,7 +130,7 @@ async fn same_signals_at_once_on(replicas: usize, fingerprints: usize, per_finge
         // A replica adds the deliveries waiting in it in one write (+n).
         assert!(
             (1..=*count).contains(&applied_counts),
-            "{name}: {applied_counts} applied status writes for {count} deliveries answered 2xx"
+            "{name}: {applied_counts} applied count patches for {count} deliveries answered 2xx"
         );
     }
     assert!(
@@ -175,4 +190,62 @@ async fn an_unreachable_api_server_is_answered_500_with_the_reason() {
         "{body}"
     );
     assert_eq!(body["fingerprint"], "fp-x");
+}
+
+/// Ten replicas count the same request at the same moment, one delivery
+/// each: each replica's count is a compare-and-swap of its own entry, so
+/// FakeKube's log shows no count patch refused, where a compare-and-swap
+/// of the whole status would refuse about 45 (each of ten writers losing
+/// to every one before it). Every delivery is counted, and the fold makes
+/// `occurrenceCount` the sum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_counting_one_request_at_once_do_not_conflict_with_each_other() {
+    let kube = fake_kube().await;
+    kube.faults()
+        .latency(Match::any(), Duration::from_millis(2), Duration::ZERO);
+    let gateways = kube_replicas(&kube, 10).await;
+    let client = http();
+    // The request exists before the burst, so every delivery is a duplicate.
+    let (status, body) = post(&client, &gateways[0].url("/api/v1/signals"), signal("fp-c")).await;
+    assert_eq!(status, 201, "{body}");
+    gateways[0].gateway.settled().await;
+    let deliveries: Vec<_> = gateways
+        .iter()
+        .map(|g| {
+            let (client, url) = (client.clone(), g.url("/api/v1/signals"));
+            tokio::spawn(async move { post(&client, &url, signal("fp-c")).await })
+        })
+        .collect();
+    for delivery in deliveries {
+        let (status, body) = delivery.await.unwrap();
+        assert_eq!(status, 202, "{body}");
+    }
+    for g in &gateways {
+        g.gateway.settled().await;
+    }
+    let patches = kube.requests().matching(
+        &RequestFilter::any()
+            .verb("patch")
+            .resource("remediationrequests/status"),
+    );
+    let applied = patches.iter().filter(|r| r.applied).count();
+    let refused = patches
+        .iter()
+        .filter(|r| matches!(r.outcome, testkit::calls::Outcome::Error(422)))
+        .count();
+    assert_eq!(applied, 11, "one applied count patch per delivery");
+    assert_eq!(
+        refused, 0,
+        "count patches refused: replicas conflicted with each other"
+    );
+    let requests = stored(&kube).await;
+    assert_eq!(requests.len(), 1);
+    let dedup = requests[0]
+        .status
+        .as_ref()
+        .and_then(|s| s.deduplication.clone())
+        .unwrap();
+    assert_eq!(dedup.replicas.len(), 10, "{dedup:?}");
+    assert_eq!(dedup.replicas.values().sum::<u64>(), 11, "{dedup:?}");
+    assert_eq!(dedup.occurrence_count, 11, "the fold holds the sum");
 }
