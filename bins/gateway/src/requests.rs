@@ -321,3 +321,140 @@ impl RemediationRequests for MemoryRequests {
         Ok(stored)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::crd::RemediationRequestSpec;
+
+    fn request(status: Option<RemediationRequestStatus>) -> RemediationRequest {
+        let mut r = RemediationRequest::new(
+            "rr-0123456789abcdef-1",
+            RemediationRequestSpec {
+                fingerprint: "fp".into(),
+                source: "test".into(),
+                alert_name: "A".into(),
+                severity: "critical".into(),
+                target_namespace: None,
+                resource: None,
+                labels: BTreeMap::new(),
+                annotations: BTreeMap::new(),
+                starts_at: None,
+            },
+        );
+        r.status = status;
+        r
+    }
+
+    fn dedup(replicas: &[(&str, u64)]) -> Option<RemediationRequestStatus> {
+        let t = Timestamp::UNIX_EPOCH;
+        Some(RemediationRequestStatus {
+            phase: None,
+            deduplication: Some(Deduplication {
+                occurrence_count: 0,
+                replicas: replicas
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), *v))
+                    .collect(),
+                first_seen: t,
+                last_seen: t,
+            }),
+        })
+    }
+
+    #[test]
+    fn the_count_patch_tests_the_deepest_part_the_read_had() {
+        let seen = Timestamp::UNIX_EPOCH;
+        let ops = |r: &RemediationRequest, replica: &str| {
+            let patch = replica_count_patch(r, replica, 3, seen);
+            let first = &patch[0];
+            (
+                first["op"].as_str().unwrap().to_owned(),
+                first["path"].as_str().unwrap().to_owned(),
+                first["value"].clone(),
+            )
+        };
+        let none = request(None);
+        assert_eq!(
+            ops(&none, "a"),
+            ("test".into(), "/status".into(), Value::Null)
+        );
+        let empty = request(Some(RemediationRequestStatus::default()));
+        assert_eq!(
+            ops(&empty, "a"),
+            ("test".into(), "/status/deduplication".into(), Value::Null)
+        );
+        let no_entries = request(dedup(&[]));
+        assert_eq!(
+            ops(&no_entries, "a"),
+            (
+                "test".into(),
+                "/status/deduplication/replicas".into(),
+                Value::Null
+            )
+        );
+        let others = request(dedup(&[("b", 5)]));
+        assert_eq!(
+            ops(&others, "a"),
+            (
+                "test".into(),
+                "/status/deduplication/replicas/a".into(),
+                Value::Null
+            )
+        );
+        let own = request(dedup(&[("a", 2), ("b", 5)]));
+        assert_eq!(
+            ops(&own, "a"),
+            (
+                "test".into(),
+                "/status/deduplication/replicas/a".into(),
+                json!(2)
+            )
+        );
+        // The set names the same entry and carries the new count.
+        let patch = replica_count_patch(&own, "a", 3, seen);
+        assert_eq!(patch[1]["path"], "/status/deduplication/replicas/a");
+        assert_eq!(patch[1]["value"], 3);
+    }
+
+    #[test]
+    fn a_replica_identity_is_escaped_as_one_json_pointer_segment() {
+        let r = request(dedup(&[("ns/pod~1", 1)]));
+        let patch = replica_count_patch(&r, "ns/pod~1", 2, Timestamp::UNIX_EPOCH);
+        assert_eq!(
+            patch[0]["path"],
+            "/status/deduplication/replicas/ns~1pod~01"
+        );
+        assert_eq!(patch[0]["value"], 1);
+    }
+
+    #[tokio::test]
+    async fn memory_refuses_a_count_whose_read_is_stale_and_keeps_the_others() {
+        let store = MemoryRequests::new();
+        let created = store.create(&request(None)).await.unwrap();
+        let a1 = store
+            .swap_replica_count(&created, "a", 1, Timestamp::UNIX_EPOCH)
+            .await
+            .unwrap();
+        // b's read predates a's count: b's own entry is unchanged, so it lands.
+        let b1 = store
+            .swap_replica_count(&created, "b", 1, Timestamp::UNIX_EPOCH)
+            .await
+            .unwrap();
+        assert_eq!(b1.counted(), 2);
+        // a counting again from the read before its first count: refused.
+        let stale = store
+            .swap_replica_count(&created, "a", 1, Timestamp::UNIX_EPOCH)
+            .await;
+        assert!(matches!(stale, Err(Error::Conflict(_))), "{stale:?}");
+        let a2 = store
+            .swap_replica_count(&a1, "a", 2, Timestamp::UNIX_EPOCH)
+            .await
+            .unwrap();
+        assert_eq!(a2.replica_count("a"), Some(2));
+        assert_eq!(a2.replica_count("b"), Some(1));
+        assert_eq!(a2.counted(), 3);
+    }
+}
