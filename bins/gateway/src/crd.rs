@@ -247,14 +247,15 @@ fn date_time(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
 
     use serde_json::json;
 
     use super::*;
 
-    fn spec(fingerprint: &str) -> RemediationRequestSpec {
+    /// A spec of `fingerprint` with the rest fixed (for the crate's unit tests).
+    pub(crate) fn spec(fingerprint: &str) -> RemediationRequestSpec {
         RemediationRequestSpec {
             fingerprint: fingerprint.into(),
             source: "alertmanager".into(),

@@ -327,23 +327,10 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::crd::RemediationRequestSpec;
+    use crate::crd::tests::spec;
 
     fn request(status: Option<RemediationRequestStatus>) -> RemediationRequest {
-        let mut r = RemediationRequest::new(
-            "rr-0123456789abcdef-1",
-            RemediationRequestSpec {
-                fingerprint: "fp".into(),
-                source: "test".into(),
-                alert_name: "A".into(),
-                severity: "critical".into(),
-                target_namespace: None,
-                resource: None,
-                labels: BTreeMap::new(),
-                annotations: BTreeMap::new(),
-                starts_at: None,
-            },
-        );
+        let mut r = RemediationRequest::new("rr-0123456789abcdef-1", spec("fp"));
         r.status = status;
         r
     }
