@@ -125,6 +125,20 @@ pub struct Deduplication {
     pub last_seen: Timestamp,
 }
 
+impl Deduplication {
+    /// The deduplication status a request gets from its first count:
+    /// replica `replica`'s `count`, seen first and last at `seen`, not yet
+    /// folded into `occurrenceCount`.
+    pub fn first_count(replica: &str, count: u64, seen: Timestamp) -> Self {
+        Self {
+            occurrence_count: 0,
+            replicas: BTreeMap::from([(replica.to_owned(), count)]),
+            first_seen: seen,
+            last_seen: seen,
+        }
+    }
+}
+
 /// The phases of a RemediationRequest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum RemediationPhase {

@@ -77,12 +77,7 @@ pub fn replica_count_patch(
     let seen_json = json!(seen.to_string());
     let status = current.status.as_ref();
     let dedup = status.and_then(|s| s.deduplication.as_ref());
-    let fresh = || Deduplication {
-        occurrence_count: 0,
-        replicas: BTreeMap::from([(replica.to_owned(), count)]),
-        first_seen: seen,
-        last_seen: seen,
-    };
+    let fresh = || Deduplication::first_count(replica, count, seen);
     let ops = match (status, dedup) {
         (None, _) => vec![
             json!({"op": "test", "path": "/status", "value": null}),
@@ -307,14 +302,13 @@ impl RemediationRequests for MemoryRequests {
         let status = current
             .status
             .get_or_insert_with(RemediationRequestStatus::default);
-        let dedup = status.deduplication.get_or_insert(Deduplication {
-            occurrence_count: 0,
-            replicas: BTreeMap::new(),
-            first_seen: seen,
-            last_seen: seen,
-        });
-        dedup.replicas.insert(replica.to_owned(), count);
-        dedup.last_seen = seen;
+        match status.deduplication.as_mut() {
+            None => status.deduplication = Some(Deduplication::first_count(replica, count, seen)),
+            Some(dedup) => {
+                dedup.replicas.insert(replica.to_owned(), count);
+                dedup.last_seen = seen;
+            }
+        }
         current.metadata.resource_version = Some(version.to_string());
         let stored = current.clone();
         store.version = version;
