@@ -13,9 +13,9 @@
 //! only that this replica's read was stale. Deliveries of one request
 //! waiting in one replica are added by one writer in one write (`+n`).
 //! `occurrenceCount`, the sum, is folded in afterwards, off the answer
-//! path, by a compare-and-swap of the whole status (retried until it
-//! holds the sum it read); [`Deduplicator::settled`] waits for the folds
-//! in flight. Names are `rr-<hash>-<generation>`, so
+//! path, by one compare-and-swap of the whole status at the count write's
+//! resourceVersion (a conflict means a later write, whose writer folds in
+//! turn); [`Deduplicator::settled`] waits for the folds in flight. Names are `rr-<hash>-<generation>`, so
 //! even a creator whose lock expired mid-create is refused by the API
 //! server's `AlreadyExists` instead of creating a duplicate.
 //!
@@ -45,9 +45,9 @@ use crate::signal::Signal;
 /// it is answered 500 (a conflict means the replica's read was stale, or
 /// another replica created the deduplication status first).
 pub const MAX_COUNT_ATTEMPTS: u32 = 8;
-/// The most compare-and-swaps one fold of `occurrenceCount` tries (each
-/// conflict means another count or fold landed; the next delivery's fold
-/// picks up what a fold that gave up left).
+/// The most compare-and-swaps one fold of `occurrenceCount` tries after
+/// transient failures (a conflict ends it: a later write carries the sum
+/// on); the next delivery's fold picks up what a fold that gave up left.
 const MAX_FOLD_ATTEMPTS: u32 = 32;
 /// The most times a delivery re-runs find-or-create after its create was
 /// refused as `AlreadyExists` (a creator outside the lock won).
@@ -79,8 +79,9 @@ pub struct Deduplicator {
 /// The folds of `occurrenceCount` in flight in this replica: one per
 /// request at a time; a count landing meanwhile asks it to run again.
 struct Folds {
-    /// Request name → whether another fold was asked for meanwhile.
-    running: Mutex<HashMap<String, bool>>,
+    /// Request name → the newer object a count write returned while its
+    /// fold ran (the fold runs again from it).
+    running: Mutex<HashMap<String, Option<RemediationRequest>>>,
     /// How many requests have a fold in flight.
     in_flight: tokio::sync::watch::Sender<usize>,
 }
@@ -336,20 +337,29 @@ impl Deduplicator {
         Err(Error::Contended(name))
     }
 
-    /// Folds the replicas' counts of `latest` into its `occurrenceCount`
-    /// in the background, unless it already holds them; one fold per
-    /// request at a time (one asked for meanwhile runs after it).
+    /// Folds the replicas' counts of `latest` (what this replica's count
+    /// write returned) into its `occurrenceCount` in the background, unless
+    /// it already holds them; one fold per request at a time (a count
+    /// landing meanwhile hands the fold its newer object).
+    ///
+    /// A fold is one compare-and-swap at the resourceVersion of the count
+    /// write, and a conflict ends it without a read: whatever was written
+    /// after our count is either a fold computed from a state that already
+    /// held it, or another count whose writer folds in turn. The last
+    /// write to the request is therefore always a fold of every count, at
+    /// a cost of at most one status write per count write. Only other
+    /// failures (the API unreachable) re-read and retry.
     fn fold(&self, name: &str, latest: &RemediationRequest) {
         if fold_of(latest).is_none() {
             return;
         }
         {
             let mut running = lock_map(&self.folds.running);
-            if let Some(again) = running.get_mut(name) {
-                *again = true;
+            if let Some(next) = running.get_mut(name) {
+                *next = Some(latest.clone());
                 return;
             }
-            running.insert(name.to_owned(), false);
+            running.insert(name.to_owned(), None);
         }
         self.folds.in_flight.send_modify(|n| *n += 1);
         let this = self.clone();
@@ -357,54 +367,35 @@ impl Deduplicator {
         tokio::spawn(async move {
             let mut current = Some(latest);
             while let Some(request) = current.take() {
-                this.fold_until_held(&name, request).await;
-                let again = {
-                    let mut running = lock_map(&this.folds.running);
-                    let again = running.get(&name).copied().unwrap_or(false);
-                    if again {
-                        running.insert(name.clone(), false);
-                    } else {
-                        running.remove(&name);
-                    }
-                    again
-                };
-                if again {
-                    match this.requests.get(&name).await {
-                        Ok(fresh) => current = fresh,
-                        Err(e) => {
-                            tracing::warn!(request = %name, error = %e, "could not re-read the request to fold its count; the next delivery's fold will");
-                        }
-                    }
-                    if current.is_none() {
-                        lock_map(&this.folds.running).remove(&name);
-                    }
+                this.fold_once(&name, request).await;
+                let mut running = lock_map(&this.folds.running);
+                current = running.get_mut(&name).and_then(Option::take);
+                if current.is_none() {
+                    running.remove(&name);
                 }
             }
             this.folds.in_flight.send_modify(|n| *n -= 1);
         });
     }
 
-    /// Compare-and-swaps `occurrenceCount` up to the replicas' sum until the
-    /// stored request holds it (or it is gone, or the attempts run out).
-    async fn fold_until_held(&self, name: &str, mut current: RemediationRequest) {
+    /// Compare-and-swaps `occurrenceCount` of `current` up to the replicas'
+    /// sum: done when it holds, when a later write conflicts (that write's
+    /// writer or fold carries the sum on), when the request is gone, or
+    /// when the attempts after transient failures run out.
+    async fn fold_once(&self, name: &str, mut current: RemediationRequest) {
         for attempt in 0..MAX_FOLD_ATTEMPTS {
             let Some(next) = fold_of(&current) else {
                 return;
             };
-            let result = match self.requests.replace_status(&next).await {
-                Ok(stored) => {
-                    current = stored;
-                    continue;
+            let error = match self.requests.replace_status(&next).await {
+                Ok(_) | Err(Error::NotFound(_)) => return,
+                Err(Error::Conflict(_)) => {
+                    self.metrics.fold_conflicts.inc();
+                    return;
                 }
-                Err(Error::NotFound(_)) => return,
                 Err(e) => e,
             };
-            if matches!(result, Error::Conflict(_)) {
-                self.metrics.fold_conflicts.inc();
-            } else {
-                tracing::debug!(request = %name, error = %result, "occurrenceCount fold failed; retrying");
-            }
-            // Several replicas fold one request at once: spread out.
+            tracing::debug!(request = %name, error = %error, "occurrenceCount fold failed; retrying");
             let jitter = rand::rng().random_range(0..=(1u64 << attempt.min(6)));
             tokio::time::sleep(Duration::from_millis(jitter)).await;
             match self.requests.get(name).await {

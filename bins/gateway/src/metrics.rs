@@ -12,9 +12,9 @@
 //! releasing), `gateway_count_conflicts_total` (a replica's count writes
 //! whose compare-and-swap failed on a stale read and were retried),
 //! `gateway_count_fold_conflicts_total` (folds of `occurrenceCount` that
-//! lost a compare-and-swap to another count or fold and were retried),
-//! `gateway_count_folds_abandoned_total` (folds that ran out of attempts,
-//! leaving `occurrenceCount` behind the replicas' counts until the next
+//! met a later write, which carries the sum on; expected under
+//! contention), `gateway_count_folds_abandoned_total` (folds that ran out
+//! of attempts after transient failures, leaving `occurrenceCount` behind the replicas' counts until the next
 //! delivery's fold), and the lock's
 //! `gateway_lock_acquire_attempts_total`, `gateway_lock_acquisitions_total`,
 //! `gateway_lock_acquire_failures_total{reason}`,
@@ -103,12 +103,12 @@ impl Metrics {
         );
         r.register(
             "count_fold_conflicts",
-            "Folds of the replicas' counts into occurrenceCount that lost a compare-and-swap and were retried",
+            "Folds of the replicas' counts into occurrenceCount that met a later write (which carries the sum on)",
             self.fold_conflicts.clone(),
         );
         r.register(
             "count_folds_abandoned",
-            "Folds of the replicas' counts into occurrenceCount that ran out of attempts",
+            "Folds of the replicas' counts into occurrenceCount that ran out of attempts after transient failures",
             self.fold_gave_up.clone(),
         );
     }

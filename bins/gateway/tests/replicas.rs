@@ -196,8 +196,9 @@ async fn an_unreachable_api_server_is_answered_500_with_the_reason() {
 /// each: each replica's count is a compare-and-swap of its own entry, so
 /// FakeKube's log shows no count patch refused, where a compare-and-swap
 /// of the whole status would refuse about 45 (each of ten writers losing
-/// to every one before it). Every delivery is counted, and the fold makes
-/// `occurrenceCount` the sum.
+/// to every one before it). Every delivery is counted, and the folds make
+/// `occurrenceCount` the sum with at most one status write per count write
+/// and no re-read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_counting_one_request_at_once_do_not_conflict_with_each_other() {
     let kube = fake_kube().await;
@@ -237,6 +238,28 @@ async fn replicas_counting_one_request_at_once_do_not_conflict_with_each_other()
     assert_eq!(
         refused, 0,
         "count patches refused: replicas conflicted with each other"
+    );
+    // The folds: one status write at most per count write, never a read
+    // (a fold that meets a later write leaves the sum to that write's
+    // writer), and the last status write is a fold of all eleven.
+    let fold_writes = kube.requests().matching(
+        &RequestFilter::any()
+            .verb("update")
+            .resource("remediationrequests/status"),
+    );
+    assert!(
+        (1..=applied).contains(&fold_writes.len()),
+        "{} fold writes for {applied} count writes",
+        fold_writes.len()
+    );
+    let reads = kube.requests().matching(
+        &RequestFilter::any()
+            .verb("get")
+            .resource("remediationrequests"),
+    );
+    assert!(
+        reads.is_empty(),
+        "folds or counts re-read the request: {reads:?}"
     );
     let requests = stored(&kube).await;
     assert_eq!(requests.len(), 1);
