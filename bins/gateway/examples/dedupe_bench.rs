@@ -11,7 +11,7 @@
 //! connections). One JSON line per configuration and implementation:
 //! `impl, replicas, signals, fingerprints, duplicates_created,
 //! duplicate_rate, occurrence_count_lost, failed, p50_ms, p95_ms,
-//! added_p95_ms, kube_calls_per_signal`.
+//! p99_ms, max_ms, added_p95_ms, kube_calls_per_signal`.
 //!
 //! - `gateway`: this crate (`Gateway::record`: CreateOnce over lease-lock,
 //!   then a compare-and-swap of its replica's own count; `occurrenceCount`
@@ -30,6 +30,9 @@
 //! deliveries answered as recorded minus the sum of the stored counts,
 //! `kube_calls_per_signal` every API request FakeKube served (watches
 //! included) per delivery.
+//!
+//! With `DEDUPE_BENCH_CALLS` set, each run also prints FakeKube's calls by
+//! verb, resource and outcome to stderr (where the calls per delivery go).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -217,6 +220,8 @@ struct Run {
     failed: usize,
     p50: Duration,
     p95: Duration,
+    p99: Duration,
+    max: Duration,
     calls_per_signal: f64,
 }
 
@@ -290,6 +295,13 @@ async fn run(which: Impl, replicas: usize) -> Run {
     }
     // The folds after the answers included: they are the path's cost too.
     let calls = kube.calls().total();
+    if std::env::var_os("DEDUPE_BENCH_CALLS").is_some() {
+        eprintln!(
+            "{} x{replicas}: {:?}",
+            which.name(),
+            kube.calls().snapshot()
+        );
+    }
     let api: Api<RemediationRequest> = Api::namespaced(kube.client(), NAMESPACE);
     let stored = api.list(&ListParams::default()).await.unwrap().items;
     let mut per_fingerprint: BTreeMap<String, usize> = BTreeMap::new();
@@ -315,6 +327,8 @@ async fn run(which: Impl, replicas: usize) -> Run {
         failed: signals_sent - accepted,
         p50: pct(0.50),
         p95: pct(0.95),
+        p99: pct(0.99),
+        max: latencies.last().copied().unwrap_or_default(),
         calls_per_signal: calls as f64 / signals_sent as f64,
     };
     drop(recorders);
@@ -350,6 +364,8 @@ async fn main() {
                 "failed": r.failed,
                 "p50_ms": ms(r.p50),
                 "p95_ms": ms(r.p95),
+                "p99_ms": ms(r.p99),
+                "max_ms": ms(r.max),
                 "added_p95_ms": ((ms(r.p95) - ms(floor.p95)) * 100.0).round() / 100.0,
                 "kube_calls_per_signal": (r.calls_per_signal * 100.0).round() / 100.0,
             });
