@@ -341,3 +341,107 @@ async fn a_lagging_watch_cache_serves_resource_version_zero_reads_stale() {
     assert_eq!(code, 404, "the cache has not seen c1 yet");
     cms.get("c1").await.expect("an ordinary GET is current");
 }
+
+/// A selector naming a label's value is answered from the store's label
+/// index for the current state: the answer must be exactly the scan's —
+/// the objects carrying the label now (not those that had it), of the
+/// namespace asked, in name order across pages — and a read at an older
+/// resourceVersion still shows that snapshot.
+#[tokio::test]
+async fn a_selector_on_a_labels_value_lists_exactly_the_objects_carrying_it_now() {
+    let kube = FakeKube::start().await.unwrap();
+    let client = kube.client();
+    let (ns, other): (Api<ConfigMap>, Api<ConfigMap>) = (
+        Api::namespaced(client.clone(), "ns"),
+        Api::namespaced(client.clone(), "other"),
+    );
+    for (name, tier) in [
+        ("c5", "a"),
+        ("c1", "b"),
+        ("c3", "a"),
+        ("c2", "c"),
+        ("c4", "a"),
+    ] {
+        let cm = config_map(name, &[("app", "agent"), ("tier", tier)]);
+        ns.create(&PostParams::default(), &cm).await.unwrap();
+    }
+    let elsewhere = config_map("c0", &[("app", "agent"), ("tier", "a")]);
+    other
+        .create(&PostParams::default(), &elsewhere)
+        .await
+        .unwrap();
+    let before = ns.list(&ListParams::default()).await.unwrap();
+    let before_rv = before.metadata.resource_version.clone().unwrap();
+
+    // c3 leaves tier a, c2 joins it, c5 loses the label, c4 is deleted.
+    let tier = |t: Value| Patch::Merge(json!({"metadata": {"labels": {"tier": t}}}));
+    ns.patch("c3", &PatchParams::default(), &tier(json!("b")))
+        .await
+        .unwrap();
+    ns.patch("c2", &PatchParams::default(), &tier(json!("a")))
+        .await
+        .unwrap();
+    ns.patch("c5", &PatchParams::default(), &tier(Value::Null))
+        .await
+        .unwrap();
+    ns.delete("c4", &DeleteParams::default()).await.unwrap();
+
+    let list = |selector: &str| ListParams::default().labels(selector);
+    assert_eq!(names(&ns.list(&list("tier=a")).await.unwrap()), ["c2"]);
+    assert_eq!(
+        names(&ns.list(&list("tier in (a,b)")).await.unwrap()),
+        ["c1", "c2", "c3"],
+        "in name order, whichever value each carries"
+    );
+    assert_eq!(
+        names(&ns.list(&list("app=agent,tier!=b")).await.unwrap()),
+        ["c2", "c5"],
+        "the whole selector still applies to what the index finds"
+    );
+    let all: Api<ConfigMap> = Api::all(client.clone());
+    assert_eq!(
+        names(&all.list(&list("tier=a")).await.unwrap()),
+        ["c2", "c0"],
+        "every namespace, in the store's key order (namespace, then name)"
+    );
+
+    // Paged one at a time: the same objects, each once.
+    let mut paged = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut params = list("tier in (a,b)").limit(1);
+        if let Some(t) = &token {
+            params = params.continue_token(t);
+        }
+        let page = ns.list(&params).await.unwrap();
+        paged.extend(names(&page));
+        match page.metadata.continue_.filter(|t| !t.is_empty()) {
+            Some(t) => token = Some(t),
+            None => break,
+        }
+    }
+    assert_eq!(paged, ["c1", "c2", "c3"]);
+
+    // At the earlier resourceVersion: the snapshot, not the index.
+    let then = ns
+        .list(&list("tier=a").at(&before_rv).matching(VersionMatch::Exact))
+        .await
+        .unwrap();
+    assert_eq!(names(&then), ["c3", "c4", "c5"]);
+
+    // A watch's initial state is the same set.
+    let params = WatchParams::default()
+        .labels("tier=a")
+        .initial_events()
+        .timeout(1);
+    let mut events = Box::pin(ns.watch(&params, "").await.unwrap());
+    let mut initial = Vec::new();
+    while let Some(event) = events.try_next().await.unwrap() {
+        match event {
+            WatchEvent::Added(c) => initial.push(c.name_any()),
+            WatchEvent::Bookmark(_) => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(initial, ["c2"]);
+}

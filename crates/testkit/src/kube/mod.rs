@@ -131,6 +131,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -666,6 +667,20 @@ impl FakeKube {
             o.insert("apiVersion".into(), t.api_version(&version).into());
         }
         serde_json::from_value(obj).ok()
+    }
+
+    /// The metadata of the stored object `namespace/name` of kind `K`, read
+    /// like [`FakeKube::peek`] but without copying or decoding the rest of
+    /// it: for a checker that polls thousands of objects for a deletion
+    /// timestamp or a label and must not load the fake it watches.
+    pub fn peek_metadata<K>(&self, namespace: &str, name: &str) -> Option<ObjectMeta>
+    where
+        K: ::kube::Resource<DynamicType = ()>,
+    {
+        let (group, version, plural) = (K::group(&()), K::version(&()), K::plural(&()));
+        let store = self.shared.store();
+        let t = store.resolve(&group, &version, &plural)?;
+        store.metadata(&t, namespace, name)
     }
 
     /// The fake's clock: the wall time at start plus the tokio time elapsed

@@ -7,8 +7,6 @@
 //! declares selectable. The rule it keeps: **negative requirements (`!=`,
 //! `notin`) match objects that lack the key**, as in Kubernetes.
 
-use std::collections::BTreeMap;
-
 use serde_json::Value;
 
 use super::resource::ResourceType;
@@ -63,17 +61,45 @@ impl LabelSelector {
     }
 
     /// Whether an object with these labels is selected.
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+    #[cfg(test)]
+    pub fn matches(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        self.matches_with(|k| labels.get(k).map(String::as_str))
+    }
+
+    /// Whether an object whose label `k` is `label(k)` is selected: the
+    /// same rule as [`LabelSelector::matches`], reading the labels where
+    /// they are (a LIST matches thousands of stored objects; copying each
+    /// one's labels first was most of its cost).
+    pub fn matches_with<'a>(&self, label: impl Fn(&str) -> Option<&'a str>) -> bool {
+        let int = |k: &str| label(k).and_then(|v| v.parse::<i64>().ok());
         self.requirements.iter().all(|r| match r {
-            Requirement::Exists(k) => labels.contains_key(k),
-            Requirement::DoesNotExist(k) => !labels.contains_key(k),
-            Requirement::Equals(k, v) => labels.get(k) == Some(v),
-            Requirement::NotEquals(k, v) => labels.get(k) != Some(v),
-            Requirement::In(k, vs) => labels.get(k).is_some_and(|l| vs.contains(l)),
-            Requirement::NotIn(k, vs) => labels.get(k).is_none_or(|l| !vs.contains(l)),
-            Requirement::GreaterThan(k, n) => int_label(labels, k).is_some_and(|l| l > *n),
-            Requirement::LessThan(k, n) => int_label(labels, k).is_some_and(|l| l < *n),
+            Requirement::Exists(k) => label(k).is_some(),
+            Requirement::DoesNotExist(k) => label(k).is_none(),
+            Requirement::Equals(k, v) => label(k) == Some(v.as_str()),
+            Requirement::NotEquals(k, v) => label(k) != Some(v.as_str()),
+            Requirement::In(k, vs) => label(k).is_some_and(|l| vs.iter().any(|v| v == l)),
+            Requirement::NotIn(k, vs) => label(k).is_none_or(|l| !vs.iter().any(|v| v == l)),
+            Requirement::GreaterThan(k, n) => int(k).is_some_and(|l| l > *n),
+            Requirement::LessThan(k, n) => int(k).is_some_and(|l| l < *n),
         })
+    }
+
+    /// A requirement every selected object meets by carrying label `key`
+    /// with one of `values` (`key=value`, `key in (…)`), the one with the
+    /// fewest values: what an index by label can answer. `None` when the
+    /// selector has no such requirement (only `!=`, `notin`, existence or
+    /// comparisons, or nothing).
+    pub fn required_values(&self) -> Option<(&str, Vec<&str>)> {
+        self.requirements
+            .iter()
+            .filter_map(|r| match r {
+                Requirement::Equals(k, v) => Some((k.as_str(), vec![v.as_str()])),
+                Requirement::In(k, vs) => {
+                    Some((k.as_str(), vs.iter().map(String::as_str).collect()))
+                }
+                _ => None,
+            })
+            .min_by_key(|(_, values)| values.len())
     }
 
     /// Whether the selector selects everything.
@@ -411,10 +437,6 @@ fn is_label_name(s: &str) -> bool {
         && s.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
-fn int_label(labels: &BTreeMap<String, String>, key: &str) -> Option<i64> {
-    labels.get(key).and_then(|v| v.parse().ok())
-}
-
 /// Splits on `sep` not preceded by a backslash (field selector escaping).
 fn split_unescaped(text: &str, sep: char) -> Vec<String> {
     let mut parts = vec![String::new()];
@@ -453,6 +475,8 @@ fn unescape(value: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use serde_json::json;
 
@@ -491,6 +515,24 @@ mod tests {
         assert!(sel("").matches(&l));
         assert!(sel("example.com/role=lead").matches(&labels(&[("example.com/role", "lead")])));
         assert!(sel("empty=").matches(&labels(&[("empty", "")])));
+    }
+
+    #[test]
+    fn the_indexable_requirement_is_the_equality_or_set_with_fewest_values() {
+        assert_eq!(sel("app=web").required_values(), Some(("app", vec!["web"])));
+        assert_eq!(
+            sel("tier in (a,b),app==web").required_values(),
+            Some(("app", vec!["web"]))
+        );
+        assert_eq!(
+            sel("tier in (a,b),!x").required_values(),
+            Some(("tier", vec!["a", "b"]))
+        );
+        // Negative, existence and comparison requirements also select
+        // objects without the label: no index can answer them.
+        for text in ["", "app!=web", "app notin (a)", "app", "!app", "n>1"] {
+            assert_eq!(sel(text).required_values(), None, "{text}");
+        }
     }
 
     #[test]

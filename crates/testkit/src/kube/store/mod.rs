@@ -14,6 +14,7 @@ mod crd_cleanup;
 mod gc;
 mod history;
 mod kubelet;
+mod label_index;
 mod snapshot;
 mod watchers;
 
@@ -43,6 +44,7 @@ use agenda::{Action, Agenda};
 use gc::GarbageCollector;
 use history::History;
 use kubelet::Kubelet;
+use label_index::LabelIndex;
 pub(crate) use snapshot::ReadAt;
 pub(crate) use watchers::WatchItem;
 use watchers::Watchers;
@@ -238,6 +240,8 @@ pub(crate) struct Store {
     rv: u64,
     types: Vec<ResourceType>,
     objects: BTreeMap<ObjKey, Value>,
+    /// `objects` by label, for selectors that name a label's value.
+    labels: LabelIndex,
     history: History,
     watchers: Watchers,
     names: StdRng,
@@ -266,6 +270,7 @@ impl Store {
             rv: 1,
             types: builtin_types(),
             objects: BTreeMap::new(),
+            labels: LabelIndex::default(),
             history,
             watchers: Watchers::default(),
             names,
@@ -354,6 +359,18 @@ impl Store {
             .get(&key(t, namespace, name))
             .cloned()
             .ok_or_else(|| ApiError::not_found(t, name))
+    }
+
+    /// The metadata of one stored object, decoded from the store's value
+    /// without a copy of the whole object.
+    pub fn metadata(
+        &self,
+        t: &ResourceType,
+        namespace: &str,
+        name: &str,
+    ) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta> {
+        let object = self.objects.get(&key(t, namespace, name))?;
+        serde::Deserialize::deserialize(object.get("metadata")?).ok()
     }
 
     pub fn create(
@@ -839,7 +856,7 @@ impl Store {
         };
         let since = match snapshot {
             Some(at) => {
-                for (k, o) in self.objects_at(t, at) {
+                for (k, o) in self.selected_at(t, at, &request.labels) {
                     if request
                         .namespace
                         .as_ref()
@@ -1057,7 +1074,8 @@ impl Store {
     /// garbage collector's graph current.
     fn put(&mut self, k: &ObjKey, before: Option<&Value>, obj: Value) {
         self.gc_stored(k, before, &obj);
-        self.objects.insert(k.clone(), obj);
+        let old = self.objects.insert(k.clone(), obj);
+        self.labels.update(k, old.as_ref(), self.objects.get(k));
     }
 
     /// Removes an object (the one place objects are removed) and returns
@@ -1067,6 +1085,7 @@ impl Store {
         let mut gone = last.clone();
         metadata_mut(&mut gone).insert("resourceVersion".into(), json!(self.rv.to_string()));
         let stored = self.objects.remove(k);
+        self.labels.update(k, stored.as_ref(), None);
         let uid = str_at(&gone, "uid");
         self.gc_removed(k, stored.as_ref().unwrap_or(&gone));
         self.kubelet_forget(k, &uid);
@@ -1179,8 +1198,13 @@ impl Store {
 }
 
 fn selects(labels: &LabelSelector, fields: &FieldSelector, object: &Value) -> bool {
-    (labels.is_empty() || labels.matches(&labels_of(object)))
+    (labels.is_empty() || labels.matches_with(|k| label(object, k)))
         && (fields.is_empty() || fields.matches(object))
+}
+
+/// One label of an object, where it is stored (no copy).
+fn label<'a>(object: &'a Value, key: &str) -> Option<&'a str> {
+    object.get("metadata")?.get("labels")?.get(key)?.as_str()
 }
 
 fn labels_of(object: &Value) -> BTreeMap<String, String> {

@@ -134,6 +134,28 @@ impl Store {
         out
     }
 
+    /// The objects of kind `t` at `rv` that may match `labels`: every one
+    /// (as [`Store::objects_at`]), or, for the current state and a selector
+    /// that requires a label's value, only those the label index finds
+    /// carrying it. Either way in key order; the caller still matches each
+    /// one against the whole selector.
+    pub(super) fn selected_at(
+        &self,
+        t: &ResourceType,
+        rv: u64,
+        labels: &LabelSelector,
+    ) -> Vec<(&ObjKey, &Value)> {
+        match labels.required_values() {
+            Some((key, values)) if rv >= self.rv => self
+                .labels
+                .carrying(t, key, &values)
+                .into_iter()
+                .filter_map(|k| self.objects.get_key_value(k))
+                .collect(),
+            _ => self.objects_at(t, rv),
+        }
+    }
+
     /// One object of kind `t` as it was at `rv`.
     fn object_at(&self, t: &ResourceType, k: &ObjKey, rv: u64) -> Option<Value> {
         if rv < self.rv
@@ -208,7 +230,7 @@ impl Store {
             None => (None, self.read_rv(t, at)?),
         };
         let after = start.as_ref().and_then(ContinueToken::position);
-        let snapshot = self.objects_at(t, rv);
+        let snapshot = self.selected_at(t, rv, labels);
         let mut matching = snapshot
             .into_iter()
             .filter(|(k, _)| namespace.is_none_or(|ns| k.namespace == ns))

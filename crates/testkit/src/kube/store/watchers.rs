@@ -13,8 +13,13 @@
 //! filled with `try_send`, and one whose channel is full is closed. Watches
 //! that pin a single object by `metadata.name` (the field selector every
 //! single-object watch uses, and the legacy `watch/…/name` paths) are
-//! indexed by that name, so a write is matched only against the watches
-//! that could select it — the name never changes, so no other watch can.
+//! indexed by that name, and watches whose label selector requires a
+//! label's value (`key=value`, `key in (…)`: a saga watching its runs'
+//! pods) by that label, so a write is matched only against the watches
+//! that could select it: those pinned to its name (which never changes),
+//! those indexed under a label it carries now or carried before the write
+//! (an update that moves it out of a selection is still that watch's
+//! DELETED), and the rest.
 //!
 //! The rule it keeps: **dispatch never waits on a watcher**, so a slow or
 //! stalled watcher cannot delay a write or any other watcher, and each
@@ -67,7 +72,7 @@ impl WatchItem {
     }
 }
 
-/// The open watches, indexed by kind and pinned name.
+/// The open watches, indexed by kind, pinned name and required label.
 #[derive(Debug, Default)]
 pub(crate) struct Watchers {
     all: BTreeMap<u64, Watcher>,
@@ -79,17 +84,37 @@ pub(crate) struct Watchers {
 struct Watcher {
     group: String,
     plural: String,
-    /// The one name the watch's field selector requires, if any.
-    pinned: Option<String>,
+    /// What the watch is indexed under.
+    index: Index,
     request: WatchRequest,
     tx: mpsc::Sender<Arc<WatchItem>>,
 }
 
-/// A kind's watches: those that may select any name, and those pinned to one.
+/// Where a watch is found in its kind's index.
+#[derive(Debug, Clone)]
+enum Index {
+    /// The one name its field selector requires.
+    Name(String),
+    /// A label its selector requires, with the values it accepts.
+    Label(String, Vec<String>),
+    /// Neither: matched against every write of the kind.
+    Any,
+}
+
+/// A kind's watches: those pinned to one name, those requiring a label's
+/// value, and those that may select anything.
 #[derive(Debug, Default)]
 struct KindWatchers {
     any_name: BTreeSet<u64>,
     by_name: HashMap<String, BTreeSet<u64>>,
+    /// Label key → label value → watches.
+    by_label: HashMap<String, HashMap<String, BTreeSet<u64>>>,
+}
+
+impl KindWatchers {
+    fn is_empty(&self) -> bool {
+        self.any_name.is_empty() && self.by_name.is_empty() && self.by_label.is_empty()
+    }
 }
 
 impl Watchers {
@@ -103,16 +128,32 @@ impl Watchers {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         self.next_id += 1;
         let id = self.next_id;
-        let pinned = request.fields.required_name().map(str::to_owned);
+        let index = match (
+            request.fields.required_name(),
+            request.labels.required_values(),
+        ) {
+            (Some(name), _) => Index::Name(name.to_owned()),
+            (None, Some((key, values))) => Index::Label(
+                key.to_owned(),
+                values.into_iter().map(str::to_owned).collect(),
+            ),
+            (None, None) => Index::Any,
+        };
         let kind = self
             .kinds
             .entry((t.group.clone(), t.plural.clone()))
             .or_default();
-        match &pinned {
-            Some(name) => {
+        match &index {
+            Index::Name(name) => {
                 kind.by_name.entry(name.clone()).or_default().insert(id);
             }
-            None => {
+            Index::Label(key, values) => {
+                let by_value = kind.by_label.entry(key.clone()).or_default();
+                for value in values {
+                    by_value.entry(value.clone()).or_default().insert(id);
+                }
+            }
+            Index::Any => {
                 kind.any_name.insert(id);
             }
         }
@@ -121,7 +162,7 @@ impl Watchers {
             Watcher {
                 group: t.group.clone(),
                 plural: t.plural.clone(),
-                pinned,
+                index,
                 request,
                 tx,
             },
@@ -143,8 +184,8 @@ impl Watchers {
         let Some(kind) = self.kinds.get_mut(&key) else {
             return;
         };
-        match w.pinned {
-            Some(name) => {
+        match w.index {
+            Index::Name(name) => {
                 if let Some(ids) = kind.by_name.get_mut(&name) {
                     ids.remove(&id);
                     if ids.is_empty() {
@@ -152,11 +193,26 @@ impl Watchers {
                     }
                 }
             }
-            None => {
+            Index::Label(label, values) => {
+                if let Some(by_value) = kind.by_label.get_mut(&label) {
+                    for value in values {
+                        if let Some(ids) = by_value.get_mut(&value) {
+                            ids.remove(&id);
+                            if ids.is_empty() {
+                                by_value.remove(&value);
+                            }
+                        }
+                    }
+                    if by_value.is_empty() {
+                        kind.by_label.remove(&label);
+                    }
+                }
+            }
+            Index::Any => {
                 kind.any_name.remove(&id);
             }
         }
-        if kind.any_name.is_empty() && kind.by_name.is_empty() {
+        if kind.is_empty() {
             self.kinds.remove(&key);
         }
     }
@@ -183,7 +239,17 @@ impl Watchers {
             return;
         };
         let pinned_here = kind.by_name.get(&event.key.name).into_iter().flatten();
-        let candidates: Vec<u64> = kind.any_name.iter().chain(pinned_here).copied().collect();
+        let mut candidates: BTreeSet<u64> =
+            kind.any_name.iter().chain(pinned_here).copied().collect();
+        if !kind.by_label.is_empty() {
+            for object in std::iter::once(&event.object).chain(&event.prev) {
+                for (key, value) in labels(object) {
+                    if let Some(ids) = kind.by_label.get(key).and_then(|v| v.get(value)) {
+                        candidates.extend(ids);
+                    }
+                }
+            }
+        }
         let mut views = Views::of(event);
         let mut closed = Vec::new();
         for id in candidates {
@@ -206,6 +272,17 @@ impl Watchers {
             self.remove(id);
         }
     }
+}
+
+/// An object's string-valued labels.
+fn labels(object: &Value) -> impl Iterator<Item = (&str, &str)> {
+    object
+        .get("metadata")
+        .and_then(|m| m.get("labels"))
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| v.as_str().map(|v| (k.as_str(), v)))
 }
 
 /// How a watch sees an event.
@@ -412,5 +489,57 @@ mod tests {
         assert_eq!(watchers.len(), 1);
         watchers.dispatch(&modified(7, "web"));
         assert!(db.try_recv().is_err());
+    }
+
+    fn relabelled(rv: u64, name: &str, before: Option<&str>, after: Option<&str>) -> Event {
+        let object = |run: Option<&str>| {
+            let labels = run.map_or_else(|| json!({}), |r| json!({"run": r}));
+            json!({"metadata": {"name": name, "namespace": "ns", "labels": labels, "resourceVersion": rv.to_string()}})
+        };
+        Event {
+            prev: Some(Arc::new(object(before))),
+            object: Arc::new(object(after)),
+            ..modified(rv, name)
+        }
+    }
+
+    #[test]
+    fn a_watch_requiring_a_label_sees_writes_that_carry_it_or_carried_it_and_no_others() {
+        let t = configmaps();
+        let mut watchers = Watchers::default();
+        let selecting = |text: &str| WatchRequest {
+            labels: LabelSelector::parse(text).unwrap(),
+            ..request(FieldSelector::default())
+        };
+        let (a_id, mut a) = watchers.add(&t, selecting("run in (a1,a2)"), 8);
+        let (_, mut b) = watchers.add(&t, selecting("run=b1"), 8);
+        let (_, mut unindexed) = watchers.add(&t, selecting("run!=a1"), 8);
+        let kinds = |rx: &mut mpsc::Receiver<Arc<WatchItem>>| {
+            std::iter::from_fn(|| rx.try_recv().ok())
+                .map(|i| format!("{:?} {}", i.kind, i.object["metadata"]["name"]))
+                .collect::<Vec<_>>()
+        };
+
+        watchers.dispatch(&relabelled(2, "p1", Some("a1"), Some("a1")));
+        watchers.dispatch(&relabelled(3, "p2", None, Some("a2")));
+        // Moves out of a's selection into b's: a's DELETED, b's ADDED.
+        watchers.dispatch(&relabelled(4, "p1", Some("a1"), Some("b1")));
+        watchers.dispatch(&relabelled(5, "p3", Some("c"), Some("c")));
+        assert_eq!(
+            kinds(&mut a),
+            ["Modified \"p1\"", "Added \"p2\"", "Deleted \"p1\""]
+        );
+        assert_eq!(kinds(&mut b), ["Added \"p1\""]);
+        assert_eq!(
+            kinds(&mut unindexed),
+            ["Modified \"p2\"", "Added \"p1\"", "Modified \"p3\""],
+            "a selector no index answers still sees every write it selects \
+             (p2 had no `run` label: `!=` selected it before too)"
+        );
+
+        watchers.remove(a_id);
+        watchers.dispatch(&relabelled(6, "p2", Some("a2"), Some("a2")));
+        assert!(a.try_recv().is_err(), "a removed watch gets nothing more");
+        assert_eq!(watchers.len(), 2);
     }
 }
