@@ -13,10 +13,10 @@
 //! `kube_calls_per_cancellation`, `github_calls_per_cancellation`,
 //! `e2e_p50_ms`, `e2e_p99_ms`, `cancellations_per_sec`,
 //! `rss_mb_per_1000_active` (`null` where a phase does not measure it), in
-//! this order: uncontended, burst, memory with 100 and with 500 active,
-//! supersede before seed-baseline in each. Arguments (`uncontended`,
-//! `burst`, `memory`, `supersede`, `seed-baseline`) narrow the run;
-//! `BENCH_MEMORY_STEPS=100,500` sets the memory steps. stderr says what
+//! this order: uncontended, burst, memory with 1 000 and with 5 000
+//! active, supersede before seed-baseline in each. Arguments
+//! (`uncontended`, `burst`, `memory`, `supersede`, `seed-baseline`) narrow
+//! the run; `BENCH_MEMORY_STEPS=100,500` sets the memory steps. stderr says what
 //! each phase did and where the calls went.
 //!
 //! The implementations:
@@ -48,7 +48,7 @@
 //! 3. **memory**: one stale run per task whose pod ignores SIGTERM, so
 //!    each cancellation stays active; the RSS of a child process running
 //!    the implementation, read from `/proc/self/status`, once every stale
-//!    pod of 100 (then 500) tasks is terminating, less its idle RSS, per
+//!    pod of 1 000 (then 5 000) tasks is terminating, less its idle RSS, per
 //!    1 000. Then the pods exit and every cancellation can finish.
 //!
 //! Every task also has runs of its newest head (GitHub's head of its PR),
@@ -117,9 +117,15 @@ const UNCONTENDED_ROUNDS: usize = 100;
 /// Burst: 2 deliveries per task over 3 replicas.
 const BURST_TASKS: usize = 500;
 const BURST_REPLICAS: usize = 3;
-/// Memory: measured with this many cancellations active, in one world
-/// (the issue asks for 1 000 and 5 000; see `memory` for why not here).
-const MEMORY_STEPS: [usize; 2] = [100, 500];
+/// Memory: measured with this many cancellations active, in one world.
+const MEMORY_STEPS: [usize; 2] = [1_000, 5_000];
+/// Tasks submitted at once in the memory phase: the next wave goes once
+/// every stale pod of this one is terminating.
+const MEMORY_WAVE: usize = 1_000;
+/// GitHub requests per hour in the memory phase's world: its 5 000 tasks
+/// make 3 each (GitHub Enterprise Cloud installations get 15 000); the
+/// phase measures memory, not the rate limit (scenario 04 does that).
+const MEMORY_GITHUB_BUDGET: u32 = 20_000;
 /// Replicas sharing the memory phase's operations, each with as many
 /// workers as it takes to hold its share of the last step at once.
 const MEMORY_REPLICAS: usize = 5;
@@ -253,13 +259,24 @@ struct Endpoints {
 
 impl World {
     async fn start(request_log: usize) -> Self {
+        Self::start_with(request_log, 5_000).await
+    }
+
+    /// A world whose GitHub token may make `github_budget` requests an
+    /// hour (GitHub's default for a token is 5 000).
+    async fn start_with(request_log: usize, github_budget: u32) -> Self {
         let kube = FakeKube::builder()
             .seed(42)
             .request_log_capacity(request_log)
             .start()
             .await
             .unwrap();
-        let github = FakeGitHub::builder().seed(42).start().await.unwrap();
+        let github = FakeGitHub::builder()
+            .seed(42)
+            .rate_limit(github_budget)
+            .start()
+            .await
+            .unwrap();
         // The CRD goes in as an operator installs it: through the API.
         let crds: Api<CustomResourceDefinition> = Api::all(kube.client());
         crds.create(&PostParams::default(), &CodeRun::crd())
@@ -1309,21 +1326,18 @@ fn memory_plan(i: usize) -> TaskPlan {
 /// process that reports its own RSS. One world for both steps: the first
 /// step's operations stay active while the second's start, and each RSS
 /// is compared with the child's idle RSS before the first submission.
-///
-/// The issue asks for 1 000 and 5 000 active. On the 2-core machine the
-/// fake API server answers some 300–500 requests a second: 1 000
-/// operations took about 40 s to reach their wait, and some of the fake's
-/// answers took over 10 s, so lease renewals missed their deadline and
-/// operations stopped with their lock lost (16 of 1 000 over 5 replicas,
-/// over 100 with one replica); 5 000 never got there in 8 minutes. 100 and
-/// 500 stay within what the fake serves and the run's budget, and still
-/// show whether memory grows linearly.
 async fn memory(which: Impl) -> Vec<Line> {
     let steps = memory_steps();
     let total = *steps.last().unwrap();
-    let world = World::start(1_000_000).await;
+    let world = World::start_with(1_000_000, MEMORY_GITHUB_BUDGET).await;
     let plans: Vec<TaskPlan> = (0..total).map(memory_plan).collect();
+    let seeding = Instant::now();
     world.seed(&plans).await;
+    eprintln!(
+        "{} memory: {total} tasks seeded in {:.2?}",
+        which.name(),
+        seeding.elapsed()
+    );
     let endpoints = world.endpoints();
     let seq = world.kube.requests().last_seq();
     let gh = world.github.calls().total();
@@ -1341,26 +1355,33 @@ async fn memory(which: Impl) -> Vec<Line> {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let mut to_child = child.stdin.take().unwrap();
-    let mut from_child = BufReader::new(child.stdout.take().unwrap());
-    let mut ask = |command: String| -> String {
-        writeln!(to_child, "{command}").unwrap();
-        to_child.flush().unwrap();
-        let mut answer = String::new();
-        from_child.read_line(&mut answer).unwrap();
-        answer.trim().to_owned()
+    let to_child = child.stdin.take().unwrap();
+    let from_child = BufReader::new(child.stdout.take().unwrap());
+    let pipe = Mutex::new((to_child, from_child));
+    let ask = |command: String| -> String {
+        tokio::task::block_in_place(|| {
+            let mut pipe = pipe.lock().unwrap();
+            let (to_child, from_child) = &mut *pipe;
+            writeln!(to_child, "{command}").unwrap();
+            to_child.flush().unwrap();
+            let mut answer = String::new();
+            from_child.read_line(&mut answer).unwrap();
+            answer.trim().to_owned()
+        })
     };
     let rss = |answer: String| -> u64 { answer.strip_prefix("rss ").unwrap().parse().unwrap() };
 
-    let idle_kb = rss(tokio::task::block_in_place(|| ask("rss".into())));
+    let idle_kb = rss(ask("rss".into()));
     let mut lines = Vec::new();
     let mut from = 0;
     let started = Instant::now();
     for step in steps {
-        let answer = tokio::task::block_in_place(|| ask(format!("submit {from} {step}")));
-        assert_eq!(answer, "ok");
         // Active: every stale pod of these tasks is terminating (SIGTERM
-        // sent, ignored), none gone.
+        // sent, ignored), none gone. The tasks are submitted in waves, each
+        // once the one before is active: what is measured is memory with
+        // `step` cancellations active, not how a 2-core machine running
+        // the fake API server too survives thousands of sagas starting in
+        // the same second (the burst phase asks that).
         let deadline = Instant::now() + Duration::from_secs(240);
         let stale: Vec<String> = plans[..step]
             .iter()
@@ -1368,22 +1389,29 @@ async fn memory(which: Impl) -> Vec<Line> {
             .map(|r| pod_name(&r))
             .collect();
         // Checked every 100 ms, each pod until it is seen terminating, from
-        // the fake's store (no request): the checker must not load the fake
-        // it watches.
-        let mut waiting: Vec<&String> = stale.iter().collect();
-        while Instant::now() < deadline && !waiting.is_empty() {
+        // the fake's store (no request, only the metadata decoded): the
+        // checker must not load the fake it watches.
+        let mut waiting: Vec<&String> = Vec::new();
+        let mut next = from;
+        while Instant::now() < deadline && (next < step || !waiting.is_empty()) {
+            if waiting.is_empty() {
+                let to = (next + MEMORY_WAVE).min(step);
+                assert_eq!(ask(format!("submit {next} {to}")), "ok");
+                waiting.extend(&stale[next..to]);
+                next = to;
+            }
             waiting.retain(|p| {
                 world
                     .kube
-                    .peek::<Pod>(NS, p)
-                    .is_none_or(|p| p.metadata.deletion_timestamp.is_none())
+                    .peek_metadata::<Pod>(NS, p)
+                    .is_none_or(|m| m.deletion_timestamp.is_none())
             });
             sleep(Duration::from_millis(100)).await;
         }
-        let terminating = stale.len() - waiting.len();
+        let terminating = next - waiting.len();
         // Let the last operations reach their wait.
-        sleep(Duration::from_secs(2)).await;
-        let kb = rss(tokio::task::block_in_place(|| ask("rss".into())));
+        sleep(Duration::from_secs(1)).await;
+        let kb = rss(ask("rss".into()));
         let per_1000 = (kb.saturating_sub(idle_kb)) as f64 / 1024.0 / (step as f64 / 1000.0);
         eprintln!(
             "{} memory: {step} tasks submitted, {terminating}/{} stale pods terminating after {:.2?}; watches open {}; child RSS {} kB (idle {idle_kb} kB): {per_1000:.2} MB per 1000 active",
@@ -1411,25 +1439,26 @@ async fn memory(which: Impl) -> Vec<Line> {
                 .set_pod_phase(NS, &pod_name(&run), TerminalPhase::Succeeded);
         }
     }
+    let exited = Instant::now();
     let done = world
         .converge(
             &plans,
             Duration::from_millis(50),
             Instant::now() + Duration::from_secs(180),
-            // The child's operations end within seconds of their pods; the
-            // parent cannot see whether they are still working.
-            Duration::from_secs(5),
-            || true,
+            // The child says whether its operations are still working.
+            IDLE_STALL,
+            || ask("idle".into()) == "idle true",
         )
         .await;
-    let answer = tokio::task::block_in_place(|| ask("drain".into()));
+    let answer = ask("drain".into());
     eprintln!(
-        "{} memory: {}/{} tasks converged after the pods exited; child: {answer}",
+        "{} memory: {}/{} tasks converged within {:.2?} of the pods' exit; child: {answer}",
         which.name(),
         done.iter().flatten().count(),
-        plans.len()
+        plans.len(),
+        exited.elapsed(),
     );
-    drop(to_child);
+    drop(pipe);
     let _ = child.wait();
 
     let records = world.kube.requests().since(seq);
@@ -1504,8 +1533,12 @@ async fn memory_child(which: Impl, endpoints: Endpoints) {
                 }
                 answer("ok".into());
             }
+            ["idle"] => answer(format!("idle {}", fleet.is_idle())),
             ["drain"] => {
                 let idle = fleet.idle(Instant::now() + Duration::from_secs(60)).await;
+                if let Some(summary) = fleet.summary(&plans) {
+                    eprintln!("  child: {summary}");
+                }
                 answer(format!(
                     "drained (idle: {idle}, RSS {} kB, failures met: {})",
                     rss_kb(),
