@@ -30,9 +30,11 @@ pub(super) struct LabelIndex {
 
 impl LabelIndex {
     /// Follows one object from `before` to `after` (`None`: absent).
-    pub fn update(&mut self, k: &ObjKey, before: Option<&Value>, after: Option<&Value>) {
-        let old = labels(before);
-        let new = labels(after);
+    pub fn update<'a>(&mut self, k: &ObjKey, before: Option<&'a Value>, after: Option<&'a Value>) {
+        let labels = |o: Option<&'a Value>| -> Vec<(&'a str, &'a str)> {
+            o.map(|o| super::labels(o).collect()).unwrap_or_default()
+        };
+        let (old, new) = (labels(before), labels(after));
         if old == new {
             return;
         }
@@ -89,20 +91,6 @@ impl LabelIndex {
             .flatten()
             .collect()
     }
-}
-
-/// An object's string-valued labels (what a selector can match).
-fn labels(object: Option<&Value>) -> Vec<(&str, &str)> {
-    object
-        .and_then(|o| o.get("metadata"))
-        .and_then(|m| m.get("labels"))
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| v.as_str().map(|v| (k.as_str(), v)))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -1207,16 +1207,23 @@ fn label<'a>(object: &'a Value, key: &str) -> Option<&'a str> {
     object.get("metadata")?.get("labels")?.get(key)?.as_str()
 }
 
-fn labels_of(object: &Value) -> BTreeMap<String, String> {
+/// An object's string-valued labels, where they are stored (what a
+/// selector can match; the label index and the watchers' index read them
+/// too).
+fn labels(object: &Value) -> impl Iterator<Item = (&str, &str)> {
     object
-        .pointer("/metadata/labels")
+        .get("metadata")
+        .and_then(|m| m.get("labels"))
         .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
-                .collect()
-        })
-        .unwrap_or_default()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| v.as_str().map(|v| (k.as_str(), v)))
+}
+
+fn labels_of(object: &Value) -> BTreeMap<String, String> {
+    labels(object)
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }
 
 fn finalizers(object: &Value) -> Vec<String> {

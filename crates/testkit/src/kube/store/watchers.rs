@@ -32,7 +32,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::{Event, EventKind, WatchRequest, metadata_mut, selects};
+use super::{Event, EventKind, WatchRequest, labels, metadata_mut, selects};
 use crate::kube::resource::ResourceType;
 use crate::kube::server::Render;
 
@@ -272,17 +272,6 @@ impl Watchers {
             self.remove(id);
         }
     }
-}
-
-/// An object's string-valued labels.
-fn labels(object: &Value) -> impl Iterator<Item = (&str, &str)> {
-    object
-        .get("metadata")
-        .and_then(|m| m.get("labels"))
-        .and_then(Value::as_object)
-        .into_iter()
-        .flatten()
-        .filter_map(|(k, v)| v.as_str().map(|v| (k.as_str(), v)))
 }
 
 /// How a watch sees an event.
