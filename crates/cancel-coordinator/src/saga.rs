@@ -667,11 +667,17 @@ impl StateAwareCancellation {
     ) -> Result<Report> {
         let inner = &self.inner;
         let task_id = request.task_id.as_str();
+        // The state and the task's runs are read side by side (one round
+        // trip, not two): both come before GitHub is asked for the head to
+        // keep (below), which is the order that matters. A resumed journal
+        // lists the runs again itself; the list here is then one call spent.
         clock.start(SagaStep::Read);
-        let mut known = self
-            .kube(guard, || inner.store.get(task_id), Error::State)
-            .await?;
-        clock.done(SagaStep::Read);
+        let (read, listed) = tokio::join!(
+            self.kube(guard, || inner.store.get(task_id), Error::State),
+            self.kube(guard, || inner.workloads.runs(task_id), |e| e),
+        );
+        let mut known = read?;
+        clock.done_together(&[SagaStep::Read, SagaStep::Select]);
 
         let unfinished = known
             .as_ref()
@@ -692,17 +698,13 @@ impl StateAwareCancellation {
             return self.resume(request, guard, known, resumed, clock).await;
         }
 
-        // The runs are listed before GitHub is asked for the head to keep:
+        // The runs were listed before GitHub is asked for the head to keep:
         // agents start on a head only after it was pushed, so every run the
         // list returns is of a head GitHub shows by the time it answers.
         // Asked the other way round, a push and its first runs landing
         // between the answer and the list would have the newest head's
         // runs cancelled as another head's.
-        clock.start(SagaStep::Select);
-        let runs = self
-            .kube(guard, || inner.workloads.runs(task_id), |e| e)
-            .await?;
-        clock.done(SagaStep::Select);
+        let runs = listed?;
 
         clock.start(SagaStep::Decide);
         let state = known.as_ref().map(|s| &s.state);
@@ -1813,10 +1815,15 @@ impl<'a> StepClock<'a> {
     }
 
     fn done(&mut self, step: SagaStep) {
-        self.timings.push(StepTiming {
-            step,
-            took: self.since.elapsed(),
-        });
+        self.done_together(&[step]);
+    }
+
+    /// Steps that ran side by side since the last one: each took the time
+    /// they took together.
+    fn done_together(&mut self, steps: &[SagaStep]) {
+        let took = self.since.elapsed();
+        self.timings
+            .extend(steps.iter().map(|&step| StepTiming { step, took }));
         self.since = Instant::now();
         self.publish();
     }
