@@ -445,8 +445,22 @@ impl GuardShared {
                     self.mark_lost(&LossReason::Deleted);
                     return Err(self.lost_error());
                 }
-                Ok(Err(Error::Conflict { .. })) if rereads < MAX_CONFLICT_REREADS => {
+                Ok(Err(Error::Conflict { .. })) => {
                     rereads += 1;
+                    // Every conflict is followed by a re-read: the next write
+                    // must be on the version the Lease has now, never on one
+                    // known to be stale (that could only conflict until the
+                    // deadline). Past the first few, pause before re-reading:
+                    // something keeps writing the Lease.
+                    if rereads > MAX_CONFLICT_REREADS {
+                        let delay = backoff.next().unwrap_or(self.lock.config.backoff.max);
+                        if Instant::now() + delay >= deadline {
+                            return Err(Error::Conflict {
+                                name: self.name.clone(),
+                            });
+                        }
+                        tokio::time::sleep(delay).await;
+                    }
                     match timeout_at(deadline, backend.get(namespace, &self.name)).await {
                         Err(_) => return Err(release_timed_out(&self.name)),
                         Ok(Ok(Some(current))) if self.is_ours(&current) => {

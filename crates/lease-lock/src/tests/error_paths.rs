@@ -314,6 +314,45 @@ async fn release_rereads_after_a_conflict_and_clears_what_is_still_ours() {
     );
 }
 
+/// A Lease written over again and again while we release it (each re-read
+/// still ours, at a newer version): every write is conditional on the
+/// latest re-read, however many conflicts came before. Never one known to be
+/// stale, which could only conflict until the deadline.
+#[tokio::test(start_paused = true)]
+async fn release_keeps_re_reading_past_repeated_conflicts_and_never_writes_a_stale_version() {
+    let (mut m, created) = mock_remembering_create();
+    let slot = Arc::clone(&created);
+    let reads = Arc::new(AtomicU32::new(0));
+    let r = Arc::clone(&reads);
+    m.expect_get().returning(move |_, _| {
+        let version = 10 + u64::from(r.fetch_add(1, Ordering::SeqCst));
+        Ok(Some(reread(&slot, version, None)))
+    });
+    let versions = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = Arc::clone(&versions);
+    m.expect_replace().returning(move |_, l| {
+        let mut seen = seen.lock().unwrap();
+        seen.push(l.metadata.resource_version.clone().unwrap_or_default());
+        // Five conflicts in a row, then the write lands.
+        if seen.len() <= 5 {
+            Err(conflict())
+        } else {
+            Ok(written(l))
+        }
+    });
+    let lock = lock_on(m);
+    let guard = lock.acquire("k", AcquireOptions::new()).await.unwrap();
+
+    guard.release().await.unwrap();
+
+    let versions = versions.lock().unwrap().clone();
+    assert_eq!(versions.len(), 6, "{versions:?}");
+    // The first write is on the acquired version; each later one on the
+    // re-read that followed the conflict before it.
+    let expected: Vec<String> = (10..15).map(|v: u64| v.to_string()).collect();
+    assert_eq!(versions[1..], expected[..], "{versions:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn release_after_a_takeover_reports_lost_and_writes_nothing_more() {
     let (mut m, created) = mock_remembering_create();
