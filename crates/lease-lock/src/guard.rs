@@ -453,12 +453,11 @@ impl GuardShared {
                     // deadline). Past the first few, pause before re-reading:
                     // something keeps writing the Lease.
                     if rereads > MAX_CONFLICT_REREADS {
-                        let delay = backoff.next().unwrap_or(self.lock.config.backoff.max);
-                        if Instant::now() + delay >= deadline {
+                        let Some(delay) = self.next_pause(&mut backoff, deadline) else {
                             return Err(Error::Conflict {
                                 name: self.name.clone(),
                             });
-                        }
+                        };
                         tokio::time::sleep(delay).await;
                     }
                     match timeout_at(deadline, backend.get(namespace, &self.name)).await {
@@ -493,13 +492,19 @@ impl GuardShared {
             if !failure.is_transient() {
                 return Err(failure);
             }
-            let delay = backoff.next().unwrap_or(self.lock.config.backoff.max);
-            if Instant::now() + delay >= deadline {
+            let Some(delay) = self.next_pause(&mut backoff, deadline) else {
                 return Err(failure);
-            }
+            };
             debug!(lease = %self.name, error = %failure, "release failed; retrying");
             tokio::time::sleep(delay).await;
         }
+    }
+
+    /// The release's next pause, or `None` when it would end past
+    /// `deadline` (the Lease has expired by then: stop trying).
+    fn next_pause(&self, backoff: &mut Backoff, deadline: Instant) -> Option<std::time::Duration> {
+        let delay = backoff.next().unwrap_or(self.lock.config.backoff.max);
+        (Instant::now() + delay < deadline).then_some(delay)
     }
 }
 
