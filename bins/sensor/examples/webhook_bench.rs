@@ -106,6 +106,7 @@ async fn run(
         .map(|round| (0..in_flight).map(|i| delivery(round, i, tasks)).collect())
         .collect();
     let started = Instant::now();
+    let harness_cpu_before = cpu_seconds(std::process::id());
     for deliveries in bursts {
         let answers =
             futures::stream::iter(deliveries.into_iter().map(|(guid, body, signature)| {
@@ -151,6 +152,8 @@ async fn run(
     let elapsed = started.elapsed();
     let (rss_kb, peak_kb) = memory_of(child.id());
     let cpu = cpu_seconds(child.id());
+    // This process: the load generator, and FakeKube on the second run.
+    let harness_cpu = cpu_seconds(std::process::id()) - harness_cpu_before;
     let exit_code = stop(&mut child);
     latencies.sort();
     let p = |q: f64| {
@@ -159,8 +162,15 @@ async fn run(
     };
     eprintln!(
         "{backend}: {sent} deliveries in {elapsed:.2?}; sensor RSS {rss_kb} kB, peak {peak_kb} kB; \
-         sensor CPU {cpu:.2} s ({:.3} ms per delivery, coordinator included)",
-        cpu * 1e3 / sent as f64
+         sensor CPU {cpu:.2} s ({:.3} ms per delivery, coordinator included); \
+         harness CPU {harness_cpu:.2} s ({:.3} ms per delivery: load generator{})",
+        cpu * 1e3 / sent as f64,
+        harness_cpu * 1e3 / sent as f64,
+        if kubeconfig.is_some() {
+            " and FakeKube"
+        } else {
+            ""
+        },
     );
     serde_json::json!({
         "backend": backend,
@@ -319,7 +329,7 @@ fn memory_of(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// User + system CPU seconds process `pid` has used.
+/// User + system CPU seconds process `pid` has used (all its threads).
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     // Fields after the command name (which may hold spaces) start at `)`.

@@ -1,24 +1,31 @@
 //! The events a supersede-style consumer acts on — `ping`, `push`,
-//! `pull_request` — parsed with octocrab's `models::webhook_events` payload
-//! types into small owned types, and every other event passed on unparsed.
-//! The payload types are read straight from the bytes (with the shared
-//! `action`, `repository` and `sender` read in one pass beside them):
-//! `WebhookEvent::try_from_header_and_body` goes through a
-//! `serde_json::Value` of the whole document first, which costs two and a
-//! half times as much for the same result.
+//! `pull_request` — parsed into small owned types, and every other event
+//! passed on unparsed.
+//!
+//! What is parsed how:
+//! - the shared `action`, `repository` and `sender`: one pass over the
+//!   document, everything else skipped;
+//! - `push` and `pull_request`: typed structs holding only the fields
+//!   consumers read, everything else (commits, users, the ~60 URLs of a
+//!   pull request and its repositories) skipped unread. Reading octocrab's
+//!   full `PullRequestWebhookEventPayload` instead — every URL parsed into a
+//!   `url::Url`, every user, both repositories — was 46 % of the sensor's
+//!   CPU per delivery (`webhook_bench`, profiled); a required field missing
+//!   is still an error that names it;
+//! - `ping`, and which `pull_request` actions exist: octocrab's
+//!   `models::webhook_events` types.
 //!
 //! The rule it keeps: **octocrab parses only what it can parse soundly.**
 //! Its `pull_request` action enum has no catch-all, so an action GitHub
 //! added after this build is read as a string first and reported as
 //! [`UnhandledReason::UnknownAction`] (a consumer ignores it; a 400 would
 //! make GitHub show every such delivery as failed). Events nobody here
-//! interprets are never handed to octocrab at all, so a change in their
-//! payloads cannot turn into a refusal.
+//! interprets are never parsed beyond the shared fields, so a change in
+//! their payloads cannot turn into a refusal.
 
 use jiff::Timestamp;
 use octocrab::models::webhook_events::payload::{
-    PingWebhookEventPayload, PullRequestWebhookEventAction, PullRequestWebhookEventPayload,
-    PushWebhookEventPayload,
+    PingWebhookEventPayload, PullRequestWebhookEventAction,
 };
 use serde::Deserialize;
 
@@ -272,7 +279,7 @@ pub fn parse_event(event: &str, json: &[u8]) -> Result<Event, PayloadError> {
             }))
         }
         "push" => {
-            let push: PushWebhookEventPayload = serde_json::from_slice(json).map_err(payload)?;
+            let push: WirePush = serde_json::from_slice(json).map_err(payload)?;
             let repository = repository()?;
             let pushed_at = envelope
                 .repository
@@ -282,7 +289,7 @@ pub fn parse_event(event: &str, json: &[u8]) -> Result<Event, PayloadError> {
             Ok(Event::Push(PushEvent {
                 repository,
                 sender,
-                git_ref: push.r#ref,
+                git_ref: push.git_ref,
                 before: push.before,
                 after: push.after,
                 created: push.created,
@@ -292,18 +299,19 @@ pub fn parse_event(event: &str, json: &[u8]) -> Result<Event, PayloadError> {
             }))
         }
         _ => {
-            let payload: PullRequestWebhookEventPayload =
-                serde_json::from_slice(json).map_err(payload)?;
+            let payload: WirePullRequestPayload = serde_json::from_slice(json).map_err(payload)?;
             let repository = repository()?;
             let pr = payload.pull_request;
-            let updated_at = pr
-                .updated_at
-                .as_ref()
-                .and_then(|at| timestamp(at.timestamp(), at.timestamp_subsec_nanos()));
-            let closed_at = pr
-                .closed_at
-                .as_ref()
-                .and_then(|at| timestamp(at.timestamp(), at.timestamp_subsec_nanos()));
+            let time = |field: &str, at: Option<GitHubTime>| match at {
+                None => Ok(None),
+                Some(at) => at
+                    .timestamp()
+                    .map(Some)
+                    .ok_or_else(|| fail(format!("pull_request.{field}: not a time GitHub sends"))),
+            };
+            let updated_at = time("updated_at", pr.updated_at)?;
+            let closed_at = time("closed_at", pr.closed_at)?;
+            let merged_at = time("merged_at", pr.merged_at)?;
             Ok(Event::PullRequest(PullRequestEvent {
                 action: PullRequestAction::from_str(action.as_deref().unwrap_or_default()),
                 number: payload.number,
@@ -313,13 +321,18 @@ pub fn parse_event(event: &str, json: &[u8]) -> Result<Event, PayloadError> {
                     .head
                     .repo
                     .as_ref()
-                    .and_then(repository_of)
+                    .and_then(EnvelopeRepository::repository)
                     .map(|r| r.full_name()),
-                head_sha: pr.head.sha.clone(),
-                head_ref: pr.head.ref_field.clone(),
-                labels: pr.labels.iter().flatten().map(|l| l.name.clone()).collect(),
-                open: matches!(pr.state, Some(octocrab::models::IssueState::Open)),
-                merged: pr.merged.unwrap_or(false) || pr.merged_at.is_some(),
+                head_sha: pr.head.sha,
+                head_ref: pr.head.git_ref,
+                labels: pr
+                    .labels
+                    .into_iter()
+                    .flatten()
+                    .map(|label| label.name)
+                    .collect(),
+                open: pr.state.as_deref() == Some("open"),
+                merged: pr.merged.unwrap_or(false) || merged_at.is_some(),
                 updated_at,
                 closed_at,
             }))
@@ -393,20 +406,56 @@ impl GitHubTime {
     }
 }
 
-fn repository_of(repo: &octocrab::models::Repository) -> Option<Repository> {
-    if let Some((owner, name)) = repo.full_name.as_deref().and_then(|f| f.split_once('/')) {
-        return Some(Repository {
-            owner: owner.to_owned(),
-            name: name.to_owned(),
-        });
-    }
-    let owner = repo.owner.as_ref()?.login.clone();
-    Some(Repository {
-        owner,
-        name: repo.name.clone(),
-    })
+/// What is read of a `push` payload: the ref and how it moved. Everything
+/// else (commits, pusher, URLs) is skipped unread.
+#[derive(Deserialize)]
+struct WirePush {
+    #[serde(rename = "ref")]
+    git_ref: String,
+    before: String,
+    after: String,
+    created: bool,
+    deleted: bool,
+    forced: bool,
 }
 
-fn timestamp(seconds: i64, nanos: u32) -> Option<Timestamp> {
-    Timestamp::new(seconds, i32::try_from(nanos).ok()?).ok()
+/// What is read of a `pull_request` payload.
+#[derive(Deserialize)]
+struct WirePullRequestPayload {
+    number: u64,
+    pull_request: WirePullRequest,
+}
+
+/// What is read of the pull request itself; its ~20 URLs, its users and
+/// its base repository's ~40 URLs are skipped unread.
+#[derive(Deserialize)]
+struct WirePullRequest {
+    head: WireHead,
+    #[serde(default)]
+    labels: Option<Vec<WireLabel>>,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    merged: Option<bool>,
+    #[serde(default)]
+    merged_at: Option<GitHubTime>,
+    #[serde(default)]
+    updated_at: Option<GitHubTime>,
+    #[serde(default)]
+    closed_at: Option<GitHubTime>,
+}
+
+#[derive(Deserialize)]
+struct WireHead {
+    sha: String,
+    #[serde(rename = "ref")]
+    git_ref: String,
+    /// `null` when the head repository (a fork) was deleted.
+    #[serde(default)]
+    repo: Option<EnvelopeRepository>,
+}
+
+#[derive(Deserialize)]
+struct WireLabel {
+    name: String,
 }

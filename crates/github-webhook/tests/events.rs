@@ -157,3 +157,45 @@ fn a_deleted_ref_and_a_tag_are_recognised() {
     assert_eq!(p.branch(), None);
     assert!(p.is_deletion());
 }
+
+#[test]
+fn a_pull_request_missing_what_is_read_or_with_a_bad_time_is_an_error_naming_it() {
+    let without = |pointer: &str, field: &str| {
+        let mut pr: serde_json::Value = serde_json::from_str(SYNCHRONIZE).unwrap();
+        let (parent, key) = pointer.rsplit_once('/').unwrap();
+        pr.pointer_mut(parent)
+            .unwrap()
+            .as_object_mut()
+            .unwrap()
+            .remove(key);
+        let e = parse_event("pull_request", pr.to_string().as_bytes()).unwrap_err();
+        assert!(e.reason.contains(field), "{pointer}: {}", e.reason);
+    };
+    without("/number", "number");
+    without("/pull_request/head/sha", "sha");
+    without("/pull_request/head/ref", "ref");
+    without("/pull_request", "pull_request");
+    let mut pr: serde_json::Value = serde_json::from_str(SYNCHRONIZE).unwrap();
+    pr["pull_request"]["updated_at"] = "yesterday".into();
+    let e = parse_event("pull_request", pr.to_string().as_bytes()).unwrap_err();
+    assert!(e.reason.contains("updated_at"), "{}", e.reason);
+}
+
+#[test]
+fn a_merge_time_means_merged_and_a_deleted_fork_has_no_head_repository() {
+    let mut pr: serde_json::Value = serde_json::from_str(SYNCHRONIZE).unwrap();
+    pr["action"] = "closed".into();
+    pr["pull_request"]["state"] = "closed".into();
+    pr["pull_request"]["merged"] = serde_json::Value::Null;
+    pr["pull_request"]["merged_at"] = "2026-12-01T10:00:00Z".into();
+    pr["pull_request"]["head"]["repo"] = serde_json::Value::Null;
+    pr["pull_request"]["labels"] = serde_json::Value::Null;
+    let Event::PullRequest(closed) =
+        parse_event("pull_request", pr.to_string().as_bytes()).unwrap()
+    else {
+        panic!()
+    };
+    assert!(closed.merged && !closed.open);
+    assert_eq!(closed.head_repository, None);
+    assert!(closed.labels.is_empty());
+}
