@@ -5,8 +5,8 @@
 //! - [`signature`]: `X-Hub-Signature-256` with several secrets ([`WebhookSecrets`]).
 //! - [`delivery`]: the delivery headers and the dedupe key ([`DeliveryKey`]).
 //! - [`body`]: JSON and form-encoded bodies.
-//! - [`event`]: `ping`, `push` and `pull_request` parsed with octocrab, the
-//!   rest passed on ([`Event`]).
+//! - [`event`]: `ping`, `push` and `pull_request` parsed (octocrab for
+//!   `ping` and the known actions), the rest passed on ([`Event`]).
 //! - [`route`]: the axum route ([`WebhookRoute`], [`WebhookHandler`]).
 //! - [`rejection`]: what is refused, with which status ([`Rejection`]).
 
