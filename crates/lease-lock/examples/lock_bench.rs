@@ -8,7 +8,7 @@
 //! Prints one JSON line per implementation:
 //! `impl, uncontended_calls, uncontended_p50_ms, uncontended_p99_ms,
 //! handoff_p50_ms, handoff_p99_ms, acquisitions_per_sec,
-//! conflicts_per_acquisition, violations`.
+//! conflicts_per_acquisition, watch_events_per_acquisition, violations`.
 //!
 //! - `lease-lock`: this crate, production defaults (30 s lease, 10 s
 //!   renewals, 50 ms → 2 s backoff), acquire timeout raised to 120 s so
@@ -30,7 +30,11 @@
 //! each contender acquires and releases its key once; completions per second
 //! over at most 5 s; `conflicts_per_acquisition` — the 409 answers to Lease
 //! writes in that phase (lost create and replace races, conflicting
-//! patches: each a request spent on nothing) per completed acquisition.
+//! patches: each a request spent on nothing) per completed acquisition;
+//! `watch_events_per_acquisition` — in that phase, the changes the fake
+//! handed to open watches (one per watch that received each) per completed
+//! acquisition: what waiters that watch cost the API server beyond their
+//! requests.
 //! `violations` — what
 //! `LockHistory` finds over the handoff and throughput phases (overlapping
 //! guaranteed holds; for implementations with a fencing token, tokens that
@@ -338,6 +342,7 @@ struct Results {
     handoffs: Vec<Duration>,
     acquisitions_per_sec: f64,
     conflicts_per_acquisition: f64,
+    watch_events_per_acquisition: f64,
     violations: usize,
 }
 
@@ -363,6 +368,7 @@ async fn main() {
             "handoff_p99_ms": ms(percentile(&results.handoffs, 0.99)),
             "acquisitions_per_sec": round2(results.acquisitions_per_sec),
             "conflicts_per_acquisition": round2(results.conflicts_per_acquisition),
+            "watch_events_per_acquisition": round2(results.watch_events_per_acquisition),
             "violations": results.violations,
         });
         println!("{line}");
@@ -449,6 +455,7 @@ async fn run(which: Impl, fake: &FakeKube, client: &kube::Client) -> Results {
     // most THROUGHPUT_WINDOW.
     let calls_before = fake.calls().snapshot();
     let conflicts_before = conflicts(fake);
+    let events_before = fake.watch_events();
     let started = Instant::now();
     let completed = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
@@ -483,6 +490,10 @@ async fn run(which: Impl, fake: &FakeKube, client: &kube::Client) -> Results {
     // patch): each a request spent on nothing.
     let conflicts = conflicts(fake) - conflicts_before;
     let conflicts_per_acquisition = conflicts as f64 / acquisitions.max(1) as f64;
+    // Changes the fake handed to watches (one per watch that got each):
+    // the fan-out of waiters that watch, which the request counts miss.
+    let watch_events_per_acquisition =
+        (fake.watch_events() - events_before) as f64 / acquisitions.max(1) as f64;
     // Where the calls went (stderr, so stdout stays one JSON line per implementation).
     let mut breakdown: Vec<String> = fake
         .calls()
@@ -514,6 +525,7 @@ async fn run(which: Impl, fake: &FakeKube, client: &kube::Client) -> Results {
         handoffs,
         acquisitions_per_sec,
         conflicts_per_acquisition,
+        watch_events_per_acquisition,
         violations: history.violations().len(),
     }
 }

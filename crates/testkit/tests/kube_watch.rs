@@ -656,3 +656,30 @@ async fn single_object_watches_see_only_their_objects_events_and_share_the_rest_
     }
     assert_eq!(kube.watch_count(), 4);
 }
+
+#[tokio::test]
+async fn watch_events_count_each_change_once_per_watch_that_received_it() {
+    let kube = FakeKube::start().await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(kube.client(), "ns");
+    seed(&cms).await;
+    let rv = cms.get("web").await.unwrap().resource_version().unwrap();
+    let before = kube.watch_events();
+    // Three watches pinned to `web`, one pinned to `db`.
+    let mut streams = Vec::new();
+    for name in ["web", "web", "web", "db"] {
+        let params = WatchParams::default().fields(&format!("metadata.name={name}"));
+        streams.push(cms.watch(&params, &rv).await.unwrap().boxed());
+    }
+    let patch = Patch::Merge(json!({"data": {"k": "v"}}));
+    cms.patch("web", &PatchParams::default(), &patch)
+        .await
+        .unwrap();
+    for stream in &mut streams[..3] {
+        let event = tokio::time::timeout(PATIENCE, stream.try_next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(event, Some(WatchEvent::Modified(_))), "{event:?}");
+    }
+    assert_eq!(kube.watch_events() - before, 3);
+}

@@ -712,6 +712,15 @@ impl FakeKube {
         self.shared.store().watcher_count()
     }
 
+    /// Change events handed to open watches so far, each counted once per
+    /// watch that received it (a write seen by ten watches counts ten;
+    /// initial events and bookmarks are not counted): the fan-out a
+    /// watch-heavy client costs an API server, beside the request counts
+    /// of [`FakeKube::calls`].
+    pub fn watch_events(&self) -> u64 {
+        self.shared.store().watch_events_dispatched()
+    }
+
     /// Chooses how the simulated scheduler and kubelet treat the pod
     /// `namespace/name`: an existing one from now on (a change of its
     /// termination applies to a later delete; a start delay only if it has

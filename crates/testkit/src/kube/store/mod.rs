@@ -912,6 +912,11 @@ impl Store {
         self.watchers.len()
     }
 
+    /// Events handed to watches so far, once per watch that received each.
+    pub fn watch_events_dispatched(&self) -> u64 {
+        self.watchers.dispatched()
+    }
+
     /// The shared write path of update, patch and status writes.
     #[allow(clippy::too_many_arguments)] // the request's parameters, plus the object read
     fn write(

@@ -78,6 +78,9 @@ pub(crate) struct Watchers {
     all: BTreeMap<u64, Watcher>,
     kinds: HashMap<(String, String), KindWatchers>,
     next_id: u64,
+    /// Events handed to watches by [`Watchers::dispatch`] so far: one per
+    /// event per watch that received it.
+    dispatched: u64,
 }
 
 #[derive(Debug)]
@@ -223,6 +226,12 @@ impl Watchers {
         self.kinds.clear();
     }
 
+    /// Events handed to watches so far (each counted once per watch that
+    /// received it; initial events not included).
+    pub fn dispatched(&self) -> u64 {
+        self.dispatched
+    }
+
     /// Number of open watches.
     pub fn len(&self) -> usize {
         self.all.len()
@@ -260,7 +269,7 @@ impl Watchers {
                 continue;
             };
             match w.tx.try_send(item) {
-                Ok(()) => {}
+                Ok(()) => self.dispatched += 1,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     tracing::warn!(watcher = id, "closing a watch that fell too far behind");
                     closed.push(id);
