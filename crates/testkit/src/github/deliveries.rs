@@ -7,7 +7,7 @@
 //! again by itself**, as GitHub never retries; only a redelivery (a new
 //! delivery with the same GUID) sends an event again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -96,6 +96,10 @@ pub(crate) struct DeliveryLog {
     dispatch: mpsc::UnboundedSender<u64>,
     dispatch_rx: Option<mpsc::UnboundedReceiver<u64>>,
     changed: watch::Sender<()>,
+    /// The most settled (attempted or lost) deliveries kept; `None`: all.
+    retain: Option<usize>,
+    /// Settled deliveries, in the order they settled.
+    settled: VecDeque<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -158,6 +162,33 @@ impl DeliveryLog {
             dispatch,
             dispatch_rx: Some(dispatch_rx),
             changed: watch::Sender::new(()),
+            retain: None,
+            settled: VecDeque::new(),
+        }
+    }
+
+    /// Keeps at most `n` settled deliveries from now on, forgetting the
+    /// oldest settled first (held, pending and in-flight ones are kept).
+    pub(crate) fn retain_settled(&mut self, n: usize) {
+        self.retain = Some(n);
+        self.forget_oldest();
+    }
+
+    /// Delivery `id` has just settled: remembered as such, and the oldest
+    /// settled ones beyond the retention forgotten.
+    fn note_settled(&mut self, id: u64) {
+        self.settled.push_back(id);
+        self.forget_oldest();
+    }
+
+    fn forget_oldest(&mut self) {
+        let Some(keep) = self.retain else {
+            return;
+        };
+        while self.settled.len() > keep {
+            if let Some(id) = self.settled.pop_front() {
+                self.records.remove(&id);
+            }
         }
     }
 
@@ -260,6 +291,7 @@ impl DeliveryLog {
     /// loses an event.
     pub(crate) fn lose(&mut self, id: u64) -> Result<(), Refusal> {
         self.held_mut(id)?.state = State::Lost;
+        self.note_settled(id);
         self.changed.send_replace(());
         Ok(())
     }
@@ -279,6 +311,7 @@ impl DeliveryLog {
                 body: String::new(),
             },
         );
+        self.note_settled(id);
         self.changed.send_replace(());
         Ok(())
     }
@@ -307,6 +340,7 @@ impl DeliveryLog {
             && let State::InFlight(sent) = &record.state
         {
             record.state = State::Attempted(sent.clone(), answer);
+            self.note_settled(id);
             self.changed.send_replace(());
         }
     }
@@ -644,6 +678,41 @@ mod tests {
             log.fail(99, jiff::Timestamp::UNIX_EPOCH),
             Err(Refusal::Unknown)
         );
+    }
+
+    #[test]
+    fn a_retention_forgets_the_oldest_settled_deliveries_and_keeps_unsettled_ones() {
+        let mut log = log();
+        log.retain_settled(2);
+        let now = jiff::Timestamp::UNIX_EPOCH;
+        let answered = |log: &mut DeliveryLog, id| {
+            log.start(id, now).unwrap();
+            log.finish(
+                id,
+                Answer {
+                    result: AttemptResult::Answered(202),
+                    duration: Duration::ZERO,
+                    headers: Vec::new(),
+                    body: String::new(),
+                },
+            );
+        };
+        let (a, b, c) = (ping(&mut log), ping(&mut log), ping(&mut log));
+        let pending = ping(&mut log);
+        log.hold();
+        let held = ping(&mut log);
+        let lost = ping(&mut log);
+        answered(&mut log, a);
+        answered(&mut log, b);
+        assert!(log.get(a).is_some() && log.get(b).is_some());
+        answered(&mut log, c);
+        // Three settled, two kept: the first to settle is forgotten.
+        assert!(log.get(a).is_none());
+        assert_eq!(log.redeliver(a), Err(Refusal::Unknown));
+        log.lose(lost).unwrap();
+        assert!(log.get(b).is_none());
+        let kept: Vec<u64> = log.all().iter().map(|d| d.id.get()).collect();
+        assert_eq!(kept, [c, pending, held, lost]);
     }
 
     #[test]

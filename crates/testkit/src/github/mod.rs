@@ -289,6 +289,7 @@ pub struct FakeGitHubBuilder {
     faults: Option<Faults>,
     calls: Option<Calls>,
     webhook: Option<WebhookConfig>,
+    retain_deliveries: Option<usize>,
 }
 
 impl FakeGitHubBuilder {
@@ -386,6 +387,19 @@ impl FakeGitHubBuilder {
         self
     }
 
+    /// Keeps only the newest `n` settled deliveries (attempted or lost),
+    /// forgetting older ones as GitHub forgets deliveries after a few days:
+    /// [`Webhooks::deliveries`], the deliveries API and redelivery no
+    /// longer know them. Held, pending and in-flight deliveries are always
+    /// kept. Default: every delivery, with its payload, for the fake's
+    /// lifetime — a long-running test that sends thousands of deliveries
+    /// and measures its own memory wants a bound.
+    #[must_use]
+    pub fn retain_deliveries(mut self, n: usize) -> Self {
+        self.retain_deliveries = Some(n);
+        self
+    }
+
     /// Binds 127.0.0.1 on a free port and starts serving; refuses a webhook
     /// URL that is not `http://127.0.0.1:<port>/…`.
     pub async fn start(self) -> Result<FakeGitHub, Error> {
@@ -411,6 +425,9 @@ impl FakeGitHubBuilder {
         let token = tokens.swap_remove(0);
         if let Some(config) = self.webhook {
             store.hooks.configure(config);
+        }
+        if let Some(n) = self.retain_deliveries {
+            store.hooks.retain_settled(n);
         }
         let released = store.hooks.take_dispatch();
 
