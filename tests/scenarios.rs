@@ -712,8 +712,10 @@ async fn scenario_07_circuit_breaker_activation() {
 /// growth is the allocator keeping freed pages. Of the live growth, the
 /// product's sites were bounded caches filling (the coordinator's finished
 /// history, the sensors' recent deliveries, saga reports: kilobytes); the
-/// rest was event objects FakeKube emitted (5.8 → 18 MB), beyond what its
-/// per-kind history of 256 should hold — not tracked down yet. What the
+/// rest was FakeKube's history of events (5.8 → 18 MB): 256 per kind, each
+/// holding the object before and after, and the states' ConfigMaps grow as
+/// the task states fill towards their bounds (100 cancellation records, 64
+/// recent deliveries, …), so the same 256 events weigh more. What the
 /// bound catches is a leak of the order of 256 KiB per push or worse in the
 /// sensors, coordinators and sagas (a watch, a client or a task's whole
 /// state kept per push); a smaller one is not caught at this size.
