@@ -76,6 +76,7 @@ impl LeaseBackend for KubeLeases {
         self.api(namespace)
             .get_opt(name)
             .await
+            .map(|lease| lease.map(lean))
             .map_err(|e| Error::from_kube(e, name))
     }
 
@@ -84,6 +85,7 @@ impl LeaseBackend for KubeLeases {
         self.api(namespace)
             .create(&PostParams::default(), lease)
             .await
+            .map(lean)
             .map_err(|e| Error::from_kube(e, name))
     }
 
@@ -104,6 +106,7 @@ impl LeaseBackend for KubeLeases {
         self.api(namespace)
             .replace(name, &PostParams::default(), lease)
             .await
+            .map(lean)
             .map_err(|e| Error::from_kube(e, name))
     }
 
@@ -132,7 +135,7 @@ impl LeaseBackend for KubeLeases {
         self.api(namespace)
             .list(&ListParams::default().labels(label_selector))
             .await
-            .map(|list| list.items)
+            .map(|list| list.items.into_iter().map(lean).collect())
             .map_err(|e| Error::from_kube(e, "(list)"))
     }
 
@@ -288,7 +291,7 @@ async fn watch_loop(
             let out = match event {
                 WatchEvent::Added(lease) | WatchEvent::Modified(lease) => {
                     version = lease.metadata.resource_version.clone().or(version);
-                    LeaseEvent::Applied(lease)
+                    LeaseEvent::Applied(lean(lease))
                 }
                 WatchEvent::Deleted(lease) => {
                     version = lease.metadata.resource_version.clone().or(version);
@@ -358,7 +361,7 @@ async fn relist(
     match api.list(&ListParams::default().fields(fields)).await {
         Ok(list) => {
             let event = match list.items.into_iter().next() {
-                Some(lease) => LeaseEvent::Applied(lease),
+                Some(lease) => LeaseEvent::Applied(lean(lease)),
                 None => LeaseEvent::Deleted,
             };
             if tx.send(Ok(event)).await.is_err() {
@@ -378,4 +381,12 @@ async fn relist(
 async fn pause(backoff: &mut Backoff) {
     let delay = backoff.next().unwrap_or(Duration::from_secs(10));
     tokio::time::sleep(delay).await;
+}
+
+/// `lease` without its `managedFields`: nothing here reads them, every
+/// waiter would otherwise copy and keep them with each observation, and a
+/// replace that sends none leaves the API server's as they are.
+fn lean(mut lease: Lease) -> Lease {
+    lease.metadata.managed_fields = None;
+    lease
 }

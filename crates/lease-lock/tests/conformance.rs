@@ -777,3 +777,50 @@ async fn kube_a_contended_acquire_sends_create_then_watch_and_never_reads() {
         "then a's release and b's conditional replace: no GET, no LIST"
     );
 }
+
+/// KubeLeases drops `managedFields` from the Leases it reads (nothing here
+/// needs them, and every waiter would copy them with each event); the
+/// replaces it sends without them must leave the API server's field
+/// ownership in place, as `decodeLiveOrNew` does for a write that carries
+/// none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_writes_without_managed_fields_keep_the_servers() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use lease_lock::{AcquireOptions, KubeLeases, LeaseLock, LockConfig};
+
+    let fake = testkit::kube::FakeKube::start().await.unwrap();
+    let lock = LeaseLock::new(
+        KubeLeases::new(fake.client()),
+        LockConfig::new("pod-a", "ns"),
+    )
+    .unwrap();
+    let name = lock.lease_name("k").unwrap();
+    let managers = || -> Vec<(String, String)> {
+        let lease: Lease = fake.peek("ns", &name).expect("the Lease exists");
+        lease
+            .metadata
+            .managed_fields
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| {
+                (
+                    e.manager.unwrap_or_default(),
+                    e.operation.unwrap_or_default(),
+                )
+            })
+            .collect()
+    };
+    let held = lock.acquire("k", AcquireOptions::new()).await.unwrap();
+    let created = managers();
+    assert!(!created.is_empty(), "the fake records who created it");
+    held.release().await.unwrap();
+    // Re-acquired from the cached (lean) observation: a replace without
+    // managedFields.
+    let again = lock.acquire("k", AcquireOptions::new()).await.unwrap();
+    again.release().await.unwrap();
+    let after = managers();
+    assert!(
+        created.iter().all(|entry| after.contains(entry)),
+        "ownership before the replaces: {created:?}, after: {after:?}"
+    );
+}
