@@ -48,7 +48,7 @@ pub(crate) struct WatchStream {
 
 /// The body of a watch that could not start: one ERROR event.
 pub(crate) fn error_event(err: &ApiError) -> Bytes {
-    line(&json!({"type": "ERROR", "object": err.to_status()}))
+    line("ERROR", &err.to_status())
 }
 
 impl WatchStream {
@@ -173,7 +173,7 @@ impl Drop for Unwatch {
 /// that stream it (the API server's `cachingObject`).
 fn event_line(render: &Render, item: &WatchItem) -> Bytes {
     item.encoded(render, |item| {
-        line(&json!({"type": item.kind.as_str(), "object": render.object(&item.object)}))
+        line(item.kind.as_str(), &render.object(&item.object))
     })
 }
 
@@ -183,14 +183,40 @@ fn bookmark_line(render: &Render, rv: u64, initial_events_end: bool) -> Bytes {
         metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
     }
     let (api_version, kind) = render.type_meta();
-    line(&json!({
-        "type": "BOOKMARK",
-        "object": {"apiVersion": api_version, "kind": kind, "metadata": metadata},
-    }))
+    line(
+        "BOOKMARK",
+        &json!({"apiVersion": api_version, "kind": kind, "metadata": metadata}),
+    )
 }
 
-fn line(v: &Value) -> Bytes {
-    let mut out = v.to_string().into_bytes();
+/// One watch event as the API server writes it: `type` first, then
+/// `object` (Go's `metav1.WatchEvent` field order), one per line. The order
+/// matters to clients: a decoder of the tagged event reads the object
+/// straight into its type when it has seen `type`, and has to buffer the
+/// whole object first when `object` comes first.
+fn line(kind: &str, object: &Value) -> Bytes {
+    #[derive(serde::Serialize)]
+    struct Event<'a> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        object: &'a Value,
+    }
+    let mut out = serde_json::to_vec(&Event { kind, object }).unwrap_or_default();
     out.push(b'\n');
     Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_line_names_its_type_before_its_object_as_the_api_server_does() {
+        let object = json!({"kind": "Lease", "metadata": {"name": "a"}});
+        let text = line("MODIFIED", &object);
+        assert_eq!(
+            std::str::from_utf8(&text).unwrap(),
+            "{\"type\":\"MODIFIED\",\"object\":{\"kind\":\"Lease\",\"metadata\":{\"name\":\"a\"}}}\n"
+        );
+    }
 }
