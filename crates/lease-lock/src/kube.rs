@@ -24,10 +24,12 @@
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kube::api::{
     Api, DeleteParams, ListParams, PostParams, Preconditions, WatchEvent, WatchParams,
 };
 use resilience::{Backoff, BackoffPolicy};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -167,7 +169,7 @@ impl LeaseBackend for KubeLeases {
         since: Option<String>,
     ) -> BoxStream<'static, Result<LeaseEvent, Error>> {
         let (tx, rx) = mpsc::channel(WATCH_CHANNEL);
-        let api = self.api(namespace);
+        let api: Api<WatchedLease> = Api::namespaced(self.client.clone(), namespace);
         let name = name.to_owned();
         let initial_events = Arc::clone(&self.initial_events);
         tokio::spawn(async move {
@@ -200,7 +202,7 @@ type Sender = mpsc::Sender<Result<LeaseEvent, Error>>;
 const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
 
 async fn watch_loop(
-    api: Api<Lease>,
+    api: Api<WatchedLease>,
     name: String,
     since: Option<String>,
     initial_events: &AtomicBool,
@@ -291,7 +293,7 @@ async fn watch_loop(
             let out = match event {
                 WatchEvent::Added(lease) | WatchEvent::Modified(lease) => {
                     version = lease.metadata.resource_version.clone().or(version);
-                    LeaseEvent::Applied(lean(lease))
+                    LeaseEvent::Applied(lease.into())
                 }
                 WatchEvent::Deleted(lease) => {
                     version = lease.metadata.resource_version.clone().or(version);
@@ -353,7 +355,7 @@ async fn watch_loop(
 /// Lists the one Lease, reports its state, returns the list's version.
 /// `Ok(None)`: the consumer is gone; `Err(())`: the list failed (reported).
 async fn relist(
-    api: &Api<Lease>,
+    api: &Api<WatchedLease>,
     name: &str,
     fields: &str,
     tx: &Sender,
@@ -361,7 +363,7 @@ async fn relist(
     match api.list(&ListParams::default().fields(fields)).await {
         Ok(list) => {
             let event = match list.items.into_iter().next() {
-                Some(lease) => LeaseEvent::Applied(lean(lease)),
+                Some(lease) => LeaseEvent::Applied(lease.into()),
                 None => LeaseEvent::Deleted,
             };
             if tx.send(Ok(event)).await.is_err() {
@@ -389,4 +391,150 @@ async fn pause(backoff: &mut Backoff) {
 fn lean(mut lease: Lease) -> Lease {
     lease.metadata.managed_fields = None;
     lease
+}
+
+/// A Lease as watches and their re-lists read it: `metadata.managedFields`
+/// is skipped unparsed rather than decoded and dropped (see [`lean`]); it
+/// is what most of a Lease's bytes are, and a waiter reads one event per
+/// write to the Lease.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub(crate) struct WatchedLease {
+    #[serde(deserialize_with = "lean_metadata")]
+    metadata: ObjectMeta,
+    #[serde(default)]
+    spec: Option<crate::LeaseSpec>,
+}
+
+impl From<WatchedLease> for Lease {
+    fn from(watched: WatchedLease) -> Self {
+        Self {
+            metadata: watched.metadata,
+            spec: watched.spec,
+        }
+    }
+}
+
+impl k8s_openapi::Resource for WatchedLease {
+    const API_VERSION: &'static str = <Lease as k8s_openapi::Resource>::API_VERSION;
+    const GROUP: &'static str = <Lease as k8s_openapi::Resource>::GROUP;
+    const KIND: &'static str = <Lease as k8s_openapi::Resource>::KIND;
+    const VERSION: &'static str = <Lease as k8s_openapi::Resource>::VERSION;
+    const URL_PATH_SEGMENT: &'static str = <Lease as k8s_openapi::Resource>::URL_PATH_SEGMENT;
+    type Scope = <Lease as k8s_openapi::Resource>::Scope;
+}
+
+impl k8s_openapi::Metadata for WatchedLease {
+    type Ty = ObjectMeta;
+
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// Every field of `ObjectMeta` but `managedFields`, which serde skips.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LeanMeta {
+    #[serde(default)]
+    annotations: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    creation_timestamp: Option<Time>,
+    #[serde(default)]
+    deletion_grace_period_seconds: Option<i64>,
+    #[serde(default)]
+    deletion_timestamp: Option<Time>,
+    #[serde(default)]
+    finalizers: Option<Vec<String>>,
+    #[serde(default)]
+    generate_name: Option<String>,
+    #[serde(default)]
+    generation: Option<i64>,
+    #[serde(default)]
+    labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    owner_references: Option<Vec<OwnerReference>>,
+    #[serde(default)]
+    resource_version: Option<String>,
+    #[serde(default)]
+    self_link: Option<String>,
+    #[serde(default)]
+    uid: Option<String>,
+}
+
+fn lean_metadata<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
+    let m = <LeanMeta as serde::Deserialize>::deserialize(d)?;
+    Ok(ObjectMeta {
+        annotations: m.annotations,
+        creation_timestamp: m.creation_timestamp,
+        deletion_grace_period_seconds: m.deletion_grace_period_seconds,
+        deletion_timestamp: m.deletion_timestamp,
+        finalizers: m.finalizers,
+        generate_name: m.generate_name,
+        generation: m.generation,
+        labels: m.labels,
+        managed_fields: None,
+        name: m.name,
+        namespace: m.namespace,
+        owner_references: m.owner_references,
+        resource_version: m.resource_version,
+        self_link: m.self_link,
+        uid: m.uid,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watched_lease_is_the_lease_without_its_managed_fields() {
+        let json = serde_json::json!({
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {
+                "annotations": {"a": "1"},
+                "creationTimestamp": "2026-12-03T10:00:00Z",
+                "deletionGracePeriodSeconds": 30,
+                "deletionTimestamp": "2026-12-03T11:00:00Z",
+                "finalizers": ["example.com/keep"],
+                "generateName": "lock-",
+                "generation": 4,
+                "labels": {"app": "x"},
+                "managedFields": [{
+                    "manager": "kube",
+                    "operation": "Update",
+                    "apiVersion": "coordination.k8s.io/v1",
+                    "time": "2026-12-03T10:00:00Z",
+                    "fieldsType": "FieldsV1",
+                    "fieldsV1": {"f:spec": {"f:holderIdentity": {}}}
+                }],
+                "name": "lock-k",
+                "namespace": "ns",
+                "ownerReferences": [{
+                    "apiVersion": "v1", "kind": "Pod", "name": "p", "uid": "u-1"
+                }],
+                "resourceVersion": "17",
+                "selfLink": "/apis/coordination.k8s.io/v1/namespaces/ns/leases/lock-k",
+                "uid": "u-2"
+            },
+            "spec": {
+                "holderIdentity": "pod-a",
+                "leaseDurationSeconds": 30,
+                "leaseTransitions": 3,
+                "renewTime": "2026-12-03T10:00:01.000000Z"
+            }
+        });
+        let full: Lease = serde_json::from_value(json.clone()).unwrap();
+        let watched: WatchedLease = serde_json::from_value(json).unwrap();
+        assert!(full.metadata.managed_fields.is_some());
+        assert_eq!(Lease::from(watched), lean(full));
+    }
 }
