@@ -156,7 +156,7 @@ impl LeaseBackend for KubeLeases {
             .list(&params)
             .await
             .map(|list| crate::LeasePage {
-                leases: list.items,
+                leases: list.items.into_iter().map(lean).collect(),
                 continue_token: list.metadata.continue_.filter(|t| !t.is_empty()),
             })
             .map_err(|e| Error::from_kube(e, "(list)"))

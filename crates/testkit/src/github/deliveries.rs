@@ -167,8 +167,9 @@ impl DeliveryLog {
         }
     }
 
-    /// Keeps at most `n` settled deliveries from now on, forgetting the
-    /// oldest settled first (held, pending and in-flight ones are kept).
+    /// Keeps at most `n` of the deliveries that settle from now on,
+    /// forgetting the oldest settled first (held, pending and in-flight
+    /// ones are kept). Set once, before the first delivery.
     pub(crate) fn retain_settled(&mut self, n: usize) {
         self.retain = Some(n);
         self.forget_oldest();
@@ -177,8 +178,11 @@ impl DeliveryLog {
     /// Delivery `id` has just settled: remembered as such, and the oldest
     /// settled ones beyond the retention forgotten.
     fn note_settled(&mut self, id: u64) {
-        self.settled.push_back(id);
-        self.forget_oldest();
+        // Without a retention nothing is ever forgotten: no order to keep.
+        if self.retain.is_some() {
+            self.settled.push_back(id);
+            self.forget_oldest();
+        }
     }
 
     fn forget_oldest(&mut self) {
