@@ -56,6 +56,7 @@ use testkit::faults::Match;
 use testkit::github::DeliveryId;
 use testkit::history::cancellation::CancellationViolation;
 use testkit::kube::tap::WriteKind;
+use testkit::process::own_memory;
 use world::World;
 
 /// Every API call's latency.
@@ -198,7 +199,7 @@ async fn run(phase: &Phase) -> String {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let kube_calls = world.cluster.kube.requests().since(log_from).len();
     let github_calls = world.cluster.github.calls().total() - github_from;
-    let rss_mb = rss_kb() as f64 / 1024.0;
+    let rss_mb = own_memory().map_or(0, |m| m.rss_kb) as f64 / 1024.0;
 
     let gone: BTreeMap<String, jiff::Timestamp> = pods
         .writes()
@@ -326,15 +327,4 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     }
     let rank = (q * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }

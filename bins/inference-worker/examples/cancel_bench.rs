@@ -39,6 +39,7 @@ use inference_worker::{Config, Worker};
 use resilience::Shutdown;
 use serde::Serialize;
 use serde_json::json;
+use testkit::process::{own_cpu_seconds, own_memory, raise_fd_limit};
 use tokio::sync::Notify;
 
 #[derive(Serialize)]
@@ -61,7 +62,7 @@ async fn main() {
     let concurrency = env_usize("BENCH_CONCURRENCY", 100);
     let cancel_concurrency = env_usize("BENCH_CANCEL_CONCURRENCY", 100);
     // Every job holds a server and a client socket.
-    raise_fd_limit(jobs * 2 + concurrency * 2 + 256);
+    raise_fd_limit((jobs * 2 + concurrency * 2 + 256) as u64).unwrap();
 
     let shutdown = Shutdown::new();
     let config = Config {
@@ -126,12 +127,12 @@ async fn main() {
             .expect("all jobs started within two minutes");
     }
     let hold = Duration::from_millis(env_usize("BENCH_HOLD_MS", 0) as u64);
-    let cpu_before = cpu_seconds();
+    let cpu_before = own_cpu_seconds().unwrap();
     tokio::time::sleep(hold).await;
     if !hold.is_zero() {
         eprintln!(
             "steady state: {:.2} CPU cores busy with {jobs} streams",
-            (cpu_seconds() - cpu_before) / hold.as_secs_f64()
+            (own_cpu_seconds().unwrap() - cpu_before) / hold.as_secs_f64()
         );
     }
     eprintln!("{jobs} jobs streaming; cancelling them");
@@ -203,10 +204,10 @@ async fn main() {
     );
 
     // Phase 3: many short jobs, to see whether memory grows with jobs served.
-    let rss_before_kb = rss_kb();
+    let rss_before_kb = own_memory().unwrap().rss_kb;
     let started = Instant::now();
     let completed = run_short_jobs(&http, &base, "short", short_jobs, concurrency).await;
-    let rss_after_kb = rss_kb();
+    let rss_after_kb = own_memory().unwrap().rss_kb;
     assert_eq!(completed, short_jobs, "every short job ends with `end`");
     eprintln!(
         "{short_jobs} short jobs in {:.1} s; reserved units now {}",
@@ -221,7 +222,7 @@ async fn main() {
         completed, short_jobs,
         "every short job of the second batch ends with `end`"
     );
-    let rss_second_kb = rss_kb();
+    let rss_second_kb = own_memory().unwrap().rss_kb;
     eprintln!(
         "RSS: {rss_before_kb} kB before, {rss_after_kb} kB after {short_jobs} short jobs, \
          {rss_second_kb} kB after {short_jobs} more (first batch {:+} kB, second {:+} kB)",
@@ -338,47 +339,6 @@ fn percentile(values: &mut [f64], p: f64) -> f64 {
 
 fn millis(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
-}
-
-/// User + system CPU time of this process so far (from /proc/self/stat, in
-/// clock ticks of 10 ms).
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    // Fields after the parenthesised command name; utime and stime are the
-    // 12th and 13th of them.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    ticks / 100.0
-}
-
-fn rss_kb() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
-/// Raises the soft open-files limit to what the run needs (up to the hard limit).
-fn raise_fd_limit(needed: usize) {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
-    let needed = needed as u64;
-    if soft < needed {
-        let target = needed.min(hard);
-        setrlimit(Resource::RLIMIT_NOFILE, target, hard).unwrap();
-        eprintln!("raised the open-files limit from {soft} to {target}");
-        assert!(
-            target >= needed,
-            "the hard open-files limit {hard} is below the {needed} this run needs"
-        );
-    }
 }
 
 fn env_usize(name: &str, default: usize) -> usize {

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 use secrecy::SecretString;
 use serde_json::Value;
+use testkit::process::{Memory, cpu_seconds, memory, own_cpu_seconds, raise_fd_limit};
 
 const SECRET: &str = "webhook bench secret";
 const SYNCHRONIZE: &str = include_str!(
@@ -46,7 +47,7 @@ fn main() {
         serve();
         return;
     }
-    raise_fd_limit(8_192);
+    raise_fd_limit(8_192).unwrap();
     let rounds = env_usize("WEBHOOK_BENCH_ROUNDS", 5);
     let in_flight = env_usize("WEBHOOK_BENCH_IN_FLIGHT", 1_000);
     let tasks = env_usize("WEBHOOK_BENCH_TASKS", 500);
@@ -106,7 +107,7 @@ async fn run(
         .map(|round| (0..in_flight).map(|i| delivery(round, i, tasks)).collect())
         .collect();
     let started = Instant::now();
-    let harness_cpu_before = cpu_seconds(std::process::id());
+    let harness_cpu_before = own_cpu_seconds().unwrap();
     for deliveries in bursts {
         let answers =
             futures::stream::iter(deliveries.into_iter().map(|(guid, body, signature)| {
@@ -150,10 +151,10 @@ async fn run(
         }
     }
     let elapsed = started.elapsed();
-    let (rss_kb, peak_kb) = memory_of(child.id());
-    let cpu = cpu_seconds(child.id());
+    let Memory { rss_kb, peak_kb } = memory(child.id()).unwrap();
+    let cpu = cpu_seconds(child.id()).unwrap();
     // This process: the load generator, and FakeKube on the second run.
-    let harness_cpu = cpu_seconds(std::process::id()) - harness_cpu_before;
+    let harness_cpu = own_cpu_seconds().unwrap() - harness_cpu_before;
     let exit_code = stop(&mut child);
     latencies.sort();
     let p = |q: f64| {
@@ -314,42 +315,6 @@ fn serve() {
         shutdown.drain(config.drain_timeout()).await.exit_code()
     });
     std::process::exit(i32::from(code));
-}
-
-/// VmRSS and VmHWM of process `pid`, in kB.
-fn memory_of(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-/// User + system CPU seconds process `pid` has used (all its threads).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the command name (which may hold spaces) start at `)`.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let ticks = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    ticks / 100.0
-}
-
-/// Raises the soft open-files limit (inherited by the child) to `needed`,
-/// up to the hard limit.
-fn raise_fd_limit(needed: u64) {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
-    if soft < needed {
-        setrlimit(Resource::RLIMIT_NOFILE, needed.min(hard), hard).unwrap();
-    }
 }
 
 fn env_usize(name: &str, default: usize) -> usize {

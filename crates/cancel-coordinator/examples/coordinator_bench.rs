@@ -94,6 +94,7 @@ use state_store::{
 use testkit::faults::{InjectedError, Match};
 use testkit::github::FakeGitHub;
 use testkit::kube::{FakeKube, RequestRecord, TerminalPhase};
+use testkit::process::own_memory;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep};
 
@@ -1093,17 +1094,6 @@ fn breakdown(records: &[RequestRecord]) -> String {
         .join(", ")
 }
 
-fn rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -1528,7 +1518,7 @@ async fn memory_child(which: Impl, endpoints: Endpoints) {
             ["rss"] => {
                 let fds = std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count);
                 eprintln!("  child: {fds} open file descriptors");
-                answer(format!("rss {}", rss_kb()));
+                answer(format!("rss {}", own_memory().map_or(0, |m| m.rss_kb)));
             }
             ["submit", from, to] => {
                 let (from, to): (usize, usize) = (from.parse().unwrap(), to.parse().unwrap());
@@ -1549,7 +1539,7 @@ async fn memory_child(which: Impl, endpoints: Endpoints) {
                 }
                 answer(format!(
                     "drained (idle: {idle}, RSS {} kB, failures met: {})",
-                    rss_kb(),
+                    own_memory().map_or(0, |m| m.rss_kb),
                     fleet.problems.describe()
                 ));
                 break;

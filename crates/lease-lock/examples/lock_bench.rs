@@ -8,7 +8,8 @@
 //! Prints one JSON line per implementation:
 //! `impl, uncontended_calls, uncontended_p50_ms, uncontended_p99_ms,
 //! handoff_p50_ms, handoff_p99_ms, acquisitions_per_sec,
-//! conflicts_per_acquisition, watch_events_per_acquisition, violations`.
+//! conflicts_per_acquisition, watch_events_per_acquisition,
+//! cpu_ms_per_acquisition, violations`.
 //!
 //! - `lease-lock`: this crate, production defaults (30 s lease, 10 s
 //!   renewals, 50 ms → 2 s backoff), acquire timeout raised to 120 s so
@@ -34,7 +35,11 @@
 //! `watch_events_per_acquisition` — in that phase, the changes the fake
 //! handed to open watches (one per watch that received each) per completed
 //! acquisition: what waiters that watch cost the API server beyond their
-//! requests.
+//! requests; `cpu_ms_per_acquisition` — in that phase, the CPU time of this
+//! whole process (the fake API server included, 10 ms resolution) per
+//! completed acquisition: on a machine with few cores the implementations
+//! and the server share them, so a rate is CPU-bound or wait-bound, and
+//! this says which.
 //! `violations` — what
 //! `LockHistory` finds over the handoff and throughput phases (overlapping
 //! guaranteed holds; for implementations with a fencing token, tokens that
@@ -57,6 +62,7 @@ use testkit::calls::Outcome;
 use testkit::faults::Match;
 use testkit::history::LockHistory;
 use testkit::kube::FakeKube;
+use testkit::process::own_cpu_seconds;
 use tokio::time::Instant;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -343,6 +349,7 @@ struct Results {
     acquisitions_per_sec: f64,
     conflicts_per_acquisition: f64,
     watch_events_per_acquisition: f64,
+    cpu_ms_per_acquisition: f64,
     violations: usize,
 }
 
@@ -369,6 +376,7 @@ async fn main() {
             "acquisitions_per_sec": round2(results.acquisitions_per_sec),
             "conflicts_per_acquisition": round2(results.conflicts_per_acquisition),
             "watch_events_per_acquisition": round2(results.watch_events_per_acquisition),
+            "cpu_ms_per_acquisition": round2(results.cpu_ms_per_acquisition),
             "violations": results.violations,
         });
         println!("{line}");
@@ -456,6 +464,7 @@ async fn run(which: Impl, fake: &FakeKube, client: &kube::Client) -> Results {
     let calls_before = fake.calls().snapshot();
     let conflicts_before = conflicts(fake);
     let events_before = fake.watch_events();
+    let cpu_before = own_cpu_seconds().unwrap();
     let started = Instant::now();
     let completed = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
@@ -484,6 +493,7 @@ async fn run(which: Impl, fake: &FakeKube, client: &kube::Client) -> Results {
         .await
         .is_err();
     let elapsed = started.elapsed();
+    let cpu = own_cpu_seconds().unwrap() - cpu_before;
     let acquisitions = completed.load(AtomicOrdering::Relaxed);
     let acquisitions_per_sec = acquisitions as f64 / elapsed.as_secs_f64();
     // Writes refused with 409 (a lost create or replace race, a conflicting
@@ -494,6 +504,7 @@ async fn run(which: Impl, fake: &FakeKube, client: &kube::Client) -> Results {
     // the fan-out of waiters that watch, which the request counts miss.
     let watch_events_per_acquisition =
         (fake.watch_events() - events_before) as f64 / acquisitions.max(1) as f64;
+    let cpu_ms_per_acquisition = cpu * 1e3 / acquisitions.max(1) as f64;
     // Where the calls went (stderr, so stdout stays one JSON line per implementation).
     let mut breakdown: Vec<String> = fake
         .calls()
@@ -506,7 +517,7 @@ async fn run(which: Impl, fake: &FakeKube, client: &kube::Client) -> Results {
         .collect();
     breakdown.sort();
     eprintln!(
-        "{}: throughput phase: {acquisitions} acquisitions in {elapsed:?}{}; calls: {}",
+        "{}: throughput phase: {acquisitions} acquisitions in {elapsed:?}{}, {cpu:.2} s of CPU; calls: {}",
         which.name(),
         if cut_off {
             " (cut off at the window)"
@@ -526,6 +537,7 @@ async fn run(which: Impl, fake: &FakeKube, client: &kube::Client) -> Results {
         acquisitions_per_sec,
         conflicts_per_acquisition,
         watch_events_per_acquisition,
+        cpu_ms_per_acquisition,
         violations: history.violations().len(),
     }
 }

@@ -1076,6 +1076,7 @@ mod controller {
     //! parent's commands (`cycle`, `converge`, `exit`) one JSON line each.
 
     use super::*;
+    use testkit::process::own_memory;
 
     #[derive(Serialize, Deserialize)]
     pub(super) struct Ready {
@@ -1170,7 +1171,7 @@ mod controller {
 
         let mut commands = BufReader::new(tokio::io::stdin()).lines();
         say(&Ready {
-            rss_kb: memory("VmRSS"),
+            rss_kb: own_memory().map_or(0, |m| m.rss_kb),
         });
 
         assert_eq!(next(&mut commands).await, "cycle");
@@ -1214,7 +1215,7 @@ mod controller {
                 .filter(|(k, _)| k.ends_with(" handed"))
                 .map(|(_, n)| n)
                 .sum(),
-            rss_hwm_kb: memory("VmHWM"),
+            rss_hwm_kb: own_memory().map_or(0, |m| m.peak_kb),
         });
         drop(report);
 
@@ -1233,7 +1234,7 @@ mod controller {
             seconds_after_cycle: started.elapsed().as_secs_f64(),
             converged: active == 0,
             active_left: active,
-            rss_hwm_kb: memory("VmHWM"),
+            rss_hwm_kb: own_memory().map_or(0, |m| m.peak_kb),
         });
 
         let _ = next(&mut commands).await;
@@ -1247,16 +1248,6 @@ mod controller {
 
     fn say(message: &impl Serialize) {
         println!("{}", serde_json::to_string(message).unwrap());
-    }
-
-    /// A `kB` line of `/proc/self/status` (`VmRSS`, `VmHWM`); 0 elsewhere.
-    fn memory(key: &str) -> u64 {
-        std::fs::read_to_string("/proc/self/status")
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
     }
 
     /// Resets the peak resident set size (`VmHWM`) to the current one.

@@ -21,3 +21,4 @@ pub mod kube;
 #[cfg(feature = "logs")]
 pub mod logs;
 pub mod metrics_contract;
+pub mod process;
