@@ -24,6 +24,8 @@ pub const DEFAULT_LEASE_DURATION_SECONDS: u64 = 15;
 pub const DEFAULT_LOCK_TIMEOUT_SECONDS: u64 = 10;
 /// Default time in-flight requests get after SIGTERM.
 pub const DEFAULT_SHUTDOWN_TIMEOUT_SECONDS: u64 = 20;
+/// Default longest wait for one RemediationRequest API call.
+pub const DEFAULT_API_TIMEOUT_SECONDS: u64 = 10;
 
 /// Command-line and environment configuration of `gateway`.
 #[derive(Debug, Clone, Parser)]
@@ -63,6 +65,12 @@ pub struct Config {
     #[arg(long = "lock-timeout", env = "LOCK_TIMEOUT_SECONDS", value_name = "SECONDS", default_value_t = DEFAULT_LOCK_TIMEOUT_SECONDS)]
     pub lock_timeout_seconds: u64,
 
+    /// Seconds one RemediationRequest API call may take before it is
+    /// given up and retried (a server that never answers would otherwise
+    /// hold the delivery for minutes). 1-60.
+    #[arg(long = "api-timeout", env = "API_TIMEOUT_SECONDS", value_name = "SECONDS", default_value_t = DEFAULT_API_TIMEOUT_SECONDS)]
+    pub api_timeout_seconds: u64,
+
     /// Seconds in-flight requests get to finish after SIGTERM. 1-300.
     #[arg(long = "shutdown-timeout", env = "SHUTDOWN_TIMEOUT_SECONDS", value_name = "SECONDS", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT_SECONDS)]
     pub shutdown_timeout_seconds: u64,
@@ -98,6 +106,8 @@ pub struct Settings {
     pub lease_duration: Duration,
     /// Longest wait for a contender.
     pub lock_timeout: Duration,
+    /// Longest wait for one RemediationRequest API call.
+    pub api_timeout: Duration,
     /// Time in-flight requests get after SIGTERM.
     pub shutdown_timeout: Duration,
 }
@@ -111,6 +121,7 @@ impl Settings {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             lease_duration: Duration::from_secs(DEFAULT_LEASE_DURATION_SECONDS),
             lock_timeout: Duration::from_secs(DEFAULT_LOCK_TIMEOUT_SECONDS),
+            api_timeout: Duration::from_secs(DEFAULT_API_TIMEOUT_SECONDS),
             shutdown_timeout: Duration::from_secs(DEFAULT_SHUTDOWN_TIMEOUT_SECONDS),
         }
     }
@@ -141,6 +152,9 @@ impl Config {
         if !(1..=300).contains(&self.lock_timeout_seconds) {
             return fail("lock-timeout", "must be 1-300 seconds");
         }
+        if !(1..=60).contains(&self.api_timeout_seconds) {
+            return fail("api-timeout", "must be 1-60 seconds");
+        }
         if !(1..=300).contains(&self.shutdown_timeout_seconds) {
             return fail("shutdown-timeout", "must be 1-300 seconds");
         }
@@ -155,6 +169,7 @@ impl Config {
             max_body_bytes: self.max_body_bytes,
             lease_duration: Duration::from_secs(self.lease_duration_seconds),
             lock_timeout: Duration::from_secs(self.lock_timeout_seconds),
+            api_timeout: Duration::from_secs(self.api_timeout_seconds),
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_seconds),
         }
     }
@@ -179,6 +194,8 @@ mod tests {
         for (args, flag) in [
             (vec!["gateway", "--namespace", "Bad_NS"], "--namespace"),
             (vec!["gateway", "--lease-duration", "1"], "--lease-duration"),
+            (vec!["gateway", "--api-timeout", "0"], "--api-timeout"),
+            (vec!["gateway", "--api-timeout", "61"], "--api-timeout"),
             (
                 vec!["gateway", "--max-body-bytes", "10"],
                 "--max-body-bytes",

@@ -76,7 +76,8 @@ impl Gateway {
 
     /// A replica on a cluster through `client`.
     pub fn cluster(client: kube::Client, settings: Settings) -> Result<Self, Error> {
-        let requests = KubeRequests::new(client.clone(), &settings.namespace);
+        let requests = KubeRequests::new(client.clone(), &settings.namespace)
+            .with_call_timeout(settings.api_timeout);
         Self::new(Arc::new(requests), KubeLeases::new(client), settings)
     }
 

@@ -11,7 +11,9 @@
 //! several replicas never overwrite each other's increments.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use jiff::Timestamp;
@@ -107,10 +109,23 @@ pub fn replica_count_patch(
     Value::Array(ops)
 }
 
+/// How long [`KubeRequests`] waits for one API call by default.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// RemediationRequests of one namespace on a cluster.
+///
+/// Every call is bounded by a timeout ([`DEFAULT_CALL_TIMEOUT`], or
+/// [`with_call_timeout`](Self::with_call_timeout)): an API server that
+/// accepts the connection and never answers would otherwise hold the
+/// delivery (and its sender's connection) for `kube`'s read timeout,
+/// about five minutes. A call past its timeout is [`Error::Unreachable`],
+/// which callers retry: a write that timed out may still have landed, and
+/// every write here is conditional, so its retry finds out (the name is
+/// taken, the version or the count entry moved on).
 #[derive(Clone)]
 pub struct KubeRequests {
     api: Api<RemediationRequest>,
+    call_timeout: Duration,
 }
 
 impl KubeRequests {
@@ -118,7 +133,31 @@ impl KubeRequests {
     pub fn new(client: kube::Client, namespace: &str) -> Self {
         Self {
             api: Api::namespaced(client, namespace),
+            call_timeout: DEFAULT_CALL_TIMEOUT,
         }
+    }
+
+    /// Bounds each API call by `timeout` instead of [`DEFAULT_CALL_TIMEOUT`].
+    #[must_use]
+    pub fn with_call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// `call` on `what`, bounded by the call timeout.
+    async fn call<T>(
+        &self,
+        what: &str,
+        call: impl Future<Output = Result<T, kube::Error>>,
+    ) -> Result<Result<T, kube::Error>, Error> {
+        tokio::time::timeout(self.call_timeout, call)
+            .await
+            .map_err(|_| {
+                Error::Unreachable(format!(
+                    "{what}: the API server gave no answer within {:?}",
+                    self.call_timeout
+                ))
+            })
     }
 }
 
@@ -126,25 +165,22 @@ impl KubeRequests {
 impl RemediationRequests for KubeRequests {
     async fn list_by_fingerprint_hash(&self, hash: &str) -> Result<Vec<RemediationRequest>, Error> {
         let params = ListParams::default().labels(&format!("{LABEL_FINGERPRINT_HASH}={hash}"));
-        self.api
-            .list(&params)
-            .await
+        self.call("remediationrequests", self.api.list(&params))
+            .await?
             .map(|list| list.items)
             .map_err(|e| Error::from_kube(e, "remediationrequests"))
     }
 
     async fn get(&self, name: &str) -> Result<Option<RemediationRequest>, Error> {
-        self.api
-            .get_opt(name)
-            .await
+        self.call(name, self.api.get_opt(name))
+            .await?
             .map_err(|e| Error::from_kube(e, name))
     }
 
     async fn create(&self, request: &RemediationRequest) -> Result<RemediationRequest, Error> {
         let name = request.metadata.name.clone().unwrap_or_default();
-        self.api
-            .create(&PostParams::default(), request)
-            .await
+        self.call(&name, self.api.create(&PostParams::default(), request))
+            .await?
             .map_err(|e| Error::from_kube(e, &name))
     }
 
@@ -158,10 +194,13 @@ impl RemediationRequests for KubeRequests {
                 "a status write of {name} without a resourceVersion would be unconditional"
             )));
         }
-        self.api
-            .replace_status(&name, &PostParams::default(), request)
-            .await
-            .map_err(|e| Error::from_kube(e, &name))
+        self.call(
+            &name,
+            self.api
+                .replace_status(&name, &PostParams::default(), request),
+        )
+        .await?
+        .map_err(|e| Error::from_kube(e, &name))
     }
 
     async fn swap_replica_count(
@@ -175,10 +214,11 @@ impl RemediationRequests for KubeRequests {
         let patch: kube_json_patch::Patch =
             serde_json::from_value(replica_count_patch(current, replica, count, seen))
                 .map_err(|e| Error::Config(format!("count patch of {name}: {e}")))?;
+        let params = PatchParams::default();
+        let patch = Patch::<()>::Json(patch);
         match self
-            .api
-            .patch_status(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
-            .await
+            .call(&name, self.api.patch_status(&name, &params, &patch))
+            .await?
         {
             // A failed `test`: the entry or the status's shape changed.
             Err(kube::Error::Api(s)) if s.code == 422 => Err(Error::Conflict(name)),

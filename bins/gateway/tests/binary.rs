@@ -29,6 +29,7 @@ async fn help_documents_every_option_with_its_environment_variable() {
         ("--max-body-bytes", "MAX_BODY_BYTES"),
         ("--lease-duration", "LEASE_DURATION_SECONDS"),
         ("--lock-timeout", "LOCK_TIMEOUT_SECONDS"),
+        ("--api-timeout", "API_TIMEOUT_SECONDS"),
         ("--shutdown-timeout", "SHUTDOWN_TIMEOUT_SECONDS"),
     ] {
         assert!(help.contains(flag), "{flag} missing in\n{help}");

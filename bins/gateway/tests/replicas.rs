@@ -18,6 +18,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use gateway::{Gateway, Settings};
 use support::{fake_kube, http, kube_replicas, post, signal, stored};
 use testkit::faults::{InjectedError, Match};
 use testkit::kube::{FakeKube, RequestFilter};
@@ -190,6 +191,31 @@ async fn an_unreachable_api_server_is_answered_500_with_the_reason() {
         "{body}"
     );
     assert_eq!(body["fingerprint"], "fp-x");
+}
+
+/// An API server that takes the connection and never answers: each call
+/// is given up at the API timeout (not `kube`'s five-minute read timeout),
+/// and the delivery is answered 500 with the reason, so the sender retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_server_that_never_answers_is_given_up_at_the_api_timeout() {
+    let kube = fake_kube().await;
+    kube.faults().latency(
+        Match::any().resource("remediationrequests"),
+        Duration::from_secs(3600),
+        Duration::ZERO,
+    );
+    let settings = Settings {
+        api_timeout: Duration::from_millis(200),
+        ..support::settings("gateway-0")
+    };
+    let hung = gateway::signal::parse_signal(signal("fp-hung").as_bytes()).unwrap();
+    let replica = Gateway::cluster(kube.client(), settings).unwrap();
+    let err = replica.record(&hung).await.unwrap_err();
+    assert!(
+        err.to_string().contains("gave no answer within 200ms"),
+        "{err}"
+    );
+    assert_eq!(err.status(), 500);
 }
 
 /// Ten replicas count the same request at the same moment, one delivery
