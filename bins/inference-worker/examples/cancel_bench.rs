@@ -62,7 +62,12 @@ async fn main() {
     let concurrency = env_usize("BENCH_CONCURRENCY", 100);
     let cancel_concurrency = env_usize("BENCH_CANCEL_CONCURRENCY", 100);
     // Every job holds a server and a client socket.
-    raise_fd_limit((jobs * 2 + concurrency * 2 + 256) as u64).unwrap();
+    let needed = (jobs * 2 + concurrency * 2 + 256) as u64;
+    let limit = raise_fd_limit(needed).unwrap();
+    assert!(
+        limit >= needed,
+        "the hard open-files limit {limit} is below the {needed} this run needs"
+    );
 
     let shutdown = Shutdown::new();
     let config = Config {
