@@ -3,7 +3,7 @@
 //!
 //! Linux only: the figures come from `/proc/<pid>/stat` and
 //! `/proc/<pid>/status`. Elsewhere every reading is an
-//! [`io::Error`](std::io::Error) (the file does not exist), which a
+//! [`io::Error`] (the file does not exist), which a
 //! benchmark may print as "unknown" rather than fail on.
 
 use std::io;
