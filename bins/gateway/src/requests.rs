@@ -144,20 +144,20 @@ impl KubeRequests {
         self
     }
 
-    /// `call` on `what`, bounded by the call timeout.
+    /// `call` on `what` (a name, for messages), bounded by the call
+    /// timeout, its `kube` error mapped by [`Error::from_kube`].
     async fn call<T>(
         &self,
         what: &str,
         call: impl Future<Output = Result<T, kube::Error>>,
-    ) -> Result<Result<T, kube::Error>, Error> {
-        tokio::time::timeout(self.call_timeout, call)
-            .await
-            .map_err(|_| {
-                Error::Unreachable(format!(
-                    "{what}: the API server gave no answer within {:?}",
-                    self.call_timeout
-                ))
-            })
+    ) -> Result<T, Error> {
+        match tokio::time::timeout(self.call_timeout, call).await {
+            Ok(answer) => answer.map_err(|e| Error::from_kube(e, what)),
+            Err(_) => Err(Error::Unreachable(format!(
+                "{what}: the API server gave no answer within {:?}",
+                self.call_timeout
+            ))),
+        }
     }
 }
 
@@ -166,22 +166,18 @@ impl RemediationRequests for KubeRequests {
     async fn list_by_fingerprint_hash(&self, hash: &str) -> Result<Vec<RemediationRequest>, Error> {
         let params = ListParams::default().labels(&format!("{LABEL_FINGERPRINT_HASH}={hash}"));
         self.call("remediationrequests", self.api.list(&params))
-            .await?
+            .await
             .map(|list| list.items)
-            .map_err(|e| Error::from_kube(e, "remediationrequests"))
     }
 
     async fn get(&self, name: &str) -> Result<Option<RemediationRequest>, Error> {
-        self.call(name, self.api.get_opt(name))
-            .await?
-            .map_err(|e| Error::from_kube(e, name))
+        self.call(name, self.api.get_opt(name)).await
     }
 
     async fn create(&self, request: &RemediationRequest) -> Result<RemediationRequest, Error> {
         let name = request.metadata.name.clone().unwrap_or_default();
         self.call(&name, self.api.create(&PostParams::default(), request))
-            .await?
-            .map_err(|e| Error::from_kube(e, &name))
+            .await
     }
 
     async fn replace_status(
@@ -199,8 +195,7 @@ impl RemediationRequests for KubeRequests {
             self.api
                 .replace_status(&name, &PostParams::default(), request),
         )
-        .await?
-        .map_err(|e| Error::from_kube(e, &name))
+        .await
     }
 
     async fn swap_replica_count(
@@ -218,11 +213,11 @@ impl RemediationRequests for KubeRequests {
         let patch = Patch::<()>::Json(patch);
         match self
             .call(&name, self.api.patch_status(&name, &params, &patch))
-            .await?
+            .await
         {
             // A failed `test`: the entry or the status's shape changed.
-            Err(kube::Error::Api(s)) if s.code == 422 => Err(Error::Conflict(name)),
-            other => other.map_err(|e| Error::from_kube(e, &name)),
+            Err(Error::Api { status: 422, .. }) => Err(Error::Conflict(name)),
+            other => other,
         }
     }
 }
